@@ -215,6 +215,8 @@ SETTINGS = (
             "most PIDs looked at per scan"),
     Setting("APP_PROC_MAX_FDS_PER_PID", "--proc-max-fds-per-pid", "proc_max_fds_per_pid", "64",
             "count", "most fds looked at per PID"),
+    Setting("APP_DEMO_PROCESSES", "--demo-processes", "demo_processes", "8", "count",
+            "with --demo: synthetic processes per GPU"),
     Setting("APP_VENDOR_DIR", "--vendor-dir", "vendor_dir", "", "optpath",
             "npm node_modules folder to serve the page's modules from (air-gapped use)"),
 )
@@ -1092,15 +1094,34 @@ def build_stats_message(gpu_id, epoch_s, metrics):
     return {"type": "stats", "gpu_id": gpu_id, "ts": format_ts(epoch_s), "metrics": metrics}
 
 
+EMPTY_PROCS = {"processes": [], "capabilities": {"vram_gtt_from_fdinfo": False,
+                                                 "engine_time_from_fdinfo": False, "engines": []},
+               "totals": {"vram_bytes": 0, "gtt_bytes": 0, "cpu_bytes": 0,
+                          "gpu_time_ms_per_s": None, "clients": 0, "processes": 0}}
+
+
+def build_procs_message(gpu_id, epoch_s, entry, visibility, scan_stats):
+    """One GPU's slice of a scan result -> the procs frame (SPEC §5)."""
+    entry = entry or EMPTY_PROCS
+    return {"type": "procs", "gpu_id": gpu_id, "ts": format_ts(epoch_s),
+            "capabilities": entry["capabilities"], "processes": entry["processes"],
+            "totals": entry["totals"], "visibility": visibility,
+            "scan": {"cut_short": bool(scan_stats.get("cut_short")),
+                     "duration_s": scan_stats.get("duration_s")}}
+
+
 def route(path):
     """Request path (no query) -> (route name, gpu id or None)."""
     if path in ("/", "/index.html"):
         return "page", None
+    if path.startswith("/vendor/"):
+        return "vendor", None
     if path.startswith("/api/gpus/"):
         match = GPU_PATH_RE.match(path)
         return ("gpu_" + match.group(2), match.group(1)) if match else ("not_found", None)
     simple = {"/api/gpus": "gpus", "/api/healthz": "healthz", "/api/readyz": "readyz",
-              "/api/version": "version", "/ws": "ws", "/favicon.ico": "favicon"}
+              "/api/version": "version", "/ws": "ws", "/favicon.ico": "favicon",
+              "/plain": "plain"}
     return simple.get(path, "not_found"), None
 
 
@@ -1171,6 +1192,118 @@ def build_csp(script_hashes, use_cdn):
 
 def error_json(message):
     return json_bytes({"error": message})
+
+
+CDN_URL_RE = re.compile(
+    r"https://cdn\.jsdelivr\.net/npm/((?:@[a-z0-9._-]+/)?[a-z0-9._-]+)@([0-9][0-9A-Za-z.+-]*)/"
+    r"([A-Za-z0-9._/-]+)")
+VENDOR_TYPES = {".js": "text/javascript; charset=utf-8", ".mjs": "text/javascript; charset=utf-8",
+                ".css": "text/css; charset=utf-8"}
+
+
+def rewrite_cdn_urls(page_html):
+    """Air-gapped mode: 'https://cdn.jsdelivr.net/npm/PKG@VER/PATH' -> '/vendor/PKG/PATH'.
+
+    Returns (new html, {"/vendor/PKG/PATH": ("PKG", "VER", "PKG/PATH")}): the
+    allow-list of files /vendor/ serves. jsDelivr's /npm/ URLs mirror the npm
+    package layout, so a node_modules folder holds the very same bytes (and
+    the page's integrity hashes still match).
+    """
+    files = {}
+
+    def local(match):
+        package, version, path = match.groups()
+        if ".." in path.split("/") or os.path.splitext(path)[1] not in VENDOR_TYPES:
+            return match.group(0)
+        url = "/vendor/%s/%s" % (package, path)
+        files[url] = (package, version, "%s/%s" % (package, path))
+        return url
+    return CDN_URL_RE.sub(local, page_html), files
+
+
+PLAIN_ROWS = (
+    ("GPU busy", "gpu_busy_pct", "%"), ("Memory busy", "mem_busy_pct", "%"),
+    ("Shader clock", "sclk_mhz", " MHz"), ("Memory clock", "mclk_mhz", " MHz"),
+    ("Edge temperature", "temp_c", " °C"), ("Junction temperature", "temp_junction_c", " °C"),
+    ("Memory temperature", "temp_mem_c", " °C"), ("Fan", "fan_rpm", " RPM"),
+    ("Fan duty", "fan_pct", "%"), ("Power", "power_w", " W"), ("Power cap", "power_cap_w", " W"),
+    ("VRAM used", "vram_used_bytes", "B"), ("VRAM total", "vram_total_bytes", "B"),
+    ("GTT used", "gtt_used_bytes", "B"), ("GTT total", "gtt_total_bytes", "B"),
+    ("PCIe generation", "pcie_gen", ""), ("PCIe width", "pcie_width", " lanes"),
+    ("Runtime PM", "runtime_status", ""),
+)
+
+
+def format_bytes(value):
+    """1845493760 -> '1.72 GiB'; None -> '—'."""
+    if value is None:
+        return "\u2014"
+    size = float(value)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(size) < 1024 or unit == "GiB":
+            return ("%d %s" % (size, unit)) if unit == "B" else ("%.2f %s" % (size, unit))
+        size /= 1024.0
+    return "%.2f GiB" % size
+
+
+def format_value(value, unit):
+    if value is None:
+        return "\u2014"
+    if unit == "B":
+        return format_bytes(value)
+    return "%s%s" % (value, unit)
+
+
+def render_plain(gpus, procs, refresh_s, hint=None):
+    """The no-JavaScript view: every GPU and its processes as HTML tables.
+
+    gpus: [(identity dict, metrics dict or None)]; procs: {gpu id: procs message}.
+    Every value goes through html.escape (process names are untrusted).
+    """
+    esc = html.escape
+    out = ["<!doctype html><html lang=en><head><meta charset=utf-8>",
+           "<meta http-equiv=refresh content=%d>" % max(1, int(math.ceil(refresh_s))),
+           "<meta name=viewport content='width=device-width, initial-scale=1'>",
+           "<title>amdgpu_top_web (plain)</title></head><body>",
+           "<h1>amdgpu_top_web</h1>"]
+    if hint:
+        out.append("<p>%s</p>" % esc(hint))
+    if not gpus:
+        out.append("<p>No AMD GPU found. Run with --demo to see synthetic GPUs.</p>")
+    for identity, metrics in gpus:
+        out.extend(_plain_gpu(identity, metrics or {}, procs.get(identity["id"])))
+    out.append("<p><a href=/>Full dashboard</a> (needs JavaScript)</p></body></html>")
+    return "\n".join(out)
+
+
+def _plain_gpu(identity, metrics, procs):
+    esc = html.escape
+    title = "%s \u2014 %s (%s)%s" % (identity["id"], identity["name"], identity["pci"],
+                                    " [demo]" if identity.get("demo") else "")
+    rows = ["<h2>%s</h2>" % esc(title), "<table border=1><tbody>"]
+    for label, key, unit in PLAIN_ROWS:
+        rows.append("<tr><th>%s</th><td>%s</td></tr>" % (label, esc(format_value(metrics.get(key), unit))))
+    rows.append("</tbody></table>")
+    rows.extend(_plain_procs(procs))
+    return rows
+
+
+def _plain_procs(procs):
+    esc = html.escape
+    if not procs or procs.get("processes") is None:
+        return ["<p>Processes: not available.</p>"]
+    rows = ["<h3>Processes</h3><table border=1><thead><tr><th>PID</th><th>User</th><th>Name</th>"
+            "<th>VRAM</th><th>GTT</th><th>GPU ms/s</th><th>Command</th></tr></thead><tbody>"]
+    for proc in procs["processes"]:
+        rows.append("<tr><td>%d</td><td>%s</td><td>%s</td><td>%s</td><td>%s</td><td>%s</td>"
+                    "<td>%s</td></tr>" % (
+                        proc["pid"], esc(str(proc.get("user") or proc.get("uid"))),
+                        esc(proc.get("name") or ""), esc(format_bytes(proc.get("vram_bytes"))),
+                        esc(format_bytes(proc.get("gtt_bytes"))),
+                        esc(format_value(proc.get("gpu_time_ms_per_s"), "")),
+                        esc((proc.get("cmd") or "")[:200])))
+    rows.append("</tbody></table>")
+    return rows
 
 # ---------------------------------------------------------------------------
 # 7. Readers: thin filesystem I/O (path -> text or None)
@@ -1748,6 +1881,128 @@ def _card_order(info):
     digits = re.sub(r"[^0-9]", "", info.id)
     return (int(digits) if digits else 0, info.id)
 
+
+
+class ProcScanThread(StoppableThread):
+    """Publishes a procs frame per GPU: a full, budgeted /proc walk every
+    scan_interval_s and, in between, a cheap re-read of the watchlist (PIDs
+    known to use a GPU) every refresh_interval_s so engine % stays fresh."""
+
+    def __init__(self, source, cache, scan_interval_s, refresh_interval_s, clock=time.monotonic):
+        StoppableThread.__init__(self, "proc-scan")
+        self.source, self.cache, self.clock = source, cache, clock
+        self.scan_interval_s, self.refresh_interval_s = scan_interval_s, refresh_interval_s
+        self._visibility = None
+        self._errors = 0
+
+    def run(self):
+        next_scan = self.clock()
+        while not self.stopping.is_set():
+            now = self.clock()
+            full = now >= next_scan
+            if full:
+                next_scan = now + self.scan_interval_s
+            self.tick(full)
+            self.stopping.wait(max(0.0, min(self.refresh_interval_s, next_scan - self.clock())))
+
+    def tick(self, full):
+        gpus = self.cache.gpus()
+        self.source.set_node_map(node_map_for(gpus))
+        try:
+            result = self.source.scan() if full else self.source.refresh()
+        except Exception:  # the scanner must never take the server down
+            self._errors += 1
+            if self._errors <= 3:
+                LOG.exception("event=proc_scan_failed")
+            return
+        epoch = time.time()
+        for info in gpus:
+            message = build_procs_message(info.id, epoch, result.by_pci.get(info.pci),
+                                          result.visibility, result.stats)
+            self.cache.publish_procs(info.id, message)
+        if result.visibility != self._visibility:
+            self._visibility = result.visibility
+            self.cache.set_feature("visibility", result.visibility)
+
+
+def node_map_for(gpus):
+    """{"renderD128": pci, "card1": pci} for mapping fds without drm-pdev."""
+    mapping = {}
+    for info in gpus:
+        if info.render_node:
+            mapping[os.path.basename(info.render_node)] = info.pci
+        mapping[info.id] = info.pci
+    return mapping
+
+
+ScanResult = collections.namedtuple("ScanResult", "by_pci visibility stats")
+
+DEMO_PROCS = (
+    # name, user, cmd, container, kfd, engines (name -> base %), vram MiB, gtt MiB
+    ("blender", "alice", "blender --background scene.blend --render-anim", None, False,
+     {"gfx": 55.0, "compute": 8.0}, 5200, 310),
+    ("python3", "bob", "python3 train.py --epochs 40 --api-key=[redacted]", "3f2a9c1d7e4b", True,
+     {"gfx": 0.0, "compute": 30.0, "dma": 4.0}, 7400, 900),
+    ("Xorg", "root", "/usr/lib/xorg/Xorg :0 -seat seat0 -auth /run/lightdm/root/:0", None, False,
+     {"gfx": 2.5}, 180, 60),
+    ("firefox", "alice", "/usr/lib/firefox/firefox -contentproc -isForBrowser", None, False,
+     {"gfx": 4.0, "dec": 6.0}, 420, 220),
+    ("<img src=x onerror=alert(1)>", "mallory", "<script>alert(1)</script> --token=[redacted]",
+     None, False, {"gfx": 1.0}, 64, 16),
+    ("obs", "alice", "obs --startstreaming", None, False, {"gfx": 7.0, "enc": 18.0}, 610, 140),
+    ("mpv", "carol", "mpv --hwdec=vaapi movie.mkv", None, False, {"dec": 12.0}, 150, 40),
+    ("llama-server", "dave", "llama-server -m model.gguf --port 8081", "k8s-llm-7d9f", False,
+     {"gfx": 0.0, "compute": 44.0}, 2300, 8100),
+)
+
+
+class DemoProcSource(object):
+    """--demo: synthetic processes per demo GPU, with moving engine %."""
+
+    def __init__(self, infos, per_gpu, clock=time.monotonic):
+        self.infos, self.per_gpu, self.clock = infos, per_gpu, clock
+        self._start = clock()
+
+    def set_node_map(self, mapping):
+        pass
+
+    def refresh(self):
+        return self.scan()
+
+    def scan(self):
+        t = self.clock() - self._start
+        by_pci = {}
+        for gpu_index, info in enumerate(self.infos):
+            procs = [self._process(gpu_index, i, t) for i in range(self.per_gpu)]
+            procs.sort(key=lambda p: -(p["vram_bytes"] + p["gtt_bytes"]))
+            by_pci[info.pci] = {"processes": procs, "capabilities": {
+                "vram_gtt_from_fdinfo": True, "engine_time_from_fdinfo": True,
+                "engines": ["gfx", "compute", "dma", "dec", "enc"]}, "totals": _demo_totals(procs)}
+        visibility = {"root": True, "pid_namespace_separate": False, "hidepid": False,
+                      "unreadable_pids": 0}
+        return ScanResult(by_pci, visibility, {"cut_short": False, "duration_s": 0.0})
+
+    def _process(self, gpu_index, index, t):
+        row = DEMO_PROCS[(index + gpu_index * 3) % len(DEMO_PROCS)]
+        name, user, cmd, container, kfd, engines, vram_mib, gtt_mib = row
+        wave = 0.6 + 0.4 * math.sin(t / (5.0 + index) + index)
+        pct = dict((e, round(min(100.0, base * wave), 1) if e in engines else None)
+                   for e, base in [(e, engines.get(e, 0.0)) for e in ("gfx", "compute", "dma", "dec", "enc")])
+        pid = 1000 + gpu_index * 5000 + index * 37
+        return {"pid": pid, "uid": 1000 + index, "user": user, "name": name, "cmd": cmd,
+                "render_node": "renderD%d" % (128 + gpu_index), "kfd": kfd, "shared": False,
+                "vram_bytes": vram_mib << 20, "gtt_bytes": gtt_mib << 20, "cpu_bytes": 0,
+                "vram_total_bytes": None, "gtt_total_bytes": None, "engines_pct": pct,
+                "gpu_time_ms_per_s": round(sum(v for v in pct.values() if v) * 10.0, 1),
+                "container": container, "start_time": 100000 + pid}
+
+
+def _demo_totals(procs):
+    return {"vram_bytes": sum(p["vram_bytes"] for p in procs),
+            "gtt_bytes": sum(p["gtt_bytes"] for p in procs), "cpu_bytes": 0,
+            "gpu_time_ms_per_s": round(sum(p["gpu_time_ms_per_s"] for p in procs), 1),
+            "clients": len(procs), "processes": len(procs)}
+
 # ---------------------------------------------------------------------------
 # 9. WebSocket hub: one thread, one selectors loop over every WebSocket
 # ---------------------------------------------------------------------------
@@ -2258,9 +2513,21 @@ class DashboardHandler(BaseHTTPRequestHandler):
     def route_page(self, _):
         app = self.server.app
         if app.page_bytes is None:
-            self._send(200, "text/html; charset=utf-8", MISSING_PAGE.encode("utf-8"))
+            hint = "index.html was not found beside amdgpu_top_web.py: showing the plain view."
+            self._send(200, "text/html; charset=utf-8", app.plain_html(hint).encode("utf-8"))
         else:
             self._send(200, "text/html; charset=utf-8", app.page_bytes)
+
+    def route_plain(self, _):
+        self._send(200, "text/html; charset=utf-8", self.server.app.plain_html().encode("utf-8"))
+
+    def route_vendor(self, _):
+        """Only the files the page references; the request never becomes a path."""
+        body, content_type = self.server.app.vendor_file(urlsplit(self.path).path)
+        if body is None:
+            self._send_json(404, {"error": "not found"})
+        else:
+            self._send(200, content_type, body, cache="public, max-age=86400")
 
     def route_favicon(self, _):
         self._send(204, "image/x-icon", b"", cache="max-age=86400")
@@ -2356,11 +2623,23 @@ class App(object):
         self.hub = Hub(DashboardProtocol(self.cache, config.default_gpu), config.ws_max_clients,
                        config.ws_write_timeout_s, config.ws_read_timeout_s)
         self.cache.add_listener(self.hub.on_frame)
-        self.page_bytes = self._load_page(page_path)
+        self.page_bytes, self.vendor_files = self._load_page(page_path, config.vendor_dir)
         self.csp = build_csp(inline_script_hashes(self.page_bytes.decode("utf-8"))
                              if self.page_bytes else [], use_cdn=not config.vendor_dir)
+        self.procs_thread = self._make_procs_thread()
         self.server = None
         self._serve_thread = None
+
+    def _make_procs_thread(self):
+        config = self.config
+        if not config.proc_enable:
+            return None
+        if config.demo:
+            source = DemoProcSource(demo_gpu_infos(), config.demo_processes)
+        else:
+            return None   # the /proc scanner arrives with process top
+        self.cache.set_feature("procs", True)
+        return ProcScanThread(source, self.cache, config.proc_scan_interval_s, config.interval_s * 4)
 
     def _make_manager(self):
         if self.config.demo:
@@ -2368,10 +2647,39 @@ class App(object):
         return GpuManager(self.config, self.cache)
 
     @staticmethod
-    def _load_page(page_path):
+    def _load_page(page_path, vendor_dir):
+        """index.html (None when missing), rewritten to /vendor/ URLs in air-gapped mode."""
         if page_path is None:
             page_path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "index.html")
-        return read_bytes(page_path, 4 << 20)
+        page = read_bytes(page_path, 4 << 20)
+        if page is None or not vendor_dir:
+            return page, {}
+        text, files = rewrite_cdn_urls(page.decode("utf-8"))
+        for url, (package, version, rel) in sorted(files.items()):
+            meta = read_text(os.path.join(vendor_dir, package, "package.json"), 1 << 20)
+            found = (json.loads(meta).get("version") if meta else None)
+            if found != version:
+                LOG.warning("event=vendor_mismatch package=%s pinned=%s found=%s dir=%s",
+                            package, version, found, vendor_dir)
+        return text.encode("utf-8"), files
+
+    def vendor_file(self, url_path):
+        """(bytes, content type) of an allow-listed vendor file, else (None, None)."""
+        entry = self.vendor_files.get(url_path)
+        if entry is None or not self.config.vendor_dir:
+            return None, None
+        body = read_bytes(os.path.join(self.config.vendor_dir, entry[2]), 8 << 20)
+        return body, VENDOR_TYPES[os.path.splitext(entry[2])[1]]
+
+    def plain_html(self, hint=None):
+        gpus, procs = [], {}
+        for info in self.cache.gpus():
+            stats = self.cache.stats(info.id)
+            gpus.append((identity_json(info), stats[1] if stats else None))
+            found = self.cache.procs(info.id)
+            if found:
+                procs[info.id] = found[0]
+        return render_plain(gpus, procs, max(2.0, self.config.interval_s), hint)
 
     def gpus_json(self):
         gpus = []
@@ -2390,6 +2698,8 @@ class App(object):
         self.server = DashboardServer((self.config.listen_host, self.config.listen_port), self)
         self.hub.start()
         self.manager.start()
+        if self.procs_thread is not None:
+            self.procs_thread.start()
         self._serve_thread = threading.Thread(target=self.server.serve_forever, args=(0.2,),
                                               name="http-server")
         self._serve_thread.daemon = True
@@ -2403,7 +2713,9 @@ class App(object):
             self.server.close_idle_connections()
         self.hub.stop()
         self.manager.stop()
-        for thread in (self.hub, self.manager, self._serve_thread):
+        if self.procs_thread is not None:
+            self.procs_thread.stop()
+        for thread in (self.hub, self.manager, self.procs_thread, self._serve_thread):
             if thread is not None and thread.is_alive():
                 thread.join(2.0)
         if self.server is not None:

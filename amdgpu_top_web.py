@@ -99,7 +99,7 @@ AMD_DRIVER = "amdgpu"
 HISTORY_WINDOW_S = 600.0        # rolling history kept per GPU (10 minutes)
 REDISCOVER_INTERVAL_S = 2.0     # how often /sys/class/drm is listed again
 MISSING_RECHECK_S = 30.0        # a missing sysfs file is tried again this rarely
-REVALIDATE_S = 10.0             # kept fds are checked against their path this often
+REVALIDATE_S = 5.0              # a kept file's directory is checked this often
 SLOW_FILES_EVERY_S = 2.0        # totals, caps and PCIe link change rarely
 SYSFS_READ_SIZE = 4096
 WS_MAX_MESSAGE_BYTES = 65536    # client messages are small JSON objects
@@ -1333,34 +1333,69 @@ def list_dir(path):
         return []
 
 
+class DirWatch(object):
+    """Notices files removed or replaced in one directory with ONE stat of the
+    directory every REVALIDATE_S (its mtime changes when an entry is added,
+    removed or renamed), instead of one stat per kept file.
+
+    Real sysfs needs no help (a removed attribute answers ENODEV on the kept
+    fd); this keeps plain-file trees (fixtures, bind mounts) honest too.
+    """
+
+    def __init__(self, path):
+        self.path = path
+        self.generation = 0
+        self._signature = self._stat()
+        self._check_at = 0.0
+
+    def _stat(self):
+        try:
+            stat = os.stat(self.path)
+        except OSError:
+            return None
+        return (stat.st_ino, stat.st_mtime_ns)
+
+    def poll(self, now):
+        if now >= self._check_at:
+            self._check_at = now + REVALIDATE_S
+            signature = self._stat()
+            if signature != self._signature:
+                self._signature = signature
+                self.generation += 1
+        return self.generation
+
+
 class AttrFile(object):
     """A sysfs attribute kept open and re-read with one pread(fd, n, 0).
 
     sysfs regenerates an attribute's text on every read at offset 0, so a kept
     fd costs one syscall per read instead of open+read+close. On ENODEV/ESTALE/
     EBADF/ENOENT the fd is reopened once. A file that cannot be opened is tried
-    again only every MISSING_RECHECK_S, and every REVALIDATE_S the kept fd is
-    compared with the path (a file replaced or removed under us is noticed).
+    again only every MISSING_RECHECK_S. When its directory's DirWatch reports a
+    change, the file is reopened (it may have been removed or replaced).
     """
 
-    def __init__(self, path):
+    def __init__(self, path, watch=None):
         self.path = path
         self.fd = None
         self.missing_errno = None   # errno of the last failed open, None when open
         self._retry_at = 0.0
-        self._check_at = 0.0
-        self._identity = None
+        self._watch = watch
+        self._generation = watch.generation if watch else 0
 
     def read(self, now):
+        if self._watch is not None and self._watch.poll(now) != self._generation:
+            self._generation = self._watch.generation
+            self.close()
+            self._retry_at = 0.0
         if self.fd is None and not self._open(now):
-            return None
-        if now >= self._check_at and not self._still_same(now):
             return None
         try:
             return os.pread(self.fd, SYSFS_READ_SIZE, 0)
         except OSError as exc:
             if exc.errno in REOPEN_ERRNOS:
                 self.close()
+                self._retry_at = 0.0
                 if self._open(now):
                     return self._read_once()
             return None
@@ -1376,27 +1411,11 @@ class AttrFile(object):
             return False
         try:
             self.fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-            stat = os.fstat(self.fd)
         except OSError as exc:
-            self.close()
             self.missing_errno = exc.errno
             self._retry_at = now + MISSING_RECHECK_S
             return False
         self.missing_errno = None
-        self._identity = (stat.st_dev, stat.st_ino)
-        self._check_at = now + REVALIDATE_S
-        return True
-
-    def _still_same(self, now):
-        self._check_at = now + REVALIDATE_S
-        try:
-            stat = os.stat(self.path)
-            same = (stat.st_dev, stat.st_ino) == self._identity
-        except OSError:
-            same = False
-        if not same:
-            self.close()
-            return self._open(now)
         return True
 
     def close(self):
@@ -1494,14 +1513,22 @@ class AmdGpuReader(object):
 
     def __init__(self, info):
         self.info = info
-        self._status = AttrFile(os.path.join(info.device_dir, RUNTIME_STATUS_FILE))
+        self._watches = {}
+        self._status = self._attr(info.device_dir, RUNTIME_STATUS_FILE)
         self._fast, self._slow = {}, {}
         for key, rel, slow in DEVICE_FILES:
-            (self._slow if slow else self._fast)[key] = AttrFile(os.path.join(info.device_dir, rel))
+            (self._slow if slow else self._fast)[key] = self._attr(info.device_dir, rel)
         self._plan_hwmon()
         self._slow_raw = {}
         self._slow_due = 0.0
         self._reported = set()
+
+    def _attr(self, base, rel):
+        path = os.path.join(base, rel)
+        folder = os.path.dirname(path)
+        if folder not in self._watches:
+            self._watches[folder] = DirWatch(folder)
+        return AttrFile(path, self._watches[folder])
 
     def _plan_hwmon(self):
         names = list_dir(self.info.hwmon_dir) if self.info.hwmon_dir else []
@@ -1509,10 +1536,10 @@ class AmdGpuReader(object):
         slow_keys = ("power_cap_w", "power_fast_cap_w", "pwm_max")
         for key, name in plan.items():
             target = self._slow if key in slow_keys else self._fast
-            target[key] = AttrFile(os.path.join(self.info.hwmon_dir, name))
+            target[key] = self._attr(self.info.hwmon_dir, name)
         for key, rel in DPM_FALLBACK_FILES:
             if key[:4] + "_mhz" not in plan:
-                self._fast[key] = AttrFile(os.path.join(self.info.device_dir, rel))
+                self._fast[key] = self._attr(self.info.device_dir, rel)
 
     def sample(self, now):
         """One tick: runtime_status first; a sleeping GPU's sensors are not read

@@ -380,6 +380,8 @@ def parse_listen_addr(text):
         port = port[1:] if port.startswith(":") else ""
     elif ":" in text:
         host, _, port = text.rpartition(":")
+        if ":" in host:
+            raise ValueError("an IPv6 address needs brackets, e.g. [::1]:8080")
     if not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ValueError("expected HOST:PORT, :PORT or PORT with a port 0-65535")
     return host, int(port)
@@ -536,9 +538,10 @@ def plan_hwmon(names, labels):
     _plan_power(plan, by_kind["power"], labels)
     if "input" in by_kind["fan"].get(1, ()):
         plan["fan_rpm"] = "fan1_input"
-    if "" in by_kind["pwm"].get(1, ()) or "max" in by_kind["pwm"].get(1, ()):
+    if "pwm1" in names:
         plan["pwm"] = "pwm1"
-        plan["pwm_max"] = "pwm1_max"
+        if "pwm1_max" in names:
+            plan["pwm_max"] = "pwm1_max"   # without it, compute_fan_pct assumes 255
     return plan
 
 
@@ -1478,7 +1481,7 @@ class NameResolver(object):
     def resolve(self, product_name, vendor_id, device_id, revision):
         if product_name:
             return product_name
-        name = parse_amdgpu_ids(self._text(NAME_FILES[0]), device_id, revision)
+        name = parse_amdgpu_ids(self._text(NAME_FILES[0]), device_id, revision) if revision else None
         for rel in NAME_FILES[1:]:
             name = name or parse_pci_ids(self._text(rel), vendor_id, device_id)
         return name or "AMD GPU %s:%s" % (vendor_id.lower(), device_id.lower())
@@ -1490,8 +1493,8 @@ def read_gpu_info(card, device_dir, names):
     if uevent.get("DRIVER") != AMD_DRIVER:
         return None
     vendor_id, _, device_id = uevent.get("PCI_ID", "1002:0000").partition(":")
-    revision = (clean_text(read_bytes(os.path.join(device_dir, "revision"), 64)) or "0x00")
-    revision = revision.lower().replace("0x", "").zfill(2)
+    revision = clean_text(read_bytes(os.path.join(device_dir, "revision"), 64))
+    revision = revision.lower().replace("0x", "").zfill(2) if revision else None
     product = clean_text(read_bytes(os.path.join(device_dir, "product_name"), 256))
     hwmon_dir = find_hwmon_dir(device_dir)
     hwmon_names = list_dir(hwmon_dir) if hwmon_dir else []
@@ -2781,13 +2784,12 @@ def setup_logging(level):
 
 def run_once(config):
     """--once: sample every GPU once; print JSON (--json) or a short table."""
-    cache = Cache(config.interval_s, {})
     if config.demo:
         readers = [DemoGpuReader(info) for info in demo_gpu_infos()]
     else:
-        manager = GpuManager(config, cache)
-        manager.rediscover()
-        readers = manager.readers()
+        names = NameResolver(config.share_root)
+        infos = [read_gpu_info(card, path, names) for card, path in find_drm_cards(config.sysfs_root)]
+        readers = [AmdGpuReader(info) for info in infos if info is not None]
     now, epoch = time.monotonic(), time.time()
     gpus = []
     for reader in readers:

@@ -1,0 +1,499 @@
+"""Tests for configuration (APP_* variables and flags, SPEC §6) and for the
+command line as a user runs it: exit codes, one-line errors, --help,
+--version and --once --json."""
+
+import json
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+import amdgpu_top_web as atw
+from amdgpu_top_web import SETTINGS, ConfigError, parse_config
+
+REPO = Path(__file__).resolve().parent.parent
+PROGRAM = REPO / "amdgpu_top_web.py"
+SYS = REPO / "testdata" / "sys"
+SHARE = REPO / "testdata" / "share"
+
+SETTING_BY_ENV = {s.env: s for s in SETTINGS}
+
+# SPEC §6: every variable and its documented default (as the user types it).
+SPEC_DEFAULTS = {
+    "APP_LISTEN_ADDR": ":8080",
+    "APP_SAMPLE_INTERVAL": "250ms",
+    "APP_ALLOWED_ORIGINS": "",
+    "APP_DEFAULT_GPU": "auto",
+    "APP_ENABLE_PROMETHEUS": "false",
+    "APP_LOG_LEVEL": "INFO",
+    "APP_SYSFS_ROOT": "/sys",
+    "APP_PROC_ROOT": "/proc",
+    "APP_DEV_ROOT": "/dev",
+    "APP_DEBUGFS_ROOT": "/sys/kernel/debug",
+    "APP_WS_MAX_CLIENTS": "1024",
+    "APP_WS_WRITE_TIMEOUT": "3s",
+    "APP_WS_READ_TIMEOUT": "30s",
+    "APP_PROC_ENABLE": "true",
+    "APP_PROC_SCAN_INTERVAL": "2s",
+    "APP_PROC_MAX_PIDS": "5000",
+    "APP_PROC_MAX_FDS_PER_PID": "64",
+    "APP_VENDOR_DIR": "",
+}
+
+# The typed Config value of each default. Settings not listed here (added
+# later) are still checked to parse from their default.
+TYPED_DEFAULTS = {
+    "APP_SAMPLE_INTERVAL": ("interval_s", 0.25),
+    "APP_ALLOWED_ORIGINS": ("allowed_origins", None),
+    "APP_DEFAULT_GPU": ("default_gpu", "auto"),
+    "APP_ENABLE_PROMETHEUS": ("enable_prometheus", False),
+    "APP_LOG_LEVEL": ("log_level", "INFO"),
+    "APP_SYSFS_ROOT": ("sysfs_root", "/sys"),
+    "APP_PROC_ROOT": ("proc_root", "/proc"),
+    "APP_DEV_ROOT": ("dev_root", "/dev"),
+    "APP_DEBUGFS_ROOT": ("debugfs_root", "/sys/kernel/debug"),
+    "APP_SHARE_ROOT": ("share_root", "/usr/share"),
+    "APP_WS_MAX_CLIENTS": ("ws_max_clients", 1024),
+    "APP_WS_WRITE_TIMEOUT": ("ws_write_timeout_s", 3.0),
+    "APP_WS_READ_TIMEOUT": ("ws_read_timeout_s", 30.0),
+    "APP_PROC_ENABLE": ("proc_enable", True),
+    "APP_PROC_SCAN_INTERVAL": ("proc_scan_interval_s", 2.0),
+    "APP_PROC_MAX_PIDS": ("proc_max_pids", 5000),
+    "APP_PROC_MAX_FDS_PER_PID": ("proc_max_fds_per_pid", 64),
+    "APP_VENDOR_DIR": ("vendor_dir", None),
+}
+
+
+# --- helpers ---------------------------------------------------------------
+
+def config_error(argv, environ):
+    with pytest.raises(ConfigError) as info:
+        parse_config(argv, environ)
+    return str(info.value)
+
+
+def clean_env(**extra):
+    """os.environ without any APP_* (a developer's shell must not leak in)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("APP_")}
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
+    env.update(extra)
+    return env
+
+
+def run_program(args, tmp_path, timeout=60, **env):
+    return subprocess.run(
+        [sys.executable, str(PROGRAM)] + list(args), cwd=str(tmp_path), env=clean_env(**env),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True,
+        timeout=timeout)
+
+
+# --- defaults ----------------------------------------------------------------
+
+def test_every_spec_variable_is_a_setting_with_the_spec_default():
+    for env, default in SPEC_DEFAULTS.items():
+        assert env in SETTING_BY_ENV, env
+        assert SETTING_BY_ENV[env].default == default, env
+
+
+def test_every_setting_has_a_flag_and_a_config_field():
+    flags = [s.flag for s in SETTINGS]
+    assert len(set(flags)) == len(flags)
+    assert all(f.startswith("--") for f in flags)
+    assert all(s.env.startswith("APP_") for s in SETTINGS)
+    config = parse_config([], {})
+    for setting in SETTINGS:
+        if setting.env != "APP_LISTEN_ADDR":
+            assert hasattr(config, setting.field), setting.field
+
+
+@pytest.mark.parametrize("setting", SETTINGS, ids=[s.env for s in SETTINGS])
+def test_default_of_every_setting(setting):
+    config = parse_config([], {})
+    if setting.env == "APP_LISTEN_ADDR":
+        assert (config.listen_host, config.listen_port) == ("", 8080)
+    elif setting.env in TYPED_DEFAULTS:
+        field, value = TYPED_DEFAULTS[setting.env]
+        assert getattr(config, field) == value
+    else:
+        # a setting this file does not know yet: its default must still parse
+        assert hasattr(config, setting.field)
+    # the default given explicitly gives the same Config
+    assert parse_config([], {setting.env: setting.default}) == config
+    assert parse_config([setting.flag, setting.default], {}) == config
+
+
+def test_mode_flags_default_off():
+    config = parse_config([], {})
+    assert (config.demo, config.once, config.json, config.show_help, config.show_version) == (
+        False, False, False, False, False)
+    config = parse_config(["--demo", "--once", "--json"], {})
+    assert (config.demo, config.once, config.json) == (True, True, True)
+
+
+def test_json_needs_once():
+    message = config_error(["--json"], {})
+    assert message.startswith("--json")
+
+
+def test_unrelated_environment_is_ignored():
+    assert parse_config([], {"PATH": "/bin", "APP_UNKNOWN_THING": "x"}) == parse_config([], {})
+
+
+# --- env vs flag ----------------------------------------------------------------
+
+# (variable, a good raw value, config field, typed value)
+GOOD_VALUES = [
+    ("APP_SAMPLE_INTERVAL", "500ms", "interval_s", 0.5),
+    ("APP_ALLOWED_ORIGINS", "*", "allowed_origins", "*"),
+    ("APP_DEFAULT_GPU", "card1", "default_gpu", "card1"),
+    ("APP_ENABLE_PROMETHEUS", "true", "enable_prometheus", True),
+    ("APP_LOG_LEVEL", "debug", "log_level", "DEBUG"),
+    ("APP_SYSFS_ROOT", "/tmp/fake-sys", "sysfs_root", "/tmp/fake-sys"),
+    ("APP_PROC_ROOT", "/tmp/fake-proc", "proc_root", "/tmp/fake-proc"),
+    ("APP_DEV_ROOT", "/tmp/fake-dev", "dev_root", "/tmp/fake-dev"),
+    ("APP_DEBUGFS_ROOT", "/tmp/fake-debug", "debugfs_root", "/tmp/fake-debug"),
+    ("APP_SHARE_ROOT", "/tmp/fake-share", "share_root", "/tmp/fake-share"),
+    ("APP_WS_MAX_CLIENTS", "10", "ws_max_clients", 10),
+    ("APP_WS_WRITE_TIMEOUT", "1.5s", "ws_write_timeout_s", 1.5),
+    ("APP_WS_READ_TIMEOUT", "250ms", "ws_read_timeout_s", 0.25),
+    ("APP_PROC_ENABLE", "false", "proc_enable", False),
+    ("APP_PROC_SCAN_INTERVAL", "5s", "proc_scan_interval_s", 5.0),
+    ("APP_PROC_MAX_PIDS", "100", "proc_max_pids", 100),
+    ("APP_PROC_MAX_FDS_PER_PID", "8", "proc_max_fds_per_pid", 8),
+    ("APP_VENDOR_DIR", "/opt/vendor", "vendor_dir", "/opt/vendor"),
+]
+
+
+@pytest.mark.parametrize("env,raw,field,value", GOOD_VALUES, ids=[g[0] for g in GOOD_VALUES])
+def test_env_and_flag_set_the_same_field(env, raw, field, value):
+    flag = SETTING_BY_ENV[env].flag
+    assert getattr(parse_config([], {env: raw}), field) == value
+    assert getattr(parse_config([flag, raw], {}), field) == value
+    assert getattr(parse_config(["%s=%s" % (flag, raw)], {}), field) == value
+
+
+@pytest.mark.parametrize("env,raw,field,value", GOOD_VALUES, ids=[g[0] for g in GOOD_VALUES])
+def test_flag_wins_over_env(env, raw, field, value):
+    setting = SETTING_BY_ENV[env]
+    default = parse_config([], {})
+    config = parse_config([setting.flag, setting.default], {env: raw})
+    assert getattr(config, field) == getattr(default, field)
+    config = parse_config([setting.flag, raw], {env: setting.default})
+    assert getattr(config, field) == value
+
+
+def test_flag_wins_even_over_a_bad_env_value():
+    config = parse_config(["--interval", "1s"], {"APP_SAMPLE_INTERVAL": "abc"})
+    assert config.interval_s == 1.0
+
+
+def test_listen_flag_wins_over_env():
+    config = parse_config(["--listen", "127.0.0.1:9"], {"APP_LISTEN_ADDR": ":1234"})
+    assert (config.listen_host, config.listen_port) == ("127.0.0.1", 9)
+
+
+# --- value forms -------------------------------------------------------------
+
+@pytest.mark.parametrize("raw,seconds", [
+    ("250ms", 0.25), ("2s", 2.0), ("1.5s", 1.5), ("100ms", 0.1), ("2000ms", 2.0),
+    (" 500ms ", 0.5), ("1", 1.0), ("0.75s", 0.75),
+])
+def test_interval_durations(raw, seconds):
+    assert parse_config([], {"APP_SAMPLE_INTERVAL": raw}).interval_s == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize("raw", ["99ms", "2.5s", "2001ms", "0", "0ms", "abc", "", "-1s",
+                                 "1h", "1.5 seconds", "s", "1e3ms", "nan", "inf"])
+def test_interval_out_of_bounds_or_malformed(raw):
+    message = config_error([], {"APP_SAMPLE_INTERVAL": raw})
+    assert message.startswith("APP_SAMPLE_INTERVAL")
+    message = config_error(["--interval=%s" % raw], {})
+    assert message.startswith("--interval")
+
+
+@pytest.mark.parametrize("env", ["APP_WS_MAX_CLIENTS", "APP_PROC_MAX_PIDS",
+                                 "APP_PROC_MAX_FDS_PER_PID"])
+@pytest.mark.parametrize("raw", ["x", "0", "-1", "1.5", "", "ten", "0x10"])
+def test_bad_counts(env, raw):
+    assert config_error([], {env: raw}).startswith(env)
+    flag = SETTING_BY_ENV[env].flag
+    assert config_error(["%s=%s" % (flag, raw)], {}).startswith(flag)
+
+
+@pytest.mark.parametrize("raw,value", [("1", 1), ("64", 64), (" 12 ", 12), ("1000000", 1000000)])
+def test_good_counts(raw, value):
+    assert parse_config([], {"APP_WS_MAX_CLIENTS": raw}).ws_max_clients == value
+
+
+@pytest.mark.parametrize("env,raw", [
+    ("APP_WS_WRITE_TIMEOUT", "soon"), ("APP_WS_READ_TIMEOUT", "-5s"),
+    ("APP_PROC_SCAN_INTERVAL", "100ms"), ("APP_PROC_SCAN_INTERVAL", "2m"),
+])
+def test_bad_durations_of_other_settings(env, raw):
+    assert config_error([], {env: raw}).startswith(env)
+
+
+@pytest.mark.parametrize("raw,value", [
+    ("true", True), ("TRUE", True), ("1", True), ("yes", True), ("on", True),
+    ("false", False), ("False", False), ("0", False), ("no", False), ("off", False),
+])
+def test_bools(raw, value):
+    config = parse_config([], {"APP_ENABLE_PROMETHEUS": raw, "APP_PROC_ENABLE": raw})
+    assert config.enable_prometheus is value
+    assert config.proc_enable is value
+
+
+@pytest.mark.parametrize("raw", ["maybe", "", "2", "enabled"])
+def test_bad_bools(raw):
+    assert config_error([], {"APP_ENABLE_PROMETHEUS": raw}).startswith("APP_ENABLE_PROMETHEUS")
+    assert config_error(["--proc-enable", raw], {}).startswith("--proc-enable")
+
+
+@pytest.mark.parametrize("raw,level", [
+    ("DEBUG", "DEBUG"), ("info", "INFO"), ("Warning", "WARNING"), ("error", "ERROR"),
+])
+def test_log_levels(raw, level):
+    assert parse_config([], {"APP_LOG_LEVEL": raw}).log_level == level
+
+
+@pytest.mark.parametrize("raw", ["verbose", "", "TRACE", "5"])
+def test_bad_log_levels(raw):
+    assert config_error([], {"APP_LOG_LEVEL": raw}).startswith("APP_LOG_LEVEL")
+
+
+@pytest.mark.parametrize("raw,origins", [
+    ("", None),
+    ("*", "*"),
+    (" * ", "*"),
+    ("https://dash.example.com", ("https://dash.example.com",)),
+    ("https://A.Example.COM, http://b.example:8080",
+     ("https://a.example.com", "http://b.example:8080")),
+    ("HTTP://Host:80", ("http://host",)),
+    ("https://host:443/", ("https://host",)),
+    ("http://192.168.1.5:8080,https://[::1]:8443",
+     ("http://192.168.1.5:8080", "https://[::1]:8443")),
+])
+def test_origins(raw, origins):
+    assert parse_config([], {"APP_ALLOWED_ORIGINS": raw}).allowed_origins == origins
+
+
+@pytest.mark.parametrize("raw", [
+    "ftp://host", "example.com", "https://host/path", "https://", "https://a,",
+    "*,https://a", "https://host:99999", "javascript:alert(1)",
+])
+def test_bad_origins(raw):
+    assert config_error([], {"APP_ALLOWED_ORIGINS": raw}).startswith("APP_ALLOWED_ORIGINS")
+    assert config_error(["--allowed-origins", raw], {}).startswith("--allowed-origins")
+
+
+@pytest.mark.parametrize("raw,host,port", [
+    (":8080", "", 8080),
+    ("8080", "", 8080),
+    ("127.0.0.1:9", "127.0.0.1", 9),
+    ("[::1]:8080", "::1", 8080),
+    ("0.0.0.0:80", "0.0.0.0", 80),
+    ("localhost:65535", "localhost", 65535),
+    (" :8080 ", "", 8080),
+])
+def test_listen_addr_forms(raw, host, port):
+    config = parse_config([], {"APP_LISTEN_ADDR": raw})
+    assert (config.listen_host, config.listen_port) == (host, port)
+
+
+@pytest.mark.parametrize("raw", [
+    "host:99999", "host:", "", "http", "[::1]", "[::1]8080", ":-1", "host:80x", "::1",
+])
+def test_bad_listen_addr(raw):
+    assert config_error([], {"APP_LISTEN_ADDR": raw}).startswith("APP_LISTEN_ADDR")
+    assert config_error(["--listen", raw], {}).startswith("--listen")
+
+
+@pytest.mark.parametrize("raw", ["card 1", "../etc", "", "a" * 65, "card1;rm"])
+def test_bad_default_gpu(raw):
+    assert config_error([], {"APP_DEFAULT_GPU": raw}).startswith("APP_DEFAULT_GPU")
+
+
+@pytest.mark.parametrize("env", ["APP_SYSFS_ROOT", "APP_PROC_ROOT", "APP_DEV_ROOT",
+                                 "APP_SHARE_ROOT"])
+def test_empty_root_paths_rejected(env):
+    assert config_error([], {env: ""}).startswith(env)
+
+
+def test_error_message_is_one_line_and_quotes_the_value():
+    message = config_error([], {"APP_SAMPLE_INTERVAL": "1\n2"})
+    assert message.startswith("APP_SAMPLE_INTERVAL")
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize("argv", [["--bogus"], ["--interval"], ["positional"]])
+def test_command_line_errors_are_config_errors(argv):
+    message = config_error(argv, {})
+    assert "\n" not in message
+    assert argv[0] in message
+
+
+# --- the program as a user runs it ------------------------------------------
+
+@pytest.mark.parametrize("env,raw", [
+    ("APP_SAMPLE_INTERVAL", "abc"),
+    ("APP_SAMPLE_INTERVAL", "5s"),
+    ("APP_LISTEN_ADDR", "host:99999"),
+    ("APP_WS_MAX_CLIENTS", "-1"),
+    ("APP_ALLOWED_ORIGINS", "ftp://x"),
+])
+def test_bad_env_exits_2_with_one_line(env, raw, tmp_path):
+    result = run_program([], tmp_path, **{env: raw})
+    assert result.returncode == 2
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert env in lines[0]
+    assert "Traceback" not in result.stderr
+    assert result.stdout == ""
+
+
+@pytest.mark.parametrize("args,flag", [
+    (["--interval", "50ms"], "--interval"),
+    (["--listen", "[::1]"], "--listen"),
+    (["--log-level=chatty"], "--log-level"),
+    (["--bogus-flag"], "--bogus-flag"),
+    (["--json"], "--json"),
+])
+def test_bad_flag_exits_2_with_one_line(args, flag, tmp_path):
+    result = run_program(args, tmp_path)
+    assert result.returncode == 2
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert flag in lines[0]
+    assert "Traceback" not in result.stderr
+
+
+def test_help_lists_every_variable_and_its_default(tmp_path):
+    result = run_program(["--help"], tmp_path, COLUMNS="80")
+    assert result.returncode == 0, result.stderr
+    text = " ".join(result.stdout.split())     # argparse wraps lines
+    for setting in SETTINGS:
+        assert setting.env in text, setting.env
+        assert setting.flag in text, setting.flag
+        near = text[text.index(setting.env):][:len(setting.env) + 40]
+        if setting.default:
+            assert setting.default in near, (setting.env, near)
+        else:
+            assert "''" in near or "empty" in near.lower() or "none" in near.lower(), near
+    for flag in ("--demo", "--once", "--json", "--version", "--help"):
+        assert flag in text
+
+
+def test_short_help_flag(tmp_path):
+    result = run_program(["-h"], tmp_path)
+    assert result.returncode == 0
+    assert "APP_SAMPLE_INTERVAL" in result.stdout
+
+
+def test_version(tmp_path):
+    result = run_program(["--version"], tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == atw.__version__
+
+
+def once_json(tmp_path, *extra, **env):
+    result = run_program(["--once", "--json"] + list(extra), tmp_path, **env)
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    return json.loads(result.stdout)
+
+
+RX6900XT_SLOW = {"vram_total_bytes": 17163091968, "vis_vram_total_bytes": 17163091968,
+                 "gtt_total_bytes": 16786171904, "power_cap_w": 289.0,
+                 "pcie_gen": 4, "pcie_speed_gts": 16.0, "pcie_width": 16}
+RX6900XT_FAST = {"gpu_busy_pct": 3, "mem_busy_pct": 0, "sclk_mhz": 500, "mclk_mhz": 1000,
+                 "temp_c": 56.0, "temp_junction_c": 59.0, "temp_mem_c": 54.0, "power_w": 36.0,
+                 "vram_used_bytes": 668274688, "runtime_status": "active"}
+PHOENIX_SLOW = {"vram_total_bytes": 4294967296, "gtt_total_bytes": 31433977856}
+PHOENIX_FAST = {"gpu_busy_pct": 0, "sclk_mhz": 800, "temp_c": 25.0, "power_w": 3.103,
+                "vddnb_mv": 615, "gtt_used_bytes": 211398656, "runtime_status": "active"}
+
+
+def check_multi_gpu_snapshot(snapshot):
+    assert snapshot["version"] == atw.__version__
+    gpus = snapshot["gpus"]
+    assert [g["id"] for g in gpus] == ["card1", "card2"]
+    assert [g["name"] for g in gpus] == ["AMD Radeon RX 6900 XT", "AMD Phoenix1"]
+    assert [g["pci"] for g in gpus] == ["0000:0c:00.0", "0000:64:00.0"]
+    assert [g["apu"] for g in gpus] == [False, True]
+    assert [g["demo"] for g in gpus] == [False, False]
+    for gpu in gpus:
+        assert set(atw.METRIC_KEYS) <= set(gpu["metrics"])
+    for gpu, want in zip(gpus, [dict(RX6900XT_FAST, **RX6900XT_SLOW),
+                                dict(PHOENIX_FAST, **PHOENIX_SLOW)]):
+        got = {key: gpu["metrics"][key] for key in want}
+        assert got == want, gpu["id"]
+
+
+def test_once_json_against_multi_gpu(tmp_path):
+    snapshot = once_json(tmp_path, APP_SYSFS_ROOT=str(SYS / "multi_gpu"),
+                         APP_SHARE_ROOT=str(SHARE))
+    check_multi_gpu_snapshot(snapshot)
+
+
+def test_once_json_is_complete_every_time(tmp_path):
+    """--once samples each GPU exactly once, by itself: no run may lose the slow
+    files (totals, caps, PCIe) or crash on a reader shared with a thread."""
+    for _ in range(8):
+        snapshot = once_json(tmp_path, APP_SYSFS_ROOT=str(SYS / "multi_gpu"),
+                             APP_SHARE_ROOT=str(SHARE))
+        check_multi_gpu_snapshot(snapshot)
+
+
+def test_run_once_leaves_no_threads_behind(capsys):
+    """run_once must not start sampler threads that keep reading the readers it
+    samples and closes (they race with it)."""
+    config = parse_config(["--once", "--json"], {"APP_SYSFS_ROOT": str(SYS / "multi_gpu"),
+                                                 "APP_SHARE_ROOT": str(SHARE)})
+    before = set(threading.enumerate())
+    try:
+        assert atw.run_once(config) == 0
+        started = [t for t in threading.enumerate() if t not in before and t.is_alive()]
+    finally:
+        leftovers = [t for t in threading.enumerate() if t not in before]
+        for thread in leftovers:
+            if hasattr(thread, "stop"):
+                thread.stop()
+        for thread in leftovers:
+            thread.join(2.0)
+    assert [t.name for t in started] == []
+    check_multi_gpu_snapshot(json.loads(capsys.readouterr().out))
+
+
+def test_once_json_demo(tmp_path):
+    snapshot = once_json(tmp_path, "--demo", APP_SYSFS_ROOT=str(tmp_path))
+    gpus = snapshot["gpus"]
+    assert len(gpus) == 2
+    assert all(g["demo"] is True for g in gpus)
+    for gpu in gpus:
+        assert set(atw.METRIC_KEYS) <= set(gpu["metrics"])
+        assert gpu["metrics"]["gpu_busy_pct"] is not None
+    assert [g["apu"] for g in gpus] == [False, True]
+
+
+def test_once_json_with_no_gpu(tmp_path):
+    empty = tmp_path / "sys"
+    empty.mkdir()
+    snapshot = once_json(tmp_path, APP_SYSFS_ROOT=str(empty), APP_SHARE_ROOT=str(SHARE))
+    assert snapshot["gpus"] == []
+
+
+def test_once_json_radeon_only_host(tmp_path):
+    snapshot = once_json(tmp_path, APP_SYSFS_ROOT=str(SYS / "hd7870_radeon"),
+                         APP_SHARE_ROOT=str(SHARE))
+    assert snapshot["gpus"] == []
+
+
+def test_once_table(tmp_path):
+    result = run_program(["--once"], tmp_path, APP_SYSFS_ROOT=str(SYS / "rx6900xt"),
+                         APP_SHARE_ROOT=str(SHARE))
+    assert result.returncode == 0, result.stderr
+    assert "card0" in result.stdout
+    assert "AMD Radeon RX 6900 XT" in result.stdout

@@ -73,6 +73,7 @@ import enum
 import errno
 import hashlib
 import html
+import ipaddress
 import json
 import logging
 import math
@@ -106,6 +107,7 @@ WS_MAX_MESSAGE_BYTES = 65536    # client messages are small JSON objects
 WS_QUEUE_FRAMES = 64            # per-client outbound queue (drop-oldest past it)
 WS_QUEUE_BYTES = 8 * 1024 * 1024
 WS_RECV_SIZE = 65536
+WS_SNDBUF_BYTES = 65536
 HTTP_IDLE_TIMEOUT_S = 15.0
 SHUTDOWN_GRACE_S = 0.6          # time clients get to answer our Close 1001
 
@@ -1140,7 +1142,13 @@ def split_host_header(host):
 
 
 def is_loopback_name(name):
-    return name in LOOPBACK_NAMES or name == "::1" or name.startswith("127.")
+    """'localhost', '127.0.0.5', '::1' -> True; '127.0.0.1.evil.example' -> False."""
+    if name in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(name.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def host_allowed(host_header, listen_host, allowed_origins):
@@ -1187,10 +1195,11 @@ def inline_script_hashes(page_html):
 
 def build_csp(script_hashes, use_cdn):
     """Content-Security-Policy allowing only self (and the pinned CDN when used)."""
-    cdn = (" " + CDN_ORIGIN) if use_cdn else ""
-    return ("default-src 'none'; script-src 'self'%s %s; style-src 'self' 'unsafe-inline'%s; "
-            "img-src 'self' data:; connect-src 'self'; base-uri 'none'; form-action 'none'; "
-            "frame-ancestors 'none'" % (cdn, " ".join(script_hashes), cdn)).replace("  ", " ")
+    cdn = [CDN_ORIGIN] if use_cdn else []
+    return ("default-src 'none'; script-src %s; style-src %s; img-src 'self' data:; "
+            "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+            % (" ".join(["'self'"] + cdn + list(script_hashes)),
+               " ".join(["'self'", "'unsafe-inline'"] + cdn)))
 
 
 def error_json(message):
@@ -2224,6 +2233,9 @@ class Hub(StoppableThread):
         sock.setblocking(False)
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            # A small kernel buffer keeps a stuck client's backlog in OUR bounded
+            # queue, where the write timeout sees it (Linux would grow it to MiBs).
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, WS_SNDBUF_BYTES)
         except OSError:
             pass
         client = WsClient(sock, addr, now, self.max_message_bytes)
@@ -2385,6 +2397,7 @@ class Hub(StoppableThread):
                   and now - client.stalled_since > self.write_timeout_s):
                 self.stats["stuck_closed"] += 1
                 LOG.info("event=ws_stuck_client addr=%s queued=%d", client.addr, len(client.queue))
+                self._try_close_frame(client, CloseCode.POLICY_VIOLATION, "write timeout")
                 self._drop(client)
             elif now - client.last_recv > self.read_timeout_s:
                 self._start_close(client, CloseCode.INTERNAL_ERROR, "keepalive timeout", now)
@@ -2392,6 +2405,14 @@ class Hub(StoppableThread):
                 client.ping_sent = True
                 self._enqueue(client, encode_frame(Opcode.PING, b"keepalive"))
                 self._flush(client, now)
+
+    def _try_close_frame(self, client, code, reason):
+        """Best effort Close before dropping a stuck client (only at a frame boundary)."""
+        if not client.head_sent:
+            try:
+                client.sock.send(encode_close(code, reason))
+            except OSError:
+                pass
 
     def _drop(self, client):
         if not client.open:
@@ -2416,6 +2437,11 @@ class Hub(StoppableThread):
             self._loop_once(0.05)
         for client in list(self._clients):
             self._drop(client)
+        while self._inbox:      # a hand-over that raced with shutdown
+            kind, item = self._inbox.popleft()
+            if kind == "client":
+                item[0].close()
+                self.release_slot()
 
     def client_count(self):
         return len(self._clients)
@@ -2464,6 +2490,14 @@ class DashboardServer(ThreadingHTTPServer):
             self._conns.discard(request)
         ThreadingHTTPServer.shutdown_request(self, request)
 
+    def handle_error(self, request, client_address):
+        """A client that vanished mid-request is routine: one debug line, no traceback."""
+        exc = sys.exc_info()[1]
+        if isinstance(exc, (ConnectionError, socket.timeout)):
+            LOG.debug("event=http_client_gone client=%s error=%r", client_address[0], exc)
+        else:
+            LOG.error("event=http_handler_error client=%s error=%r", client_address[0], exc)
+
     def close_idle_connections(self):
         with self._conns_lock:
             conns = list(self._conns)
@@ -2494,12 +2528,18 @@ class DashboardHandler(BaseHTTPRequestHandler):
         raise AttributeError(name)
 
     def _method_not_allowed(self):
+        # The body (if any) is never read, so the connection must not be reused:
+        # its bytes would be parsed as the next request.
+        self.close_connection = True
         self._send_json(405, {"error": "method not allowed: this server is read-only"},
-                        [("Allow", "GET, HEAD")])
+                        [("Allow", "GET, HEAD"), ("Connection", "close")])
 
     def _dispatch(self, send_body):
         self._send_body = send_body
         app = self.server.app
+        if len(self.headers.get_all("Host") or ()) > 1:
+            self.send_error(400, "more than one Host header")   # RFC 9112 §3.2
+            return
         if not host_allowed(self.headers.get("Host"), app.config.listen_host,
                             app.config.allowed_origins):
             self._send_json(403, {"error": "Host header not allowed (DNS rebinding protection)"})

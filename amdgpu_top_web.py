@@ -67,6 +67,7 @@ __version__ = "0.1.0"
 import argparse
 import array
 import base64
+import bisect
 import codecs
 import collections
 import enum
@@ -78,11 +79,13 @@ import json
 import logging
 import math
 import os
+import pwd
 import random
 import re
 import selectors
 import signal
 import socket
+import stat
 import struct
 import threading
 import time
@@ -110,6 +113,7 @@ WS_RECV_SIZE = 65536
 WS_SNDBUF_BYTES = 65536
 HTTP_IDLE_TIMEOUT_S = 15.0
 SHUTDOWN_GRACE_S = 0.6          # time clients get to answer our Close 1001
+PROC_SCAN_BUDGET_S = 0.5        # wall-clock budget of one /proc walk (then resumed next scan)
 
 PCIE_GEN_BY_GTS = ((2.5, 1), (5.0, 2), (8.0, 3), (16.0, 4), (32.0, 5), (64.0, 6))
 
@@ -171,6 +175,30 @@ LINK_SPEED_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*GT/s", re.IGNORECASE)
 GPU_PATH_RE = re.compile(r"^/api/gpus/([A-Za-z0-9_.:-]{1,64})/(metrics|procs|history)$")
 HWMON_FILE_RE = re.compile(r"^(temp|freq|in|power|fan|pwm)([0-9]+)_([a-z_]+)$")
 
+# -- process top -----------------------------------------------------------
+
+DRM_CHAR_MAJOR = 226                 # Linux DRM character devices (card*, renderD*)
+DRM_RENDER_MINOR_BASE = 128          # renderD<minor> for minors >= 128
+PROC_STAT_READ_LIMIT = 4096          # /proc/<pid>/stat is one short line
+PROC_STATUS_READ_LIMIT = 16384
+PROC_CGROUP_READ_LIMIT = 16384
+PROC_MOUNTINFO_READ_LIMIT = 1 << 20
+FDINFO_READ_LIMIT = 65536            # amdgpu fdinfo is ~1.5 KiB; newest kernels ~3 KiB
+CMDLINE_READ_LIMIT = 8192            # read a bit more than CMD_MAX_LEN to redact correctly
+CMD_MAX_LEN = 512
+ELLIPSIS = "\u2026"
+REDACTED = "***"
+# Targets under /dev that are never a GPU: skip the stat() of the remap check.
+_NOT_GPU_DEV_PREFIXES = (
+    "/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom",
+    "/dev/pts/", "/dev/ptmx", "/dev/tty", "/dev/console", "/dev/shm/",
+    "/dev/snd/", "/dev/input/", "/dev/net/", "/dev/log", "/dev/kmsg",
+    "/dev/fuse", "/dev/kvm", "/dev/vhost", "/dev/hugepages", "/dev/mqueue/",
+    "/dev/accel/", "/dev/hidraw", "/dev/video", "/dev/media", "/dev/bus/",
+    "/dev/uinput", "/dev/rfkill", "/dev/autofs", "/dev/loop", "/dev/nvidia",
+)
+
+
 # ---------------------------------------------------------------------------
 # 3. Data types
 # ---------------------------------------------------------------------------
@@ -194,6 +222,8 @@ SETTINGS = (
             "GPU the page shows first (card id) or auto"),
     Setting("APP_ENABLE_PROMETHEUS", "--enable-prometheus", "enable_prometheus", "false", "bool",
             "serve Prometheus text at /metrics"),
+    Setting("APP_PROMETHEUS_PROCESSES", "--prometheus-processes", "prometheus_processes", "0",
+            "count0", "per-process series on /metrics: the top N processes per GPU, 0 = none"),
     Setting("APP_LOG_LEVEL", "--log-level", "log_level", "INFO", "level",
             "DEBUG, INFO, WARNING or ERROR"),
     Setting("APP_SYSFS_ROOT", "--sysfs-root", "sysfs_root", "/sys", "path", "sysfs mount"),
@@ -235,6 +265,27 @@ GpuInfo = collections.namedtuple(
 
 # One published frame: the JSON payload (bytes) and the same as a WebSocket frame.
 OutFrame = collections.namedtuple("OutFrame", "gpu_id kind payload wire")
+
+# -- process top -----------------------------------------------------------
+
+# One parsed /proc/<pid>/fdinfo/<fd> of a DRM file (formats.md section 6).
+#
+#     memory/total map "vram", "gtt", "cpu" to bytes (None for a region the file
+#     does not mention); the whole dict is None when the file has no such keys.
+#     legacy is True for the amdgpu 5.14-5.18 format (pdev/pasid/"vram mem").
+FdinfoRecord = collections.namedtuple(
+    "FdinfoRecord", "driver pdev client_id pasid legacy memory total engines_ns capacity cycles "
+    "total_cycles legacy_pct")
+
+
+# What is kept of one client between two reads (all counters are maxima).
+EngineSample = collections.namedtuple("EngineSample", "t_ns engines_ns cycles total_cycles")
+
+# Plain, JSON-serialisable result of ProcScanner.scan()/refresh() (and DemoProcSource).
+ScanResult = collections.namedtuple("ScanResult", "by_pci visibility stats")
+
+
+# Plain, JSON-serialisable result of ProcScanner.scan()/refresh().
 
 # ---------------------------------------------------------------------------
 # 4. Pure parsers
@@ -441,9 +492,10 @@ def _convert_setting(setting, raw):
         if not 0.05 <= value <= 3600.0:
             raise ValueError("must be between 50ms and 1h")
         return value
-    if kind == "count":
-        if not raw.strip().isdigit() or not 1 <= int(raw) <= 1000000:
-            raise ValueError("must be a whole number from 1 to 1000000")
+    if kind in ("count", "count0"):
+        low = 0 if kind == "count0" else 1
+        if not raw.strip().isdigit() or not low <= int(raw) <= 1000000:
+            raise ValueError("must be a whole number from %d to 1000000" % low)
         return int(raw)
     return _convert_simple_setting(kind, raw)
 
@@ -643,6 +695,731 @@ def compute_pcie(pcie_dpm, link_speed, link_width):
     else:
         speed, width = found
     return {"pcie_speed_gts": speed, "pcie_width": width, "pcie_gen": pcie_gen_from_speed(speed)}
+
+# -- process top -----------------------------------------------------------
+
+_SIZE_RE = re.compile(r"^\s*(\d+)\s*([A-Za-z]*)\s*$")
+_SIZE_UNITS = {
+    "": 1, "b": 1,
+    "k": 1 << 10, "kb": 1 << 10, "kib": 1 << 10,      # legacy amdgpu "kB" is KiB
+    "m": 1 << 20, "mb": 1 << 20, "mib": 1 << 20,
+    "g": 1 << 30, "gb": 1 << 30, "gib": 1 << 30,      # GiB: defensive, not seen
+}
+# Legacy ring lines "<ip><ring>:\t<int>.<int>%"; "enc_1" must win over "enc".
+_LEGACY_RING_RE = re.compile(r"^(gfx|compute|dma|dec|enc_1|enc|jpeg|vpe|[a-z][a-z_]*?)(\d+)$")
+_LEGACY_PCT_RE = re.compile(r"^(\d+)\.(\d+)\s*%$")
+_LEGACY_MEM_KEYS = {"vram mem": "vram", "gtt mem": "gtt", "cpu mem": "cpu"}
+_REGION_VRAM_RE = re.compile(r"^(?:vram|local)\d*$")
+_REGION_CPU_RE = re.compile(r"^(?:cpu|system\d*)$")
+
+
+def parse_size(value_text):
+    """'22 MiB' / '8192 KiB' / '17196 kB' / '0' -> bytes; None if not a size.
+
+    No unit means bytes (drm-usage-stats.rst); the legacy amdgpu "kB" is KiB.
+    """
+    m = _SIZE_RE.match(value_text or "")
+    if m is None:
+        return None
+    mult = _SIZE_UNITS.get(m.group(2).lower())
+    return None if mult is None else int(m.group(1)) * mult
+
+
+def _parse_uint(value_text):
+    """Leading unsigned integer of '107322799 ns' -> 107322799; None if none."""
+    parts = value_text.split(None, 1)
+    return int(parts[0]) if parts and parts[0].isdigit() else None
+
+
+def region_class(region):
+    """Map a DRM memory region name to "vram", "gtt", "cpu" or None.
+
+    amdgpu: vram/gtt/cpu; xe: vram0/vram1/gtt/system; i915: local0/system0.
+    Other regions (stolen, gds, gws, oa, doorbell, mmioremap, memory) are
+    not counted.
+    """
+    if region == "gtt":
+        return "gtt"
+    if _REGION_VRAM_RE.match(region):
+        return "vram"
+    if _REGION_CPU_RE.match(region):
+        return "cpu"
+    return None
+
+
+def _add_region(bucket, region, value_text):
+    cls, size = region_class(region), parse_size(value_text)
+    if cls is not None and size is not None:
+        bucket[cls] = bucket.get(cls, 0) + size
+
+
+def _region_dict(bucket):
+    if not bucket:
+        return None
+    return {cls: bucket.get(cls) for cls in ("vram", "gtt", "cpu")}
+
+
+def parse_legacy_pct(value_text):
+    """Legacy ring busy '70.59%' -> 70.59; '5.7%' -> 5.07.
+
+    The 5.14-5.18 kernel prints perc/100 "." perc%100 with "%d" (no zero
+    padding), so the digits after the dot are hundredths as an integer.
+    """
+    m = _LEGACY_PCT_RE.match(value_text.strip())
+    if m is None:
+        return None
+    return int(m.group(1)) + int(m.group(2)) / 100.0
+
+
+class _FdinfoAcc(object):
+    """Mutable accumulator used only inside parse_fdinfo."""
+
+    def __init__(self):
+        self.fields = {"driver": None, "pdev": None, "client_id": None, "pasid": None}
+        self.legacy = False
+        self.resident, self.alias, self.total, self.legacy_mem = {}, {}, {}, {}
+        self.engines, self.capacity, self.cycles, self.total_cycles = {}, {}, {}, {}
+        self.rings = {}  # ip -> [ring percentages]
+
+
+def _take_drm_key(acc, key, value):
+    """Handle one 'drm-*' key; order of tests matters (cycles before total)."""
+    if key.startswith("drm-engine-capacity-"):
+        _store_uint(acc.capacity, key[20:], value)
+    elif key.startswith("drm-engine-"):
+        _store_uint(acc.engines, key[11:], value)
+    elif key.startswith("drm-total-cycles-"):      # before drm-total-<region>
+        _store_uint(acc.total_cycles, key[17:], value)
+    elif key.startswith("drm-cycles-"):
+        _store_uint(acc.cycles, key[11:], value)
+    elif key.startswith("drm-resident-"):
+        _add_region(acc.resident, key[13:], value)
+    elif key.startswith("drm-memory-"):           # deprecated alias of resident
+        _add_region(acc.alias, key[11:], value)
+    elif key.startswith("drm-total-"):
+        _add_region(acc.total, key[10:], value)
+    elif key == "drm-driver":
+        acc.fields["driver"] = value or None
+    elif key == "drm-pdev":
+        acc.fields["pdev"] = value or None
+    elif key == "drm-client-id":
+        acc.fields["client_id"] = _parse_uint(value)
+
+
+def _store_uint(target, name, value):
+    number = _parse_uint(value)
+    if name and number is not None:
+        target[name] = number
+
+
+def _take_other_key(acc, key, value):
+    """Keys without the drm- prefix: pasid, and the legacy 5.14-5.18 lines."""
+    if key == "pasid":
+        acc.fields["pasid"] = _parse_uint(value)
+    elif key == "pdev":
+        acc.fields["pdev"] = value or None
+        acc.legacy = True
+    elif key in _LEGACY_MEM_KEYS:
+        size = parse_size(value)
+        if size is not None:
+            acc.legacy_mem[_LEGACY_MEM_KEYS[key]] = size
+            acc.legacy = True
+    elif value.endswith("%"):
+        m, pct = _LEGACY_RING_RE.match(key), parse_legacy_pct(value)
+        if m is not None and pct is not None:
+            acc.rings.setdefault(m.group(1), []).append(pct)
+
+
+def _legacy_pct(rings):
+    """Sum the rings of each ip, each ring capped at 100 (so <= 100 x rings)."""
+    return {ip: round(sum(min(p, 100.0) for p in pcts), 2) for ip, pcts in rings.items()}
+
+
+def parse_fdinfo(text):
+    """Parse fdinfo text (str or bytes) of a DRM fd; never raises.
+
+    Keys may come in any order; whitespace after the colon is skipped (amdgpu
+    prints "drm-memory-gtt: \\t"). Memory prefers drm-resident-* over the
+    drm-memory-* alias; drm-total-* is reported separately.
+    """
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", "replace")
+    acc = _FdinfoAcc()
+    for line in (text or "").splitlines():
+        key, sep, value = line.partition(":")
+        if not sep:
+            continue
+        key, value = key.strip(), value.strip()
+        if key.startswith("drm-"):
+            _take_drm_key(acc, key, value)
+        else:
+            _take_other_key(acc, key, value)
+    return _finish_record(acc)
+
+
+def _finish_record(acc):
+    legacy = acc.legacy and acc.fields["driver"] is None
+    memory = dict(acc.alias)
+    memory.update(acc.resident)
+    if legacy:
+        memory = acc.legacy_mem
+    return FdinfoRecord(
+        driver=AMD_DRIVER if legacy else acc.fields["driver"],
+        pdev=acc.fields["pdev"], client_id=acc.fields["client_id"],
+        pasid=acc.fields["pasid"], legacy=legacy,
+        memory=_region_dict(memory), total=_region_dict(acc.total),
+        engines_ns=acc.engines, capacity=acc.capacity, cycles=acc.cycles,
+        total_cycles=acc.total_cycles,
+        legacy_pct=_legacy_pct(acc.rings) if legacy else {})
+
+
+def record_has_engine_data(rec):
+    """True when this kind of record reports engine time at all.
+
+    amdgpu (5.19+) prints drm-engine-* only once non-zero and the legacy
+    format prints a ring line only with activity, so for amdgpu an absent
+    key means 0, not "unsupported".
+    """
+    if rec.engines_ns or rec.cycles or rec.legacy_pct or rec.legacy:
+        return True
+    return rec.driver == AMD_DRIVER and rec.client_id is not None
+
+
+def client_key(rec, pci, pid, fd_name):
+    """Dedupe key of one DRM client: (pdev, client-id), legacy (pdev, pasid).
+
+    Without either there is nothing to dedupe on: the (pid, fd) is unique.
+    """
+    if rec.client_id is not None:
+        return "%s/client/%d" % (pci, rec.client_id)
+    if rec.legacy and rec.pasid is not None:
+        return "%s/pasid/%d" % (pci, rec.pasid)
+    return "%s/fd/%d/%s" % (pci, pid, fd_name)
+
+
+# -- fd targets and /proc text -----------------------------------------------
+
+_DRM_NODE_RE = re.compile(r"^(?:renderD|card)\d+$")
+
+
+_NOT_GPU = (None, None)
+
+
+def classify_fd_target(target):
+    """readlink() text of /proc/<pid>/fd/<n> -> (kind, node).
+
+    kind: "drm" (node = "renderD128"/"card1"), "kfd", "maybe_drm" (a device
+    path that might be a DRM node remapped by a container: stat it), or None.
+    Cheap for the common cases (socket:[..], pipe:[..], regular files).
+    """
+    if not target.startswith("/"):
+        return _NOT_GPU                          # socket:[..], pipe:[..], anon_inode:..
+    if target.endswith(" (deleted)"):
+        target = target[:-10]
+    if target.startswith("/dev/"):
+        return _classify_dev(target)
+    if _DRM_NODE_RE.match(target[target.rfind("/") + 1:]):
+        return ("maybe_drm", None)               # e.g. /host-dev/dri/renderD128
+    return _NOT_GPU
+
+
+def _classify_dev(target):
+    if target.startswith("/dev/dri/"):
+        base = target[9:]
+        return ("drm", base) if _DRM_NODE_RE.match(base) else ("maybe_drm", None)
+    if target == "/dev/kfd":
+        return ("kfd", None)
+    if target.startswith(_NOT_GPU_DEV_PREFIXES):
+        return _NOT_GPU
+    return ("maybe_drm", None)
+
+
+def drm_node_from_rdev(mode, rdev):
+    """st_mode/st_rdev of a stat() -> "renderD<minor>"/"card<minor>" or None."""
+    if not stat.S_ISCHR(mode) or os.major(rdev) != DRM_CHAR_MAJOR:
+        return None
+    minor = os.minor(rdev)
+    return ("renderD%d" if minor >= DRM_RENDER_MINOR_BASE else "card%d") % minor
+
+
+def parse_proc_stat(text):
+    """/proc/<pid>/stat -> (comm, start_time in clock ticks); (None, None) if bad.
+
+    comm may contain spaces and ')' : it is everything between the first '('
+    and the LAST ')'. start_time is field 22, i.e. the 20th after the comm.
+    """
+    lp, rp = text.find("("), text.rfind(")")
+    if lp < 0 or rp < lp:
+        return (None, None)
+    rest = text[rp + 1:].split()
+    if len(rest) < 20 or not rest[19].isdigit():
+        return (text[lp + 1:rp], None)
+    return (text[lp + 1:rp], int(rest[19]))
+
+
+def parse_status_uid(text):
+    """Real uid from the 'Uid:\\t<real>\\t<eff>\\t<saved>\\t<fs>' line of status."""
+    for line in (text or "").splitlines():
+        if line.startswith("Uid:"):
+            fields = line[4:].split()
+            return int(fields[0]) if fields and fields[0].isdigit() else None
+    return None
+
+
+def parse_status_nspid(text):
+    """'NSpid:\\t812\\t1' -> [812, 1] (one pid per nested pid namespace)."""
+    for line in (text or "").splitlines():
+        if line.startswith("NSpid:"):
+            return [int(f) for f in line[6:].split() if f.isdigit()]
+    return []
+
+
+_CGROUP_ID_RE = re.compile(r"(?:^|[/:-])([0-9a-f]{64})(?:\.scope)?(?=$|[/:])")
+_CGROUP_NAME_RES = (
+    re.compile(r"/lxc\.payload\.([^/]+)"),
+    re.compile(r"/lxc/([^/]+)"),
+    re.compile(r"/machine-([^/]+)\.scope"),
+    re.compile(r"/systemd-nspawn@([^/]+)\.service"),
+)
+
+
+def parse_cgroup_container(text):
+    """/proc/<pid>/cgroup -> short container id (12 hex) or name; None if none.
+
+    Handles docker (/docker/<id>, docker-<id>.scope), podman (libpod-<id>.scope),
+    containerd/CRI (cri-containerd-<id>.scope, ...slice:cri-containerd:<id>),
+    CRI-O (crio-<id>.scope), kubepods cgroupfs (/kubepods/.../<id>), LXC and
+    systemd-nspawn names. The last id on a line wins (nested runtimes).
+    """
+    best = None
+    for line in (text or "").splitlines():
+        path = line.split(":", 2)[-1]
+        ids = _CGROUP_ID_RE.findall(path)
+        if ids:
+            return ids[-1][:12]
+        if best is None:
+            best = _cgroup_name(path)
+    return best
+
+
+def _cgroup_name(path):
+    for regex in _CGROUP_NAME_RES:
+        m = regex.search(path)
+        if m:
+            return m.group(1).replace("\\x2d", "-")
+    return None
+
+
+def _unescape_mount(field):
+    """mountinfo/mounts escape space, tab, newline and backslash as \\ooo."""
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
+
+
+def _proc_mount_entry(line):
+    """One mountinfo or /proc/mounts line -> (mount point, options) of a proc mount."""
+    if " - " in line:                               # mountinfo (proc(5))
+        pre, _, post = line.partition(" - ")
+        pre_f, post_f = pre.split(), post.split()
+        if len(pre_f) < 6 or len(post_f) < 3 or post_f[0] != "proc":
+            return None
+        return (_unescape_mount(pre_f[4]), pre_f[5] + "," + post_f[2])
+    fields = line.split()                           # /proc/mounts (fstab(5))
+    if len(fields) < 4 or fields[2] != "proc":
+        return None
+    return (_unescape_mount(fields[1]), fields[3])
+
+
+def _hidepid_value(options):
+    for opt in options.split(","):
+        if opt.startswith("hidepid="):
+            value = opt[8:]
+            return False if value in ("0", "off") else value
+    return False
+
+
+def parse_hidepid(mountinfo_text, mount_point="/proc"):
+    """hidepid of the proc mount at mount_point (else at /proc, else any proc).
+
+    Returns the option value ("1", "2", "invisible", "noaccess", "ptraceable"),
+    False when that proc mount has no hidepid, None when no proc mount is
+    listed. Accepts /proc/self/mountinfo or /proc/mounts text.
+    """
+    found = {}
+    for line in (mountinfo_text or "").splitlines():
+        entry = _proc_mount_entry(line)
+        if entry is None:
+            continue
+        point = entry[0]
+        rank = 0 if point == mount_point else (1 if point == "/proc" else 2)
+        found[rank] = _hidepid_value(entry[1])      # later (stacked) mounts win
+    for rank in (0, 1, 2):
+        if rank in found:
+            return found[rank]
+    return None
+
+
+# -- command lines -----------------------------------------------------------
+
+_ANSI_RE = re.compile(
+    r"\x1b\[[0-?]*[ -/]*[@-~]"                  # CSI ... final byte
+    r"|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?"      # OSC ... BEL / ST
+    r"|\x1b[@-Z\\-_]"                           # two-byte escapes
+    r"|\x9b[0-?]*[ -/]*[@-~]")                  # 8-bit CSI
+_SPACE_CTRL_RE = re.compile("[\t\n\r\x0b\x0c\u2028\u2029]")
+_CTRL_RE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+# A flag is secret when its last name part says so: --password, --db-password,
+# --hf-token, --api-key, --client-secret; not --max-tokens, --tokenizer,
+# --password-file, --bypass (values there are not secrets, and are useful).
+_SECRET_FLAG_NAME_RE = re.compile(
+    r"(?:^|[-_.])(?:passw(?:or)?d|passphrase|pass|pwd|secret|token|api[-_]?key|apikey"
+    r"|access[-_]?key|private[-_]?key|secret[-_]?key|credentials?)$", re.I)
+_FLAG_VALUE_RE = re.compile(r"(^|\s)(-{1,2}[A-Za-z0-9][A-Za-z0-9_.-]*)(=|\s+)(\S+)")
+_SECRET_ENV_RE = re.compile(
+    r"(^|[\s=:;,'\"])([A-Za-z0-9_]*_(?:KEY|TOKEN|SECRET)|[A-Za-z0-9_]*PASSW(?:OR)?D[A-Za-z0-9_]*"
+    r"|SECRET|TOKEN)=([^\s'\"]+)", re.I)
+_URL_CRED_RE = re.compile(r"\b([A-Za-z][A-Za-z0-9+.-]*://[^\s/@:]*):[^\s/@]*@")
+_QUERY_SECRET_RE = re.compile(
+    r"([?&](?:access_token|token|api_?key|password|secret|sig|signature)=)[^&\s]+", re.I)
+
+
+def is_secret_flag(flag):
+    """'--password' / '-token' / '--api-key' (no '=value') -> True."""
+    return flag.startswith("-") and bool(_SECRET_FLAG_NAME_RE.search(flag.lstrip("-")))
+
+
+def sanitize_text(text):
+    """Drop ANSI escapes and control/bidi characters; line breaks become spaces."""
+    text = _ANSI_RE.sub("", text)
+    return _CTRL_RE.sub("", _SPACE_CTRL_RE.sub(" ", text))
+
+
+def _redact_flag_value(m):
+    if not is_secret_flag(m.group(2)) or (m.group(3) != "=" and m.group(4).startswith("-")):
+        return m.group(0)
+    return m.group(1) + m.group(2) + m.group(3) + REDACTED
+
+
+def _redact_inline(arg):
+    arg = _FLAG_VALUE_RE.sub(_redact_flag_value, arg)
+    arg = _SECRET_ENV_RE.sub(lambda m: m.group(1) + m.group(2) + "=" + REDACTED, arg)
+    arg = _URL_CRED_RE.sub(lambda m: m.group(1) + ":" + REDACTED + "@", arg)
+    return _QUERY_SECRET_RE.sub(lambda m: m.group(1) + REDACTED, arg)
+
+
+def redact_argv(argv):
+    """Redact secret-looking values in a list of arguments (already sanitized).
+
+    '--password x' / '--token x' (flag then value), '--api-key=x', 'X_KEY=x',
+    'X_TOKEN=x', 'X_SECRET=x', '*PASSWORD*=x', 'scheme://user:pass@' and
+    '?token=x' query parameters. Also applied inside one argument (sh -c '...').
+    """
+    out, hide_next = [], False
+    for arg in argv:
+        if hide_next and arg and not arg.startswith("-"):
+            out.append(REDACTED)
+            hide_next = False
+            continue
+        hide_next = is_secret_flag(arg)
+        out.append(_redact_inline(arg))
+    return out
+
+
+def redact_cmdline(raw_bytes, max_len=CMD_MAX_LEN):
+    """/proc/<pid>/cmdline bytes -> one safe display string of <= max_len chars.
+
+    NUL separators become spaces, escapes/control characters are stripped
+    before redaction (so they cannot hide a keyword), secrets are redacted,
+    whitespace runs collapse to one space, and an over-long result ends with
+    an ellipsis.
+    """
+    if isinstance(raw_bytes, str):
+        raw_bytes = raw_bytes.encode("utf-8", "replace")
+    parts = (raw_bytes or b"").split(b"\0")
+    while parts and parts[-1] == b"":
+        parts.pop()
+    argv = [sanitize_text(p.decode("utf-8", "replace")) for p in parts]
+    text = " ".join(" ".join(redact_argv(argv)).split())     # one space between words
+    if len(text) > max_len:
+        text = text[:max(0, max_len - 1)] + ELLIPSIS
+    return text
+
+
+# -- rate maths (engine busy) ------------------------------------------------
+
+
+def compute_engine_pct(prev_ns, cur_ns, dt_ns, capacity=None):
+    """Per-engine busy % = delta ns / delta wall ns / capacity x 100.
+
+    prev_ns None (first sample) or dt_ns <= 0 gives None for every engine; an
+    engine whose counter went backwards gives None. An engine missing from
+    one side counts as 0 there (amdgpu prints an engine once it is non-zero).
+    """
+    names = set(cur_ns) | set(prev_ns or ())
+    if prev_ns is None or dt_ns <= 0:
+        return {name: None for name in names}
+    out = {}
+    for name in names:
+        delta = cur_ns.get(name, 0) - prev_ns.get(name, 0)
+        cap = max(1, (capacity or {}).get(name, 1))
+        out[name] = None if delta < 0 else round(delta * 100.0 / dt_ns / cap, 2)
+    return out
+
+
+def compute_cycles_pct(prev, cur, capacity=None):
+    """xe: busy % = delta drm-cycles / delta drm-total-cycles / capacity x 100.
+
+    prev and cur are (cycles, total_cycles) dict pairs; prev None -> all None.
+    """
+    cur_cycles, cur_total = cur
+    if prev is None:
+        return {name: None for name in cur_cycles}
+    out = {}
+    for name in cur_cycles:
+        d_busy = cur_cycles[name] - prev[0].get(name, 0)
+        d_total = cur_total.get(name, 0) - prev[1].get(name, 0)
+        cap = max(1, (capacity or {}).get(name, 1))
+        ok = name in prev[1] and d_total > 0 and d_busy >= 0
+        out[name] = round(d_busy * 100.0 / d_total / cap, 2) if ok else None
+    return out
+
+
+def _busy_ms_per_s(prev, rec, dt_ns):
+    """Sum of engine busy milliseconds per second (not divided by capacity)."""
+    ms = 0.0
+    for name, value in rec.engines_ns.items():
+        ms += max(0, value - prev.engines_ns.get(name, 0)) * 1000.0 / dt_ns
+    for name, value in rec.cycles.items():
+        d_total = rec.total_cycles.get(name, 0) - prev.total_cycles.get(name, 0)
+        if d_total > 0:
+            ms += max(0, value - prev.cycles.get(name, 0)) * 1000.0 / d_total
+    return round(ms, 2)
+
+
+def _max_merge(prev, cur):
+    """drm-usage-stats.rst: on a lower value keep the previous larger one."""
+    merged = dict(prev)
+    for name, value in cur.items():
+        merged[name] = max(value, merged.get(name, 0))
+    return merged
+
+
+def compute_client_usage(prev, rec, now_ns):
+    """One client's engine usage since its previous sample.
+
+    Returns (engines_pct {engine: pct or None}, gpu_time_ms_per_s or None,
+    new EngineSample to keep). Legacy records carry their own ring % (the
+    kernel's window), used as-is: ms/s = sum of % x 10. An amdgpu client
+    with no engine line yet is idle (0 ms/s) from its second sample on.
+    """
+    if rec.legacy:
+        pct = dict(rec.legacy_pct)
+        return pct, round(sum(pct.values()) * 10.0, 2), EngineSample(now_ns, {}, {}, {})
+    base = prev or EngineSample(now_ns, {}, {}, {})
+    sample = EngineSample(now_ns, _max_merge(base.engines_ns, rec.engines_ns),
+                          _max_merge(base.cycles, rec.cycles),
+                          _max_merge(base.total_cycles, rec.total_cycles))
+    dt_ns = now_ns - base.t_ns
+    pct = compute_engine_pct(prev.engines_ns if prev else None, rec.engines_ns, dt_ns,
+                             rec.capacity)
+    pct.update(compute_cycles_pct((prev.cycles, prev.total_cycles) if prev else None,
+                                  (rec.cycles, rec.total_cycles), rec.capacity))
+    if prev is None or dt_ns <= 0 or None in pct.values() or not record_has_engine_data(rec):
+        return pct, None, sample
+    return pct, _busy_ms_per_s(prev, rec, dt_ns), sample
+
+
+# -- per-GPU process tables (dedupe, sums, capabilities) ---------------------
+
+
+def _sum_field(clients, field):
+    """Sum of a client field; None when no client has it."""
+    values = [c[field] for c in clients if c[field] is not None]
+    return sum(values) if values else None
+
+
+def _sum_engines(clients):
+    """Per-engine sum over clients; an engine is None if any client's is None."""
+    out = {}
+    for client in clients:
+        for name, pct in client["engines_pct"].items():
+            if name in out and out[name] is None:
+                continue
+            out[name] = None if pct is None else round(out.get(name, 0.0) + pct, 2)
+    return out
+
+
+def _sum_engine_ns(clients):
+    """Cumulative busy ns per engine (drm-engine-*), for Prometheus counters."""
+    total = {}
+    for client in clients:
+        for name, value in (client.get("engines_ns") or {}).items():
+            total[name] = total.get(name, 0) + value
+    return total
+
+
+def _sum_ms(clients):
+    values = [c["ms_per_s"] for c in clients]
+    if not values or None in values:
+        return None
+    return round(sum(values), 2)
+
+
+def _pick_node(clients):
+    nodes = sorted({c["node"] for c in clients if c["node"]})
+    render = [n for n in nodes if n.startswith("renderD")]
+    return (render or nodes or [None])[0]
+
+
+def _proc_row(proc, clients, owned):
+    """The JSON row of one process on one GPU (usage = its owned clients)."""
+    meta = proc["meta"]
+    return {
+        "pid": proc["pid"], "uid": meta.get("uid"), "user": meta.get("user"),
+        "name": proc["name"], "cmd": meta.get("cmd", ""),
+        "render_node": _pick_node(clients), "kfd": proc["kfd"],
+        "shared": len(owned) < len(clients),
+        "vram_bytes": _sum_field(owned, "vram") or 0,
+        "gtt_bytes": _sum_field(owned, "gtt") or 0,
+        "cpu_bytes": _sum_field(owned, "cpu") or 0,
+        "vram_total_bytes": _sum_field(owned, "vram_total"),
+        "gtt_total_bytes": _sum_field(owned, "gtt_total"),
+        "engines_pct": _sum_engines(owned),
+        "engines_ns": _sum_engine_ns(owned),
+        "gpu_time_ms_per_s": _sum_ms(owned) if clients else None,
+        "container": meta.get("container"), "start_time": proc["start_time"],
+        "clients": len(owned),
+    }
+
+
+def _empty_gpu():
+    return {"processes": [], "clients": {}, "kfd": False}
+
+
+def _group_clients(procs, gpu_pcis):
+    """pci -> {"processes": [(proc, clients)], "clients": {key: client}}."""
+    groups = {pci: _empty_gpu() for pci in gpu_pcis}
+    for proc in procs:
+        per_pci = {}
+        for client in proc["clients"]:
+            per_pci.setdefault(client["pci"], []).append(client)
+        if not per_pci and proc["kfd"]:
+            per_pci = {pci: [] for pci in gpu_pcis}   # kfd-only: GPU unknown, show on all
+        for pci, clients in per_pci.items():
+            group = groups.setdefault(pci, _empty_gpu())
+            group["processes"].append((proc, clients))
+            group["kfd"] = group["kfd"] or proc["kfd"]
+            for client in clients:
+                group["clients"].setdefault(client["key"], client)
+    return groups
+
+
+def _gpu_totals(rows, clients):
+    engines = {}
+    for row in rows:                  # null only while no process has a value yet
+        for name, pct in row["engines_pct"].items():
+            if pct is not None:
+                engines[name] = round((engines.get(name) or 0.0) + pct, 2)
+            else:
+                engines.setdefault(name, None)
+    ms = [row["gpu_time_ms_per_s"] for row in rows if row["gpu_time_ms_per_s"] is not None]
+    return {
+        "vram_bytes": sum(r["vram_bytes"] for r in rows),
+        "gtt_bytes": sum(r["gtt_bytes"] for r in rows),
+        "cpu_bytes": sum(r["cpu_bytes"] for r in rows),
+        "gpu_time_ms_per_s": round(sum(ms), 2) if ms else None,
+        "engines_pct": engines, "clients": len(clients), "processes": len(rows),
+    }
+
+
+def _gpu_capabilities(clients, kfd):
+    values = list(clients.values())
+    return {
+        "vram_gtt_from_fdinfo": any(c["has_memory"] for c in values) if values else None,
+        "engine_time_from_fdinfo": any(c["engine_capable"] for c in values) if values else None,
+        "engines": sorted({n for c in values for n in c["engines_pct"]}),
+        "kfd_seen": kfd,   # ROCm queues never show in DRM engine counters
+    }
+
+
+def compute_procs_by_pci(procs, gpu_pcis):
+    """Per-GPU process tables from scanner state (pure).
+
+    procs: [{"pid", "name", "start_time", "kfd", "meta": {...}, "clients":
+    [client dicts]}]. Each distinct client key is attributed to the lowest
+    PID holding it; other holders get shared=True and none of its usage, so
+    per-GPU sums over processes equal sums over distinct clients.
+    """
+    procs = sorted(procs, key=lambda p: p["pid"])
+    owner = {}
+    for proc in procs:
+        for client in proc["clients"]:
+            owner.setdefault(client["key"], proc["pid"])
+    by_pci = {}
+    for pci, group in _group_clients(procs, gpu_pcis).items():
+        rows = [_proc_row(proc, clients,
+                          [c for c in clients if owner[c["key"]] == proc["pid"]])
+                for proc, clients in group["processes"]]
+        rows.sort(key=lambda r: (-(r["vram_bytes"] + r["gtt_bytes"]), r["pid"]))
+        by_pci[pci] = {"processes": rows, "totals": _gpu_totals(rows, group["clients"]),
+                       "capabilities": _gpu_capabilities(group["clients"], group["kfd"])}
+    return by_pci
+
+
+def make_client_row(rec, key, pci, node, engines_pct, ms_per_s):
+    """One distinct client's numbers, as compute_procs_by_pci consumes them."""
+    mem, total = rec.memory or {}, rec.total or {}
+    return {"key": key, "pci": pci, "node": node, "engines_pct": engines_pct,
+            "ms_per_s": ms_per_s, "vram": mem.get("vram"), "gtt": mem.get("gtt"),
+            "cpu": mem.get("cpu"), "vram_total": total.get("vram"),
+            "gtt_total": total.get("gtt"), "has_memory": rec.memory is not None,
+            "engines_ns": rec.engines_ns,
+            "engine_capable": record_has_engine_data(rec)}
+
+
+def compute_visibility(euid, ns_self, ns_init, nspid, hidepid, self_container):
+    """What this process can see of the others (pure; inputs read from /proc).
+
+    pid_namespace_separate: True when NSpid has several levels or our pid
+    namespace differs from pid 1's, False when both links agree, None when
+    pid 1 is not visible (hidepid, or the link is unreadable).
+    """
+    separate = None
+    if len(nspid) > 1 or (ns_self and ns_init and ns_self != ns_init):
+        separate = True
+    elif ns_self and ns_init:
+        separate = False
+    return {"root": euid == 0, "pid_namespace_separate": separate, "hidepid": hidepid,
+            "self_container": self_container}
+
+
+def is_amd_client(rec, node, node_map):
+    """Keep amdgpu clients; a DRM fd without usage stats counts when its node
+    belongs to a known (amdgpu) GPU, e.g. on kernels before 5.14."""
+    if rec.driver is not None:
+        return rec.driver == AMD_DRIVER
+    return node in node_map
+
+
+def select_fd_window(names, cap, resume_fd, keep):
+    """Which fd names to readlink this time: at most cap, in numeric order,
+    starting at fd number resume_fd (rotating through a process with more fds
+    than cap over several scans), plus the names in keep (known GPU fds).
+
+    Returns (names, next_resume_fd or None when the walk is complete).
+    """
+    if len(names) <= cap:
+        return names, None
+    numbers = sorted(int(n) for n in names if n.isdigit())
+    start = bisect.bisect_left(numbers, resume_fd or 0)
+    if start >= len(numbers):
+        start = 0
+    window = numbers[start:start + cap]
+    nxt = numbers[start + cap] if start + cap < len(numbers) else None
+    chosen = [str(n) for n in window]
+    present = set(names)
+    chosen.extend(k for k in keep if k in present and k not in set(chosen))
+    return chosen, nxt
+
 
 # ---------------------------------------------------------------------------
 # 5. WebSocket codec (sans-IO, RFC 6455)
@@ -1102,7 +1879,8 @@ def build_stats_message(gpu_id, epoch_s, metrics):
 EMPTY_PROCS = {"processes": [], "capabilities": {"vram_gtt_from_fdinfo": False,
                                                  "engine_time_from_fdinfo": False, "engines": []},
                "totals": {"vram_bytes": 0, "gtt_bytes": 0, "cpu_bytes": 0,
-                          "gpu_time_ms_per_s": None, "clients": 0, "processes": 0}}
+                          "gpu_time_ms_per_s": None, "engines_pct": {}, "clients": 0,
+                          "processes": 0}}
 
 
 def build_procs_message(gpu_id, epoch_s, entry, visibility, scan_stats):
@@ -1126,7 +1904,7 @@ def route(path):
         return ("gpu_" + match.group(2), match.group(1)) if match else ("not_found", None)
     simple = {"/api/gpus": "gpus", "/api/healthz": "healthz", "/api/readyz": "readyz",
               "/api/version": "version", "/ws": "ws", "/favicon.ico": "favicon",
-              "/plain": "plain"}
+              "/plain": "plain", "/metrics": "metrics"}
     return simple.get(path, "not_found"), None
 
 
@@ -1204,6 +1982,141 @@ def build_csp(script_hashes, use_cdn):
 
 def error_json(message):
     return json_bytes({"error": message})
+
+
+# -- Prometheus text format (opt-in /metrics) ---------------------------------
+
+PROM_PREFIX = "amdgpu_"
+PROM_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+# family, type, help, [(metric key, scale, extra labels)]
+PROM_GPU_FAMILIES = (
+    ("gpu_busy_ratio", "gauge", "GPU busy (gpu_busy_percent / 100).", [("gpu_busy_pct", 0.01, ())]),
+    ("memory_controller_busy_ratio", "gauge", "Memory controller busy (mem_busy_percent / 100).",
+     [("mem_busy_pct", 0.01, ())]),
+    ("clock_hertz", "gauge", "Current clock.",
+     [("sclk_mhz", 1e6, (("clock", "shader"),)), ("mclk_mhz", 1e6, (("clock", "memory"),))]),
+    ("temperature_celsius", "gauge", "Temperature by hwmon sensor label.",
+     [("temp_c", 1, (("sensor", "edge"),)), ("temp_junction_c", 1, (("sensor", "junction"),)),
+      ("temp_mem_c", 1, (("sensor", "mem"),))]),
+    ("fan_rpm", "gauge", "Fan speed in revolutions per minute.", [("fan_rpm", 1, ())]),
+    ("fan_duty_ratio", "gauge", "Fan PWM duty (pwm1 / pwm1_max).", [("fan_pct", 0.01, ())]),
+    ("power_watts", "gauge", "Package power (PPT; Van Gogh: slow and fast PPT).",
+     [("power_w", 1, (("sensor", "ppt"),)), ("power_fast_w", 1, (("sensor", "fast_ppt"),))]),
+    ("power_cap_watts", "gauge", "Power cap.",
+     [("power_cap_w", 1, (("sensor", "ppt"),)), ("power_fast_cap_w", 1, (("sensor", "fast_ppt"),))]),
+    ("voltage_volts", "gauge", "Rail voltage.",
+     [("vddgfx_mv", 0.001, (("rail", "vddgfx"),)), ("vddnb_mv", 0.001, (("rail", "vddnb"),))]),
+    ("memory_used_bytes", "gauge", "Memory in use by pool (vram, vis_vram, gtt).",
+     [("vram_used_bytes", 1, (("pool", "vram"),)), ("vis_vram_used_bytes", 1, (("pool", "vis_vram"),)),
+      ("gtt_used_bytes", 1, (("pool", "gtt"),))]),
+    ("memory_total_bytes", "gauge", "Memory size by pool (vram, vis_vram, gtt).",
+     [("vram_total_bytes", 1, (("pool", "vram"),)), ("vis_vram_total_bytes", 1, (("pool", "vis_vram"),)),
+      ("gtt_total_bytes", 1, (("pool", "gtt"),))]),
+    ("pcie_link_generation", "gauge", "PCIe link generation (dGPUs).", [("pcie_gen", 1, ())]),
+    ("pcie_link_width_lanes", "gauge", "PCIe link width (dGPUs).", [("pcie_width", 1, ())]),
+)
+
+
+def prom_escape(value):
+    return str(value).replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def prom_labels(pairs):
+    return "{%s}" % ",".join('%s="%s"' % (k, prom_escape(v)) for k, v in pairs) if pairs else ""
+
+
+def prom_number(value):
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, int):
+        return str(value)
+    return repr(float(value))
+
+
+class PromWriter(object):
+    """Collects families (HELP/TYPE once each, then samples) into exposition text."""
+
+    def __init__(self):
+        self._families = collections.OrderedDict()
+
+    def add(self, name, kind, help_text, labels, value):
+        if value is None:
+            return
+        family = self._families.setdefault(PROM_PREFIX + name, (kind, help_text, []))
+        family[2].append("%s%s%s %s" % (PROM_PREFIX, name, prom_labels(labels), prom_number(value)))
+
+    def text(self):
+        out = []
+        for name, (kind, help_text, samples) in self._families.items():
+            out.append("# HELP %s %s" % (name, help_text))
+            out.append("# TYPE %s %s" % (name, kind))
+            out.extend(samples)
+        return "\n".join(out) + "\n"
+
+
+def render_prometheus(gpus, procs, health, max_procs):
+    """gpus: [(identity, metrics)], procs: {gpu id: procs message}, health: the
+    monitor's own numbers -> Prometheus text (one prefix, base units, a gpu label)."""
+    writer = PromWriter()
+    for identity, metrics in gpus:
+        base = (("gpu", identity["id"]), ("pci", identity["pci"] or ""))
+        info = base + (("name", identity["name"]), ("pci_id", identity["pci_id"]),
+                       ("revision", identity.get("revision") or ""), ("driver", identity["driver"]),
+                       ("apu", str(identity["apu"]).lower()), ("demo", str(identity["demo"]).lower()))
+        writer.add("gpu_info", "gauge", "GPU identity; always 1.", info, 1)
+        _prom_gpu(writer, base, metrics or {})
+        if max_procs and identity["id"] in procs:
+            _prom_procs(writer, base, procs[identity["id"]], max_procs)
+    _prom_health(writer, health)
+    return writer.text()
+
+
+def _prom_gpu(writer, base, metrics):
+    status = metrics.get("runtime_status")
+    if status:
+        writer.add("runtime_suspended", "gauge",
+                   "1 while the GPU is runtime-suspended (its sensors are then not read).",
+                   base, int(status != "active" and status != "unsupported"))
+    for family, kind, help_text, series in PROM_GPU_FAMILIES:
+        for key, scale, extra in series:
+            value = metrics.get(key)
+            if value is not None:
+                writer.add(family, kind, help_text, base + extra, round(value * scale, 9)
+                           if scale != 1 else value)
+
+
+def _prom_procs(writer, base, message, max_procs):
+    procs = sorted(message.get("processes") or [], key=lambda p: -((p.get("vram_bytes") or 0)
+                                                                    + (p.get("gtt_bytes") or 0)))
+    for proc in procs[:max_procs]:
+        labels = base + (("pid", proc["pid"]), ("name", proc.get("name") or ""))
+        for pool in ("vram", "gtt", "cpu"):
+            writer.add("process_memory_bytes", "gauge", "GPU memory of a process by pool (top processes only).",
+                       labels + (("pool", pool),), proc.get(pool + "_bytes"))
+        for engine, ns in sorted((proc.get("engines_ns") or {}).items()):
+            writer.add("process_engine_seconds_total", "counter",
+                       "Busy time of a process on a GPU engine (fdinfo drm-engine-*).",
+                       labels + (("engine", engine),), ns / 1e9)
+
+
+HEALTH_HELP = {
+    "exporter_sample_duration_seconds": ("gauge", "Duration of the last sysfs sample of a GPU."),
+    "exporter_sample_errors_total": ("counter", "Samples that raised an error."),
+    "exporter_proc_scan_duration_seconds": ("gauge", "Duration of the last /proc scan."),
+    "exporter_proc_scans_total": ("counter", "Process scans run (full walks and watchlist refreshes)."),
+    "exporter_proc_scans_cut_short_total": ("counter", "Process scans stopped by their time or PID budget."),
+    "exporter_proc_scan_errors_total": ("counter", "Process scans that raised an error."),
+    "exporter_websocket_clients": ("gauge", "Connected WebSocket clients."),
+    "exporter_websocket_dropped_frames_total": ("counter", "Frames dropped for slow WebSocket clients."),
+    "exporter_websocket_stuck_closed_total": ("counter", "WebSocket clients closed by the write timeout."),
+    "exporter_websocket_refused_total": ("counter", "WebSocket upgrades refused at the client cap."),
+}
+
+
+def _prom_health(writer, health):
+    for (name, labels), value in sorted(health.items()):
+        kind, help_text = HEALTH_HELP[name]
+        writer.add(name, kind, help_text, labels, value)
 
 
 CDN_URL_RE = re.compile(
@@ -1362,10 +2275,10 @@ class DirWatch(object):
 
     def _stat(self):
         try:
-            stat = os.stat(self.path)
+            info = os.stat(self.path)
         except OSError:
             return None
-        return (stat.st_ino, stat.st_mtime_ns)
+        return (info.st_ino, info.st_mtime_ns)
 
     def poll(self, now):
         if now >= self._check_at:
@@ -1437,6 +2350,63 @@ class AttrFile(object):
             except OSError:
                 pass
             self.fd = None
+
+# -- process top -----------------------------------------------------------
+
+_O_DIR = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0)
+_O_FILE = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)
+
+
+def read_at(dir_fd, rel_path, limit):
+    """Up to limit bytes of rel_path under dir_fd (one read: procfs seq files
+    return a whole small record at once); None on any OSError."""
+    try:
+        fd = os.open(rel_path, _O_FILE, dir_fd=dir_fd)
+    except OSError:
+        return None
+    try:
+        return os.read(fd, limit)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def read_text_at(dir_fd, rel_path, limit):
+    data = read_at(dir_fd, rel_path, limit)
+    return None if data is None else data.decode("utf-8", "replace")
+
+
+def readlink_at(dir_fd, rel_path):
+    try:
+        return os.readlink(rel_path, dir_fd=dir_fd)
+    except OSError:
+        return None
+
+
+def open_dir_at(dir_fd, rel_path):
+    """Directory fd, or the OSError (callers tell ENOENT/ESRCH from EACCES)."""
+    try:
+        return os.open(rel_path, _O_DIR, dir_fd=dir_fd)
+    except OSError as exc:
+        return exc
+
+
+def stat_at(dir_fd, rel_path):
+    """stat() following links (never opens the target); None on OSError."""
+    try:
+        return os.stat(rel_path, dir_fd=dir_fd)
+    except OSError:
+        return None
+
+
+def read_user_name(uid):
+    """pwd lookup (may hit NSS); the scanner caches it per uid."""
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except (KeyError, OverflowError):
+        return None
+
 
 # ---------------------------------------------------------------------------
 # 8. GPU readers, samplers, discovery and the cache
@@ -1712,7 +2682,18 @@ class Cache(object):
         self._history = {}
         self._listeners = []
         self._hello = None
+        self._health = {}
         self._capacity = int(math.ceil(HISTORY_WINDOW_S / interval_s))
+
+    def record(self, name, labels, value, add=False):
+        """The monitor's own health numbers (for /metrics): set a gauge or add to a counter."""
+        key = (name, labels)
+        with self._lock:
+            self._health[key] = (self._health.get(key, 0) + value) if add else value
+
+    def health_snapshot(self):
+        with self._lock:
+            return dict(self._health)
 
     def add_listener(self, callback):
         self._listeners.append(callback)
@@ -1837,13 +2818,17 @@ class Sampler(StoppableThread):
         self.reader.close()
 
     def tick(self):
+        gpu = (("gpu", self.reader.info.id),)
+        started = self.clock()
         try:
-            metrics = self.reader.sample(self.clock())
+            metrics = self.reader.sample(started)
         except Exception:  # a sampler must never die; log the first few, quietly
             self._errors += 1
+            self.cache.record("exporter_sample_errors_total", gpu, 1, add=True)
             if self._errors <= 3:
                 LOG.exception("event=sample_failed gpu=%s", self.reader.info.id)
             return
+        self.cache.record("exporter_sample_duration_seconds", gpu, round(self.clock() - started, 6))
         self.cache.publish_stats(self.reader.info.id, time.time(), metrics)
 
 
@@ -1922,6 +2907,432 @@ def _card_order(info):
 
 
 
+def _vanished(exc):
+    """ENOENT/ESRCH: the PID exited (or its fd closed) while we looked."""
+    return isinstance(exc, (FileNotFoundError, ProcessLookupError))
+
+
+# A PID last seen NOT using a GPU (or unreadable), skipped while unchanged.
+#
+#     start_time is None when it was not needed: on procfs the fd dir inode
+#     identifies the process (see _PidWalker._unchanged).
+_PidMark = collections.namedtuple("_PidMark", "start_time fd_count fd_ino resume_fd unreadable")
+
+
+_STAT_KEYS = ("pids_total", "pids_seen", "pids_walked", "pids_skipped_unchanged",
+              "pids_unreadable", "pids_vanished", "pids_fd_capped", "gpu_fds",
+              "fdinfo_reads", "fdinfo_failed", "non_amd_clients", "unmapped_clients")
+
+
+def _new_stats(kind, full):
+    stats = dict.fromkeys(_STAT_KEYS, 0)
+    stats.update(kind=kind, full_walk=full, cut_short=False, duration_s=0.0)
+    return stats
+
+
+class _PidWalker(object):
+    """The budgeted walk of <proc>/<pid>/fd, and the skip cache of PIDs found
+    NOT using a GPU (skipped while their fd count and identity are unchanged).
+
+    Shares the watchlist dict (pid -> entry) with ProcScanner: it visits those
+    PIDs first, drops them when they vanish or stop using a GPU, and hands
+    every PID holding a DRM or /dev/kfd fd to on_gpu(procfd, pid, (comm,
+    start), (drm {fd: node}, kfd [fd]), stats, full) -> kept (bool).
+    """
+
+    def __init__(self, watch, on_gpu, clock, limits, fd_count):
+        self._watch, self._on_gpu, self._clock = watch, on_gpu, clock
+        self._max_pids, self._max_fds, self._budget_ns = limits
+        self._choice = {"auto": None, "st_size": True, "listdir": False}[fd_count]
+        self.st_size = None          # count fds by st_size (procfs, Linux >= 6.2)?
+        self._procfs = False         # is the root a real procfs (inode shortcut)?
+        self._marks = {}             # pid -> _PidMark
+        self._resume_after = None
+
+    def is_marked(self, pid):
+        return pid in self._marks and not self._marks[pid].unreadable
+
+    def unreadable_count(self):
+        return sum(1 for m in self._marks.values() if m.unreadable)
+
+    def walk(self, procfd, pids, full, stats, t0):
+        """Visit pids (sorted): the watchlist first, then the rest from where
+        the last cut-short scan stopped, within max_pids and the time budget."""
+        self._forget_missing(set(pids))
+        if self.st_size is None:
+            self._calibrate(procfd)
+        watch, rest = self._visit_order(pids)
+        for pid in watch:
+            if self._over_budget(stats["pids_seen"], t0):
+                stats["cut_short"] = True
+                break
+            stats["pids_seen"] += 1
+            self._visit(procfd, pid, full, stats)
+        for index, pid in enumerate(rest):
+            # At least one other PID per scan, so a tiny budget still progresses.
+            if index and self._over_budget(stats["pids_seen"], t0):
+                stats["cut_short"] = True
+                self._resume_after = rest[index - 1]   # the next scan continues here
+                return
+            stats["pids_seen"] += 1
+            self._visit(procfd, pid, full, stats)
+        self._resume_after = None
+
+    def forget(self, pid, stats, counter="pids_vanished"):
+        stats[counter] += 1
+        self._marks.pop(pid, None)
+        self._watch.pop(pid, None)
+
+    def read_start(self, procfd, pid):
+        """(comm, start_time) from <pid>/stat; (None, None) if gone or torn."""
+        text = read_text_at(procfd, "%d/stat" % pid, PROC_STAT_READ_LIMIT)
+        return parse_proc_stat(text) if text else (None, None)
+
+    def _over_budget(self, seen, t0):
+        return seen >= self._max_pids or self._clock() - t0 >= self._budget_ns
+
+    def _visit_order(self, pids):
+        watch = [p for p in pids if p in self._watch]
+        rest = [p for p in pids if p not in self._watch]
+        if self._resume_after is not None:
+            cut = bisect.bisect_right(rest, self._resume_after)
+            rest = rest[cut:] + rest[:cut]
+        return watch, rest
+
+    def _forget_missing(self, present):
+        for cache in (self._marks, self._watch):
+            for pid in [p for p in cache if p not in present]:
+                del cache[pid]
+
+    def _calibrate(self, procfd):
+        """Look at our own fd directory once: on procfs >= 6.2 its st_size is
+        the fd count (trusted only if it matches a listing); procfs < 6.2
+        reports 0; a plain directory (a fixture tree) reports neither."""
+        fd = open_dir_at(procfd, "self/fd")
+        size = count = -1
+        if not isinstance(fd, OSError):
+            try:
+                size, count = os.fstat(fd).st_size, len(os.listdir(fd))
+            except OSError:
+                pass
+            finally:
+                os.close(fd)
+        matches = size > 0 and count - 1 <= size <= count   # listdir() dups the fd
+        self._procfs = matches or (size == 0 and count > 0)
+        self.st_size = matches if self._choice is None else (self._choice and matches)
+
+    def _probe_fds(self, procfd, pid):
+        """(fd count, fd dir inode): one stat() on procfs >= 6.2, else a
+        listing too; the OSError if stat() fails; count -1 if unlistable."""
+        try:
+            st = os.stat("%d/fd" % pid, dir_fd=procfd)
+        except OSError as exc:
+            return exc
+        if self.st_size:
+            return (st.st_size, st.st_ino)
+        fd = open_dir_at(procfd, "%d/fd" % pid)
+        if isinstance(fd, OSError):
+            return (-1, st.st_ino)
+        try:
+            return (len(os.listdir(fd)), st.st_ino)
+        except OSError:
+            return (-1, st.st_ino)
+        finally:
+            os.close(fd)
+
+    def _unchanged(self, procfd, pid, mark, probe):
+        """Same fd count and same process (start time) as when marked.
+
+        On procfs the fd dir's inode lives as long as the process's dentry;
+        a reused PID gets a new inode (new process, new dentry), so an
+        unchanged inode proves the start time unchanged without reading stat:
+        one stat() per PID in the steady state. Any inode change (or a plain
+        directory tree, where inodes are reused) re-reads the start time.
+        """
+        if probe[0] != mark.fd_count:
+            return False
+        if self._procfs and probe[1] == mark.fd_ino:
+            return True
+        start = self.read_start(procfd, pid)[1]
+        if start is None or start != mark.start_time:   # a None mark never matches
+            return False
+        self._marks[pid] = mark._replace(fd_ino=probe[1])
+        return True
+
+    def _visit(self, procfd, pid, full, stats):
+        probe = self._probe_fds(procfd, pid)
+        if isinstance(probe, OSError):
+            self.forget(pid, stats, "pids_vanished" if _vanished(probe) else "pids_unreadable")
+            return
+        mark = None if pid in self._watch else self._marks.get(pid)
+        resume = None
+        if mark is not None and self._unchanged(procfd, pid, mark, probe):
+            if not full and (mark.resume_fd is None or mark.unreadable):
+                stats["pids_skipped_unchanged"] += 1
+                stats["pids_unreadable"] += int(mark.unreadable)
+                return
+            resume = mark.resume_fd
+        self._walk(procfd, pid, probe, resume, stats, full)
+
+    def _walk(self, procfd, pid, probe, resume, stats, full):
+        # On procfs a non-GPU PID is identified by its fd dir inode, so its
+        # stat is read only if it holds a GPU fd (saves ~8% of a full walk).
+        comm = start = None
+        if not self._procfs or pid in self._watch:
+            comm, start = self.read_start(procfd, pid)
+            if start is None:                          # gone, or half-written stat
+                self.forget(pid, stats)
+                return
+        stats["pids_walked"] += 1
+        found = self._list_gpu_fds(procfd, pid, resume, stats)
+        if isinstance(found, OSError):
+            self._mark_unreadable(pid, start, probe, found, stats)
+            return
+        drm, kfd, next_resume = found
+        if drm or kfd:
+            if start is None:
+                comm, start = self.read_start(procfd, pid)
+                if start is None:
+                    self.forget(pid, stats)
+                    return
+            self._marks.pop(pid, None)
+            if self._on_gpu(procfd, pid, (comm, start), (drm, kfd), stats, full):
+                return
+        # No GPU fd, or only other drivers' clients (i915, xe, radeon): skip while unchanged.
+        self._watch.pop(pid, None)
+        self._marks[pid] = _PidMark(start, probe[0], probe[1], next_resume, False)
+
+    def _mark_unreadable(self, pid, start, probe, exc, stats):
+        if _vanished(exc):
+            self.forget(pid, stats)
+            return
+        stats["pids_unreadable"] += 1                  # EACCES: other user, non-dumpable
+        self._watch.pop(pid, None)
+        self._marks[pid] = _PidMark(start, probe[0], probe[1], None, True)
+
+    def _list_gpu_fds(self, procfd, pid, resume, stats):
+        """readlink() the fds of pid -> ({fd: node}, [kfd fds], next_resume) or OSError."""
+        fdd = open_dir_at(procfd, "%d/fd" % pid)
+        if isinstance(fdd, OSError):
+            return fdd
+        try:
+            names = os.listdir(fdd)
+            known = self._watch.get(pid)
+            keep = list(known["drm_fds"]) + known["kfd_fds"] if known else []
+            window, next_resume = select_fd_window(names, self._max_fds, resume, keep)
+            if len(names) > self._max_fds:
+                stats["pids_fd_capped"] += 1
+            drm, kfd = self._classify_fds(fdd, window)
+        except OSError as exc:
+            return exc
+        finally:
+            os.close(fdd)
+        stats["gpu_fds"] += len(drm)
+        return drm, kfd, next_resume
+
+    @staticmethod
+    def _classify_fds(fdd, names):
+        """The hot loop of a full walk: one readlink() per fd, never an open()."""
+        drm, kfd, readlink = {}, [], os.readlink
+        for name in names:
+            try:
+                target = readlink(name, dir_fd=fdd)
+            except OSError:
+                continue                               # closed meanwhile
+            if target[:1] != "/":
+                continue                               # socket:[..], pipe:[..]: most fds
+            kind, node = classify_fd_target(target)
+            if kind == "maybe_drm":                    # container-remapped path: stat only
+                st = stat_at(fdd, name)
+                node = drm_node_from_rdev(st.st_mode, st.st_rdev) if st else None
+                kind = "drm" if node else None
+            if kind == "drm":
+                drm[name] = node
+            elif kind == "kfd":
+                kfd.append(name)
+        return drm, kfd
+
+
+class ProcScanner(object):
+    """Finds the processes that hold amdgpu DRM clients and measures them.
+
+    scan() walks <proc_root> within max_pids and budget_s; PIDs found not
+    using a GPU are skipped while their fd count and start time are unchanged
+    (a full walk every full_walk_every scans). refresh() re-reads only the
+    fdinfo of known GPU users (the watchlist). clock_ns returns monotonic ns.
+    fd_count: "auto", or force "listdir" (tests). Call from one thread.
+    """
+
+    def __init__(self, proc_root, max_pids=5000, max_fds_per_pid=64, budget_s=0.5,
+                 clock_ns=time.monotonic_ns, full_walk_every=5, fd_count="auto"):
+        self._root = proc_root
+        self._clock = clock_ns
+        self._full_every = max(1, int(full_walk_every))
+        self._node_map = {}          # "renderD128" -> "0000:03:00.0"
+        self._watch = {}             # pid -> dict (GPU users)
+        self._prev = {}              # (pid, start_time, client key) -> EngineSample
+        self._users = {}             # uid -> name
+        self._scans = 0
+        self._visibility = {}
+        limits = (max(1, int(max_pids)), max(1, int(max_fds_per_pid)), int(budget_s * 1e9))
+        self._walker = _PidWalker(self._watch, self._update_gpu_proc, clock_ns, limits, fd_count)
+
+    def set_node_map(self, mapping):
+        """{"renderD128": pci, "card1": pci, ...} from sysfs discovery."""
+        self._node_map = dict(mapping)
+
+    @property
+    def fd_count_mode(self):
+        """"st_size" (kernel >= 6.2 procfs), "listdir", or None before a scan."""
+        mode = self._walker.st_size
+        return None if mode is None else ("st_size" if mode else "listdir")
+
+    def known_non_gpu(self, pid):
+        """True if pid is in the skip cache (seen, not a GPU user)."""
+        return self._walker.is_marked(pid)
+
+    def scan(self):
+        """The budgeted /proc walk (+ fdinfo reads of GPU fds) -> ScanResult."""
+        t0 = self._clock()
+        self._scans += 1
+        full = (self._scans - 1) % self._full_every == 0
+        stats = _new_stats("scan", full)
+        procfd = open_dir_at(None, self._root)
+        if isinstance(procfd, OSError):
+            return self._result(stats, t0)
+        try:
+            pids = sorted(int(n) for n in os.listdir(procfd) if n.isdigit())
+            stats["pids_total"] = len(pids)
+            self._walker.walk(procfd, pids, full, stats, t0)
+            if full or not self._visibility:
+                self._visibility = self._read_visibility(procfd)
+            self._visibility["visible_pids"] = len(pids)
+        except OSError:
+            pass                                       # the root itself went away
+        finally:
+            os.close(procfd)
+        return self._result(stats, t0)
+
+    def refresh(self):
+        """Re-read fdinfo of the known GPU users only (cheap, between scans)."""
+        t0 = self._clock()
+        stats = _new_stats("refresh", False)
+        procfd = open_dir_at(None, self._root)
+        if isinstance(procfd, OSError):
+            return self._result(stats, t0)
+        try:
+            for pid in sorted(self._watch):
+                stats["pids_seen"] += 1
+                self._refresh_pid(procfd, pid, stats)
+        finally:
+            os.close(procfd)
+        return self._result(stats, t0)
+
+    # -- GPU users --------------------------------------------------------------
+
+    def _update_gpu_proc(self, procfd, pid, comm_start, fds, stats, full):
+        """Refresh (or create) the watchlist entry; False if pid holds no
+        amdgpu client, no /dev/kfd and every fdinfo read succeeded."""
+        comm, start = comm_start
+        entry = self._watch.get(pid)
+        if entry is None or entry["start_time"] != start:
+            entry = {"pid": pid, "start_time": start, "meta": None}
+        entry["name"] = sanitize_text(comm or "")
+        entry["drm_fds"], entry["kfd_fds"] = fds
+        entry["kfd"] = bool(fds[1])
+        if entry["meta"] is None or full:
+            entry["meta"] = self._read_meta(procfd, pid)
+        entry["clients"], failed = self._read_clients(procfd, pid, start, entry["drm_fds"], stats)
+        if not entry["clients"] and not entry["kfd"] and not failed:
+            return False
+        self._watch[pid] = entry
+        return True
+
+    def _read_meta(self, procfd, pid):
+        cmd = read_at(procfd, "%d/cmdline" % pid, CMDLINE_READ_LIMIT) or b""
+        uid = parse_status_uid(read_text_at(procfd, "%d/status" % pid, PROC_STATUS_READ_LIMIT))
+        cgroup = read_text_at(procfd, "%d/cgroup" % pid, PROC_CGROUP_READ_LIMIT)
+        return {"cmd": redact_cmdline(cmd, CMD_MAX_LEN), "uid": uid,
+                "user": self._user_name(uid), "container": parse_cgroup_container(cgroup)}
+
+    def _user_name(self, uid):
+        if uid is None:
+            return None
+        if uid not in self._users:
+            self._users[uid] = read_user_name(uid) or str(uid)
+        return self._users[uid]
+
+    def _read_clients(self, procfd, pid, start, drm_fds, stats):
+        """-> ([distinct amdgpu clients], number of fdinfo reads that failed)."""
+        clients, failed = {}, 0
+        for fd_name in sorted(drm_fds, key=lambda n: int(n) if n.isdigit() else -1):
+            raw = read_at(procfd, "%d/fdinfo/%s" % (pid, fd_name), FDINFO_READ_LIMIT)
+            now = self._clock()
+            stats["fdinfo_reads"] += 1
+            if raw is None:                            # fd closed / pid gone meanwhile
+                stats["fdinfo_failed"] += 1
+                failed += 1
+                continue
+            client = self._client(pid, start, fd_name, drm_fds[fd_name], raw, now, stats)
+            if client is not None and client["key"] not in clients:   # dup'd fd: once
+                clients[client["key"]] = client
+        return list(clients.values()), failed
+
+    def _client(self, pid, start, fd_name, node, raw, now, stats):
+        rec = parse_fdinfo(raw)
+        if not is_amd_client(rec, node, self._node_map):
+            stats["non_amd_clients"] += 1
+            return None
+        pci = rec.pdev or self._node_map.get(node)
+        if pci is None:
+            stats["unmapped_clients"] += 1
+            return None
+        key = client_key(rec, pci, pid, fd_name)
+        prev_key = (pid, start, key)                   # a reused PID never inherits counters
+        pct, ms, sample = compute_client_usage(self._prev.get(prev_key), rec, now)
+        self._prev[prev_key] = sample
+        return make_client_row(rec, key, pci, node, pct, ms)
+
+    def _refresh_pid(self, procfd, pid, stats):
+        entry = self._watch[pid]
+        comm, start = self._walker.read_start(procfd, pid)
+        if start is None or start != entry["start_time"]:
+            self._walker.forget(pid, stats)            # gone or reused: next scan finds it
+            return
+        entry["name"] = sanitize_text(comm or "")
+        live = {}
+        for fd_name, node in entry["drm_fds"].items():  # fd reused for another file?
+            target = readlink_at(procfd, "%d/fd/%s" % (pid, fd_name))
+            if target is not None and classify_fd_target(target)[0] in ("drm", "maybe_drm"):
+                live[fd_name] = node
+        entry["drm_fds"] = live
+        stats["gpu_fds"] += len(live)
+        entry["clients"] = self._read_clients(procfd, pid, start, live, stats)[0]
+
+    # -- results --------------------------------------------------------------
+
+    def _read_visibility(self, procfd):
+        status = read_text_at(procfd, "self/status", PROC_STATUS_READ_LIMIT)
+        mounts = (read_text_at(procfd, "self/mountinfo", PROC_MOUNTINFO_READ_LIMIT)
+                  or read_text_at(procfd, "mounts", PROC_MOUNTINFO_READ_LIMIT))
+        return compute_visibility(
+            os.geteuid(), readlink_at(procfd, "self/ns/pid"), readlink_at(procfd, "1/ns/pid"),
+            parse_status_nspid(status),
+            parse_hidepid(mounts, os.path.abspath(self._root)) if mounts else None,
+            parse_cgroup_container(read_text_at(procfd, "self/cgroup", PROC_CGROUP_READ_LIMIT)))
+
+    def _result(self, stats, t0):
+        alive = {(pid, e["start_time"]) for pid, e in self._watch.items()}
+        for key in [k for k in self._prev if (k[0], k[1]) not in alive]:
+            del self._prev[key]
+        stats["duration_s"] = round((self._clock() - t0) / 1e9, 6)
+        stats["fd_count_mode"] = self.fd_count_mode
+        visibility = dict(self._visibility, unreadable_pids=self._walker.unreadable_count())
+        procs = [dict(e) for e in self._watch.values()]
+        by_pci = compute_procs_by_pci(procs, sorted(set(self._node_map.values())))
+        return ScanResult(by_pci, visibility, stats)
+
+
 class ProcScanThread(StoppableThread):
     """Publishes a procs frame per GPU: a full, budgeted /proc walk every
     scan_interval_s and, in between, a cheap re-read of the watchlist (PIDs
@@ -1951,9 +3362,15 @@ class ProcScanThread(StoppableThread):
             result = self.source.scan() if full else self.source.refresh()
         except Exception:  # the scanner must never take the server down
             self._errors += 1
+            self.cache.record("exporter_proc_scan_errors_total", (), 1, add=True)
             if self._errors <= 3:
                 LOG.exception("event=proc_scan_failed")
             return
+        kind = (("kind", "full" if full else "refresh"),)
+        self.cache.record("exporter_proc_scans_total", kind, 1, add=True)
+        self.cache.record("exporter_proc_scan_duration_seconds", kind, result.stats.get("duration_s") or 0.0)
+        if result.stats.get("cut_short"):
+            self.cache.record("exporter_proc_scans_cut_short_total", (), 1, add=True)
         epoch = time.time()
         for info in gpus:
             message = build_procs_message(info.id, epoch, result.by_pci.get(info.pci),
@@ -1973,8 +3390,6 @@ def node_map_for(gpus):
         mapping[info.id] = info.pci
     return mapping
 
-
-ScanResult = collections.namedtuple("ScanResult", "by_pci visibility stats")
 
 DEMO_PROCS = (
     # name, user, cmd, container, kfd, engines (name -> base %), vram MiB, gtt MiB
@@ -2040,7 +3455,7 @@ def _demo_totals(procs):
     return {"vram_bytes": sum(p["vram_bytes"] for p in procs),
             "gtt_bytes": sum(p["gtt_bytes"] for p in procs), "cpu_bytes": 0,
             "gpu_time_ms_per_s": round(sum(p["gpu_time_ms_per_s"] for p in procs), 1),
-            "clients": len(procs), "processes": len(procs)}
+            "engines_pct": {}, "clients": len(procs), "processes": len(procs)}
 
 # ---------------------------------------------------------------------------
 # 9. WebSocket hub: one thread, one selectors loop over every WebSocket
@@ -2599,6 +4014,13 @@ class DashboardHandler(BaseHTTPRequestHandler):
         else:
             self._send(200, content_type, body, cache="public, max-age=86400")
 
+    def route_metrics(self, _):
+        app = self.server.app
+        if not app.config.enable_prometheus:
+            self._send_json(404, {"error": "Prometheus metrics are off (APP_ENABLE_PROMETHEUS=true)"})
+            return
+        self._send(200, PROM_CONTENT_TYPE, app.prometheus_text().encode("utf-8"))
+
     def route_favicon(self, _):
         self._send(204, "image/x-icon", b"", cache="max-age=86400")
 
@@ -2707,7 +4129,8 @@ class App(object):
         if config.demo:
             source = DemoProcSource(demo_gpu_infos(), config.demo_processes)
         else:
-            return None   # the /proc scanner arrives with process top
+            source = ProcScanner(config.proc_root, config.proc_max_pids,
+                                 config.proc_max_fds_per_pid, budget_s=PROC_SCAN_BUDGET_S)
         self.cache.set_feature("procs", True)
         return ProcScanThread(source, self.cache, config.proc_scan_interval_s, config.interval_s * 4)
 
@@ -2740,6 +4163,22 @@ class App(object):
             return None, None
         body = read_bytes(os.path.join(self.config.vendor_dir, entry[2]), 8 << 20)
         return body, VENDOR_TYPES[os.path.splitext(entry[2])[1]]
+
+    def prometheus_text(self):
+        gpus, procs = [], {}
+        for info in self.cache.gpus():
+            stats = self.cache.stats(info.id)
+            gpus.append((identity_json(info), stats[1] if stats else None))
+            found = self.cache.procs(info.id)
+            if found:
+                procs[info.id] = found[0]
+        health = self.cache.health_snapshot()
+        hub = self.hub.stats
+        for name, key in (("websocket_clients", "clients"), ("websocket_dropped_frames_total", "dropped_frames"),
+                          ("websocket_stuck_closed_total", "stuck_closed"),
+                          ("websocket_refused_total", "refused")):
+            health[("exporter_" + name, ())] = hub[key]
+        return render_prometheus(gpus, procs, health, self.config.prometheus_processes)
 
     def plain_html(self, hint=None):
         gpus, procs = [], {}

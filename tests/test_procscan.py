@@ -1,0 +1,572 @@
+"""ProcScanner against the fixture /proc trees (testdata/proc/, made by
+tests/make_proc_fixtures.py from the real fdinfo samples) and the real /proc.
+
+The clock is injected (a callable returning monotonic ns) so engine % are exact.
+"""
+import json
+import os
+import pwd
+import re
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+import amdgpu_top_web as atw
+import make_proc_fixtures as mpf
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+PROC_DATA = os.path.join(os.path.dirname(HERE), "testdata", "proc")
+A, B = mpf.GPU_A, mpf.GPU_B
+KIB = 1024
+NS = 10 ** 9
+
+
+class Clock(object):
+    """Injected monotonic clock: returns .t until a test moves it."""
+
+    def __init__(self, t=NS):
+        self.t = t
+
+    def __call__(self):
+        return self.t
+
+
+def make_scanner(root, node_map, clock=None, **kw):
+    scanner = atw.ProcScanner(root, clock_ns=clock or Clock(), **kw)
+    scanner.set_node_map(node_map)
+    return scanner
+
+
+def tree(name):
+    return os.path.join(PROC_DATA, name)
+
+
+def copy_tree(tmp_path, name):
+    dest = str(tmp_path / name)
+    shutil.copytree(tree(name), dest, symlinks=True)
+    return dest
+
+
+def rows(result, pci):
+    return {r["pid"]: r for r in result.by_pci[pci]["processes"]}
+
+
+def user_of(uid):
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+def bump_engine(path, engine, delta):
+    """Rewrite one drm-engine-<engine> counter of a fixture fdinfo file."""
+    with open(path) as fh:
+        text = fh.read()
+    pattern = r"(?m)^(drm-engine-%s:\s*)(\d+)" % re.escape(engine)
+    new = re.sub(pattern, lambda m: m.group(1) + str(int(m.group(2)) + delta), text)
+    assert new != text
+    with open(path, "w") as fh:
+        fh.write(new)
+
+
+def add_fd(root, pid, fd, target, fdinfo=None):
+    os.symlink(target, os.path.join(root, str(pid), "fd", str(fd)))
+    if fdinfo is not None:
+        with open(os.path.join(root, str(pid), "fdinfo", str(fd)), "w") as fh:
+            fh.write(fdinfo)
+
+
+def distinct_client_sums(root, node_map):
+    """Independent oracle: parse every DRM fd's fdinfo in the tree, keep amdgpu,
+    count each (pdev, client-id / pasid) once; -> {pci: (vram, gtt, clients)}."""
+    seen, sums = set(), {}
+    for pid in sorted(p for p in os.listdir(root) if p.isdigit()):
+        fd_dir = os.path.join(root, pid, "fd")
+        for fd in sorted(os.listdir(fd_dir), key=int):
+            target = os.readlink(os.path.join(fd_dir, fd))
+            info = os.path.join(root, pid, "fdinfo", fd)
+            if not target.startswith("/dev/dri/") or not os.path.exists(info):
+                continue
+            with open(info) as fh:
+                rec = atw.parse_fdinfo(fh.read())
+            if rec.driver != "amdgpu":
+                continue
+            pci = rec.pdev or node_map[os.path.basename(target)]
+            key = (pci, rec.client_id if rec.client_id is not None else "pasid%d" % rec.pasid)
+            if key in seen:
+                continue
+            seen.add(key)
+            vram, gtt, n = sums.get(pci, (0, 0, 0))
+            sums[pci] = (vram + rec.memory["vram"], gtt + rec.memory["gtt"], n + 1)
+    return sums
+
+
+# -- the multi tree: who is listed, with what ------------------------------------------
+
+@pytest.fixture(scope="module")
+def multi_result():
+    return make_scanner(tree("multi"), mpf.NODE_MAP).scan()
+
+
+def test_multi_processes_per_gpu(multi_result):
+    a, b = rows(multi_result, A), rows(multi_result, B)
+    assert sorted(a) == [1200, 1300, 1301, 1400, 1500, 1600, 1700, 2100, 2400]
+    assert sorted(b) == [1500, 1700, 2300]
+    # never listed: non-AMD (i915, xe, radeon), NPU accel fd, no GPU fd, vanished fdinfo
+    for pid in (1, 4242, 1800, 1801, 1802, 1900, 2000, 2200, 2301, 2302):
+        assert pid not in a and pid not in b
+    order = [r["vram_bytes"] + r["gtt_bytes"] for r in multi_result.by_pci[A]["processes"]]
+    assert order == sorted(order, reverse=True)
+
+
+def test_multi_row_contents(multi_result):
+    a = rows(multi_result, A)
+    gnome = a[1200]
+    assert gnome == {
+        "pid": 1200, "uid": 1000, "user": user_of(1000), "name": "gnome-shell",
+        "cmd": "/usr/bin/gnome-shell", "render_node": "renderD129", "kfd": False,
+        "shared": False, "vram_bytes": (2068 + 544428) * KIB, "gtt_bytes": (8192 + 22528) * KIB,
+        "cpu_bytes": 0, "vram_total_bytes": 544428 * KIB, "gtt_total_bytes": 22528 * KIB,
+        "engines_pct": {"gfx": None}, "engines_ns": {"gfx": 107322799 + 39456116802},
+        "gpu_time_ms_per_s": None, "container": None,
+        "start_time": 2200, "clients": 2}                 # dup'd fds 12/13 counted once
+    assert a[1600]["kfd"] and a[1600]["container"] == "5dace3de0735"
+    assert a[1600]["cpu_bytes"] == 6200 * KIB and a[1600]["engines_pct"] == {}
+    assert a[1700]["kfd"] and a[1700]["render_node"] is None and a[1700]["user"] == "root"
+    assert a[1500]["container"] == "ee4b20e90ac7" and a[1500]["vram_bytes"] == 2068 * KIB
+    assert rows(multi_result, B)[1500]["vram_bytes"] == 544428 * KIB      # two GPUs, one pid
+    assert rows(multi_result, B)[2300]["container"] == "cf21d19260ac"
+    weird = a[2100]
+    assert weird["name"] == "gpu) (x y" and weird["start_time"] == 3100
+    assert weird["cmd"].startswith("/opt/app/bin/gpu-app --password=*** --token ***")
+    assert len(weird["cmd"]) == 512 and "hunter2" not in weird["cmd"]
+
+
+def test_shared_clients_attributed_to_lowest_pid(multi_result):
+    a = rows(multi_result, A)
+    # fork: 1300 and 1301 hold client 4; SCM_RIGHTS-like: 1400 and 2400 hold client 31
+    assert not a[1300]["shared"] and a[1300]["vram_bytes"] == 44564 * KIB
+    assert a[1301]["shared"] and a[1301]["vram_bytes"] == 2068 * KIB and a[1301]["clients"] == 1
+    assert not a[1400]["shared"] and a[1400]["vram_bytes"] == 544428 * KIB
+    assert a[2400]["shared"] and a[2400]["vram_bytes"] == 2068 * KIB
+
+
+def test_sum_over_processes_equals_sum_over_distinct_clients(multi_result):
+    oracle = distinct_client_sums(tree("multi"), mpf.NODE_MAP)
+    # and by hand from the sample oracles: 5 x issue87, 2 x mib, resident, rocmi on A
+    assert oracle[A] == ((5 * 2068 + 2 * 544428 + 44564 + 76) * KIB,
+                         (5 * 8192 + 2 * 22528 + 2392 + 44) * KIB, 9)
+    assert oracle[B] == ((544428 + 44564) * KIB, (22528 + 2392) * KIB, 2)
+    for pci in (A, B):
+        gpu = multi_result.by_pci[pci]
+        procs = gpu["processes"]
+        vram, gtt, clients = oracle[pci]
+        assert sum(p["vram_bytes"] for p in procs) == vram == gpu["totals"]["vram_bytes"]
+        assert sum(p["gtt_bytes"] for p in procs) == gtt == gpu["totals"]["gtt_bytes"]
+        assert sum(p["clients"] for p in procs) == clients == gpu["totals"]["clients"]
+        assert gpu["totals"]["processes"] == len(procs)
+
+
+def test_multi_stats_capabilities_and_json(multi_result):
+    stats = multi_result.stats
+    assert stats["pids_total"] == 20 and stats["pids_seen"] == 20
+    assert stats["non_amd_clients"] == 3                  # i915, xe, radeon (stats-less)
+    assert stats["fdinfo_failed"] == 1                    # 2200's fdinfo/7 is missing
+    assert stats["pids_fd_capped"] == 1                   # chrome's 1000 fds
+    assert stats["cut_short"] is False and stats["full_walk"] is True
+    assert stats["fd_count_mode"] == "listdir"            # plain directories, not procfs
+    caps = multi_result.by_pci[A]["capabilities"]
+    assert caps == {"vram_gtt_from_fdinfo": True, "engine_time_from_fdinfo": True,
+                    "engines": ["compute", "gfx"], "kfd_seen": True}
+    data = json.loads(json.dumps(multi_result._asdict()))
+    assert data["by_pci"][A]["totals"]["clients"] == 9
+
+
+def test_visibility_multi(multi_result):
+    vis = multi_result.visibility
+    assert vis == {"root": os.geteuid() == 0, "pid_namespace_separate": False,
+                   "hidepid": False, "self_container": None, "visible_pids": 20,
+                   "unreadable_pids": 0}
+
+
+def test_visibility_separate_namespace(tmp_path):
+    root = copy_tree(tmp_path, "multi")
+    link = os.path.join(root, "4242", "ns", "pid")
+    os.remove(link)
+    os.symlink("pid:[4026532718]", link)                  # e.g. APP_PROC_ROOT=/host/proc
+    vis = make_scanner(root, mpf.NODE_MAP).scan().visibility
+    assert vis["pid_namespace_separate"] is True
+    root2 = copy_tree(tmp_path / "b", "multi")
+    status = os.path.join(root2, "4242", "status")
+    with open(status) as fh:
+        text = fh.read().replace("NSpid:\t4242\n", "NSpid:\t4242\t1\n")
+    with open(status, "w") as fh:
+        fh.write(text)
+    assert make_scanner(root2, mpf.NODE_MAP).scan().visibility["pid_namespace_separate"] is True
+
+
+def test_restricted_hidepid(tmp_path):
+    result = make_scanner(tree("restricted"), mpf.NODE_MAP_SINGLE).scan()
+    vis = result.visibility
+    assert vis["hidepid"] == "invisible"
+    assert vis["pid_namespace_separate"] is None          # pid 1 hidden: cannot tell
+    assert vis["visible_pids"] == 2
+    assert list(rows(result, A)) == [5001]
+
+
+# -- legacy format -------------------------------------------------------------------------
+
+def test_legacy_tree_pasid_dedupe_and_ring_pct():
+    result = make_scanner(tree("legacy_5_15"), mpf.NODE_MAP_SINGLE).scan()
+    a = rows(result, A)
+    assert sorted(a) == [3100, 3101, 3200]
+    assert a[3100]["vram_bytes"] == 17196 * KIB and a[3100]["clients"] == 1
+    assert a[3100]["engines_pct"] == {"gfx": 70.59}        # given by the kernel, first sample
+    assert a[3100]["gpu_time_ms_per_s"] == 705.9
+    assert a[3101]["shared"] and a[3101]["vram_bytes"] == 0 and a[3101]["engines_pct"] == {}
+    assert a[3200]["render_node"] == "card0"
+    totals = result.by_pci[A]["totals"]
+    assert totals["vram_bytes"] == 2 * 17196 * KIB and totals["clients"] == 2
+    assert totals["engines_pct"] == {"gfx": 141.18} and totals["gpu_time_ms_per_s"] == 1411.8
+    assert (totals["vram_bytes"], totals["gtt_bytes"], totals["clients"]) == \
+        distinct_client_sums(tree("legacy_5_15"), mpf.NODE_MAP_SINGLE)[A]
+
+
+# -- engine % over two reads ------------------------------------------------------------------
+
+def test_engine_pct_exact_between_two_scans(tmp_path):
+    root = copy_tree(tmp_path, "multi")
+    clock = Clock(NS)
+    scanner = make_scanner(root, mpf.NODE_MAP, clock)
+    first = rows(scanner.scan(), A)[2100]
+    assert first["engines_pct"] == {"gfx": None} and first["gpu_time_ms_per_s"] is None
+    bump_engine(os.path.join(root, "2100", "fdinfo", "9"), "gfx", 250000000)
+    clock.t = 2 * NS
+    result = scanner.scan()
+    row = rows(result, A)[2100]
+    assert row["engines_pct"] == {"gfx": 25.0} and row["gpu_time_ms_per_s"] == 250.0
+    totals = result.by_pci[A]["totals"]
+    assert totals["engines_pct"] == {"gfx": 25.0, "compute": 0.0}
+    assert totals["gpu_time_ms_per_s"] == 250.0
+    assert rows(result, A)[1200]["engines_pct"] == {"gfx": 0.0}   # unchanged counters
+
+
+def test_engine_pct_via_refresh_reads_only_the_watchlist(tmp_path):
+    root = copy_tree(tmp_path, "multi")
+    clock = Clock(NS)
+    scanner = make_scanner(root, mpf.NODE_MAP, clock)
+    scanner.scan()
+    bump_engine(os.path.join(root, "1300", "fdinfo", "20"), "compute", 500000000)
+    bump_engine(os.path.join(root, "1301", "fdinfo", "20"), "compute", 500000000)
+    clock.t = 3 * NS                                          # 2 s later
+    result = scanner.refresh()
+    assert result.stats["kind"] == "refresh" and result.stats["pids_walked"] == 0
+    assert result.stats["pids_seen"] == 11                    # the watchlist, nothing else:
+    # the 9 GPU users of A, 2300 (B only) and 2200 (kept: its fdinfo read failed)
+    a = rows(result, A)
+    assert a[1300]["engines_pct"] == {"compute": 25.0}         # 0.5 s busy over 2 s
+    assert a[1301]["engines_pct"] == {"gfx": 0.0}              # its share of client 4 is 1300's
+    assert result.by_pci[A]["totals"]["engines_pct"]["compute"] == 25.0
+
+
+def test_counter_backwards_is_null_then_measured_from_max(tmp_path):
+    root = copy_tree(tmp_path, "multi")
+    clock = Clock(NS)
+    scanner = make_scanner(root, mpf.NODE_MAP, clock)
+    path = os.path.join(root, "2100", "fdinfo", "9")
+    scanner.scan()
+    bump_engine(path, "gfx", -1000)
+    clock.t = 2 * NS
+    row = rows(scanner.refresh(), A)[2100]
+    assert row["engines_pct"] == {"gfx": None} and row["gpu_time_ms_per_s"] is None
+    bump_engine(path, "gfx", 1000 + 100000000)                 # 0.1 s above the old max
+    clock.t = 3 * NS
+    row = rows(scanner.refresh(), A)[2100]
+    assert row["engines_pct"] == {"gfx": 10.0} and row["gpu_time_ms_per_s"] == 100.0
+
+
+def test_reused_pid_gets_no_bogus_delta(tmp_path):
+    root = copy_tree(tmp_path, "multi")
+    clock = Clock(NS)
+    scanner = make_scanner(root, mpf.NODE_MAP, clock)
+    scanner.scan()
+    with open(os.path.join(root, "2100", "stat"), "w") as fh:      # same pid, new process
+        fh.write(mpf.stat_line(2100, "newproc", 1, 987654))
+    bump_engine(os.path.join(root, "2100", "fdinfo", "9"), "gfx", 700000000)
+    clock.t = 2 * NS
+    row = rows(scanner.scan(), A)[2100]
+    assert row["start_time"] == 987654 and row["name"] == "newproc"
+    assert row["engines_pct"] == {"gfx": None} and row["gpu_time_ms_per_s"] is None
+    bump_engine(os.path.join(root, "2100", "fdinfo", "9"), "gfx", 250000000)
+    clock.t = 3 * NS
+    assert rows(scanner.scan(), A)[2100]["engines_pct"] == {"gfx": 25.0}
+
+
+def test_refresh_drops_a_reused_or_vanished_pid(tmp_path):
+    root = copy_tree(tmp_path, "multi")
+    scanner = make_scanner(root, mpf.NODE_MAP)
+    scanner.scan()
+    with open(os.path.join(root, "2100", "stat"), "w") as fh:
+        fh.write(mpf.stat_line(2100, "other", 1, 55))
+    shutil.rmtree(os.path.join(root, "1600"))
+    result = scanner.refresh()
+    assert 2100 not in rows(result, A) and 1600 not in rows(result, A)
+    assert result.stats["pids_vanished"] == 2
+
+
+# -- budgets ---------------------------------------------------------------------------------------
+
+def test_budget_zero_is_cut_short_and_rotation_covers_everything():
+    scanner = make_scanner(tree("multi"), mpf.NODE_MAP, budget_s=0)
+    first = scanner.scan()
+    assert first.stats["cut_short"] is True and first.stats["pids_seen"] == 1
+    for _ in range(25):
+        last = scanner.scan()
+    assert last.stats["cut_short"] is True
+    assert sorted(rows(last, A)) == [1200, 1300, 1301, 1400, 1500, 1600, 1700, 2100, 2400]
+
+
+def test_max_pids_cut_short():
+    result = make_scanner(tree("multi"), mpf.NODE_MAP, max_pids=1).scan()
+    assert result.stats["cut_short"] is True and result.stats["pids_seen"] == 1
+    full = make_scanner(tree("multi"), mpf.NODE_MAP, max_pids=20).scan()
+    assert full.stats["cut_short"] is False
+
+
+# -- the skip cache ------------------------------------------------------------------------------
+
+def test_skip_cache_on_a_plain_tree_uses_listing_counts(tmp_path):
+    root = copy_tree(tmp_path, "multi")
+    scanner = make_scanner(root, mpf.NODE_MAP, full_walk_every=4)
+    scanner.scan()
+    assert scanner.fd_count_mode == "listdir"
+    steady = scanner.scan().stats
+    # skipped: 1, 4242, 1800, 1801, 1802 (non-AMD only), 1900, 2301, 2302;
+    # walked: the 11 watchlist PIDs (2200 too: its fdinfo failed) and chrome's next window
+    assert steady["pids_skipped_unchanged"] == 8 and steady["pids_walked"] == 12
+    assert scanner.known_non_gpu(2301) and not scanner.known_non_gpu(1200)
+    body = mpf.retarget(mpf.sample_body(mpf.ISSUE87), pdev=A, client_id=80)
+    add_fd(root, 2301, 9, "/dev/dri/renderD129", body)           # starts using the GPU
+    add_fd(root, 2302, 9, "socket:[777]")                        # one more ordinary fd
+    third = scanner.scan()
+    assert 2301 in rows(third, A) and not third.stats["full_walk"]
+    assert third.stats["pids_skipped_unchanged"] == 6
+    assert scanner.known_non_gpu(2302)
+    fourth = scanner.scan()
+    assert fourth.stats["pids_skipped_unchanged"] == 7
+    fifth = scanner.scan()                                       # every 4th scan walks all
+    assert fifth.stats["full_walk"] and fifth.stats["pids_skipped_unchanged"] == 0
+
+
+def test_skip_cache_notices_a_new_process_with_the_same_pid_and_fd_count(tmp_path):
+    root = copy_tree(tmp_path, "multi")
+    scanner = make_scanner(root, mpf.NODE_MAP, full_walk_every=100)
+    scanner.scan()
+    with open(os.path.join(root, "2302", "stat"), "w") as fh:
+        fh.write(mpf.stat_line(2302, "reborn", 1, 424242))
+    stats = scanner.scan().stats
+    assert stats["pids_skipped_unchanged"] == 7                  # 2302 walked again
+
+
+def test_procfs_mode_reads_stat_only_for_gpu_users(monkeypatch):
+    """On procfs a non-GPU PID is identified by its fd dir inode and its stat
+    is not read; GPU users still get comm and start time. Forced here on the
+    fixture tree (plain directories would otherwise select the listing mode)."""
+    def as_procfs(walker, procfd):
+        walker._procfs, walker.st_size = True, False
+    monkeypatch.setattr(atw._PidWalker, "_calibrate", as_procfs)
+    scanner = make_scanner(tree("multi"), mpf.NODE_MAP)
+    reads = []
+    real_read = scanner._walker.read_start
+    scanner._walker.read_start = lambda procfd, pid: reads.append(pid) or real_read(procfd, pid)
+    result = scanner.scan()
+    a = rows(result, A)
+    assert sorted(a) == [1200, 1300, 1301, 1400, 1500, 1600, 1700, 2100, 2400]
+    assert a[2100]["name"] == "gpu) (x y" and a[2100]["start_time"] == 3100
+    assert 2000 not in reads and 2301 not in reads and 1200 in reads
+    assert scanner.known_non_gpu(2000)
+    reads[:] = []
+    steady = scanner.scan().stats
+    assert steady["pids_skipped_unchanged"] == 8 and 2301 not in reads
+
+
+def test_fd_window_rotates_through_a_process_with_many_fds(tmp_path):
+    root = str(tmp_path / "proc")
+    fds = {fd: ("socket:[%d]" % (9000 + fd), None) for fd in range(3, 200)}
+    fds[150] = ("/dev/dri/renderD129",
+                mpf.retarget(mpf.sample_body(mpf.ISSUE87), pdev=A, client_id=90))
+    mpf.build_tree(root, [mpf.proc_spec(6000, "busy", ["busy"], fds=fds),
+                          mpf.proc_spec(6001, "me", ["me"])], 6001, "test tree\n")
+    scanner = make_scanner(root, mpf.NODE_MAP, max_fds_per_pid=64, full_walk_every=100)
+    seen = []
+    for _ in range(5):
+        result = scanner.scan()
+        seen.append(6000 in rows(result, A))
+        assert result.stats["pids_fd_capped"] == 1
+    assert seen == [False, False, True, True, True]             # fds 0-63, 64-127, 128-191
+
+
+# -- vanishing PIDs and fds ------------------------------------------------------------------------
+
+def test_vanished_pid_and_missing_fdinfo_are_counted_not_fatal(tmp_path):
+    root = copy_tree(tmp_path, "multi")
+    os.symlink("7777-gone", os.path.join(root, "7777"))          # listed, then gone
+    scanner = make_scanner(root, mpf.NODE_MAP)
+    result = scanner.scan()
+    assert result.stats["pids_vanished"] == 1 and result.stats["fdinfo_failed"] == 1
+    assert 2200 not in rows(result, A)
+    shutil.rmtree(os.path.join(root, "1400"))                    # exits between scans
+    result = scanner.scan()
+    a = rows(result, A)
+    assert 1400 not in a and not a[2400]["shared"]               # client 31 is 2400's now
+    assert a[2400]["vram_bytes"] == (544428 + 2068) * KIB
+    assert result.by_pci[A]["totals"]["vram_bytes"] == sum(r["vram_bytes"] for r in a.values())
+
+
+def test_pdev_missing_maps_by_node_and_unknown_node_is_unmapped(tmp_path):
+    root = str(tmp_path / "proc")
+    body = re.sub(r"(?m)^drm-pdev:.*\n", "", mpf.sample_body(mpf.ISSUE87))
+    mpf.build_tree(root, [
+        mpf.proc_spec(6100, "nopdev", ["nopdev"], fds={4: ("/dev/dri/renderD129", body)}),
+        mpf.proc_spec(6101, "unknown", ["unknown"], fds={4: ("/dev/dri/renderD140", body)}),
+    ], 6100, "test tree\n")
+    result = make_scanner(root, mpf.NODE_MAP).scan()
+    assert list(rows(result, A)) == [6100]
+    assert result.stats["unmapped_clients"] == 1
+
+
+def test_container_remapped_node_found_by_stat(tmp_path):
+    devs = tmp_path / "devs"
+    devs.mkdir()
+    try:
+        os.mknod(str(devs / "renderD200"), 0o600 | 0o020000, os.makedev(226, 200))
+        os.mknod(str(devs / "card9"), 0o600 | 0o020000, os.makedev(1, 3))
+    except (PermissionError, OSError) as exc:
+        pytest.skip("cannot create device nodes here: %s" % exc)
+    body = re.sub(r"(?m)^drm-pdev:.*\n", "", mpf.sample_body(mpf.ISSUE87))
+    root = str(tmp_path / "proc")
+    mpf.build_tree(root, [
+        mpf.proc_spec(6200, "boxed", ["boxed"], fds={4: (str(devs / "renderD200"), body)}),
+        mpf.proc_spec(6201, "notgpu", ["notgpu"], fds={4: (str(devs / "card9"), body)}),
+    ], 6200, "test tree\n")
+    result = make_scanner(root, {"renderD200": A}).scan()
+    a = rows(result, A)
+    assert list(a) == [6200] and a[6200]["render_node"] == "renderD200"
+
+
+def test_missing_proc_root_gives_empty_tables():
+    result = make_scanner("/nonexistent/proc", mpf.NODE_MAP).scan()
+    assert result.by_pci[A]["processes"] == [] and result.by_pci[A]["totals"]["clients"] == 0
+
+
+def test_generator_reproduces_the_committed_trees(tmp_path):
+    out = str(tmp_path / "proc")
+    assert mpf.main(["make_proc_fixtures.py", out]) == 0
+
+    def listing(root):
+        found = {}
+        for base, dirs, files in os.walk(root):
+            for name in dirs + files:
+                path = os.path.join(base, name)
+                rel = os.path.relpath(path, root)
+                if os.path.islink(path):
+                    found[rel] = ("link", os.readlink(path))
+                elif os.path.isfile(path):
+                    with open(path, "rb") as fh:
+                        found[rel] = ("file", fh.read())
+        return found
+
+    assert listing(out) == listing(PROC_DATA)
+
+
+# -- the real /proc of this machine ---------------------------------------------------------
+
+CHILD = r"""
+import os, sys
+fds = [os.open(os.devnull, os.O_RDONLY) for _ in range(20)]
+sys.stdout.write("ready\n"); sys.stdout.flush()
+for line in sys.stdin:
+    fds.append(os.open(os.devnull, os.O_RDONLY))
+    sys.stdout.write("ok\n"); sys.stdout.flush()
+"""
+
+
+def kernel_at_least(major, minor):
+    numbers = re.match(r"(\d+)\.(\d+)", os.uname().release)
+    return numbers is not None and (int(numbers.group(1)), int(numbers.group(2))) >= (major, minor)
+
+
+@pytest.fixture
+def fd_child():
+    child = subprocess.Popen([sys.executable, "-c", CHILD], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE)
+    try:
+        assert child.stdout.readline() == b"ready\n"
+        yield child
+    finally:
+        child.kill()
+        child.wait()
+
+
+def walked_pids(scanner):
+    """Record which PIDs the next scans fully walk (readlink every fd); a spy
+    on the walker's internal per-PID walk."""
+    walker = scanner._walker
+    walked, real_walk = [], walker._walk
+
+    def spy(procfd, pid, *args):
+        walked.append(pid)
+        return real_walk(procfd, pid, *args)
+    walker._walk = spy
+    return walked
+
+
+@pytest.mark.parametrize("mode", ["auto", "listdir"])
+def test_real_proc_non_gpu_child_is_skipped_while_unchanged(fd_child, mode):
+    scanner = atw.ProcScanner("/proc", budget_s=5.0, full_walk_every=1000, fd_count=mode)
+    first = scanner.scan()
+    assert scanner.known_non_gpu(fd_child.pid)
+    if mode == "auto" and kernel_at_least(6, 2):
+        assert scanner.fd_count_mode == "st_size"              # one stat() per PID
+    elif mode == "listdir":
+        assert scanner.fd_count_mode == "listdir"
+    assert first.stats["pids_seen"] >= 2
+    walked = walked_pids(scanner)
+    second = scanner.scan()
+    assert fd_child.pid not in walked
+    assert second.stats["pids_skipped_unchanged"] >= 1
+    fd_child.stdin.write(b"open one more\n")
+    fd_child.stdin.flush()
+    assert fd_child.stdout.readline() == b"ok\n"
+    scanner.scan()
+    assert fd_child.pid in walked                              # fd count changed: walked again
+    assert scanner.known_non_gpu(fd_child.pid)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to drop to another uid")
+def test_real_proc_unprivileged_counts_unreadable_pids():
+    paths = [os.path.dirname(os.path.abspath(atw.__file__))]
+    engine = sys.modules.get("proctop")                       # the helper's shim, if used
+    if engine is not None:
+        paths.append(os.path.dirname(os.path.abspath(engine.__file__)))
+    code = ("import json, amdgpu_top_web as a; r = a.ProcScanner('/proc', budget_s=5).scan(); "
+            "print(json.dumps({'v': r.visibility, 's': r.stats}))")
+
+    def drop():
+        os.setgid(65534)
+        os.setuid(65534)
+    out = None
+    for python in (sys.executable, "/usr/bin/python3"):       # pyenv under /root is 0700
+        try:
+            out = subprocess.check_output([python, "-c", code], preexec_fn=drop, cwd="/",
+                                          env={"PYTHONPATH": os.pathsep.join(paths)})
+            break
+        except (PermissionError, FileNotFoundError):
+            continue
+    if out is None:
+        pytest.skip("no Python interpreter the nobody user may run")
+    data = json.loads(out.decode())
+    assert data["v"]["root"] is False
+    assert data["v"]["unreadable_pids"] >= 1 and data["s"]["pids_unreadable"] >= 1

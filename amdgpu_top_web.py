@@ -4270,9 +4270,13 @@ def run_once(config):
         infos = [read_gpu_info(card, path, names) for card, path in find_drm_cards(config.sysfs_root)]
         readers = [AmdGpuReader(info) for info in infos if info is not None]
     now, epoch = time.monotonic(), time.time()
+    procs = once_procs(config, [reader.info for reader in readers])
     gpus = []
     for reader in readers:
-        gpus.append(dict(identity_json(reader.info), metrics=reader.sample(now)))
+        entry = procs.by_pci.get(reader.info.pci) if procs else None
+        gpus.append(dict(identity_json(reader.info), metrics=reader.sample(now),
+                         procs=build_procs_message(reader.info.id, epoch, entry, procs.visibility,
+                                                   procs.stats) if procs else None))
         reader.close()
     snapshot = {"version": __version__, "ts": format_ts(epoch), "gpus": gpus}
     if config.json:
@@ -4280,6 +4284,19 @@ def run_once(config):
     else:
         print(format_once_table(gpus))
     return 0
+
+
+def once_procs(config, infos):
+    """One process scan for --once (engine % needs two samples, so it is null)."""
+    if not config.proc_enable:
+        return None
+    if config.demo:
+        source = DemoProcSource(infos, config.demo_processes)
+    else:
+        source = ProcScanner(config.proc_root, config.proc_max_pids, config.proc_max_fds_per_pid,
+                             budget_s=PROC_SCAN_BUDGET_S)
+    source.set_node_map(node_map_for(infos))
+    return source.scan()
 
 
 def format_once_table(gpus):
@@ -4292,6 +4309,10 @@ def format_once_table(gpus):
         lines.append("  busy %s%%  sclk %s MHz  temp %s C  power %s W  vram %s/%s bytes  %s" % (
             m["gpu_busy_pct"], m["sclk_mhz"], m["temp_c"], m["power_w"],
             m["vram_used_bytes"], m["vram_total_bytes"], m["runtime_status"] or ""))
+        for proc in (gpu.get("procs") or {}).get("processes") or []:
+            lines.append("    pid %-7d %-16s vram %s  gtt %s" % (
+                proc["pid"], sanitize_text(proc["name"] or "")[:16],
+                format_bytes(proc["vram_bytes"]), format_bytes(proc["gtt_bytes"])))
     return "\n".join(lines)
 
 

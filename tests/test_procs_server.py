@@ -1,0 +1,72 @@
+"""Process top end to end: a real server on the multi_gpu sysfs fixture and the
+multi /proc fixture delivers procs frames over the WebSocket and REST, and
+--once --json carries the same process lists."""
+
+import json
+import os
+import subprocess
+import sys
+
+from websockets.sync.client import connect
+
+from conftest import PROGRAM, TESTDATA, server_env
+
+PROC_MULTI = os.path.join(TESTDATA, "proc", "multi")
+PROC_ENV = {"APP_PROC_ROOT": PROC_MULTI, "APP_PROC_ENABLE": "true",
+            "APP_PROC_SCAN_INTERVAL": "500ms", "APP_SAMPLE_INTERVAL": "100ms"}
+
+
+def pids(message):
+    return sorted(p["pid"] for p in message["processes"])
+
+
+def next_procs(ws, gpu_id, not_ts=None):
+    while True:
+        message = json.loads(ws.recv(timeout=5))
+        if message["type"] == "procs" and message["gpu_id"] == gpu_id and message["ts"] != not_ts:
+            return message
+
+
+def test_procs_frames_over_websocket_and_rest(server):
+    srv = server(fixture="multi_gpu", env=PROC_ENV)
+    with connect(srv.ws_url, open_timeout=5) as ws:
+        hello = json.loads(ws.recv(timeout=5))
+        assert hello["features"]["procs"] is True
+        card1, card2 = next_procs(ws, "card1"), next_procs(ws, "card2")
+        # A later frame (watchlist refresh or next scan): the second sample of the
+        # same unchanged fdinfo gives an engine share of exactly 0.0, not null.
+        later = next_procs(ws, "card1", not_ts=card1["ts"])
+    # Same PIDs as the scanner tests establish for this tree (RX 6900 XT and Phoenix).
+    assert pids(card1) == [1200, 1300, 1301, 1400, 1500, 1600, 1700, 2100, 2400]
+    assert pids(card2) == [1500, 1700, 2300]
+    # Totals are sums over the listed rows (each client counted once).
+    for message in (card1, card2):
+        totals = message["totals"]
+        assert totals["vram_bytes"] == sum(p["vram_bytes"] for p in message["processes"])
+        assert totals["gtt_bytes"] == sum(p["gtt_bytes"] for p in message["processes"])
+        assert set(message["visibility"]) >= {"root", "pid_namespace_separate", "hidepid",
+                                              "unreadable_pids"}
+    gnome = [p for p in later["processes"] if p["pid"] == 1200][0]
+    assert gnome["engines_pct"] == {"gfx": 0.0} and gnome["gpu_time_ms_per_s"] == 0.0
+    rest = srv.get_json("/api/gpus/card2/procs")
+    assert rest["type"] == "procs" and pids(rest) == [1500, 1700, 2300]
+
+
+def test_once_json_includes_processes():
+    env = server_env("multi_gpu", env={"APP_PROC_ROOT": PROC_MULTI, "APP_PROC_ENABLE": "true"})
+    out = subprocess.run([sys.executable, PROGRAM, "--once", "--json"], env=env,
+                         capture_output=True, timeout=30, check=True)
+    snapshot = json.loads(out.stdout)
+    by_id = {gpu["id"]: gpu for gpu in snapshot["gpus"]}
+    assert pids(by_id["card1"]["procs"]) == [1200, 1300, 1301, 1400, 1500, 1600, 1700, 2100, 2400]
+    assert pids(by_id["card2"]["procs"]) == [1500, 1700, 2300]
+    # One sample only: engine % needs two, so it is null, never a made-up 0.
+    for proc in by_id["card1"]["procs"]["processes"]:
+        assert all(v is None for v in proc["engines_pct"].values())
+
+
+def test_once_json_without_proc_scan():
+    env = server_env("multi_gpu", env={"APP_PROC_ENABLE": "false"})
+    out = subprocess.run([sys.executable, PROGRAM, "--once", "--json"], env=env,
+                         capture_output=True, timeout=30, check=True)
+    assert all(gpu["procs"] is None for gpu in json.loads(out.stdout)["gpus"])

@@ -48,8 +48,8 @@ def test_procs_frames_over_websocket_and_rest(server):
                                               "unreadable_pids"}
     gnome = [p for p in later["processes"] if p["pid"] == 1200][0]
     assert gnome["engines_pct"] == {"gfx": 0.0} and gnome["gpu_time_ms_per_s"] == 0.0
-    rest = srv.get_json("/api/gpus/card2/procs")
-    assert rest["type"] == "procs" and pids(rest) == [1500, 1700, 2300]
+    status, rest = srv.get_json("/api/gpus/card2/procs")
+    assert status == 200 and rest["type"] == "procs" and pids(rest) == [1500, 1700, 2300]
 
 
 def test_once_json_includes_processes():

@@ -2605,12 +2605,17 @@ class DemoGpuReader(object):
         return metrics
 
     def _memory(self, t, busy):
-        vram_frac = 0.35 + 0.1 * math.sin(t / 40.0)
+        # Consistent with DemoProcSource: the demo processes use about 7.8 GiB of
+        # the dGPU's VRAM and 3.7 GiB of GTT (APU: all of it in GTT), the rest is
+        # "other" (kernel, display).
+        wobble = 0.01 * math.sin(t / 40.0)
+        vram_frac = 0.6 if self.info.apu else 0.53 + wobble
+        gtt_frac = 0.40 + wobble if self.info.apu else 0.13 + wobble
         return {"vram_total_bytes": self._vram_total, "vis_vram_total_bytes": self._vram_total,
-                "vram_used_bytes": int(self._vram_total * (0.6 if self.info.apu else vram_frac)),
+                "vram_used_bytes": int(self._vram_total * vram_frac),
                 "vis_vram_used_bytes": int(self._vram_total * 0.1),
                 "gtt_total_bytes": self._gtt_total,
-                "gtt_used_bytes": int(self._gtt_total * (0.05 + 0.02 * busy / 100))}
+                "gtt_used_bytes": int(self._gtt_total * (gtt_frac + 0.005 * busy / 100))}
 
     def _dgpu_extras(self, busy):
         fan_pct = round(max(0.0, min(100.0, (self._temp - 45) * 3.0)), 1)
@@ -3394,9 +3399,9 @@ def node_map_for(gpus):
 DEMO_PROCS = (
     # name, user, cmd, container, kfd, engines (name -> base %), vram MiB, gtt MiB
     ("blender", "alice", "blender --background scene.blend --render-anim", None, False,
-     {"gfx": 55.0, "compute": 8.0}, 5200, 310),
+     {"gfx": 55.0, "compute": 8.0}, 2600, 310),
     ("python3", "bob", "python3 train.py --epochs 40 --api-key=[redacted]", "3f2a9c1d7e4b", True,
-     {"gfx": 0.0, "compute": 30.0, "dma": 4.0}, 7400, 900),
+     {"gfx": 0.0, "compute": 30.0, "dma": 4.0}, 3100, 900),
     ("Xorg", "root", "/usr/lib/xorg/Xorg :0 -seat seat0 -auth /run/lightdm/root/:0", None, False,
      {"gfx": 2.5}, 180, 60),
     ("firefox", "alice", "/usr/lib/firefox/firefox -contentproc -isForBrowser", None, False,
@@ -3406,7 +3411,7 @@ DEMO_PROCS = (
     ("obs", "alice", "obs --startstreaming", None, False, {"gfx": 7.0, "enc": 18.0}, 610, 140),
     ("mpv", "carol", "mpv --hwdec=vaapi movie.mkv", None, False, {"dec": 12.0}, 150, 40),
     ("llama-server", "dave", "llama-server -m model.gguf --port 8081", "k8s-llm-7d9f", False,
-     {"gfx": 0.0, "compute": 44.0}, 2300, 8100),
+     {"gfx": 0.0, "compute": 44.0}, 900, 2100),
 )
 
 
@@ -3443,6 +3448,8 @@ class DemoProcSource(object):
         pct = dict((e, round(min(100.0, base * wave), 1) if e in engines else None)
                    for e, base in [(e, engines.get(e, 0.0)) for e in ("gfx", "compute", "dma", "dec", "enc")])
         pid = 1000 + gpu_index * 5000 + index * 37
+        if self.infos[gpu_index].apu:      # an APU's carve-out is tiny: it all lives in GTT
+            vram_mib, gtt_mib = min(vram_mib, 24), gtt_mib + max(0, vram_mib - 24)
         return {"pid": pid, "uid": 1000 + index, "user": user, "name": name, "cmd": cmd,
                 "render_node": "renderD%d" % (128 + gpu_index), "kfd": kfd, "shared": False,
                 "vram_bytes": vram_mib << 20, "gtt_bytes": gtt_mib << 20, "cpu_bytes": 0,

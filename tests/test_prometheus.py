@@ -1,0 +1,107 @@
+"""/metrics: opt-in Prometheus text that passes `promtool check metrics` with no
+lint findings, parses with prometheus_client, and carries the fixture's values."""
+
+import os
+import shutil
+import subprocess
+
+import pytest
+
+import amdgpu_top_web as atw
+from conftest import TESTDATA
+
+PROC_MULTI = os.path.join(TESTDATA, "proc", "multi")
+PROM_ENV = {"APP_ENABLE_PROMETHEUS": "true", "APP_PROMETHEUS_PROCESSES": "5",
+            "APP_PROC_ENABLE": "true", "APP_PROC_ROOT": PROC_MULTI,
+            "APP_SAMPLE_INTERVAL": "100ms", "APP_PROC_SCAN_INTERVAL": "500ms"}
+
+
+def promtool():
+    path = shutil.which("promtool")
+    if path is None:
+        if os.environ.get("CI"):
+            pytest.fail("promtool is missing (tests/run.sh installs Debian's prometheus package)")
+        pytest.skip("promtool not installed (Debian package prometheus)")
+    return path
+
+
+def scrape(srv):
+    response = srv.get("/metrics")
+    assert response.status == 200
+    assert response.headers["content-type"] == "text/plain; version=0.0.4; charset=utf-8"
+    return response.body.decode("utf-8")
+
+
+def wait_for_procs(srv):
+    from conftest import wait_for
+    wait_for(lambda: "amdgpu_process_memory_bytes" in scrape(srv), 10, message="per-process series")
+
+
+def parse(text):
+    from prometheus_client.parser import text_string_to_metric_families
+    return {family.name: family for family in text_string_to_metric_families(text)}
+
+
+def sample_value(families, family_name, **labels):
+    for sample in families[family_name].samples:
+        if all(sample.labels.get(k) == v for k, v in labels.items()):
+            return sample.value
+    raise AssertionError("no %s sample with %r" % (family_name, labels))
+
+
+@pytest.fixture(scope="module")
+def metrics_text(server_module):
+    srv = server_module(fixture="multi_gpu", env=PROM_ENV)
+    wait_for_procs(srv)
+    return scrape(srv)
+
+
+def test_promtool_check_metrics_has_no_findings(metrics_text):
+    result = subprocess.run([promtool(), "check", "metrics"], input=metrics_text.encode(),
+                            capture_output=True, timeout=30)
+    findings = (result.stdout + result.stderr).decode()
+    assert result.returncode == 0 and findings.strip() == "", findings
+
+
+def test_values_match_the_fixture(metrics_text):
+    families = parse(metrics_text)
+    # RX 6900 XT capture (testdata/sys/multi_gpu card1): busy 3 %, edge 56 °C, VRAM used.
+    assert sample_value(families, "amdgpu_gpu_busy_ratio", gpu="card1") == pytest.approx(0.03)
+    assert sample_value(families, "amdgpu_temperature_celsius", gpu="card1", sensor="edge") == 56.0
+    assert sample_value(families, "amdgpu_memory_used_bytes", gpu="card1", pool="vram") == 668274688
+    assert sample_value(families, "amdgpu_gpu_info", gpu="card1", name="AMD Radeon RX 6900 XT",
+                        pci="0000:0c:00.0") == 1
+    # The Phoenix APU has no memory-busy file: no sample rather than a fake 0.
+    assert all(s.labels["gpu"] != "card2" for s in families["amdgpu_memory_controller_busy_ratio"].samples)
+
+
+def test_one_prefix_gpu_label_and_bounded_process_series(metrics_text):
+    families = parse(metrics_text)
+    assert all(name.startswith("amdgpu_") for name in families)
+    for name, family in families.items():
+        if not name.startswith("amdgpu_exporter_"):
+            assert all("gpu" in s.labels and "pci" in s.labels for s in family.samples), name
+    per_gpu = {}
+    for sample in families["amdgpu_process_memory_bytes"].samples:
+        per_gpu.setdefault(sample.labels["gpu"], set()).add(sample.labels["pid"])
+    assert per_gpu and all(len(pids) <= 5 for pids in per_gpu.values())
+    # Engine time is a counter in seconds (prometheus_client strips the _total suffix).
+    assert families["amdgpu_process_engine_seconds"].type == "counter"
+    assert families["amdgpu_exporter_sample_duration_seconds"].samples
+
+
+def test_metrics_is_off_by_default(server):
+    srv = server(fixture="multi_gpu")
+    response = srv.get("/metrics")
+    assert response.status == 404
+
+
+def test_label_values_are_escaped():
+    identity = {"id": "card0", "pci": "0000:03:00.0", "pci_id": "1002:747e", "revision": "c8",
+                "name": 'evil "quoted" \\ name\nnext', "driver": "amdgpu", "apu": False,
+                "demo": True}
+    text = atw.render_prometheus([(identity, {"gpu_busy_pct": 5})], {}, {}, 0)
+    assert 'name="evil \\"quoted\\" \\\\ name\\nnext"' in text
+    families = parse(text)
+    info = families["amdgpu_gpu_info"].samples[0]
+    assert info.labels["name"] == 'evil "quoted" \\ name\nnext'

@@ -89,6 +89,8 @@ import stat
 import struct
 import threading
 import time
+import traceback
+import tracemalloc
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
@@ -112,6 +114,7 @@ WS_QUEUE_BYTES = 8 * 1024 * 1024
 WS_RECV_SIZE = 65536
 WS_SNDBUF_BYTES = 65536
 HTTP_IDLE_TIMEOUT_S = 15.0
+HTTP_ERROR_LOG_PER_S = 20       # error lines logged per second at most (the rest counted)
 SHUTDOWN_GRACE_S = 0.6          # time clients get to answer our Close 1001
 PROC_SCAN_BUDGET_S = 0.5        # wall-clock budget of one /proc walk (then resumed next scan)
 
@@ -224,6 +227,8 @@ SETTINGS = (
             "serve Prometheus text at /metrics"),
     Setting("APP_PROMETHEUS_PROCESSES", "--prometheus-processes", "prometheus_processes", "0",
             "count0", "per-process series on /metrics: the top N processes per GPU, 0 = none"),
+    Setting("APP_ENABLE_PPROF", "--enable-pprof", "enable_pprof", "false", "bool",
+            "serve /debug/threads (thread stacks) and /debug/memory (tracemalloc)"),
     Setting("APP_LOG_LEVEL", "--log-level", "log_level", "INFO", "level",
             "DEBUG, INFO, WARNING or ERROR"),
     Setting("APP_SYSFS_ROOT", "--sysfs-root", "sysfs_root", "/sys", "path", "sysfs mount"),
@@ -1904,7 +1909,8 @@ def route(path):
         return ("gpu_" + match.group(2), match.group(1)) if match else ("not_found", None)
     simple = {"/api/gpus": "gpus", "/api/healthz": "healthz", "/api/readyz": "readyz",
               "/api/version": "version", "/ws": "ws", "/favicon.ico": "favicon",
-              "/plain": "plain", "/metrics": "metrics"}
+              "/plain": "plain", "/metrics": "metrics", "/debug/threads": "debug_threads",
+              "/debug/memory": "debug_memory"}
     return simple.get(path, "not_found"), None
 
 
@@ -2111,6 +2117,24 @@ HEALTH_HELP = {
     "exporter_websocket_stuck_closed_total": ("counter", "WebSocket clients closed by the write timeout."),
     "exporter_websocket_refused_total": ("counter", "WebSocket upgrades refused at the client cap."),
 }
+
+
+def format_thread_stacks(frames, threads):
+    """sys._current_frames() + threading.enumerate() -> one text block per thread."""
+    names = dict((t.ident, t.name) for t in threads)
+    out = []
+    for ident, frame in sorted(frames.items(), key=lambda item: names.get(item[0], "")):
+        out.append("--- thread %s (%s)" % (names.get(ident, "?"), ident))
+        out.extend(line.rstrip("\n") for line in traceback.format_stack(frame))
+    return "\n".join(out) + "\n"
+
+
+def format_memory_top(statistics, limit=30):
+    """tracemalloc statistics -> the top allocation sites as text."""
+    total = sum(stat.size for stat in statistics)
+    out = ["total traced: %d bytes in %d sites" % (total, len(statistics))]
+    out.extend(str(stat) for stat in statistics[:limit])
+    return "\n".join(out) + "\n"
 
 
 def _prom_health(writer, health):
@@ -3891,6 +3915,7 @@ class DashboardServer(ThreadingHTTPServer):
         self.app = app
         self._conns = set()
         self._conns_lock = threading.Lock()
+        self._log_second, self._log_count, self._log_suppressed = 0, 0, 0
         host = address[0]
         self.address_family = socket.AF_INET6 if ":" in host or host == "" else socket.AF_INET
         if host == "" and not socket.has_ipv6:
@@ -3911,6 +3936,26 @@ class DashboardServer(ThreadingHTTPServer):
         with self._conns_lock:
             self._conns.discard(request)
         ThreadingHTTPServer.shutdown_request(self, request)
+
+    def log_error_line(self, handler, status):
+        """One key=value line per HTTP error, with a request id also sent to the
+        client (X-Request-Id); at most HTTP_ERROR_LOG_PER_S lines a second."""
+        request_id = "%016x" % random.getrandbits(64)
+        now = int(time.monotonic())
+        with self._conns_lock:
+            if now != self._log_second:
+                if self._log_suppressed:
+                    LOG.info("event=http_error_lines_suppressed count=%d", self._log_suppressed)
+                self._log_second, self._log_count, self._log_suppressed = now, 0, 0
+            self._log_count += 1
+            if self._log_count > HTTP_ERROR_LOG_PER_S:
+                self._log_suppressed += 1
+                return request_id
+        LOG.info("event=http_error status=%d method=%s path=%r client=%s request_id=%s", status,
+                 sanitize_text(str(getattr(handler, "command", "") or "")),
+                 sanitize_text(str(getattr(handler, "path", "") or ""))[:200],
+                 handler.client_address[0], request_id)
+        return request_id
 
     def handle_error(self, request, client_address):
         """A client that vanished mid-request is routine: one debug line, no traceback."""
@@ -3972,6 +4017,8 @@ class DashboardHandler(BaseHTTPRequestHandler):
     # -- responses -------------------------------------------------------------
 
     def _send(self, status, content_type, body, headers=(), cache="no-store"):
+        if status >= 400:
+            headers = list(headers) + [("X-Request-Id", self.server.log_error_line(self, status))]
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
@@ -4027,6 +4074,25 @@ class DashboardHandler(BaseHTTPRequestHandler):
             self._send_json(404, {"error": "Prometheus metrics are off (APP_ENABLE_PROMETHEUS=true)"})
             return
         self._send(200, PROM_CONTENT_TYPE, app.prometheus_text().encode("utf-8"))
+
+    def route_debug_threads(self, _):
+        if self._debug_enabled():
+            text = format_thread_stacks(sys._current_frames(), threading.enumerate())
+            self._send(200, "text/plain; charset=utf-8", text.encode("utf-8"))
+
+    def route_debug_memory(self, _):
+        if self._debug_enabled():
+            if not tracemalloc.is_tracing():
+                self._send_json(503, {"error": "tracemalloc is not tracing"})
+                return
+            stats = tracemalloc.take_snapshot().statistics("lineno")
+            self._send(200, "text/plain; charset=utf-8", format_memory_top(stats).encode("utf-8"))
+
+    def _debug_enabled(self):
+        if not self.server.app.config.enable_pprof:
+            self._send_json(404, {"error": "debug endpoints are off (APP_ENABLE_PPROF=true)"})
+            return False
+        return True
 
     def route_favicon(self, _):
         self._send(204, "image/x-icon", b"", cache="max-age=86400")
@@ -4212,6 +4278,9 @@ class App(object):
     def start(self):
         """Bind, then start every thread. Returns the bound (host, port)."""
         self.server = DashboardServer((self.config.listen_host, self.config.listen_port), self)
+        self._tracing = self.config.enable_pprof and not tracemalloc.is_tracing()
+        if self._tracing:
+            tracemalloc.start(10)
         self.hub.start()
         self.manager.start()
         if self.procs_thread is not None:
@@ -4236,6 +4305,8 @@ class App(object):
                 thread.join(2.0)
         if self.server is not None:
             self.server.server_close()
+        if getattr(self, "_tracing", False):
+            tracemalloc.stop()
 
 
 class DemoManager(StoppableThread):

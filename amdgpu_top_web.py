@@ -3788,7 +3788,8 @@ class Hub(StoppableThread):
                     self._on_message(client, message, now)
         except ProtocolError as exc:
             self.stats["protocol_errors"] += 1
-            self._start_close(client, exc.close_code, exc.reason, now, wait_reply=False)
+            self._start_close(client, exc.close_code, exc.reason, now, wait_reply=False,
+                              keep_queued=True)
         if client.open:
             self._flush(client, now)
 
@@ -3796,7 +3797,7 @@ class Hub(StoppableThread):
         opcode, data = message
         if opcode == Opcode.CLOSE:
             self._on_close_frame(client, data, now)
-        elif opcode == Opcode.PING:
+        elif opcode == Opcode.PING and not client.closing:
             self._enqueue(client, encode_frame(Opcode.PONG, data))
         elif opcode == Opcode.TEXT and not client.closing:
             for wire in self.protocol.on_text(client, data):
@@ -3812,20 +3813,23 @@ class Hub(StoppableThread):
             self._drop(client)
             return
         code = data[0] if data[0] is not None else CloseCode.NORMAL_CLOSURE
-        self._start_close(client, code, "", now, wait_reply=False)
+        self._start_close(client, code, "", now, wait_reply=False, keep_queued=True)
 
-    def _start_close(self, client, code, reason, now, wait_reply=True):
-        """Queue our Close frame in place of any pending data frames (a frame
-        already half sent is finished first, or the stream would be corrupt)."""
+    def _start_close(self, client, code, reason, now, wait_reply=True, keep_queued=False):
+        """Queue our Close frame. When we close on our own (timeout, shutdown) it
+        replaces pending data frames (a frame already half sent is finished
+        first, or the stream would be corrupt); when the peer provoked it
+        (its Close, a protocol error) replies already queued go out first."""
         if client.closing:
             return
         client.closing = True
-        head = client.queue[0] if client.head_sent else None
-        client.queue.clear()
-        client.queued_bytes = 0
-        if head is not None:
-            client.queue.append(head)
-            client.queued_bytes = len(head)
+        if not keep_queued:
+            head = client.queue[0] if client.head_sent else None
+            client.queue.clear()
+            client.queued_bytes = 0
+            if head is not None:
+                client.queue.append(head)
+                client.queued_bytes = len(head)
         close = encode_close(code, reason)
         client.queue.append(close)
         client.queued_bytes += len(close)
@@ -3837,8 +3841,9 @@ class Hub(StoppableThread):
 
     def _check_timers(self, now):
         for client in list(self._clients):
-            if client.closing and now >= client.close_deadline:
-                self._drop(client)
+            if client.closing:
+                if now >= client.close_deadline:
+                    self._drop(client)
             elif (client.stalled_since is not None
                   and now - client.stalled_since > self.write_timeout_s):
                 self.stats["stuck_closed"] += 1
@@ -3903,6 +3908,39 @@ MISSING_PAGE = (
     "or use the JSON API: <a href=/api/gpus>/api/gpus</a>.</p></html>")
 
 
+class ErrorLog(object):
+    """One key=value line per HTTP error, with a request id also sent to the
+    client (X-Request-Id); at most HTTP_ERROR_LOG_PER_S lines a second."""
+
+    def __init__(self, clock=time.monotonic):
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._second, self._count, self._suppressed = 0, 0, 0
+
+    def line(self, handler, status):
+        request_id = "%016x" % random.getrandbits(64)
+        if not self._admit():
+            return request_id
+        LOG.info("event=http_error status=%d method=%s path=%r client=%s request_id=%s", status,
+                 sanitize_text(str(getattr(handler, "command", "") or "")),
+                 sanitize_text(str(getattr(handler, "path", "") or ""))[:200],
+                 handler.client_address[0], request_id)
+        return request_id
+
+    def _admit(self):
+        now = int(self._clock())
+        with self._lock:
+            if now != self._second:
+                if self._suppressed:
+                    LOG.info("event=http_error_lines_suppressed count=%d", self._suppressed)
+                self._second, self._count, self._suppressed = now, 0, 0
+            self._count += 1
+            if self._count > HTTP_ERROR_LOG_PER_S:
+                self._suppressed += 1
+                return False
+            return True
+
+
 class DashboardServer(ThreadingHTTPServer):
     """ThreadingHTTPServer that knows the App and can close idle keep-alive
     connections at shutdown (their threads would otherwise linger)."""
@@ -3915,7 +3953,6 @@ class DashboardServer(ThreadingHTTPServer):
         self.app = app
         self._conns = set()
         self._conns_lock = threading.Lock()
-        self._log_second, self._log_count, self._log_suppressed = 0, 0, 0
         host = address[0]
         self.address_family = socket.AF_INET6 if ":" in host or host == "" else socket.AF_INET
         if host == "" and not socket.has_ipv6:
@@ -3936,26 +3973,6 @@ class DashboardServer(ThreadingHTTPServer):
         with self._conns_lock:
             self._conns.discard(request)
         ThreadingHTTPServer.shutdown_request(self, request)
-
-    def log_error_line(self, handler, status):
-        """One key=value line per HTTP error, with a request id also sent to the
-        client (X-Request-Id); at most HTTP_ERROR_LOG_PER_S lines a second."""
-        request_id = "%016x" % random.getrandbits(64)
-        now = int(time.monotonic())
-        with self._conns_lock:
-            if now != self._log_second:
-                if self._log_suppressed:
-                    LOG.info("event=http_error_lines_suppressed count=%d", self._log_suppressed)
-                self._log_second, self._log_count, self._log_suppressed = now, 0, 0
-            self._log_count += 1
-            if self._log_count > HTTP_ERROR_LOG_PER_S:
-                self._log_suppressed += 1
-                return request_id
-        LOG.info("event=http_error status=%d method=%s path=%r client=%s request_id=%s", status,
-                 sanitize_text(str(getattr(handler, "command", "") or "")),
-                 sanitize_text(str(getattr(handler, "path", "") or ""))[:200],
-                 handler.client_address[0], request_id)
-        return request_id
 
     def handle_error(self, request, client_address):
         """A client that vanished mid-request is routine: one debug line, no traceback."""
@@ -4018,7 +4035,7 @@ class DashboardHandler(BaseHTTPRequestHandler):
 
     def _send(self, status, content_type, body, headers=(), cache="no-store"):
         if status >= 400:
-            headers = list(headers) + [("X-Request-Id", self.server.log_error_line(self, status))]
+            headers = list(headers) + [("X-Request-Id", self.server.app.error_log.line(self, status))]
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
@@ -4192,6 +4209,7 @@ class App(object):
         self.csp = build_csp(inline_script_hashes(self.page_bytes.decode("utf-8"))
                              if self.page_bytes else [], use_cdn=not config.vendor_dir)
         self.procs_thread = self._make_procs_thread()
+        self.error_log = ErrorLog()
         self.server = None
         self._serve_thread = None
 

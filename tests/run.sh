@@ -3,7 +3,7 @@
 #
 # From a fresh machine it installs what the tests need and runs the whole suite
 # on every CPython 3.8-3.13 found under pyenv:
-#   1. Debian packages the tests use (strace, w3m, chromium), if missing;
+#   1. Debian packages the tests use (strace, w3m, chromium, promtool from prometheus), if missing;
 #   2. one virtualenv per Python in .venv/py3.X, rebuilt only when the pins
 #      (tests/requirements*.txt, tests/constraints.txt) change;
 #   3. the page's ES-module packages into .cache/vendor/node_modules (npm);
@@ -27,7 +27,7 @@ ROOT=$PWD
 
 ALL_MINORS=(3.8 3.9 3.10 3.11 3.12 3.13)
 MAIN_MINOR=3.11                    # runs the whole suite, browser tests included
-APT_PACKAGES=(strace w3m chromium fonts-liberation)
+APT_PACKAGES=(strace w3m chromium fonts-liberation prometheus)
 PYTEST_TIMEOUT=${PYTEST_TIMEOUT:-1500}
 
 VENV_ROOT=$ROOT/.venv
@@ -219,6 +219,24 @@ setup_npm() {
     fi
 }
 
+# >>> autobahn block (tests/test_autobahn.py's setup; edit only inside) >>>>>>
+# Autobahn|Testsuite (wstest) runs on Python 2.7: tests/autobahn/setup_env.sh
+# builds .cache/autobahn/venv from the pyenv 2.7.x (rebuilt only when its pins
+# change; ~0.5 s when up to date). No Python 2.7 -> a warning, and the test
+# skips; a failed install is a setup problem. The test calls the same script,
+# so a plain `pytest` works too.
+setup_autobahn() {
+    local rc=0
+    bash "$ROOT/tests/autobahn/setup_env.sh" || rc=$?
+    case $rc in
+        0) ;;
+        2) warn "autobahn: no Python 2.7; tests/test_autobahn.py will SKIP" ;;
+        *) warn "autobahn: setup FAILED (log: .cache/autobahn/setup.log)"
+           SETUP_PROBLEMS+=("autobahn (Python 2.7 wstest venv)") ;;
+    esac
+}
+# <<< autobahn block <<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<
+
 # ------------------------------------------------------------- 4. pytest ----
 declare -A RESULT=() COUNTS=()
 TOTAL_PASSED=0 TOTAL_FAILED=0 TOTAL_SKIPPED=0
@@ -286,6 +304,7 @@ for m in "${ORDER[@]}"; do
     setup_venv "$m" || RESULT[$m]="FAILED (venv setup)"
 done
 setup_npm
+setup_autobahn                     # autobahn block (see above)
 T_SETUP=$((SECONDS - T_START))
 say "setup took ${T_SETUP}s"
 

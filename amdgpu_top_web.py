@@ -74,6 +74,7 @@ import enum
 import errno
 import hashlib
 import html
+import http.client
 import ipaddress
 import json
 import logging
@@ -258,7 +259,7 @@ SETTINGS = (
             "npm node_modules folder to serve the page's modules from (air-gapped use)"),
 )
 
-_MODE_FIELDS = ("demo", "once", "json", "show_help", "show_version")
+_MODE_FIELDS = ("demo", "once", "json", "healthcheck", "show_help", "show_version")
 
 Config = collections.namedtuple(
     "Config", ["listen_host", "listen_port"] + [s.field for s in SETTINGS if s.field != "listen"]
@@ -545,6 +546,8 @@ def build_arg_parser():
     parser.add_argument("--demo", action="store_true", help="serve two synthetic GPUs")
     parser.add_argument("--once", action="store_true", help="sample every GPU once and exit")
     parser.add_argument("--json", action="store_true", help="with --once: print JSON")
+    parser.add_argument("--healthcheck", action="store_true",
+                        help="ask the server at the configured address for /api/healthz; exit 0 or 1")
     parser.add_argument("--version", dest="show_version", action="store_true")
     parser.add_argument("-h", "--help", dest="show_help", action="store_true")
     return parser
@@ -3474,10 +3477,12 @@ class DemoProcSource(object):
         pid = 1000 + gpu_index * 5000 + index * 37
         if self.infos[gpu_index].apu:      # an APU's carve-out is tiny: it all lives in GTT
             vram_mib, gtt_mib = min(vram_mib, 24), gtt_mib + max(0, vram_mib - 24)
+        busy_ns = dict((e, int(base * 1e7 * t)) for e, base in engines.items())
         return {"pid": pid, "uid": 1000 + index, "user": user, "name": name, "cmd": cmd,
                 "render_node": "renderD%d" % (128 + gpu_index), "kfd": kfd, "shared": False,
                 "vram_bytes": vram_mib << 20, "gtt_bytes": gtt_mib << 20, "cpu_bytes": 0,
                 "vram_total_bytes": None, "gtt_total_bytes": None, "engines_pct": pct,
+                "engines_ns": busy_ns,
                 "gpu_time_ms_per_s": round(sum(v for v in pct.values() if v) * 10.0, 1),
                 "container": container, "start_time": 100000 + pid}
 
@@ -3957,7 +3962,14 @@ class DashboardServer(ThreadingHTTPServer):
         self.address_family = socket.AF_INET6 if ":" in host or host == "" else socket.AF_INET
         if host == "" and not socket.has_ipv6:
             self.address_family, address = socket.AF_INET, ("0.0.0.0", address[1])
-        ThreadingHTTPServer.__init__(self, address, DashboardHandler)
+        try:
+            ThreadingHTTPServer.__init__(self, address, DashboardHandler)
+        except OSError as exc:
+            if host != "" or exc.errno not in (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL):
+                raise
+            # IPv6 disabled in this kernel (ipv6.disable=1): all interfaces = IPv4 only.
+            self.address_family = socket.AF_INET
+            ThreadingHTTPServer.__init__(self, ("0.0.0.0", address[1]), DashboardHandler)
 
     def server_bind(self):
         if self.address_family == socket.AF_INET6 and self.server_address[0] == "":
@@ -4412,6 +4424,39 @@ def format_once_table(gpus):
     return "\n".join(lines)
 
 
+def healthcheck_target(config):
+    """Where --healthcheck connects: the listen address, loopback for wildcards."""
+    host = config.listen_host
+    if host in ("", "0.0.0.0"):
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    return host, config.listen_port
+
+
+def run_healthcheck(config):
+    """--healthcheck (the container's HEALTHCHECK): GET /api/healthz directly
+    (never through a proxy); exit 0 when it answers 200, else 1."""
+    host, port = healthcheck_target(config)
+    conn = http.client.HTTPConnection(host, port, timeout=4)
+    try:
+        conn.request("GET", "/api/healthz", headers={"Host": "localhost"})
+        status = conn.getresponse().status
+    except (OSError, http.client.HTTPException) as exc:
+        print("amdgpu_top_web: healthcheck: %s:%d: %s" % (host, port, exc), file=sys.stderr)
+        return 1
+    finally:
+        conn.close()
+    if status != 200:
+        print("amdgpu_top_web: healthcheck: HTTP %d" % status, file=sys.stderr)
+    return 0 if status == 200 else 1
+
+
+def format_listen_url(host, port):
+    shown = host or "0.0.0.0"
+    return "http://%s:%d/" % ("[%s]" % shown if ":" in shown else shown, port)
+
+
 def serve(config):
     app = App(config)
     stop = threading.Event()
@@ -4423,7 +4468,7 @@ def serve(config):
         print("amdgpu_top_web: error: cannot listen on %s:%d: %s"
               % (config.listen_host, config.listen_port, exc.strerror), file=sys.stderr)
         return 2
-    LOG.info("event=listening url=http://%s:%d/ demo=%s", host or "0.0.0.0", port, config.demo)
+    LOG.info("event=listening url=%s demo=%s", format_listen_url(host, port), config.demo)
     while not stop.wait(1.0):
         pass
     LOG.info("event=shutdown")
@@ -4445,6 +4490,8 @@ def main(argv=None, environ=None):
     if config.show_version:
         print(__version__)
         return 0
+    if config.healthcheck:
+        return run_healthcheck(config)
     setup_logging(config.log_level)
     if config.once:
         return run_once(config)

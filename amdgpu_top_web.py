@@ -74,6 +74,7 @@ import enum
 import errno
 import hashlib
 import html
+import io
 import http.client
 import ipaddress
 import json
@@ -177,7 +178,7 @@ DPM_LINE_RE = re.compile(r"^\s*([0-9]+|[SF]):\s*([0-9]+)\s*mhz\b(.*)$", re.IGNOR
 PCIE_DPM_RE = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*GT/s,\s*x([0-9]+)", re.IGNORECASE)
 LINK_SPEED_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*GT/s", re.IGNORECASE)
 GPU_PATH_RE = re.compile(r"^/api/gpus/([A-Za-z0-9_.:-]{1,64})/(metrics|procs|history)$")
-HWMON_FILE_RE = re.compile(r"^(temp|freq|in|power|fan|pwm)([0-9]+)_([a-z_]+)$")
+HWMON_FILE_RE = re.compile(r"^(temp|freq|in|power|fan|pwm)(0|[1-9][0-9]*)_([a-z_]+)$")
 
 # -- process top -----------------------------------------------------------
 
@@ -314,9 +315,10 @@ def parse_int(raw):
     if text is None:
         return None
     try:
-        return int(text, 10)
+        value = int(text, 10)
     except ValueError:
         return None
+    return value if -(1 << 63) <= value < (1 << 64) else None   # sysfs values are 64-bit
 
 
 def parse_uevent(raw):
@@ -350,14 +352,16 @@ def parse_pcie_dpm(raw):
             continue
         match = PCIE_DPM_RE.search(line)
         if match:
-            return float(match.group(1)), int(match.group(2))
+            speed = float(match.group(1))
+            return (speed, int(match.group(2))) if math.isfinite(speed) else None
     return None
 
 
 def parse_link_speed(raw):
     """current_link_speed '16.0 GT/s PCIe' -> 16.0 (None for 'Unknown')."""
     match = LINK_SPEED_RE.match(clean_text(raw) or "")
-    return float(match.group(1)) if match else None
+    speed = float(match.group(1)) if match else None
+    return speed if speed is not None and math.isfinite(speed) else None
 
 
 def pcie_gen_from_speed(gts):
@@ -736,7 +740,7 @@ def parse_size(value_text):
 def _parse_uint(value_text):
     """Leading unsigned integer of '107322799 ns' -> 107322799; None if none."""
     parts = value_text.split(None, 1)
-    return int(parts[0]) if parts and parts[0].isdigit() else None
+    return int(parts[0]) if parts and parts[0].isdecimal() else None
 
 
 def region_class(region):
@@ -960,7 +964,7 @@ def parse_proc_stat(text):
     if lp < 0 or rp < lp:
         return (None, None)
     rest = text[rp + 1:].split()
-    if len(rest) < 20 or not rest[19].isdigit():
+    if len(rest) < 20 or not rest[19].isdecimal():
         return (text[lp + 1:rp], None)
     return (text[lp + 1:rp], int(rest[19]))
 
@@ -970,7 +974,7 @@ def parse_status_uid(text):
     for line in (text or "").splitlines():
         if line.startswith("Uid:"):
             fields = line[4:].split()
-            return int(fields[0]) if fields and fields[0].isdigit() else None
+            return int(fields[0]) if fields and fields[0].isdecimal() else None
     return None
 
 
@@ -978,7 +982,7 @@ def parse_status_nspid(text):
     """'NSpid:\\t812\\t1' -> [812, 1] (one pid per nested pid namespace)."""
     for line in (text or "").splitlines():
         if line.startswith("NSpid:"):
-            return [int(f) for f in line[6:].split() if f.isdigit()]
+            return [int(f) for f in line[6:].split() if f.isdecimal()]
     return []
 
 
@@ -1925,7 +1929,7 @@ def split_host_header(host):
         port = rest[1:] if rest.startswith(":") else ""
     else:
         name, _, port = host.partition(":")
-    return name, (int(port) if port.isdigit() else None)
+    return name, (int(port) if port.isdecimal() else None)
 
 
 def is_loopback_name(name):
@@ -2861,7 +2865,12 @@ class Sampler(StoppableThread):
                 LOG.exception("event=sample_failed gpu=%s", self.reader.info.id)
             return
         self.cache.record("exporter_sample_duration_seconds", gpu, round(self.clock() - started, 6))
-        self.cache.publish_stats(self.reader.info.id, time.time(), metrics)
+        try:
+            self.cache.publish_stats(self.reader.info.id, time.time(), metrics)
+        except Exception:  # e.g. a value json_bytes refuses: never kill the sampler
+            self._errors += 1
+            if self._errors <= 3:
+                LOG.exception("event=publish_failed gpu=%s", self.reader.info.id)
 
 
 class GpuManager(StoppableThread):
@@ -4004,12 +4013,51 @@ class DashboardServer(ThreadingHTTPServer):
                 pass
 
 
+class _HeadDeadlineReader(io.RawIOBase):
+    """The handler's raw socket reader: the whole request head must arrive
+    within a deadline (slowloris), not just each recv within the idle timeout."""
+
+    def __init__(self, sock, idle):
+        self._sock, self._idle, self.deadline = sock, idle, None
+
+    def readable(self):
+        return True
+
+    def readinto(self, buf):
+        if self._sock.gettimeout() != 0.0:          # the WebSocket hand-over reads non-blocking
+            left = self._idle if self.deadline is None else self.deadline - time.monotonic()
+            if left <= 0:
+                raise socket.timeout("request head too slow")
+            self._sock.settimeout(min(self._idle, left))
+        try:
+            return self._sock.recv_into(buf)
+        except BlockingIOError:
+            return None
+
+
 class DashboardHandler(BaseHTTPRequestHandler):
     """Answers every route from the cache; /ws is upgraded here and handed to the hub."""
 
     server_version = "amdgpu_top_web/" + __version__
     protocol_version = "HTTP/1.1"
+    default_request_version = "HTTP/1.0"   # never answer HTTP/0.9-style (bare body, no headers)
     timeout = HTTP_IDLE_TIMEOUT_S
+
+    def setup(self):
+        BaseHTTPRequestHandler.setup(self)
+        self._head_reader = _HeadDeadlineReader(self.connection, self.timeout)
+        if isinstance(self.connection, socket.socket):
+            self.rfile = io.BufferedReader(self._head_reader, 65536)
+
+    def handle_one_request(self):
+        self._head_reader.deadline = time.monotonic() + HTTP_IDLE_TIMEOUT_S
+        BaseHTTPRequestHandler.handle_one_request(self)
+
+    def parse_request(self):
+        try:
+            return BaseHTTPRequestHandler.parse_request(self)
+        finally:
+            self._head_reader.deadline = None       # the head is in: no deadline for the rest
 
     def do_GET(self):
         self._dispatch(True)
@@ -4033,6 +4081,9 @@ class DashboardHandler(BaseHTTPRequestHandler):
     def _dispatch(self, send_body):
         self._send_body = send_body
         app = self.server.app
+        if self.headers.get("Transfer-Encoding") or (
+                self.headers.get("Content-Length") or "0").strip() != "0":
+            self.close_connection = True     # the body is never read: never parse it as a request
         if len(self.headers.get_all("Host") or ()) > 1:
             self.send_error(400, "more than one Host header")   # RFC 9112 §3.2
             return

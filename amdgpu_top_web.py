@@ -173,7 +173,8 @@ SECURITY_HEADERS = (
     ("Cross-Origin-Resource-Policy", "same-origin"),
 )
 
-DURATION_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*(ms|s)?\s*$")
+DURATION_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*(ms|s|m|h)?\s*$")
+DURATION_UNITS = {"ms": 0.001, "s": 1.0, None: 1.0, "m": 60.0, "h": 3600.0}
 DPM_LINE_RE = re.compile(r"^\s*([0-9]+|[SF]):\s*([0-9]+)\s*mhz\b(.*)$", re.IGNORECASE)
 PCIE_DPM_RE = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*GT/s,\s*x([0-9]+)", re.IGNORECASE)
 LINK_SPEED_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*GT/s", re.IGNORECASE)
@@ -417,12 +418,11 @@ def readable_pci_name(name):
 
 
 def parse_duration(text):
-    """'250ms', '2s', '1.5s', '2' (seconds) -> seconds as float; ValueError otherwise."""
+    """'250ms', '2s', '1.5s', '2' (seconds), '5m', '1h' -> seconds as float; ValueError otherwise."""
     match = DURATION_RE.match(text or "")
     if not match:
         raise ValueError("expected a duration like 250ms, 2s or 1.5s")
-    value = float(match.group(1))
-    return value / 1000.0 if match.group(2) == "ms" else value
+    return float(match.group(1)) * DURATION_UNITS[match.group(2)]
 
 
 def parse_bool(text):
@@ -3606,6 +3606,8 @@ class Hub(StoppableThread):
         self._slots = 0
         self._slots_lock = threading.Lock()
         self._timers_due = 0.0
+        self._keepalive_due = 0.0
+        self._pending = set()       # clients with queued output or closing: timer-checked
 
     # -- called from other threads -----------------------------------------
 
@@ -3654,7 +3656,7 @@ class Hub(StoppableThread):
             self._wake_w.close()
 
     def _timeout(self):
-        return 0.25 if self._clients else 1.0
+        return 0.25 if self._pending else 1.0
 
     def _loop_once(self, timeout):
         for key, mask in self._selector.select(timeout):
@@ -3712,18 +3714,40 @@ class Hub(StoppableThread):
     # -- outbound --------------------------------------------------------------
 
     def _broadcast(self, frame, now):
+        """Fan one shared frame out. A client with nothing queued gets it with a
+        direct send() (the common case: no queue work at all); a lagging one
+        goes through its bounded queue."""
+        wire = frame.wire
         for client in list(self._clients):
             if client.closing or not self.protocol.wants(client, frame):
                 continue
-            wire = frame.wire
-            if client.dropped and frame.payload.startswith(b"{"):
-                # Tell the client what it missed, on this frame (the shared
-                # bytes stay untouched; only a lagging client pays for a copy).
-                payload = b'{"dropped":%d,' % client.dropped + frame.payload[1:]
-                wire = encode_frame(Opcode.TEXT, payload)
-                client.dropped = 0
-            self._enqueue(client, wire)
-            self._flush(client, now)
+            if client.queue or client.dropped:
+                self._enqueue(client, self._with_dropped(client, frame))
+                self._flush(client, now)
+                continue
+            try:
+                sent = client.sock.send(wire)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError:
+                self._drop(client)
+                continue
+            if sent < len(wire):
+                client.queue.append(wire)
+                client.queued_bytes += len(wire)
+                client.head_sent = sent
+                client.stalled_since = now
+                self._pending.add(client)
+                self._want_write(client, True)
+
+    def _with_dropped(self, client, frame):
+        """Tell a lagging client what it missed, on this frame (the shared bytes
+        stay untouched; only that client pays for a copy)."""
+        if not client.dropped or not frame.payload.startswith(b"{"):
+            return frame.wire
+        payload = b'{"dropped":%d,' % client.dropped + frame.payload[1:]
+        client.dropped = 0
+        return encode_frame(Opcode.TEXT, payload)
 
     def _enqueue(self, client, wire):
         queue = client.queue
@@ -3764,8 +3788,12 @@ class Hub(StoppableThread):
             return
         if not queue:
             client.stalled_since = None
-        elif progressed or client.stalled_since is None:
-            client.stalled_since = now
+            if not client.closing:
+                self._pending.discard(client)
+        else:
+            self._pending.add(client)
+            if progressed or client.stalled_since is None:
+                client.stalled_since = now
         self._want_write(client, bool(queue))
 
     def _want_write(self, client, wanted):
@@ -3849,12 +3877,15 @@ class Hub(StoppableThread):
         client.queued_bytes += len(close)
         client.close_deadline = now + 2.0
         client.close_when_flushed = not wait_reply
+        self._pending.add(client)
         self._flush(client, now)
 
     # -- timers ------------------------------------------------------------------
 
     def _check_timers(self, now):
-        for client in list(self._clients):
+        """Every 0.25 s: close deadlines and stuck writers, among the clients with
+        pending output only; at most once a second: keepalive over everyone."""
+        for client in list(self._pending):
             if client.closing:
                 if now >= client.close_deadline:
                     self._drop(client)
@@ -3864,12 +3895,19 @@ class Hub(StoppableThread):
                 LOG.info("event=ws_stuck_client addr=%s queued=%d", client.addr, len(client.queue))
                 self._try_close_frame(client, CloseCode.POLICY_VIOLATION, "write timeout")
                 self._drop(client)
-            elif now - client.last_recv > self.read_timeout_s:
-                self._start_close(client, CloseCode.INTERNAL_ERROR, "keepalive timeout", now)
-            elif not client.ping_sent and now - client.last_recv > self.read_timeout_s / 2:
-                client.ping_sent = True
-                self._enqueue(client, encode_frame(Opcode.PING, b"keepalive"))
-                self._flush(client, now)
+        if now >= self._keepalive_due:
+            self._keepalive_due = now + min(1.0, self.read_timeout_s / 4)
+            for client in list(self._clients):
+                if client.open and not client.closing:
+                    self._check_keepalive(client, now)
+
+    def _check_keepalive(self, client, now):
+        if now - client.last_recv > self.read_timeout_s:
+            self._start_close(client, CloseCode.INTERNAL_ERROR, "keepalive timeout", now)
+        elif not client.ping_sent and now - client.last_recv > self.read_timeout_s / 2:
+            client.ping_sent = True
+            self._enqueue(client, encode_frame(Opcode.PING, b"keepalive"))
+            self._flush(client, now)
 
     def _try_close_frame(self, client, code, reason):
         """Best effort Close before dropping a stuck client (only at a frame boundary)."""
@@ -3884,6 +3922,7 @@ class Hub(StoppableThread):
             return
         client.open = False
         self._clients.discard(client)
+        self._pending.discard(client)
         self.stats["clients"] = len(self._clients)
         try:
             self._selector.unregister(client.sock)
@@ -4366,7 +4405,7 @@ class App(object):
         self.manager.start()
         if self.procs_thread is not None:
             self.procs_thread.start()
-        self._serve_thread = threading.Thread(target=self.server.serve_forever, args=(0.2,),
+        self._serve_thread = threading.Thread(target=self.server.serve_forever, args=(0.5,),
                                               name="http-server")
         self._serve_thread.daemon = True
         self._serve_thread.start()

@@ -2795,6 +2795,14 @@ class Cache(object):
         with self._lock:
             return self._procs.get(gpu_id)
 
+    def snapshot(self):
+        """([(identity dict, metrics or None)], {gpu id: procs message}), one lock."""
+        with self._lock:
+            gpus = [(identity_json(info), self._stats[gpu_id][1] if gpu_id in self._stats else None)
+                    for gpu_id, info in self._gpus.items()]
+            procs = dict((gpu_id, entry[0]) for gpu_id, entry in self._procs.items())
+        return gpus, procs
+
     def history(self, gpu_id):
         with self._lock:
             ring = self._history.get(gpu_id)
@@ -4358,13 +4366,7 @@ class App(object):
         return body, VENDOR_TYPES[os.path.splitext(entry[2])[1]]
 
     def prometheus_text(self):
-        gpus, procs = [], {}
-        for info in self.cache.gpus():
-            stats = self.cache.stats(info.id)
-            gpus.append((identity_json(info), stats[1] if stats else None))
-            found = self.cache.procs(info.id)
-            if found:
-                procs[info.id] = found[0]
+        gpus, procs = self.cache.snapshot()
         health = self.cache.health_snapshot()
         hub = self.hub.stats
         for name, key in (("websocket_clients", "clients"), ("websocket_dropped_frames_total", "dropped_frames"),
@@ -4374,20 +4376,11 @@ class App(object):
         return render_prometheus(gpus, procs, health, self.config.prometheus_processes)
 
     def plain_html(self, hint=None):
-        gpus, procs = [], {}
-        for info in self.cache.gpus():
-            stats = self.cache.stats(info.id)
-            gpus.append((identity_json(info), stats[1] if stats else None))
-            found = self.cache.procs(info.id)
-            if found:
-                procs[info.id] = found[0]
+        gpus, procs = self.cache.snapshot()
         return render_plain(gpus, procs, max(2.0, self.config.interval_s), hint)
 
     def gpus_json(self):
-        gpus = []
-        for info in self.cache.gpus():
-            stats = self.cache.stats(info.id)
-            gpus.append(dict(identity_json(info), metrics=stats[1] if stats else None))
+        gpus = [dict(identity, metrics=metrics) for identity, metrics in self.cache.snapshot()[0]]
         out = {"gpus": gpus, "demo": self.config.demo}
         if not gpus:
             out["message"] = ("No AMD GPU (amdgpu driver) found under %s/class/drm. "

@@ -70,3 +70,30 @@ def test_once_json_without_proc_scan():
     out = subprocess.run([sys.executable, PROGRAM, "--once", "--json"], env=env,
                          capture_output=True, timeout=30, check=True)
     assert all(gpu["procs"] is None for gpu in json.loads(out.stdout)["gpus"])
+
+
+SECRETS = ("hunter2", "tok-123", "AKIA-XYZ", "sk-abc", "pw1", "s3cret")
+
+
+def test_secrets_never_leave_through_once_json_or_metrics(server):
+    """pid 2100's command line carries a password, a token, an API key, *_KEY=,
+    *_PASSWORD= and URL credentials: none may appear in --once --json or /metrics
+    (REST, WebSocket and /plain are covered in test_abuse.py)."""
+    env = server_env("multi_gpu", env={"APP_PROC_ROOT": PROC_MULTI, "APP_PROC_ENABLE": "true"})
+    out = subprocess.run([sys.executable, PROGRAM, "--once", "--json"], env=env,
+                         capture_output=True, timeout=30, check=True).stdout.decode()
+    cmds = [p["cmd"] for gpu in json.loads(out)["gpus"] for p in gpu["procs"]["processes"]
+            if p["pid"] == 2100]
+    assert cmds and "--password=" in cmds[0]          # the argument stays, its value goes
+    srv = server(fixture="multi_gpu", env=dict(PROC_ENV, APP_ENABLE_PROMETHEUS="true",
+                                               APP_PROMETHEUS_PROCESSES="50"))
+    metrics = ""
+    for _ in range(50):
+        metrics = srv.get("/metrics").body.decode()
+        if 'pid="2100"' in metrics:
+            break
+        import time
+        time.sleep(0.1)
+    assert 'pid="2100"' in metrics
+    for secret in SECRETS:
+        assert secret not in out and secret not in metrics, secret

@@ -1,0 +1,699 @@
+"""End-to-end tests of the page (index.html) in a real headless Chromium.
+
+Every test starts the real server (amdgpu_top_web.py) as a subprocess on a
+loopback port, serving the page's ES modules from APP_VENDOR_DIR (an npm
+install of tests/package.json; tests/run.sh makes it), and drives Debian's
+/usr/bin/chromium through Playwright. Screenshots land in tests/artifacts/.
+
+Self-contained on purpose: the server fixtures of conftest.py are not used.
+"""
+import json
+import os
+import queue
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+playwright_sync = pytest.importorskip("playwright.sync_api", reason="Playwright for Python is not installed")
+expect = playwright_sync.expect
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(ROOT, "amdgpu_top_web.py")
+TESTDATA = os.path.join(ROOT, "testdata")
+ARTIFACTS = os.path.join(ROOT, "tests", "artifacts")
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+LISTEN_RE = re.compile(r"event=listening url=http://127\.0\.0\.1:(\d+)/")
+NBSP = "\u00a0"
+HOSTILE = "<img src=x onerror=alert(1)>"
+WS_FAILURE = "WebSocket connection to"      # Chromium's own console error while a server is down
+
+pytestmark = pytest.mark.browser
+
+
+# ---- fixtures: vendor dir, servers, browser --------------------------------------
+
+@pytest.fixture(scope="session")
+def vendor_dir():
+    path = os.environ.get("APP_VENDOR_DIR")
+    if not path:
+        pytest.skip("APP_VENDOR_DIR is not set: the page's npm packages are needed "
+                    "(tests/run.sh installs tests/package.json into .cache/vendor)")
+    if not os.path.isfile(os.path.join(path, "preact", "package.json")):
+        pytest.skip("APP_VENDOR_DIR=%s holds no npm install of tests/package.json" % path)
+    return path
+
+
+class Server(object):
+    """The real server as a subprocess; stderr is drained by a thread."""
+
+    def __init__(self, vendor, args=(), env=None, port=0):
+        full_env = dict((k, v) for k, v in os.environ.items() if not k.startswith("APP_"))
+        full_env["APP_VENDOR_DIR"] = vendor
+        full_env.update(env or {})
+        self.proc = subprocess.Popen(
+            [sys.executable, SCRIPT, "--listen", "127.0.0.1:%d" % port] + list(args),
+            cwd=ROOT, env=full_env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE, universal_newlines=True)
+        self.lines = queue.Queue()
+        self.log = []
+        threading.Thread(target=self._drain, daemon=True).start()
+        self.port = self._wait_listening()
+
+    def _drain(self):
+        for line in self.proc.stderr:
+            self.log.append(line)
+            self.lines.put(line)
+
+    def _wait_listening(self, timeout=15.0):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                line = self.lines.get(timeout=0.2)
+            except queue.Empty:
+                if self.proc.poll() is not None:
+                    break
+                continue
+            match = LISTEN_RE.search(line)
+            if match:
+                return int(match.group(1))
+        self.stop()
+        raise AssertionError("server did not start:\n" + "".join(self.log))
+
+    @property
+    def pid(self):
+        return self.proc.pid
+
+    @property
+    def url(self):
+        return "http://127.0.0.1:%d/" % self.port
+
+    def stop(self):
+        if self.proc.poll() is None:
+            try:
+                os.kill(self.proc.pid, signal.SIGCONT)
+                self.proc.terminate()
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        if self.proc.stderr:
+            self.proc.stderr.close()
+
+
+@pytest.fixture
+def start_server(vendor_dir):
+    """Factory: start_server(args=[...], env={...}, port=0) -> Server; all stopped afterwards."""
+    started = []
+
+    def start(args=("--demo",), env=None, port=0):
+        server = Server(vendor_dir, args, env, port)
+        started.append(server)
+        return server
+    yield start
+    for server in started:
+        server.stop()
+
+
+def fixture_env(sysfs, proc=None, **extra):
+    env = {"APP_SYSFS_ROOT": os.path.join(TESTDATA, "sys", sysfs),
+           "APP_SHARE_ROOT": os.path.join(TESTDATA, "share")}
+    if proc:
+        env["APP_PROC_ROOT"] = os.path.join(TESTDATA, "proc", proc)
+    env.update(extra)
+    return env
+
+
+@pytest.fixture(scope="session")
+def browser():
+    if not os.path.exists(CHROMIUM):
+        pytest.skip("%s is missing (Debian package chromium; tests/run.sh installs it)" % CHROMIUM)
+    with playwright_sync.sync_playwright() as pw:
+        chromium = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+class Watch(object):
+    """Records what a page must never do: console errors, uncaught exceptions,
+    dialogs, and requests or WebSockets to any origin but the server."""
+
+    def __init__(self, page, server):
+        self.page = page
+        self.origin = server.url
+        self.ws_origin = "ws://127.0.0.1:%d/" % server.port
+        self.errors, self.foreign, self.dialogs, self.requests, self.sent = [], [], [], [], []
+        page.on("console", self._console)
+        page.on("pageerror", lambda exc: self.errors.append("pageerror: %s" % exc))
+        page.on("request", self._request)
+        page.on("websocket", self._websocket)
+        page.on("dialog", self._dialog)
+
+    def _console(self, msg):
+        if msg.type == "error":
+            self.errors.append(msg.text)
+
+    def _request(self, request):
+        self.requests.append(request.url)
+        if not request.url.startswith(self.origin):
+            self.foreign.append(request.url)
+
+    def _websocket(self, ws):
+        if not ws.url.startswith(self.ws_origin):
+            self.foreign.append(ws.url)
+        ws.on("framesent", lambda payload: self.sent.append(json.loads(payload)))
+
+    def subscriptions(self):
+        self.page.wait_for_timeout(20)      # Playwright's sync API delivers events only inside its calls
+        return [m.get("gpu_id") for m in self.sent if m.get("type") == "subscribe"]
+
+    def requested(self, suffix):
+        self.page.wait_for_timeout(20)
+        return any(url.endswith(suffix) for url in self.requests)
+
+    def _dialog(self, dialog):
+        self.dialogs.append(dialog.message)
+        dialog.dismiss()
+
+    def assert_clean(self, allow=()):
+        self.page.wait_for_timeout(200)     # deliver pending console/request events
+        errors = [e for e in self.errors if not any(a in e for a in allow)]
+        assert errors == [], "console errors: %r" % errors
+        assert self.foreign == [], "requests to other origins: %r" % self.foreign
+        assert self.dialogs == [], "dialogs opened: %r" % self.dialogs
+
+
+@pytest.fixture
+def open_page(browser):
+    """Factory: open_page(server, hash="", viewport=(1280, 900)) -> (page, Watch)."""
+    contexts = []
+
+    def open_(server, hash_="", viewport=(1280, 900), wait_live=True, color_scheme="light"):
+        context = browser.new_context(viewport={"width": viewport[0], "height": viewport[1]},
+                                      color_scheme=color_scheme)
+        contexts.append(context)
+        page = context.new_page()
+        page.set_default_timeout(10000)
+        watch = Watch(page, server)
+        page.goto(server.url + hash_)
+        if wait_live:
+            expect(page.locator("[data-testid=conn]")).to_have_attribute("data-state", "open")
+            expect(page.locator("article.gpu").first).to_be_visible()
+        return page, watch
+    yield open_
+    for context in contexts:
+        context.close()
+
+
+# ---- helpers -----------------------------------------------------------------------
+
+def text(locator):
+    return locator.inner_text().replace(NBSP, " ").strip()
+
+
+def metric(page, key, gpu=None):
+    scope = page.locator("article.gpu[data-gpu=%s]" % gpu) if gpu else page.locator("article.gpu").first
+    return text(scope.locator("[data-metric=%s]" % key))
+
+
+def wait_until(predicate, timeout=10.0, interval=0.1, message="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError("timed out after %.1fs waiting for %s" % (timeout, message))
+
+
+def row_pids(page):
+    return [int(p) for p in page.locator("article.gpu >> tbody tr[data-pid]").evaluate_all(
+        "rows => rows.map(r => r.dataset.pid)")]
+
+
+def column_texts(page, index):
+    return [t.replace(NBSP, " ") for t in page.locator("article.gpu >> tbody tr[data-pid]").evaluate_all(
+        "(rows, i) => rows.map(r => r.cells[i].innerText.trim())", index)]
+
+
+def header_index(page, col):
+    return page.locator("article.gpu thead th").evaluate_all(
+        "(ths, key) => ths.findIndex(th => th.querySelector('button').dataset.col === key)", col)
+
+
+UNITS = {"MiB": 1 << 20, "GiB": 1 << 30}
+
+
+def parse_bytes(s):
+    number, unit = s.split()
+    return float(number.lstrip("<")) * UNITS[unit]
+
+
+def wait_procs(page, minimum=1):
+    wait_until(lambda: page.locator("article.gpu >> tbody tr[data-pid]").count() >= minimum, 15,
+               message="process rows")
+
+
+def screenshot(page, name):
+    os.makedirs(ARTIFACTS, exist_ok=True)
+    path = os.path.join(ARTIFACTS, name)
+    page.screenshot(path=path, full_page=True)
+    return path
+
+
+# ---- demo mode -----------------------------------------------------------------------
+
+def test_demo_values_appear_change_and_screenshots(start_server, open_page):
+    server = start_server()
+    page, watch = open_page(server)
+    article = page.locator("article.gpu")
+    expect(article).to_have_count(1)                         # one GPU shown, selector for the other
+    expect(article.locator("h2")).to_contain_text("AMD Radeon RX 7800 XT (demo)")
+    expect(page.locator("[data-testid=demo-badge]")).to_have_text("demo data")
+    expect(page.locator("body > footer")).to_contain_text("interval 250 ms")
+    expect(page.locator("body > footer")).to_contain_text("amdgpu_top_web 0.")
+    for key, pattern in [("gpu_busy_pct", r"^\d+%$"), ("sclk_mhz", r"^\d+ MHz$"), ("temp_c", r"^\d+\.\d °C$"),
+                         ("power_w", r"^\d+(\.\d)? W$"), ("fan_rpm", r"^\d+ RPM$"), ("pcie", r"^Gen 4 ×16$"),
+                         ("runtime_status", r"^active$"), ("vram_used", r"GiB / 16\.0 GiB")]:
+        wait_until(lambda: re.search(pattern, metric(page, key)), 5, message="%s ~ %s" % (key, pattern))
+
+    def snapshot():
+        return tuple(metric(page, k) for k in ("gpu_busy_pct", "sclk_mhz", "power_w", "temp_c"))
+    first = snapshot()
+    wait_until(lambda: snapshot() != first, 5, message="live values to change")
+
+    # Sparklines: drawn from hello history, then grow with live frames (bounded path).
+    busy_path = article.locator("figure.spark path.a").first
+    wait_until(lambda: (busy_path.get_attribute("d") or "").count("L") >= 2, 5, message="sparkline")
+    before = busy_path.get_attribute("d")
+    wait_until(lambda: busy_path.get_attribute("d") != before, 5, message="sparkline to move")
+    assert len(re.findall(r"[ML]", busy_path.get_attribute("d"))) <= 301
+
+    wait_procs(page, 8)
+    expect(article.locator("[data-testid=headline]")).to_contain_text("is making this GPU busy")
+    time.sleep(0.6)
+    assert page.evaluate("document.getAnimations().length") == 0, "live values must not animate"
+    time.sleep(4.0)                                           # a little history for the sparklines
+    screenshot(page, "demo-desktop.png")
+    watch.assert_clean()
+
+    dark, dark_watch = open_page(server, "#gpu=all", color_scheme="dark")
+    wait_procs(dark, 16)
+    time.sleep(0.5)
+    screenshot(dark, "demo-desktop-dark-all.png")
+    dark_watch.assert_clean()
+
+    phone, phone_watch = open_page(server, viewport=(390, 844))
+    wait_procs(phone, 8)
+    time.sleep(0.5)
+    screenshot(phone, "demo-phone.png")
+    overflow = phone.evaluate("document.documentElement.scrollWidth - document.documentElement.clientWidth")
+    assert overflow <= 0, "the page scrolls sideways on a phone (%d px)" % overflow
+    phone_watch.assert_clean()
+
+
+def test_gpu_selector_switches_and_updates_hash(start_server, open_page):
+    server = start_server()
+    page, watch = open_page(server)
+    select = page.get_by_label("GPU", exact=True)
+    expect(select).to_have_value("card0")
+    expect(select.locator("option")).to_have_count(3)        # two GPUs + "all"
+    select.select_option("card1")
+    wait_until(lambda: page.evaluate("location.hash") == "#gpu=card1", 5, message="hash #gpu=card1")
+    article = page.locator("article.gpu")
+    expect(article).to_have_count(1)
+    expect(article).to_have_attribute("data-gpu", "card1")
+    expect(article.locator("h2")).to_contain_text("AMD Radeon 780M (demo)")
+    expect(article).to_contain_text("GTT is system memory in use by the GPU")   # APU note
+    expect(article.locator("[data-metric=fan_rpm]")).to_have_text("\u2014")    # null -> em dash
+    select.select_option("all")
+    expect(page.locator("article.gpu")).to_have_count(2)
+    assert page.evaluate("location.hash") == "#gpu=all"
+    page.go_back()                                            # the hash is history: back = card1
+    expect(page.locator("article.gpu")).to_have_count(1)
+    expect(page.locator("article.gpu")).to_have_attribute("data-gpu", "card1")
+    watch.assert_clean()
+
+    # The hash is remembered: a fresh load opens on the GPU it names.
+    page2, watch2 = open_page(server, "#gpu=card1")
+    expect(page2.locator("article.gpu")).to_have_attribute("data-gpu", "card1")
+    expect(page2.get_by_label("GPU", exact=True)).to_have_value("card1")
+    watch2.assert_clean()
+
+
+def test_follows_only_the_gpu_on_screen(start_server, open_page):
+    """The page subscribes to the GPU it shows ("*" for all) and, switching, gets
+    the history it did not follow back from /api/gpus/{id}/history."""
+    server = start_server()
+    page, watch = open_page(server)
+    wait_until(lambda: watch.subscriptions() == ["card0"], 5, message="subscribe card0")
+    page.wait_for_timeout(4000)                              # card1 runs on, unfollowed
+    assert not watch.requested("/history")
+    page.get_by_label("GPU", exact=True).select_option("card1")
+    wait_until(lambda: watch.subscriptions() == ["card0", "card1"], 5, message="subscribe card1")
+    wait_until(lambda: watch.requested("/api/gpus/card1/history"), 5, message="card1 history fetched")
+    path = page.locator("article.gpu[data-gpu=card1] figure.spark path.a").first
+    # 4+ s of card1 history at 4 Hz, not only what arrived since the switch.
+    wait_until(lambda: (path.get_attribute("d") or "").count("L") >= 12, 1.5, message="card1 history drawn")
+    page.get_by_label("GPU", exact=True).select_option("all")
+    wait_until(lambda: watch.subscriptions() == ["card0", "card1", "*"], 5, message="subscribe *")
+    wait_until(lambda: watch.requested("/api/gpus/card0/history"), 5, message="card0 history fetched")
+    watch.assert_clean()
+
+
+def test_sorting_by_header_buttons(start_server, open_page):
+    server = start_server()
+    page, watch = open_page(server)
+    wait_procs(page, 8)
+    th_total = page.locator("article.gpu thead th", has=page.locator("button[data-col=total]"))
+    expect(th_total).to_have_attribute("aria-sort", "descending")       # the default
+    totals = [parse_bytes(t) for t in column_texts(page, header_index(page, "total"))]
+    assert totals == sorted(totals, reverse=True)
+
+    th_pid = page.locator("article.gpu thead th", has=page.locator("button[data-col=pid]"))
+    page.locator("button[data-col=pid]").click()
+    expect(th_pid).to_have_attribute("aria-sort", "descending")
+    expect(th_total).not_to_have_attribute("aria-sort", re.compile(".+"))
+    assert row_pids(page) == sorted(row_pids(page), reverse=True)
+    page.locator("button[data-col=pid]").click()
+    expect(th_pid).to_have_attribute("aria-sort", "ascending")
+    assert row_pids(page) == sorted(row_pids(page))
+
+    page.locator("button[data-col=name]").click()
+    th_name = page.locator("article.gpu thead th", has=page.locator("button[data-col=name]"))
+    expect(th_name).to_have_attribute("aria-sort", "ascending")
+    names = column_texts(page, header_index(page, "name"))
+    assert names == sorted(names, key=str.lower) and len(set(names)) == 8
+
+    # Keyboard: the headers are real buttons (focus + Enter sorts).
+    page.locator("button[data-col=vram]").focus()
+    page.keyboard.press("Enter")
+    th_vram = page.locator("article.gpu thead th", has=page.locator("button[data-col=vram]"))
+    expect(th_vram).to_have_attribute("aria-sort", "descending")
+    vram = [parse_bytes(t) for t in column_texts(page, header_index(page, "vram"))]
+    assert vram == sorted(vram, reverse=True)
+    # Engine columns come from capabilities.engines; a null engine shows an em dash.
+    for engine in ("gfx", "compute", "dma", "dec", "enc"):
+        expect(page.locator("button[data-col='eng:%s']" % engine)).to_have_count(1)
+    assert "\u2014" in column_texts(page, header_index(page, "eng:dec"))
+    watch.assert_clean()
+
+
+def test_long_process_list_shows_top_rows_then_all(start_server, open_page):
+    server = start_server(["--demo", "--demo-processes", "40"])
+    page, watch = open_page(server)
+    wait_procs(page, 25)
+    rows = page.locator("article.gpu >> tbody tr[data-pid]")
+    expect(rows).to_have_count(25)
+    more = page.locator("[data-testid=more]")
+    expect(more).to_have_text("Show all 40 processes")
+    totals = [parse_bytes(t) for t in column_texts(page, header_index(page, "total"))]
+    assert totals == sorted(totals, reverse=True)          # the top 25 by the sort column
+    more.click()
+    expect(rows).to_have_count(40)
+    expect(more).to_have_text("Show the top 25")
+    page.get_by_label("Filter processes by name, user or PID").fill("alice")
+    wait_until(lambda: rows.count() < 25, 5, message="filtered rows")
+    assert set(column_texts(page, header_index(page, "user"))) == {"alice"}
+    watch.assert_clean()
+
+
+def test_row_order_is_stable_between_frames(start_server, open_page):
+    server = start_server(["--demo", "--proc-scan-interval", "500ms"])
+    page, watch = open_page(server)
+    wait_procs(page, 8)
+    page.locator("button[data-col=user]").click()             # ties: alice owns three processes
+    order = row_pids(page)
+    users = column_texts(page, header_index(page, "user"))
+    alice = [pid for pid, user in zip(order, users) if user == "alice"]
+    assert len(alice) == 3 and alice == sorted(alice)         # ties broken by PID
+    gfx_index = header_index(page, "eng:gfx")
+    for _ in range(3):                                        # across several procs frames
+        seen = column_texts(page, gfx_index)
+        wait_until(lambda: column_texts(page, gfx_index) != seen, 5, message="a new procs frame")
+        assert row_pids(page) == order
+    watch.assert_clean()
+
+
+def test_filter_by_name_user_pid(start_server, open_page):
+    server = start_server()
+    page, watch = open_page(server)
+    wait_procs(page, 8)
+    box = page.get_by_label("Filter processes by name, user or PID")
+    box.fill("alice")
+    wait_until(lambda: page.locator("article.gpu >> tbody tr[data-pid]").count() == 3, 5, message="3 alice rows")
+    assert set(column_texts(page, header_index(page, "user"))) == {"alice"}
+    expect(page.locator(".proc-head h3")).to_contain_text("3 of 8")
+    box.fill("LLAMA")
+    expect(page.locator("article.gpu >> tbody tr[data-pid]")).to_have_count(1)
+    pid = row_pids(page)[0]
+    box.fill(str(pid))
+    expect(page.locator("article.gpu >> tbody tr[data-pid]")).to_have_count(1)
+    assert row_pids(page) == [pid]
+    box.fill("no-such-process")
+    expect(page.locator("article.gpu >> tbody tr[data-pid]")).to_have_count(0)
+    expect(page.locator("article.gpu")).to_contain_text("No process matches the filter.")
+    box.fill("")
+    expect(page.locator("article.gpu >> tbody tr[data-pid]")).to_have_count(8)
+    watch.assert_clean()
+
+
+def test_hostile_process_name_is_literal_text(start_server, open_page):
+    server = start_server()
+    page, watch = open_page(server, "#gpu=all")
+    wait_procs(page, 16)
+    cells = page.locator("td.name .nm", has_text=HOSTILE)
+    wait_until(lambda: cells.count() >= 1, 5, message="the hostile name row")
+    assert text(cells.first) == HOSTILE
+    assert "<script>alert(1)</script>" in cells.first.get_attribute("title")   # hover: the cmdline
+    cells.first.click()                                        # expand: the command line, as text
+    expect(cells.first).to_have_attribute("aria-expanded", "true")
+    code = cells.first.locator("xpath=ancestor::tr/following-sibling::tr[1][contains(@class,'cmdrow')]//code")
+    expect(code).to_contain_text("<script>alert(1)</script>")
+    time.sleep(2.5)                                            # stays open across procs frames
+    expect(code).to_contain_text("<script>alert(1)</script>")
+    cells.first.click()
+    expect(cells.first).to_have_attribute("aria-expanded", "false")
+    page.wait_for_timeout(1000)
+    assert page.locator("img").count() == 0
+    assert page.locator("main script, main iframe, main object").count() == 0
+    assert watch.dialogs == []
+    watch.assert_clean()
+
+
+def test_stale_banner_when_server_paused(start_server, open_page):
+    server = start_server()
+    page, watch = open_page(server)
+    banner = page.locator("[data-testid=stale]")
+    expect(banner).to_have_count(0)
+    os.kill(server.pid, signal.SIGSTOP)
+    try:
+        expect(banner).to_be_visible(timeout=3000)
+        expect(banner).to_contain_text("No update for more than 500 ms")
+    finally:
+        os.kill(server.pid, signal.SIGCONT)
+    expect(banner).to_have_count(0, timeout=5000)
+    expect(page.locator("[data-testid=conn]")).to_have_attribute("data-state", "open")
+    watch.assert_clean()
+
+
+def test_reconnects_after_server_restart_on_same_port(start_server, open_page):
+    first = start_server()
+    page, watch = open_page(first)
+    port = first.port
+    first.stop()
+    conn = page.locator("[data-testid=conn]")
+    expect(conn).to_have_attribute("data-state", "reconnecting", timeout=5000)
+    expect(page.locator("[data-testid=stale]")).to_contain_text("reconnecting")
+    time.sleep(1.0)                                            # a refused attempt or two
+    second = start_server(port=port)
+    assert second.port == port
+    expect(conn).to_have_attribute("data-state", "open", timeout=20000)
+    expect(page.locator("[data-testid=stale]")).to_have_count(0)
+    def snapshot():
+        return tuple(metric(page, k) for k in ("gpu_busy_pct", "sclk_mhz", "power_w", "temp_c"))
+    before = snapshot()
+    wait_until(lambda: snapshot() != before, 5, message="live values from the new server")
+    watch.assert_clean(allow=(WS_FAILURE,))
+
+
+def test_hidden_tab_stops_rendering(start_server, open_page):
+    server = start_server()
+    page, watch = open_page(server)
+    page.evaluate("""() => {
+      window.__mutations = 0;
+      new MutationObserver((list) => { window.__mutations += list.length; })
+        .observe(document.body, {subtree: true, childList: true, characterData: true, attributes: true});
+      window.__setVisibility = (state) => {
+        Object.defineProperty(document, "visibilityState", {configurable: true, get: () => state});
+        Object.defineProperty(document, "hidden", {configurable: true, get: () => state === "hidden"});
+        document.dispatchEvent(new Event("visibilitychange"));
+      };
+    }""")
+    wait_until(lambda: page.evaluate("window.__mutations") > 0, 3, message="renders while visible")
+    page.evaluate("window.__setVisibility('hidden')")
+    time.sleep(0.3)                                           # a frame already scheduled may land
+    page.evaluate("window.__mutations = 0")
+    time.sleep(2.0)                                           # 8 stats frames per GPU arrive meanwhile
+    assert page.evaluate("window.__mutations") == 0, "a hidden tab must not render"
+    page.evaluate("window.__setVisibility('visible')")
+    wait_until(lambda: page.evaluate("window.__mutations") > 0, 3, message="rendering to resume")
+    watch.assert_clean()
+
+
+def test_no_console_errors_no_foreign_requests_and_csp(start_server, open_page):
+    server = start_server()
+    page, watch = open_page(server)
+    wait_procs(page, 8)
+    page.locator("button[data-col=name]").click()
+    page.get_by_label("Filter processes by name, user or PID").fill("a")
+    page.get_by_label("GPU", exact=True).select_option("all")
+    expect(page.locator("article.gpu")).to_have_count(2)
+    time.sleep(1.5)
+    assert any("/vendor/preact/" in url for url in watch.requests)
+    assert all("cdn.jsdelivr.net" not in url for url in watch.requests)
+    response = page.request.get(server.url)
+    csp = response.headers["content-security-policy"]
+    assert "'unsafe-inline'" not in csp.split("script-src", 1)[1].split(";", 1)[0]
+    assert "connect-src 'self'" in csp
+    watch.assert_clean()
+
+
+def test_module_failure_shows_plain_fallback(start_server, browser):
+    server = start_server()
+    context = browser.new_context()
+    try:
+        page = context.new_page()
+        page.route(re.compile(r".*/vendor/.*\.m?js$"), lambda route: route.abort())
+        page.goto(server.url)
+        fail = page.locator("#boot .fail")
+        expect(fail).to_be_visible(timeout=10000)                # revealed by CSS, no script needed
+        expect(fail).to_contain_text("did not load")
+        expect(fail.locator("a")).to_have_attribute("href", "plain")
+        page.locator("#boot .fail a").click()
+        expect(page.locator("h1")).to_contain_text("amdgpu_top_web")
+        assert page.url == server.url + "plain"
+    finally:
+        context.close()
+
+
+def test_tampered_module_is_refused_by_integrity(start_server, browser, vendor_dir):
+    """The import map's sha384 integrity is enforced: one changed byte and the page
+    does not run (it shows the static fallback instead)."""
+    server = start_server()
+    with open(os.path.join(vendor_dir, "htm", "dist", "htm.module.js"), "rb") as handle:
+        tampered = handle.read() + b"\n// tampered\n"
+    context = browser.new_context()
+    try:
+        page = context.new_page()
+        errors = []
+        page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+        page.route(re.compile(r".*/vendor/htm/dist/htm\.module\.js$"),
+                   lambda route: route.fulfill(status=200, body=tampered, content_type="text/javascript"))
+        page.goto(server.url)
+        expect(page.locator("#boot .fail")).to_be_visible(timeout=10000)
+        expect(page.locator("article.gpu")).to_have_count(0)
+        assert any("integrity" in e.lower() for e in errors), errors
+    finally:
+        context.close()
+
+
+# ---- fixture trees --------------------------------------------------------------------
+
+def test_fixture_multi_gpu_values(start_server, open_page):
+    server = start_server([], fixture_env("multi_gpu", "multi"))
+    page, watch = open_page(server)
+    select = page.get_by_label("GPU", exact=True)
+    expect(select.locator("option")).to_have_count(3)         # card1, card2 (amdgpu) + all
+    article = page.locator("article.gpu")
+    expect(article).to_have_attribute("data-gpu", "card1")
+    expect(article.locator("h2")).to_have_text("AMD Radeon RX 6900 XT")
+    expect(article.locator(".ident")).to_contain_text("0000:0c:00.0")
+    expected = {"gpu_busy_pct": "3%", "mem_busy_pct": "0%", "sclk_mhz": "500 MHz", "temp_c": "56.0 °C",
+                "fan_rpm": "0 RPM", "power_w": "36 W", "pcie": "Gen 4 ×16", "runtime_status": "active",
+                "vram_used": "637 MiB / 16.0 GiB (4%)"}
+    for key, value in expected.items():
+        wait_until(lambda: metric(page, key) == value, 5, message="%s == %r (got %r)" % (key, value, metric(page, key)))
+    expect(article.locator(".tile", has_text="Temperature")).to_contain_text("junction 59.0")
+    expect(article.locator(".tile", has_text="Power")).to_contain_text("cap 289 W")
+    expect(article.locator(".tile", has_text="Shader clock")).to_contain_text("memory 1000 MHz")
+    select.select_option("card2")
+    expect(article).to_have_attribute("data-gpu", "card2")
+    expect(article.locator("h2")).to_have_text("AMD Phoenix1")
+    wait_until(lambda: metric(page, "temp_c") == "25.0 °C", 5, message="Phoenix edge temperature")
+    assert metric(page, "fan_rpm") == "\u2014" and metric(page, "mem_busy_pct") == "\u2014"
+    expect(article).to_contain_text("GTT is system memory in use by the GPU")
+    watch.assert_clean()
+
+
+def test_fixture_multi_gpu_processes(start_server, open_page):
+    """Process top over testdata/proc/multi (see its PROVENANCE)."""
+    server = start_server([], fixture_env("multi_gpu", "multi", APP_PROC_SCAN_INTERVAL="500ms"))
+    page, watch = open_page(server)
+    wait_procs(page, 3)
+    names = column_texts(page, header_index(page, "name"))
+    for name in ("gnome-shell", "blender", "llama-server", "python3", "rocminfo"):
+        assert any(n.startswith(name) for n in names), (name, names)
+    for name in ("glxgears", "xe-app", "glxinfo", "npu-app", "chrome", "vanisher"):   # other GPUs / no usage
+        assert not any(n.startswith(name) for n in names), (name, names)
+    for name in ("python3", "rocminfo"):                      # /dev/kfd holders: ROCm marker
+        row = page.locator("article.gpu tbody tr", has=page.locator(".nm", has_text=name))
+        expect(row.locator(".badge.kfd")).to_have_text("kfd")
+    shared = page.locator("article.gpu tbody tr[data-pid='1301']")  # fork child sharing a client
+    expect(shared.locator(".badge", has_text="shared")).to_have_count(1)
+    expect(page.locator("article.gpu")).to_contain_text("ROCm")
+    expect(page.locator("article.gpu .nm", has_text="gpu) (x y")).to_have_count(1)   # literal comm
+    expect(page.locator("[data-testid=headline]")).not_to_contain_text("Looking for processes")
+    page.get_by_label("GPU", exact=True).select_option("card2")
+    wait_procs(page, 1)
+    podman = page.locator("article.gpu tbody tr", has=page.locator(".nm", has_text="podman-app"))
+    expect(podman).to_have_count(1)
+    container = podman.locator("td").nth(header_index(page, "container"))
+    assert text(container) not in ("", "\u2014")
+    watch.assert_clean()
+
+
+def test_fixture_restricted_shows_visibility_notice(start_server, open_page):
+    server = start_server([], fixture_env("rx6900xt", "restricted"))
+    page, watch = open_page(server)
+    notice = page.locator("[data-testid=visibility]")
+    expect(notice).to_contain_text("hidepid", timeout=10000)
+    watch.assert_clean()
+
+
+def test_fixture_legacy_fdinfo_headline_by_vram(start_server, open_page):
+    server = start_server([], fixture_env("rx6900xt", "legacy_5_15"))
+    page, watch = open_page(server)
+    wait_procs(page, 1)
+    names = column_texts(page, header_index(page, "name"))
+    assert any(n.startswith("glmark2") for n in names) and any(n.startswith("mpv") for n in names), names
+    # Engine time from the legacy per-ring lines; glmark2 and mpv tie, the lower PID wins.
+    expect(page.locator("[data-testid=headline]")).to_contain_text("glmark2 (PID 3100")
+    watch.assert_clean()
+
+
+def test_fixture_suspended_gpu(start_server, open_page):
+    server = start_server([], fixture_env("suspended", APP_PROC_ENABLE="false"))
+    page, watch = open_page(server)
+    wait_until(lambda: metric(page, "runtime_status") == "suspended", 5, message="suspended tile")
+    expect(page.locator(".tile", has_text="Runtime PM")).to_contain_text("not polled, so it can sleep")
+    expect(page.locator("[data-testid=headline]")).to_contain_text("Suspended")
+    expect(page.locator("article.gpu")).to_contain_text("The process list is off")
+    page.wait_for_timeout(1500)                               # a suspended GPU still reports (no stale banner)
+    expect(page.locator("[data-testid=stale]")).to_have_count(0)
+    watch.assert_clean()
+
+
+def test_fixture_no_gpu(start_server, open_page):
+    server = start_server([], fixture_env("hd7870_radeon", APP_PROC_ENABLE="false"))
+    page, watch = open_page(server, wait_live=False)
+    expect(page.locator("[data-testid=conn]")).to_have_attribute("data-state", "open")
+    expect(page.locator("main")).to_contain_text("No AMD GPU")
+    expect(page.locator("article.gpu")).to_have_count(0)
+    watch.assert_clean()

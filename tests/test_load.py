@@ -260,6 +260,10 @@ def one_handshake(port, timeout=5.0):
 # --- 1024 clients ------------------------------------------------------------------
 
 @pytest.mark.slow
+# The gap bound is wall-clock on a shared 2-core machine, measured by a single
+# Python process reading 1024 sockets: one re-measurement (pytest-rerunfailures),
+# so a regression has to fail twice while a noisy neighbour cannot sink CI.
+@pytest.mark.flaky(reruns=1)
 def test_1024_clients_50_stuck_healthy_ones_get_every_tick(server):
     raise_nofile(4 * N_CLIENTS)
     proc = server(args=["--demo"], env={

@@ -7,6 +7,7 @@ One file, Python standard library only. Copy it onto a GPU host and run::
     python3 amdgpu_top_web.py            # serve on :8080, open http://HOST:8080/
     python3 amdgpu_top_web.py --demo     # two synthetic GPUs, no AMD GPU needed
     python3 amdgpu_top_web.py --once --json   # one snapshot of every GPU, then exit
+    python3 amdgpu_top_web.py --healthcheck   # exit 0 when the server answers /api/healthz
     python3 amdgpu_top_web.py --help     # every setting (APP_* variable and flag)
 
 It shows, per GPU, load, clocks, temperatures, fan, power, VRAM/GTT and PCIe
@@ -20,7 +21,11 @@ Endpoints (GET/HEAD only; anything else is 405)::
     /api/gpus/{id}/procs      latest process list of one GPU
     /api/gpus/{id}/history    rolling history (columnar) of one GPU
     /api/healthz /api/readyz /api/version
-    /ws                       WebSocket: hello, stats, procs, pong, error
+    /plain                    server-rendered tables (no JavaScript needed)
+    /metrics                  Prometheus text (APP_ENABLE_PROMETHEUS=true)
+    /vendor/...               the page's ES modules (APP_VENDOR_DIR, air-gapped)
+    /debug/threads /debug/memory   (APP_ENABLE_PPROF=true)
+    /ws                       WebSocket: hello, stats, procs, gpus, pong, error
 
 Threads::
 

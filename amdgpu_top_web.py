@@ -42,11 +42,13 @@ Contents (a section uses only the sections above it)::
      1. Imports
      2. Constants
      3. Data types
-     4. Pure parsers (sysfs, hwmon, ids files, config)
+     4. Pure parsers (sysfs, hwmon, ids files, config; fdinfo, /proc text,
+        command lines, engine-rate maths, per-GPU process tables)
      5. WebSocket codec (sans-IO, RFC 6455)
-     6. Pure HTTP helpers (routes, JSON messages, origin and host checks)
+     6. Pure HTTP helpers (routes, JSON messages, origin and host checks,
+        CSP, vendor URL rewriting, the plain view, Prometheus text)
      7. Readers (thin filesystem I/O)
-     8. GPU readers, samplers, discovery and the cache
+     8. GPU readers, samplers, discovery, the cache and the process scanner
      9. WebSocket hub
     10. HTTP server and handler
     11. CLI and main()

@@ -3389,6 +3389,14 @@ class ProcScanner(object):
         return ScanResult(by_pci, visibility, stats)
 
 
+def make_proc_source(config, demo_infos):
+    """The process source for this config: synthetic with --demo, else the /proc scanner."""
+    if config.demo:
+        return DemoProcSource(demo_infos, config.demo_processes)
+    return ProcScanner(config.proc_root, config.proc_max_pids, config.proc_max_fds_per_pid,
+                       budget_s=PROC_SCAN_BUDGET_S)
+
+
 class ProcScanThread(StoppableThread):
     """Publishes a procs frame per GPU: a full, budgeted /proc walk every
     scan_interval_s and, in between, a cheap re-read of the watchlist (PIDs
@@ -4334,11 +4342,7 @@ class App(object):
         config = self.config
         if not config.proc_enable:
             return None
-        if config.demo:
-            source = DemoProcSource(demo_gpu_infos(), config.demo_processes)
-        else:
-            source = ProcScanner(config.proc_root, config.proc_max_pids,
-                                 config.proc_max_fds_per_pid, budget_s=PROC_SCAN_BUDGET_S)
+        source = make_proc_source(config, demo_gpu_infos())
         self.cache.set_feature("procs", True)
         return ProcScanThread(source, self.cache, config.proc_scan_interval_s, config.interval_s * 4)
 
@@ -4488,11 +4492,7 @@ def once_procs(config, infos):
     """One process scan for --once (engine % needs two samples, so it is null)."""
     if not config.proc_enable:
         return None
-    if config.demo:
-        source = DemoProcSource(infos, config.demo_processes)
-    else:
-        source = ProcScanner(config.proc_root, config.proc_max_pids, config.proc_max_fds_per_pid,
-                             budget_s=PROC_SCAN_BUDGET_S)
+    source = make_proc_source(config, infos)
     source.set_node_map(node_map_for(infos))
     return source.scan()
 

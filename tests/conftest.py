@@ -172,6 +172,15 @@ def server_env(fixture="multi_gpu", sysfs_root=None, env=None):
     return out
 
 
+def fixture_env(sysfs, proc=None, **extra):
+    """APP_* roots for a sysfs fixture (and optionally a /proc fixture), plus extras."""
+    env = {"APP_SYSFS_ROOT": os.path.join(SYSFS, sysfs), "APP_SHARE_ROOT": SHARE}
+    if proc:
+        env["APP_PROC_ROOT"] = os.path.join(TESTDATA, "proc", proc)
+    env.update(extra)
+    return env
+
+
 class ServerPool(object):
     """Starts servers and stops every one of them at teardown."""
 

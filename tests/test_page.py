@@ -19,6 +19,8 @@ import time
 
 import pytest
 
+from conftest import fixture_env
+
 playwright_sync = pytest.importorskip("playwright.sync_api", reason="Playwright for Python is not installed")
 expect = playwright_sync.expect
 
@@ -119,15 +121,6 @@ def start_server(vendor_dir):
     yield start
     for server in started:
         server.stop()
-
-
-def fixture_env(sysfs, proc=None, **extra):
-    env = {"APP_SYSFS_ROOT": os.path.join(TESTDATA, "sys", sysfs),
-           "APP_SHARE_ROOT": os.path.join(TESTDATA, "share")}
-    if proc:
-        env["APP_PROC_ROOT"] = os.path.join(TESTDATA, "proc", proc)
-    env.update(extra)
-    return env
 
 
 @pytest.fixture(scope="session")

@@ -21,6 +21,8 @@ import time
 
 import pytest
 
+from conftest import fixture_env
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "amdgpu_top_web.py")
 PAGE = os.path.join(ROOT, "index.html")
@@ -163,15 +165,6 @@ def start_server():
     yield start
     for server in started:
         server.stop()
-
-
-def fixture_env(sysfs, proc=None, **extra):
-    env = {"APP_SYSFS_ROOT": os.path.join(TESTDATA, "sys", sysfs),
-           "APP_SHARE_ROOT": os.path.join(TESTDATA, "share")}
-    if proc:
-        env["APP_PROC_ROOT"] = os.path.join(TESTDATA, "proc", proc)
-    env.update(extra)
-    return env
 
 
 def plain_row(dump, name):

@@ -104,6 +104,11 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
+try:                    # stdlib, but a minimal Python may be built without libffi:
+    import ctypes       # then there is simply no NVIDIA backend
+except ImportError:     # pragma: no cover
+    ctypes = None
+
 # ---------------------------------------------------------------------------
 # 2. Constants
 # ---------------------------------------------------------------------------
@@ -111,6 +116,8 @@ from urllib.parse import urlsplit
 LOG = logging.getLogger("amdgpu_top_web")
 
 AMD_DRIVER = "amdgpu"
+INTEL_DRIVERS = ("i915", "xe")
+FDINFO_DRIVERS = (AMD_DRIVER,) + INTEL_DRIVERS    # DRM clients process top keeps
 HISTORY_WINDOW_S = 600.0        # rolling history kept per GPU (10 minutes)
 REDISCOVER_INTERVAL_S = 2.0     # how often /sys/class/drm is listed again
 MISSING_RECHECK_S = 30.0        # a missing sysfs file is tried again this rarely
@@ -137,6 +144,9 @@ METRIC_KEYS = (
     "vram_used_bytes", "vram_total_bytes", "vis_vram_used_bytes", "vis_vram_total_bytes",
     "gtt_used_bytes", "gtt_total_bytes",
     "pcie_gen", "pcie_speed_gts", "pcie_width", "runtime_status",
+    # added with the other vendors; null where a vendor lacks them
+    "throttle_reasons", "pstate", "enc_pct", "dec_pct", "vram_reserved_bytes", "energy_j",
+    "vram_used_source",
 )
 # The series kept in the rolling history (what the page draws as sparklines).
 HISTORY_KEYS = (
@@ -171,6 +181,9 @@ POWER_PRIMARY_LABELS = ("PPT", "slowPPT")
 POWER_FAST_LABEL = "fastPPT"
 
 NAME_FILES = ("libdrm/amdgpu.ids", "hwdata/pci.ids", "misc/pci.ids")
+
+NO_GPU_MESSAGE = ("No GPU found: no amdgpu, i915 or xe card under %s/class/drm, and NVML (%s) "
+                  "found none. Run with --demo to see the dashboard with synthetic GPUs.")
 
 CDN_ORIGIN = "https://cdn.jsdelivr.net"
 SECURITY_HEADERS = (
@@ -211,6 +224,62 @@ _NOT_GPU_DEV_PREFIXES = (
     "/dev/uinput", "/dev/rfkill", "/dev/autofs", "/dev/loop", "/dev/nvidia",
 )
 
+# -- NVIDIA (NVML, nvml.h) ---------------------------------------------------
+
+NVML_DEFAULT_LIBRARY = "libnvidia-ml.so.1"
+NVML_SUCCESS = 0                       # nvmlReturn_t values (nvml.h)
+NVML_ERROR_UNINITIALIZED = 1
+NVML_ERROR_NOT_SUPPORTED = 3
+NVML_ERROR_NO_PERMISSION = 4
+NVML_ERROR_NOT_FOUND = 6
+NVML_ERROR_INSUFFICIENT_SIZE = 7
+NVML_ERROR_FUNCTION_NOT_FOUND = 13
+NVML_ERROR_GPU_IS_LOST = 15
+NVML_ERROR_ARGUMENT_VERSION_MISMATCH = 25
+# A call answering one of these will never work on this GPU: stop asking.
+NVML_DISABLING_ERRORS = (NVML_ERROR_NOT_SUPPORTED, NVML_ERROR_FUNCTION_NOT_FOUND,
+                         NVML_ERROR_ARGUMENT_VERSION_MISMATCH)
+NVML_CLOCK_GRAPHICS, NVML_CLOCK_MEM = 0, 2
+NVML_TEMPERATURE_GPU = 0
+NVML_FI_DEV_MEMORY_TEMP = 82
+NVML_PSTATE_UNKNOWN = 32
+NVML_MEMORY_V2_VERSION = 40 | 2 << 24            # nvmlMemory_v2: sizeof | version << 24
+NVML_FAN_SPEED_INFO_VERSION = 12 | 1 << 24       # nvmlFanSpeedInfo_v1
+NVML_PROC_UTIL_INFO_VERSION = 24 | 1 << 24       # nvmlProcessesUtilizationInfo_v1
+NVML_MEMORY_NA = 0xFFFFFFFFFFFFFFFF              # usedGpuMemory "not available"
+NVML_NAME_BUFFER = 96                            # NVML_DEVICE_NAME_V2_BUFFER_SIZE
+NVML_UUID_BUFFER = 96
+NVML_LOST_RETRY_S = 30.0                         # a lost GPU is asked again this rarely
+NVML_LIST_ATTEMPTS = 3                           # process lists may grow between calls
+# nvmlClocksEventReason* bits (nvml.h), in bit order; other bits read as "other".
+NVML_CLOCK_EVENT_REASONS = (
+    (0x1, "GpuIdle"), (0x2, "ApplicationsClocksSetting"), (0x4, "SwPowerCap"),
+    (0x8, "HwSlowdown"), (0x10, "SyncBoost"), (0x20, "SwThermalSlowdown"),
+    (0x40, "HwThermalSlowdown"), (0x80, "HwPowerBrakeSlowdown"),
+    (0x100, "DisplayClockSetting"), (0x200, "BoardLimit"), (0x400, "Reliability"),
+)
+NVML_PROCESS_LISTS = (("C", "nvmlDeviceGetComputeRunningProcesses"),
+                      ("G", "nvmlDeviceGetGraphicsRunningProcesses"),
+                      ("M", "nvmlDeviceGetMPSComputeRunningProcesses"))
+
+# -- Intel (i915 / xe sysfs: Documentation/ABI/testing/sysfs-driver-intel-*) --
+
+INTEL_HWMON_NAMES = ("i915", "xe")
+INTEL_THROTTLE_NAMES = ("pl1", "pl2", "pl4", "thermal", "prochot", "ratl",
+                        "vr_thermalert", "vr_tdc")
+# Per driver: (GT frequency files, idle-residency files, throttle file pattern),
+# each list tried in order; paths relative to the DRM card dir ("card:") or
+# the PCI device dir ("dev:").
+INTEL_LAYOUT = {
+    "i915": (("card:gt/gt0/rps_act_freq_mhz", "card:gt_act_freq_mhz"),
+             ("card:gt/gt0/rc6_residency_ms", "card:power/rc6_residency_ms"),
+             ("card:gt/gt0/throttle_reason_%s",)),
+    "xe": (("dev:tile0/gt0/freq0/act_freq",),
+           ("dev:tile0/gt0/gtidle/idle_residency_ms",),
+           ("dev:tile0/gt0/freq0/throttle/reason_%s",)),
+}
+INTEL_TEMP_LABELS = {"pkg": "temp_c", "vram": "temp_mem_c"}
+
 
 # ---------------------------------------------------------------------------
 # 3. Data types
@@ -246,6 +315,8 @@ SETTINGS = (
     Setting("APP_DEV_ROOT", "--dev-root", "dev_root", "/dev", "path", "device nodes"),
     Setting("APP_DEBUGFS_ROOT", "--debugfs-root", "debugfs_root", "/sys/kernel/debug", "path",
             "debugfs mount (optional)"),
+    Setting("APP_NVML_LIBRARY", "--nvml-library", "nvml_library", NVML_DEFAULT_LIBRARY, "path",
+            "NVIDIA's NVML library, a name or a path (not found: no NVIDIA backend, all else runs)"),
     Setting("APP_SHARE_ROOT", "--share-root", "share_root", "/usr/share", "path",
             "where libdrm/amdgpu.ids and hwdata/pci.ids live (GPU names)"),
     Setting("APP_WS_MAX_CLIENTS", "--ws-max-clients", "ws_max_clients", "1024", "count",
@@ -275,11 +346,77 @@ Config = collections.namedtuple(
     + list(_MODE_FIELDS))
 
 # What a GPU is, as the page and the API see it (plus where to read it).
+#
+#     vendor "amd" / "nvidia" / "intel"; uuid where the driver has one; card_dir
+#     the DRM card dir (Intel's GT files live there); handle is the backend's own
+#     key (NVML: the index of the handle), never shown.
 GpuInfo = collections.namedtuple(
-    "GpuInfo", "id pci pci_id revision name render_node driver apu demo device_dir hwmon_dir")
+    "GpuInfo", "id pci pci_id revision name render_node driver apu demo device_dir hwmon_dir "
+    "vendor uuid card_dir handle", defaults=("amd", None, None, None))
 
 # One published frame: the JSON payload (bytes) and the same as a WebSocket frame.
 OutFrame = collections.namedtuple("OutFrame", "gpu_id kind payload wire")
+
+# -- NVML structs (nvml.h; sizes checked against gcc, see the stand-in's
+#    _Static_asserts in tests/nvml/) ----------------------------------------
+
+if ctypes is not None:
+    _U32, _U64 = ctypes.c_uint, ctypes.c_ulonglong
+
+    class NvmlPciInfo(ctypes.Structure):          # nvmlPciInfo_t, 68 bytes
+        _fields_ = [("busIdLegacy", ctypes.c_char * 16), ("domain", _U32), ("bus", _U32),
+                    ("device", _U32), ("pciDeviceId", _U32), ("pciSubSystemId", _U32),
+                    ("busId", ctypes.c_char * 32)]
+
+    class NvmlUtilization(ctypes.Structure):      # nvmlUtilization_t, 8 bytes
+        _fields_ = [("gpu", _U32), ("memory", _U32)]
+
+    class NvmlMemory(ctypes.Structure):           # nvmlMemory_t (v1: used includes reserved)
+        _fields_ = [("total", _U64), ("free", _U64), ("used", _U64)]
+
+    class NvmlMemoryV2(ctypes.Structure):         # nvmlMemory_v2_t, 40 bytes
+        _fields_ = [("version", _U32), ("total", _U64), ("reserved", _U64), ("free", _U64),
+                    ("used", _U64)]
+
+    class NvmlFanSpeedInfo(ctypes.Structure):     # nvmlFanSpeedInfo_v1_t, 12 bytes
+        _fields_ = [("version", _U32), ("fan", _U32), ("speed", _U32)]
+
+    class NvmlFieldValueUnion(ctypes.Union):
+        _fields_ = [("dVal", ctypes.c_double), ("uiVal", _U32), ("ulVal", ctypes.c_ulong),
+                    ("ullVal", _U64), ("sllVal", ctypes.c_longlong), ("siVal", ctypes.c_int),
+                    ("usVal", ctypes.c_ushort)]
+
+    class NvmlFieldValue(ctypes.Structure):       # nvmlFieldValue_t, 40 bytes
+        _fields_ = [("fieldId", _U32), ("scopeId", _U32), ("timestamp", ctypes.c_longlong),
+                    ("latencyUsec", ctypes.c_longlong), ("valueType", _U32),
+                    ("nvmlReturn", _U32), ("value", NvmlFieldValueUnion)]
+
+    class NvmlProcessInfoV1(ctypes.Structure):    # nvmlProcessInfo_v1_t, 16 bytes
+        _fields_ = [("pid", _U32), ("usedGpuMemory", _U64)]
+
+    class NvmlProcessInfoV2(ctypes.Structure):    # nvmlProcessInfo_v2_t = nvmlProcessInfo_t, 24
+        _fields_ = [("pid", _U32), ("usedGpuMemory", _U64), ("gpuInstanceId", _U32),
+                    ("computeInstanceId", _U32)]
+
+    class NvmlProcessInfoR535(ctypes.Structure):  # early-R535 drivers' 32-byte entries
+        _fields_ = [("pid", _U32), ("usedGpuMemory", _U64), ("gpuInstanceId", _U32),
+                    ("computeInstanceId", _U32), ("usedGpuCcProtectedMemory", _U64)]
+
+    class NvmlProcessUtilizationSample(ctypes.Structure):   # 32 bytes (the old API)
+        _fields_ = [("pid", _U32), ("timeStamp", _U64), ("smUtil", _U32), ("memUtil", _U32),
+                    ("encUtil", _U32), ("decUtil", _U32)]
+
+    class NvmlProcessUtilizationInfo(ctypes.Structure):     # ..._v1_t, 40 bytes (R550+)
+        _fields_ = [("timeStamp", _U64), ("pid", _U32), ("smUtil", _U32), ("memUtil", _U32),
+                    ("encUtil", _U32), ("decUtil", _U32), ("jpgUtil", _U32), ("ofaUtil", _U32)]
+
+    class NvmlProcessesUtilizationInfo(ctypes.Structure):   # ..._v1_t, 24 bytes
+        _fields_ = [("version", _U32), ("processSamplesCount", _U32),
+                    ("lastSeenTimeStamp", _U64),
+                    ("procUtilArray", ctypes.POINTER(NvmlProcessUtilizationInfo))]
+
+# One process as an NVML list reports it (already converted from the struct).
+NvmlProcess = collections.namedtuple("NvmlProcess", "pid used_bytes kind")
 
 # -- process top -----------------------------------------------------------
 
@@ -398,7 +535,7 @@ def parse_amdgpu_ids(text, device_id, revision):
     return None
 
 
-def parse_pci_ids(text, vendor_id, device_id):
+def parse_pci_ids(text, vendor_id, device_id, vendor_label="AMD"):
     """pci.ids text -> the device's name, made readable ("AMD Radeon RX Vega 56/64").
 
     pci.ids lists "VVVV  Vendor" then TAB-indented "\\tDDDD  Device" lines.
@@ -412,16 +549,19 @@ def parse_pci_ids(text, vendor_id, device_id):
         if not line.startswith("\t"):
             in_vendor = line[:4].lower() == vendor_id
         elif in_vendor and not line.startswith("\t\t") and line[1:5].lower() == device_id:
-            return readable_pci_name(line[5:].strip())
+            return readable_pci_name(line[5:].strip(), vendor_label)
     return None
 
 
-def readable_pci_name(name):
-    """'Vega 10 XL/XT [Radeon RX Vega 56/64]' -> 'AMD Radeon RX Vega 56/64'."""
+def readable_pci_name(name, vendor_label="AMD"):
+    """'Vega 10 XL/XT [Radeon RX Vega 56/64]' -> 'AMD Radeon RX Vega 56/64'
+    (the vendor's own word is added only when the name lacks it)."""
     match = re.search(r"\[([^\]]+)\]\s*$", name)
     if match:
         name = match.group(1)
-    return name if name.upper().startswith("AMD") else "AMD " + name
+    if name.upper().startswith(vendor_label.upper()):
+        return name
+    return "%s %s" % (vendor_label, name)
 
 
 def parse_duration(text):
@@ -648,6 +788,30 @@ def _plan_power(plan, sensors, labels):
             plan[keys[1]] = "power%d_cap" % index
 
 
+def plan_intel_hwmon(names, labels):
+    """i915/xe hwmon files + labels -> {key: file name or [files]}.
+
+    energy: energy1_input then energy2_input (xe: channel 1 "card", 2 "pkg";
+    DG2 under xe has only pkg); power cap: power1_max then power2_max;
+    temperatures by label (xe "pkg", "vram"; i915 may have an unlabelled
+    temp1); fan1_input. Sources: sysfs-driver-intel-{i915,xe}-hwmon.
+    """
+    present = set(names)
+    plan = {"energy": [n for n in ("energy1_input", "energy2_input") if n in present],
+            "power_cap": [n for n in ("power1_max", "power2_max") if n in present]}
+    for name in sorted(present):
+        match = HWMON_FILE_RE.match(name)
+        if not match or match.group(1) != "temp" or match.group(3) != "input":
+            continue
+        label = (labels.get("temp%s_label" % match.group(2)) or "").strip().lower()
+        key = INTEL_TEMP_LABELS.get(label) if label else ("temp_c" if match.group(2) == "1" else None)
+        if key and key not in plan:
+            plan[key] = name
+    if "fan1_input" in present:
+        plan["fan_rpm"] = "fan1_input"
+    return plan
+
+
 # -- raw file contents -> metrics --------------------------------------------
 
 
@@ -663,7 +827,7 @@ def compute_metrics(raw, apu):
     and the plan_hwmon metric keys ('temp_c' holds temp1_input's bytes, etc.).
     """
     get = raw.get
-    metrics = dict.fromkeys(METRIC_KEYS)
+    metrics = new_metrics({"vram_used_source": "sysfs" if get("vram_used") else None})
     metrics["runtime_status"] = clean_text(get("runtime_status"))
     metrics["gpu_busy_pct"] = _clamp_pct(parse_int(get("gpu_busy")))
     metrics["mem_busy_pct"] = _clamp_pct(parse_int(get("mem_busy")))
@@ -714,6 +878,110 @@ def compute_pcie(pcie_dpm, link_speed, link_width):
     else:
         speed, width = found
     return {"pcie_speed_gts": speed, "pcie_width": width, "pcie_gen": pcie_gen_from_speed(speed)}
+
+
+def new_metrics(values=None):
+    """The one stats-metrics builder: every key of METRIC_KEYS (null unless given)."""
+    metrics = dict.fromkeys(METRIC_KEYS)
+    if values:
+        metrics.update(values)
+    return metrics
+
+
+# -- NVIDIA and Intel values -> metrics (pure) -------------------------------
+
+
+def parse_clock_event_reasons(mask):
+    """nvmlClocksEventReason bitmask -> NVML's names without the prefix, in
+    bit order; bits nvml.h does not name become one "other"."""
+    if mask is None:
+        return None
+    names = [name for bit, name in NVML_CLOCK_EVENT_REASONS if mask & bit]
+    known = 0
+    for bit, _ in NVML_CLOCK_EVENT_REASONS:
+        known |= bit
+    if mask & ~known:
+        names.append("other")
+    return names
+
+
+def nvml_pci_address(domain, bus, device):
+    """NVML's PCI fields -> the kernel's lower-case form, e.g. 0000:1b:00.0
+    (NVML's busId strings are upper-case and 8- or 4-digit domains)."""
+    return "%04x:%02x:%02x.0" % (domain, bus, device)
+
+
+def nvml_pci_id(pci_device_id):
+    """pciDeviceId (device << 16 | vendor) -> '10de:2330'."""
+    return "%04x:%04x" % (pci_device_id & 0xFFFF, (pci_device_id >> 16) & 0xFFFF)
+
+
+def compute_idle_busy_pct(prev, cur):
+    """Busy % from an idle-residency counter (i915 RC6, xe gtidle):
+    100 * (1 - d(idle ms) / d(wall ms)), clamped; prev/cur are
+    (monotonic s, residency ms). None on the first sample or a reset."""
+    if prev is None or cur is None or None in prev or None in cur:
+        return None
+    wall_ms = (cur[0] - prev[0]) * 1000.0
+    idle_ms = cur[1] - prev[1]
+    if wall_ms <= 0 or idle_ms < 0:
+        return None
+    return round(max(0.0, min(100.0, 100.0 * (1.0 - idle_ms / wall_ms))), 1)
+
+
+def compute_energy_power_w(prev, cur):
+    """Watts from an energy counter: prev/cur are (monotonic s, µJ). None on
+    the first sample and for a negative delta (driver reload)."""
+    if prev is None or cur is None or None in prev or None in cur:
+        return None
+    dt = cur[0] - prev[0]
+    de = cur[1] - prev[1]
+    if dt <= 0 or de < 0:
+        return None
+    return round(de / 1e6 / dt, 3)
+
+
+def parse_throttle_flags(flags):
+    """{reason: raw '0'/'1' bytes or None} -> names of the set ones (in the
+    given order), or None when no file answered."""
+    seen = False
+    names = []
+    for name, raw in flags:
+        value = parse_int(raw)
+        if value is None:
+            continue
+        seen = True
+        if value:
+            names.append(name)
+    return names if seen else None
+
+
+def merge_nvml_processes(lists):
+    """[NvmlProcess] from the compute/graphics/MPS lists -> {pid: (bytes or
+    None, type)}: one entry per PID; type "C", "G", "M" or e.g. "C+G"."""
+    merged = {}
+    for proc in lists:
+        used = None if proc.used_bytes in (None, NVML_MEMORY_NA) else proc.used_bytes
+        old_used, kinds = merged.get(proc.pid, (None, ""))
+        if proc.kind not in kinds.split("+"):
+            kinds = proc.kind if not kinds else kinds + "+" + proc.kind
+        if old_used is not None and (used is None or old_used > used):
+            used = old_used
+        merged[proc.pid] = (used, kinds)
+    return merged
+
+
+def pick_nvml_util(samples, pids):
+    """[(pid, timestamp µs, {engine: %})] -> {pid: {engine: %}}: the newest
+    sample per listed PID; samples of unlisted PIDs, or over 100 %, are
+    dropped (the driver reports both, nvtop#110)."""
+    best = {}
+    for pid, stamp, engines in samples:
+        if pid not in pids or any(v > 100 for v in engines.values()):
+            continue
+        if pid not in best or stamp >= best[pid][0]:
+            best[pid] = (stamp, engines)
+    return dict((pid, entry[1]) for pid, entry in best.items())
 
 # -- process top -----------------------------------------------------------
 
@@ -1289,25 +1557,96 @@ def _pick_node(clients):
     return (render or nodes or [None])[0]
 
 
+PROC_ROW_DEFAULTS = (
+    ("pid", None), ("uid", None), ("user", None), ("name", None), ("cmd", None),
+    ("render_node", None), ("kfd", False), ("shared", False), ("vram_bytes", None),
+    ("gtt_bytes", None), ("cpu_bytes", None), ("vram_total_bytes", None),
+    ("gtt_total_bytes", None), ("engines_pct", None), ("engines_ns", None),
+    ("gpu_time_ms_per_s", None), ("container", None), ("start_time", None), ("clients", 0),
+    ("type", None), ("visible", True),
+)
+
+
+def build_proc_row(**fields):
+    """The one process-row builder (fdinfo, NVML and demo rows): every key,
+    null where the source has no value. type is NVML's C/G/M; visible is False
+    for a PID that /proc does not show (another PID namespace)."""
+    row = collections.OrderedDict(PROC_ROW_DEFAULTS)
+    unknown = set(fields) - set(row)
+    if unknown:
+        raise ValueError("unknown process row keys: %s" % ", ".join(sorted(unknown)))
+    row.update(fields)
+    row["engines_pct"] = row["engines_pct"] or {}
+    row["engines_ns"] = row["engines_ns"] or {}
+    return dict(row)
+
+
 def _proc_row(proc, clients, owned):
     """The JSON row of one process on one GPU (usage = its owned clients)."""
     meta = proc["meta"]
+    return build_proc_row(
+        pid=proc["pid"], uid=meta.get("uid"), user=meta.get("user"),
+        name=proc["name"], cmd=meta.get("cmd", ""),
+        render_node=_pick_node(clients), kfd=proc["kfd"],
+        shared=len(owned) < len(clients),
+        vram_bytes=_sum_field(owned, "vram") or 0,
+        gtt_bytes=_sum_field(owned, "gtt") or 0,
+        cpu_bytes=_sum_field(owned, "cpu") or 0,
+        vram_total_bytes=_sum_field(owned, "vram_total"),
+        gtt_total_bytes=_sum_field(owned, "gtt_total"),
+        engines_pct=_sum_engines(owned), engines_ns=_sum_engine_ns(owned),
+        gpu_time_ms_per_s=_sum_ms(owned) if clients else None,
+        container=meta.get("container"), start_time=proc["start_time"], clients=len(owned))
+
+
+def _sum_known(rows, key):
+    """Sum of a row field over the rows that have it; None when none has."""
+    values = [row[key] for row in rows if row[key] is not None]
+    return sum(values) if values or not rows else None
+
+
+def build_totals(rows, clients):
+    """The one per-GPU totals builder, over process rows and distinct clients."""
+    engines = {}
+    for row in rows:                  # null only while no process has a value yet
+        for name, pct in row["engines_pct"].items():
+            if pct is not None:
+                engines[name] = round((engines.get(name) or 0.0) + pct, 2)
+            else:
+                engines.setdefault(name, None)
+    ms = [row["gpu_time_ms_per_s"] for row in rows if row["gpu_time_ms_per_s"] is not None]
     return {
-        "pid": proc["pid"], "uid": meta.get("uid"), "user": meta.get("user"),
-        "name": proc["name"], "cmd": meta.get("cmd", ""),
-        "render_node": _pick_node(clients), "kfd": proc["kfd"],
-        "shared": len(owned) < len(clients),
-        "vram_bytes": _sum_field(owned, "vram") or 0,
-        "gtt_bytes": _sum_field(owned, "gtt") or 0,
-        "cpu_bytes": _sum_field(owned, "cpu") or 0,
-        "vram_total_bytes": _sum_field(owned, "vram_total"),
-        "gtt_total_bytes": _sum_field(owned, "gtt_total"),
-        "engines_pct": _sum_engines(owned),
-        "engines_ns": _sum_engine_ns(owned),
-        "gpu_time_ms_per_s": _sum_ms(owned) if clients else None,
-        "container": meta.get("container"), "start_time": proc["start_time"],
-        "clients": len(owned),
+        "vram_bytes": _sum_known(rows, "vram_bytes"),
+        "gtt_bytes": _sum_known(rows, "gtt_bytes"),
+        "cpu_bytes": _sum_known(rows, "cpu_bytes"),
+        "gpu_time_ms_per_s": round(sum(ms), 2) if ms else None,
+        "engines_pct": engines, "clients": clients, "processes": len(rows),
     }
+
+
+def build_capabilities(source, memory, engine_time, engines, kfd_seen=False):
+    """The one capabilities builder. source: "fdinfo", "nvml" or "demo";
+    memory/engine_time: whether per-process memory and engine use are known
+    (None: no client seen yet to tell)."""
+    fdinfo = source == "fdinfo"
+    return {"source": source, "vram_gtt_from_fdinfo": memory if fdinfo else False,
+            "engine_time_from_fdinfo": engine_time if fdinfo else False,
+            "process_memory": memory, "process_engines": engine_time,
+            "engines": sorted(engines), "kfd_seen": kfd_seen}
+
+
+def build_procs_entry(rows, clients, capabilities):
+    """One GPU's slice of a scan result: rows (sorted), totals, capabilities."""
+    rows = sorted(rows, key=lambda r: (-((r["vram_bytes"] or 0) + (r["gtt_bytes"] or 0)), r["pid"]))
+    return {"processes": rows, "totals": build_totals(rows, clients), "capabilities": capabilities}
+
+
+def build_visibility(root, pid_namespace_separate=None, hidepid=None, self_container=None,
+                     unreadable_pids=0, visible_pids=None):
+    """The one visibility builder (what this process can see of the others)."""
+    return {"root": root, "pid_namespace_separate": pid_namespace_separate, "hidepid": hidepid,
+            "self_container": self_container, "unreadable_pids": unreadable_pids,
+            "visible_pids": visible_pids}
 
 
 def _empty_gpu():
@@ -1332,32 +1671,12 @@ def _group_clients(procs, gpu_pcis):
     return groups
 
 
-def _gpu_totals(rows, clients):
-    engines = {}
-    for row in rows:                  # null only while no process has a value yet
-        for name, pct in row["engines_pct"].items():
-            if pct is not None:
-                engines[name] = round((engines.get(name) or 0.0) + pct, 2)
-            else:
-                engines.setdefault(name, None)
-    ms = [row["gpu_time_ms_per_s"] for row in rows if row["gpu_time_ms_per_s"] is not None]
-    return {
-        "vram_bytes": sum(r["vram_bytes"] for r in rows),
-        "gtt_bytes": sum(r["gtt_bytes"] for r in rows),
-        "cpu_bytes": sum(r["cpu_bytes"] for r in rows),
-        "gpu_time_ms_per_s": round(sum(ms), 2) if ms else None,
-        "engines_pct": engines, "clients": len(clients), "processes": len(rows),
-    }
-
-
-def _gpu_capabilities(clients, kfd):
+def _fdinfo_capabilities(clients, kfd):
     values = list(clients.values())
-    return {
-        "vram_gtt_from_fdinfo": any(c["has_memory"] for c in values) if values else None,
-        "engine_time_from_fdinfo": any(c["engine_capable"] for c in values) if values else None,
-        "engines": sorted({n for c in values for n in c["engines_pct"]}),
-        "kfd_seen": kfd,   # ROCm queues never show in DRM engine counters
-    }
+    return build_capabilities(
+        "fdinfo", any(c["has_memory"] for c in values) if values else None,
+        any(c["engine_capable"] for c in values) if values else None,
+        {n for c in values for n in c["engines_pct"]}, kfd)   # ROCm queues never show in DRM counters
 
 
 def compute_procs_by_pci(procs, gpu_pcis):
@@ -1378,9 +1697,8 @@ def compute_procs_by_pci(procs, gpu_pcis):
         rows = [_proc_row(proc, clients,
                           [c for c in clients if owner[c["key"]] == proc["pid"]])
                 for proc, clients in group["processes"]]
-        rows.sort(key=lambda r: (-(r["vram_bytes"] + r["gtt_bytes"]), r["pid"]))
-        by_pci[pci] = {"processes": rows, "totals": _gpu_totals(rows, group["clients"]),
-                       "capabilities": _gpu_capabilities(group["clients"], group["kfd"])}
+        by_pci[pci] = build_procs_entry(rows, len(group["clients"]),
+                                        _fdinfo_capabilities(group["clients"], group["kfd"]))
     return by_pci
 
 
@@ -1407,15 +1725,15 @@ def compute_visibility(euid, ns_self, ns_init, nspid, hidepid, self_container):
         separate = True
     elif ns_self and ns_init:
         separate = False
-    return {"root": euid == 0, "pid_namespace_separate": separate, "hidepid": hidepid,
-            "self_container": self_container}
+    return build_visibility(euid == 0, separate, hidepid, self_container)
 
 
-def is_amd_client(rec, node, node_map):
-    """Keep amdgpu clients; a DRM fd without usage stats counts when its node
-    belongs to a known (amdgpu) GPU, e.g. on kernels before 5.14."""
+def is_gpu_client(rec, node, node_map, drivers=FDINFO_DRIVERS):
+    """Keep clients of the drivers we report (amdgpu, i915, xe); a DRM fd
+    without usage stats counts when its node belongs to a known GPU, e.g.
+    amdgpu on kernels before 5.14."""
     if rec.driver is not None:
-        return rec.driver == AMD_DRIVER
+        return rec.driver in drivers
     return node in node_map
 
 
@@ -1886,20 +2204,17 @@ def json_bytes(obj):
 
 
 def identity_json(info):
-    return {"id": info.id, "pci": info.pci, "pci_id": info.pci_id, "revision": info.revision,
-            "name": info.name, "render_node": info.render_node, "driver": info.driver,
-            "apu": info.apu, "demo": info.demo}
+    return {"id": info.id, "vendor": info.vendor, "uuid": info.uuid, "pci": info.pci,
+            "pci_id": info.pci_id, "revision": info.revision, "name": info.name,
+            "render_node": info.render_node, "driver": info.driver, "apu": info.apu,
+            "demo": info.demo}
 
 
 def build_stats_message(gpu_id, epoch_s, metrics):
     return {"type": "stats", "gpu_id": gpu_id, "ts": format_ts(epoch_s), "metrics": metrics}
 
 
-EMPTY_PROCS = {"processes": [], "capabilities": {"vram_gtt_from_fdinfo": False,
-                                                 "engine_time_from_fdinfo": False, "engines": []},
-               "totals": {"vram_bytes": 0, "gtt_bytes": 0, "cpu_bytes": 0,
-                          "gpu_time_ms_per_s": None, "engines_pct": {}, "clients": 0,
-                          "processes": 0}}
+EMPTY_PROCS = build_procs_entry([], 0, build_capabilities(None, False, False, ()))
 
 
 def build_procs_message(gpu_id, epoch_s, entry, visibility, scan_stats):
@@ -2232,7 +2547,7 @@ def render_plain(gpus, procs, refresh_s, hint=None):
     if hint:
         out.append("<p>%s</p>" % esc(hint))
     if not gpus:
-        out.append("<p>No AMD GPU found. Run with --demo to see synthetic GPUs.</p>")
+        out.append("<p>No GPU found. Run with --demo to see synthetic GPUs.</p>")
     for identity, metrics in gpus:
         out.extend(_plain_gpu(identity, metrics or {}, procs.get(identity["id"])))
     out.append("<p><a href=/>Full dashboard</a> (needs JavaScript)</p></body></html>")
@@ -2446,6 +2761,100 @@ def read_user_name(uid):
         return None
 
 
+# -- NVIDIA: the NVML library through ctypes ---------------------------------
+
+
+class NvmlLibrary(object):
+    """libnvidia-ml loaded with ctypes. Symbols are bound by their versioned
+    names (nvml.h only #defines nvmlInit to nvmlInit_v2 at compile time), each
+    with restype and argtypes so a 64-bit argument is never truncated; a symbol
+    the library lacks is probed once and remembered as None. NVML is
+    thread-safe (nvml.h), so samplers call it concurrently."""
+
+    def __init__(self, path):
+        self.path = path
+        self.lib = ctypes.CDLL(path)          # OSError when absent: the caller decides
+        self._functions = {}
+        self._initialised = False
+
+    def function(self, name, *argtypes):
+        """The bound symbol, or None when this library does not export it."""
+        if name not in self._functions:
+            try:
+                fn = getattr(self.lib, name)
+            except AttributeError:
+                fn = None
+            else:
+                fn.restype = ctypes.c_int
+                fn.argtypes = list(argtypes)
+            self._functions[name] = fn
+        return self._functions[name]
+
+    def has(self, name):
+        """Whether the library exports name (probing alone, nothing bound)."""
+        return hasattr(self.lib, name)
+
+    def init(self):
+        """nvmlInit_v2 -> its nvmlReturn_t (0 on success)."""
+        fn = self.function("nvmlInit_v2")
+        if fn is None:
+            return NVML_ERROR_FUNCTION_NOT_FOUND
+        rc = fn()
+        self._initialised = rc == NVML_SUCCESS
+        return rc
+
+    def shutdown(self):
+        fn = self.function("nvmlShutdown")
+        if self._initialised and fn is not None:
+            self._initialised = False
+            fn()
+
+    def error_string(self, rc):
+        fn = self.function("nvmlErrorString", ctypes.c_int)
+        if fn is None:
+            return "error %d" % rc
+        fn.restype = ctypes.c_char_p
+        text = fn(rc)
+        return text.decode("utf-8", "replace") if text else "error %d" % rc
+
+    def text(self, name, handle, size):
+        """A char-buffer query (name, UUID): str, or None when refused."""
+        fn = self.function(name, ctypes.c_void_p, ctypes.c_char_p, ctypes.c_uint)
+        if fn is None:
+            return None
+        buf = ctypes.create_string_buffer(size)
+        if fn(handle, buf, size) != NVML_SUCCESS:
+            return None
+        return buf.value.decode("utf-8", "replace") or None
+
+
+def load_nvml(path):
+    """(NvmlLibrary, None) with NVML initialised, or (None, why not)."""
+    if ctypes is None:
+        return None, "this Python has no ctypes"
+    try:
+        nvml = NvmlLibrary(path)
+    except OSError as exc:
+        return None, str(exc)
+    rc = nvml.init()
+    if rc != NVML_SUCCESS:
+        return None, "nvmlInit_v2: %s (%d)" % (nvml.error_string(rc), rc)
+    return nvml, None
+
+
+def read_proc_meta(procfd, pid, users):
+    """cmd (redacted), uid, user and container of a PID under a /proc dir fd;
+    users caches uid -> name (NSS can be slow)."""
+    cmd = read_at(procfd, "%d/cmdline" % pid, CMDLINE_READ_LIMIT) or b""
+    uid = parse_status_uid(read_text_at(procfd, "%d/status" % pid, PROC_STATUS_READ_LIMIT))
+    cgroup = read_text_at(procfd, "%d/cgroup" % pid, PROC_CGROUP_READ_LIMIT)
+    if uid is not None and uid not in users:
+        users[uid] = read_user_name(uid) or str(uid)
+    return {"cmd": redact_cmdline(cmd, CMD_MAX_LEN), "uid": uid,
+            "user": users.get(uid) if uid is not None else None,
+            "container": parse_cgroup_container(cgroup)}
+
+
 # ---------------------------------------------------------------------------
 # 8. GPU readers, samplers, discovery and the cache
 # ---------------------------------------------------------------------------
@@ -2460,12 +2869,12 @@ def find_drm_cards(sysfs_root):
             for name in list_dir(base) if CARD_RE.match(name)]
 
 
-def find_hwmon_dir(device_dir):
-    """The device's hwmon/hwmonN whose `name` is amdgpu (N is arbitrary)."""
+def find_hwmon_dir(device_dir, chips=(AMD_DRIVER,)):
+    """The device's hwmon/hwmonN whose `name` is one of chips (N is arbitrary)."""
     base = os.path.join(device_dir, "hwmon")
     for name in list_dir(base):
         path = os.path.join(base, name)
-        if clean_text(read_bytes(os.path.join(path, "name"), 256)) == AMD_DRIVER:
+        if clean_text(read_bytes(os.path.join(path, "name"), 256)) in chips:
             return path
     return None
 
@@ -2495,13 +2904,15 @@ class NameResolver(object):
             self._texts[rel] = read_text(os.path.join(self._share_root, rel), 8 << 20) or ""
         return self._texts[rel]
 
-    def resolve(self, product_name, vendor_id, device_id, revision):
+    def resolve(self, product_name, vendor_id, device_id, revision, vendor_label="AMD"):
         if product_name:
             return product_name
-        name = parse_amdgpu_ids(self._text(NAME_FILES[0]), device_id, revision) if revision else None
+        name = None
+        if revision and vendor_label == "AMD":
+            name = parse_amdgpu_ids(self._text(NAME_FILES[0]), device_id, revision)
         for rel in NAME_FILES[1:]:
-            name = name or parse_pci_ids(self._text(rel), vendor_id, device_id)
-        return name or "AMD GPU %s:%s" % (vendor_id.lower(), device_id.lower())
+            name = name or parse_pci_ids(self._text(rel), vendor_id, device_id, vendor_label)
+        return name or "%s GPU %s:%s" % (vendor_label, vendor_id.lower(), device_id.lower())
 
 
 def read_gpu_info(card, device_dir, names):
@@ -2593,6 +3004,619 @@ class AmdGpuReader(object):
             attr.close()
 
 
+# -- the backend seam ----------------------------------------------------------
+#
+# A backend is one kind of device: discover() -> [GpuInfo] (what is there now),
+# open_reader(info) -> a reader with info, sample(now) -> metrics dict (all of
+# METRIC_KEYS, see new_metrics) and close(); proc_source() -> its process
+# source or None (scan()/refresh() -> ScanResult, set_node_map()); close().
+# GpuManager, run_once and the cache know nothing else about vendors.
+
+
+class DrmCardList(object):
+    """class/drm/cardN (connectors skipped) listed at most once per
+    discovery round, shared by the DRM backends (AMD and Intel)."""
+
+    def __init__(self, sysfs_root, max_age_s=REDISCOVER_INTERVAL_S / 2):
+        self.sysfs_root = sysfs_root
+        self._max_age_s = max_age_s
+        self._listed_at = None
+        self._cards = []
+
+    def cards(self, now):
+        """[(card, device realpath, device path)]."""
+        if self._listed_at is None or now - self._listed_at >= self._max_age_s:
+            self._listed_at = now
+            self._cards = [(card, os.path.realpath(path), path)
+                           for card, path in find_drm_cards(self.sysfs_root)]
+        return self._cards
+
+
+class _DrmBackend(object):
+    """Discovery shared by the sysfs backends: a card's identity is read once,
+    when (card name, device realpath) first appears; cards of other drivers
+    are remembered as None so they cost nothing afterwards."""
+
+    vendor = None
+
+    def __init__(self, cards, names, fdinfo_source=None, clock=time.monotonic):
+        self._cards, self._names, self._fdinfo = cards, names, fdinfo_source
+        self._clock = clock
+        self._known = {}                 # (card, realpath) -> GpuInfo or None
+
+    def discover(self):
+        found = self._cards.cards(self._clock())
+        keys = set((card, real) for card, real, _ in found)
+        for key in [k for k in self._known if k not in keys]:
+            del self._known[key]
+        for card, real, path in found:
+            if (card, real) not in self._known:
+                self._known[(card, real)] = self.read_info(card, path)
+        return [info for info in self._known.values() if info is not None]
+
+    def read_info(self, card, device_dir):
+        raise NotImplementedError
+
+    def proc_source(self):
+        return self._fdinfo
+
+    def close(self):
+        pass
+
+
+# -- AMD -----------------------------------------------------------------------
+
+
+class AmdBackend(_DrmBackend):
+    """amdgpu cards from sysfs/hwmon (AmdGpuReader); processes from fdinfo."""
+
+    vendor = "amd"
+
+    def read_info(self, card, device_dir):
+        return read_gpu_info(card, device_dir, self._names)
+
+    def open_reader(self, info):
+        return AmdGpuReader(info)
+
+
+# -- Intel ---------------------------------------------------------------------
+
+
+def read_intel_gpu_info(card, device_dir, names):
+    """An i915/xe card's identity, or None for other drivers."""
+    uevent = parse_uevent(read_bytes(os.path.join(device_dir, "uevent"), 4096))
+    driver = uevent.get("DRIVER")
+    if driver not in INTEL_DRIVERS:
+        return None
+    vendor_id, _, device_id = uevent.get("PCI_ID", "8086:0000").partition(":")
+    pci = (uevent.get("PCI_SLOT_NAME") or "").lower() or None
+    revision = clean_text(read_bytes(os.path.join(device_dir, "revision"), 64))
+    revision = revision.lower().replace("0x", "").zfill(2) if revision else None
+    return GpuInfo(
+        id=card, pci=pci, pci_id=("%s:%s" % (vendor_id, device_id)).lower(), revision=revision,
+        name=names.resolve(None, vendor_id, device_id, revision, "Intel"),
+        render_node=find_render_node(device_dir), driver=driver,
+        # The integrated GPU sits at 00:02.0 on every Intel platform.
+        apu=bool(pci and pci.endswith(":00:02.0")), demo=False, device_dir=device_dir,
+        hwmon_dir=find_hwmon_dir(device_dir, INTEL_HWMON_NAMES), vendor="intel",
+        card_dir=os.path.dirname(device_dir))
+
+
+def find_intel_link_dir(device_dir):
+    """Where an Arc card's real PCIe link is: its endpoint reports the link to
+    the card's own Intel switch (e.g. 2.5 GT/s x1), so walk up through at most
+    two Intel bridges (vendor 0x8086, class 0x0604xx), as nvtop does."""
+    here = os.path.realpath(device_dir)
+    for _ in range(2):
+        parent = os.path.dirname(here)
+        vendor = clean_text(read_bytes(os.path.join(parent, "vendor"), 64))
+        klass = clean_text(read_bytes(os.path.join(parent, "class"), 64)) or ""
+        if vendor != "0x8086" or not klass.startswith("0x0604"):
+            break
+        here = parent
+    return here
+
+
+class IntelGpuReader(object):
+    """Reads one i915/xe GPU: GT frequency, busy from idle residency, power
+    from the hwmon energy counter, temperatures/fan where hwmon has them,
+    throttle reasons. VRAM used has no sysfs file: it stays null (the procs
+    frame's totals are the fdinfo sum of visible processes)."""
+
+    def __init__(self, info):
+        self.info = info
+        self._watches = {}
+        self._status = self._attr(self._path("dev:" + RUNTIME_STATUS_FILE))
+        freq_files, idle_files, throttle_pattern = INTEL_LAYOUT[info.driver]
+        self._freq = self._first(freq_files)
+        self._idle = self._first(idle_files)
+        self._throttle = []
+        for pattern in throttle_pattern:
+            found = [(n, self._attr(self._path(pattern % n))) for n in INTEL_THROTTLE_NAMES
+                     if self._exists(pattern % n)]
+            if found:
+                self._throttle = found
+                break
+        self._plan_hwmon()
+        self._slow_due = 0.0
+        self._slow = {}
+        self._prev_idle = self._prev_energy = None
+
+    def _path(self, rel):
+        kind, _, rest = rel.partition(":")
+        return os.path.join(self.info.card_dir if kind == "card" else self.info.device_dir, rest)
+
+    def _exists(self, rel):
+        return os.path.exists(self._path(rel))
+
+    def _attr(self, path):
+        folder = os.path.dirname(path)
+        if folder not in self._watches:
+            self._watches[folder] = DirWatch(folder)
+        return AttrFile(path, self._watches[folder])
+
+    def _first(self, rels):
+        for rel in rels:
+            if self._exists(rel):
+                return self._attr(self._path(rel))
+        return None
+
+    def _plan_hwmon(self):
+        hwmon = self.info.hwmon_dir
+        names = list_dir(hwmon) if hwmon else []
+        plan = plan_intel_hwmon(names, read_hwmon_labels(hwmon, names) if names else {})
+        self._energy_candidates = [self._attr(os.path.join(hwmon, n)) for n in plan.pop("energy")]
+        self._energy = None
+        self._cap_files = [self._attr(os.path.join(hwmon, n)) for n in plan.pop("power_cap")]
+        self._hwmon = dict((key, self._attr(os.path.join(hwmon, name))) for key, name in plan.items())
+        link_dir = find_intel_link_dir(self.info.device_dir) if not self.info.apu else None
+        self._slow_files = {
+            "vram_total": self._attr(self._path("dev:tile0/physical_vram_size_bytes")),
+            "link_speed": self._attr(os.path.join(link_dir, "current_link_speed")) if link_dir else None,
+            "link_width": self._attr(os.path.join(link_dir, "current_link_width")) if link_dir else None}
+
+    def _energy_uj(self, now):
+        """energy1_input, else energy2_input; a counter reading 0 is skipped (nvtop)."""
+        if self._energy is None:
+            for attr in self._energy_candidates:
+                if parse_int(attr.read(now)):
+                    self._energy = attr
+                    break
+            else:
+                return None
+        return parse_int(self._energy.read(now))
+
+    def sample(self, now):
+        status = clean_text(self._status.read(now))
+        if status not in (None, "active", "unsupported"):
+            self._prev_idle = self._prev_energy = None
+            return new_metrics({"runtime_status": status})
+        if now >= self._slow_due:
+            self._slow_due = now + SLOW_FILES_EVERY_S
+            self._slow = dict((k, a.read(now) if a else None) for k, a in self._slow_files.items())
+            caps = [parse_int(a.read(now)) for a in self._cap_files]
+            self._slow["power_cap_w"] = next((c for c in caps if c), None)   # 0 = disabled
+        idle = (now, parse_int(self._idle.read(now)) if self._idle else None)
+        energy = (now, self._energy_uj(now))
+        metrics = new_metrics({
+            "runtime_status": status, "sclk_mhz": parse_int(self._freq.read(now)) if self._freq else None,
+            "gpu_busy_pct": compute_idle_busy_pct(self._prev_idle, idle),
+            "power_w": compute_energy_power_w(self._prev_energy, energy),
+            "energy_j": None if energy[1] is None else round(energy[1] / 1e6, 3),
+            "power_cap_w": None if self._slow["power_cap_w"] is None else round(self._slow["power_cap_w"] / 1e6, 3),
+            "fan_rpm": parse_int(self._hwmon["fan_rpm"].read(now)) if "fan_rpm" in self._hwmon else None,
+            "throttle_reasons": parse_throttle_flags([(n, a.read(now)) for n, a in self._throttle]),
+            "vram_total_bytes": parse_int(self._slow["vram_total"])})
+        for key in ("temp_c", "temp_mem_c"):
+            if key in self._hwmon:
+                metrics[key] = _scaled(self._hwmon[key].read(now), 1000.0, 1)
+        if not self.info.apu:
+            speed = parse_link_speed(self._slow["link_speed"])
+            metrics.update(pcie_speed_gts=speed, pcie_width=parse_int(self._slow["link_width"]),
+                           pcie_gen=pcie_gen_from_speed(speed))
+        self._prev_idle, self._prev_energy = idle, energy
+        return metrics
+
+    def close(self):
+        attrs = [self._status, self._freq, self._idle] + [a for _, a in self._throttle]
+        attrs += self._energy_candidates + self._cap_files + list(self._hwmon.values())
+        attrs += list(self._slow_files.values())
+        for attr in attrs:
+            if attr is not None:
+                attr.close()
+
+
+class IntelBackend(_DrmBackend):
+    """i915 and xe cards from sysfs/hwmon (IntelGpuReader); processes from fdinfo."""
+
+    vendor = "intel"
+
+    def read_info(self, card, device_dir):
+        return read_intel_gpu_info(card, device_dir, self._names)
+
+    def open_reader(self, info):
+        return IntelGpuReader(info)
+
+
+# -- NVIDIA --------------------------------------------------------------------
+
+
+class _NvmlCall(object):
+    """One prepared NVML query of a sampler: the bound function, its argument
+    tuple (the out-structs made once) and how to turn them into metrics."""
+
+    __slots__ = ("name", "fn", "args", "convert", "fallback")
+
+    def __init__(self, name, fn, args, convert, fallback=None):
+        self.name, self.fn, self.args, self.convert, self.fallback = name, fn, args, convert, fallback
+
+
+def _nv_field_value(field):
+    """An nvmlFieldValue_t's value by its valueType (nvml.h nvmlValueType_t)."""
+    if field.nvmlReturn != NVML_SUCCESS:
+        return None
+    kind, value = field.valueType, field.value
+    return (value.dVal, value.uiVal, value.ulVal, value.ullVal, value.sllVal, value.siVal,
+            value.usVal)[kind] if 0 <= kind <= 6 else None
+
+
+class NvidiaGpuReader(object):
+    """Reads one NVIDIA GPU through NVML: each metric is one prepared call,
+    disabled for good after NOT_SUPPORTED; GPU_IS_LOST makes the GPU "lost"
+    (metrics null, retried every NVML_LOST_RETRY_S). Never raises for an NVML
+    answer, and never calls the 20 ms nvmlDeviceGetPcieThroughput."""
+
+    def __init__(self, nvml, info, handle, lost=None):
+        self.info = info
+        self._nvml, self._handle = nvml, handle
+        self._lost_ids = lost if lost is not None else set()
+        self._retry_at = None
+        self._calls = self._plan()
+
+    def _bind(self, name, argtypes, args, convert, fallback=None):
+        fn = self._nvml.function(name, ctypes.c_void_p, *argtypes)
+        if fn is None:
+            return fallback
+        return _NvmlCall(name, fn, (self._handle,) + args, convert, fallback)
+
+    def _scalar(self, name, ctype, convert, prefix=()):
+        out = ctype()
+        types = tuple(type(a) for a in prefix) + (ctypes.POINTER(ctype),)
+        return self._bind(name, types, tuple(prefix) + (ctypes.byref(out),),
+                          lambda _args, o=out: convert(o.value))
+
+    def _plan(self):
+        u32, u64, pu32 = ctypes.c_uint, ctypes.c_ulonglong, ctypes.POINTER(ctypes.c_uint)
+        util, mem1 = NvmlUtilization(), NvmlMemory()
+        mem2 = NvmlMemoryV2(version=NVML_MEMORY_V2_VERSION)
+        fan = NvmlFanSpeedInfo(version=NVML_FAN_SPEED_INFO_VERSION, fan=0)
+        field = (NvmlFieldValue * 1)()
+        field[0].fieldId = NVML_FI_DEV_MEMORY_TEMP
+        enc, dec, period = u32(), u32(), u32()
+        v1 = self._bind("nvmlDeviceGetMemoryInfo", (ctypes.POINTER(NvmlMemory),), (ctypes.byref(mem1),),
+                        lambda _a: {"vram_total_bytes": mem1.total, "vram_used_bytes": mem1.used,
+                                    "vram_used_source": "nvml_v1"})
+        reasons = ("nvmlDeviceGetCurrentClocksEventReasons"
+                   if self._nvml.has("nvmlDeviceGetCurrentClocksEventReasons")
+                   else "nvmlDeviceGetCurrentClocksThrottleReasons")
+        calls = [
+            self._bind("nvmlDeviceGetUtilizationRates", (ctypes.POINTER(NvmlUtilization),),
+                       (ctypes.byref(util),),
+                       lambda _a: {"gpu_busy_pct": util.gpu, "mem_busy_pct": util.memory}),
+            self._scalar("nvmlDeviceGetClockInfo", u32, lambda v: {"sclk_mhz": v},
+                         (ctypes.c_int(NVML_CLOCK_GRAPHICS),)),
+            self._scalar("nvmlDeviceGetClockInfo", u32, lambda v: {"mclk_mhz": v},
+                         (ctypes.c_int(NVML_CLOCK_MEM),)),
+            self._scalar("nvmlDeviceGetTemperature", u32, lambda v: {"temp_c": v},
+                         (ctypes.c_int(NVML_TEMPERATURE_GPU),)),
+            self._bind("nvmlDeviceGetFieldValues", (ctypes.c_int, ctypes.POINTER(NvmlFieldValue)),
+                       (ctypes.c_int(1), field), lambda _a: {"temp_mem_c": _nv_field_value(field[0])}),
+            self._scalar("nvmlDeviceGetFanSpeed", u32, lambda v: {"fan_pct": v}),
+            self._bind("nvmlDeviceGetFanSpeedRPM", (ctypes.POINTER(NvmlFanSpeedInfo),),
+                       (ctypes.byref(fan),), lambda _a: {"fan_rpm": fan.speed}),
+            self._scalar("nvmlDeviceGetPowerUsage", u32, lambda v: {"power_w": v / 1000.0}),
+            self._scalar("nvmlDeviceGetEnforcedPowerLimit", u32, lambda v: {"power_cap_w": v / 1000.0}),
+            self._scalar("nvmlDeviceGetTotalEnergyConsumption", u64, lambda v: {"energy_j": v / 1000.0}),
+            self._bind("nvmlDeviceGetMemoryInfo_v2", (ctypes.POINTER(NvmlMemoryV2),), (ctypes.byref(mem2),),
+                       lambda _a: {"vram_total_bytes": mem2.total, "vram_used_bytes": mem2.used,
+                                   "vram_reserved_bytes": mem2.reserved, "vram_used_source": "nvml_v2"},
+                       fallback=v1),
+            self._scalar("nvmlDeviceGetCurrPcieLinkGeneration", u32, lambda v: {"pcie_gen": v}),
+            self._scalar("nvmlDeviceGetCurrPcieLinkWidth", u32, lambda v: {"pcie_width": v}),
+            self._scalar("nvmlDeviceGetPerformanceState", ctypes.c_int,
+                         lambda v: {"pstate": None if v == NVML_PSTATE_UNKNOWN else v}),
+            self._scalar(reasons, u64, lambda v: {"throttle_reasons": parse_clock_event_reasons(v)}),
+            self._bind("nvmlDeviceGetEncoderUtilization", (pu32, pu32),
+                       (ctypes.byref(enc), ctypes.byref(period)), lambda _a: {"enc_pct": enc.value}),
+            self._bind("nvmlDeviceGetDecoderUtilization", (pu32, pu32),
+                       (ctypes.byref(dec), ctypes.byref(period)), lambda _a: {"dec_pct": dec.value}),
+        ]
+        return [call for call in calls if call is not None]
+
+    def sample(self, now):
+        if self._retry_at is not None and now < self._retry_at:
+            return new_metrics({"runtime_status": "lost"})
+        metrics = new_metrics({"runtime_status": "active"})
+        for index, call in enumerate(self._calls):
+            while call is not None:
+                rc = call.fn(*call.args)
+                if rc == NVML_SUCCESS:
+                    metrics.update(call.convert(call.args))
+                elif rc == NVML_ERROR_GPU_IS_LOST:
+                    return self._lost(now)
+                elif rc in NVML_DISABLING_ERRORS:
+                    call = self._disable(index, rc)      # its fallback, asked at once
+                    continue
+                break
+        if self._retry_at is not None:
+            LOG.warning("event=gpu_back gpu=%s", self.info.id)
+            self._retry_at = None
+            self._lost_ids.discard(self.info.id)
+        return metrics
+
+    def _lost(self, now):
+        if self._retry_at is None:
+            LOG.warning("event=gpu_lost gpu=%s pci=%s retry_s=%s", self.info.id, self.info.pci,
+                        NVML_LOST_RETRY_S)
+        self._retry_at = now + NVML_LOST_RETRY_S
+        self._lost_ids.add(self.info.id)
+        return new_metrics({"runtime_status": "lost"})
+
+    def _disable(self, index, rc):
+        """NOT_SUPPORTED (or the like) is for good: the call, or its fallback."""
+        call = self._calls[index]
+        LOG.info("event=capability_missing gpu=%s call=%s rc=%d fallback=%s", self.info.id,
+                 call.name, rc, call.fallback.name if call.fallback else None)
+        self._calls[index] = call.fallback
+        return call.fallback
+
+    def close(self):
+        self._calls = []
+
+
+class NvmlProcSource(object):
+    """Process top of the NVIDIA GPUs: the compute, graphics and MPS lists
+    (one row per PID), per-process SM/mem/enc/dec % from the newest
+    utilisation API, names and users from /proc where the PID is visible."""
+
+    def __init__(self, nvml, devices, proc_root, lost=None, clock_us=None):
+        self._nvml, self._devices, self._root = nvml, devices, proc_root
+        self._lost = lost if lost is not None else set()
+        self._clock_us = clock_us or (lambda: int(time.time() * 1e6))
+        self._users = {}
+        self._last_seen = {}              # gpu id -> newest utilisation sample timestamp (µs)
+        self._lists = [self._list_function(kind, base) for kind, base in NVML_PROCESS_LISTS]
+        self._util_new = nvml.function("nvmlDeviceGetProcessesUtilizationInfo", ctypes.c_void_p,
+                                       ctypes.POINTER(NvmlProcessesUtilizationInfo))
+        self._util_old = nvml.function("nvmlDeviceGetProcessUtilization", ctypes.c_void_p,
+                                       ctypes.c_void_p, ctypes.POINTER(ctypes.c_uint),
+                                       ctypes.c_ulonglong)
+        self._name_fn = nvml.function("nvmlSystemGetProcessName", ctypes.c_uint, ctypes.c_char_p,
+                                      ctypes.c_uint)
+
+    def _list_function(self, kind, base):
+        """(kind, bound function, entry struct): _v3, else _v2, else v1; the
+        32-byte early-R535 entries by nvitop's rule (ConfComputeMemSizeInfo
+        present, RunningProcessDetailList absent)."""
+        r535 = (self._nvml.has("nvmlDeviceGetConfComputeMemSizeInfo")
+                and not self._nvml.has("nvmlDeviceGetRunningProcessDetailList"))
+        for suffix, struct in (("_v3", NvmlProcessInfoR535 if r535 else NvmlProcessInfoV2),
+                               ("_v2", NvmlProcessInfoV2), ("", NvmlProcessInfoV1)):
+            fn = self._nvml.function(base + suffix, ctypes.c_void_p, ctypes.POINTER(ctypes.c_uint),
+                                     ctypes.c_void_p)
+            if fn is not None:
+                return kind, fn, struct
+        return kind, None, None
+
+    def set_node_map(self, mapping):
+        pass
+
+    def refresh(self):
+        return self.scan()
+
+    def scan(self):
+        t0 = time.monotonic()
+        procfd = open_dir_at(None, self._root)
+        procfd = None if isinstance(procfd, OSError) else procfd
+        by_pci = {}
+        try:
+            for info, handle in self._devices:
+                if info.id not in self._lost:
+                    by_pci[info.pci] = self._gpu_entry(info, handle, procfd)
+        finally:
+            if procfd is not None:
+                os.close(procfd)
+        return ScanResult(by_pci, None, {"cut_short": False,
+                                         "duration_s": round(time.monotonic() - t0, 6)})
+
+    def _gpu_entry(self, info, handle, procfd):
+        found = []
+        for kind, fn, struct in self._lists:
+            found.extend(self._read_list(fn, struct, handle, kind))
+        procs = merge_nvml_processes(found)
+        util = self._utilisation(info.id, handle, set(procs))
+        rows = [self._row(procfd, pid, used, kind, util) for pid, (used, kind) in procs.items()]
+        engines = set(("sm", "mem", "enc", "dec")) if util is not None else set()
+        for row in rows:
+            engines.update(row["engines_pct"])
+        return build_procs_entry(rows, len(rows),
+                                 build_capabilities("nvml", True, util is not None, engines))
+
+    def _read_list(self, fn, struct, handle, kind):
+        """One process list: sized with count 0 first, re-read while it grows."""
+        if fn is None:
+            return []
+        count = ctypes.c_uint(0)
+        rc = fn(handle, ctypes.byref(count), None)
+        for _ in range(NVML_LIST_ATTEMPTS):
+            if rc == NVML_SUCCESS and count.value == 0:
+                return []
+            if rc != NVML_ERROR_INSUFFICIENT_SIZE:
+                break
+            size = count.value * 2 + 5
+            entries = (struct * size)()
+            count = ctypes.c_uint(size)
+            rc = fn(handle, ctypes.byref(count), entries)
+            if rc == NVML_SUCCESS:
+                return [NvmlProcess(e.pid, e.usedGpuMemory, kind) for e in entries[:count.value]]
+        return []
+
+    def _utilisation(self, gpu_id, handle, pids):
+        """{pid: {engine: %}} (0 % for listed PIDs without a new sample), or
+        None when the GPU gives no per-process utilisation."""
+        last = self._last_seen.get(gpu_id) or self._clock_us() - 1000000
+        samples = None
+        if self._util_new is not None:
+            samples = self._util_samples_new(handle, last)
+        if samples is None and self._util_old is not None:
+            samples = self._util_samples_old(handle, last)
+        if samples is None:
+            return None
+        if samples:
+            self._last_seen[gpu_id] = max(stamp for _, stamp, _ in samples)
+        picked = pick_nvml_util(samples, pids)
+        zero = {"sm": 0.0, "mem": 0.0, "enc": 0.0, "dec": 0.0}
+        return dict((pid, picked.get(pid, zero)) for pid in pids)
+
+    def _util_samples_new(self, handle, last):
+        info = NvmlProcessesUtilizationInfo(version=NVML_PROC_UTIL_INFO_VERSION, lastSeenTimeStamp=last)
+        rc = self._util_new(handle, ctypes.byref(info))
+        if rc == NVML_ERROR_INSUFFICIENT_SIZE:
+            size = info.processSamplesCount + 8
+            entries = (NvmlProcessUtilizationInfo * size)()
+            info.processSamplesCount, info.procUtilArray = size, entries
+            rc = self._util_new(handle, ctypes.byref(info))
+            if rc == NVML_SUCCESS:
+                return [(e.pid, e.timeStamp, {"sm": e.smUtil, "mem": e.memUtil, "enc": e.encUtil,
+                                              "dec": e.decUtil, "jpg": e.jpgUtil, "ofa": e.ofaUtil})
+                        for e in entries[:info.processSamplesCount]]
+        if rc in (NVML_SUCCESS, NVML_ERROR_NOT_FOUND):
+            return []                    # no sample newer than last: every process idle
+        if rc in NVML_DISABLING_ERRORS:
+            self._util_new = None
+        return None
+
+    def _util_samples_old(self, handle, last):
+        count = ctypes.c_uint(0)
+        rc = self._util_old(handle, None, ctypes.byref(count), ctypes.c_ulonglong(last))
+        if rc == NVML_ERROR_INSUFFICIENT_SIZE:
+            size = count.value + 8
+            entries = (NvmlProcessUtilizationSample * size)()
+            count = ctypes.c_uint(size)
+            rc = self._util_old(handle, entries, ctypes.byref(count), ctypes.c_ulonglong(last))
+            if rc == NVML_SUCCESS:
+                return [(e.pid, e.timeStamp, {"sm": e.smUtil, "mem": e.memUtil, "enc": e.encUtil,
+                                              "dec": e.decUtil}) for e in entries[:count.value]]
+        if rc in (NVML_SUCCESS, NVML_ERROR_NOT_FOUND):
+            return []
+        if rc in NVML_DISABLING_ERRORS:
+            self._util_old = None
+        return None
+
+    def _row(self, procfd, pid, used, kind, util):
+        engines = None if util is None else dict((k, float(v)) for k, v in util[pid].items())
+        sm = engines.get("sm") if engines else None
+        common = dict(pid=pid, vram_bytes=used, engines_pct=engines, type=kind, clients=1,
+                      gpu_time_ms_per_s=None if sm is None else round(sm * 10.0, 1))
+        comm, start = (None, None)
+        if procfd is not None:
+            text = read_text_at(procfd, "%d/stat" % pid, PROC_STAT_READ_LIMIT)
+            comm, start = parse_proc_stat(text) if text else (None, None)
+        if start is None:                # another PID namespace (or gone): NVML's name only
+            return build_proc_row(name=self._nvml_name(pid), visible=False, **common)
+        meta = read_proc_meta(procfd, pid, self._users)
+        return build_proc_row(name=sanitize_text(comm or ""), uid=meta["uid"], user=meta["user"],
+                              cmd=meta["cmd"], container=meta["container"], start_time=start,
+                              **common)
+
+    def _nvml_name(self, pid):
+        if self._name_fn is None:
+            return None
+        buf = ctypes.create_string_buffer(256)
+        if self._name_fn(pid, buf, 256) != NVML_SUCCESS:
+            return None
+        return sanitize_text(os.path.basename(buf.value.decode("utf-8", "replace"))) or None
+
+
+class NvidiaBackend(object):
+    """Every GPU NVML lets us open, enumerated once (NVML has no hot-plug to
+    follow): ids nvidia0.. in PCI-address order, so a reboot that reorders
+    NVML's indices does not swap two GPUs' ids (nor their histories)."""
+
+    vendor = "nvidia"
+
+    def __init__(self, nvml, sysfs_root, proc_root):
+        self._nvml, self._sysfs_root, self._proc_root = nvml, sysfs_root, proc_root
+        self._devices = None             # [(GpuInfo, handle)]
+        self.lost = set()                # ids of GPUs that answered GPU_IS_LOST
+
+    @classmethod
+    def open(cls, config):
+        """The backend, or None (one INFO line) when NVML cannot be used here."""
+        nvml, why = load_nvml(config.nvml_library)
+        if nvml is None:
+            LOG.info("event=nvml_unavailable library=%s reason=%r", config.nvml_library, why)
+            return None
+        return cls(nvml, config.sysfs_root, config.proc_root)
+
+    def discover(self):
+        if self._devices is None:
+            self._devices = self._enumerate()
+        return [info for info, _ in self._devices]
+
+    def _enumerate(self):
+        count = ctypes.c_uint(0)
+        count_fn = self._nvml.function("nvmlDeviceGetCount_v2", ctypes.POINTER(ctypes.c_uint))
+        if count_fn is None or count_fn(ctypes.byref(count)) != NVML_SUCCESS:
+            LOG.warning("event=nvml_count_failed")
+            return []
+        get = self._nvml.function("nvmlDeviceGetHandleByIndex_v2", ctypes.c_uint,
+                                  ctypes.POINTER(ctypes.c_void_p))
+        found = []
+        for index in range(count.value):
+            handle = ctypes.c_void_p()
+            rc = get(index, ctypes.byref(handle))
+            if rc != NVML_SUCCESS:
+                LOG.info("event=nvml_gpu_skipped index=%d reason=%r", index, self._nvml.error_string(rc))
+                continue
+            info = self._identity(index, handle)
+            if info is not None:
+                found.append((info, handle))
+        found.sort(key=lambda item: item[0].pci)
+        return [(info._replace(id="nvidia%d" % n), handle) for n, (info, handle) in enumerate(found)]
+
+    def _identity(self, index, handle):
+        pci = NvmlPciInfo()
+        for name in ("nvmlDeviceGetPciInfo_v3", "nvmlDeviceGetPciInfo_v2", "nvmlDeviceGetPciInfo"):
+            fn = self._nvml.function(name, ctypes.c_void_p, ctypes.POINTER(NvmlPciInfo))
+            if fn is not None:
+                break
+        if fn is None or fn(handle, ctypes.byref(pci)) != NVML_SUCCESS:
+            LOG.info("event=nvml_gpu_skipped index=%d reason='no PCI info'", index)
+            return None
+        address = nvml_pci_address(pci.domain, pci.bus, pci.device)
+        device_dir = os.path.join(self._sysfs_root, "bus", "pci", "devices", address)
+        return GpuInfo(
+            id=None, pci=address, pci_id=nvml_pci_id(pci.pciDeviceId), revision=None,
+            name=self._nvml.text("nvmlDeviceGetName", handle, NVML_NAME_BUFFER) or "NVIDIA GPU",
+            render_node=find_render_node(device_dir), driver="nvidia", apu=False, demo=False,
+            device_dir=None, hwmon_dir=None, vendor="nvidia",
+            uuid=self._nvml.text("nvmlDeviceGetUUID", handle, NVML_UUID_BUFFER), handle=index)
+
+    def open_reader(self, info):
+        handle = dict((i.id, h) for i, h in self._devices)[info.id]
+        return NvidiaGpuReader(self._nvml, info, handle, self.lost)
+
+    def proc_source(self):
+        self.discover()
+        return NvmlProcSource(self._nvml, self._devices, self._proc_root, self.lost)
+
+    def close(self):
+        self._nvml.shutdown()
+
+
+# -- demo ----------------------------------------------------------------------
+
 DEMO_GPUS = (
     # id, pci, pci_id, name, apu, vram total, gtt total, power cap W, phase
     ("card0", "0000:03:00.0", "1002:747e", "AMD Radeon RX 7800 XT (demo)", False,
@@ -2600,6 +3624,9 @@ DEMO_GPUS = (
     ("card1", "0000:64:00.0", "1002:15bf", "AMD Radeon 780M (demo)", True,
      536870912, 31433977856, None, 2.1),
 )
+# The synthetic NVIDIA GPU: id, pci, pci_id, name, uuid, VRAM, reserved, power cap W.
+DEMO_NVIDIA = ("nvidia0", "0000:c1:00.0", "10de:2684", "NVIDIA GeForce RTX 4090 (demo)",
+               "GPU-5e1d2c3b-9a0f-4e7d-8b6a-1c2d3e4f5a6b", 25757220864, 531628032, 450.0)
 
 
 def demo_gpu_infos():
@@ -2608,6 +3635,10 @@ def demo_gpu_infos():
         infos.append(GpuInfo(id=row[0], pci=row[1], pci_id=row[2], revision="c8", name=row[3],
                              render_node="/dev/dri/renderD%d" % (128 + index), driver=AMD_DRIVER,
                              apu=row[4], demo=True, device_dir=None, hwmon_dir=None))
+    nv = DEMO_NVIDIA
+    infos.append(GpuInfo(id=nv[0], pci=nv[1], pci_id=nv[2], revision=None, name=nv[3],
+                         render_node=None, driver="nvidia", apu=False, demo=True, device_dir=None,
+                         hwmon_dir=None, vendor="nvidia", uuid=nv[4]))
     return infos
 
 
@@ -2629,10 +3660,9 @@ class DemoGpuReader(object):
         apu = self.info.apu
         power = (6.0 + busy * 0.5) if apu else (18.0 + busy * 2.3)
         self._temp += ((32.0 + power * (0.8 if apu else 0.2)) - self._temp) * 0.05
-        metrics = dict.fromkeys(METRIC_KEYS)
-        metrics.update(self._memory(t, busy))
+        metrics = new_metrics(self._memory(t, busy))
         metrics.update({
-            "runtime_status": "active", "gpu_busy_pct": int(busy),
+            "runtime_status": "active", "gpu_busy_pct": int(busy), "vram_used_source": "sysfs",
             "sclk_mhz": int(500 + busy * (22 if apu else 19)), "mclk_mhz": 800 if apu else 1218,
             "temp_c": round(self._temp, 1), "power_w": round(power, 3),
             "vddgfx_mv": int(700 + busy * 4)})
@@ -2661,6 +3691,70 @@ class DemoGpuReader(object):
                 "temp_mem_c": round(self._temp + 4, 1), "fan_pct": fan_pct,
                 "fan_rpm": int(fan_pct * 33), "power_cap_w": self._cap,
                 "pcie_gen": 4, "pcie_speed_gts": 16.0, "pcie_width": 16}
+
+    def close(self):
+        pass
+
+
+class DemoNvidiaReader(object):
+    """--demo's NVIDIA GPU: NVML-shaped values (SM clock, P-states, power
+    capping and a thermal slowdown now and then, encoder/decoder use)."""
+
+    def __init__(self, info, seed=3):
+        self.info = info
+        self._rng = random.Random(seed)
+        self._temp, self._energy_j = 38.0, 1.5e6
+        self._last = None
+
+    def sample(self, now):
+        t = now + 7.0
+        busy = min(100.0, max(0.0, (0.55 + 0.4 * math.sin(t / 11.0)) * 100 + self._rng.uniform(-3, 3)))
+        power = 35.0 + busy * 4.0
+        self._temp += ((30.0 + power * 0.1) - self._temp) * 0.05
+        if self._last is not None:
+            self._energy_j += power * max(0.0, now - self._last)
+        self._last = now
+        reasons = ["GpuIdle"] if busy < 5 else []
+        if power > 420:
+            reasons.append("SwPowerCap")
+        if self._temp > 72:
+            reasons.append("SwThermalSlowdown")
+        _, _, _, _, _, vram, reserved, cap = DEMO_NVIDIA
+        return new_metrics({
+            "runtime_status": "active", "gpu_busy_pct": int(busy), "mem_busy_pct": int(busy * 0.45),
+            "sclk_mhz": int(210 + busy * 25.2), "mclk_mhz": 10501 if busy > 5 else 405,
+            "temp_c": int(self._temp), "temp_mem_c": None, "fan_pct": int(max(30.0, (self._temp - 30) * 1.6)),
+            "fan_rpm": None, "power_w": round(power, 3), "power_cap_w": cap,
+            "energy_j": round(self._energy_j, 3), "vram_total_bytes": vram,
+            "vram_reserved_bytes": reserved, "vram_used_bytes": int(vram * 0.38),
+            "vram_used_source": "nvml_v2", "pcie_gen": 4 if busy > 5 else 1, "pcie_width": 16,
+            "pstate": 2 if busy > 5 else 8, "throttle_reasons": reasons,
+            "enc_pct": int(12 + 8 * math.sin(t / 5.0)), "dec_pct": 0})
+
+    def close(self):
+        pass
+
+
+class DemoBackend(object):
+    """--demo: two AMD GPUs (a dGPU and an APU) and an NVIDIA one, with
+    synthetic processes; the same seam as the real backends."""
+
+    vendor = "demo"
+
+    def __init__(self, processes_per_gpu):
+        self._infos = demo_gpu_infos()
+        self._per_gpu = processes_per_gpu
+
+    def discover(self):
+        return list(self._infos)
+
+    def open_reader(self, info):
+        if info.vendor == "nvidia":
+            return DemoNvidiaReader(info)
+        return DemoGpuReader(info, seed=self._infos.index(info) + 1)
+
+    def proc_source(self):
+        return DemoProcSource(self._infos, self._per_gpu)
 
     def close(self):
         pass
@@ -2856,9 +3950,12 @@ class Sampler(StoppableThread):
         StoppableThread.__init__(self, "sampler-" + reader.info.id)
         self.reader, self.cache, self.interval_s, self.clock = reader, cache, interval_s, clock
         self._errors = 0
+        self._ticked = False
 
     def run(self):
-        next_at = self.clock()
+        next_at = self.clock() + (self.interval_s if self._ticked else 0.0)
+        if self._ticked:
+            self.stopping.wait(self.interval_s)
         while not self.stopping.is_set():
             self.tick()
             next_at += self.interval_s
@@ -2869,6 +3966,7 @@ class Sampler(StoppableThread):
         self.reader.close()
 
     def tick(self):
+        self._ticked = True
         gpu = (("gpu", self.reader.info.id),)
         started = self.clock()
         try:
@@ -2888,16 +3986,34 @@ class Sampler(StoppableThread):
                 LOG.exception("event=publish_failed gpu=%s", self.reader.info.id)
 
 
-class GpuManager(StoppableThread):
-    """Discovery: lists class/drm every REDISCOVER_INTERVAL_S, starts a sampler
-    for each amdgpu card that appears and stops the one of a card that goes."""
+def make_backends(config):
+    """The backends of this config: the demo alone with --demo; else AMD and
+    Intel (sysfs, sharing one card listing and one fdinfo scanner) and NVIDIA
+    when its library loads."""
+    if config.demo:
+        return [DemoBackend(config.demo_processes)]
+    names, cards = NameResolver(config.share_root), DrmCardList(config.sysfs_root)
+    fdinfo = None
+    if config.proc_enable:
+        fdinfo = ProcScanner(config.proc_root, config.proc_max_pids, config.proc_max_fds_per_pid,
+                             budget_s=PROC_SCAN_BUDGET_S)
+    backends = [AmdBackend(cards, names, fdinfo), IntelBackend(cards, names, fdinfo)]
+    nvidia = NvidiaBackend.open(config)
+    return backends + ([nvidia] if nvidia is not None else [])
 
-    def __init__(self, config, cache, reader_factory=AmdGpuReader):
+
+class GpuManager(StoppableThread):
+    """Discovery: asks every backend what it sees every REDISCOVER_INTERVAL_S,
+    starts a sampler for each GPU that appears and stops the one of a GPU
+    that goes. The backends are closed by close_backends(), after every
+    thread that uses them has stopped."""
+
+    def __init__(self, config, cache, backends=None):
         StoppableThread.__init__(self, "discovery")
-        self.config, self.cache, self.reader_factory = config, cache, reader_factory
-        self._names = NameResolver(config.share_root)
-        self._samplers = collections.OrderedDict()   # (card, device realpath) -> Sampler
-        self._ignored = set()
+        self.config, self.cache = config, cache
+        self.backends = make_backends(config) if backends is None else list(backends)
+        self._samplers = collections.OrderedDict()   # (backend index, GpuInfo) -> Sampler
+        self._failed = set()
 
     def run(self):
         while not self.stopping.is_set():
@@ -2906,29 +4022,40 @@ class GpuManager(StoppableThread):
         self.stop_samplers()
 
     def rediscover(self):
-        found = [(card, os.path.realpath(path), path)
-                 for card, path in find_drm_cards(self.config.sysfs_root)]
-        keys = set((card, real) for card, real, _ in found)
-        changed = self._remove_gone(keys)
-        for card, real, path in found:
-            if (card, real) not in self._samplers and (card, real) not in self._ignored:
-                changed = self._add_card(card, real, path) or changed
+        found = collections.OrderedDict()
+        for index, backend in enumerate(self.backends):
+            for info in self._discover(index, backend):
+                found[(index, info)] = backend
+        changed = self._remove_gone(found)
+        for key, backend in found.items():
+            if key not in self._samplers:
+                changed = self._add(key, backend) or changed
         if changed or not self.cache.ready.is_set():
             self._publish_gpus()
 
-    def _add_card(self, card, real, path):
-        info = read_gpu_info(card, path, self._names)
-        if info is None:
-            self._ignored.add((card, real))
+    def _discover(self, index, backend):
+        try:
+            return backend.discover()
+        except Exception:   # one broken backend must not hide the others' GPUs
+            if index not in self._failed:
+                self._failed.add(index)
+                LOG.exception("event=discovery_failed backend=%s", backend.vendor)
+            return []
+
+    def _add(self, key, backend):
+        info = key[1]
+        try:
+            reader = backend.open_reader(info)
+        except Exception:
+            LOG.exception("event=reader_failed gpu=%s", info.id)
             return False
-        sampler = Sampler(self.reader_factory(info), self.cache, self.config.interval_s)
-        self._samplers[(card, real)] = sampler
-        LOG.info("event=gpu_found gpu=%s pci=%s name=%r apu=%s", info.id, info.pci, info.name, info.apu)
+        self._samplers[key] = Sampler(reader, self.cache, self.config.interval_s)
+        LOG.info("event=gpu_found gpu=%s vendor=%s pci=%s name=%r apu=%s", info.id, info.vendor,
+                 info.pci, info.name, info.apu)
         return True
 
-    def _remove_gone(self, keys):
-        self._ignored &= keys
-        gone = [key for key in self._samplers if key not in keys]
+    def _remove_gone(self, found):
+        gone = [key for key in self._samplers if key not in found]
         for key in gone:
             sampler = self._samplers.pop(key)
             sampler.stop()
@@ -2940,10 +4067,12 @@ class GpuManager(StoppableThread):
         self.cache.set_gpus(infos)
         for sampler in self._samplers.values():
             if not sampler.is_alive() and not sampler.stopping.is_set():
+                sampler.tick()           # values at once, not one interval later
                 sampler.start()
         if not infos and not self.cache.ready.is_set():
-            LOG.warning("event=no_gpu sysfs_root=%s hint=%r", self.config.sysfs_root,
-                        "no amdgpu card found; run with --demo to see the dashboard")
+            LOG.warning("event=no_gpu sysfs_root=%s nvml=%s hint=%r", self.config.sysfs_root,
+                        any(b.vendor == "nvidia" for b in self.backends),
+                        "no GPU found; run with --demo to see the dashboard")
         self.cache.ready.set()
 
     def stop_samplers(self):
@@ -2953,13 +4082,18 @@ class GpuManager(StoppableThread):
             if sampler.is_alive():
                 sampler.join(2.0)
 
+    def close_backends(self):
+        for backend in self.backends:
+            backend.close()
+
     def readers(self):
         return [s.reader for s in self._samplers.values()]
 
 
 def _card_order(info):
+    """DRM cards by number, then NVIDIA's nvidiaN (and the like) by number."""
     digits = re.sub(r"[^0-9]", "", info.id)
-    return (int(digits) if digits else 0, info.id)
+    return (0 if info.id.startswith("card") else 1, int(digits) if digits else 0, info.id)
 
 
 
@@ -2977,7 +4111,7 @@ _PidMark = collections.namedtuple("_PidMark", "start_time fd_count fd_ino resume
 
 _STAT_KEYS = ("pids_total", "pids_seen", "pids_walked", "pids_skipped_unchanged",
               "pids_unreadable", "pids_vanished", "pids_fd_capped", "gpu_fds",
-              "fdinfo_reads", "fdinfo_failed", "non_amd_clients", "unmapped_clients")
+              "fdinfo_reads", "fdinfo_failed", "other_driver_clients", "unmapped_clients")
 
 
 def _new_stats(kind, full):
@@ -3220,8 +4354,10 @@ class ProcScanner(object):
     """
 
     def __init__(self, proc_root, max_pids=5000, max_fds_per_pid=64, budget_s=0.5,
-                 clock_ns=time.monotonic_ns, full_walk_every=5, fd_count="auto"):
+                 clock_ns=time.monotonic_ns, full_walk_every=5, fd_count="auto",
+                 drivers=FDINFO_DRIVERS):
         self._root = proc_root
+        self._drivers = tuple(drivers)
         self._clock = clock_ns
         self._full_every = max(1, int(full_walk_every))
         self._node_map = {}          # "renderD128" -> "0000:03:00.0"
@@ -3305,18 +4441,7 @@ class ProcScanner(object):
         return True
 
     def _read_meta(self, procfd, pid):
-        cmd = read_at(procfd, "%d/cmdline" % pid, CMDLINE_READ_LIMIT) or b""
-        uid = parse_status_uid(read_text_at(procfd, "%d/status" % pid, PROC_STATUS_READ_LIMIT))
-        cgroup = read_text_at(procfd, "%d/cgroup" % pid, PROC_CGROUP_READ_LIMIT)
-        return {"cmd": redact_cmdline(cmd, CMD_MAX_LEN), "uid": uid,
-                "user": self._user_name(uid), "container": parse_cgroup_container(cgroup)}
-
-    def _user_name(self, uid):
-        if uid is None:
-            return None
-        if uid not in self._users:
-            self._users[uid] = read_user_name(uid) or str(uid)
-        return self._users[uid]
+        return read_proc_meta(procfd, pid, self._users)
 
     def _read_clients(self, procfd, pid, start, drm_fds, stats):
         """-> ([distinct amdgpu clients], number of fdinfo reads that failed)."""
@@ -3336,8 +4461,8 @@ class ProcScanner(object):
 
     def _client(self, pid, start, fd_name, node, raw, now, stats):
         rec = parse_fdinfo(raw)
-        if not is_amd_client(rec, node, self._node_map):
-            stats["non_amd_clients"] += 1
+        if not is_gpu_client(rec, node, self._node_map, self._drivers):
+            stats["other_driver_clients"] += 1
             return None
         pci = rec.pdev or self._node_map.get(node)
         if pci is None:
@@ -3389,12 +4514,49 @@ class ProcScanner(object):
         return ScanResult(by_pci, visibility, stats)
 
 
-def make_proc_source(config, demo_infos):
-    """The process source for this config: synthetic with --demo, else the /proc scanner."""
-    if config.demo:
-        return DemoProcSource(demo_infos, config.demo_processes)
-    return ProcScanner(config.proc_root, config.proc_max_pids, config.proc_max_fds_per_pid,
-                       budget_s=PROC_SCAN_BUDGET_S)
+def make_proc_source(config, backends):
+    """One process source over every backend's own (the fdinfo scanner is
+    shared by AMD and Intel), or None when process top is off."""
+    if not config.proc_enable:
+        return None
+    sources = []
+    for backend in backends:
+        source = backend.proc_source()
+        if source is not None and all(source is not known for known in sources):
+            sources.append(source)
+    return MergedProcSource(sources) if sources else None
+
+
+class MergedProcSource(object):
+    """Several process sources as one: per-GPU entries of later sources win
+    for the GPUs they report (the fdinfo scanner reports every GPU it was told
+    of, NVML only its own); visibility from the first that has one."""
+
+    def __init__(self, sources):
+        self.sources = list(sources)
+
+    def set_node_map(self, mapping):
+        for source in self.sources:
+            source.set_node_map(mapping)
+
+    def scan(self):
+        return self._merge([source.scan() for source in self.sources])
+
+    def refresh(self):
+        return self._merge([source.refresh() for source in self.sources])
+
+    @staticmethod
+    def _merge(results):
+        by_pci, visibility, stats = {}, None, {}
+        for result in results:
+            by_pci.update(result.by_pci)
+            visibility = visibility or result.visibility
+            for key, value in result.stats.items():
+                if isinstance(value, bool) or not isinstance(value, (int, float)):
+                    stats[key] = stats.get(key) or value
+                else:
+                    stats[key] = stats.get(key, 0) + value
+        return ScanResult(by_pci, visibility, stats)
 
 
 class ProcScanThread(StoppableThread):
@@ -3475,7 +4637,8 @@ DEMO_PROCS = (
 
 
 class DemoProcSource(object):
-    """--demo: synthetic processes per demo GPU, with moving engine %."""
+    """--demo: synthetic processes per demo GPU, with moving engine %; every
+    row, total and capability goes through the same builders as real ones."""
 
     def __init__(self, infos, per_gpu, clock=time.monotonic):
         self.infos, self.per_gpu, self.clock = infos, per_gpu, clock
@@ -3491,13 +4654,14 @@ class DemoProcSource(object):
         t = self.clock() - self._start
         by_pci = {}
         for gpu_index, info in enumerate(self.infos):
-            procs = [self._process(gpu_index, i, t) for i in range(self.per_gpu)]
-            procs.sort(key=lambda p: -(p["vram_bytes"] + p["gtt_bytes"]))
-            by_pci[info.pci] = {"processes": procs, "capabilities": {
-                "vram_gtt_from_fdinfo": True, "engine_time_from_fdinfo": True,
-                "engines": ["gfx", "compute", "dma", "dec", "enc"]}, "totals": _demo_totals(procs)}
-        visibility = {"root": True, "pid_namespace_separate": False, "hidepid": False,
-                      "unreadable_pids": 0}
+            nvidia = info.vendor == "nvidia"
+            rows = [(self._nvidia_process if nvidia else self._process)(gpu_index, i, t)
+                    for i in range(self.per_gpu)]
+            engines = ("sm", "mem", "enc", "dec") if nvidia else ("gfx", "compute", "dma", "dec", "enc")
+            by_pci[info.pci] = build_procs_entry(
+                rows, len(rows), build_capabilities("demo", True, True, engines,
+                                                    any(r["kfd"] for r in rows)))
+        visibility = build_visibility(True, False, False, None, 0, None)
         return ScanResult(by_pci, visibility, {"cut_short": False, "duration_s": 0.0})
 
     def _process(self, gpu_index, index, t):
@@ -3510,20 +4674,31 @@ class DemoProcSource(object):
         if self.infos[gpu_index].apu:      # an APU's carve-out is tiny: it all lives in GTT
             vram_mib, gtt_mib = min(vram_mib, 24), gtt_mib + max(0, vram_mib - 24)
         busy_ns = dict((e, int(base * 1e7 * t)) for e, base in engines.items())
-        return {"pid": pid, "uid": 1000 + index, "user": user, "name": name, "cmd": cmd,
-                "render_node": "renderD%d" % (128 + gpu_index), "kfd": kfd, "shared": False,
-                "vram_bytes": vram_mib << 20, "gtt_bytes": gtt_mib << 20, "cpu_bytes": 0,
-                "vram_total_bytes": None, "gtt_total_bytes": None, "engines_pct": pct,
-                "engines_ns": busy_ns,
-                "gpu_time_ms_per_s": round(sum(v for v in pct.values() if v) * 10.0, 1),
-                "container": container, "start_time": 100000 + pid}
+        return build_proc_row(
+            pid=pid, uid=1000 + index, user=user, name=name, cmd=cmd,
+            render_node="renderD%d" % (128 + gpu_index), kfd=kfd, vram_bytes=vram_mib << 20,
+            gtt_bytes=gtt_mib << 20, cpu_bytes=0, engines_pct=pct, engines_ns=busy_ns,
+            gpu_time_ms_per_s=round(sum(v for v in pct.values() if v) * 10.0, 1),
+            container=container, start_time=100000 + pid, clients=1)
 
+    def _nvidia_process(self, gpu_index, index, t):
+        """NVML-shaped: SM/mem/enc/dec %, C/G types, no GTT, one PID from
+        another PID namespace (NVML lists it, /proc does not show it)."""
+        row = DEMO_PROCS[(index + gpu_index * 3) % len(DEMO_PROCS)]
+        name, user, cmd, container, _, engines, vram_mib, _ = row
+        wave = 0.6 + 0.4 * math.sin(t / (4.0 + index) + index)
+        sm = round(min(100.0, (engines.get("gfx", 0.0) + engines.get("compute", 0.0)) * wave), 1)
+        pct = {"sm": sm, "mem": round(sm * 0.4, 1), "enc": round(engines.get("enc", 0.0) * wave, 1),
+               "dec": round(engines.get("dec", 0.0) * wave, 1)}
+        pid = 1000 + gpu_index * 5000 + index * 37
+        kind = "G" if name in ("Xorg", "firefox", "obs", "mpv") else "C"
+        common = dict(pid=pid, vram_bytes=vram_mib << 20, engines_pct=pct, type=kind, clients=1,
+                      gpu_time_ms_per_s=round(sm * 10.0, 1))
+        if index == self.per_gpu - 1:
+            return build_proc_row(name=name, visible=False, **common)
+        return build_proc_row(uid=1000 + index, user=user, name=name, cmd=cmd,
+                              container=container, start_time=100000 + pid, **common)
 
-def _demo_totals(procs):
-    return {"vram_bytes": sum(p["vram_bytes"] for p in procs),
-            "gtt_bytes": sum(p["gtt_bytes"] for p in procs), "cpu_bytes": 0,
-            "gpu_time_ms_per_s": round(sum(p["gpu_time_ms_per_s"] for p in procs), 1),
-            "engines_pct": {}, "clients": len(procs), "processes": len(procs)}
 
 # ---------------------------------------------------------------------------
 # 9. WebSocket hub: one thread, one selectors loop over every WebSocket
@@ -4326,7 +5501,7 @@ class App(object):
         features = {"procs": False, "prometheus": config.enable_prometheus,
                     "demo": config.demo, "history_window_s": HISTORY_WINDOW_S}
         self.cache = Cache(config.interval_s, features)
-        self.manager = self._make_manager()
+        self.manager = GpuManager(config, self.cache)
         self.hub = Hub(DashboardProtocol(self.cache, config.default_gpu), config.ws_max_clients,
                        config.ws_write_timeout_s, config.ws_read_timeout_s)
         self.cache.add_listener(self.hub.on_frame)
@@ -4340,16 +5515,11 @@ class App(object):
 
     def _make_procs_thread(self):
         config = self.config
-        if not config.proc_enable:
+        source = make_proc_source(config, self.manager.backends)
+        if source is None:
             return None
-        source = make_proc_source(config, demo_gpu_infos())
         self.cache.set_feature("procs", True)
         return ProcScanThread(source, self.cache, config.proc_scan_interval_s, config.interval_s * 4)
-
-    def _make_manager(self):
-        if self.config.demo:
-            return DemoManager(self.cache, self.config.interval_s)
-        return GpuManager(self.config, self.cache)
 
     @staticmethod
     def _load_page(page_path, vendor_dir):
@@ -4394,9 +5564,7 @@ class App(object):
         gpus = [dict(identity, metrics=metrics) for identity, metrics in self.cache.snapshot()[0]]
         out = {"gpus": gpus, "demo": self.config.demo}
         if not gpus:
-            out["message"] = ("No AMD GPU (amdgpu driver) found under %s/class/drm. "
-                              "Run with --demo to see the dashboard with synthetic GPUs."
-                              % self.config.sysfs_root)
+            out["message"] = NO_GPU_MESSAGE % (self.config.sysfs_root, self.config.nvml_library)
         return out
 
     def start(self):
@@ -4427,35 +5595,11 @@ class App(object):
         for thread in (self.hub, self.manager, self.procs_thread, self._serve_thread):
             if thread is not None and thread.is_alive():
                 thread.join(2.0)
+        self.manager.close_backends()       # nvmlShutdown once nothing calls NVML
         if self.server is not None:
             self.server.server_close()
         if getattr(self, "_tracing", False):
             tracemalloc.stop()
-
-
-class DemoManager(StoppableThread):
-    """--demo: a fixed pair of synthetic GPUs with the same sampler machinery."""
-
-    def __init__(self, cache, interval_s):
-        StoppableThread.__init__(self, "discovery")
-        self.cache = cache
-        self._samplers = [Sampler(DemoGpuReader(info, seed=i + 1), cache, interval_s)
-                          for i, info in enumerate(demo_gpu_infos())]
-
-    def run(self):
-        self.cache.set_gpus([s.reader.info for s in self._samplers])
-        for sampler in self._samplers:
-            sampler.tick()          # values at once, not one interval later
-            sampler.start()
-        self.cache.ready.set()
-        self.stopping.wait()
-        for sampler in self._samplers:
-            sampler.stop()
-        for sampler in self._samplers:
-            sampler.join(2.0)
-
-    def readers(self):
-        return [s.reader for s in self._samplers]
 
 
 def setup_logging(level):
@@ -4465,14 +5609,13 @@ def setup_logging(level):
 
 def run_once(config):
     """--once: sample every GPU once; print JSON (--json) or a short table."""
-    if config.demo:
-        readers = [DemoGpuReader(info) for info in demo_gpu_infos()]
-    else:
-        names = NameResolver(config.share_root)
-        infos = [read_gpu_info(card, path, names) for card, path in find_drm_cards(config.sysfs_root)]
-        readers = [AmdGpuReader(info) for info in infos if info is not None]
+    backends = make_backends(config)
+    readers = []
+    for backend in backends:
+        readers.extend(backend.open_reader(info) for info in backend.discover())
+    readers.sort(key=lambda reader: _card_order(reader.info))
     now, epoch = time.monotonic(), time.time()
-    procs = once_procs(config, [reader.info for reader in readers])
+    procs = once_procs(config, backends, [reader.info for reader in readers])
     gpus = []
     for reader in readers:
         entry = procs.by_pci.get(reader.info.pci) if procs else None
@@ -4480,6 +5623,8 @@ def run_once(config):
                          procs=build_procs_message(reader.info.id, epoch, entry, procs.visibility,
                                                    procs.stats) if procs else None))
         reader.close()
+    for backend in backends:
+        backend.close()
     snapshot = {"version": __version__, "ts": format_ts(epoch), "gpus": gpus}
     if config.json:
         print(json.dumps(snapshot, indent=2))
@@ -4488,18 +5633,18 @@ def run_once(config):
     return 0
 
 
-def once_procs(config, infos):
+def once_procs(config, backends, infos):
     """One process scan for --once (engine % needs two samples, so it is null)."""
-    if not config.proc_enable:
+    source = make_proc_source(config, backends)
+    if source is None:
         return None
-    source = make_proc_source(config, infos)
     source.set_node_map(node_map_for(infos))
     return source.scan()
 
 
 def format_once_table(gpus):
     if not gpus:
-        return "No AMD GPU found. Try --demo."
+        return "No GPU found. Try --demo."
     lines = []
     for gpu in gpus:
         m = gpu["metrics"]

@@ -1040,9 +1040,14 @@ def _add_region(bucket, region, value_text):
         bucket[cls] = bucket.get(cls, 0) + size
 
 
-def _region_dict(bucket):
+def _region_dict(bucket, driver=None):
     if not bucket:
         return None
+    if driver == "i915":
+        # i915's system0 holds GPU objects in system RAM, mapped through the
+        # GTT (amdgpu's "gtt"); i915 has no region of that name. xe keeps
+        # "gtt" (TTM_PL_TT) and "system" (not GPU-mapped) apart itself.
+        return {"vram": bucket.get("vram"), "gtt": bucket.get("cpu"), "cpu": None}
     return {cls: bucket.get(cls) for cls in ("vram", "gtt", "cpu")}
 
 
@@ -1154,7 +1159,8 @@ def _finish_record(acc):
         driver=AMD_DRIVER if legacy else acc.fields["driver"],
         pdev=acc.fields["pdev"], client_id=acc.fields["client_id"],
         pasid=acc.fields["pasid"], legacy=legacy,
-        memory=_region_dict(memory), total=_region_dict(acc.total),
+        memory=_region_dict(memory, acc.fields["driver"]),
+        total=_region_dict(acc.total, acc.fields["driver"]),
         engines_ns=acc.engines, capacity=acc.capacity, cycles=acc.cycles,
         total_cycles=acc.total_cycles,
         legacy_pct=_legacy_pct(acc.rings) if legacy else {})
@@ -1653,7 +1659,7 @@ def _empty_gpu():
     return {"processes": [], "clients": {}, "kfd": False}
 
 
-def _group_clients(procs, gpu_pcis):
+def _group_clients(procs, gpu_pcis, kfd_pcis):
     """pci -> {"processes": [(proc, clients)], "clients": {key: client}}."""
     groups = {pci: _empty_gpu() for pci in gpu_pcis}
     for proc in procs:
@@ -1661,7 +1667,7 @@ def _group_clients(procs, gpu_pcis):
         for client in proc["clients"]:
             per_pci.setdefault(client["pci"], []).append(client)
         if not per_pci and proc["kfd"]:
-            per_pci = {pci: [] for pci in gpu_pcis}   # kfd-only: GPU unknown, show on all
+            per_pci = {pci: [] for pci in kfd_pcis}   # kfd-only: which AMD GPU is unknown
         for pci, clients in per_pci.items():
             group = groups.setdefault(pci, _empty_gpu())
             group["processes"].append((proc, clients))
@@ -1679,7 +1685,7 @@ def _fdinfo_capabilities(clients, kfd):
         {n for c in values for n in c["engines_pct"]}, kfd)   # ROCm queues never show in DRM counters
 
 
-def compute_procs_by_pci(procs, gpu_pcis):
+def compute_procs_by_pci(procs, gpu_pcis, kfd_pcis=None):
     """Per-GPU process tables from scanner state (pure).
 
     procs: [{"pid", "name", "start_time", "kfd", "meta": {...}, "clients":
@@ -1693,7 +1699,8 @@ def compute_procs_by_pci(procs, gpu_pcis):
         for client in proc["clients"]:
             owner.setdefault(client["key"], proc["pid"])
     by_pci = {}
-    for pci, group in _group_clients(procs, gpu_pcis).items():
+    kfd_pcis = gpu_pcis if kfd_pcis is None else kfd_pcis
+    for pci, group in _group_clients(procs, gpu_pcis, kfd_pcis).items():
         rows = [_proc_row(proc, clients,
                           [c for c in clients if owner[c["key"]] == proc["pid"]])
                 for proc, clients in group["processes"]]
@@ -3009,26 +3016,27 @@ class AmdGpuReader(object):
 # A backend is one kind of device: discover() -> [GpuInfo] (what is there now),
 # open_reader(info) -> a reader with info, sample(now) -> metrics dict (all of
 # METRIC_KEYS, see new_metrics) and close(); proc_source() -> its process
-# source or None (scan()/refresh() -> ScanResult, set_node_map()); close().
+# source or None (scan()/refresh() -> ScanResult, set_gpus(infos)); close().
 # GpuManager, run_once and the cache know nothing else about vendors.
 
 
 class DrmCardList(object):
-    """class/drm/cardN (connectors skipped) listed at most once per
-    discovery round, shared by the DRM backends (AMD and Intel)."""
+    """class/drm/cardN (connectors skipped), listed once per discovery round
+    for all the DRM backends (AMD and Intel): a backend that asks again has
+    started a new round, so the directory is listed anew."""
 
-    def __init__(self, sysfs_root, max_age_s=REDISCOVER_INTERVAL_S / 2):
+    def __init__(self, sysfs_root):
         self.sysfs_root = sysfs_root
-        self._max_age_s = max_age_s
-        self._listed_at = None
-        self._cards = []
+        self._cards = None
+        self._served = set()
 
-    def cards(self, now):
-        """[(card, device realpath, device path)]."""
-        if self._listed_at is None or now - self._listed_at >= self._max_age_s:
-            self._listed_at = now
+    def cards(self, asker):
+        """[(card, device realpath, device path)] for asker (any hashable)."""
+        if self._cards is None or asker in self._served:
+            self._served = set()
             self._cards = [(card, os.path.realpath(path), path)
                            for card, path in find_drm_cards(self.sysfs_root)]
+        self._served.add(asker)
         return self._cards
 
 
@@ -3039,13 +3047,12 @@ class _DrmBackend(object):
 
     vendor = None
 
-    def __init__(self, cards, names, fdinfo_source=None, clock=time.monotonic):
+    def __init__(self, cards, names, fdinfo_source=None):
         self._cards, self._names, self._fdinfo = cards, names, fdinfo_source
-        self._clock = clock
         self._known = {}                 # (card, realpath) -> GpuInfo or None
 
     def discover(self):
-        found = self._cards.cards(self._clock())
+        found = self._cards.cards(self.vendor)
         keys = set((card, real) for card, real, _ in found)
         for key in [k for k in self._known if k not in keys]:
             del self._known[key]
@@ -3408,7 +3415,7 @@ class NvmlProcSource(object):
                 return kind, fn, struct
         return kind, None, None
 
-    def set_node_map(self, mapping):
+    def set_gpus(self, infos):
         pass
 
     def refresh(self):
@@ -4087,7 +4094,7 @@ class GpuManager(StoppableThread):
             backend.close()
 
     def readers(self):
-        return [s.reader for s in self._samplers.values()]
+        return sorted((s.reader for s in self._samplers.values()), key=lambda r: _card_order(r.info))
 
 
 def _card_order(info):
@@ -4361,6 +4368,7 @@ class ProcScanner(object):
         self._clock = clock_ns
         self._full_every = max(1, int(full_walk_every))
         self._node_map = {}          # "renderD128" -> "0000:03:00.0"
+        self._kfd_pcis = None        # AMD GPUs (None: every GPU of the node map)
         self._watch = {}             # pid -> dict (GPU users)
         self._prev = {}              # (pid, start_time, client key) -> EngineSample
         self._users = {}             # uid -> name
@@ -4372,6 +4380,12 @@ class ProcScanner(object):
     def set_node_map(self, mapping):
         """{"renderD128": pci, "card1": pci, ...} from sysfs discovery."""
         self._node_map = dict(mapping)
+
+    def set_gpus(self, infos):
+        """The GPUs now known: their nodes, and which are AMD (a process
+        holding only /dev/kfd is shown on those, never on other vendors')."""
+        self.set_node_map(node_map_for(infos))
+        self._kfd_pcis = sorted(info.pci for info in infos if info.vendor == "amd")
 
     @property
     def fd_count_mode(self):
@@ -4510,7 +4524,7 @@ class ProcScanner(object):
         stats["fd_count_mode"] = self.fd_count_mode
         visibility = dict(self._visibility, unreadable_pids=self._walker.unreadable_count())
         procs = [dict(e) for e in self._watch.values()]
-        by_pci = compute_procs_by_pci(procs, sorted(set(self._node_map.values())))
+        by_pci = compute_procs_by_pci(procs, sorted(set(self._node_map.values())), self._kfd_pcis)
         return ScanResult(by_pci, visibility, stats)
 
 
@@ -4535,9 +4549,9 @@ class MergedProcSource(object):
     def __init__(self, sources):
         self.sources = list(sources)
 
-    def set_node_map(self, mapping):
+    def set_gpus(self, infos):
         for source in self.sources:
-            source.set_node_map(mapping)
+            source.set_gpus(infos)
 
     def scan(self):
         return self._merge([source.scan() for source in self.sources])
@@ -4583,7 +4597,7 @@ class ProcScanThread(StoppableThread):
 
     def tick(self, full):
         gpus = self.cache.gpus()
-        self.source.set_node_map(node_map_for(gpus))
+        self.source.set_gpus(gpus)
         try:
             result = self.source.scan() if full else self.source.refresh()
         except Exception:  # the scanner must never take the server down
@@ -4644,7 +4658,7 @@ class DemoProcSource(object):
         self.infos, self.per_gpu, self.clock = infos, per_gpu, clock
         self._start = clock()
 
-    def set_node_map(self, mapping):
+    def set_gpus(self, infos):
         pass
 
     def refresh(self):
@@ -5638,7 +5652,7 @@ def once_procs(config, backends, infos):
     source = make_proc_source(config, backends)
     if source is None:
         return None
-    source.set_node_map(node_map_for(infos))
+    source.set_gpus(infos)
     return source.scan()
 
 

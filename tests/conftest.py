@@ -25,6 +25,7 @@ PROGRAM = os.path.join(REPO, "amdgpu_top_web.py")
 TESTDATA = os.path.join(REPO, "testdata")
 SYSFS = os.path.join(TESTDATA, "sys")
 SHARE = os.path.join(TESTDATA, "share")
+NO_NVML = os.path.join(REPO, "tests", "no-such-libnvidia-ml.so.1")
 
 LISTENING_RE = re.compile(r"event=listening url=http://([^/]+):([0-9]+)/")
 START_TIMEOUT_S = 15.0
@@ -165,6 +166,8 @@ def server_env(fixture="multi_gpu", sysfs_root=None, env=None):
         "APP_SYSFS_ROOT": sysfs_root or os.path.join(SYSFS, fixture),
         "APP_SHARE_ROOT": SHARE,
         "APP_PROC_ENABLE": "false",
+        # never the host's NVIDIA driver: tests that want NVML name the stand-in
+        "APP_NVML_LIBRARY": NO_NVML,
         "APP_LOG_LEVEL": "INFO",
         "PYTHONUNBUFFERED": "1",
     })

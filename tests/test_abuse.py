@@ -105,7 +105,7 @@ def assert_healthy(proc, mark=None):
 def demo_server(server_module):
     """A --demo server (with its synthetic processes) at 100 ms, shared by this module."""
     proc = server_module(args=["--demo"], env=dict(FAST, APP_PROC_ENABLE="true"))
-    proc.wait_metrics(count=2)
+    proc.wait_metrics(count=3)
     wait_for(lambda: proc.get_json("/api/gpus/card0/procs")[1].get("processes"), 5.0,
              message="demo processes")
     return proc
@@ -347,7 +347,7 @@ class Probes(object):
 @pytest.fixture(scope="module")
 def probes(server_module):
     proc = server_module(args=["--demo"], env=FAST)
-    proc.wait_metrics(count=2)
+    proc.wait_metrics(count=3)
     started = Probes(proc.port)
     yield proc, started
     for thread in started.threads:
@@ -501,7 +501,7 @@ def vendored(server_module, tmp_path_factory):
     (base / "secret.txt").write_bytes(SECRET)
     (modules / "secret.txt").write_bytes(SECRET)
     proc = server_module(args=["--demo"], env=dict(FAST, APP_VENDOR_DIR=str(modules)))
-    proc.wait_metrics(count=2)
+    proc.wait_metrics(count=3)
     return proc, sorted(files)
 
 

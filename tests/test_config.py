@@ -418,14 +418,19 @@ PHOENIX_FAST = {"gpu_busy_pct": 0, "sclk_mhz": 800, "temp_c": 25.0, "power_w": 3
 
 def check_multi_gpu_snapshot(snapshot):
     assert snapshot["version"] == atw.__version__
-    gpus = snapshot["gpus"]
+    intel, gpus = snapshot["gpus"][0], snapshot["gpus"][1:]
+    # card0: the synthetic i915 iGPU with only PCI files: found, every value null
+    assert (intel["id"], intel["vendor"], intel["driver"]) == ("card0", "intel", "i915")
+    assert intel["name"] == "Intel GPU 8086:3e92" and intel["apu"] is True
+    assert set(intel["metrics"].values()) == {None}
     assert [g["id"] for g in gpus] == ["card1", "card2"]
+    assert [g["vendor"] for g in gpus] == ["amd", "amd"]
     assert [g["name"] for g in gpus] == ["AMD Radeon RX 6900 XT", "AMD Phoenix1"]
     assert [g["pci"] for g in gpus] == ["0000:0c:00.0", "0000:64:00.0"]
     assert [g["apu"] for g in gpus] == [False, True]
     assert [g["demo"] for g in gpus] == [False, False]
-    for gpu in gpus:
-        assert set(atw.METRIC_KEYS) <= set(gpu["metrics"])
+    for gpu in snapshot["gpus"]:
+        assert list(gpu["metrics"]) == list(atw.METRIC_KEYS)
     for gpu, want in zip(gpus, [dict(RX6900XT_FAST, **RX6900XT_SLOW),
                                 dict(PHOENIX_FAST, **PHOENIX_SLOW)]):
         got = {key: gpu["metrics"][key] for key in want}
@@ -470,12 +475,16 @@ def test_run_once_leaves_no_threads_behind(capsys):
 def test_once_json_demo(tmp_path):
     snapshot = once_json(tmp_path, "--demo", APP_SYSFS_ROOT=str(tmp_path))
     gpus = snapshot["gpus"]
-    assert len(gpus) == 2
+    assert [(g["id"], g["vendor"]) for g in gpus] == [
+        ("card0", "amd"), ("card1", "amd"), ("nvidia0", "nvidia")]
     assert all(g["demo"] is True for g in gpus)
     for gpu in gpus:
-        assert set(atw.METRIC_KEYS) <= set(gpu["metrics"])
+        assert list(gpu["metrics"]) == list(atw.METRIC_KEYS)
         assert gpu["metrics"]["gpu_busy_pct"] is not None
-    assert [g["apu"] for g in gpus] == [False, True]
+    assert [g["apu"] for g in gpus] == [False, True, False]
+    nvidia = gpus[2]["metrics"]
+    assert nvidia["vram_used_source"] == "nvml_v2" and isinstance(nvidia["throttle_reasons"], list)
+    assert nvidia["pstate"] in (2, 8) and nvidia["gtt_used_bytes"] is None
 
 
 def test_once_json_with_no_gpu(tmp_path):

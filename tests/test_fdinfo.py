@@ -93,7 +93,7 @@ def test_amdxdna_npu_is_not_amdgpu():
     rec = atw.parse_fdinfo(sample("amdxdna_npu_issue324"))
     assert rec.driver == "amdxdna_accel_driver" and rec.client_id == 76
     assert rec.memory is None                         # region "memory" is not vram/gtt/cpu
-    assert not atw.is_amd_client(rec, "accel0", {"renderD128": "0000:c5:00.1"})
+    assert not atw.is_gpu_client(rec, "accel0", {"renderD128": "0000:c5:00.1"})
 
 
 def test_i915_engines_capacity():
@@ -108,8 +108,10 @@ def test_i915_engines_capacity():
 def test_i915_memory_regions():
     rec = atw.parse_fdinfo(sample("i915_with_memory_2023"))
     assert rec.client_id == 18
-    assert rec.total == {"vram": None, "gtt": None, "cpu": 125 * MIB}
-    assert rec.memory == {"vram": None, "gtt": None, "cpu": 125 * MIB}
+    # i915's system region holds GPU objects in system RAM, mapped through the
+    # GTT: it is counted as GTT (xe keeps its own "gtt" and "system" apart)
+    assert rec.total == {"vram": None, "gtt": 125 * MIB, "cpu": None}
+    assert rec.memory == {"vram": None, "gtt": 125 * MIB, "cpu": None}
     assert rec.engines_ns["render"] == 25662044495
 
 
@@ -211,15 +213,18 @@ def test_client_key_modern_legacy_and_fallback():
     assert atw.client_key(bare, "P", 10, "5") != atw.client_key(bare, "P", 11, "5")
 
 
-def test_is_amd_client():
+def test_is_gpu_client():
     node_map = {"renderD128": "0000:0c:00.0"}
     i915 = atw.parse_fdinfo(sample("i915_engines_kernel_doc"))
+    xe = atw.parse_fdinfo(sample("xe_cycles_kernel_doc"))
     amd = atw.parse_fdinfo(sample("amdgpu_drm_6.x_issue87"))
     statsless = atw.parse_fdinfo("pos:\t0\nflags:\t02\nmnt_id:\t15\nino:\t12\n")
-    assert atw.is_amd_client(amd, "renderD999", node_map)
-    assert not atw.is_amd_client(i915, "renderD128", node_map)      # driver wins over node
-    assert atw.is_amd_client(statsless, "renderD128", node_map)     # pre-5.14 amdgpu node
-    assert not atw.is_amd_client(statsless, "renderD131", node_map)  # e.g. radeon
+    assert atw.is_gpu_client(amd, "renderD999", node_map)
+    assert atw.is_gpu_client(i915, "renderD999", node_map)          # Intel clients are kept
+    assert atw.is_gpu_client(xe, "renderD999", node_map)
+    assert not atw.is_gpu_client(i915, "renderD128", node_map, drivers=("amdgpu",))  # driver wins
+    assert atw.is_gpu_client(statsless, "renderD128", node_map)     # pre-5.14 amdgpu node
+    assert not atw.is_gpu_client(statsless, "renderD131", node_map)  # e.g. radeon
 
 
 # -- fd targets --------------------------------------------------------------------
@@ -495,7 +500,7 @@ def test_compute_procs_by_pci_dedupe_invariant():
 def test_compute_visibility():
     same = atw.compute_visibility(0, "pid:[4026531836]", "pid:[4026531836]", [812], False, None)
     assert same == {"root": True, "pid_namespace_separate": False, "hidepid": False,
-                    "self_container": None}
+                    "self_container": None, "unreadable_pids": 0, "visible_pids": None}
     other = atw.compute_visibility(1000, "pid:[4026532718]", "pid:[4026531836]", [812],
                                    "invisible", "5dace3de0735")
     assert other["root"] is False and other["pid_namespace_separate"] is True

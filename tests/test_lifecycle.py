@@ -33,7 +33,7 @@ def _websockets_kwargs():
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_signal_closes_websockets_1001_and_exits_0(server, signum):
     proc = server("multi_gpu", env=FAST)
-    proc.wait_metrics(count=2)
+    proc.wait_metrics(count=3)
     raw = RawWebSocket.connect("127.0.0.1", proc.port)
     lib = ws_connect(proc.ws_url, open_timeout=5, close_timeout=2, max_size=1 << 24,
                      **_websockets_kwargs())

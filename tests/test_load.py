@@ -271,7 +271,7 @@ def test_1024_clients_50_stuck_healthy_ones_get_every_tick(server):
         # demo procs frames too: the stuck clients' backlog grows ~12 KB/s each
         "APP_PROC_ENABLE": "true"})
     pid = proc.proc.pid
-    proc.wait_metrics(count=2)
+    proc.wait_metrics(count=3)
     rss_start = proc_status(pid, "VmRSS")
     threads_start = proc_status(pid, "Threads")
     loop = ClientLoop(proc.port)
@@ -575,7 +575,7 @@ def test_10000_connect_disconnect_cycles_leave_no_threads_or_fds(server):
     proc = server(args=["--demo"], env={"APP_SAMPLE_INTERVAL": "250ms",
                                         "APP_WS_MAX_CLIENTS": str(CYCLE_WS_CAP)})
     pid = proc.proc.pid
-    proc.wait_metrics(count=2)
+    proc.wait_metrics(count=3)
     done, errors = run_cycles(proc.port, 200, CYCLE_WORKERS, 60)      # warm-up
     assert not errors, errors[:5]
     base_threads, base_fds = stable_reading(pid)

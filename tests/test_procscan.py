@@ -34,6 +34,10 @@ class Clock(object):
 
 
 def make_scanner(root, node_map, clock=None, **kw):
+    """A scanner of amdgpu clients only unless drivers= says otherwise: the
+    counts below were written for the AMD GPUs of the multi tree; its i915 and
+    xe clients are checked by test_multi_keeps_intel_clients."""
+    kw.setdefault("drivers", ("amdgpu",))
     scanner = atw.ProcScanner(root, clock_ns=clock or Clock(), **kw)
     scanner.set_node_map(node_map)
     return scanner
@@ -131,7 +135,8 @@ def test_multi_row_contents(multi_result):
         "cpu_bytes": 0, "vram_total_bytes": 544428 * KIB, "gtt_total_bytes": 22528 * KIB,
         "engines_pct": {"gfx": None}, "engines_ns": {"gfx": 107322799 + 39456116802},
         "gpu_time_ms_per_s": None, "container": None,
-        "start_time": 2200, "clients": 2}                 # dup'd fds 12/13 counted once
+        "start_time": 2200, "clients": 2,                 # dup'd fds 12/13 counted once
+        "type": None, "visible": True}
     assert a[1600]["kfd"] and a[1600]["container"] == "5dace3de0735"
     assert a[1600]["cpu_bytes"] == 6200 * KIB and a[1600]["engines_pct"] == {}
     assert a[1700]["kfd"] and a[1700]["render_node"] is None and a[1700]["user"] == "root"
@@ -172,16 +177,45 @@ def test_sum_over_processes_equals_sum_over_distinct_clients(multi_result):
 def test_multi_stats_capabilities_and_json(multi_result):
     stats = multi_result.stats
     assert stats["pids_total"] == 20 and stats["pids_seen"] == 20
-    assert stats["non_amd_clients"] == 3                  # i915, xe, radeon (stats-less)
+    assert stats["other_driver_clients"] == 3             # i915, xe, radeon (stats-less)
     assert stats["fdinfo_failed"] == 1                    # 2200's fdinfo/7 is missing
     assert stats["pids_fd_capped"] == 1                   # chrome's 1000 fds
     assert stats["cut_short"] is False and stats["full_walk"] is True
     assert stats["fd_count_mode"] == "listdir"            # plain directories, not procfs
     caps = multi_result.by_pci[A]["capabilities"]
-    assert caps == {"vram_gtt_from_fdinfo": True, "engine_time_from_fdinfo": True,
-                    "engines": ["compute", "gfx"], "kfd_seen": True}
+    assert caps == {"source": "fdinfo", "vram_gtt_from_fdinfo": True,
+                    "engine_time_from_fdinfo": True, "process_memory": True,
+                    "process_engines": True, "engines": ["compute", "gfx"], "kfd_seen": True}
     data = json.loads(json.dumps(multi_result._asdict()))
     assert data["by_pci"][A]["totals"]["clients"] == 9
+
+
+def test_multi_keeps_intel_clients():
+    """The default scanner keeps i915 and xe clients (the real samples' values),
+    each on its own GPU by drm-pdev; the radeon node still counts as another driver."""
+    scanner = atw.ProcScanner(tree("multi"), clock_ns=Clock())   # default drivers
+    scanner.set_gpus([
+        atw.GpuInfo("card0", mpf.INTEL, "8086:3e92", None, "iGPU", "/dev/dri/renderD128", "i915",
+                    True, False, None, None, vendor="intel"),
+        atw.GpuInfo("card1", A, "1002:73bf", "c0", "A", "/dev/dri/renderD129", "amdgpu",
+                    False, False, None, None),
+        atw.GpuInfo("card2", B, "1002:15bf", "dd", "B", "/dev/dri/renderD130", "amdgpu",
+                    True, False, None, None)])
+    first = scanner.scan()
+    assert first.stats["other_driver_clients"] == 1            # glxinfo on the radeon node
+    (glx,) = first.by_pci[mpf.INTEL]["processes"]               # rocminfo (kfd) is AMD's only
+    assert glx["pid"] == 1800 and glx["name"] == "glxgears"
+    assert glx["gtt_bytes"] == 125 * 1024 * 1024              # drm-resident-system 125 MiB
+    assert glx["engines_ns"] == {"render": 25662044495, "copy": 0, "video": 0,
+                                 "video-enhance": 0}
+    assert glx["engines_pct"] == {"render": None, "copy": None, "video": None,
+                                  "video-enhance": None}       # a rate needs two reads
+    assert 1700 in rows(first, A) and 1700 in rows(first, B)   # kfd-only: on every AMD GPU
+    (xe,) = first.by_pci["0000:03:00.0"]["processes"]
+    assert xe["pid"] == 1801 and xe["vram_bytes"] == 23992 * KIB   # drm-total-vram0
+    assert xe["gtt_bytes"] == 192 * KIB                         # drm-total-gtt
+    for pid in (1800, 1801):
+        assert pid not in rows(first, A) and pid not in rows(first, B)
 
 
 def test_visibility_multi(multi_result):

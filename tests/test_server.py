@@ -32,7 +32,7 @@ from wsclient import (
 
 IDENTITY_KEYS = {"id", "pci", "pci_id", "name", "render_node", "driver"}
 TS_RE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
-MULTI_IDS = ["card1", "card2"]
+MULTI_IDS = ["card0", "card1", "card2"]    # card0: the i915 iGPU
 FAST = {"APP_SAMPLE_INTERVAL": "100ms"}
 STUCK_CLOSE_LIMIT_S = 8
 
@@ -42,7 +42,7 @@ def mg(server_module):
     """One multi_gpu server (card1 RX 6900 XT, card2 Phoenix APU) at 100 ms,
     shared by this module's read-only tests, with metrics already flowing."""
     proc = server_module("multi_gpu", env=FAST)
-    proc.wait_metrics(count=2)
+    proc.wait_metrics(count=3)
     return proc
 
 
@@ -286,8 +286,10 @@ def test_gpus_lists_fixture_gpus_with_identity_and_metrics(mg):
     status, body = mg.get_json("/api/gpus")
     assert status == 200
     gpus = body["gpus"]
-    assert [g["id"] for g in gpus] == MULTI_IDS      # Intel card0, radeon card3 skipped
-    card1, card2 = gpus
+    assert [g["id"] for g in gpus] == MULTI_IDS      # radeon card3 skipped
+    intel, card1, card2 = gpus
+    assert (intel["vendor"], intel["driver"], intel["pci"]) == ("intel", "i915", "0000:00:02.0")
+    assert card1["vendor"] == card2["vendor"] == "amd"
     assert IDENTITY_KEYS <= set(card1)
     assert card1["pci"] == "0000:0c:00.0" and card1["pci_id"] == "1002:73bf"
     assert card1["name"] == "AMD Radeon RX 6900 XT"
@@ -296,7 +298,8 @@ def test_gpus_lists_fixture_gpus_with_identity_and_metrics(mg):
     assert card2["pci"] == "0000:64:00.0" and card2["pci_id"] == "1002:15bf"
     assert card2["render_node"] == "/dev/dri/renderD130" and card2["apu"] is True
     for gpu in gpus:
-        assert set(amdgpu_top_web.METRIC_KEYS) <= set(gpu["metrics"])
+        assert list(gpu["metrics"]) == list(amdgpu_top_web.METRIC_KEYS)
+    for gpu in (card1, card2):
         assert gpu["metrics"]["runtime_status"] == "active"
     # Real values from the RX 6900 XT capture (testdata/sys/rx6900xt).
     assert card1["metrics"]["vram_total_bytes"] == 17163091968
@@ -868,7 +871,8 @@ def test_demo_first_stats_fast_and_values_move(server):
     with RawWebSocket.connect("127.0.0.1", proc.port) as ws:
         hello = ws.recv_json()
         assert hello["type"] == "hello"
-        assert len(hello["gpus"]) == 2 and all(g["demo"] for g in hello["gpus"])
+        assert [g["vendor"] for g in hello["gpus"]] == ["amd", "amd", "nvidia"]
+        assert all(g["demo"] for g in hello["gpus"])
         assert hello["features"].get("demo") is True
         first, _ = ws.recv_until(lambda m: m.get("type") == "stats")
         elapsed = time.monotonic() - proc.spawned_at
@@ -898,7 +902,7 @@ def test_card_unplug_and_replug(server, tmp_path):
     root = tmp_path / "sys"
     shutil.copytree(os.path.join(SYSFS, "multi_gpu"), str(root), symlinks=True)
     proc = server(sysfs_root=str(root), env=FAST)
-    proc.wait_metrics(count=2)
+    proc.wait_metrics(count=3)
     ws = RawWebSocket.connect("127.0.0.1", proc.port)
     try:
         assert [g["id"] for g in ws.recv_json()["gpus"]] == MULTI_IDS
@@ -907,14 +911,14 @@ def test_card_unplug_and_replug(server, tmp_path):
             os.unlink(str(root / "class" / "drm" / name))
         shutil.rmtree(str(root / CARD2_PCI))
         removed_at = time.monotonic()
-        wait_for(lambda: _gpu_ids(proc) == ["card1"], 4.0, message="card2 to go")
+        wait_for(lambda: _gpu_ids(proc) == ["card0", "card1"], 4.0, message="card2 to go")
         print("card2 gone from /api/gpus after %.2f s" % (time.monotonic() - removed_at))
         gpus_msg, _ = ws.recv_until(lambda m: m.get("type") == "gpus", timeout=4.0)
-        assert [g["id"] for g in gpus_msg["gpus"]] == ["card1"]
+        assert [g["id"] for g in gpus_msg["gpus"]] == ["card0", "card1"]
         assert proc.get("/api/gpus/card2/metrics").status == 404
         assert proc.get_json("/api/healthz")[0] == 200
         stats = [m for m in _collect_raw(ws, 0.5) if m.get("type") == "stats"]
-        assert stats and {m["gpu_id"] for m in stats} == {"card1"}
+        assert stats and {m["gpu_id"] for m in stats} == {"card0", "card1"}
         # Plug it back.
         shutil.copytree(os.path.join(SYSFS, "multi_gpu", CARD2_PCI), str(root / CARD2_PCI),
                         symlinks=True)
@@ -924,7 +928,7 @@ def test_card_unplug_and_replug(server, tmp_path):
         wait_for(lambda: _gpu_ids(proc) == MULTI_IDS, 4.0, message="card2 to return")
         gpus_msg, _ = ws.recv_until(lambda m: m.get("type") == "gpus", timeout=4.0)
         assert [g["id"] for g in gpus_msg["gpus"]] == MULTI_IDS
-        proc.wait_metrics(count=2)
+        proc.wait_metrics(count=3)
         ws.recv_until(lambda m: m.get("type") == "stats" and m["gpu_id"] == "card2")
         assert proc.proc.poll() is None
     finally:

@@ -62,7 +62,8 @@ CONTRACT_METRIC_KEYS = (
 # --- helpers ---------------------------------------------------------------
 
 def config_for(sysfs_root, share_root=SHARE):
-    return parse_config([], {"APP_SYSFS_ROOT": str(sysfs_root), "APP_SHARE_ROOT": str(share_root)})
+    return parse_config([], {"APP_SYSFS_ROOT": str(sysfs_root), "APP_SHARE_ROOT": str(share_root),
+                             "APP_NVML_LIBRARY": "/nonexistent/libnvidia-ml.so.1"})
 
 
 def card_device(root, card):
@@ -91,6 +92,8 @@ def metrics(**values):
     unknown = set(values) - set(METRIC_KEYS)
     assert not unknown, "not metric keys: %s" % sorted(unknown)
     out = dict.fromkeys(METRIC_KEYS)
+    if values.get("vram_used_bytes") is not None:      # AMD's used figure is sysfs's own
+        values.setdefault("vram_used_source", "sysfs")
     out.update(values)
     return out
 
@@ -161,7 +164,11 @@ IDENTITY = {
                     pci_id="1002:6617", revision="87", apu=False,
                     name="AMD Radeon R7 200 Series")],                     # amdgpu.ids
     "hd7870_radeon": [],                                                   # DRIVER=radeon
-    "multi_gpu": [dict(RX6900XT_ID, id="card1", render_node="/dev/dri/renderD129"),
+    # card0 is the synthetic i915 iGPU (only its PCI files: no GT or hwmon files)
+    "multi_gpu": [dict(id="card0", render_node="/dev/dri/renderD128", pci="0000:00:02.0",
+                       pci_id="8086:3e92", revision=None, apu=True, driver="i915",
+                       vendor="intel", name="Intel GPU 8086:3e92"),
+                  dict(RX6900XT_ID, id="card1", render_node="/dev/dri/renderD129"),
                   dict(PHOENIX_ID, id="card2", render_node="/dev/dri/renderD130")],
     "suspended": [dict(RX7800XT_ID, id="card1", render_node="/dev/dri/renderD128")],
 }
@@ -269,7 +276,8 @@ def assert_identity(info, expected):
     got = atw.identity_json(info)
     for key in ("id", "pci", "pci_id", "render_node", "apu", "name"):
         assert got[key] == expected[key], key
-    assert got["driver"] == "amdgpu"
+    assert got["driver"] == expected.get("driver", "amdgpu")
+    assert got["vendor"] == expected.get("vendor", "amd")
     assert got["demo"] is False
     if expected["revision"] is None:
         # the capture has no `revision` file (real sysfs always has one)
@@ -289,14 +297,15 @@ def test_discovery_finds_exactly_the_amdgpu_cards(fixture, managers):
     assert manager.cache.ready.is_set()
 
 
-def test_multi_gpu_skips_intel_radeon_and_connectors(managers):
+def test_multi_gpu_finds_intel_and_amd_skips_radeon_and_connectors(managers):
     root = SYS / "multi_gpu"
     entries = os.listdir(str(root / "class" / "drm"))
     assert {"card0", "card3", "card0-DP-1", "card1-DP-1", "card3-DP-1", "version"} <= set(entries)
     manager = managers(root)
     manager.rediscover()
-    assert [g.id for g in manager.cache.gpus()] == ["card1", "card2"]
-    assert sorted(r.info.id for r in manager.readers()) == ["card1", "card2"]
+    assert [g.id for g in manager.cache.gpus()] == ["card0", "card1", "card2"]
+    assert [g.vendor for g in manager.cache.gpus()] == ["intel", "amd", "amd"]
+    assert sorted(r.info.id for r in manager.readers()) == ["card0", "card1", "card2"]
 
 
 def test_rediscover_without_changes_keeps_the_same_samplers(managers):
@@ -305,7 +314,7 @@ def test_rediscover_without_changes_keeps_the_same_samplers(managers):
     before = dict(manager._samplers)
     manager.rediscover()
     assert manager._samplers == before
-    assert [g.id for g in manager.cache.gpus()] == ["card1", "card2"]
+    assert [g.id for g in manager.cache.gpus()] == ["card0", "card1", "card2"]
 
 
 def test_empty_sysfs_root_finds_nothing(tmp_path, managers):
@@ -989,14 +998,14 @@ def test_hot_unplug_and_replug(tmp_path, managers):
         assert os.readlink(os.path.join(str(root), "class", "drm", name)) == target
     manager = managers(root)
     manager.rediscover()
-    assert [g.id for g in manager.cache.gpus()] == ["card1", "card2"]
+    assert [g.id for g in manager.cache.gpus()] == ["card0", "card1", "card2"]
     old = sampler_of(manager, "card2")
     assert old.is_alive()
 
     unplug_card2(root)
     manager.rediscover()
-    assert [g.id for g in manager.cache.gpus()] == ["card1"]
-    assert [r.info.id for r in manager.readers()] == ["card1"]
+    assert [g.id for g in manager.cache.gpus()] == ["card0", "card1"]
+    assert [r.info.id for r in manager.readers()] == ["card0", "card1"]
     assert old.stopping.is_set()
     old.join(5.0)
     assert not old.is_alive()
@@ -1007,11 +1016,11 @@ def test_hot_unplug_and_replug(tmp_path, managers):
 
     replug_card2(root)
     manager.rediscover()
-    assert [g.id for g in manager.cache.gpus()] == ["card1", "card2"]
+    assert [g.id for g in manager.cache.gpus()] == ["card0", "card1", "card2"]
     new = sampler_of(manager, "card2")
     assert new is not old
     assert new.is_alive()
-    assert_identity(manager.cache.gpu("card2"), IDENTITY["multi_gpu"][1])
+    assert_identity(manager.cache.gpu("card2"), IDENTITY["multi_gpu"][2])
 
 
 def test_reader_of_a_vanished_device_gives_none(tmp_path):

@@ -258,6 +258,7 @@ NVML_CLOCK_EVENT_REASONS = (
     (0x40, "HwThermalSlowdown"), (0x80, "HwPowerBrakeSlowdown"),
     (0x100, "DisplayClockSetting"), (0x200, "BoardLimit"), (0x400, "Reliability"),
 )
+NVML_UTIL_ENGINES = ("sm", "mem", "enc", "dec", "jpg", "ofa")   # the old API has the first four
 NVML_PROCESS_LISTS = (("C", "nvmlDeviceGetComputeRunningProcesses"),
                       ("G", "nvmlDeviceGetGraphicsRunningProcesses"),
                       ("M", "nvmlDeviceGetMPSComputeRunningProcesses"))
@@ -2356,7 +2357,17 @@ PROM_GPU_FAMILIES = (
       ("gtt_total_bytes", 1, (("pool", "gtt"),))]),
     ("pcie_link_generation", "gauge", "PCIe link generation (dGPUs).", [("pcie_gen", 1, ())]),
     ("pcie_link_width_lanes", "gauge", "PCIe link width (dGPUs).", [("pcie_width", 1, ())]),
+    ("memory_reserved_bytes", "gauge", "VRAM the driver reserves for itself (NVML v2 memory).",
+     [("vram_reserved_bytes", 1, (("pool", "vram"),))]),
+    ("energy_joules_total", "counter", "Energy used since the driver loaded (NVML; Intel hwmon).",
+     [("energy_j", 1, ())]),
+    ("performance_state", "gauge", "Performance state (NVIDIA P-state: 0 fastest .. 15 slowest).",
+     [("pstate", 1, ())]),
+    ("video_busy_ratio", "gauge", "Video encoder and decoder busy.",
+     [("enc_pct", 0.01, (("engine", "encoder"),)), ("dec_pct", 0.01, (("engine", "decoder"),))]),
 )
+# Throttle reasons that only say the GPU is idle (not a limit being hit).
+IDLE_THROTTLE_REASONS = ("GpuIdle",)
 
 
 def prom_escape(value):
@@ -2402,7 +2413,8 @@ def render_prometheus(gpus, procs, health, max_procs):
     writer = PromWriter()
     for identity, metrics in gpus:
         base = (("gpu", identity["id"]), ("pci", identity["pci"] or ""))
-        info = base + (("name", identity["name"]), ("pci_id", identity["pci_id"]),
+        info = base + (("vendor", identity["vendor"]), ("uuid", identity.get("uuid") or ""),
+                       ("name", identity["name"]), ("pci_id", identity["pci_id"]),
                        ("revision", identity.get("revision") or ""), ("driver", identity["driver"]),
                        ("apu", str(identity["apu"]).lower()), ("demo", str(identity["demo"]).lower()))
         writer.add("gpu_info", "gauge", "GPU identity; always 1.", info, 1)
@@ -2418,13 +2430,22 @@ def _prom_gpu(writer, base, metrics):
     if status:
         writer.add("runtime_suspended", "gauge",
                    "1 while the GPU is runtime-suspended (its sensors are then not read).",
-                   base, int(status != "active" and status != "unsupported"))
+                   base, int(status not in ("active", "unsupported", "lost")))
+        writer.add("gpu_lost", "gauge", "1 while the driver reports the GPU lost (NVML "
+                   "GPU_IS_LOST); its other values are then absent.", base, int(status == "lost"))
     for family, kind, help_text, series in PROM_GPU_FAMILIES:
         for key, scale, extra in series:
             value = metrics.get(key)
             if value is not None:
                 writer.add(family, kind, help_text, base + extra, round(value * scale, 9)
                            if scale != 1 else value)
+    reasons = metrics.get("throttle_reasons")
+    if reasons is not None:
+        writer.add("throttled", "gauge", "1 while clocks are held down by a limit (any throttle "
+                   "reason but idle).", base, int(any(r not in IDLE_THROTTLE_REASONS for r in reasons)))
+        for reason in reasons:
+            writer.add("throttle_reason_active", "gauge", "1 for each throttle (clock event) "
+                       "reason now active, by its driver's name.", base + (("reason", reason),), 1)
 
 
 def _prom_procs(writer, base, message, max_procs):
@@ -2439,6 +2460,10 @@ def _prom_procs(writer, base, message, max_procs):
             writer.add("process_engine_seconds_total", "counter",
                        "Busy time of a process on a GPU engine (fdinfo drm-engine-*).",
                        labels + (("engine", engine),), ns / 1e9)
+        for engine, pct in sorted((proc.get("engines_pct") or {}).items()):
+            writer.add("process_engine_busy_ratio", "gauge",
+                       "Share of an engine a process uses (fdinfo rate; NVML sm/mem/enc/dec).",
+                       labels + (("engine", engine),), None if pct is None else round(pct / 100.0, 6))
 
 
 HEALTH_HELP = {
@@ -2506,15 +2531,19 @@ def rewrite_cdn_urls(page_html):
     return CDN_URL_RE.sub(local, page_html), files
 
 
+VENDOR_LABELS = {"amd": "AMD", "nvidia": "NVIDIA", "intel": "Intel"}
 PLAIN_ROWS = (
     ("GPU busy", "gpu_busy_pct", "%"), ("Memory busy", "mem_busy_pct", "%"),
     ("Shader clock", "sclk_mhz", " MHz"), ("Memory clock", "mclk_mhz", " MHz"),
-    ("Edge temperature", "temp_c", " °C"), ("Junction temperature", "temp_junction_c", " °C"),
+    ("Temperature", "temp_c", " °C"), ("Junction temperature", "temp_junction_c", " °C"),
     ("Memory temperature", "temp_mem_c", " °C"), ("Fan", "fan_rpm", " RPM"),
     ("Fan duty", "fan_pct", "%"), ("Power", "power_w", " W"), ("Power cap", "power_cap_w", " W"),
     ("VRAM used", "vram_used_bytes", "B"), ("VRAM total", "vram_total_bytes", "B"),
+    ("VRAM reserved", "vram_reserved_bytes", "B"),
     ("GTT used", "gtt_used_bytes", "B"), ("GTT total", "gtt_total_bytes", "B"),
     ("PCIe generation", "pcie_gen", ""), ("PCIe width", "pcie_width", " lanes"),
+    ("Throttle reasons", "throttle_reasons", "list"), ("Performance state", "pstate", "P"),
+    ("Encoder", "enc_pct", "%"), ("Decoder", "dec_pct", "%"), ("Energy", "energy_j", " J"),
     ("Runtime PM", "runtime_status", ""),
 )
 
@@ -2536,6 +2565,10 @@ def format_value(value, unit):
         return "\u2014"
     if unit == "B":
         return format_bytes(value)
+    if unit == "list":
+        return ", ".join(value) if value else "none"
+    if unit == "P":
+        return "P%d" % value
     return "%s%s" % (value, unit)
 
 
@@ -2563,8 +2596,9 @@ def render_plain(gpus, procs, refresh_s, hint=None):
 
 def _plain_gpu(identity, metrics, procs):
     esc = html.escape
-    title = "%s \u2014 %s (%s)%s" % (identity["id"], identity["name"], identity["pci"],
-                                    " [demo]" if identity.get("demo") else "")
+    title = "%s \u2014 %s [%s] (%s)%s" % (identity["id"], identity["name"],
+                                         VENDOR_LABELS.get(identity["vendor"], identity["vendor"]),
+                                         identity["pci"], " [demo]" if identity.get("demo") else "")
     rows = ["<h2>%s</h2>" % esc(title), "<table border=1><tbody>"]
     for label, key, unit in PLAIN_ROWS:
         rows.append("<tr><th>%s</th><td>%s</td></tr>" % (label, esc(format_value(metrics.get(key), unit))))
@@ -3443,7 +3477,7 @@ class NvmlProcSource(object):
         procs = merge_nvml_processes(found)
         util = self._utilisation(info.id, handle, set(procs))
         rows = [self._row(procfd, pid, used, kind, util) for pid, (used, kind) in procs.items()]
-        engines = set(("sm", "mem", "enc", "dec")) if util is not None else set()
+        engines = set()
         for row in rows:
             engines.update(row["engines_pct"])
         return build_procs_entry(rows, len(rows),
@@ -3482,7 +3516,8 @@ class NvmlProcSource(object):
         if samples:
             self._last_seen[gpu_id] = max(stamp for _, stamp, _ in samples)
         picked = pick_nvml_util(samples, pids)
-        zero = {"sm": 0.0, "mem": 0.0, "enc": 0.0, "dec": 0.0}
+        zero = dict.fromkeys(NVML_UTIL_ENGINES if self._util_new is not None
+                             else NVML_UTIL_ENGINES[:4], 0)
         return dict((pid, picked.get(pid, zero)) for pid in pids)
 
     def _util_samples_new(self, handle, last):
@@ -5662,7 +5697,7 @@ def format_once_table(gpus):
     lines = []
     for gpu in gpus:
         m = gpu["metrics"]
-        lines.append("%s  %s  [%s]" % (gpu["id"], gpu["name"], gpu["pci"]))
+        lines.append("%s  %s  [%s, %s]" % (gpu["id"], gpu["name"], gpu["vendor"], gpu["pci"]))
         lines.append("  busy %s%%  sclk %s MHz  temp %s C  power %s W  vram %s/%s bytes  %s" % (
             m["gpu_busy_pct"], m["sclk_mhz"], m["temp_c"], m["power_w"],
             m["vram_used_bytes"], m["vram_total_bytes"], m["runtime_status"] or ""))

@@ -1,11 +1,13 @@
 #!/usr/bin/env python3
 # -*- coding: utf-8 -*-
-"""amdgpu_top_web: a read-only web dashboard for live AMD GPU telemetry.
+"""amdgpu_top_web: a read-only web dashboard for live GPU telemetry.
 
-One file, Python standard library only. Copy it onto a GPU host and run::
+AMD (amdgpu sysfs/hwmon), NVIDIA (NVML through ctypes, no install) and Intel
+(i915/xe sysfs) GPUs, side by side. One file, Python standard library only.
+Copy it onto a GPU host and run::
 
     python3 amdgpu_top_web.py            # serve on :8080, open http://HOST:8080/
-    python3 amdgpu_top_web.py --demo     # two synthetic GPUs, no AMD GPU needed
+    python3 amdgpu_top_web.py --demo     # synthetic AMD and NVIDIA GPUs, no GPU needed
     python3 amdgpu_top_web.py --once --json   # one snapshot of every GPU, then exit
     python3 amdgpu_top_web.py --healthcheck   # exit 0 when the server answers /api/healthz
     python3 amdgpu_top_web.py --help     # every setting (APP_* variable and flag)
@@ -32,23 +34,26 @@ Threads::
     browser --HTTP--> ThreadingHTTPServer handler threads (answer from the cache)
     browser --/ws --> handshake in a handler thread, socket handed to the hub
     hub (ONE thread, selectors loop) <-- wake-up socketpair <-- cache.publish()
-    cache (lock) <-- sampler thread per GPU (sysfs/hwmon, kept fds + pread)
-                 <-- proc-scan thread (budgeted /proc walk, fdinfo)
-                 <-- discovery thread (cards appearing / disappearing)
+    cache (lock) <-- sampler thread per GPU (a backend's reader: sysfs/hwmon with
+                     kept fds + pread, or NVML calls prepared once)
+                 <-- proc-scan thread (budgeted /proc walk + fdinfo; NVML's lists)
+                 <-- discovery thread (asks every backend: AMD, Intel, NVIDIA, demo)
 
 Contents (a section uses only the sections above it)::
 
      0. Header (this docstring) and the version guard
      1. Imports
      2. Constants
-     3. Data types
-     4. Pure parsers (sysfs, hwmon, ids files, config; fdinfo, /proc text,
-        command lines, engine-rate maths, per-GPU process tables)
+     3. Data types (config, GpuInfo, NVML ctypes structs, fdinfo records)
+     4. Pure parsers (sysfs, hwmon, ids files, config; Intel and NVML values;
+        fdinfo, /proc text, command lines, engine-rate maths; the one builder
+        per wire shape: metrics, process rows, totals, capabilities, visibility)
      5. WebSocket codec (sans-IO, RFC 6455)
      6. Pure HTTP helpers (routes, JSON messages, origin and host checks,
         CSP, vendor URL rewriting, the plain view, Prometheus text)
-     7. Readers (thin filesystem I/O)
-     8. GPU readers, samplers, discovery, the cache and the process scanner
+     7. Readers (thin filesystem I/O; the NVML library through ctypes)
+     8. Backends and their readers (the seam; AMD, Intel, NVIDIA, demo),
+        samplers, discovery, the cache and the process sources
      9. WebSocket hub
     10. HTTP server and handler
     11. CLI and main()
@@ -2897,7 +2902,8 @@ def read_proc_meta(procfd, pid, users):
 
 
 # ---------------------------------------------------------------------------
-# 8. GPU readers, samplers, discovery and the cache
+# 8. Backends (the seam; AMD, Intel, NVIDIA, demo), samplers, discovery,
+#    the cache and the process sources
 # ---------------------------------------------------------------------------
 
 CARD_RE = re.compile(r"^card[0-9]+$")
@@ -2955,6 +2961,68 @@ class NameResolver(object):
             name = name or parse_pci_ids(self._text(rel), vendor_id, device_id, vendor_label)
         return name or "%s GPU %s:%s" % (vendor_label, vendor_id.lower(), device_id.lower())
 
+
+# -- the backend seam ----------------------------------------------------------
+#
+# A backend is one kind of device: discover() -> [GpuInfo] (what is there now),
+# open_reader(info) -> a reader with info, sample(now) -> metrics dict (all of
+# METRIC_KEYS, see new_metrics) and close(); proc_source() -> its process
+# source or None (scan()/refresh() -> ScanResult, set_gpus(infos)); close().
+# GpuManager, run_once and the cache know nothing else about vendors.
+
+
+class DrmCardList(object):
+    """class/drm/cardN (connectors skipped), listed once per discovery round
+    for all the DRM backends (AMD and Intel): a backend that asks again has
+    started a new round, so the directory is listed anew."""
+
+    def __init__(self, sysfs_root):
+        self.sysfs_root = sysfs_root
+        self._cards = None
+        self._served = set()
+
+    def cards(self, asker):
+        """[(card, device realpath, device path)] for asker (any hashable)."""
+        if self._cards is None or asker in self._served:
+            self._served = set()
+            self._cards = [(card, os.path.realpath(path), path)
+                           for card, path in find_drm_cards(self.sysfs_root)]
+        self._served.add(asker)
+        return self._cards
+
+
+class _DrmBackend(object):
+    """Discovery shared by the sysfs backends: a card's identity is read once,
+    when (card name, device realpath) first appears; cards of other drivers
+    are remembered as None so they cost nothing afterwards."""
+
+    vendor = None
+
+    def __init__(self, cards, names, fdinfo_source=None):
+        self._cards, self._names, self._fdinfo = cards, names, fdinfo_source
+        self._known = {}                 # (card, realpath) -> GpuInfo or None
+
+    def discover(self):
+        found = self._cards.cards(self.vendor)
+        keys = set((card, real) for card, real, _ in found)
+        for key in [k for k in self._known if k not in keys]:
+            del self._known[key]
+        for card, real, path in found:
+            if (card, real) not in self._known:
+                self._known[(card, real)] = self.read_info(card, path)
+        return [info for info in self._known.values() if info is not None]
+
+    def read_info(self, card, device_dir):
+        raise NotImplementedError
+
+    def proc_source(self):
+        return self._fdinfo
+
+    def close(self):
+        pass
+
+
+# -- AMD -----------------------------------------------------------------------
 
 def read_gpu_info(card, device_dir, names):
     """A card's identity, or None when it is not driven by amdgpu."""
@@ -3043,69 +3111,6 @@ class AmdGpuReader(object):
     def close(self):
         for attr in [self._status] + list(self._fast.values()) + list(self._slow.values()):
             attr.close()
-
-
-# -- the backend seam ----------------------------------------------------------
-#
-# A backend is one kind of device: discover() -> [GpuInfo] (what is there now),
-# open_reader(info) -> a reader with info, sample(now) -> metrics dict (all of
-# METRIC_KEYS, see new_metrics) and close(); proc_source() -> its process
-# source or None (scan()/refresh() -> ScanResult, set_gpus(infos)); close().
-# GpuManager, run_once and the cache know nothing else about vendors.
-
-
-class DrmCardList(object):
-    """class/drm/cardN (connectors skipped), listed once per discovery round
-    for all the DRM backends (AMD and Intel): a backend that asks again has
-    started a new round, so the directory is listed anew."""
-
-    def __init__(self, sysfs_root):
-        self.sysfs_root = sysfs_root
-        self._cards = None
-        self._served = set()
-
-    def cards(self, asker):
-        """[(card, device realpath, device path)] for asker (any hashable)."""
-        if self._cards is None or asker in self._served:
-            self._served = set()
-            self._cards = [(card, os.path.realpath(path), path)
-                           for card, path in find_drm_cards(self.sysfs_root)]
-        self._served.add(asker)
-        return self._cards
-
-
-class _DrmBackend(object):
-    """Discovery shared by the sysfs backends: a card's identity is read once,
-    when (card name, device realpath) first appears; cards of other drivers
-    are remembered as None so they cost nothing afterwards."""
-
-    vendor = None
-
-    def __init__(self, cards, names, fdinfo_source=None):
-        self._cards, self._names, self._fdinfo = cards, names, fdinfo_source
-        self._known = {}                 # (card, realpath) -> GpuInfo or None
-
-    def discover(self):
-        found = self._cards.cards(self.vendor)
-        keys = set((card, real) for card, real, _ in found)
-        for key in [k for k in self._known if k not in keys]:
-            del self._known[key]
-        for card, real, path in found:
-            if (card, real) not in self._known:
-                self._known[(card, real)] = self.read_info(card, path)
-        return [info for info in self._known.values() if info is not None]
-
-    def read_info(self, card, device_dir):
-        raise NotImplementedError
-
-    def proc_source(self):
-        return self._fdinfo
-
-    def close(self):
-        pass
-
-
-# -- AMD -----------------------------------------------------------------------
 
 
 class AmdBackend(_DrmBackend):

@@ -6,7 +6,9 @@
 #   1. Debian packages the tests use (strace, w3m, chromium, promtool from prometheus), if missing;
 #   2. one virtualenv per Python in .venv/py3.X, rebuilt only when the pins
 #      (tests/requirements*.txt, tests/constraints.txt) change;
-#   3. the page's ES-module packages into .cache/vendor/node_modules (npm);
+#   3. the page's ES-module packages into .cache/vendor/node_modules (npm),
+#      and NVIDIA's nvml.h (wheel nvidia-nvml-dev) into .cache/nvml-dev for the
+#      stand-in libnvidia-ml.so.1 of tests/nvml (its licence forbids committing it);
 #   4. pytest: the whole suite on the main Python (3.11), `-m "not browser"`
 #      on the others; then a summary table and one closing line
 #      "ci: N passed, N failed, N skipped" summed over all versions.
@@ -219,6 +221,40 @@ setup_npm() {
     fi
 }
 
+# ----------------------------------------------------------- 3b. nvml.h ----
+# tests/nvml/fake_nvml.c (a stand-in libnvidia-ml.so.1) is compiled against
+# NVIDIA's own nvml.h, shipped only in the PyPI wheel nvidia-nvml-dev, whose
+# licence forbids committing it: fetch the pinned wheel once (stamp file) into
+# .cache/nvml-dev and unpack it there with the main venv's Python.
+NVML_DEV_PIN=nvidia-nvml-dev==13.5.37
+NVML_DEV=$CACHE/nvml-dev
+setup_nvml_dev() {
+    local py=$VENV_ROOT/py$MAIN_MINOR/bin/python log=$LOG_DIR/nvml-dev.log hdr
+    "$py" -c '' 2>/dev/null || py=python3
+    if [[ -f $NVML_DEV/.stamp && $(<"$NVML_DEV/.stamp") == "$NVML_DEV_PIN" ]] &&
+        hdr=$(find "$NVML_DEV/pkg" -name nvml.h -print -quit 2>/dev/null) && [[ -n $hdr ]]; then
+        say "nvml.h: .cache/nvml-dev up to date ($NVML_DEV_PIN)"
+        export NVML_HEADER_DIR=${hdr%/nvml.h}
+        return
+    fi
+    say "nvml.h: fetching $NVML_DEV_PIN into .cache/nvml-dev"
+    rm -rf "$NVML_DEV"
+    mkdir -p "$NVML_DEV/whl"
+    if "$py" -m pip download -q --no-deps --only-binary=:all: -d "$NVML_DEV/whl" \
+            "$NVML_DEV_PIN" >"$log" 2>&1 &&
+        "$py" -m zipfile -e "$(find "$NVML_DEV/whl" -name '*.whl' -print -quit)" \
+            "$NVML_DEV/pkg" >>"$log" 2>&1 &&
+        hdr=$(find "$NVML_DEV/pkg" -name nvml.h -print -quit) && [[ -n $hdr ]]; then
+        printf '%s\n' "$NVML_DEV_PIN" >"$NVML_DEV/.stamp"
+        export NVML_HEADER_DIR=${hdr%/nvml.h}
+        say "nvml.h: ${NVML_HEADER_DIR#"$ROOT"/}/nvml.h"
+    else
+        tail -n 30 "$log" >&2 || true
+        warn "nvml.h: installing $NVML_DEV_PIN FAILED (full log: $log); NVML tests will skip"
+        SETUP_PROBLEMS+=("nvml.h ($NVML_DEV_PIN)")
+    fi
+}
+
 # >>> autobahn block (tests/test_autobahn.py's setup; edit only inside) >>>>>>
 # Autobahn|Testsuite (wstest) runs on Python 2.7: tests/autobahn/setup_env.sh
 # builds .cache/autobahn/venv from the pyenv 2.7.x (rebuilt only when its pins
@@ -304,6 +340,7 @@ for m in "${ORDER[@]}"; do
     setup_venv "$m" || RESULT[$m]="FAILED (venv setup)"
 done
 setup_npm
+setup_nvml_dev
 setup_autobahn                     # autobahn block (see above)
 T_SETUP=$((SECONDS - T_START))
 say "setup took ${T_SETUP}s"

@@ -450,6 +450,7 @@ def test_server_busy_and_power_from_counter_deltas(server, tmp_path, name):
     try:
         proc = server(sysfs_root=root, env={"APP_NVML_LIBRARY": NO_NVML,
                                             "APP_SAMPLE_INTERVAL": "250ms"})
+        proc.wait_metrics(count=1, timeout=15.0)     # discovered: /api/gpus/<id>/ exists
         wait_for(lambda: sum(1 for _, b, p in samples(history(proc, card))
                              if b is not None and p is not None) >= 8,
                  timeout=15.0, interval=0.1, message="8 samples with busy and power")

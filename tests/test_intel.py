@@ -493,3 +493,25 @@ def test_server_busy_and_power_from_counter_deltas(server, tmp_path, name):
     finally:
         writer.stop()
         writer.close()
+
+
+def test_generator_reproduces_the_committed_trees(tmp_path):
+    """tests/make_intel_fixtures.py is deterministic and the committed trees are its output."""
+    assert mif.main(["--out", str(tmp_path)]) == 0
+
+    def listing(root):
+        found = {}
+        for base, dirs, files in os.walk(root):
+            for name in dirs + files:
+                path = os.path.join(base, name)
+                rel = os.path.relpath(path, root)
+                if os.path.islink(path):
+                    found[rel] = ("link", os.readlink(path))
+                elif os.path.isfile(path):
+                    with open(path, "rb") as fh:
+                        found[rel] = ("file", fh.read())
+        return found
+    for kind, trees in (("sys", mif.SYS_TREES), ("proc", mif.PROC_TREES)):
+        for tree in trees:
+            assert listing(str(tmp_path / kind / tree)) == listing(
+                os.path.join(TESTDATA, kind, tree)), tree

@@ -3761,12 +3761,12 @@ class DemoNvidiaReader(object):
         if self._last is not None:
             self._energy_j += power * max(0.0, now - self._last)
         self._last = now
-        reasons = ["GpuIdle"] if busy < 5 else []
-        if power > 420:
-            reasons.append("SwPowerCap")
-        if self._temp > 72:
-            reasons.append("SwThermalSlowdown")
         _, _, _, _, _, vram, reserved, cap = DEMO_NVIDIA
+        reasons = ["GpuIdle"] if busy < 20 else []
+        if power > 0.8 * cap:
+            reasons.append("SwPowerCap")
+        if self._temp > 66:
+            reasons.append("SwThermalSlowdown")
         return new_metrics({
             "runtime_status": "active", "gpu_busy_pct": int(busy), "mem_busy_pct": int(busy * 0.45),
             "sclk_mhz": int(210 + busy * 25.2), "mclk_mhz": 10501 if busy > 5 else 405,

@@ -696,10 +696,18 @@ class _ArgParser(argparse.ArgumentParser):
 
 def build_arg_parser():
     parser = _ArgParser(prog="amdgpu_top_web.py", add_help=False,
-                        description="Live AMD GPU telemetry in the browser.")
+                        description="Live GPU telemetry (AMD, NVIDIA, Intel) in the browser.")
     for setting in SETTINGS:
-        parser.add_argument(setting.flag, dest=setting.env, default=None, metavar="VALUE",
-                            help="%s (%s, default %r)" % (setting.help, setting.env, setting.default))
+        help_text = "%s (%s, default %r)" % (setting.help, setting.env, setting.default)
+        if setting.kind != "bool":
+            parser.add_argument(setting.flag, dest=setting.env, default=None, metavar="VALUE",
+                                help=help_text)
+            continue
+        # A switch: bare means true; "--x false" and "--no-x" turn it off.
+        parser.add_argument(setting.flag, dest=setting.env, default=None, nargs="?",
+                            const="true", metavar="BOOL", help=help_text)
+        parser.add_argument("--no-" + setting.flag[2:], dest=setting.env, action="store_const",
+                            const="false", help=argparse.SUPPRESS)
     parser.add_argument("--demo", action="store_true", help="serve two synthetic GPUs")
     parser.add_argument("--once", action="store_true", help="sample every GPU once and exit")
     parser.add_argument("--json", action="store_true", help="with --once: print JSON")
@@ -5442,7 +5450,8 @@ class DashboardHandler(BaseHTTPRequestHandler):
     def route_metrics(self, _):
         app = self.server.app
         if not app.config.enable_prometheus:
-            self._send_json(404, {"error": "Prometheus metrics are off (APP_ENABLE_PROMETHEUS=true)"})
+            self._send_json(404, {"error": "Prometheus metrics are off; turn them on with "
+                                           "--enable-prometheus or APP_ENABLE_PROMETHEUS=true"})
             return
         self._send(200, PROM_CONTENT_TYPE, app.prometheus_text().encode("utf-8"))
 
@@ -5461,7 +5470,8 @@ class DashboardHandler(BaseHTTPRequestHandler):
 
     def _debug_enabled(self):
         if not self.server.app.config.enable_pprof:
-            self._send_json(404, {"error": "debug endpoints are off (APP_ENABLE_PPROF=true)"})
+            self._send_json(404, {"error": "debug endpoints are off; turn them on with "
+                                           "--enable-pprof or APP_ENABLE_PPROF=true"})
             return False
         return True
 

@@ -252,6 +252,26 @@ def test_bad_bools(raw):
     assert config_error(["--proc-enable", raw], {}).startswith("--proc-enable")
 
 
+@pytest.mark.parametrize("argv,prometheus,procs", [
+    (["--enable-prometheus", "--demo"], True, True),           # a bare switch is true
+    (["--demo", "--enable-prometheus"], True, True),
+    (["--enable-prometheus", "false", "--demo"], False, True),
+    (["--enable-prometheus=off", "--no-proc-enable"], False, False),
+    (["--proc-enable", "--enable-prometheus", "yes"], True, True),
+    (["--no-enable-prometheus"], False, True),
+])
+def test_boolean_settings_work_as_bare_switches(argv, prometheus, procs):
+    config = parse_config(argv, {"APP_ENABLE_PROMETHEUS": "true", "APP_PROC_ENABLE": "true"}
+                          if "--no-enable-prometheus" in argv else {})
+    assert (config.enable_prometheus, config.proc_enable) == (prometheus, procs)
+
+
+def test_bare_switches_from_the_command_line(tmp_path):
+    result = run_program(["--enable-prometheus", "--demo", "--once", "--json"], tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert [g["vendor"] for g in json.loads(result.stdout)["gpus"]] == ["amd", "amd", "nvidia"]
+
+
 @pytest.mark.parametrize("raw,level", [
     ("DEBUG", "DEBUG"), ("info", "INFO"), ("Warning", "WARNING"), ("error", "ERROR"),
 ])

@@ -8,15 +8,19 @@ from conftest import wait_for
 def test_debug_endpoints_are_off_by_default(server):
     srv = server(fixture="multi_gpu")
     for path in ("/debug/threads", "/debug/memory"):
-        assert srv.get(path).status == 404
+        response = srv.get(path)
+        assert response.status == 404
+        assert b"turn them on with --enable-pprof or APP_ENABLE_PPROF=true" in response.body
 
 
 def test_debug_threads_and_memory_when_enabled(server):
     srv = server(args=["--demo"], env={"APP_ENABLE_PPROF": "true", "APP_PROC_ENABLE": "true"})
+    srv.wait_metrics(count=3)                      # every sampler thread has started
     threads = srv.get("/debug/threads")
     assert threads.status == 200 and threads.headers["content-type"].startswith("text/plain")
     text = threads.body.decode()
-    for name in ("MainThread", "ws-hub", "discovery", "sampler-card0", "proc-scan"):
+    for name in ("MainThread", "ws-hub", "discovery", "sampler-card0", "sampler-nvidia0",
+                 "proc-scan"):
         assert "--- thread %s " % name in text
     memory = srv.get("/debug/memory")
     assert memory.status == 200 and memory.body.decode().startswith("total traced: ")

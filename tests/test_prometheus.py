@@ -1,6 +1,7 @@
 """/metrics: opt-in Prometheus text that passes `promtool check metrics` with no
 lint findings, parses with prometheus_client, and carries the fixture's values."""
 
+import json
 import os
 import shutil
 import subprocess
@@ -94,10 +95,15 @@ def test_metrics_is_off_by_default(server):
     srv = server(fixture="multi_gpu")
     response = srv.get("/metrics")
     assert response.status == 404
+    # says how to turn it on, not something that reads as if it were on
+    assert json.loads(response.body)["error"] == (
+        "Prometheus metrics are off; turn them on with --enable-prometheus or "
+        "APP_ENABLE_PROMETHEUS=true")
 
 
 def test_label_values_are_escaped():
-    identity = {"id": "card0", "pci": "0000:03:00.0", "pci_id": "1002:747e", "revision": "c8",
+    identity = {"id": "card0", "vendor": "amd", "pci": "0000:03:00.0", "pci_id": "1002:747e",
+                "revision": "c8",
                 "name": 'evil "quoted" \\ name\nnext', "driver": "amdgpu", "apu": False,
                 "demo": True}
     text = atw.render_prometheus([(identity, {"gpu_busy_pct": 5})], {}, {}, 0)

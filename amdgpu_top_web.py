@@ -2556,7 +2556,8 @@ PLAIN_ROWS = (
     ("GTT used", "gtt_used_bytes", "B"), ("GTT total", "gtt_total_bytes", "B"),
     ("PCIe generation", "pcie_gen", ""), ("PCIe width", "pcie_width", " lanes"),
     ("Throttle reasons", "throttle_reasons", "list"), ("Performance state", "pstate", "P"),
-    ("Encoder", "enc_pct", "%"), ("Decoder", "dec_pct", "%"), ("Energy", "energy_j", " J"),
+    ("Encoder", "enc_pct", "%"), ("Decoder", "dec_pct", "%"),
+    ("Energy (since driver load)", "energy_j", " J"),
     ("Runtime PM", "runtime_status", ""),
 )
 
@@ -2573,7 +2574,12 @@ def format_bytes(value):
     return "%.2f GiB" % size
 
 
+# Digits after the point per unit, as the page rounds them.
+PLAIN_DIGITS = {"%": 0, " W": 1, " °C": 0, " MHz": 0, " RPM": 0, " lanes": 0, "": 1}
+
+
 def format_value(value, unit):
+    """A metric for people: rounded like the page, "—" for null."""
     if value is None:
         return "\u2014"
     if unit == "B":
@@ -2582,14 +2588,19 @@ def format_value(value, unit):
         return ", ".join(value) if value else "none"
     if unit == "P":
         return "P%d" % value
+    if unit == " J":
+        return "%.3f kWh" % (value / 3.6e6)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return "%.*f%s" % (PLAIN_DIGITS.get(unit, 1), value, unit)
     return "%s%s" % (value, unit)
 
 
-def render_plain(gpus, procs, refresh_s, hint=None):
+def render_plain(gpus, procs, refresh_s, hint=None, page=True):
     """The no-JavaScript view: every GPU and its processes as HTML tables.
 
     gpus: [(identity dict, metrics dict or None)]; procs: {gpu id: procs message}.
-    Every value goes through html.escape (process names are untrusted).
+    Every value goes through html.escape (process names are untrusted);
+    page=False (index.html missing) leaves out the link to the dashboard.
     """
     esc = html.escape
     out = ["<!doctype html><html lang=en><head><meta charset=utf-8>",
@@ -2603,7 +2614,9 @@ def render_plain(gpus, procs, refresh_s, hint=None):
         out.append("<p>No GPU found. Run with --demo to see synthetic GPUs.</p>")
     for identity, metrics in gpus:
         out.extend(_plain_gpu(identity, metrics or {}, procs.get(identity["id"])))
-    out.append("<p><a href=/>Full dashboard</a> (needs JavaScript)</p></body></html>")
+    if page:
+        out.append("<p><a href=/>Full dashboard</a> (needs JavaScript)</p>")
+    out.append("</body></html>")
     return "\n".join(out)
 
 
@@ -2625,17 +2638,52 @@ def _plain_procs(procs):
     if not procs or procs.get("processes") is None:
         return ["<p>Processes: not available.</p>"]
     rows = ["<h3>Processes</h3><table border=1><thead><tr><th>PID</th><th>User</th><th>Name</th>"
-            "<th>VRAM</th><th>GTT</th><th>GPU ms/s</th><th>Command</th></tr></thead><tbody>"]
+            "<th>VRAM</th><th>GTT</th><th>GPU ms/s</th><th>Flags</th><th>Command</th></tr></thead><tbody>"]
     for proc in procs["processes"]:
         rows.append("<tr><td>%d</td><td>%s</td><td>%s</td><td>%s</td><td>%s</td><td>%s</td>"
-                    "<td>%s</td></tr>" % (
-                        proc["pid"], esc(str(proc.get("user") or proc.get("uid"))),
-                        esc(proc.get("name") or ""), esc(format_bytes(proc.get("vram_bytes"))),
+                    "<td>%s</td><td>%s</td></tr>" % (
+                        proc["pid"], esc(str(proc.get("user") or proc.get("uid") or "?")),
+                        esc(proc.get("name") or "?"), esc(format_bytes(proc.get("vram_bytes"))),
                         esc(format_bytes(proc.get("gtt_bytes"))),
                         esc(format_value(proc.get("gpu_time_ms_per_s"), "")),
-                        esc((proc.get("cmd") or "")[:200])))
+                        esc(plain_flags(proc)), esc((proc.get("cmd") or "")[:200])))
     rows.append("</tbody></table>")
+    note = plain_visibility_note(procs.get("visibility"))
+    if note:
+        rows.append("<p>%s</p>" % esc(note))
     return rows
+
+
+def plain_flags(proc):
+    """kfd / shared / container / type / not-visible, as short words."""
+    flags = []
+    if proc.get("kfd"):
+        flags.append("ROCm (kfd)")
+    if proc.get("shared"):
+        flags.append("shared")
+    if proc.get("type"):
+        flags.append(proc["type"])
+    if proc.get("container"):
+        flags.append("container " + proc["container"])
+    if proc.get("visible") is False:
+        flags.append("not in this PID namespace")
+    return ", ".join(flags)
+
+
+def plain_visibility_note(visibility):
+    """What the monitor cannot see, in one sentence (None when it sees all)."""
+    if not visibility:
+        return None
+    notes = []
+    if visibility.get("pid_namespace_separate"):
+        notes.append("only this container's processes are visible (run with --pid=host)")
+    if visibility.get("root") is False:
+        notes.append("other users' processes are hidden (not running as root)")
+    if visibility.get("hidepid"):
+        notes.append("/proc is mounted with hidepid=%s" % visibility["hidepid"])
+    if visibility.get("unreadable_pids"):
+        notes.append("%d processes could not be read" % visibility["unreadable_pids"])
+    return ("Not everything is visible: " + "; ".join(notes) + ".") if notes else None
 
 # ---------------------------------------------------------------------------
 # 7. Readers: thin filesystem I/O (path -> text or None)
@@ -4684,7 +4732,7 @@ DEMO_PROCS = (
     ("blender", "alice", "blender --background scene.blend --render-anim", None, False,
      {"gfx": 55.0, "compute": 8.0}, 2600, 310),
     ("python3", "bob", "python3 train.py --epochs 40 --api-key=[redacted]", "3f2a9c1d7e4b", True,
-     {"gfx": 0.0, "compute": 30.0, "dma": 4.0}, 3100, 900),
+     {"gfx": 0.0, "compute": 0.0}, 3100, 900),   # ROCm: its queues never show in DRM counters
     ("Xorg", "root", "/usr/lib/xorg/Xorg :0 -seat seat0 -auth /run/lightdm/root/:0", None, False,
      {"gfx": 2.5}, 180, 60),
     ("firefox", "alice", "/usr/lib/firefox/firefox -contentproc -isForBrowser", None, False,
@@ -5622,7 +5670,8 @@ class App(object):
 
     def plain_html(self, hint=None):
         gpus, procs = self.cache.snapshot()
-        return render_plain(gpus, procs, max(2.0, self.config.interval_s), hint)
+        return render_plain(gpus, procs, max(2.0, self.config.interval_s), hint,
+                            page=self.page_bytes is not None)
 
     def gpus_json(self):
         gpus = [dict(identity, metrics=metrics) for identity, metrics in self.cache.snapshot()[0]]
@@ -5713,9 +5762,11 @@ def format_once_table(gpus):
     for gpu in gpus:
         m = gpu["metrics"]
         lines.append("%s  %s  [%s, %s]" % (gpu["id"], gpu["name"], gpu["vendor"], gpu["pci"]))
-        lines.append("  busy %s%%  sclk %s MHz  temp %s C  power %s W  vram %s/%s bytes  %s" % (
-            m["gpu_busy_pct"], m["sclk_mhz"], m["temp_c"], m["power_w"],
-            m["vram_used_bytes"], m["vram_total_bytes"], m["runtime_status"] or ""))
+        lines.append("  busy %s  sclk %s  temp %s  power %s  vram %s / %s  %s" % (
+            format_value(m["gpu_busy_pct"], "%"), format_value(m["sclk_mhz"], " MHz"),
+            format_value(m["temp_c"], " °C"), format_value(m["power_w"], " W"),
+            format_bytes(m["vram_used_bytes"]), format_bytes(m["vram_total_bytes"]),
+            m["runtime_status"] or ""))
         for proc in (gpu.get("procs") or {}).get("processes") or []:
             lines.append("    pid %-7d %-16s vram %s  gtt %s" % (
                 proc["pid"], sanitize_text(proc["name"] or "")[:16],

@@ -4,6 +4,7 @@ command line as a user runs it: exit codes, one-line errors, --help,
 
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -526,3 +527,14 @@ def test_once_table(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "card0" in result.stdout
     assert "AMD Radeon RX 6900 XT" in result.stdout
+
+
+def test_once_table_is_for_people(tmp_path):
+    """The plain --once table rounds like the page and shows memory in MiB/GiB."""
+    result = run_program(["--demo", "--once"], tmp_path)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("card0  AMD Radeon RX 7800 XT (demo)  [amd, 0000:03:00.0]")
+    assert re.search(r"vram \d+\.\d\d GiB / 15\.98 GiB", lines[1]), lines[1]
+    assert "bytes" not in result.stdout
+    assert re.search(r"power \d+\.\d W", lines[1]), lines[1]

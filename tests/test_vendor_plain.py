@@ -21,6 +21,7 @@ import time
 
 import pytest
 
+import amdgpu_top_web as atw
 from conftest import fixture_env
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -371,3 +372,29 @@ def test_missing_index_html_serves_plain_with_a_hint(start_server, tmp_path):
     dump = w3m_dump(server.url)
     assert "index.html" in dump                        # the one-line hint
     assert "AMD Radeon RX 7800 XT (demo)" in dump
+    assert "Full dashboard" not in dump and "href=/>" not in body.decode()   # it would loop to /
+
+
+def test_plain_values_are_rounded_and_rows_flagged():
+    """Values rounded like the page; kfd/shared/container/NVML flags; what cannot be seen."""
+    identity = {"id": "card0", "vendor": "amd", "name": "GPU", "pci": "0000:03:00.0", "demo": False}
+    metrics = atw.new_metrics({"power_w": 24.499, "gpu_busy_pct": 0.0, "temp_c": 56.0,
+                               "sclk_mhz": 2100, "throttle_reasons": [], "energy_j": 7.2e6})
+    rows = [atw.build_proc_row(pid=7, name="python3", kfd=True, container="5dace3de0735",
+                               vram_bytes=1 << 30, gtt_bytes=0, cpu_bytes=0),
+            atw.build_proc_row(pid=8, name="x", shared=True, vram_bytes=0, gtt_bytes=0),
+            atw.build_proc_row(pid=9, name=None, visible=False, type="C")]
+    procs = {"processes": rows, "visibility": atw.build_visibility(
+        False, True, "invisible", None, unreadable_pids=3)}
+    text = atw.render_plain([(identity, metrics)], {"card0": procs}, 2.0)
+    assert "24.5 W" in text and "24.499" not in text
+    assert "<td>0%</td>" in text and "0.0%" not in text
+    assert "56 °C" in text and "2100 MHz" in text and "<td>none</td>" in text
+    assert "2.000 kWh" in text
+    assert "ROCm (kfd), container 5dace3de0735" in text
+    assert "<td>shared</td>" in text and "C, not in this PID namespace" in text
+    assert ("Not everything is visible: only this container&#x27;s processes are visible "
+            "(run with --pid=host); other users&#x27; processes are hidden (not running as root); "
+            "/proc is mounted with hidepid=invisible; 3 processes could not be read.") in text
+    assert "Full dashboard" in text
+    assert "Full dashboard" not in atw.render_plain([], {}, 2.0, page=False)

@@ -34,6 +34,7 @@ CHROMIUM_ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-q
 LISTEN_RE = re.compile(r"event=listening url=http://127\.0\.0\.1:(\d+)/")
 NBSP = "\u00a0"
 HOSTILE = "<img src=x onerror=alert(1)>"
+NO_NVML = os.path.join(ROOT, "tests", "no-such-libnvidia-ml.so.1")
 WS_FAILURE = "WebSocket connection to"      # Chromium's own console error while a server is down
 
 pytestmark = pytest.mark.browser
@@ -58,6 +59,7 @@ class Server(object):
     def __init__(self, vendor, args=(), env=None, port=0):
         full_env = dict((k, v) for k, v in os.environ.items() if not k.startswith("APP_"))
         full_env["APP_VENDOR_DIR"] = vendor
+        full_env["APP_NVML_LIBRARY"] = NO_NVML              # never this host's NVIDIA driver
         full_env.update(env or {})
         self.proc = subprocess.Popen(
             [sys.executable, SCRIPT, "--listen", "127.0.0.1:%d" % port] + list(args),
@@ -316,7 +318,7 @@ def test_gpu_selector_switches_and_updates_hash(start_server, open_page):
     page, watch = open_page(server)
     select = page.get_by_label("GPU", exact=True)
     expect(select).to_have_value("card0")
-    expect(select.locator("option")).to_have_count(3)        # two GPUs + "all"
+    expect(select.locator("option")).to_have_count(4)        # card0, card1, nvidia0 + "all"
     select.select_option("card1")
     wait_until(lambda: page.evaluate("location.hash") == "#gpu=card1", 5, message="hash #gpu=card1")
     article = page.locator("article.gpu")
@@ -326,7 +328,7 @@ def test_gpu_selector_switches_and_updates_hash(start_server, open_page):
     expect(article).to_contain_text("GTT is system memory in use by the GPU")   # APU note
     expect(article.locator("[data-metric=fan_rpm]")).to_have_text("\u2014")    # null -> em dash
     select.select_option("all")
-    expect(page.locator("article.gpu")).to_have_count(2)
+    expect(page.locator("article.gpu")).to_have_count(3)
     assert page.evaluate("location.hash") == "#gpu=all"
     page.go_back()                                            # the hash is history: back = card1
     expect(page.locator("article.gpu")).to_have_count(1)
@@ -547,7 +549,7 @@ def test_no_console_errors_no_foreign_requests_and_csp(start_server, open_page):
     page.locator("button[data-col=name]").click()
     page.get_by_label("Filter processes by name, user or PID").fill("a")
     page.get_by_label("GPU", exact=True).select_option("all")
-    expect(page.locator("article.gpu")).to_have_count(2)
+    expect(page.locator("article.gpu")).to_have_count(3)
     time.sleep(1.5)
     assert any("/vendor/preact/" in url for url in watch.requests)
     assert all("cdn.jsdelivr.net" not in url for url in watch.requests)
@@ -603,10 +605,16 @@ def test_fixture_multi_gpu_values(start_server, open_page):
     server = start_server([], fixture_env("multi_gpu", "multi"))
     page, watch = open_page(server)
     select = page.get_by_label("GPU", exact=True)
-    expect(select.locator("option")).to_have_count(3)         # card1, card2 (amdgpu) + all
+    expect(select.locator("option")).to_have_count(4)         # card0 (i915), card1, card2 (amdgpu) + all
     article = page.locator("article.gpu")
+    expect(article).to_have_attribute("data-gpu", "card0")    # the first card: the Intel iGPU
+    expect(article.locator("[data-testid=vendor]")).to_have_text("Intel")
+    expect(article.locator(".ident")).to_contain_text("i915")
+    expect(select.locator("option").first).to_contain_text("[Intel] card0")
+    select.select_option("card1")
     expect(article).to_have_attribute("data-gpu", "card1")
-    expect(article.locator("h2")).to_have_text("AMD Radeon RX 6900 XT")
+    expect(article.locator("[data-testid=vendor]")).to_have_text("AMD")
+    expect(article.locator("[data-testid=gpu-name]")).to_have_text("AMD Radeon RX 6900 XT")
     expect(article.locator(".ident")).to_contain_text("0000:0c:00.0")
     expected = {"gpu_busy_pct": "3%", "mem_busy_pct": "0%", "sclk_mhz": "500 MHz", "temp_c": "56.0 °C",
                 "fan_rpm": "0 RPM", "power_w": "36 W", "pcie": "Gen 4 ×16", "runtime_status": "active",
@@ -618,7 +626,7 @@ def test_fixture_multi_gpu_values(start_server, open_page):
     expect(article.locator(".tile", has_text="Shader clock")).to_contain_text("memory 1000 MHz")
     select.select_option("card2")
     expect(article).to_have_attribute("data-gpu", "card2")
-    expect(article.locator("h2")).to_have_text("AMD Phoenix1")
+    expect(article.locator("[data-testid=gpu-name]")).to_have_text("AMD Phoenix1")
     wait_until(lambda: metric(page, "temp_c") == "25.0 °C", 5, message="Phoenix edge temperature")
     assert metric(page, "fan_rpm") == "\u2014" and metric(page, "mem_busy_pct") == "\u2014"
     expect(article).to_contain_text("GTT is system memory in use by the GPU")
@@ -628,7 +636,7 @@ def test_fixture_multi_gpu_values(start_server, open_page):
 def test_fixture_multi_gpu_processes(start_server, open_page):
     """Process top over testdata/proc/multi (see its PROVENANCE)."""
     server = start_server([], fixture_env("multi_gpu", "multi", APP_PROC_SCAN_INTERVAL="500ms"))
-    page, watch = open_page(server)
+    page, watch = open_page(server, "#gpu=card1")
     wait_procs(page, 3)
     names = column_texts(page, header_index(page, "name"))
     for name in ("gnome-shell", "blender", "llama-server", "python3", "rocminfo"):
@@ -687,6 +695,266 @@ def test_fixture_no_gpu(start_server, open_page):
     server = start_server([], fixture_env("hd7870_radeon", APP_PROC_ENABLE="false"))
     page, watch = open_page(server, wait_live=False)
     expect(page.locator("[data-testid=conn]")).to_have_attribute("data-state", "open")
-    expect(page.locator("main")).to_contain_text("No AMD GPU")
+    expect(page.locator("main")).to_contain_text("No GPU found")
+    expect(page.locator("main")).not_to_contain_text("No AMD GPU")
     expect(page.locator("article.gpu")).to_have_count(0)
     watch.assert_clean()
+
+
+# ---- other vendors: the demo's NVIDIA GPU, contract frames, no GPU ----------------------
+
+MIB, GIB = 1 << 20, 1 << 30
+NA = "\u2014"
+
+
+def test_demo_three_gpus_with_vendor_badges(start_server, open_page):
+    server = start_server()
+    page, watch = open_page(server, "#gpu=all")
+    articles = page.locator("article.gpu")
+    expect(articles).to_have_count(3)
+    badges = {"card0": "AMD", "card1": "AMD", "nvidia0": "NVIDIA"}
+    for gpu, badge in badges.items():
+        article = page.locator("article.gpu[data-gpu=%s]" % gpu)
+        expect(article.locator("[data-testid=vendor]")).to_have_text(badge)
+    # Names as given: the server's name, no vendor prefix added by the page.
+    expect(page.locator("article.gpu[data-gpu=nvidia0] h2")).to_contain_text("NVIDIA GeForce RTX 4090 (demo)")
+    expect(page.locator("article.gpu[data-gpu=nvidia0] h2")).not_to_contain_text("AMD")
+    options = [text(o) for o in page.get_by_label("GPU", exact=True).locator("option").all()]
+    assert options[:3] == ["[AMD] card0: AMD Radeon RX 7800 XT (demo)", "[AMD] card1: AMD Radeon 780M (demo)",
+                           "[NVIDIA] nvidia0: NVIDIA GeForce RTX 4090 (demo)"], options
+    assert "AMD" not in page.title() and "amdgpu_top_web" in page.title()
+    watch.assert_clean()
+
+
+def test_demo_nvidia_gpu_values_processes_and_screenshots(start_server, open_page):
+    server = start_server()
+    page, watch = open_page(server, "#gpu=nvidia0")
+    article = page.locator("article.gpu")
+    expect(article).to_have_attribute("data-gpu", "nvidia0")
+    expect(article.locator(".ident")).to_contain_text("nvidia")
+    for key, pattern in [("gpu_busy_pct", r"^\d+%$"), ("sclk_mhz", r"^\d+ MHz$"), ("temp_c", r"^\d+\.\d °C$"),
+                         ("power_w", r"^\d+(\.\d)? W$"), ("pstate", r"^P\d{1,2}$"), ("enc_dec", r"^\d+% / \d+%$"),
+                         ("energy_j", r"^\d+(\.\d+)? k?Wh$"), ("vram_used", r" GiB / 24\.0 GiB \(\d+%\)$"),
+                         ("throttle_reasons", r"^(none|GpuIdle|SwPowerCap|SwThermalSlowdown)$"),
+                         ("vram_source", r"^used \(excl\. reserved\)$"), ("vram_reserved", r"^507 MiB$")]:
+        wait_until(lambda: re.search(pattern, metric(page, key)), 5,
+                   message="%s ~ %s (got %r)" % (key, pattern, metric(page, key)))
+    expect(article.locator(".tile", has_text="Temperature")).to_contain_text("GPU")     # not AMD's "edge"
+    expect(article.locator("[data-testid=mem-gtt]")).to_have_count(0)                   # NVIDIA has no GTT
+    assert re.match(r"^\d+%$", metric(page, "fan_pct"))       # no RPM from NVML: the duty is the value
+    expect(article.locator(".tile", has_text="Fan")).to_contain_text("no RPM reading")
+
+    wait_procs(page, 8)
+    for engine in ("sm", "mem", "enc", "dec"):
+        expect(page.locator("button[data-col='eng:%s']" % engine)).to_have_count(1)
+    expect(page.locator("button[data-col='eng:gfx']")).to_have_count(0)
+    assert set(column_texts(page, header_index(page, "gtt"))) == {NA}                   # no GTT per process
+    sm = column_texts(page, header_index(page, "eng:sm"))
+    assert all(re.match(r"^\d+\.\d%$", v) for v in sm), sm
+    expect(article.locator("[data-testid=headline]")).to_contain_text(re.compile(r"is making this\s+GPU busy: (SM|enc|dec) \d"))
+    expect(article.locator("tbody .badge.ptype", has_text=re.compile(r"^C$")).first).to_be_visible()
+    expect(article.locator("tbody .badge.ptype", has_text=re.compile(r"^G$")).first).to_be_visible()
+    unseen = article.locator("tbody tr.unseen")
+    expect(unseen.first).to_be_visible()
+    expect(unseen.first.locator(".badge.unseen")).to_have_attribute("title", re.compile("PID namespace"))
+    expect(unseen.first.locator(".nm")).to_have_attribute("title", re.compile("PID namespace"))
+    expect(article.locator("p.note", has_text="unseen:")).to_have_count(1)
+    expect(article).not_to_contain_text("kfd:")                                          # fdinfo notes only
+    time.sleep(3.0)                                           # a little history for the sparklines
+    screenshot(page, "nvidia-desktop.png")
+    # Sorting by the all-null GTT column keeps a stable order (ties by PID).
+    page.locator("button[data-col=gtt]").click()
+    assert row_pids(page) == sorted(row_pids(page))
+    watch.assert_clean()
+
+    phone, phone_watch = open_page(server, "#gpu=nvidia0", viewport=(390, 844))
+    wait_procs(phone, 8)
+    time.sleep(0.5)
+    screenshot(phone, "nvidia-phone.png")
+    overflow = phone.evaluate("document.documentElement.scrollWidth - document.documentElement.clientWidth")
+    assert overflow <= 0, "the page scrolls sideways on a phone (%d px)" % overflow
+    phone_watch.assert_clean()
+
+
+def test_no_gpu_at_all_says_so_without_stale_banner(start_server, open_page, tmp_path):
+    server = start_server([], {"APP_SYSFS_ROOT": str(tmp_path), "APP_NVML_LIBRARY": "/nonexistent",
+                               "APP_PROC_ENABLE": "false"})
+    page, watch = open_page(server, wait_live=False)
+    expect(page.locator("[data-testid=conn]")).to_have_attribute("data-state", "open")
+    expect(page.locator("[data-testid=no-gpu]")).to_contain_text("No GPU found")
+    expect(page.locator("main")).not_to_contain_text("AMD GPU")
+    page.wait_for_timeout(1500)                               # three sampling intervals and more
+    expect(page.locator("[data-testid=stale]")).to_have_count(0)
+    expect(page.locator("article.gpu")).to_have_count(0)
+    watch.assert_clean()
+
+
+# Contract frames, sent by a mocked WebSocket (the page is served by a demo server, but
+# its /ws is answered here): an Intel xe dGPU whose device VRAM use is unknown, an
+# NVIDIA GPU on the NVML v1 memory call, and a lost NVIDIA GPU.
+
+def _metrics(**values):
+    keys = ("gpu_busy_pct mem_busy_pct sclk_mhz mclk_mhz temp_c temp_junction_c temp_mem_c fan_rpm fan_pct "
+            "power_w power_cap_w power_fast_w power_fast_cap_w vddgfx_mv vddnb_mv vram_used_bytes vram_total_bytes "
+            "vis_vram_used_bytes vis_vram_total_bytes gtt_used_bytes gtt_total_bytes pcie_gen pcie_speed_gts "
+            "pcie_width runtime_status throttle_reasons pstate enc_pct dec_pct vram_reserved_bytes energy_j "
+            "vram_used_source").split()
+    out = dict.fromkeys(keys)
+    out.update(values)
+    return out
+
+
+def _row(pid, name, **values):
+    row = {"pid": pid, "uid": 1000, "user": "alice", "name": name, "cmd": name, "render_node": None, "kfd": False,
+           "shared": False, "vram_bytes": None, "gtt_bytes": None, "cpu_bytes": None, "vram_total_bytes": None,
+           "gtt_total_bytes": None, "engines_pct": {}, "engines_ns": {}, "gpu_time_ms_per_s": None,
+           "container": None, "start_time": None, "clients": 1, "type": None, "visible": True}
+    row.update(values)
+    return row
+
+
+def _identity(gpu_id, vendor, name, driver, apu=False):
+    return {"id": gpu_id, "vendor": vendor, "uuid": None, "pci": "0000:0%d:00.0" % len(gpu_id), "pci_id": None,
+            "revision": None, "name": name, "render_node": None, "driver": driver, "apu": apu, "demo": False}
+
+
+CONTRACT_GPUS = [_identity("card0", "intel", "Intel Arc B580", "xe"),
+                 _identity("nvidia0", "nvidia", "Tesla T4", "nvidia"),
+                 _identity("nvidia1", "nvidia", "NVIDIA A100-SXM4-40GB", "nvidia")]
+CONTRACT_STATS = {
+    "card0": _metrics(gpu_busy_pct=61, sclk_mhz=2850, temp_c=58.0, power_w=95.5, power_cap_w=190.0,
+                      vram_total_bytes=12 * GIB, throttle_reasons=["pl1"], energy_j=7200.0, runtime_status="active"),
+    "nvidia0": _metrics(gpu_busy_pct=40, sclk_mhz=1590, temp_c=51.0, power_w=44.0, vram_used_bytes=3 * GIB,
+                        vram_total_bytes=15 * GIB, vram_used_source="nvml_v1", throttle_reasons=["GpuIdle"],
+                        pstate=0, enc_pct=40, dec_pct=0, energy_j=9.0e6, runtime_status="active"),
+    "nvidia1": _metrics(runtime_status="lost"),
+}
+NVML_CAPS = {"source": "nvml", "vram_gtt_from_fdinfo": False, "engine_time_from_fdinfo": False,
+             "process_memory": True, "process_engines": True,
+             "engines": ["dec", "enc", "jpg", "mem", "ofa", "sm"], "kfd_seen": False}
+CONTRACT_PROCS = {
+    "card0": {"capabilities": {"source": "fdinfo", "vram_gtt_from_fdinfo": True, "engine_time_from_fdinfo": True,
+                               "process_memory": True, "process_engines": True,
+                               "engines": ["bcs", "ccs", "rcs", "vcs", "vecs"], "kfd_seen": False},
+              "processes": [_row(500, "blender", vram_bytes=GIB, gtt_bytes=64 * MIB, cpu_bytes=0,
+                                 engines_pct={"rcs": 55.0, "bcs": 1.0, "ccs": 0.0, "vcs": None, "vecs": None}),
+                            _row(501, "ffmpeg", vram_bytes=512 * MIB, gtt_bytes=32 * MIB, cpu_bytes=0,
+                                 engines_pct={"rcs": 0.0, "bcs": 0.0, "ccs": 0.0, "vcs": 20.0, "vecs": 5.0})],
+              "totals": {"vram_bytes": GIB + 512 * MIB, "gtt_bytes": 96 * MIB, "cpu_bytes": 0,
+                         "gpu_time_ms_per_s": 810.0, "engines_pct": {}, "clients": 2, "processes": 2},
+              "visibility": {"root": True, "pid_namespace_separate": False, "hidepid": None,
+                             "self_container": None, "unreadable_pids": 0, "visible_pids": 2}},
+    "nvidia0": {"capabilities": NVML_CAPS,
+                "processes": [_row(700, "ffmpeg", vram_bytes=300 * MIB, type="C+G",
+                                   engines_pct={"sm": 0.0, "mem": 0.0, "enc": 40.0, "dec": 0.0, "jpg": 0.0, "ofa": 0.0}),
+                              _row(701, None, uid=None, user=None, cmd=None, visible=False, type="C",
+                                   vram_bytes=2 * GIB, engines_pct={"sm": 2.0, "mem": 1.0, "enc": 0.0, "dec": 0.0}),
+                              _row(702, "sleeper", vram_bytes=None, type="C", engines_pct={"sm": 0.0})],
+                "totals": {"vram_bytes": 2 * GIB + 300 * MIB, "gtt_bytes": None, "cpu_bytes": None,
+                           "gpu_time_ms_per_s": 20.0, "engines_pct": {}, "clients": 3, "processes": 3},
+                "visibility": {"root": True, "pid_namespace_separate": True, "hidepid": None,
+                               "self_container": "abc", "unreadable_pids": 0, "visible_pids": 2}},
+    "nvidia1": {"capabilities": NVML_CAPS, "processes": [],
+                "totals": {"vram_bytes": None, "gtt_bytes": None, "cpu_bytes": None, "gpu_time_ms_per_s": None,
+                           "engines_pct": {}, "clients": 0, "processes": 0}, "visibility": None},
+}
+
+
+class MockSocket(object):
+    """Answers the page's /ws with the contract frames above (Playwright's route_web_socket)."""
+
+    def __init__(self, page):
+        self.routes = []
+        page.route_web_socket(re.compile(r"/ws$"), self._connect)
+
+    def _connect(self, ws):
+        ws.on_message(lambda message: None)                   # subscribe: nothing to answer
+        self.routes.append(ws)
+        ws.send(json.dumps({"type": "hello", "version": "test", "interval_ms": 250, "default_gpu": "card0",
+                            "subscribed": "*", "gpus": CONTRACT_GPUS, "history": {},
+                            "features": {"procs": True, "history_window_s": 600, "demo": False}}))
+        self.frames()
+
+    def frames(self):
+        ts = time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime())
+        for ws in self.routes:
+            for gpu_id, metrics in CONTRACT_STATS.items():
+                ws.send(json.dumps({"type": "stats", "gpu_id": gpu_id, "ts": ts, "metrics": metrics}))
+                ws.send(json.dumps(dict(CONTRACT_PROCS[gpu_id], type="procs", gpu_id=gpu_id, ts=ts)))
+
+
+def test_contract_frames_intel_and_nvidia(start_server, browser):
+    server = start_server()
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    try:
+        page = context.new_page()
+        page.set_default_timeout(10000)
+        watch = Watch(page, server)
+        mock = MockSocket(page)
+        page.goto(server.url + "#gpu=all")
+        expect(page.locator("article.gpu")).to_have_count(3)
+        mock.frames()
+        intel = page.locator("article.gpu[data-gpu=card0]")
+        nv = page.locator("article.gpu[data-gpu=nvidia0]")
+        lost = page.locator("article.gpu[data-gpu=nvidia1]")
+        expect(intel.locator("[data-testid=vendor]")).to_have_text("Intel")
+        expect(intel.locator("h2")).to_contain_text("Intel Arc B580")
+
+        # Intel: the device VRAM use is unknown; the processes' sum is shown as only that.
+        expect(intel.locator("[data-metric=vram_used]")).to_have_text("%s / 12.0 GiB" % NA)
+        expect(intel.locator("[data-metric=vram_procs]")).to_have_text("1.50%sGiB" % NBSP)
+        expect(intel.locator("[data-testid=vram-procs-only]")).to_contain_text("only their sum is known")
+        expect(intel.locator(".bar[aria-label='VRAM held by visible processes']")).to_have_count(1)
+        expect(intel.locator(".bar .lb")).to_have_count(2)      # VRAM and GTT: lower bounds, hatched
+        expect(intel.locator("[data-metric=throttle_reasons]")).to_have_text("pl1")
+        expect(intel.locator(".tile.alert", has_text="Throttling")).to_have_count(1)
+        expect(intel.locator("[data-metric=energy_j]")).to_have_text("2.00%sWh" % NBSP)
+        expect(intel.locator("[data-metric=pstate]")).to_have_text(NA)
+        expect(intel.locator("[data-metric=enc_dec]")).to_have_text("%s / %s" % (NA, NA))
+        cols = intel.locator("thead button.sort").evaluate_all("bs => bs.map(b => b.dataset.col)")
+        assert [c for c in cols if c.startswith("eng:")] == ["eng:rcs", "eng:ccs", "eng:bcs", "eng:vcs", "eng:vecs"]
+        expect(intel.locator("[data-testid=headline]")).to_contain_text("blender")
+        expect(intel.locator("[data-testid=headline]")).to_contain_text("rcs 55.0%")
+
+        # NVIDIA on the v1 memory call: used includes reserved, reserved unknown.
+        expect(nv.locator("[data-metric=vram_source]")).to_have_text("used (incl. reserved)")
+        expect(nv.locator("[data-metric=vram_reserved]")).to_have_text(NA)
+        expect(nv.locator("[data-metric=throttle_reasons]")).to_have_text("GpuIdle")
+        expect(nv.locator(".tile.alert")).to_have_count(0)
+        expect(nv.locator("[data-metric=pstate]")).to_have_text("P0")
+        expect(nv.locator("[data-metric=enc_dec]")).to_have_text("40% / 0%")
+        expect(nv.locator("[data-metric=energy_j]")).to_have_text("2.50%skWh" % NBSP)
+        expect(nv.locator("[data-testid=mem-gtt]")).to_have_count(0)
+        # An encoder-only process is the busy one (NVML: its busiest unit, not SM alone).
+        expect(nv.locator("[data-testid=headline]")).to_contain_text("ffmpeg (PID 700, alice) is making this")
+        expect(nv.locator("[data-testid=headline]")).to_contain_text("enc 40.0%")
+        cols = nv.locator("thead button.sort").evaluate_all("bs => bs.map(b => b.dataset.col)")
+        assert [c for c in cols if c.startswith("eng:")] == ["eng:sm", "eng:mem", "eng:dec", "eng:enc",
+                                                             "eng:jpg", "eng:ofa"]
+        row = nv.locator("tbody tr[data-pid='701']")
+        expect(row).to_have_class("unseen")
+        expect(row.locator(".nm")).to_have_text("?")
+        expect(nv.locator("tbody tr[data-pid='700'] .badge.ptype")).to_have_text("C+G")
+        expect(nv.locator("[data-testid=visibility]")).to_contain_text("NVML still lists every process")
+        expect(nv.locator("p.note")).to_contain_text("NVML's latest per-process utilisation")
+
+        # null sorts lowest: last when descending, first when ascending.
+        def nv_pids():
+            return [int(p) for p in nv.locator("tbody tr[data-pid]").evaluate_all("rs => rs.map(r => r.dataset.pid)")]
+        nv.locator("button[data-col=vram]").click()
+        th_vram = nv.locator("th", has=page.locator("button[data-col=vram]"))
+        expect(th_vram).to_have_attribute("aria-sort", "descending")
+        assert nv_pids() == [701, 700, 702]
+        nv.locator("button[data-col=vram]").click()
+        expect(th_vram).to_have_attribute("aria-sort", "ascending")
+        assert nv_pids() == [702, 700, 701]
+
+        # A lost GPU says so.
+        expect(lost.locator("[data-testid=headline]")).to_contain_text("Lost")
+        expect(lost.locator("[data-metric=runtime_status]")).to_have_text("lost")
+        expect(lost.locator(".tile.alert", has_text="State")).to_have_count(1)
+        mock.frames()
+        screenshot(page, "contract-intel-nvidia.png")
+        watch.assert_clean()
+    finally:
+        context.close()

@@ -136,6 +136,7 @@ WS_RECV_SIZE = 65536
 WS_SNDBUF_BYTES = 65536
 HTTP_IDLE_TIMEOUT_S = 15.0
 HTTP_ERROR_LOG_PER_S = 20       # error lines logged per second at most (the rest counted)
+ONCE_RATE_WAIT_S = 0.5          # --once reads twice this far apart (rates need two reads)
 SHUTDOWN_GRACE_S = 0.6          # time clients get to answer our Close 1001
 PROC_SCAN_BUDGET_S = 0.5        # wall-clock budget of one /proc walk (then resumed next scan)
 
@@ -5721,14 +5722,25 @@ def setup_logging(level):
 
 
 def run_once(config):
-    """--once: sample every GPU once; print JSON (--json) or a short table."""
+    """--once: every GPU and its processes; print JSON (--json) or a short table.
+
+    Rates (engine %, Intel busy and power) need two readings of a counter, so
+    everything is read twice, ONCE_RATE_WAIT_S apart, and the second is shown.
+    """
     backends = make_backends(config)
     readers = []
     for backend in backends:
         readers.extend(backend.open_reader(info) for info in backend.discover())
     readers.sort(key=lambda reader: _card_order(reader.info))
+    source = make_proc_source(config, backends)
+    if source is not None:
+        source.set_gpus([reader.info for reader in readers])
+        source.scan()
+    for reader in readers:
+        reader.sample(time.monotonic())
+    time.sleep(ONCE_RATE_WAIT_S)
+    procs = source.refresh() if source is not None else None
     now, epoch = time.monotonic(), time.time()
-    procs = once_procs(config, backends, [reader.info for reader in readers])
     gpus = []
     for reader in readers:
         entry = procs.by_pci.get(reader.info.pci) if procs else None
@@ -5738,21 +5750,13 @@ def run_once(config):
         reader.close()
     for backend in backends:
         backend.close()
-    snapshot = {"version": __version__, "ts": format_ts(epoch), "gpus": gpus}
+    snapshot = {"version": __version__, "ts": format_ts(epoch), "rates_over_s": ONCE_RATE_WAIT_S,
+                "gpus": gpus}
     if config.json:
         print(json.dumps(snapshot, indent=2))
     else:
         print(format_once_table(gpus))
     return 0
-
-
-def once_procs(config, backends, infos):
-    """One process scan for --once (engine % needs two samples, so it is null)."""
-    source = make_proc_source(config, backends)
-    if source is None:
-        return None
-    source.set_gpus(infos)
-    return source.scan()
 
 
 def format_once_table(gpus):

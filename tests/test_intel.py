@@ -98,23 +98,24 @@ IDENTITY = {
         "render_node": "/dev/dri/renderD128", "driver": "xe", "apu": False, "demo": False},
 }
 
-# Single --once sample: no deltas yet, so gpu_busy_pct and power_w are null.
+# --once reads twice, 0.5 s apart; the fixture's counters do not move in between:
+# no idle residency accrued (busy 100 %), no energy used (0 W); no energy file: null.
 METRICS = {
     "intel_tgl_igpu": {
-        "sclk_mhz": mif.TGL_FREQ["act"], "gpu_busy_pct": None, "power_w": None,
+        "sclk_mhz": mif.TGL_FREQ["act"], "gpu_busy_pct": 100.0, "power_w": None,
         "energy_j": None, "power_cap_w": None, "temp_c": None, "temp_mem_c": None,
         "fan_rpm": None, "throttle_reasons": ["pl1"], "vram_total_bytes": None,
         "vram_used_bytes": None, "pcie_speed_gts": None, "pcie_gen": None,
         "pcie_width": None, "runtime_status": "active"},
     "intel_arc_a770_i915": {
-        "sclk_mhz": mif.A770_FREQ["act"], "gpu_busy_pct": None, "power_w": None,
+        "sclk_mhz": mif.A770_FREQ["act"], "gpu_busy_pct": 100.0, "power_w": 0.0,
         "energy_j": 123456.789, "power_cap_w": 190.0, "temp_c": 52.0, "temp_mem_c": None,
         "fan_rpm": 1180, "throttle_reasons": [], "vram_total_bytes": None,
         "vram_used_bytes": None,
         # the switch's upstream port (01:00.0), not the 2.5 GT/s x1 of the endpoint
         "pcie_speed_gts": 16.0, "pcie_gen": 4, "pcie_width": 16, "runtime_status": "active"},
     "intel_bmg_xe": {
-        "sclk_mhz": mif.BMG_GT0_FREQ["act"], "gpu_busy_pct": None, "power_w": None,
+        "sclk_mhz": mif.BMG_GT0_FREQ["act"], "gpu_busy_pct": 100.0, "power_w": 0.0,
         "energy_j": 98765.432, "power_cap_w": 190.0, "temp_c": 54.0, "temp_mem_c": 62.0,
         "fan_rpm": 1210, "throttle_reasons": ["pl1", "thermal"],
         "vram_total_bytes": mif.BMG_VRAM_BYTES, "vram_used_bytes": None,
@@ -212,7 +213,7 @@ def test_i915_old_kernel_without_per_gt_files(tmp_path):
     metrics = run_once(root)["gpus"][0]["metrics"]
     assert metrics["sclk_mhz"] == 700
     assert metrics["throttle_reasons"] is None
-    assert metrics["gpu_busy_pct"] is None          # one sample
+    assert metrics["gpu_busy_pct"] == 100.0         # card-level rc6 counter, frozen in the fixture
 
 
 def test_i915_prefers_the_per_gt_frequency(tmp_path):
@@ -325,7 +326,7 @@ def test_procs_of_the_intel_gpus(once):
     assert shell["name"] == "gnome-shell" and shell["render_node"] == "renderD128"
     assert shell["clients"] == 1                    # fds 10 and 11 are one client (id 18)
     assert set(shell["engines_pct"]) == I915_ENGINES
-    assert all(v is None for v in shell["engines_pct"].values())     # one scan: no rate yet
+    assert all(v == 0.0 for v in shell["engines_pct"].values())      # two reads, frozen counters
     assert shell["engines_ns"] == {"render": 25662044495, "copy": 0, "video": 0,
                                    "video-enhance": 0}
     assert shell["type"] is None and shell["visible"] is True and shell["kfd"] is False

@@ -60,9 +60,12 @@ def test_once_json_includes_processes():
     by_id = {gpu["id"]: gpu for gpu in snapshot["gpus"]}
     assert pids(by_id["card1"]["procs"]) == [1200, 1300, 1301, 1400, 1500, 1600, 1700, 2100, 2400]
     assert pids(by_id["card2"]["procs"]) == [1500, 1700, 2300]
-    # One sample only: engine % needs two, so it is null, never a made-up 0.
+    # Engine % needs two reads: --once takes them 0.5 s apart; the fixture's counters
+    # do not move in between, so every engine that has a counter reads 0.0.
+    assert snapshot["rates_over_s"] == 0.5
     for proc in by_id["card1"]["procs"]["processes"]:
-        assert all(v is None for v in proc["engines_pct"].values())
+        assert all(v == 0.0 for v in proc["engines_pct"].values()), proc["pid"]
+    assert by_id["card1"]["procs"]["processes"][0]["engines_pct"]
 
 
 def test_once_json_without_proc_scan():

@@ -175,6 +175,21 @@ def server_env(fixture="multi_gpu", sysfs_root=None, env=None):
     return out
 
 
+def tree_listing(root):
+    """{relative path: ("link", target) or ("file", bytes)} of a fixture tree."""
+    found = {}
+    for base, dirs, files in os.walk(root):
+        for name in dirs + files:
+            path = os.path.join(base, name)
+            rel = os.path.relpath(path, root)
+            if os.path.islink(path):
+                found[rel] = ("link", os.readlink(path))
+            elif os.path.isfile(path):
+                with open(path, "rb") as fh:
+                    found[rel] = ("file", fh.read())
+    return found
+
+
 def fixture_env(sysfs, proc=None, **extra):
     """APP_* roots for a sysfs fixture (and optionally a /proc fixture), plus extras."""
     env = {"APP_SYSFS_ROOT": os.path.join(SYSFS, sysfs), "APP_SHARE_ROOT": SHARE}

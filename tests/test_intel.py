@@ -22,7 +22,7 @@ import time
 
 import pytest
 
-from conftest import PROGRAM, REPO, SHARE, SYSFS, TESTDATA, wait_for
+from conftest import PROGRAM, REPO, SHARE, SYSFS, TESTDATA, tree_listing, wait_for
 
 import make_intel_fixtures as mif
 
@@ -500,18 +500,7 @@ def test_generator_reproduces_the_committed_trees(tmp_path):
     """tests/make_intel_fixtures.py is deterministic and the committed trees are its output."""
     assert mif.main(["--out", str(tmp_path)]) == 0
 
-    def listing(root):
-        found = {}
-        for base, dirs, files in os.walk(root):
-            for name in dirs + files:
-                path = os.path.join(base, name)
-                rel = os.path.relpath(path, root)
-                if os.path.islink(path):
-                    found[rel] = ("link", os.readlink(path))
-                elif os.path.isfile(path):
-                    with open(path, "rb") as fh:
-                        found[rel] = ("file", fh.read())
-        return found
+    listing = tree_listing
     for kind, trees in (("sys", mif.SYS_TREES), ("proc", mif.PROC_TREES)):
         for tree in trees:
             assert listing(str(tmp_path / kind / tree)) == listing(

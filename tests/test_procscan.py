@@ -15,6 +15,7 @@ import pytest
 
 import amdgpu_top_web as atw
 import make_proc_fixtures as mpf
+from conftest import tree_listing
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PROC_DATA = os.path.join(os.path.dirname(HERE), "testdata", "proc")
@@ -499,18 +500,7 @@ def test_generator_reproduces_the_committed_trees(tmp_path):
     out = str(tmp_path / "proc")
     assert mpf.main(["make_proc_fixtures.py", out]) == 0
 
-    def listing(root):
-        found = {}
-        for base, dirs, files in os.walk(root):
-            for name in dirs + files:
-                path = os.path.join(base, name)
-                rel = os.path.relpath(path, root)
-                if os.path.islink(path):
-                    found[rel] = ("link", os.readlink(path))
-                elif os.path.isfile(path):
-                    with open(path, "rb") as fh:
-                        found[rel] = ("file", fh.read())
-        return found
+    listing = tree_listing
 
     # proc/intel is tests/make_intel_fixtures.py's (checked in tests/test_intel.py)
     committed = {k: v for k, v in listing(PROC_DATA).items() if k.split(os.sep)[0] != "intel"}

@@ -54,6 +54,7 @@ import select
 import shutil
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 
@@ -193,6 +194,21 @@ def finished(job, timeout):
     res["t_end"] = time.time()
     res["wall_s"] = round(res["t_end"] - res["t_start"], 3)
     return res
+
+
+def finished_all(jobs, timeout):
+    """finished() for several jobs at once, one thread each, so every t_end is
+    when that command really ended."""
+    results = [None] * len(jobs)
+
+    def wait(n):
+        results[n] = finished(jobs[n], timeout)
+    threads = [threading.Thread(target=wait, args=(n,), name="wait-%d" % n) for n in range(len(jobs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results
 
 
 def read_line(stream, timeout):
@@ -426,7 +442,7 @@ def sample_round(rep, label, smi, fields, used, pfields):
             started([smi, "--query-gpu=" + ",".join(fields), "--format=csv,noheader,nounits"]),
             started([smi, "--query-compute-apps=" + ",".join(pfields),
                      "--format=csv,noheader,nounits"])]
-    ours_run, gpu_run, app_run = [finished(j, min(45, rep.left())) for j in jobs]
+    ours_run, gpu_run, app_run = finished_all(jobs, min(45, rep.left()))
     record = {"label": label, "ours_run": ours_run, "smi_gpu_run": gpu_run, "smi_apps_run": app_run}
     for name, res in (("ours --once", ours_run), ("nvidia-smi --query-gpu", gpu_run),
                       ("nvidia-smi --query-compute-apps", app_run)):

@@ -255,6 +255,7 @@ NVML_PROC_UTIL_INFO_VERSION = 24 | 1 << 24       # nvmlProcessesUtilizationInfo_
 NVML_MEMORY_NA = 0xFFFFFFFFFFFFFFFF              # usedGpuMemory "not available"
 NVML_NAME_BUFFER = 96                            # NVML_DEVICE_NAME_V2_BUFFER_SIZE
 NVML_UUID_BUFFER = 96
+NVML_PROCESS_NAME_BUFFER = 1024                  # a path (pynvml uses 1024 too)
 NVML_LOST_RETRY_S = 30.0                         # a lost GPU is asked again this rarely
 NVML_LIST_ATTEMPTS = 3                           # process lists may grow between calls
 # nvmlClocksEventReason* bits (nvml.h), in bit order; other bits read as "other".
@@ -264,6 +265,8 @@ NVML_CLOCK_EVENT_REASONS = (
     (0x40, "HwThermalSlowdown"), (0x80, "HwPowerBrakeSlowdown"),
     (0x100, "DisplayClockSetting"), (0x200, "BoardLimit"), (0x400, "Reliability"),
 )
+NVML_CLOCK_EVENT_KNOWN = sum(bit for bit, _ in NVML_CLOCK_EVENT_REASONS)
+NVML_UTIL_LIMITED = ("sm", "enc", "dec")     # a sample over 100 % here is bogus (nvtop#110)
 NVML_UTIL_ENGINES = ("sm", "mem", "enc", "dec", "jpg", "ofa")   # the old API has the first four
 NVML_PROCESS_LISTS = (("C", "nvmlDeviceGetComputeRunningProcesses"),
                       ("G", "nvmlDeviceGetGraphicsRunningProcesses"),
@@ -912,10 +915,7 @@ def parse_clock_event_reasons(mask):
     if mask is None:
         return None
     names = [name for bit, name in NVML_CLOCK_EVENT_REASONS if mask & bit]
-    known = 0
-    for bit, _ in NVML_CLOCK_EVENT_REASONS:
-        known |= bit
-    if mask & ~known:
+    if mask & ~NVML_CLOCK_EVENT_KNOWN:
         names.append("other")
     return names
 
@@ -988,11 +988,11 @@ def merge_nvml_processes(lists):
 
 def pick_nvml_util(samples, pids):
     """[(pid, timestamp µs, {engine: %})] -> {pid: {engine: %}}: the newest
-    sample per listed PID; samples of unlisted PIDs, or over 100 %, are
-    dropped (the driver reports both, nvtop#110)."""
+    sample per listed PID; samples of unlisted PIDs, or with SM, encoder or
+    decoder over 100 %, are dropped (the driver reports both, nvtop#110)."""
     best = {}
     for pid, stamp, engines in samples:
-        if pid not in pids or any(v > 100 for v in engines.values()):
+        if pid not in pids or any(engines.get(k, 0) > 100 for k in NVML_UTIL_LIMITED):
             continue
         if pid not in best or stamp >= best[pid][0]:
             best[pid] = (stamp, engines)
@@ -2897,6 +2897,14 @@ class NvmlLibrary(object):
         """Whether the library exports name (probing alone, nothing bound)."""
         return hasattr(self.lib, name)
 
+    def unchecked(self, name):
+        """A separate pointer to name without argtypes (returns int), for calls
+        whose every argument is already a ctypes object of the C type; None
+        when the library lacks it."""
+        if not self.has(name):
+            return None
+        return self.lib._FuncPtr((name, self.lib))
+
     def init(self):
         """nvmlInit_v2 -> its nvmlReturn_t (0 on success)."""
         fn = self.function("nvmlInit_v2")
@@ -3345,13 +3353,14 @@ class IntelBackend(_DrmBackend):
 
 
 class _NvmlCall(object):
-    """One prepared NVML query of a sampler: the bound function, its argument
-    tuple (the out-structs made once) and how to turn them into metrics."""
+    """One prepared NVML query of a sampler: the function, its argument tuple
+    (the out-structs made once) and put(metrics), which stores the answer
+    (and returns False when the answer says the metric will never come)."""
 
-    __slots__ = ("name", "fn", "args", "convert", "fallback")
+    __slots__ = ("name", "fn", "args", "put", "fallback")
 
-    def __init__(self, name, fn, args, convert, fallback=None):
-        self.name, self.fn, self.args, self.convert, self.fallback = name, fn, args, convert, fallback
+    def __init__(self, name, fn, args, put, fallback=None):
+        self.name, self.fn, self.args, self.put, self.fallback = name, fn, args, put, fallback
 
 
 def _nv_field_value(field):
@@ -3363,11 +3372,23 @@ def _nv_field_value(field):
             value.usVal)[kind] if 0 <= kind <= 6 else None
 
 
+def _nv_put_field(metrics, key, field):
+    """A field value into metrics; False when NVML says the field is not
+    supported on this GPU (the per-entry nvmlReturn), so it is not asked again."""
+    metrics[key] = _nv_field_value(field)
+    return field.nvmlReturn not in NVML_DISABLING_ERRORS
+
+
 class NvidiaGpuReader(object):
     """Reads one NVIDIA GPU through NVML: each metric is one prepared call,
     disabled for good after NOT_SUPPORTED; GPU_IS_LOST makes the GPU "lost"
     (metrics null, retried every NVML_LOST_RETRY_S). Never raises for an NVML
-    answer, and never calls the 20 ms nvmlDeviceGetPcieThroughput."""
+    answer, and never calls the 20 ms nvmlDeviceGetPcieThroughput.
+
+    Every argument of a prepared call is a ctypes object of the C type (the
+    handle a c_void_p, enums c_int, outputs byref), so the calls go through
+    pointers without argtypes: nothing can be truncated, and the per-call
+    argument check (a quarter of a microsecond) is saved on the 4 Hz path."""
 
     def __init__(self, nvml, info, handle, lost=None):
         self.info = info
@@ -3376,63 +3397,68 @@ class NvidiaGpuReader(object):
         self._retry_at = None
         self._calls = self._plan()
 
-    def _bind(self, name, argtypes, args, convert, fallback=None):
-        fn = self._nvml.function(name, ctypes.c_void_p, *argtypes)
+    def _bind(self, name, args, put, fallback=None):
+        fn = self._nvml.unchecked(name)
         if fn is None:
             return fallback
-        return _NvmlCall(name, fn, (self._handle,) + args, convert, fallback)
+        return _NvmlCall(name, fn, (self._handle,) + args, put, fallback)
 
-    def _scalar(self, name, ctype, convert, prefix=()):
+    def _scalar(self, name, ctype, key, scale=None, prefix=()):
         out = ctype()
-        types = tuple(type(a) for a in prefix) + (ctypes.POINTER(ctype),)
-        return self._bind(name, types, tuple(prefix) + (ctypes.byref(out),),
-                          lambda _args, o=out: convert(o.value))
+        if scale is None:
+            put = lambda m, o=out: m.__setitem__(key, o.value)          # noqa: E731
+        else:
+            put = lambda m, o=out: m.__setitem__(key, o.value / scale)  # noqa: E731
+        return self._bind(name, tuple(prefix) + (ctypes.byref(out),), put)
 
     def _plan(self):
-        u32, u64, pu32 = ctypes.c_uint, ctypes.c_ulonglong, ctypes.POINTER(ctypes.c_uint)
         util, mem1 = NvmlUtilization(), NvmlMemory()
         mem2 = NvmlMemoryV2(version=NVML_MEMORY_V2_VERSION)
         fan = NvmlFanSpeedInfo(version=NVML_FAN_SPEED_INFO_VERSION, fan=0)
         field = (NvmlFieldValue * 1)()
         field[0].fieldId = NVML_FI_DEV_MEMORY_TEMP
-        enc, dec, period = u32(), u32(), u32()
-        v1 = self._bind("nvmlDeviceGetMemoryInfo", (ctypes.POINTER(NvmlMemory),), (ctypes.byref(mem1),),
-                        lambda _a: {"vram_total_bytes": mem1.total, "vram_used_bytes": mem1.used,
-                                    "vram_used_source": "nvml_v1"})
-        reasons = ("nvmlDeviceGetCurrentClocksEventReasons"
-                   if self._nvml.has("nvmlDeviceGetCurrentClocksEventReasons")
-                   else "nvmlDeviceGetCurrentClocksThrottleReasons")
+        pstate, reasons = ctypes.c_int(), ctypes.c_ulonglong()
+        enc, dec, period = ctypes.c_uint(), ctypes.c_uint(), ctypes.c_uint()
+        v1 = self._bind("nvmlDeviceGetMemoryInfo", (ctypes.byref(mem1),),
+                        lambda m: m.update(vram_total_bytes=mem1.total, vram_used_bytes=mem1.used,
+                                           vram_used_source="nvml_v1"))
+        reasons_fn = ("nvmlDeviceGetCurrentClocksEventReasons"
+                      if self._nvml.has("nvmlDeviceGetCurrentClocksEventReasons")
+                      else "nvmlDeviceGetCurrentClocksThrottleReasons")
         calls = [
-            self._bind("nvmlDeviceGetUtilizationRates", (ctypes.POINTER(NvmlUtilization),),
-                       (ctypes.byref(util),),
-                       lambda _a: {"gpu_busy_pct": util.gpu, "mem_busy_pct": util.memory}),
-            self._scalar("nvmlDeviceGetClockInfo", u32, lambda v: {"sclk_mhz": v},
-                         (ctypes.c_int(NVML_CLOCK_GRAPHICS),)),
-            self._scalar("nvmlDeviceGetClockInfo", u32, lambda v: {"mclk_mhz": v},
-                         (ctypes.c_int(NVML_CLOCK_MEM),)),
-            self._scalar("nvmlDeviceGetTemperature", u32, lambda v: {"temp_c": v},
-                         (ctypes.c_int(NVML_TEMPERATURE_GPU),)),
-            self._bind("nvmlDeviceGetFieldValues", (ctypes.c_int, ctypes.POINTER(NvmlFieldValue)),
-                       (ctypes.c_int(1), field), lambda _a: {"temp_mem_c": _nv_field_value(field[0])}),
-            self._scalar("nvmlDeviceGetFanSpeed", u32, lambda v: {"fan_pct": v}),
-            self._bind("nvmlDeviceGetFanSpeedRPM", (ctypes.POINTER(NvmlFanSpeedInfo),),
-                       (ctypes.byref(fan),), lambda _a: {"fan_rpm": fan.speed}),
-            self._scalar("nvmlDeviceGetPowerUsage", u32, lambda v: {"power_w": v / 1000.0}),
-            self._scalar("nvmlDeviceGetEnforcedPowerLimit", u32, lambda v: {"power_cap_w": v / 1000.0}),
-            self._scalar("nvmlDeviceGetTotalEnergyConsumption", u64, lambda v: {"energy_j": v / 1000.0}),
-            self._bind("nvmlDeviceGetMemoryInfo_v2", (ctypes.POINTER(NvmlMemoryV2),), (ctypes.byref(mem2),),
-                       lambda _a: {"vram_total_bytes": mem2.total, "vram_used_bytes": mem2.used,
-                                   "vram_reserved_bytes": mem2.reserved, "vram_used_source": "nvml_v2"},
-                       fallback=v1),
-            self._scalar("nvmlDeviceGetCurrPcieLinkGeneration", u32, lambda v: {"pcie_gen": v}),
-            self._scalar("nvmlDeviceGetCurrPcieLinkWidth", u32, lambda v: {"pcie_width": v}),
-            self._scalar("nvmlDeviceGetPerformanceState", ctypes.c_int,
-                         lambda v: {"pstate": None if v == NVML_PSTATE_UNKNOWN else v}),
-            self._scalar(reasons, u64, lambda v: {"throttle_reasons": parse_clock_event_reasons(v)}),
-            self._bind("nvmlDeviceGetEncoderUtilization", (pu32, pu32),
-                       (ctypes.byref(enc), ctypes.byref(period)), lambda _a: {"enc_pct": enc.value}),
-            self._bind("nvmlDeviceGetDecoderUtilization", (pu32, pu32),
-                       (ctypes.byref(dec), ctypes.byref(period)), lambda _a: {"dec_pct": dec.value}),
+            self._bind("nvmlDeviceGetUtilizationRates", (ctypes.byref(util),),
+                       lambda m: m.update(gpu_busy_pct=util.gpu, mem_busy_pct=util.memory)),
+            self._scalar("nvmlDeviceGetClockInfo", ctypes.c_uint, "sclk_mhz",
+                         prefix=(ctypes.c_int(NVML_CLOCK_GRAPHICS),)),
+            self._scalar("nvmlDeviceGetClockInfo", ctypes.c_uint, "mclk_mhz",
+                         prefix=(ctypes.c_int(NVML_CLOCK_MEM),)),
+            self._scalar("nvmlDeviceGetTemperature", ctypes.c_uint, "temp_c",
+                         prefix=(ctypes.c_int(NVML_TEMPERATURE_GPU),)),
+            self._bind("nvmlDeviceGetFieldValues", (ctypes.c_int(1), field),
+                       lambda m: _nv_put_field(m, "temp_mem_c", field[0])),
+            self._scalar("nvmlDeviceGetFanSpeed", ctypes.c_uint, "fan_pct"),
+            self._bind("nvmlDeviceGetFanSpeedRPM", (ctypes.byref(fan),),
+                       lambda m: m.__setitem__("fan_rpm", fan.speed)),
+            self._scalar("nvmlDeviceGetPowerUsage", ctypes.c_uint, "power_w", 1000.0),
+            self._scalar("nvmlDeviceGetEnforcedPowerLimit", ctypes.c_uint, "power_cap_w", 1000.0),
+            self._scalar("nvmlDeviceGetTotalEnergyConsumption", ctypes.c_ulonglong, "energy_j",
+                         1000.0),
+            self._bind("nvmlDeviceGetMemoryInfo_v2", (ctypes.byref(mem2),),
+                       lambda m: m.update(vram_total_bytes=mem2.total, vram_used_bytes=mem2.used,
+                                          vram_reserved_bytes=mem2.reserved,
+                                          vram_used_source="nvml_v2"), fallback=v1),
+            self._scalar("nvmlDeviceGetCurrPcieLinkGeneration", ctypes.c_uint, "pcie_gen"),
+            self._scalar("nvmlDeviceGetCurrPcieLinkWidth", ctypes.c_uint, "pcie_width"),
+            self._bind("nvmlDeviceGetPerformanceState", (ctypes.byref(pstate),),
+                       lambda m: m.__setitem__("pstate", None if pstate.value == NVML_PSTATE_UNKNOWN
+                                               else pstate.value)),
+            self._bind(reasons_fn, (ctypes.byref(reasons),),
+                       lambda m: m.__setitem__("throttle_reasons",
+                                               parse_clock_event_reasons(reasons.value))),
+            self._bind("nvmlDeviceGetEncoderUtilization", (ctypes.byref(enc), ctypes.byref(period)),
+                       lambda m: m.__setitem__("enc_pct", enc.value)),
+            self._bind("nvmlDeviceGetDecoderUtilization", (ctypes.byref(dec), ctypes.byref(period)),
+                       lambda m: m.__setitem__("dec_pct", dec.value)),
         ]
         return [call for call in calls if call is not None]
 
@@ -3444,7 +3470,9 @@ class NvidiaGpuReader(object):
             while call is not None:
                 rc = call.fn(*call.args)
                 if rc == NVML_SUCCESS:
-                    metrics.update(call.convert(call.args))
+                    if call.put(metrics) is False:       # e.g. a field value not supported
+                        call = self._disable(index, NVML_ERROR_NOT_SUPPORTED)
+                        continue
                 elif rc == NVML_ERROR_GPU_IS_LOST:
                     return self._lost(now)
                 elif rc in NVML_DISABLING_ERRORS:
@@ -3566,27 +3594,29 @@ class NvmlProcSource(object):
 
     def _utilisation(self, gpu_id, handle, pids):
         """{pid: {engine: %}} (0 % for listed PIDs without a new sample), or
-        None when the GPU gives no per-process utilisation."""
+        None when the GPU gives no per-process utilisation (or not this time).
+        The newest API is used while it answers; the old one only once the
+        new one is refused for good, so one frame never mixes their engines."""
         last = self._last_seen.get(gpu_id) or self._clock_us() - 1000000
-        samples = None
         if self._util_new is not None:
-            samples = self._util_samples_new(handle, last)
-        if samples is None and self._util_old is not None:
-            samples = self._util_samples_old(handle, last)
-        if samples is None:
+            samples, engines = self._util_samples_new(handle, last), NVML_UTIL_ENGINES
+        if self._util_new is None and self._util_old is not None:
+            samples, engines = self._util_samples_old(handle, last), NVML_UTIL_ENGINES[:4]
+        if (self._util_new is None and self._util_old is None) or samples is None:
             return None
         if samples:
             self._last_seen[gpu_id] = max(stamp for _, stamp, _ in samples)
         picked = pick_nvml_util(samples, pids)
-        zero = dict.fromkeys(NVML_UTIL_ENGINES if self._util_new is not None
-                             else NVML_UTIL_ENGINES[:4], 0)
+        zero = dict.fromkeys(engines, 0)
         return dict((pid, picked.get(pid, zero)) for pid in pids)
 
     def _util_samples_new(self, handle, last):
         info = NvmlProcessesUtilizationInfo(version=NVML_PROC_UTIL_INFO_VERSION, lastSeenTimeStamp=last)
         rc = self._util_new(handle, ctypes.byref(info))
-        if rc == NVML_ERROR_INSUFFICIENT_SIZE:
-            size = info.processSamplesCount + 8
+        for _ in range(NVML_LIST_ATTEMPTS):          # the buffer may grow between calls
+            if rc != NVML_ERROR_INSUFFICIENT_SIZE:
+                break
+            size = info.processSamplesCount * 2 + 5
             entries = (NvmlProcessUtilizationInfo * size)()
             info.processSamplesCount, info.procUtilArray = size, entries
             rc = self._util_new(handle, ctypes.byref(info))
@@ -3594,27 +3624,30 @@ class NvmlProcSource(object):
                 return [(e.pid, e.timeStamp, {"sm": e.smUtil, "mem": e.memUtil, "enc": e.encUtil,
                                               "dec": e.decUtil, "jpg": e.jpgUtil, "ofa": e.ofaUtil})
                         for e in entries[:info.processSamplesCount]]
-        if rc in (NVML_SUCCESS, NVML_ERROR_NOT_FOUND):
-            return []                    # no sample newer than last: every process idle
-        if rc in NVML_DISABLING_ERRORS:
-            self._util_new = None
-        return None
+        return self._util_empty(rc, "_util_new")
 
     def _util_samples_old(self, handle, last):
         count = ctypes.c_uint(0)
         rc = self._util_old(handle, None, ctypes.byref(count), ctypes.c_ulonglong(last))
-        if rc == NVML_ERROR_INSUFFICIENT_SIZE:
-            size = count.value + 8
+        for _ in range(NVML_LIST_ATTEMPTS):
+            if rc != NVML_ERROR_INSUFFICIENT_SIZE:
+                break
+            size = count.value * 2 + 5
             entries = (NvmlProcessUtilizationSample * size)()
             count = ctypes.c_uint(size)
             rc = self._util_old(handle, entries, ctypes.byref(count), ctypes.c_ulonglong(last))
             if rc == NVML_SUCCESS:
                 return [(e.pid, e.timeStamp, {"sm": e.smUtil, "mem": e.memUtil, "enc": e.encUtil,
                                               "dec": e.decUtil}) for e in entries[:count.value]]
+        return self._util_empty(rc, "_util_old")
+
+    def _util_empty(self, rc, api):
+        """No samples: [] when NVML has none newer (every process idle), None
+        otherwise; an API refused for good is dropped."""
         if rc in (NVML_SUCCESS, NVML_ERROR_NOT_FOUND):
             return []
         if rc in NVML_DISABLING_ERRORS:
-            self._util_old = None
+            setattr(self, api, None)
         return None
 
     def _row(self, procfd, pid, used, kind, util):
@@ -3636,8 +3669,8 @@ class NvmlProcSource(object):
     def _nvml_name(self, pid):
         if self._name_fn is None:
             return None
-        buf = ctypes.create_string_buffer(256)
-        if self._name_fn(pid, buf, 256) != NVML_SUCCESS:
+        buf = ctypes.create_string_buffer(NVML_PROCESS_NAME_BUFFER)
+        if self._name_fn(pid, buf, NVML_PROCESS_NAME_BUFFER) != NVML_SUCCESS:
             return None
         return sanitize_text(os.path.basename(buf.value.decode("utf-8", "replace"))) or None
 
@@ -3693,9 +3726,9 @@ class NvidiaBackend(object):
         pci = NvmlPciInfo()
         for name in ("nvmlDeviceGetPciInfo_v3", "nvmlDeviceGetPciInfo_v2", "nvmlDeviceGetPciInfo"):
             fn = self._nvml.function(name, ctypes.c_void_p, ctypes.POINTER(NvmlPciInfo))
-            if fn is not None:
+            if fn is not None and fn(handle, ctypes.byref(pci)) == NVML_SUCCESS:
                 break
-        if fn is None or fn(handle, ctypes.byref(pci)) != NVML_SUCCESS:
+        else:
             LOG.info("event=nvml_gpu_skipped index=%d reason='no PCI info'", index)
             return None
         address = nvml_pci_address(pci.domain, pci.bus, pci.device)

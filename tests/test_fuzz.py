@@ -412,7 +412,7 @@ def test_plain_view_escapes_whatever_the_names_are(gpu_name, proc_name, cmd, use
     """The number of '<' in /plain depends only on the structure, never on
     the (untrusted) text: nothing injected can open a tag."""
     def render(gname, pname, pcmd, puser):
-        identity = {"id": "card0", "name": gname, "pci": "0000:03:00.0", "demo": False}
+        identity = {"id": "card0", "vendor": "amd", "name": gname, "pci": "0000:03:00.0", "demo": False}
         procs = {"card0": {"processes": [{
             "pid": 1, "user": puser, "uid": 1000, "name": pname, "cmd": pcmd,
             "vram_bytes": 1, "gtt_bytes": 2, "gpu_time_ms_per_s": None}]}}

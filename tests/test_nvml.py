@@ -52,7 +52,8 @@ UTIL = [
     dict(gpu=0, pid=1500, ts="now-200000", sm=20, mem=5),
     dict(gpu=0, pid=1500, ts="now", sm=64, mem=22, enc=0, dec=3),   # the newest wins
     dict(gpu=0, pid=424242, ts="now", sm=50),                       # a PID in no list: dropped
-    dict(gpu=0, pid=1300, ts="now", sm=130, mem=1),                 # over 100 %: dropped
+    dict(gpu=0, pid=1300, ts="now", sm=130, mem=1),                 # SM over 100 %: dropped
+    dict(gpu=2, pid=1200, ts="now-1000", sm=5, mem=140),            # mem over 100 %: kept, older
     dict(gpu=2, pid=1200, ts="now", sm=7, mem=2, enc=0, dec=0),
 ]
 PROCNAMES = {HIDDEN_PID: "/opt/job/bin/train-hidden"}
@@ -83,10 +84,10 @@ def nvidia(snapshot):
 
 def newest_valid(samples, pids):
     """The oracle's rule for per-process utilisation (nvtop#110): the newest
-    sample per listed PID, none over 100 %."""
+    sample per listed PID, none with SM, encoder or decoder over 100 %."""
     best = {}
     for s in samples:
-        values = [s[k] for k in ("sm", "mem", "enc", "dec", "jpg", "ofa") if s.get(k) is not None]
+        values = [s[k] for k in ("sm", "enc", "dec") if s.get(k) is not None]
         if s["pid"] not in pids or any(v > 100 for v in values):
             continue
         if s["pid"] not in best or s["ts"] >= best[s["pid"]]["ts"]:
@@ -267,13 +268,16 @@ def private_nvml(tmp_path, monkeypatch):
 
 def test_not_supported_is_asked_once(private_nvml):
     load, _, log = private_nvml
-    backend = load(gpus=[{}])                             # H100 defaults: fans NOT_SUPPORTED
+    # H100 defaults: fans NOT_SUPPORTED; memory temperature's field entry too
+    backend = load(gpus=[{"temp_mem": S.err("NOT_SUPPORTED")}])
     (info,) = backend.discover()
     reader = backend.open_reader(info)
     for tick in range(5):
         metrics = reader.sample(100.0 + tick)
         assert metrics["fan_pct"] is None and metrics["power_w"] == 71.234
+        assert metrics["temp_mem_c"] is None and metrics["temp_c"] == 33
     assert S.count_calls(log, "nvmlDeviceGetFanSpeed") == 1
+    assert S.count_calls(log, "nvmlDeviceGetFieldValues") == 1     # per-entry NOT_SUPPORTED
     assert S.count_calls(log, "nvmlDeviceGetPowerUsage") == 5
     assert S.count_calls(log, "nvmlDeviceGetPcieThroughput") == 0      # 20 ms: never
 
@@ -380,3 +384,19 @@ def test_server_gpu_lost_mid_run(server, fake_nvml_lib, tmp_path):
     calls = S.read_call_log(log)
     assert not [c for c in calls if c.fn == "nvmlDeviceGetPcieThroughput"]
     assert calls[-1].fn == "nvmlShutdown"                           # after every other call
+
+
+def test_pure_nvml_helpers():
+    samples = [(1, 10, {"sm": 5, "mem": 140}),      # mem over 100: kept (nvtop checks sm/enc/dec)
+               (2, 10, {"sm": 101, "mem": 1}),      # SM over 100: dropped
+               (3, 5, {"sm": 1}), (3, 9, {"sm": 2}),  # the newest of a PID wins
+               (4, 1, {"sm": 3})]                   # in no list: dropped
+    assert atw.pick_nvml_util(samples, {1, 2, 3}) == {1: {"sm": 5, "mem": 140}, 3: {"sm": 2}}
+    procs = [atw.NvmlProcess(7, 100, "C"), atw.NvmlProcess(7, 300, "G"),
+             atw.NvmlProcess(8, S.NOT_AVAILABLE, "M"), atw.NvmlProcess(7, None, "C")]
+    assert atw.merge_nvml_processes(procs) == {7: (300, "C+G"), 8: (None, "M")}
+    assert atw.parse_clock_event_reasons(0) == []
+    assert atw.parse_clock_event_reasons(None) is None
+    assert atw.parse_clock_event_reasons(0x1 | 0x400 | 1 << 40) == ["GpuIdle", "Reliability", "other"]
+    assert atw.nvml_pci_address(0, 0x1B, 0) == "0000:1b:00.0"
+    assert atw.nvml_pci_id(0x233010DE) == "10de:2330"

@@ -3396,6 +3396,7 @@ class NvidiaGpuReader(object):
         self._lost_ids = lost if lost is not None else set()
         self._retry_at = None
         self._calls = self._plan()
+        self._active = new_metrics({"runtime_status": "active"})
 
     def _bind(self, name, args, put, fallback=None):
         fn = self._nvml.unchecked(name)
@@ -3465,20 +3466,15 @@ class NvidiaGpuReader(object):
     def sample(self, now):
         if self._retry_at is not None and now < self._retry_at:
             return new_metrics({"runtime_status": "lost"})
-        metrics = new_metrics({"runtime_status": "active"})
-        for index, call in enumerate(self._calls):
-            while call is not None:
-                rc = call.fn(*call.args)
-                if rc == NVML_SUCCESS:
-                    if call.put(metrics) is False:       # e.g. a field value not supported
-                        call = self._disable(index, NVML_ERROR_NOT_SUPPORTED)
-                        continue
-                elif rc == NVML_ERROR_GPU_IS_LOST:
-                    return self._lost(now)
-                elif rc in NVML_DISABLING_ERRORS:
-                    call = self._disable(index, rc)      # its fallback, asked at once
-                    continue
-                break
+        metrics = dict(self._active)
+        for call in self._calls:              # the hot path: one C call and one store each
+            rc = call.fn(*call.args)
+            if rc == NVML_SUCCESS and call.put(metrics) is not False:
+                continue
+            if rc == NVML_ERROR_GPU_IS_LOST:
+                return self._lost(now)
+            if rc in NVML_DISABLING_ERRORS or rc == NVML_SUCCESS:   # SUCCESS: put() refused
+                self._disable(call, rc, metrics)
         if self._retry_at is not None:
             LOG.warning("event=gpu_back gpu=%s", self.info.id)
             self._retry_at = None
@@ -3493,13 +3489,19 @@ class NvidiaGpuReader(object):
         self._lost_ids.add(self.info.id)
         return new_metrics({"runtime_status": "lost"})
 
-    def _disable(self, index, rc):
-        """NOT_SUPPORTED (or the like) is for good: the call, or its fallback."""
-        call = self._calls[index]
+    def _disable(self, call, rc, metrics):
+        """NOT_SUPPORTED (or the like) is for good: the call is replaced by its
+        fallback (asked at once, for this tick), or dropped."""
         LOG.info("event=capability_missing gpu=%s call=%s rc=%d fallback=%s", self.info.id,
                  call.name, rc, call.fallback.name if call.fallback else None)
-        self._calls[index] = call.fallback
-        return call.fallback
+        index = self._calls.index(call)
+        fallback = call.fallback
+        if fallback is None:
+            self._calls = self._calls[:index] + self._calls[index + 1:]   # a new list: the
+            return                                                       # loop keeps its own
+        self._calls = self._calls[:index] + [fallback] + self._calls[index + 1:]
+        if fallback.fn(*fallback.args) == NVML_SUCCESS:
+            fallback.put(metrics)
 
     def close(self):
         self._calls = []

@@ -136,6 +136,7 @@ WS_RECV_SIZE = 65536
 WS_SNDBUF_BYTES = 65536
 HTTP_IDLE_TIMEOUT_S = 15.0
 HTTP_ERROR_LOG_PER_S = 20       # error lines logged per second at most (the rest counted)
+DEMO_MAX_GPUS = 8               # --demo shows up to this many synthetic GPUs
 ONCE_RATE_WAIT_S = 0.5          # --once reads twice this far apart (rates need two reads)
 SHUTDOWN_GRACE_S = 0.6          # time clients get to answer our Close 1001
 PROC_SCAN_BUDGET_S = 0.5        # wall-clock budget of one /proc walk (then resumed next scan)
@@ -345,6 +346,8 @@ SETTINGS = (
             "count", "most fds looked at per PID"),
     Setting("APP_DEMO_PROCESSES", "--demo-processes", "demo_processes", "8", "count",
             "with --demo: synthetic processes per GPU"),
+    Setting("APP_DEMO_GPUS", "--demo-gpus", "demo_gpus", "3", "demo_gpus",
+            "with --demo: how many synthetic GPUs, 1 to 8 (AMD and NVIDIA)"),
     Setting("APP_VENDOR_DIR", "--vendor-dir", "vendor_dir", "", "optpath",
             "npm node_modules folder to serve the page's modules from (air-gapped use)"),
 )
@@ -659,6 +662,10 @@ def _convert_setting(setting, raw):
         if not 0.05 <= value <= 3600.0:
             raise ValueError("must be between 50ms and 1h")
         return value
+    if kind == "demo_gpus":
+        if not raw.strip().isdigit() or not 1 <= int(raw) <= DEMO_MAX_GPUS:
+            raise ValueError("must be a whole number from 1 to %d" % DEMO_MAX_GPUS)
+        return int(raw)
     if kind in ("count", "count0"):
         low = 0 if kind == "count0" else 1
         if not raw.strip().isdigit() or not low <= int(raw) <= 1000000:
@@ -3762,22 +3769,43 @@ DEMO_GPUS = (
      17163091968, 33554432000, 263.0, 0.0),
     ("card1", "0000:64:00.0", "1002:15bf", "AMD Radeon 780M (demo)", True,
      536870912, 31433977856, None, 2.1),
+    ("card2", "0000:0c:00.0", "1002:744c", "AMD Radeon RX 7900 XTX (demo)", False,
+     25753026560, 33554432000, 327.0, 4.4),
+    ("card3", "0000:2d:00.0", "1002:740f", "AMD Instinct MI210 (demo)", False,
+     68702699520, 33554432000, 300.0, 6.3),
 )
-# The synthetic NVIDIA GPU: id, pci, pci_id, name, uuid, VRAM, reserved, power cap W.
-DEMO_NVIDIA = ("nvidia0", "0000:c1:00.0", "10de:2684", "NVIDIA GeForce RTX 4090 (demo)",
-               "GPU-5e1d2c3b-9a0f-4e7d-8b6a-1c2d3e4f5a6b", 25757220864, 531628032, 450.0)
+DEMO_NVIDIA = (
+    # id, pci, pci_id, name, uuid, VRAM, reserved, power cap W, phase, has a fan
+    ("nvidia0", "0000:c1:00.0", "10de:2684", "NVIDIA GeForce RTX 4090 (demo)",
+     "GPU-5e1d2c3b-9a0f-4e7d-8b6a-1c2d3e4f5a6b", 25757220864, 531628032, 450.0, 7.0, True),
+    ("nvidia1", "0000:18:00.0", "10de:2330", "NVIDIA H100 80GB HBM3 (demo)",
+     "GPU-0b9c8d7e-6f5a-4b3c-9d2e-1f0a9b8c7d6e", 85520809984, 569376768, 700.0, 13.0, False),
+    ("nvidia2", "0000:2a:00.0", "10de:2330", "NVIDIA H100 80GB HBM3 (demo)",
+     "GPU-1c0d9e8f-7a6b-4c5d-8e3f-2a1b0c9d8e7f", 85520809984, 569376768, 700.0, 19.0, False),
+    ("nvidia3", "0000:3a:00.0", "10de:2330", "NVIDIA H100 80GB HBM3 (demo)",
+     "GPU-2d1e0f9a-8b7c-4d6e-9f4a-3b2c1d0e9f8a", 85520809984, 569376768, 700.0, 23.0, False),
+)
+# Which synthetic GPUs --demo shows, in order, for APP_DEMO_GPUS = 1..8.
+DEMO_ORDER = ("card0", "card1", "nvidia0", "nvidia1", "card2", "nvidia2", "card3", "nvidia3")
 
 
-def demo_gpu_infos():
+def demo_gpu_infos(count=3):
+    """The first count synthetic GPUs of DEMO_ORDER (AMD dGPU, APU, NVIDIA, ...)."""
+    amd = dict((row[0], row) for row in DEMO_GPUS)
+    nvidia = dict((row[0], row) for row in DEMO_NVIDIA)
     infos = []
-    for index, row in enumerate(DEMO_GPUS):
-        infos.append(GpuInfo(id=row[0], pci=row[1], pci_id=row[2], revision="c8", name=row[3],
-                             render_node="/dev/dri/renderD%d" % (128 + index), driver=AMD_DRIVER,
-                             apu=row[4], demo=True, device_dir=None, hwmon_dir=None))
-    nv = DEMO_NVIDIA
-    infos.append(GpuInfo(id=nv[0], pci=nv[1], pci_id=nv[2], revision=None, name=nv[3],
-                         render_node=None, driver="nvidia", apu=False, demo=True, device_dir=None,
-                         hwmon_dir=None, vendor="nvidia", uuid=nv[4]))
+    for gpu_id in DEMO_ORDER[:count]:
+        if gpu_id in amd:
+            row = amd[gpu_id]
+            infos.append(GpuInfo(id=row[0], pci=row[1], pci_id=row[2], revision="c8", name=row[3],
+                                 render_node="/dev/dri/renderD%d" % (128 + DEMO_GPUS.index(row)),
+                                 driver=AMD_DRIVER, apu=row[4], demo=True, device_dir=None,
+                                 hwmon_dir=None))
+        else:
+            row = nvidia[gpu_id]
+            infos.append(GpuInfo(id=row[0], pci=row[1], pci_id=row[2], revision=None, name=row[3],
+                                 render_node=None, driver="nvidia", apu=False, demo=True,
+                                 device_dir=None, hwmon_dir=None, vendor="nvidia", uuid=row[4]))
     return infos
 
 
@@ -3841,19 +3869,20 @@ class DemoNvidiaReader(object):
 
     def __init__(self, info, seed=3):
         self.info = info
+        self._row = [row for row in DEMO_NVIDIA if row[0] == info.id][0]
         self._rng = random.Random(seed)
         self._temp, self._energy_j = 38.0, 1.5e6
         self._last = None
 
     def sample(self, now):
-        t = now + 7.0
+        _, _, _, _, _, vram, reserved, cap, phase, fan = self._row
+        t = now + phase
         busy = min(100.0, max(0.0, (0.55 + 0.4 * math.sin(t / 11.0)) * 100 + self._rng.uniform(-3, 3)))
-        power = 35.0 + busy * 4.0
+        power = cap * (0.08 + busy * 0.0089)
         self._temp += ((30.0 + power * 0.1) - self._temp) * 0.05
         if self._last is not None:
             self._energy_j += power * max(0.0, now - self._last)
         self._last = now
-        _, _, _, _, _, vram, reserved, cap = DEMO_NVIDIA
         reasons = ["GpuIdle"] if busy < 20 else []
         if power > 0.8 * cap:
             reasons.append("SwPowerCap")
@@ -3862,7 +3891,8 @@ class DemoNvidiaReader(object):
         return new_metrics({
             "runtime_status": "active", "gpu_busy_pct": int(busy), "mem_busy_pct": int(busy * 0.45),
             "sclk_mhz": int(210 + busy * 25.2), "mclk_mhz": 10501 if busy > 5 else 405,
-            "temp_c": int(self._temp), "temp_mem_c": None, "fan_pct": int(max(30.0, (self._temp - 30) * 1.6)),
+            "temp_c": int(self._temp), "temp_mem_c": None if fan else int(self._temp + 6),
+            "fan_pct": int(max(30.0, (self._temp - 30) * 1.6)) if fan else None,
             "fan_rpm": None, "power_w": round(power, 3), "power_cap_w": cap,
             "energy_j": round(self._energy_j, 3), "vram_total_bytes": vram,
             "vram_reserved_bytes": reserved, "vram_used_bytes": int(vram * 0.38),
@@ -3880,8 +3910,8 @@ class DemoBackend(object):
 
     vendor = "demo"
 
-    def __init__(self, processes_per_gpu):
-        self._infos = demo_gpu_infos()
+    def __init__(self, processes_per_gpu, gpus=3):
+        self._infos = demo_gpu_infos(gpus)
         self._per_gpu = processes_per_gpu
 
     def discover(self):
@@ -4130,7 +4160,7 @@ def make_backends(config):
     Intel (sysfs, sharing one card listing and one fdinfo scanner) and NVIDIA
     when its library loads."""
     if config.demo:
-        return [DemoBackend(config.demo_processes)]
+        return [DemoBackend(config.demo_processes, config.demo_gpus)]
     names, cards = NameResolver(config.share_root), DrmCardList(config.sysfs_root)
     fdinfo = None
     if config.proc_enable:

@@ -538,3 +538,17 @@ def test_once_table_is_for_people(tmp_path):
     assert re.search(r"vram \d+\.\d\d GiB / 15\.98 GiB", lines[1]), lines[1]
     assert "bytes" not in result.stdout
     assert re.search(r"power \d+\.\d W", lines[1]), lines[1]
+
+
+@pytest.mark.parametrize("count", [1, 3, 8])
+def test_demo_gpus_setting(tmp_path, count):
+    snapshot = once_json(tmp_path, "--demo", "--demo-gpus", str(count))
+    gpus = snapshot["gpus"]
+    assert len(gpus) == count and len({g["id"] for g in gpus}) == count
+    assert len({g["pci"] for g in gpus}) == count
+    assert all(g["demo"] and g["procs"]["processes"] for g in gpus)
+
+
+@pytest.mark.parametrize("raw", ["0", "9", "many"])
+def test_bad_demo_gpus(raw):
+    assert config_error([], {"APP_DEMO_GPUS": raw}).startswith("APP_DEMO_GPUS")

@@ -75,6 +75,42 @@ SINGLE = (
     ("hd7870_radeon", "hd7870_radeon", 0, True),
 )
 
+# The binary gpu_metrics of the same LACT snapshots, kept in the repository as
+# hex dumps (testdata/gpu_metrics/, provenance there): sample key -> file.
+GPU_METRICS_DIR = os.path.join(REPO_ROOT, "testdata", "gpu_metrics")
+GPU_METRICS_FILES = {
+    "rx6900xt": "gpu_metrics_v1_3_navi21_rx6900xt.hex",
+    "rx7800xt": "gpu_metrics_v1_3_navi32_rx7800xt.hex",
+    "rx7600s": "gpu_metrics_v1_3_navi33_rx7600s.hex",
+    "rx9070": "gpu_metrics_v1_3_navi48_rx9070.hex",
+    "phoenix": "gpu_metrics_v2_1_apu_phoenix.hex",
+    "strixpoint": "gpu_metrics_v3_0_apu_strixpoint.hex",
+}
+
+
+def read_hex_dump(path):
+    """The bytes of a testdata/gpu_metrics hex dump ('OFFSET: hex bytes' lines, '#' header)."""
+    out = bytearray()
+    with open(path) as f:
+        for line in f:
+            if line.startswith("#") or ":" not in line:
+                continue
+            out += bytes.fromhex(line.split(":", 1)[1])
+    return bytes(out)
+
+
+def with_gpu_metrics(key, header, files):
+    """(header, files) plus device/gpu_metrics where the snapshot has one, and a
+    header line saying where it came from (the bundles leave binary files out)."""
+    if key not in GPU_METRICS_FILES:
+        return header, files
+    files = dict(files)
+    files["device/gpu_metrics"] = read_hex_dump(os.path.join(GPU_METRICS_DIR, GPU_METRICS_FILES[key]))
+    note = "# gpu_metrics: testdata/gpu_metrics/%s (same snapshot), written as binary" % (
+        GPU_METRICS_FILES[key])
+    return header + [note], files
+
+
 # Synthetic non-AMD card for multi_gpu (no sample exists): an Intel iGPU bound
 # to i915.  Only PCI-core files, in the kernel's uevent / sysfs formats (same
 # shapes as the AMD samples' uevent, vendor, device, class, boot_vga).
@@ -202,7 +238,9 @@ def slot_of(sample_name, files):
 
 
 def provenance_line(sample_name, header):
-    return "%s | %s" % (sample_name, source_line(header))
+    line = "%s | %s" % (sample_name, source_line(header))
+    extra = [h[2:] for h in header if h.startswith("# gpu_metrics:")]
+    return line + ("; " + extra[0] if extra else "")
 
 
 def write_provenance(root, lines):
@@ -299,7 +337,7 @@ def main(argv=None):
         path = os.path.join(args.samples, fname)
         if not os.path.isfile(path):
             sys.exit("make_fixtures: missing sample %s" % path)
-        samples[key] = read_bundle(path)
+        samples[key] = with_gpu_metrics(key, *read_bundle(path))
 
     sys_dir = os.path.join(args.out, "sys")
     os.makedirs(sys_dir, exist_ok=True)

@@ -453,7 +453,7 @@ def rx6900xt_files():
     (which make_fixtures.py wrote from that bundle, byte for byte)."""
     bundle = os.path.join(mf.DEFAULT_SAMPLES, mf.SAMPLE_FILES["rx6900xt"])
     if os.path.isfile(bundle):
-        header, files = mf.read_bundle(bundle)
+        header, files = mf.with_gpu_metrics("rx6900xt", *mf.read_bundle(bundle))
         return files, mf.source_line(header)
     base = os.path.join(DEFAULT_OUT, "sys", "rx6900xt", "devices", "pci0000:00",
                         mf.AMD_BRIDGE, "0000:0c:00.0")

@@ -32,8 +32,8 @@ SPEC_DEFAULTS = {
     "APP_LOG_LEVEL": "INFO",
     "APP_SYSFS_ROOT": "/sys",
     "APP_PROC_ROOT": "/proc",
-    "APP_DEV_ROOT": "/dev",
-    "APP_DEBUGFS_ROOT": "/sys/kernel/debug",
+    # APP_DEV_ROOT and APP_DEBUGFS_ROOT were reserved and never read: removed
+    # (test_reserved_roots_are_gone)
     "APP_WS_MAX_CLIENTS": "1024",
     "APP_WS_WRITE_TIMEOUT": "3s",
     "APP_WS_READ_TIMEOUT": "30s",
@@ -54,8 +54,6 @@ TYPED_DEFAULTS = {
     "APP_LOG_LEVEL": ("log_level", "INFO"),
     "APP_SYSFS_ROOT": ("sysfs_root", "/sys"),
     "APP_PROC_ROOT": ("proc_root", "/proc"),
-    "APP_DEV_ROOT": ("dev_root", "/dev"),
-    "APP_DEBUGFS_ROOT": ("debugfs_root", "/sys/kernel/debug"),
     "APP_SHARE_ROOT": ("share_root", "/usr/share"),
     "APP_WS_MAX_CLIENTS": ("ws_max_clients", 1024),
     "APP_WS_WRITE_TIMEOUT": ("ws_write_timeout_s", 3.0),
@@ -154,8 +152,6 @@ GOOD_VALUES = [
     ("APP_LOG_LEVEL", "debug", "log_level", "DEBUG"),
     ("APP_SYSFS_ROOT", "/tmp/fake-sys", "sysfs_root", "/tmp/fake-sys"),
     ("APP_PROC_ROOT", "/tmp/fake-proc", "proc_root", "/tmp/fake-proc"),
-    ("APP_DEV_ROOT", "/tmp/fake-dev", "dev_root", "/tmp/fake-dev"),
-    ("APP_DEBUGFS_ROOT", "/tmp/fake-debug", "debugfs_root", "/tmp/fake-debug"),
     ("APP_SHARE_ROOT", "/tmp/fake-share", "share_root", "/tmp/fake-share"),
     ("APP_WS_MAX_CLIENTS", "10", "ws_max_clients", 10),
     ("APP_WS_WRITE_TIMEOUT", "1.5s", "ws_write_timeout_s", 1.5),
@@ -337,8 +333,7 @@ def test_bad_default_gpu(raw):
     assert config_error([], {"APP_DEFAULT_GPU": raw}).startswith("APP_DEFAULT_GPU")
 
 
-@pytest.mark.parametrize("env", ["APP_SYSFS_ROOT", "APP_PROC_ROOT", "APP_DEV_ROOT",
-                                 "APP_SHARE_ROOT"])
+@pytest.mark.parametrize("env", ["APP_SYSFS_ROOT", "APP_PROC_ROOT", "APP_SHARE_ROOT"])
 def test_empty_root_paths_rejected(env):
     assert config_error([], {env: ""}).startswith(env)
 
@@ -552,3 +547,10 @@ def test_demo_gpus_setting(tmp_path, count):
 @pytest.mark.parametrize("raw", ["0", "9", "many"])
 def test_bad_demo_gpus(raw):
     assert config_error([], {"APP_DEMO_GPUS": raw}).startswith("APP_DEMO_GPUS")
+
+
+def test_reserved_roots_are_gone():
+    """APP_DEV_ROOT / APP_DEBUGFS_ROOT were documented but nothing read them:
+    they are not settings any more (the monitor never opens device nodes)."""
+    assert "APP_DEV_ROOT" not in SETTING_BY_ENV and "APP_DEBUGFS_ROOT" not in SETTING_BY_ENV
+    assert "unrecognized arguments: --dev-root" in config_error(["--dev-root", "/dev"], {})

@@ -26,13 +26,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-if HERE not in sys.path:
-    sys.path.insert(0, HERE)   # the draft lives beside this file
 
-try:
-    from amdgpu_top_web import GpuMetricsError, parse_gpu_metrics, throttle_from_residency
-except ImportError:
-    from gpu_metrics_draft import GpuMetricsError, parse_gpu_metrics, throttle_from_residency
+from amdgpu_top_web import GpuMetricsError, parse_gpu_metrics, throttle_from_residency  # noqa: E402
 
 DATA = os.path.join(os.path.dirname(HERE), "testdata", "gpu_metrics")
 FUZZ = settings(max_examples=200, deadline=None, database=None, derandomize=True,

@@ -13,6 +13,7 @@ import errno
 import json
 import os
 import shutil
+import struct
 import time
 from pathlib import Path
 
@@ -96,6 +97,22 @@ def metrics(**values):
         values.setdefault("vram_used_source", "sysfs")
     out.update(values)
     return out
+
+
+def table_of(root, card):
+    """The fixture card's parsed gpu_metrics table, or None when it has none."""
+    path = os.path.join(card_device(root, card), "gpu_metrics")
+    if not os.path.exists(path):
+        return None
+    with open(path, "rb") as handle:
+        return atw.parse_gpu_metrics(handle.read())
+
+
+def with_table(expected, root, card):
+    """The plain-file values plus what the card's gpu_metrics table adds where
+    they are missing (the table's decoding is checked against its tools'
+    values in test_gpu_metrics.py; the agreement of both sources below)."""
+    return atw.merge_gpu_metrics(dict(expected), table_of(root, card))
 
 
 def sample_once(root, card):
@@ -361,14 +378,14 @@ def test_sample_matches_the_oracle(fixture):
     got = sample_once(SYS / fixture, card)
     missing = [key for key in METRIC_KEYS if key not in got]
     assert missing == []
-    assert got == EXPECTED_METRICS[fixture]
+    assert got == with_table(EXPECTED_METRICS[fixture], SYS / fixture, card)
     json.dumps(got, allow_nan=False)   # wire-safe
 
 
 def test_multi_gpu_samples_both_cards():
     root = SYS / "multi_gpu"
-    assert sample_once(root, "card1") == RX6900XT_METRICS
-    assert sample_once(root, "card2") == PHOENIX_METRICS
+    assert sample_once(root, "card1") == with_table(RX6900XT_METRICS, root, "card1")
+    assert sample_once(root, "card2") == with_table(PHOENIX_METRICS, root, "card2")
 
 
 def test_steamdeck_power_sensors_chosen_by_label():
@@ -390,7 +407,8 @@ def test_power_input_used_when_there_is_no_average(tmp_path):
 def test_missing_files_give_none_not_exceptions(tmp_path):
     root = copy_fixture("rx6900xt", tmp_path)
     info = gpu_info(root, "card0")
-    for name in ("gpu_busy_percent", "mem_info_vram_used", "pp_dpm_pcie", "current_link_speed"):
+    for name in ("gpu_busy_percent", "mem_info_vram_used", "pp_dpm_pcie", "current_link_speed",
+                 "gpu_metrics"):                    # (the table would fill some of the gaps)
         os.remove(os.path.join(info.device_dir, name))
     for name in ("temp2_input", "power1_average", "fan1_input"):
         os.remove(os.path.join(info.hwmon_dir, name))
@@ -460,7 +478,8 @@ def test_gpu_waking_up_is_read_again(tmp_path):
         now = time.monotonic()
         assert reader.sample(now) == metrics(runtime_status="suspended")
         write(os.path.join(card_device(root, "card1"), "power", "runtime_status"), "active\n")
-        assert reader.sample(now + 0.25) == dict(RX7800XT_METRICS, runtime_status="active")
+        assert reader.sample(now + 0.25) == with_table(
+            dict(RX7800XT_METRICS, runtime_status="active"), root, "card1")
     finally:
         reader.close()
 
@@ -469,7 +488,7 @@ def test_runtime_pm_unsupported_means_always_on(tmp_path):
     root = copy_fixture("suspended", tmp_path)
     write(os.path.join(card_device(root, "card1"), "power", "runtime_status"), "unsupported\n")
     got = sample_once(root, "card1")
-    assert got == dict(RX7800XT_METRICS, runtime_status="unsupported")
+    assert got == with_table(dict(RX7800XT_METRICS, runtime_status="unsupported"), root, "card1")
 
 
 # --- pure parsers ------------------------------------------------------------
@@ -1030,7 +1049,7 @@ def test_reader_of_a_vanished_device_gives_none(tmp_path):
     reader = AmdGpuReader(gpu_info(root, "card0"))
     try:
         t0 = time.monotonic()
-        assert reader.sample(t0) == RX6900XT_METRICS
+        assert reader.sample(t0) == with_table(RX6900XT_METRICS, SYS / "rx6900xt", "card0")
         shutil.rmtree(os.path.realpath(card_device(root, "card0")))
         later = t0 + REVALIDATE_S + SLOW_FILES_EVERY_S
         got = reader.sample(later)
@@ -1050,7 +1069,7 @@ def test_sampler_tick_on_a_vanished_device_publishes_nones(tmp_path):
     sampler = atw.Sampler(AmdGpuReader(info), cache, 0.25, clock=lambda: clock[0])
     try:
         sampler.tick()
-        assert cache.stats("card1")[1] == PHOENIX_METRICS
+        assert cache.stats("card1")[1] == with_table(PHOENIX_METRICS, SYS / "phoenix", "card1")
         shutil.rmtree(os.path.realpath(info.device_dir))
         clock[0] += REVALIDATE_S + SLOW_FILES_EVERY_S
         sampler.tick()
@@ -1133,3 +1152,88 @@ def test_cache_history_capacity_covers_the_window():
     cache.set_gpus([info])
     capacity = int(atw.HISTORY_WINDOW_S / 0.25)          # 10 minutes at 4 Hz
     assert all(len(a) == capacity for a in ring_arrays(cache._history[info.id]))
+
+
+# --- gpu_metrics beside the plain files ----------------------------------------
+
+GPU_METRICS_FIXTURES = [("rx6900xt", "card0"), ("rx7800xt", "card1"), ("rx7600s", "card1"),
+                        ("rx9070", "card1"), ("phoenix", "card1"), ("strixpoint", "card1")]
+# plain metric <- table field, and how close the two must be. Busy % is left out:
+# gpu_busy_percent is an instant reading, average_gfx_activity a firmware average.
+AGREE = (("temp_c", ("temperature_edge_c", "temperature_gfx_c"), 1.0),
+         ("temp_junction_c", ("temperature_hotspot_c",), 1.0),
+         ("temp_mem_c", ("temperature_mem_c",), 1.0),
+         ("power_w", ("average_socket_power_w",), 1.0),
+         ("sclk_mhz", ("current_gfxclk_mhz",), 1.0),
+         ("mclk_mhz", ("current_uclk_mhz",), 1.0),
+         ("fan_rpm", ("current_fan_speed_rpm",), 1.0),
+         ("pcie_width", ("pcie_link_width",), 0.0))
+
+
+@pytest.mark.parametrize("fixture,card", GPU_METRICS_FIXTURES)
+def test_gpu_metrics_and_plain_files_agree(fixture, card):
+    plain = EXPECTED_METRICS[fixture]
+    table = table_of(SYS / fixture, card)
+    compared = 0
+    for key, fields, tolerance in AGREE:
+        value = next((table[f] for f in fields if table.get(f) is not None), None)
+        if plain.get(key) is None or value is None:
+            continue
+        if fixture == "rx7600s" and key == "sclk_mhz":
+            assert plain[key] == 0 and value == 1200     # GFX powered off: hwmon says 0
+            continue
+        assert abs(plain[key] - value) <= tolerance, (fixture, key, plain[key], value)
+        compared += 1
+    assert compared >= (2 if table["format_revision"] > 1 else 5), compared
+
+
+def test_gpu_metrics_fills_what_the_plain_files_lack(tmp_path):
+    root = copy_fixture("rx6900xt", tmp_path)
+    hwmon = atw.find_hwmon_dir(card_device(root, "card0"))
+    os.remove(os.path.join(hwmon, "temp2_input"))          # junction (hotspot) gone
+    got = sample_once(root, "card0")
+    assert got["temp_junction_c"] == 59                     # from temperature_hotspot
+    assert got["temp_vrgfx_c"] == 49 and got["socclk_mhz"] == 800
+    assert got["throttle_reasons"] == []                    # indep_throttle_status 0
+    assert got["temp_c"] == 56.0                            # plain file kept (agrees)
+
+
+def test_gpu_metrics_throttle_names():
+    assert sample_once(SYS / "rx7600s", "card1")["throttle_reasons"] == ["TEMP_HOTSPOT"]
+
+
+def test_gpu_metrics_residency_growth_names_the_reason(tmp_path):
+    """v3.0 (Strix Point) has no throttle bits, only residency counters: the
+    reasons are those whose counter grew since the previous sample."""
+    root = copy_fixture("strixpoint", tmp_path)
+    path = os.path.join(card_device(root, "card1"), "gpu_metrics")
+    reader = AmdGpuReader(gpu_info(root, "card1"))
+    try:
+        assert reader.sample(1.0)["throttle_reasons"] is None       # nothing to compare yet
+        assert reader.sample(2.0)["throttle_reasons"] == []         # counters unchanged
+        (slot,) = [s for s in atw.GPU_METRICS_LAYOUTS[(3, 0)].slots
+                   if s.name == "throttle_residency_spl"]
+        with open(path, "rb") as handle:
+            data = bytearray(handle.read())
+        value = struct.unpack_from("<I", data, slot.offset)[0]
+        struct.pack_into("<I", data, slot.offset, value + 500)
+        with open(path, "wb") as handle:
+            handle.write(bytes(data))
+        assert reader.sample(3.0)["throttle_reasons"] == ["SPL"]
+    finally:
+        reader.close()
+
+
+def test_garbled_gpu_metrics_is_ignored_and_logged_once(tmp_path, caplog):
+    root = copy_fixture("rx6900xt", tmp_path)
+    with open(os.path.join(card_device(root, "card0"), "gpu_metrics"), "wb") as handle:
+        handle.write(b"\x01\x00")                           # shorter than the header
+    reader = AmdGpuReader(gpu_info(root, "card0"))
+    try:
+        with caplog.at_level("INFO", logger="amdgpu_top_web"):
+            for tick in range(3):
+                got = reader.sample(float(tick))
+        assert got["temp_c"] == 56.0 and got["throttle_reasons"] is None
+        assert sum("gpu_metrics_unreadable" in r.getMessage() for r in caplog.records) == 1
+    finally:
+        reader.close()

@@ -554,3 +554,14 @@ def test_reserved_roots_are_gone():
     they are not settings any more (the monitor never opens device nodes)."""
     assert "APP_DEV_ROOT" not in SETTING_BY_ENV and "APP_DEBUGFS_ROOT" not in SETTING_BY_ENV
     assert "unrecognized arguments: --dev-root" in config_error(["--dev-root", "/dev"], {})
+
+
+def test_demo_rocm_processes_show_no_compute_engine_time(tmp_path):
+    """Real kfd (ROCm) queues never appear in the DRM engine counters, so the
+    demo's kfd processes must not show compute engine % either."""
+    snapshot = once_json(tmp_path, "--demo")
+    kfd_rows = [p for g in snapshot["gpus"] for p in g["procs"]["processes"] if p["kfd"]]
+    assert kfd_rows
+    for row in kfd_rows:
+        assert not any(row["engines_pct"].values()), row
+        assert not row["gpu_time_ms_per_s"], row

@@ -4910,10 +4910,16 @@ class OutQueue(object):
     progress: the write timeout's measure.
     """
 
+    __slots__ = ("max_frames", "max_bytes", "_frames", "_owed", "queued_bytes", "head_sent",
+                 "dropped", "closing", "_stalled_since")
+
     def __init__(self, max_frames=WS_QUEUE_FRAMES, max_bytes=WS_QUEUE_BYTES):
         self.max_frames, self.max_bytes = max_frames, max_bytes
         self._frames = collections.deque()  # wire bytes; [0] may be partly sent
-        self._owed = collections.deque()    # per frame: the dropped count it carries
+        # id(carrier) -> the dropped count it carries. A carrier is a bytes object
+        # of this queue's own, alive while queued, so its id names it (and a dict
+        # costs nothing until the first drop, unlike a second deque per client).
+        self._owed = {}
         self.queued_bytes = 0               # every queued frame, all of [0] included
         self.head_sent = 0                  # bytes of [0] already sent
         self.dropped = 0                    # frames dropped and not yet told
@@ -4970,10 +4976,8 @@ class OutQueue(object):
         frames, first, count = self._frames, 1 if self.head_sent else 0, 0
         while len(frames) > first and (len(frames) >= self.max_frames
                                        or self.queued_bytes + size > self.max_bytes):
-            self.queued_bytes -= len(frames[first])
-            self.dropped += 1 + self._owed[first]
+            self.dropped += 1 + self._forget(frames[first])
             del frames[first]
-            del self._owed[first]
             count += 1
         return count
 
@@ -4981,8 +4985,14 @@ class OutQueue(object):
         if not self._frames:
             self._stalled_since = now
         self._frames.append(wire)
-        self._owed.append(carried)
         self.queued_bytes += len(wire)
+        if carried:
+            self._owed[id(wire)] = carried
+
+    def _forget(self, wire):
+        """Account for a frame leaving the queue; returns the count it carried."""
+        self.queued_bytes -= len(wire)
+        return self._owed.pop(id(wire), 0) if self._owed else 0
 
     def buffers(self, limit=WS_SEND_BUFFERS):
         """What is due, for one sendmsg(): the rest of the head, then whole frames."""
@@ -5000,8 +5010,7 @@ class OutQueue(object):
         frames, sent = self._frames, sent + self.head_sent
         while frames and sent >= len(frames[0]):
             sent -= len(frames[0])
-            self.queued_bytes -= len(frames.popleft())
-            self._owed.popleft()
+            self._forget(frames.popleft())
         self.head_sent = sent
         self._stalled_since = now if frames else None
 
@@ -5018,8 +5027,7 @@ class OutQueue(object):
         self.closing = True
         keep = len(self._frames) if keep_queued else (1 if self.head_sent else 0)
         while len(self._frames) > keep:
-            self.queued_bytes -= len(self._frames.pop())
-            self._owed.pop()
+            self._forget(self._frames.pop())
         self._append(wire, 0, now)
         return True
 

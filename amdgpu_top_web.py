@@ -134,6 +134,14 @@ WS_QUEUE_FRAMES = 64            # per-client outbound queue (drop-oldest past it
 WS_QUEUE_BYTES = 8 * 1024 * 1024
 WS_RECV_SIZE = 65536
 WS_SNDBUF_BYTES = 65536
+WS_SEND_BUFFERS = 64            # buffers per sendmsg() of a queue (Linux IOV_MAX is 1024)
+WS_TIMER_TICK_S = 0.25          # close deadlines and stuck writers are checked this often
+WS_IDLE_WAKE_S = 1.0            # the hub loop wakes at least this often
+WS_CLOSE_TIMEOUT_S = 2.0        # a peer gets this long to answer our Close
+WS_PING_AFTER = 0.5             # a silent client is pinged after this part of the read timeout
+WS_PING_PAYLOAD = b"keepalive"
+WS_WAKE_READ_SIZE = 4096
+WS_SHUTDOWN_POLL_S = 0.05       # the hub loop's tick while shutdown waits for Close answers
 HTTP_IDLE_TIMEOUT_S = 15.0
 HTTP_ERROR_LOG_PER_S = 20       # error lines logged per second at most (the rest counted)
 DEMO_MAX_GPUS = 8               # --demo shows up to this many synthetic GPUs
@@ -5446,35 +5454,299 @@ class DemoProcSource(object):
 # 9. WebSocket hub: one thread, one selectors loop over every WebSocket
 # ---------------------------------------------------------------------------
 
+# -- the hub's bookkeeping (pure: no sockets, times are given) --------------
+
+
+class OutQueue(object):
+    """One client's outbound WebSocket bytes, bounded, drop-oldest, counted.
+
+    ``push()`` appends one whole wire frame. While the queue already holds
+    ``max_frames`` frames, or the new one would take it past ``max_bytes``,
+    the oldest frames are dropped first (SPEC §2), except a frame already
+    partly sent: its rest must follow, or the byte stream is corrupt. Frames
+    dropped and not yet told are counted in ``dropped``; the next frame pushed
+    with its JSON object ``payload`` (a broadcast frame) carries the count,
+    re-encoded as ``{"dropped":N,...}``. Should that carrier be dropped in
+    turn, its N is owed again, so every loss is told.
+
+    ``buffers()`` is what is due, oldest first, for one ``sendmsg()``;
+    ``advance(sent, now)`` forgets what the socket took, at any offset.
+    ``close()`` queues our Close frame; nothing is queued after it (RFC 6455
+    §5.5.1). ``stalled_for(now)`` is how long output has waited with no
+    progress: the write timeout's measure.
+    """
+
+    __slots__ = ("max_frames", "max_bytes", "_frames", "_owed", "queued_bytes", "head_sent",
+                 "dropped", "closing", "_stalled_since")
+
+    def __init__(self, max_frames=WS_QUEUE_FRAMES, max_bytes=WS_QUEUE_BYTES):
+        self.max_frames, self.max_bytes = max_frames, max_bytes
+        self._frames = collections.deque()  # wire bytes; [0] may be partly sent
+        # id(carrier) -> the dropped count it carries. A carrier is a bytes object
+        # of this queue's own, alive while queued, so its id names it (and a dict
+        # costs nothing until the first drop, unlike a second deque per client).
+        self._owed = {}
+        self.queued_bytes = 0               # every queued frame, all of [0] included
+        self.head_sent = 0                  # bytes of [0] already sent
+        self.dropped = 0                    # frames dropped and not yet told
+        self.closing = False                # our Close frame is queued (or sent)
+        self._stalled_since = None          # output queued, no progress since
+
+    def __len__(self):
+        return len(self._frames)
+
+    @property
+    def idle(self):
+        """Nothing queued, nothing owed, not closing: a direct send may bypass it."""
+        return not self._frames and not self.dropped and not self.closing
+
+    @property
+    def unsent_bytes(self):
+        return self.queued_bytes - self.head_sent
+
+    def push(self, wire, now, payload=None):
+        """Queue one frame (ignored once closing); returns how many frames it dropped."""
+        if self.closing:
+            return 0
+        carried = 0
+        if self.dropped and payload is not None and payload[:1] == b"{":
+            wire, carried, self.dropped = self._carrier(payload, self.dropped), self.dropped, 0
+        dropped = self._make_room(len(wire))
+        self._append(wire, carried, now)
+        return dropped
+
+    def push_frames(self, frames, now, sent=0):
+        """Queue broadcast frames (OutFrames: .wire, .payload) of which a direct
+        send of their joined wires already took the first ``sent`` bytes (only
+        on an idle queue); the frame it cut is the head, never dropped.
+        Returns how many frames were dropped."""
+        if sent and not self.idle:
+            raise ValueError("a direct send may bypass an idle queue only")
+        dropped = 0
+        for frame in frames:
+            if sent >= len(frame.wire):
+                sent -= len(frame.wire)
+                continue
+            dropped += self.push(frame.wire, now, frame.payload)
+            self.advance(sent, now)
+            sent = 0
+        return dropped
+
+    @staticmethod
+    def _carrier(payload, count):
+        rest = payload[1:]
+        comma = b"," if rest[:1] != b"}" else b""
+        return encode_frame(Opcode.TEXT, b'{"dropped":%d' % count + comma + rest)
+
+    def _make_room(self, size):
+        frames, first, count = self._frames, 1 if self.head_sent else 0, 0
+        while len(frames) > first and (len(frames) >= self.max_frames
+                                       or self.queued_bytes + size > self.max_bytes):
+            self.dropped += 1 + self._forget(frames[first])
+            del frames[first]
+            count += 1
+        return count
+
+    def _append(self, wire, carried, now):
+        if not self._frames:
+            self._stalled_since = now
+        self._frames.append(wire)
+        self.queued_bytes += len(wire)
+        if carried:
+            self._owed[id(wire)] = carried
+
+    def _forget(self, wire):
+        """Account for a frame leaving the queue; returns the count it carried."""
+        self.queued_bytes -= len(wire)
+        return self._owed.pop(id(wire), 0) if self._owed else 0
+
+    def buffers(self, limit=WS_SEND_BUFFERS):
+        """What is due, for one sendmsg(): the rest of the head, then whole frames."""
+        due = [wire for wire, _ in zip(self._frames, range(limit))]
+        if self.head_sent:
+            due[0] = memoryview(due[0])[self.head_sent:]
+        return due
+
+    def advance(self, sent, now):
+        """The socket took ``sent`` bytes of buffers(): forget them."""
+        if sent <= 0:
+            return
+        if sent > self.unsent_bytes:
+            raise ValueError("advance(%d) past the %d bytes queued" % (sent, self.unsent_bytes))
+        frames, sent = self._frames, sent + self.head_sent
+        while frames and sent >= len(frames[0]):
+            sent -= len(frames[0])
+            self._forget(frames.popleft())
+        self.head_sent = sent
+        self._stalled_since = now if frames else None
+
+    def close(self, wire, now, keep_queued):
+        """Queue our Close frame ``wire`` (once: False when already closing).
+
+        ``keep_queued`` when the peer provoked it (its Close, a protocol
+        error): the replies already queued are its due and go first. Else (a
+        timeout, shutdown) the Close replaces them, but a frame half sent is
+        finished first. The frames given up are not counted as dropped: the
+        connection ends."""
+        if self.closing:
+            return False
+        self.closing = True
+        keep = len(self._frames) if keep_queued else (1 if self.head_sent else 0)
+        while len(self._frames) > keep:
+            self._forget(self._frames.pop())
+        self._append(wire, 0, now)
+        return True
+
+    def stalled_for(self, now):
+        """Seconds that queued output has waited with no byte taken (0.0 when empty)."""
+        return 0.0 if self._stalled_since is None else now - self._stalled_since
+
+
+class Deadlines(object):
+    """Items by due time, each at most once: ``set()``, ``discard()``,
+    ``pop_due(now)`` (oldest first) and ``next_due()``. A sorted list: the
+    hub's keepalive needs one entry per client and O(log n) per ping, not a
+    scan over every client every second."""
+
+    def __init__(self):
+        self._entries = []          # sorted (due, seq, item)
+        self._keys = {}             # item -> (due, seq)
+        self._seq = 0
+
+    def __len__(self):
+        return len(self._entries)
+
+    def set(self, item, due):
+        self.discard(item)
+        self._seq += 1
+        self._keys[item] = (due, self._seq)
+        bisect.insort(self._entries, (due, self._seq, item))
+
+    def discard(self, item):
+        key = self._keys.pop(item, None)
+        if key is not None:
+            del self._entries[bisect.bisect_left(self._entries, key)]
+
+    def next_due(self):
+        return self._entries[0][0] if self._entries else None
+
+    def pop_due(self, now):
+        """The items due at ``now`` or before, removed, oldest first."""
+        count = bisect.bisect_right(self._entries, (now, math.inf))
+        due = [item for _, _, item in self._entries[:count]]
+        del self._entries[:count]
+        for item in due:
+            del self._keys[item]
+        return due
+
+
+# -- one connection and the application protocol ----------------------------
+
 
 class WsClient(object):
-    """One WebSocket connection as the hub sees it (touched by the hub thread only)."""
+    """One WebSocket connection: the socket (only the Hub calls it) and the
+    session, which does no I/O: bytes in through receive(), frames out into
+    ``out`` (an OutQueue) for the hub to flush; the close handshake and the
+    keepalive, with time given. Touched by the hub thread only.
+    """
 
-    def __init__(self, sock, addr, now, max_message_bytes):
+    __slots__ = ("sock", "addr", "stats", "decoder", "assembler", "out", "subscription",
+                 "last_recv", "ping_sent", "close_deadline", "close_when_flushed", "finished",
+                 "writing", "open")
+
+    def __init__(self, sock, addr, now, max_message_bytes, stats):
         self.sock = sock
         self.addr = addr
+        self.stats = stats                  # the hub's counters
         self.decoder = FrameDecoder(max_message_bytes)
         self.assembler = MessageAssembler(max_message_bytes)
-        self.queue = collections.deque()    # wire bytes; queue[0] may be partly sent
-        self.queued_bytes = 0
-        self.head_sent = 0
-        self.dropped = 0                    # frames dropped since the client was last told
-        self.subscription = "*"
+        self.out = OutQueue()
+        self.subscription = "*"             # the protocol's routing key (see Hub)
         self.last_recv = now
-        self.stalled_since = None           # queue non-empty and no progress since
         self.ping_sent = False
-        self.closing = False                # our Close frame is queued or sent
         self.close_deadline = None
-        self.close_when_flushed = False
-        self.writing = False                # EVENT_WRITE registered
+        self.close_when_flushed = False     # the peer provoked our Close: end once it is out
+        self.finished = False               # the peer answered our Close: end now
+        self.writing = False                # EVENT_WRITE registered (the hub's business)
         self.open = True
+
+    def push(self, wires, now):
+        for wire in wires:
+            self.stats["dropped_frames"] += self.out.push(wire, now)
+
+    def receive(self, data, now, protocol):
+        """Bytes from the peer: every whole message is dispatched, until the
+        close handshake ends what the peer may still say."""
+        if self.finished or self.close_when_flushed:
+            return                  # nothing more is read after the peer's Close
+        self.last_recv = now
+        self.ping_sent = False
+        self.decoder.feed(data)
+        try:
+            while not (self.finished or self.close_when_flushed):
+                frame = self.decoder.next_frame()
+                if frame is None:
+                    break
+                message = self.assembler.add(frame)
+                if message is not None:
+                    self._on_message(message, now, protocol)
+        except ProtocolError as exc:
+            self.stats["protocol_errors"] += 1
+            self.start_close(exc.close_code, exc.reason, now, wait_reply=False, keep_queued=True)
+
+    def _on_message(self, message, now, protocol):
+        opcode, data = message
+        if opcode == Opcode.CLOSE:
+            self._on_close_frame(data, now)
+        elif self.out.closing:
+            return                  # after our Close, only its answer matters
+        elif opcode == Opcode.PING:
+            self.push([encode_frame(Opcode.PONG, data)], now)
+        elif opcode == Opcode.TEXT:
+            self.push(protocol.on_text(self, data), now)
+        elif opcode == Opcode.BINARY:
+            self.push(protocol.on_binary(self, data), now)
+
+    def _on_close_frame(self, data, now):
+        """RFC 6455 §5.5.1: answer a Close with a Close (echoing the code), then
+        close the TCP connection; if we started the close, this is the answer."""
+        if self.out.closing:
+            self.finished = True
+            return
+        code = data[0] if data[0] is not None else CloseCode.NORMAL_CLOSURE
+        self.start_close(code, "", now, wait_reply=False, keep_queued=True)
+
+    def start_close(self, code, reason, now, wait_reply=True, keep_queued=False):
+        """Queue our Close frame, once (OutQueue.close: after the queued replies
+        when the peer provoked it, in their place when we close on our own)."""
+        if self.out.closing:
+            return False
+        self.out.close(encode_close(code, reason), now, keep_queued)
+        self.close_deadline = now + WS_CLOSE_TIMEOUT_S
+        self.close_when_flushed = not wait_reply
+        return True
+
+    def keepalive(self, now, read_timeout_s):
+        """At this client's keepalive deadline (RFC 6455 §5.5.2): a ping once
+        silent for WS_PING_AFTER of the read timeout, our Close once silent for
+        all of it. Returns the next deadline (a message meanwhile moved it
+        later), or None once closing."""
+        if self.out.closing:
+            return None
+        if now >= self.last_recv + read_timeout_s:
+            self.start_close(CloseCode.INTERNAL_ERROR, "keepalive timeout", now)
+            return None
+        if not self.ping_sent and now >= self.last_recv + read_timeout_s * WS_PING_AFTER:
+            self.ping_sent = True
+            self.push([encode_frame(Opcode.PING, WS_PING_PAYLOAD)], now)
+        return self.last_recv + read_timeout_s * (1.0 if self.ping_sent else WS_PING_AFTER)
 
 
 class DashboardProtocol(object):
     """The application side of /ws: hello on open, subscribe/ping messages.
 
-    The hub is generic (any object with on_open/on_text/on_binary works: the
-    conformance tests plug in an echo protocol); this one speaks SPEC §5.
+    The hub is generic (any object with on_open/on_text/on_binary/wants works:
+    the conformance tests plug in an echo protocol); this one speaks SPEC §5.
     """
 
     def __init__(self, cache, default_gpu):
@@ -5517,14 +5789,74 @@ class DashboardProtocol(object):
         return self._json({"type": "error", "message": message})
 
 
+# -- the hub thread ----------------------------------------------------------
+
+
+class Mailbox(object):
+    """How other threads reach the hub: a thread-safe deque, and a socketpair
+    whose read end sits in the hub's selector so that post() wakes it."""
+
+    def __init__(self):
+        self.items = collections.deque()
+        self.reader, self._writer = socket.socketpair()
+        self.reader.setblocking(False)
+        self._writer.setblocking(False)
+
+    def post(self, item):
+        self.items.append(item)
+        self.wake()
+
+    def wake(self):
+        try:
+            self._writer.send(b"\0")
+        except (BlockingIOError, InterruptedError):
+            pass          # already full of wake-ups: the loop will run anyway
+        except OSError:
+            pass          # closed during shutdown
+
+    def drain_wake(self):
+        try:
+            while self.reader.recv(WS_WAKE_READ_SIZE):
+                pass
+        except (BlockingIOError, InterruptedError):
+            pass
+
+    def batches(self):
+        """Takes what was posted, in order: ("frames", [frame, ...]) for the frames
+        between two hand-overs (broadcast together), ("client", item) for each."""
+        frames = []
+        while self.items:
+            kind, item = self.items.popleft()
+            if kind == "frame":
+                frames.append(item)
+                continue
+            if frames:
+                yield "frames", frames
+                frames = []
+            yield kind, item
+        if frames:
+            yield "frames", frames
+
+    def close(self):
+        self.reader.close()
+        self._writer.close()
+
+
 class Hub(StoppableThread):
     """Every WebSocket lives here: reads, writes, timeouts and the broadcast.
 
     Other threads only call reserve_slot/add_client (HTTP handlers) and
-    on_frame (the cache); both append to a thread-safe deque and wake the loop
-    through a socketpair. The hub never blocks on a client: sockets are
-    non-blocking, each client has a bounded queue (drop-oldest, counted), and
-    a client that accepts nothing for write_timeout_s is closed.
+    on_frame (the cache), through a Mailbox. The hub never blocks on a
+    client: sockets are non-blocking, each client has a bounded OutQueue
+    (drop-oldest, counted), and one that accepts nothing for write_timeout_s
+    is closed.
+
+    A client is ready (its queue idle) or pending (output queued, a dropped
+    count owed, or closing: the timers look at these only). The broadcast
+    frames in the mailbox go out together: to a ready client in ONE send() of
+    their joined bytes, joined once per subscription (so the protocol's
+    wants(client, frame) may depend on the client only through
+    client.subscription); to a pending one through its queue.
     """
 
     def __init__(self, protocol, max_clients, write_timeout_s, read_timeout_s,
@@ -5537,17 +5869,15 @@ class Hub(StoppableThread):
         self.stats = {"clients": 0, "dropped_frames": 0, "stuck_closed": 0, "refused": 0,
                       "protocol_errors": 0}
         self._selector = selectors.DefaultSelector()
-        self._wake_r, self._wake_w = socket.socketpair()
-        self._wake_r.setblocking(False)
-        self._wake_w.setblocking(False)
-        self._selector.register(self._wake_r, selectors.EVENT_READ, None)
-        self._inbox = collections.deque()
+        self._mailbox = Mailbox()
+        self._selector.register(self._mailbox.reader, selectors.EVENT_READ, None)
         self._clients = set()
+        self._ready = set()         # queue idle: a broadcast is one direct send()
+        self._pending = set()       # the other open ones: timer-checked
+        self._keepalive = Deadlines()
+        self._timers_due = 0.0
         self._slots = 0
         self._slots_lock = threading.Lock()
-        self._timers_due = 0.0
-        self._keepalive_due = 0.0
-        self._pending = set()       # clients with queued output or closing: timer-checked
 
     # -- called from other threads -----------------------------------------
 
@@ -5564,45 +5894,39 @@ class Hub(StoppableThread):
             self._slots -= 1
 
     def add_client(self, sock, addr, leftover=b""):
-        self._inbox.append(("client", (sock, addr, leftover)))
-        self._wake()
+        self._mailbox.post(("client", (sock, addr, leftover)))
 
     def on_frame(self, frame):
-        self._inbox.append(("frame", frame))
-        self._wake()
+        self._mailbox.post(("frame", frame))
 
     def stop(self):
         StoppableThread.stop(self)
-        self._wake()
-
-    def _wake(self):
-        try:
-            self._wake_w.send(b"\0")
-        except (BlockingIOError, InterruptedError):
-            pass          # already full of wake-ups: the loop will run anyway
-        except OSError:
-            pass          # closed during shutdown
+        self._mailbox.wake()
 
     # -- the loop ------------------------------------------------------------
 
     def run(self):
         try:
             while not self.stopping.is_set():
-                self._loop_once(self._timeout())
+                self._loop_once(self._timeout(self.clock()))
             self._close_all()
         finally:
             self._selector.close()
-            self._wake_r.close()
-            self._wake_w.close()
+            self._mailbox.close()
 
-    def _timeout(self):
-        return 0.25 if self._pending else 1.0
+    def _timeout(self, now):
+        due = now + WS_IDLE_WAKE_S
+        if self._pending:
+            due = min(due, self._timers_due)
+        if self._keepalive:
+            due = min(due, self._keepalive.next_due())
+        return max(0.0, due - now)
 
     def _loop_once(self, timeout):
         for key, mask in self._selector.select(timeout):
             client = key.data
             if client is None:
-                self._drain_wake()
+                self._mailbox.drain_wake()
                 continue
             now = self.clock()
             if mask & selectors.EVENT_READ:
@@ -5610,22 +5934,19 @@ class Hub(StoppableThread):
             if client.open and mask & selectors.EVENT_WRITE:
                 self._flush(client, now)
         now = self.clock()
-        self._drain_inbox(now)
-        if now >= self._timers_due:
-            self._timers_due = now + 0.25
-            self._check_timers(now)
+        self._drain_mailbox(now)
+        if self._pending and now >= self._timers_due:
+            self._timers_due = now + WS_TIMER_TICK_S
+            self._check_pending(now)
+        for client in self._keepalive.pop_due(now):
+            due = client.keepalive(now, self.read_timeout_s)
+            if due is not None:
+                self._keepalive.set(client, due)
+            self._flush(client, now)
 
-    def _drain_wake(self):
-        try:
-            while self._wake_r.recv(4096):
-                pass
-        except (BlockingIOError, InterruptedError):
-            pass
-
-    def _drain_inbox(self, now):
-        while self._inbox:
-            kind, item = self._inbox.popleft()
-            if kind == "frame":
+    def _drain_mailbox(self, now):
+        for kind, item in self._mailbox.batches():
+            if kind == "frames":
                 self._broadcast(item, now)
             else:
                 self._open_client(item, now)
@@ -5640,109 +5961,90 @@ class Hub(StoppableThread):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, WS_SNDBUF_BYTES)
         except OSError:
             pass
-        client = WsClient(sock, addr, now, self.max_message_bytes)
+        client = WsClient(sock, addr, now, self.max_message_bytes, self.stats)
         self._selector.register(sock, selectors.EVENT_READ, client)
         self._clients.add(client)
         self.stats["clients"] = len(self._clients)
-        for wire in self.protocol.on_open(client):
-            self._enqueue(client, wire)
+        self._keepalive.set(client, now + self.read_timeout_s * WS_PING_AFTER)
+        client.push(self.protocol.on_open(client), now)
         if leftover:
-            self._on_data(client, leftover, now)
-        if client.open:
-            self._flush(client, now)
+            client.receive(leftover, now, self.protocol)
+        self._flush(client, now)
 
     # -- outbound --------------------------------------------------------------
 
-    def _broadcast(self, frame, now):
-        """Fan one shared frame out. A client with nothing queued gets it with a
-        direct send() (the common case: no queue work at all); a lagging one
-        goes through its bounded queue."""
-        wire = frame.wire
-        for client in list(self._clients):
-            if client.closing or not self.protocol.wants(client, frame):
-                continue
-            if client.queue or client.dropped:
-                self._enqueue(client, self._with_dropped(client, frame))
-                self._flush(client, now)
+    def _broadcast(self, frames, now):
+        """Fan shared frames out (their bytes are never copied per client). The
+        ready clients are the hot loop: one send() each and nothing else; a
+        short send queues the rest."""
+        wanted, joined, short = {}, {}, []
+        ready = list(self._ready)
+        for client in [c for c in self._pending if not c.out.closing]:
+            self.stats["dropped_frames"] += client.out.push_frames(
+                self._wanted(client, frames, wanted), now)
+            self._flush(client, now)
+        for client in ready:
+            data = joined.get(client.subscription)
+            if data is None:
+                data = b"".join(f.wire for f in self._wanted(client, frames, wanted))
+                joined[client.subscription] = data
+            if not data:
                 continue
             try:
-                sent = client.sock.send(wire)
+                sent = client.sock.send(data)
             except (BlockingIOError, InterruptedError):
                 sent = 0
             except OSError:
                 self._drop(client)
                 continue
-            if sent < len(wire):
-                client.queue.append(wire)
-                client.queued_bytes += len(wire)
-                client.head_sent = sent
-                client.stalled_since = now
-                self._pending.add(client)
-                self._want_write(client, True)
+            if sent != len(data):
+                short.append((client, sent))
+        for client, sent in short:
+            self.stats["dropped_frames"] += client.out.push_frames(
+                self._wanted(client, frames, wanted), now, sent)
+            self._refile(client)
 
-    def _with_dropped(self, client, frame):
-        """Tell a lagging client what it missed, on this frame (the shared bytes
-        stay untouched; only that client pays for a copy)."""
-        if not client.dropped or not frame.payload.startswith(b"{"):
-            return frame.wire
-        payload = b'{"dropped":%d,' % client.dropped + frame.payload[1:]
-        client.dropped = 0
-        return encode_frame(Opcode.TEXT, payload)
-
-    def _enqueue(self, client, wire):
-        queue = client.queue
-        while queue and (len(queue) >= WS_QUEUE_FRAMES
-                         or client.queued_bytes + len(wire) > WS_QUEUE_BYTES):
-            index = 1 if client.head_sent else 0   # never cut a frame half sent
-            if index >= len(queue):
-                break
-            client.queued_bytes -= len(queue[index])
-            del queue[index]
-            client.dropped += 1
-            self.stats["dropped_frames"] += 1
-        queue.append(wire)
-        client.queued_bytes += len(wire)
+    def _wanted(self, client, frames, cache):
+        """The frames for this client's subscription (wants() asked once per
+        subscription and batch)."""
+        result = cache.get(client.subscription)
+        if result is None:
+            result = [frame for frame in frames if self.protocol.wants(client, frame)]
+            cache[client.subscription] = result
+        return result
 
     def _flush(self, client, now):
-        queue = client.queue
-        progressed = False
-        while queue:
-            data = queue[0]
-            view = memoryview(data)[client.head_sent:] if client.head_sent else data
+        """One sendmsg() of what is due; then ends a finished close handshake."""
+        out = client.out
+        if out and not client.finished:
             try:
-                sent = client.sock.send(view)
+                sent = client.sock.sendmsg(out.buffers())
             except (BlockingIOError, InterruptedError):
-                break
+                sent = 0
             except OSError:
                 self._drop(client)
                 return
-            progressed = True
-            if sent < len(view):
-                client.head_sent += sent
-                break
-            queue.popleft()
-            client.queued_bytes -= len(data)
-            client.head_sent = 0
-        if not queue and client.close_when_flushed:
+            out.advance(sent, now)
+        if client.finished or (client.close_when_flushed and not out):
             self._drop(client)
             return
-        if not queue:
-            client.stalled_since = None
-            if not client.closing:
-                self._pending.discard(client)
+        self._refile(client)
+
+    def _refile(self, client):
+        """Ready or pending, after its queue changed; EVENT_WRITE while bytes wait."""
+        if client.out.idle:
+            self._ready.add(client)
+            self._pending.discard(client)
         else:
             self._pending.add(client)
-            if progressed or client.stalled_since is None:
-                client.stalled_since = now
-        self._want_write(client, bool(queue))
-
-    def _want_write(self, client, wanted):
+            self._ready.discard(client)
+        wanted = bool(client.out)
         if client.writing != wanted:
             client.writing = wanted
             events = selectors.EVENT_READ | (selectors.EVENT_WRITE if wanted else 0)
             self._selector.modify(client.sock, events, client)
 
-    # -- inbound ---------------------------------------------------------------
+    # -- inbound, timers, ending -------------------------------------------------
 
     def _on_readable(self, client, now):
         try:
@@ -5754,104 +6056,25 @@ class Hub(StoppableThread):
         if not data:
             self._drop(client)
             return
-        self._on_data(client, data, now)
-
-    def _on_data(self, client, data, now):
-        client.last_recv = now
-        client.ping_sent = False
-        client.decoder.feed(data)
-        try:
-            while client.open:
-                frame = client.decoder.next_frame()
-                if frame is None:
-                    break
-                message = client.assembler.add(frame)
-                if message is not None:
-                    self._on_message(client, message, now)
-        except ProtocolError as exc:
-            self.stats["protocol_errors"] += 1
-            self._start_close(client, exc.close_code, exc.reason, now, wait_reply=False,
-                              keep_queued=True)
-        if client.open:
-            self._flush(client, now)
-
-    def _on_message(self, client, message, now):
-        opcode, data = message
-        if opcode == Opcode.CLOSE:
-            self._on_close_frame(client, data, now)
-        elif opcode == Opcode.PING and not client.closing:
-            self._enqueue(client, encode_frame(Opcode.PONG, data))
-        elif opcode == Opcode.TEXT and not client.closing:
-            for wire in self.protocol.on_text(client, data):
-                self._enqueue(client, wire)
-        elif opcode == Opcode.BINARY and not client.closing:
-            for wire in self.protocol.on_binary(client, data):
-                self._enqueue(client, wire)
-
-    def _on_close_frame(self, client, data, now):
-        """RFC 6455 §5.5.1: answer a Close with a Close (echoing the code), then
-        close the TCP connection; if we started the close, this is the answer."""
-        if client.closing:
-            self._drop(client)
-            return
-        code = data[0] if data[0] is not None else CloseCode.NORMAL_CLOSURE
-        self._start_close(client, code, "", now, wait_reply=False, keep_queued=True)
-
-    def _start_close(self, client, code, reason, now, wait_reply=True, keep_queued=False):
-        """Queue our Close frame. When we close on our own (timeout, shutdown) it
-        replaces pending data frames (a frame already half sent is finished
-        first, or the stream would be corrupt); when the peer provoked it
-        (its Close, a protocol error) replies already queued go out first."""
-        if client.closing:
-            return
-        client.closing = True
-        if not keep_queued:
-            head = client.queue[0] if client.head_sent else None
-            client.queue.clear()
-            client.queued_bytes = 0
-            if head is not None:
-                client.queue.append(head)
-                client.queued_bytes = len(head)
-        close = encode_close(code, reason)
-        client.queue.append(close)
-        client.queued_bytes += len(close)
-        client.close_deadline = now + 2.0
-        client.close_when_flushed = not wait_reply
-        self._pending.add(client)
+        client.receive(data, now, self.protocol)
         self._flush(client, now)
 
-    # -- timers ------------------------------------------------------------------
-
-    def _check_timers(self, now):
-        """Every 0.25 s: close deadlines and stuck writers, among the clients with
-        pending output only; at most once a second: keepalive over everyone."""
+    def _check_pending(self, now):
+        """Every WS_TIMER_TICK_S, over the pending clients only: close deadlines
+        and stuck writers."""
         for client in list(self._pending):
-            if client.closing:
+            if client.out.closing:
                 if now >= client.close_deadline:
                     self._drop(client)
-            elif (client.stalled_since is not None
-                  and now - client.stalled_since > self.write_timeout_s):
+            elif client.out.stalled_for(now) > self.write_timeout_s:
                 self.stats["stuck_closed"] += 1
-                LOG.info("event=ws_stuck_client addr=%s queued=%d", client.addr, len(client.queue))
+                LOG.info("event=ws_stuck_client addr=%s queued=%d", client.addr, len(client.out))
                 self._try_close_frame(client, CloseCode.POLICY_VIOLATION, "write timeout")
                 self._drop(client)
-        if now >= self._keepalive_due:
-            self._keepalive_due = now + min(1.0, self.read_timeout_s / 4)
-            for client in list(self._clients):
-                if client.open and not client.closing:
-                    self._check_keepalive(client, now)
-
-    def _check_keepalive(self, client, now):
-        if now - client.last_recv > self.read_timeout_s:
-            self._start_close(client, CloseCode.INTERNAL_ERROR, "keepalive timeout", now)
-        elif not client.ping_sent and now - client.last_recv > self.read_timeout_s / 2:
-            client.ping_sent = True
-            self._enqueue(client, encode_frame(Opcode.PING, b"keepalive"))
-            self._flush(client, now)
 
     def _try_close_frame(self, client, code, reason):
         """Best effort Close before dropping a stuck client (only at a frame boundary)."""
-        if not client.head_sent:
+        if not client.out.head_sent:
             try:
                 client.sock.send(encode_close(code, reason))
             except OSError:
@@ -5861,8 +6084,9 @@ class Hub(StoppableThread):
         if not client.open:
             return
         client.open = False
-        self._clients.discard(client)
-        self._pending.discard(client)
+        for registry in (self._clients, self._ready, self._pending):
+            registry.discard(client)
+        self._keepalive.discard(client)
         self.stats["clients"] = len(self._clients)
         try:
             self._selector.unregister(client.sock)
@@ -5875,14 +6099,15 @@ class Hub(StoppableThread):
         """Shutdown: Close 1001 to everyone, a short grace for their answers, then close."""
         now = self.clock()
         for client in list(self._clients):
-            self._start_close(client, CloseCode.GOING_AWAY, "server shutting down", now)
+            if client.start_close(CloseCode.GOING_AWAY, "server shutting down", now):
+                self._flush(client, now)
         deadline = self.clock() + SHUTDOWN_GRACE_S
         while self._clients and self.clock() < deadline:
-            self._loop_once(0.05)
+            self._loop_once(WS_SHUTDOWN_POLL_S)
         for client in list(self._clients):
             self._drop(client)
-        while self._inbox:      # a hand-over that raced with shutdown
-            kind, item = self._inbox.popleft()
+        while self._mailbox.items:      # a hand-over that raced with shutdown
+            kind, item = self._mailbox.items.popleft()
             if kind == "client":
                 item[0].close()
                 self.release_slot()

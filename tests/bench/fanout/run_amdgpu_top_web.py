@@ -47,10 +47,8 @@ class BenchManager(atw.StoppableThread):
     def readers(self):
         return []
 
-
-class BenchApp(atw.App):
-    def _make_manager(self):
-        return BenchManager(self.cache)
+    def close_backends(self):
+        pass
 
 
 def main():
@@ -67,7 +65,8 @@ def main():
                                "--ws-read-timeout", "3600s", "--interval", "%gms" % (1000.0 / args.rate),
                                "--log-level", "WARNING"], {})
     atw.setup_logging(config.log_level)
-    app = BenchApp(config)
+    app = atw.App(config)
+    app.manager = BenchManager(app.cache)      # before start(): App builds a real GpuManager
     profiler = None
     if args.profile:
         import cProfile

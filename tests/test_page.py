@@ -186,7 +186,8 @@ class Watch(object):
 
 @pytest.fixture
 def open_page(browser):
-    """Factory: open_page(server, hash="", viewport=(1280, 900)) -> (page, Watch)."""
+    """Factory: open_page(server, hash="", viewport=(1280, 900)) -> (page, Watch); waits for
+    the connection and a GPU view or the all-GPUs overview (the default from 3 GPUs on)."""
     contexts = []
 
     def open_(server, hash_="", viewport=(1280, 900), wait_live=True, color_scheme="light"):
@@ -199,7 +200,7 @@ def open_page(browser):
         page.goto(server.url + hash_)
         if wait_live:
             expect(page.locator("[data-testid=conn]")).to_have_attribute("data-state", "open")
-            expect(page.locator("article.gpu").first).to_be_visible()
+            expect(page.locator("article.gpu, [data-testid=overview]").first).to_be_visible()
         return page, watch
     yield open_
     for context in contexts:
@@ -265,10 +266,12 @@ def screenshot(page, name):
 # ---- demo mode -----------------------------------------------------------------------
 
 def test_demo_values_appear_change_and_screenshots(start_server, open_page):
-    server = start_server()
+    server = start_server(["--demo", "--demo-gpus", "2"])
     page, watch = open_page(server)
     article = page.locator("article.gpu")
-    expect(article).to_have_count(1)                         # one GPU shown, selector for the other
+    expect(article).to_have_count(1)                         # 2 GPUs: one shown, selector for the other
+    expect(page.locator("[data-testid=overview]")).to_have_count(0)
+    expect(page.get_by_label("GPU", exact=True)).to_have_value("card0")
     expect(article.locator("h2")).to_contain_text("AMD Radeon RX 7800 XT (demo)")
     expect(page.locator("[data-testid=demo-badge]")).to_have_text("demo data")
     expect(page.locator("body > footer")).to_contain_text("interval 250 ms")
@@ -298,8 +301,8 @@ def test_demo_values_appear_change_and_screenshots(start_server, open_page):
     screenshot(page, "demo-desktop.png")
     watch.assert_clean()
 
-    dark, dark_watch = open_page(server, "#gpu=all", color_scheme="dark")
-    wait_procs(dark, 16)
+    dark, dark_watch = open_page(server, "#gpu=all", color_scheme="dark")    # the overview, asked for
+    overview_rows(dark, 2)
     time.sleep(0.5)
     screenshot(dark, "demo-desktop-dark-all.png")
     dark_watch.assert_clean()
@@ -317,7 +320,8 @@ def test_gpu_selector_switches_and_updates_hash(start_server, open_page):
     server = start_server()
     page, watch = open_page(server)
     select = page.get_by_label("GPU", exact=True)
-    expect(select).to_have_value("card0")
+    expect(select).to_have_value("all")                      # 3 GPUs: the overview is the default
+    expect(page.locator("[data-testid=ov-row]")).to_have_count(3)
     expect(select.locator("option")).to_have_count(4)        # card0, card1, nvidia0 + "all"
     select.select_option("card1")
     wait_until(lambda: page.evaluate("location.hash") == "#gpu=card1", 5, message="hash #gpu=card1")
@@ -328,7 +332,8 @@ def test_gpu_selector_switches_and_updates_hash(start_server, open_page):
     expect(article).to_contain_text("GTT is system memory in use by the GPU")   # APU note
     expect(article.locator("[data-metric=fan_rpm]")).to_have_text("\u2014")    # null -> em dash
     select.select_option("all")
-    expect(page.locator("article.gpu")).to_have_count(3)
+    expect(page.locator("[data-testid=ov-row]")).to_have_count(3)
+    expect(page.locator("article.gpu")).to_have_count(0)
     assert page.evaluate("location.hash") == "#gpu=all"
     page.go_back()                                            # the hash is history: back = card1
     expect(page.locator("article.gpu")).to_have_count(1)
@@ -346,7 +351,7 @@ def test_follows_only_the_gpu_on_screen(start_server, open_page):
     """The page subscribes to the GPU it shows ("*" for all) and, switching, gets
     the history it did not follow back from /api/gpus/{id}/history."""
     server = start_server()
-    page, watch = open_page(server)
+    page, watch = open_page(server, "#gpu=card0")
     wait_until(lambda: watch.subscriptions() == ["card0"], 5, message="subscribe card0")
     page.wait_for_timeout(4000)                              # card1 runs on, unfollowed
     assert not watch.requested("/history")
@@ -364,7 +369,7 @@ def test_follows_only_the_gpu_on_screen(start_server, open_page):
 
 def test_sorting_by_header_buttons(start_server, open_page):
     server = start_server()
-    page, watch = open_page(server)
+    page, watch = open_page(server, "#gpu=card0")
     wait_procs(page, 8)
     th_total = page.locator("article.gpu thead th", has=page.locator("button[data-col=total]"))
     expect(th_total).to_have_attribute("aria-sort", "descending")       # the default
@@ -402,7 +407,7 @@ def test_sorting_by_header_buttons(start_server, open_page):
 
 def test_long_process_list_shows_top_rows_then_all(start_server, open_page):
     server = start_server(["--demo", "--demo-processes", "40"])
-    page, watch = open_page(server)
+    page, watch = open_page(server, "#gpu=card0")
     wait_procs(page, 25)
     rows = page.locator("article.gpu >> tbody tr[data-pid]")
     expect(rows).to_have_count(25)
@@ -421,7 +426,7 @@ def test_long_process_list_shows_top_rows_then_all(start_server, open_page):
 
 def test_row_order_is_stable_between_frames(start_server, open_page):
     server = start_server(["--demo", "--proc-scan-interval", "500ms"])
-    page, watch = open_page(server)
+    page, watch = open_page(server, "#gpu=card0")
     wait_procs(page, 8)
     page.locator("button[data-col=user]").click()             # ties: alice owns three processes
     order = row_pids(page)
@@ -438,7 +443,7 @@ def test_row_order_is_stable_between_frames(start_server, open_page):
 
 def test_filter_by_name_user_pid(start_server, open_page):
     server = start_server()
-    page, watch = open_page(server)
+    page, watch = open_page(server, "#gpu=card0")
     wait_procs(page, 8)
     box = page.get_by_label("Filter processes by name, user or PID")
     box.fill("alice")
@@ -461,8 +466,8 @@ def test_filter_by_name_user_pid(start_server, open_page):
 
 def test_hostile_process_name_is_literal_text(start_server, open_page):
     server = start_server()
-    page, watch = open_page(server, "#gpu=all")
-    wait_procs(page, 16)
+    page, watch = open_page(server, "#gpu=card0")
+    wait_procs(page, 8)
     cells = page.locator("td.name .nm", has_text=HOSTILE)
     wait_until(lambda: cells.count() >= 1, 5, message="the hostile name row")
     assert text(cells.first) == HOSTILE
@@ -500,7 +505,7 @@ def test_stale_banner_when_server_paused(start_server, open_page):
 
 def test_reconnects_after_server_restart_on_same_port(start_server, open_page):
     first = start_server()
-    page, watch = open_page(first)
+    page, watch = open_page(first, "#gpu=card0")
     port = first.port
     first.stop()
     conn = page.locator("[data-testid=conn]")
@@ -544,12 +549,12 @@ def test_hidden_tab_stops_rendering(start_server, open_page):
 
 def test_no_console_errors_no_foreign_requests_and_csp(start_server, open_page):
     server = start_server()
-    page, watch = open_page(server)
+    page, watch = open_page(server, "#gpu=card0")
     wait_procs(page, 8)
     page.locator("button[data-col=name]").click()
     page.get_by_label("Filter processes by name, user or PID").fill("a")
     page.get_by_label("GPU", exact=True).select_option("all")
-    expect(page.locator("article.gpu")).to_have_count(3)
+    expect(page.locator("[data-testid=ov-row]")).to_have_count(3)
     time.sleep(1.5)
     assert any("/vendor/preact/" in url for url in watch.requests)
     assert all("cdn.jsdelivr.net" not in url for url in watch.requests)
@@ -599,6 +604,105 @@ def test_tampered_module_is_refused_by_integrity(start_server, browser, vendor_d
         context.close()
 
 
+# ---- the all-GPUs overview: 8 demo GPUs (4 AMD, 4 NVIDIA) ----------------------------------
+
+EIGHT = ["card0", "card1", "nvidia0", "nvidia1", "card2", "nvidia2", "card3", "nvidia3"]
+LAPTOPS = [(1366, 768), (1440, 900)]
+ROW_BOXES = "rs => rs.map(r => { const b = r.getBoundingClientRect(); return [b.left, b.top, b.right, b.bottom]; })"
+
+
+def overview_rows(page, count):
+    rows = page.locator("[data-testid=ov-row]")
+    expect(rows).to_have_count(count)
+    wait_until(lambda: rows.locator("[data-testid=top-name]").count() == count, 10,
+               message="a top process in every row")
+    return rows
+
+
+def test_overview_is_the_default_with_eight_gpus_and_fits_a_laptop(start_server, open_page):
+    server = start_server(["--demo", "--demo-gpus", "8"])
+    for width, height in LAPTOPS:
+        page, watch = open_page(server, viewport=(width, height))
+        rows = overview_rows(page, 8)
+        expect(page.get_by_label("GPU", exact=True)).to_have_value("all")
+        expect(page.locator("article.gpu")).to_have_count(0)
+        listed = [g["id"] for g in page.request.get(server.url + "api/gpus").json()["gpus"]]
+        assert rows.evaluate_all("rs => rs.map(r => r.dataset.gpu)") == listed         # in server order
+        assert sorted(listed) == sorted(EIGHT)
+        assert sorted(rows.locator("[data-testid=vendor]").all_inner_texts()) == ["AMD"] * 4 + ["NVIDIA"] * 4
+        for key, pattern in [("gpu_busy_pct", r"^\d+%$"), ("temp_c", r"^\d+ °C$"), ("power_w", r"^\d+ W$"),
+                             ("vram_used", r"^\d+(\.\d+)? (MiB|GiB) / \d+(\.\d+)? (MiB|GiB)$")]:
+            cells = rows.locator("[data-metric=%s]" % key)
+            wait_until(lambda: all(re.search(pattern, t.replace(NBSP, " ")) for t in cells.all_inner_texts()), 5,
+                       message="%s ~ %s in every row (got %r)" % (key, pattern, cells.all_inner_texts()))
+        # Throttling: the reasons other than GpuIdle, highlighted; AMD's demo reports none (null).
+        throttle = rows.locator("[data-metric=throttle_reasons]")
+        assert set(throttle.all_inner_texts()[:2]) == {NA}
+        assert "GpuIdle" not in rows.locator(".limit").all_inner_texts()
+        assert rows.locator("[data-testid=alert]").all_inner_texts() == [""] * 8    # nothing lost or asleep
+        # All eight rows on screen without scrolling, nothing sideways.
+        for left, top, right, bottom in rows.evaluate_all(ROW_BOXES):
+            assert 0 <= left and right <= width and 0 <= top and bottom <= height, (width, height, bottom)
+        assert page.evaluate("scrollX + scrollY") == 0
+        assert page.evaluate("document.documentElement.scrollWidth - document.documentElement.clientWidth") <= 0
+        if width == 1366:
+            time.sleep(0.5)
+            screenshot(page, "overview-desktop.png")
+        watch.assert_clean()
+
+
+def test_overview_row_opens_its_gpu_and_the_selector_goes_back(start_server, open_page):
+    server = start_server(["--demo", "--demo-gpus", "8"])
+    page, watch = open_page(server, viewport=(1366, 768))
+    overview_rows(page, 8)
+    assert watch.subscriptions() == []                        # hello's "*" is what the overview needs
+    page.locator("[data-testid=ov-row][data-gpu=nvidia1] td.c-temp").click()    # anywhere on the row
+    wait_until(lambda: page.evaluate("location.hash") == "#gpu=nvidia1", 5, message="hash #gpu=nvidia1")
+    article = page.locator("article.gpu")
+    expect(article).to_have_attribute("data-gpu", "nvidia1")
+    expect(article.locator("[data-testid=gpu-name]")).to_have_text("NVIDIA H100 80GB HBM3 (demo)")
+    wait_until(lambda: re.search(r"^\d+%$", metric(page, "gpu_busy_pct")), 5, message="nvidia1 tiles")
+    select = page.get_by_label("GPU", exact=True)
+    expect(select).to_have_value("nvidia1")
+    wait_until(lambda: watch.subscriptions() == ["nvidia1"], 5, message="subscribe nvidia1")
+    select.select_option("all")
+    expect(page.locator("[data-testid=ov-row]")).to_have_count(8)
+    expect(page.locator("article.gpu")).to_have_count(0)
+    assert page.evaluate("location.hash") == "#gpu=all"
+    wait_until(lambda: watch.subscriptions() == ["nvidia1", "*"], 5, message="subscribe *")
+    page.locator("[data-testid=ov-row][data-gpu=card2] a.nm").click()     # the name is a link
+    wait_until(lambda: page.evaluate("location.hash") == "#gpu=card2", 5, message="hash #gpu=card2")
+    expect(article).to_have_attribute("data-gpu", "card2")
+    page.go_back()                                            # the hash is history: back = the overview
+    expect(page.locator("[data-testid=ov-row]")).to_have_count(8)
+    watch.assert_clean()
+
+
+def test_overview_on_a_phone_is_a_compact_list(start_server, open_page):
+    server = start_server(["--demo", "--demo-gpus", "8"])
+    page, watch = open_page(server, viewport=(390, 844))
+    rows = overview_rows(page, 8)
+    overflow = page.evaluate("document.documentElement.scrollWidth - document.documentElement.clientWidth")
+    assert overflow <= 0, "the overview scrolls sideways on a phone (%d px)" % overflow
+    boxes = rows.evaluate_all(ROW_BOXES)
+    for (left, top, right, bottom), previous in zip(boxes, [None] + boxes[:-1]):
+        assert 0 <= left and right <= 390
+        assert previous is None or top >= previous[3] - 1       # cards one under the other
+        assert bottom - top < 200                               # compact: a few short lines each
+    # Nothing clipped: names wrap, every cell lies inside its card.
+    clipped = rows.locator("a.nm").evaluate_all("as => as.filter(a => a.scrollWidth > a.clientWidth + 1).length")
+    assert clipped == 0
+    outside = rows.evaluate_all("""rs => rs.flatMap(r => { const b = r.getBoundingClientRect();
+        return [...r.children].filter(c => { const x = c.getBoundingClientRect();
+          return x.width && (x.left < b.left - 1 || x.right > b.right + 1); }).map(c => c.className); })""")
+    assert outside == []
+    time.sleep(0.5)
+    screenshot(page, "overview-phone.png")
+    page.locator("[data-testid=ov-row][data-gpu=nvidia0] td.c-busy").click()
+    expect(page.locator("article.gpu")).to_have_attribute("data-gpu", "nvidia0")
+    watch.assert_clean()
+
+
 # ---- fixture trees --------------------------------------------------------------------
 
 def test_fixture_multi_gpu_values(start_server, open_page):
@@ -606,6 +710,11 @@ def test_fixture_multi_gpu_values(start_server, open_page):
     page, watch = open_page(server)
     select = page.get_by_label("GPU", exact=True)
     expect(select.locator("option")).to_have_count(4)         # card0 (i915), card1, card2 (amdgpu) + all
+    rows = page.locator("[data-testid=ov-row]")               # 3 GPUs: the overview first
+    expect(rows).to_have_count(3)
+    assert rows.locator("[data-testid=vendor]").all_inner_texts() == ["Intel", "AMD", "AMD"]
+    wait_until(lambda: text(rows.nth(1).locator("[data-metric=temp_c]")) == "56 °C", 5, message="card1 in the overview")
+    select.select_option("card0")
     article = page.locator("article.gpu")
     expect(article).to_have_attribute("data-gpu", "card0")    # the first card: the Intel iGPU
     expect(article.locator("[data-testid=vendor]")).to_have_text("Intel")
@@ -710,13 +819,16 @@ NA = "\u2014"
 def test_demo_three_gpus_with_vendor_badges(start_server, open_page):
     server = start_server()
     page, watch = open_page(server, "#gpu=all")
-    articles = page.locator("article.gpu")
-    expect(articles).to_have_count(3)
+    rows = page.locator("[data-testid=ov-row]")
+    expect(rows).to_have_count(3)
     badges = {"card0": "AMD", "card1": "AMD", "nvidia0": "NVIDIA"}
     for gpu, badge in badges.items():
-        article = page.locator("article.gpu[data-gpu=%s]" % gpu)
-        expect(article.locator("[data-testid=vendor]")).to_have_text(badge)
+        row = page.locator("[data-testid=ov-row][data-gpu=%s]" % gpu)
+        expect(row.locator("[data-testid=vendor]")).to_have_text(badge)
     # Names as given: the server's name, no vendor prefix added by the page.
+    nvidia = page.locator("[data-testid=ov-row][data-gpu=nvidia0] [data-testid=gpu-name]")
+    expect(nvidia).to_have_text("NVIDIA GeForce RTX 4090 (demo)")
+    page.goto(server.url + "#gpu=nvidia0")
     expect(page.locator("article.gpu[data-gpu=nvidia0] h2")).to_contain_text("NVIDIA GeForce RTX 4090 (demo)")
     expect(page.locator("article.gpu[data-gpu=nvidia0] h2")).not_to_contain_text("AMD")
     options = [text(o) for o in page.get_by_label("GPU", exact=True).locator("option").all()]
@@ -861,11 +973,15 @@ CONTRACT_PROCS = {
 
 
 class MockSocket(object):
-    """Answers the page's /ws with the contract frames above (Playwright's route_web_socket)."""
+    """Answers the page's /ws with the contract frames above (Playwright's route_web_socket),
+    and its history requests with an empty history."""
 
     def __init__(self, page):
         self.routes = []
         page.route_web_socket(re.compile(r"/ws$"), self._connect)
+        # The history a GPU view fetches when it comes on screen: none (these GPUs are not the demo's).
+        page.route(re.compile(r"/api/gpus/[^/]+/history$"), lambda route: route.fulfill(
+            status=200, content_type="application/json", body=json.dumps({"interval_ms": 250, "ts": [], "series": {}})))
 
     def _connect(self, ws):
         ws.on_message(lambda message: None)                   # subscribe: nothing to answer
@@ -892,8 +1008,30 @@ def test_contract_frames_intel_and_nvidia(start_server, browser):
         watch = Watch(page, server)
         mock = MockSocket(page)
         page.goto(server.url + "#gpu=all")
-        expect(page.locator("article.gpu")).to_have_count(3)
+        expect(page.locator("[data-testid=ov-row]")).to_have_count(3)
         mock.frames()
+
+        # The overview: throttling other than GpuIdle highlighted, the top process, the lost GPU's alert.
+        ov = dict((gpu, page.locator("[data-testid=ov-row][data-gpu=%s]" % gpu)) for gpu in CONTRACT_STATS)
+        expect(ov["card0"].locator("[data-metric=throttle_reasons]")).to_have_text("pl1")
+        expect(ov["card0"].locator("[data-metric=throttle_reasons]")).to_have_class(re.compile(r"\blimit\b"))
+        expect(ov["card0"].locator("[data-metric=vram_used]")).to_have_text("%s / 12.0 GiB" % NA)
+        expect(ov["card0"].locator("[data-testid=top-name]")).to_have_text("blender")
+        expect(ov["card0"].locator("[data-testid=top-detail]")).to_have_text("rcs 55.0%")
+        expect(ov["nvidia0"].locator("[data-metric=throttle_reasons]")).to_have_text("none")   # GpuIdle: no limit
+        expect(ov["nvidia0"].locator(".limit")).to_have_count(0)
+        expect(ov["nvidia0"].locator("[data-testid=top-name]")).to_have_text("ffmpeg")
+        expect(ov["nvidia0"].locator("[data-testid=top-detail]")).to_have_text("enc 40.0%")
+        expect(ov["nvidia1"].locator("[data-testid=alert]")).to_have_text("lost")
+        expect(ov["nvidia1"]).to_have_class("is-lost")
+        for gpu in ("card0", "nvidia0"):
+            expect(ov[gpu].locator("[data-testid=alert]")).to_have_text("")
+        screenshot(page, "contract-intel-nvidia.png")
+
+        def show(gpu):
+            page.evaluate("id => { location.hash = 'gpu=' + id; }", gpu)
+            expect(page.locator("article.gpu[data-gpu=%s]" % gpu)).to_be_visible()
+        show("card0")
         intel = page.locator("article.gpu[data-gpu=card0]")
         nv = page.locator("article.gpu[data-gpu=nvidia0]")
         lost = page.locator("article.gpu[data-gpu=nvidia1]")
@@ -917,6 +1055,7 @@ def test_contract_frames_intel_and_nvidia(start_server, browser):
         expect(intel.locator("[data-testid=headline]")).to_contain_text("rcs 55.0%")
 
         # NVIDIA on the v1 memory call: used includes reserved, reserved unknown.
+        show("nvidia0")
         expect(nv.locator("[data-metric=vram_source]")).to_have_text("used (incl. reserved)")
         expect(nv.locator("[data-metric=vram_reserved]")).to_have_text(NA)
         expect(nv.locator("[data-metric=throttle_reasons]")).to_have_text("GpuIdle")
@@ -950,11 +1089,11 @@ def test_contract_frames_intel_and_nvidia(start_server, browser):
         assert nv_pids() == [702, 700, 701]
 
         # A lost GPU says so.
+        show("nvidia1")
         expect(lost.locator("[data-testid=headline]")).to_contain_text("Lost")
         expect(lost.locator("[data-metric=runtime_status]")).to_have_text("lost")
         expect(lost.locator(".tile.alert", has_text="State")).to_have_count(1)
         mock.frames()
-        screenshot(page, "contract-intel-nvidia.png")
         watch.assert_clean()
     finally:
         context.close()

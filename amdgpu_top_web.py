@@ -4561,6 +4561,7 @@ class Cache(object):
         self._procs = {}
         self._history = {}
         self._listeners = []
+        self._sinks = []
         self._hello = None
         self._health = {}
         self._capacity = int(math.ceil(HISTORY_WINDOW_S / interval_s))
@@ -4581,6 +4582,19 @@ class Cache(object):
     def _notify(self, frame):
         for callback in self._listeners:
             callback(frame)
+
+    def add_sink(self, sink):
+        """A consumer of samples besides the live view (history writer, alert
+        engine): offer_stats(gpu_id, epoch_s, metrics), offer_procs(gpu_id,
+        message) (the procs frame dict) and offer_host(epoch_s, host) are called from the
+        publishing thread and must never block (a bounded queue of their own)."""
+        self._sinks.append(sink)
+
+    def _offer(self, method, *args):
+        for sink in self._sinks:
+            offer = getattr(sink, method, None)
+            if offer is not None:
+                offer(*args)
 
     def set_gpus(self, infos):
         """Replace the GPU list (discovery); drops the state of vanished GPUs."""
@@ -4606,6 +4620,7 @@ class Cache(object):
             self._history[gpu_id].push(epoch_s, metrics)
             self._hello = None
         self._notify(frame)
+        self._offer("offer_stats", gpu_id, epoch_s, metrics)
 
     def publish_procs(self, gpu_id, message):
         payload = json_bytes(message)
@@ -4615,6 +4630,7 @@ class Cache(object):
                 return
             self._procs[gpu_id] = (message, frame)
         self._notify(frame)
+        self._offer("offer_procs", gpu_id, message)
 
     def set_feature(self, key, value):
         with self._lock:

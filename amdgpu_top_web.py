@@ -80,8 +80,10 @@ import argparse
 import array
 import base64
 import bisect
+import calendar
 import codecs
 import collections
+import csv
 import enum
 import errno
 import hashlib
@@ -107,7 +109,7 @@ import traceback
 import tracemalloc
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 try:                    # stdlib, but a minimal Python may be built without libffi:
     import ctypes       # then there is simply no NVIDIA backend
@@ -243,7 +245,9 @@ DURATION_UNITS = {"ms": 0.001, "s": 1.0, None: 1.0, "m": 60.0, "h": 3600.0}
 DPM_LINE_RE = re.compile(r"^\s*([0-9]+|[SF]):\s*([0-9]+)\s*mhz\b(.*)$", re.IGNORECASE)
 PCIE_DPM_RE = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*GT/s,\s*x([0-9]+)", re.IGNORECASE)
 LINK_SPEED_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*GT/s", re.IGNORECASE)
-GPU_PATH_RE = re.compile(r"^/api/gpus/([A-Za-z0-9_.:-]{1,64})/(metrics|procs|history)$")
+GPU_PATH_RE = re.compile(r"^/api/gpus/([A-Za-z0-9_.:-]{1,64})/(metrics|procs|history|processes)$")
+GPU_ID_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+RUN_PATH_RE = re.compile(r"^/api/processes/([0-9]{1,18})/history$")
 HWMON_FILE_RE = re.compile(r"^(temp|freq|in|power|fan|pwm)(0|[1-9][0-9]*)_([a-z_]+)$")
 
 # -- process top -----------------------------------------------------------
@@ -2816,10 +2820,14 @@ def route(path):
     if path.startswith("/api/gpus/"):
         match = GPU_PATH_RE.match(path)
         return ("gpu_" + match.group(2), match.group(1)) if match else ("not_found", None)
+    if path.startswith("/api/processes/"):
+        match = RUN_PATH_RE.match(path)
+        return ("run_history", int(match.group(1))) if match else ("not_found", None)
     simple = {"/api/gpus": "gpus", "/api/healthz": "healthz", "/api/readyz": "readyz",
               "/api/version": "version", "/ws": "ws", "/favicon.ico": "favicon",
               "/plain": "plain", "/metrics": "metrics", "/debug/threads": "debug_threads",
-              "/debug/memory": "debug_memory"}
+              "/debug/memory": "debug_memory", "/api/host/history": "host_history",
+              "/api/processes": "processes"}
     return simple.get(path, "not_found"), None
 
 
@@ -2897,6 +2905,193 @@ def build_csp(script_hashes, use_cdn):
 
 def error_json(message):
     return json_bytes({"error": message})
+
+
+
+# -- history queries (the store's endpoints; the store answers them) ----------
+
+HISTORY_RANGES_S = {"1h": 3600, "6h": 6 * 3600, "24h": 86400, "7d": 7 * 86400,
+                    "30d": 30 * 86400, "1y": 365 * 86400}
+HISTORY_MAX_SPAN_S = 3 * 366 * 86400     # beyond the longest tier: refused, never scanned
+QUERY_MAX_VALUE = 64                     # characters of one query value
+QUERY_MAX_PARAMS = 16
+ISO_TIME_RE = re.compile(
+    r"^(\d{4})-(\d{2})-(\d{2})(?:[T ](\d{2}):(\d{2})(?::(\d{2})(\.\d{1,9})?)?)?"
+    r"(Z|[+-]\d{2}:?\d{2})?$", re.IGNORECASE)
+# A CSV cell that a spreadsheet would run as a formula (OWASP "CSV injection").
+CSV_FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+RUN_CSV_COLUMNS = (
+    "run_id", "gpu_id", "pid", "start_time", "name", "user", "cmd", "container", "kfd", "type",
+    "first_seen", "last_seen", "ended", "peak_vram_bytes", "avg_vram_bytes", "peak_gtt_bytes",
+    "avg_gtt_bytes", "peak_engine_pct", "avg_engine_pct", "gpu_seconds")
+PROC_AT_CSV_COLUMNS = ("pid", "name", "user", "vram_bytes", "gtt_bytes", "engine_pct", "run_id")
+
+HistoryQuery = collections.namedtuple("HistoryQuery", "from_s to_s step_s format")
+RunsQuery = collections.namedtuple("RunsQuery", "from_s to_s gpu_id active format")
+AtQuery = collections.namedtuple("AtQuery", "at_s format")
+
+
+class QueryError(ValueError):
+    """A bad query parameter: the message names it (the body of a 400)."""
+
+
+def parse_query_string(query, allowed):
+    """'a=1&b=2' -> {name: value}. Unknown or repeated names, too many or
+    too long values are QueryErrors (a typo must not silently mean "default")."""
+    pairs = parse_qsl(query or "", keep_blank_values=True)
+    if len(pairs) > QUERY_MAX_PARAMS:
+        raise QueryError("too many query parameters")
+    params = {}
+    for name, value in pairs:
+        if name not in allowed:
+            raise QueryError("unknown parameter %r (allowed: %s)" % (name[:32], ", ".join(allowed)))
+        if name in params:
+            raise QueryError("parameter %r given twice" % name)
+        if len(value) > QUERY_MAX_VALUE:
+            raise QueryError("parameter %r is too long" % name)
+        params[name] = value
+    return params
+
+
+def _iso_to_epoch(match):
+    year, month, day, hour, minute, second, frac, zone = match.groups()
+    fields = [int(year), int(month), int(day), int(hour or 0), int(minute or 0), int(second or 0)]
+    if not (1 <= fields[1] <= 12 and 1 <= fields[2] <= 31 and fields[3] <= 23
+            and fields[4] <= 59 and fields[5] <= 60):
+        raise ValueError("out of range")
+    epoch = float(calendar.timegm(fields)) + (float(frac) if frac else 0.0)
+    if zone and zone.upper() != "Z":
+        sign = -1 if zone[0] == "+" else 1          # 10:00+02:00 is 08:00Z
+        digits = zone[1:].replace(":", "")
+        epoch += sign * (int(digits[:2]) * 3600 + int(digits[2:]) * 60)
+    return epoch
+
+
+def parse_time_param(name, text):
+    """Unix seconds ('1764669600', '1764669600.5') or ISO 8601 ('2026-12-02',
+    '2026-12-02T10:00Z', '...T10:00:00.250+01:00'; no zone = UTC) -> seconds."""
+    text = (text or "").strip()
+    try:
+        value = float(text)
+    except ValueError:
+        match = ISO_TIME_RE.match(text)
+        try:
+            value = _iso_to_epoch(match) if match else None
+        except ValueError:
+            value = None
+    if value is None or value != value or not 0 <= value < 1e11:
+        raise QueryError("parameter %r: expected unix seconds or an ISO 8601 time, got %r"
+                         % (name, text[:32]))
+    return value
+
+
+def parse_window(params, now_s, default_range):
+    """range=1h|6h|24h|7d|30d|1y, or from= [to=] -> (from_s, to_s)."""
+    if "range" in params:
+        if "from" in params or "to" in params:
+            raise QueryError("parameter 'range' cannot be combined with 'from'/'to'")
+        span = HISTORY_RANGES_S.get(params["range"])
+        if span is None:
+            raise QueryError("parameter 'range': expected one of %s" % ", ".join(HISTORY_RANGES_S))
+        return now_s - span, now_s
+    to_s = parse_time_param("to", params["to"]) if "to" in params else now_s
+    if "from" in params:
+        from_s = parse_time_param("from", params["from"])
+    else:
+        from_s = to_s - HISTORY_RANGES_S[default_range]
+    if from_s >= to_s:
+        raise QueryError("parameter 'from' must be before 'to'")
+    if to_s - from_s > HISTORY_MAX_SPAN_S:
+        raise QueryError("parameters 'from'/'to': at most %d days" % (HISTORY_MAX_SPAN_S // 86400))
+    return from_s, to_s
+
+
+def _parse_format(params):
+    fmt = params.get("format", "json")
+    if fmt not in ("json", "csv"):
+        raise QueryError("parameter 'format': expected json or csv")
+    return fmt
+
+
+def parse_history_query(query, now_s):
+    """?from=&to=&step= or ?range= (and format=) of a history endpoint."""
+    params = parse_query_string(query, ("from", "to", "range", "step", "format"))
+    from_s, to_s = parse_window(params, now_s, "1h")
+    step_s = None
+    if "step" in params:
+        try:
+            step_s = parse_duration(params["step"])
+        except ValueError:
+            step_s = None
+        if not step_s or not 1.0 <= step_s <= to_s - from_s:
+            raise QueryError("parameter 'step': expected a duration from 1s to the range "
+                             "(e.g. 60, 60s, 5m)")
+    return HistoryQuery(from_s, to_s, step_s, _parse_format(params))
+
+
+def parse_runs_query(query, now_s):
+    """?range=|from=&to= &gpu= &active=true|false &format= of /api/processes."""
+    params = parse_query_string(query, ("from", "to", "range", "gpu", "active", "format"))
+    from_s, to_s = parse_window(params, now_s, "24h")
+    active = None
+    if "active" in params:
+        try:
+            active = parse_bool(params["active"])
+        except ValueError:
+            raise QueryError("parameter 'active': expected true or false")
+    gpu_id = params.get("gpu") or None
+    if gpu_id is not None and not GPU_ID_RE.match(gpu_id):
+        raise QueryError("parameter 'gpu': not a GPU id")
+    return RunsQuery(from_s, to_s, gpu_id, active, _parse_format(params))
+
+
+def parse_at_query(query, now_s, default_now=False):
+    """?at=T (&format=) of /api/gpus/{id}/processes and a run's history."""
+    params = parse_query_string(query, ("at", "format"))
+    if "at" not in params:
+        if not default_now:
+            raise QueryError("parameter 'at' is required (unix seconds or ISO 8601)")
+        return AtQuery(now_s, _parse_format(params))
+    return AtQuery(parse_time_param("at", params["at"]), _parse_format(params))
+
+
+def _csv_cell(value):
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, tuple)):
+        value = " ".join(str(item) for item in value)
+    if isinstance(value, str) and value.startswith(CSV_FORMULA_PREFIXES):
+        return "'" + value
+    return value
+
+
+def csv_bytes(header, rows):
+    """RFC 4180 CSV (CRLF, quoted where needed), UTF-8; None -> empty cell."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\r\n")
+    writer.writerow(header)
+    for row in rows:
+        writer.writerow([_csv_cell(value) for value in row])
+    return out.getvalue().encode("utf-8")
+
+
+def series_csv(result):
+    """A query_series result -> one row per point: ts, count, then min/avg/max per series."""
+    names = sorted(result["series"])
+    header = ["ts", "count"] + ["%s_%s" % (name, part) for name in names
+                                for part in ("min", "avg", "max")]
+    columns = [result["series"][name][part] for name in names for part in ("min", "avg", "max")]
+    counts = result.get("count") or [None] * len(result["ts"])
+    rows = ([format_ts(ts_ms / 1000.0), counts[i]] + [column[i] for column in columns]
+            for i, ts_ms in enumerate(result["ts"]))
+    return csv_bytes(header, rows)
+
+
+def records_csv(records, columns):
+    """Dicts -> CSV with the given columns (a missing key -> empty cell)."""
+    return csv_bytes(columns, ([record.get(name) for name in columns] for record in records))
 
 
 # -- Prometheus text format (opt-in /metrics) ---------------------------------
@@ -6426,8 +6621,71 @@ class DashboardHandler(BaseHTTPRequestHandler):
                 {"type": "stats", "gpu_id": gpu_id, "ts": None, "metrics": None}))
 
     def route_gpu_history(self, gpu_id):
-        if self._gpu_or_404(gpu_id) is not None:
+        """No query: the live ring (what hello carries). With range/from/to/step: the store."""
+        if urlsplit(self.path).query:
+            self._series("gpu", gpu_id)
+        elif self._gpu_or_404(gpu_id) is not None:
             self._send_json(200, dict(self.server.app.cache.history(gpu_id), gpu_id=gpu_id))
+
+    def route_host_history(self, _):
+        self._series("host", None)
+
+    def route_processes(self, _):
+        query, store = self._prepare(parse_runs_query)
+        if store is not None:
+            runs = store.query_runs(query.from_s, query.to_s, query.gpu_id, query.active)
+            self._answer(query.format, {"from": format_ts(query.from_s), "to": format_ts(query.to_s),
+                                        "processes": runs},
+                         lambda: records_csv(runs, RUN_CSV_COLUMNS), "processes")
+
+    def route_run_history(self, run_id):
+        query, store = self._prepare(lambda q, now: parse_query_string(q, ("format",)))
+        if store is None:
+            return
+        result = store.query_run_history(run_id)
+        if result is None:
+            self._send_json(404, {"error": "unknown process run: %d" % run_id})
+            return
+        self._answer(_parse_format(query), result, lambda: series_csv(result), "run-%d" % run_id)
+
+    def route_gpu_processes(self, gpu_id):
+        query, store = self._prepare(parse_at_query)
+        if store is not None:
+            result = store.query_procs_at(gpu_id, query.at_s)
+            self._answer(query.format, result, lambda: records_csv(
+                result["processes"], PROC_AT_CSV_COLUMNS), "%s-processes" % gpu_id)
+
+    def _series(self, kind, key):
+        query, store = self._prepare(parse_history_query)
+        if store is not None:
+            points = int(math.ceil((query.to_s - query.from_s) / query.step_s)) if query.step_s else None
+            result = store.query_series(kind, key, query.from_s, query.to_s, points)
+            if key is not None:
+                result = dict(result, gpu_id=key)
+            self._answer(query.format, result, lambda: series_csv(result),
+                         "%s-history" % (key or kind))
+
+    def _prepare(self, parser):
+        """(query, store) for a history endpoint, or (None, None) once a 400
+        (parser(query, now) raised QueryError) or a 404 (history off) is sent."""
+        try:
+            query = parser(urlsplit(self.path).query, time.time())
+        except QueryError as exc:
+            self._send_json(400, {"error": str(exc)})
+            return None, None
+        store = self.server.app.history
+        if store is None:
+            self._send_json(404, {"error": "history is off (APP_HISTORY_PATH=off); set "
+                                           "APP_HISTORY_PATH or --history-path to keep it"})
+            return None, None
+        return query, store
+
+    def _answer(self, fmt, obj, make_csv, name):
+        if fmt == "csv":
+            self._send(200, "text/csv; charset=utf-8", make_csv(), [
+                ("Content-Disposition", 'attachment; filename="%s.csv"' % name)])
+        else:
+            self._send_json(200, obj)
 
     def route_gpu_procs(self, gpu_id):
         if self._gpu_or_404(gpu_id) is not None:
@@ -6494,6 +6752,7 @@ class App(object):
         self.csp = build_csp(inline_script_hashes(self.page_bytes.decode("utf-8"))
                              if self.page_bytes else [], use_cdn=not config.vendor_dir)
         self.procs_thread = self._make_procs_thread()
+        self.history = None             # the history store (None: APP_HISTORY_PATH=off)
         self.error_log = ErrorLog()
         self.server = None
         self._serve_thread = None

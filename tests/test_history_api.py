@@ -1,0 +1,117 @@
+"""The history endpoints' pure side: query parameters (every bad one is a
+QueryError naming it), time parsing (unix seconds and ISO 8601 against the
+standard library's own parser), the routes, and CSV (RFC 4180, formula cells
+defused, nulls empty)."""
+
+import csv
+import datetime
+import io
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+import amdgpu_top_web as app
+
+NOW = 1796205600.0          # 2026-12-02T10:00:00Z
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("1796205600", NOW), ("1796205600.5", NOW + 0.5),
+    ("2026-12-02T10:00:00Z", NOW), ("2026-12-02T10:00Z", NOW), ("2026-12-02 10:00:00", NOW),
+    ("2026-12-02T11:30:00+01:30", NOW), ("2026-12-02T08:00:00-0200", NOW),
+    ("2026-12-02T10:00:00.250Z", NOW + 0.25), ("2026-12-02", NOW - 36000),
+])
+def test_time_param_accepts_unix_and_iso(text, expected):
+    assert app.parse_time_param("from", text) == pytest.approx(expected)
+
+
+@given(st.datetimes(min_value=datetime.datetime(1971, 1, 1), max_value=datetime.datetime(2999, 1, 1),
+                    timezones=st.sampled_from([datetime.timezone.utc,
+                                               datetime.timezone(datetime.timedelta(hours=5, minutes=30)),
+                                               datetime.timezone(datetime.timedelta(hours=-8))])))
+@settings(max_examples=200, deadline=None)
+def test_iso_matches_the_standard_library(when):
+    when = when.replace(microsecond=when.microsecond // 1000 * 1000)
+    text = when.isoformat(timespec="milliseconds")           # e.g. 2026-12-02T10:00:00.250+05:30
+    assert app.parse_time_param("at", text) == pytest.approx(when.timestamp(), abs=1e-3)
+
+
+@pytest.mark.parametrize("text", ["", "yesterday", "2026-13-01", "2026-12-02T25:00", "-5", "nan",
+                                  "1e20", "2026-12-02T10:00:00+5", "inf"])
+def test_bad_time_names_the_parameter(text):
+    with pytest.raises(app.QueryError, match="'to'"):
+        app.parse_time_param("to", text)
+
+
+def test_history_query_range_and_window():
+    q = app.parse_history_query("range=7d", NOW)
+    assert (q.from_s, q.to_s, q.step_s, q.format) == (NOW - 7 * 86400, NOW, None, "json")
+    q = app.parse_history_query("from=2026-12-01T10:00Z&to=1796205600&step=5m&format=csv", NOW)
+    assert (q.from_s, q.to_s, q.step_s, q.format) == (NOW - 86400, NOW, 300.0, "csv")
+    q = app.parse_history_query("from=1796202000", NOW)          # to defaults to now
+    assert (q.from_s, q.to_s) == (NOW - 3600, NOW)
+    q = app.parse_history_query("to=1796205600", NOW)            # from defaults to an hour before
+    assert (q.from_s, q.to_s) == (NOW - 3600, NOW)
+
+
+@pytest.mark.parametrize("query,name", [
+    ("range=2w", "range"), ("range=1h&from=1", "range"), ("from=5&to=4", "from"),
+    ("step=0", "step"), ("step=-1", "step"), ("step=fast", "step"), ("range=1h&step=2h", "step"),
+    ("format=xml", "format"), ("frm=1", "frm"), ("range=1h&range=6h", "range"),
+    ("from=0&to=1796205600", "from"), ("from=" + "1" * 80, "from"),
+])
+def test_bad_history_parameters_are_named(query, name):
+    with pytest.raises(app.QueryError) as info:
+        app.parse_history_query(query, NOW)
+    assert "'%s'" % name in str(info.value)
+
+
+def test_runs_and_at_queries():
+    q = app.parse_runs_query("range=7d&gpu=card0&active=false", NOW)
+    assert q == app.RunsQuery(NOW - 7 * 86400, NOW, "card0", False, "json")
+    q = app.parse_runs_query("", NOW)                             # the last day, every GPU
+    assert q == app.RunsQuery(NOW - 86400, NOW, None, None, "json")
+    for bad, name in (("active=maybe", "active"), ("gpu=../x", "gpu"), ("at=1", "at")):
+        with pytest.raises(app.QueryError, match="'%s'" % name):
+            app.parse_runs_query(bad, NOW)
+    assert app.parse_at_query("at=2026-12-02T10:00Z&format=csv", NOW) == app.AtQuery(NOW, "csv")
+    with pytest.raises(app.QueryError, match="'at' is required"):
+        app.parse_at_query("format=csv", NOW)
+
+
+def test_routes():
+    assert app.route("/api/host/history") == ("host_history", None)
+    assert app.route("/api/processes") == ("processes", None)
+    assert app.route("/api/processes/42/history") == ("run_history", 42)
+    assert app.route("/api/processes/x/history") == ("not_found", None)
+    assert app.route("/api/processes/42") == ("not_found", None)
+    assert app.route("/api/gpus/card0/processes") == ("gpu_processes", "card0")
+
+
+def parse_csv(body):
+    assert body.endswith(b"\r\n")
+    return list(csv.reader(io.StringIO(body.decode("utf-8"), newline="")))
+
+
+def test_series_csv_has_a_row_per_point_and_gaps_empty():
+    result = {"tier": "1m", "step_s": 60, "ts": [1796205600000, 1796205660000],
+              "count": [60, 0],
+              "series": {"temp_c": {"min": [40, None], "avg": [41.5, None], "max": [43, None]},
+                         "power_w": {"min": [10, None], "avg": [12.25, None], "max": [20, None]}}}
+    rows = parse_csv(app.series_csv(result))
+    assert rows[0] == ["ts", "count", "power_w_min", "power_w_avg", "power_w_max",
+                       "temp_c_min", "temp_c_avg", "temp_c_max"]
+    assert rows[1] == ["2026-12-02T10:00:00.000Z", "60", "10", "12.25", "20", "40", "41.5", "43"]
+    assert rows[2] == ["2026-12-02T10:01:00.000Z", "0", "", "", "", "", "", ""]
+
+
+def test_records_csv_quotes_and_defuses_formulas():
+    runs = [{"run_id": 1, "pid": 7, "name": "=HYPERLINK(\"x\")", "cmd": 'a "b",c\nd', "kfd": True,
+             "ended": None, "user": "-alice", "gpu_seconds": -0.5}]
+    rows = parse_csv(app.records_csv(runs, app.RUN_CSV_COLUMNS))
+    record = dict(zip(rows[0], rows[1]))
+    assert record["name"] == "'=HYPERLINK(\"x\")"           # a spreadsheet shows it, never runs it
+    assert record["user"] == "'-alice"
+    assert record["cmd"] == 'a "b",c\nd'                   # quoted, round-trips
+    assert record["kfd"] == "true" and record["ended"] == "" and record["gpu_seconds"] == "-0.5"
+    assert len(rows) == 2 and len(rows[0]) == len(app.RUN_CSV_COLUMNS)

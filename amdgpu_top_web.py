@@ -86,6 +86,7 @@ import collections
 import csv
 import enum
 import errno
+import fcntl
 import hashlib
 import html
 import io
@@ -110,6 +111,11 @@ import tracemalloc
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qsl, urlsplit
+
+try:                    # stdlib, but a minimal Python may be built without SQLite:
+    import sqlite3      # then history is off
+except ImportError:     # pragma: no cover
+    sqlite3 = None
 
 try:                    # stdlib, but a minimal Python may be built without libffi:
     import ctypes       # then there is simply no NVIDIA backend
@@ -333,6 +339,41 @@ INTEL_LAYOUT = {
 }
 INTEL_TEMP_LABELS = {"pkg": "temp_c", "vram": "temp_mem_c"}
 
+# -- history store (issue #9; the sourced facts: shared/reference/history-insight.md) --
+
+HISTORY_APP_ID = 0x61677477          # PRAGMA application_id: "agtw"
+HISTORY_SCHEMA_VERSION = 1           # PRAGMA user_version: a newer file is refused, never touched
+HISTORY_DEFAULT_MAX_BYTES = 256 << 20
+HISTORY_MEMORY_MAX_BYTES = 32 << 20  # the in-memory fallback is bounded too
+HISTORY_MIN_FREE_BYTES = 50 << 20    # writing pauses while the filesystem has less free
+HISTORY_COMMIT_S = 5.0               # one transaction this often
+HISTORY_QUEUE_MAX = 8192             # samples waiting for the writer (drop-oldest past it)
+HISTORY_MAINTAIN_S = 60.0            # retention (age and size) is enforced this often
+HISTORY_DELETE_SLICE = 2000          # rows per DELETE, so no statement runs long
+HISTORY_VACUUM_PAGES = 2000          # PRAGMA incremental_vacuum(N) after deletes
+# (name, step in seconds, kept for seconds): 1 s means, then min/avg/max/count roll-ups.
+HISTORY_TIERS = (("raw", 1, 48 * 3600), ("1m", 60, 90 * 86400), ("1h", 3600, 2 * 365 * 86400))
+HISTORY_MAX_POINTS = 1500            # a chart gets at most about this many points
+HISTORY_NICE_STEPS = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800,
+                      21600, 43200, 86400, 172800, 604800)
+HISTORY_PROC_SAMPLE_S = 10           # per-process samples ("who was on this GPU at T")
+HISTORY_PROC_KEEP_S = 7 * 86400
+HISTORY_RUN_KEEP_S = 365 * 86400     # process runs and alert events
+HISTORY_RUN_MISSING_SCANS = 3        # a run ends after this many scans without it
+HISTORY_RUN_MAX_GAP_S = 30.0         # a longer gap between sightings does not count as time
+HISTORY_QUERY_MAX_ROWS = 5000        # runs / alerts answered at most
+HISTORY_NOT_NUMERIC = ("runtime_status", "throttle_reasons", "vram_used_source")
+# Host metrics (contract with the host branch; the store keeps these columns).
+HISTORY_HOST_KEYS = (
+    "cpu_busy_pct", "cpu_count", "load1", "load5", "load15", "mem_total_bytes",
+    "mem_used_bytes", "mem_available_bytes", "swap_total_bytes", "swap_used_bytes",
+    "mem_pressure_some_avg10", "mem_pressure_full_avg10",
+)
+# Stored as integers in fixed units (facts sheet §3): value * scale, by name suffix.
+HISTORY_SCALES = (("_bytes", 1.0 / (1 << 20)), ("_pct", 10.0), ("_c", 10.0), ("_w", 10.0),
+                  ("_gts", 10.0), ("_avg10", 100.0), ("throttled", 1000.0))
+HISTORY_LOAD_SCALE = 100.0
+
 
 # ---------------------------------------------------------------------------
 # 3. Data types
@@ -389,6 +430,11 @@ SETTINGS = (
             "with --demo: how many synthetic GPUs, 1 to 8 (AMD and NVIDIA)"),
     Setting("APP_VENDOR_DIR", "--vendor-dir", "vendor_dir", "", "optpath",
             "npm node_modules folder to serve the page's modules from (air-gapped use)"),
+    Setting("APP_HISTORY_PATH", "--history-path", "history_path", "auto", "history_path",
+            "SQLite history file; auto = $XDG_STATE_HOME/amdgpu_top_web/history.sqlite3 "
+            "(else ~/.local/state/...), off = no history"),
+    Setting("APP_HISTORY_MAX_BYTES", "--history-max-bytes", "history_max_bytes", "256MiB",
+            "bytes", "most bytes of history kept (oldest rows go first), at least 1MiB"),
 )
 
 _MODE_FIELDS = ("demo", "once", "json", "healthcheck", "show_help", "show_version")
@@ -734,6 +780,15 @@ def _convert_simple_setting(kind, raw):
         return raw.strip()
     if kind == "optpath":
         return raw.strip() or None
+    if kind == "history_path":
+        if not raw.strip():
+            raise ValueError("must be auto, off or a file path")
+        return raw.strip()
+    if kind == "bytes":
+        value = parse_byte_size(raw)
+        if value < 1 << 20:
+            raise ValueError("must be at least 1MiB")
+        return value
     return parse_listen_addr(raw)
 
 
@@ -781,6 +836,7 @@ def parse_config(argv, environ):
             name = setting.env if flag_value is None else setting.flag
             raise ConfigError("%s=%r: %s" % (name, raw, exc))
     values["listen_host"], values["listen_port"] = values.pop("listen")
+    values["history_path"] = resolve_history_path(values["history_path"], environ)
     for field in _MODE_FIELDS:
         values[field] = bool(getattr(args, field))
     if values["json"] and not values["once"]:
@@ -2340,6 +2396,280 @@ def select_fd_window(names, cap, resume_fd, keep):
     present = set(names)
     chosen.extend(k for k in keep if k in present and k not in set(chosen))
     return chosen, nxt
+
+
+# -- history: columns, roll-ups, tier choice and process runs (pure) ----------
+
+
+def history_scale(key):
+    """The fixed unit a history column is stored in: stored = round(value * scale)."""
+    if key.startswith("load"):
+        return HISTORY_LOAD_SCALE
+    for suffix, scale in HISTORY_SCALES:
+        if key.endswith(suffix):
+            return scale
+    return 1.0
+
+
+def history_columns(kind):
+    """(key, scale) per stored column: every numeric GPU metric plus `throttled`,
+    or the host keys."""
+    keys = HISTORY_HOST_KEYS if kind == "host" else tuple(
+        k for k in METRIC_KEYS if k not in HISTORY_NOT_NUMERIC) + ("throttled",)
+    return tuple((key, history_scale(key)) for key in keys)
+
+
+def history_values(columns, metrics):
+    """One sample -> scaled floats (None where unknown), in column order. `throttled`
+    is 1 for a sample with throttle reasons, 0 without, None where not reported."""
+    out = []
+    for key, scale in columns:
+        if key == "throttled":
+            reasons = metrics.get("throttle_reasons")
+            out.append(None if reasons is None else (scale if reasons else 0.0))
+            continue
+        value = metrics.get(key)
+        out.append(value * scale if isinstance(value, (int, float))
+                   and not isinstance(value, bool) and value == value else None)
+    return out
+
+
+def _round_or_none(total, count):
+    return int(round(total / count)) if count else None
+
+
+class SeriesRollup(object):
+    """Folds the samples of one source into 1 s rows (means) and 1 min rows
+    (min/avg/max per column and the sample count n), written as they close.
+
+    add() returns the rows it closed: ("raw", (ts, n, v...)) and ("1m", (ts, n,
+    min, avg, max, ...)); flush() the open ones (on stop). Times are given.
+    """
+
+    def __init__(self, width):
+        self.width = width
+        self._sec = None        # [ts, n, sums, counts]
+        self._min = None        # [ts, n, mins, sums, counts, maxs]
+
+    def add(self, epoch_s, values):
+        closed = []
+        second = int(epoch_s)
+        minute = second - second % 60
+        if self._sec is not None and self._sec[0] != second:
+            closed.append(("raw", self._sec_row()))
+        if self._min is not None and self._min[0] != minute:
+            closed.append(("1m", self._min_row()))
+        if self._sec is None:
+            self._sec = [second, 0, [0.0] * self.width, [0] * self.width]
+        if self._min is None:
+            self._min = [minute, 0, [None] * self.width, [0.0] * self.width, [0] * self.width,
+                         [None] * self.width]
+        self._fold(values)
+        return closed
+
+    def _fold(self, values):
+        sec, mnt = self._sec, self._min
+        sec[1] += 1
+        mnt[1] += 1
+        s_sum, s_cnt, mins, m_sum, m_cnt, maxs = sec[2], sec[3], mnt[2], mnt[3], mnt[4], mnt[5]
+        for i, value in enumerate(values):
+            if value is None:
+                continue
+            s_sum[i] += value
+            s_cnt[i] += 1
+            m_sum[i] += value
+            m_cnt[i] += 1
+            if mins[i] is None or value < mins[i]:
+                mins[i] = value
+            if maxs[i] is None or value > maxs[i]:
+                maxs[i] = value
+
+    def _sec_row(self):
+        ts, n, sums, counts = self._sec
+        self._sec = None
+        return (ts, n) + tuple(_round_or_none(s, c) for s, c in zip(sums, counts))
+
+    def _min_row(self):
+        ts, n, mins, sums, counts, maxs = self._min
+        self._min = None
+        row = [ts, n]
+        for lo, total, count, hi in zip(mins, sums, counts, maxs):
+            row.extend((None if lo is None else int(round(lo)), _round_or_none(total, count),
+                        None if hi is None else int(round(hi))))
+        return tuple(row)
+
+    def flush(self):
+        rows = []
+        if self._sec is not None:
+            rows.append(("raw", self._sec_row()))
+        if self._min is not None:
+            rows.append(("1m", self._min_row()))
+        return rows
+
+
+def choose_history_step(from_s, to_s, now_s, points=None, tiers=HISTORY_TIERS):
+    """(tier name, tier step, bucket step) for a chart of [from_s, to_s): the
+    coarsest tier whose step fits, about 300-1500 points (or `points`), and a
+    tier that still holds from_s (a finer one past its retention has no rows)."""
+    span = max(1.0, float(to_s) - float(from_s))
+    want = span / float(points or HISTORY_MAX_POINTS)
+    step = next((s for s in HISTORY_NICE_STEPS if s >= want),
+                int(math.ceil(want / 86400.0)) * 86400)
+    index = 0
+    for i, (_, tier_step, _) in enumerate(tiers):
+        if tier_step <= step:
+            index = i
+    while index < len(tiers) - 1 and now_s - tiers[index][2] > from_s:
+        index += 1
+    name, tier_step, _ = tiers[index]
+    step = max(step, tier_step)
+    step -= step % tier_step
+    return name, tier_step, step
+
+
+def parse_iso_ts(text):
+    """'2025-10-12T13:07:05.123Z' -> epoch seconds (format_ts's output), or None."""
+    try:
+        head, _, frac = str(text).rstrip("Z").partition(".")
+        seconds = calendar.timegm(time.strptime(head, "%Y-%m-%dT%H:%M:%S"))
+    except (ValueError, TypeError):
+        return None
+    return seconds + (float("0." + frac) if frac.isdigit() else 0.0)
+
+
+def parse_byte_size(text):
+    """'256MiB', '1G', '1048576' -> bytes (binary units; ValueError when bad)."""
+    match = re.match(r"^\s*([0-9]+)\s*([kmgt]?)(i?b)?\s*$", text, re.IGNORECASE)
+    if not match:
+        raise ValueError("must be a size such as 256MiB, 1GiB or a number of bytes")
+    power = " kmgt".index(match.group(2).lower() or " ")
+    return int(match.group(1)) << (10 * power)
+
+
+def resolve_history_path(raw, environ):
+    """APP_HISTORY_PATH -> a path, or None for `off`; `auto` is
+    $XDG_STATE_HOME/amdgpu_top_web/history.sqlite3, else ~/.local/state/..."""
+    value = raw.strip()
+    if value.lower() in ("off", "none", "false", "0"):
+        return None
+    if value and value.lower() != "auto":
+        return value
+    base = environ.get("XDG_STATE_HOME") or os.path.join(
+        environ.get("HOME") or os.path.expanduser("~"), ".local", "state")
+    return os.path.join(base, "amdgpu_top_web", "history.sqlite3")
+
+
+def _engine_pct(row):
+    engines = row.get("engines_pct") or {}
+    values = [v for v in engines.values() if isinstance(v, (int, float))]
+    return (max(values) if values else None), (sum(values) if values else None)
+
+
+class RunTracker(object):
+    """Process runs from successive process lists (pure: rows and times in).
+
+    A run is keyed (gpu_id, pid, start_time): a reused PID is a new run. It
+    ends when missing for HISTORY_RUN_MISSING_SCANS scans of its GPU, or at once
+    when its PID shows up with another start time. take() hands out what
+    changed since the last take: peaks, and the sums added (time, VRAM x time,
+    GTT x time, engine % x time, GPU-engine seconds), so the store can merge
+    them into a row that survives restarts.
+    """
+
+    INFO = ("pid", "start_time", "name", "user", "uid", "cmd", "container", "kfd", "type")
+
+    def __init__(self, missing_scans=HISTORY_RUN_MISSING_SCANS, max_gap_s=HISTORY_RUN_MAX_GAP_S):
+        self.missing_scans, self.max_gap_s = missing_scans, max_gap_s
+        self._runs = {}
+
+    def seed(self, gpu_id, pid, start_time, last_seen):
+        """A run left open by an earlier server on this boot: ended if not seen again."""
+        key = (gpu_id, pid, start_time)
+        if key not in self._runs:
+            run = self._new(gpu_id, {"pid": pid, "start_time": start_time}, last_seen)
+            run["seeded"], run["dirty"] = True, False
+            self._runs[key] = run
+
+    def _new(self, gpu_id, row, epoch_s):
+        run = dict((k, row.get(k)) for k in self.INFO)
+        run.update(gpu_id=gpu_id, first_seen=epoch_s, last_seen=epoch_s, ended=None, missing=0,
+                   peak_vram=None, peak_gtt=None, peak_engine=None, dirty=True, seeded=False)
+        run.update(self._zero_sums())
+        return run
+
+    @staticmethod
+    def _zero_sums():
+        return {"time_s": 0.0, "vram_s": 0.0, "gtt_s": 0.0, "engine_s": 0.0, "gpu_s": 0.0,
+                "samples": 0}
+
+    def feed(self, gpu_id, epoch_s, rows):
+        seen = set()
+        pids = {}
+        for row in rows:
+            key = (gpu_id, row.get("pid"), row.get("start_time") or 0)
+            seen.add(key)
+            pids[key[1]] = key[2]
+            run = self._runs.get(key)
+            if run is None or run["ended"] is not None:
+                run = self._runs[key] = self._new(gpu_id, row, epoch_s)
+            self._update(run, row, epoch_s)
+        for key, run in self._runs.items():
+            if key[0] != gpu_id or key in seen or run["ended"] is not None:
+                continue
+            run["missing"] += 1
+            if run["missing"] >= self.missing_scans or pids.get(key[1], key[2]) != key[2]:
+                run["ended"], run["dirty"] = run["last_seen"], True
+
+    def _update(self, run, row, epoch_s):
+        dt = epoch_s - run["last_seen"]
+        dt = dt if 0 < dt <= self.max_gap_s else 0.0
+        if run["seeded"]:
+            run.update((k, row.get(k)) for k in self.INFO)
+            run["seeded"] = False
+        vram, gtt = row.get("vram_bytes"), row.get("gtt_bytes")
+        busiest, engine_sum = _engine_pct(row)
+        ms_per_s = row.get("gpu_time_ms_per_s")
+        run["peak_vram"] = _max_known(run["peak_vram"], vram)
+        run["peak_gtt"] = _max_known(run["peak_gtt"], gtt)
+        run["peak_engine"] = _max_known(run["peak_engine"], busiest)
+        run["time_s"] += dt
+        run["vram_s"] += (vram or 0) * dt
+        run["gtt_s"] += (gtt or 0) * dt
+        run["engine_s"] += (busiest or 0) * dt
+        run["gpu_s"] += (ms_per_s / 1000.0 if isinstance(ms_per_s, (int, float))
+                         else (engine_sum or 0) / 100.0) * dt
+        run["samples"] += 1
+        run["last_seen"], run["missing"], run["dirty"] = epoch_s, 0, True
+        run["last"] = (vram, gtt, busiest)
+
+    def dirty(self):
+        return any(run["dirty"] for run in self._runs.values())
+
+    def take(self):
+        """The runs changed since the last take (copies); ended runs are forgotten."""
+        out = []
+        for key in list(self._runs):
+            run = self._runs[key]
+            if not run["dirty"]:
+                continue
+            out.append(dict(run))
+            run.update(self._zero_sums())
+            run["dirty"] = False
+            if run["ended"] is not None:
+                del self._runs[key]
+        return out
+
+    def active(self, gpu_id):
+        """[(key, (vram, gtt, engine %))] of the runs of one GPU seen in the last feed."""
+        return [(key, run["last"]) for key, run in self._runs.items()
+                if key[0] == gpu_id and run["ended"] is None and run["missing"] == 0
+                and "last" in run]
+
+
+def _max_known(old, new):
+    if not isinstance(new, (int, float)):
+        return old
+    return new if old is None or new > old else old
 
 
 # ---------------------------------------------------------------------------
@@ -5661,6 +5991,772 @@ class DemoProcSource(object):
                               container=container, start_time=100000 + pid, **common)
 
 
+# -- history store ---------------------------------------------------------------
+#
+# The only code that speaks SQL. Samplers hand samples to ONE writer thread
+# through a bounded deque (drop-oldest, counted); the writer folds them into
+# 1 s and 1 min rows in memory (SeriesRollup) and runs one transaction every
+# HISTORY_COMMIT_S; hour rows are built from the minute rows in SQL, so a
+# restart never loses them. WAL + synchronous=NORMAL: a crash loses at most
+# the open batch, never the file (facts sheet §4). Readers open their own
+# connection per query.
+
+HISTORY_SERIES_TABLES = tuple((kind, tier) for kind in ("gpu", "host")
+                              for tier, _, _ in HISTORY_TIERS)
+
+
+def _history_table(kind, tier):
+    return "%s_%s" % (kind, {"raw": "raw", "1m": "m1", "1h": "h1"}[tier])
+
+
+def _history_column_names(kind, tier):
+    names = [key for key, _ in history_columns(kind)]
+    if tier == "raw":
+        return names
+    return [name + suffix for name in names for suffix in ("_min", "_avg", "_max")]
+
+
+def history_schema():
+    """CREATE statements of schema version 1."""
+    stmts = ["CREATE TABLE sources(id INTEGER PRIMARY KEY, kind TEXT NOT NULL, key TEXT NOT NULL,"
+             " columns TEXT NOT NULL DEFAULT '', UNIQUE(kind, key))"]
+    for kind, tier in HISTORY_SERIES_TABLES:
+        cols = "".join(", %s INTEGER" % name for name in _history_column_names(kind, tier))
+        stmts.append("CREATE TABLE %s(src INTEGER NOT NULL, ts INTEGER NOT NULL, n INTEGER NOT NULL"
+                     "%s, PRIMARY KEY(src, ts)) WITHOUT ROWID" % (_history_table(kind, tier), cols))
+    stmts += [
+        "CREATE TABLE runs(id INTEGER PRIMARY KEY, boot_id TEXT NOT NULL, pid INTEGER NOT NULL,"
+        " start_time INTEGER NOT NULL, gpu_id TEXT NOT NULL, name TEXT, user TEXT, uid INTEGER,"
+        " cmd TEXT, container TEXT, kfd INTEGER, type TEXT, first_seen REAL, last_seen REAL,"
+        " ended REAL, peak_vram INTEGER, peak_gtt INTEGER, peak_engine REAL, time_s REAL,"
+        " vram_s REAL, gtt_s REAL, engine_s REAL, gpu_s REAL, samples INTEGER,"
+        " UNIQUE(boot_id, pid, start_time, gpu_id))",
+        "CREATE INDEX runs_last_seen ON runs(last_seen)",
+        "CREATE TABLE proc_samples(src INTEGER NOT NULL, ts INTEGER NOT NULL, run INTEGER NOT NULL,"
+        " vram_mib INTEGER, gtt_mib INTEGER, engine_pct10 INTEGER, PRIMARY KEY(src, ts, run))"
+        " WITHOUT ROWID",
+        "CREATE INDEX proc_samples_run ON proc_samples(run, ts)",
+        "CREATE TABLE alerts(id INTEGER PRIMARY KEY, rule TEXT NOT NULL, gpu_id TEXT NOT NULL,"
+        " started REAL NOT NULL, ended REAL, event TEXT NOT NULL, UNIQUE(rule, gpu_id, started))",
+        "CREATE INDEX alerts_started ON alerts(started)",
+    ]
+    return stmts
+
+
+def _merge_sql(table, names):
+    """INSERT of a minute row that merges into one already there (a restart within the minute)."""
+    sets = ["n = n + excluded.n"]
+    for name in names:
+        if name.endswith("_min") or name.endswith("_max"):
+            fn = "min" if name.endswith("_min") else "max"
+            sets.append("%s = %s(coalesce(%s, excluded.%s), coalesce(excluded.%s, %s))"
+                        % (name, fn, name, name, name, name))
+        else:
+            sets.append("%s = coalesce(CAST(round((coalesce(%s, excluded.%s) * n + coalesce("
+                        "excluded.%s, %s) * excluded.n) * 1.0 / (n + excluded.n)) AS INTEGER), %s)"
+                        % (name, name, name, name, name, name))
+    return ("INSERT INTO %s(src, ts, n, %s) VALUES (%s) ON CONFLICT(src, ts) DO UPDATE SET %s"
+            % (table, ", ".join(names), ", ".join("?" * (len(names) + 3)), ", ".join(sets)))
+
+
+def _hour_sql(kind):
+    """Rebuild one hour row of a source from its minute rows."""
+    names = [key for key, _ in history_columns(kind)]
+    aggs = []
+    for name in names:
+        aggs += ["min(%s_min)" % name, "CAST(round(sum(%s_avg * n) * 1.0 / sum(n * (%s_avg IS NOT "
+                 "NULL))) AS INTEGER)" % (name, name), "max(%s_max)" % name]
+    return ("INSERT OR REPLACE INTO %s(src, ts, n, %s) SELECT src, ?, sum(n), %s FROM %s"
+            " WHERE src = ? AND ts >= ? AND ts < ? GROUP BY src"
+            % (_history_table(kind, "1h"), ", ".join(_history_column_names(kind, "1h")),
+               ", ".join(aggs), _history_table(kind, "1m")))
+
+
+def _series_select(kind, tier, names):
+    """Buckets of `step` seconds: min of mins, count-weighted mean, max of maxes."""
+    aggs = []
+    for name in names:
+        lo, mid, hi = (name, name, name) if tier == "raw" else (
+            name + "_min", name + "_avg", name + "_max")
+        aggs += ["min(%s)" % lo, "sum(%s * n) * 1.0 / sum(n * (%s IS NOT NULL))" % (mid, mid),
+                 "max(%s)" % hi]
+    return ("SELECT (ts - ?) / ? AS b, sum(n)%s FROM %s WHERE src = ? AND ts >= ? AND ts < ?"
+            " GROUP BY b" % ("".join(", " + a for a in aggs), _history_table(kind, tier)))
+
+
+def read_boot_id(proc_root):
+    text = read_text(os.path.join(proc_root, "sys", "kernel", "random", "boot_id"), 256)
+    return text.strip() if text and text.strip() else "unknown"
+
+
+class HistoryUnavailable(Exception):
+    """The file cannot be used: the store keeps history in memory (message says why)."""
+
+
+def _history_lock(path):
+    """An exclusive flock on <path>.lock (one server per file), or HistoryUnavailable."""
+    lock_path = path + ".lock"
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise HistoryUnavailable("another amdgpu_top_web uses %s (it holds %s)" % (path, lock_path))
+    return fd
+
+
+def _history_check(conn):
+    """'new', 'ok', or raise: foreign/corrupt (sqlite3.DatabaseError) or newer (HistoryUnavailable)."""
+    app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    tables = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+    if app_id == 0 and version == 0 and tables == 0:
+        return "new"
+    if app_id != HISTORY_APP_ID:
+        raise sqlite3.DatabaseError("not an amdgpu_top_web history file (application_id %d)"
+                                    % app_id)
+    if version > HISTORY_SCHEMA_VERSION:
+        raise HistoryUnavailable("schema version %d is newer than this program's %d: left untouched"
+                                 % (version, HISTORY_SCHEMA_VERSION))
+    if conn.execute("PRAGMA quick_check").fetchone()[0] != "ok":
+        raise sqlite3.DatabaseError("PRAGMA quick_check failed")
+    return "ok"
+
+
+def _history_create(conn):
+    conn.execute("PRAGMA auto_vacuum = INCREMENTAL")      # before the first table
+    conn.execute("BEGIN")
+    for stmt in history_schema():
+        conn.execute(stmt)
+    conn.execute("PRAGMA application_id = %d" % HISTORY_APP_ID)
+    conn.execute("PRAGMA user_version = %d" % HISTORY_SCHEMA_VERSION)
+    conn.execute("COMMIT")
+
+
+def _history_connect(path):
+    created = not os.path.exists(path)
+    if created:
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+    os.chmod(path, 0o600)
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=1.0)
+    try:
+        kind = _history_check(conn)
+        if kind == "new":
+            conn.execute("PRAGMA auto_vacuum = INCREMENTAL")     # before anything is written
+        if conn.execute("PRAGMA journal_mode = WAL").fetchone()[0].lower() != "wal":
+            raise HistoryUnavailable("%s: WAL mode refused" % path)
+        conn.execute("PRAGMA synchronous = NORMAL")
+        if kind == "new":
+            _history_create(conn)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _move_aside(path, epoch_s):
+    aside = "%s.corrupt-%s" % (path, time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(epoch_s)))
+    os.replace(path, aside)
+    for suffix in ("-wal", "-shm"):
+        if os.path.exists(path + suffix):
+            os.replace(path + suffix, aside + suffix)
+    return aside
+
+
+def open_history_file(path, epoch_s):
+    """(connection, lock fd) of the history file, made ready; a corrupt or
+    foreign file is moved aside (one WARNING naming both paths) and a fresh one
+    started. Raises HistoryUnavailable or OSError: the caller goes memory-only."""
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        os.makedirs(directory, 0o700)
+    lock_fd = _history_lock(path)
+    try:
+        try:
+            return _history_connect(path), lock_fd
+        except sqlite3.DatabaseError as exc:
+            if isinstance(exc, sqlite3.OperationalError) and _is_io_error(exc):
+                raise HistoryUnavailable("%s: %s" % (path, exc))
+            aside = _move_aside(path, epoch_s)
+            LOG.warning("event=history_corrupt path=%s moved_to=%s reason=%r: a fresh file is "
+                        "started", path, aside, str(exc))
+            return _history_connect(path), lock_fd
+    except BaseException:
+        os.close(lock_fd)
+        raise
+
+
+def _is_io_error(exc):
+    text = str(exc).lower()
+    return any(word in text for word in ("readonly", "read-only", "unable to open", "disk i/o",
+                                         "disk is full", "locked"))
+
+
+def _is_full_error(exc):
+    return "full" in str(exc).lower()
+
+
+RUN_COLUMNS = ("boot_id", "pid", "start_time", "gpu_id", "name", "user", "uid", "cmd", "container",
+               "kfd", "type", "first_seen", "last_seen", "ended", "peak_vram", "peak_gtt",
+               "peak_engine", "time_s", "vram_s", "gtt_s", "engine_s", "gpu_s", "samples")
+_RUN_UPSERT = (
+    "INSERT INTO runs(%s) VALUES (%s) ON CONFLICT(boot_id, pid, start_time, gpu_id) DO UPDATE SET "
+    % (", ".join(RUN_COLUMNS), ", ".join("?" * len(RUN_COLUMNS)))
+    + ", ".join(["%s = coalesce(excluded.%s, %s)" % (c, c, c)
+                 for c in ("name", "user", "uid", "cmd", "container", "kfd", "type")]
+                + ["first_seen = min(first_seen, excluded.first_seen)",
+                   "last_seen = max(last_seen, excluded.last_seen)", "ended = excluded.ended"]
+                + ["%s = max(coalesce(%s, excluded.%s), coalesce(excluded.%s, %s))" % ((c,) * 5)
+                   for c in ("peak_vram", "peak_gtt", "peak_engine")]
+                + ["%s = %s + excluded.%s" % ((c,) * 3)
+                   for c in ("time_s", "vram_s", "gtt_s", "engine_s", "gpu_s", "samples")]))
+
+
+def _unscale(value, scale):
+    if value is None:
+        return None
+    out = value / scale
+    if scale < 1.0:
+        return int(round(out))
+    out = round(out, 3)
+    return int(out) if out == int(out) else out
+
+
+def history_run_json(row):
+    """A runs row (RUN_COLUMNS after the id) -> the run dict of the API (#9)."""
+    run = dict(zip(("run_id",) + RUN_COLUMNS, row))
+    time_s = run.pop("time_s") or 0.0
+    sums = dict((k, run.pop(k)) for k in ("vram_s", "gtt_s", "engine_s"))
+    out = dict((k, run[k]) for k in ("run_id", "boot_id", "pid", "start_time", "gpu_id", "name",
+                                     "user", "uid", "cmd", "container", "type"))
+    out["kfd"] = bool(run["kfd"])
+    out.update(first_seen=format_ts(run["first_seen"]), last_seen=format_ts(run["last_seen"]),
+               ended=None if run["ended"] is None else format_ts(run["ended"]),
+               active=run["ended"] is None, duration_s=round(run["last_seen"] - run["first_seen"], 1),
+               peak_vram_bytes=run["peak_vram"], peak_gtt_bytes=run["peak_gtt"],
+               peak_engine_pct=run["peak_engine"], gpu_seconds=round(run["gpu_s"] or 0.0, 3),
+               samples=run["samples"])
+    for name, key, peak in (("avg_vram_bytes", "vram_s", "peak_vram"),
+                            ("avg_gtt_bytes", "gtt_s", "peak_gtt")):
+        out[name] = int(round(sums[key] / time_s)) if time_s > 0 else run[peak]
+    out["avg_engine_pct"] = (round(sums["engine_s"] / time_s, 1) if time_s > 0
+                             else run["peak_engine"])
+    return out
+
+
+class _HistoryReads(object):
+    """The query side: each query opens its own read connection (never the writer's)."""
+
+    def _reader(self):
+        if self._uri is not None:
+            conn = sqlite3.connect(self._uri, uri=True, timeout=2.0)
+            conn.execute("PRAGMA read_uncommitted = 1")
+        else:
+            conn = sqlite3.connect(self.path, timeout=2.0)
+            conn.execute("PRAGMA query_only = 1")
+        return conn
+
+    def _read(self, work, empty):
+        if self._state in ("off", "starting"):
+            return empty
+        try:
+            conn = self._reader()
+        except sqlite3.Error as exc:
+            LOG.warning("event=history_read_error reason=%r", str(exc))
+            return empty
+        try:
+            return work(conn)
+        except sqlite3.Error as exc:
+            LOG.warning("event=history_read_error reason=%r", str(exc))
+            return empty
+        finally:
+            conn.close()
+
+    def query_series(self, kind, key, from_s, to_s, points=None):
+        """Chart data of one GPU (kind "gpu", key its id) or of the host (key None)."""
+        tier, _, step = choose_history_step(from_s, to_s, self.clock(), points)
+        start = int(from_s // step * step)
+        count = max(1, int(math.ceil((to_s - start) / float(step))))
+        out = {"tier": tier, "step_s": step, "from": format_ts(start),
+               "to": format_ts(start + count * step),
+               "ts": [(start + i * step) * 1000 for i in range(count)], "series": {},
+               "count": [0] * count}
+        self._read(lambda conn: self._fill_series(conn, out, kind, key, tier, start, count), None)
+        return out
+
+    def _fill_series(self, conn, out, kind, key, tier, start, count):
+        row = conn.execute("SELECT id, columns FROM sources WHERE kind = ? AND key = ?",
+                           (kind, key or "")).fetchone()
+        if row is None:
+            return
+        names = [c for c in row[1].split(",") if c]
+        scales = dict(history_columns(kind))
+        step = out["step_s"]
+        series = dict((n, {"min": [None] * count, "avg": [None] * count, "max": [None] * count})
+                      for n in names)
+        counts = out["count"]
+        for r in conn.execute(_series_select(kind, tier, names),
+                              (start, step, row[0], start, start + count * step)):
+            b = r[0]
+            if not 0 <= b < count:
+                continue
+            counts[b] = r[1]
+            for j, name in enumerate(names):
+                entry, scale = series[name], scales[name]
+                entry["min"][b] = _unscale(r[2 + 3 * j], scale)
+                entry["avg"][b] = _unscale(r[3 + 3 * j], scale)
+                entry["max"][b] = _unscale(r[4 + 3 * j], scale)
+        out["series"] = series
+
+    def query_runs(self, from_s, to_s, gpu_id=None, active=None):
+        """Runs seen in [from_s, to_s] (newest first), of one GPU or all; active
+        True/False keeps only running/ended ones."""
+        sql = "SELECT id, %s FROM runs WHERE last_seen >= ? AND first_seen <= ?" % ", ".join(
+            RUN_COLUMNS)
+        args = [from_s, to_s]
+        if gpu_id is not None:
+            sql += " AND gpu_id = ?"
+            args.append(gpu_id)
+        if active is not None:
+            sql += " AND ended IS NULL" if active else " AND ended IS NOT NULL"
+        sql += " ORDER BY last_seen DESC LIMIT %d" % HISTORY_QUERY_MAX_ROWS
+        return self._read(lambda conn: [history_run_json(r) for r in conn.execute(sql, args)], [])
+
+    def query_run_history(self, run_id):
+        """{"run": run, "ts": [unix ms], "series": {vram_bytes, gtt_bytes, engine_pct}} or None."""
+        def work(conn):
+            row = conn.execute("SELECT id, %s FROM runs WHERE id = ?" % ", ".join(RUN_COLUMNS),
+                               (run_id,)).fetchone()
+            if row is None:
+                return None
+            out = {"run": history_run_json(row), "ts": [],
+                   "series": {"vram_bytes": [], "gtt_bytes": [], "engine_pct": []}}
+            series = out["series"]
+            for ts, vram, gtt, engine in conn.execute(
+                    "SELECT ts, vram_mib, gtt_mib, engine_pct10 FROM proc_samples WHERE run = ?"
+                    " ORDER BY ts", (run_id,)):
+                out["ts"].append(ts * 1000)
+                series["vram_bytes"].append(None if vram is None else vram << 20)
+                series["gtt_bytes"].append(None if gtt is None else gtt << 20)
+                series["engine_pct"].append(None if engine is None else engine / 10.0)
+            return out
+        return self._read(work, None)
+
+    def query_procs_at(self, gpu_id, at_s):
+        """Who was on this GPU at at_s: the process sample at or before it (or just after)."""
+        out = {"gpu_id": gpu_id, "at": format_ts(at_s), "ts": None, "processes": []}
+
+        def work(conn):
+            row = conn.execute("SELECT id FROM sources WHERE kind = 'gpu' AND key = ?",
+                               (gpu_id,)).fetchone()
+            if row is None:
+                return out
+            found = conn.execute(
+                "SELECT ts FROM proc_samples WHERE src = ? AND ts <= ? AND ts >= ? ORDER BY ts DESC"
+                " LIMIT 1", (row[0], at_s, at_s - 3 * HISTORY_PROC_SAMPLE_S)).fetchone() or \
+                conn.execute("SELECT ts FROM proc_samples WHERE src = ? AND ts > ? AND ts <= ?"
+                             " ORDER BY ts LIMIT 1",
+                             (row[0], at_s, at_s + HISTORY_PROC_SAMPLE_S)).fetchone()
+            if found is None:
+                return out
+            out["ts"] = format_ts(found[0])
+            for r in conn.execute(
+                    "SELECT s.vram_mib, s.gtt_mib, s.engine_pct10, r.id, %s FROM proc_samples s"
+                    " JOIN runs r ON r.id = s.run WHERE s.src = ? AND s.ts = ? ORDER BY"
+                    " s.vram_mib DESC" % ", ".join("r." + c for c in RUN_COLUMNS),
+                    (row[0], found[0])):
+                run = history_run_json(r[3:])
+                run.update(vram_bytes=None if r[0] is None else r[0] << 20,
+                           gtt_bytes=None if r[1] is None else r[1] << 20,
+                           engine_pct=None if r[2] is None else r[2] / 10.0)
+                out["processes"].append(run)
+            return out
+        return self._read(work, out)
+
+    def query_alerts(self, from_s, to_s):
+        """Alert events active at some time in [from_s, to_s], oldest first."""
+        sql = ("SELECT event FROM alerts WHERE started <= ? AND coalesce(ended, ?) >= ?"
+               " ORDER BY started LIMIT %d" % HISTORY_QUERY_MAX_ROWS)
+        return self._read(lambda conn: [json.loads(r[0]) for r in
+                                        conn.execute(sql, (to_s, to_s, from_s))], [])
+
+
+class HistoryStore(StoppableThread, _HistoryReads):
+    """The history sink: offer_* queue (never block), one writer thread owns
+    the connection. path None = memory only from the start (tests, fallback).
+    Faults leave the live view alone: a file that cannot be used -> memory
+    only (said once); disk full or free space under the floor -> paused,
+    resumed by itself when a later batch commits."""
+
+    def __init__(self, path, max_bytes=HISTORY_DEFAULT_MAX_BYTES, proc_root="/proc",
+                 clock=time.time, statvfs=os.statvfs, min_free_bytes=HISTORY_MIN_FREE_BYTES,
+                 commit_s=HISTORY_COMMIT_S, queue_max=HISTORY_QUEUE_MAX, on_change=None):
+        StoppableThread.__init__(self, "history-writer")
+        self.path, self.max_bytes, self.clock, self.statvfs = path, max_bytes, clock, statvfs
+        self.min_free_bytes, self.commit_s, self.on_change = min_free_bytes, commit_s, on_change
+        self.boot_id = read_boot_id(proc_root)
+        self._queue = collections.deque(maxlen=queue_max)
+        self._dropped = 0
+        self._state, self._reason = "starting", None
+        self._conn = self._uri = self._lock_fd = None
+        self._bytes = self._commits = 0
+        self._last_commit = None
+        self._next_maintain = 0.0
+        self._rollups, self._sources, self._run_ids, self._proc_due = {}, {}, {}, {}
+        self._tracker = RunTracker()
+        self._columns = {"gpu": history_columns("gpu"), "host": history_columns("host")}
+        self._reset_pending()
+
+    def _reset_pending(self):
+        self._pending = dict((t, []) for t in HISTORY_SERIES_TABLES)
+        self._hours, self._proc_rows, self._alerts = set(), [], []
+
+    # -- the sink side (publishing threads) --
+
+    def _put(self, item):
+        if len(self._queue) == self._queue.maxlen:
+            self._dropped += 1
+        self._queue.append(item)
+
+    def offer_stats(self, gpu_id, epoch_s, metrics):
+        self._put(("gpu", gpu_id, epoch_s, metrics))
+
+    def offer_host(self, epoch_s, host):
+        self._put(("host", "", epoch_s, host))
+
+    def offer_procs(self, gpu_id, message):
+        self._put(("procs", gpu_id, None, message))
+
+    def offer_alert(self, event):
+        self._put(("alert", None, None, event))
+
+    def status(self):
+        return {"state": self._state, "path": self.path, "reason": self._reason,
+                "dropped": self._dropped, "queued": len(self._queue), "bytes": self._bytes,
+                "max_bytes": self.max_bytes, "commits": self._commits,
+                "last_commit": None if self._last_commit is None else format_ts(self._last_commit),
+                "tiers": dict((n, {"step_s": s, "keep_s": k}) for n, s, k in HISTORY_TIERS)}
+
+    def _set_state(self, state, reason):
+        if (state, reason) == (self._state, self._reason):
+            return
+        self._state, self._reason = state, reason
+        if self.on_change is not None:
+            self.on_change(self.status())
+
+    # -- opening --
+
+    def open(self):
+        """Open (or create) the file, else fall back to memory and say so once."""
+        if sqlite3 is None:
+            self._set_state("off", "this Python has no sqlite3 module")
+            return
+        if self.path is not None:
+            try:
+                self._conn, self._lock_fd = open_history_file(self.path, self.clock())
+                self._after_open("ok", None)
+                return
+            except (HistoryUnavailable, OSError, sqlite3.Error) as exc:
+                reason = str(exc)
+            LOG.warning("event=history_memory_only path=%s reason=%r: history is kept in memory"
+                        " only and lost on restart", self.path, reason)
+        else:
+            reason = "no history file (memory only)"
+        self._uri = "file:amdgpu_top_web-history-%x?mode=memory&cache=shared" % id(self)
+        self._conn = sqlite3.connect(self._uri, uri=True, isolation_level=None,
+                                     check_same_thread=False)
+        _history_create(self._conn)
+        self.max_bytes = min(self.max_bytes, HISTORY_MEMORY_MAX_BYTES)
+        self._after_open("memory", reason)
+
+    def _after_open(self, state, reason):
+        for row in self._conn.execute("SELECT id, kind, key, columns FROM sources"):
+            self._sources[(row[1], row[2])] = [row[0], set(c for c in row[3].split(",") if c)]
+        now = self.clock()
+        self._conn.execute("UPDATE runs SET ended = last_seen WHERE ended IS NULL AND boot_id != ?",
+                           (self.boot_id,))
+        for gpu_id, pid, start, last in self._conn.execute(
+                "SELECT gpu_id, pid, start_time, last_seen FROM runs WHERE ended IS NULL"):
+            self._tracker.seed(gpu_id, pid, start, last)
+        self._measure()
+        self._next_maintain = now
+        self._set_state(state, reason)
+
+    def start(self):
+        if self._state == "starting":
+            self.open()
+        StoppableThread.start(self)
+
+    # -- the writer thread --
+
+    def run(self):
+        while not self.stopping.wait(self.commit_s):
+            self.cycle()
+        self.cycle(final=True)
+        self.close()
+
+    def close(self):
+        if self._conn is not None and self._uri is None:
+            self._conn.close()
+            self._conn = None
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def cycle(self, final=False):
+        """Drain the queue, commit one batch, enforce retention when due (the
+        writer thread's loop body; tests call it directly with their clock)."""
+        if self._conn is None:
+            self._queue.clear()
+            return
+        self._drain()
+        if final:
+            for (kind, key), rollup in self._rollups.items():
+                self._queue_rows(kind, key, rollup.flush())
+        self._commit()
+        if final or self.clock() >= self._next_maintain:
+            self._next_maintain = self.clock() + HISTORY_MAINTAIN_S
+            self._guarded(self._maintain)
+
+    def _drain(self):
+        queue = self._queue
+        while queue:
+            try:
+                kind, key, epoch_s, payload = queue.popleft()
+            except IndexError:
+                break
+            if kind in ("gpu", "host"):
+                self._add_sample(kind, key, epoch_s, payload)
+            elif kind == "procs":
+                self._add_procs(key, payload)
+            else:
+                self._alerts.append(payload)
+
+    def _add_sample(self, kind, key, epoch_s, values):
+        rollup = self._rollups.get((kind, key))
+        if rollup is None:
+            rollup = self._rollups[(kind, key)] = SeriesRollup(len(self._columns[kind]))
+        self._queue_rows(kind, key, rollup.add(epoch_s, history_values(self._columns[kind], values)))
+
+    def _queue_rows(self, kind, key, rows):
+        for tier, row in rows:
+            self._pending[(kind, tier)].append((key, row))
+            if tier == "1m":
+                self._hours.add((kind, key, row[0] - row[0] % 3600))
+
+    def _add_procs(self, gpu_id, message):
+        epoch_s = parse_iso_ts(message.get("ts"))
+        epoch_s = self.clock() if epoch_s is None else epoch_s
+        self._tracker.feed(gpu_id, epoch_s, message.get("processes") or [])
+        if epoch_s >= self._proc_due.get(gpu_id, 0.0):
+            self._proc_due[gpu_id] = epoch_s + HISTORY_PROC_SAMPLE_S - 0.5
+            self._proc_rows.append((gpu_id, int(epoch_s), self._tracker.active(gpu_id)))
+
+    def _has_pending(self):
+        return bool(any(self._pending.values()) or self._proc_rows or self._alerts
+                    or self._tracker.dirty())
+
+    def _free_bytes(self):
+        if self._uri is not None:
+            return None
+        try:
+            st = self.statvfs(os.path.dirname(os.path.abspath(self.path)))
+        except OSError:
+            return None
+        return st.f_bavail * st.f_frsize
+
+    def _commit(self):
+        if not self._has_pending():
+            return
+        free = self._free_bytes()
+        if free is not None and free < self.min_free_bytes:
+            self._drop_batch("free space %d MiB is under the floor of %d MiB"
+                             % (free >> 20, self.min_free_bytes >> 20))
+            return
+        conn = self._conn
+        try:
+            conn.execute("BEGIN")
+            self._write_series()
+            self._write_runs_and_samples()
+            self._write_alerts()
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            try:
+                conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+            self._drop_batch(("disk full: %s" if _is_full_error(exc) else "write failed: %s")
+                             % exc)
+            return
+        self._reset_pending()
+        self._commits += 1
+        self._last_commit = self.clock()
+        self._set_state("memory" if self._uri is not None else "ok", self._reason
+                        if self._uri is not None else None)
+
+    def _drop_batch(self, reason):
+        """A batch that cannot be written is dropped (counted): pausing must not grow memory."""
+        self._dropped += sum(len(rows) for rows in self._pending.values()) + len(self._proc_rows)
+        self._reset_pending()
+        self._tracker.take()
+        if self._state != "paused":
+            LOG.warning("event=history_paused path=%s reason=%r: the live view is unaffected;"
+                        " writing resumes by itself", self.path, reason)
+        self._set_state("paused", reason)
+
+    def _source_id(self, kind, key, row=None):
+        entry = self._sources.get((kind, key))
+        if entry is None:
+            self._conn.execute("INSERT OR IGNORE INTO sources(kind, key) VALUES (?, ?)", (kind, key))
+            src = self._conn.execute("SELECT id FROM sources WHERE kind = ? AND key = ?",
+                                     (kind, key)).fetchone()[0]
+            entry = self._sources[(kind, key)] = [src, set()]
+        if row is not None:
+            names = [c for (c, _), v in zip(self._columns[kind], row[2:]) if v is not None]
+            if not entry[1].issuperset(names):
+                entry[1].update(names)
+                order = [c for c, _ in self._columns[kind] if c in entry[1]]
+                self._conn.execute("UPDATE sources SET columns = ? WHERE id = ?",
+                                   (",".join(order), entry[0]))
+        return entry[0]
+
+    def _write_series(self):
+        conn = self._conn
+        for (kind, tier), rows in self._pending.items():
+            if not rows:
+                continue
+            table = _history_table(kind, tier)
+            names = _history_column_names(kind, tier)
+            values = [(self._source_id(kind, key, row if tier == "raw" else None),) + row
+                      for key, row in rows]
+            if tier == "raw":
+                conn.executemany("INSERT OR REPLACE INTO %s(src, ts, n, %s) VALUES (%s)" % (
+                    table, ", ".join(names), ", ".join("?" * (len(names) + 3))), values)
+            else:
+                conn.executemany(_merge_sql(table, names), values)
+        for kind, key, hour in self._hours:
+            src = self._source_id(kind, key)
+            conn.execute(_hour_sql(kind), (hour, src, hour, hour + 3600))
+
+    def _write_runs_and_samples(self):
+        conn = self._conn
+        for run in self._tracker.take():
+            key = (self.boot_id, run["pid"], run["start_time"] or 0, run["gpu_id"])
+            conn.execute(_RUN_UPSERT, key + tuple(run[c] for c in RUN_COLUMNS[4:]))
+            if run["ended"] is not None:
+                self._run_ids.pop(key, None)
+        rows = []
+        for gpu_id, ts, active in self._proc_rows:
+            src = self._source_id("gpu", gpu_id)
+            rows.append((src, ts, 0, None, None, None))   # run 0: a sample was taken (maybe empty)
+            for (_, pid, start), (vram, gtt, engine) in active:
+                rows.append((src, ts, self._run_id(gpu_id, pid, start),
+                             None if vram is None else int(vram) >> 20,
+                             None if gtt is None else int(gtt) >> 20,
+                             None if engine is None else int(round(engine * 10))))
+        conn.executemany("INSERT OR REPLACE INTO proc_samples VALUES (?, ?, ?, ?, ?, ?)",
+                         [r for r in rows if r[2] is not None])
+
+    def _run_id(self, gpu_id, pid, start):
+        key = (self.boot_id, pid, start or 0, gpu_id)
+        if key not in self._run_ids:
+            row = self._conn.execute("SELECT id FROM runs WHERE boot_id = ? AND pid = ? AND"
+                                     " start_time = ? AND gpu_id = ?", key).fetchone()
+            if row is None:
+                return None
+            self._run_ids[key] = row[0]
+        return self._run_ids[key]
+
+    def _write_alerts(self):
+        for event in self._alerts:
+            started = event.get("started")
+            started_s = started if isinstance(started, (int, float)) else parse_iso_ts(started)
+            ended = event.get("ended")
+            ended_s = ended if isinstance(ended, (int, float)) or ended is None else parse_iso_ts(ended)
+            self._conn.execute(
+                "INSERT INTO alerts(rule, gpu_id, started, ended, event) VALUES (?, ?, ?, ?, ?)"
+                " ON CONFLICT(rule, gpu_id, started) DO UPDATE SET ended = excluded.ended,"
+                " event = excluded.event",
+                (str(event.get("rule")), event.get("gpu_id") or "",
+                 self.clock() if started_s is None else started_s, ended_s,
+                 json.dumps(event, sort_keys=True)))
+
+    # -- retention: by age, then by size, in slices; freed pages given back --
+
+    def _guarded(self, work):
+        try:
+            work()
+        except sqlite3.Error as exc:
+            try:
+                self._conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+            LOG.warning("event=history_maintenance_failed reason=%r", str(exc))
+
+    def _measure(self):
+        pages = self._conn.execute("PRAGMA page_count").fetchone()[0]
+        free = self._conn.execute("PRAGMA freelist_count").fetchone()[0]
+        size = self._conn.execute("PRAGMA page_size").fetchone()[0]
+        self._bytes = (pages - free) * size
+        return self._bytes
+
+    def _tables_by_keep(self):
+        tables = [(_history_table(kind, tier), step, keep) for kind, tier in HISTORY_SERIES_TABLES
+                  for name, step, keep in HISTORY_TIERS if name == tier]
+        return tables + [("proc_samples", HISTORY_PROC_SAMPLE_S, HISTORY_PROC_KEEP_S)]
+
+    def _maintain(self):
+        now = self.clock()
+        srcs = [entry[0] for entry in self._sources.values()]
+        for table, step, keep in self._tables_by_keep():
+            for src in srcs:
+                self._delete_before(table, src, now - keep, step)
+        conn = self._conn
+        for sql in ("DELETE FROM runs WHERE id IN (SELECT id FROM runs WHERE ended IS NOT NULL"
+                    " AND last_seen < ? LIMIT %d)" % HISTORY_DELETE_SLICE,
+                    "DELETE FROM alerts WHERE id IN (SELECT id FROM alerts WHERE started < ?"
+                    " AND ended IS NOT NULL LIMIT %d)" % HISTORY_DELETE_SLICE):
+            conn.execute(sql, (now - HISTORY_RUN_KEEP_S,))
+        for _ in range(50):
+            if self._measure() <= self.max_bytes or not self._trim_oldest(now, srcs):
+                break
+        conn.execute("PRAGMA incremental_vacuum(%d)" % HISTORY_VACUUM_PAGES).fetchall()
+        self._measure()
+
+    def _delete_before(self, table, src, cutoff, step):
+        """Delete a source's rows older than cutoff, HISTORY_DELETE_SLICE rows a statement."""
+        oldest = self._conn.execute("SELECT min(ts) FROM %s WHERE src = ?" % table,
+                                    (src,)).fetchone()[0]
+        while oldest is not None and oldest < cutoff:
+            bound = min(cutoff, oldest + HISTORY_DELETE_SLICE * step)
+            self._conn.execute("DELETE FROM %s WHERE src = ? AND ts < ?" % table, (src, bound))
+            oldest = bound
+
+    def _trim_oldest(self, now, srcs):
+        """Over max_bytes: cut the oldest slice of the table that is furthest into
+        its retention (so every tier shrinks alike). False when nothing is left."""
+        worst = None
+        for table, step, keep in self._tables_by_keep():
+            oldest = self._conn.execute("SELECT min(ts) FROM %s" % table).fetchone()[0]
+            if oldest is not None and (worst is None or (now - oldest) / keep > worst[0]):
+                worst = ((now - oldest) / keep, table, step, oldest)
+        if worst is None:
+            return False
+        _, table, step, oldest = worst
+        for src in srcs:
+            self._delete_before(table, src, oldest + max(step * 60, 600), step)
+        self._conn.execute("PRAGMA incremental_vacuum(%d)" % HISTORY_VACUUM_PAGES).fetchall()
+        return True
+
+
+def make_history_store(config, on_change=None):
+    """The store for this config, or None when APP_HISTORY_PATH is off."""
+    if config.history_path is None:
+        return None
+    return HistoryStore(config.history_path, config.history_max_bytes, config.proc_root,
+                        on_change=on_change)
+
+
 # ---------------------------------------------------------------------------
 # 9. WebSocket hub: one thread, one selectors loop over every WebSocket
 # ---------------------------------------------------------------------------
@@ -6601,7 +7697,7 @@ class DashboardHandler(BaseHTTPRequestHandler):
         self._send_json(200, self.server.app.gpus_json())
 
     def route_healthz(self, _):
-        self._send_json(200, {"status": "ok"})
+        self._send_json(200, {"status": "ok", "history": self.server.app.history_status()})
 
     def route_readyz(self, _):
         cache = self.server.app.cache
@@ -6752,7 +7848,10 @@ class App(object):
         self.csp = build_csp(inline_script_hashes(self.page_bytes.decode("utf-8"))
                              if self.page_bytes else [], use_cdn=not config.vendor_dir)
         self.procs_thread = self._make_procs_thread()
-        self.history = None             # the history store (None: APP_HISTORY_PATH=off)
+        self.history = make_history_store(config, self._history_changed)
+        self.cache.set_feature("history", self.history_status())
+        if self.history is not None:
+            self.cache.add_sink(self.history)
         self.error_log = ErrorLog()
         self.server = None
         self._serve_thread = None
@@ -6764,6 +7863,15 @@ class App(object):
             return None
         self.cache.set_feature("procs", True)
         return ProcScanThread(source, self.cache, config.proc_scan_interval_s, config.interval_s * 4)
+
+    def _history_changed(self, status):
+        self.cache.set_feature("history", status)
+
+    def history_status(self):
+        """hello.features["history"] and /api/healthz's "history"."""
+        if self.history is None:
+            return {"state": "off", "path": None, "reason": "APP_HISTORY_PATH=off"}
+        return self.history.status()
 
     @staticmethod
     def _load_page(page_path, vendor_dir):
@@ -6818,6 +7926,8 @@ class App(object):
         self._tracing = self.config.enable_pprof and not tracemalloc.is_tracing()
         if self._tracing:
             tracemalloc.start(10)
+        if self.history is not None:
+            self.history.start()            # opens the file (or falls back to memory) first
         self.hub.start()
         self.manager.start()
         if self.procs_thread is not None:
@@ -6841,6 +7951,9 @@ class App(object):
             if thread is not None and thread.is_alive():
                 thread.join(2.0)
         self.manager.close_backends()       # nvmlShutdown once nothing calls NVML
+        if self.history is not None and self.history.is_alive():
+            self.history.stop()             # the writer flushes its last batch, then closes
+            self.history.join(10.0)
         if self.server is not None:
             self.server.server_close()
         if getattr(self, "_tracing", False):

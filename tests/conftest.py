@@ -169,6 +169,8 @@ def server_env(fixture="multi_gpu", sysfs_root=None, env=None):
         # never the host's NVIDIA driver: tests that want NVML name the stand-in
         "APP_NVML_LIBRARY": NO_NVML,
         "APP_LOG_LEVEL": "INFO",
+        # never the real home dir: tests that want history set a tmp path
+        "APP_HISTORY_PATH": "off",
         "PYTHONUNBUFFERED": "1",
     })
     out.update(env or {})
@@ -251,7 +253,9 @@ def app_factory():
     apps = []
 
     def make(argv, environ=None, start=True):
-        config = amdgpu_top_web.parse_config(list(argv), dict(environ or {}))
+        environ = dict(environ or {})
+        environ.setdefault("APP_HISTORY_PATH", "off")    # never the real home dir
+        config = amdgpu_top_web.parse_config(list(argv), environ)
         app = amdgpu_top_web.App(config)
         apps.append([app, start])
         port = app.start()[1] if start else None

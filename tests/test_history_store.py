@@ -1,0 +1,334 @@
+"""HistoryStore on real SQLite files with an injected clock (no threads, no sleeps):
+the writer's cycle() is called directly."""
+
+import os
+import sqlite3
+import stat
+
+import pytest
+
+import amdgpu_top_web as m
+
+T0 = 1764680400.0          # 2025-12-02T13:00:00Z, an hour boundary
+
+
+class Clock(object):
+    def __init__(self, now=T0):
+        self.now = now
+
+    def __call__(self):
+        return self.now
+
+
+def make_store(tmp_path, clock=None, path="h/history.sqlite3", **kwargs):
+    clock = clock or Clock()
+    full = None if path is None else str(tmp_path / path)
+    store = m.HistoryStore(full, clock=clock, proc_root=str(tmp_path), **kwargs)
+    store.open()
+    return store, clock
+
+
+def metrics(busy, vram=1 << 30, reasons=None):
+    out = m.new_metrics() if hasattr(m, "new_metrics") else {}
+    out.update(gpu_busy_pct=busy, temp_c=50.5, power_w=100.25, vram_used_bytes=vram,
+               runtime_status="active", throttle_reasons=reasons, sclk_mhz=2000)
+    return out
+
+
+def feed(store, clock, seconds, gpu="card1", hz=4, busy=lambda t: 50.0, start=None):
+    start = clock.now if start is None else start
+    for i in range(int(seconds * hz)):
+        t = start + i / float(hz)
+        store.offer_stats(gpu, t, metrics(busy(t)))
+    clock.now = start + seconds
+
+
+def test_schema_pragmas_and_modes(tmp_path):
+    store, _ = make_store(tmp_path)
+    path = store.path
+    assert store.status()["state"] == "ok"
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(os.path.dirname(path)).st_mode) == 0o700
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA application_id").fetchone()[0] == m.HISTORY_APP_ID
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == m.HISTORY_SCHEMA_VERSION
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 2      # INCREMENTAL
+    conn.close()
+    store.close()
+
+
+def test_series_raw_minute_hour_and_gaps(tmp_path):
+    store, clock = make_store(tmp_path)
+    feed(store, clock, 120, busy=lambda t: 10.0 if t < T0 + 60 else 90.0)
+    clock.now = T0 + 300                          # 3 minutes of nothing: a gap
+    feed(store, clock, 60, busy=lambda t: 30.0)
+    store.cycle(final=True)
+    out = store.query_series("gpu", "card1", T0, T0 + 600)
+    assert out["tier"] == "raw" and out["step_s"] == 1 and len(out["ts"]) == 600
+    busy = out["series"]["gpu_busy_pct"]
+    assert busy["avg"][0] == 10.0 and busy["avg"][60] == 90.0
+    assert out["count"][0] == 4 and out["count"][200] == 0 and busy["avg"][200] is None
+    assert out["series"]["vram_used_bytes"]["avg"][0] == 1 << 30
+    assert out["series"]["temp_c"]["max"][5] == 50.5
+    assert out["series"]["power_w"]["avg"][5] == 100.2 or out["series"]["power_w"]["avg"][5] == 100.3
+    day = store.query_series("gpu", "card1", T0, T0 + 86400)
+    assert day["tier"] == "1m" and day["step_s"] == 60
+    b = day["series"]["gpu_busy_pct"]
+    assert (b["min"][0], b["avg"][0], b["max"][0], day["count"][0]) == (10.0, 10.0, 10.0, 240)
+    assert day["count"][2] == 0 and b["avg"][2] is None
+    assert b["avg"][5] == 30.0
+    year = store.query_series("gpu", "card1", T0, T0 + 365 * 86400)
+    assert year["tier"] == "1h"
+    yb = year["series"]["gpu_busy_pct"]
+    assert year["count"][0] == 720 and yb["min"][0] == 10.0 and yb["max"][0] == 90.0
+    assert abs(yb["avg"][0] - (10 * 240 + 90 * 240 + 30 * 240) / 720.0) < 0.2
+    assert "runtime_status" not in day["series"]
+    store.close()
+
+
+def test_throttled_counts_samples_with_reasons(tmp_path):
+    store, clock = make_store(tmp_path)
+    for i in range(8):
+        store.offer_stats("card1", T0 + i / 4.0, metrics(50, reasons=["thermal"] if i < 2 else []))
+    clock.now = T0 + 70
+    store.cycle(final=True)
+    out = store.query_series("gpu", "card1", T0, T0 + 2, points=2)
+    assert out["series"]["throttled"]["avg"][0] == 0.5      # 2 of the 4 samples of second 0
+    assert out["series"]["throttled"]["avg"][1] == 0.0
+    store.close()
+
+
+def test_host_series(tmp_path):
+    store, clock = make_store(tmp_path)
+    for i in range(10):
+        store.offer_host(T0 + i, {"cpu_busy_pct": 12.5, "load1": 0.42, "mem_used_bytes": 3 << 30,
+                                  "mem_pressure_some_avg10": 1.25, "unknown_key": 7})
+    clock.now = T0 + 10
+    store.cycle(final=True)
+    out = store.query_series("host", None, T0, T0 + 10)
+    assert out["series"]["cpu_busy_pct"]["avg"][0] == 12.5
+    assert out["series"]["load1"]["avg"][3] == 0.42
+    assert out["series"]["mem_used_bytes"]["max"][9] == 3 << 30
+    assert out["series"]["mem_pressure_some_avg10"]["min"][0] == 1.25
+    store.close()
+
+
+def test_survives_restart_and_merges_the_open_minute(tmp_path):
+    store, clock = make_store(tmp_path)
+    feed(store, clock, 30, busy=lambda t: 20.0)
+    store.cycle(final=True)
+    store.close()
+    store2, _ = make_store(tmp_path, clock)
+    feed(store2, clock, 30, busy=lambda t: 40.0)
+    store2.cycle(final=True)
+    day = store2.query_series("gpu", "card1", T0, T0 + 86400)
+    assert day["count"][0] == 240
+    assert day["series"]["gpu_busy_pct"]["avg"][0] == 30.0
+    assert day["series"]["gpu_busy_pct"]["min"][0] == 20.0
+    store2.close()
+
+
+def proc_row(pid, start=1000, vram=1 << 30, engine=50.0, **extra):
+    row = dict(pid=pid, start_time=start, name="python", user="alice", uid=1000,
+               cmd="python train.py --api-key ***", container=None, kfd=True, type=None,
+               vram_bytes=vram, gtt_bytes=1 << 20, engines_pct={"gfx": engine, "compute": 10.0},
+               gpu_time_ms_per_s=None)
+    row.update(extra)
+    return row
+
+
+def procs_msg(gpu, t, rows):
+    return {"type": "procs", "gpu_id": gpu, "ts": m.format_ts(t), "processes": rows}
+
+
+def test_runs_lifetimes_reused_pid_and_procs_at(tmp_path):
+    store, clock = make_store(tmp_path)
+    for i in range(10):                          # 20 s, scans every 2 s
+        t = T0 + 2 * i
+        vram = (1 << 30) if i < 5 else (3 << 30)
+        store.offer_procs("card1", procs_msg("card1", t, [proc_row(42, vram=vram)]))
+    t = T0 + 20
+    store.offer_procs("card1", procs_msg("card1", t, [proc_row(42, start=5000)]))  # reused PID
+    clock.now = t
+    store.cycle()
+    runs = store.query_runs(T0 - 10, T0 + 100)
+    assert len(runs) == 2
+    old = [r for r in runs if r["start_time"] == 1000][0]
+    new = [r for r in runs if r["start_time"] == 5000][0]
+    assert old["ended"] == m.format_ts(T0 + 18) and not old["active"] and new["active"]
+    assert old["peak_vram_bytes"] == 3 << 30
+    assert abs(old["avg_vram_bytes"] - (2 << 30)) < (1 << 28)    # time-weighted
+    assert old["peak_engine_pct"] == 50.0 and old["avg_engine_pct"] == 50.0
+    assert abs(old["gpu_seconds"] - 18 * 0.6) < 0.01             # (50 + 10) % of 18 s
+    assert old["cmd"].endswith("***") and old["user"] == "alice" and old["kfd"] is True
+    assert store.query_runs(T0, T0 + 100, active=True) == [new]
+    assert store.query_runs(T0, T0 + 100, gpu_id="card2") == []
+    at = store.query_procs_at("card1", T0 + 15)
+    assert at["ts"] == m.format_ts(T0 + 10)
+    assert [p["pid"] for p in at["processes"]] == [42]
+    assert at["processes"][0]["vram_bytes"] == 3 << 30
+    hist = store.query_run_history(old["run_id"])
+    assert hist["run"]["run_id"] == old["run_id"]
+    assert hist["ts"] == [int(T0) * 1000, int(T0 + 10) * 1000]
+    assert hist["series"]["vram_bytes"] == [1 << 30, 3 << 30]
+    assert store.query_run_history(99999) is None
+    store.close()
+
+
+def test_run_ends_after_missing_scans_and_across_restart(tmp_path):
+    store, clock = make_store(tmp_path)
+    store.offer_procs("card1", procs_msg("card1", T0, [proc_row(7)]))
+    store.offer_procs("card1", procs_msg("card1", T0 + 2, [proc_row(7)]))
+    store.cycle(final=True)
+    store.close()
+    store2, _ = make_store(tmp_path, clock)      # same boot: the run is seeded, then missed
+    for i in range(3):
+        store2.offer_procs("card1", procs_msg("card1", T0 + 10 + 2 * i, []))
+    store2.cycle()
+    runs = store2.query_runs(T0, T0 + 60)
+    assert len(runs) == 1 and runs[0]["ended"] == m.format_ts(T0 + 2)
+    assert store2.query_procs_at("card1", T0 + 14)["processes"] == []
+    store2.close()
+
+
+def test_other_boot_closes_open_runs(tmp_path):
+    store, clock = make_store(tmp_path)
+    store.offer_procs("card1", procs_msg("card1", T0, [proc_row(7)]))
+    store.cycle(final=True)
+    store.close()
+    boot = tmp_path / "sys" / "kernel" / "random"
+    boot.mkdir(parents=True)
+    (boot / "boot_id").write_text("another-boot\n")
+    store2, _ = make_store(tmp_path, clock)
+    assert store2.query_runs(T0, T0 + 60, active=True) == []
+    store2.close()
+
+
+def test_alerts_upsert_by_rule_gpu_started(tmp_path):
+    store, clock = make_store(tmp_path)
+    event = {"type": "alert", "rule": "vram_high", "gpu_id": "card1", "severity": "warning",
+             "state": "firing", "started": m.format_ts(T0), "ended": None, "value": 91.0,
+             "summary": "VRAM 91 %"}
+    store.offer_alert(event)
+    store.offer_alert(dict(event, rule="host_ram", gpu_id=None))
+    store.cycle()
+    store.offer_alert(dict(event, state="resolved", ended=m.format_ts(T0 + 60)))
+    store.cycle()
+    alerts = store.query_alerts(T0 - 1, T0 + 3600)
+    assert len(alerts) == 2
+    vram = [a for a in alerts if a["rule"] == "vram_high"][0]
+    assert vram["state"] == "resolved"
+    assert store.query_alerts(T0 + 120, T0 + 3600) == [a for a in alerts if a["rule"] == "host_ram"]
+    store.close()
+
+
+def test_retention_by_age(tmp_path):
+    store, clock = make_store(tmp_path)
+    feed(store, clock, 10)
+    store.cycle(final=True)
+    clock.now = T0 + 49 * 3600                    # raw (48 h) is gone, 1m stays
+    store.cycle(final=True)
+    out = store.query_series("gpu", "card1", T0, T0 + 10, points=10)
+    assert out["tier"] == "1m" and out["count"][0] == 40       # served by the next tier
+    conn = sqlite3.connect(store.path)
+    assert conn.execute("SELECT count(*) FROM gpu_raw").fetchone()[0] == 0
+    assert conn.execute("SELECT count(*) FROM gpu_m1").fetchone()[0] == 1
+    conn.close()
+    store.close()
+
+
+def test_retention_by_size(tmp_path):
+    store, clock = make_store(tmp_path, max_bytes=1 << 20)
+    for hour in range(6):                         # 6 h of 2 GPUs: > 1 MiB
+        for gpu in ("card1", "card2"):
+            feed(store, clock, 3600, gpu=gpu, hz=1, start=T0 + hour * 3600)
+        store.cycle()
+    store.cycle(final=True)
+    assert store.status()["bytes"] <= 1 << 20
+    conn = sqlite3.connect(store.path)
+    oldest = conn.execute("SELECT min(ts) FROM gpu_raw").fetchone()[0]
+    assert oldest > T0                            # the oldest rows went first
+    assert conn.execute("SELECT max(ts) FROM gpu_raw").fetchone()[0] >= T0 + 6 * 3600 - 2
+    conn.close()
+    store.close()
+
+
+def test_queue_drops_oldest_and_counts(tmp_path):
+    store, clock = make_store(tmp_path, queue_max=10)
+    for i in range(25):
+        store.offer_stats("card1", T0 + i, metrics(i))
+    status = store.status()
+    assert status["dropped"] == 15 and status["queued"] == 10
+    clock.now = T0 + 30
+    store.cycle(final=True)
+    out = store.query_series("gpu", "card1", T0, T0 + 30)
+    assert out["series"]["gpu_busy_pct"]["avg"][15] == 15.0 and out["count"][14] == 0
+    store.close()
+
+
+def test_memory_only_answers_queries(tmp_path):
+    store, clock = make_store(tmp_path, path=None)
+    feed(store, clock, 5)
+    store.offer_procs("card1", procs_msg("card1", T0, [proc_row(9)]))
+    store.cycle()
+    assert store.status()["state"] == "memory" and store.status()["max_bytes"] <= 32 << 20
+    assert store.query_series("gpu", "card1", T0, T0 + 5)["count"][:4] == [4, 4, 4, 4]
+    assert [r["pid"] for r in store.query_runs(T0, T0 + 5)] == [9]
+    store.close()
+
+
+def test_series_query_is_bounded_for_huge_ranges(tmp_path):
+    store, clock = make_store(tmp_path)
+    out = store.query_series("gpu", "card1", T0 - 10 * 365 * 86400, T0)
+    assert out["tier"] == "1h" and len(out["ts"]) <= m.HISTORY_MAX_POINTS + 1
+    assert out["series"] == {}
+    store.close()
+
+
+@pytest.mark.parametrize("span,tier,points", [
+    (3600, "raw", (300, 1500)), (6 * 3600, "raw", (300, 1500)), (86400, "1m", (300, 1500)),
+    (7 * 86400, "1m", (300, 1500)), (30 * 86400, "1m", (300, 1500)), (365 * 86400, "1h", (300, 1500)),
+])
+def test_choose_history_step(span, tier, points):
+    name, tier_step, step = m.choose_history_step(T0 - span, T0, T0)
+    assert name == tier and step % tier_step == 0
+    assert points[0] <= span / step <= points[1]
+
+
+def test_choose_step_skips_a_tier_past_its_retention():
+    name, _, step = m.choose_history_step(T0 - 5 * 86400, T0 - 5 * 86400 + 3600, T0)
+    assert name == "1m" and step == 60
+
+
+def test_config_settings():
+    config = m.parse_config([], {"XDG_STATE_HOME": "/x"})
+    assert config.history_path == "/x/amdgpu_top_web/history.sqlite3"
+    assert m.parse_config([], {"HOME": "/home/u"}).history_path == \
+        "/home/u/.local/state/amdgpu_top_web/history.sqlite3"
+    assert m.parse_config(["--history-path", "off"], {}).history_path is None
+    assert m.parse_config([], {"APP_HISTORY_MAX_BYTES": "1GiB"}).history_max_bytes == 1 << 30
+    assert m.parse_config([], {}).history_max_bytes == 256 << 20
+    with pytest.raises(m.ConfigError, match="APP_HISTORY_MAX_BYTES"):
+        m.parse_config([], {"APP_HISTORY_MAX_BYTES": "12 apples"})
+
+
+def test_app_wiring_features_and_healthz(tmp_path, app_factory):
+    from conftest import SHARE, SYSFS, get_json
+    env = {"APP_SYSFS_ROOT": os.path.join(SYSFS, "multi_gpu"), "APP_SHARE_ROOT": SHARE,
+           "APP_PROC_ENABLE": "false", "APP_HISTORY_PATH": str(tmp_path / "s" / "h.sqlite3"),
+           "APP_NVML_LIBRARY": "/nonexistent/libnvidia-ml.so.1"}
+    app, port = app_factory(["--listen", "127.0.0.1:0"], env)
+    status, body = get_json(port, "/api/healthz")
+    assert status == 200 and body["status"] == "ok" and body["history"]["state"] == "ok"
+    assert app.cache.features["history"]["state"] == "ok"
+    app.stop()
+    assert app.history.status()["commits"] >= 1             # flushed on stop
+    conn = sqlite3.connect(str(tmp_path / "s" / "h.sqlite3"))
+    assert conn.execute("SELECT count(*) FROM gpu_raw").fetchone()[0] > 0
+    conn.close()
+
+
+def test_app_history_off_by_conftest(app_factory):
+    app, _ = app_factory(["--listen", "127.0.0.1:0", "--demo"])
+    assert app.history is None and app.cache.features["history"]["state"] == "off"

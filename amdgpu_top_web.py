@@ -3419,6 +3419,13 @@ def series_csv(result):
     return csv_bytes(header, rows)
 
 
+def columns_csv(ts_ms, series):
+    """Columnar series ({name: [value per ts]}) -> CSV: ts, then one column per name."""
+    names = sorted(series)
+    return csv_bytes(["ts"] + names, ([format_ts(t / 1000.0)] + [series[n][i] for n in names]
+                                      for i, t in enumerate(ts_ms)))
+
+
 def records_csv(records, columns):
     """Dicts -> CSV with the given columns (a missing key -> empty cell)."""
     return csv_bytes(columns, ([record.get(name) for name in columns] for record in records))
@@ -7742,7 +7749,8 @@ class DashboardHandler(BaseHTTPRequestHandler):
         if result is None:
             self._send_json(404, {"error": "unknown process run: %d" % run_id})
             return
-        self._answer(_parse_format(query), result, lambda: series_csv(result), "run-%d" % run_id)
+        self._answer(_parse_format(query), result, lambda: columns_csv(result["ts"], result["series"]),
+                     "run-%d" % run_id)
 
     def route_gpu_processes(self, gpu_id):
         query, store = self._prepare(parse_at_query)

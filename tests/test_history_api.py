@@ -115,3 +115,101 @@ def test_records_csv_quotes_and_defuses_formulas():
     assert record["cmd"] == 'a "b",c\nd'                   # quoted, round-trips
     assert record["kfd"] == "true" and record["ended"] == "" and record["gpu_seconds"] == "-0.5"
     assert len(rows) == 2 and len(rows[0]) == len(app.RUN_CSV_COLUMNS)
+
+
+# -- through a real server, across a restart ------------------------------------
+
+import signal  # noqa: E402
+import time  # noqa: E402
+
+DEMO_ARGS = ["--demo", "--demo-gpus", "2", "--proc-enable", "--proc-scan-interval", "500ms"]
+
+
+@pytest.fixture(scope="module")
+def restarted(server_module, tmp_path_factory):
+    """A demo server run for ~3 s, stopped with SIGTERM (the writer flushes), and
+    a second one started on the same file: what it answers is yesterday's data."""
+    path = str(tmp_path_factory.mktemp("hist") / "history.sqlite3")
+    env = {"APP_HISTORY_PATH": path}
+    first = server_module(args=DEMO_ARGS, env=env)
+    first.wait_metrics(count=2)
+    time.sleep(3.0)
+    t_first = time.time()
+    first.stop()
+    assert first.proc.returncode == 0, first.log()
+    second = server_module(args=DEMO_ARGS, env=env)
+    second.wait_metrics(count=2)
+    return second, t_first
+
+
+def test_gpu_history_survives_a_restart(restarted):
+    proc, t_first = restarted
+    status, body = proc.get_json("/api/gpus/card0/history?range=1h")
+    assert status == 200, body
+    assert body["gpu_id"] == "card0" and body["tier"] == "raw" and body["step_s"] >= 1
+    assert len(body["ts"]) == len(body["count"]) and 300 <= len(body["ts"]) <= 1500
+    filled = [i for i, n in enumerate(body["count"]) if n]
+    assert filled and body["ts"][filled[0]] <= t_first * 1000      # points from the first run
+    busy = body["series"]["gpu_busy_pct"]
+    for i in filled:
+        if busy["avg"][i] is not None:
+            assert busy["min"][i] <= busy["avg"][i] <= busy["max"][i]
+    gaps = [i for i, n in enumerate(body["count"]) if not n]
+    assert gaps and all(busy["avg"][i] is None for i in gaps)       # gaps stay gaps
+    # The live ring is unchanged when no query is given.
+    status, live = proc.get_json("/api/gpus/card0/history")
+    assert status == 200 and "interval_ms" in live and "tier" not in live
+
+
+def test_history_csv_and_step(restarted):
+    proc, _ = restarted
+    response = proc.get("/api/gpus/card1/history?range=6h&step=1m&format=csv")
+    assert response.status == 200, response.body
+    assert response.headers["content-type"] == "text/csv; charset=utf-8"
+    assert 'filename="card1-history.csv"' in response.headers["content-disposition"]
+    rows = parse_csv(response.body)
+    assert rows[0][:2] == ["ts", "count"] and "gpu_busy_pct_avg" in rows[0]
+    assert len(rows) - 1 in (360, 361)           # 6 h at the 1-minute step, aligned to minutes
+    assert any(row[1] not in ("", "0") for row in rows[1:])
+
+
+def test_processes_runs_and_who_was_there(restarted):
+    proc, t_first = restarted
+    status, body = proc.get_json("/api/processes?range=1h&gpu=card0")
+    assert status == 200, body
+    runs = body["processes"]
+    assert runs and all(run["gpu_id"] == "card0" for run in runs)
+    for key in ("run_id", "pid", "start_time", "name", "user", "cmd", "first_seen", "last_seen",
+                "ended", "peak_vram_bytes", "avg_vram_bytes", "peak_gtt_bytes", "gpu_seconds"):
+        assert key in runs[0], key
+    run = runs[0]
+    status, hist = proc.get_json("/api/processes/%d/history" % run["run_id"])
+    assert status == 200 and hist["run"]["run_id"] == run["run_id"]
+    assert len(hist["ts"]) == len(hist["series"]["vram_bytes"]) >= 1
+    status, at = proc.get_json("/api/gpus/card0/processes?at=%.3f" % (t_first - 1.0))
+    assert status == 200 and at["gpu_id"] == "card0"
+    assert at["ts"] is not None and at["processes"], at              # the first run's processes
+    csv_rows = parse_csv(proc.get("/api/processes?range=1h&format=csv").body)
+    assert csv_rows[0] == list(app.RUN_CSV_COLUMNS) and len(csv_rows) > 1
+    assert proc.get("/api/processes/999999999/history").status == 404
+
+
+def test_host_history_and_bad_parameters(restarted):
+    proc, _ = restarted
+    status, body = proc.get_json("/api/host/history?range=1h")
+    assert status == 200 and "series" in body and body["tier"] == "raw"
+    for path, name in (("/api/gpus/card0/history?range=5h", "range"),
+                       ("/api/host/history?from=tomorrow", "from"),
+                       ("/api/processes?active=perhaps", "active"),
+                       ("/api/gpus/card0/processes", "at"),
+                       ("/api/gpus/card0/history?range=1h&step=0s", "step")):
+        status, err = proc.get_json(path)
+        assert status == 400 and "'%s'" % name in err["error"], (path, err)
+
+
+def test_history_off_says_how_to_turn_it_on(server):
+    proc = server(args=["--demo"], env={"APP_HISTORY_PATH": "off"})
+    status, err = proc.get_json("/api/processes")
+    assert status == 404 and "APP_HISTORY_PATH" in err["error"]
+    status, live = proc.get_json("/api/gpus/card0/history")
+    assert status == 200 and "interval_ms" in live

@@ -138,6 +138,9 @@ def test_parse_meminfo_loadavg_pressure():
     assert mem["MemTotal"] == 32768000 * 1024 and mem["MemAvailable"] == 20480000 * 1024
     assert mem["HugePages_Total"] == 0 and mem["Hugepagesize"] == 2048 * 1024
     assert atw.parse_meminfo("") == {} and atw.parse_meminfo("junk\nX: y kB\n") == {}
+    assert atw.parse_meminfo(MEMINFO, atw.MEMINFO_NAMES) == dict(
+        (name, mem[name]) for name in atw.MEMINFO_NAMES)
+    assert atw.parse_meminfo("MemTotal: 10 kB\nSwapFree: x kB", atw.MEMINFO_NAMES) == {"MemTotal": 10240}
     assert atw.parse_loadavg(LOADAVG) == (1.52, 0.98, 0.61)
     for bad in ("", None, "1.0 2.0", "a b c 1/2 3", "nan 1 2 1/1 1"):
         assert atw.parse_loadavg(bad) is None

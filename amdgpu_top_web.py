@@ -22,12 +22,13 @@ Endpoints (GET/HEAD only; anything else is 405)::
     /api/gpus/{id}/metrics    latest stats of one GPU
     /api/gpus/{id}/procs      latest process list of one GPU
     /api/gpus/{id}/history    rolling history (columnar) of one GPU
+    /api/host                 latest host frame: CPU, load, RAM, swap, memory pressure
     /api/healthz /api/readyz /api/version
     /plain                    server-rendered tables (no JavaScript needed)
     /metrics                  Prometheus text (APP_ENABLE_PROMETHEUS=true)
     /vendor/...               the page's ES modules (APP_VENDOR_DIR, air-gapped)
     /debug/threads /debug/memory   (APP_ENABLE_PPROF=true)
-    /ws                       WebSocket: hello, stats, procs, gpus, pong, error
+    /ws                       WebSocket: hello, stats, procs, host, gpus, pong, error
 
 Threads::
 
@@ -38,6 +39,7 @@ Threads::
                      kept fds + pread, or NVML calls prepared once)
                  <-- proc-scan thread (budgeted /proc walk + fdinfo; NVML's lists)
                  <-- discovery thread (asks every backend: AMD, Intel, NVIDIA, demo)
+                 <-- host-sampler thread (/proc/stat, meminfo, loadavg, pressure; 1 Hz)
 
 Contents (a section uses only the sections above it)::
 
@@ -46,14 +48,15 @@ Contents (a section uses only the sections above it)::
      2. Constants
      3. Data types (config, GpuInfo, NVML ctypes structs, fdinfo records)
      4. Pure parsers (sysfs, hwmon, ids files, config; Intel and NVML values;
-        fdinfo, /proc text, command lines, engine-rate maths; the one builder
-        per wire shape: metrics, process rows, totals, capabilities, visibility)
+        fdinfo, /proc text, host metrics and per-process CPU %, command lines,
+        engine-rate maths; the one builder per wire shape: metrics, process
+        rows, totals, capabilities, visibility, host)
      5. WebSocket codec (sans-IO, RFC 6455)
      6. Pure HTTP helpers (routes, JSON messages, origin and host checks,
         CSP, vendor URL rewriting, the plain view, Prometheus text)
      7. Readers (thin filesystem I/O; the NVML library through ctypes)
      8. Backends and their readers (the seam; AMD, Intel, NVIDIA, demo),
-        samplers, discovery, the cache and the process sources
+        samplers, the host reader, discovery, the cache and the process sources
      9. WebSocket hub
     10. HTTP server and handler
     11. CLI and main()

@@ -5057,8 +5057,8 @@ class Sampler(StoppableThread):
 class HostReader(object):
     """The host's /proc files (HOST_FILES) kept open: one pread each per sample.
 
-    A sample costs four preads and the parsing, about half of one GPU
-    sampler tick, once a second (tests/bench/bench_host.py: ~50 us, 0.005 %
+    A sample costs four preads and the parsing, 0.6-0.8 of one GPU sampler
+    tick, once a second (tests/bench/bench_host.py: 50-75 us, under 0.01 %
     of a core); /proc/pressure/memory is absent before Linux 4.20 (and
     unreadable with psi=0): its keys are then null.
     """

@@ -408,3 +408,27 @@ def test_once_json_and_table_have_the_host(tmp_path):
     assert snapshot["host"]["cpu_busy_pct"] is not None and snapshot["host"]["mem_total_bytes"]
     table = run_once(proc_root=write_host_tree(str(tmp_path)))
     assert table.splitlines()[0].startswith("host  cpu \u2014 of 4 CPUs  load 1.52 0.98 0.61")
+
+
+def test_publish_host_feeds_listeners_sinks_and_history(tmp_path):
+    cache = atw.Cache(0.25, {})
+    frames, offers = [], []
+
+    class Sink(object):
+        def offer_host(self, epoch_s, host):
+            offers.append((epoch_s, host))
+    cache.add_listener(frames.append)
+    cache.add_sink(Sink())
+    sampler = atw.HostSampler(atw.HostReader(write_host_tree(str(tmp_path))), cache)
+    sampler.tick()
+    rewrite(os.path.join(str(tmp_path), "stat"), stat_b())
+    sampler.tick()
+    sampler.reader.close()
+    assert [f.kind for f in frames] == ["host", "host"] and frames[0].gpu_id is None
+    message = json.loads(frames[1].payload)
+    assert message["type"] == "host" and message["host"]["cpu_busy_pct"] == 47.5
+    assert [host["cpu_busy_pct"] for _, host in offers] == [None, 47.5]
+    assert cache.host()[1] is offers[1][1]
+    history = cache.host_history()
+    assert len(history["ts"]) == 2 and history["series"]["cpu_busy_pct"] == [None, 47.5]
+    assert history["series"]["mem_used_bytes"][1] == (32768000 - 20480000) * 1024

@@ -22,12 +22,13 @@ Endpoints (GET/HEAD only; anything else is 405)::
     /api/gpus/{id}/metrics    latest stats of one GPU
     /api/gpus/{id}/procs      latest process list of one GPU
     /api/gpus/{id}/history    rolling history (columnar) of one GPU
+    /api/host                 latest host frame: CPU, load, RAM, swap, memory pressure
     /api/healthz /api/readyz /api/version
     /plain                    server-rendered tables (no JavaScript needed)
     /metrics                  Prometheus text (APP_ENABLE_PROMETHEUS=true)
     /vendor/...               the page's ES modules (APP_VENDOR_DIR, air-gapped)
     /debug/threads /debug/memory   (APP_ENABLE_PPROF=true)
-    /ws                       WebSocket: hello, stats, procs, gpus, pong, error
+    /ws                       WebSocket: hello, stats, procs, host, gpus, pong, error
 
 Threads::
 
@@ -38,6 +39,7 @@ Threads::
                      kept fds + pread, or NVML calls prepared once)
                  <-- proc-scan thread (budgeted /proc walk + fdinfo; NVML's lists)
                  <-- discovery thread (asks every backend: AMD, Intel, NVIDIA, demo)
+                 <-- host-sampler thread (/proc/stat, meminfo, loadavg, pressure; 1 Hz)
 
 Contents (a section uses only the sections above it)::
 
@@ -46,14 +48,15 @@ Contents (a section uses only the sections above it)::
      2. Constants
      3. Data types (config, GpuInfo, NVML ctypes structs, fdinfo records)
      4. Pure parsers (sysfs, hwmon, ids files, config; Intel and NVML values;
-        fdinfo, /proc text, command lines, engine-rate maths; the one builder
-        per wire shape: metrics, process rows, totals, capabilities, visibility)
+        fdinfo, /proc text, host metrics and per-process CPU %, command lines,
+        engine-rate maths; the one builder per wire shape: metrics, process
+        rows, totals, capabilities, visibility, host)
      5. WebSocket codec (sans-IO, RFC 6455)
      6. Pure HTTP helpers (routes, JSON messages, origin and host checks,
         CSP, vendor URL rewriting, the plain view, Prometheus text)
      7. Readers (thin filesystem I/O; the NVML library through ctypes)
      8. Backends and their readers (the seam; AMD, Intel, NVIDIA, demo),
-        samplers, discovery, the cache and the process sources
+        samplers, the host reader, discovery, the cache and the process sources
      9. WebSocket hub
     10. HTTP server and handler
     11. CLI and main()
@@ -254,6 +257,7 @@ LINK_SPEED_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*GT/s", re.IGNORECASE)
 GPU_PATH_RE = re.compile(r"^/api/gpus/([A-Za-z0-9_.:-]{1,64})/(metrics|procs|history|processes)$")
 GPU_ID_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 RUN_PATH_RE = re.compile(r"^/api/processes/([0-9]{1,18})/history$")
+MEMINFO_LINE_RE = re.compile(r"^([A-Za-z0-9_()]+):[ \t]*([0-9]+)( kB)?[ \t]*$", re.MULTILINE | re.ASCII)
 HWMON_FILE_RE = re.compile(r"^(temp|freq|in|power|fan|pwm)(0|[1-9][0-9]*)_([a-z_]+)$")
 
 # -- process top -----------------------------------------------------------
@@ -278,6 +282,31 @@ _NOT_GPU_DEV_PREFIXES = (
     "/dev/accel/", "/dev/hidraw", "/dev/video", "/dev/media", "/dev/bus/",
     "/dev/uinput", "/dev/rfkill", "/dev/autofs", "/dev/loop", "/dev/nvidia",
 )
+
+# -- host metrics (/proc: man 5 proc; Documentation/accounting/psi.rst) --------
+
+HOST_INTERVAL_S = 1.0       # host frames: once a second (see HostSampler for why)
+HOST_KEYS = (
+    "cpu_busy_pct", "cpu_count", "load1", "load5", "load15",
+    "mem_total_bytes", "mem_used_bytes", "mem_available_bytes",
+    "swap_total_bytes", "swap_used_bytes",
+    "mem_pressure_some_avg10", "mem_pressure_full_avg10",
+)
+# The host series kept in the rolling history (totals and the CPU count hardly move).
+HOST_HISTORY_KEYS = (
+    "cpu_busy_pct", "load1", "mem_used_bytes", "mem_available_bytes", "swap_used_bytes",
+    "mem_pressure_some_avg10", "mem_pressure_full_avg10",
+)
+# key, path under the proc root, read size. /proc/stat: the cpu lines come first
+# (~100 bytes per CPU), the long intr line after them is not needed.
+HOST_FILES = (
+    ("stat", "stat", 1 << 18),
+    ("meminfo", "meminfo", 16384),
+    ("loadavg", "loadavg", 256),
+    ("pressure", "pressure/memory", 1024),     # kernel >= 4.20 with CONFIG_PSI
+)
+MEMINFO_NAMES = ("MemTotal", "MemAvailable", "SwapTotal", "SwapFree")   # what build_host uses
+PROC_CPU_MIN_INTERVAL_S = 0.1   # a process read again sooner keeps its last CPU %
 
 # -- NVIDIA (NVML, nvml.h) ---------------------------------------------------
 
@@ -533,6 +562,12 @@ EngineSample = collections.namedtuple("EngineSample", "t_ns engines_ns cycles to
 
 # Plain, JSON-serialisable result of ProcScanner.scan()/refresh() (and DemoProcSource).
 ScanResult = collections.namedtuple("ScanResult", "by_pci visibility stats")
+
+# What process top keeps of one /proc/<pid>/stat line (man 5 proc): comm,
+# starttime (field 22, clock ticks since boot), utime + stime (fields 14 and
+# 15, clock ticks) and rss (field 24, pages); None where the line lacks them.
+ProcStatLine = collections.namedtuple("ProcStatLine", "comm start_time cpu_ticks rss_pages")
+NO_PROC_STAT = ProcStatLine(None, None, None, None)
 
 
 # Plain, JSON-serialisable result of ProcScanner.scan()/refresh().
@@ -1869,18 +1904,27 @@ def drm_node_from_rdev(mode, rdev):
 
 
 def parse_proc_stat(text):
-    """/proc/<pid>/stat -> (comm, start_time in clock ticks); (None, None) if bad.
+    """/proc/<pid>/stat -> (comm, start_time in clock ticks); (None, None) if bad."""
+    line = parse_proc_stat_line(text)
+    return (line.comm, line.start_time)
+
+
+def parse_proc_stat_line(text):
+    """/proc/<pid>/stat -> ProcStatLine; NO_PROC_STAT if bad.
 
     comm may contain spaces and ')' : it is everything between the first '('
-    and the LAST ')'. start_time is field 22, i.e. the 20th after the comm.
+    and the LAST ')'. Field N of man 5 proc is rest[N - 3] after the comm:
+    utime 14, stime 15, starttime 22, rss 24.
     """
     lp, rp = text.find("("), text.rfind(")")
     if lp < 0 or rp < lp:
-        return (None, None)
-    rest = text[rp + 1:].split()
+        return NO_PROC_STAT
+    comm, rest = text[lp + 1:rp], text[rp + 1:].split()
     if len(rest) < 20 or not rest[19].isdecimal():
-        return (text[lp + 1:rp], None)
-    return (text[lp + 1:rp], int(rest[19]))
+        return ProcStatLine(comm, None, None, None)
+    ticks = (int(rest[11]) + int(rest[12])) if rest[11].isdecimal() and rest[12].isdecimal() else None
+    rss = int(rest[21]) if len(rest) > 21 and rest[21].isdecimal() else None
+    return ProcStatLine(comm, int(rest[19]), ticks, rss)
 
 
 def parse_status_uid(text):
@@ -1982,6 +2026,164 @@ def parse_hidepid(mountinfo_text, mount_point="/proc"):
         if rank in found:
             return found[rank]
     return None
+
+
+# -- host metrics (/proc/stat, meminfo, loadavg, pressure; per-process CPU) --
+
+
+def parse_proc_stat_cpu(text):
+    """/proc/stat -> (the aggregate "cpu" line's times as ints, number of
+    "cpuN" lines); (None, None) when there is no cpu line.
+
+    The times are USER_HZ ticks in the order of man 5 proc: user nice system
+    idle iowait irq softirq steal guest guest_nice (older kernels have fewer).
+    """
+    times, count = None, 0
+    for line in (text or "").splitlines():
+        if not line.startswith("cpu"):
+            break                                   # the cpu lines come first
+        name, _, values = line.partition(" ")
+        if name == "cpu":
+            fields = values.split()
+            if len(fields) >= 4 and all(f.isdecimal() for f in fields):
+                times = tuple(int(f) for f in fields[:10])   # psutil's 10 too
+        elif name[3:].isdecimal():
+            count += 1
+    return (times, count or None) if times is not None else (None, None)
+
+
+def _cpu_total_busy(times):
+    """psutil's _cpu_tot_time/_cpu_busy_time: guest and guest_nice are already
+    counted in user and nice, so they leave the total; busy = total - idle - iowait."""
+    total = sum(times) - sum(times[8:10])
+    return total, total - times[3] - (times[4] if len(times) > 4 else 0)
+
+
+def compute_cpu_busy_pct(prev, cur):
+    """CPU busy % between two /proc/stat cpu-line readings, as psutil's
+    cpu_percent(): 0.0 when busy time did not grow, None without two readings."""
+    if prev is None or cur is None:
+        return None
+    total0, busy0 = _cpu_total_busy(prev)
+    total1, busy1 = _cpu_total_busy(cur)
+    if total1 <= total0:
+        return None
+    if busy1 <= busy0:
+        return 0.0
+    return round(min(100.0, 100.0 * (busy1 - busy0) / (total1 - total0)), 1)
+
+
+def parse_meminfo(text, names=None):
+    """/proc/meminfo -> {name: bytes} ("kB" lines times 1024; HugePages_* counts
+    as is): every line, or only those names (found directly: a tenth of the cost)."""
+    text = text or ""
+    if names is None:
+        return dict((name, int(value) * (1024 if unit else 1))
+                    for name, value, unit in MEMINFO_LINE_RE.findall(text))
+    out, text = {}, "\n" + text
+    for name in names:
+        at = text.find("\n%s:" % name)
+        if at < 0:
+            continue
+        end = text.find("\n", at + 1)
+        match = MEMINFO_LINE_RE.match(text[at + 1:end if end > 0 else len(text)])
+        if match:
+            out[name] = int(match.group(2)) * (1024 if match.group(3) else 1)
+    return out
+
+
+def parse_loadavg(text):
+    """/proc/loadavg '0.52 0.40 0.33 2/812 12345' -> (0.52, 0.40, 0.33) or None."""
+    fields = (text or "").split()
+    try:
+        values = tuple(float(f) for f in fields[:3])
+    except ValueError:
+        return None
+    return values if len(values) == 3 and all(math.isfinite(v) for v in values) else None
+
+
+def parse_pressure(text):
+    """/proc/pressure/* (psi.rst: 'some avg10=0.00 avg60=0.00 avg300=0.00
+    total=0', then a 'full' line) -> {"some": {"avg10": 0.0, ..., "total": 0},
+    "full": {...}}; avg* are percent, total is microseconds."""
+    out = {}
+    for line in (text or "").splitlines():
+        kind, _, rest = line.partition(" ")
+        values = {}
+        for item in rest.split():
+            key, sep, value = item.partition("=")
+            try:
+                number = int(value) if key == "total" else float(value)
+            except ValueError:
+                continue
+            if sep and math.isfinite(number):
+                values[key] = number
+        if kind in ("some", "full") and values:
+            out[kind] = values
+    return out
+
+
+def _difference(a, b):
+    return a - b if a is not None and b is not None else None
+
+
+def build_host(cpu_busy_pct=None, cpu_count=None, loadavg=None, meminfo=None, pressure=None):
+    """The one host-dict builder: every HOST_KEYS key, null where unknown.
+    used = MemTotal - MemAvailable (proc.txt: MemAvailable estimates what new
+    programs can get without swapping; null on kernels before 3.14)."""
+    mem, psi, load = meminfo or {}, pressure or {}, loadavg or (None, None, None)
+    total, available = mem.get("MemTotal"), mem.get("MemAvailable")
+    swap_total = mem.get("SwapTotal")
+    host = {
+        "cpu_busy_pct": cpu_busy_pct, "cpu_count": cpu_count,
+        "load1": load[0], "load5": load[1], "load15": load[2],
+        "mem_total_bytes": total, "mem_used_bytes": _difference(total, available),
+        "mem_available_bytes": available, "swap_total_bytes": swap_total,
+        "swap_used_bytes": _difference(swap_total, mem.get("SwapFree")),
+        "mem_pressure_some_avg10": psi.get("some", {}).get("avg10"),
+        "mem_pressure_full_avg10": psi.get("full", {}).get("avg10"),
+    }
+    return dict((key, host[key]) for key in HOST_KEYS)
+
+
+def compute_proc_cpu_pct(prev, cur, clk_tck):
+    """CPU % of one process between two (t_s, utime+stime ticks) readings, as
+    top shows it: 100 = one CPU busy (4 busy threads: 400). None without two
+    readings, a zero interval or a counter that went back."""
+    if prev is None or cur is None or prev[1] is None or cur[1] is None or clk_tck <= 0:
+        return None
+    dt, dticks = cur[0] - prev[0], cur[1] - prev[1]
+    if dt <= 0 or dticks < 0:
+        return None
+    return round(100.0 * dticks / clk_tck / dt, 1)
+
+
+class ProcCpuMeter(object):
+    """Per-process CPU % and RSS from successive /proc/<pid>/stat lines, keyed
+    by (pid, start_time) so a reused PID starts fresh. Time is given; the
+    owner prunes the keys it no longer sees."""
+
+    def __init__(self, clk_tck, page_size):
+        self.clk_tck, self.page_size = clk_tck, page_size
+        self._prev = {}              # (pid, start_time) -> (t_s, ticks, cpu_pct)
+
+    def measure(self, pid, line, now_s):
+        """-> (cpu_pct, rss_bytes) for one stat line read at now_s."""
+        rss = line.rss_pages * self.page_size if line.rss_pages is not None else None
+        if line.start_time is None or line.cpu_ticks is None:
+            return None, rss
+        key = (pid, line.start_time)
+        prev = self._prev.get(key)
+        if prev is not None and now_s - prev[0] < PROC_CPU_MIN_INTERVAL_S:
+            return prev[2], rss                     # read twice in one scan (2 GPUs)
+        pct = compute_proc_cpu_pct(prev, (now_s, line.cpu_ticks), self.clk_tck)
+        self._prev[key] = (now_s, line.cpu_ticks, pct)
+        return pct, rss
+
+    def prune(self, alive):
+        """Forget every (pid, start_time) not in alive."""
+        for key in [k for k in self._prev if k not in alive]:
+            del self._prev[key]
 
 
 # -- command lines -----------------------------------------------------------
@@ -2202,7 +2404,7 @@ PROC_ROW_DEFAULTS = (
     ("gtt_bytes", None), ("cpu_bytes", None), ("vram_total_bytes", None),
     ("gtt_total_bytes", None), ("engines_pct", None), ("engines_ns", None),
     ("gpu_time_ms_per_s", None), ("container", None), ("start_time", None), ("clients", 0),
-    ("type", None), ("visible", True),
+    ("type", None), ("visible", True), ("cpu_pct", None), ("rss_bytes", None),
 )
 
 
@@ -2235,7 +2437,8 @@ def _proc_row(proc, clients, owned):
         gtt_total_bytes=_sum_field(owned, "gtt_total"),
         engines_pct=_sum_engines(owned), engines_ns=_sum_engine_ns(owned),
         gpu_time_ms_per_s=_sum_ms(owned) if clients else None,
-        container=meta.get("container"), start_time=proc["start_time"], clients=len(owned))
+        container=meta.get("container"), start_time=proc["start_time"], clients=len(owned),
+        cpu_pct=proc.get("cpu_pct"), rss_bytes=proc.get("rss_bytes"))
 
 
 def _sum_known(rows, key):
@@ -3128,6 +3331,11 @@ def build_stats_message(gpu_id, epoch_s, metrics):
     return {"type": "stats", "gpu_id": gpu_id, "ts": format_ts(epoch_s), "metrics": metrics}
 
 
+def build_host_message(epoch_s, host):
+    """The host frame (also GET /api/host); ts and host are null before the first sample."""
+    return {"type": "host", "ts": None if epoch_s is None else format_ts(epoch_s), "host": host}
+
+
 EMPTY_PROCS = build_procs_entry([], 0, build_capabilities(None, False, False, ()))
 
 
@@ -3153,7 +3361,8 @@ def route(path):
     if path.startswith("/api/processes/"):
         match = RUN_PATH_RE.match(path)
         return ("run_history", int(match.group(1))) if match else ("not_found", None)
-    simple = {"/api/gpus": "gpus", "/api/healthz": "healthz", "/api/readyz": "readyz",
+    simple = {"/api/gpus": "gpus", "/api/host": "host", "/api/healthz": "healthz",
+              "/api/readyz": "readyz",
               "/api/version": "version", "/ws": "ws", "/favicon.ico": "favicon",
               "/plain": "plain", "/metrics": "metrics", "/debug/threads": "debug_threads",
               "/debug/memory": "debug_memory", "/api/host/history": "host_history",
@@ -3475,6 +3684,26 @@ PROM_GPU_FAMILIES = (
      [("enc_pct", 0.01, (("engine", "encoder"),)), ("dec_pct", 0.01, (("engine", "decoder"),)),
       ("mm_busy_pct", 0.01, (("engine", "multimedia"),))]),
 )
+# family, help, host key, scale. amdgpu_host_cpus, not ..._cpu_count: promtool
+# lint keeps the _count suffix for histograms and summaries.
+PROM_HOST_FAMILIES = (
+    ("host_cpu_busy_ratio", "Host CPU busy over the last second (/proc/stat, as psutil).",
+     "cpu_busy_pct", 0.01),
+    ("host_cpus", "CPUs the host kernel lists in /proc/stat.", "cpu_count", 1),
+    ("host_load1", "Host load average over 1 minute (/proc/loadavg).", "load1", 1),
+    ("host_load5", "Host load average over 5 minutes (/proc/loadavg).", "load5", 1),
+    ("host_load15", "Host load average over 15 minutes (/proc/loadavg).", "load15", 1),
+    ("host_memory_total_bytes", "Host RAM (MemTotal).", "mem_total_bytes", 1),
+    ("host_memory_used_bytes", "Host RAM in use (MemTotal - MemAvailable).", "mem_used_bytes", 1),
+    ("host_memory_available_bytes", "Host RAM available without swapping (MemAvailable).",
+     "mem_available_bytes", 1),
+    ("host_swap_total_bytes", "Host swap (SwapTotal).", "swap_total_bytes", 1),
+    ("host_swap_used_bytes", "Host swap in use (SwapTotal - SwapFree).", "swap_used_bytes", 1),
+    ("host_memory_pressure_some_ratio", "Share of the last 10 s some task stalled on memory "
+     "(/proc/pressure/memory some avg10 / 100).", "mem_pressure_some_avg10", 0.01),
+    ("host_memory_pressure_full_ratio", "Share of the last 10 s all tasks stalled on memory "
+     "(/proc/pressure/memory full avg10 / 100).", "mem_pressure_full_avg10", 0.01),
+)
 # Throttle reasons that only say the GPU is idle (not a limit being hit).
 IDLE_THROTTLE_REASONS = ("GpuIdle",)
 
@@ -3516,10 +3745,15 @@ class PromWriter(object):
         return "\n".join(out) + "\n"
 
 
-def render_prometheus(gpus, procs, health, max_procs):
+def render_prometheus(gpus, procs, health, max_procs, host=None):
     """gpus: [(identity, metrics)], procs: {gpu id: procs message}, health: the
-    monitor's own numbers -> Prometheus text (one prefix, base units, a gpu label)."""
+    monitor's own numbers, host: the host dict or None -> Prometheus text (one
+    prefix, base units, a gpu label)."""
     writer = PromWriter()
+    for family, help_text, key, scale in PROM_HOST_FAMILIES:
+        value = (host or {}).get(key)
+        if value is not None:
+            writer.add(family, "gauge", help_text, (), round(value * scale, 9) if scale != 1 else value)
     for identity, metrics in gpus:
         base = (("gpu", identity["id"]), ("pci", identity["pci"] or ""))
         info = base + (("vendor", identity["vendor"]), ("uuid", identity.get("uuid") or ""),
@@ -3686,15 +3920,20 @@ def format_value(value, unit):
         return "P%d" % value
     if unit == " J":
         return "%.3f kWh" % (value / 3.6e6)
+    if unit == "load":
+        return "%.2f" % value
+    if unit == "%d":
+        return "%d" % value
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return "%.*f%s" % (PLAIN_DIGITS.get(unit, 1), value, unit)
     return "%s%s" % (value, unit)
 
 
-def render_plain(gpus, procs, refresh_s, hint=None, page=True):
-    """The no-JavaScript view: every GPU and its processes as HTML tables.
+def render_plain(gpus, procs, refresh_s, hint=None, page=True, host=None):
+    """The no-JavaScript view: the host, every GPU and its processes as HTML tables.
 
-    gpus: [(identity dict, metrics dict or None)]; procs: {gpu id: procs message}.
+    gpus: [(identity dict, metrics dict or None)]; procs: {gpu id: procs message};
+    host: the host dict (HOST_KEYS) or None before its first sample.
     Every value goes through html.escape (process names are untrusted);
     page=False (index.html missing) leaves out the link to the dashboard.
     """
@@ -3706,6 +3945,8 @@ def render_plain(gpus, procs, refresh_s, hint=None, page=True):
            "<h1>amdgpu_top_web</h1>"]
     if hint:
         out.append("<p>%s</p>" % esc(hint))
+    if host:
+        out.extend(_plain_host(host))
     if not gpus:
         out.append("<p>No GPU found. Run with --demo to see synthetic GPUs.</p>")
     for identity, metrics in gpus:
@@ -3714,6 +3955,26 @@ def render_plain(gpus, procs, refresh_s, hint=None, page=True):
         out.append("<p><a href=/>Full dashboard</a> (needs JavaScript)</p>")
     out.append("</body></html>")
     return "\n".join(out)
+
+
+def _plain_host(host):
+    """One compact row: CPU, load, RAM, swap, memory pressure."""
+    cells = (("CPU", "%s of %s CPUs" % (format_value(host["cpu_busy_pct"], "%"),
+                                         format_value(host["cpu_count"], "%d"))),
+             ("Load 1 / 5 / 15 min", " / ".join(format_value(host[k], "load")
+                                                for k in ("load1", "load5", "load15"))),
+             ("RAM used / total", "%s / %s" % (format_bytes(host["mem_used_bytes"]),
+                                                format_bytes(host["mem_total_bytes"]))),
+             ("Swap used / total", "%s / %s" % (format_bytes(host["swap_used_bytes"]),
+                                                 format_bytes(host["swap_total_bytes"]))),
+             ("Memory pressure some / full (10 s)", "%s / %s" % (
+                 format_value(host["mem_pressure_some_avg10"], "%"),
+                 format_value(host["mem_pressure_full_avg10"], "%"))))
+    esc = html.escape
+    return ["<h2>Host</h2><table border=1><thead><tr>%s</tr></thead>" % "".join(
+                "<th>%s</th>" % esc(label) for label, _ in cells),
+            "<tbody><tr>%s</tr></tbody></table>" % "".join(
+                "<td>%s</td>" % esc(value) for _, value in cells)]
 
 
 def _plain_gpu(identity, metrics, procs):
@@ -3734,14 +3995,17 @@ def _plain_procs(procs):
     if not procs or procs.get("processes") is None:
         return ["<p>Processes: not available.</p>"]
     rows = ["<h3>Processes</h3><table border=1><thead><tr><th>PID</th><th>User</th><th>Name</th>"
-            "<th>VRAM</th><th>GTT</th><th>GPU ms/s</th><th>Flags</th><th>Command</th></tr></thead><tbody>"]
+            "<th>VRAM</th><th>GTT</th><th>GPU ms/s</th><th>CPU</th><th>RSS</th><th>Flags</th>"
+            "<th>Command</th></tr></thead><tbody>"]
     for proc in procs["processes"]:
         rows.append("<tr><td>%d</td><td>%s</td><td>%s</td><td>%s</td><td>%s</td><td>%s</td>"
-                    "<td>%s</td><td>%s</td></tr>" % (
+                    "<td>%s</td><td>%s</td><td>%s</td><td>%s</td></tr>" % (
                         proc["pid"], esc(str(proc.get("user") or proc.get("uid") or "?")),
                         esc(proc.get("name") or "?"), esc(format_bytes(proc.get("vram_bytes"))),
                         esc(format_bytes(proc.get("gtt_bytes"))),
                         esc(format_value(proc.get("gpu_time_ms_per_s"), "")),
+                        esc(format_value(proc.get("cpu_pct"), "%")),
+                        esc(format_bytes(proc.get("rss_bytes"))),
                         esc(plain_flags(proc)), esc((proc.get("cmd") or "")[:200])))
     rows.append("</tbody></table>")
     note = plain_visibility_note(procs.get("visibility"))
@@ -4047,6 +4311,15 @@ def load_nvml(path):
     if rc != NVML_SUCCESS:
         return None, "nvmlInit_v2: %s (%d)" % (nvml.error_string(rc), rc)
     return nvml, None
+
+
+def read_sysconf(name, default):
+    """os.sysconf(name) (SC_CLK_TCK, SC_PAGE_SIZE), default where unknown."""
+    try:
+        value = os.sysconf(name)
+    except (ValueError, OSError):
+        return default
+    return value if value > 0 else default
 
 
 def read_proc_meta(procfd, pid, users):
@@ -4630,6 +4903,8 @@ class NvmlProcSource(object):
         self._lost = lost if lost is not None else set()
         self._clock_us = clock_us or (lambda: int(time.time() * 1e6))
         self._users = {}
+        self._cpu = ProcCpuMeter(read_sysconf("SC_CLK_TCK", 100), read_sysconf("SC_PAGE_SIZE", 4096))
+        self._seen = set()                # (pid, start_time) of visible PIDs this scan
         self._last_seen = {}              # gpu id -> newest utilisation sample timestamp (µs)
         self._lists = [self._list_function(kind, base) for kind, base in NVML_PROCESS_LISTS]
         self._util_new = nvml.function("nvmlDeviceGetProcessesUtilizationInfo", ctypes.c_void_p,
@@ -4665,6 +4940,7 @@ class NvmlProcSource(object):
         procfd = open_dir_at(None, self._root)
         procfd = None if isinstance(procfd, OSError) else procfd
         by_pci = {}
+        self._seen = set()
         try:
             for info, handle in self._devices:
                 if info.id not in self._lost:
@@ -4672,6 +4948,7 @@ class NvmlProcSource(object):
         finally:
             if procfd is not None:
                 os.close(procfd)
+        self._cpu.prune(self._seen)
         return ScanResult(by_pci, None, {"cut_short": False,
                                          "duration_s": round(time.monotonic() - t0, 6)})
 
@@ -4770,15 +5047,18 @@ class NvmlProcSource(object):
         sm = engines.get("sm") if engines else None
         common = dict(pid=pid, vram_bytes=used, engines_pct=engines, type=kind, clients=1,
                       gpu_time_ms_per_s=None if sm is None else round(sm * 10.0, 1))
-        comm, start = (None, None)
+        line = NO_PROC_STAT
         if procfd is not None:
             text = read_text_at(procfd, "%d/stat" % pid, PROC_STAT_READ_LIMIT)
-            comm, start = parse_proc_stat(text) if text else (None, None)
-        if start is None:                # another PID namespace (or gone): NVML's name only
+            line = parse_proc_stat_line(text) if text else NO_PROC_STAT
+        if line.start_time is None:      # another PID namespace (or gone): NVML's name only
             return build_proc_row(name=self._nvml_name(pid), visible=False, **common)
+        self._seen.add((pid, line.start_time))
+        cpu_pct, rss_bytes = self._cpu.measure(pid, line, time.monotonic())
         meta = read_proc_meta(procfd, pid, self._users)
-        return build_proc_row(name=sanitize_text(comm or ""), uid=meta["uid"], user=meta["user"],
-                              cmd=meta["cmd"], container=meta["container"], start_time=start,
+        return build_proc_row(name=sanitize_text(line.comm or ""), uid=meta["uid"], user=meta["user"],
+                              cmd=meta["cmd"], container=meta["container"],
+                              start_time=line.start_time, cpu_pct=cpu_pct, rss_bytes=rss_bytes,
                               **common)
 
     def _nvml_name(self, pid):
@@ -5097,6 +5377,9 @@ class Cache(object):
         self._hello = None
         self._health = {}
         self._capacity = int(math.ceil(HISTORY_WINDOW_S / interval_s))
+        self._host = None                   # (epoch_s, host dict, OutFrame)
+        self._host_history = HistoryRing(int(math.ceil(HISTORY_WINDOW_S / HOST_INTERVAL_S)),
+                                         HOST_HISTORY_KEYS)
 
     def record(self, name, labels, value, add=False):
         """The monitor's own health numbers (for /metrics): set a gauge or add to a counter."""
@@ -5164,6 +5447,26 @@ class Cache(object):
         self._notify(frame)
         self._offer("offer_procs", gpu_id, message)
 
+    def publish_host(self, epoch_s, host):
+        """The host frame (HOST_KEYS): latest + history, to every listener and sink."""
+        payload = json_bytes(build_host_message(epoch_s, host))
+        frame = OutFrame(None, "host", payload, encode_frame(Opcode.TEXT, payload))
+        with self._lock:
+            self._host = (epoch_s, host, frame)
+            self._host_history.push(epoch_s, host)
+            self._hello = None
+        self._notify(frame)
+        self._offer("offer_host", epoch_s, host)
+
+    def host(self):
+        """(epoch_s, host dict, OutFrame) or None before the first sample."""
+        with self._lock:
+            return self._host
+
+    def host_history(self):
+        with self._lock:
+            return self._host_history.to_json(HOST_INTERVAL_S)
+
     def set_feature(self, key, value):
         with self._lock:
             self.features[key] = value
@@ -5200,12 +5503,14 @@ class Cache(object):
             ring = self._history.get(gpu_id)
             return None if ring is None else ring.to_json(self.interval_s)
 
-    def latest_frames(self, gpu_id):
-        """The latest stats and procs frames of one GPU ('*' = all), for a new subscriber."""
+    def latest_frames(self, gpu_id, host=False):
+        """The latest stats and procs frames of one GPU ('*' = all, None = none)
+        and the latest host frame if host, for a new subscriber."""
         with self._lock:
-            ids = list(self._gpus) if gpu_id == "*" else [gpu_id]
+            ids = list(self._gpus) if gpu_id == "*" else [gpu_id] if gpu_id is not None else []
             frames = [self._stats[i][2] for i in ids if i in self._stats]
-            return frames + [self._procs[i][1] for i in ids if i in self._procs]
+            frames += [self._procs[i][1] for i in ids if i in self._procs]
+            return frames + ([self._host[2]] if host and self._host is not None else [])
 
     def hello_payload(self, default_gpu):
         """The hello message (JSON bytes), rebuilt at most once per tick and shared."""
@@ -5218,7 +5523,9 @@ class Cache(object):
                     "type": "hello", "version": __version__,
                     "interval_ms": int(round(self.interval_s * 1000)), "default_gpu": default,
                     "subscribed": "*", "gpus": gpus, "features": self.features,
-                    "history": {i: ring.to_json(self.interval_s) for i, ring in self._history.items()}})
+                    "history": {i: ring.to_json(self.interval_s) for i, ring in self._history.items()},
+                    "host": self._host[1] if self._host is not None else None,
+                    "host_history": self._host_history.to_json(HOST_INTERVAL_S)})
             return self._hello
 
 
@@ -5275,6 +5582,73 @@ class Sampler(StoppableThread):
             self._errors += 1
             if self._errors <= 3:
                 LOG.exception("event=publish_failed gpu=%s", self.reader.info.id)
+
+
+# -- host ----------------------------------------------------------------------
+
+
+class HostReader(object):
+    """The host's /proc files (HOST_FILES) kept open: one pread each per sample.
+
+    A sample costs four preads and the parsing, 0.6-0.8 of one GPU sampler
+    tick, once a second (tests/bench/bench_host.py: 50-75 us, under 0.01 %
+    of a core); /proc/pressure/memory is absent before Linux 4.20 (and
+    unreadable with psi=0): its keys are then null.
+    """
+
+    def __init__(self, proc_root):
+        watch = DirWatch(proc_root)                # fixture trees whose files are replaced
+        self._files = [(key, AttrFile(os.path.join(proc_root, rel), watch, size))
+                       for key, rel, size in HOST_FILES]
+        self._prev_cpu = None
+
+    def sample(self, now):
+        """-> the host dict (build_host); CPU % is over the time since the last sample."""
+        texts = {}
+        for key, attr in self._files:
+            raw = attr.read(now)
+            texts[key] = None if raw is None else raw.decode("ascii", "replace")
+        times, count = parse_proc_stat_cpu(texts["stat"])
+        busy = compute_cpu_busy_pct(self._prev_cpu, times)
+        if times is not None:
+            self._prev_cpu = times
+        return build_host(busy, count, parse_loadavg(texts["loadavg"]),
+                          parse_meminfo(texts["meminfo"], MEMINFO_NAMES),
+                          parse_pressure(texts["pressure"]))
+
+    def close(self):
+        for _, attr in self._files:
+            attr.close()
+
+
+class HostSampler(StoppableThread):
+    """Reads the host once per HOST_INTERVAL_S and publishes it.
+
+    Once a second, not every GPU tick: the load average moves every 5 s and
+    PSI's avg10 every 2 s in the kernel, a CPU % over less than a second is
+    noise, and /proc/stat is generated whole on each read (a line per CPU plus
+    every interrupt counter), so a big box pays for it per read.
+    """
+
+    def __init__(self, reader, cache, interval_s=HOST_INTERVAL_S, clock=time.monotonic):
+        StoppableThread.__init__(self, "host-sampler")
+        self.reader, self.cache, self.interval_s, self.clock = reader, cache, interval_s, clock
+        self._errors = 0
+
+    def run(self):
+        while not self.stopping.is_set():
+            self.tick()
+            self.stopping.wait(self.interval_s)
+        self.reader.close()
+
+    def tick(self):
+        try:
+            host = self.reader.sample(self.clock())
+            self.cache.publish_host(time.time(), host)
+        except Exception:  # never die; log the first few
+            self._errors += 1
+            if self._errors <= 3:
+                LOG.exception("event=host_sample_failed")
 
 
 def make_backends(config):
@@ -5417,8 +5791,8 @@ class _PidWalker(object):
 
     Shares the watchlist dict (pid -> entry) with ProcScanner: it visits those
     PIDs first, drops them when they vanish or stop using a GPU, and hands
-    every PID holding a DRM or /dev/kfd fd to on_gpu(procfd, pid, (comm,
-    start), (drm {fd: node}, kfd [fd]), stats, full) -> kept (bool).
+    every PID holding a DRM or /dev/kfd fd to on_gpu(procfd, pid, ProcStatLine,
+    (drm {fd: node}, kfd [fd]), stats, full) -> kept (bool).
     """
 
     def __init__(self, watch, on_gpu, clock, limits, fd_count):
@@ -5465,9 +5839,10 @@ class _PidWalker(object):
         self._watch.pop(pid, None)
 
     def read_start(self, procfd, pid):
-        """(comm, start_time) from <pid>/stat; (None, None) if gone or torn."""
+        """ProcStatLine of <pid>/stat (comm, start_time, CPU ticks, RSS pages);
+        start_time None if gone or torn."""
         text = read_text_at(procfd, "%d/stat" % pid, PROC_STAT_READ_LIMIT)
-        return parse_proc_stat(text) if text else (None, None)
+        return parse_proc_stat_line(text) if text else NO_PROC_STAT
 
     def _over_budget(self, seen, t0):
         return seen >= self._max_pids or self._clock() - t0 >= self._budget_ns
@@ -5558,30 +5933,31 @@ class _PidWalker(object):
     def _walk(self, procfd, pid, probe, resume, stats, full):
         # On procfs a non-GPU PID is identified by its fd dir inode, so its
         # stat is read only if it holds a GPU fd (saves ~8% of a full walk).
-        comm = start = None
+        # A GPU user's stat line is read once a scan and kept (CPU %, RSS).
+        line = NO_PROC_STAT
         if not self._procfs or pid in self._watch:
-            comm, start = self.read_start(procfd, pid)
-            if start is None:                          # gone, or half-written stat
+            line = self.read_start(procfd, pid)
+            if line.start_time is None:                # gone, or half-written stat
                 self.forget(pid, stats)
                 return
         stats["pids_walked"] += 1
         found = self._list_gpu_fds(procfd, pid, resume, stats)
         if isinstance(found, OSError):
-            self._mark_unreadable(pid, start, probe, found, stats)
+            self._mark_unreadable(pid, line.start_time, probe, found, stats)
             return
         drm, kfd, next_resume = found
         if drm or kfd:
-            if start is None:
-                comm, start = self.read_start(procfd, pid)
-                if start is None:
+            if line.start_time is None:
+                line = self.read_start(procfd, pid)
+                if line.start_time is None:
                     self.forget(pid, stats)
                     return
             self._marks.pop(pid, None)
-            if self._on_gpu(procfd, pid, (comm, start), (drm, kfd), stats, full):
+            if self._on_gpu(procfd, pid, line, (drm, kfd), stats, full):
                 return
         # No GPU fd, or only other drivers' clients (i915, xe, radeon): skip while unchanged.
         self._watch.pop(pid, None)
-        self._marks[pid] = _PidMark(start, probe[0], probe[1], next_resume, False)
+        self._marks[pid] = _PidMark(line.start_time, probe[0], probe[1], next_resume, False)
 
     def _mark_unreadable(self, pid, start, probe, exc, stats):
         if _vanished(exc):
@@ -5646,7 +6022,7 @@ class ProcScanner(object):
 
     def __init__(self, proc_root, max_pids=5000, max_fds_per_pid=64, budget_s=0.5,
                  clock_ns=time.monotonic_ns, full_walk_every=5, fd_count="auto",
-                 drivers=FDINFO_DRIVERS):
+                 drivers=FDINFO_DRIVERS, clk_tck=None, page_size=None):
         self._root = proc_root
         self._drivers = tuple(drivers)
         self._clock = clock_ns
@@ -5656,6 +6032,8 @@ class ProcScanner(object):
         self._watch = {}             # pid -> dict (GPU users)
         self._prev = {}              # (pid, start_time, client key) -> EngineSample
         self._users = {}             # uid -> name
+        self._cpu = ProcCpuMeter(clk_tck or read_sysconf("SC_CLK_TCK", 100),
+                                 page_size or read_sysconf("SC_PAGE_SIZE", 4096))
         self._scans = 0
         self._visibility = {}
         limits = (max(1, int(max_pids)), max(1, int(max_fds_per_pid)), int(budget_s * 1e9))
@@ -5720,10 +6098,10 @@ class ProcScanner(object):
 
     # -- GPU users --------------------------------------------------------------
 
-    def _update_gpu_proc(self, procfd, pid, comm_start, fds, stats, full):
+    def _update_gpu_proc(self, procfd, pid, line, fds, stats, full):
         """Refresh (or create) the watchlist entry; False if pid holds no
         amdgpu client, no /dev/kfd and every fdinfo read succeeded."""
-        comm, start = comm_start
+        comm, start = line.comm, line.start_time
         entry = self._watch.get(pid)
         if entry is None or entry["start_time"] != start:
             entry = {"pid": pid, "start_time": start, "meta": None}
@@ -5733,6 +6111,7 @@ class ProcScanner(object):
         if entry["meta"] is None or full:
             entry["meta"] = self._read_meta(procfd, pid)
         entry["clients"], failed = self._read_clients(procfd, pid, start, entry["drm_fds"], stats)
+        entry["cpu_pct"], entry["rss_bytes"] = self._cpu.measure(pid, line, self._clock() / 1e9)
         if not entry["clients"] and not entry["kfd"] and not failed:
             return False
         self._watch[pid] = entry
@@ -5774,11 +6153,12 @@ class ProcScanner(object):
 
     def _refresh_pid(self, procfd, pid, stats):
         entry = self._watch[pid]
-        comm, start = self._walker.read_start(procfd, pid)
-        if start is None or start != entry["start_time"]:
+        line = self._walker.read_start(procfd, pid)
+        if line.start_time is None or line.start_time != entry["start_time"]:
             self._walker.forget(pid, stats)            # gone or reused: next scan finds it
             return
-        entry["name"] = sanitize_text(comm or "")
+        entry["name"] = sanitize_text(line.comm or "")
+        entry["cpu_pct"], entry["rss_bytes"] = self._cpu.measure(pid, line, self._clock() / 1e9)
         live = {}
         for fd_name, node in entry["drm_fds"].items():  # fd reused for another file?
             target = readlink_at(procfd, "%d/fd/%s" % (pid, fd_name))
@@ -5786,7 +6166,7 @@ class ProcScanner(object):
                 live[fd_name] = node
         entry["drm_fds"] = live
         stats["gpu_fds"] += len(live)
-        entry["clients"] = self._read_clients(procfd, pid, start, live, stats)[0]
+        entry["clients"] = self._read_clients(procfd, pid, line.start_time, live, stats)[0]
 
     # -- results --------------------------------------------------------------
 
@@ -5804,6 +6184,7 @@ class ProcScanner(object):
         alive = {(pid, e["start_time"]) for pid, e in self._watch.items()}
         for key in [k for k in self._prev if (k[0], k[1]) not in alive]:
             del self._prev[key]
+        self._cpu.prune(alive)
         stats["duration_s"] = round((self._clock() - t0) / 1e9, 6)
         stats["fd_count_mode"] = self.fd_count_mode
         visibility = dict(self._visibility, unreadable_pids=self._walker.unreadable_count())
@@ -5977,7 +6358,8 @@ class DemoProcSource(object):
             render_node="renderD%d" % (128 + gpu_index), kfd=kfd, vram_bytes=vram_mib << 20,
             gtt_bytes=gtt_mib << 20, cpu_bytes=0, engines_pct=pct, engines_ns=busy_ns,
             gpu_time_ms_per_s=round(sum(v for v in pct.values() if v) * 10.0, 1),
-            container=container, start_time=100000 + pid, clients=1)
+            container=container, start_time=100000 + pid, clients=1,
+            cpu_pct=_demo_cpu_pct(index, wave), rss_bytes=_demo_rss_bytes(vram_mib, index))
 
     def _nvidia_process(self, gpu_index, index, t):
         """NVML-shaped: SM/mem/enc/dec %, C/G types, no GTT, one PID from
@@ -5995,7 +6377,18 @@ class DemoProcSource(object):
         if index == self.per_gpu - 1:
             return build_proc_row(name=name, visible=False, **common)
         return build_proc_row(uid=1000 + index, user=user, name=name, cmd=cmd,
-                              container=container, start_time=100000 + pid, **common)
+                              container=container, start_time=100000 + pid,
+                              cpu_pct=_demo_cpu_pct(index, wave),
+                              rss_bytes=_demo_rss_bytes(vram_mib, index), **common)
+
+
+def _demo_cpu_pct(index, wave):
+    """A feeding thread or two per demo process: 3 % to ~180 % (top's scale)."""
+    return round((3.0 + 60.0 * (index % 3)) * wave, 1)
+
+
+def _demo_rss_bytes(vram_mib, index):
+    return (180 + vram_mib // 8 + 37 * index) << 20
 
 
 # -- history store ---------------------------------------------------------------
@@ -6975,7 +7368,7 @@ class WsClient(object):
         self.decoder = FrameDecoder(max_message_bytes)
         self.assembler = MessageAssembler(max_message_bytes)
         self.out = OutQueue()
-        self.subscription = "*"             # the protocol's routing key (see Hub)
+        self.subscription = ("*", True)     # the protocol's routing key (see Hub)
         self.last_recv = now
         self.ping_sent = False
         self.close_deadline = None
@@ -7082,18 +7475,31 @@ class DashboardProtocol(object):
         if kind == "ping":
             return [self._json({"type": "pong"})]
         if kind == "subscribe":
-            return self._subscribe(client, message.get("gpu_id"))
+            return self._subscribe(client, message.get("gpu_id"), message.get("host", True))
         return [self._error("unknown message type: %.40r" % (kind,))]
 
-    def _subscribe(self, client, gpu_id):
-        if gpu_id != "*" and (not isinstance(gpu_id, str) or self.cache.gpu(gpu_id) is None):
+    def _subscribe(self, client, gpu_id, host):
+        """gpu_id "*" (every GPU), a GPU id, or "host" (host frames only);
+        host: false leaves the host frames out (they come by default)."""
+        if not isinstance(host, bool):
+            return [self._error("host must be true or false")]
+        if gpu_id == "host" and not host:
+            return [self._error("gpu_id \"host\" with host false subscribes to nothing")]
+        if gpu_id not in ("*", "host") and (not isinstance(gpu_id, str)
+                                            or self.cache.gpu(gpu_id) is None):
             return [self._error("unknown gpu_id: %.64r" % (gpu_id,))]
-        client.subscription = gpu_id
-        reply = [self._json({"type": "subscribed", "gpu_id": gpu_id})]
-        return reply + [frame.wire for frame in self.cache.latest_frames(gpu_id)]
+        gpus = None if gpu_id == "host" else gpu_id
+        client.subscription = (gpus, host)
+        reply = [self._json({"type": "subscribed", "gpu_id": gpu_id, "host": host})]
+        return reply + [frame.wire for frame in self.cache.latest_frames(gpus, host)]
 
     def wants(self, client, frame):
-        return frame.gpu_id is None or client.subscription in ("*", frame.gpu_id)
+        """Host frames to every client that did not turn them off; other
+        frames without a GPU (gpus, alerts) to all; a GPU's to its subscribers."""
+        gpus, host = client.subscription
+        if frame.kind == "host":
+            return host
+        return frame.gpu_id is None or gpus in ("*", frame.gpu_id)
 
     @staticmethod
     def _json(obj):
@@ -7703,6 +8109,11 @@ class DashboardHandler(BaseHTTPRequestHandler):
     def route_gpus(self, _):
         self._send_json(200, self.server.app.gpus_json())
 
+    def route_host(self, _):
+        latest = self.server.app.cache.host()
+        self._send(200, "application/json", latest[2].payload if latest else json_bytes(
+            build_host_message(None, None)))
+
     def route_healthz(self, _):
         self._send_json(200, {"status": "ok", "history": self.server.app.history_status()})
 
@@ -7860,6 +8271,7 @@ class App(object):
         self.cache.set_feature("history", self.history_status())
         if self.history is not None:
             self.cache.add_sink(self.history)
+        self.host_thread = HostSampler(HostReader(config.proc_root), self.cache)
         self.error_log = ErrorLog()
         self.server = None
         self._serve_thread = None
@@ -7914,12 +8326,15 @@ class App(object):
                           ("websocket_stuck_closed_total", "stuck_closed"),
                           ("websocket_refused_total", "refused")):
             health[("exporter_" + name, ())] = hub[key]
-        return render_prometheus(gpus, procs, health, self.config.prometheus_processes)
+        latest = self.cache.host()
+        return render_prometheus(gpus, procs, health, self.config.prometheus_processes,
+                                 latest[1] if latest else None)
 
     def plain_html(self, hint=None):
         gpus, procs = self.cache.snapshot()
+        latest = self.cache.host()
         return render_plain(gpus, procs, max(2.0, self.config.interval_s), hint,
-                            page=self.page_bytes is not None)
+                            page=self.page_bytes is not None, host=latest[1] if latest else None)
 
     def gpus_json(self):
         gpus = [dict(identity, metrics=metrics) for identity, metrics in self.cache.snapshot()[0]]
@@ -7940,6 +8355,7 @@ class App(object):
         self.manager.start()
         if self.procs_thread is not None:
             self.procs_thread.start()
+        self.host_thread.start()
         self._serve_thread = threading.Thread(target=self.server.serve_forever, args=(0.5,),
                                               name="http-server")
         self._serve_thread.daemon = True
@@ -7955,7 +8371,9 @@ class App(object):
         self.manager.stop()
         if self.procs_thread is not None:
             self.procs_thread.stop()
-        for thread in (self.hub, self.manager, self.procs_thread, self._serve_thread):
+        self.host_thread.stop()
+        for thread in (self.hub, self.manager, self.procs_thread, self.host_thread,
+                       self._serve_thread):
             if thread is not None and thread.is_alive():
                 thread.join(2.0)
         self.manager.close_backends()       # nvmlShutdown once nothing calls NVML
@@ -7988,11 +8406,15 @@ def run_once(config):
     if source is not None:
         source.set_gpus([reader.info for reader in readers])
         source.scan()
+    host_reader = HostReader(config.proc_root)
+    host_reader.sample(time.monotonic())
     for reader in readers:
         reader.sample(time.monotonic())
     time.sleep(ONCE_RATE_WAIT_S)
     procs = source.refresh() if source is not None else None
     now, epoch = time.monotonic(), time.time()
+    host = host_reader.sample(now)
+    host_reader.close()
     gpus = []
     for reader in readers:
         entry = procs.by_pci.get(reader.info.pci) if procs else None
@@ -8003,18 +8425,28 @@ def run_once(config):
     for backend in backends:
         backend.close()
     snapshot = {"version": __version__, "ts": format_ts(epoch), "rates_over_s": ONCE_RATE_WAIT_S,
-                "gpus": gpus}
+                "host": host, "gpus": gpus}
     if config.json:
         print(json.dumps(snapshot, indent=2))
     else:
-        print(format_once_table(gpus))
+        print(format_once_table(gpus, host))
     return 0
 
 
-def format_once_table(gpus):
+def format_once_host(host):
+    """The --once table's host line."""
+    return "host  cpu %s of %s CPUs  load %s  mem %s / %s  swap %s / %s  mem pressure %s" % (
+        format_value(host["cpu_busy_pct"], " %"), format_value(host["cpu_count"], "%d"),
+        " ".join(format_value(host[k], "load") for k in ("load1", "load5", "load15")),
+        format_bytes(host["mem_used_bytes"]), format_bytes(host["mem_total_bytes"]),
+        format_bytes(host["swap_used_bytes"]), format_bytes(host["swap_total_bytes"]),
+        format_value(host["mem_pressure_some_avg10"], " %"))
+
+
+def format_once_table(gpus, host=None):
+    lines = [format_once_host(host)] if host else []
     if not gpus:
-        return "No GPU found. Try --demo."
-    lines = []
+        return "\n".join(lines + ["No GPU found. Try --demo."])
     for gpu in gpus:
         m = gpu["metrics"]
         lines.append("%s  %s  [%s, %s]" % (gpu["id"], gpu["name"], gpu["vendor"], gpu["pci"]))
@@ -8024,9 +8456,10 @@ def format_once_table(gpus):
             format_bytes(m["vram_used_bytes"]), format_bytes(m["vram_total_bytes"]),
             m["runtime_status"] or ""))
         for proc in (gpu.get("procs") or {}).get("processes") or []:
-            lines.append("    pid %-7d %-16s vram %s  gtt %s" % (
+            lines.append("    pid %-7d %-16s vram %s  gtt %s  cpu %s  rss %s" % (
                 proc["pid"], sanitize_text(proc["name"] or "")[:16],
-                format_bytes(proc["vram_bytes"]), format_bytes(proc["gtt_bytes"])))
+                format_bytes(proc["vram_bytes"]), format_bytes(proc["gtt_bytes"]),
+                format_value(proc["cpu_pct"], "%"), format_bytes(proc["rss_bytes"])))
     return "\n".join(lines)
 
 

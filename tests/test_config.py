@@ -529,6 +529,8 @@ def test_once_table_is_for_people(tmp_path):
     result = run_program(["--demo", "--once"], tmp_path)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
+    assert lines[0].startswith("host  cpu ") and " CPUs  load " in lines[0]   # the host line
+    lines = lines[1:]
     assert lines[0].startswith("card0  AMD Radeon RX 7800 XT (demo)  [amd, 0000:03:00.0]")
     assert re.search(r"vram \d+\.\d\d GiB / 15\.98 GiB", lines[1]), lines[1]
     assert "bytes" not in result.stdout

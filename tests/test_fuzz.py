@@ -573,3 +573,27 @@ def test_engine_rates_are_finite_non_negative_or_none(prev, cur, dt_ns, capacity
     for value in list(pct.values()) + list(cyc.values()):
         assert value is None or (type(value) is float and math.isfinite(value) and value >= 0)
     json.dumps(pct, allow_nan=False)
+
+
+_PROC_NUMBERS = st.sampled_from(["0", "17", "-1", "1.5", "nan", "inf", "1e999", "\u0663", "x", ""])
+
+
+@needs("parse_proc_stat_cpu", "parse_meminfo", "parse_loadavg", "parse_pressure", "build_host")
+@FUZZ
+@given(st.one_of(st.text(max_size=300),
+                 st.builds(lambda name, nums: "%s %s\n" % (name, " ".join(nums)),
+                           st.sampled_from(["cpu", "cpu ", "cpu0", "cpux", "some", "full",
+                                            "MemTotal:", "SwapFree:"]),
+                           st.lists(_PROC_NUMBERS, max_size=12)),
+                 st.builds(lambda nums: "some avg10=%s avg60=%s total=%s\nfull avg10=%s\n" % nums,
+                           st.tuples(_PROC_NUMBERS, _PROC_NUMBERS, _PROC_NUMBERS, _PROC_NUMBERS))))
+def test_host_parsers_never_raise_and_give_json(text):
+    times, count = atw.parse_proc_stat_cpu(text)
+    assert times is None or (all(type(t) is int and t >= 0 for t in times) and len(times) <= 10)
+    busy = atw.compute_cpu_busy_pct(times, times and tuple(t + 3 for t in times))
+    assert busy is None or 0.0 <= busy <= 100.0
+    host = atw.build_host(busy, count, atw.parse_loadavg(text), atw.parse_meminfo(text),
+                          atw.parse_pressure(text))
+    atw.json_bytes(host)                      # no NaN or infinity reaches a frame
+    line = atw.parse_proc_stat_line(text)
+    assert line.cpu_ticks is None or line.cpu_ticks >= 0

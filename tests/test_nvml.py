@@ -193,6 +193,11 @@ def test_rows_from_proc_and_from_nvml(fake_nvml_lib, scenario):
     assert 424242 not in rows                                      # a sample for an unlisted PID
     assert rows[1300]["engines_pct"]["sm"] == 0.0                 # its only sample was over 100 %
     assert list(llama) == list(hidden) == [k for k, _ in atw.PROC_ROW_DEFAULTS]
+    # --once reads twice, 0.5 s apart; the fixture's utime+stime does not move
+    stat = open(os.path.join(PROC_MULTI, "1500", "stat")).read().rsplit(") ", 1)[1].split()
+    assert llama["cpu_pct"] == 0.0
+    assert llama["rss_bytes"] == int(stat[21]) * atw.read_sysconf("SC_PAGE_SIZE", 4096)
+    assert (hidden["cpu_pct"], hidden["rss_bytes"]) == (None, None)   # not in our /proc
 
 
 def test_early_r535_32_byte_entries_give_the_right_pids(fake_nvml_build, scenario):

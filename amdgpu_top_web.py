@@ -3762,6 +3762,11 @@ def render_prometheus(gpus, procs, health, max_procs, host=None):
                        ("apu", str(identity["apu"]).lower()), ("demo", str(identity["demo"]).lower()))
         writer.add("gpu_info", "gauge", "GPU identity; always 1.", info, 1)
         _prom_gpu(writer, base, metrics or {})
+        if identity["id"] in procs:
+            writer.add("processes", "gauge", "Processes using the GPU that this monitor sees (PID "
+                       "shown by /proc); only while process scanning is on.", base,
+                       sum(1 for p in procs[identity["id"]].get("processes") or ()
+                           if p.get("visible") is not False))
         if max_procs and identity["id"] in procs:
             _prom_procs(writer, base, procs[identity["id"]], max_procs)
     _prom_health(writer, health)

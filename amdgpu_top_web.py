@@ -349,8 +349,13 @@ HISTORY_MAINTAIN_S = 60.0            # retention (age and size) is enforced this
 HISTORY_DELETE_SLICE = 2000          # rows per DELETE, so no statement runs long
 HISTORY_VACUUM_PAGES = 2000          # PRAGMA incremental_vacuum(N) after deletes
 # (name, step in seconds, kept for seconds): 1 s means, then min/avg/max/count roll-ups.
-HISTORY_TIERS = (("raw", 1, 48 * 3600), ("1m", 60, 90 * 86400), ("1h", 3600, 2 * 365 * 86400))
-HISTORY_MAX_POINTS = 1500            # a chart gets at most about this many points
+# Measured (tests/bench/bench_history.py, 22 metrics of a dGPU): a raw row ~110 B,
+# a roll-up row ~295 B; 1 min rows for 90 days alone would be 38 MB per GPU, so
+# they are kept 14 days and a 10 min tier carries 90 days (7-day charts read it).
+HISTORY_TIERS = (("raw", 1, 48 * 3600), ("1m", 60, 14 * 86400), ("10m", 600, 90 * 86400),
+                 ("1h", 3600, 2 * 365 * 86400))
+HISTORY_MIN_POINTS = 300             # a chart gets about 300 to 1500 points
+HISTORY_MAX_POINTS = 1500
 HISTORY_NICE_STEPS = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800,
                       21600, 43200, 86400, 172800, 604800)
 HISTORY_PROC_SAMPLE_S = 10           # per-process samples ("who was on this GPU at T")
@@ -2506,22 +2511,21 @@ class SeriesRollup(object):
 
 def choose_history_step(from_s, to_s, now_s, points=None, tiers=HISTORY_TIERS):
     """(tier name, tier step, bucket step) for a chart of [from_s, to_s): the
-    coarsest tier whose step fits, about 300-1500 points (or `points`), and a
-    tier that still holds from_s (a finer one past its retention has no rows)."""
+    coarsest tier that still gives HISTORY_MIN_POINTS (or whose step fits
+    `points`), buckets for at most HISTORY_MAX_POINTS (or `points`), and a tier
+    that still holds from_s (a finer one past its retention has no rows)."""
     span = max(1.0, float(to_s) - float(from_s))
     want = span / float(points or HISTORY_MAX_POINTS)
-    step = next((s for s in HISTORY_NICE_STEPS if s >= want),
-                int(math.ceil(want / 86400.0)) * 86400)
     index = 0
     for i, (_, tier_step, _) in enumerate(tiers):
-        if tier_step <= step:
+        if (tier_step <= want) if points else (span / tier_step >= HISTORY_MIN_POINTS):
             index = i
     while index < len(tiers) - 1 and now_s - tiers[index][2] > from_s:
         index += 1
     name, tier_step, _ = tiers[index]
-    step = max(step, tier_step)
-    step -= step % tier_step
-    return name, tier_step, step
+    step = next((s for s in HISTORY_NICE_STEPS if s >= want and s % tier_step == 0),
+                int(math.ceil(max(want, tier_step) / 86400.0)) * 86400)
+    return name, tier_step, max(step, tier_step)
 
 
 def parse_iso_ts(text):
@@ -5812,7 +5816,11 @@ HISTORY_SERIES_TABLES = tuple((kind, tier) for kind in ("gpu", "host")
 
 
 def _history_table(kind, tier):
-    return "%s_%s" % (kind, {"raw": "raw", "1m": "m1", "1h": "h1"}[tier])
+    return "%s_%s" % (kind, {"raw": "raw", "1m": "m1", "10m": "m10", "1h": "h1"}[tier])
+
+
+# The tiers built from minute rows in SQL: (tier, step).
+HISTORY_BUILT_TIERS = tuple((name, step) for name, step, _ in HISTORY_TIERS if step > 60)
 
 
 def _history_column_names(kind, tier):
@@ -5841,7 +5849,6 @@ def history_schema():
         "CREATE TABLE proc_samples(src INTEGER NOT NULL, ts INTEGER NOT NULL, run INTEGER NOT NULL,"
         " vram_mib INTEGER, gtt_mib INTEGER, engine_pct10 INTEGER, PRIMARY KEY(src, ts, run))"
         " WITHOUT ROWID",
-        "CREATE INDEX proc_samples_run ON proc_samples(run, ts)",
         "CREATE TABLE alerts(id INTEGER PRIMARY KEY, rule TEXT NOT NULL, gpu_id TEXT NOT NULL,"
         " started REAL NOT NULL, ended REAL, event TEXT NOT NULL, UNIQUE(rule, gpu_id, started))",
         "CREATE INDEX alerts_started ON alerts(started)",
@@ -5865,8 +5872,8 @@ def _merge_sql(table, names):
             % (table, ", ".join(names), ", ".join("?" * (len(names) + 3)), ", ".join(sets)))
 
 
-def _hour_sql(kind):
-    """Rebuild one hour row of a source from its minute rows."""
+def _rebuild_sql(kind, tier):
+    """Rebuild one 10 min or hour row of a source from its minute rows."""
     names = [key for key, _ in history_columns(kind)]
     aggs = []
     for name in names:
@@ -5874,20 +5881,23 @@ def _hour_sql(kind):
                  "NULL))) AS INTEGER)" % (name, name), "max(%s_max)" % name]
     return ("INSERT OR REPLACE INTO %s(src, ts, n, %s) SELECT src, ?, sum(n), %s FROM %s"
             " WHERE src = ? AND ts >= ? AND ts < ? GROUP BY src"
-            % (_history_table(kind, "1h"), ", ".join(_history_column_names(kind, "1h")),
+            % (_history_table(kind, tier), ", ".join(_history_column_names(kind, tier)),
                ", ".join(aggs), _history_table(kind, "1m")))
 
 
-def _series_select(kind, tier, names):
-    """Buckets of `step` seconds: min of mins, count-weighted mean, max of maxes."""
+def _series_select(kind, tier, names, direct):
+    """Buckets of `step` seconds: min of mins, count-weighted mean, max of maxes;
+    `direct` (one row per bucket) reads the columns as they are."""
     aggs = []
     for name in names:
         lo, mid, hi = (name, name, name) if tier == "raw" else (
             name + "_min", name + "_avg", name + "_max")
-        aggs += ["min(%s)" % lo, "sum(%s * n) * 1.0 / sum(n * (%s IS NOT NULL))" % (mid, mid),
-                 "max(%s)" % hi]
-    return ("SELECT (ts - ?) / ? AS b, sum(n)%s FROM %s WHERE src = ? AND ts >= ? AND ts < ?"
-            " GROUP BY b" % ("".join(", " + a for a in aggs), _history_table(kind, tier)))
+        aggs += [lo, mid, hi] if direct else [
+            "min(%s)" % lo, "sum(%s * n) * 1.0 / sum(n * (%s IS NOT NULL))" % (mid, mid),
+            "max(%s)" % hi]
+    return ("SELECT (ts - ?) / ? AS b, %s%s FROM %s WHERE src = ? AND ts >= ? AND ts < ?%s" % (
+        "n" if direct else "sum(n)", "".join(", " + a for a in aggs), _history_table(kind, tier),
+        "" if direct else " GROUP BY b"))
 
 
 def read_boot_id(proc_root):
@@ -6080,17 +6090,18 @@ class _HistoryReads(object):
 
     def query_series(self, kind, key, from_s, to_s, points=None):
         """Chart data of one GPU (kind "gpu", key its id) or of the host (key None)."""
-        tier, _, step = choose_history_step(from_s, to_s, self.clock(), points)
+        tier, tier_step, step = choose_history_step(from_s, to_s, self.clock(), points)
         start = int(from_s // step * step)
         count = max(1, int(math.ceil((to_s - start) / float(step))))
         out = {"tier": tier, "step_s": step, "from": format_ts(start),
                "to": format_ts(start + count * step),
                "ts": [(start + i * step) * 1000 for i in range(count)], "series": {},
                "count": [0] * count}
-        self._read(lambda conn: self._fill_series(conn, out, kind, key, tier, start, count), None)
+        self._read(lambda conn: self._fill_series(conn, out, kind, key, tier, start, count,
+                                                  step == tier_step), None)
         return out
 
-    def _fill_series(self, conn, out, kind, key, tier, start, count):
+    def _fill_series(self, conn, out, kind, key, tier, start, count, direct):
         row = conn.execute("SELECT id, columns FROM sources WHERE kind = ? AND key = ?",
                            (kind, key or "")).fetchone()
         if row is None:
@@ -6101,7 +6112,7 @@ class _HistoryReads(object):
         series = dict((n, {"min": [None] * count, "avg": [None] * count, "max": [None] * count})
                       for n in names)
         counts = out["count"]
-        for r in conn.execute(_series_select(kind, tier, names),
+        for r in conn.execute(_series_select(kind, tier, names, direct),
                               (start, step, row[0], start, start + count * step)):
             b = r[0]
             if not 0 <= b < count:
@@ -6138,9 +6149,13 @@ class _HistoryReads(object):
             out = {"run": history_run_json(row), "ts": [],
                    "series": {"vram_bytes": [], "gtt_bytes": [], "engine_pct": []}}
             series = out["series"]
-            for ts, vram, gtt, engine in conn.execute(
-                    "SELECT ts, vram_mib, gtt_mib, engine_pct10 FROM proc_samples WHERE run = ?"
-                    " ORDER BY ts", (run_id,)):
+            src = conn.execute("SELECT id FROM sources WHERE kind = 'gpu' AND key = ?",
+                               (row[4],)).fetchone()
+            rows = conn.execute(
+                "SELECT ts, vram_mib, gtt_mib, engine_pct10 FROM proc_samples WHERE src = ? AND"
+                " ts >= ? AND ts <= ? AND run = ? ORDER BY ts",
+                (src[0] if src else -1, int(row[12]), row[13], run_id))   # first/last seen
+            for ts, vram, gtt, engine in rows:
                 out["ts"].append(ts * 1000)
                 series["vram_bytes"].append(None if vram is None else vram << 20)
                 series["gtt_bytes"].append(None if gtt is None else gtt << 20)
@@ -6348,7 +6363,8 @@ class HistoryStore(StoppableThread, _HistoryReads):
         for tier, row in rows:
             self._pending[(kind, tier)].append((key, row))
             if tier == "1m":
-                self._hours.add((kind, key, row[0] - row[0] % 3600))
+                for built, step in HISTORY_BUILT_TIERS:
+                    self._hours.add((kind, key, built, step, row[0] - row[0] % step))
 
     def _add_procs(self, gpu_id, message):
         epoch_s = parse_iso_ts(message.get("ts"))
@@ -6440,9 +6456,9 @@ class HistoryStore(StoppableThread, _HistoryReads):
                     table, ", ".join(names), ", ".join("?" * (len(names) + 3))), values)
             else:
                 conn.executemany(_merge_sql(table, names), values)
-        for kind, key, hour in self._hours:
+        for kind, key, tier, step, bucket in self._hours:
             src = self._source_id(kind, key)
-            conn.execute(_hour_sql(kind), (hour, src, hour, hour + 3600))
+            conn.execute(_rebuild_sql(kind, tier), (bucket, src, bucket, bucket + step))
 
     def _write_runs_and_samples(self):
         conn = self._conn

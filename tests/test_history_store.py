@@ -287,8 +287,8 @@ def test_series_query_is_bounded_for_huge_ranges(tmp_path):
 
 
 @pytest.mark.parametrize("span,tier,points", [
-    (3600, "raw", (300, 1500)), (6 * 3600, "raw", (300, 1500)), (86400, "1m", (300, 1500)),
-    (7 * 86400, "1m", (300, 1500)), (30 * 86400, "1m", (300, 1500)), (365 * 86400, "1h", (300, 1500)),
+    (3600, "raw", (300, 1500)), (6 * 3600, "1m", (300, 1500)), (86400, "1m", (300, 1500)),
+    (7 * 86400, "10m", (300, 1500)), (30 * 86400, "1h", (300, 1500)), (365 * 86400, "1h", (300, 1500)),
 ])
 def test_choose_history_step(span, tier, points):
     name, tier_step, step = m.choose_history_step(T0 - span, T0, T0)

@@ -6028,14 +6028,27 @@ _RUN_UPSERT = (
                    for c in ("time_s", "vram_s", "gtt_s", "engine_s", "gpu_s", "samples")]))
 
 
-def _unscale(value, scale):
-    if value is None:
-        return None
-    out = value / scale
+def _unscale_all(values, scale, exact):
+    """Stored integers (exact) or SQL means (floats) -> the metric's own unit,
+    a whole column at once (a chart has ~60 of them: no call per value)."""
     if scale < 1.0:
-        return int(round(out))
-    out = round(out, 3)
-    return int(out) if out == int(out) else out
+        shift = int(round(math.log(1.0 / scale, 2)))
+        if exact:
+            return [None if v is None else v << shift for v in values]
+        return [None if v is None else int(v * (1 << shift)) for v in values]
+    if exact:
+        return list(values) if scale == 1.0 else [None if v is None else v / scale for v in values]
+    return [None if v is None else round(v / scale, 3) for v in values]
+
+
+def _scatter(values, buckets, count, full, empty):
+    if full:
+        return list(values)
+    out = [empty] * count
+    for bucket, value in zip(buckets, values):
+        if 0 <= bucket < count:
+            out[bucket] = value
+    return out
 
 
 def history_run_json(row):
@@ -6109,20 +6122,20 @@ class _HistoryReads(object):
         names = [c for c in row[1].split(",") if c]
         scales = dict(history_columns(kind))
         step = out["step_s"]
-        series = dict((n, {"min": [None] * count, "avg": [None] * count, "max": [None] * count})
-                      for n in names)
-        counts = out["count"]
-        for r in conn.execute(_series_select(kind, tier, names, direct),
-                              (start, step, row[0], start, start + count * step)):
-            b = r[0]
-            if not 0 <= b < count:
-                continue
-            counts[b] = r[1]
-            for j, name in enumerate(names):
-                entry, scale = series[name], scales[name]
-                entry["min"][b] = _unscale(r[2 + 3 * j], scale)
-                entry["avg"][b] = _unscale(r[3 + 3 * j], scale)
-                entry["max"][b] = _unscale(r[4 + 3 * j], scale)
+        rows = conn.execute(_series_select(kind, tier, names, direct),
+                            (start, step, row[0], start, start + count * step)).fetchall()
+        if not rows:
+            return
+        columns = list(zip(*rows))       # column-wise: one comprehension per series
+        buckets = columns[0]
+        full = len(buckets) == count and buckets[0] == 0 and buckets[-1] == count - 1
+        out["count"] = _scatter(columns[1], buckets, count, full, 0)
+        series = {}
+        for j, name in enumerate(names):
+            entry = series[name] = {}
+            for k, part in enumerate(("min", "avg", "max")):
+                values = _unscale_all(columns[2 + 3 * j + k], scales[name], direct or k != 1)
+                entry[part] = _scatter(values, buckets, count, full, None)
         out["series"] = series
 
     def query_runs(self, from_s, to_s, gpu_id=None, active=None):

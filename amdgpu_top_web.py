@@ -38,6 +38,9 @@ Threads::
                      kept fds + pread, or NVML calls prepared once)
                  <-- proc-scan thread (budgeted /proc walk + fdinfo; NVML's lists)
                  <-- discovery thread (asks every backend: AMD, Intel, NVIDIA, demo)
+    cache --sinks--> bounded queue --> history-writer (ONE thread, SQLite file,
+                     a transaction every 5 s); handler threads read it with
+                     their own connections
 
 Contents (a section uses only the sections above it)::
 
@@ -47,13 +50,15 @@ Contents (a section uses only the sections above it)::
      3. Data types (config, GpuInfo, NVML ctypes structs, fdinfo records)
      4. Pure parsers (sysfs, hwmon, ids files, config; Intel and NVML values;
         fdinfo, /proc text, command lines, engine-rate maths; the one builder
-        per wire shape: metrics, process rows, totals, capabilities, visibility)
+        per wire shape: metrics, process rows, totals, capabilities, visibility;
+        history columns, roll-ups, tier choice and process runs)
      5. WebSocket codec (sans-IO, RFC 6455)
      6. Pure HTTP helpers (routes, JSON messages, origin and host checks,
         CSP, vendor URL rewriting, the plain view, Prometheus text)
      7. Readers (thin filesystem I/O; the NVML library through ctypes)
      8. Backends and their readers (the seam; AMD, Intel, NVIDIA, demo),
-        samplers, discovery, the cache and the process sources
+        samplers, discovery, the cache and the process sources; the history
+        store (SQLite, the only code that speaks SQL)
      9. WebSocket hub
     10. HTTP server and handler
     11. CLI and main()

@@ -6220,7 +6220,157 @@ class _HistoryReads(object):
                                         conn.execute(sql, (to_s, to_s, from_s))], [])
 
 
-class HistoryStore(StoppableThread, _HistoryReads):
+class _HistoryWrites(object):
+    """The writer's batch: series rows, runs, process samples, alerts (writer thread only)."""
+
+    def _source_id(self, kind, key, row=None):
+        entry = self._sources.get((kind, key))
+        if entry is None:
+            self._conn.execute("INSERT OR IGNORE INTO sources(kind, key) VALUES (?, ?)", (kind, key))
+            src = self._conn.execute("SELECT id FROM sources WHERE kind = ? AND key = ?",
+                                     (kind, key)).fetchone()[0]
+            entry = self._sources[(kind, key)] = [src, set()]
+        if row is not None:
+            names = [c for (c, _), v in zip(self._columns[kind], row[2:]) if v is not None]
+            if not entry[1].issuperset(names):
+                entry[1].update(names)
+                order = [c for c, _ in self._columns[kind] if c in entry[1]]
+                self._conn.execute("UPDATE sources SET columns = ? WHERE id = ?",
+                                   (",".join(order), entry[0]))
+        return entry[0]
+
+    def _write_series(self):
+        conn = self._conn
+        for (kind, tier), rows in self._pending.items():
+            if not rows:
+                continue
+            table = _history_table(kind, tier)
+            names = _history_column_names(kind, tier)
+            values = [(self._source_id(kind, key, row if tier == "raw" else None),) + row
+                      for key, row in rows]
+            if tier == "raw":
+                conn.executemany("INSERT OR REPLACE INTO %s(src, ts, n, %s) VALUES (%s)" % (
+                    table, ", ".join(names), ", ".join("?" * (len(names) + 3))), values)
+            else:
+                conn.executemany(_merge_sql(table, names), values)
+        for kind, key, tier, step, bucket in self._hours:
+            src = self._source_id(kind, key)
+            conn.execute(_rebuild_sql(kind, tier), (bucket, src, bucket, bucket + step))
+
+    def _write_runs_and_samples(self):
+        conn = self._conn
+        for run in self._tracker.take():
+            key = (self.boot_id, run["pid"], run["start_time"] or 0, run["gpu_id"])
+            conn.execute(_RUN_UPSERT, key + tuple(run[c] for c in RUN_COLUMNS[4:]))
+            if run["ended"] is not None:
+                self._run_ids.pop(key, None)
+        rows = []
+        for gpu_id, ts, active in self._proc_rows:
+            src = self._source_id("gpu", gpu_id)
+            rows.append((src, ts, 0, None, None, None))   # run 0: a sample was taken (maybe empty)
+            for (_, pid, start), (vram, gtt, engine) in active:
+                rows.append((src, ts, self._run_id(gpu_id, pid, start),
+                             None if vram is None else int(vram) >> 20,
+                             None if gtt is None else int(gtt) >> 20,
+                             None if engine is None else int(round(engine * 10))))
+        conn.executemany("INSERT OR REPLACE INTO proc_samples VALUES (?, ?, ?, ?, ?, ?)",
+                         [r for r in rows if r[2] is not None])
+
+    def _run_id(self, gpu_id, pid, start):
+        key = (self.boot_id, pid, start or 0, gpu_id)
+        if key not in self._run_ids:
+            row = self._conn.execute("SELECT id FROM runs WHERE boot_id = ? AND pid = ? AND"
+                                     " start_time = ? AND gpu_id = ?", key).fetchone()
+            if row is None:
+                return None
+            self._run_ids[key] = row[0]
+        return self._run_ids[key]
+
+    def _write_alerts(self):
+        for event in self._alerts:
+            started = event.get("started")
+            started_s = started if isinstance(started, (int, float)) else parse_iso_ts(started)
+            ended = event.get("ended")
+            ended_s = ended if isinstance(ended, (int, float)) or ended is None else parse_iso_ts(ended)
+            self._conn.execute(
+                "INSERT INTO alerts(rule, gpu_id, started, ended, event) VALUES (?, ?, ?, ?, ?)"
+                " ON CONFLICT(rule, gpu_id, started) DO UPDATE SET ended = excluded.ended,"
+                " event = excluded.event",
+                (str(event.get("rule")), event.get("gpu_id") or "",
+                 self.clock() if started_s is None else started_s, ended_s,
+                 json.dumps(event, sort_keys=True)))
+
+
+class _HistoryRetention(object):
+    """Retention by age, then by size, in slices; freed pages given back (writer thread)."""
+
+    def _guarded(self, work):
+        try:
+            work()
+        except sqlite3.Error as exc:
+            try:
+                self._conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+            LOG.warning("event=history_maintenance_failed reason=%r", str(exc))
+
+    def _measure(self):
+        pages = self._conn.execute("PRAGMA page_count").fetchone()[0]
+        free = self._conn.execute("PRAGMA freelist_count").fetchone()[0]
+        size = self._conn.execute("PRAGMA page_size").fetchone()[0]
+        self._bytes = (pages - free) * size
+        return self._bytes
+
+    def _tables_by_keep(self):
+        tables = [(_history_table(kind, tier), step, keep) for kind, tier in HISTORY_SERIES_TABLES
+                  for name, step, keep in HISTORY_TIERS if name == tier]
+        return tables + [("proc_samples", HISTORY_PROC_SAMPLE_S, HISTORY_PROC_KEEP_S)]
+
+    def _maintain(self):
+        now = self.clock()
+        srcs = [entry[0] for entry in self._sources.values()]
+        for table, step, keep in self._tables_by_keep():
+            for src in srcs:
+                self._delete_before(table, src, now - keep, step)
+        conn = self._conn
+        for sql in ("DELETE FROM runs WHERE id IN (SELECT id FROM runs WHERE ended IS NOT NULL"
+                    " AND last_seen < ? LIMIT %d)" % HISTORY_DELETE_SLICE,
+                    "DELETE FROM alerts WHERE id IN (SELECT id FROM alerts WHERE started < ?"
+                    " AND ended IS NOT NULL LIMIT %d)" % HISTORY_DELETE_SLICE):
+            conn.execute(sql, (now - HISTORY_RUN_KEEP_S,))
+        for _ in range(50):
+            if self._measure() <= self.max_bytes or not self._trim_oldest(now, srcs):
+                break
+        conn.execute("PRAGMA incremental_vacuum(%d)" % HISTORY_VACUUM_PAGES).fetchall()
+        self._measure()
+
+    def _delete_before(self, table, src, cutoff, step):
+        """Delete a source's rows older than cutoff, HISTORY_DELETE_SLICE rows a statement."""
+        oldest = self._conn.execute("SELECT min(ts) FROM %s WHERE src = ?" % table,
+                                    (src,)).fetchone()[0]
+        while oldest is not None and oldest < cutoff:
+            bound = min(cutoff, oldest + HISTORY_DELETE_SLICE * step)
+            self._conn.execute("DELETE FROM %s WHERE src = ? AND ts < ?" % table, (src, bound))
+            oldest = bound
+
+    def _trim_oldest(self, now, srcs):
+        """Over max_bytes: cut the oldest slice of the table that is furthest into
+        its retention (so every tier shrinks alike). False when nothing is left."""
+        worst = None
+        for table, step, keep in self._tables_by_keep():
+            oldest = self._conn.execute("SELECT min(ts) FROM %s" % table).fetchone()[0]
+            if oldest is not None and (worst is None or (now - oldest) / keep > worst[0]):
+                worst = ((now - oldest) / keep, table, step, oldest)
+        if worst is None:
+            return False
+        _, table, step, oldest = worst
+        for src in srcs:
+            self._delete_before(table, src, oldest + max(step * 60, 600), step)
+        self._conn.execute("PRAGMA incremental_vacuum(%d)" % HISTORY_VACUUM_PAGES).fetchall()
+        return True
+
+
+class HistoryStore(StoppableThread, _HistoryWrites, _HistoryRetention, _HistoryReads):
     """The history sink: offer_* queue (never block), one writer thread owns
     the connection. path None = memory only from the start (tests, fallback).
     Faults leave the live view alone: a file that cannot be used -> memory
@@ -6443,150 +6593,6 @@ class HistoryStore(StoppableThread, _HistoryReads):
             LOG.warning("event=history_paused path=%s reason=%r: the live view is unaffected;"
                         " writing resumes by itself", self.path, reason)
         self._set_state("paused", reason)
-
-    def _source_id(self, kind, key, row=None):
-        entry = self._sources.get((kind, key))
-        if entry is None:
-            self._conn.execute("INSERT OR IGNORE INTO sources(kind, key) VALUES (?, ?)", (kind, key))
-            src = self._conn.execute("SELECT id FROM sources WHERE kind = ? AND key = ?",
-                                     (kind, key)).fetchone()[0]
-            entry = self._sources[(kind, key)] = [src, set()]
-        if row is not None:
-            names = [c for (c, _), v in zip(self._columns[kind], row[2:]) if v is not None]
-            if not entry[1].issuperset(names):
-                entry[1].update(names)
-                order = [c for c, _ in self._columns[kind] if c in entry[1]]
-                self._conn.execute("UPDATE sources SET columns = ? WHERE id = ?",
-                                   (",".join(order), entry[0]))
-        return entry[0]
-
-    def _write_series(self):
-        conn = self._conn
-        for (kind, tier), rows in self._pending.items():
-            if not rows:
-                continue
-            table = _history_table(kind, tier)
-            names = _history_column_names(kind, tier)
-            values = [(self._source_id(kind, key, row if tier == "raw" else None),) + row
-                      for key, row in rows]
-            if tier == "raw":
-                conn.executemany("INSERT OR REPLACE INTO %s(src, ts, n, %s) VALUES (%s)" % (
-                    table, ", ".join(names), ", ".join("?" * (len(names) + 3))), values)
-            else:
-                conn.executemany(_merge_sql(table, names), values)
-        for kind, key, tier, step, bucket in self._hours:
-            src = self._source_id(kind, key)
-            conn.execute(_rebuild_sql(kind, tier), (bucket, src, bucket, bucket + step))
-
-    def _write_runs_and_samples(self):
-        conn = self._conn
-        for run in self._tracker.take():
-            key = (self.boot_id, run["pid"], run["start_time"] or 0, run["gpu_id"])
-            conn.execute(_RUN_UPSERT, key + tuple(run[c] for c in RUN_COLUMNS[4:]))
-            if run["ended"] is not None:
-                self._run_ids.pop(key, None)
-        rows = []
-        for gpu_id, ts, active in self._proc_rows:
-            src = self._source_id("gpu", gpu_id)
-            rows.append((src, ts, 0, None, None, None))   # run 0: a sample was taken (maybe empty)
-            for (_, pid, start), (vram, gtt, engine) in active:
-                rows.append((src, ts, self._run_id(gpu_id, pid, start),
-                             None if vram is None else int(vram) >> 20,
-                             None if gtt is None else int(gtt) >> 20,
-                             None if engine is None else int(round(engine * 10))))
-        conn.executemany("INSERT OR REPLACE INTO proc_samples VALUES (?, ?, ?, ?, ?, ?)",
-                         [r for r in rows if r[2] is not None])
-
-    def _run_id(self, gpu_id, pid, start):
-        key = (self.boot_id, pid, start or 0, gpu_id)
-        if key not in self._run_ids:
-            row = self._conn.execute("SELECT id FROM runs WHERE boot_id = ? AND pid = ? AND"
-                                     " start_time = ? AND gpu_id = ?", key).fetchone()
-            if row is None:
-                return None
-            self._run_ids[key] = row[0]
-        return self._run_ids[key]
-
-    def _write_alerts(self):
-        for event in self._alerts:
-            started = event.get("started")
-            started_s = started if isinstance(started, (int, float)) else parse_iso_ts(started)
-            ended = event.get("ended")
-            ended_s = ended if isinstance(ended, (int, float)) or ended is None else parse_iso_ts(ended)
-            self._conn.execute(
-                "INSERT INTO alerts(rule, gpu_id, started, ended, event) VALUES (?, ?, ?, ?, ?)"
-                " ON CONFLICT(rule, gpu_id, started) DO UPDATE SET ended = excluded.ended,"
-                " event = excluded.event",
-                (str(event.get("rule")), event.get("gpu_id") or "",
-                 self.clock() if started_s is None else started_s, ended_s,
-                 json.dumps(event, sort_keys=True)))
-
-    # -- retention: by age, then by size, in slices; freed pages given back --
-
-    def _guarded(self, work):
-        try:
-            work()
-        except sqlite3.Error as exc:
-            try:
-                self._conn.execute("ROLLBACK")
-            except sqlite3.Error:
-                pass
-            LOG.warning("event=history_maintenance_failed reason=%r", str(exc))
-
-    def _measure(self):
-        pages = self._conn.execute("PRAGMA page_count").fetchone()[0]
-        free = self._conn.execute("PRAGMA freelist_count").fetchone()[0]
-        size = self._conn.execute("PRAGMA page_size").fetchone()[0]
-        self._bytes = (pages - free) * size
-        return self._bytes
-
-    def _tables_by_keep(self):
-        tables = [(_history_table(kind, tier), step, keep) for kind, tier in HISTORY_SERIES_TABLES
-                  for name, step, keep in HISTORY_TIERS if name == tier]
-        return tables + [("proc_samples", HISTORY_PROC_SAMPLE_S, HISTORY_PROC_KEEP_S)]
-
-    def _maintain(self):
-        now = self.clock()
-        srcs = [entry[0] for entry in self._sources.values()]
-        for table, step, keep in self._tables_by_keep():
-            for src in srcs:
-                self._delete_before(table, src, now - keep, step)
-        conn = self._conn
-        for sql in ("DELETE FROM runs WHERE id IN (SELECT id FROM runs WHERE ended IS NOT NULL"
-                    " AND last_seen < ? LIMIT %d)" % HISTORY_DELETE_SLICE,
-                    "DELETE FROM alerts WHERE id IN (SELECT id FROM alerts WHERE started < ?"
-                    " AND ended IS NOT NULL LIMIT %d)" % HISTORY_DELETE_SLICE):
-            conn.execute(sql, (now - HISTORY_RUN_KEEP_S,))
-        for _ in range(50):
-            if self._measure() <= self.max_bytes or not self._trim_oldest(now, srcs):
-                break
-        conn.execute("PRAGMA incremental_vacuum(%d)" % HISTORY_VACUUM_PAGES).fetchall()
-        self._measure()
-
-    def _delete_before(self, table, src, cutoff, step):
-        """Delete a source's rows older than cutoff, HISTORY_DELETE_SLICE rows a statement."""
-        oldest = self._conn.execute("SELECT min(ts) FROM %s WHERE src = ?" % table,
-                                    (src,)).fetchone()[0]
-        while oldest is not None and oldest < cutoff:
-            bound = min(cutoff, oldest + HISTORY_DELETE_SLICE * step)
-            self._conn.execute("DELETE FROM %s WHERE src = ? AND ts < ?" % table, (src, bound))
-            oldest = bound
-
-    def _trim_oldest(self, now, srcs):
-        """Over max_bytes: cut the oldest slice of the table that is furthest into
-        its retention (so every tier shrinks alike). False when nothing is left."""
-        worst = None
-        for table, step, keep in self._tables_by_keep():
-            oldest = self._conn.execute("SELECT min(ts) FROM %s" % table).fetchone()[0]
-            if oldest is not None and (worst is None or (now - oldest) / keep > worst[0]):
-                worst = ((now - oldest) / keep, table, step, oldest)
-        if worst is None:
-            return False
-        _, table, step, oldest = worst
-        for src in srcs:
-            self._delete_before(table, src, oldest + max(step * 60, 600), step)
-        self._conn.execute("PRAGMA incremental_vacuum(%d)" % HISTORY_VACUUM_PAGES).fetchall()
-        return True
 
 
 def make_history_store(config, on_change=None):

@@ -78,6 +78,9 @@ def test_series_raw_minute_hour_and_gaps(tmp_path):
     assert (b["min"][0], b["avg"][0], b["max"][0], day["count"][0]) == (10.0, 10.0, 10.0, 240)
     assert day["count"][2] == 0 and b["avg"][2] is None
     assert b["avg"][5] == 30.0
+    week = store.query_series("gpu", "card1", T0, T0 + 7 * 86400)
+    assert week["tier"] == "10m" and week["step_s"] == 600 and week["count"][0] == 720
+    assert week["series"]["gpu_busy_pct"]["max"][0] == 90.0
     year = store.query_series("gpu", "card1", T0, T0 + 365 * 86400)
     assert year["tier"] == "1h"
     yb = year["series"]["gpu_busy_pct"]

@@ -6072,9 +6072,10 @@ def history_run_json(row):
                samples=run["samples"])
     for name, key, peak in (("avg_vram_bytes", "vram_s", "peak_vram"),
                             ("avg_gtt_bytes", "gtt_s", "peak_gtt")):
-        out[name] = int(round(sums[key] / time_s)) if time_s > 0 else run[peak]
-    out["avg_engine_pct"] = (round(sums["engine_s"] / time_s, 1) if time_s > 0
-                             else run["peak_engine"])
+        out[name] = (run[peak] if run[peak] is None or time_s <= 0
+                     else int(round(sums[key] / time_s)))
+    out["avg_engine_pct"] = (run["peak_engine"] if run["peak_engine"] is None or time_s <= 0
+                             else round(sums["engine_s"] / time_s, 1))
     return out
 
 
@@ -6471,14 +6472,11 @@ class HistoryStore(StoppableThread, _HistoryWrites, _HistoryRetention, _HistoryR
         self._next_maintain = now
         self._set_state(state, reason)
 
-    def start(self):
-        if self._state == "starting":
-            self.open()
-        StoppableThread.start(self)
-
     # -- the writer thread --
 
     def run(self):
+        if self._state == "starting":
+            self.open()         # here, not in start(): quick_check of a big file takes ~1 s
         while not self.stopping.wait(self.commit_s):
             self.cycle()
         self.cycle(final=True)
@@ -7710,7 +7708,7 @@ class App(object):
         if self._tracing:
             tracemalloc.start(10)
         if self.history is not None:
-            self.history.start()            # opens the file (or falls back to memory) first
+            self.history.start()            # opens the file (or falls back to memory)
         self.hub.start()
         self.manager.start()
         if self.procs_thread is not None:

@@ -317,11 +317,12 @@ def test_config_settings():
 
 
 def test_app_wiring_features_and_healthz(tmp_path, app_factory):
-    from conftest import SHARE, SYSFS, get_json
+    from conftest import SHARE, SYSFS, get_json, wait_for
     env = {"APP_SYSFS_ROOT": os.path.join(SYSFS, "multi_gpu"), "APP_SHARE_ROOT": SHARE,
            "APP_PROC_ENABLE": "false", "APP_HISTORY_PATH": str(tmp_path / "s" / "h.sqlite3"),
            "APP_NVML_LIBRARY": "/nonexistent/libnvidia-ml.so.1"}
     app, port = app_factory(["--listen", "127.0.0.1:0"], env)
+    wait_for(lambda: app.history.status()["state"] != "starting", 5)   # opened by the writer
     status, body = get_json(port, "/api/healthz")
     assert status == 200 and body["status"] == "ok" and body["history"]["state"] == "ok"
     assert app.cache.features["history"]["state"] == "ok"

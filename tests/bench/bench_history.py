@@ -16,7 +16,10 @@
     Target: 7-day chart <= 50 ms.
 (c) size: bytes per row of each table as measured in (b), and the steady
     state per GPU (every tier at its retention + its share of process
-    samples 7 d), also per day. Target <= 40 MB per GPU.
+    samples 7 d), also per day, from (b)'s random values (a worst case); and
+    (c2) the same from rows written through the store's own write path by the
+    demo dGPU for 3 h (constant totals and clocks, moving busy and power).
+    Target <= 40 MB per GPU.
 
     python3 tests/bench/bench_history.py [--days 30] [--seconds 600] [--dir /tmp]
 """
@@ -260,6 +263,44 @@ def report_sizes(sizes, columns):
           % (day / 1e6, 86400 * per_row["gpu_raw"] / 1e6, columns))
 
 
+def bench_realistic_size(directory, hours=3):
+    """(c2) bytes per row when the rows come through the store's own write path
+    from the demo dGPU (constant totals and clocks, moving busy and power)."""
+    path = os.path.join(directory, "realistic.sqlite3")
+    clock = [T_END]
+    store = m.HistoryStore(path, proc_root="/nonexistent", min_free_bytes=0,
+                           clock=lambda: clock[0])
+    store.open()
+    reader = demo_readers()[0]
+    for tick in range(hours * 3600 * HZ):
+        now = T_END + tick / float(HZ)
+        clock[0] = now
+        store.offer_stats("card0", now, reader.sample(now))
+        if tick % (2 * HZ) == 0:
+            store.offer_procs("card0", {"ts": m.format_ts(now), "processes": proc_rows(0, int(now))})
+        if tick % (5 * HZ) == 0:
+            store.cycle()
+    store.cycle(final=True)
+    conn = store._conn
+    # used bytes of the pages (pgsize - unused): a few hours fill a roll-up table's
+    # pages only partly, a steady-state table's are full (rows come in key order)
+    sizes = dict(conn.execute("SELECT name, sum(pgsize - unused) FROM dbstat GROUP BY name")
+                 .fetchall())
+    per_row = {}
+    for table in ("gpu_raw", "gpu_m1", "proc_samples"):
+        rows = conn.execute("SELECT count(*) FROM %s" % table).fetchone()[0]
+        per_row[table] = sizes.get(table, 0) / float(max(rows, 1))
+    per_row["gpu_h1"] = per_row["gpu_m10"] = per_row["gpu_m1"]    # the same columns
+    store.close()
+    total = sum(keep // step * per_row[m._history_table("gpu", name)]
+                for name, step, keep in m.HISTORY_TIERS)
+    procs = 7 * 8640 * PROCS / float(GPUS) * per_row["proc_samples"]
+    print("(c2) through the write path, demo dGPU, %d h: bytes per row " % hours + ", ".join(
+        "%s %.0f" % (t, per_row[t]) for t in sorted(per_row)))
+    print("     steady state per GPU: %.1f MB series + %.1f MB processes = %.1f MB"
+          " (target <= 40 MB)" % (total / 1e6, procs / 1e6, (total + procs) / 1e6))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--days", type=int, default=30)
@@ -274,6 +315,7 @@ def main():
     sizes, columns = prefill(path, args.days)
     bench_queries(path)
     report_sizes(sizes, columns)
+    bench_realistic_size(directory)
 
 
 if __name__ == "__main__":

@@ -5897,9 +5897,10 @@ def _series_select(kind, tier, names, direct):
     for name in names:
         lo, mid, hi = (name, name, name) if tier == "raw" else (
             name + "_min", name + "_avg", name + "_max")
-        aggs += [lo, mid, hi] if direct else [
-            "min(%s)" % lo, "sum(%s * n) * 1.0 / sum(n * (%s IS NOT NULL))" % (mid, mid),
-            "max(%s)" % hi]
+        # raw rows are means of ~equal sample counts: a plain avg() is a third cheaper
+        mean = ("avg(%s)" % mid if tier == "raw" else
+                "sum(%s * n) * 1.0 / sum(n * (%s IS NOT NULL))" % (mid, mid))
+        aggs += [lo, mid, hi] if direct else ["min(%s)" % lo, mean, "max(%s)" % hi]
     return ("SELECT (ts - ?) / ? AS b, %s%s FROM %s WHERE src = ? AND ts >= ? AND ts < ?%s" % (
         "n" if direct else "sum(n)", "".join(", " + a for a in aggs), _history_table(kind, tier),
         "" if direct else " GROUP BY b"))
@@ -6228,9 +6229,9 @@ class _HistoryWrites(object):
         entry = self._sources.get((kind, key))
         if entry is None:
             self._conn.execute("INSERT OR IGNORE INTO sources(kind, key) VALUES (?, ?)", (kind, key))
-            src = self._conn.execute("SELECT id FROM sources WHERE kind = ? AND key = ?",
-                                     (kind, key)).fetchone()[0]
-            entry = self._sources[(kind, key)] = [src, set()]
+            src, names = self._conn.execute("SELECT id, columns FROM sources WHERE kind = ? AND"
+                                            " key = ?", (kind, key)).fetchone()
+            entry = self._sources[(kind, key)] = [src, set(c for c in names.split(",") if c)]
         if row is not None:
             names = [c for (c, _), v in zip(self._columns[kind], row[2:]) if v is not None]
             if not entry[1].issuperset(names):
@@ -6388,6 +6389,7 @@ class HistoryStore(StoppableThread, _HistoryWrites, _HistoryRetention, _HistoryR
         self._queue = collections.deque(maxlen=queue_max)
         self._dropped = 0
         self._state, self._reason = "starting", None
+        self._memory_reason = None          # why history is in memory (kept across pauses)
         self._conn = self._uri = self._lock_fd = None
         self._bytes = self._commits = 0
         self._last_commit = None
@@ -6457,6 +6459,7 @@ class HistoryStore(StoppableThread, _HistoryWrites, _HistoryRetention, _HistoryR
                                      check_same_thread=False)
         _history_create(self._conn)
         self.max_bytes = min(self.max_bytes, HISTORY_MEMORY_MAX_BYTES)
+        self._memory_reason = reason
         self._after_open("memory", reason)
 
     def _after_open(self, state, reason):
@@ -6573,14 +6576,16 @@ class HistoryStore(StoppableThread, _HistoryWrites, _HistoryRetention, _HistoryR
                 conn.execute("ROLLBACK")
             except sqlite3.Error:
                 pass
+            # ids handed out inside the rolled-back transaction are gone: ask again
+            self._sources.clear()
+            self._run_ids.clear()
             self._drop_batch(("disk full: %s" if _is_full_error(exc) else "write failed: %s")
                              % exc)
             return
         self._reset_pending()
         self._commits += 1
         self._last_commit = self.clock()
-        self._set_state("memory" if self._uri is not None else "ok", self._reason
-                        if self._uri is not None else None)
+        self._set_state("memory" if self._uri is not None else "ok", self._memory_reason)
 
     def _drop_batch(self, reason):
         """A batch that cannot be written is dropped (counted): pausing must not grow memory."""

@@ -5955,6 +5955,17 @@ def _history_create(conn):
     conn.execute("COMMIT")
 
 
+def _history_add_columns(conn):
+    """A metric added to METRIC_KEYS (or a host key) since the file was made
+    becomes a column (ADD COLUMN: old rows read it as null); nothing is dropped."""
+    for kind, tier in HISTORY_SERIES_TABLES:
+        table = _history_table(kind, tier)
+        have = set(row[1] for row in conn.execute("PRAGMA table_info(%s)" % table))
+        for name in _history_column_names(kind, tier):
+            if name not in have:
+                conn.execute("ALTER TABLE %s ADD COLUMN %s INTEGER" % (table, name))
+
+
 def _history_connect(path):
     created = not os.path.exists(path)
     if created:
@@ -5970,6 +5981,8 @@ def _history_connect(path):
         conn.execute("PRAGMA synchronous = NORMAL")
         if kind == "new":
             _history_create(conn)
+        else:
+            _history_add_columns(conn)
     except BaseException:
         conn.close()
         raise

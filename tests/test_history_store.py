@@ -336,3 +336,22 @@ def test_app_wiring_features_and_healthz(tmp_path, app_factory):
 def test_app_history_off_by_conftest(app_factory):
     app, _ = app_factory(["--listen", "127.0.0.1:0", "--demo"])
     assert app.history is None and app.cache.features["history"]["state"] == "off"
+
+
+def test_a_new_metric_becomes_a_column_of_an_old_file(tmp_path, monkeypatch):
+    monkeypatch.setattr(m, "METRIC_KEYS", tuple(k for k in m.METRIC_KEYS if k != "fan_rpm"))
+    store, clock = make_store(tmp_path)
+    feed(store, clock, 2)
+    store.cycle(final=True)
+    store.close()
+    monkeypatch.undo()
+    store2, _ = make_store(tmp_path, clock)
+    for i in range(8):
+        store2.offer_stats("card1", clock.now + i / 4.0, dict(metrics(20), fan_rpm=1200))
+    clock.now += 2
+    store2.cycle(final=True)
+    assert store2.status()["state"] == "ok"
+    out = store2.query_series("gpu", "card1", T0, T0 + 4)
+    assert out["series"]["fan_rpm"]["avg"] == [None, None, 1200, 1200]
+    assert out["series"]["gpu_busy_pct"]["avg"] == [50.0, 50.0, 20.0, 20.0]
+    store2.close()

@@ -1,6 +1,7 @@
 """HistoryStore on real SQLite files with an injected clock (no threads, no sleeps):
 the writer's cycle() is called directly."""
 
+import json
 import os
 import sqlite3
 import stat
@@ -326,6 +327,11 @@ def test_app_wiring_features_and_healthz(tmp_path, app_factory):
     status, body = get_json(port, "/api/healthz")
     assert status == 200 and body["status"] == "ok" and body["history"]["state"] == "ok"
     assert app.cache.features["history"]["state"] == "ok"
+    app.history._set_state("paused", "disk full: test")      # what a failed batch does
+    assert app.cache.features["history"]["state"] == "paused"
+    hello = json.loads(app.cache.hello_payload(None).decode("utf-8"))
+    assert hello["features"]["history"]["reason"] == "disk full: test"
+    assert get_json(port, "/api/healthz")[1]["history"]["state"] == "paused"
     app.stop()
     assert app.history.status()["commits"] >= 1             # flushed on stop
     conn = sqlite3.connect(str(tmp_path / "s" / "h.sqlite3"))

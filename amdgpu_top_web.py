@@ -6373,7 +6373,9 @@ class _HistoryRetention(object):
         its retention (so every tier shrinks alike). False when nothing is left."""
         worst = None
         for table, step, keep in self._tables_by_keep():
-            oldest = self._conn.execute("SELECT min(ts) FROM %s" % table).fetchone()[0]
+            mins = [self._conn.execute("SELECT min(ts) FROM %s WHERE src = ?" % table,
+                                       (src,)).fetchone()[0] for src in srcs]   # the key's order
+            oldest = min([t for t in mins if t is not None] or [None])
             if oldest is not None and (worst is None or (now - oldest) / keep > worst[0]):
                 worst = ((now - oldest) / keep, table, step, oldest)
         if worst is None:

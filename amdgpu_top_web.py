@@ -40,6 +40,9 @@ Threads::
                  <-- proc-scan thread (budgeted /proc walk + fdinfo; NVML's lists)
                  <-- discovery thread (asks every backend: AMD, Intel, NVIDIA, demo)
                  <-- host-sampler thread (/proc/stat, meminfo, loadavg, pressure; 1 Hz)
+    cache --sinks--> bounded queue --> history-writer (ONE thread, SQLite file,
+                     a transaction every 5 s); handler threads read it with
+                     their own connections
 
 Contents (a section uses only the sections above it)::
 
@@ -50,13 +53,15 @@ Contents (a section uses only the sections above it)::
      4. Pure parsers (sysfs, hwmon, ids files, config; Intel and NVML values;
         fdinfo, /proc text, host metrics and per-process CPU %, command lines,
         engine-rate maths; the one builder per wire shape: metrics, process
-        rows, totals, capabilities, visibility, host)
+        rows, totals, capabilities, visibility, host; history columns,
+        roll-ups, tier choice and process runs)
      5. WebSocket codec (sans-IO, RFC 6455)
      6. Pure HTTP helpers (routes, JSON messages, origin and host checks,
         CSP, vendor URL rewriting, the plain view, Prometheus text)
      7. Readers (thin filesystem I/O; the NVML library through ctypes)
      8. Backends and their readers (the seam; AMD, Intel, NVIDIA, demo),
-        samplers, the host reader, discovery, the cache and the process sources
+        samplers, the host reader, discovery, the cache and the process
+        sources; the history store (SQLite, the only code that speaks SQL)
      9. WebSocket hub
     10. HTTP server and handler
     11. CLI and main()
@@ -381,8 +386,13 @@ HISTORY_MAINTAIN_S = 60.0            # retention (age and size) is enforced this
 HISTORY_DELETE_SLICE = 2000          # rows per DELETE, so no statement runs long
 HISTORY_VACUUM_PAGES = 2000          # PRAGMA incremental_vacuum(N) after deletes
 # (name, step in seconds, kept for seconds): 1 s means, then min/avg/max/count roll-ups.
-HISTORY_TIERS = (("raw", 1, 48 * 3600), ("1m", 60, 90 * 86400), ("1h", 3600, 2 * 365 * 86400))
-HISTORY_MAX_POINTS = 1500            # a chart gets at most about this many points
+# Measured (tests/bench/bench_history.py, 22 metrics of a dGPU): a raw row ~110 B,
+# a roll-up row ~295 B; 1 min rows for 90 days alone would be 38 MB per GPU, so
+# they are kept 14 days and a 10 min tier carries 90 days (7-day charts read it).
+HISTORY_TIERS = (("raw", 1, 48 * 3600), ("1m", 60, 14 * 86400), ("10m", 600, 90 * 86400),
+                 ("1h", 3600, 2 * 365 * 86400))
+HISTORY_MIN_POINTS = 300             # a chart gets about 300 to 1500 points
+HISTORY_MAX_POINTS = 1500
 HISTORY_NICE_STEPS = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800,
                       21600, 43200, 86400, 172800, 604800)
 HISTORY_PROC_SAMPLE_S = 10           # per-process samples ("who was on this GPU at T")
@@ -2712,22 +2722,21 @@ class SeriesRollup(object):
 
 def choose_history_step(from_s, to_s, now_s, points=None, tiers=HISTORY_TIERS):
     """(tier name, tier step, bucket step) for a chart of [from_s, to_s): the
-    coarsest tier whose step fits, about 300-1500 points (or `points`), and a
-    tier that still holds from_s (a finer one past its retention has no rows)."""
+    coarsest tier that still gives HISTORY_MIN_POINTS (or whose step fits
+    `points`), buckets for at most HISTORY_MAX_POINTS (or `points`), and a tier
+    that still holds from_s (a finer one past its retention has no rows)."""
     span = max(1.0, float(to_s) - float(from_s))
     want = span / float(points or HISTORY_MAX_POINTS)
-    step = next((s for s in HISTORY_NICE_STEPS if s >= want),
-                int(math.ceil(want / 86400.0)) * 86400)
     index = 0
     for i, (_, tier_step, _) in enumerate(tiers):
-        if tier_step <= step:
+        if (tier_step <= want) if points else (span / tier_step >= HISTORY_MIN_POINTS):
             index = i
     while index < len(tiers) - 1 and now_s - tiers[index][2] > from_s:
         index += 1
     name, tier_step, _ = tiers[index]
-    step = max(step, tier_step)
-    step -= step % tier_step
-    return name, tier_step, step
+    step = next((s for s in HISTORY_NICE_STEPS if s >= want and s % tier_step == 0),
+                int(math.ceil(max(want, tier_step) / 86400.0)) * 86400)
+    return name, tier_step, max(step, tier_step)
 
 
 def parse_iso_ts(text):
@@ -6411,7 +6420,11 @@ HISTORY_SERIES_TABLES = tuple((kind, tier) for kind in ("gpu", "host")
 
 
 def _history_table(kind, tier):
-    return "%s_%s" % (kind, {"raw": "raw", "1m": "m1", "1h": "h1"}[tier])
+    return "%s_%s" % (kind, {"raw": "raw", "1m": "m1", "10m": "m10", "1h": "h1"}[tier])
+
+
+# The tiers built from minute rows in SQL: (tier, step).
+HISTORY_BUILT_TIERS = tuple((name, step) for name, step, _ in HISTORY_TIERS if step > 60)
 
 
 def _history_column_names(kind, tier):
@@ -6440,7 +6453,6 @@ def history_schema():
         "CREATE TABLE proc_samples(src INTEGER NOT NULL, ts INTEGER NOT NULL, run INTEGER NOT NULL,"
         " vram_mib INTEGER, gtt_mib INTEGER, engine_pct10 INTEGER, PRIMARY KEY(src, ts, run))"
         " WITHOUT ROWID",
-        "CREATE INDEX proc_samples_run ON proc_samples(run, ts)",
         "CREATE TABLE alerts(id INTEGER PRIMARY KEY, rule TEXT NOT NULL, gpu_id TEXT NOT NULL,"
         " started REAL NOT NULL, ended REAL, event TEXT NOT NULL, UNIQUE(rule, gpu_id, started))",
         "CREATE INDEX alerts_started ON alerts(started)",
@@ -6464,8 +6476,8 @@ def _merge_sql(table, names):
             % (table, ", ".join(names), ", ".join("?" * (len(names) + 3)), ", ".join(sets)))
 
 
-def _hour_sql(kind):
-    """Rebuild one hour row of a source from its minute rows."""
+def _rebuild_sql(kind, tier):
+    """Rebuild one 10 min or hour row of a source from its minute rows."""
     names = [key for key, _ in history_columns(kind)]
     aggs = []
     for name in names:
@@ -6473,20 +6485,24 @@ def _hour_sql(kind):
                  "NULL))) AS INTEGER)" % (name, name), "max(%s_max)" % name]
     return ("INSERT OR REPLACE INTO %s(src, ts, n, %s) SELECT src, ?, sum(n), %s FROM %s"
             " WHERE src = ? AND ts >= ? AND ts < ? GROUP BY src"
-            % (_history_table(kind, "1h"), ", ".join(_history_column_names(kind, "1h")),
+            % (_history_table(kind, tier), ", ".join(_history_column_names(kind, tier)),
                ", ".join(aggs), _history_table(kind, "1m")))
 
 
-def _series_select(kind, tier, names):
-    """Buckets of `step` seconds: min of mins, count-weighted mean, max of maxes."""
+def _series_select(kind, tier, names, direct):
+    """Buckets of `step` seconds: min of mins, count-weighted mean, max of maxes;
+    `direct` (one row per bucket) reads the columns as they are."""
     aggs = []
     for name in names:
         lo, mid, hi = (name, name, name) if tier == "raw" else (
             name + "_min", name + "_avg", name + "_max")
-        aggs += ["min(%s)" % lo, "sum(%s * n) * 1.0 / sum(n * (%s IS NOT NULL))" % (mid, mid),
-                 "max(%s)" % hi]
-    return ("SELECT (ts - ?) / ? AS b, sum(n)%s FROM %s WHERE src = ? AND ts >= ? AND ts < ?"
-            " GROUP BY b" % ("".join(", " + a for a in aggs), _history_table(kind, tier)))
+        # raw rows are means of ~equal sample counts: a plain avg() is a third cheaper
+        mean = ("avg(%s)" % mid if tier == "raw" else
+                "sum(%s * n) * 1.0 / sum(n * (%s IS NOT NULL))" % (mid, mid))
+        aggs += [lo, mid, hi] if direct else ["min(%s)" % lo, mean, "max(%s)" % hi]
+    return ("SELECT (ts - ?) / ? AS b, %s%s FROM %s WHERE src = ? AND ts >= ? AND ts < ?%s" % (
+        "n" if direct else "sum(n)", "".join(", " + a for a in aggs), _history_table(kind, tier),
+        "" if direct else " GROUP BY b"))
 
 
 def read_boot_id(proc_root):
@@ -6538,6 +6554,17 @@ def _history_create(conn):
     conn.execute("COMMIT")
 
 
+def _history_add_columns(conn):
+    """A metric added to METRIC_KEYS (or a host key) since the file was made
+    becomes a column (ADD COLUMN: old rows read it as null); nothing is dropped."""
+    for kind, tier in HISTORY_SERIES_TABLES:
+        table = _history_table(kind, tier)
+        have = set(row[1] for row in conn.execute("PRAGMA table_info(%s)" % table))
+        for name in _history_column_names(kind, tier):
+            if name not in have:
+                conn.execute("ALTER TABLE %s ADD COLUMN %s INTEGER" % (table, name))
+
+
 def _history_connect(path):
     created = not os.path.exists(path)
     if created:
@@ -6553,6 +6580,8 @@ def _history_connect(path):
         conn.execute("PRAGMA synchronous = NORMAL")
         if kind == "new":
             _history_create(conn)
+        else:
+            _history_add_columns(conn)
     except BaseException:
         conn.close()
         raise
@@ -6617,14 +6646,27 @@ _RUN_UPSERT = (
                    for c in ("time_s", "vram_s", "gtt_s", "engine_s", "gpu_s", "samples")]))
 
 
-def _unscale(value, scale):
-    if value is None:
-        return None
-    out = value / scale
+def _unscale_all(values, scale, exact):
+    """Stored integers (exact) or SQL means (floats) -> the metric's own unit,
+    a whole column at once (a chart has ~60 of them: no call per value)."""
     if scale < 1.0:
-        return int(round(out))
-    out = round(out, 3)
-    return int(out) if out == int(out) else out
+        shift = int(round(math.log(1.0 / scale, 2)))
+        if exact:
+            return [None if v is None else v << shift for v in values]
+        return [None if v is None else int(v * (1 << shift)) for v in values]
+    if exact:
+        return list(values) if scale == 1.0 else [None if v is None else v / scale for v in values]
+    return [None if v is None else round(v / scale, 3) for v in values]
+
+
+def _scatter(values, buckets, count, full, empty):
+    if full:
+        return list(values)
+    out = [empty] * count
+    for bucket, value in zip(buckets, values):
+        if 0 <= bucket < count:
+            out[bucket] = value
+    return out
 
 
 def history_run_json(row):
@@ -6643,9 +6685,10 @@ def history_run_json(row):
                samples=run["samples"])
     for name, key, peak in (("avg_vram_bytes", "vram_s", "peak_vram"),
                             ("avg_gtt_bytes", "gtt_s", "peak_gtt")):
-        out[name] = int(round(sums[key] / time_s)) if time_s > 0 else run[peak]
-    out["avg_engine_pct"] = (round(sums["engine_s"] / time_s, 1) if time_s > 0
-                             else run["peak_engine"])
+        out[name] = (run[peak] if run[peak] is None or time_s <= 0
+                     else int(round(sums[key] / time_s)))
+    out["avg_engine_pct"] = (run["peak_engine"] if run["peak_engine"] is None or time_s <= 0
+                             else round(sums["engine_s"] / time_s, 1))
     return out
 
 
@@ -6679,17 +6722,18 @@ class _HistoryReads(object):
 
     def query_series(self, kind, key, from_s, to_s, points=None):
         """Chart data of one GPU (kind "gpu", key its id) or of the host (key None)."""
-        tier, _, step = choose_history_step(from_s, to_s, self.clock(), points)
+        tier, tier_step, step = choose_history_step(from_s, to_s, self.clock(), points)
         start = int(from_s // step * step)
         count = max(1, int(math.ceil((to_s - start) / float(step))))
         out = {"tier": tier, "step_s": step, "from": format_ts(start),
                "to": format_ts(start + count * step),
                "ts": [(start + i * step) * 1000 for i in range(count)], "series": {},
                "count": [0] * count}
-        self._read(lambda conn: self._fill_series(conn, out, kind, key, tier, start, count), None)
+        self._read(lambda conn: self._fill_series(conn, out, kind, key, tier, start, count,
+                                                  step == tier_step), None)
         return out
 
-    def _fill_series(self, conn, out, kind, key, tier, start, count):
+    def _fill_series(self, conn, out, kind, key, tier, start, count, direct):
         row = conn.execute("SELECT id, columns FROM sources WHERE kind = ? AND key = ?",
                            (kind, key or "")).fetchone()
         if row is None:
@@ -6697,20 +6741,20 @@ class _HistoryReads(object):
         names = [c for c in row[1].split(",") if c]
         scales = dict(history_columns(kind))
         step = out["step_s"]
-        series = dict((n, {"min": [None] * count, "avg": [None] * count, "max": [None] * count})
-                      for n in names)
-        counts = out["count"]
-        for r in conn.execute(_series_select(kind, tier, names),
-                              (start, step, row[0], start, start + count * step)):
-            b = r[0]
-            if not 0 <= b < count:
-                continue
-            counts[b] = r[1]
-            for j, name in enumerate(names):
-                entry, scale = series[name], scales[name]
-                entry["min"][b] = _unscale(r[2 + 3 * j], scale)
-                entry["avg"][b] = _unscale(r[3 + 3 * j], scale)
-                entry["max"][b] = _unscale(r[4 + 3 * j], scale)
+        rows = conn.execute(_series_select(kind, tier, names, direct),
+                            (start, step, row[0], start, start + count * step)).fetchall()
+        if not rows:
+            return
+        columns = list(zip(*rows))       # column-wise: one comprehension per series
+        buckets = columns[0]
+        full = len(buckets) == count and buckets[0] == 0 and buckets[-1] == count - 1
+        out["count"] = _scatter(columns[1], buckets, count, full, 0)
+        series = {}
+        for j, name in enumerate(names):
+            entry = series[name] = {}
+            for k, part in enumerate(("min", "avg", "max")):
+                values = _unscale_all(columns[2 + 3 * j + k], scales[name], direct or k != 1)
+                entry[part] = _scatter(values, buckets, count, full, None)
         out["series"] = series
 
     def query_runs(self, from_s, to_s, gpu_id=None, active=None):
@@ -6737,9 +6781,13 @@ class _HistoryReads(object):
             out = {"run": history_run_json(row), "ts": [],
                    "series": {"vram_bytes": [], "gtt_bytes": [], "engine_pct": []}}
             series = out["series"]
-            for ts, vram, gtt, engine in conn.execute(
-                    "SELECT ts, vram_mib, gtt_mib, engine_pct10 FROM proc_samples WHERE run = ?"
-                    " ORDER BY ts", (run_id,)):
+            src = conn.execute("SELECT id FROM sources WHERE kind = 'gpu' AND key = ?",
+                               (row[4],)).fetchone()
+            rows = conn.execute(
+                "SELECT ts, vram_mib, gtt_mib, engine_pct10 FROM proc_samples WHERE src = ? AND"
+                " ts >= ? AND ts <= ? AND run = ? ORDER BY ts",
+                (src[0] if src else -1, int(row[12]), row[13], run_id))   # first/last seen
+            for ts, vram, gtt, engine in rows:
                 out["ts"].append(ts * 1000)
                 series["vram_bytes"].append(None if vram is None else vram << 20)
                 series["gtt_bytes"].append(None if gtt is None else gtt << 20)
@@ -6786,7 +6834,159 @@ class _HistoryReads(object):
                                         conn.execute(sql, (to_s, to_s, from_s))], [])
 
 
-class HistoryStore(StoppableThread, _HistoryReads):
+class _HistoryWrites(object):
+    """The writer's batch: series rows, runs, process samples, alerts (writer thread only)."""
+
+    def _source_id(self, kind, key, row=None):
+        entry = self._sources.get((kind, key))
+        if entry is None:
+            self._conn.execute("INSERT OR IGNORE INTO sources(kind, key) VALUES (?, ?)", (kind, key))
+            src, names = self._conn.execute("SELECT id, columns FROM sources WHERE kind = ? AND"
+                                            " key = ?", (kind, key)).fetchone()
+            entry = self._sources[(kind, key)] = [src, set(c for c in names.split(",") if c)]
+        if row is not None:
+            names = [c for (c, _), v in zip(self._columns[kind], row[2:]) if v is not None]
+            if not entry[1].issuperset(names):
+                entry[1].update(names)
+                order = [c for c, _ in self._columns[kind] if c in entry[1]]
+                self._conn.execute("UPDATE sources SET columns = ? WHERE id = ?",
+                                   (",".join(order), entry[0]))
+        return entry[0]
+
+    def _write_series(self):
+        conn = self._conn
+        for (kind, tier), rows in self._pending.items():
+            if not rows:
+                continue
+            table = _history_table(kind, tier)
+            names = _history_column_names(kind, tier)
+            values = [(self._source_id(kind, key, row if tier == "raw" else None),) + row
+                      for key, row in rows]
+            if tier == "raw":
+                conn.executemany("INSERT OR REPLACE INTO %s(src, ts, n, %s) VALUES (%s)" % (
+                    table, ", ".join(names), ", ".join("?" * (len(names) + 3))), values)
+            else:
+                conn.executemany(_merge_sql(table, names), values)
+        for kind, key, tier, step, bucket in self._hours:
+            src = self._source_id(kind, key)
+            conn.execute(_rebuild_sql(kind, tier), (bucket, src, bucket, bucket + step))
+
+    def _write_runs_and_samples(self):
+        conn = self._conn
+        for run in self._tracker.take():
+            key = (self.boot_id, run["pid"], run["start_time"] or 0, run["gpu_id"])
+            conn.execute(_RUN_UPSERT, key + tuple(run[c] for c in RUN_COLUMNS[4:]))
+            if run["ended"] is not None:
+                self._run_ids.pop(key, None)
+        rows = []
+        for gpu_id, ts, active in self._proc_rows:
+            src = self._source_id("gpu", gpu_id)
+            rows.append((src, ts, 0, None, None, None))   # run 0: a sample was taken (maybe empty)
+            for (_, pid, start), (vram, gtt, engine) in active:
+                rows.append((src, ts, self._run_id(gpu_id, pid, start),
+                             None if vram is None else int(vram) >> 20,
+                             None if gtt is None else int(gtt) >> 20,
+                             None if engine is None else int(round(engine * 10))))
+        conn.executemany("INSERT OR REPLACE INTO proc_samples VALUES (?, ?, ?, ?, ?, ?)",
+                         [r for r in rows if r[2] is not None])
+
+    def _run_id(self, gpu_id, pid, start):
+        key = (self.boot_id, pid, start or 0, gpu_id)
+        if key not in self._run_ids:
+            row = self._conn.execute("SELECT id FROM runs WHERE boot_id = ? AND pid = ? AND"
+                                     " start_time = ? AND gpu_id = ?", key).fetchone()
+            if row is None:
+                return None
+            self._run_ids[key] = row[0]
+        return self._run_ids[key]
+
+    def _write_alerts(self):
+        for event in self._alerts:
+            started = event.get("started")
+            started_s = started if isinstance(started, (int, float)) else parse_iso_ts(started)
+            ended = event.get("ended")
+            ended_s = ended if isinstance(ended, (int, float)) or ended is None else parse_iso_ts(ended)
+            self._conn.execute(
+                "INSERT INTO alerts(rule, gpu_id, started, ended, event) VALUES (?, ?, ?, ?, ?)"
+                " ON CONFLICT(rule, gpu_id, started) DO UPDATE SET ended = excluded.ended,"
+                " event = excluded.event",
+                (str(event.get("rule")), event.get("gpu_id") or "",
+                 self.clock() if started_s is None else started_s, ended_s,
+                 json.dumps(event, sort_keys=True)))
+
+
+class _HistoryRetention(object):
+    """Retention by age, then by size, in slices; freed pages given back (writer thread)."""
+
+    def _guarded(self, work):
+        try:
+            work()
+        except sqlite3.Error as exc:
+            try:
+                self._conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+            LOG.warning("event=history_maintenance_failed reason=%r", str(exc))
+
+    def _measure(self):
+        pages = self._conn.execute("PRAGMA page_count").fetchone()[0]
+        free = self._conn.execute("PRAGMA freelist_count").fetchone()[0]
+        size = self._conn.execute("PRAGMA page_size").fetchone()[0]
+        self._bytes = (pages - free) * size
+        return self._bytes
+
+    def _tables_by_keep(self):
+        tables = [(_history_table(kind, tier), step, keep) for kind, tier in HISTORY_SERIES_TABLES
+                  for name, step, keep in HISTORY_TIERS if name == tier]
+        return tables + [("proc_samples", HISTORY_PROC_SAMPLE_S, HISTORY_PROC_KEEP_S)]
+
+    def _maintain(self):
+        now = self.clock()
+        srcs = [entry[0] for entry in self._sources.values()]
+        for table, step, keep in self._tables_by_keep():
+            for src in srcs:
+                self._delete_before(table, src, now - keep, step)
+        conn = self._conn
+        for sql in ("DELETE FROM runs WHERE id IN (SELECT id FROM runs WHERE ended IS NOT NULL"
+                    " AND last_seen < ? LIMIT %d)" % HISTORY_DELETE_SLICE,
+                    "DELETE FROM alerts WHERE id IN (SELECT id FROM alerts WHERE started < ?"
+                    " AND ended IS NOT NULL LIMIT %d)" % HISTORY_DELETE_SLICE):
+            conn.execute(sql, (now - HISTORY_RUN_KEEP_S,))
+        for _ in range(50):
+            if self._measure() <= self.max_bytes or not self._trim_oldest(now, srcs):
+                break
+        conn.execute("PRAGMA incremental_vacuum(%d)" % HISTORY_VACUUM_PAGES).fetchall()
+        self._measure()
+
+    def _delete_before(self, table, src, cutoff, step):
+        """Delete a source's rows older than cutoff, HISTORY_DELETE_SLICE rows a statement."""
+        oldest = self._conn.execute("SELECT min(ts) FROM %s WHERE src = ?" % table,
+                                    (src,)).fetchone()[0]
+        while oldest is not None and oldest < cutoff:
+            bound = min(cutoff, oldest + HISTORY_DELETE_SLICE * step)
+            self._conn.execute("DELETE FROM %s WHERE src = ? AND ts < ?" % table, (src, bound))
+            oldest = bound
+
+    def _trim_oldest(self, now, srcs):
+        """Over max_bytes: cut the oldest slice of the table that is furthest into
+        its retention (so every tier shrinks alike). False when nothing is left."""
+        worst = None
+        for table, step, keep in self._tables_by_keep():
+            mins = [self._conn.execute("SELECT min(ts) FROM %s WHERE src = ?" % table,
+                                       (src,)).fetchone()[0] for src in srcs]   # the key's order
+            oldest = min([t for t in mins if t is not None] or [None])
+            if oldest is not None and (worst is None or (now - oldest) / keep > worst[0]):
+                worst = ((now - oldest) / keep, table, step, oldest)
+        if worst is None:
+            return False
+        _, table, step, oldest = worst
+        for src in srcs:
+            self._delete_before(table, src, oldest + max(step * 60, 600), step)
+        self._conn.execute("PRAGMA incremental_vacuum(%d)" % HISTORY_VACUUM_PAGES).fetchall()
+        return True
+
+
+class HistoryStore(StoppableThread, _HistoryWrites, _HistoryRetention, _HistoryReads):
     """The history sink: offer_* queue (never block), one writer thread owns
     the connection. path None = memory only from the start (tests, fallback).
     Faults leave the live view alone: a file that cannot be used -> memory
@@ -6803,6 +7003,7 @@ class HistoryStore(StoppableThread, _HistoryReads):
         self._queue = collections.deque(maxlen=queue_max)
         self._dropped = 0
         self._state, self._reason = "starting", None
+        self._memory_reason = None          # why history is in memory (kept across pauses)
         self._conn = self._uri = self._lock_fd = None
         self._bytes = self._commits = 0
         self._last_commit = None
@@ -6872,6 +7073,7 @@ class HistoryStore(StoppableThread, _HistoryReads):
                                      check_same_thread=False)
         _history_create(self._conn)
         self.max_bytes = min(self.max_bytes, HISTORY_MEMORY_MAX_BYTES)
+        self._memory_reason = reason
         self._after_open("memory", reason)
 
     def _after_open(self, state, reason):
@@ -6887,14 +7089,11 @@ class HistoryStore(StoppableThread, _HistoryReads):
         self._next_maintain = now
         self._set_state(state, reason)
 
-    def start(self):
-        if self._state == "starting":
-            self.open()
-        StoppableThread.start(self)
-
     # -- the writer thread --
 
     def run(self):
+        if self._state == "starting":
+            self.open()         # here, not in start(): quick_check of a big file takes ~1 s
         while not self.stopping.wait(self.commit_s):
             self.cycle()
         self.cycle(final=True)
@@ -6947,7 +7146,8 @@ class HistoryStore(StoppableThread, _HistoryReads):
         for tier, row in rows:
             self._pending[(kind, tier)].append((key, row))
             if tier == "1m":
-                self._hours.add((kind, key, row[0] - row[0] % 3600))
+                for built, step in HISTORY_BUILT_TIERS:
+                    self._hours.add((kind, key, built, step, row[0] - row[0] % step))
 
     def _add_procs(self, gpu_id, message):
         epoch_s = parse_iso_ts(message.get("ts"))
@@ -6990,14 +7190,16 @@ class HistoryStore(StoppableThread, _HistoryReads):
                 conn.execute("ROLLBACK")
             except sqlite3.Error:
                 pass
+            # ids handed out inside the rolled-back transaction are gone: ask again
+            self._sources.clear()
+            self._run_ids.clear()
             self._drop_batch(("disk full: %s" if _is_full_error(exc) else "write failed: %s")
                              % exc)
             return
         self._reset_pending()
         self._commits += 1
         self._last_commit = self.clock()
-        self._set_state("memory" if self._uri is not None else "ok", self._reason
-                        if self._uri is not None else None)
+        self._set_state("memory" if self._uri is not None else "ok", self._memory_reason)
 
     def _drop_batch(self, reason):
         """A batch that cannot be written is dropped (counted): pausing must not grow memory."""
@@ -7008,150 +7210,6 @@ class HistoryStore(StoppableThread, _HistoryReads):
             LOG.warning("event=history_paused path=%s reason=%r: the live view is unaffected;"
                         " writing resumes by itself", self.path, reason)
         self._set_state("paused", reason)
-
-    def _source_id(self, kind, key, row=None):
-        entry = self._sources.get((kind, key))
-        if entry is None:
-            self._conn.execute("INSERT OR IGNORE INTO sources(kind, key) VALUES (?, ?)", (kind, key))
-            src = self._conn.execute("SELECT id FROM sources WHERE kind = ? AND key = ?",
-                                     (kind, key)).fetchone()[0]
-            entry = self._sources[(kind, key)] = [src, set()]
-        if row is not None:
-            names = [c for (c, _), v in zip(self._columns[kind], row[2:]) if v is not None]
-            if not entry[1].issuperset(names):
-                entry[1].update(names)
-                order = [c for c, _ in self._columns[kind] if c in entry[1]]
-                self._conn.execute("UPDATE sources SET columns = ? WHERE id = ?",
-                                   (",".join(order), entry[0]))
-        return entry[0]
-
-    def _write_series(self):
-        conn = self._conn
-        for (kind, tier), rows in self._pending.items():
-            if not rows:
-                continue
-            table = _history_table(kind, tier)
-            names = _history_column_names(kind, tier)
-            values = [(self._source_id(kind, key, row if tier == "raw" else None),) + row
-                      for key, row in rows]
-            if tier == "raw":
-                conn.executemany("INSERT OR REPLACE INTO %s(src, ts, n, %s) VALUES (%s)" % (
-                    table, ", ".join(names), ", ".join("?" * (len(names) + 3))), values)
-            else:
-                conn.executemany(_merge_sql(table, names), values)
-        for kind, key, hour in self._hours:
-            src = self._source_id(kind, key)
-            conn.execute(_hour_sql(kind), (hour, src, hour, hour + 3600))
-
-    def _write_runs_and_samples(self):
-        conn = self._conn
-        for run in self._tracker.take():
-            key = (self.boot_id, run["pid"], run["start_time"] or 0, run["gpu_id"])
-            conn.execute(_RUN_UPSERT, key + tuple(run[c] for c in RUN_COLUMNS[4:]))
-            if run["ended"] is not None:
-                self._run_ids.pop(key, None)
-        rows = []
-        for gpu_id, ts, active in self._proc_rows:
-            src = self._source_id("gpu", gpu_id)
-            rows.append((src, ts, 0, None, None, None))   # run 0: a sample was taken (maybe empty)
-            for (_, pid, start), (vram, gtt, engine) in active:
-                rows.append((src, ts, self._run_id(gpu_id, pid, start),
-                             None if vram is None else int(vram) >> 20,
-                             None if gtt is None else int(gtt) >> 20,
-                             None if engine is None else int(round(engine * 10))))
-        conn.executemany("INSERT OR REPLACE INTO proc_samples VALUES (?, ?, ?, ?, ?, ?)",
-                         [r for r in rows if r[2] is not None])
-
-    def _run_id(self, gpu_id, pid, start):
-        key = (self.boot_id, pid, start or 0, gpu_id)
-        if key not in self._run_ids:
-            row = self._conn.execute("SELECT id FROM runs WHERE boot_id = ? AND pid = ? AND"
-                                     " start_time = ? AND gpu_id = ?", key).fetchone()
-            if row is None:
-                return None
-            self._run_ids[key] = row[0]
-        return self._run_ids[key]
-
-    def _write_alerts(self):
-        for event in self._alerts:
-            started = event.get("started")
-            started_s = started if isinstance(started, (int, float)) else parse_iso_ts(started)
-            ended = event.get("ended")
-            ended_s = ended if isinstance(ended, (int, float)) or ended is None else parse_iso_ts(ended)
-            self._conn.execute(
-                "INSERT INTO alerts(rule, gpu_id, started, ended, event) VALUES (?, ?, ?, ?, ?)"
-                " ON CONFLICT(rule, gpu_id, started) DO UPDATE SET ended = excluded.ended,"
-                " event = excluded.event",
-                (str(event.get("rule")), event.get("gpu_id") or "",
-                 self.clock() if started_s is None else started_s, ended_s,
-                 json.dumps(event, sort_keys=True)))
-
-    # -- retention: by age, then by size, in slices; freed pages given back --
-
-    def _guarded(self, work):
-        try:
-            work()
-        except sqlite3.Error as exc:
-            try:
-                self._conn.execute("ROLLBACK")
-            except sqlite3.Error:
-                pass
-            LOG.warning("event=history_maintenance_failed reason=%r", str(exc))
-
-    def _measure(self):
-        pages = self._conn.execute("PRAGMA page_count").fetchone()[0]
-        free = self._conn.execute("PRAGMA freelist_count").fetchone()[0]
-        size = self._conn.execute("PRAGMA page_size").fetchone()[0]
-        self._bytes = (pages - free) * size
-        return self._bytes
-
-    def _tables_by_keep(self):
-        tables = [(_history_table(kind, tier), step, keep) for kind, tier in HISTORY_SERIES_TABLES
-                  for name, step, keep in HISTORY_TIERS if name == tier]
-        return tables + [("proc_samples", HISTORY_PROC_SAMPLE_S, HISTORY_PROC_KEEP_S)]
-
-    def _maintain(self):
-        now = self.clock()
-        srcs = [entry[0] for entry in self._sources.values()]
-        for table, step, keep in self._tables_by_keep():
-            for src in srcs:
-                self._delete_before(table, src, now - keep, step)
-        conn = self._conn
-        for sql in ("DELETE FROM runs WHERE id IN (SELECT id FROM runs WHERE ended IS NOT NULL"
-                    " AND last_seen < ? LIMIT %d)" % HISTORY_DELETE_SLICE,
-                    "DELETE FROM alerts WHERE id IN (SELECT id FROM alerts WHERE started < ?"
-                    " AND ended IS NOT NULL LIMIT %d)" % HISTORY_DELETE_SLICE):
-            conn.execute(sql, (now - HISTORY_RUN_KEEP_S,))
-        for _ in range(50):
-            if self._measure() <= self.max_bytes or not self._trim_oldest(now, srcs):
-                break
-        conn.execute("PRAGMA incremental_vacuum(%d)" % HISTORY_VACUUM_PAGES).fetchall()
-        self._measure()
-
-    def _delete_before(self, table, src, cutoff, step):
-        """Delete a source's rows older than cutoff, HISTORY_DELETE_SLICE rows a statement."""
-        oldest = self._conn.execute("SELECT min(ts) FROM %s WHERE src = ?" % table,
-                                    (src,)).fetchone()[0]
-        while oldest is not None and oldest < cutoff:
-            bound = min(cutoff, oldest + HISTORY_DELETE_SLICE * step)
-            self._conn.execute("DELETE FROM %s WHERE src = ? AND ts < ?" % table, (src, bound))
-            oldest = bound
-
-    def _trim_oldest(self, now, srcs):
-        """Over max_bytes: cut the oldest slice of the table that is furthest into
-        its retention (so every tier shrinks alike). False when nothing is left."""
-        worst = None
-        for table, step, keep in self._tables_by_keep():
-            oldest = self._conn.execute("SELECT min(ts) FROM %s" % table).fetchone()[0]
-            if oldest is not None and (worst is None or (now - oldest) / keep > worst[0]):
-                worst = ((now - oldest) / keep, table, step, oldest)
-        if worst is None:
-            return False
-        _, table, step, oldest = worst
-        for src in srcs:
-            self._delete_before(table, src, oldest + max(step * 60, 600), step)
-        self._conn.execute("PRAGMA incremental_vacuum(%d)" % HISTORY_VACUUM_PAGES).fetchall()
-        return True
 
 
 def make_history_store(config, on_change=None):
@@ -8355,7 +8413,7 @@ class App(object):
         if self._tracing:
             tracemalloc.start(10)
         if self.history is not None:
-            self.history.start()            # opens the file (or falls back to memory) first
+            self.history.start()            # opens the file (or falls back to memory)
         self.hub.start()
         self.manager.start()
         if self.procs_thread is not None:

@@ -8256,6 +8256,10 @@ class DashboardHandler(BaseHTTPRequestHandler):
             self._send_json(404, {"error": "history is off (APP_HISTORY_PATH=off); set "
                                            "APP_HISTORY_PATH or --history-path to keep it"})
             return None, None
+        if store.status()["state"] == "starting":     # the writer is still opening the file
+            self._send_json(503, {"error": "history is opening its file; try again"},
+                            [("Retry-After", "1")])
+            return None, None
         return query, store
 
     def _answer(self, fmt, obj, make_csv, name):

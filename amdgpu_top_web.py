@@ -447,7 +447,7 @@ SETTINGS = (
     Setting("APP_DEMO_GPUS", "--demo-gpus", "demo_gpus", "3", "demo_gpus",
             "with --demo: how many synthetic GPUs, 1 to 8 (AMD and NVIDIA)"),
     Setting("APP_DEMO_SCENARIO", "--demo-scenario", "demo_scenario", "none", "scenario",
-            "with --demo: none, or leak (card0's VRAM leaks, fills to 97 %, then frees: "
+            "with --demo: none, or leak (card0's VRAM leaks to 97 percent, then frees: "
             "a forecast and alerts to look at)"),
     Setting("APP_ALERTS", "--alerts", "alerts", "on", "bool",
             "built-in alert rules (frames, /api/alerts, webhook); --no-alerts turns them off"),
@@ -5587,6 +5587,10 @@ class AlertEngine(StoppableThread):
 
     # -- the thread --
 
+    def stop(self):
+        StoppableThread.stop(self)
+        self._wake.set()
+
     def run(self):
         while not self.stopping.is_set():
             self._wake.wait(1.0)
@@ -5724,6 +5728,10 @@ class WebhookSender(StoppableThread):
         if len(self._queue) == self._queue.maxlen:
             self._count("dropped")
         self._queue.append(event)
+        self._wake.set()
+
+    def stop(self):
+        StoppableThread.stop(self)
         self._wake.set()
 
     def run(self):

@@ -5257,7 +5257,9 @@ class VramForecaster(object):
             free = self._free
         for row in rows:
             key = (row.get("pid"), row.get("start_time"))
-            forecast = compute_proc_vram_forecast(*series[key], free) if key in series else None
+            forecast = None
+            if key in series:
+                forecast = compute_proc_vram_forecast(series[key][0], series[key][1], free)
             out.append(row if forecast is None else dict(row, vram_forecast=forecast))
         return out
 

@@ -137,7 +137,7 @@ def test_multi_row_contents(multi_result):
         "engines_pct": {"gfx": None}, "engines_ns": {"gfx": 107322799 + 39456116802},
         "gpu_time_ms_per_s": None, "container": None,
         "start_time": 2200, "clients": 2,                 # dup'd fds 12/13 counted once
-        "type": None, "visible": True}
+        "type": None, "visible": True, "vram_forecast": None}
     assert a[1600]["kfd"] and a[1600]["container"] == "5dace3de0735"
     assert a[1600]["cpu_bytes"] == 6200 * KIB and a[1600]["engines_pct"] == {}
     assert a[1700]["kfd"] and a[1700]["render_node"] is None and a[1700]["user"] == "root"

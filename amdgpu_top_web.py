@@ -22,12 +22,13 @@ Endpoints (GET/HEAD only; anything else is 405)::
     /api/gpus/{id}/metrics    latest stats of one GPU
     /api/gpus/{id}/procs      latest process list of one GPU
     /api/gpus/{id}/history    rolling history (columnar) of one GPU
+    /api/alerts               alert events (?range=1h|6h|24h|7d|30d, from/to, format=csv)
     /api/healthz /api/readyz /api/version
     /plain                    server-rendered tables (no JavaScript needed)
     /metrics                  Prometheus text (APP_ENABLE_PROMETHEUS=true)
     /vendor/...               the page's ES modules (APP_VENDOR_DIR, air-gapped)
     /debug/threads /debug/memory   (APP_ENABLE_PPROF=true)
-    /ws                       WebSocket: hello, stats, procs, gpus, pong, error
+    /ws                       WebSocket: hello, stats, procs, gpus, alert, pong, error
 
 Threads::
 
@@ -38,6 +39,8 @@ Threads::
                      kept fds + pread, or NVML calls prepared once)
                  <-- proc-scan thread (budgeted /proc walk + fdinfo; NVML's lists)
                  <-- discovery thread (asks every backend: AMD, Intel, NVIDIA, demo)
+    cache --offer_*--> sinks: alert engine thread (bounded inbox) --> cache.publish_alert
+                       (a frame to every client) and --> webhook thread (POST, retries)
 
 Contents (a section uses only the sections above it)::
 
@@ -47,13 +50,16 @@ Contents (a section uses only the sections above it)::
      3. Data types (config, GpuInfo, NVML ctypes structs, fdinfo records)
      4. Pure parsers (sysfs, hwmon, ids files, config; Intel and NVML values;
         fdinfo, /proc text, command lines, engine-rate maths; the one builder
-        per wire shape: metrics, process rows, totals, capabilities, visibility)
+        per wire shape: metrics, process rows, totals, capabilities, visibility;
+        the VRAM forecast (Theil-Sen); alert rules and their state machine)
      5. WebSocket codec (sans-IO, RFC 6455)
      6. Pure HTTP helpers (routes, JSON messages, origin and host checks,
-        CSP, vendor URL rewriting, the plain view, Prometheus text)
+        CSP, vendor URL rewriting, the plain view, Prometheus text; alert
+        frames, the Alertmanager webhook body, /api/alerts parameters and CSV)
      7. Readers (thin filesystem I/O; the NVML library through ctypes)
      8. Backends and their readers (the seam; AMD, Intel, NVIDIA, demo),
-        samplers, discovery, the cache and the process sources
+        samplers, discovery, the cache and the process sources; the VRAM
+        forecaster, the alert engine and the webhook sender
      9. WebSocket hub
     10. HTTP server and handler
     11. CLI and main()

@@ -175,6 +175,8 @@ METRIC_KEYS = (
     # from AMD's binary gpu_metrics table where the plain files lack them
     "socclk_mhz", "vclk_mhz", "dclk_mhz", "mm_busy_pct", "power_gfx_w", "power_soc_w",
     "temp_vrgfx_c", "temp_vrsoc_c", "temp_vrmem_c", "cpu_core_power_w", "cpu_core_temp_c",
+    # the card's own temperature limits (hwmon temp*_crit, read once; alert levels)
+    "temp_crit_c", "temp_junction_crit_c", "temp_mem_crit_c",
     # the VRAM forecast (a dict: compute_vram_forecast; set by the cache, null in --once)
     "vram_forecast",
 )
@@ -916,6 +918,28 @@ def plan_hwmon(names, labels):
         if "pwm1_max" in names:
             plan["pwm_max"] = "pwm1_max"   # without it, compute_fan_pct assumes 255
     return plan
+
+
+def plan_temp_limits(plan, names):
+    """{metric key: file} of plan_hwmon -> {limit key: temp*_crit file} where present
+    (kernel Documentation/gpu/amdgpu/thermal.rst: temp[1-3]_crit)."""
+    present = set(names)
+    limits = {}
+    for key in ("temp_c", "temp_junction_c", "temp_mem_c"):
+        name = plan.get(key, "").replace("_input", "_crit")
+        if name and name in present:
+            limits[key[:-2] + "_crit_c"] = name
+    return limits
+
+
+def parse_temp_limits(raw):
+    """{limit key: file bytes} -> {limit key: °C} (implausible values dropped)."""
+    out = {}
+    for key, data in raw.items():
+        value = _scaled(data, 1000.0, 1)
+        if value is not None and 30 <= value <= 200:
+            out[key] = value
+    return out
 
 
 def _plan_labelled(plan, sensors, prefix, labels, by_label, by_index):
@@ -4369,6 +4393,9 @@ class AmdGpuReader(object):
         for key, name in plan.items():
             target = self._slow if key in slow_keys else self._fast
             target[key] = self._attr(self.info.hwmon_dir, name)
+        self._limits = parse_temp_limits(dict(   # fixed by the card: read once
+            (key, read_bytes(os.path.join(self.info.hwmon_dir, name), SYSFS_READ_SIZE))
+            for key, name in plan_temp_limits(plan, names).items()))
         for key, rel in DPM_FALLBACK_FILES:
             if key[:4] + "_mhz" not in plan:
                 self._fast[key] = self._attr(self.info.device_dir, rel)
@@ -4389,6 +4416,9 @@ class AmdGpuReader(object):
         raw["runtime_status"] = status.encode() if status else None
         table = self._parse_table(raw.pop("gpu_metrics"))
         metrics = merge_gpu_metrics(compute_metrics(raw, self.info.apu), table, self._table)
+        for key, value in self._limits.items():     # a limit beside its temperature only
+            if metrics[key.replace("_crit", "")] is not None:
+                metrics[key] = value
         self._table = table
         return metrics
 

@@ -483,3 +483,30 @@ def test_a_real_server_with_a_dead_webhook_keeps_serving(server, tmp_path):
         return "amdgpu_exporter_alert_webhook_failed_total 1" in text
     wait_for(failed, 15, interval=0.5, message="a counted webhook failure")
     assert len([line for line in srv.log().splitlines() if "webhook_failed" in line]) == 1
+
+
+# -- the card's own temperature limits -----------------------------------------
+
+
+def test_temperature_limits_are_planned_from_crit_files_and_read_once():
+    names = ["temp1_input", "temp1_label", "temp1_crit", "temp2_input", "temp2_label",
+             "temp2_crit", "temp2_crit_hyst", "temp3_input", "temp3_label"]
+    plan = atw.plan_hwmon(names, {"temp1_label": "edge", "temp2_label": "junction",
+                                  "temp3_label": "mem"})
+    assert atw.plan_temp_limits(plan, names) == {"temp_crit_c": "temp1_crit",
+                                                 "temp_junction_crit_c": "temp2_crit"}
+    assert atw.parse_temp_limits({"temp_crit_c": b"100000\n", "temp_junction_crit_c": b"-273150",
+                                  "temp_mem_crit_c": b"junk"}) == {"temp_crit_c": 100.0}
+
+
+def test_gpu_temperature_uses_the_card_limit_when_there_is_one():
+    rules = atw.parse_alert_rules()["gpu_temperature"]
+    levels, temp, limit = atw.temperature_levels(rules, {"temp_c": 70.0, "temp_junction_c": 99.0,
+                                                         "temp_junction_crit_c": 110.0})
+    assert (temp, limit) == (99.0, 110.0)
+    assert (levels["warn"], levels["warn_clear"], levels["crit"], levels["crit_clear"]) == (
+        100.0, 95.0, 110.0, 105.0)
+    levels, temp, limit = atw.temperature_levels(rules, {"temp_c": 70.0, "temp_junction_c": 99.0})
+    assert (temp, limit, levels["warn"]) == (70.0, None, 85.0)     # edge against the defaults
+    fixed = dict(rules, card_limits=False)
+    assert atw.temperature_levels(fixed, {"temp_c": 70.0, "temp_crit_c": 90.0})[2] is None

@@ -357,6 +357,7 @@ NVML_DISABLING_ERRORS = (NVML_ERROR_NOT_SUPPORTED, NVML_ERROR_FUNCTION_NOT_FOUND
                          NVML_ERROR_ARGUMENT_VERSION_MISMATCH)
 NVML_CLOCK_GRAPHICS, NVML_CLOCK_MEM = 0, 2
 NVML_TEMPERATURE_GPU = 0
+NVML_TEMPERATURE_THRESHOLDS = ((1, "temp_crit_c"), (2, "temp_mem_crit_c"))   # SLOWDOWN, MEM_MAX
 NVML_FI_DEV_MEMORY_TEMP = 82
 NVML_PSTATE_UNKNOWN = 32
 NVML_MEMORY_V2_VERSION = 40 | 2 << 24            # nvmlMemory_v2: sizeof | version << 24
@@ -4667,7 +4668,18 @@ class NvidiaGpuReader(object):
         self._lost_ids = lost if lost is not None else set()
         self._retry_at = None
         self._calls = self._plan()
-        self._active = new_metrics({"runtime_status": "active"})
+        self._active = new_metrics(dict(self._read_limits(), runtime_status="active"))
+
+    def _read_limits(self):
+        """The card's slowdown and memory-max temperatures (nvml.h
+        nvmlDeviceGetTemperatureThreshold), asked once: alert levels."""
+        fn, out = self._nvml.unchecked("nvmlDeviceGetTemperatureThreshold"), {}
+        for kind, key in NVML_TEMPERATURE_THRESHOLDS if fn is not None else ():
+            value = ctypes.c_uint()
+            if fn(self._handle, ctypes.c_int(kind), ctypes.byref(value)) == NVML_SUCCESS and (
+                    30 <= value.value <= 200):
+                out[key] = value.value
+        return out
 
     def _bind(self, name, args, put, fallback=None):
         fn = self._nvml.unchecked(name)

@@ -2563,6 +2563,9 @@ def compute_vram_forecast(ts, used, total, proc_series=None):
         return new_vram_forecast("trend", rate, _round_range(free / high, free / low),
                                  compute_driver_pid(proc_series, ts[0]))
     if high < -FORECAST_NOISE_FLOOR_BPS:
+        drop = max(a - b for a, b in zip(used, used[1:]))
+        if drop >= FORECAST_STEP_MIN_BYTES and drop > FORECAST_STEP_SHARE * rise:
+            return new_vram_forecast("step", None, None, None, -int(drop))   # a free, not a shrink
         return new_vram_forecast("trend", rate)
     return new_vram_forecast("stable", rate)
 
@@ -3865,18 +3868,19 @@ def _format_duration(seconds):
     return "%d s" % int(round(seconds))
 
 
-def format_forecast(forecast):
+def format_forecast(forecast, with_full=True):
     """vram_forecast -> words: 'growing 18-22 MiB/s, full in 4 min-5 min, mostly pid 1234'."""
     forecast = forecast or {}
     state, rate = forecast.get("state"), forecast.get("rate_bytes_per_s")
     if state == "step":
         text = "a step of %s" % format_bytes(forecast.get("step_bytes"))
     elif state == "trend" and rate:
-        mib = [r / float(1 << 20) for r in rate]
-        text = "%s %.0f\u2013%.0f MiB/s" % ("growing" if mib[0] > 0 else "shrinking",
-                                          abs(mib[0]), abs(mib[1]))
+        mib = sorted(abs(r) / float(1 << 20) for r in rate)
+        digits = 0 if mib[1] - mib[0] >= 2 else 1
+        text = "%s %.*f\u2013%.*f MiB/s" % ("growing" if rate[0] > 0 else "shrinking",
+                                           digits, mib[0], digits, mib[1])
         full = forecast.get("full_in_s")
-        if full:
+        if full and with_full:
             text += ", full in %s\u2013%s" % (_format_duration(full[0]), _format_duration(full[1]))
     else:
         return state or "unknown"
@@ -3887,7 +3891,7 @@ def format_forecast(forecast):
 
 ALERT_TITLES = {
     "gpu_temperature": "temperature %s °C", "vram_usage": "VRAM %s %% used",
-    "vram_full_soon": "VRAM full in %s", "gpu_throttling": "throttled",
+    "vram_full_soon": "VRAM full in %s or later", "gpu_throttling": "throttled",
     "fan_stopped": "fan stopped while hot", "gpu_lost": "GPU lost",
     "busy_unattributed": "busy %s %% with no visible process", "host_memory": "host RAM %s %% used",
 }
@@ -5360,8 +5364,9 @@ class Cache(object):
     same bytes to every listener (the hub), outside the lock.
     """
 
-    def __init__(self, interval_s, features):
+    def __init__(self, interval_s, features, clock=time.time):
         self.interval_s = interval_s
+        self.clock = clock              # wall clock of procs frames (the forecast's windows)
         self.features = dict(features)
         self.ready = threading.Event()
         self._lock = threading.Lock()
@@ -5442,8 +5447,8 @@ class Cache(object):
     def publish_procs(self, gpu_id, message):
         forecaster = self._forecasters.get(gpu_id)
         if forecaster is not None and message.get("processes"):
-            epoch_s = time.time()
-            message = dict(message, processes=forecaster.on_procs(epoch_s, message["processes"]))
+            message = dict(message, processes=forecaster.on_procs(self.clock(),
+                                                                  message["processes"]))
         payload = json_bytes(message)
         frame = OutFrame(gpu_id, "procs", payload, encode_frame(Opcode.TEXT, payload))
         with self._lock:
@@ -5677,7 +5682,7 @@ class AlertEngine(StoppableThread):
         self._observe("vram_usage", gpu_id, now_s, compute_vram_pct(metrics))
         forecast = metrics.get("vram_forecast") or {}
         self._observe("vram_full_soon", gpu_id, now_s, compute_full_in_s(forecast),
-                      detail=format_forecast(forecast))
+                      detail=format_forecast(forecast, with_full=False))
         self._observe("gpu_throttling", gpu_id, now_s, compute_throttled(metrics),
                       detail=", ".join(metrics.get("throttle_reasons") or ()))
         self._observe("fan_stopped", gpu_id, now_s, compute_fan_stopped(
@@ -5697,7 +5702,8 @@ class AlertEngine(StoppableThread):
         for key in SENSOR_KEYS:
             if metrics.get(key) is not None:
                 seen[key] = now_s
-            elif key in seen and status in (None, "active") and now_s - seen[key] >= ALERT_LOST_AFTER_S:
+            elif key in seen and status in (None, "active", "unsupported") and (
+                    now_s - seen[key] >= ALERT_LOST_AFTER_S):
                 gone.append(key)
         return (1, "sensor gone: " + ", ".join(gone)) if gone else (0, "")
 

@@ -237,3 +237,44 @@ def test_forecaster_annotates_process_rows():
     assert out[0]["vram_forecast"]["state"] == "trend"
     assert out[1]["vram_forecast"] is None and out[2]["vram_forecast"] is None
     assert rows[0]["vram_forecast"] is None        # the input rows are not changed
+
+
+def test_the_demo_leak_scenario_shows_a_trend_then_frees():
+    """--demo-scenario leak: card0 leaks (a trend with a time to full and the
+    python3 process as its driver), then frees; other GPUs stay calm."""
+    infos = atw.demo_gpu_infos(3)
+    backend = atw.DemoBackend(8, 3, "leak")
+    readers = [backend.open_reader(info) for info in infos]
+    clock = [0.0]
+    procs = atw.DemoProcSource(infos, 8, clock=lambda: clock[0], leak=True)
+    t0 = 1764686400.0
+    cache = atw.Cache(0.25, {}, clock=lambda: t0 + clock[0])
+    cache.set_gpus(infos)
+    seen = []
+    for i in range(4 * 215):
+        clock[0] = i * 0.25
+        for reader in readers:
+            cache.publish_stats(reader.info.id, t0 + i * 0.25, reader.sample(1000.0 + i * 0.25))
+        if i % 8 == 0:
+            result = procs.scan()
+            for info in infos:
+                cache.publish_procs(info.id, atw.build_procs_message(
+                    info.id, t0, result.by_pci[info.pci], result.visibility, result.stats))
+        seen.append(cache.stats("card0")[1]["vram_forecast"]["state"])
+        if i == 4 * 90:
+            forecast = cache.stats("card0")[1]["vram_forecast"]
+            assert forecast["state"] == "trend" and forecast["full_in_s"][0] > 0
+            assert forecast["driver_pid"] == 1037                       # python3 on card0
+            python3 = [r for r in cache.procs("card0")[0]["processes"] if r["pid"] == 1037][0]
+            assert python3["vram_forecast"]["state"] == "trend"
+            assert cache.stats("nvidia0")[1]["vram_forecast"]["state"] == "stable"
+            gpus, procs_now = cache.snapshot()
+            assert 'amdgpu_vram_full_seconds{gpu="card0"}' in atw.render_prometheus(
+                gpus, procs_now, {}, 0, [])
+    assert seen[-1] == "stable"                    # grew 145 s, held 45 s at 97 %, freed at 190 s
+
+
+def test_a_big_free_after_growth_is_a_step_down_not_a_shrink():
+    used = [20 * GiB + i * 4 * MiB for i in range(60)] + [12 * GiB + i * 2 * MiB for i in range(60)]
+    f = atw.compute_vram_forecast(times(), used, TOTAL)
+    assert f["state"] in ("step", "stable") and f["full_in_s"] is None

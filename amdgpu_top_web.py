@@ -7712,7 +7712,8 @@ class App(object):
                 thread.start()
         if self.webhook is not None:
             self.webhook.instance = "%s:%d" % (socket.gethostname(), port)
-            self.webhook.external_url = format_listen_url(host, port)
+            self.webhook.external_url = format_listen_url(
+                socket.gethostname() if host in ("", "0.0.0.0", "::") else host, port)
         self.hub.start()
         self.manager.start()
         if self.procs_thread is not None:

@@ -5811,9 +5811,9 @@ class WebhookSender(StoppableThread):
                 self._streak = 0
                 self._count("sent")
                 return True
-        if not self._streak:
-            LOG.warning("event=webhook_failed url=%s error=%s (further failures are only counted)",
-                        self.url, error)
+        if not self._streak:     # the host only: a webhook URL's path is often its secret
+            LOG.warning("event=webhook_failed host=%s error=%s (further failures are only counted)",
+                        urlsplit(self.url).netloc.rpartition("@")[2], error)
         self._streak += 1
         self._count("failed")
         return False

@@ -510,3 +510,15 @@ def test_gpu_temperature_uses_the_card_limit_when_there_is_one():
     assert (temp, limit, levels["warn"]) == (70.0, None, 85.0)     # edge against the defaults
     fixed = dict(rules, card_limits=False)
     assert atw.temperature_levels(fixed, {"temp_c": 70.0, "temp_crit_c": 90.0})[2] is None
+
+
+def test_the_failure_log_line_does_not_leak_the_webhook_secret(caplog):
+    webhook = atw.WebhookSender("http://user:pw@127.0.0.1:%d/hooks/T000/SECRET" % closed_port(),
+                                atw.Cache(0.25, {}), "box", retries=0)
+    event = atw.build_alert_event("gpu_lost", None, {
+        "state": "firing", "severity": "critical", "started": T0, "ended": None, "value": 1,
+        "previous_severity": None}, "x", T0)
+    with caplog.at_level("WARNING", logger="amdgpu_top_web"):
+        webhook.deliver(event)
+    text = caplog.text
+    assert "webhook_failed host=127.0.0.1" in text and "SECRET" not in text and "pw" not in text

@@ -5824,9 +5824,12 @@ class WebhookSender(StoppableThread):
         cls = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
         conn = cls(parts.hostname, parts.port, timeout=self.timeout_s)
         path = (parts.path or "/") + ("?" + parts.query if parts.query else "")
+        headers = {"Content-Type": "application/json", "User-Agent": "amdgpu_top_web/" + __version__}
+        if parts.username is not None:      # https://user:password@host/...: HTTP Basic
+            token = "%s:%s" % (parts.username, parts.password or "")
+            headers["Authorization"] = "Basic " + base64.b64encode(token.encode()).decode()
         try:
-            conn.request("POST", path, body, {"Content-Type": "application/json",
-                                              "User-Agent": "amdgpu_top_web/" + __version__})
+            conn.request("POST", path, body, headers)
             response = conn.getresponse()
             response.read(65536)
             return None if 200 <= response.status < 300 else "HTTP %d" % response.status

@@ -172,7 +172,7 @@ class Receiver(object):
     """http.server on 127.0.0.1:0 in a thread, recording each POSTed JSON body."""
 
     def __init__(self, status=200):
-        self.bodies = []
+        self.bodies, self.auth = [], []
         receiver = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -180,6 +180,7 @@ class Receiver(object):
                 length = int(self.headers.get("Content-Length") or 0)
                 receiver.bodies.append((self.path, self.headers.get("Content-Type"),
                                         json.loads(self.rfile.read(length))))
+                receiver.auth.append(self.headers.get("Authorization"))
                 self.send_response(status)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
@@ -522,3 +523,13 @@ def test_the_failure_log_line_does_not_leak_the_webhook_secret(caplog):
         webhook.deliver(event)
     text = caplog.text
     assert "webhook_failed host=127.0.0.1" in text and "SECRET" not in text and "pw" not in text
+
+
+def test_credentials_in_the_url_become_basic_auth(receiver):
+    url = receiver.url.replace("http://", "http://alert:s3cret@")
+    webhook = atw.WebhookSender(url, atw.Cache(0.25, {}), "box")
+    event = atw.build_alert_event("gpu_lost", None, {
+        "state": "firing", "severity": "critical", "started": T0, "ended": None, "value": 1,
+        "previous_severity": None}, "x", T0)
+    assert webhook.deliver(event) is True
+    assert receiver.auth == ["Basic YWxlcnQ6czNjcmV0"]

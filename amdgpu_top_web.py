@@ -2546,13 +2546,13 @@ def compute_vram_forecast(ts, used, total, proc_series=None):
     ts, used = forecast_window(ts, used)
     if not total or not _enough_points(ts):
         return new_vram_forecast()
+    if used[-1] < FORECAST_MIN_USED * total:       # no claim, and no O(n^2) fit either
+        return new_vram_forecast("stable")
     fit = compute_theil_sen(ts, used)
     if fit is None:
         return new_vram_forecast()
     _, low, high = fit
     rate = _round_range(low, high)
-    if used[-1] < FORECAST_MIN_USED * total:
-        return new_vram_forecast("stable", rate)
     jump = max(b - a for a, b in zip(used, used[1:]))
     rise = max(used) - min(used)
     if jump >= FORECAST_STEP_MIN_BYTES and jump > FORECAST_STEP_SHARE * rise:

@@ -533,3 +533,13 @@ def test_credentials_in_the_url_become_basic_auth(receiver):
         "previous_severity": None}, "x", T0)
     assert webhook.deliver(event) is True
     assert receiver.auth == ["Basic YWxlcnQ6czNjcmV0"]
+
+
+def test_alert_frames_reach_clients_of_any_subscription():
+    protocol = atw.DashboardProtocol(atw.Cache(0.25, {}), "auto")
+
+    class Client(object):
+        subscription = "nvidia0"
+    frame = atw.OutFrame(None, "alert", b"{}", b"")
+    assert protocol.wants(Client(), frame)
+    assert not protocol.wants(Client(), atw.OutFrame("card0", "stats", b"{}", b""))

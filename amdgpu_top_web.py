@@ -5179,7 +5179,7 @@ class DemoNvidiaReader(object):
         t = now + phase
         busy = min(100.0, max(0.0, (0.55 + 0.4 * math.sin(t / 11.0)) * 100 + self._rng.uniform(-3, 3)))
         power = cap * (0.08 + busy * 0.0089)
-        self._temp += ((30.0 + power * 0.1) - self._temp) * 0.05
+        self._temp += ((30.0 + 45.0 * power / cap) - self._temp) * 0.05     # <= 75 °C: calm
         if self._last is not None:
             self._energy_j += power * max(0.0, now - self._last)
         self._last = now

@@ -3515,6 +3515,10 @@ PROM_GPU_FAMILIES = (
      [("temp_c", 1, (("sensor", "edge"),)), ("temp_junction_c", 1, (("sensor", "junction"),)),
       ("temp_mem_c", 1, (("sensor", "mem"),)), ("temp_vrgfx_c", 1, (("sensor", "vr_gfx"),)),
       ("temp_vrsoc_c", 1, (("sensor", "vr_soc"),)), ("temp_vrmem_c", 1, (("sensor", "vr_mem"),))]),
+    ("temperature_limit_celsius", "gauge", "The card's own critical temperature (hwmon "
+     "temp*_crit; NVIDIA: slowdown and memory-max thresholds).",
+     [("temp_crit_c", 1, (("sensor", "edge"),)), ("temp_junction_crit_c", 1, (("sensor", "junction"),)),
+      ("temp_mem_crit_c", 1, (("sensor", "mem"),))]),
     ("fan_rpm", "gauge", "Fan speed in revolutions per minute.", [("fan_rpm", 1, ())]),
     ("fan_duty_ratio", "gauge", "Fan PWM duty (pwm1 / pwm1_max).", [("fan_pct", 0.01, ())]),
     ("power_watts", "gauge", "Package power (PPT; Van Gogh: slow and fast PPT).",

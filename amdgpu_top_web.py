@@ -472,12 +472,7 @@ HISTORY_RUN_MISSING_SCANS = 3        # a run ends after this many scans without 
 HISTORY_RUN_MAX_GAP_S = 30.0         # a longer gap between sightings does not count as time
 HISTORY_QUERY_MAX_ROWS = 5000        # runs / alerts answered at most
 HISTORY_NOT_NUMERIC = ("runtime_status", "throttle_reasons", "vram_used_source", "vram_forecast")
-# Host metrics (contract with the host branch; the store keeps these columns).
-HISTORY_HOST_KEYS = (
-    "cpu_busy_pct", "cpu_count", "load1", "load5", "load15", "mem_total_bytes",
-    "mem_used_bytes", "mem_available_bytes", "swap_total_bytes", "swap_used_bytes",
-    "mem_pressure_some_avg10", "mem_pressure_full_avg10",
-)
+HISTORY_HOST_KEYS = HOST_KEYS        # the store keeps a column per host key
 # Stored as integers in fixed units (facts sheet §3): value * scale, by name suffix.
 HISTORY_SCALES = (("_bytes", 1.0 / (1 << 20)), ("_pct", 10.0), ("_c", 10.0), ("_w", 10.0),
                   ("_gts", 10.0), ("_avg10", 100.0), ("throttled", 1000.0))

@@ -34,7 +34,8 @@ ARG VIDEO_GID=44
 ARG RENDER_GID=992
 SHELL ["/busybox/sh", "-eu", "-c"]
 RUN cp /etc/group /tmp/group \
-    && printf 'video:x:%s:nonroot\nrender:x:%s:nonroot\n' "${VIDEO_GID}" "${RENDER_GID}" >> /tmp/group
+    && printf 'video:x:%s:nonroot\nrender:x:%s:nonroot\n' "${VIDEO_GID}" "${RENDER_GID}" >> /tmp/group \
+    && mkdir -p /tmp/history && chmod 0700 /tmp/history
 
 # -- stage 2: the image --------------------------------------------------------
 FROM gcr.io/distroless/python3-debian12:nonroot
@@ -49,9 +50,16 @@ WORKDIR /app
 # The two files, owned by root and read-only to the service user.
 COPY amdgpu_top_web.py index.html /app/
 
+# History (README, "History"): the one thing written, on a volume owned by the
+# service user, so --read-only still works. Name it to keep history across
+# `docker rm`: -v gpu-web-history:/var/lib/amdgpu_top_web
+COPY --from=accounts --chown=65532:65532 /tmp/history /var/lib/amdgpu_top_web
+VOLUME ["/var/lib/amdgpu_top_web"]
+
 # Unbuffered logs; no .pyc writes (the root filesystem may be read-only).
 ENV PYTHONUNBUFFERED=1 \
-    PYTHONDONTWRITEBYTECODE=1
+    PYTHONDONTWRITEBYTECODE=1 \
+    APP_HISTORY_PATH=/var/lib/amdgpu_top_web/history.sqlite3
 
 # 65532 = nonroot of the distroless base. Numeric, so Kubernetes' runAsNonRoot
 # can verify it; uid only (no ":gid"), so the runtime still takes the primary

@@ -23,12 +23,13 @@ Endpoints (GET/HEAD only; anything else is 405)::
     /api/gpus/{id}/procs      latest process list of one GPU
     /api/gpus/{id}/history    rolling history (columnar) of one GPU
     /api/host                 latest host frame: CPU, load, RAM, swap, memory pressure
+    /api/alerts               alert events (?range=1h|6h|24h|7d|30d, from/to, format=csv)
     /api/healthz /api/readyz /api/version
     /plain                    server-rendered tables (no JavaScript needed)
     /metrics                  Prometheus text (APP_ENABLE_PROMETHEUS=true)
     /vendor/...               the page's ES modules (APP_VENDOR_DIR, air-gapped)
     /debug/threads /debug/memory   (APP_ENABLE_PPROF=true)
-    /ws                       WebSocket: hello, stats, procs, host, gpus, pong, error
+    /ws                       WebSocket: hello, stats, procs, host, gpus, alert, pong, error
 
 Threads::
 
@@ -40,6 +41,11 @@ Threads::
                  <-- proc-scan thread (budgeted /proc walk + fdinfo; NVML's lists)
                  <-- discovery thread (asks every backend: AMD, Intel, NVIDIA, demo)
                  <-- host-sampler thread (/proc/stat, meminfo, loadavg, pressure; 1 Hz)
+    cache --sinks--> bounded queue --> history-writer (ONE thread, SQLite file,
+                     a transaction every 5 s); handler threads read it with
+                     their own connections
+    cache --offer_*--> sinks: alert engine thread (bounded inbox) --> cache.publish_alert
+                       (a frame to every client) and --> webhook thread (POST, retries)
 
 Contents (a section uses only the sections above it)::
 
@@ -50,13 +56,18 @@ Contents (a section uses only the sections above it)::
      4. Pure parsers (sysfs, hwmon, ids files, config; Intel and NVML values;
         fdinfo, /proc text, host metrics and per-process CPU %, command lines,
         engine-rate maths; the one builder per wire shape: metrics, process
-        rows, totals, capabilities, visibility, host)
+        rows, totals, capabilities, visibility, host; history columns,
+        roll-ups, tier choice and process runs; the VRAM forecast (Theil-Sen);
+        alert rules and their state machine)
      5. WebSocket codec (sans-IO, RFC 6455)
      6. Pure HTTP helpers (routes, JSON messages, origin and host checks,
-        CSP, vendor URL rewriting, the plain view, Prometheus text)
+        CSP, vendor URL rewriting, the plain view, Prometheus text; alert
+        frames, the Alertmanager webhook body, /api/alerts parameters and CSV)
      7. Readers (thin filesystem I/O; the NVML library through ctypes)
      8. Backends and their readers (the seam; AMD, Intel, NVIDIA, demo),
-        samplers, the host reader, discovery, the cache and the process sources
+        samplers, the host reader, discovery, the cache and the process
+        sources; the history store (SQLite, the only code that speaks SQL); the
+        VRAM forecaster, the alert engine and the webhook sender
      9. WebSocket hub
     10. HTTP server and handler
     11. CLI and main()
@@ -87,6 +98,7 @@ import calendar
 import codecs
 import collections
 import csv
+import datetime
 import enum
 import errno
 import fcntl
@@ -106,6 +118,7 @@ import selectors
 import signal
 import socket
 import stat
+import statistics
 import struct
 import threading
 import time
@@ -113,7 +126,7 @@ import traceback
 import tracemalloc
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qs, parse_qsl, urlsplit
 
 try:                    # stdlib, but a minimal Python may be built without SQLite:
     import sqlite3      # then history is off
@@ -156,6 +169,7 @@ WS_SHUTDOWN_POLL_S = 0.05       # the hub loop's tick while shutdown waits for C
 HTTP_IDLE_TIMEOUT_S = 15.0
 HTTP_ERROR_LOG_PER_S = 20       # error lines logged per second at most (the rest counted)
 DEMO_MAX_GPUS = 8               # --demo shows up to this many synthetic GPUs
+DEMO_SCENARIOS = ("none", "leak")
 ONCE_RATE_WAIT_S = 0.5          # --once reads twice this far apart (rates need two reads)
 SHUTDOWN_GRACE_S = 0.6          # time clients get to answer our Close 1001
 PROC_SCAN_BUDGET_S = 0.5        # wall-clock budget of one /proc walk (then resumed next scan)
@@ -176,6 +190,10 @@ METRIC_KEYS = (
     # from AMD's binary gpu_metrics table where the plain files lack them
     "socclk_mhz", "vclk_mhz", "dclk_mhz", "mm_busy_pct", "power_gfx_w", "power_soc_w",
     "temp_vrgfx_c", "temp_vrsoc_c", "temp_vrmem_c", "cpu_core_power_w", "cpu_core_temp_c",
+    # the card's own temperature limits (hwmon temp*_crit, read once; alert levels)
+    "temp_crit_c", "temp_junction_crit_c", "temp_mem_crit_c",
+    # the VRAM forecast (a dict: compute_vram_forecast; set by the cache, null in --once)
+    "vram_forecast",
 )
 # The series kept in the rolling history (what the page draws as sparklines).
 HISTORY_KEYS = (
@@ -260,6 +278,63 @@ RUN_PATH_RE = re.compile(r"^/api/processes/([0-9]{1,18})/history$")
 MEMINFO_LINE_RE = re.compile(r"^([A-Za-z0-9_()]+):[ \t]*([0-9]+)( kB)?[ \t]*$", re.MULTILINE | re.ASCII)
 HWMON_FILE_RE = re.compile(r"^(temp|freq|in|power|fan|pwm)(0|[1-9][0-9]*)_([a-z_]+)$")
 
+# -- VRAM forecast and alerts (history-insight.md §6-7) ----------------------
+
+FORECAST_WINDOW_S = 120.0       # the slope is fitted over the last 2 minutes...
+FORECAST_MIN_POINTS = 30        # ...with at least this many points...
+FORECAST_MIN_SPAN_S = 60.0      # ...spanning at least this long
+FORECAST_STEP_S = 1.0           # the window keeps one point per second (O(n^2) fit)
+FORECAST_EVERY_S = 1.0          # recomputed at most this often per GPU
+FORECAST_CONFIDENCE = 0.95      # Sen's interval (scipy.stats.theilslopes' alpha)
+FORECAST_NOISE_FLOOR_BPS = float(1 << 20)   # 1 MiB/s: below it nothing is claimed
+FORECAST_MIN_USED = 0.5         # nor below half-full VRAM
+FORECAST_STEP_SHARE = 0.5       # one jump carrying more of the rise: a step
+FORECAST_STEP_MIN_BYTES = 64 << 20          # smaller jumps are never called steps
+FORECAST_PROC_MAX = 64          # process series kept per GPU (largest VRAM first)
+
+ALERT_RULES = ("gpu_temperature", "vram_usage", "vram_full_soon", "gpu_throttling",
+               "fan_stopped", "gpu_lost", "busy_unattributed", "host_memory")
+ALERT_SEVERITIES = ("warning", "critical")
+# Per rule: raise (warn/crit) and clear levels, the hold before firing (for_s)
+# and the longer one before stepping down or resolving (clear_for_s); None =
+# no such severity. Units: °C, %, seconds (vram_full_soon: time to full,
+# "below"), 0/1 flags. Documented as a table in README.md.
+ALERT_RULE_DEFAULTS = (
+    ("gpu_temperature", {"enabled": True, "warn": 85.0, "warn_clear": 80.0, "crit": 95.0,
+                         "crit_clear": 90.0, "for_s": 10.0, "clear_for_s": 30.0,
+                         "card_limits": True}),
+    ("vram_usage", {"enabled": True, "warn": 90.0, "warn_clear": 85.0, "crit": 97.0,
+                    "crit_clear": 95.0, "for_s": 10.0, "clear_for_s": 30.0}),
+    ("vram_full_soon", {"enabled": True, "direction": "below", "warn": 900.0,
+                        "warn_clear": 1200.0, "crit": 300.0, "crit_clear": 420.0,
+                        "for_s": 10.0, "clear_for_s": 30.0}),
+    ("gpu_throttling", {"enabled": True, "warn": 1.0, "warn_clear": 0.0, "crit": None,
+                        "crit_clear": None, "for_s": 60.0, "clear_for_s": 60.0}),
+    ("fan_stopped", {"enabled": True, "warn": None, "warn_clear": None, "crit": 1.0,
+                     "crit_clear": 0.0, "for_s": 15.0, "clear_for_s": 30.0, "hot_c": 70.0}),
+    ("gpu_lost", {"enabled": True, "warn": None, "warn_clear": None, "crit": 1.0,
+                  "crit_clear": 0.0, "for_s": 0.0, "clear_for_s": 30.0}),
+    ("busy_unattributed", {"enabled": True, "warn": 50.0, "warn_clear": 20.0, "crit": None,
+                           "crit_clear": None, "for_s": 60.0, "clear_for_s": 60.0}),
+    ("host_memory", {"enabled": True, "warn": 90.0, "warn_clear": 80.0, "crit": 98.0,
+                     "crit_clear": 90.0, "for_s": 30.0, "clear_for_s": 60.0}),
+)
+ALERT_RULE_KEYS = ("enabled", "warn", "warn_clear", "crit", "crit_clear", "for", "clear_for")
+# Throttle reasons that are no power or thermal limit (NVML clock events).
+THROTTLE_BENIGN_REASONS = ("GpuIdle", "ApplicationsClocksSetting", "SyncBoost",
+                           "DisplayClockSetting")
+SENSOR_KEYS = ("temp_c", "power_w", "vram_used_bytes", "gpu_busy_pct")   # "a sensor gone"
+ALERT_EVENTS_KEPT = 1000        # recent events kept in memory (history off)
+ALERT_QUEUE_ITEMS = 512         # the engine's inbox (drop-oldest past it)
+ALERT_LOST_AFTER_S = 5.0        # a sensor null this long (GPU active) counts as gone
+WEBHOOK_TIMEOUT_S = 5.0
+WEBHOOK_RETRIES = 3             # attempts per event after the first: backoff 1, 2, 4 s
+WEBHOOK_BACKOFF_S = 1.0
+WEBHOOK_QUEUE_ITEMS = 64
+WEBHOOK_RECEIVER = "amdgpu_top_web"
+ALERTMANAGER_ZERO_TIME = "0001-01-01T00:00:00Z"   # endsAt of a firing alert (Alertmanager)
+ALERTS_DEFAULT_RANGE_S = 86400.0
+
 # -- process top -----------------------------------------------------------
 
 DRM_CHAR_MAJOR = 226                 # Linux DRM character devices (card*, renderD*)
@@ -325,6 +400,7 @@ NVML_DISABLING_ERRORS = (NVML_ERROR_NOT_SUPPORTED, NVML_ERROR_FUNCTION_NOT_FOUND
                          NVML_ERROR_ARGUMENT_VERSION_MISMATCH)
 NVML_CLOCK_GRAPHICS, NVML_CLOCK_MEM = 0, 2
 NVML_TEMPERATURE_GPU = 0
+NVML_TEMPERATURE_THRESHOLDS = ((1, "temp_crit_c"), (2, "temp_mem_crit_c"))   # SLOWDOWN, MEM_MAX
 NVML_FI_DEV_MEMORY_TEMP = 82
 NVML_PSTATE_UNKNOWN = 32
 NVML_MEMORY_V2_VERSION = 40 | 2 << 24            # nvmlMemory_v2: sizeof | version << 24
@@ -381,8 +457,13 @@ HISTORY_MAINTAIN_S = 60.0            # retention (age and size) is enforced this
 HISTORY_DELETE_SLICE = 2000          # rows per DELETE, so no statement runs long
 HISTORY_VACUUM_PAGES = 2000          # PRAGMA incremental_vacuum(N) after deletes
 # (name, step in seconds, kept for seconds): 1 s means, then min/avg/max/count roll-ups.
-HISTORY_TIERS = (("raw", 1, 48 * 3600), ("1m", 60, 90 * 86400), ("1h", 3600, 2 * 365 * 86400))
-HISTORY_MAX_POINTS = 1500            # a chart gets at most about this many points
+# Measured (tests/bench/bench_history.py, 22 metrics of a dGPU): a raw row ~110 B,
+# a roll-up row ~295 B; 1 min rows for 90 days alone would be 38 MB per GPU, so
+# they are kept 14 days and a 10 min tier carries 90 days (7-day charts read it).
+HISTORY_TIERS = (("raw", 1, 48 * 3600), ("1m", 60, 14 * 86400), ("10m", 600, 90 * 86400),
+                 ("1h", 3600, 2 * 365 * 86400))
+HISTORY_MIN_POINTS = 300             # a chart gets about 300 to 1500 points
+HISTORY_MAX_POINTS = 1500
 HISTORY_NICE_STEPS = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800,
                       21600, 43200, 86400, 172800, 604800)
 HISTORY_PROC_SAMPLE_S = 10           # per-process samples ("who was on this GPU at T")
@@ -391,7 +472,7 @@ HISTORY_RUN_KEEP_S = 365 * 86400     # process runs and alert events
 HISTORY_RUN_MISSING_SCANS = 3        # a run ends after this many scans without it
 HISTORY_RUN_MAX_GAP_S = 30.0         # a longer gap between sightings does not count as time
 HISTORY_QUERY_MAX_ROWS = 5000        # runs / alerts answered at most
-HISTORY_NOT_NUMERIC = ("runtime_status", "throttle_reasons", "vram_used_source")
+HISTORY_NOT_NUMERIC = ("runtime_status", "throttle_reasons", "vram_used_source", "vram_forecast")
 # Host metrics (contract with the host branch; the store keeps these columns).
 HISTORY_HOST_KEYS = (
     "cpu_busy_pct", "cpu_count", "load1", "load5", "load15", "mem_total_bytes",
@@ -457,6 +538,16 @@ SETTINGS = (
             "with --demo: synthetic processes per GPU"),
     Setting("APP_DEMO_GPUS", "--demo-gpus", "demo_gpus", "3", "demo_gpus",
             "with --demo: how many synthetic GPUs, 1 to 8 (AMD and NVIDIA)"),
+    Setting("APP_DEMO_SCENARIO", "--demo-scenario", "demo_scenario", "none", "scenario",
+            "with --demo: none, or leak (card0's VRAM leaks to 97 percent, then frees: "
+            "a forecast and alerts to look at)"),
+    Setting("APP_ALERTS", "--alerts", "alerts", "on", "bool",
+            "built-in alert rules (frames, /api/alerts, webhook); --no-alerts turns them off"),
+    Setting("APP_ALERT_RULES", "--alert-rules", "alert_rules", "", "optpath",
+            "JSON file overriding alert rules: {rule: {enabled, warn, warn_clear, crit, "
+            "crit_clear, for, clear_for}}"),
+    Setting("APP_ALERT_WEBHOOK_URL", "--alert-webhook-url", "alert_webhook_url", "", "url",
+            "http(s) URL receiving each alert change as Alertmanager webhook JSON"),
     Setting("APP_VENDOR_DIR", "--vendor-dir", "vendor_dir", "", "optpath",
             "npm node_modules folder to serve the page's modules from (air-gapped use)"),
     Setting("APP_HISTORY_PATH", "--history-path", "history_path", "auto", "history_path",
@@ -746,6 +837,21 @@ def parse_origins(text):
     return tuple(origins)
 
 
+def parse_webhook_url(text):
+    """'' -> None; an http(s) URL with a host -> itself; ValueError otherwise."""
+    text = (text or "").strip()
+    if not text:
+        return None
+    try:
+        parts = urlsplit(text)
+        parts.port
+    except ValueError:
+        raise ValueError("not a valid URL")
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("expected an http:// or https:// URL with a host")
+    return text
+
+
 def normalize_origin(origin):
     """'HTTP://Host:80' -> 'http://host'; None when it is not an http(s) origin."""
     try:
@@ -824,6 +930,12 @@ def _convert_simple_setting(kind, raw):
         if value < 1 << 20:
             raise ValueError("must be at least 1MiB")
         return value
+    if kind == "url":
+        return parse_webhook_url(raw)
+    if kind == "scenario":
+        if raw.strip() not in DEMO_SCENARIOS:
+            raise ValueError("must be one of %s" % ", ".join(DEMO_SCENARIOS))
+        return raw.strip()
     return parse_listen_addr(raw)
 
 
@@ -911,6 +1023,28 @@ def plan_hwmon(names, labels):
         if "pwm1_max" in names:
             plan["pwm_max"] = "pwm1_max"   # without it, compute_fan_pct assumes 255
     return plan
+
+
+def plan_temp_limits(plan, names):
+    """{metric key: file} of plan_hwmon -> {limit key: temp*_crit file} where present
+    (kernel Documentation/gpu/amdgpu/thermal.rst: temp[1-3]_crit)."""
+    present = set(names)
+    limits = {}
+    for key in ("temp_c", "temp_junction_c", "temp_mem_c"):
+        name = plan.get(key, "").replace("_input", "_crit")
+        if name and name in present:
+            limits[key[:-2] + "_crit_c"] = name
+    return limits
+
+
+def parse_temp_limits(raw):
+    """{limit key: file bytes} -> {limit key: °C} (implausible values dropped)."""
+    out = {}
+    for key, data in raw.items():
+        value = _scaled(data, 1000.0, 1)
+        if value is not None and 30 <= value <= 200:
+            out[key] = value
+    return out
 
 
 def _plan_labelled(plan, sensors, prefix, labels, by_label, by_index):
@@ -2405,6 +2539,7 @@ PROC_ROW_DEFAULTS = (
     ("gtt_total_bytes", None), ("engines_pct", None), ("engines_ns", None),
     ("gpu_time_ms_per_s", None), ("container", None), ("start_time", None), ("clients", 0),
     ("type", None), ("visible", True), ("cpu_pct", None), ("rss_bytes", None),
+    ("vram_forecast", None),
 )
 
 
@@ -2712,22 +2847,21 @@ class SeriesRollup(object):
 
 def choose_history_step(from_s, to_s, now_s, points=None, tiers=HISTORY_TIERS):
     """(tier name, tier step, bucket step) for a chart of [from_s, to_s): the
-    coarsest tier whose step fits, about 300-1500 points (or `points`), and a
-    tier that still holds from_s (a finer one past its retention has no rows)."""
+    coarsest tier that still gives HISTORY_MIN_POINTS (or whose step fits
+    `points`), buckets for at most HISTORY_MAX_POINTS (or `points`), and a tier
+    that still holds from_s (a finer one past its retention has no rows)."""
     span = max(1.0, float(to_s) - float(from_s))
     want = span / float(points or HISTORY_MAX_POINTS)
-    step = next((s for s in HISTORY_NICE_STEPS if s >= want),
-                int(math.ceil(want / 86400.0)) * 86400)
     index = 0
     for i, (_, tier_step, _) in enumerate(tiers):
-        if tier_step <= step:
+        if (tier_step <= want) if points else (span / tier_step >= HISTORY_MIN_POINTS):
             index = i
     while index < len(tiers) - 1 and now_s - tiers[index][2] > from_s:
         index += 1
     name, tier_step, _ = tiers[index]
-    step = max(step, tier_step)
-    step -= step % tier_step
-    return name, tier_step, step
+    step = next((s for s in HISTORY_NICE_STEPS if s >= want and s % tier_step == 0),
+                int(math.ceil(max(want, tier_step) / 86400.0)) * 86400)
+    return name, tier_step, max(step, tier_step)
 
 
 def parse_iso_ts(text):
@@ -2873,6 +3007,365 @@ def _max_known(old, new):
     if not isinstance(new, (int, float)):
         return old
     return new if old is None or new > old else old
+# -- VRAM forecast: Theil-Sen slope with Sen's interval (history-insight §6) --
+
+
+def _median_sorted(values):
+    n = len(values)
+    mid = n // 2
+    return values[mid] if n % 2 else (values[mid - 1] + values[mid]) / 2.0
+
+
+def _tie_term(values):
+    """sum k(k-1)(2k+5) over groups of k equal values (Kendall's variance ties)."""
+    counts = collections.Counter(values)
+    return sum(k * (k - 1) * (2 * k + 5) for k in counts.values() if k > 1)
+
+
+def compute_theil_sen(xs, ys, confidence=FORECAST_CONFIDENCE):
+    """(slope, low, high): the median of pairwise slopes and Sen's (1968)
+    rank-based confidence interval, as scipy.stats.theilslopes computes them.
+    O(n^2) pairs: call it on a few hundred points at most. None below 2 points."""
+    n = len(xs)
+    slopes = []
+    for i in range(n):
+        xi, yi = xs[i], ys[i]
+        for j in range(i + 1, n):
+            dx = xs[j] - xi
+            if dx > 0:
+                slopes.append((ys[j] - yi) / dx)
+            elif dx < 0:
+                slopes.append((yi - ys[j]) / -dx)
+    if not slopes:
+        return None
+    slopes.sort()
+    nt = len(slopes)
+    z = statistics.NormalDist().inv_cdf(0.5 + confidence / 2.0)
+    var = (n * (n - 1) * (2 * n + 5) - _tie_term(xs) - _tie_term(ys)) / 18.0
+    sigma = math.sqrt(max(var, 0.0))
+    upper = min(int(round((nt + z * sigma) / 2.0)), nt - 1)
+    lower = max(int(round((nt - z * sigma) / 2.0)) - 1, 0)
+    return _median_sorted(slopes), slopes[lower], slopes[upper]
+
+
+def compute_fitted_level(xs, ys, slope):
+    """The robust line's value at the last x (intercept = median of y - slope*x,
+    as scipy's theilslopes): a noisy last sample does not move the time to full."""
+    return statistics.median(y - slope * x for x, y in zip(xs, ys)) + slope * xs[-1]
+
+
+def new_vram_forecast(state="unknown", rate=None, full_in=None, driver_pid=None, step=None):
+    """The one vram_forecast builder: always ranges, never points."""
+    return {"state": state, "rate_bytes_per_s": rate, "full_in_s": full_in,
+            "driver_pid": driver_pid, "step_bytes": step}
+
+
+def forecast_window(ts, values, window_s=FORECAST_WINDOW_S):
+    """The samples of the last window_s seconds (ts ascending) as two lists."""
+    if not ts:
+        return [], []
+    start = bisect.bisect_left(ts, ts[-1] - window_s)
+    return list(ts[start:]), list(values[start:])
+
+
+def _enough_points(ts):
+    return len(ts) >= FORECAST_MIN_POINTS and ts[-1] - ts[0] >= FORECAST_MIN_SPAN_S
+
+
+def _round_range(low, high):
+    """Whole numbers, rounded outwards (a range never shrinks by rounding)."""
+    return [int(math.floor(low)), int(math.ceil(high))]
+
+
+def compute_vram_forecast(ts, used, total, proc_series=None):
+    """Device VRAM samples (ts seconds ascending, used bytes) -> vram_forecast.
+
+    Gates (history-insight §6): >= FORECAST_MIN_POINTS over >= FORECAST_MIN_SPAN_S
+    of the last FORECAST_WINDOW_S, else "unknown"; below FORECAST_MIN_USED of
+    total nothing is claimed ("stable"); one jump carrying > FORECAST_STEP_SHARE
+    of the window's rise is a "step"; a "trend" needs the interval's low end
+    past the noise floor (a growing one gets full_in_s = free/high .. free/low).
+    proc_series {pid: (ts, vram)} names the process that grew most (driver_pid).
+    """
+    ts, used = forecast_window(ts, used)
+    if not total or not _enough_points(ts):
+        return new_vram_forecast()
+    if used[-1] < FORECAST_MIN_USED * total:       # no claim, and no O(n^2) fit either
+        return new_vram_forecast("stable")
+    fit = compute_theil_sen(ts, used)
+    if fit is None:
+        return new_vram_forecast()
+    _, low, high = fit
+    rate = _round_range(low, high)
+    jump = max(b - a for a, b in zip(used, used[1:]))
+    rise = max(used) - min(used)
+    if jump >= FORECAST_STEP_MIN_BYTES and jump > FORECAST_STEP_SHARE * rise:
+        return new_vram_forecast("step", None, None, compute_driver_pid(proc_series, ts[0]),
+                                 int(jump))
+    if low > FORECAST_NOISE_FLOOR_BPS:
+        free = max(0.0, total - compute_fitted_level(ts, used, fit[0]))
+        return new_vram_forecast("trend", rate, _round_range(free / high, free / low),
+                                 compute_driver_pid(proc_series, ts[0]))
+    if high < -FORECAST_NOISE_FLOOR_BPS:
+        drop = max(a - b for a, b in zip(used, used[1:]))
+        if drop >= FORECAST_STEP_MIN_BYTES and drop > FORECAST_STEP_SHARE * rise:
+            return new_vram_forecast("step", None, None, None, -int(drop))   # a free, not a shrink
+        return new_vram_forecast("trend", rate)
+    return new_vram_forecast("stable", rate)
+
+
+def compute_driver_pid(proc_series, since_s):
+    """The pid whose VRAM grew most since since_s (> the noise floor over the
+    window), or None. proc_series: {pid: (ts list, vram list)}."""
+    best, best_growth = None, 0.0
+    for pid, (ts, vram) in (proc_series or {}).items():
+        start = bisect.bisect_left(ts, since_s)
+        if len(ts) - start < 2:
+            continue
+        growth = vram[-1] - min(vram[start:])
+        span = ts[-1] - ts[start]
+        if growth > best_growth and growth > FORECAST_NOISE_FLOOR_BPS * span:
+            best, best_growth = pid, growth
+    return best
+
+
+def compute_proc_vram_forecast(ts, vram, free_bytes):
+    """One process's own VRAM trend -> {"state", "rate_bytes_per_s",
+    "full_in_s"} while it grows past the noise floor, else None. The cheap
+    pre-check (net growth) keeps the O(n^2) fit off idle processes."""
+    ts, vram = forecast_window(ts, vram)
+    if not _enough_points(ts) or vram[-1] - vram[0] < FORECAST_NOISE_FLOOR_BPS * (ts[-1] - ts[0]):
+        return None
+    fit = compute_theil_sen(ts, vram)
+    if fit is None or fit[1] <= FORECAST_NOISE_FLOOR_BPS:
+        return None
+    slope, low, high = fit
+    if free_bytes is not None:      # the device's free VRAM, from this process's fitted level on
+        free_bytes = max(0.0, free_bytes - (compute_fitted_level(ts, vram, slope) - vram[-1]))
+    full = None if free_bytes is None else _round_range(free_bytes / high, free_bytes / low)
+    return {"state": "trend", "rate_bytes_per_s": _round_range(low, high), "full_in_s": full}
+
+
+# -- alerts: rules with hysteresis and holds (history-insight §7) -----------
+
+
+def _severity_rank(severity):
+    return ALERT_SEVERITIES.index(severity) if severity in ALERT_SEVERITIES else -1
+
+
+class AlertState(object):
+    """One rule on one subject (a GPU or the host): values and timestamps in,
+    one event dict per state change out (pure: no clock, no I/O).
+
+    Raise and clear levels differ (hysteresis); a higher severity must hold
+    for_s before it fires, a lower one clear_for_s before the alert steps down
+    or resolves. A value of None counts as "not raising" (no data).
+    """
+
+    def __init__(self, rule, levels):
+        self.rule = rule
+        self.below = levels.get("direction") == "below"
+        self.levels = levels
+        self.severity = None            # the severity now firing, or None
+        self.started = None
+        self.value = None
+        self._pending = None            # (since_s, direction) of a change waiting on its hold
+
+    def _past(self, value, level):
+        return value <= level if self.below else value >= level
+
+    def _beyond(self, value, level):
+        return value < level if self.below else value > level
+
+    def target(self, value):
+        """The severity this value asks for, given the one now firing."""
+        if value is None:
+            return None
+        levels, rank = self.levels, _severity_rank(self.severity)
+        for severity in ("critical", "warning"):
+            raise_at, clear_at = levels.get(severity[:4]), levels.get(severity[:4] + "_clear")
+            if raise_at is None:
+                continue
+            if self._past(value, raise_at) or (
+                    rank >= _severity_rank(severity) and self._beyond(value, clear_at)):
+                return severity
+        return None
+
+    def update(self, now_s, value):
+        """Feed one observation; returns an event (see build_alert_event's
+        arguments as a dict) or None."""
+        self.value = value
+        want = self.target(value)
+        direction = _severity_rank(want) - _severity_rank(self.severity)
+        if direction == 0:
+            self._pending = None
+            return None
+        step = "up" if direction > 0 else "down"
+        if self._pending is None or self._pending[1] != step:
+            self._pending = (now_s, step)
+        hold = self.levels["for_s"] if step == "up" else self.levels["clear_for_s"]
+        if now_s - self._pending[0] < hold:
+            return None
+        self._pending = None
+        return self._change(now_s, want, value)
+
+    def _change(self, now_s, severity, value):
+        previous = self.severity
+        self.severity = severity
+        if severity is None:
+            started, self.started = self.started, None
+            return {"state": "resolved", "severity": previous, "started": started,
+                    "ended": now_s, "value": value, "previous_severity": None}
+        if previous is None:
+            self.started = now_s
+        return {"state": "firing", "severity": severity, "started": self.started,
+                "ended": None, "value": value, "previous_severity": previous}
+
+
+def _alert_number(rule, key, value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError("%s.%s: expected a number" % (rule, key))
+    return float(value)
+
+
+def _alert_duration(rule, key, value):
+    if isinstance(value, str):
+        try:
+            return parse_duration(value)
+        except ValueError:
+            raise ValueError("%s.%s: expected seconds or a duration like 30s" % (rule, key))
+    seconds = _alert_number(rule, key, value)
+    if not 0 <= seconds <= 86400:
+        raise ValueError("%s.%s: must be between 0 and 86400 seconds" % (rule, key))
+    return seconds
+
+
+def _check_alert_levels(rule, levels):
+    below = levels.get("direction") == "below"
+    for severity in ("warn", "crit"):
+        raise_at, clear_at = levels.get(severity), levels.get(severity + "_clear")
+        if raise_at is None:
+            continue
+        if clear_at is None:
+            raise ValueError("%s.%s_clear: needed beside %s" % (rule, severity, severity))
+        if (clear_at < raise_at) if below else (clear_at > raise_at):
+            raise ValueError("%s.%s_clear: must be %s %s (hysteresis)"
+                             % (rule, severity, "at or above" if below else "at or below", severity))
+
+
+def _merge_alert_rule(rule, base, override):
+    if not isinstance(override, dict):
+        raise ValueError("%s: expected an object" % rule)
+    levels = dict(base)
+    for key, value in override.items():
+        if key not in ALERT_RULE_KEYS and key not in base:
+            raise ValueError("%s.%s: unknown key" % (rule, key))
+        if key in ("enabled", "card_limits"):
+            if not isinstance(value, bool):
+                raise ValueError("%s.%s: expected true or false" % (rule, key))
+            levels[key] = value
+        elif key in ("for", "clear_for"):
+            levels[key + "_s"] = _alert_duration(rule, key, value)
+        elif key == "direction":
+            raise ValueError("%s.direction: cannot be changed" % rule)
+        else:
+            levels[key] = None if value is None and key in ("warn", "crit") else (
+                _alert_number(rule, key, value))
+    _check_alert_levels(rule, levels)
+    return levels
+
+
+def parse_alert_rules(text=None):
+    """The override file's JSON text (or None) -> {rule: levels}, the defaults
+    (ALERT_RULE_DEFAULTS) with the file's values on top. ValueError naming the
+    key: unknown rules or keys, wrong types, clear levels on the wrong side."""
+    rules = dict((name, dict(levels)) for name, levels in ALERT_RULE_DEFAULTS)
+    if text is None:
+        return rules
+    try:
+        overrides = json.loads(text)
+    except ValueError as exc:
+        raise ValueError("not valid JSON: %s" % exc)
+    if not isinstance(overrides, dict):
+        raise ValueError("expected a JSON object of rule names")
+    for rule, override in overrides.items():
+        if rule not in rules:
+            raise ValueError("%s: unknown rule (known: %s)" % (rule, ", ".join(ALERT_RULES)))
+        rules[rule] = _merge_alert_rule(rule, rules[rule], override)
+    return rules
+
+
+def temperature_levels(levels, metrics):
+    """gpu_temperature against the card's own limit when it reports one
+    (hwmon temp*_crit; history-insight §7: warn at crit-10, clear -15;
+    critical at crit, clear -5), else the configured levels.
+    -> (levels, temperature, limit or None)."""
+    for temp_key, crit_key in (("temp_junction_c", "temp_junction_crit_c"), ("temp_c", "temp_crit_c")):
+        crit = metrics.get(crit_key)
+        if levels.get("card_limits") and crit and metrics.get(temp_key) is not None:
+            return (dict(levels, warn=crit - 10, warn_clear=crit - 15, crit=crit,
+                         crit_clear=crit - 5), metrics[temp_key], crit)
+    temps = [metrics.get(k) for k in ("temp_c", "temp_junction_c") if metrics.get(k) is not None]
+    return levels, (temps[0] if temps else None), None
+
+
+def compute_throttled(metrics):
+    """1 while a power or thermal limit holds clocks down, 0 if not, None unknown."""
+    reasons = metrics.get("throttle_reasons")
+    if reasons is None:
+        return None
+    return int(any(r not in THROTTLE_BENIGN_REASONS for r in reasons))
+
+
+def compute_fan_stopped(metrics, hot_c):
+    """1 when the fan reads 0 (rpm, else duty) while the GPU is at least hot_c."""
+    fan = metrics.get("fan_rpm")
+    if fan is None:
+        fan = metrics.get("fan_pct")
+    temp = metrics.get("temp_c")
+    if fan is None or temp is None:
+        return None
+    return int(fan == 0 and temp >= hot_c)
+
+
+def compute_vram_pct(metrics):
+    used, total = metrics.get("vram_used_bytes"), metrics.get("vram_total_bytes")
+    if used is None or not total:
+        return None
+    return round(100.0 * used / total, 2)
+
+
+def compute_full_in_s(forecast):
+    """The earliest time to full of a growing trend, else None."""
+    if not forecast or forecast.get("state") != "trend" or not forecast.get("full_in_s"):
+        return None
+    return forecast["full_in_s"][0]
+
+
+def proc_attributed(message):
+    """Whether a procs frame shows a visible process that could explain the
+    load: with engine data, one using an engine (or a ROCm/KFD one, whose
+    queues never show in DRM counters); without, any visible process."""
+    rows = [r for r in message.get("processes") or () if r.get("visible", True)]
+    if not (message.get("capabilities") or {}).get("process_engines"):
+        return bool(rows)
+    for row in rows:
+        busy = sum(v for v in (row.get("engines_pct") or {}).values() if v)
+        if busy >= 1.0 or (row.get("gpu_time_ms_per_s") or 0) >= 10 or row.get("kfd"):
+            return True
+    return False
+
+
+def unattributed_hint(visibility):
+    """Where to look for the hidden user of a busy GPU."""
+    visibility = visibility or {}
+    places = []
+    if not visibility.get("root"):
+        places.append("another user's processes (run as root to see them)")
+    if visibility.get("pid_namespace_separate") or visibility.get("self_container"):
+        places.append("processes outside this container (run it with --pid=host)")
+    places.append("other containers or VMs, or a kernel/firmware job")
+    return "look for " + ", ".join(places)
 
 
 # ---------------------------------------------------------------------------
@@ -3349,6 +3842,119 @@ def build_procs_message(gpu_id, epoch_s, entry, visibility, scan_stats):
                      "duration_s": scan_stats.get("duration_s")}}
 
 
+# -- alerts: frames, the webhook body, /api/alerts parameters -----------------
+
+
+def build_alert_event(rule, gpu_id, change, summary, now_s):
+    """One state change of AlertState -> the alert frame dict (SPEC: type
+    "alert"); times as ISO strings; ts is when the change happened."""
+    return {"type": "alert", "rule": rule, "gpu_id": gpu_id, "severity": change["severity"],
+            "state": change["state"], "started": format_ts(change["started"]),
+            "ended": None if change["ended"] is None else format_ts(change["ended"]),
+            "value": change["value"], "summary": summary, "ts": format_ts(now_s),
+            "previous_severity": change.get("previous_severity")}
+
+
+def _am_labels(event, severity, instance):
+    return {"alertname": event["rule"], "gpu": event["gpu_id"] or "", "severity": severity,
+            "instance": instance}
+
+
+def _am_fingerprint(labels):
+    text = "\xff".join("%s\xfe%s" % item for item in sorted(labels.items()))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def _am_alert(event, severity, status, instance, ends_at, external_url):
+    labels = _am_labels(event, severity, instance)
+    return {"status": status, "labels": labels, "annotations": {"summary": event["summary"]},
+            "startsAt": event["started"], "endsAt": ends_at or ALERTMANAGER_ZERO_TIME,
+            "generatorURL": external_url, "fingerprint": _am_fingerprint(labels)}
+
+
+def build_webhook_payload(event, instance, external_url=""):
+    """An alert event -> Alertmanager's webhook JSON (version 4), so existing
+    receivers accept it. An escalation (warning -> critical) also resolves the
+    warning: severity is a label, so they are two alerts to Alertmanager."""
+    firing = event["state"] == "firing"
+    alerts = [_am_alert(event, event["severity"], event["state"], instance,
+                        None if firing else event["ended"], external_url)]
+    previous = event.get("previous_severity")
+    if firing and previous:
+        alerts.append(_am_alert(event, previous, "resolved", instance, event["ts"], external_url))
+    group = {"alertname": event["rule"]}
+    common = _am_labels(event, event["severity"], instance) if len(alerts) == 1 else dict(
+        group, gpu=event["gpu_id"] or "", instance=instance)
+    return {"version": "4", "groupKey": '{}:{alertname="%s"}' % event["rule"],
+            "truncatedAlerts": 0, "status": "firing" if firing else "resolved",
+            "receiver": WEBHOOK_RECEIVER, "groupLabels": group, "commonLabels": common,
+            "commonAnnotations": {"summary": event["summary"]}, "externalURL": external_url,
+            "alerts": alerts}
+
+
+RANGE_RE = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(s|m|h|d|w)$")
+RANGE_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
+
+
+def parse_time_param(name, text):
+    """'1764686400', '1764686400.5', '2026-12-02T14:00:00Z' (naive = UTC) -> epoch s."""
+    text = text.strip()
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        when = datetime.datetime.fromisoformat(text[:-1] + "+00:00" if text.endswith("Z") else text)
+    except ValueError:
+        raise ValueError("%s: expected unix seconds or an ISO 8601 time" % name)
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=datetime.timezone.utc)
+    return when.timestamp()
+
+
+def parse_alerts_query(query, now_s):
+    """/api/alerts' query string -> {"from_s", "to_s", "format"} (pure).
+    range=30m|1h|6h|24h|7d|30d (default 24h) or from/to (unix or ISO; to
+    defaults to now); format=json|csv. ValueError names the parameter."""
+    params = dict((k, v[-1]) for k, v in parse_qs(query or "", keep_blank_values=True).items())
+    fmt = params.get("format", "json")
+    if fmt not in ("json", "csv"):
+        raise ValueError("format: expected json or csv")
+    to_s = parse_time_param("to", params["to"]) if "to" in params else now_s
+    if "from" in params:
+        if "range" in params:
+            raise ValueError("range: give either range or from/to")
+        from_s = parse_time_param("from", params["from"])
+    else:
+        match = RANGE_RE.match(params.get("range", "24h").strip())
+        if not match:
+            raise ValueError("range: expected a duration like 1h, 6h, 24h, 7d or 30d")
+        from_s = to_s - float(match.group(1)) * RANGE_UNITS[match.group(2)]
+    if from_s > to_s:
+        raise ValueError("from: must not be after to")
+    return {"from_s": from_s, "to_s": to_s, "format": fmt}
+
+
+ALERT_CSV_COLUMNS = ("ts", "rule", "gpu_id", "severity", "state", "started", "ended", "value",
+                     "summary")
+
+
+def encode_alerts_csv(events):
+    """Alert events -> CSV text (RFC 4180, header first)."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\r\n")
+    writer.writerow(ALERT_CSV_COLUMNS)
+    for event in events:
+        writer.writerow(["" if event.get(k) is None else event.get(k) for k in ALERT_CSV_COLUMNS])
+    return out.getvalue()
+
+
+def event_in_range(event, from_s, to_s):
+    """Whether an event's change time (ts, ISO) lies in [from_s, to_s]."""
+    when = parse_time_param("ts", event.get("ts") or event.get("started") or "0")
+    return from_s <= when <= to_s
+
+
 def route(path):
     """Request path (no query) -> (route name, gpu id or None)."""
     if path in ("/", "/index.html"):
@@ -3362,7 +3968,7 @@ def route(path):
         match = RUN_PATH_RE.match(path)
         return ("run_history", int(match.group(1))) if match else ("not_found", None)
     simple = {"/api/gpus": "gpus", "/api/host": "host", "/api/healthz": "healthz",
-              "/api/readyz": "readyz",
+              "/api/readyz": "readyz", "/api/alerts": "alerts",
               "/api/version": "version", "/ws": "ws", "/favicon.ico": "favicon",
               "/plain": "plain", "/metrics": "metrics", "/debug/threads": "debug_threads",
               "/debug/memory": "debug_memory", "/api/host/history": "host_history",
@@ -3657,6 +4263,10 @@ PROM_GPU_FAMILIES = (
      [("temp_c", 1, (("sensor", "edge"),)), ("temp_junction_c", 1, (("sensor", "junction"),)),
       ("temp_mem_c", 1, (("sensor", "mem"),)), ("temp_vrgfx_c", 1, (("sensor", "vr_gfx"),)),
       ("temp_vrsoc_c", 1, (("sensor", "vr_soc"),)), ("temp_vrmem_c", 1, (("sensor", "vr_mem"),))]),
+    ("temperature_limit_celsius", "gauge", "The card's own critical temperature (hwmon "
+     "temp*_crit; NVIDIA: slowdown and memory-max thresholds).",
+     [("temp_crit_c", 1, (("sensor", "edge"),)), ("temp_junction_crit_c", 1, (("sensor", "junction"),)),
+      ("temp_mem_crit_c", 1, (("sensor", "mem"),))]),
     ("fan_rpm", "gauge", "Fan speed in revolutions per minute.", [("fan_rpm", 1, ())]),
     ("fan_duty_ratio", "gauge", "Fan PWM duty (pwm1 / pwm1_max).", [("fan_pct", 0.01, ())]),
     ("power_watts", "gauge", "Package power (PPT; Van Gogh: slow and fast PPT).",
@@ -3745,10 +4355,10 @@ class PromWriter(object):
         return "\n".join(out) + "\n"
 
 
-def render_prometheus(gpus, procs, health, max_procs, host=None):
+def render_prometheus(gpus, procs, health, max_procs, host=None, alerts=None):
     """gpus: [(identity, metrics)], procs: {gpu id: procs message}, health: the
-    monitor's own numbers, host: the host dict or None -> Prometheus text (one
-    prefix, base units, a gpu label)."""
+    monitor's own numbers, host: the host dict or None, alerts: the active
+    alert events -> Prometheus text (one prefix, base units, a gpu label)."""
     writer = PromWriter()
     for family, help_text, key, scale in PROM_HOST_FAMILIES:
         value = (host or {}).get(key)
@@ -3762,8 +4372,14 @@ def render_prometheus(gpus, procs, health, max_procs, host=None):
                        ("apu", str(identity["apu"]).lower()), ("demo", str(identity["demo"]).lower()))
         writer.add("gpu_info", "gauge", "GPU identity; always 1.", info, 1)
         _prom_gpu(writer, base, metrics or {})
+        if identity["id"] in procs:
+            writer.add("processes", "gauge", "Processes using the GPU that this monitor sees (PID "
+                       "shown by /proc); only while process scanning is on.", base,
+                       sum(1 for p in procs[identity["id"]].get("processes") or ()
+                           if p.get("visible") is not False))
         if max_procs and identity["id"] in procs:
             _prom_procs(writer, base, procs[identity["id"]], max_procs)
+    _prom_alerts(writer, gpus, alerts)
     _prom_health(writer, health)
     return writer.text()
 
@@ -3820,6 +4436,11 @@ HEALTH_HELP = {
     "exporter_websocket_dropped_frames_total": ("counter", "Frames dropped for slow WebSocket clients."),
     "exporter_websocket_stuck_closed_total": ("counter", "WebSocket clients closed by the write timeout."),
     "exporter_websocket_refused_total": ("counter", "WebSocket upgrades refused at the client cap."),
+    "exporter_alert_events_total": ("counter", "Alert state changes (firing, escalated, resolved)."),
+    "exporter_alert_inbox_dropped_total": ("counter", "Samples the alert engine dropped (inbox full)."),
+    "exporter_alert_webhook_sent_total": ("counter", "Alert webhook deliveries accepted (2xx)."),
+    "exporter_alert_webhook_failed_total": ("counter", "Alert webhook deliveries given up after retries."),
+    "exporter_alert_webhook_dropped_total": ("counter", "Alert webhook events dropped (queue full)."),
 }
 
 
@@ -3929,13 +4550,14 @@ def format_value(value, unit):
     return "%s%s" % (value, unit)
 
 
-def render_plain(gpus, procs, refresh_s, hint=None, page=True, host=None):
+def render_plain(gpus, procs, refresh_s, hint=None, page=True, host=None, alerts=None):
     """The no-JavaScript view: the host, every GPU and its processes as HTML tables.
 
     gpus: [(identity dict, metrics dict or None)]; procs: {gpu id: procs message};
     host: the host dict (HOST_KEYS) or None before its first sample.
     Every value goes through html.escape (process names are untrusted);
-    page=False (index.html missing) leaves out the link to the dashboard.
+    page=False (index.html missing) leaves out the link to the dashboard;
+    alerts: the active alert events (None: alerts are off).
     """
     esc = html.escape
     out = ["<!doctype html><html lang=en><head><meta charset=utf-8>",
@@ -3949,6 +4571,7 @@ def render_plain(gpus, procs, refresh_s, hint=None, page=True, host=None):
         out.extend(_plain_host(host))
     if not gpus:
         out.append("<p>No GPU found. Run with --demo to see synthetic GPUs.</p>")
+    out.extend(_plain_alerts(alerts))
     for identity, metrics in gpus:
         out.extend(_plain_gpu(identity, metrics or {}, procs.get(identity["id"])))
     if page:
@@ -4044,6 +4667,87 @@ def plain_visibility_note(visibility):
     if visibility.get("unreadable_pids"):
         notes.append("%d processes could not be read" % visibility["unreadable_pids"])
     return ("Not everything is visible: " + "; ".join(notes) + ".") if notes else None
+
+# -- alert and forecast texts (summaries, the plain view) --------------------
+
+
+def _format_duration(seconds):
+    if seconds >= 3600:
+        return "%.1f h" % (seconds / 3600.0)
+    if seconds >= 120:
+        return "%d min" % int(round(seconds / 60.0))
+    return "%d s" % int(round(seconds))
+
+
+def format_forecast(forecast, with_full=True):
+    """vram_forecast -> words: 'growing 18-22 MiB/s, full in 4 min-5 min, mostly pid 1234'."""
+    forecast = forecast or {}
+    state, rate = forecast.get("state"), forecast.get("rate_bytes_per_s")
+    if state == "step":
+        text = "a step of %s" % format_bytes(forecast.get("step_bytes"))
+    elif state == "trend" and rate:
+        mib = sorted(abs(r) / float(1 << 20) for r in rate)
+        digits = 0 if mib[1] - mib[0] >= 2 else 1
+        text = "%s %.*f\u2013%.*f MiB/s" % ("growing" if rate[0] > 0 else "shrinking",
+                                           digits, mib[0], digits, mib[1])
+        full = forecast.get("full_in_s")
+        if full and with_full:
+            text += ", full in %s\u2013%s" % (_format_duration(full[0]), _format_duration(full[1]))
+    else:
+        return state or "unknown"
+    if forecast.get("driver_pid") is not None:
+        text += ", mostly pid %d" % forecast["driver_pid"]
+    return text
+
+
+ALERT_TITLES = {
+    "gpu_temperature": "temperature %s °C", "vram_usage": "VRAM %s %% used",
+    "vram_full_soon": "VRAM full in %s or later", "gpu_throttling": "throttled",
+    "fan_stopped": "fan stopped while hot", "gpu_lost": "GPU lost",
+    "busy_unattributed": "busy %s %% with no visible process", "host_memory": "host RAM %s %% used",
+}
+
+
+def format_alert_summary(rule, gpu_id, change, detail=""):
+    """One line for an alert event (frames, webhook annotations, /plain)."""
+    value = change.get("value")
+    title = ALERT_TITLES[rule]
+    if "%s" in title:
+        shown = _format_duration(value) if rule == "vram_full_soon" and value is not None else (
+            format_value(value, "") if value is not None else "\u2014")
+        title = title % shown
+    subject = gpu_id or "host"
+    if change["state"] == "resolved":
+        return "%s: resolved (%s was %s)" % (subject, rule, change.get("severity"))
+    return "%s: %s%s" % (subject, title, " (%s)" % detail if detail else "")
+
+
+def _plain_alerts(alerts):
+    if alerts is None:
+        return []
+    if not alerts:
+        return ["<p>No active alerts.</p>"]
+    rows = ["<h2>Active alerts</h2>", "<table border=1><thead><tr><th>severity</th><th>rule</th>"
+            "<th>GPU</th><th>since</th><th>summary</th></tr></thead><tbody>"]
+    for event in alerts:
+        rows.append("<tr><td>%s</td><td>%s</td><td>%s</td><td>%s</td><td>%s</td></tr>" % tuple(
+            html.escape(str(event.get(k) or "")) for k in ("severity", "rule", "gpu_id", "started",
+                                                           "summary")))
+    rows.append("</tbody></table>")
+    return rows
+
+
+def _prom_alerts(writer, gpus, alerts):
+    for identity, metrics in gpus:
+        full = compute_full_in_s((metrics or {}).get("vram_forecast"))
+        writer.add("vram_full_seconds", "gauge", "Earliest time until VRAM is full at its "
+                   "current growth (lower end of the forecast's range; only while it grows).",
+                   (("gpu", identity["id"]),), full)
+    for event in alerts or ():
+        writer.add("alert_active", "gauge", "1 per active built-in alert (host rules: gpu=\"\").",
+                   (("gpu", event["gpu_id"] or ""), ("alertname", event["rule"]),
+                    ("severity", event["severity"])), 1)
+
 
 # ---------------------------------------------------------------------------
 # 7. Readers: thin filesystem I/O (path -> text or None)
@@ -4514,6 +5218,9 @@ class AmdGpuReader(object):
         for key, name in plan.items():
             target = self._slow if key in slow_keys else self._fast
             target[key] = self._attr(self.info.hwmon_dir, name)
+        self._limits = parse_temp_limits(dict(   # fixed by the card: read once
+            (key, read_bytes(os.path.join(self.info.hwmon_dir, name), SYSFS_READ_SIZE))
+            for key, name in plan_temp_limits(plan, names).items()))
         for key, rel in DPM_FALLBACK_FILES:
             if key[:4] + "_mhz" not in plan:
                 self._fast[key] = self._attr(self.info.device_dir, rel)
@@ -4534,6 +5241,9 @@ class AmdGpuReader(object):
         raw["runtime_status"] = status.encode() if status else None
         table = self._parse_table(raw.pop("gpu_metrics"))
         metrics = merge_gpu_metrics(compute_metrics(raw, self.info.apu), table, self._table)
+        for key, value in self._limits.items():     # a limit beside its temperature only
+            if metrics[key.replace("_crit", "")] is not None:
+                metrics[key] = value
         self._table = table
         return metrics
 
@@ -4782,7 +5492,18 @@ class NvidiaGpuReader(object):
         self._lost_ids = lost if lost is not None else set()
         self._retry_at = None
         self._calls = self._plan()
-        self._active = new_metrics({"runtime_status": "active"})
+        self._active = new_metrics(dict(self._read_limits(), runtime_status="active"))
+
+    def _read_limits(self):
+        """The card's slowdown and memory-max temperatures (nvml.h
+        nvmlDeviceGetTemperatureThreshold), asked once: alert levels."""
+        fn, out = self._nvml.unchecked("nvmlDeviceGetTemperatureThreshold"), {}
+        for kind, key in NVML_TEMPERATURE_THRESHOLDS if fn is not None else ():
+            value = ctypes.c_uint()
+            if fn(self._handle, ctypes.c_int(kind), ctypes.byref(value)) == NVML_SUCCESS and (
+                    30 <= value.value <= 200):
+                out[key] = value.value
+        return out
 
     def _bind(self, name, args, put, fallback=None):
         fn = self._nvml.unchecked(name)
@@ -5175,6 +5896,21 @@ DEMO_NVIDIA = (
 DEMO_ORDER = ("card0", "card1", "nvidia0", "nvidia1", "card2", "nvidia2", "card3", "nvidia3")
 
 
+DEMO_LEAK_GPU = "card0"         # --demo-scenario leak: this GPU's VRAM leaks...
+DEMO_LEAK_PERIOD_S = 220.0      # ...in cycles: grows 145 s (55 % -> 97 %), holds, frees
+DEMO_LEAK_GROW_S = 145.0
+DEMO_LEAK_HOLD_S = 45.0
+DEMO_LEAK_SHARE = 0.44          # of total VRAM, on top of the usual 53 %
+
+
+def demo_leak_fraction(elapsed_s):
+    """--demo-scenario leak: the share of VRAM leaked after elapsed_s (a sawtooth)."""
+    phase = elapsed_s % DEMO_LEAK_PERIOD_S
+    if phase < DEMO_LEAK_GROW_S:
+        return DEMO_LEAK_SHARE * phase / DEMO_LEAK_GROW_S
+    return DEMO_LEAK_SHARE if phase < DEMO_LEAK_GROW_S + DEMO_LEAK_HOLD_S else 0.0
+
+
 def demo_gpu_infos(count=3):
     """The first count synthetic GPUs of DEMO_ORDER (AMD dGPU, APU, NVIDIA, ...)."""
     amd = dict((row[0], row) for row in DEMO_GPUS)
@@ -5199,8 +5935,9 @@ class DemoGpuReader(object):
     """Synthetic, plausible, moving values (--demo): busy follows slow waves,
     clocks and power follow busy, temperature lags power, the fan follows it."""
 
-    def __init__(self, info, seed=1):
+    def __init__(self, info, seed=1, leak=False):
         self.info = info
+        self._leak, self._started = leak, None
         row = [r for r in DEMO_GPUS if r[0] == info.id][0]
         self._vram_total, self._gtt_total, self._cap, self._phase = row[5], row[6], row[7], row[8]
         self._rng = random.Random(seed)
@@ -5213,7 +5950,9 @@ class DemoGpuReader(object):
         apu = self.info.apu
         power = (6.0 + busy * 0.5) if apu else (18.0 + busy * 2.3)
         self._temp += ((32.0 + power * (0.8 if apu else 0.2)) - self._temp) * 0.05
-        metrics = new_metrics(self._memory(t, busy))
+        if self._started is None:
+            self._started = now
+        metrics = new_metrics(self._memory(t, busy, now - self._started))
         metrics.update({
             "runtime_status": "active", "gpu_busy_pct": int(busy), "vram_used_source": "sysfs",
             "sclk_mhz": int(500 + busy * (22 if apu else 19)), "mclk_mhz": 800 if apu else 1218,
@@ -5225,12 +5964,14 @@ class DemoGpuReader(object):
             metrics.update(self._dgpu_extras(busy))
         return metrics
 
-    def _memory(self, t, busy):
+    def _memory(self, t, busy, elapsed_s=0.0):
         # Consistent with DemoProcSource: the demo processes use about 7.8 GiB of
         # the dGPU's VRAM and 3.7 GiB of GTT (APU: all of it in GTT), the rest is
         # "other" (kernel, display).
         wobble = 0.01 * math.sin(t / 40.0)
         vram_frac = 0.6 if self.info.apu else 0.53 + wobble
+        if self._leak:
+            vram_frac = 0.53 + demo_leak_fraction(elapsed_s) + self._rng.uniform(-1, 1) * 1e-4
         gtt_frac = 0.40 + wobble if self.info.apu else 0.13 + wobble
         return {"vram_total_bytes": self._vram_total, "vis_vram_total_bytes": self._vram_total,
                 "vram_used_bytes": int(self._vram_total * vram_frac),
@@ -5265,7 +6006,7 @@ class DemoNvidiaReader(object):
         t = now + phase
         busy = min(100.0, max(0.0, (0.55 + 0.4 * math.sin(t / 11.0)) * 100 + self._rng.uniform(-3, 3)))
         power = cap * (0.08 + busy * 0.0089)
-        self._temp += ((30.0 + power * 0.1) - self._temp) * 0.05
+        self._temp += ((30.0 + 45.0 * power / cap) - self._temp) * 0.05     # <= 75 °C: calm
         if self._last is not None:
             self._energy_j += power * max(0.0, now - self._last)
         self._last = now
@@ -5296,9 +6037,10 @@ class DemoBackend(object):
 
     vendor = "demo"
 
-    def __init__(self, processes_per_gpu, gpus=3):
+    def __init__(self, processes_per_gpu, gpus=3, scenario="none"):
         self._infos = demo_gpu_infos(gpus)
         self._per_gpu = processes_per_gpu
+        self._scenario = scenario
 
     def discover(self):
         return list(self._infos)
@@ -5306,13 +6048,99 @@ class DemoBackend(object):
     def open_reader(self, info):
         if info.vendor == "nvidia":
             return DemoNvidiaReader(info)
-        return DemoGpuReader(info, seed=self._infos.index(info) + 1)
+        return DemoGpuReader(info, seed=self._infos.index(info) + 1,
+                             leak=self._scenario == "leak" and info.id == DEMO_LEAK_GPU)
 
     def proc_source(self):
-        return DemoProcSource(self._infos, self._per_gpu)
+        return DemoProcSource(self._infos, self._per_gpu, leak=self._scenario == "leak")
 
     def close(self):
         pass
+
+
+# -- VRAM forecast (per GPU; the maths is compute_vram_forecast) -------------
+
+
+class VramForecaster(object):
+    """One GPU's VRAM windows, one point per second, and its latest forecast.
+
+    The sampler thread feeds the device (on_stats, every tick; the fit runs
+    at most once per FORECAST_EVERY_S and is reused between ticks), the
+    proc-scan thread the processes (on_procs); a small lock between them.
+    """
+
+    def __init__(self):
+        points = int(FORECAST_WINDOW_S / FORECAST_STEP_S) + 2
+        self._lock = threading.Lock()
+        self._ts = collections.deque(maxlen=points)
+        self._used = collections.deque(maxlen=points)
+        self._procs = {}                 # (pid, start_time) -> (deque ts, deque vram)
+        self._forecast = new_vram_forecast()
+        self._computed_at = None
+        self._free = None
+
+    @staticmethod
+    def _push(ts, values, epoch_s, value):
+        """Keep the first sample of each second; a clock stepping back restarts."""
+        if ts and epoch_s < ts[-1]:
+            ts.clear()
+            values.clear()
+        if not ts or int(epoch_s / FORECAST_STEP_S) != int(ts[-1] / FORECAST_STEP_S):
+            ts.append(epoch_s)
+            values.append(value)
+
+    def on_stats(self, epoch_s, metrics):
+        """-> the vram_forecast dict for this stats frame."""
+        used, total = metrics.get("vram_used_bytes"), metrics.get("vram_total_bytes")
+        with self._lock:
+            if used is None or not total:
+                self._ts.clear()
+                self._used.clear()
+                self._forecast, self._computed_at = new_vram_forecast(), None
+                return self._forecast
+            self._free = max(0, total - used)
+            self._push(self._ts, self._used, epoch_s, used)
+            if self._computed_at is not None and 0 <= epoch_s - self._computed_at < FORECAST_EVERY_S:
+                return self._forecast
+            self._computed_at = epoch_s
+            ts, values = list(self._ts), list(self._used)
+            growing = self._growing_procs()
+        forecast = compute_vram_forecast(ts, values, total, growing)
+        with self._lock:
+            self._forecast = forecast
+        return forecast
+
+    def _growing_procs(self):
+        out = {}
+        for (pid, _), (ts, vram) in self._procs.items():
+            if len(vram) > 1 and vram[-1] > min(vram):
+                out[pid] = (list(ts), list(vram))
+        return out
+
+    def on_procs(self, epoch_s, rows):
+        """Process rows -> the same rows, each with its own vram_forecast (or None)."""
+        out = []
+        with self._lock:
+            seen = set()
+            for row in sorted(rows, key=lambda r: -(r.get("vram_bytes") or 0))[:FORECAST_PROC_MAX]:
+                if row.get("vram_bytes") is None or not row.get("visible", True):
+                    continue
+                key = (row["pid"], row.get("start_time"))
+                seen.add(key)
+                ts, vram = self._procs.setdefault(key, (collections.deque(maxlen=self._ts.maxlen),
+                                                        collections.deque(maxlen=self._ts.maxlen)))
+                self._push(ts, vram, epoch_s, row["vram_bytes"])
+            for key in [k for k in self._procs if k not in seen]:
+                del self._procs[key]
+            series = dict((k, (list(v[0]), list(v[1]))) for k, v in self._procs.items())
+            free = self._free
+        for row in rows:
+            key = (row.get("pid"), row.get("start_time"))
+            forecast = None
+            if key in series:
+                forecast = compute_proc_vram_forecast(series[key][0], series[key][1], free)
+            out.append(row if forecast is None else dict(row, vram_forecast=forecast))
+        return out
 
 
 class HistoryRing(object):
@@ -5363,8 +6191,9 @@ class Cache(object):
     same bytes to every listener (the hub), outside the lock.
     """
 
-    def __init__(self, interval_s, features):
+    def __init__(self, interval_s, features, clock=time.time):
         self.interval_s = interval_s
+        self.clock = clock              # wall clock of procs frames (the forecast's windows)
         self.features = dict(features)
         self.ready = threading.Event()
         self._lock = threading.Lock()
@@ -5376,6 +6205,8 @@ class Cache(object):
         self._sinks = []
         self._hello = None
         self._health = {}
+        self._forecasters = {}
+        self._alerts = []               # the active alert events (the engine's list)
         self._capacity = int(math.ceil(HISTORY_WINDOW_S / interval_s))
         self._host = None                   # (epoch_s, host dict, OutFrame)
         self._host_history = HistoryRing(int(math.ceil(HISTORY_WINDOW_S / HOST_INTERVAL_S)),
@@ -5421,11 +6252,17 @@ class Cache(object):
                         del table[gpu_id]
             for gpu_id in self._gpus:
                 self._history.setdefault(gpu_id, HistoryRing(self._capacity))
+            self._forecasters = dict((gpu_id, self._forecasters.get(gpu_id) or VramForecaster())
+                                     for gpu_id in self._gpus)
             self._hello = None
+        self._offer("offer_gpus", [info.id for info in infos])
         payload = json_bytes({"type": "gpus", "gpus": [identity_json(i) for i in infos]})
         self._notify(OutFrame(None, "gpus", payload, encode_frame(Opcode.TEXT, payload)))
 
     def publish_stats(self, gpu_id, epoch_s, metrics):
+        forecaster = self._forecasters.get(gpu_id)
+        if forecaster is not None:
+            metrics = dict(metrics, vram_forecast=forecaster.on_stats(epoch_s, metrics))
         payload = json_bytes(build_stats_message(gpu_id, epoch_s, metrics))
         frame = OutFrame(gpu_id, "stats", payload, encode_frame(Opcode.TEXT, payload))
         with self._lock:
@@ -5438,6 +6275,10 @@ class Cache(object):
         self._offer("offer_stats", gpu_id, epoch_s, metrics)
 
     def publish_procs(self, gpu_id, message):
+        forecaster = self._forecasters.get(gpu_id)
+        if forecaster is not None and message.get("processes"):
+            message = dict(message, processes=forecaster.on_procs(self.clock(),
+                                                                  message["processes"]))
         payload = json_bytes(message)
         frame = OutFrame(gpu_id, "procs", payload, encode_frame(Opcode.TEXT, payload))
         with self._lock:
@@ -5471,6 +6312,26 @@ class Cache(object):
         with self._lock:
             self.features[key] = value
             self._hello = None
+
+    def update_feature(self, key, **values):
+        """Update some fields of a dict-valued feature (e.g. alert counters)."""
+        with self._lock:
+            self.features[key] = dict(self.features.get(key) or {}, **values)
+            self._hello = None
+
+    def publish_alert(self, event, active):
+        """An alert state change -> one frame for every client (gpu_id None);
+        active (the engine's list of firing events) goes into hello."""
+        payload = json_bytes(event)
+        frame = OutFrame(None, "alert", payload, encode_frame(Opcode.TEXT, payload))
+        with self._lock:
+            self._alerts = list(active)
+            self._hello = None
+        self._notify(frame)
+
+    def alerts(self):
+        with self._lock:
+            return list(self._alerts)
 
     def gpus(self):
         with self._lock:
@@ -5525,7 +6386,8 @@ class Cache(object):
                     "subscribed": "*", "gpus": gpus, "features": self.features,
                     "history": {i: ring.to_json(self.interval_s) for i, ring in self._history.items()},
                     "host": self._host[1] if self._host is not None else None,
-                    "host_history": self._host_history.to_json(HOST_INTERVAL_S)})
+                    "host_history": self._host_history.to_json(HOST_INTERVAL_S),
+                    "alerts": self._alerts})
             return self._hello
 
 
@@ -5649,6 +6511,258 @@ class HostSampler(StoppableThread):
             self._errors += 1
             if self._errors <= 3:
                 LOG.exception("event=host_sample_failed")
+# -- alert engine (a sink: its own inbox and thread) ------------------------
+
+
+class AlertEngine(StoppableThread):
+    """Evaluates the rules on every sample it is offered, in its own thread.
+
+    offer_* (called by the cache from the publishing threads) only append to
+    a bounded inbox (drop-oldest, counted). Each state change becomes one
+    alert frame (cache.publish_alert), one history row (store.offer_alert)
+    and one webhook call. Tests call drain() instead of starting the thread.
+    """
+
+    def __init__(self, cache, rules, store=None, webhook=None, clock=time.time):
+        StoppableThread.__init__(self, "alerts")
+        self.cache, self.rules, self.store, self.webhook, self.clock = (
+            cache, rules, store, webhook, clock)
+        self._inbox = collections.deque(maxlen=ALERT_QUEUE_ITEMS)
+        self._wake = threading.Event()
+        self._lock = threading.Lock()
+        self._events = collections.deque(maxlen=ALERT_EVENTS_KEPT)
+        self._active = collections.OrderedDict()     # (rule, gpu id) -> firing event
+        self._states = {}
+        self._procs = {}                              # gpu id -> procs message
+        self._sensors = {}                            # gpu id -> {sensor key: last seen s}
+        self._known = set()
+        self.dropped = 0
+
+    # -- the sink side (never blocks) --
+
+    def _put(self, item):
+        if len(self._inbox) == self._inbox.maxlen:
+            self.dropped += 1
+            self.cache.record("exporter_alert_inbox_dropped_total", (), 1, add=True)
+        self._inbox.append(item)
+        self._wake.set()
+
+    def offer_stats(self, gpu_id, epoch_s, metrics):
+        self._put(("stats", gpu_id, epoch_s, metrics))
+
+    def offer_procs(self, gpu_id, message):
+        self._put(("procs", gpu_id, message))
+
+    def offer_host(self, epoch_s, host):
+        self._put(("host", None, epoch_s, host))
+
+    def offer_gpus(self, gpu_ids):
+        self._put(("gpus", tuple(gpu_ids), self.clock()))
+
+    # -- the thread --
+
+    def stop(self):
+        StoppableThread.stop(self)
+        self._wake.set()
+
+    def run(self):
+        while not self.stopping.is_set():
+            self._wake.wait(1.0)
+            self._wake.clear()
+            self.drain()
+
+    def drain(self):
+        while self._inbox:
+            item = self._inbox.popleft()
+            try:
+                getattr(self, "_on_" + item[0])(*item[1:])
+            except Exception:   # one bad sample must not stop the alerts
+                LOG.exception("event=alert_eval_failed kind=%s", item[0])
+
+    # -- evaluation --
+
+    def _observe(self, rule, gpu_id, now_s, value, levels=None, detail=""):
+        config = self.rules[rule]
+        if not config.get("enabled", True):
+            return
+        state = self._states.get((rule, gpu_id))
+        if state is None:
+            state = self._states[(rule, gpu_id)] = AlertState(rule, levels or config)
+        state.levels = levels or config
+        change = state.update(now_s, value)
+        if change is not None:
+            self._emit(rule, gpu_id, change, now_s, detail)
+
+    def _on_stats(self, gpu_id, now_s, metrics):
+        self._known.add(gpu_id)
+        levels, temp, limit = temperature_levels(self.rules["gpu_temperature"], metrics)
+        self._observe("gpu_temperature", gpu_id, now_s, temp, levels,
+                      "limit %s °C" % format_value(limit, "") if limit else "")
+        self._observe("vram_usage", gpu_id, now_s, compute_vram_pct(metrics))
+        forecast = metrics.get("vram_forecast") or {}
+        self._observe("vram_full_soon", gpu_id, now_s, compute_full_in_s(forecast),
+                      detail=format_forecast(forecast, with_full=False))
+        self._observe("gpu_throttling", gpu_id, now_s, compute_throttled(metrics),
+                      detail=", ".join(metrics.get("throttle_reasons") or ()))
+        self._observe("fan_stopped", gpu_id, now_s, compute_fan_stopped(
+            metrics, self.rules["fan_stopped"].get("hot_c", 70.0)),
+            detail="%s °C" % format_value(metrics.get("temp_c"), ""))
+        lost, why = self._lost(gpu_id, now_s, metrics)
+        self._observe("gpu_lost", gpu_id, now_s, lost, detail=why)
+        self._observe("busy_unattributed", gpu_id, now_s, self._unattributed(gpu_id, metrics),
+                      detail=unattributed_hint((self._procs.get(gpu_id) or {}).get("visibility")))
+
+    def _lost(self, gpu_id, now_s, metrics):
+        status = metrics.get("runtime_status")
+        if status == "lost":
+            return 1, "the driver reports the GPU lost"
+        seen = self._sensors.setdefault(gpu_id, {})
+        gone = []
+        for key in SENSOR_KEYS:
+            if metrics.get(key) is not None:
+                seen[key] = now_s
+            elif key in seen and status in (None, "active", "unsupported") and (
+                    now_s - seen[key] >= ALERT_LOST_AFTER_S):
+                gone.append(key)
+        return (1, "sensor gone: " + ", ".join(gone)) if gone else (0, "")
+
+    def _unattributed(self, gpu_id, metrics):
+        message = self._procs.get(gpu_id)
+        busy = metrics.get("gpu_busy_pct")
+        if message is None or busy is None:
+            return None
+        return 0 if proc_attributed(message) else busy
+
+    def _on_procs(self, gpu_id, message):
+        self._procs[gpu_id] = message
+
+    def _on_host(self, _, now_s, host):
+        used, total = (host or {}).get("mem_used_bytes"), (host or {}).get("mem_total_bytes")
+        pct = round(100.0 * used / total, 2) if used is not None and total else None
+        self._observe("host_memory", None, now_s, pct)
+
+    def _on_gpus(self, gpu_ids, now_s):
+        current = set(gpu_ids)
+        for gpu_id in sorted(self._known - current):
+            self._observe("gpu_lost", gpu_id, now_s, 1, detail="it vanished from the GPU list")
+            self._procs.pop(gpu_id, None)
+        self._known &= current
+
+    # -- events --
+
+    def _emit(self, rule, gpu_id, change, now_s, detail):
+        event = build_alert_event(rule, gpu_id, change, format_alert_summary(
+            rule, gpu_id, change, detail), now_s)
+        with self._lock:
+            self._events.append(event)
+            if event["state"] == "firing":
+                self._active[(rule, gpu_id)] = event
+            else:
+                self._active.pop((rule, gpu_id), None)
+            active = list(self._active.values())
+        LOG.info("event=alert rule=%s gpu=%s state=%s severity=%s value=%s", rule, gpu_id,
+                 event["state"], event["severity"], event["value"])
+        self.cache.record("exporter_alert_events_total", (), 1, add=True)
+        self.cache.publish_alert(event, active)
+        if self.store is not None:
+            self.store.offer_alert(event)
+        if self.webhook is not None:
+            self.webhook.send(event)
+
+    def active(self):
+        with self._lock:
+            return list(self._active.values())
+
+    def recent(self, from_s, to_s):
+        """Events in memory whose change time lies in [from_s, to_s], oldest first."""
+        with self._lock:
+            events = list(self._events)
+        return [e for e in events if event_in_range(e, from_s, to_s)]
+
+
+# -- alert webhook (Alertmanager's JSON; its own thread) ---------------------
+
+
+class WebhookSender(StoppableThread):
+    """POSTs each alert event to APP_ALERT_WEBHOOK_URL from its own thread:
+    bounded queue (drop-oldest, counted), a timeout, capped retries with
+    backoff; failures counted (/metrics, hello.features) and logged once
+    per streak."""
+
+    def __init__(self, url, cache, instance="", external_url="", timeout_s=WEBHOOK_TIMEOUT_S,
+                 retries=WEBHOOK_RETRIES, backoff_s=WEBHOOK_BACKOFF_S):
+        StoppableThread.__init__(self, "alert-webhook")
+        self.url, self.cache, self.instance, self.external_url = url, cache, instance, external_url
+        self.timeout_s, self.retries, self.backoff_s = timeout_s, retries, backoff_s
+        self._queue = collections.deque(maxlen=WEBHOOK_QUEUE_ITEMS)
+        self._wake = threading.Event()
+        self.counts = {"sent": 0, "failed": 0, "dropped": 0}
+        self._streak = 0
+
+    def send(self, event):
+        if len(self._queue) == self._queue.maxlen:
+            self._count("dropped")
+        self._queue.append(event)
+        self._wake.set()
+
+    def stop(self):
+        StoppableThread.stop(self)
+        self._wake.set()
+
+    def run(self):
+        while not self.stopping.is_set():
+            self._wake.wait(1.0)
+            self._wake.clear()
+            while self._queue and not self.stopping.is_set():
+                self.deliver(self._queue.popleft())
+
+    def deliver(self, event):
+        """Send one event, retrying; True when the receiver took it."""
+        body = json_bytes(build_webhook_payload(event, self.instance, self.external_url))
+        error = None
+        for attempt in range(self.retries + 1):
+            if attempt and self.stopping.wait(self.backoff_s * 2 ** (attempt - 1)):
+                break
+            error = self._post(body)
+            if error is None:
+                if self._streak:
+                    LOG.info("event=webhook_recovered after_failures=%d", self._streak)
+                self._streak = 0
+                self._count("sent")
+                return True
+        if not self._streak:     # the host only: a webhook URL's path is often its secret
+            LOG.warning("event=webhook_failed host=%s error=%s (further failures are only counted)",
+                        urlsplit(self.url).netloc.rpartition("@")[2], error)
+        self._streak += 1
+        self._count("failed")
+        return False
+
+    def _post(self, body):
+        """One POST; None on a 2xx answer, else the error text."""
+        parts = urlsplit(self.url)
+        cls = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+        conn = cls(parts.hostname, parts.port, timeout=self.timeout_s)
+        path = (parts.path or "/") + ("?" + parts.query if parts.query else "")
+        headers = {"Content-Type": "application/json", "User-Agent": "amdgpu_top_web/" + __version__}
+        if parts.username is not None:      # https://user:password@host/...: HTTP Basic
+            token = "%s:%s" % (parts.username, parts.password or "")
+            headers["Authorization"] = "Basic " + base64.b64encode(token.encode()).decode()
+        try:
+            conn.request("POST", path, body, headers)
+            response = conn.getresponse()
+            response.read(65536)
+            return None if 200 <= response.status < 300 else "HTTP %d" % response.status
+        except (OSError, http.client.HTTPException) as exc:
+            return str(exc) or exc.__class__.__name__
+        finally:
+            conn.close()
+
+    def _count(self, what):
+        self.counts[what] += 1
+        self.cache.record("exporter_alert_webhook_%s_total" % what, (), 1, add=True)
+        self.cache.update_feature("alerts", webhook_sent=self.counts["sent"],
+                                  webhook_failed=self.counts["failed"],
+                                  webhook_dropped=self.counts["dropped"])
 
 
 def make_backends(config):
@@ -5656,7 +6770,7 @@ def make_backends(config):
     Intel (sysfs, sharing one card listing and one fdinfo scanner) and NVIDIA
     when its library loads."""
     if config.demo:
-        return [DemoBackend(config.demo_processes, config.demo_gpus)]
+        return [DemoBackend(config.demo_processes, config.demo_gpus, config.demo_scenario)]
     names, cards = NameResolver(config.share_root), DrmCardList(config.sysfs_root)
     fdinfo = None
     if config.proc_enable:
@@ -6319,8 +7433,8 @@ class DemoProcSource(object):
     """--demo: synthetic processes per demo GPU, with moving engine %; every
     row, total and capability goes through the same builders as real ones."""
 
-    def __init__(self, infos, per_gpu, clock=time.monotonic):
-        self.infos, self.per_gpu, self.clock = infos, per_gpu, clock
+    def __init__(self, infos, per_gpu, clock=time.monotonic, leak=False):
+        self.infos, self.per_gpu, self.clock, self.leak = infos, per_gpu, clock, leak
         self._start = clock()
 
     def set_gpus(self, infos):
@@ -6350,6 +7464,9 @@ class DemoProcSource(object):
         pct = dict((e, round(min(100.0, base * wave), 1) if e in engines else None)
                    for e, base in [(e, engines.get(e, 0.0)) for e in ("gfx", "compute", "dma", "dec", "enc")])
         pid = 1000 + gpu_index * 5000 + index * 37
+        if self.leak and index == 1 and self.infos[gpu_index].id == DEMO_LEAK_GPU:
+            total = [row[5] for row in DEMO_GPUS if row[0] == DEMO_LEAK_GPU][0]
+            vram_mib += int(demo_leak_fraction(t) * total) >> 20
         if self.infos[gpu_index].apu:      # an APU's carve-out is tiny: it all lives in GTT
             vram_mib, gtt_mib = min(vram_mib, 24), gtt_mib + max(0, vram_mib - 24)
         busy_ns = dict((e, int(base * 1e7 * t)) for e, base in engines.items())
@@ -6406,7 +7523,11 @@ HISTORY_SERIES_TABLES = tuple((kind, tier) for kind in ("gpu", "host")
 
 
 def _history_table(kind, tier):
-    return "%s_%s" % (kind, {"raw": "raw", "1m": "m1", "1h": "h1"}[tier])
+    return "%s_%s" % (kind, {"raw": "raw", "1m": "m1", "10m": "m10", "1h": "h1"}[tier])
+
+
+# The tiers built from minute rows in SQL: (tier, step).
+HISTORY_BUILT_TIERS = tuple((name, step) for name, step, _ in HISTORY_TIERS if step > 60)
 
 
 def _history_column_names(kind, tier):
@@ -6435,7 +7556,6 @@ def history_schema():
         "CREATE TABLE proc_samples(src INTEGER NOT NULL, ts INTEGER NOT NULL, run INTEGER NOT NULL,"
         " vram_mib INTEGER, gtt_mib INTEGER, engine_pct10 INTEGER, PRIMARY KEY(src, ts, run))"
         " WITHOUT ROWID",
-        "CREATE INDEX proc_samples_run ON proc_samples(run, ts)",
         "CREATE TABLE alerts(id INTEGER PRIMARY KEY, rule TEXT NOT NULL, gpu_id TEXT NOT NULL,"
         " started REAL NOT NULL, ended REAL, event TEXT NOT NULL, UNIQUE(rule, gpu_id, started))",
         "CREATE INDEX alerts_started ON alerts(started)",
@@ -6459,8 +7579,8 @@ def _merge_sql(table, names):
             % (table, ", ".join(names), ", ".join("?" * (len(names) + 3)), ", ".join(sets)))
 
 
-def _hour_sql(kind):
-    """Rebuild one hour row of a source from its minute rows."""
+def _rebuild_sql(kind, tier):
+    """Rebuild one 10 min or hour row of a source from its minute rows."""
     names = [key for key, _ in history_columns(kind)]
     aggs = []
     for name in names:
@@ -6468,20 +7588,24 @@ def _hour_sql(kind):
                  "NULL))) AS INTEGER)" % (name, name), "max(%s_max)" % name]
     return ("INSERT OR REPLACE INTO %s(src, ts, n, %s) SELECT src, ?, sum(n), %s FROM %s"
             " WHERE src = ? AND ts >= ? AND ts < ? GROUP BY src"
-            % (_history_table(kind, "1h"), ", ".join(_history_column_names(kind, "1h")),
+            % (_history_table(kind, tier), ", ".join(_history_column_names(kind, tier)),
                ", ".join(aggs), _history_table(kind, "1m")))
 
 
-def _series_select(kind, tier, names):
-    """Buckets of `step` seconds: min of mins, count-weighted mean, max of maxes."""
+def _series_select(kind, tier, names, direct):
+    """Buckets of `step` seconds: min of mins, count-weighted mean, max of maxes;
+    `direct` (one row per bucket) reads the columns as they are."""
     aggs = []
     for name in names:
         lo, mid, hi = (name, name, name) if tier == "raw" else (
             name + "_min", name + "_avg", name + "_max")
-        aggs += ["min(%s)" % lo, "sum(%s * n) * 1.0 / sum(n * (%s IS NOT NULL))" % (mid, mid),
-                 "max(%s)" % hi]
-    return ("SELECT (ts - ?) / ? AS b, sum(n)%s FROM %s WHERE src = ? AND ts >= ? AND ts < ?"
-            " GROUP BY b" % ("".join(", " + a for a in aggs), _history_table(kind, tier)))
+        # raw rows are means of ~equal sample counts: a plain avg() is a third cheaper
+        mean = ("avg(%s)" % mid if tier == "raw" else
+                "sum(%s * n) * 1.0 / sum(n * (%s IS NOT NULL))" % (mid, mid))
+        aggs += [lo, mid, hi] if direct else ["min(%s)" % lo, mean, "max(%s)" % hi]
+    return ("SELECT (ts - ?) / ? AS b, %s%s FROM %s WHERE src = ? AND ts >= ? AND ts < ?%s" % (
+        "n" if direct else "sum(n)", "".join(", " + a for a in aggs), _history_table(kind, tier),
+        "" if direct else " GROUP BY b"))
 
 
 def read_boot_id(proc_root):
@@ -6533,6 +7657,17 @@ def _history_create(conn):
     conn.execute("COMMIT")
 
 
+def _history_add_columns(conn):
+    """A metric added to METRIC_KEYS (or a host key) since the file was made
+    becomes a column (ADD COLUMN: old rows read it as null); nothing is dropped."""
+    for kind, tier in HISTORY_SERIES_TABLES:
+        table = _history_table(kind, tier)
+        have = set(row[1] for row in conn.execute("PRAGMA table_info(%s)" % table))
+        for name in _history_column_names(kind, tier):
+            if name not in have:
+                conn.execute("ALTER TABLE %s ADD COLUMN %s INTEGER" % (table, name))
+
+
 def _history_connect(path):
     created = not os.path.exists(path)
     if created:
@@ -6548,6 +7683,8 @@ def _history_connect(path):
         conn.execute("PRAGMA synchronous = NORMAL")
         if kind == "new":
             _history_create(conn)
+        else:
+            _history_add_columns(conn)
     except BaseException:
         conn.close()
         raise
@@ -6612,14 +7749,27 @@ _RUN_UPSERT = (
                    for c in ("time_s", "vram_s", "gtt_s", "engine_s", "gpu_s", "samples")]))
 
 
-def _unscale(value, scale):
-    if value is None:
-        return None
-    out = value / scale
+def _unscale_all(values, scale, exact):
+    """Stored integers (exact) or SQL means (floats) -> the metric's own unit,
+    a whole column at once (a chart has ~60 of them: no call per value)."""
     if scale < 1.0:
-        return int(round(out))
-    out = round(out, 3)
-    return int(out) if out == int(out) else out
+        shift = int(round(math.log(1.0 / scale, 2)))
+        if exact:
+            return [None if v is None else v << shift for v in values]
+        return [None if v is None else int(v * (1 << shift)) for v in values]
+    if exact:
+        return list(values) if scale == 1.0 else [None if v is None else v / scale for v in values]
+    return [None if v is None else round(v / scale, 3) for v in values]
+
+
+def _scatter(values, buckets, count, full, empty):
+    if full:
+        return list(values)
+    out = [empty] * count
+    for bucket, value in zip(buckets, values):
+        if 0 <= bucket < count:
+            out[bucket] = value
+    return out
 
 
 def history_run_json(row):
@@ -6638,9 +7788,10 @@ def history_run_json(row):
                samples=run["samples"])
     for name, key, peak in (("avg_vram_bytes", "vram_s", "peak_vram"),
                             ("avg_gtt_bytes", "gtt_s", "peak_gtt")):
-        out[name] = int(round(sums[key] / time_s)) if time_s > 0 else run[peak]
-    out["avg_engine_pct"] = (round(sums["engine_s"] / time_s, 1) if time_s > 0
-                             else run["peak_engine"])
+        out[name] = (run[peak] if run[peak] is None or time_s <= 0
+                     else int(round(sums[key] / time_s)))
+    out["avg_engine_pct"] = (run["peak_engine"] if run["peak_engine"] is None or time_s <= 0
+                             else round(sums["engine_s"] / time_s, 1))
     return out
 
 
@@ -6674,17 +7825,18 @@ class _HistoryReads(object):
 
     def query_series(self, kind, key, from_s, to_s, points=None):
         """Chart data of one GPU (kind "gpu", key its id) or of the host (key None)."""
-        tier, _, step = choose_history_step(from_s, to_s, self.clock(), points)
+        tier, tier_step, step = choose_history_step(from_s, to_s, self.clock(), points)
         start = int(from_s // step * step)
         count = max(1, int(math.ceil((to_s - start) / float(step))))
         out = {"tier": tier, "step_s": step, "from": format_ts(start),
                "to": format_ts(start + count * step),
                "ts": [(start + i * step) * 1000 for i in range(count)], "series": {},
                "count": [0] * count}
-        self._read(lambda conn: self._fill_series(conn, out, kind, key, tier, start, count), None)
+        self._read(lambda conn: self._fill_series(conn, out, kind, key, tier, start, count,
+                                                  step == tier_step), None)
         return out
 
-    def _fill_series(self, conn, out, kind, key, tier, start, count):
+    def _fill_series(self, conn, out, kind, key, tier, start, count, direct):
         row = conn.execute("SELECT id, columns FROM sources WHERE kind = ? AND key = ?",
                            (kind, key or "")).fetchone()
         if row is None:
@@ -6692,20 +7844,20 @@ class _HistoryReads(object):
         names = [c for c in row[1].split(",") if c]
         scales = dict(history_columns(kind))
         step = out["step_s"]
-        series = dict((n, {"min": [None] * count, "avg": [None] * count, "max": [None] * count})
-                      for n in names)
-        counts = out["count"]
-        for r in conn.execute(_series_select(kind, tier, names),
-                              (start, step, row[0], start, start + count * step)):
-            b = r[0]
-            if not 0 <= b < count:
-                continue
-            counts[b] = r[1]
-            for j, name in enumerate(names):
-                entry, scale = series[name], scales[name]
-                entry["min"][b] = _unscale(r[2 + 3 * j], scale)
-                entry["avg"][b] = _unscale(r[3 + 3 * j], scale)
-                entry["max"][b] = _unscale(r[4 + 3 * j], scale)
+        rows = conn.execute(_series_select(kind, tier, names, direct),
+                            (start, step, row[0], start, start + count * step)).fetchall()
+        if not rows:
+            return
+        columns = list(zip(*rows))       # column-wise: one comprehension per series
+        buckets = columns[0]
+        full = len(buckets) == count and buckets[0] == 0 and buckets[-1] == count - 1
+        out["count"] = _scatter(columns[1], buckets, count, full, 0)
+        series = {}
+        for j, name in enumerate(names):
+            entry = series[name] = {}
+            for k, part in enumerate(("min", "avg", "max")):
+                values = _unscale_all(columns[2 + 3 * j + k], scales[name], direct or k != 1)
+                entry[part] = _scatter(values, buckets, count, full, None)
         out["series"] = series
 
     def query_runs(self, from_s, to_s, gpu_id=None, active=None):
@@ -6732,9 +7884,13 @@ class _HistoryReads(object):
             out = {"run": history_run_json(row), "ts": [],
                    "series": {"vram_bytes": [], "gtt_bytes": [], "engine_pct": []}}
             series = out["series"]
-            for ts, vram, gtt, engine in conn.execute(
-                    "SELECT ts, vram_mib, gtt_mib, engine_pct10 FROM proc_samples WHERE run = ?"
-                    " ORDER BY ts", (run_id,)):
+            src = conn.execute("SELECT id FROM sources WHERE kind = 'gpu' AND key = ?",
+                               (row[4],)).fetchone()
+            rows = conn.execute(
+                "SELECT ts, vram_mib, gtt_mib, engine_pct10 FROM proc_samples WHERE src = ? AND"
+                " ts >= ? AND ts <= ? AND run = ? ORDER BY ts",
+                (src[0] if src else -1, int(row[12]), row[13], run_id))   # first/last seen
+            for ts, vram, gtt, engine in rows:
                 out["ts"].append(ts * 1000)
                 series["vram_bytes"].append(None if vram is None else vram << 20)
                 series["gtt_bytes"].append(None if gtt is None else gtt << 20)
@@ -6781,7 +7937,159 @@ class _HistoryReads(object):
                                         conn.execute(sql, (to_s, to_s, from_s))], [])
 
 
-class HistoryStore(StoppableThread, _HistoryReads):
+class _HistoryWrites(object):
+    """The writer's batch: series rows, runs, process samples, alerts (writer thread only)."""
+
+    def _source_id(self, kind, key, row=None):
+        entry = self._sources.get((kind, key))
+        if entry is None:
+            self._conn.execute("INSERT OR IGNORE INTO sources(kind, key) VALUES (?, ?)", (kind, key))
+            src, names = self._conn.execute("SELECT id, columns FROM sources WHERE kind = ? AND"
+                                            " key = ?", (kind, key)).fetchone()
+            entry = self._sources[(kind, key)] = [src, set(c for c in names.split(",") if c)]
+        if row is not None:
+            names = [c for (c, _), v in zip(self._columns[kind], row[2:]) if v is not None]
+            if not entry[1].issuperset(names):
+                entry[1].update(names)
+                order = [c for c, _ in self._columns[kind] if c in entry[1]]
+                self._conn.execute("UPDATE sources SET columns = ? WHERE id = ?",
+                                   (",".join(order), entry[0]))
+        return entry[0]
+
+    def _write_series(self):
+        conn = self._conn
+        for (kind, tier), rows in self._pending.items():
+            if not rows:
+                continue
+            table = _history_table(kind, tier)
+            names = _history_column_names(kind, tier)
+            values = [(self._source_id(kind, key, row if tier == "raw" else None),) + row
+                      for key, row in rows]
+            if tier == "raw":
+                conn.executemany("INSERT OR REPLACE INTO %s(src, ts, n, %s) VALUES (%s)" % (
+                    table, ", ".join(names), ", ".join("?" * (len(names) + 3))), values)
+            else:
+                conn.executemany(_merge_sql(table, names), values)
+        for kind, key, tier, step, bucket in self._hours:
+            src = self._source_id(kind, key)
+            conn.execute(_rebuild_sql(kind, tier), (bucket, src, bucket, bucket + step))
+
+    def _write_runs_and_samples(self):
+        conn = self._conn
+        for run in self._tracker.take():
+            key = (self.boot_id, run["pid"], run["start_time"] or 0, run["gpu_id"])
+            conn.execute(_RUN_UPSERT, key + tuple(run[c] for c in RUN_COLUMNS[4:]))
+            if run["ended"] is not None:
+                self._run_ids.pop(key, None)
+        rows = []
+        for gpu_id, ts, active in self._proc_rows:
+            src = self._source_id("gpu", gpu_id)
+            rows.append((src, ts, 0, None, None, None))   # run 0: a sample was taken (maybe empty)
+            for (_, pid, start), (vram, gtt, engine) in active:
+                rows.append((src, ts, self._run_id(gpu_id, pid, start),
+                             None if vram is None else int(vram) >> 20,
+                             None if gtt is None else int(gtt) >> 20,
+                             None if engine is None else int(round(engine * 10))))
+        conn.executemany("INSERT OR REPLACE INTO proc_samples VALUES (?, ?, ?, ?, ?, ?)",
+                         [r for r in rows if r[2] is not None])
+
+    def _run_id(self, gpu_id, pid, start):
+        key = (self.boot_id, pid, start or 0, gpu_id)
+        if key not in self._run_ids:
+            row = self._conn.execute("SELECT id FROM runs WHERE boot_id = ? AND pid = ? AND"
+                                     " start_time = ? AND gpu_id = ?", key).fetchone()
+            if row is None:
+                return None
+            self._run_ids[key] = row[0]
+        return self._run_ids[key]
+
+    def _write_alerts(self):
+        for event in self._alerts:
+            started = event.get("started")
+            started_s = started if isinstance(started, (int, float)) else parse_iso_ts(started)
+            ended = event.get("ended")
+            ended_s = ended if isinstance(ended, (int, float)) or ended is None else parse_iso_ts(ended)
+            self._conn.execute(
+                "INSERT INTO alerts(rule, gpu_id, started, ended, event) VALUES (?, ?, ?, ?, ?)"
+                " ON CONFLICT(rule, gpu_id, started) DO UPDATE SET ended = excluded.ended,"
+                " event = excluded.event",
+                (str(event.get("rule")), event.get("gpu_id") or "",
+                 self.clock() if started_s is None else started_s, ended_s,
+                 json.dumps(event, sort_keys=True)))
+
+
+class _HistoryRetention(object):
+    """Retention by age, then by size, in slices; freed pages given back (writer thread)."""
+
+    def _guarded(self, work):
+        try:
+            work()
+        except sqlite3.Error as exc:
+            try:
+                self._conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+            LOG.warning("event=history_maintenance_failed reason=%r", str(exc))
+
+    def _measure(self):
+        pages = self._conn.execute("PRAGMA page_count").fetchone()[0]
+        free = self._conn.execute("PRAGMA freelist_count").fetchone()[0]
+        size = self._conn.execute("PRAGMA page_size").fetchone()[0]
+        self._bytes = (pages - free) * size
+        return self._bytes
+
+    def _tables_by_keep(self):
+        tables = [(_history_table(kind, tier), step, keep) for kind, tier in HISTORY_SERIES_TABLES
+                  for name, step, keep in HISTORY_TIERS if name == tier]
+        return tables + [("proc_samples", HISTORY_PROC_SAMPLE_S, HISTORY_PROC_KEEP_S)]
+
+    def _maintain(self):
+        now = self.clock()
+        srcs = [entry[0] for entry in self._sources.values()]
+        for table, step, keep in self._tables_by_keep():
+            for src in srcs:
+                self._delete_before(table, src, now - keep, step)
+        conn = self._conn
+        for sql in ("DELETE FROM runs WHERE id IN (SELECT id FROM runs WHERE ended IS NOT NULL"
+                    " AND last_seen < ? LIMIT %d)" % HISTORY_DELETE_SLICE,
+                    "DELETE FROM alerts WHERE id IN (SELECT id FROM alerts WHERE started < ?"
+                    " AND ended IS NOT NULL LIMIT %d)" % HISTORY_DELETE_SLICE):
+            conn.execute(sql, (now - HISTORY_RUN_KEEP_S,))
+        for _ in range(50):
+            if self._measure() <= self.max_bytes or not self._trim_oldest(now, srcs):
+                break
+        conn.execute("PRAGMA incremental_vacuum(%d)" % HISTORY_VACUUM_PAGES).fetchall()
+        self._measure()
+
+    def _delete_before(self, table, src, cutoff, step):
+        """Delete a source's rows older than cutoff, HISTORY_DELETE_SLICE rows a statement."""
+        oldest = self._conn.execute("SELECT min(ts) FROM %s WHERE src = ?" % table,
+                                    (src,)).fetchone()[0]
+        while oldest is not None and oldest < cutoff:
+            bound = min(cutoff, oldest + HISTORY_DELETE_SLICE * step)
+            self._conn.execute("DELETE FROM %s WHERE src = ? AND ts < ?" % table, (src, bound))
+            oldest = bound
+
+    def _trim_oldest(self, now, srcs):
+        """Over max_bytes: cut the oldest slice of the table that is furthest into
+        its retention (so every tier shrinks alike). False when nothing is left."""
+        worst = None
+        for table, step, keep in self._tables_by_keep():
+            mins = [self._conn.execute("SELECT min(ts) FROM %s WHERE src = ?" % table,
+                                       (src,)).fetchone()[0] for src in srcs]   # the key's order
+            oldest = min([t for t in mins if t is not None] or [None])
+            if oldest is not None and (worst is None or (now - oldest) / keep > worst[0]):
+                worst = ((now - oldest) / keep, table, step, oldest)
+        if worst is None:
+            return False
+        _, table, step, oldest = worst
+        for src in srcs:
+            self._delete_before(table, src, oldest + max(step * 60, 600), step)
+        self._conn.execute("PRAGMA incremental_vacuum(%d)" % HISTORY_VACUUM_PAGES).fetchall()
+        return True
+
+
+class HistoryStore(StoppableThread, _HistoryWrites, _HistoryRetention, _HistoryReads):
     """The history sink: offer_* queue (never block), one writer thread owns
     the connection. path None = memory only from the start (tests, fallback).
     Faults leave the live view alone: a file that cannot be used -> memory
@@ -6798,6 +8106,7 @@ class HistoryStore(StoppableThread, _HistoryReads):
         self._queue = collections.deque(maxlen=queue_max)
         self._dropped = 0
         self._state, self._reason = "starting", None
+        self._memory_reason = None          # why history is in memory (kept across pauses)
         self._conn = self._uri = self._lock_fd = None
         self._bytes = self._commits = 0
         self._last_commit = None
@@ -6867,6 +8176,7 @@ class HistoryStore(StoppableThread, _HistoryReads):
                                      check_same_thread=False)
         _history_create(self._conn)
         self.max_bytes = min(self.max_bytes, HISTORY_MEMORY_MAX_BYTES)
+        self._memory_reason = reason
         self._after_open("memory", reason)
 
     def _after_open(self, state, reason):
@@ -6882,14 +8192,11 @@ class HistoryStore(StoppableThread, _HistoryReads):
         self._next_maintain = now
         self._set_state(state, reason)
 
-    def start(self):
-        if self._state == "starting":
-            self.open()
-        StoppableThread.start(self)
-
     # -- the writer thread --
 
     def run(self):
+        if self._state == "starting":
+            self.open()         # here, not in start(): quick_check of a big file takes ~1 s
         while not self.stopping.wait(self.commit_s):
             self.cycle()
         self.cycle(final=True)
@@ -6942,7 +8249,8 @@ class HistoryStore(StoppableThread, _HistoryReads):
         for tier, row in rows:
             self._pending[(kind, tier)].append((key, row))
             if tier == "1m":
-                self._hours.add((kind, key, row[0] - row[0] % 3600))
+                for built, step in HISTORY_BUILT_TIERS:
+                    self._hours.add((kind, key, built, step, row[0] - row[0] % step))
 
     def _add_procs(self, gpu_id, message):
         epoch_s = parse_iso_ts(message.get("ts"))
@@ -6985,14 +8293,16 @@ class HistoryStore(StoppableThread, _HistoryReads):
                 conn.execute("ROLLBACK")
             except sqlite3.Error:
                 pass
+            # ids handed out inside the rolled-back transaction are gone: ask again
+            self._sources.clear()
+            self._run_ids.clear()
             self._drop_batch(("disk full: %s" if _is_full_error(exc) else "write failed: %s")
                              % exc)
             return
         self._reset_pending()
         self._commits += 1
         self._last_commit = self.clock()
-        self._set_state("memory" if self._uri is not None else "ok", self._reason
-                        if self._uri is not None else None)
+        self._set_state("memory" if self._uri is not None else "ok", self._memory_reason)
 
     def _drop_batch(self, reason):
         """A batch that cannot be written is dropped (counted): pausing must not grow memory."""
@@ -7003,150 +8313,6 @@ class HistoryStore(StoppableThread, _HistoryReads):
             LOG.warning("event=history_paused path=%s reason=%r: the live view is unaffected;"
                         " writing resumes by itself", self.path, reason)
         self._set_state("paused", reason)
-
-    def _source_id(self, kind, key, row=None):
-        entry = self._sources.get((kind, key))
-        if entry is None:
-            self._conn.execute("INSERT OR IGNORE INTO sources(kind, key) VALUES (?, ?)", (kind, key))
-            src = self._conn.execute("SELECT id FROM sources WHERE kind = ? AND key = ?",
-                                     (kind, key)).fetchone()[0]
-            entry = self._sources[(kind, key)] = [src, set()]
-        if row is not None:
-            names = [c for (c, _), v in zip(self._columns[kind], row[2:]) if v is not None]
-            if not entry[1].issuperset(names):
-                entry[1].update(names)
-                order = [c for c, _ in self._columns[kind] if c in entry[1]]
-                self._conn.execute("UPDATE sources SET columns = ? WHERE id = ?",
-                                   (",".join(order), entry[0]))
-        return entry[0]
-
-    def _write_series(self):
-        conn = self._conn
-        for (kind, tier), rows in self._pending.items():
-            if not rows:
-                continue
-            table = _history_table(kind, tier)
-            names = _history_column_names(kind, tier)
-            values = [(self._source_id(kind, key, row if tier == "raw" else None),) + row
-                      for key, row in rows]
-            if tier == "raw":
-                conn.executemany("INSERT OR REPLACE INTO %s(src, ts, n, %s) VALUES (%s)" % (
-                    table, ", ".join(names), ", ".join("?" * (len(names) + 3))), values)
-            else:
-                conn.executemany(_merge_sql(table, names), values)
-        for kind, key, hour in self._hours:
-            src = self._source_id(kind, key)
-            conn.execute(_hour_sql(kind), (hour, src, hour, hour + 3600))
-
-    def _write_runs_and_samples(self):
-        conn = self._conn
-        for run in self._tracker.take():
-            key = (self.boot_id, run["pid"], run["start_time"] or 0, run["gpu_id"])
-            conn.execute(_RUN_UPSERT, key + tuple(run[c] for c in RUN_COLUMNS[4:]))
-            if run["ended"] is not None:
-                self._run_ids.pop(key, None)
-        rows = []
-        for gpu_id, ts, active in self._proc_rows:
-            src = self._source_id("gpu", gpu_id)
-            rows.append((src, ts, 0, None, None, None))   # run 0: a sample was taken (maybe empty)
-            for (_, pid, start), (vram, gtt, engine) in active:
-                rows.append((src, ts, self._run_id(gpu_id, pid, start),
-                             None if vram is None else int(vram) >> 20,
-                             None if gtt is None else int(gtt) >> 20,
-                             None if engine is None else int(round(engine * 10))))
-        conn.executemany("INSERT OR REPLACE INTO proc_samples VALUES (?, ?, ?, ?, ?, ?)",
-                         [r for r in rows if r[2] is not None])
-
-    def _run_id(self, gpu_id, pid, start):
-        key = (self.boot_id, pid, start or 0, gpu_id)
-        if key not in self._run_ids:
-            row = self._conn.execute("SELECT id FROM runs WHERE boot_id = ? AND pid = ? AND"
-                                     " start_time = ? AND gpu_id = ?", key).fetchone()
-            if row is None:
-                return None
-            self._run_ids[key] = row[0]
-        return self._run_ids[key]
-
-    def _write_alerts(self):
-        for event in self._alerts:
-            started = event.get("started")
-            started_s = started if isinstance(started, (int, float)) else parse_iso_ts(started)
-            ended = event.get("ended")
-            ended_s = ended if isinstance(ended, (int, float)) or ended is None else parse_iso_ts(ended)
-            self._conn.execute(
-                "INSERT INTO alerts(rule, gpu_id, started, ended, event) VALUES (?, ?, ?, ?, ?)"
-                " ON CONFLICT(rule, gpu_id, started) DO UPDATE SET ended = excluded.ended,"
-                " event = excluded.event",
-                (str(event.get("rule")), event.get("gpu_id") or "",
-                 self.clock() if started_s is None else started_s, ended_s,
-                 json.dumps(event, sort_keys=True)))
-
-    # -- retention: by age, then by size, in slices; freed pages given back --
-
-    def _guarded(self, work):
-        try:
-            work()
-        except sqlite3.Error as exc:
-            try:
-                self._conn.execute("ROLLBACK")
-            except sqlite3.Error:
-                pass
-            LOG.warning("event=history_maintenance_failed reason=%r", str(exc))
-
-    def _measure(self):
-        pages = self._conn.execute("PRAGMA page_count").fetchone()[0]
-        free = self._conn.execute("PRAGMA freelist_count").fetchone()[0]
-        size = self._conn.execute("PRAGMA page_size").fetchone()[0]
-        self._bytes = (pages - free) * size
-        return self._bytes
-
-    def _tables_by_keep(self):
-        tables = [(_history_table(kind, tier), step, keep) for kind, tier in HISTORY_SERIES_TABLES
-                  for name, step, keep in HISTORY_TIERS if name == tier]
-        return tables + [("proc_samples", HISTORY_PROC_SAMPLE_S, HISTORY_PROC_KEEP_S)]
-
-    def _maintain(self):
-        now = self.clock()
-        srcs = [entry[0] for entry in self._sources.values()]
-        for table, step, keep in self._tables_by_keep():
-            for src in srcs:
-                self._delete_before(table, src, now - keep, step)
-        conn = self._conn
-        for sql in ("DELETE FROM runs WHERE id IN (SELECT id FROM runs WHERE ended IS NOT NULL"
-                    " AND last_seen < ? LIMIT %d)" % HISTORY_DELETE_SLICE,
-                    "DELETE FROM alerts WHERE id IN (SELECT id FROM alerts WHERE started < ?"
-                    " AND ended IS NOT NULL LIMIT %d)" % HISTORY_DELETE_SLICE):
-            conn.execute(sql, (now - HISTORY_RUN_KEEP_S,))
-        for _ in range(50):
-            if self._measure() <= self.max_bytes or not self._trim_oldest(now, srcs):
-                break
-        conn.execute("PRAGMA incremental_vacuum(%d)" % HISTORY_VACUUM_PAGES).fetchall()
-        self._measure()
-
-    def _delete_before(self, table, src, cutoff, step):
-        """Delete a source's rows older than cutoff, HISTORY_DELETE_SLICE rows a statement."""
-        oldest = self._conn.execute("SELECT min(ts) FROM %s WHERE src = ?" % table,
-                                    (src,)).fetchone()[0]
-        while oldest is not None and oldest < cutoff:
-            bound = min(cutoff, oldest + HISTORY_DELETE_SLICE * step)
-            self._conn.execute("DELETE FROM %s WHERE src = ? AND ts < ?" % table, (src, bound))
-            oldest = bound
-
-    def _trim_oldest(self, now, srcs):
-        """Over max_bytes: cut the oldest slice of the table that is furthest into
-        its retention (so every tier shrinks alike). False when nothing is left."""
-        worst = None
-        for table, step, keep in self._tables_by_keep():
-            oldest = self._conn.execute("SELECT min(ts) FROM %s" % table).fetchone()[0]
-            if oldest is not None and (worst is None or (now - oldest) / keep > worst[0]):
-                worst = ((now - oldest) / keep, table, step, oldest)
-        if worst is None:
-            return False
-        _, table, step, oldest = worst
-        for src in srcs:
-            self._delete_before(table, src, oldest + max(step * 60, 600), step)
-        self._conn.execute("PRAGMA incremental_vacuum(%d)" % HISTORY_VACUUM_PAGES).fetchall()
-        return True
 
 
 def make_history_store(config, on_change=None):
@@ -8127,6 +9293,24 @@ class DashboardHandler(BaseHTTPRequestHandler):
     def route_version(self, _):
         self._send_json(200, {"version": __version__, "python": "%d.%d.%d" % sys.version_info[:3]})
 
+    def route_alerts(self, _):
+        app = self.server.app
+        if app.alerts is None:
+            self._send_json(404, {"error": "alerts are off; turn them on with --alerts or "
+                                           "APP_ALERTS=on"})
+            return
+        try:
+            query = parse_alerts_query(urlsplit(self.path).query, time.time())
+            source, events = app.alert_events(query["from_s"], query["to_s"])
+        except ValueError as exc:
+            self._send_json(400, {"error": str(exc)})
+            return
+        if query["format"] == "csv":
+            self._send(200, "text/csv; charset=utf-8", encode_alerts_csv(events).encode("utf-8"))
+            return
+        self._send_json(200, {"from": format_ts(query["from_s"]), "to": format_ts(query["to_s"]),
+                              "source": source, "active": app.cache.alerts(), "events": events})
+
     def route_gpu_metrics(self, gpu_id):
         found = self._gpu_or_404(gpu_id)
         if found is not None:
@@ -8193,6 +9377,10 @@ class DashboardHandler(BaseHTTPRequestHandler):
             self._send_json(404, {"error": "history is off (APP_HISTORY_PATH=off); set "
                                            "APP_HISTORY_PATH or --history-path to keep it"})
             return None, None
+        if store.status()["state"] == "starting":     # the writer is still opening the file
+            self._send_json(503, {"error": "history is opening its file; try again"},
+                            [("Retry-After", "1")])
+            return None, None
         return query, store
 
     def _answer(self, fmt, obj, make_csv, name):
@@ -8254,7 +9442,7 @@ class DashboardHandler(BaseHTTPRequestHandler):
 class App(object):
     """Owns every thread: discovery (and samplers), hub, HTTP server; start()/stop()."""
 
-    def __init__(self, config, page_path=None):
+    def __init__(self, config, page_path=None, alert_rules=None):
         self.config = config
         features = {"procs": False, "prometheus": config.enable_prometheus,
                     "demo": config.demo, "history_window_s": HISTORY_WINDOW_S}
@@ -8272,6 +9460,7 @@ class App(object):
         if self.history is not None:
             self.cache.add_sink(self.history)
         self.host_thread = HostSampler(HostReader(config.proc_root), self.cache)
+        self.webhook, self.alerts = self._make_alerts(alert_rules)
         self.error_log = ErrorLog()
         self.server = None
         self._serve_thread = None
@@ -8292,6 +9481,29 @@ class App(object):
         if self.history is None:
             return {"state": "off", "path": None, "reason": "APP_HISTORY_PATH=off"}
         return self.history.status()
+    def _make_alerts(self, rules):
+        """(WebhookSender or None, AlertEngine or None) for this config."""
+        config = self.config
+        if not config.alerts:
+            self.cache.set_feature("alerts", {"enabled": False})
+            return None, None
+        rules = rules if rules is not None else load_alert_rules(config)
+        webhook = None
+        if config.alert_webhook_url:
+            webhook = WebhookSender(config.alert_webhook_url, self.cache, socket.gethostname())
+        engine = AlertEngine(self.cache, rules, self.history, webhook)
+        self.cache.add_sink(engine)
+        self.cache.set_feature("alerts", {
+            "enabled": True, "rules": [r for r in ALERT_RULES if rules[r].get("enabled", True)],
+            "webhook": webhook is not None, "webhook_sent": 0, "webhook_failed": 0,
+            "webhook_dropped": 0})
+        return webhook, engine
+
+    def alert_events(self, from_s, to_s):
+        """(source, events): the history store's when there is one, else memory."""
+        if self.history is not None:
+            return "history", self.history.query_alerts(from_s, to_s)
+        return "memory", self.alerts.recent(from_s, to_s)
 
     @staticmethod
     def _load_page(page_path, vendor_dir):
@@ -8328,13 +9540,14 @@ class App(object):
             health[("exporter_" + name, ())] = hub[key]
         latest = self.cache.host()
         return render_prometheus(gpus, procs, health, self.config.prometheus_processes,
-                                 latest[1] if latest else None)
+                                 latest[1] if latest else None, self.cache.alerts())
 
     def plain_html(self, hint=None):
         gpus, procs = self.cache.snapshot()
         latest = self.cache.host()
         return render_plain(gpus, procs, max(2.0, self.config.interval_s), hint,
-                            page=self.page_bytes is not None, host=latest[1] if latest else None)
+                            page=self.page_bytes is not None, host=latest[1] if latest else None,
+                            alerts=self.cache.alerts() if self.alerts is not None else None)
 
     def gpus_json(self):
         gpus = [dict(identity, metrics=metrics) for identity, metrics in self.cache.snapshot()[0]]
@@ -8350,7 +9563,15 @@ class App(object):
         if self._tracing:
             tracemalloc.start(10)
         if self.history is not None:
-            self.history.start()            # opens the file (or falls back to memory) first
+            self.history.start()            # opens the file (or falls back to memory)
+        host, port = self.server.server_address[:2]
+        for thread in (self.webhook, self.alerts):
+            if thread is not None:
+                thread.start()
+        if self.webhook is not None:
+            self.webhook.instance = "%s:%d" % (socket.gethostname(), port)
+            self.webhook.external_url = format_listen_url(
+                socket.gethostname() if host in ("", "0.0.0.0", "::") else host, port)
         self.hub.start()
         self.manager.start()
         if self.procs_thread is not None:
@@ -8372,8 +9593,11 @@ class App(object):
         if self.procs_thread is not None:
             self.procs_thread.stop()
         self.host_thread.stop()
+        for thread in (self.alerts, self.webhook):
+            if thread is not None:
+                thread.stop()
         for thread in (self.hub, self.manager, self.procs_thread, self.host_thread,
-                       self._serve_thread):
+                       self._serve_thread, self.alerts, self.webhook):
             if thread is not None and thread.is_alive():
                 thread.join(2.0)
         self.manager.close_backends()       # nvmlShutdown once nothing calls NVML
@@ -8496,8 +9720,22 @@ def format_listen_url(host, port):
     return "http://%s:%d/" % ("[%s]" % shown if ":" in shown else shown, port)
 
 
-def serve(config):
-    app = App(config)
+def load_alert_rules(config):
+    """APP_ALERT_RULES' file -> the rules table; ConfigError (one line naming
+    the setting and the key) when it cannot be read or is wrong."""
+    text = None
+    if config.alert_rules:
+        text = read_text(config.alert_rules, 1 << 20)
+        if text is None:
+            raise ConfigError("APP_ALERT_RULES=%r: cannot read the file" % config.alert_rules)
+    try:
+        return parse_alert_rules(text)
+    except ValueError as exc:
+        raise ConfigError("APP_ALERT_RULES=%r: %s" % (config.alert_rules, exc))
+
+
+def serve(config, alert_rules=None):
+    app = App(config, alert_rules=alert_rules)
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
@@ -8520,6 +9758,7 @@ def main(argv=None, environ=None):
     environ = os.environ if environ is None else environ
     try:
         config = parse_config(argv, environ)
+        rules = load_alert_rules(config) if config.alerts else None
     except ConfigError as exc:
         print("amdgpu_top_web: error: %s" % exc, file=sys.stderr)
         return 2
@@ -8534,7 +9773,7 @@ def main(argv=None, environ=None):
     setup_logging(config.log_level)
     if config.once:
         return run_once(config)
-    return serve(config)
+    return serve(config, rules)
 
 
 if __name__ == "__main__":

@@ -631,7 +631,8 @@ METRIC_KEYS = ("gpu_busy_pct", "mem_busy_pct", "sclk_mhz", "mclk_mhz", "temp_c",
                "power_fast_cap_w", "vddgfx_mv", "vddnb_mv", "vram_used_bytes", "vram_total_bytes",
                "vis_vram_used_bytes", "vis_vram_total_bytes", "gtt_used_bytes", "gtt_total_bytes",
                "pcie_gen", "pcie_speed_gts", "pcie_width", "runtime_status", "throttle_reasons",
-               "pstate", "enc_pct", "dec_pct", "vram_reserved_bytes", "energy_j", "vram_used_source")
+               "pstate", "enc_pct", "dec_pct", "vram_reserved_bytes", "energy_j", "vram_used_source",
+               "temp_crit_c", "temp_mem_crit_c")
 
 
 def _read_device(N, h, last_seen):
@@ -677,6 +678,10 @@ def _read_device(N, h, last_seen):
         m["sclk_mhz"] = call("sclk", N.nvmlDeviceGetClockInfo, h, N.NVML_CLOCK_GRAPHICS)
         m["mclk_mhz"] = call("mclk", N.nvmlDeviceGetClockInfo, h, N.NVML_CLOCK_MEM)
         m["temp_c"] = call("temp", N.nvmlDeviceGetTemperature, h, N.NVML_TEMPERATURE_GPU)
+        m["temp_crit_c"] = call("temp_crit", N.nvmlDeviceGetTemperatureThreshold, h,
+                                N.NVML_TEMPERATURE_THRESHOLD_SLOWDOWN)
+        m["temp_mem_crit_c"] = call("temp_mem_crit", N.nvmlDeviceGetTemperatureThreshold, h,
+                                    N.NVML_TEMPERATURE_THRESHOLD_MEM_MAX)
         fv = call("temp_mem", N.nvmlDeviceGetFieldValues, h, [N.NVML_FI_DEV_MEMORY_TEMP])
         if fv is not None:
             if fv[0].nvmlReturn == N.NVML_SUCCESS:

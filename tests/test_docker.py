@@ -209,10 +209,20 @@ def test_only_the_two_files_come_from_the_build_context(instructions, final_stag
     assert sorted(sources) == sorted(IMAGE_FILES), sources
     for _, dest in from_context:
         assert dest == APP_DIR, dest
-    # The only other file in the final image is the group file from the accounts stage.
+    # The only other files in the final image are the group file and the (empty)
+    # history directory from the accounts stage.
     copies_from = [(ins.flags, ins.args) for ins in final_stage
                    if ins.keyword == "COPY" and any(f.startswith("--from=") for f in ins.flags)]
-    assert [args for _, args in copies_from] == ["/tmp/group /etc/group"], copies_from
+    assert [args for _, args in copies_from] == [
+        "/tmp/group /etc/group", "/tmp/history /var/lib/amdgpu_top_web"], copies_from
+    assert "--chown=65532:65532" in copies_from[1][0], copies_from
+
+
+def test_history_lives_on_a_volume(final_stage):
+    volumes = [ins.args for ins in final_stage if ins.keyword == "VOLUME"]
+    assert volumes and "/var/lib/amdgpu_top_web" in volumes[-1], volumes
+    envs = " ".join(ins.args for ins in final_stage if ins.keyword == "ENV")
+    assert "APP_HISTORY_PATH=/var/lib/amdgpu_top_web/history.sqlite3" in envs, envs
 
 
 def test_final_stage_has_no_shell_steps(final_stage):

@@ -119,8 +119,9 @@ def test_records_csv_quotes_and_defuses_formulas():
 
 # -- through a real server, across a restart ------------------------------------
 
-import signal  # noqa: E402
 import time  # noqa: E402
+
+from conftest import wait_for  # noqa: E402
 
 DEMO_ARGS = ["--demo", "--demo-gpus", "2", "--proc-enable", "--proc-scan-interval", "500ms"]
 
@@ -139,6 +140,9 @@ def restarted(server_module, tmp_path_factory):
     assert first.proc.returncode == 0, first.log()
     second = server_module(args=DEMO_ARGS, env=env)
     second.wait_metrics(count=2)
+    # Until the writer has opened (and checked) the file, history answers 503 + Retry-After.
+    wait_for(lambda: second.get_json("/api/healthz")[1]["history"]["state"] == "ok", 10,
+             message="history open")
     return second, t_first
 
 

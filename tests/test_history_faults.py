@@ -280,10 +280,13 @@ def test_servers_flush_on_sigterm_and_a_second_server_says_so(server, tmp_path):
     path = str(tmp_path / "state" / "history.sqlite3")
     env = {"APP_HISTORY_PATH": path}
     first = server(args=["--demo"], env=env)
+    wait_for(lambda: first.get_json("/api/healthz")[1]["history"]["state"] == "ok", 5)
     second = server(args=["--demo"], env=env)
     second.wait_log(r"event=history_memory_only .*another amdgpu_top_web")
-    status, body = second.get_json("/api/healthz")
-    assert status == 200 and body["status"] == "ok" and body["history"]["state"] == "memory"
+    body = wait_for(lambda: (lambda b: b if b["history"]["state"] != "starting" else None)(
+        second.get_json("/api/healthz")[1]), 5)
+    assert body["status"] == "ok" and body["history"]["state"] == "memory"
+    assert "another amdgpu_top_web" in body["history"]["reason"]
     assert first.get_json("/api/healthz")[1]["history"]["state"] == "ok"
     wait_for(lambda: first.get_json("/api/gpus")[1]["gpus"], 5)
     time.sleep(1.5)

@@ -1,6 +1,7 @@
 """HistoryStore on real SQLite files with an injected clock (no threads, no sleeps):
 the writer's cycle() is called directly."""
 
+import json
 import os
 import sqlite3
 import stat
@@ -78,6 +79,9 @@ def test_series_raw_minute_hour_and_gaps(tmp_path):
     assert (b["min"][0], b["avg"][0], b["max"][0], day["count"][0]) == (10.0, 10.0, 10.0, 240)
     assert day["count"][2] == 0 and b["avg"][2] is None
     assert b["avg"][5] == 30.0
+    week = store.query_series("gpu", "card1", T0, T0 + 7 * 86400)
+    assert week["tier"] == "10m" and week["step_s"] == 600 and week["count"][0] == 720
+    assert week["series"]["gpu_busy_pct"]["max"][0] == 90.0
     year = store.query_series("gpu", "card1", T0, T0 + 365 * 86400)
     assert year["tier"] == "1h"
     yb = year["series"]["gpu_busy_pct"]
@@ -287,8 +291,8 @@ def test_series_query_is_bounded_for_huge_ranges(tmp_path):
 
 
 @pytest.mark.parametrize("span,tier,points", [
-    (3600, "raw", (300, 1500)), (6 * 3600, "raw", (300, 1500)), (86400, "1m", (300, 1500)),
-    (7 * 86400, "1m", (300, 1500)), (30 * 86400, "1m", (300, 1500)), (365 * 86400, "1h", (300, 1500)),
+    (3600, "raw", (300, 1500)), (6 * 3600, "1m", (300, 1500)), (86400, "1m", (300, 1500)),
+    (7 * 86400, "10m", (300, 1500)), (30 * 86400, "1h", (300, 1500)), (365 * 86400, "1h", (300, 1500)),
 ])
 def test_choose_history_step(span, tier, points):
     name, tier_step, step = m.choose_history_step(T0 - span, T0, T0)
@@ -314,14 +318,20 @@ def test_config_settings():
 
 
 def test_app_wiring_features_and_healthz(tmp_path, app_factory):
-    from conftest import SHARE, SYSFS, get_json
+    from conftest import SHARE, SYSFS, get_json, wait_for
     env = {"APP_SYSFS_ROOT": os.path.join(SYSFS, "multi_gpu"), "APP_SHARE_ROOT": SHARE,
            "APP_PROC_ENABLE": "false", "APP_HISTORY_PATH": str(tmp_path / "s" / "h.sqlite3"),
            "APP_NVML_LIBRARY": "/nonexistent/libnvidia-ml.so.1"}
     app, port = app_factory(["--listen", "127.0.0.1:0"], env)
+    wait_for(lambda: app.history.status()["state"] != "starting", 5)   # opened by the writer
     status, body = get_json(port, "/api/healthz")
     assert status == 200 and body["status"] == "ok" and body["history"]["state"] == "ok"
     assert app.cache.features["history"]["state"] == "ok"
+    app.history._set_state("paused", "disk full: test")      # what a failed batch does
+    assert app.cache.features["history"]["state"] == "paused"
+    hello = json.loads(app.cache.hello_payload(None).decode("utf-8"))
+    assert hello["features"]["history"]["reason"] == "disk full: test"
+    assert get_json(port, "/api/healthz")[1]["history"]["state"] == "paused"
     app.stop()
     assert app.history.status()["commits"] >= 1             # flushed on stop
     conn = sqlite3.connect(str(tmp_path / "s" / "h.sqlite3"))
@@ -332,3 +342,22 @@ def test_app_wiring_features_and_healthz(tmp_path, app_factory):
 def test_app_history_off_by_conftest(app_factory):
     app, _ = app_factory(["--listen", "127.0.0.1:0", "--demo"])
     assert app.history is None and app.cache.features["history"]["state"] == "off"
+
+
+def test_a_new_metric_becomes_a_column_of_an_old_file(tmp_path, monkeypatch):
+    monkeypatch.setattr(m, "METRIC_KEYS", tuple(k for k in m.METRIC_KEYS if k != "fan_rpm"))
+    store, clock = make_store(tmp_path)
+    feed(store, clock, 2)
+    store.cycle(final=True)
+    store.close()
+    monkeypatch.undo()
+    store2, _ = make_store(tmp_path, clock)
+    for i in range(8):
+        store2.offer_stats("card1", clock.now + i / 4.0, dict(metrics(20), fan_rpm=1200))
+    clock.now += 2
+    store2.cycle(final=True)
+    assert store2.status()["state"] == "ok"
+    out = store2.query_series("gpu", "card1", T0, T0 + 4)
+    assert out["series"]["fan_rpm"]["avg"] == [None, None, 1200, 1200]
+    assert out["series"]["gpu_busy_pct"]["avg"] == [50.0, 50.0, 20.0, 20.0]
+    store2.close()

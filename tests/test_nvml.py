@@ -378,7 +378,8 @@ def test_server_gpu_lost_mid_run(server, fake_nvml_lib, tmp_path):
         return [g["metrics"]["runtime_status"] for g in gpus_now] == ["active", "lost"]
     wait_for(lost, 5.0, message="nvidia1 lost")
     status, body = proc.get_json("/api/gpus/nvidia1/metrics")
-    assert status == 200 and body["metrics"] == atw.new_metrics({"runtime_status": "lost"})
+    assert status == 200 and body["metrics"] == atw.new_metrics(
+        {"runtime_status": "lost", "vram_forecast": atw.new_vram_forecast()})
     first = proc.get_json("/api/gpus/nvidia0/metrics")[1]["ts"]
     wait_for(lambda: proc.get_json("/api/gpus/nvidia0/metrics")[1]["ts"] != first, 2.0,
              message="nvidia0 still sampled")

@@ -139,7 +139,8 @@ def test_multi_row_contents(multi_result):
         "start_time": 2200, "clients": 2,                 # dup'd fds 12/13 counted once
         "type": None, "visible": True,
         "cpu_pct": None,                                  # one scan: no CPU rate yet
-        "rss_bytes": 6144 * atw.read_sysconf("SC_PAGE_SIZE", 4096)}   # stat field 24
+        "rss_bytes": 6144 * atw.read_sysconf("SC_PAGE_SIZE", 4096),   # stat field 24
+        "vram_forecast": None}
     assert a[1600]["kfd"] and a[1600]["container"] == "5dace3de0735"
     assert a[1600]["cpu_bytes"] == 6200 * KIB and a[1600]["engines_pct"] == {}
     assert a[1700]["kfd"] and a[1700]["render_node"] is None and a[1700]["user"] == "root"

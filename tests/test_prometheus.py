@@ -111,3 +111,27 @@ def test_label_values_are_escaped():
     families = parse(text)
     info = families["amdgpu_gpu_info"].samples[0]
     assert info.labels["name"] == 'evil "quoted" \\ name\nnext'
+
+
+def test_process_count_counts_visible_processes_without_per_process_series():
+    identity = {"id": "card0", "vendor": "amd", "pci": "0000:03:00.0", "pci_id": "1002:747e",
+                "revision": "c8", "name": "x", "driver": "amdgpu", "apu": False, "demo": True}
+    other = dict(identity, id="card1", pci="0000:0c:00.0")
+    rows = [atw.build_proc_row(pid=1, name="a"), atw.build_proc_row(pid=2, name="b"),
+            atw.build_proc_row(pid=3, name="hidden", visible=False)]
+    procs = {"card0": atw.build_procs_message("card0", 0.0, atw.build_procs_entry(rows, 3, {}),
+                                              None, {}),
+             "card1": atw.build_procs_message("card1", 0.0, None, None, {})}
+    # Per-process series off (0): the per-GPU count is still there, hidden PIDs not counted.
+    families = parse(atw.render_prometheus([(identity, {}), (other, {})], procs, {}, 0))
+    assert sample_value(families, "amdgpu_processes", gpu="card0", pci="0000:03:00.0") == 2
+    assert sample_value(families, "amdgpu_processes", gpu="card1") == 0
+    assert "amdgpu_process_memory_bytes" not in families
+    # No process scan (no procs message): no count, rather than a false 0.
+    assert "amdgpu_processes" not in parse(atw.render_prometheus([(identity, {})], {}, {}, 0))
+
+
+def test_process_count_on_a_scanning_server(metrics_text):
+    families = parse(metrics_text)
+    assert families["amdgpu_processes"].type == "gauge"
+    assert all(s.value >= 0 and "gpu" in s.labels for s in families["amdgpu_processes"].samples)

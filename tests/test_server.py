@@ -417,14 +417,17 @@ def test_suspended_gpu_reports_only_runtime_status(server):
     assert gpu["id"] == "card1"
     metrics = gpu["metrics"]
     assert metrics["runtime_status"] == "suspended"
-    not_null = {k: v for k, v in metrics.items() if k != "runtime_status" and v is not None}
+    not_null = {k: v for k, v in metrics.items()
+                if k not in ("runtime_status", "vram_forecast") and v is not None}
     assert not_null == {}
+    assert metrics["vram_forecast"]["state"] == "unknown"     # no VRAM reading: no claim
     status, stats = proc.get_json("/api/gpus/card1/metrics")
     assert status == 200 and stats["metrics"] == metrics
     with RawWebSocket.connect("127.0.0.1", proc.port) as ws:
         frame, _ = ws.recv_until(lambda m: m.get("type") == "stats")
         assert frame["metrics"]["runtime_status"] == "suspended"
-        assert all(v is None for k, v in frame["metrics"].items() if k != "runtime_status")
+        assert all(v is None for k, v in frame["metrics"].items()
+                   if k not in ("runtime_status", "vram_forecast"))
 
 
 # --- WebSocket: messages (both clients) ----------------------------------------

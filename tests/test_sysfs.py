@@ -112,7 +112,29 @@ def with_table(expected, root, card):
     """The plain-file values plus what the card's gpu_metrics table adds where
     they are missing (the table's decoding is checked against its tools'
     values in test_gpu_metrics.py; the agreement of both sources below)."""
-    return atw.merge_gpu_metrics(dict(expected), table_of(root, card))
+    merged = atw.merge_gpu_metrics(dict(expected), table_of(root, card))
+    merged.update(crit_limits(root, card, merged))
+    return merged
+
+
+def crit_limits(root, card, expected):
+    """The card's temp*_crit values (°C) beside each temperature the expected
+    metrics have, the sensor found by its label (edge/junction/mem) or index."""
+    info = gpu_info(root, card)
+    if not info.hwmon_dir:
+        return {}
+    names = set(os.listdir(info.hwmon_dir))
+    by_label = {"edge": "temp_c", "junction": "temp_junction_c", "mem": "temp_mem_c"}
+    by_index = {1: "temp_c", 2: "temp_junction_c", 3: "temp_mem_c"}
+    out = {}
+    for n in range(1, 4):
+        label = "temp%d_label" % n
+        key = (by_label.get((Path(info.hwmon_dir) / label).read_text().strip())
+               if label in names else by_index[n])
+        crit = "temp%d_crit" % n
+        if key and crit in names and expected.get(key) is not None:
+            out[key[:-2] + "_crit_c"] = int((Path(info.hwmon_dir) / crit).read_text()) / 1000.0
+    return out
 
 
 def sample_once(root, card):
@@ -1069,11 +1091,13 @@ def test_sampler_tick_on_a_vanished_device_publishes_nones(tmp_path):
     sampler = atw.Sampler(AmdGpuReader(info), cache, 0.25, clock=lambda: clock[0])
     try:
         sampler.tick()
-        assert cache.stats("card1")[1] == with_table(PHOENIX_METRICS, SYS / "phoenix", "card1")
+        unknown = {"vram_forecast": atw.new_vram_forecast()}      # the cache adds the forecast
+        assert cache.stats("card1")[1] == dict(with_table(PHOENIX_METRICS, SYS / "phoenix", "card1"),
+                                               **unknown)
         shutil.rmtree(os.path.realpath(info.device_dir))
         clock[0] += REVALIDATE_S + SLOW_FILES_EVERY_S
         sampler.tick()
-        assert cache.stats("card1")[1] == metrics()
+        assert cache.stats("card1")[1] == dict(metrics(), **unknown)
     finally:
         sampler.reader.close()
 

@@ -233,3 +233,62 @@ def test_host_line_live_and_history_state(past, open_at, vendor_dir, tmp_path):
         watch2.assert_clean()
     finally:
         memory.stop()
+
+
+# ---- #10: the alert banner, the forecast in words, the mark on the VRAM chart ----------
+# The real server's frames pass through Playwright's WebSocket route, which adds a known
+# vram_forecast to card0's stats and an active alert to hello (a real forecast needs a
+# minute of leaking first), then pushes alert frames of its own.
+FORECAST = {"state": "trend", "rate_bytes_per_s": [18 << 20, 22 << 20], "full_in_s": [240, 300],
+            "driver_pid": 1037, "step_bytes": None}
+HOT = {"type": "alert", "rule": "gpu_temperature", "gpu_id": GPU, "severity": "warning", "state": "firing",
+       "started": "2026-01-01T10:00:00.000Z", "ended": None, "value": 91.0, "summary": "card0 at 91 °C"}
+HOST_RAM = {"type": "alert", "rule": "host_memory", "gpu_id": None, "severity": "critical", "state": "firing",
+            "started": "2026-01-01T10:01:00.000Z", "ended": None, "value": 97.0, "summary": "host RAM 97 % used"}
+
+
+def _rewrite(text):
+    msg = json.loads(text)
+    if msg.get("type") == "hello":
+        msg["alerts"] = [HOT]
+    elif msg.get("type") == "stats" and msg.get("gpu_id") == GPU and msg.get("metrics"):
+        msg["metrics"]["vram_forecast"] = FORECAST
+    else:
+        return text
+    return json.dumps(msg)
+
+
+def test_alert_banner_forecast_words_and_vram_mark(past, browser):
+    server, _ = past
+    context = browser.new_context(viewport={"width": 1280, "height": 1000})
+    try:
+        page = context.new_page()
+        page.set_default_timeout(10000)
+        routes = []
+
+        def route(ws):
+            upstream = ws.connect_to_server()
+            upstream.on_message(lambda text: ws.send(_rewrite(text)))
+            routes.append(ws)
+        page.route_web_socket(re.compile(r"/ws$"), route)
+        watch = Watch(page, server)
+        page.goto(server.url + "#gpu=" + GPU)
+        active = page.locator("[data-testid=alerts-active]")
+        expect(active.locator("li[data-rule=gpu_temperature]")).to_contain_text("card0 at 91 °C")
+        words = page.locator("[data-testid=forecast]")
+        expect(words).to_have_text("VRAM growing 18–22\u00a0MiB/s → full in 4–5\u00a0min, mostly python3 (1037)")
+        expect(page.locator("[data-testid=forecast-mark]")).to_have_count(1)
+        routes[0].send(json.dumps(HOST_RAM))                      # a host alert: to everyone
+        expect(active.locator("li")).to_have_count(2)
+        expect(active).to_have_attribute("data-severity", "critical")
+        expect(active.locator("li").first).to_have_attribute("data-rule", "host_memory")
+        routes[0].send(json.dumps(dict(HOT, state="resolved", ended="2026-01-01T10:05:00.000Z")))
+        expect(active.locator("li")).to_have_count(1)
+        recent = page.locator("[data-testid=alerts-recent]")
+        expect(recent.locator("summary")).to_contain_text("Recent alerts (2)")
+        recent.locator("summary").click()
+        expect(recent.locator("li[data-state=resolved]")).to_contain_text("resolved")
+        shot(page, "alerts-forecast.png")
+        watch.assert_clean()
+    finally:
+        context.close()

@@ -98,7 +98,6 @@ import calendar
 import codecs
 import collections
 import csv
-import datetime
 import enum
 import errno
 import fcntl
@@ -126,7 +125,7 @@ import traceback
 import tracemalloc
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import parse_qs, parse_qsl, urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 try:                    # stdlib, but a minimal Python may be built without SQLite:
     import sqlite3      # then history is off
@@ -3892,66 +3891,13 @@ def build_webhook_payload(event, instance, external_url=""):
             "alerts": alerts}
 
 
-RANGE_RE = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(s|m|h|d|w)$")
-RANGE_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
-
-
-def parse_time_param(name, text):
-    """'1764686400', '1764686400.5', '2026-12-02T14:00:00Z' (naive = UTC) -> epoch s."""
-    text = text.strip()
-    try:
-        return float(text)
-    except ValueError:
-        pass
-    try:
-        when = datetime.datetime.fromisoformat(text[:-1] + "+00:00" if text.endswith("Z") else text)
-    except ValueError:
-        raise ValueError("%s: expected unix seconds or an ISO 8601 time" % name)
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=datetime.timezone.utc)
-    return when.timestamp()
-
-
-def parse_alerts_query(query, now_s):
-    """/api/alerts' query string -> {"from_s", "to_s", "format"} (pure).
-    range=30m|1h|6h|24h|7d|30d (default 24h) or from/to (unix or ISO; to
-    defaults to now); format=json|csv. ValueError names the parameter."""
-    params = dict((k, v[-1]) for k, v in parse_qs(query or "", keep_blank_values=True).items())
-    fmt = params.get("format", "json")
-    if fmt not in ("json", "csv"):
-        raise ValueError("format: expected json or csv")
-    to_s = parse_time_param("to", params["to"]) if "to" in params else now_s
-    if "from" in params:
-        if "range" in params:
-            raise ValueError("range: give either range or from/to")
-        from_s = parse_time_param("from", params["from"])
-    else:
-        match = RANGE_RE.match(params.get("range", "24h").strip())
-        if not match:
-            raise ValueError("range: expected a duration like 1h, 6h, 24h, 7d or 30d")
-        from_s = to_s - float(match.group(1)) * RANGE_UNITS[match.group(2)]
-    if from_s > to_s:
-        raise ValueError("from: must not be after to")
-    return {"from_s": from_s, "to_s": to_s, "format": fmt}
-
-
 ALERT_CSV_COLUMNS = ("ts", "rule", "gpu_id", "severity", "state", "started", "ended", "value",
                      "summary")
 
 
-def encode_alerts_csv(events):
-    """Alert events -> CSV text (RFC 4180, header first)."""
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\r\n")
-    writer.writerow(ALERT_CSV_COLUMNS)
-    for event in events:
-        writer.writerow(["" if event.get(k) is None else event.get(k) for k in ALERT_CSV_COLUMNS])
-    return out.getvalue()
-
-
 def event_in_range(event, from_s, to_s):
     """Whether an event's change time (ts, ISO) lies in [from_s, to_s]."""
-    when = parse_time_param("ts", event.get("ts") or event.get("started") or "0")
+    when = parse_iso_ts(event.get("ts") or event.get("started")) or 0.0
     return from_s <= when <= to_s
 
 
@@ -4055,7 +4001,7 @@ def error_json(message):
 
 # -- history queries (the store's endpoints; the store answers them) ----------
 
-HISTORY_RANGES_S = {"1h": 3600, "6h": 6 * 3600, "24h": 86400, "7d": 7 * 86400,
+HISTORY_RANGES_S = {"30m": 1800, "1h": 3600, "6h": 6 * 3600, "24h": 86400, "7d": 7 * 86400,
                     "30d": 30 * 86400, "1y": 365 * 86400}
 HISTORY_MAX_SPAN_S = 3 * 366 * 86400     # beyond the longest tier: refused, never scanned
 QUERY_MAX_VALUE = 64                     # characters of one query value
@@ -4188,6 +4134,13 @@ def parse_runs_query(query, now_s):
     if gpu_id is not None and not GPU_ID_RE.match(gpu_id):
         raise QueryError("parameter 'gpu': not a GPU id")
     return RunsQuery(from_s, to_s, gpu_id, active, _parse_format(params))
+
+
+def parse_alerts_query(query, now_s):
+    """?range=|from=&to= (default the last 24 h) &format= of /api/alerts."""
+    params = parse_query_string(query, ("from", "to", "range", "format"))
+    from_s, to_s = parse_window(params, now_s, "24h")
+    return HistoryQuery(from_s, to_s, None, _parse_format(params))
 
 
 def parse_at_query(query, now_s, default_now=False):
@@ -9294,6 +9247,7 @@ class DashboardHandler(BaseHTTPRequestHandler):
         self._send_json(200, {"version": __version__, "python": "%d.%d.%d" % sys.version_info[:3]})
 
     def route_alerts(self, _):
+        """From the history store when there is one, else the engine's memory."""
         app = self.server.app
         if app.alerts is None:
             self._send_json(404, {"error": "alerts are off; turn them on with --alerts or "
@@ -9301,15 +9255,14 @@ class DashboardHandler(BaseHTTPRequestHandler):
             return
         try:
             query = parse_alerts_query(urlsplit(self.path).query, time.time())
-            source, events = app.alert_events(query["from_s"], query["to_s"])
-        except ValueError as exc:
+        except QueryError as exc:
             self._send_json(400, {"error": str(exc)})
             return
-        if query["format"] == "csv":
-            self._send(200, "text/csv; charset=utf-8", encode_alerts_csv(events).encode("utf-8"))
-            return
-        self._send_json(200, {"from": format_ts(query["from_s"]), "to": format_ts(query["to_s"]),
-                              "source": source, "active": app.cache.alerts(), "events": events})
+        source, events = app.alert_events(query.from_s, query.to_s)
+        self._answer(query.format, {"from": format_ts(query.from_s), "to": format_ts(query.to_s),
+                                    "source": source, "active": app.cache.alerts(),
+                                    "events": events},
+                     lambda: records_csv(events, ALERT_CSV_COLUMNS), "alerts")
 
     def route_gpu_metrics(self, gpu_id):
         found = self._gpu_or_404(gpu_id)

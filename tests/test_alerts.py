@@ -294,7 +294,7 @@ def test_active_alerts_reach_hello_plain_and_prometheus(tmp_path):
     html_text = atw.render_plain(gpus, procs, 2, alerts=cache.alerts())
     assert "Active alerts" in html_text and "vram_usage" in html_text
     assert "No active alerts" in atw.render_plain(gpus, procs, 2, alerts=[])
-    text = atw.render_prometheus(gpus, procs, {}, 0, cache.alerts())
+    text = atw.render_prometheus(gpus, procs, {}, 0, alerts=cache.alerts())
     assert 'amdgpu_alert_active{gpu="card0",alertname="vram_usage",severity="warning"} 1' in text
     promtool = shutil.which("promtool")
     if promtool:
@@ -306,11 +306,11 @@ def test_active_alerts_reach_hello_plain_and_prometheus(tmp_path):
 def test_vram_full_seconds_only_while_a_trend_grows():
     identity = atw.identity_json(atw.demo_gpu_infos(1)[0])
     trend = atw.new_vram_forecast("trend", [20 << 20, 22 << 20], [240, 265], 1234)
-    text = atw.render_prometheus([(identity, {"vram_forecast": trend})], {}, {}, 0, [])
+    text = atw.render_prometheus([(identity, {"vram_forecast": trend})], {}, {}, 0, alerts=[])
     assert 'amdgpu_vram_full_seconds{gpu="card0"} 240' in text
     for other in (atw.new_vram_forecast("stable", [0, 1]), atw.new_vram_forecast("step"),
                   atw.new_vram_forecast("trend", [-5e6, -4e6]), None):
-        text = atw.render_prometheus([(identity, {"vram_forecast": other})], {}, {}, 0, [])
+        text = atw.render_prometheus([(identity, {"vram_forecast": other})], {}, {}, 0, alerts=[])
         assert "vram_full_seconds" not in text
 
 
@@ -421,24 +421,25 @@ def test_a_refusing_receiver_counts_as_failed():
 
 def test_alerts_query_parameters():
     now = T0
-    assert atw.parse_alerts_query("", now) == {"from_s": now - 86400, "to_s": now, "format": "json"}
-    assert atw.parse_alerts_query("range=6h&format=csv", now)["from_s"] == now - 6 * 3600
-    assert atw.parse_alerts_query("range=30d", now)["from_s"] == now - 30 * 86400
+    assert atw.parse_alerts_query("", now) == (now - 86400, now, None, "json")
+    assert atw.parse_alerts_query("range=6h&format=csv", now).from_s == now - 6 * 3600
+    assert atw.parse_alerts_query("range=30d", now).from_s == now - 30 * 86400
+    assert atw.parse_alerts_query("range=30m", now).from_s == now - 1800
     q = atw.parse_alerts_query("from=2025-12-02T14:00:00Z&to=1764686400", now)
-    assert q["from_s"] == 1764684000.0 and q["to_s"] == 1764686400.0
+    assert q.from_s == 1764684000.0 and q.to_s == 1764686400.0
     for bad, name in (("range=forever", "range"), ("format=xml", "format"),
                       ("from=yesterday", "from"), ("from=10&to=5", "from"),
-                      ("range=1h&from=5", "range")):
-        with pytest.raises(ValueError) as info:
+                      ("range=1h&from=5", "range"), ("step=1m", "step")):
+        with pytest.raises(atw.QueryError) as info:
             atw.parse_alerts_query(bad, now)
-        assert str(info.value).startswith(name), bad
+        assert "'%s'" % name in str(info.value), bad
 
 
 def test_alerts_csv():
     event = atw.build_alert_event("vram_usage", "card0", {
         "state": "firing", "severity": "warning", "started": T0, "ended": None, "value": 91.5,
         "previous_severity": None}, 'card0: VRAM 91.5 % used, "quoted"', T0)
-    lines = atw.encode_alerts_csv([event]).splitlines()
+    lines = atw.records_csv([event], atw.ALERT_CSV_COLUMNS).decode("utf-8").splitlines()
     assert lines[0] == ",".join(atw.ALERT_CSV_COLUMNS)
     assert lines[1].startswith("2025-12-02T14:40:00.000Z,vram_usage,card0,warning,firing,")
     assert lines[1].endswith('"card0: VRAM 91.5 % used, ""quoted"""')
@@ -539,7 +540,7 @@ def test_alert_frames_reach_clients_of_any_subscription():
     protocol = atw.DashboardProtocol(atw.Cache(0.25, {}), "auto")
 
     class Client(object):
-        subscription = "nvidia0"
+        subscription = ("nvidia0", True)
     frame = atw.OutFrame(None, "alert", b"{}", b"")
     assert protocol.wants(Client(), frame)
     assert not protocol.wants(Client(), atw.OutFrame("card0", "stats", b"{}", b""))

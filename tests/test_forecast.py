@@ -270,7 +270,7 @@ def test_the_demo_leak_scenario_shows_a_trend_then_frees():
             assert cache.stats("nvidia0")[1]["vram_forecast"]["state"] == "stable"
             gpus, procs_now = cache.snapshot()
             assert 'amdgpu_vram_full_seconds{gpu="card0"}' in atw.render_prometheus(
-                gpus, procs_now, {}, 0, [])
+                gpus, procs_now, {}, 0, alerts=[])
     assert seen[-1] == "stable"                    # grew 145 s, held 45 s at 97 %, freed at 190 s
 
 

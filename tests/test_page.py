@@ -419,6 +419,26 @@ def test_row_order_is_stable_between_frames(start_server, open_page):
     watch.assert_clean()
 
 
+def test_offscreen_process_table_holds_then_catches_up(start_server, open_page):
+    # Below the fold the table skips the process frames (a cheaper page); in view it follows them.
+    server = start_server(["--demo", "--demo-processes", "50", "--proc-scan-interval", "500ms"])
+    page, watch = open_page(server, "#gpu=card0", viewport=(1280, 600))
+    wait_procs(page, 25)
+    page.evaluate("window.scrollTo(0, 0)")
+    assert page.evaluate("document.querySelector('article.gpu section.procs').getBoundingClientRect().top"
+                         " > innerHeight"), "the table should start below the fold at 1280x600"
+    total = header_index(page, "total")
+    gfx = header_index(page, "eng:gfx")
+    page.wait_for_timeout(300)                                # a render already scheduled may land
+    before = column_texts(page, gfx), column_texts(page, total)
+    page.wait_for_timeout(1500)                               # several procs frames arrive meanwhile
+    assert (column_texts(page, gfx), column_texts(page, total)) == before, "off screen: held"
+    page.locator("article.gpu section.procs").scroll_into_view_if_needed()
+    wait_until(lambda: (column_texts(page, gfx), column_texts(page, total)) != before, 5,
+               message="the table to catch up once in view")
+    watch.assert_clean()
+
+
 def test_filter_by_name_user_pid(start_server, open_page):
     server = start_server()
     page, watch = open_page(server, "#gpu=card0")

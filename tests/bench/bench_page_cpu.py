@@ -13,6 +13,9 @@ through Playwright) and measures, over a window of --seconds (30 by default):
 Phases, each in a fresh browser context with its own server, one after the other:
 
   baseline   about:blank (what an idle renderer costs)
+  floor      a page that only receives the frames over the WebSocket (subscribed to the
+             default GPU as the real page is) and JSON.parses them, and draws one
+             counter, at --gpus GPUs: what any live 4 Hz page costs at least
   hidden     the page, --gpus GPUs (2), connected and ingesting every frame, but
              with document.visibilityState forced to "hidden" (no rendering)
   visible    the page, --gpus GPUs, visible, rendering live: the default view (one
@@ -54,6 +57,27 @@ CHROMIUM_ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-q
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 TARGET_PCT = 2.5                 # visible default view, % of one core (issue #11)
 OVERVIEW_MAX_RATIO = 1.2         # the overview: at most +20 % of that
+# The floor: connect, follow the default GPU like the page, parse every frame, show a count.
+FLOOR_PAGE = """<!doctype html><meta charset="utf-8"><title>floor</title>
+<span data-testid="conn" data-state="connecting" id="c">0</span>
+<script>
+const c = document.getElementById("c");
+let n = 0;
+const url = new URL("ws", location.href);
+url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
+const ws = new WebSocket(url.href);
+ws.onmessage = (ev) => {
+  const msg = JSON.parse(ev.data);
+  if (msg.type === "hello") {
+    c.dataset.state = "open";
+    const gpus = msg.gpus || [];
+    if (gpus.length > 1 && gpus.length < 3)
+      ws.send(JSON.stringify({type: "subscribe", gpu_id: msg.default_gpu || gpus[0].id}));
+  }
+  if (msg.type === "stats") c.textContent = String(++n);
+};
+</script>
+"""
 FORCE_HIDDEN = """() => {
   Object.defineProperty(document, "visibilityState", {configurable: true, get: () => "hidden"});
   Object.defineProperty(document, "hidden", {configurable: true, get: () => true});
@@ -174,7 +198,7 @@ ROWS_JS = "document.querySelectorAll('article.gpu tbody tr').length"
 VIEWS_JS = "document.querySelectorAll('[data-testid=ov-row], article.gpu').length"
 
 
-def run_phase(browser, url, seconds, hidden=False, procs=0, all_rows=False, gpus=0):
+def run_phase(browser, url, seconds, hidden=False, procs=0, all_rows=False, gpus=0, floor=False):
     """One measurement. `gpus`: the all-GPUs view, waited for until it shows that many GPUs."""
     context = browser.new_context(viewport={"width": 1280, "height": 900})
     page = context.new_page()
@@ -184,7 +208,9 @@ def run_phase(browser, url, seconds, hidden=False, procs=0, all_rows=False, gpus
     live = url.startswith("http")
     if live:
         page.wait_for_selector("[data-testid=conn][data-state=open]", timeout=15000)
-        if gpus:
+        if floor:
+            pass
+        elif gpus:
             page.wait_for_function("n => %s >= n" % VIEWS_JS, arg=gpus, timeout=15000)
         else:
             if all_rows:                              # the table shows its top 25 until asked
@@ -195,12 +221,13 @@ def run_phase(browser, url, seconds, hidden=False, procs=0, all_rows=False, gpus
             page.evaluate(FORCE_HIDDEN)
     time.sleep(2.0)                                   # settle: first layout, history paint
     result = measure(page, cdp, seconds)
-    rows = page.evaluate(VIEWS_JS if gpus else ROWS_JS) if live else 0
+    rows = page.evaluate(VIEWS_JS if gpus else ROWS_JS) if live and not floor else 0
     context.close()
     return result, rows
 
 
 PHASES = [  # name, keyword arguments of run_phase, GPUs of its server
+    ("floor", {"floor": True}, "gpus"),
     ("hidden", {"hidden": True}, "gpus"),
     ("visible", {}, "gpus"),
     ("all-rows", {"all_rows": True}, "gpus"),
@@ -209,14 +236,24 @@ PHASES = [  # name, keyword arguments of run_phase, GPUs of its server
 
 
 def run_page_phase(browser, args, page, name, kwargs, gpus):
+    floor = None
+    if kwargs.get("floor"):
+        handle, floor = tempfile.mkstemp(prefix="bench_floor_", suffix=".html")
+        with os.fdopen(handle, "w") as out:
+            out.write(FLOOR_PAGE)
+        page = floor
     server, port, tmp = start_server(args.procs, gpus, page)
     try:
         url = "http://127.0.0.1:%d/" % port
+        if floor:
+            return run_phase(browser, url, args.seconds, floor=True)
         if kwargs.get("overview"):
             return run_phase(browser, url + "#gpu=all", args.seconds, procs=args.procs, gpus=gpus)
         return run_phase(browser, url, args.seconds, procs=args.procs, **kwargs)
     finally:
         stop_server(server, tmp)
+        if floor:
+            os.remove(floor)
 
 
 def main():
@@ -227,8 +264,8 @@ def main():
     parser.add_argument("--overview-gpus", type=int, default=8, help="demo GPUs of the overview phase (0: skip it)")
     parser.add_argument("--page", help="serve this file as index.html (default: the repository's)")
     parser.add_argument("--compare", help="also measure this index.html (e.g. the previous commit's), interleaved")
-    parser.add_argument("--phases", default="hidden,visible,all-rows,overview",
-                        help="comma-separated subset of: hidden, visible, all-rows, overview")
+    parser.add_argument("--phases", default="floor,hidden,visible,all-rows,overview",
+                        help="comma-separated subset of: floor, hidden, visible, all-rows, overview")
     parser.add_argument("--repeat", type=int, default=1,
                         help="run the page phases this many times (interleaved); the median run is reported")
     args = parser.parse_args()
@@ -249,6 +286,8 @@ def main():
         for _ in range(args.repeat):
             for name, kwargs, gpus_key in phases:
                 for label, page in pages:
+                    if name == "floor" and label != "page":     # the same page for both: once
+                        continue
                     runs[(label, name)].append(
                         run_page_phase(browser, args, page, name, kwargs, getattr(args, gpus_key)))
         browser.close()
@@ -256,9 +295,12 @@ def main():
         print("\n== %s: %s" % (label, page or "index.html (this repository)"))
         if args.repeat > 1:
             for name, _, _ in phases:
+                if not runs[(label, name)]:
+                    continue
                 print("%s runs, renderer %%: %s" % (name, ", ".join("%.2f" % r[0][0]["renderer"]
                                                                     for r in runs[(label, name)])))
-        report([("baseline", baseline)] + [(name, median_run(runs[(label, name)])) for name, _, _ in phases])
+        report([("baseline", baseline)] + [(name, median_run(runs[(label, name)])) for name, _, _ in phases
+                                           if runs[(label, name)]])
     verdict(pages, runs)
 
 
@@ -273,6 +315,9 @@ def renderer(runs, label, name):
 def verdict(pages, runs):
     visible, overview = renderer(runs, "page", "visible"), renderer(runs, "page", "overview")
     print()
+    floor = renderer(runs, "page", "floor")
+    if floor is not None:
+        print("floor (a page that only receives and parses the frames): %.2f %% of one core" % floor)
     if visible is not None:
         print("visible default view, renderer CPU: %.2f %% of one core (target <= %.1f %%): %s"
               % (visible, TARGET_PCT, "OK" if visible <= TARGET_PCT else "OVER TARGET"))

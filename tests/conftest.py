@@ -267,3 +267,34 @@ def app_factory():
         for app, started in apps:
             if started:
                 app.stop()
+
+
+# ---- the page's browser tests (test_page.py, test_page_history.py) -------------------
+# One Playwright and one Chromium per pytest session, shared by every browser module:
+# a second sync_playwright() in the same process would fail ("Sync API inside the
+# asyncio loop"), so no module may start its own.
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture(scope="session")
+def vendor_dir():
+    path = os.environ.get("APP_VENDOR_DIR")
+    if not path:
+        pytest.skip("APP_VENDOR_DIR is not set: the page's npm packages are needed "
+                    "(tests/run.sh installs tests/package.json into .cache/vendor)")
+    if not os.path.isfile(os.path.join(path, "preact", "package.json")):
+        pytest.skip("APP_VENDOR_DIR=%s holds no npm install of tests/package.json" % path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def browser():
+    playwright_sync = pytest.importorskip("playwright.sync_api", reason="Playwright for Python is not installed")
+    if not os.path.exists(CHROMIUM):
+        pytest.skip("%s is missing (Debian package chromium; tests/run.sh installs it)" % CHROMIUM)
+    with playwright_sync.sync_playwright() as pw:
+        chromium = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()

@@ -5,7 +5,8 @@ loopback port, serving the page's ES modules from APP_VENDOR_DIR (an npm
 install of tests/package.json; tests/run.sh makes it), and drives Debian's
 /usr/bin/chromium through Playwright. Screenshots land in tests/artifacts/.
 
-Self-contained on purpose: the server fixtures of conftest.py are not used.
+Self-contained on purpose: the server fixtures of conftest.py are not used (only its
+vendor_dir and browser, shared with test_page_history.py).
 """
 import json
 import os
@@ -28,9 +29,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "amdgpu_top_web.py")
 TESTDATA = os.path.join(ROOT, "testdata")
 ARTIFACTS = os.path.join(ROOT, "tests", "artifacts")
-CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 LISTEN_RE = re.compile(r"event=listening url=http://127\.0\.0\.1:(\d+)/")
 NBSP = "\u00a0"
 HOSTILE = "<img src=x onerror=alert(1)>"
@@ -40,18 +38,8 @@ WS_FAILURE = "WebSocket connection to"      # Chromium's own console error while
 pytestmark = pytest.mark.browser
 
 
-# ---- fixtures: vendor dir, servers, browser --------------------------------------
-
-@pytest.fixture(scope="session")
-def vendor_dir():
-    path = os.environ.get("APP_VENDOR_DIR")
-    if not path:
-        pytest.skip("APP_VENDOR_DIR is not set: the page's npm packages are needed "
-                    "(tests/run.sh installs tests/package.json into .cache/vendor)")
-    if not os.path.isfile(os.path.join(path, "preact", "package.json")):
-        pytest.skip("APP_VENDOR_DIR=%s holds no npm install of tests/package.json" % path)
-    return path
-
+# ---- fixtures: servers (vendor_dir and the one session browser are in conftest.py,
+# shared with test_page_history.py: one Playwright per pytest session) ----------------
 
 class Server(object):
     """The real server as a subprocess; stderr is drained by a thread."""
@@ -123,16 +111,6 @@ def start_server(vendor_dir):
     yield start
     for server in started:
         server.stop()
-
-
-@pytest.fixture(scope="session")
-def browser():
-    if not os.path.exists(CHROMIUM):
-        pytest.skip("%s is missing (Debian package chromium; tests/run.sh installs it)" % CHROMIUM)
-    with playwright_sync.sync_playwright() as pw:
-        chromium = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
 
 
 class Watch(object):

@@ -7,12 +7,15 @@ the sysfs/share fixture trees of testdata/, and always stops it afterwards.
 count threads and file descriptors), and always stops it.
 """
 
+import atexit
 import http.client
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
+import tempfile
 import sys
 import threading
 import time
@@ -26,6 +29,12 @@ TESTDATA = os.path.join(REPO, "testdata")
 SYSFS = os.path.join(TESTDATA, "sys")
 SHARE = os.path.join(TESTDATA, "share")
 NO_NVML = os.path.join(REPO, "tests", "no-such-libnvidia-ml.so.1")
+
+# Any program a test starts without its own APP_HISTORY_PATH (the default is on)
+# keeps its history under this throw-away state dir, never in the real home.
+_STATE_HOME = tempfile.mkdtemp(prefix="amdgpu_top_web-test-state-")
+os.environ["XDG_STATE_HOME"] = _STATE_HOME
+atexit.register(shutil.rmtree, _STATE_HOME, True)
 
 LISTENING_RE = re.compile(r"event=listening url=http://([^/]+):([0-9]+)/")
 START_TIMEOUT_S = 15.0

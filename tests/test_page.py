@@ -48,6 +48,7 @@ class Server(object):
         full_env = dict((k, v) for k, v in os.environ.items() if not k.startswith("APP_"))
         full_env["APP_VENDOR_DIR"] = vendor
         full_env["APP_NVML_LIBRARY"] = NO_NVML              # never this host's NVIDIA driver
+        full_env["APP_HISTORY_PATH"] = "off"                # tests that want history name a file
         full_env.update(env or {})
         self.proc = subprocess.Popen(
             [sys.executable, SCRIPT, "--listen", "127.0.0.1:%d" % port] + list(args),

@@ -90,6 +90,7 @@ class Server(object):
 
     def __init__(self, args, env, script=SCRIPT, cwd=ROOT):
         full_env = dict((k, v) for k, v in os.environ.items() if not k.startswith("APP_"))
+        full_env["APP_HISTORY_PATH"] = "off"
         full_env.update(env)
         self.proc = subprocess.Popen([sys.executable, script, "--listen", "127.0.0.1:0"] + list(args),
                                      cwd=cwd, env=full_env, stdin=subprocess.DEVNULL,

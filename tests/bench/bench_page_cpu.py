@@ -96,6 +96,7 @@ def start_server(procs, gpus, page=None):
         shutil.copy(page, os.path.join(tmp, "index.html"))
     env = dict((k, v) for k, v in os.environ.items() if not k.startswith("APP_"))
     env["APP_VENDOR_DIR"] = os.path.abspath(os.environ["APP_VENDOR_DIR"])
+    env["APP_HISTORY_PATH"] = "off"                   # the page's cost, not the writer's
     proc = subprocess.Popen([sys.executable, script, "--demo", "--listen", "127.0.0.1:0",
                              "--demo-processes", str(procs), "--demo-gpus", str(gpus), "--log-level", "WARNING"],
                             cwd=ROOT, env=env, stderr=subprocess.PIPE, universal_newlines=True)

@@ -21,9 +21,15 @@ Endpoints (GET/HEAD only; anything else is 405)::
     /api/gpus                 identity + latest metrics of every GPU
     /api/gpus/{id}/metrics    latest stats of one GPU
     /api/gpus/{id}/procs      latest process list of one GPU
-    /api/gpus/{id}/history    rolling history (columnar) of one GPU
+    /api/gpus/{id}/history    the live 10-minute ring (columnar) of one GPU; with
+                              ?range= or ?from=&to=&step=: the stored history
+    /api/gpus/{id}/processes  ?at=T: who was on the GPU then (stored samples)
     /api/host                 latest host frame: CPU, load, RAM, swap, memory pressure
-    /api/alerts               alert events (?range=1h|6h|24h|7d|30d, from/to, format=csv)
+    /api/host/history         the host's stored history (?range=, from/to/step)
+    /api/processes            process runs (?range=, from/to, gpu=, active=)
+    /api/processes/{run}/history   one run's VRAM, GTT and engine % over time
+    /api/alerts               alert events (?range=1h|6h|24h|7d|30d, from/to)
+                              (every history and alert endpoint: &format=csv)
     /api/healthz /api/readyz /api/version
     /plain                    server-rendered tables (no JavaScript needed)
     /metrics                  Prometheus text (APP_ENABLE_PROMETHEUS=true)

@@ -8125,7 +8125,10 @@ class HistoryStore(StoppableThread, _HistoryWrites, _HistoryRetention, _HistoryR
                         " only and lost on restart", self.path, reason)
         else:
             reason = "no history file (memory only)"
-        self._uri = "file:amdgpu_top_web-history-%x?mode=memory&cache=shared" % id(self)
+        # A name of its own: id(self) is reused once a store is freed, and a shared-cache
+        # memory database lives on while any connection to it is still open.
+        self._uri = ("file:amdgpu_top_web-history-%d-%s?mode=memory&cache=shared"
+                     % (os.getpid(), os.urandom(8).hex()))
         self._conn = sqlite3.connect(self._uri, uri=True, isolation_level=None,
                                      check_same_thread=False)
         _history_create(self._conn)

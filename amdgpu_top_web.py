@@ -191,7 +191,7 @@ METRIC_KEYS = (
     "pcie_gen", "pcie_speed_gts", "pcie_width", "runtime_status",
     # added with the other vendors; null where a vendor lacks them
     "throttle_reasons", "pstate", "enc_pct", "dec_pct", "vram_reserved_bytes", "energy_j",
-    "vram_used_source",
+    "vram_used_source", "sm_clock_mhz",
     # from AMD's binary gpu_metrics table where the plain files lack them
     "socclk_mhz", "vclk_mhz", "dclk_mhz", "mm_busy_pct", "power_gfx_w", "power_soc_w",
     "temp_vrgfx_c", "temp_vrsoc_c", "temp_vrmem_c", "cpu_core_power_w", "cpu_core_temp_c",
@@ -403,7 +403,7 @@ NVML_ERROR_ARGUMENT_VERSION_MISMATCH = 25
 # A call answering one of these will never work on this GPU: stop asking.
 NVML_DISABLING_ERRORS = (NVML_ERROR_NOT_SUPPORTED, NVML_ERROR_FUNCTION_NOT_FOUND,
                          NVML_ERROR_ARGUMENT_VERSION_MISMATCH)
-NVML_CLOCK_GRAPHICS, NVML_CLOCK_MEM = 0, 2
+NVML_CLOCK_GRAPHICS, NVML_CLOCK_SM, NVML_CLOCK_MEM = 0, 1, 2
 NVML_TEMPERATURE_GPU = 0
 NVML_TEMPERATURE_THRESHOLDS = ((1, "temp_crit_c"), (2, "temp_mem_crit_c"))   # SLOWDOWN, MEM_MAX
 NVML_FI_DEV_MEMORY_TEMP = 82
@@ -415,7 +415,7 @@ NVML_MEMORY_NA = 0xFFFFFFFFFFFFFFFF              # usedGpuMemory "not available"
 NVML_NAME_BUFFER = 96                            # NVML_DEVICE_NAME_V2_BUFFER_SIZE
 NVML_UUID_BUFFER = 96
 NVML_PROCESS_NAME_BUFFER = 1024                  # a path (pynvml uses 1024 too)
-NVML_LOST_RETRY_S = 30.0                         # a lost GPU is asked again this rarely
+NVML_DRIVER_VERSION_BUFFER = 80                  # NVML_SYSTEM_DRIVER_VERSION_BUFFER_SIZE
 NVML_LIST_ATTEMPTS = 3                           # process lists may grow between calls
 # nvmlClocksEventReason* bits (nvml.h), in bit order; other bits read as "other".
 NVML_CLOCK_EVENT_REASONS = (
@@ -567,10 +567,13 @@ Config = collections.namedtuple(
 #
 #     vendor "amd" / "nvidia" / "intel"; uuid where the driver has one; card_dir
 #     the DRM card dir (Intel's GT files live there); handle is the backend's own
-#     key (NVML: the index of the handle), never shown.
+#     key (NVML: the index of the handle), never shown. driver_version,
+#     cuda_driver_version ("12.4"), sclk_max_mhz and mclk_max_mhz (the card's
+#     maximum graphics and memory clocks): NVML's, read once; null elsewhere.
 GpuInfo = collections.namedtuple(
     "GpuInfo", "id pci pci_id revision name render_node driver apu demo device_dir hwmon_dir "
-    "vendor uuid card_dir handle", defaults=("amd", None, None, None))
+    "vendor uuid card_dir handle driver_version cuda_driver_version sclk_max_mhz mclk_max_mhz",
+    defaults=("amd", None, None, None, None, None, None, None))
 
 # One published frame: the JSON payload (bytes) and the same as a WebSocket frame.
 OutFrame = collections.namedtuple("OutFrame", "gpu_id kind payload wire")
@@ -1716,6 +1719,14 @@ def nvml_pci_address(domain, bus, device):
 def nvml_pci_id(pci_device_id):
     """pciDeviceId (device << 16 | vendor) -> '10de:2330'."""
     return "%04x:%04x" % (pci_device_id & 0xFFFF, (pci_device_id >> 16) & 0xFFFF)
+
+
+def format_cuda_version(version):
+    """nvmlSystemGetCudaDriverVersion's 1000 * major + 10 * minor -> '12.4'
+    (12040), as nvidia-smi prints it; None stays None."""
+    if version is None or version <= 0:
+        return None
+    return "%d.%d" % (version // 1000, version % 1000 // 10)
 
 
 def compute_idle_busy_pct(prev, cur):
@@ -3817,7 +3828,9 @@ def identity_json(info):
     return {"id": info.id, "vendor": info.vendor, "uuid": info.uuid, "pci": info.pci,
             "pci_id": info.pci_id, "revision": info.revision, "name": info.name,
             "render_node": info.render_node, "driver": info.driver, "apu": info.apu,
-            "demo": info.demo}
+            "demo": info.demo, "driver_version": info.driver_version,
+            "cuda_driver_version": info.cuda_driver_version, "sclk_max_mhz": info.sclk_max_mhz,
+            "mclk_max_mhz": info.mclk_max_mhz}
 
 
 def build_stats_message(gpu_id, epoch_s, metrics):
@@ -4212,7 +4225,7 @@ PROM_GPU_FAMILIES = (
     ("clock_hertz", "gauge", "Current clock.",
      [("sclk_mhz", 1e6, (("clock", "shader"),)), ("mclk_mhz", 1e6, (("clock", "memory"),)),
       ("socclk_mhz", 1e6, (("clock", "soc"),)), ("vclk_mhz", 1e6, (("clock", "video"),)),
-      ("dclk_mhz", 1e6, (("clock", "decode"),))]),
+      ("dclk_mhz", 1e6, (("clock", "decode"),)), ("sm_clock_mhz", 1e6, (("clock", "sm"),))]),
     ("temperature_celsius", "gauge", "Temperature by hwmon sensor label.",
      [("temp_c", 1, (("sensor", "edge"),)), ("temp_junction_c", 1, (("sensor", "junction"),)),
       ("temp_mem_c", 1, (("sensor", "mem"),)), ("temp_vrgfx_c", 1, (("sensor", "vr_gfx"),)),
@@ -4325,6 +4338,7 @@ def render_prometheus(gpus, procs, health, max_procs, host=None, alerts=None):
                        ("revision", identity.get("revision") or ""), ("driver", identity["driver"]),
                        ("apu", str(identity["apu"]).lower()), ("demo", str(identity["demo"]).lower()))
         writer.add("gpu_info", "gauge", "GPU identity; always 1.", info, 1)
+        _prom_identity_facts(writer, base, identity)
         _prom_gpu(writer, base, metrics or {})
         if identity["id"] in procs:
             writer.add("processes", "gauge", "Processes using the GPU that this monitor sees (PID "
@@ -4336,6 +4350,20 @@ def render_prometheus(gpus, procs, health, max_procs, host=None, alerts=None):
     _prom_alerts(writer, gpus, alerts)
     _prom_health(writer, health)
     return writer.text()
+
+
+def _prom_identity_facts(writer, base, identity):
+    """The driver's versions (an info series) and the card's maximum clocks,
+    where the vendor gives them (NVML)."""
+    if identity.get("driver_version") or identity.get("cuda_driver_version"):
+        writer.add("driver_info", "gauge", "The GPU driver's version and the CUDA version it "
+                   "supports (NVML); always 1.", base + (
+                       ("driver_version", identity.get("driver_version") or ""),
+                       ("cuda_driver_version", identity.get("cuda_driver_version") or "")), 1)
+    for key, clock in (("sclk_max_mhz", "shader"), ("mclk_max_mhz", "memory")):
+        value = identity.get(key)
+        writer.add("clock_max_hertz", "gauge", "The card's maximum clock (NVML max clock).",
+                   base + (("clock", clock),), None if value is None else value * 1e6)
 
 
 def _prom_gpu(writer, base, metrics):
@@ -4453,6 +4481,7 @@ VENDOR_LABELS = {"amd": "AMD", "nvidia": "NVIDIA", "intel": "Intel"}
 PLAIN_ROWS = (
     ("GPU busy", "gpu_busy_pct", "%"), ("Memory busy", "mem_busy_pct", "%"),
     ("Shader clock", "sclk_mhz", " MHz"), ("Memory clock", "mclk_mhz", " MHz"),
+    ("SM clock", "sm_clock_mhz", " MHz"),
     ("Temperature", "temp_c", " °C"), ("Junction temperature", "temp_junction_c", " °C"),
     ("Memory temperature", "temp_mem_c", " °C"), ("Fan", "fan_rpm", " RPM"),
     ("Fan duty", "fan_pct", "%"), ("Power", "power_w", " W"), ("Power cap", "power_cap_w", " W"),
@@ -4559,12 +4588,29 @@ def _plain_gpu(identity, metrics, procs):
     title = "%s \u2014 %s [%s] (%s)%s" % (identity["id"], identity["name"],
                                          VENDOR_LABELS.get(identity["vendor"], identity["vendor"]),
                                          identity["pci"], " [demo]" if identity.get("demo") else "")
-    rows = ["<h2>%s</h2>" % esc(title), "<table border=1><tbody>"]
+    rows = ["<h2>%s</h2>" % esc(title)]
+    facts = format_identity_facts(identity)
+    if facts:
+        rows.append("<p>%s</p>" % esc(facts))
+    rows.append("<table border=1><tbody>")
     for label, key, unit in PLAIN_ROWS:
         rows.append("<tr><th>%s</th><td>%s</td></tr>" % (label, esc(format_value(metrics.get(key), unit))))
     rows.append("</tbody></table>")
     rows.extend(_plain_procs(procs))
     return rows
+
+
+def format_identity_facts(identity):
+    """Driver and CUDA versions and maximum clocks in one line ('' when the
+    vendor gives none): 'driver 580.95.05, CUDA 13.0, max clocks: shader
+    1980 MHz, memory 2619 MHz'."""
+    parts = ["%s %s" % (label, identity[key]) for label, key in (
+        ("driver", "driver_version"), ("CUDA", "cuda_driver_version")) if identity.get(key)]
+    clocks = ["%s %s" % (label, format_value(identity[key], " MHz")) for label, key in (
+        ("shader", "sclk_max_mhz"), ("memory", "mclk_max_mhz")) if identity.get(key) is not None]
+    if clocks:
+        parts.append("max clocks: " + ", ".join(clocks))
+    return ", ".join(parts)
 
 
 def _plain_procs(procs):
@@ -4955,6 +5001,22 @@ class NvmlLibrary(object):
         if fn(handle, buf, size) != NVML_SUCCESS:
             return None
         return buf.value.decode("utf-8", "replace") or None
+
+    def system_text(self, name, size):
+        """A system char-buffer query (the driver version): str, or None."""
+        fn = self.function(name, ctypes.c_char_p, ctypes.c_uint)
+        buf = ctypes.create_string_buffer(size)
+        if fn is None or fn(buf, size) != NVML_SUCCESS:
+            return None
+        return buf.value.decode("utf-8", "replace") or None
+
+    def uint(self, name, *args):
+        """A query whose last argument is one unsigned int out (a clock, the
+        CUDA version), every other argument a ctypes object: int, or None."""
+        fn, out = self.unchecked(name), ctypes.c_uint()
+        if fn is None or fn(*(args + (ctypes.byref(out),))) != NVML_SUCCESS:
+            return None
+        return out.value
 
 
 def load_nvml(path):
@@ -5431,9 +5493,11 @@ def _nv_put_field(metrics, key, field):
 
 class NvidiaGpuReader(object):
     """Reads one NVIDIA GPU through NVML: each metric is one prepared call,
-    disabled for good after NOT_SUPPORTED; GPU_IS_LOST makes the GPU "lost"
-    (metrics null, retried every NVML_LOST_RETRY_S). Never raises for an NVML
-    answer, and never calls the 20 ms nvmlDeviceGetPcieThroughput.
+    disabled for good on this GPU after NOT_SUPPORTED; GPU_IS_LOST makes the
+    GPU "lost" (metrics null). A lost GPU costs one call a sample (the first
+    call answers GPU_IS_LOST again), so it is back on its first good read, as
+    in nvidia-smi or nvitop. Never raises for an NVML answer, and never calls
+    the 20 ms nvmlDeviceGetPcieThroughput.
 
     Every argument of a prepared call is a ctypes object of the C type (the
     handle a c_void_p, enums c_int, outputs byref), so the calls go through
@@ -5444,7 +5508,7 @@ class NvidiaGpuReader(object):
         self.info = info
         self._nvml, self._handle = nvml, handle
         self._lost_ids = lost if lost is not None else set()
-        self._retry_at = None
+        self._is_lost = False                 # in a lost streak (logged once at its start)
         self._calls = self._plan()
         self._active = new_metrics(dict(self._read_limits(), runtime_status="active"))
 
@@ -5494,6 +5558,8 @@ class NvidiaGpuReader(object):
                          prefix=(ctypes.c_int(NVML_CLOCK_GRAPHICS),)),
             self._scalar("nvmlDeviceGetClockInfo", ctypes.c_uint, "mclk_mhz",
                          prefix=(ctypes.c_int(NVML_CLOCK_MEM),)),
+            self._scalar("nvmlDeviceGetClockInfo", ctypes.c_uint, "sm_clock_mhz",
+                         prefix=(ctypes.c_int(NVML_CLOCK_SM),)),
             self._scalar("nvmlDeviceGetTemperature", ctypes.c_uint, "temp_c",
                          prefix=(ctypes.c_int(NVML_TEMPERATURE_GPU),)),
             self._bind("nvmlDeviceGetFieldValues", (ctypes.c_int(1), field),
@@ -5525,28 +5591,25 @@ class NvidiaGpuReader(object):
         return [call for call in calls if call is not None]
 
     def sample(self, now):
-        if self._retry_at is not None and now < self._retry_at:
-            return new_metrics({"runtime_status": "lost"})
         metrics = dict(self._active)
         for call in self._calls:              # the hot path: one C call and one store each
             rc = call.fn(*call.args)
             if rc == NVML_SUCCESS and call.put(metrics) is not False:
                 continue
-            if rc == NVML_ERROR_GPU_IS_LOST:
-                return self._lost(now)
+            if rc == NVML_ERROR_GPU_IS_LOST:  # while lost: the first call, nothing more
+                return self._lost()
             if rc in NVML_DISABLING_ERRORS or rc == NVML_SUCCESS:   # SUCCESS: put() refused
                 self._disable(call, rc, metrics)
-        if self._retry_at is not None:
-            LOG.warning("event=gpu_back gpu=%s", self.info.id)
-            self._retry_at = None
+        if self._is_lost:
+            LOG.info("event=gpu_back gpu=%s", self.info.id)
+            self._is_lost = False
             self._lost_ids.discard(self.info.id)
         return metrics
 
-    def _lost(self, now):
-        if self._retry_at is None:
-            LOG.warning("event=gpu_lost gpu=%s pci=%s retry_s=%s", self.info.id, self.info.pci,
-                        NVML_LOST_RETRY_S)
-        self._retry_at = now + NVML_LOST_RETRY_S
+    def _lost(self):
+        if not self._is_lost:                 # one WARNING per lost streak, not per sample
+            LOG.warning("event=gpu_lost gpu=%s pci=%s", self.info.id, self.info.pci)
+            self._is_lost = True
         self._lost_ids.add(self.info.id)
         return new_metrics({"runtime_status": "lost"})
 
@@ -5571,7 +5634,9 @@ class NvidiaGpuReader(object):
 class NvmlProcSource(object):
     """Process top of the NVIDIA GPUs: the compute, graphics and MPS lists
     (one row per PID), per-process SM/mem/enc/dec % from the newest
-    utilisation API, names and users from /proc where the PID is visible."""
+    utilisation API, names and users from /proc where the PID is visible.
+    A utilisation API one GPU refuses is dropped for that GPU only (one box
+    may mix GPUs that give per-process utilisation and GPUs that do not)."""
 
     def __init__(self, nvml, devices, proc_root, lost=None, clock_us=None):
         self._nvml, self._devices, self._root = nvml, devices, proc_root
@@ -5581,6 +5646,7 @@ class NvmlProcSource(object):
         self._cpu = ProcCpuMeter(read_sysconf("SC_CLK_TCK", 100), read_sysconf("SC_PAGE_SIZE", 4096))
         self._seen = set()                # (pid, start_time) of visible PIDs this scan
         self._last_seen = {}              # gpu id -> newest utilisation sample timestamp (µs)
+        self._util_refused = {}           # gpu id -> {utilisation APIs it refused for good}
         self._lists = [self._list_function(kind, base) for kind, base in NVML_PROCESS_LISTS]
         self._util_new = nvml.function("nvmlDeviceGetProcessesUtilizationInfo", ctypes.c_void_p,
                                        ctypes.POINTER(NvmlProcessesUtilizationInfo))
@@ -5663,13 +5729,22 @@ class NvmlProcSource(object):
         """{pid: {engine: %}} (0 % for listed PIDs without a new sample), or
         None when the GPU gives no per-process utilisation (or not this time).
         The newest API is used while it answers; the old one only once the
-        new one is refused for good, so one frame never mixes their engines."""
+        new one is refused for good on this GPU, so one frame never mixes
+        their engines."""
         last = self._last_seen.get(gpu_id) or self._clock_us() - 1000000
-        if self._util_new is not None:
-            samples, engines = self._util_samples_new(handle, last), NVML_UTIL_ENGINES
-        if self._util_new is None and self._util_old is not None:
-            samples, engines = self._util_samples_old(handle, last), NVML_UTIL_ENGINES[:4]
-        if (self._util_new is None and self._util_old is None) or samples is None:
+        refused = self._util_refused.setdefault(gpu_id, set())
+        for fn, read, engines in ((self._util_new, self._util_samples_new, NVML_UTIL_ENGINES),
+                                  (self._util_old, self._util_samples_old, NVML_UTIL_ENGINES[:4])):
+            if fn is None or fn.__name__ in refused:
+                continue
+            samples = read(handle, last)
+            if samples is not False:
+                break
+            LOG.info("event=capability_missing gpu=%s call=%s", gpu_id, fn.__name__)
+            refused.add(fn.__name__)
+        else:
+            return None
+        if samples is None:
             return None
         if samples:
             self._last_seen[gpu_id] = max(stamp for _, stamp, _ in samples)
@@ -5691,7 +5766,7 @@ class NvmlProcSource(object):
                 return [(e.pid, e.timeStamp, {"sm": e.smUtil, "mem": e.memUtil, "enc": e.encUtil,
                                               "dec": e.decUtil, "jpg": e.jpgUtil, "ofa": e.ofaUtil})
                         for e in entries[:info.processSamplesCount]]
-        return self._util_empty(rc, "_util_new")
+        return self._util_empty(rc)
 
     def _util_samples_old(self, handle, last):
         count = ctypes.c_uint(0)
@@ -5706,15 +5781,16 @@ class NvmlProcSource(object):
             if rc == NVML_SUCCESS:
                 return [(e.pid, e.timeStamp, {"sm": e.smUtil, "mem": e.memUtil, "enc": e.encUtil,
                                               "dec": e.decUtil}) for e in entries[:count.value]]
-        return self._util_empty(rc, "_util_old")
+        return self._util_empty(rc)
 
-    def _util_empty(self, rc, api):
-        """No samples: [] when NVML has none newer (every process idle), None
-        otherwise; an API refused for good is dropped."""
+    @staticmethod
+    def _util_empty(rc):
+        """No samples: [] when NVML has none newer (every process idle), False
+        when this GPU refuses the API for good, None otherwise (not this time)."""
         if rc in (NVML_SUCCESS, NVML_ERROR_NOT_FOUND):
             return []
         if rc in NVML_DISABLING_ERRORS:
-            setattr(self, api, None)
+            return False
         return None
 
     def _row(self, procfd, pid, used, kind, util):
@@ -5771,6 +5847,14 @@ class NvidiaBackend(object):
             self._devices = self._enumerate()
         return [info for info, _ in self._devices]
 
+    def _versions(self):
+        """(driver version, CUDA driver version "12.4"), asked once: system-wide."""
+        cuda = self._nvml.uint("nvmlSystemGetCudaDriverVersion_v2")
+        if cuda is None:
+            cuda = self._nvml.uint("nvmlSystemGetCudaDriverVersion")
+        return (self._nvml.system_text("nvmlSystemGetDriverVersion", NVML_DRIVER_VERSION_BUFFER),
+                format_cuda_version(cuda))
+
     def _enumerate(self):
         count = ctypes.c_uint(0)
         count_fn = self._nvml.function("nvmlDeviceGetCount_v2", ctypes.POINTER(ctypes.c_uint))
@@ -5790,7 +5874,9 @@ class NvidiaBackend(object):
             if info is not None:
                 found.append((info, handle))
         found.sort(key=lambda item: item[0].pci)
-        return [(info._replace(id="nvidia%d" % n), handle) for n, (info, handle) in enumerate(found)]
+        driver, cuda = self._versions()
+        return [(info._replace(id="nvidia%d" % n, driver_version=driver, cuda_driver_version=cuda),
+                 handle) for n, (info, handle) in enumerate(found)]
 
     def _identity(self, index, handle):
         pci = NvmlPciInfo()
@@ -5808,7 +5894,11 @@ class NvidiaBackend(object):
             name=self._nvml.text("nvmlDeviceGetName", handle, NVML_NAME_BUFFER) or "NVIDIA GPU",
             render_node=find_render_node(device_dir), driver="nvidia", apu=False, demo=False,
             device_dir=None, hwmon_dir=None, vendor="nvidia",
-            uuid=self._nvml.text("nvmlDeviceGetUUID", handle, NVML_UUID_BUFFER), handle=index)
+            uuid=self._nvml.text("nvmlDeviceGetUUID", handle, NVML_UUID_BUFFER), handle=index,
+            sclk_max_mhz=self._nvml.uint("nvmlDeviceGetMaxClockInfo", handle,
+                                         ctypes.c_int(NVML_CLOCK_GRAPHICS)),
+            mclk_max_mhz=self._nvml.uint("nvmlDeviceGetMaxClockInfo", handle,
+                                         ctypes.c_int(NVML_CLOCK_MEM)))
 
     def open_reader(self, info):
         handle = dict((i.id, h) for i, h in self._devices)[info.id]
@@ -9631,6 +9721,9 @@ def format_once_table(gpus, host=None):
     for gpu in gpus:
         m = gpu["metrics"]
         lines.append("%s  %s  [%s, %s]" % (gpu["id"], gpu["name"], gpu["vendor"], gpu["pci"]))
+        facts = format_identity_facts(gpu)
+        if facts:
+            lines.append("  " + facts)
         lines.append("  busy %s  sclk %s  temp %s  power %s  vram %s / %s  %s" % (
             format_value(m["gpu_busy_pct"], "%"), format_value(m["sclk_mhz"], " MHz"),
             format_value(m["temp_c"], " °C"), format_value(m["power_w"], " W"),

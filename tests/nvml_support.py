@@ -116,6 +116,7 @@ GPU_DEFAULTS = collections.OrderedDict([
     ("pci_subsystem_id", 0x16C110DE),
     ("handle", "ok"),                    # or err("NO_PERMISSION"), ...
     ("lost", 0),                         # 1: every call on the GPU -> GPU_IS_LOST
+    ("proc_util", "ok"),                 # err("NOT_SUPPORTED"): no per-process utilisation
     ("util_gpu", 0),
     ("util_mem", 0),
     ("clock_graphics", 345),
@@ -632,7 +633,7 @@ METRIC_KEYS = ("gpu_busy_pct", "mem_busy_pct", "sclk_mhz", "mclk_mhz", "temp_c",
                "vis_vram_used_bytes", "vis_vram_total_bytes", "gtt_used_bytes", "gtt_total_bytes",
                "pcie_gen", "pcie_speed_gts", "pcie_width", "runtime_status", "throttle_reasons",
                "pstate", "enc_pct", "dec_pct", "vram_reserved_bytes", "energy_j", "vram_used_source",
-               "temp_crit_c", "temp_mem_crit_c")
+               "sm_clock_mhz", "temp_crit_c", "temp_mem_crit_c")
 
 
 def _read_device(N, h, last_seen):
@@ -677,6 +678,10 @@ def _read_device(N, h, last_seen):
             m["gpu_busy_pct"], m["mem_busy_pct"] = u.gpu, u.memory
         m["sclk_mhz"] = call("sclk", N.nvmlDeviceGetClockInfo, h, N.NVML_CLOCK_GRAPHICS)
         m["mclk_mhz"] = call("mclk", N.nvmlDeviceGetClockInfo, h, N.NVML_CLOCK_MEM)
+        m["sm_clock_mhz"] = call("sm_clock", N.nvmlDeviceGetClockInfo, h, N.NVML_CLOCK_SM)
+        dev["max_clocks"] = {
+            "sclk_max_mhz": call("sclk_max", N.nvmlDeviceGetMaxClockInfo, h, N.NVML_CLOCK_GRAPHICS),
+            "mclk_max_mhz": call("mclk_max", N.nvmlDeviceGetMaxClockInfo, h, N.NVML_CLOCK_MEM)}
         m["temp_c"] = call("temp", N.nvmlDeviceGetTemperature, h, N.NVML_TEMPERATURE_GPU)
         m["temp_crit_c"] = call("temp_crit", N.nvmlDeviceGetTemperatureThreshold, h,
                                 N.NVML_TEMPERATURE_THRESHOLD_SLOWDOWN)
@@ -819,6 +824,7 @@ def _child_snapshot(last_seen=0):
         out["driver_version"] = N.nvmlSystemGetDriverVersion()
         out["nvml_version"] = N.nvmlSystemGetNVMLVersion()
         out["cuda_version"] = N.nvmlSystemGetCudaDriverVersion()
+        out["cuda_version_v2"] = N.nvmlSystemGetCudaDriverVersion_v2()
         count = N.nvmlDeviceGetCount()
         out["count"] = count
         devices = []

@@ -8,6 +8,7 @@ reader-level checks load a private copy of the library in this process (a copy
 per test: a fresh dlopen, so no NVML state leaks between tests).
 """
 
+import collections
 import ctypes
 import json
 import os
@@ -32,15 +33,16 @@ GPUS = [
          clock_graphics=1755, clock_mem=2619, temp_gpu=71, temp_mem=78, power_usage_mw=612345,
          power_limit_mw=700000, energy_mj=987654321, mem_used=61203283968, pstate=0,
          clocks_event_reasons=0x4 | 0x40 | 0x1000, enc_util=0, dec_util=12, pcie_gen=5,
-         pcie_width=16),
+         pcie_width=16, clock_sm=1740),
     dict(name="NVIDIA H100 80GB HBM3", pci="00000000:3A:00.0", handle=S.err("NO_PERMISSION")),
     dict(name="NVIDIA GeForce RTX 4090", pci="00000000:18:00.0", pci_device_id=0x268410DE,
          util_gpu=3, util_mem=1, clock_graphics=210, clock_mem=405, temp_gpu=38,
          temp_mem=S.err("NOT_SUPPORTED"), fan_speed=31, fan_rpm=1180, power_usage_mw=21456,
          power_limit_mw=450000, mem_total=25757220864, mem_reserved=531628032,
          mem_used=1308622848, pstate=8, clocks_event_reasons=0x1, enc_util=17, dec_util=0,
-         pcie_gen=1, pcie_width=16),
+         pcie_gen=1, pcie_width=16, clock_sm=225, max_clock_graphics=3105, max_clock_mem=10501),
 ]
+OPTIONS = {"driver_version": "550.54.15", "cuda_version": 12040}
 PROCS = [
     dict(gpu=0, list="compute", pid=1500, mem=40 << 30),            # llama-server
     dict(gpu=0, list="graphics", pid=1500, mem=1 << 20),            # the same PID twice: one row
@@ -98,7 +100,7 @@ def newest_valid(samples, pids):
 @pytest.fixture
 def scenario(tmp_path):
     path = str(tmp_path / "scenario.txt")
-    S.write_scenario(path, gpus=GPUS, procs=PROCS, util=UTIL, procnames=PROCNAMES)
+    S.write_scenario(path, gpus=GPUS, procs=PROCS, util=UTIL, procnames=PROCNAMES, options=OPTIONS)
     return path
 
 
@@ -125,11 +127,20 @@ def test_once_equals_pynvml(variant, fake_nvml_build, scenario):
         want = by_pci[gpu["pci"]]
         assert (gpu["name"], gpu["uuid"], gpu["pci_id"]) == (want["name"], want["uuid"], want["pci_id"])
         assert gpu["driver"] == "nvidia" and gpu["apu"] is False
+        # the driver's versions (system-wide) and the card's maximum clocks: identity, read once
+        cuda = oracle["cuda_version_v2"]
+        assert (gpu["driver_version"], gpu["cuda_driver_version"]) == (
+            oracle["driver_version"], "%d.%d" % (cuda // 1000, cuda % 1000 // 10))
+        for key, value in want["max_clocks"].items():
+            assert gpu[key] == value, (variant, gpu["id"], key)
         assert list(gpu["metrics"]) == list(atw.METRIC_KEYS)
         for key, value in want["metrics"].items():
             assert gpu["metrics"][key] == value, (variant, gpu["id"], key)
         for key in set(atw.METRIC_KEYS) - set(want["metrics"]):
             assert gpu["metrics"][key] is None, key      # AMD-only keys: null on NVIDIA
+    assert (got[0]["driver_version"], got[0]["cuda_driver_version"]) == ("550.54.15", "12.4")
+    assert (got[0]["sclk_max_mhz"], got[0]["mclk_max_mhz"]) == (3105, 10501)
+    assert (got[0]["metrics"]["sm_clock_mhz"], got[1]["metrics"]["sm_clock_mhz"]) == (225, 1740)
     h100 = got[1]["metrics"]
     assert h100["throttle_reasons"] == ["SwPowerCap", "HwThermalSlowdown", "other"]
     assert h100["fan_pct"] is None and h100["fan_rpm"] is None      # data-centre card: no fan
@@ -297,24 +308,64 @@ def test_v2_memory_refused_falls_back_to_v1_at_once(private_nvml):
     assert first["vram_used_bytes"] == 7340032 + 569376768             # v1 used includes reserved
 
 
-def test_lost_gpu_goes_lost_alone_and_is_retried_rarely(private_nvml):
+def test_lost_gpu_goes_lost_alone_and_is_back_on_its_next_good_read(private_nvml, caplog):
+    """While lost: one NVML call a sample (no 30 s wait, no storm), one WARNING
+    per lost streak; healed: metrics on the very next sample."""
     load, scen, log = private_nvml
     gpus = [dict(pci="00000000:18:00.0"), dict(pci="00000000:2A:00.0", util_gpu=55)]
     backend = load(gpus=gpus)
     readers = [backend.open_reader(info) for info in backend.discover()]
     assert [r.sample(10.0)["runtime_status"] for r in readers] == ["active", "active"]
-    S.write_scenario(scen, gpus=[gpus[0], dict(gpus[1], lost=1)])
-    time.sleep(0.05)
-    lost = readers[1].sample(11.0)
-    assert lost == atw.new_metrics({"runtime_status": "lost"})
-    assert readers[0].sample(11.0)["runtime_status"] == "active"
-    calls = S.count_calls(log)
-    readers[1].sample(12.0)                                   # within NVML_LOST_RETRY_S: no call
-    assert S.count_calls(log) == calls
-    S.write_scenario(scen, gpus=gpus)                         # back (e.g. after a reset)
-    back = readers[1].sample(11.0 + atw.NVML_LOST_RETRY_S + 1)
-    assert back["runtime_status"] == "active" and back["gpu_busy_pct"] == 55
-    assert backend.lost == set()
+    caplog.set_level("INFO", logger="amdgpu_top_web")
+
+    def gpu1_calls():
+        return len([c for c in S.read_call_log(log) if c.args.get("gpu") == "1"])
+
+    for streak in range(2):
+        S.write_scenario(scen, gpus=[gpus[0], dict(gpus[1], lost=1)])
+        for tick in range(5):
+            before = gpu1_calls()
+            lost = readers[1].sample(11.0 + tick * 0.25)
+            assert lost == atw.new_metrics({"runtime_status": "lost"})
+            assert gpu1_calls() == before + 1                       # one cheap call a sample
+            assert backend.lost == {"nvidia1"}
+        assert readers[0].sample(12.0)["runtime_status"] == "active"
+        S.write_scenario(scen, gpus=gpus)                           # back (e.g. after a reset)
+        back = readers[1].sample(12.25)                             # the next sample, not 30 s on
+        assert back["runtime_status"] == "active" and back["gpu_busy_pct"] == 55
+        assert backend.lost == set()
+        warnings = [r for r in caplog.records if r.levelname == "WARNING"]
+        assert [r.getMessage().split()[0] for r in warnings] == ["event=gpu_lost"] * (streak + 1)
+
+
+def test_a_refused_utilisation_api_is_refused_for_that_gpu_only(private_nvml):
+    """GPU 0 gives per-process utilisation, GPU 1 answers NOT_SUPPORTED to both
+    APIs, GPU 2 only to the new one: every scan, GPU 0 keeps its SM/mem/enc/dec
+    %, GPU 2 falls back to the old API, GPU 1 has none; each asked once."""
+    load, _, log = private_nvml
+    pcis = ["00000000:18:00.0", "00000000:2A:00.0", "00000000:3A:00.0"]
+    backend = load(
+        gpus=[dict(pci=pcis[0]), dict(pci=pcis[1], proc_util=S.err("NOT_SUPPORTED")),
+              dict(pci=pcis[2], fail={"nvmlDeviceGetProcessesUtilizationInfo": "NOT_SUPPORTED"})],
+        procs=[dict(gpu=g, list="compute", pid=1500, mem=1 << 30) for g in range(3)],
+        util=[dict(gpu=g, pid=1500, ts="now", sm=55 + g, mem=20, enc=1, dec=2) for g in range(3)])
+    source = backend.proc_source()
+    for scan in range(3):
+        by_pci = source.scan().by_pci
+        gpu0, gpu1, gpu2 = [by_pci[atw.nvml_pci_address(0, int(p[9:11], 16), 0)] for p in pcis]
+        assert gpu0["processes"][0]["engines_pct"] == {"sm": 55.0, "mem": 20.0, "enc": 1.0,
+                                                       "dec": 2.0, "jpg": 0.0, "ofa": 0.0}, scan
+        assert gpu1["processes"][0]["engines_pct"] == {}                # none known
+        assert gpu1["processes"][0]["gpu_time_ms_per_s"] is None
+        assert gpu2["processes"][0]["engines_pct"] == {"sm": 57.0, "mem": 20.0, "enc": 1.0, "dec": 2.0}
+        assert [g["capabilities"]["process_engines"] for g in (gpu0, gpu1, gpu2)] == [True, False, True]
+        assert gpu0["capabilities"]["engines"] == ["dec", "enc", "jpg", "mem", "ofa", "sm"]
+        assert gpu1["capabilities"]["engines"] == []
+    calls = S.read_call_log(log)
+    asked = collections.Counter((c.fn, c.args.get("gpu")) for c in calls if "Utilization" in c.fn)
+    new, old = "nvmlDeviceGetProcessesUtilizationInfo", "nvmlDeviceGetProcessUtilization"
+    assert asked[(new, "1")] == asked[(old, "1")] == asked[(new, "2")] == 1      # refused: once
+    assert asked[(old, "0")] == 0 and asked[(new, "0")] >= 3 and asked[(old, "2")] >= 3
 
 
 def test_old_utilisation_api_gets_64_bit_last_seen(private_nvml):
@@ -393,6 +444,62 @@ def test_server_gpu_lost_mid_run(server, fake_nvml_lib, tmp_path):
     assert calls[-1].fn == "nvmlShutdown"                           # after every other call
 
 
+def test_server_mixed_support_and_driver_facts(server, fake_nvml_lib, tmp_path):
+    """A 2-GPU box, GPU 0 with per-process utilisation, GPU 1 NOT_SUPPORTED:
+    after several scans GPU 0 still has its per-process engine series in
+    /metrics (promtool clean), capabilities stay per GPU; the driver's versions
+    and the maximum clocks reach hello, /api/gpus, /plain and /metrics."""
+    from test_prometheus import parse, promtool, sample_value, scrape
+    from test_vendor_plain import w3m_dump
+    from wsclient import RawWebSocket
+    path, log = str(tmp_path / "s.txt"), str(tmp_path / "calls.log")
+    S.write_scenario(path, gpus=[dict(pci="00000000:18:00.0", clock_sm=1410),
+                                 dict(pci="00000000:2A:00.0", proc_util=S.err("NOT_SUPPORTED"),
+                                      max_clock_graphics=1755, max_clock_mem=1593)],
+                     procs=[dict(gpu=g, list="compute", pid=1500, mem=1 << 30) for g in (0, 1)],
+                     util=[dict(gpu=g, pid=1500, ts="now", sm=55, mem=20) for g in (0, 1)],
+                     options={"driver_version": "550.54.15", "cuda_version": 12040})
+    env = S.nvml_env(fake_nvml_lib, path, log, base={})
+    env = {k: env[k] for k in ("FAKE_NVML_SCENARIO", "FAKE_NVML_LOG", "APP_NVML_LIBRARY")}
+    proc = server("hd7870_radeon", env=dict(
+        env, APP_SAMPLE_INTERVAL="100ms", APP_PROC_ENABLE="true", APP_PROC_ROOT=PROC_MULTI,
+        APP_PROC_SCAN_INTERVAL="500ms", APP_ENABLE_PROMETHEUS="true", APP_PROMETHEUS_PROCESSES="5"))
+    proc.wait_metrics(count=2)
+
+    def scans_of_gpu0():
+        return len([c for c in S.read_call_log(log) if c.args.get("gpu") == "0"
+                    and c.fn == "nvmlDeviceGetComputeRunningProcesses_v3"])
+    wait_for(lambda: scans_of_gpu0() >= 6, 10.0, message="three scans of GPU 0")  # 2 calls a scan
+    procs = [proc.get_json("/api/gpus/nvidia%d/procs" % i)[1] for i in (0, 1)]
+    assert procs[0]["processes"][0]["engines_pct"]["sm"] == 55.0
+    assert procs[1]["processes"][0]["engines_pct"] == {}
+    assert [p["capabilities"]["process_engines"] for p in procs] == [True, False]
+    text = scrape(proc)
+    result = subprocess.run([promtool(), "check", "metrics"], input=text.encode(),
+                            capture_output=True, timeout=30)
+    assert result.returncode == 0 and not (result.stdout + result.stderr).strip(), result
+    families = parse(text)
+    assert sample_value(families, "amdgpu_process_engine_busy_ratio", gpu="nvidia0", pid="1500",
+                        engine="sm") == pytest.approx(0.55)
+    assert {s.labels["gpu"] for s in families["amdgpu_process_engine_busy_ratio"].samples} == {"nvidia0"}
+    for gpu in ("nvidia0", "nvidia1"):
+        assert sample_value(families, "amdgpu_driver_info", gpu=gpu, driver_version="550.54.15",
+                            cuda_driver_version="12.4") == 1
+    assert sample_value(families, "amdgpu_clock_max_hertz", gpu="nvidia1", clock="shader") == 1755e6
+    assert sample_value(families, "amdgpu_clock_max_hertz", gpu="nvidia1", clock="memory") == 1593e6
+    assert sample_value(families, "amdgpu_clock_hertz", gpu="nvidia0", clock="sm") == 1410e6
+    gpus = {g["id"]: g for g in proc.get_json("/api/gpus")[1]["gpus"]}
+    assert (gpus["nvidia1"]["driver_version"], gpus["nvidia1"]["cuda_driver_version"],
+            gpus["nvidia1"]["sclk_max_mhz"], gpus["nvidia1"]["mclk_max_mhz"]) == (
+                "550.54.15", "12.4", 1755, 1593)
+    with RawWebSocket.connect("127.0.0.1", proc.port) as ws:
+        hello = {g["id"]: g for g in ws.recv_json()["gpus"]}
+    assert hello["nvidia0"]["cuda_driver_version"] == "12.4" and hello["nvidia0"]["sclk_max_mhz"] == 1980
+    dump = w3m_dump(proc.url + "/plain")
+    assert "driver 550.54.15, CUDA 12.4, max clocks: shader 1755 MHz, memory 1593 MHz" in dump
+    assert "SM clock" in dump and "1410 MHz" in dump
+
+
 def test_pure_nvml_helpers():
     samples = [(1, 10, {"sm": 5, "mem": 140}),      # mem over 100: kept (nvtop checks sm/enc/dec)
                (2, 10, {"sm": 101, "mem": 1}),      # SM over 100: dropped
@@ -407,3 +514,12 @@ def test_pure_nvml_helpers():
     assert atw.parse_clock_event_reasons(0x1 | 0x400 | 1 << 40) == ["GpuIdle", "Reliability", "other"]
     assert atw.nvml_pci_address(0, 0x1B, 0) == "0000:1b:00.0"
     assert atw.nvml_pci_id(0x233010DE) == "10de:2330"
+    assert [atw.format_cuda_version(v) for v in (12040, 13000, 11080, 12090, None, 0)] == [
+        "12.4", "13.0", "11.8", "12.9", None, None]
+    # a vendor without these facts (AMD, Intel, the demo): null identity keys, no series, no line
+    amd = atw.identity_json(atw.demo_gpu_infos(1)[0])
+    assert [amd[k] for k in ("driver_version", "cuda_driver_version", "sclk_max_mhz",
+                             "mclk_max_mhz")] == [None] * 4
+    text = atw.render_prometheus([(amd, {"sclk_mhz": 500})], {}, {}, 0)
+    assert "amdgpu_driver_info" not in text and "amdgpu_clock_max_hertz" not in text
+    assert atw.format_identity_facts(amd) == ""

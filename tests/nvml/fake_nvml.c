@@ -162,6 +162,7 @@ static const keydef_t GPU_KEYS[] = {
     {"pci_subsystem_id", 'u', "0x16C110DE"},
     {"handle", 's', "ok"},                  /* or err:NO_PERMISSION ... */
     {"lost", 'u', "0"},                     /* 1: every call on it -> GPU_IS_LOST */
+    {"proc_util", 's', "ok"},               /* or err:NOT_SUPPORTED: no per-process utilisation */
     {"util_gpu", 'u', "0"},
     {"util_mem", 'u', "0"},
     {"clock_graphics", 'u', "345"},
@@ -486,8 +487,9 @@ static int check_key(const keydef_t *t, size_t n, const char *k, const char *v, 
             return 0;
         }
     }
-    if (!strcmp(k, "handle") && strcmp(v, "ok") && value_err(v, &rc) != 1) {
-        warnf("scenario line %d: handle=%s: 'ok' or err:<NAME>", line, v);
+    if ((!strcmp(k, "handle") || !strcmp(k, "proc_util")) && strcmp(v, "ok")
+        && value_err(v, &rc) != 1) {
+        warnf("scenario line %d: %s=%s: 'ok' or err:<NAME>", line, k, v);
         return 0;
     }
     return 1;
@@ -962,14 +964,19 @@ static int gpu_lost(int g)
     return gpu_u64(g, "lost", &v) == NVML_SUCCESS && v != 0;
 }
 
-/* The handle error of GPU g (handle=err:X), or SUCCESS. */
-static nvmlReturn_t gpu_handle_rc(int g)
+/* The error of an ok-or-err key of GPU g (handle=err:X, proc_util=err:X), or SUCCESS. */
+static nvmlReturn_t gpu_key_rc(int g, const char *key)
 {
-    const char *v = gpu_val(g, "handle");
+    const char *v = gpu_val(g, key);
     nvmlReturn_t rc;
     if (v && value_err(v, &rc) == 1)
         return rc;
     return NVML_SUCCESS;
+}
+
+static nvmlReturn_t gpu_handle_rc(int g)
+{
+    return gpu_key_rc(g, "handle");
 }
 
 static long long now_us(void)
@@ -2066,6 +2073,7 @@ nvmlReturn_t DECLDIR nvmlDeviceGetProcessUtilization(nvmlDevice_t device, nvmlPr
          processSamplesCount ? *processSamplesCount : 0);
     if (!processSamplesCount)
         FAIL(NVML_ERROR_INVALID_ARGUMENT);
+    TRY(gpu_key_rc(gi, "proc_util"));
     usamp_t *a;
     long long *ts;
     unsigned n = util_samples(gi, lastSeenTimeStamp, &a, &ts);
@@ -2107,6 +2115,7 @@ nvmlReturn_t DECLDIR nvmlDeviceGetProcessesUtilizationInfo(nvmlDevice_t device,
          pu->procUtilArray ? "buf" : "NULL", pu->processSamplesCount);
     if (pu->version != nvmlProcessesUtilizationInfo_v1)
         FAIL(NVML_ERROR_ARGUMENT_VERSION_MISMATCH);
+    TRY(gpu_key_rc(gi, "proc_util"));
     usamp_t *a;
     long long *ts;
     unsigned n = util_samples(gi, pu->lastSeenTimeStamp, &a, &ts);

@@ -764,6 +764,29 @@ def test_new_processes_utilization_info_api(fake_nvml_lib, scen, log):
     assert str(T0 + 5) in seen and str(2 ** 63) in seen
 
 
+def test_gpus_that_differ_in_what_they_support(fake_nvml_lib, scen):
+    """proc_util=err:NOT_SUPPORTED on one GPU: both per-process utilisation APIs
+    refuse there, while the other GPU (and every other call) answers."""
+    S.write_scenario(scen, gpus=[{}, {"proc_util": S.err("NOT_SUPPORTED")}],
+                     procs=[dict(gpu=g, pid=1001) for g in (0, 1)],
+                     util=[dict(gpu=g, pid=1001, sm=30 + g) for g in (0, 1)])
+    out = child(fake_nvml_lib, scen, """
+        N.nvmlInit()
+        for i in range(2):
+            h = N.nvmlDeviceGetHandleByIndex(i)
+            for name in ("nvmlDeviceGetProcessesUtilizationInfo", "nvmlDeviceGetProcessUtilization"):
+                try:
+                    out["%d %s" % (i, name)] = [s.smUtil for s in getattr(N, name)(h, 0)]
+                except N.NVMLError as e:
+                    out["%d %s" % (i, name)] = S.err_name(e.value)
+            out["%d clock" % i] = N.nvmlDeviceGetClockInfo(h, N.NVML_CLOCK_SM)
+    """)
+    assert out == {"0 nvmlDeviceGetProcessesUtilizationInfo": [30],
+                   "0 nvmlDeviceGetProcessUtilization": [30], "0 clock": 345,
+                   "1 nvmlDeviceGetProcessesUtilizationInfo": "NOT_SUPPORTED",
+                   "1 nvmlDeviceGetProcessUtilization": "NOT_SUPPORTED", "1 clock": 345}
+
+
 # ------------------------------------------------------------ call log, misc ----
 def test_call_log_counts_calls_and_the_oracle_never_samples_pcie(fake_nvml_lib, scen, log):
     S.write_scenario(scen, gpus=[{}, {}, {}])

@@ -6061,7 +6061,8 @@ class DemoNvidiaReader(object):
             reasons.append("SwThermalSlowdown")
         return new_metrics({
             "runtime_status": "active", "gpu_busy_pct": int(busy), "mem_busy_pct": int(busy * 0.45),
-            "sclk_mhz": int(210 + busy * 25.2), "mclk_mhz": 10501 if busy > 5 else 405,
+            "sclk_mhz": int(210 + busy * 25.2), "sm_clock_mhz": int(210 + busy * 25.2),
+            "mclk_mhz": 10501 if busy > 5 else 405,
             "temp_c": int(self._temp), "temp_mem_c": None if fan else int(self._temp + 6),
             "fan_pct": int(max(30.0, (self._temp - 30) * 1.6)) if fan else None,
             "fan_rpm": None, "power_w": round(power, 3), "power_cap_w": cap,

@@ -84,12 +84,18 @@ NAME_FIELD = ("name",)
 COMPARED = (
     ("uuid", "uuid", ("uuid",), "text", ("exact",)),
     ("name", "name", ("name",), "text", ("exact",)),
+    ("driver version", "driver_version", ("driver_version",), "text", ("exact",)),
+    ("max graphics clock MHz", "sclk_max_mhz", ("clocks.max.graphics", "clocks.max.gr"), "num",
+     ("exact",)),
+    ("max memory clock MHz", "mclk_max_mhz", ("clocks.max.memory", "clocks.max.mem"), "num",
+     ("exact",)),
     ("gpu busy %", "gpu_busy_pct", ("utilization.gpu",), "num", ("abs", 10)),
     ("memory busy %", "mem_busy_pct", ("utilization.memory",), "num", ("abs", 10)),
     ("graphics clock MHz", "sclk_mhz", ("clocks.current.graphics", "clocks.gr"), "num",
      ("band", 0.10, 30)),
     ("memory clock MHz", "mclk_mhz", ("clocks.current.memory", "clocks.mem"), "num",
      ("band", 0.10, 30)),
+    ("SM clock MHz", "sm_clock_mhz", ("clocks.current.sm", "clocks.sm"), "num", ("band", 0.10, 30)),
     ("temperature C", "temp_c", ("temperature.gpu",), "num", ("abs", 3)),
     ("memory temperature C", "temp_mem_c", ("temperature.memory",), "num", ("abs", 3)),
     ("fan %", "fan_pct", ("fan.speed",), "num", ("abs", 5)),
@@ -106,7 +112,8 @@ COMPARED = (
     ("encoder %", "enc_pct", ("utilization.encoder",), "num", ("abs", 10)),
     ("decoder %", "dec_pct", ("utilization.decoder",), "num", ("abs", 10)),
 )
-INFO_FIELDS = (("encoder.stats.sessionCount",), ("driver_version",))
+INFO_FIELDS = (("encoder.stats.sessionCount",),)
+IDENTITY_KEYS = ("uuid", "name", "driver_version", "sclk_max_mhz", "mclk_max_mhz")
 PROC_FIELDS = ("gpu_bus_id", "pid", "used_gpu_memory", "process_name")   # name last
 PROC_TOLERANCE = (0.02, 4)        # our VRAM within max(2 %, 4 MiB) of used_memory
 
@@ -372,7 +379,7 @@ def compare_gpu(rep, label, gpu, row, used):
             rows.append([name, show(gpu.get(key, gpu["metrics"].get(key))), "(no field)", "",
                          tolerance_text(tol), "skipped"])
             continue
-        ours = gpu[key] if key in ("uuid", "name") else gpu["metrics"].get(key)
+        ours = gpu.get(key) if key in IDENTITY_KEYS else gpu["metrics"].get(key)
         a, b = read_sides(kind, ours, row.get(field))
         diff, verdict = within(a, b, tol)
         rows.append([name, show(a), show(b), diff, tolerance_text(tol), verdict])
@@ -389,6 +396,20 @@ def compare_gpu(rep, label, gpu, row, used):
                                      m.get("runtime_status"), m.get("vram_used_source"),
                                      smi_value(row.get("encoder.stats.sessionCount")) or "n/a"))
     return out
+
+
+def compare_cuda(rep, label, ours_gpus):
+    """Our cuda_driver_version against the "CUDA Version" nvidia-smi --version
+    prints (no --query-gpu field has it); skipped where that line is absent."""
+    smi = (rep.record.get("environment") or {}).get("smi_cuda")
+    ours = sorted(set(str(g.get("cuda_driver_version")) for g in ours_gpus))
+    if smi is None:
+        rep.say("  CUDA driver version: ours %s, nvidia-smi --version has none: skipped" % ours)
+        return
+    verdict = "ok" if ours == [smi] else "DIFF"
+    rep.say("  CUDA driver version: ours %s, nvidia-smi %s: %s" % (ours, smi, verdict))
+    if verdict == "DIFF":
+        rep.fail("%s CUDA driver version: ours %s, nvidia-smi %s" % (label, ours, smi))
 
 
 def compare_procs(rep, label, ours_gpus, smi_procs):
@@ -463,6 +484,7 @@ def sample_round(rep, label, smi, fields, used, pfields):
     for pci in sorted(set(g["pci"] for g in ours_gpus) ^ set(smi_by_pci)):
         rep.fail("%s: GPU %s only in %s" % (label, pci, "nvidia-smi" if pci in smi_by_pci else "ours"))
         rep.say("  GPU %s is only in %s" % (pci, "nvidia-smi" if pci in smi_by_pci else "ours"))
+    compare_cuda(rep, label, ours_gpus)
     record["gpus"] = []
     for gpu in ours_gpus:
         if gpu["pci"] in smi_by_pci:
@@ -493,6 +515,8 @@ def environment(rep, smi):
     for line in version["out"].strip().splitlines():
         rep.say("  " + line)
     rep.say("  driver version: %s" % (sorted(set(driver["out"].split())) or driver["err"].strip()))
+    cuda = re.search(r"CUDA Version\s*:\s*([0-9.]+)", version["out"])
+    env["smi_cuda"] = cuda.group(1) if cuda else None
     rep.record["environment"] = env
     return listing["rc"] == 0
 

@@ -299,6 +299,26 @@ def test_not_supported_is_asked_once(private_nvml):
     assert S.count_calls(log, "nvmlDeviceGetPcieThroughput") == 0      # 20 ms: never
 
 
+def test_a_refused_sampler_call_is_refused_for_that_gpu_only(private_nvml):
+    """GPU 1 answers NOT_SUPPORTED for power, the memory-temperature field and
+    the v2 memory call; GPU 0, read first and after, keeps all three."""
+    load, _, log = private_nvml
+    backend = load(gpus=[dict(pci="00000000:18:00.0"),
+                         dict(pci="00000000:2A:00.0", temp_mem=S.err("NOT_SUPPORTED"),
+                              fail={"nvmlDeviceGetPowerUsage": "NOT_SUPPORTED",
+                                    "nvmlDeviceGetMemoryInfo_v2": "NOT_SUPPORTED"})])
+    readers = [backend.open_reader(info) for info in backend.discover()]
+    for tick in range(3):
+        first, second = [r.sample(float(tick)) for r in readers]
+        assert (first["power_w"], first["temp_mem_c"], first["vram_used_source"]) == (
+            71.234, 41, "nvml_v2"), tick
+        assert (second["power_w"], second["temp_mem_c"], second["vram_used_source"]) == (
+            None, None, "nvml_v1"), tick
+    power = collections.Counter(c.args["gpu"] for c in S.read_call_log(log)
+                                if c.fn == "nvmlDeviceGetPowerUsage")
+    assert power == {"0": 3, "1": 1}
+
+
 def test_v2_memory_refused_falls_back_to_v1_at_once(private_nvml):
     load, _, _ = private_nvml
     backend = load(gpus=[{"fail": {"nvmlDeviceGetMemoryInfo_v2": "NOT_SUPPORTED"}}])

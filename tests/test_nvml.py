@@ -211,6 +211,17 @@ def test_rows_from_proc_and_from_nvml(fake_nvml_lib, scenario):
     assert (hidden["cpu_pct"], hidden["rss_bytes"]) == (None, None)   # not in our /proc
 
 
+def test_once_text_shows_driver_cuda_and_max_clocks(fake_nvml_lib, scenario):
+    result = subprocess.run([sys.executable, PROGRAM, "--once"], cwd=TESTDATA,
+                            env=program_env(fake_nvml_lib, scenario), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, universal_newlines=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    title = [n for n, line in enumerate(lines) if line.startswith("nvidia0  NVIDIA GeForce RTX 4090")]
+    assert title and lines[title[0] + 1] == (
+        "  driver 550.54.15, CUDA 12.4, max clocks: shader 3105 MHz, memory 10501 MHz")
+
+
 def test_early_r535_32_byte_entries_give_the_right_pids(fake_nvml_build, scenario):
     """The 32-byte early-R535 entries scramble PIDs when read as 24-byte ones
     (nvitop#75); with nvitop's rule every PID and size comes out right."""

@@ -462,6 +462,7 @@ HISTORY_COMMIT_S = 5.0               # one transaction this often
 HISTORY_QUEUE_MAX = 8192             # samples waiting for the writer (drop-oldest past it)
 HISTORY_MAINTAIN_S = 60.0            # retention (age and size) is enforced this often
 HISTORY_DELETE_SLICE = 2000          # rows per DELETE, so no statement runs long
+HISTORY_TRIM_SLICES = 1000           # oldest slices cut per maintenance while over the cap
 HISTORY_VACUUM_PAGES = 2000          # PRAGMA incremental_vacuum(N) after deletes, until none free
 # The WAL counts against max_bytes too: it is checkpointed at a 16th of the cap
 # (16 to 1000 pages), truncated back to that size, and the rows get the rest.
@@ -8180,7 +8181,7 @@ class _HistoryRetention(object):
                     " AND ended IS NOT NULL LIMIT %d)" % HISTORY_DELETE_SLICE):
             conn.execute(sql, (now - HISTORY_RUN_KEEP_S,))
         budget = self._row_budget()
-        for _ in range(50):
+        for _ in range(HISTORY_TRIM_SLICES):
             if self._measure() <= budget or not self._trim_oldest(now, srcs):
                 break
         self._vacuum()

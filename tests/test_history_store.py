@@ -409,3 +409,40 @@ def test_a_lowered_cap_shrinks_the_file(tmp_path):
     assert conn.execute("SELECT max(ts) FROM gpu_raw").fetchone()[0] >= T0 + 9   # newest kept
     conn.close()
     store.close()
+
+
+# -- the demo never writes into real history (#15) ----------------------------------------------
+
+def test_demo_history_defaults_to_memory():
+    assert m.parse_config(["--demo"], {"XDG_STATE_HOME": "/x"}).history_path == m.HISTORY_MEMORY
+    assert m.parse_config(["--demo"], {"APP_HISTORY_PATH": "auto"}).history_path == m.HISTORY_MEMORY
+    assert m.parse_config(["--demo", "--history-path", "/d/h.sqlite3"], {}).history_path == \
+        "/d/h.sqlite3"                            # a file of its own, named explicitly
+    assert m.parse_config([], {"APP_HISTORY_PATH": "memory"}).history_path == m.HISTORY_MEMORY
+    assert m.parse_config([], {"XDG_STATE_HOME": "/x"}).history_path == \
+        "/x/amdgpu_top_web/history.sqlite3"
+
+
+@pytest.mark.parametrize("first,second", [(False, True), (True, False)])
+def test_demo_and_real_history_files_refuse_each_other(tmp_path, caplog, first, second):
+    import hashlib
+    import logging
+    store, clock = make_store(tmp_path, demo=first)
+    feed(store, clock, 5)
+    store.cycle(final=True)
+    store.close()
+    conn = sqlite3.connect(store.path)
+    want = m.HISTORY_DEMO_APP_ID if first else m.HISTORY_APP_ID
+    assert conn.execute("PRAGMA application_id").fetchone()[0] == want
+    conn.close()
+    digest = hashlib.sha256(open(store.path, "rb").read()).hexdigest()
+    with caplog.at_level(logging.WARNING, logger="amdgpu_top_web"):
+        other, clock = make_store(tmp_path, clock=clock, demo=second)
+    status = other.status()
+    assert status["state"] == "memory" and ("--demo" in status["reason"]), status
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and store.path in warnings[0]
+    assert other.query_series("gpu", "card1", T0, T0 + 5)["count"] == [0] * 5   # none of its rows
+    other.close()
+    assert hashlib.sha256(open(store.path, "rb").read()).hexdigest() == digest
+    assert not [n for n in os.listdir(os.path.dirname(store.path)) if "corrupt" in n]

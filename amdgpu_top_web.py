@@ -7738,7 +7738,10 @@ def _history_connect(path, app_id=HISTORY_APP_ID, wal_pages=HISTORY_WAL_PAGES[1]
     try:
         if history_identity(path) != identity:
             raise HistoryUnavailable("%s was replaced while it was opened: left untouched" % path)
-        kind = _history_check(conn, app_id)
+        try:
+            kind = _history_check(conn, app_id)
+        except HistoryUnavailable as exc:
+            raise HistoryUnavailable("%s: %s" % (path, exc))
         if kind == "new":
             conn.execute("PRAGMA auto_vacuum = INCREMENTAL")     # before anything is written
         if conn.execute("PRAGMA journal_mode = WAL").fetchone()[0].lower() != "wal":
@@ -8298,8 +8301,8 @@ class HistoryStore(StoppableThread, _HistoryWrites, _HistoryRetention, _HistoryR
             LOG.warning("event=history_memory_only path=%s reason=%r: history is kept in memory"
                         " only and lost on restart", self.path, reason)
         else:
-            reason = ("--demo: history in memory only (a real history file is never written)"
-                      if self.demo else "no history file (memory only)")
+            reason = ("--demo keeps it out of the real history file (APP_HISTORY_PATH may name "
+                      "a file of its own)" if self.demo else "APP_HISTORY_PATH=memory")
         # A name of its own: id(self) is reused once a store is freed, and a shared-cache
         # memory database lives on while any connection to it is still open.
         self._uri = ("file:amdgpu_top_web-history-%d-%s?mode=memory&cache=shared"

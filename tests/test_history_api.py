@@ -241,3 +241,4 @@ def test_demo_never_writes_into_the_real_history(server, tmp_path):
     status, body = real.get_json("/api/gpus/nvidia0/history?range=1h")   # a demo-only GPU
     assert status == 404 or not any(body["count"]), body
     assert demo_history["state"] == "memory" and demo_history["path"] is None, demo_history
+    assert "--demo" in demo_history["reason"]

@@ -7625,8 +7625,8 @@ def _history_open_own(path):
     except OSError as exc:
         raise HistoryUnavailable("%s: %s" % (path, exc.strerror))
     st, now = os.fstat(fd), os.lstat(path)
-    refusal = _history_refusal(path, st) or (
-        None if (st.st_dev, st.st_ino) == (now.st_dev, now.st_ino) else "%s changed while opened" % path)
+    same = (st.st_dev, st.st_ino) == (now.st_dev, now.st_ino)
+    refusal = _history_refusal(path, st) or (None if same else "%s changed while opened" % path)
     if refusal:
         os.close(fd)
         raise HistoryUnavailable(refusal)

@@ -395,8 +395,9 @@ def test_a_lowered_cap_shrinks_the_file(tmp_path):
     conn = sqlite3.connect(store.path)            # bulk: 2 days of 1 s rows, ~13 MB
     columns = [name for name, _ in m.history_columns("gpu")][:6]
     conn.execute("INSERT OR REPLACE INTO gpu_raw(src, ts, n, %s) WITH RECURSIVE s(i) AS "
-                 "(SELECT 0 UNION ALL SELECT i + 1 FROM s WHERE i < 170000) SELECT 1, %d + i, 4, %s "
-                 "FROM s" % (", ".join(columns), T0 - 170000, ", ".join(["i % 1000"] * len(columns))))
+                 "(SELECT 0 UNION ALL SELECT i + 1 FROM s WHERE i < 170000) "
+                 "SELECT 1, %d + i, 4, %s FROM s"
+                 % (", ".join(columns), T0 - 170000, ", ".join(["i % 1000"] * len(columns))))
     conn.commit()
     conn.close()
     assert disk_bytes(store.path) > 12 << 20

@@ -7592,23 +7592,23 @@ class HistoryUnavailable(Exception):
 _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 
 
-def _history_refusal(path, st):
+def _history_refusal(path, st, one_link=True):
     """Why the thing at `path` (its lstat) is no history file of ours, or None."""
     if stat.S_ISLNK(st.st_mode):
         return "%s is a symbolic link: never followed (the target is left untouched)" % path
     if not stat.S_ISREG(st.st_mode):
         kind = "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file"
         return "%s is %s: left untouched" % (path, kind)
-    if st.st_nlink != 1:
+    if one_link and st.st_nlink != 1:       # writes would land in the other name too
         return "%s has %d hard links: left untouched" % (path, st.st_nlink)
     return None
 
 
-def _history_open_own(path):
+def _history_open_own(path, one_link=True):
     """(fd, created) of the regular file at `path`, never through a link: a missing
     one is made 0600 (O_EXCL, whatever the umask); a link, directory, FIFO, device
-    or hard-linked file is refused (HistoryUnavailable). Only a file made here is
-    ever chmod'ed."""
+    or (one_link) hard-linked file is refused (HistoryUnavailable). Only a file
+    made here is ever chmod'ed."""
     flags = os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | _O_CLOEXEC
     try:
         fd = os.open(path, flags | os.O_CREAT | os.O_EXCL, 0o600)
@@ -7617,7 +7617,7 @@ def _history_open_own(path):
     else:
         os.fchmod(fd, 0o600)
         return fd, True
-    refusal = _history_refusal(path, os.lstat(path))
+    refusal = _history_refusal(path, os.lstat(path), one_link)
     if refusal:
         raise HistoryUnavailable(refusal)
     try:
@@ -7626,7 +7626,8 @@ def _history_open_own(path):
         raise HistoryUnavailable("%s: %s" % (path, exc.strerror))
     st, now = os.fstat(fd), os.lstat(path)
     same = (st.st_dev, st.st_ino) == (now.st_dev, now.st_ino)
-    refusal = _history_refusal(path, st) or (None if same else "%s changed while opened" % path)
+    refusal = _history_refusal(path, st, one_link) or (
+        None if same else "%s changed while opened" % path)
     if refusal:
         os.close(fd)
         raise HistoryUnavailable(refusal)
@@ -7652,7 +7653,7 @@ def _history_mkdirs(directory):
 def _history_lock(path):
     """An exclusive flock on <path>.lock (one server per file), or HistoryUnavailable."""
     lock_path = path + ".lock"
-    fd, _ = _history_open_own(lock_path)
+    fd, _ = _history_open_own(lock_path, one_link=False)   # never written: a link is harmless
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:

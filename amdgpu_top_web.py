@@ -452,6 +452,8 @@ INTEL_TEMP_LABELS = {"pkg": "temp_c", "vram": "temp_mem_c"}
 # -- history store (issue #9; the sourced facts: shared/reference/history-insight.md) --
 
 HISTORY_APP_ID = 0x61677477          # PRAGMA application_id: "agtw"
+HISTORY_DEMO_APP_ID = 0x61677464     # "agtd": a --demo history (synthetic GPUs); never read as real
+HISTORY_MEMORY = ":memory:"          # Config.history_path: kept in memory (the --demo default)
 HISTORY_SCHEMA_VERSION = 1           # PRAGMA user_version: a newer file is refused, never touched
 HISTORY_DEFAULT_MAX_BYTES = 256 << 20
 HISTORY_MEMORY_MAX_BYTES = 32 << 20  # the in-memory fallback is bounded too
@@ -460,7 +462,13 @@ HISTORY_COMMIT_S = 5.0               # one transaction this often
 HISTORY_QUEUE_MAX = 8192             # samples waiting for the writer (drop-oldest past it)
 HISTORY_MAINTAIN_S = 60.0            # retention (age and size) is enforced this often
 HISTORY_DELETE_SLICE = 2000          # rows per DELETE, so no statement runs long
-HISTORY_VACUUM_PAGES = 2000          # PRAGMA incremental_vacuum(N) after deletes
+HISTORY_TRIM_SLICES = 1000           # oldest slices cut per maintenance while over the cap
+HISTORY_VACUUM_PAGES = 2000          # PRAGMA incremental_vacuum(N) after deletes, until none free
+# The WAL counts against max_bytes too: it is checkpointed at a 16th of the cap
+# (16 to 1000 pages), truncated back to that size, and the rows get the rest.
+HISTORY_WAL_SHARE = 16
+HISTORY_WAL_PAGES = (16, 1000)
+HISTORY_SIDECARS = ("-wal", "-shm", "-journal")   # SQLite's files next to the database
 # (name, step in seconds, kept for seconds): 1 s means, then min/avg/max/count roll-ups.
 # Measured (tests/bench/bench_history.py, 22 metrics of a dGPU): a raw row ~110 B,
 # a roll-up row ~295 B; 1 min rows for 90 days alone would be 38 MB per GPU, so
@@ -552,7 +560,8 @@ SETTINGS = (
             "npm node_modules folder to serve the page's modules from (air-gapped use)"),
     Setting("APP_HISTORY_PATH", "--history-path", "history_path", "auto", "history_path",
             "SQLite history file; auto = $XDG_STATE_HOME/amdgpu_top_web/history.sqlite3 "
-            "(else ~/.local/state/...), off = no history"),
+            "(else ~/.local/state/...; with --demo: memory), memory = kept in memory only, "
+            "off = no history"),
     Setting("APP_HISTORY_MAX_BYTES", "--history-max-bytes", "history_max_bytes", "256MiB",
             "bytes", "most bytes of history kept (oldest rows go first), at least 1MiB"),
 )
@@ -926,7 +935,7 @@ def _convert_simple_setting(kind, raw):
         return raw.strip() or None
     if kind == "history_path":
         if not raw.strip():
-            raise ValueError("must be auto, off or a file path")
+            raise ValueError("must be auto, memory, off or a file path")
         return raw.strip()
     if kind == "bytes":
         value = parse_byte_size(raw)
@@ -986,7 +995,7 @@ def parse_config(argv, environ):
             name = setting.env if flag_value is None else setting.flag
             raise ConfigError("%s=%r: %s" % (name, raw, exc))
     values["listen_host"], values["listen_port"] = values.pop("listen")
-    values["history_path"] = resolve_history_path(values["history_path"], environ)
+    values["history_path"] = resolve_history_path(values["history_path"], environ, args.demo)
     for field in _MODE_FIELDS:
         values[field] = bool(getattr(args, field))
     if values["json"] and not values["once"]:
@@ -2894,17 +2903,26 @@ def parse_byte_size(text):
     return int(match.group(1)) << (10 * power)
 
 
-def resolve_history_path(raw, environ):
-    """APP_HISTORY_PATH -> a path, or None for `off`; `auto` is
-    $XDG_STATE_HOME/amdgpu_top_web/history.sqlite3, else ~/.local/state/..."""
+def resolve_history_path(raw, environ, demo=False):
+    """APP_HISTORY_PATH -> a path, None for `off`, HISTORY_MEMORY for `memory`;
+    `auto` is $XDG_STATE_HOME/amdgpu_top_web/history.sqlite3 (else
+    ~/.local/state/...), and memory with --demo: a demo never writes real history."""
     value = raw.strip()
     if value.lower() in ("off", "none", "false", "0"):
         return None
+    if value.lower() == "memory" or (demo and value.lower() in ("", "auto")):
+        return HISTORY_MEMORY
     if value and value.lower() != "auto":
         return value
     base = environ.get("XDG_STATE_HOME") or os.path.join(
         environ.get("HOME") or os.path.expanduser("~"), ".local", "state")
     return os.path.join(base, "amdgpu_top_web", "history.sqlite3")
+
+
+def history_wal_pages(max_bytes, page_bytes=4096):
+    """Pages the history's WAL holds before a checkpoint: its share of the cap."""
+    low, high = HISTORY_WAL_PAGES
+    return max(low, min(high, max_bytes // HISTORY_WAL_SHARE // page_bytes))
 
 
 def _engine_pct(row):
@@ -7662,10 +7680,71 @@ class HistoryUnavailable(Exception):
     """The file cannot be used: the store keeps history in memory (message says why)."""
 
 
+_O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+
+
+def _history_refusal(path, st, one_link=True):
+    """Why the thing at `path` (its lstat) is no history file of ours, or None."""
+    if stat.S_ISLNK(st.st_mode):
+        return "%s is a symbolic link: never followed (the target is left untouched)" % path
+    if not stat.S_ISREG(st.st_mode):
+        kind = "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file"
+        return "%s is %s: left untouched" % (path, kind)
+    if one_link and st.st_nlink != 1:       # writes would land in the other name too
+        return "%s has %d hard links: left untouched" % (path, st.st_nlink)
+    return None
+
+
+def _history_open_own(path, one_link=True):
+    """(fd, created) of the regular file at `path`, never through a link: a missing
+    one is made 0600 (O_EXCL, whatever the umask); a link, directory, FIFO, device
+    or (one_link) hard-linked file is refused (HistoryUnavailable). Only a file
+    made here is ever chmod'ed."""
+    flags = os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | _O_CLOEXEC
+    try:
+        fd = os.open(path, flags | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:             # O_EXCL: also a dangling link, a FIFO, a directory
+        pass
+    else:
+        os.fchmod(fd, 0o600)
+        return fd, True
+    refusal = _history_refusal(path, os.lstat(path), one_link)
+    if refusal:
+        raise HistoryUnavailable(refusal)
+    try:
+        fd = os.open(path, flags)
+    except OSError as exc:
+        raise HistoryUnavailable("%s: %s" % (path, exc.strerror))
+    st, now = os.fstat(fd), os.lstat(path)
+    same = (st.st_dev, st.st_ino) == (now.st_dev, now.st_ino)
+    refusal = _history_refusal(path, st, one_link) or (
+        None if same else "%s changed while opened" % path)
+    if refusal:
+        os.close(fd)
+        raise HistoryUnavailable(refusal)
+    return fd, False
+
+
+def _history_mkdirs(directory):
+    """The missing folders above the file, each 0700 whatever the umask (os.makedirs
+    would give the ones between 0777 & ~umask); folders already there are left alone."""
+    missing = []
+    while not os.path.lexists(directory):
+        missing.append(directory)
+        directory = os.path.dirname(directory)
+    for path in reversed(missing):
+        os.mkdir(path, 0o700)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_DIRECTORY", 0) | _O_CLOEXEC)
+        try:
+            os.fchmod(fd, 0o700)        # made just now: the umask may have taken bits
+        finally:
+            os.close(fd)
+
+
 def _history_lock(path):
     """An exclusive flock on <path>.lock (one server per file), or HistoryUnavailable."""
     lock_path = path + ".lock"
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o600)
+    fd, _ = _history_open_own(lock_path, one_link=False)   # never written: a link is harmless
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
@@ -7674,16 +7753,23 @@ def _history_lock(path):
     return fd
 
 
-def _history_check(conn):
-    """'new', 'ok', or raise: foreign/corrupt (sqlite3.DatabaseError) or newer (HistoryUnavailable)."""
-    app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+def _history_check(conn, app_id=HISTORY_APP_ID):
+    """'new', 'ok', or raise: foreign/corrupt (sqlite3.DatabaseError), newer or the
+    other kind, demo or real (HistoryUnavailable: the file is left untouched)."""
+    found = conn.execute("PRAGMA application_id").fetchone()[0]
     version = conn.execute("PRAGMA user_version").fetchone()[0]
     tables = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
-    if app_id == 0 and version == 0 and tables == 0:
+    if found == 0 and version == 0 and tables == 0:
         return "new"
-    if app_id != HISTORY_APP_ID:
+    if found == HISTORY_DEMO_APP_ID and app_id != found:
+        raise HistoryUnavailable("it holds --demo history (synthetic GPUs), never read by a real "
+                                 "server: left untouched")
+    if found == HISTORY_APP_ID and app_id != found:
+        raise HistoryUnavailable("it holds a real server's history, never written by --demo: "
+                                 "left untouched")
+    if found != app_id:
         raise sqlite3.DatabaseError("not an amdgpu_top_web history file (application_id %d)"
-                                    % app_id)
+                                    % found)
     if version > HISTORY_SCHEMA_VERSION:
         raise HistoryUnavailable("schema version %d is newer than this program's %d: left untouched"
                                  % (version, HISTORY_SCHEMA_VERSION))
@@ -7692,12 +7778,12 @@ def _history_check(conn):
     return "ok"
 
 
-def _history_create(conn):
+def _history_create(conn, app_id=HISTORY_APP_ID):
     conn.execute("PRAGMA auto_vacuum = INCREMENTAL")      # before the first table
     conn.execute("BEGIN")
     for stmt in history_schema():
         conn.execute(stmt)
-    conn.execute("PRAGMA application_id = %d" % HISTORY_APP_ID)
+    conn.execute("PRAGMA application_id = %d" % app_id)
     conn.execute("PRAGMA user_version = %d" % HISTORY_SCHEMA_VERSION)
     conn.execute("COMMIT")
 
@@ -7713,56 +7799,96 @@ def _history_add_columns(conn):
                 conn.execute("ALTER TABLE %s ADD COLUMN %s INTEGER" % (table, name))
 
 
-def _history_connect(path):
-    created = not os.path.exists(path)
-    if created:
-        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
-    os.chmod(path, 0o600)
+def _history_claim(path):
+    """(dev, ino) of the database file, checked (or made) without following a link,
+    its sidecars too: SQLite then opens this very file by name (it has no O_NOFOLLOW)."""
+    for suffix in HISTORY_SIDECARS:
+        try:
+            refusal = _history_refusal(path + suffix, os.lstat(path + suffix))
+        except FileNotFoundError:
+            continue
+        if refusal:
+            raise HistoryUnavailable(refusal)
+    fd, _ = _history_open_own(path)
+    try:
+        st = os.fstat(fd)
+    finally:
+        os.close(fd)                    # before SQLite locks it: a close drops a process's locks
+    return st.st_dev, st.st_ino
+
+
+def history_identity(path):
+    """(dev, ino) of the regular file at `path` itself (a link is not followed)."""
+    st = os.lstat(path)
+    return None if _history_refusal(path, st) else (st.st_dev, st.st_ino)
+
+
+def _history_connect(path, app_id=HISTORY_APP_ID, wal_pages=HISTORY_WAL_PAGES[1]):
+    """(connection, (dev, ino)) of the file at `path`, made ready."""
+    identity = _history_claim(path)
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=1.0)
     try:
-        kind = _history_check(conn)
+        if history_identity(path) != identity:
+            raise HistoryUnavailable("%s was replaced while it was opened: left untouched" % path)
+        try:
+            kind = _history_check(conn, app_id)
+        except HistoryUnavailable as exc:
+            raise HistoryUnavailable("%s: %s" % (path, exc))
         if kind == "new":
             conn.execute("PRAGMA auto_vacuum = INCREMENTAL")     # before anything is written
         if conn.execute("PRAGMA journal_mode = WAL").fetchone()[0].lower() != "wal":
             raise HistoryUnavailable("%s: WAL mode refused" % path)
         conn.execute("PRAGMA synchronous = NORMAL")
+        page = conn.execute("PRAGMA page_size").fetchone()[0]
+        conn.execute("PRAGMA wal_autocheckpoint = %d" % wal_pages)
+        conn.execute("PRAGMA journal_size_limit = %d" % (wal_pages * page))
         if kind == "new":
-            _history_create(conn)
+            _history_create(conn, app_id)
         else:
             _history_add_columns(conn)
     except BaseException:
         conn.close()
         raise
-    return conn
+    return conn, identity
 
 
 def _move_aside(path, epoch_s):
-    aside = "%s.corrupt-%s" % (path, time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(epoch_s)))
-    os.replace(path, aside)
-    for suffix in ("-wal", "-shm"):
-        if os.path.exists(path + suffix):
-            os.replace(path + suffix, aside + suffix)
+    """Rename the file (and its sidecars) to <path>.corrupt-<time>: rename moves a
+    link itself, never its target, and no name already there is replaced."""
+    aside = base = "%s.corrupt-%s" % (path, time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(epoch_s)))
+    count = 0
+    while any(os.path.lexists(aside + s) for s in ("",) + HISTORY_SIDECARS):
+        count += 1
+        aside = "%s.%d" % (base, count)
+    os.rename(path, aside)
+    for suffix in HISTORY_SIDECARS:
+        if os.path.lexists(path + suffix):
+            os.rename(path + suffix, aside + suffix)
     return aside
 
 
-def open_history_file(path, epoch_s):
-    """(connection, lock fd) of the history file, made ready; a corrupt or
-    foreign file is moved aside (one WARNING naming both paths) and a fresh one
-    started. Raises HistoryUnavailable or OSError: the caller goes memory-only."""
-    directory = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(directory):
-        os.makedirs(directory, 0o700)
+def open_history_file(path, epoch_s, demo=False, wal_pages=HISTORY_WAL_PAGES[1]):
+    """(connection, lock fd, (dev, ino)) of the history file, made ready; a corrupt
+    or foreign file is moved aside (one WARNING naming both paths) and a fresh one
+    started. demo: a --demo history (its own application_id: a real server never
+    reads one, a demo never writes into a real one). Nothing is opened through a
+    link, nor anything but a regular file. Raises HistoryUnavailable or OSError:
+    the caller goes memory-only."""
+    path = os.path.abspath(path)
+    _history_mkdirs(os.path.dirname(path))
+    app_id = HISTORY_DEMO_APP_ID if demo else HISTORY_APP_ID
     lock_fd = _history_lock(path)
     try:
         try:
-            return _history_connect(path), lock_fd
+            conn, identity = _history_connect(path, app_id, wal_pages)
         except sqlite3.DatabaseError as exc:
             if isinstance(exc, sqlite3.OperationalError) and _is_io_error(exc):
                 raise HistoryUnavailable("%s: %s" % (path, exc))
             aside = _move_aside(path, epoch_s)
             LOG.warning("event=history_corrupt path=%s moved_to=%s reason=%r: a fresh file is "
                         "started", path, aside, str(exc))
-            return _history_connect(path), lock_fd
+            conn, identity = _history_connect(path, app_id, wal_pages)
+        return conn, lock_fd, identity
     except BaseException:
         os.close(lock_fd)
         raise
@@ -7848,9 +7974,24 @@ class _HistoryReads(object):
             conn = sqlite3.connect(self._uri, uri=True, timeout=2.0)
             conn.execute("PRAGMA read_uncommitted = 1")
         else:
+            self._check_identity()
             conn = sqlite3.connect(self.path, timeout=2.0)
-            conn.execute("PRAGMA query_only = 1")
+            try:
+                self._check_identity()          # the very file the writer opened, not a link
+                conn.execute("PRAGMA query_only = 1")
+            except BaseException:
+                conn.close()
+                raise
         return conn
+
+    def _check_identity(self):
+        try:
+            same = history_identity(self.path) == self._identity
+        except OSError:
+            same = False
+        if not same:
+            raise sqlite3.OperationalError("%s is no longer the file history was opened on"
+                                           % self.path)
 
     def _read(self, work, empty):
         if self._state in ("off", "starting"):
@@ -8077,11 +8218,45 @@ class _HistoryRetention(object):
             LOG.warning("event=history_maintenance_failed reason=%r", str(exc))
 
     def _measure(self):
+        """Bytes the rows take (pages in use); status "bytes" is what history takes:
+        on disk (the database and its WAL) or in memory."""
         pages = self._conn.execute("PRAGMA page_count").fetchone()[0]
         free = self._conn.execute("PRAGMA freelist_count").fetchone()[0]
         size = self._conn.execute("PRAGMA page_size").fetchone()[0]
-        self._bytes = (pages - free) * size
-        return self._bytes
+        used = (pages - free) * size
+        self._bytes = used if self._uri is not None else self._disk_bytes()
+        return used
+
+    def _disk_bytes(self):
+        total = 0
+        for suffix in ("", "-wal"):
+            try:
+                total += os.lstat(self.path + suffix).st_size
+            except OSError:
+                pass
+        return total
+
+    def _row_budget(self):
+        """max_bytes less the WAL's share (a file): the cap holds on disk."""
+        if self._uri is not None:
+            return self.max_bytes
+        size = self._conn.execute("PRAGMA page_size").fetchone()[0]
+        return self.max_bytes - history_wal_pages(self.max_bytes, size) * size
+
+    def _vacuum(self):
+        """Give freed pages back to the filesystem, then shrink the WAL. executescript
+        steps PRAGMA incremental_vacuum to its end; execute() steps it once, which
+        frees one page on Python 3.11. In WAL mode the database file shrinks only at
+        a checkpoint: TRUNCATE also empties the WAL (a reader may hold it off: next time)."""
+        conn = self._conn
+        free = conn.execute("PRAGMA freelist_count").fetchone()[0]
+        while free:
+            conn.executescript("PRAGMA incremental_vacuum(%d);" % HISTORY_VACUUM_PAGES)
+            free, before = conn.execute("PRAGMA freelist_count").fetchone()[0], free
+            if free >= before:          # auto_vacuum off (a file made elsewhere): no use
+                break
+        if self._uri is None:
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
 
     def _tables_by_keep(self):
         tables = [(_history_table(kind, tier), step, keep) for kind, tier in HISTORY_SERIES_TABLES
@@ -8100,10 +8275,11 @@ class _HistoryRetention(object):
                     "DELETE FROM alerts WHERE id IN (SELECT id FROM alerts WHERE started < ?"
                     " AND ended IS NOT NULL LIMIT %d)" % HISTORY_DELETE_SLICE):
             conn.execute(sql, (now - HISTORY_RUN_KEEP_S,))
-        for _ in range(50):
-            if self._measure() <= self.max_bytes or not self._trim_oldest(now, srcs):
+        budget = self._row_budget()
+        for _ in range(HISTORY_TRIM_SLICES):
+            if self._measure() <= budget or not self._trim_oldest(now, srcs):
                 break
-        conn.execute("PRAGMA incremental_vacuum(%d)" % HISTORY_VACUUM_PAGES).fetchall()
+        self._vacuum()
         self._measure()
 
     def _delete_before(self, table, src, cutoff, step):
@@ -8130,7 +8306,6 @@ class _HistoryRetention(object):
         _, table, step, oldest = worst
         for src in srcs:
             self._delete_before(table, src, oldest + max(step * 60, 600), step)
-        self._conn.execute("PRAGMA incremental_vacuum(%d)" % HISTORY_VACUUM_PAGES).fetchall()
         return True
 
 
@@ -8143,9 +8318,11 @@ class HistoryStore(StoppableThread, _HistoryWrites, _HistoryRetention, _HistoryR
 
     def __init__(self, path, max_bytes=HISTORY_DEFAULT_MAX_BYTES, proc_root="/proc",
                  clock=time.time, statvfs=os.statvfs, min_free_bytes=HISTORY_MIN_FREE_BYTES,
-                 commit_s=HISTORY_COMMIT_S, queue_max=HISTORY_QUEUE_MAX, on_change=None):
+                 commit_s=HISTORY_COMMIT_S, queue_max=HISTORY_QUEUE_MAX, on_change=None,
+                 demo=False):
         StoppableThread.__init__(self, "history-writer")
         self.path, self.max_bytes, self.clock, self.statvfs = path, max_bytes, clock, statvfs
+        self.demo, self._identity = demo, None
         self.min_free_bytes, self.commit_s, self.on_change = min_free_bytes, commit_s, on_change
         self.boot_id = read_boot_id(proc_root)
         self._queue = collections.deque(maxlen=queue_max)
@@ -8207,7 +8384,8 @@ class HistoryStore(StoppableThread, _HistoryWrites, _HistoryRetention, _HistoryR
             return
         if self.path is not None:
             try:
-                self._conn, self._lock_fd = open_history_file(self.path, self.clock())
+                self._conn, self._lock_fd, self._identity = open_history_file(
+                    self.path, self.clock(), self.demo, history_wal_pages(self.max_bytes))
                 self._after_open("ok", None)
                 return
             except (HistoryUnavailable, OSError, sqlite3.Error) as exc:
@@ -8215,7 +8393,8 @@ class HistoryStore(StoppableThread, _HistoryWrites, _HistoryRetention, _HistoryR
             LOG.warning("event=history_memory_only path=%s reason=%r: history is kept in memory"
                         " only and lost on restart", self.path, reason)
         else:
-            reason = "no history file (memory only)"
+            reason = ("--demo keeps it out of the real history file (APP_HISTORY_PATH may name "
+                      "a file of its own)" if self.demo else "APP_HISTORY_PATH=memory")
         # A name of its own: id(self) is reused once a store is freed, and a shared-cache
         # memory database lives on while any connection to it is still open.
         self._uri = ("file:amdgpu_top_web-history-%d-%s?mode=memory&cache=shared"
@@ -8367,8 +8546,9 @@ def make_history_store(config, on_change=None):
     """The store for this config, or None when APP_HISTORY_PATH is off."""
     if config.history_path is None:
         return None
-    return HistoryStore(config.history_path, config.history_max_bytes, config.proc_root,
-                        on_change=on_change)
+    path = None if config.history_path == HISTORY_MEMORY else config.history_path
+    return HistoryStore(path, config.history_max_bytes, config.proc_root, on_change=on_change,
+                        demo=config.demo)
 
 
 # ---------------------------------------------------------------------------

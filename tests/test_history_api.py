@@ -6,6 +6,7 @@ defused, nulls empty)."""
 import csv
 import datetime
 import io
+import os
 
 import pytest
 from hypothesis import given, settings, strategies as st
@@ -217,3 +218,27 @@ def test_history_off_says_how_to_turn_it_on(server):
     assert status == 404 and "APP_HISTORY_PATH" in err["error"]
     status, live = proc.get_json("/api/gpus/card0/history")
     assert status == 200 and "interval_ms" in live
+
+
+def test_demo_never_writes_into_the_real_history(server, tmp_path):
+    """--demo without APP_HISTORY_PATH, then a real server on the same machine (state dir):
+    the real one serves none of the demo's GPUs or runs as its own past."""
+    state = str(tmp_path / "state")
+    env = {"XDG_STATE_HOME": state, "APP_HISTORY_PATH": "auto"}
+    demo = server(args=DEMO_ARGS, env=env)
+    demo.wait_metrics(count=2)
+    wait_for(lambda: demo.get_json("/api/processes?range=1h")[1].get("processes"), 10,
+             message="demo runs")
+    demo_history = demo.get_json("/api/healthz")[1]["history"]
+    demo.stop()                                   # SIGTERM: the writer flushes its batch
+    assert demo.proc.returncode == 0, demo.log()
+    real = server(env=env)
+    real.wait_metrics()
+    wait_for(lambda: real.get_json("/api/healthz")[1]["history"]["state"] == "ok", 10,
+             message="history open")
+    status, body = real.get_json("/api/processes?range=1h")
+    assert status == 200 and body["processes"] == [], body
+    status, body = real.get_json("/api/gpus/nvidia0/history?range=1h")   # a demo-only GPU
+    assert status == 404 or not any(body["count"]), body
+    assert demo_history["state"] == "memory" and demo_history["path"] is None, demo_history
+    assert "--demo" in demo_history["reason"]

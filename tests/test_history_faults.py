@@ -7,6 +7,8 @@ import collections
 import hashlib
 import logging
 import os
+import re
+import stat
 import signal
 import sqlite3
 import subprocess
@@ -296,3 +298,136 @@ def test_servers_flush_on_sigterm_and_a_second_server_says_so(server, tmp_path):
     conn = sqlite3.connect(path)
     assert conn.execute("SELECT count(*) FROM gpu_raw").fetchone()[0] > 0
     conn.close()
+
+
+# -- the history path never reaches outside (#15): links, odd files, the lock, parents --------
+
+def open_guarded(path, clock):
+    """open_store in a thread (a FIFO must not hang the test: a hang fails it instead)."""
+    import threading
+    box = []
+    thread = threading.Thread(target=lambda: box.append(open_store(path, clock, min_free_bytes=0)))
+    thread.daemon = True
+    thread.start()
+    thread.join(60)
+    assert not thread.is_alive(), "opening the history hung"
+    return box[0]
+
+
+def snapshot(path):
+    """(mode, content or None) of what is at path, its link not followed."""
+    st = os.lstat(path)
+    if stat.S_ISREG(st.st_mode):
+        with open(path, "rb") as fh:
+            return stat.S_IMODE(st.st_mode), fh.read()
+    return stat.S_IFMT(st.st_mode), stat.S_IMODE(st.st_mode)
+
+
+def assert_memory_only_once(store, clock, caplog, path):
+    status = store.status()
+    assert status["state"] == "memory" and status["reason"], status
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1, warnings
+    assert "event=history_memory_only" in warnings[0] and path in warnings[0]
+    feed(store, clock, 5)                       # history still works, in memory
+    store.cycle()
+    assert store.query_series("gpu", "card1", clock.now - 5, clock.now)["count"][0] == 4
+
+
+def plant(tmp_path, case):
+    """Plant `case` at <tmp>/state/h.sqlite3; -> (path, {outside path: snapshot}, outside dir)."""
+    state, outside = tmp_path / "state", tmp_path / "outside"
+    state.mkdir(mode=0o700)
+    outside.mkdir()
+    path = str(state / "h.sqlite3")
+    target = str(outside / "target")
+    if case in ("symlink", "empty_symlink", "hardlink"):
+        with open(target, "wb") as fh:
+            fh.write(b"" if case == "empty_symlink" else b"precious, not a database\n" * 100)
+        os.chmod(target, 0o644)
+        (os.link if case == "hardlink" else os.symlink)(target, path)
+    elif case == "dangling":
+        os.symlink(target, path)
+    elif case in ("lock", "wal"):
+        os.symlink(target, path + (".lock" if case == "lock" else "-wal"))
+    elif case == "directory":
+        os.mkdir(path, 0o755)
+        target = path
+    elif case == "fifo":
+        os.mkfifo(path, 0o644)
+        target = path
+    before = {target: snapshot(target)} if os.path.lexists(target) else {}
+    return path, before, str(outside)
+
+
+@pytest.mark.parametrize("case", ["symlink", "empty_symlink", "dangling", "lock", "wal", "hardlink",
+                                  "directory", "fifo"])
+def test_history_path_never_reaches_outside(tmp_path, caplog, case):
+    path, before, outside = plant(tmp_path, case)
+    outside_files = sorted(os.listdir(outside))
+    clock = Clock()
+    with caplog.at_level(logging.WARNING, logger="amdgpu_top_web"):
+        store = open_guarded(path, clock)
+        assert_memory_only_once(store, clock, caplog, path)
+    store.close()
+    for where, seen in before.items():          # mode and content (or kind and mode) as they were
+        assert snapshot(where) == seen, where
+    assert sorted(os.listdir(outside)) == outside_files     # nothing made at a link's target
+    assert not [n for n in os.listdir(os.path.dirname(path)) if "corrupt" in n]
+    if case == "wal":
+        # SQLite opens its sidecars O_NOFOLLOW itself; the store refuses before it makes
+        # an empty database next to the planted link
+        assert not os.path.lexists(path)
+
+
+def test_corrupt_file_aside_never_replaces_a_planted_name(tmp_path, caplog):
+    path = str(tmp_path / "h.sqlite3")
+    with open(path, "wb") as fh:
+        fh.write(b"this is not an SQLite file at all" * 200)
+    target = tmp_path / "outside"
+    target.write_bytes(b"keep me")
+    planted = path + ".corrupt-20251202T130000Z"
+    os.symlink(str(target), planted)
+    with caplog.at_level(logging.WARNING, logger="amdgpu_top_web"):
+        store = open_store(path, Clock())
+    assert store.status()["state"] == "ok"
+    store.close()
+    assert os.readlink(planted) == str(target) and target.read_bytes() == b"keep me"
+    with open(planted + ".1", "rb") as fh:
+        assert fh.read().startswith(b"this is not an SQLite file")
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and planted + ".1" in warnings[0]
+
+
+@pytest.mark.parametrize("umask", [0o000, 0o022])
+def test_missing_parents_are_made_0700_whatever_the_umask(tmp_path, umask):
+    path = str(tmp_path / "a" / "b" / "c" / "h.sqlite3")
+    old = os.umask(umask)
+    try:
+        store = open_store(path, Clock())
+    finally:
+        os.umask(old)
+    assert store.status()["state"] == "ok"
+    store.close()
+    for name in ("a", "a/b", "a/b/c"):
+        assert stat.S_IMODE(os.stat(str(tmp_path / name)).st_mode) == 0o700, name
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(path + ".lock").st_mode) & 0o077 == 0
+
+
+def test_server_with_a_linked_history_path_runs_in_memory(server, tmp_path):
+    from conftest import wait_for
+    path, before, outside = plant(tmp_path, "symlink")
+    proc = server(env={"APP_HISTORY_PATH": path})
+    proc.wait_metrics()
+    body = wait_for(lambda: (lambda b: b if b["history"]["state"] != "starting" else None)(
+        proc.get_json("/api/healthz")[1]), 10, message="history opened")
+    assert body["status"] == "ok" and body["history"]["state"] == "memory", body
+    assert "symbolic link" in body["history"]["reason"]
+    proc.wait_log(r"WARNING.*event=history_memory_only path=%s" % re.escape(path))
+    proc.stop()
+    warnings = [line for line in proc.log().splitlines() if "WARNING" in line]
+    assert len(warnings) == 1, warnings
+    for where, seen in before.items():
+        assert snapshot(where) == seen
+    assert os.listdir(outside) == ["target"]

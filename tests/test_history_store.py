@@ -361,3 +361,89 @@ def test_a_new_metric_becomes_a_column_of_an_old_file(tmp_path, monkeypatch):
     assert out["series"]["fan_rpm"]["avg"] == [None, None, 1200, 1200]
     assert out["series"]["gpu_busy_pct"]["avg"] == [50.0, 50.0, 20.0, 20.0]
     store2.close()
+
+
+# -- the size cap holds on disk (#15): the database file and its WAL, not only the rows --------
+
+def disk_bytes(path):
+    return sum(os.path.getsize(path + s) for s in ("", "-wal") if os.path.exists(path + s))
+
+
+def test_size_cap_holds_on_disk_while_writing(tmp_path):
+    cap = 2 << 20
+    store, clock = make_store(tmp_path, max_bytes=cap, min_free_bytes=0)
+    for minute in range(90):                      # 90 min of 8 GPUs at 1 Hz: ~5 MB of rows
+        for gpu in range(8):
+            feed(store, clock, 60, gpu="card%d" % gpu, hz=1, start=T0 + minute * 60)
+        store.cycle()
+    store.cycle(final=True)
+    # no slack: the rows get the cap less the WAL's share, and the WAL is emptied
+    assert disk_bytes(store.path) <= cap, disk_bytes(store.path)
+    assert store.status()["bytes"] <= cap
+    conn = sqlite3.connect(store.path)
+    assert conn.execute("SELECT max(ts) FROM gpu_raw").fetchone()[0] >= T0 + 90 * 60 - 2
+    assert conn.execute("SELECT min(ts) FROM gpu_raw").fetchone()[0] > T0    # oldest went
+    conn.close()
+    store.close()
+
+
+def test_a_lowered_cap_shrinks_the_file(tmp_path):
+    store, clock = make_store(tmp_path, max_bytes=64 << 20, min_free_bytes=0)
+    feed(store, clock, 10, hz=1)
+    store.cycle(final=True)
+    store.close()
+    conn = sqlite3.connect(store.path)            # bulk: 2 days of 1 s rows, ~13 MB
+    columns = [name for name, _ in m.history_columns("gpu")][:6]
+    conn.execute("INSERT OR REPLACE INTO gpu_raw(src, ts, n, %s) WITH RECURSIVE s(i) AS "
+                 "(SELECT 0 UNION ALL SELECT i + 1 FROM s WHERE i < 170000) "
+                 "SELECT 1, %d + i, 4, %s FROM s"
+                 % (", ".join(columns), T0 - 170000, ", ".join(["i % 1000"] * len(columns))))
+    conn.commit()
+    conn.close()
+    assert disk_bytes(store.path) > 12 << 20
+    cap = 4 << 20
+    store, clock = make_store(tmp_path, clock=clock, max_bytes=cap, min_free_bytes=0)
+    store.cycle(final=True)
+    assert disk_bytes(store.path) <= cap, disk_bytes(store.path)
+    conn = sqlite3.connect(store.path)
+    assert conn.execute("PRAGMA freelist_count").fetchone()[0] == 0
+    assert conn.execute("SELECT max(ts) FROM gpu_raw").fetchone()[0] >= T0 + 9   # newest kept
+    conn.close()
+    store.close()
+
+
+# -- the demo never writes into real history (#15) ----------------------------------------------
+
+def test_demo_history_defaults_to_memory():
+    assert m.parse_config(["--demo"], {"XDG_STATE_HOME": "/x"}).history_path == m.HISTORY_MEMORY
+    assert m.parse_config(["--demo"], {"APP_HISTORY_PATH": "auto"}).history_path == m.HISTORY_MEMORY
+    assert m.parse_config(["--demo", "--history-path", "/d/h.sqlite3"], {}).history_path == \
+        "/d/h.sqlite3"                            # a file of its own, named explicitly
+    assert m.parse_config([], {"APP_HISTORY_PATH": "memory"}).history_path == m.HISTORY_MEMORY
+    assert m.parse_config([], {"XDG_STATE_HOME": "/x"}).history_path == \
+        "/x/amdgpu_top_web/history.sqlite3"
+
+
+@pytest.mark.parametrize("first,second", [(False, True), (True, False)])
+def test_demo_and_real_history_files_refuse_each_other(tmp_path, caplog, first, second):
+    import hashlib
+    import logging
+    store, clock = make_store(tmp_path, demo=first)
+    feed(store, clock, 5)
+    store.cycle(final=True)
+    store.close()
+    conn = sqlite3.connect(store.path)
+    want = m.HISTORY_DEMO_APP_ID if first else m.HISTORY_APP_ID
+    assert conn.execute("PRAGMA application_id").fetchone()[0] == want
+    conn.close()
+    digest = hashlib.sha256(open(store.path, "rb").read()).hexdigest()
+    with caplog.at_level(logging.WARNING, logger="amdgpu_top_web"):
+        other, clock = make_store(tmp_path, clock=clock, demo=second)
+    status = other.status()
+    assert status["state"] == "memory" and ("--demo" in status["reason"]), status
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and store.path in warnings[0]
+    assert other.query_series("gpu", "card1", T0, T0 + 5)["count"] == [0] * 5   # none of its rows
+    other.close()
+    assert hashlib.sha256(open(store.path, "rb").read()).hexdigest() == digest
+    assert not [n for n in os.listdir(os.path.dirname(store.path)) if "corrupt" in n]

@@ -52,7 +52,7 @@ def _proc_row(pid, name):
 def prefill(path, start):
     """Two hours of card0 at 1 Hz (host and process samples every 10 s) through the store."""
     clock = Clock(start)
-    store = m.HistoryStore(path, clock=clock)
+    store = m.HistoryStore(path, clock=clock, demo=True)      # a --demo server reads it
     store.open()
     for i in range(SPAN_S - 200):
         t = start + i

@@ -2331,10 +2331,11 @@ _SPACE_CTRL_RE = re.compile("[\t\n\r\x0b\x0c\u2028\u2029]")
 _CTRL_RE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 # A flag is secret when its last name part says so: --password, --db-password,
 # --hf-token, --api-key, --client-secret; not --max-tokens, --tokenizer,
-# --password-file, --bypass (values there are not secrets, and are useful).
+# --password-file, --bypass (values there are not secrets, and are useful);
+# --auth / --basic-auth (httpie, many CLIs) take user:password or a token.
 _SECRET_FLAG_NAME_RE = re.compile(
     r"(?:^|[-_.])(?:passw(?:or)?d|passphrase|pass|pwd|secret|token|api[-_]?key|apikey"
-    r"|access[-_]?key|private[-_]?key|secret[-_]?key|credentials?)$", re.I)
+    r"|access[-_]?key|private[-_]?key|secret[-_]?key|credentials?|auth|authorization)$", re.I)
 _FLAG_VALUE_RE = re.compile(r"(^|\s)(-{1,2}[A-Za-z0-9][A-Za-z0-9_.-]*)(=|\s+)(\S+)")
 _SECRET_ENV_RE = re.compile(
     r"(^|[\s=:;,'\"])([A-Za-z0-9_]*_(?:KEY|TOKEN|SECRET)|[A-Za-z0-9_]*PASSW(?:OR)?D[A-Za-z0-9_]*"
@@ -2342,6 +2343,16 @@ _SECRET_ENV_RE = re.compile(
 _URL_CRED_RE = re.compile(r"\b([A-Za-z][A-Za-z0-9+.-]*://[^\s/@:]*):[^\s/@]*@")
 _QUERY_SECRET_RE = re.compile(
     r"([?&](?:access_token|token|api_?key|password|secret|sig|signature)=)[^&\s]+", re.I)
+# HTTP headers that carry credentials (curl -H / --header, wget --header, httpie):
+# the scheme word stays (Bearer, Basic), the credential goes, up to a quote (sh -c).
+_HEADER_SECRET_RE = re.compile(
+    r"(^|[\s'\"=])((?:proxy-)?authorization|cookie|x-[a-z0-9-]*(?:key|token|secret|auth)"
+    r"|[a-z0-9-]*api-?key|[a-z0-9-]*-token)(\s*:\s*)"
+    r"((?:bearer|basic|token|digest|negotiate|ntlm|apikey)\s+)?[^'\"]+", re.I)
+# Flags whose value is user:password (curl -u/--user/--proxy-user/-U, wget, psql):
+# the user stays, the password goes; a URL value is left to _URL_CRED_RE.
+USER_PASSWORD_FLAGS = ("-u", "--user", "-U", "--proxy-user")
+_SHORT_USER_RE = re.compile(r"^(-u)([^\s:=-][^\s:]*:)(\S+)$")
 
 
 def is_secret_flag(flag):
@@ -2355,14 +2366,31 @@ def sanitize_text(text):
     return _CTRL_RE.sub("", _SPACE_CTRL_RE.sub(" ", text))
 
 
+def redact_user_password(value):
+    """'alice:pw' -> 'alice:***' (the value of -u / --user); a URL, a value
+    without ':' (just a user name) or a numeric uid:gid stays."""
+    user, colon, password = value.partition(":")
+    if not colon or "://" in value or not password or (user.isdigit() and password.isdigit()):
+        return value
+    return user + ":" + REDACTED
+
+
 def _redact_flag_value(m):
+    if m.group(2) in USER_PASSWORD_FLAGS:
+        return m.group(1) + m.group(2) + m.group(3) + redact_user_password(m.group(4))
     if not is_secret_flag(m.group(2)) or (m.group(3) != "=" and m.group(4).startswith("-")):
         return m.group(0)
     return m.group(1) + m.group(2) + m.group(3) + REDACTED
 
 
+def _redact_header(m):
+    return m.group(1) + m.group(2) + m.group(3) + (m.group(4) or "") + REDACTED
+
+
 def _redact_inline(arg):
+    arg = _SHORT_USER_RE.sub(lambda m: m.group(1) + m.group(2) + REDACTED, arg)
     arg = _FLAG_VALUE_RE.sub(_redact_flag_value, arg)
+    arg = _HEADER_SECRET_RE.sub(_redact_header, arg)
     arg = _SECRET_ENV_RE.sub(lambda m: m.group(1) + m.group(2) + "=" + REDACTED, arg)
     arg = _URL_CRED_RE.sub(lambda m: m.group(1) + ":" + REDACTED + "@", arg)
     return _QUERY_SECRET_RE.sub(lambda m: m.group(1) + REDACTED, arg)
@@ -2372,16 +2400,20 @@ def redact_argv(argv):
     """Redact secret-looking values in a list of arguments (already sanitized).
 
     '--password x' / '--token x' (flag then value), '--api-key=x', 'X_KEY=x',
-    'X_TOKEN=x', 'X_SECRET=x', '*PASSWORD*=x', 'scheme://user:pass@' and
-    '?token=x' query parameters. Also applied inside one argument (sh -c '...').
+    'X_TOKEN=x', 'X_SECRET=x', '*PASSWORD*=x', 'scheme://user:pass@',
+    '?token=x' query parameters, '--auth=x', credential headers ('-H
+    "Authorization: Bearer x"', 'X-Api-Key: x') and the password of '-u
+    user:pass' / '--user=user:pass'. Also applied inside one argument (sh -c '...').
     """
-    out, hide_next = [], False
+    out, hide_next, user_next = [], False, False
     for arg in argv:
         if hide_next and arg and not arg.startswith("-"):
             out.append(REDACTED)
             hide_next = False
             continue
-        hide_next = is_secret_flag(arg)
+        if user_next and not arg.startswith("-"):
+            arg = redact_user_password(arg)
+        hide_next, user_next = is_secret_flag(arg), arg in USER_PASSWORD_FLAGS
         out.append(_redact_inline(arg))
     return out
 

@@ -380,6 +380,44 @@ def test_redact_cases(argv, expected):
     assert atw.redact_cmdline(raw, 512) == expected
 
 
+@pytest.mark.parametrize("argv,expected", [
+    # credential headers: the scheme word stays, the credential goes
+    (["curl", "-H", "Authorization: Bearer x1", "https://h"],
+     "curl -H Authorization: Bearer *** https://h"),
+    (["curl", "--header=Authorization: Basic eDE6eDI=", "https://h"],
+     "curl --header=Authorization: Basic *** https://h"),
+    (["curl", "-H", "X-Api-Key: x1", "-H", "Accept: text/plain", "https://h"],
+     "curl -H X-Api-Key: *** -H Accept: text/plain https://h"),
+    (["wget", "--header", "Cookie: session=x1", "https://h"],
+     "wget --header Cookie: *** https://h"),
+    (["sh", "-c", "curl -H 'Authorization: Bearer x1' https://h && echo ok"],
+     "sh -c curl -H 'Authorization: Bearer ***' https://h && echo ok"),
+    # -u user:password, --user=, --proxy-user: the user stays
+    (["curl", "-u", "alice:x1", "https://h"], "curl -u alice:*** https://h"),
+    (["curl", "-ualice:x1", "https://h"], "curl -ualice:*** https://h"),
+    (["curl", "--user=alice:x1", "--proxy-user", "bob:x2"],
+     "curl --user=alice:*** --proxy-user bob:***"),
+    (["sh", "-c", "curl -u alice:x1 https://h"], "sh -c curl -u alice:*** https://h"),
+    # --auth / --basic-auth take a secret whole
+    (["http", "--auth=alice:x1", "https://h"], "http --auth=*** https://h"),
+    (["app", "--auth", "x1", "--basic-auth=x2"], "app --auth *** --basic-auth=***"),
+    # credentials in URLs
+    (["psql", "postgres://alice:x1@db/app"], "psql postgres://alice:***@db/app"),
+    (["curl", "https://alice:x1@h/path"], "curl https://alice:***@h/path"),
+    # not secrets: -u/-U without a password, a uid:gid, a URL left to the URL rule
+    (["python3", "-u", "train.py"], "python3 -u train.py"),
+    (["sudo", "-u", "root", "ls"], "sudo -u root ls"),
+    (["psql", "-U", "postgres"], "psql -U postgres"),
+    (["docker", "run", "-u", "1000:1000", "img"], "docker run -u 1000:1000 img"),
+    (["app", "--auth-type", "basic"], "app --auth-type basic"),
+])
+def test_redact_credentials_of_http_clients(argv, expected):
+    raw = b"".join(a.encode() + b"\0" for a in argv)
+    shown = atw.redact_cmdline(raw, 512)
+    assert shown == expected
+    assert "x1" not in shown and "x2" not in shown and "eDE6" not in shown
+
+
 def test_redact_escapes_cannot_hide_keywords():
     raw = b"app\0--pass\x1b[0mword\0x1\0--to\x00ken=\0"
     cmd = atw.redact_cmdline(raw, 512)

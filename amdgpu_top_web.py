@@ -387,6 +387,7 @@ HOST_FILES = (
 )
 MEMINFO_NAMES = ("MemTotal", "MemAvailable", "SwapTotal", "SwapFree")   # what build_host uses
 PROC_CPU_MIN_INTERVAL_S = 0.1   # a process read again sooner keeps its last CPU %
+PROC_BTIME_READ_LIMIT = 1 << 20  # /proc/stat: btime comes after the long intr line
 
 # -- NVIDIA (NVML, nvml.h) ---------------------------------------------------
 
@@ -2061,6 +2062,45 @@ def parse_proc_stat_line(text):
     return ProcStatLine(comm, int(rest[19]), ticks, rss)
 
 
+def parse_proc_btime(text):
+    """The 'btime <epoch s>' line of /proc/stat (boot time, whole seconds) -> int or None."""
+    for line in (text or "").splitlines():
+        if line.startswith("btime "):
+            value = line[6:].strip()
+            return int(value) if value.isdecimal() else None
+    return None
+
+
+def format_utc_s(epoch_s):
+    """Epoch seconds -> '2026-12-06T19:58:01Z' (ISO 8601 UTC, whole seconds)."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(int(epoch_s)))
+
+
+def parse_utc_s(text):
+    """'2026-12-06T19:58:01Z' (format_utc_s) -> epoch seconds; None if not that shape."""
+    try:
+        return calendar.timegm(time.strptime(text, "%Y-%m-%dT%H:%M:%SZ"))
+    except (TypeError, ValueError):
+        return None
+
+
+def compute_proc_start_s(start_ticks, boot_s, clk_tck):
+    """A process's start (stat field 22, clock ticks after boot) -> epoch
+    seconds; None when a part is unknown."""
+    if start_ticks is None or boot_s is None or not clk_tck:
+        return None
+    return boot_s + start_ticks / float(clk_tck)
+
+
+def compute_proc_times(start_s, now_s):
+    """-> {"started": ISO 8601 UTC or None, "elapsed_s": whole seconds or None}.
+    btime has one-second resolution, so elapsed is whole seconds too; a start
+    after now (clock stepped back) reads 0."""
+    if start_s is None or now_s is None:
+        return {"started": None, "elapsed_s": None}
+    return {"started": format_utc_s(start_s), "elapsed_s": max(0, int(now_s - start_s))}
+
+
 def parse_status_uid(text):
     """Real uid from the 'Uid:\\t<real>\\t<eff>\\t<saved>\\t<fs>' line of status."""
     for line in (text or "").splitlines():
@@ -2571,7 +2611,7 @@ PROC_ROW_DEFAULTS = (
     ("gtt_total_bytes", None), ("engines_pct", None), ("engines_ns", None),
     ("gpu_time_ms_per_s", None), ("container", None), ("start_time", None), ("clients", 0),
     ("type", None), ("visible", True), ("cpu_pct", None), ("rss_bytes", None),
-    ("vram_forecast", None),
+    ("vram_forecast", None), ("started", None), ("elapsed_s", None),
 )
 
 
@@ -2605,7 +2645,8 @@ def _proc_row(proc, clients, owned):
         engines_pct=_sum_engines(owned), engines_ns=_sum_engine_ns(owned),
         gpu_time_ms_per_s=_sum_ms(owned) if clients else None,
         container=meta.get("container"), start_time=proc["start_time"], clients=len(owned),
-        cpu_pct=proc.get("cpu_pct"), rss_bytes=proc.get("rss_bytes"))
+        cpu_pct=proc.get("cpu_pct"), rss_bytes=proc.get("rss_bytes"),
+        started=proc.get("started"), elapsed_s=proc.get("elapsed_s"))
 
 
 def _sum_known(rows, key):
@@ -2945,7 +2986,8 @@ class RunTracker(object):
     them into a row that survives restarts.
     """
 
-    INFO = ("pid", "start_time", "name", "user", "uid", "cmd", "container", "kfd", "type")
+    INFO = ("pid", "start_time", "name", "user", "uid", "cmd", "container", "kfd", "type",
+            "started")
 
     def __init__(self, missing_scans=HISTORY_RUN_MISSING_SCANS, max_gap_s=HISTORY_RUN_MAX_GAP_S):
         self.missing_scans, self.max_gap_s = missing_scans, max_gap_s
@@ -2961,6 +3003,7 @@ class RunTracker(object):
 
     def _new(self, gpu_id, row, epoch_s):
         run = dict((k, row.get(k)) for k in self.INFO)
+        run["started"] = parse_utc_s(run["started"])      # stored as epoch seconds
         run.update(gpu_id=gpu_id, first_seen=epoch_s, last_seen=epoch_s, ended=None, missing=0,
                    peak_vram=None, peak_gtt=None, peak_engine=None, dirty=True, seeded=False)
         run.update(self._zero_sums())
@@ -2994,6 +3037,7 @@ class RunTracker(object):
         dt = dt if 0 < dt <= self.max_gap_s else 0.0
         if run["seeded"]:
             run.update((k, row.get(k)) for k in self.INFO)
+            run["started"] = parse_utc_s(run["started"])
             run["seeded"] = False
         vram, gtt = row.get("vram_bytes"), row.get("gtt_bytes")
         busiest, engine_sum = _engine_pct(row)
@@ -4045,10 +4089,11 @@ ISO_TIME_RE = re.compile(
 # A CSV cell that a spreadsheet would run as a formula (OWASP "CSV injection").
 CSV_FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
 RUN_CSV_COLUMNS = (
-    "run_id", "gpu_id", "pid", "start_time", "name", "user", "cmd", "container", "kfd", "type",
-    "first_seen", "last_seen", "ended", "peak_vram_bytes", "avg_vram_bytes", "peak_gtt_bytes",
+    "run_id", "gpu_id", "pid", "start_time", "started", "elapsed_s", "name", "user", "cmd",
+    "container", "kfd", "type", "first_seen", "last_seen", "ended", "peak_vram_bytes", "avg_vram_bytes", "peak_gtt_bytes",
     "avg_gtt_bytes", "peak_engine_pct", "avg_engine_pct", "gpu_seconds")
-PROC_AT_CSV_COLUMNS = ("pid", "name", "user", "vram_bytes", "gtt_bytes", "engine_pct", "run_id")
+PROC_AT_CSV_COLUMNS = ("pid", "name", "user", "started", "elapsed_s", "vram_bytes", "gtt_bytes",
+                       "engine_pct", "run_id")
 
 HistoryQuery = collections.namedtuple("HistoryQuery", "from_s to_s step_s format")
 RunsQuery = collections.namedtuple("RunsQuery", "from_s to_s gpu_id active format")
@@ -4536,6 +4581,18 @@ def format_value(value, unit):
     return "%s%s" % (value, unit)
 
 
+def format_elapsed(seconds):
+    """Elapsed seconds as ps(1) prints etime: "[[dd-]hh:]mm:ss"; "—" for null."""
+    if seconds is None:
+        return "\u2014"
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    days, hours = divmod(hours, 24)
+    if days:
+        return "%d-%02d:%02d:%02d" % (days, hours, minutes, secs)
+    return "%02d:%02d:%02d" % (hours, minutes, secs) if hours else "%02d:%02d" % (minutes, secs)
+
+
 def render_plain(gpus, procs, refresh_s, hint=None, page=True, host=None, alerts=None):
     """The no-JavaScript view: the host, every GPU and its processes as HTML tables.
 
@@ -4604,17 +4661,18 @@ def _plain_procs(procs):
     if not procs or procs.get("processes") is None:
         return ["<p>Processes: not available.</p>"]
     rows = ["<h3>Processes</h3><table border=1><thead><tr><th>PID</th><th>User</th><th>Name</th>"
-            "<th>VRAM</th><th>GTT</th><th>GPU ms/s</th><th>CPU</th><th>RSS</th><th>Flags</th>"
-            "<th>Command</th></tr></thead><tbody>"]
+            "<th>VRAM</th><th>GTT</th><th>GPU ms/s</th><th>CPU</th><th>RSS</th><th>Started</th>"
+            "<th>Elapsed</th><th>Flags</th><th>Command</th></tr></thead><tbody>"]
     for proc in procs["processes"]:
         rows.append("<tr><td>%d</td><td>%s</td><td>%s</td><td>%s</td><td>%s</td><td>%s</td>"
-                    "<td>%s</td><td>%s</td><td>%s</td><td>%s</td></tr>" % (
+                    "<td>%s</td><td>%s</td><td>%s</td><td>%s</td><td>%s</td><td>%s</td></tr>" % (
                         proc["pid"], esc(str(proc.get("user") or proc.get("uid") or "?")),
                         esc(proc.get("name") or "?"), esc(format_bytes(proc.get("vram_bytes"))),
                         esc(format_bytes(proc.get("gtt_bytes"))),
                         esc(format_value(proc.get("gpu_time_ms_per_s"), "")),
                         esc(format_value(proc.get("cpu_pct"), "%")),
                         esc(format_bytes(proc.get("rss_bytes"))),
+                        esc(proc.get("started") or "\u2014"), esc(format_elapsed(proc.get("elapsed_s"))),
                         esc(plain_flags(proc)), esc((proc.get("cmd") or "")[:200])))
     rows.append("</tbody></table>")
     note = plain_visibility_note(procs.get("visibility"))
@@ -5010,6 +5068,26 @@ def read_sysconf(name, default):
     except (ValueError, OSError):
         return default
     return value if value > 0 else default
+
+
+def read_boot_s(proc_root):
+    """Boot time (epoch s) from the btime line of <proc_root>/stat, or None."""
+    return parse_proc_btime(read_text(os.path.join(proc_root, "stat"), PROC_BTIME_READ_LIMIT))
+
+
+class ProcStartClock(object):
+    """Process start times as wall clock: boot time and clock ticks read
+    once; stamp() gives a row's started (ISO 8601 UTC) and elapsed_s."""
+
+    def __init__(self, proc_root, clk_tck=None, wall_clock=time.time):
+        self.boot_s = read_boot_s(proc_root)
+        self.clk_tck = clk_tck or read_sysconf("SC_CLK_TCK", 100)
+        self.wall_clock = wall_clock
+
+    def times(self, start_ticks, now_s=None):
+        """{"started", "elapsed_s"} of a process started start_ticks after boot."""
+        return compute_proc_times(compute_proc_start_s(start_ticks, self.boot_s, self.clk_tck),
+                                  self.wall_clock() if now_s is None else now_s)
 
 
 def read_proc_meta(procfd, pid, users):
@@ -5611,6 +5689,7 @@ class NvmlProcSource(object):
         self._clock_us = clock_us or (lambda: int(time.time() * 1e6))
         self._users = {}
         self._cpu = ProcCpuMeter(read_sysconf("SC_CLK_TCK", 100), read_sysconf("SC_PAGE_SIZE", 4096))
+        self._start_clock = ProcStartClock(proc_root)
         self._seen = set()                # (pid, start_time) of visible PIDs this scan
         self._last_seen = {}              # gpu id -> newest utilisation sample timestamp (µs)
         self._lists = [self._list_function(kind, base) for kind, base in NVML_PROCESS_LISTS]
@@ -5766,7 +5845,7 @@ class NvmlProcSource(object):
         return build_proc_row(name=sanitize_text(line.comm or ""), uid=meta["uid"], user=meta["user"],
                               cmd=meta["cmd"], container=meta["container"],
                               start_time=line.start_time, cpu_pct=cpu_pct, rss_bytes=rss_bytes,
-                              **common)
+                              **dict(common, **self._start_clock.times(line.start_time)))
 
     def _nvml_name(self, pid):
         if self._name_fn is None:
@@ -7122,7 +7201,7 @@ class ProcScanner(object):
 
     def __init__(self, proc_root, max_pids=5000, max_fds_per_pid=64, budget_s=0.5,
                  clock_ns=time.monotonic_ns, full_walk_every=5, fd_count="auto",
-                 drivers=FDINFO_DRIVERS, clk_tck=None, page_size=None):
+                 drivers=FDINFO_DRIVERS, clk_tck=None, page_size=None, wall_clock=time.time):
         self._root = proc_root
         self._drivers = tuple(drivers)
         self._clock = clock_ns
@@ -7134,6 +7213,7 @@ class ProcScanner(object):
         self._users = {}             # uid -> name
         self._cpu = ProcCpuMeter(clk_tck or read_sysconf("SC_CLK_TCK", 100),
                                  page_size or read_sysconf("SC_PAGE_SIZE", 4096))
+        self._start_clock = ProcStartClock(proc_root, clk_tck, wall_clock)
         self._scans = 0
         self._visibility = {}
         limits = (max(1, int(max_pids)), max(1, int(max_fds_per_pid)), int(budget_s * 1e9))
@@ -7288,7 +7368,9 @@ class ProcScanner(object):
         stats["duration_s"] = round((self._clock() - t0) / 1e9, 6)
         stats["fd_count_mode"] = self.fd_count_mode
         visibility = dict(self._visibility, unreadable_pids=self._walker.unreadable_count())
-        procs = [dict(e) for e in self._watch.values()]
+        now_s = self._start_clock.wall_clock()
+        procs = [dict(e, **self._start_clock.times(e["start_time"], now_s))
+                 for e in self._watch.values()]
         by_pci = compute_procs_by_pci(procs, sorted(set(self._node_map.values())), self._kfd_pcis)
         return ScanResult(by_pci, visibility, stats)
 
@@ -7419,9 +7501,16 @@ class DemoProcSource(object):
     """--demo: synthetic processes per demo GPU, with moving engine %; every
     row, total and capability goes through the same builders as real ones."""
 
-    def __init__(self, infos, per_gpu, clock=time.monotonic, leak=False):
+    def __init__(self, infos, per_gpu, clock=time.monotonic, leak=False, wall_clock=time.time):
         self.infos, self.per_gpu, self.clock, self.leak = infos, per_gpu, clock, leak
+        self.wall_clock = wall_clock
         self._start = clock()
+        self._wall_start = wall_clock()
+
+    def _times(self, gpu_index, index):
+        """started/elapsed_s: demo process i began i x 47 minutes (and a bit) before the demo."""
+        start_s = self._wall_start - 600 - 2820 * index - 180 * gpu_index
+        return compute_proc_times(start_s, self.wall_clock())
 
     def set_gpus(self, infos):
         pass
@@ -7462,7 +7551,8 @@ class DemoProcSource(object):
             gtt_bytes=gtt_mib << 20, cpu_bytes=0, engines_pct=pct, engines_ns=busy_ns,
             gpu_time_ms_per_s=round(sum(v for v in pct.values() if v) * 10.0, 1),
             container=container, start_time=100000 + pid, clients=1,
-            cpu_pct=_demo_cpu_pct(index, wave), rss_bytes=_demo_rss_bytes(vram_mib, index))
+            cpu_pct=_demo_cpu_pct(index, wave), rss_bytes=_demo_rss_bytes(vram_mib, index),
+            **self._times(gpu_index, index))
 
     def _nvidia_process(self, gpu_index, index, t):
         """NVML-shaped: SM/mem/enc/dec %, C/G types, no GTT, one PID from
@@ -7482,7 +7572,8 @@ class DemoProcSource(object):
         return build_proc_row(uid=1000 + index, user=user, name=name, cmd=cmd,
                               container=container, start_time=100000 + pid,
                               cpu_pct=_demo_cpu_pct(index, wave),
-                              rss_bytes=_demo_rss_bytes(vram_mib, index), **common)
+                              rss_bytes=_demo_rss_bytes(vram_mib, index),
+                              **dict(common, **self._times(gpu_index, index)))
 
 
 def _demo_cpu_pct(index, wave):
@@ -7536,7 +7627,7 @@ def history_schema():
         " start_time INTEGER NOT NULL, gpu_id TEXT NOT NULL, name TEXT, user TEXT, uid INTEGER,"
         " cmd TEXT, container TEXT, kfd INTEGER, type TEXT, first_seen REAL, last_seen REAL,"
         " ended REAL, peak_vram INTEGER, peak_gtt INTEGER, peak_engine REAL, time_s REAL,"
-        " vram_s REAL, gtt_s REAL, engine_s REAL, gpu_s REAL, samples INTEGER,"
+        " vram_s REAL, gtt_s REAL, engine_s REAL, gpu_s REAL, samples INTEGER, started REAL,"
         " UNIQUE(boot_id, pid, start_time, gpu_id))",
         "CREATE INDEX runs_last_seen ON runs(last_seen)",
         "CREATE TABLE proc_samples(src INTEGER NOT NULL, ts INTEGER NOT NULL, run INTEGER NOT NULL,"
@@ -7652,6 +7743,9 @@ def _history_add_columns(conn):
         for name in _history_column_names(kind, tier):
             if name not in have:
                 conn.execute("ALTER TABLE %s ADD COLUMN %s INTEGER" % (table, name))
+    have = set(row[1] for row in conn.execute("PRAGMA table_info(runs)"))
+    if "started" not in have:            # the process's wall-clock start (files before it: null)
+        conn.execute("ALTER TABLE runs ADD COLUMN started REAL")
 
 
 def _history_connect(path):
@@ -7721,12 +7815,13 @@ def _is_full_error(exc):
 
 RUN_COLUMNS = ("boot_id", "pid", "start_time", "gpu_id", "name", "user", "uid", "cmd", "container",
                "kfd", "type", "first_seen", "last_seen", "ended", "peak_vram", "peak_gtt",
-               "peak_engine", "time_s", "vram_s", "gtt_s", "engine_s", "gpu_s", "samples")
+               "peak_engine", "time_s", "vram_s", "gtt_s", "engine_s", "gpu_s", "samples",
+               "started")
 _RUN_UPSERT = (
     "INSERT INTO runs(%s) VALUES (%s) ON CONFLICT(boot_id, pid, start_time, gpu_id) DO UPDATE SET "
     % (", ".join(RUN_COLUMNS), ", ".join("?" * len(RUN_COLUMNS)))
     + ", ".join(["%s = coalesce(excluded.%s, %s)" % (c, c, c)
-                 for c in ("name", "user", "uid", "cmd", "container", "kfd", "type")]
+                 for c in ("name", "user", "uid", "cmd", "container", "kfd", "type", "started")]
                 + ["first_seen = min(first_seen, excluded.first_seen)",
                    "last_seen = max(last_seen, excluded.last_seen)", "ended = excluded.ended"]
                 + ["%s = max(coalesce(%s, excluded.%s), coalesce(excluded.%s, %s))" % ((c,) * 5)
@@ -7758,8 +7853,10 @@ def _scatter(values, buckets, count, full, empty):
     return out
 
 
-def history_run_json(row):
-    """A runs row (RUN_COLUMNS after the id) -> the run dict of the API (#9)."""
+def history_run_json(row, now_s):
+    """A runs row (RUN_COLUMNS after the id) -> the run dict of the API (#9).
+    started: the process's start, or first_seen where that is unknown (another
+    PID namespace, files from before it was kept); elapsed_s: to its end or now_s."""
     run = dict(zip(("run_id",) + RUN_COLUMNS, row))
     time_s = run.pop("time_s") or 0.0
     sums = dict((k, run.pop(k)) for k in ("vram_s", "gtt_s", "engine_s"))
@@ -7772,6 +7869,8 @@ def history_run_json(row):
                peak_vram_bytes=run["peak_vram"], peak_gtt_bytes=run["peak_gtt"],
                peak_engine_pct=run["peak_engine"], gpu_seconds=round(run["gpu_s"] or 0.0, 3),
                samples=run["samples"])
+    start_s = run["first_seen"] if run["started"] is None else run["started"]
+    out.update(compute_proc_times(start_s, now_s if run["ended"] is None else run["ended"]))
     for name, key, peak in (("avg_vram_bytes", "vram_s", "peak_vram"),
                             ("avg_gtt_bytes", "gtt_s", "peak_gtt")):
         out[name] = (run[peak] if run[peak] is None or time_s <= 0
@@ -7858,7 +7957,9 @@ class _HistoryReads(object):
         if active is not None:
             sql += " AND ended IS NULL" if active else " AND ended IS NOT NULL"
         sql += " ORDER BY last_seen DESC LIMIT %d" % HISTORY_QUERY_MAX_ROWS
-        return self._read(lambda conn: [history_run_json(r) for r in conn.execute(sql, args)], [])
+        now_s = self.clock()
+        return self._read(lambda conn: [history_run_json(r, now_s) for r in conn.execute(sql, args)],
+                          [])
 
     def query_run_history(self, run_id):
         """{"run": run, "ts": [unix ms], "series": {vram_bytes, gtt_bytes, engine_pct}} or None."""
@@ -7867,7 +7968,7 @@ class _HistoryReads(object):
                                (run_id,)).fetchone()
             if row is None:
                 return None
-            out = {"run": history_run_json(row), "ts": [],
+            out = {"run": history_run_json(row, self.clock()), "ts": [],
                    "series": {"vram_bytes": [], "gtt_bytes": [], "engine_pct": []}}
             series = out["series"]
             src = conn.execute("SELECT id FROM sources WHERE kind = 'gpu' AND key = ?",
@@ -7907,7 +8008,7 @@ class _HistoryReads(object):
                     " JOIN runs r ON r.id = s.run WHERE s.src = ? AND s.ts = ? ORDER BY"
                     " s.vram_mib DESC" % ", ".join("r." + c for c in RUN_COLUMNS),
                     (row[0], found[0])):
-                run = history_run_json(r[3:])
+                run = history_run_json(r[3:], self.clock())
                 run.update(vram_bytes=None if r[0] is None else r[0] << 20,
                            gtt_bytes=None if r[1] is None else r[1] << 20,
                            engine_pct=None if r[2] is None else r[2] / 10.0)
@@ -9669,10 +9770,11 @@ def format_once_table(gpus, host=None):
             format_bytes(m["vram_used_bytes"]), format_bytes(m["vram_total_bytes"]),
             m["runtime_status"] or ""))
         for proc in (gpu.get("procs") or {}).get("processes") or []:
-            lines.append("    pid %-7d %-16s vram %s  gtt %s  cpu %s  rss %s" % (
+            lines.append("    pid %-7d %-16s vram %s  gtt %s  cpu %s  rss %s  started %s (%s)" % (
                 proc["pid"], sanitize_text(proc["name"] or "")[:16],
                 format_bytes(proc["vram_bytes"]), format_bytes(proc["gtt_bytes"]),
-                format_value(proc["cpu_pct"], "%"), format_bytes(proc["rss_bytes"])))
+                format_value(proc["cpu_pct"], "%"), format_bytes(proc["rss_bytes"]),
+                proc.get("started") or "\u2014", format_elapsed(proc.get("elapsed_s"))))
     return "\n".join(lines)
 
 

@@ -38,6 +38,9 @@ NODE_MAP_SINGLE = {"card0": GPU_A, "renderD128": GPU_A}
 TREE_NODE_MAPS = {"multi": NODE_MAP, "legacy_5_15": NODE_MAP_SINGLE,
                   "restricted": NODE_MAP_SINGLE}
 CLK_TCK = 100
+# /proc/stat btime of every tree: 2026-12-06T08:00:00Z. A process's wall-clock start is
+# BTIME + start_time / CLK_TCK (stat field 22 counts clock ticks after boot).
+BTIME = 1796544000
 
 ISSUE87 = "fdinfo_amdgpu_drm_6.x_issue87.txt"
 MIB = "fdinfo_amdgpu_drm_total_mib_units_2024.txt"
@@ -147,6 +150,17 @@ def status_text(pid, comm, ppid, uid, nspid=None):
         % (comm, pid, pid, ppid, ids, ids, uid, nspid, nspid, pid, ppid or pid))
 
 
+def proc_stat_text(btime=BTIME):
+    """/proc/stat as Linux 6.x prints it for a 2-CPU machine (proc(5)): the cpu
+    lines, a shortened intr line, ctxt, btime (boot time, epoch s), processes."""
+    return ("cpu  10132 290 3084 468284 166 0 251 0 0 0\n"
+            "cpu0 5066 145 1542 234142 83 0 125 0 0 0\n"
+            "cpu1 5066 145 1542 234142 83 0 126 0 0 0\n"
+            "intr 1462898 44 9 0 0 0 0 0 0 1 0 0 0 156 0 0 0\n"
+            "ctxt 115315133\nbtime %d\nprocesses 86031\nprocs_running 2\nprocs_blocked 0\n"
+            "softirq 987654 0 123456 12 23456 34567 0 4567 345678 0 456789\n" % btime)
+
+
 def _write(path, data, mode="w"):
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, mode) as fh:
@@ -200,11 +214,13 @@ def proc_spec(pid, comm, argv, uid=1000, ppid=1, start=None, fds=None, **extra):
     return spec
 
 
-def build_tree(root, procs, self_pid, notes):
-    """Write a whole proc tree: pid dirs, self -> <self_pid>, PROVENANCE."""
+def build_tree(root, procs, self_pid, notes, btime=BTIME):
+    """Write a whole proc tree: pid dirs, self -> <self_pid>, stat (btime), PROVENANCE."""
     if os.path.exists(root):
         shutil.rmtree(root)
     os.makedirs(root)
+    if btime is not None:
+        _write(os.path.join(root, "stat"), proc_stat_text(btime))
     for proc in procs:
         write_pid(root, proc)
     os.symlink(str(self_pid), os.path.join(root, "self"))
@@ -310,7 +326,9 @@ cgroup files (real lines from public threads):
   2302: docker-<id>.scope path from the systemd-cgls tree in kontena/pharos-cluster#440
   others: a plain user-session cgroup v2 path.
 stat (52 fields) and status follow the Linux 6.x layout; start_time (stat field 22) = 1000 + pid,
-except pid 1 (1). self -> 4242; 1/ns/pid and 4242/ns/pid are the same namespace; 4242/mountinfo
+except pid 1 (1). The tree's own stat (proc(5) layout, 2 CPUs) has btime 1796544000
+(2026-12-06T08:00:00Z): pid 1200 started 22 s after boot.
+self -> 4242; 1/ns/pid and 4242/ns/pid are the same namespace; 4242/mountinfo
 has a proc mount without hidepid. fd symlinks are dangling on purpose (only readlink is used).
 """.format(a=GPU_A, b=GPU_B, intel=INTEL, i87=ISSUE87, mib=MIB, res=RESIDENT, rocmi=ROCMI,
            i915=I915_MEM, xe=XE, xdna=XDNA)

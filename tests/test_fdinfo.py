@@ -547,3 +547,39 @@ def test_compute_visibility():
         "pid_namespace_separate"] is None                       # pid 1 hidden
     assert atw.compute_visibility(1000, "pid:[1]", None, [812, 1], None, None)[
         "pid_namespace_separate"] is True                       # NSpid: nested namespace
+
+
+# -- process start as wall clock ------------------------------------------------------
+
+def test_btime_and_process_times():
+    with open(os.path.join(PROC_DATA, "multi", "stat")) as fh:
+        assert atw.parse_proc_btime(fh.read()) == 1796544000
+    assert atw.parse_proc_btime("cpu  1 2 3\nctxt 5\n") is None
+    assert atw.parse_proc_btime("btime x\n") is None and atw.parse_proc_btime(None) is None
+    start = atw.compute_proc_start_s(2200, 1796544000, 100)          # 22 s after boot
+    assert start == 1796544022.0
+    assert atw.compute_proc_times(start, start + 3661.7) == {
+        "started": "2026-12-06T08:00:22Z", "elapsed_s": 3661}
+    assert atw.compute_proc_times(start, start - 5)["elapsed_s"] == 0   # clock stepped back
+    assert atw.compute_proc_start_s(None, 1796544000, 100) is None
+    assert atw.compute_proc_start_s(2200, None, 100) is None
+    assert atw.compute_proc_times(None, 1.0) == {"started": None, "elapsed_s": None}
+    assert atw.parse_utc_s("2026-12-06T08:00:22Z") == 1796544022
+    assert atw.parse_utc_s(None) is None and atw.parse_utc_s("yesterday") is None
+
+
+def test_elapsed_as_ps_prints_it():
+    assert atw.format_elapsed(None) == "\u2014"
+    assert atw.format_elapsed(5) == "00:05"
+    assert atw.format_elapsed(3661) == "01:01:01"
+    assert atw.format_elapsed(2 * 86400 + 3 * 3600 + 4 * 60 + 5) == "2-03:04:05"
+
+
+def test_demo_rows_have_started_and_elapsed():
+    source = atw.DemoProcSource(atw.demo_gpu_infos(3), 4, wall_clock=lambda: 1796544000.0)
+    for entry in source.scan().by_pci.values():
+        for row in entry["processes"]:
+            if not row["visible"]:                # NVML's PID from another namespace: no /proc
+                assert (row["started"], row["elapsed_s"]) == (None, None)
+                continue
+            assert row["started"].endswith("Z") and row["elapsed_s"] >= 600, row

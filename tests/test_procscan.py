@@ -110,9 +110,14 @@ def distinct_client_sums(root, node_map):
 
 # -- the multi tree: who is listed, with what ------------------------------------------
 
+# The wall clock of the multi_result scan: boot (the tree's btime) + 12 h.
+WALL_NOW = mpf.BTIME + 12 * 3600
+
+
 @pytest.fixture(scope="module")
 def multi_result():
-    return make_scanner(tree("multi"), mpf.NODE_MAP).scan()
+    return make_scanner(tree("multi"), mpf.NODE_MAP, clk_tck=mpf.CLK_TCK,
+                        wall_clock=lambda: WALL_NOW).scan()
 
 
 def test_multi_processes_per_gpu(multi_result):
@@ -140,7 +145,9 @@ def test_multi_row_contents(multi_result):
         "type": None, "visible": True,
         "cpu_pct": None,                                  # one scan: no CPU rate yet
         "rss_bytes": 6144 * atw.read_sysconf("SC_PAGE_SIZE", 4096),   # stat field 24
-        "vram_forecast": None}
+        "vram_forecast": None,
+        # stat field 22 = 2200 ticks at 100 Hz = 22 s after btime 2026-12-06T08:00:00Z
+        "started": "2026-12-06T08:00:22Z", "elapsed_s": 12 * 3600 - 22}
     assert a[1600]["kfd"] and a[1600]["container"] == "5dace3de0735"
     assert a[1600]["cpu_bytes"] == 6200 * KIB and a[1600]["engines_pct"] == {}
     assert a[1700]["kfd"] and a[1700]["render_node"] is None and a[1700]["user"] == "root"

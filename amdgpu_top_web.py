@@ -2019,6 +2019,67 @@ def classify_fd_target(target):
     return _NOT_GPU
 
 
+# -- KFD (ROCm): topology nodes and per-process VRAM ---------------------------
+# /sys/class/kfd/kfd/topology/nodes/<n>/{gpu_id,properties} (kfd_topology.c
+# node_show: "%s %u\n" / "%s %llu\n" lines, every value decimal) and
+# /sys/class/kfd/kfd/proc/<pid>/vram_<gpu_id> ("%llu\n" bytes, kfd_process.c).
+
+def parse_kfd_properties(text):
+    """A KFD node's properties text -> {name: int}; lines that are not
+    "name <decimal>" are skipped (keys come and go between kernels)."""
+    props = {}
+    for line in (text or "").splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[1].isdecimal():
+            props[parts[0]] = int(parts[1])
+    return props
+
+
+def parse_kfd_int(text):
+    """"%u\n" / "%llu\n" (gpu_id, vram_<gpu_id>) -> int, or None."""
+    text = (text or "").strip()
+    return int(text) if text.isdecimal() else None
+
+
+def kfd_node_pci(props, function=True):
+    """A KFD node's PCI address from domain and location_id (pci_dev_id():
+    bus << 8 | slot << 3 | function), e.g. 8960 -> "0000:23:00.0"; function=False
+    zeroes the low 3 bits (a partition index on partitioned boards); None if absent."""
+    loc = props.get("location_id")
+    if loc is None:
+        return None
+    return "%04x:%02x:%02x.%x" % (props.get("domain", 0), (loc >> 8) & 0xFF, (loc >> 3) & 0x1F,
+                                  loc & 0x7 if function else 0)
+
+
+def compute_kfd_gpu_pcis(nodes, node_map, amd_pcis):
+    """{gpu_id: pci of one of our AMD GPUs} from KFD nodes [(gpu_id, props)]:
+    by drm_render_minor (renderD<minor> in node_map), else by PCI address,
+    else by that address with function 0. gpu_id 0 (a CPU node) and nodes of
+    no known GPU are left out."""
+    amd, out = set(amd_pcis), {}
+    for gpu_id, props in nodes:
+        if not gpu_id:
+            continue
+        minor = props.get("drm_render_minor")
+        for pci in (node_map.get("renderD%d" % minor) if minor else None,
+                    kfd_node_pci(props), kfd_node_pci(props, function=False)):
+            if pci in amd:
+                out[gpu_id] = pci
+                break
+    return out
+
+
+def compute_kfd_vram(vram_by_gpu_id, gpu_pcis):
+    """{gpu_id: bytes} of one process -> {pci: bytes}, or None when it tells
+    nothing (no file read, or no VRAM on any GPU: which GPU is then unknown)."""
+    out = {}
+    for gpu_id, used in vram_by_gpu_id.items():
+        if gpu_id in gpu_pcis and used is not None:
+            out[gpu_pcis[gpu_id]] = out.get(gpu_pcis[gpu_id], 0) + used
+    return out if any(out.values()) else None
+
+
 def _classify_dev(target):
     if target.startswith("/dev/dri/"):
         base = target[9:]
@@ -2629,15 +2690,16 @@ def build_proc_row(**fields):
     return dict(row)
 
 
-def _proc_row(proc, clients, owned):
-    """The JSON row of one process on one GPU (usage = its owned clients)."""
+def _proc_row(proc, clients, owned, kfd_bytes=None):
+    """The JSON row of one process on one GPU (usage = its owned clients; on
+    a GPU where it has none, kfd_bytes: its KFD VRAM there)."""
     meta = proc["meta"]
     return build_proc_row(
         pid=proc["pid"], uid=meta.get("uid"), user=meta.get("user"),
         name=proc["name"], cmd=meta.get("cmd", ""),
         render_node=_pick_node(clients), kfd=proc["kfd"],
         shared=len(owned) < len(clients),
-        vram_bytes=_sum_field(owned, "vram") or 0,
+        vram_bytes=kfd_bytes if kfd_bytes is not None else _sum_field(owned, "vram") or 0,
         gtt_bytes=_sum_field(owned, "gtt") or 0,
         cpu_bytes=_sum_field(owned, "cpu") or 0,
         vram_total_bytes=_sum_field(owned, "vram_total"),
@@ -2703,6 +2765,19 @@ def _empty_gpu():
     return {"processes": [], "clients": {}, "kfd": False}
 
 
+def _kfd_gpus(per_pci, kfd_vram, kfd_pcis):
+    """Where a /dev/kfd holder is listed besides its DRM clients' GPUs: the
+    GPUs it holds KFD VRAM on ({pci: bytes}); where that is unknown (None),
+    a process with no DRM client goes on every AMD GPU."""
+    if kfd_vram is None:
+        if not per_pci:
+            per_pci.update((pci, []) for pci in kfd_pcis)
+        return
+    for pci, used in kfd_vram.items():
+        if used:
+            per_pci.setdefault(pci, [])
+
+
 def _group_clients(procs, gpu_pcis, kfd_pcis):
     """pci -> {"processes": [(proc, clients)], "clients": {key: client}}."""
     groups = {pci: _empty_gpu() for pci in gpu_pcis}
@@ -2710,8 +2785,8 @@ def _group_clients(procs, gpu_pcis, kfd_pcis):
         per_pci = {}
         for client in proc["clients"]:
             per_pci.setdefault(client["pci"], []).append(client)
-        if not per_pci and proc["kfd"]:
-            per_pci = {pci: [] for pci in kfd_pcis}   # kfd-only: which AMD GPU is unknown
+        if proc["kfd"]:
+            _kfd_gpus(per_pci, proc.get("kfd_vram"), kfd_pcis)
         for pci, clients in per_pci.items():
             group = groups.setdefault(pci, _empty_gpu())
             group["processes"].append((proc, clients))
@@ -2733,9 +2808,12 @@ def compute_procs_by_pci(procs, gpu_pcis, kfd_pcis=None):
     """Per-GPU process tables from scanner state (pure).
 
     procs: [{"pid", "name", "start_time", "kfd", "meta": {...}, "clients":
-    [client dicts]}]. Each distinct client key is attributed to the lowest
-    PID holding it; other holders get shared=True and none of its usage, so
-    per-GPU sums over processes equal sums over distinct clients.
+    [client dicts], "kfd_vram": {pci: bytes} or None}]. A /dev/kfd holder is
+    listed where it holds KFD VRAM (that VRAM on a GPU where it has no DRM
+    client), else, with no DRM client, on every AMD GPU (kfd_pcis). Each
+    distinct client key is attributed to the lowest PID holding it; other
+    holders get shared=True and none of its usage, so per-GPU sums over
+    processes equal sums over distinct clients.
     """
     procs = sorted(procs, key=lambda p: p["pid"])
     owner = {}
@@ -2746,7 +2824,8 @@ def compute_procs_by_pci(procs, gpu_pcis, kfd_pcis=None):
     kfd_pcis = gpu_pcis if kfd_pcis is None else kfd_pcis
     for pci, group in _group_clients(procs, gpu_pcis, kfd_pcis).items():
         rows = [_proc_row(proc, clients,
-                          [c for c in clients if owner[c["key"]] == proc["pid"]])
+                          [c for c in clients if owner[c["key"]] == proc["pid"]],
+                          None if clients else (proc.get("kfd_vram") or {}).get(pci))
                 for proc, clients in group["processes"]]
         by_pci[pci] = build_procs_entry(rows, len(group["clients"]),
                                         _fdinfo_capabilities(group["clients"], group["kfd"]))
@@ -6840,7 +6919,7 @@ def make_backends(config):
     fdinfo = None
     if config.proc_enable:
         fdinfo = ProcScanner(config.proc_root, config.proc_max_pids, config.proc_max_fds_per_pid,
-                             budget_s=PROC_SCAN_BUDGET_S)
+                             budget_s=PROC_SCAN_BUDGET_S, sysfs_root=config.sysfs_root)
     backends = [AmdBackend(cards, names, fdinfo), IntelBackend(cards, names, fdinfo)]
     nvidia = NvidiaBackend.open(config)
     return backends + ([nvidia] if nvidia is not None else [])
@@ -7189,6 +7268,59 @@ class _PidWalker(object):
         return drm, kfd
 
 
+class KfdReader(object):
+    """Which AMD GPU a /dev/kfd holder is on: KFD's topology (read when the
+    GPUs or KFD's generation_id change) maps gpu_id -> our GPU's PCI address;
+    read_vram(pid) reads /sys/class/kfd/kfd/proc/<pid>/vram_<gpu_id> only.
+    Never sdma_<gpu_id>: reading it schedules work on the GPU (kfd_process.c
+    kfd_sdma_activity_worker), and never stats_/cu_occupancy (it asks the
+    hardware)."""
+
+    def __init__(self, sysfs_root):
+        self._base = os.path.join(sysfs_root, "class", "kfd", "kfd")
+        self._key = None
+        self.gpu_pcis = {}            # gpu_id -> pci
+
+    def refresh(self, node_map, amd_pcis):
+        """Re-read the topology if the GPUs or generation_id changed."""
+        key = (read_text(os.path.join(self._base, "topology", "generation_id"), 64),
+               sorted(node_map.items()), sorted(amd_pcis))
+        if key != self._key:
+            self._key = key
+            self.gpu_pcis = compute_kfd_gpu_pcis(self._read_nodes(), node_map, amd_pcis)
+
+    def stale(self, node_map, amd_pcis):
+        """The GPUs changed since the last refresh (no I/O)."""
+        return self._key is None or self._key[1:] != (sorted(node_map.items()), sorted(amd_pcis))
+
+    def _read_nodes(self):
+        nodes_dir = os.path.join(self._base, "topology", "nodes")
+        try:
+            names = sorted(n for n in os.listdir(nodes_dir) if n.isdigit())
+        except OSError:
+            return []
+        nodes = []
+        for name in names:             # EPERM on GPUs outside our device cgroup: skipped
+            gpu_id = parse_kfd_int(read_text(os.path.join(nodes_dir, name, "gpu_id"), 64))
+            props = read_text(os.path.join(nodes_dir, name, "properties"), 8192)
+            if gpu_id and props:
+                nodes.append((gpu_id, parse_kfd_properties(props)))
+        return nodes
+
+    def read_vram(self, pid):
+        """{pci: bytes} of pid's KFD VRAM, or None when unknown (no topology
+        match, no readable proc/<pid> or vram_* file, no VRAM anywhere)."""
+        if not self.gpu_pcis:
+            return None
+        base = os.path.join(self._base, "proc", str(pid))
+        used = {}
+        for gpu_id in self.gpu_pcis:
+            value = parse_kfd_int(read_text(os.path.join(base, "vram_%d" % gpu_id), 64))
+            if value is not None:
+                used[gpu_id] = value
+        return compute_kfd_vram(used, self.gpu_pcis)
+
+
 class ProcScanner(object):
     """Finds the processes that hold amdgpu DRM clients and measures them.
 
@@ -7201,8 +7333,10 @@ class ProcScanner(object):
 
     def __init__(self, proc_root, max_pids=5000, max_fds_per_pid=64, budget_s=0.5,
                  clock_ns=time.monotonic_ns, full_walk_every=5, fd_count="auto",
-                 drivers=FDINFO_DRIVERS, clk_tck=None, page_size=None, wall_clock=time.time):
+                 drivers=FDINFO_DRIVERS, clk_tck=None, page_size=None, wall_clock=time.time,
+                 sysfs_root=None):
         self._root = proc_root
+        self._kfd = KfdReader(sysfs_root) if sysfs_root else None
         self._drivers = tuple(drivers)
         self._clock = clock_ns
         self._full_every = max(1, int(full_walk_every))
@@ -7229,6 +7363,9 @@ class ProcScanner(object):
         self.set_node_map(node_map_for(infos))
         self._kfd_pcis = sorted(info.pci for info in infos if info.vendor == "amd")
 
+    def _amd_pcis(self):
+        return sorted(set(self._node_map.values())) if self._kfd_pcis is None else self._kfd_pcis
+
     @property
     def fd_count_mode(self):
         """"st_size" (kernel >= 6.2 procfs), "listdir", or None before a scan."""
@@ -7251,9 +7388,11 @@ class ProcScanner(object):
         try:
             pids = sorted(int(n) for n in os.listdir(procfd) if n.isdigit())
             stats["pids_total"] = len(pids)
-            self._walker.walk(procfd, pids, full, stats, t0)
-            if full or not self._visibility:
+            if full or not self._visibility:           # before the walk: KFD files trust it
                 self._visibility = self._read_visibility(procfd)
+            if self._kfd is not None:
+                self._kfd.refresh(self._node_map, self._amd_pcis())
+            self._walker.walk(procfd, pids, full, stats, t0)
             self._visibility["visible_pids"] = len(pids)
         except OSError:
             pass                                       # the root itself went away
@@ -7269,6 +7408,7 @@ class ProcScanner(object):
         if isinstance(procfd, OSError):
             return self._result(stats, t0)
         try:
+            self._refresh_kfd()
             for pid in sorted(self._watch):
                 stats["pids_seen"] += 1
                 self._refresh_pid(procfd, pid, stats)
@@ -7292,6 +7432,7 @@ class ProcScanner(object):
             entry["meta"] = self._read_meta(procfd, pid)
         entry["clients"], failed = self._read_clients(procfd, pid, start, entry["drm_fds"], stats)
         entry["cpu_pct"], entry["rss_bytes"] = self._cpu.measure(pid, line, self._clock() / 1e9)
+        entry["kfd_vram"] = self._read_kfd_vram(pid) if entry["kfd"] else None
         if not entry["clients"] and not entry["kfd"] and not failed:
             return False
         self._watch[pid] = entry
@@ -7299,6 +7440,23 @@ class ProcScanner(object):
 
     def _read_meta(self, procfd, pid):
         return read_proc_meta(procfd, pid, self._users)
+
+    def _refresh_kfd(self):
+        """GPUs found since the last scan: map KFD's again and re-read the KFD
+        VRAM of the /dev/kfd holders now, not one scan later."""
+        if self._kfd is None or not self._kfd.stale(self._node_map, self._amd_pcis()):
+            return
+        self._kfd.refresh(self._node_map, self._amd_pcis())
+        for pid, entry in self._watch.items():
+            if entry["kfd"]:
+                entry["kfd_vram"] = self._read_kfd_vram(pid)
+
+    def _read_kfd_vram(self, pid):
+        """KFD's per-process files are named by host PID: not trusted from
+        another PID namespace (the same number may be another process)."""
+        if self._kfd is None or self._visibility.get("pid_namespace_separate"):
+            return None
+        return self._kfd.read_vram(pid)
 
     def _read_clients(self, procfd, pid, start, drm_fds, stats):
         """-> ([distinct amdgpu clients], number of fdinfo reads that failed)."""
@@ -7371,7 +7529,7 @@ class ProcScanner(object):
         now_s = self._start_clock.wall_clock()
         procs = [dict(e, **self._start_clock.times(e["start_time"], now_s))
                  for e in self._watch.values()]
-        by_pci = compute_procs_by_pci(procs, sorted(set(self._node_map.values())), self._kfd_pcis)
+        by_pci = compute_procs_by_pci(procs, sorted(set(self._node_map.values())), self._amd_pcis())
         return ScanResult(by_pci, visibility, stats)
 
 

@@ -10,7 +10,7 @@ import sys
 
 from websockets.sync.client import connect
 
-from conftest import PROGRAM, TESTDATA, server_env
+from conftest import PROGRAM, SYSFS, TESTDATA, server_env
 
 PROC_MULTI = os.path.join(TESTDATA, "proc", "multi")
 PROC_ENV = {"APP_PROC_ROOT": PROC_MULTI, "APP_PROC_ENABLE": "true",
@@ -188,3 +188,25 @@ def test_once_shows_started_and_elapsed(tmp_path):
                            timeout=30, check=True).stdout.decode()
     line = [l for l in table.splitlines() if "pid %-7d" % CURL_PID in l][0]
     assert "started %s (" % CURL_STARTED in line
+
+
+# -- KFD: a ROCm process on the GPU it holds VRAM on, through a real server ------------------
+
+def test_kfd_process_on_its_gpu_through_the_server(server, tmp_path):
+    """The multi_gpu sysfs plus /sys/class/kfd/kfd (topology of the RX 6900 XT and
+    the Phoenix APU; pid 1700 holds 2 GiB of KFD VRAM on the RX 6900 XT only): 1700
+    is listed on card1 alone, with that VRAM. Its sdma_* files are FIFOs: a server
+    that opened one would hang its scan thread, and the frames would never come."""
+    sysfs = str(tmp_path / "sys")
+    shutil.copytree(os.path.join(SYSFS, "multi_gpu"), sysfs, symlinks=True)
+    mpf.write_kfd_tree(sysfs, {1700: {mpf.KFD_GPU_A: 2 << 30, mpf.KFD_GPU_B: 0}})
+    srv = server(sysfs_root=sysfs, env=PROC_ENV)
+
+    def both():
+        found = [srv.get_json("/api/gpus/%s/procs" % gpu)[1] for gpu in ("card1", "card2")]
+        return all(m.get("processes") is not None and m["processes"] for m in found) and found
+    card1, card2 = wait_for(both, 10, message="process lists of card1 and card2")
+    rocm = [p for p in card1["processes"] if p["pid"] == 1700]
+    assert rocm and rocm[0]["vram_bytes"] == 2 << 30 and rocm[0]["kfd"] is True
+    assert pids(card2) == [1500, 2300]                   # not on the APU any more
+    assert card1["capabilities"]["kfd_seen"] is True

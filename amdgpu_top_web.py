@@ -60,7 +60,8 @@ Contents (a section uses only the sections above it)::
      2. Constants
      3. Data types (config, GpuInfo, NVML ctypes structs, fdinfo records)
      4. Pure parsers (sysfs, hwmon, ids files, config; Intel and NVML values;
-        fdinfo, /proc text, host metrics and per-process CPU %, command lines,
+        fdinfo, KFD topology and per-process VRAM, /proc text, process start
+        times, host metrics and per-process CPU %, command lines,
         engine-rate maths; the one builder per wire shape: metrics, process
         rows, totals, capabilities, visibility, host; history columns,
         roll-ups, tier choice and process runs; the VRAM forecast (Theil-Sen);

@@ -60,7 +60,8 @@ Contents (a section uses only the sections above it)::
      2. Constants
      3. Data types (config, GpuInfo, NVML ctypes structs, fdinfo records)
      4. Pure parsers (sysfs, hwmon, ids files, config; Intel and NVML values;
-        fdinfo, /proc text, host metrics and per-process CPU %, command lines,
+        fdinfo, KFD topology and per-process VRAM, /proc text, process start
+        times, host metrics and per-process CPU %, command lines,
         engine-rate maths; the one builder per wire shape: metrics, process
         rows, totals, capabilities, visibility, host; history columns,
         roll-ups, tier choice and process runs; the VRAM forecast (Theil-Sen);
@@ -387,6 +388,7 @@ HOST_FILES = (
 )
 MEMINFO_NAMES = ("MemTotal", "MemAvailable", "SwapTotal", "SwapFree")   # what build_host uses
 PROC_CPU_MIN_INTERVAL_S = 0.1   # a process read again sooner keeps its last CPU %
+PROC_BTIME_READ_LIMIT = 1 << 20  # /proc/stat: btime comes after the long intr line
 
 # -- NVIDIA (NVML, nvml.h) ---------------------------------------------------
 
@@ -2038,6 +2040,67 @@ def classify_fd_target(target):
     return _NOT_GPU
 
 
+# -- KFD (ROCm): topology nodes and per-process VRAM ---------------------------
+# /sys/class/kfd/kfd/topology/nodes/<n>/{gpu_id,properties} (kfd_topology.c
+# node_show: "%s %u\n" / "%s %llu\n" lines, every value decimal) and
+# /sys/class/kfd/kfd/proc/<pid>/vram_<gpu_id> ("%llu\n" bytes, kfd_process.c).
+
+def parse_kfd_properties(text):
+    """A KFD node's properties text -> {name: int}; lines that are not
+    "name <decimal>" are skipped (keys come and go between kernels)."""
+    props = {}
+    for line in (text or "").splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[1].isdecimal():
+            props[parts[0]] = int(parts[1])
+    return props
+
+
+def parse_kfd_int(text):
+    """"%u\n" / "%llu\n" (gpu_id, vram_<gpu_id>) -> int, or None."""
+    text = (text or "").strip()
+    return int(text) if text.isdecimal() else None
+
+
+def kfd_node_pci(props, function=True):
+    """A KFD node's PCI address from domain and location_id (pci_dev_id():
+    bus << 8 | slot << 3 | function), e.g. 8960 -> "0000:23:00.0"; function=False
+    zeroes the low 3 bits (a partition index on partitioned boards); None if absent."""
+    loc = props.get("location_id")
+    if loc is None:
+        return None
+    return "%04x:%02x:%02x.%x" % (props.get("domain", 0), (loc >> 8) & 0xFF, (loc >> 3) & 0x1F,
+                                  loc & 0x7 if function else 0)
+
+
+def compute_kfd_gpu_pcis(nodes, node_map, amd_pcis):
+    """{gpu_id: pci of one of our AMD GPUs} from KFD nodes [(gpu_id, props)]:
+    by drm_render_minor (renderD<minor> in node_map), else by PCI address,
+    else by that address with function 0. gpu_id 0 (a CPU node) and nodes of
+    no known GPU are left out."""
+    amd, out = set(amd_pcis), {}
+    for gpu_id, props in nodes:
+        if not gpu_id:
+            continue
+        minor = props.get("drm_render_minor")
+        for pci in (node_map.get("renderD%d" % minor) if minor else None,
+                    kfd_node_pci(props), kfd_node_pci(props, function=False)):
+            if pci in amd:
+                out[gpu_id] = pci
+                break
+    return out
+
+
+def compute_kfd_vram(vram_by_gpu_id, gpu_pcis):
+    """{gpu_id: bytes} of one process -> {pci: bytes}, or None when it tells
+    nothing (no file read, or no VRAM on any GPU: which GPU is then unknown)."""
+    out = {}
+    for gpu_id, used in vram_by_gpu_id.items():
+        if gpu_id in gpu_pcis and used is not None:
+            out[gpu_pcis[gpu_id]] = out.get(gpu_pcis[gpu_id], 0) + used
+    return out if any(out.values()) else None
+
+
 def _classify_dev(target):
     if target.startswith("/dev/dri/"):
         base = target[9:]
@@ -2079,6 +2142,45 @@ def parse_proc_stat_line(text):
     ticks = (int(rest[11]) + int(rest[12])) if rest[11].isdecimal() and rest[12].isdecimal() else None
     rss = int(rest[21]) if len(rest) > 21 and rest[21].isdecimal() else None
     return ProcStatLine(comm, int(rest[19]), ticks, rss)
+
+
+def parse_proc_btime(text):
+    """The 'btime <epoch s>' line of /proc/stat (boot time, whole seconds) -> int or None."""
+    for line in (text or "").splitlines():
+        if line.startswith("btime "):
+            value = line[6:].strip()
+            return int(value) if value.isdecimal() else None
+    return None
+
+
+def format_utc_s(epoch_s):
+    """Epoch seconds -> '2026-12-06T19:58:01Z' (ISO 8601 UTC, whole seconds)."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(int(epoch_s)))
+
+
+def parse_utc_s(text):
+    """'2026-12-06T19:58:01Z' (format_utc_s) -> epoch seconds; None if not that shape."""
+    try:
+        return calendar.timegm(time.strptime(text, "%Y-%m-%dT%H:%M:%SZ"))
+    except (TypeError, ValueError):
+        return None
+
+
+def compute_proc_start_s(start_ticks, boot_s, clk_tck):
+    """A process's start (stat field 22, clock ticks after boot) -> epoch
+    seconds; None when a part is unknown."""
+    if start_ticks is None or boot_s is None or not clk_tck:
+        return None
+    return boot_s + start_ticks / float(clk_tck)
+
+
+def compute_proc_times(start_s, now_s):
+    """-> {"started": ISO 8601 UTC or None, "elapsed_s": whole seconds or None}.
+    btime has one-second resolution, so elapsed is whole seconds too; a start
+    after now (clock stepped back) reads 0."""
+    if start_s is None or now_s is None:
+        return {"started": None, "elapsed_s": None}
+    return {"started": format_utc_s(start_s), "elapsed_s": max(0, int(now_s - start_s))}
 
 
 def parse_status_uid(text):
@@ -2351,10 +2453,11 @@ _SPACE_CTRL_RE = re.compile("[\t\n\r\x0b\x0c\u2028\u2029]")
 _CTRL_RE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 # A flag is secret when its last name part says so: --password, --db-password,
 # --hf-token, --api-key, --client-secret; not --max-tokens, --tokenizer,
-# --password-file, --bypass (values there are not secrets, and are useful).
+# --password-file, --bypass (values there are not secrets, and are useful);
+# --auth / --basic-auth (httpie, many CLIs) take user:password or a token.
 _SECRET_FLAG_NAME_RE = re.compile(
     r"(?:^|[-_.])(?:passw(?:or)?d|passphrase|pass|pwd|secret|token|api[-_]?key|apikey"
-    r"|access[-_]?key|private[-_]?key|secret[-_]?key|credentials?)$", re.I)
+    r"|access[-_]?key|private[-_]?key|secret[-_]?key|credentials?|auth|authorization)$", re.I)
 _FLAG_VALUE_RE = re.compile(r"(^|\s)(-{1,2}[A-Za-z0-9][A-Za-z0-9_.-]*)(=|\s+)(\S+)")
 _SECRET_ENV_RE = re.compile(
     r"(^|[\s=:;,'\"])([A-Za-z0-9_]*_(?:KEY|TOKEN|SECRET)|[A-Za-z0-9_]*PASSW(?:OR)?D[A-Za-z0-9_]*"
@@ -2362,6 +2465,16 @@ _SECRET_ENV_RE = re.compile(
 _URL_CRED_RE = re.compile(r"\b([A-Za-z][A-Za-z0-9+.-]*://[^\s/@:]*):[^\s/@]*@")
 _QUERY_SECRET_RE = re.compile(
     r"([?&](?:access_token|token|api_?key|password|secret|sig|signature)=)[^&\s]+", re.I)
+# HTTP headers that carry credentials (curl -H / --header, wget --header, httpie):
+# the scheme word stays (Bearer, Basic), the credential goes, up to a quote (sh -c).
+_HEADER_SECRET_RE = re.compile(
+    r"(^|[\s'\"=])((?:proxy-)?authorization|cookie|x-[a-z0-9-]*(?:key|token|secret|auth)"
+    r"|[a-z0-9-]*api-?key|[a-z0-9-]*-token)(\s*:\s*)"
+    r"((?:bearer|basic|token|digest|negotiate|ntlm|apikey)\s+)?[^'\"]+", re.I)
+# Flags whose value is user:password (curl -u/--user/--proxy-user/-U, wget, psql):
+# the user stays, the password goes; a URL value is left to _URL_CRED_RE.
+USER_PASSWORD_FLAGS = ("-u", "--user", "-U", "--proxy-user")
+_SHORT_USER_RE = re.compile(r"^(-u)([^\s:=-][^\s:]*:)(\S+)$")
 
 
 def is_secret_flag(flag):
@@ -2375,14 +2488,31 @@ def sanitize_text(text):
     return _CTRL_RE.sub("", _SPACE_CTRL_RE.sub(" ", text))
 
 
+def redact_user_password(value):
+    """'alice:pw' -> 'alice:***' (the value of -u / --user); a URL, a value
+    without ':' (just a user name) or a numeric uid:gid stays."""
+    user, colon, password = value.partition(":")
+    if not colon or "://" in value or not password or (user.isdigit() and password.isdigit()):
+        return value
+    return user + ":" + REDACTED
+
+
 def _redact_flag_value(m):
+    if m.group(2) in USER_PASSWORD_FLAGS:
+        return m.group(1) + m.group(2) + m.group(3) + redact_user_password(m.group(4))
     if not is_secret_flag(m.group(2)) or (m.group(3) != "=" and m.group(4).startswith("-")):
         return m.group(0)
     return m.group(1) + m.group(2) + m.group(3) + REDACTED
 
 
+def _redact_header(m):
+    return m.group(1) + m.group(2) + m.group(3) + (m.group(4) or "") + REDACTED
+
+
 def _redact_inline(arg):
+    arg = _SHORT_USER_RE.sub(lambda m: m.group(1) + m.group(2) + REDACTED, arg)
     arg = _FLAG_VALUE_RE.sub(_redact_flag_value, arg)
+    arg = _HEADER_SECRET_RE.sub(_redact_header, arg)
     arg = _SECRET_ENV_RE.sub(lambda m: m.group(1) + m.group(2) + "=" + REDACTED, arg)
     arg = _URL_CRED_RE.sub(lambda m: m.group(1) + ":" + REDACTED + "@", arg)
     return _QUERY_SECRET_RE.sub(lambda m: m.group(1) + REDACTED, arg)
@@ -2392,16 +2522,20 @@ def redact_argv(argv):
     """Redact secret-looking values in a list of arguments (already sanitized).
 
     '--password x' / '--token x' (flag then value), '--api-key=x', 'X_KEY=x',
-    'X_TOKEN=x', 'X_SECRET=x', '*PASSWORD*=x', 'scheme://user:pass@' and
-    '?token=x' query parameters. Also applied inside one argument (sh -c '...').
+    'X_TOKEN=x', 'X_SECRET=x', '*PASSWORD*=x', 'scheme://user:pass@',
+    '?token=x' query parameters, '--auth=x', credential headers ('-H
+    "Authorization: Bearer x"', 'X-Api-Key: x') and the password of '-u
+    user:pass' / '--user=user:pass'. Also applied inside one argument (sh -c '...').
     """
-    out, hide_next = [], False
+    out, hide_next, user_next = [], False, False
     for arg in argv:
         if hide_next and arg and not arg.startswith("-"):
             out.append(REDACTED)
             hide_next = False
             continue
-        hide_next = is_secret_flag(arg)
+        if user_next and not arg.startswith("-"):
+            arg = redact_user_password(arg)
+        hide_next, user_next = is_secret_flag(arg), arg in USER_PASSWORD_FLAGS
         out.append(_redact_inline(arg))
     return out
 
@@ -2559,7 +2693,7 @@ PROC_ROW_DEFAULTS = (
     ("gtt_total_bytes", None), ("engines_pct", None), ("engines_ns", None),
     ("gpu_time_ms_per_s", None), ("container", None), ("start_time", None), ("clients", 0),
     ("type", None), ("visible", True), ("cpu_pct", None), ("rss_bytes", None),
-    ("vram_forecast", None),
+    ("vram_forecast", None), ("started", None), ("elapsed_s", None),
 )
 
 
@@ -2577,15 +2711,16 @@ def build_proc_row(**fields):
     return dict(row)
 
 
-def _proc_row(proc, clients, owned):
-    """The JSON row of one process on one GPU (usage = its owned clients)."""
+def _proc_row(proc, clients, owned, kfd_bytes=None):
+    """The JSON row of one process on one GPU (usage = its owned clients; on
+    a GPU where it has none, kfd_bytes: its KFD VRAM there)."""
     meta = proc["meta"]
     return build_proc_row(
         pid=proc["pid"], uid=meta.get("uid"), user=meta.get("user"),
         name=proc["name"], cmd=meta.get("cmd", ""),
         render_node=_pick_node(clients), kfd=proc["kfd"],
         shared=len(owned) < len(clients),
-        vram_bytes=_sum_field(owned, "vram") or 0,
+        vram_bytes=kfd_bytes if kfd_bytes is not None else _sum_field(owned, "vram") or 0,
         gtt_bytes=_sum_field(owned, "gtt") or 0,
         cpu_bytes=_sum_field(owned, "cpu") or 0,
         vram_total_bytes=_sum_field(owned, "vram_total"),
@@ -2593,7 +2728,8 @@ def _proc_row(proc, clients, owned):
         engines_pct=_sum_engines(owned), engines_ns=_sum_engine_ns(owned),
         gpu_time_ms_per_s=_sum_ms(owned) if clients else None,
         container=meta.get("container"), start_time=proc["start_time"], clients=len(owned),
-        cpu_pct=proc.get("cpu_pct"), rss_bytes=proc.get("rss_bytes"))
+        cpu_pct=proc.get("cpu_pct"), rss_bytes=proc.get("rss_bytes"),
+        started=proc.get("started"), elapsed_s=proc.get("elapsed_s"))
 
 
 def _sum_known(rows, key):
@@ -2650,6 +2786,19 @@ def _empty_gpu():
     return {"processes": [], "clients": {}, "kfd": False}
 
 
+def _kfd_gpus(per_pci, kfd_vram, kfd_pcis):
+    """Where a /dev/kfd holder is listed besides its DRM clients' GPUs: the
+    GPUs it holds KFD VRAM on ({pci: bytes}); where that is unknown (None),
+    a process with no DRM client goes on every AMD GPU."""
+    if kfd_vram is None:
+        if not per_pci:
+            per_pci.update((pci, []) for pci in kfd_pcis)
+        return
+    for pci, used in kfd_vram.items():
+        if used:
+            per_pci.setdefault(pci, [])
+
+
 def _group_clients(procs, gpu_pcis, kfd_pcis):
     """pci -> {"processes": [(proc, clients)], "clients": {key: client}}."""
     groups = {pci: _empty_gpu() for pci in gpu_pcis}
@@ -2657,8 +2806,8 @@ def _group_clients(procs, gpu_pcis, kfd_pcis):
         per_pci = {}
         for client in proc["clients"]:
             per_pci.setdefault(client["pci"], []).append(client)
-        if not per_pci and proc["kfd"]:
-            per_pci = {pci: [] for pci in kfd_pcis}   # kfd-only: which AMD GPU is unknown
+        if proc["kfd"]:
+            _kfd_gpus(per_pci, proc.get("kfd_vram"), kfd_pcis)
         for pci, clients in per_pci.items():
             group = groups.setdefault(pci, _empty_gpu())
             group["processes"].append((proc, clients))
@@ -2680,9 +2829,12 @@ def compute_procs_by_pci(procs, gpu_pcis, kfd_pcis=None):
     """Per-GPU process tables from scanner state (pure).
 
     procs: [{"pid", "name", "start_time", "kfd", "meta": {...}, "clients":
-    [client dicts]}]. Each distinct client key is attributed to the lowest
-    PID holding it; other holders get shared=True and none of its usage, so
-    per-GPU sums over processes equal sums over distinct clients.
+    [client dicts], "kfd_vram": {pci: bytes} or None}]. A /dev/kfd holder is
+    listed where it holds KFD VRAM (that VRAM on a GPU where it has no DRM
+    client), else, with no DRM client, on every AMD GPU (kfd_pcis). Each
+    distinct client key is attributed to the lowest PID holding it; other
+    holders get shared=True and none of its usage, so per-GPU sums over
+    processes equal sums over distinct clients.
     """
     procs = sorted(procs, key=lambda p: p["pid"])
     owner = {}
@@ -2693,7 +2845,8 @@ def compute_procs_by_pci(procs, gpu_pcis, kfd_pcis=None):
     kfd_pcis = gpu_pcis if kfd_pcis is None else kfd_pcis
     for pci, group in _group_clients(procs, gpu_pcis, kfd_pcis).items():
         rows = [_proc_row(proc, clients,
-                          [c for c in clients if owner[c["key"]] == proc["pid"]])
+                          [c for c in clients if owner[c["key"]] == proc["pid"]],
+                          None if clients else (proc.get("kfd_vram") or {}).get(pci))
                 for proc, clients in group["processes"]]
         by_pci[pci] = build_procs_entry(rows, len(group["clients"]),
                                         _fdinfo_capabilities(group["clients"], group["kfd"]))
@@ -2942,7 +3095,8 @@ class RunTracker(object):
     them into a row that survives restarts.
     """
 
-    INFO = ("pid", "start_time", "name", "user", "uid", "cmd", "container", "kfd", "type")
+    INFO = ("pid", "start_time", "name", "user", "uid", "cmd", "container", "kfd", "type",
+            "started")
 
     def __init__(self, missing_scans=HISTORY_RUN_MISSING_SCANS, max_gap_s=HISTORY_RUN_MAX_GAP_S):
         self.missing_scans, self.max_gap_s = missing_scans, max_gap_s
@@ -2958,6 +3112,7 @@ class RunTracker(object):
 
     def _new(self, gpu_id, row, epoch_s):
         run = dict((k, row.get(k)) for k in self.INFO)
+        run["started"] = parse_utc_s(run["started"])      # stored as epoch seconds
         run.update(gpu_id=gpu_id, first_seen=epoch_s, last_seen=epoch_s, ended=None, missing=0,
                    peak_vram=None, peak_gtt=None, peak_engine=None, dirty=True, seeded=False)
         run.update(self._zero_sums())
@@ -2991,6 +3146,7 @@ class RunTracker(object):
         dt = dt if 0 < dt <= self.max_gap_s else 0.0
         if run["seeded"]:
             run.update((k, row.get(k)) for k in self.INFO)
+            run["started"] = parse_utc_s(run["started"])
             run["seeded"] = False
         vram, gtt = row.get("vram_bytes"), row.get("gtt_bytes")
         busiest, engine_sum = _engine_pct(row)
@@ -4044,10 +4200,11 @@ ISO_TIME_RE = re.compile(
 # A CSV cell that a spreadsheet would run as a formula (OWASP "CSV injection").
 CSV_FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
 RUN_CSV_COLUMNS = (
-    "run_id", "gpu_id", "pid", "start_time", "name", "user", "cmd", "container", "kfd", "type",
-    "first_seen", "last_seen", "ended", "peak_vram_bytes", "avg_vram_bytes", "peak_gtt_bytes",
+    "run_id", "gpu_id", "pid", "start_time", "started", "elapsed_s", "name", "user", "cmd",
+    "container", "kfd", "type", "first_seen", "last_seen", "ended", "peak_vram_bytes", "avg_vram_bytes", "peak_gtt_bytes",
     "avg_gtt_bytes", "peak_engine_pct", "avg_engine_pct", "gpu_seconds")
-PROC_AT_CSV_COLUMNS = ("pid", "name", "user", "vram_bytes", "gtt_bytes", "engine_pct", "run_id")
+PROC_AT_CSV_COLUMNS = ("pid", "name", "user", "started", "elapsed_s", "vram_bytes", "gtt_bytes",
+                       "engine_pct", "run_id")
 
 HistoryQuery = collections.namedtuple("HistoryQuery", "from_s to_s step_s format")
 RunsQuery = collections.namedtuple("RunsQuery", "from_s to_s gpu_id active format")
@@ -4551,6 +4708,18 @@ def format_value(value, unit):
     return "%s%s" % (value, unit)
 
 
+def format_elapsed(seconds):
+    """Elapsed seconds as ps(1) prints etime: "[[dd-]hh:]mm:ss"; "—" for null."""
+    if seconds is None:
+        return "\u2014"
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    days, hours = divmod(hours, 24)
+    if days:
+        return "%d-%02d:%02d:%02d" % (days, hours, minutes, secs)
+    return "%02d:%02d:%02d" % (hours, minutes, secs) if hours else "%02d:%02d" % (minutes, secs)
+
+
 def render_plain(gpus, procs, refresh_s, hint=None, page=True, host=None, alerts=None):
     """The no-JavaScript view: the host, every GPU and its processes as HTML tables.
 
@@ -4636,17 +4805,18 @@ def _plain_procs(procs):
     if not procs or procs.get("processes") is None:
         return ["<p>Processes: not available.</p>"]
     rows = ["<h3>Processes</h3><table border=1><thead><tr><th>PID</th><th>User</th><th>Name</th>"
-            "<th>VRAM</th><th>GTT</th><th>GPU ms/s</th><th>CPU</th><th>RSS</th><th>Flags</th>"
-            "<th>Command</th></tr></thead><tbody>"]
+            "<th>VRAM</th><th>GTT</th><th>GPU ms/s</th><th>CPU</th><th>RSS</th><th>Started</th>"
+            "<th>Elapsed</th><th>Flags</th><th>Command</th></tr></thead><tbody>"]
     for proc in procs["processes"]:
         rows.append("<tr><td>%d</td><td>%s</td><td>%s</td><td>%s</td><td>%s</td><td>%s</td>"
-                    "<td>%s</td><td>%s</td><td>%s</td><td>%s</td></tr>" % (
+                    "<td>%s</td><td>%s</td><td>%s</td><td>%s</td><td>%s</td><td>%s</td></tr>" % (
                         proc["pid"], esc(str(proc.get("user") or proc.get("uid") or "?")),
                         esc(proc.get("name") or "?"), esc(format_bytes(proc.get("vram_bytes"))),
                         esc(format_bytes(proc.get("gtt_bytes"))),
                         esc(format_value(proc.get("gpu_time_ms_per_s"), "")),
                         esc(format_value(proc.get("cpu_pct"), "%")),
                         esc(format_bytes(proc.get("rss_bytes"))),
+                        esc(proc.get("started") or "\u2014"), esc(format_elapsed(proc.get("elapsed_s"))),
                         esc(plain_flags(proc)), esc((proc.get("cmd") or "")[:200])))
     rows.append("</tbody></table>")
     note = plain_visibility_note(procs.get("visibility"))
@@ -5058,6 +5228,26 @@ def read_sysconf(name, default):
     except (ValueError, OSError):
         return default
     return value if value > 0 else default
+
+
+def read_boot_s(proc_root):
+    """Boot time (epoch s) from the btime line of <proc_root>/stat, or None."""
+    return parse_proc_btime(read_text(os.path.join(proc_root, "stat"), PROC_BTIME_READ_LIMIT))
+
+
+class ProcStartClock(object):
+    """Process start times as wall clock: boot time and clock ticks read
+    once; stamp() gives a row's started (ISO 8601 UTC) and elapsed_s."""
+
+    def __init__(self, proc_root, clk_tck=None, wall_clock=time.time):
+        self.boot_s = read_boot_s(proc_root)
+        self.clk_tck = clk_tck or read_sysconf("SC_CLK_TCK", 100)
+        self.wall_clock = wall_clock
+
+    def times(self, start_ticks, now_s=None):
+        """{"started", "elapsed_s"} of a process started start_ticks after boot."""
+        return compute_proc_times(compute_proc_start_s(start_ticks, self.boot_s, self.clk_tck),
+                                  self.wall_clock() if now_s is None else now_s)
 
 
 def read_proc_meta(procfd, pid, users):
@@ -5662,6 +5852,7 @@ class NvmlProcSource(object):
         self._clock_us = clock_us or (lambda: int(time.time() * 1e6))
         self._users = {}
         self._cpu = ProcCpuMeter(read_sysconf("SC_CLK_TCK", 100), read_sysconf("SC_PAGE_SIZE", 4096))
+        self._start_clock = ProcStartClock(proc_root)
         self._seen = set()                # (pid, start_time) of visible PIDs this scan
         self._last_seen = {}              # gpu id -> newest utilisation sample timestamp (µs)
         self._util_refused = {}           # gpu id -> {utilisation APIs it refused for good}
@@ -5828,7 +6019,7 @@ class NvmlProcSource(object):
         return build_proc_row(name=sanitize_text(line.comm or ""), uid=meta["uid"], user=meta["user"],
                               cmd=meta["cmd"], container=meta["container"],
                               start_time=line.start_time, cpu_pct=cpu_pct, rss_bytes=rss_bytes,
-                              **common)
+                              **dict(common, **self._start_clock.times(line.start_time)))
 
     def _nvml_name(self, pid):
         if self._name_fn is None:
@@ -6838,7 +7029,7 @@ def make_backends(config):
     fdinfo = None
     if config.proc_enable:
         fdinfo = ProcScanner(config.proc_root, config.proc_max_pids, config.proc_max_fds_per_pid,
-                             budget_s=PROC_SCAN_BUDGET_S)
+                             budget_s=PROC_SCAN_BUDGET_S, sysfs_root=config.sysfs_root)
     backends = [AmdBackend(cards, names, fdinfo), IntelBackend(cards, names, fdinfo)]
     nvidia = NvidiaBackend.open(config)
     return backends + ([nvidia] if nvidia is not None else [])
@@ -7187,6 +7378,59 @@ class _PidWalker(object):
         return drm, kfd
 
 
+class KfdReader(object):
+    """Which AMD GPU a /dev/kfd holder is on: KFD's topology (read when the
+    GPUs or KFD's generation_id change) maps gpu_id -> our GPU's PCI address;
+    read_vram(pid) reads /sys/class/kfd/kfd/proc/<pid>/vram_<gpu_id> only.
+    Never sdma_<gpu_id>: reading it schedules work on the GPU (kfd_process.c
+    kfd_sdma_activity_worker), and never stats_/cu_occupancy (it asks the
+    hardware)."""
+
+    def __init__(self, sysfs_root):
+        self._base = os.path.join(sysfs_root, "class", "kfd", "kfd")
+        self._key = None
+        self.gpu_pcis = {}            # gpu_id -> pci
+
+    def refresh(self, node_map, amd_pcis):
+        """Re-read the topology if the GPUs or generation_id changed."""
+        key = (read_text(os.path.join(self._base, "topology", "generation_id"), 64),
+               sorted(node_map.items()), sorted(amd_pcis))
+        if key != self._key:
+            self._key = key
+            self.gpu_pcis = compute_kfd_gpu_pcis(self._read_nodes(), node_map, amd_pcis)
+
+    def stale(self, node_map, amd_pcis):
+        """The GPUs changed since the last refresh (no I/O)."""
+        return self._key is None or self._key[1:] != (sorted(node_map.items()), sorted(amd_pcis))
+
+    def _read_nodes(self):
+        nodes_dir = os.path.join(self._base, "topology", "nodes")
+        try:
+            names = sorted(n for n in os.listdir(nodes_dir) if n.isdigit())
+        except OSError:
+            return []
+        nodes = []
+        for name in names:             # EPERM on GPUs outside our device cgroup: skipped
+            gpu_id = parse_kfd_int(read_text(os.path.join(nodes_dir, name, "gpu_id"), 64))
+            props = read_text(os.path.join(nodes_dir, name, "properties"), 8192)
+            if gpu_id and props:
+                nodes.append((gpu_id, parse_kfd_properties(props)))
+        return nodes
+
+    def read_vram(self, pid):
+        """{pci: bytes} of pid's KFD VRAM, or None when unknown (no topology
+        match, no readable proc/<pid> or vram_* file, no VRAM anywhere)."""
+        if not self.gpu_pcis:
+            return None
+        base = os.path.join(self._base, "proc", str(pid))
+        used = {}
+        for gpu_id in self.gpu_pcis:
+            value = parse_kfd_int(read_text(os.path.join(base, "vram_%d" % gpu_id), 64))
+            if value is not None:
+                used[gpu_id] = value
+        return compute_kfd_vram(used, self.gpu_pcis)
+
+
 class ProcScanner(object):
     """Finds the processes that hold amdgpu DRM clients and measures them.
 
@@ -7199,8 +7443,10 @@ class ProcScanner(object):
 
     def __init__(self, proc_root, max_pids=5000, max_fds_per_pid=64, budget_s=0.5,
                  clock_ns=time.monotonic_ns, full_walk_every=5, fd_count="auto",
-                 drivers=FDINFO_DRIVERS, clk_tck=None, page_size=None):
+                 drivers=FDINFO_DRIVERS, clk_tck=None, page_size=None, wall_clock=time.time,
+                 sysfs_root=None):
         self._root = proc_root
+        self._kfd = KfdReader(sysfs_root) if sysfs_root else None
         self._drivers = tuple(drivers)
         self._clock = clock_ns
         self._full_every = max(1, int(full_walk_every))
@@ -7211,6 +7457,7 @@ class ProcScanner(object):
         self._users = {}             # uid -> name
         self._cpu = ProcCpuMeter(clk_tck or read_sysconf("SC_CLK_TCK", 100),
                                  page_size or read_sysconf("SC_PAGE_SIZE", 4096))
+        self._start_clock = ProcStartClock(proc_root, clk_tck, wall_clock)
         self._scans = 0
         self._visibility = {}
         limits = (max(1, int(max_pids)), max(1, int(max_fds_per_pid)), int(budget_s * 1e9))
@@ -7225,6 +7472,9 @@ class ProcScanner(object):
         holding only /dev/kfd is shown on those, never on other vendors')."""
         self.set_node_map(node_map_for(infos))
         self._kfd_pcis = sorted(info.pci for info in infos if info.vendor == "amd")
+
+    def _amd_pcis(self):
+        return sorted(set(self._node_map.values())) if self._kfd_pcis is None else self._kfd_pcis
 
     @property
     def fd_count_mode(self):
@@ -7248,9 +7498,11 @@ class ProcScanner(object):
         try:
             pids = sorted(int(n) for n in os.listdir(procfd) if n.isdigit())
             stats["pids_total"] = len(pids)
-            self._walker.walk(procfd, pids, full, stats, t0)
-            if full or not self._visibility:
+            if full or not self._visibility:           # before the walk: KFD files trust it
                 self._visibility = self._read_visibility(procfd)
+            if self._kfd is not None:
+                self._kfd.refresh(self._node_map, self._amd_pcis())
+            self._walker.walk(procfd, pids, full, stats, t0)
             self._visibility["visible_pids"] = len(pids)
         except OSError:
             pass                                       # the root itself went away
@@ -7266,6 +7518,7 @@ class ProcScanner(object):
         if isinstance(procfd, OSError):
             return self._result(stats, t0)
         try:
+            self._refresh_kfd()
             for pid in sorted(self._watch):
                 stats["pids_seen"] += 1
                 self._refresh_pid(procfd, pid, stats)
@@ -7289,6 +7542,7 @@ class ProcScanner(object):
             entry["meta"] = self._read_meta(procfd, pid)
         entry["clients"], failed = self._read_clients(procfd, pid, start, entry["drm_fds"], stats)
         entry["cpu_pct"], entry["rss_bytes"] = self._cpu.measure(pid, line, self._clock() / 1e9)
+        entry["kfd_vram"] = self._read_kfd_vram(pid) if entry["kfd"] else None
         if not entry["clients"] and not entry["kfd"] and not failed:
             return False
         self._watch[pid] = entry
@@ -7296,6 +7550,23 @@ class ProcScanner(object):
 
     def _read_meta(self, procfd, pid):
         return read_proc_meta(procfd, pid, self._users)
+
+    def _refresh_kfd(self):
+        """GPUs found since the last scan: map KFD's again and re-read the KFD
+        VRAM of the /dev/kfd holders now, not one scan later."""
+        if self._kfd is None or not self._kfd.stale(self._node_map, self._amd_pcis()):
+            return
+        self._kfd.refresh(self._node_map, self._amd_pcis())
+        for pid, entry in self._watch.items():
+            if entry["kfd"]:
+                entry["kfd_vram"] = self._read_kfd_vram(pid)
+
+    def _read_kfd_vram(self, pid):
+        """KFD's per-process files are named by host PID: not trusted from
+        another PID namespace (the same number may be another process)."""
+        if self._kfd is None or self._visibility.get("pid_namespace_separate"):
+            return None
+        return self._kfd.read_vram(pid)
 
     def _read_clients(self, procfd, pid, start, drm_fds, stats):
         """-> ([distinct amdgpu clients], number of fdinfo reads that failed)."""
@@ -7365,8 +7636,10 @@ class ProcScanner(object):
         stats["duration_s"] = round((self._clock() - t0) / 1e9, 6)
         stats["fd_count_mode"] = self.fd_count_mode
         visibility = dict(self._visibility, unreadable_pids=self._walker.unreadable_count())
-        procs = [dict(e) for e in self._watch.values()]
-        by_pci = compute_procs_by_pci(procs, sorted(set(self._node_map.values())), self._kfd_pcis)
+        now_s = self._start_clock.wall_clock()
+        procs = [dict(e, **self._start_clock.times(e["start_time"], now_s))
+                 for e in self._watch.values()]
+        by_pci = compute_procs_by_pci(procs, sorted(set(self._node_map.values())), self._amd_pcis())
         return ScanResult(by_pci, visibility, stats)
 
 
@@ -7496,9 +7769,16 @@ class DemoProcSource(object):
     """--demo: synthetic processes per demo GPU, with moving engine %; every
     row, total and capability goes through the same builders as real ones."""
 
-    def __init__(self, infos, per_gpu, clock=time.monotonic, leak=False):
+    def __init__(self, infos, per_gpu, clock=time.monotonic, leak=False, wall_clock=time.time):
         self.infos, self.per_gpu, self.clock, self.leak = infos, per_gpu, clock, leak
+        self.wall_clock = wall_clock
         self._start = clock()
+        self._wall_start = wall_clock()
+
+    def _times(self, gpu_index, index):
+        """started/elapsed_s: demo process i began i x 47 minutes (and a bit) before the demo."""
+        start_s = self._wall_start - 600 - 2820 * index - 180 * gpu_index
+        return compute_proc_times(start_s, self.wall_clock())
 
     def set_gpus(self, infos):
         pass
@@ -7539,7 +7819,8 @@ class DemoProcSource(object):
             gtt_bytes=gtt_mib << 20, cpu_bytes=0, engines_pct=pct, engines_ns=busy_ns,
             gpu_time_ms_per_s=round(sum(v for v in pct.values() if v) * 10.0, 1),
             container=container, start_time=100000 + pid, clients=1,
-            cpu_pct=_demo_cpu_pct(index, wave), rss_bytes=_demo_rss_bytes(vram_mib, index))
+            cpu_pct=_demo_cpu_pct(index, wave), rss_bytes=_demo_rss_bytes(vram_mib, index),
+            **self._times(gpu_index, index))
 
     def _nvidia_process(self, gpu_index, index, t):
         """NVML-shaped: SM/mem/enc/dec %, C/G types, no GTT, one PID from
@@ -7559,7 +7840,8 @@ class DemoProcSource(object):
         return build_proc_row(uid=1000 + index, user=user, name=name, cmd=cmd,
                               container=container, start_time=100000 + pid,
                               cpu_pct=_demo_cpu_pct(index, wave),
-                              rss_bytes=_demo_rss_bytes(vram_mib, index), **common)
+                              rss_bytes=_demo_rss_bytes(vram_mib, index),
+                              **dict(common, **self._times(gpu_index, index)))
 
 
 def _demo_cpu_pct(index, wave):
@@ -7613,7 +7895,7 @@ def history_schema():
         " start_time INTEGER NOT NULL, gpu_id TEXT NOT NULL, name TEXT, user TEXT, uid INTEGER,"
         " cmd TEXT, container TEXT, kfd INTEGER, type TEXT, first_seen REAL, last_seen REAL,"
         " ended REAL, peak_vram INTEGER, peak_gtt INTEGER, peak_engine REAL, time_s REAL,"
-        " vram_s REAL, gtt_s REAL, engine_s REAL, gpu_s REAL, samples INTEGER,"
+        " vram_s REAL, gtt_s REAL, engine_s REAL, gpu_s REAL, samples INTEGER, started REAL,"
         " UNIQUE(boot_id, pid, start_time, gpu_id))",
         "CREATE INDEX runs_last_seen ON runs(last_seen)",
         "CREATE TABLE proc_samples(src INTEGER NOT NULL, ts INTEGER NOT NULL, run INTEGER NOT NULL,"
@@ -7797,6 +8079,9 @@ def _history_add_columns(conn):
         for name in _history_column_names(kind, tier):
             if name not in have:
                 conn.execute("ALTER TABLE %s ADD COLUMN %s INTEGER" % (table, name))
+    have = set(row[1] for row in conn.execute("PRAGMA table_info(runs)"))
+    if "started" not in have:            # the process's wall-clock start (files before it: null)
+        conn.execute("ALTER TABLE runs ADD COLUMN started REAL")
 
 
 def _history_claim(path):
@@ -7906,12 +8191,13 @@ def _is_full_error(exc):
 
 RUN_COLUMNS = ("boot_id", "pid", "start_time", "gpu_id", "name", "user", "uid", "cmd", "container",
                "kfd", "type", "first_seen", "last_seen", "ended", "peak_vram", "peak_gtt",
-               "peak_engine", "time_s", "vram_s", "gtt_s", "engine_s", "gpu_s", "samples")
+               "peak_engine", "time_s", "vram_s", "gtt_s", "engine_s", "gpu_s", "samples",
+               "started")
 _RUN_UPSERT = (
     "INSERT INTO runs(%s) VALUES (%s) ON CONFLICT(boot_id, pid, start_time, gpu_id) DO UPDATE SET "
     % (", ".join(RUN_COLUMNS), ", ".join("?" * len(RUN_COLUMNS)))
     + ", ".join(["%s = coalesce(excluded.%s, %s)" % (c, c, c)
-                 for c in ("name", "user", "uid", "cmd", "container", "kfd", "type")]
+                 for c in ("name", "user", "uid", "cmd", "container", "kfd", "type", "started")]
                 + ["first_seen = min(first_seen, excluded.first_seen)",
                    "last_seen = max(last_seen, excluded.last_seen)", "ended = excluded.ended"]
                 + ["%s = max(coalesce(%s, excluded.%s), coalesce(excluded.%s, %s))" % ((c,) * 5)
@@ -7943,8 +8229,10 @@ def _scatter(values, buckets, count, full, empty):
     return out
 
 
-def history_run_json(row):
-    """A runs row (RUN_COLUMNS after the id) -> the run dict of the API (#9)."""
+def history_run_json(row, now_s):
+    """A runs row (RUN_COLUMNS after the id) -> the run dict of the API (#9).
+    started: the process's start, or first_seen where that is unknown (another
+    PID namespace, files from before it was kept); elapsed_s: to its end or now_s."""
     run = dict(zip(("run_id",) + RUN_COLUMNS, row))
     time_s = run.pop("time_s") or 0.0
     sums = dict((k, run.pop(k)) for k in ("vram_s", "gtt_s", "engine_s"))
@@ -7957,6 +8245,8 @@ def history_run_json(row):
                peak_vram_bytes=run["peak_vram"], peak_gtt_bytes=run["peak_gtt"],
                peak_engine_pct=run["peak_engine"], gpu_seconds=round(run["gpu_s"] or 0.0, 3),
                samples=run["samples"])
+    start_s = run["first_seen"] if run["started"] is None else run["started"]
+    out.update(compute_proc_times(start_s, now_s if run["ended"] is None else run["ended"]))
     for name, key, peak in (("avg_vram_bytes", "vram_s", "peak_vram"),
                             ("avg_gtt_bytes", "gtt_s", "peak_gtt")):
         out[name] = (run[peak] if run[peak] is None or time_s <= 0
@@ -8058,7 +8348,9 @@ class _HistoryReads(object):
         if active is not None:
             sql += " AND ended IS NULL" if active else " AND ended IS NOT NULL"
         sql += " ORDER BY last_seen DESC LIMIT %d" % HISTORY_QUERY_MAX_ROWS
-        return self._read(lambda conn: [history_run_json(r) for r in conn.execute(sql, args)], [])
+        now_s = self.clock()
+        return self._read(lambda conn: [history_run_json(r, now_s) for r in conn.execute(sql, args)],
+                          [])
 
     def query_run_history(self, run_id):
         """{"run": run, "ts": [unix ms], "series": {vram_bytes, gtt_bytes, engine_pct}} or None."""
@@ -8067,7 +8359,7 @@ class _HistoryReads(object):
                                (run_id,)).fetchone()
             if row is None:
                 return None
-            out = {"run": history_run_json(row), "ts": [],
+            out = {"run": history_run_json(row, self.clock()), "ts": [],
                    "series": {"vram_bytes": [], "gtt_bytes": [], "engine_pct": []}}
             series = out["series"]
             src = conn.execute("SELECT id FROM sources WHERE kind = 'gpu' AND key = ?",
@@ -8107,7 +8399,7 @@ class _HistoryReads(object):
                     " JOIN runs r ON r.id = s.run WHERE s.src = ? AND s.ts = ? ORDER BY"
                     " s.vram_mib DESC" % ", ".join("r." + c for c in RUN_COLUMNS),
                     (row[0], found[0])):
-                run = history_run_json(r[3:])
+                run = history_run_json(r[3:], self.clock())
                 run.update(vram_bytes=None if r[0] is None else r[0] << 20,
                            gtt_bytes=None if r[1] is None else r[1] << 20,
                            engine_pct=None if r[2] is None else r[2] / 10.0)
@@ -9911,10 +10203,11 @@ def format_once_table(gpus, host=None):
             format_bytes(m["vram_used_bytes"]), format_bytes(m["vram_total_bytes"]),
             m["runtime_status"] or ""))
         for proc in (gpu.get("procs") or {}).get("processes") or []:
-            lines.append("    pid %-7d %-16s vram %s  gtt %s  cpu %s  rss %s" % (
+            lines.append("    pid %-7d %-16s vram %s  gtt %s  cpu %s  rss %s  started %s (%s)" % (
                 proc["pid"], sanitize_text(proc["name"] or "")[:16],
                 format_bytes(proc["vram_bytes"]), format_bytes(proc["gtt_bytes"]),
-                format_value(proc["cpu_pct"], "%"), format_bytes(proc["rss_bytes"])))
+                format_value(proc["cpu_pct"], "%"), format_bytes(proc["rss_bytes"]),
+                proc.get("started") or "\u2014", format_elapsed(proc.get("elapsed_s"))))
     return "\n".join(lines)
 
 

@@ -38,6 +38,9 @@ NODE_MAP_SINGLE = {"card0": GPU_A, "renderD128": GPU_A}
 TREE_NODE_MAPS = {"multi": NODE_MAP, "legacy_5_15": NODE_MAP_SINGLE,
                   "restricted": NODE_MAP_SINGLE}
 CLK_TCK = 100
+# /proc/stat btime of every tree: 2026-12-06T08:00:00Z. A process's wall-clock start is
+# BTIME + start_time / CLK_TCK (stat field 22 counts clock ticks after boot).
+BTIME = 1796544000
 
 ISSUE87 = "fdinfo_amdgpu_drm_6.x_issue87.txt"
 MIB = "fdinfo_amdgpu_drm_total_mib_units_2024.txt"
@@ -147,6 +150,17 @@ def status_text(pid, comm, ppid, uid, nspid=None):
         % (comm, pid, pid, ppid, ids, ids, uid, nspid, nspid, pid, ppid or pid))
 
 
+def proc_stat_text(btime=BTIME):
+    """/proc/stat as Linux 6.x prints it for a 2-CPU machine (proc(5)): the cpu
+    lines, a shortened intr line, ctxt, btime (boot time, epoch s), processes."""
+    return ("cpu  10132 290 3084 468284 166 0 251 0 0 0\n"
+            "cpu0 5066 145 1542 234142 83 0 125 0 0 0\n"
+            "cpu1 5066 145 1542 234142 83 0 126 0 0 0\n"
+            "intr 1462898 44 9 0 0 0 0 0 0 1 0 0 0 156 0 0 0\n"
+            "ctxt 115315133\nbtime %d\nprocesses 86031\nprocs_running 2\nprocs_blocked 0\n"
+            "softirq 987654 0 123456 12 23456 34567 0 4567 345678 0 456789\n" % btime)
+
+
 def _write(path, data, mode="w"):
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, mode) as fh:
@@ -200,11 +214,13 @@ def proc_spec(pid, comm, argv, uid=1000, ppid=1, start=None, fds=None, **extra):
     return spec
 
 
-def build_tree(root, procs, self_pid, notes):
-    """Write a whole proc tree: pid dirs, self -> <self_pid>, PROVENANCE."""
+def build_tree(root, procs, self_pid, notes, btime=BTIME):
+    """Write a whole proc tree: pid dirs, self -> <self_pid>, stat (btime), PROVENANCE."""
     if os.path.exists(root):
         shutil.rmtree(root)
     os.makedirs(root)
+    if btime is not None:
+        _write(os.path.join(root, "stat"), proc_stat_text(btime))
     for proc in procs:
         write_pid(root, proc)
     os.symlink(str(self_pid), os.path.join(root, "self"))
@@ -310,7 +326,9 @@ cgroup files (real lines from public threads):
   2302: docker-<id>.scope path from the systemd-cgls tree in kontena/pharos-cluster#440
   others: a plain user-session cgroup v2 path.
 stat (52 fields) and status follow the Linux 6.x layout; start_time (stat field 22) = 1000 + pid,
-except pid 1 (1). self -> 4242; 1/ns/pid and 4242/ns/pid are the same namespace; 4242/mountinfo
+except pid 1 (1). The tree's own stat (proc(5) layout, 2 CPUs) has btime 1796544000
+(2026-12-06T08:00:00Z): pid 1200 started 22 s after boot.
+self -> 4242; 1/ns/pid and 4242/ns/pid are the same namespace; 4242/mountinfo
 has a proc mount without hidepid. fd symlinks are dangling on purpose (only readlink is used).
 """.format(a=GPU_A, b=GPU_B, intel=INTEL, i87=ISSUE87, mib=MIB, res=RESIDENT, rocmi=ROCMI,
            i915=I915_MEM, xe=XE, xdna=XDNA)
@@ -381,6 +399,105 @@ def copy_samples(out):
     _write(os.path.join(dest, "PROVENANCE"),
            "Verbatim copies of ../shared/reference/samples/fdinfo_*.txt (headers name each\n"
            "source). Copied by tests/make_proc_fixtures.py; tests parse them directly.\n")
+
+
+# -- KFD (ROCm) sysfs: /sys/class/kfd/kfd (topology + per-process files) -------------
+#
+# Shapes from the kernel: kfd_topology.c node_show prints one "%s %u\n" / "%s %llu\n"
+# line per property (decimal values, in this order on 6.x; GPU-only lines inside
+# "if (dev->gpu)"), gpu_id and generation_id as "%u\n"; kfd_process.c makes
+# proc/<pid>/{pasid,vram_<gpu_id>,sdma_<gpu_id>} ("%d\n", "%llu\n", "%llu\n"),
+# stats_<gpu_id>/{evicted_ms,cu_occupancy} and queues/<id>/{size,type,gpuid}
+# (printed without a newline). location_id = pci_dev_id() = bus << 8 | devfn.
+
+KFD_GPU_A = 53512             # gpu_id of the RX 6900 XT (a 16-bit hash in the kernel)
+KFD_GPU_B = 17409             # gpu_id of the Phoenix APU
+KFD_NODE_KEYS = (
+    "cpu_cores_count", "simd_count", "mem_banks_count", "caches_count", "io_links_count",
+    "p2p_links_count", "cpu_core_id_base", "simd_id_base", "max_waves_per_simd",
+    "lds_size_in_kb", "gds_size_in_kb", "num_gws", "wave_front_size", "array_count",
+    "simd_arrays_per_engine", "cu_per_simd_array", "simd_per_cu", "max_slots_scratch_cu",
+    "gfx_target_version", "vendor_id", "device_id", "location_id", "domain", "drm_render_minor",
+    "hive_id", "num_sdma_engines", "num_sdma_xgmi_engines", "num_sdma_queues_per_engine",
+    "num_cp_queues")
+KFD_GPU_KEYS = ("max_engine_clk_fcompute", "local_mem_size", "fw_version", "capability",
+                "sdma_fw_version", "unique_id", "num_xcc")
+
+
+def kfd_location_id(pci):
+    """"0000:0c:00.0" -> pci_dev_id(): bus << 8 | slot << 3 | function."""
+    _, bus, rest = pci.split(":")
+    slot, function = rest.split(".")
+    return int(bus, 16) << 8 | int(slot, 16) << 3 | int(function, 16)
+
+
+def kfd_properties(values, gpu=True):
+    """A node's properties text: the 6.x node_show order, GPU-only lines for GPUs."""
+    keys = KFD_NODE_KEYS + (KFD_GPU_KEYS if gpu else ()) + ("max_engine_clk_ccompute",)
+    return "".join("%s %d\n" % (key, values.get(key, 0)) for key in keys)
+
+
+def kfd_nodes():
+    """(gpu_id, name, properties) of the multi_gpu box: a CPU node, the RX 6900 XT
+    (gfx1030, device 0x73bf) and the Phoenix APU (gfx1103, device 0x15bf)."""
+    cpu = kfd_properties({"cpu_cores_count": 16, "mem_banks_count": 1, "caches_count": 4,
+                          "io_links_count": 2, "max_engine_clk_ccompute": 5100}, gpu=False)
+    common = {"mem_banks_count": 1, "io_links_count": 1, "max_waves_per_simd": 16,
+              "lds_size_in_kb": 64, "wave_front_size": 32, "simd_per_cu": 2,
+              "vendor_id": 4098, "domain": 0, "num_sdma_queues_per_engine": 6,
+              "num_cp_queues": 8, "capability": 671588992, "max_engine_clk_ccompute": 5100}
+    a = dict(common, simd_count=160, caches_count=137, cpu_core_id_base=0, simd_id_base=2147487744,
+             array_count=8, simd_arrays_per_engine=2, cu_per_simd_array=10,
+             max_slots_scratch_cu=32, gfx_target_version=100300, device_id=0x73bf,
+             location_id=kfd_location_id(GPU_A), drm_render_minor=129, num_sdma_engines=4,
+             max_engine_clk_fcompute=2660, fw_version=118, sdma_fw_version=83,
+             unique_id=0, num_xcc=1)
+    b = dict(common, simd_count=24, caches_count=38, simd_id_base=2147488000, array_count=2,
+             simd_arrays_per_engine=2, cu_per_simd_array=3, max_slots_scratch_cu=32,
+             gfx_target_version=110003, device_id=0x15bf, location_id=kfd_location_id(GPU_B),
+             drm_render_minor=130, num_sdma_engines=1, max_engine_clk_fcompute=2800,
+             fw_version=2160, sdma_fw_version=21, unique_id=0, num_xcc=1)
+    return [(0, "", cpu), (KFD_GPU_A, "sienna_cichlid", kfd_properties(a)),
+            (KFD_GPU_B, "ip discovery", kfd_properties(b))]
+
+
+def write_kfd_tree(sysfs_root, procs, nodes=None, sdma="fifo"):
+    """<sysfs_root>/class/kfd/kfd: the topology of kfd_nodes() and, per pid in
+    procs {pid: {gpu_id: vram bytes}}, the per-process files. sdma="fifo" makes
+    every sdma_<gpu_id> and stats_<gpu_id>/cu_occupancy a FIFO: opening one
+    blocks, so a reader that touches them hangs (the tests guard with a timeout)."""
+    base = os.path.join(sysfs_root, "class", "kfd", "kfd")
+    topo = os.path.join(base, "topology")
+    _write(os.path.join(topo, "generation_id"), "1\n")
+    _write(os.path.join(topo, "system_properties"),
+           "platform_oem 0\nplatform_id 0\nplatform_rev 0\n")
+    for index, (gpu_id, name, props) in enumerate(nodes or kfd_nodes()):
+        node = os.path.join(topo, "nodes", str(index))
+        _write(os.path.join(node, "gpu_id"), "%d\n" % gpu_id)
+        _write(os.path.join(node, "name"), name + "\n")
+        _write(os.path.join(node, "properties"), props)
+    for pid, vram in sorted(procs.items()):
+        _write_kfd_proc(os.path.join(base, "proc", str(pid)), pid, vram, sdma)
+    return base
+
+
+def _write_kfd_proc(pdir, pid, vram, sdma):
+    _write(os.path.join(pdir, "pasid"), "%d\n" % (32768 + pid % 1000))
+    for qid, gpu_id in enumerate(sorted(g for g, used in vram.items() if used)):
+        queue = os.path.join(pdir, "queues", str(qid))
+        _write(os.path.join(queue, "size"), "%d" % (1 << 20))
+        _write(os.path.join(queue, "type"), "0")
+        _write(os.path.join(queue, "gpuid"), "%d" % gpu_id)
+    for gpu_id, used in sorted(vram.items()):
+        _write(os.path.join(pdir, "vram_%d" % gpu_id), "%d\n" % used)
+        stats = os.path.join(pdir, "stats_%d" % gpu_id)
+        _write(os.path.join(stats, "evicted_ms"), "0\n")
+        if sdma == "fifo":
+            os.mkfifo(os.path.join(pdir, "sdma_%d" % gpu_id))
+            os.mkfifo(os.path.join(stats, "cu_occupancy"))
+        else:
+            _write(os.path.join(pdir, "sdma_%d" % gpu_id), "0\n")
+            _write(os.path.join(stats, "cu_occupancy"), "0\n")
 
 
 def main(argv):

@@ -11,6 +11,7 @@ import stat
 import pytest
 
 import amdgpu_top_web as atw
+import make_proc_fixtures as mpf
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PROC_DATA = os.path.join(os.path.dirname(HERE), "testdata", "proc")
@@ -380,6 +381,44 @@ def test_redact_cases(argv, expected):
     assert atw.redact_cmdline(raw, 512) == expected
 
 
+@pytest.mark.parametrize("argv,expected", [
+    # credential headers: the scheme word stays, the credential goes
+    (["curl", "-H", "Authorization: Bearer x1", "https://h"],
+     "curl -H Authorization: Bearer *** https://h"),
+    (["curl", "--header=Authorization: Basic eDE6eDI=", "https://h"],
+     "curl --header=Authorization: Basic *** https://h"),
+    (["curl", "-H", "X-Api-Key: x1", "-H", "Accept: text/plain", "https://h"],
+     "curl -H X-Api-Key: *** -H Accept: text/plain https://h"),
+    (["wget", "--header", "Cookie: session=x1", "https://h"],
+     "wget --header Cookie: *** https://h"),
+    (["sh", "-c", "curl -H 'Authorization: Bearer x1' https://h && echo ok"],
+     "sh -c curl -H 'Authorization: Bearer ***' https://h && echo ok"),
+    # -u user:password, --user=, --proxy-user: the user stays
+    (["curl", "-u", "alice:x1", "https://h"], "curl -u alice:*** https://h"),
+    (["curl", "-ualice:x1", "https://h"], "curl -ualice:*** https://h"),
+    (["curl", "--user=alice:x1", "--proxy-user", "bob:x2"],
+     "curl --user=alice:*** --proxy-user bob:***"),
+    (["sh", "-c", "curl -u alice:x1 https://h"], "sh -c curl -u alice:*** https://h"),
+    # --auth / --basic-auth take a secret whole
+    (["http", "--auth=alice:x1", "https://h"], "http --auth=*** https://h"),
+    (["app", "--auth", "x1", "--basic-auth=x2"], "app --auth *** --basic-auth=***"),
+    # credentials in URLs
+    (["psql", "postgres://alice:x1@db/app"], "psql postgres://alice:***@db/app"),
+    (["curl", "https://alice:x1@h/path"], "curl https://alice:***@h/path"),
+    # not secrets: -u/-U without a password, a uid:gid, a URL left to the URL rule
+    (["python3", "-u", "train.py"], "python3 -u train.py"),
+    (["sudo", "-u", "root", "ls"], "sudo -u root ls"),
+    (["psql", "-U", "postgres"], "psql -U postgres"),
+    (["docker", "run", "-u", "1000:1000", "img"], "docker run -u 1000:1000 img"),
+    (["app", "--auth-type", "basic"], "app --auth-type basic"),
+])
+def test_redact_credentials_of_http_clients(argv, expected):
+    raw = b"".join(a.encode() + b"\0" for a in argv)
+    shown = atw.redact_cmdline(raw, 512)
+    assert shown == expected
+    assert "x1" not in shown and "x2" not in shown and "eDE6" not in shown
+
+
 def test_redact_escapes_cannot_hide_keywords():
     raw = b"app\0--pass\x1b[0mword\0x1\0--to\x00ken=\0"
     cmd = atw.redact_cmdline(raw, 512)
@@ -509,3 +548,96 @@ def test_compute_visibility():
         "pid_namespace_separate"] is None                       # pid 1 hidden
     assert atw.compute_visibility(1000, "pid:[1]", None, [812, 1], None, None)[
         "pid_namespace_separate"] is True                       # NSpid: nested namespace
+
+
+# -- process start as wall clock ------------------------------------------------------
+
+def test_btime_and_process_times():
+    with open(os.path.join(PROC_DATA, "multi", "stat")) as fh:
+        assert atw.parse_proc_btime(fh.read()) == 1796544000
+    assert atw.parse_proc_btime("cpu  1 2 3\nctxt 5\n") is None
+    assert atw.parse_proc_btime("btime x\n") is None and atw.parse_proc_btime(None) is None
+    start = atw.compute_proc_start_s(2200, 1796544000, 100)          # 22 s after boot
+    assert start == 1796544022.0
+    assert atw.compute_proc_times(start, start + 3661.7) == {
+        "started": "2026-12-06T08:00:22Z", "elapsed_s": 3661}
+    assert atw.compute_proc_times(start, start - 5)["elapsed_s"] == 0   # clock stepped back
+    assert atw.compute_proc_start_s(None, 1796544000, 100) is None
+    assert atw.compute_proc_start_s(2200, None, 100) is None
+    assert atw.compute_proc_times(None, 1.0) == {"started": None, "elapsed_s": None}
+    assert atw.parse_utc_s("2026-12-06T08:00:22Z") == 1796544022
+    assert atw.parse_utc_s(None) is None and atw.parse_utc_s("yesterday") is None
+
+
+def test_elapsed_as_ps_prints_it():
+    assert atw.format_elapsed(None) == "\u2014"
+    assert atw.format_elapsed(5) == "00:05"
+    assert atw.format_elapsed(3661) == "01:01:01"
+    assert atw.format_elapsed(2 * 86400 + 3 * 3600 + 4 * 60 + 5) == "2-03:04:05"
+
+
+def test_demo_rows_have_started_and_elapsed():
+    source = atw.DemoProcSource(atw.demo_gpu_infos(3), 4, wall_clock=lambda: 1796544000.0)
+    for entry in source.scan().by_pci.values():
+        for row in entry["processes"]:
+            if not row["visible"]:                # NVML's PID from another namespace: no /proc
+                assert (row["started"], row["elapsed_s"]) == (None, None)
+                continue
+            assert row["started"].endswith("Z") and row["elapsed_s"] >= 600, row
+
+
+# -- KFD topology and per-process VRAM ---------------------------------------------------
+
+# The MI100 (arcturus, gpu_id 42700) node of mrodden/rocmi tests/test_kfd.py at 181c6a2:
+# one "name value" line per property, every value decimal (kfd_topology.c node_show).
+ROCMI_PROPERTIES = (
+    "cpu_cores_count 0\nsimd_count 480\nmem_banks_count 1\ncaches_count 217\nio_links_count 1\n"
+    "p2p_links_count 3\ncpu_core_id_base 0\nsimd_id_base 2147487744\nmax_waves_per_simd 10\n"
+    "lds_size_in_kb 64\ngds_size_in_kb 0\nnum_gws 64\nwave_front_size 64\narray_count 8\n"
+    "simd_arrays_per_engine 1\ncu_per_simd_array 16\nsimd_per_cu 4\nmax_slots_scratch_cu 32\n"
+    "gfx_target_version 90008\nvendor_id 4098\ndevice_id 29580\nlocation_id 8960\ndomain 0\n"
+    "drm_render_minor 128\nhive_id 0\nnum_sdma_engines 2\nnum_sdma_xgmi_engines 6\n"
+    "num_sdma_queues_per_engine 8\nnum_cp_queues 24\nmax_engine_clk_fcompute 1502\n"
+    "local_mem_size 0\nfw_version 65\ncapability 749970048\ndebug_prop 1494\nsdma_fw_version 18\n"
+    "unique_id 7809984429061111111\nnum_xcc 1\nmax_engine_clk_ccompute 2000\n")
+
+
+def test_kfd_properties_and_pci_address():
+    props = atw.parse_kfd_properties(ROCMI_PROPERTIES + "garbage\nname with spaces 3\n")
+    assert props["location_id"] == 8960 and props["domain"] == 0
+    assert props["unique_id"] == 7809984429061111111 and "garbage" not in props
+    assert atw.kfd_node_pci(props) == "0000:23:00.0"                 # 8960 = 0x23 << 8
+    assert atw.kfd_node_pci({"location_id": 0x2301, "domain": 1}) == "0001:23:00.1"
+    assert atw.kfd_node_pci({"location_id": 0x2301}, function=False) == "0000:23:00.0"
+    assert atw.kfd_node_pci({}) is None
+    assert atw.parse_kfd_int("53512\n") == 53512 and atw.parse_kfd_int("") is None
+    assert atw.parse_kfd_int(None) is None and atw.parse_kfd_int("-1\n") is None
+    # the fixture builder writes the same shape
+    nodes = [(g, atw.parse_kfd_properties(p)) for g, _, p in mpf.kfd_nodes()]
+    assert atw.kfd_node_pci(nodes[1][1]) == mpf.GPU_A and atw.kfd_node_pci(nodes[2][1]) == mpf.GPU_B
+
+
+def test_kfd_gpu_ids_map_to_our_gpus():
+    mi100 = atw.parse_kfd_properties(ROCMI_PROPERTIES)
+    node_map = {"renderD128": "0000:23:00.0", "card0": "0000:23:00.0"}
+    cpu = {"cpu_cores_count": 16, "location_id": 0}
+    nodes = [(0, cpu), (42700, mi100)]
+    assert atw.compute_kfd_gpu_pcis(nodes, node_map, ["0000:23:00.0"]) == {42700: "0000:23:00.0"}
+    # the render minor first: a partition (location_id low bits = partition index)
+    part = dict(mi100, location_id=8961, drm_render_minor=129)
+    node_map["renderD129"] = "0000:23:00.1"
+    assert atw.compute_kfd_gpu_pcis([(7, part)], node_map, ["0000:23:00.0", "0000:23:00.1"]) == {
+        7: "0000:23:00.1"}
+    # no render node known: the PCI address, then function 0
+    assert atw.compute_kfd_gpu_pcis([(7, dict(part, drm_render_minor=0))], {},
+                                    ["0000:23:00.0"]) == {7: "0000:23:00.0"}
+    assert atw.compute_kfd_gpu_pcis(nodes, {}, ["0000:0c:00.0"]) == {}      # not one of ours
+
+
+def test_kfd_vram_per_gpu():
+    pcis = {1: "0000:0c:00.0", 2: "0000:64:00.0"}
+    assert atw.compute_kfd_vram({1: 5 << 20, 2: 0}, pcis) == {"0000:0c:00.0": 5 << 20,
+                                                               "0000:64:00.0": 0}
+    assert atw.compute_kfd_vram({1: 0, 2: 0}, pcis) is None          # no VRAM: GPU unknown
+    assert atw.compute_kfd_vram({}, pcis) is None
+    assert atw.compute_kfd_vram({9: 1 << 30}, pcis) is None          # gpu_id of no GPU of ours

@@ -487,7 +487,9 @@ def test_redact_cmdline_is_safe_to_display(args, limit, as_str):
 @FUZZ
 @given(CMDLINE_ARGS, st.integers(0, 12),
        st.sampled_from(["--password=%s", "--token=%s", "--api-key=%s", "DB_PASSWORD=%s",
-                        "GH_TOKEN=%s", "https://bob:%s@example.com/r.git"]),
+                        "GH_TOKEN=%s", "https://bob:%s@example.com/r.git",
+                        "Authorization: Bearer %s", "--auth=%s", "--user=alice:%s",
+                        "postgres://u:%s@h/db"]),
        st.text(alphabet="ABCDEFGHJKLMNPQRSTUVWXYZ23456789", min_size=8, max_size=16))
 def test_redact_cmdline_hides_secret_values(args, position, template, secret):
     secret = "Zq" + secret

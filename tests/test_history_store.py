@@ -180,6 +180,55 @@ def test_runs_lifetimes_reused_pid_and_procs_at(tmp_path):
     store.close()
 
 
+def test_runs_carry_the_process_start_and_elapsed(tmp_path):
+    """started: the row's wall-clock start (first_seen where the row has none);
+    elapsed_s: from there to the run's end, or to now while it runs."""
+    store, clock = make_store(tmp_path)
+    started = m.format_utc_s(T0 - 3600)
+    for i in range(3):
+        store.offer_procs("card1", procs_msg("card1", T0 + 2 * i, [
+            proc_row(42, started=started, elapsed_s=3600 + 2 * i), proc_row(43, start=7)]))
+    clock.now = T0 + 100
+    store.cycle()
+    runs = dict((r["pid"], r) for r in store.query_runs(T0 - 10, T0 + 100))
+    assert runs[42]["started"] == started and runs[42]["elapsed_s"] == 3700     # to now
+    assert runs[43]["started"] == m.format_utc_s(T0) and runs[43]["elapsed_s"] == 100
+    at = store.query_procs_at("card1", T0 + 2)["processes"]
+    assert [(p["pid"], p["started"]) for p in at] == [(42, started), (43, m.format_utc_s(T0))]
+    for i in range(m.HISTORY_RUN_MISSING_SCANS + 1):      # pid 42 goes: its run ends at T0 + 4
+        store.offer_procs("card1", procs_msg("card1", T0 + 10 + 2 * i, [proc_row(43, start=7)]))
+    clock.now = T0 + 500
+    store.cycle()
+    ended = [r for r in store.query_runs(T0 - 10, T0 + 500) if r["pid"] == 42][0]
+    assert ended["ended"] == m.format_ts(T0 + 4) and ended["elapsed_s"] == 3604
+    rows = m.records_csv([ended], m.RUN_CSV_COLUMNS).decode().splitlines()
+    assert rows[0].startswith("run_id,gpu_id,pid,start_time,started,elapsed_s,")
+    store.close()
+
+
+def test_a_file_from_before_started_gains_the_column(tmp_path):
+    path = str(tmp_path / "old.sqlite3")
+    conn = sqlite3.connect(path, isolation_level=None)
+    for stmt in m.history_schema():
+        conn.execute(stmt.replace(" started REAL,", ""))
+    conn.execute("PRAGMA application_id = %d" % m.HISTORY_APP_ID)
+    conn.execute("PRAGMA user_version = %d" % m.HISTORY_SCHEMA_VERSION)
+    conn.execute("INSERT INTO runs(boot_id, pid, start_time, gpu_id, first_seen, last_seen, ended,"
+                 " time_s, vram_s, gtt_s, engine_s, gpu_s, samples) VALUES"
+                 " ('old', 9, 1, 'card1', ?, ?, ?, 0, 0, 0, 0, 0, 1)", (T0, T0 + 60, T0 + 60))
+    conn.close()
+    store, _ = make_store(tmp_path, path="old.sqlite3")
+    assert store.status()["state"] == "ok"
+    old = store.query_runs(T0 - 10, T0 + 100)[0]
+    assert old["started"] == m.format_utc_s(T0) and old["elapsed_s"] == 60   # first_seen on
+    store.offer_procs("card1", procs_msg("card1", T0 + 200,
+                                         [proc_row(5, started=m.format_utc_s(T0))]))
+    store.cycle()
+    new = [r for r in store.query_runs(T0, T0 + 300) if r["pid"] == 5][0]
+    assert new["started"] == m.format_utc_s(T0)
+    store.close()
+
+
 def test_run_ends_after_missing_scans_and_across_restart(tmp_path):
     store, clock = make_store(tmp_path)
     store.offer_procs("card1", procs_msg("card1", T0, [proc_row(7)]))

@@ -201,6 +201,9 @@ def test_rows_from_proc_and_from_nvml(fake_nvml_lib, scenario):
     assert hidden["visible"] is False and hidden["name"] == "train-hidden"
     assert hidden["vram_bytes"] is None                           # 0xFFFF...: not available
     assert (hidden["user"], hidden["cmd"], hidden["start_time"]) == (None, None, None)
+    # Wall-clock start from the tree's btime (2026-12-06T08:00:00Z) + 2500 ticks / 100 Hz.
+    assert llama["started"] == "2026-12-06T08:00:25Z" and isinstance(llama["elapsed_s"], int)
+    assert (hidden["started"], hidden["elapsed_s"]) == (None, None)
     assert 424242 not in rows                                      # a sample for an unlisted PID
     assert rows[1300]["engines_pct"]["sm"] == 0.0                 # its only sample was over 100 %
     assert list(llama) == list(hidden) == [k for k, _ in atw.PROC_ROW_DEFAULTS]

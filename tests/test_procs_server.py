@@ -4,12 +4,13 @@ multi /proc fixture delivers procs frames over the WebSocket and REST, and
 
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 
 from websockets.sync.client import connect
 
-from conftest import PROGRAM, TESTDATA, server_env
+from conftest import PROGRAM, SYSFS, TESTDATA, server_env
 
 PROC_MULTI = os.path.join(TESTDATA, "proc", "multi")
 PROC_ENV = {"APP_PROC_ROOT": PROC_MULTI, "APP_PROC_ENABLE": "true",
@@ -100,3 +101,112 @@ def test_secrets_never_leave_through_once_json_or_metrics(server):
     assert 'pid="2100"' in metrics
     for secret in SECRETS:
         assert secret not in out and secret not in metrics, secret
+
+
+# -- wall-clock start and elapsed; credentials of HTTP clients, live and stored -------------
+
+import calendar  # noqa: E402
+import csv  # noqa: E402
+import io  # noqa: E402
+import shutil  # noqa: E402
+import time  # noqa: E402
+
+import make_proc_fixtures as mpf  # noqa: E402
+from conftest import wait_for  # noqa: E402
+
+CURL_PID = 2500
+CURL_ARGV = ["curl", "-H", "Authorization: Bearer hdr-e2e", "-H", "X-Api-Key: key-e2e",
+             "-u", "alice:pw-e2e", "--auth=auth-e2e", "postgres://bob:url-e2e@db/app"]
+CURL_SECRETS = ("hdr-e2e", "key-e2e", "pw-e2e", "auth-e2e", "url-e2e")
+CURL_START_TICKS = 123456                      # 1234.56 s after the tree's btime
+CURL_STARTED = "2026-12-06T08:20:34Z"          # 1796544000 + 1234 s
+
+
+def curl_tree(tmp_path):
+    """The multi tree plus pid 2500, a curl with credentials holding a client of card1."""
+    root = str(tmp_path / "proc")
+    shutil.copytree(PROC_MULTI, root, symlinks=True)
+    body = mpf.retarget(mpf.sample_body(mpf.ISSUE87), pdev=mpf.GPU_A, client_id=90)
+    mpf.write_pid(root, mpf.proc_spec(CURL_PID, "curl", CURL_ARGV, start=CURL_START_TICKS,
+                                      fds={5: mpf.drm("renderD129", body)}))
+    return root
+
+
+def started_s(text):
+    return calendar.timegm(time.strptime(text, "%Y-%m-%dT%H:%M:%SZ"))
+
+
+def test_started_elapsed_and_redaction_live_stored_and_csv(server, tmp_path):
+    root = curl_tree(tmp_path)
+    history = str(tmp_path / "history.sqlite3")
+    srv = server(fixture="multi_gpu", env=dict(PROC_ENV, APP_PROC_ROOT=root,
+                                               APP_HISTORY_PATH=history))
+
+    def live_row():
+        status, body = srv.get_json("/api/gpus/card1/procs")
+        return status == 200 and next((p for p in body.get("processes") or []
+                                       if p["pid"] == CURL_PID), None)
+    row = wait_for(live_row, 10, message="the curl process on card1")
+    # started = btime + start_time / CLK_TCK; elapsed_s counts from there to the scan.
+    assert row["start_time"] == CURL_START_TICKS and row["started"] == CURL_STARTED
+    assert isinstance(row["elapsed_s"], int)
+    assert 0 <= row["elapsed_s"] <= max(0, time.time() - started_s(CURL_STARTED)) + 1
+    gnome = [p for p in json.loads(srv.get("/api/gpus/card1/procs").body)["processes"]
+             if p["pid"] == 1200][0]
+    assert gnome["started"] == "2026-12-06T08:00:22Z"
+    assert row["cmd"] == ("curl -H Authorization: Bearer *** -H X-Api-Key: *** -u alice:*** "
+                          "--auth=*** postgres://bob:***@db/app")
+    plain = srv.get("/plain").body.decode()
+    assert CURL_STARTED in plain and "<th>Elapsed</th>" in plain
+    # The stored run (committed every 5 s) and its CSV: same start, same redaction.
+    runs = wait_for(lambda: [r for r in srv.get_json("/api/processes?range=1h&gpu=card1")[1]
+                             .get("processes", []) if r["pid"] == CURL_PID], 15,
+                    message="the curl run in the history file")
+    assert runs[0]["started"] == CURL_STARTED and isinstance(runs[0]["elapsed_s"], int)
+    assert runs[0]["cmd"] == row["cmd"]
+    text = srv.get("/api/processes?range=1h&gpu=card1&format=csv").body.decode()
+    record = [r for r in csv.DictReader(io.StringIO(text)) if r["pid"] == str(CURL_PID)][0]
+    assert record["started"] == CURL_STARTED and record["elapsed_s"].isdigit()
+    for secret in CURL_SECRETS:
+        assert secret not in json.dumps(row) and secret not in plain and secret not in text, secret
+    srv.stop()
+    with sqlite3.connect(history) as conn:                       # nothing secret on disk
+        stored = conn.execute("SELECT cmd, started FROM runs WHERE pid = ?", (CURL_PID,)).fetchall()
+    assert stored and all(cmd == row["cmd"] for cmd, _ in stored)
+    assert stored[0][1] == started_s(CURL_STARTED)                # epoch s (btime: whole s)
+
+
+def test_once_shows_started_and_elapsed(tmp_path):
+    env = server_env("multi_gpu", env={"APP_PROC_ROOT": curl_tree(tmp_path),
+                                       "APP_PROC_ENABLE": "true"})
+    snapshot = json.loads(subprocess.run([sys.executable, PROGRAM, "--once", "--json"], env=env,
+                                         capture_output=True, timeout=30, check=True).stdout)
+    row = [p for g in snapshot["gpus"] if g["id"] == "card1" for p in g["procs"]["processes"]
+           if p["pid"] == CURL_PID][0]
+    assert row["started"] == CURL_STARTED and isinstance(row["elapsed_s"], int)
+    table = subprocess.run([sys.executable, PROGRAM, "--once"], env=env, capture_output=True,
+                           timeout=30, check=True).stdout.decode()
+    line = [l for l in table.splitlines() if "pid %-7d" % CURL_PID in l][0]
+    assert "started %s (" % CURL_STARTED in line
+
+
+# -- KFD: a ROCm process on the GPU it holds VRAM on, through a real server ------------------
+
+def test_kfd_process_on_its_gpu_through_the_server(server, tmp_path):
+    """The multi_gpu sysfs plus /sys/class/kfd/kfd (topology of the RX 6900 XT and
+    the Phoenix APU; pid 1700 holds 2 GiB of KFD VRAM on the RX 6900 XT only): 1700
+    is listed on card1 alone, with that VRAM. Its sdma_* files are FIFOs: a server
+    that opened one would hang its scan thread, and the frames would never come."""
+    sysfs = str(tmp_path / "sys")
+    shutil.copytree(os.path.join(SYSFS, "multi_gpu"), sysfs, symlinks=True)
+    mpf.write_kfd_tree(sysfs, {1700: {mpf.KFD_GPU_A: 2 << 30, mpf.KFD_GPU_B: 0}})
+    srv = server(sysfs_root=sysfs, env=PROC_ENV)
+
+    def both():
+        found = [srv.get_json("/api/gpus/%s/procs" % gpu)[1] for gpu in ("card1", "card2")]
+        return all(m.get("processes") is not None and m["processes"] for m in found) and found
+    card1, card2 = wait_for(both, 10, message="process lists of card1 and card2")
+    rocm = [p for p in card1["processes"] if p["pid"] == 1700]
+    assert rocm and rocm[0]["vram_bytes"] == 2 << 30 and rocm[0]["kfd"] is True
+    assert pids(card2) == [1500, 2300]                   # not on the APU any more
+    assert card1["capabilities"]["kfd_seen"] is True

@@ -10,6 +10,7 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
 
 import pytest
 
@@ -110,9 +111,14 @@ def distinct_client_sums(root, node_map):
 
 # -- the multi tree: who is listed, with what ------------------------------------------
 
+# The wall clock of the multi_result scan: boot (the tree's btime) + 12 h.
+WALL_NOW = mpf.BTIME + 12 * 3600
+
+
 @pytest.fixture(scope="module")
 def multi_result():
-    return make_scanner(tree("multi"), mpf.NODE_MAP).scan()
+    return make_scanner(tree("multi"), mpf.NODE_MAP, clk_tck=mpf.CLK_TCK,
+                        wall_clock=lambda: WALL_NOW).scan()
 
 
 def test_multi_processes_per_gpu(multi_result):
@@ -140,7 +146,9 @@ def test_multi_row_contents(multi_result):
         "type": None, "visible": True,
         "cpu_pct": None,                                  # one scan: no CPU rate yet
         "rss_bytes": 6144 * atw.read_sysconf("SC_PAGE_SIZE", 4096),   # stat field 24
-        "vram_forecast": None}
+        "vram_forecast": None,
+        # stat field 22 = 2200 ticks at 100 Hz = 22 s after btime 2026-12-06T08:00:00Z
+        "started": "2026-12-06T08:00:22Z", "elapsed_s": 12 * 3600 - 22}
     assert a[1600]["kfd"] and a[1600]["container"] == "5dace3de0735"
     assert a[1600]["cpu_bytes"] == 6200 * KIB and a[1600]["engines_pct"] == {}
     assert a[1700]["kfd"] and a[1700]["render_node"] is None and a[1700]["user"] == "root"
@@ -599,3 +607,80 @@ def test_real_proc_unprivileged_counts_unreadable_pids():
     data = json.loads(out.decode())
     assert data["v"]["root"] is False
     assert data["v"]["unreadable_pids"] >= 1 and data["s"]["pids_unreadable"] >= 1
+
+
+# -- KFD (ROCm): which AMD GPU a /dev/kfd holder is on ---------------------------------------
+
+def run_guarded(fn, timeout=30):
+    """fn() in a daemon thread: fails, rather than hangs, if it blocks (the
+    fixture's sdma_<gpu_id> and cu_occupancy are FIFOs: opening one blocks)."""
+    out = {}
+    thread = threading.Thread(target=lambda: out.setdefault("value", fn()), daemon=True)
+    thread.start()
+    thread.join(timeout)
+    assert not thread.is_alive(), "the scan blocked: it opened sdma_* or cu_occupancy"
+    return out["value"]
+
+
+def kfd_scan(tmp_path, procs, **kw):
+    sysfs = str(tmp_path / "sys")
+    mpf.write_kfd_tree(sysfs, procs, **kw)
+    scanner = make_scanner(tree("multi"), mpf.NODE_MAP, sysfs_root=sysfs)
+    first = run_guarded(scanner.scan)
+    return first, run_guarded(scanner.scan)            # a second scan: the topology is kept
+
+
+def test_kfd_process_is_listed_where_it_holds_vram(tmp_path):
+    plain = make_scanner(tree("multi"), mpf.NODE_MAP).scan()
+    assert 1700 in rows(plain, A) and 1700 in rows(plain, B)          # today: every AMD GPU
+    for result in kfd_scan(tmp_path, {1700: {mpf.KFD_GPU_A: 2 << 30, mpf.KFD_GPU_B: 0},
+                                      1600: {mpf.KFD_GPU_A: 0, mpf.KFD_GPU_B: 512 << 20}}):
+        a, b = rows(result, A), rows(result, B)
+        assert a[1700]["vram_bytes"] == 2 << 30 and a[1700]["kfd"] is True   # ROCm flag kept
+        assert 1700 not in b
+        # 1600 also has a DRM client on A: its fdinfo numbers stay there; its KFD VRAM on B
+        # (where it has no DRM client) lists it on B too.
+        assert a[1600]["vram_bytes"] == rows(plain, A)[1600]["vram_bytes"]
+        assert b[1600]["vram_bytes"] == 512 << 20 and b[1600]["kfd"] is True
+        assert result.by_pci[B]["totals"]["vram_bytes"] == sum(
+            r["vram_bytes"] for r in result.by_pci[B]["processes"])
+
+
+@pytest.mark.parametrize("procs", [
+    {},                                                     # no proc/<pid> directory
+    {1700: {mpf.KFD_GPU_A: 0, mpf.KFD_GPU_B: 0}},           # files, but no VRAM anywhere
+    {1700: {4242: 1 << 30}},                                # a gpu_id of no node
+])
+def test_kfd_unknown_keeps_every_amd_gpu(tmp_path, procs):
+    for result in kfd_scan(tmp_path, procs):
+        a, b = rows(result, A), rows(result, B)
+        assert a[1700]["vram_bytes"] == 0 and b[1700]["vram_bytes"] == 0
+        assert a[1700]["kfd"] and b[1700]["kfd"]
+
+
+def test_kfd_not_trusted_from_another_pid_namespace(tmp_path):
+    """KFD names proc/<pid> by host PID: from a separate PID namespace the same
+    number may be another process, so the per-process files are not used."""
+    root = copy_tree(tmp_path, "multi")
+    os.remove(os.path.join(root, "1", "ns", "pid"))
+    os.symlink("pid:[4026532999]", os.path.join(root, "1", "ns", "pid"))
+    sysfs = str(tmp_path / "sys")
+    mpf.write_kfd_tree(sysfs, {1700: {mpf.KFD_GPU_A: 2 << 30}})
+    result = run_guarded(make_scanner(root, mpf.NODE_MAP, sysfs_root=sysfs).scan)
+    assert result.visibility["pid_namespace_separate"] is True
+    assert 1700 in rows(result, A) and 1700 in rows(result, B)
+    assert rows(result, A)[1700]["vram_bytes"] == 0
+
+
+def test_kfd_gpus_found_after_a_scan_are_used_by_the_next_refresh(tmp_path):
+    """A scan before discovery knows no GPU; the refresh after it maps KFD's
+    gpu_ids at once instead of listing the ROCm process on every GPU until the
+    next scan."""
+    sysfs = str(tmp_path / "sys")
+    mpf.write_kfd_tree(sysfs, {1700: {mpf.KFD_GPU_A: 2 << 30, mpf.KFD_GPU_B: 0}})
+    scanner = make_scanner(tree("multi"), {}, sysfs_root=sysfs)
+    first = run_guarded(scanner.scan)        # fdinfo's drm-pdev still places DRM clients
+    assert all(1700 not in rows(first, pci) for pci in first.by_pci)
+    scanner.set_node_map(mpf.NODE_MAP)
+    result = run_guarded(scanner.refresh)
+    assert rows(result, A)[1700]["vram_bytes"] == 2 << 30 and 1700 not in rows(result, B)

@@ -295,6 +295,9 @@ FORECAST_NOISE_FLOOR_BPS = float(1 << 20)   # 1 MiB/s: below it nothing is claim
 FORECAST_MIN_USED = 0.5         # nor below half-full VRAM
 FORECAST_STEP_SHARE = 0.5       # one jump carrying more of the rise: a step
 FORECAST_STEP_MIN_BYTES = 64 << 20          # smaller jumps are never called steps
+FORECAST_JUMP_S = 2.0           # a jump may take this long (a free caught mid-way)
+FORECAST_HISTORY_S = 2 * FORECAST_WINDOW_S  # kept: a jump is judged against the window before it
+FORECAST_LEVEL_S = 5.0          # the current level lies within these last seconds' samples
 FORECAST_PROC_MAX = 64          # process series kept per GPU (largest VRAM first)
 
 ALERT_RULES = ("gpu_temperature", "vram_usage", "vram_full_soon", "gpu_throttling",
@@ -3048,10 +3051,24 @@ def compute_theil_sen(xs, ys, confidence=FORECAST_CONFIDENCE):
     return _median_sorted(slopes), slopes[lower], slopes[upper]
 
 
-def compute_fitted_level(xs, ys, slope):
-    """The robust line's value at the last x (intercept = median of y - slope*x,
-    as scipy's theilslopes): a noisy last sample does not move the time to full."""
-    return statistics.median(y - slope * x for x, y in zip(xs, ys)) + slope * xs[-1]
+def compute_current_level(xs, ys, slope):
+    """The level now: the robust line's value at the last x (intercept = median
+    of y - slope*x, as scipy's theilslopes), so a noisy last sample does not
+    move the time to full, but kept within the samples of the last
+    FORECAST_LEVEL_S (plus one step's growth, for noise): a growth that
+    stopped (a plateau) is not carried on past the data, nor a rise left behind."""
+    fitted = statistics.median(y - slope * x for x, y in zip(xs, ys)) + slope * xs[-1]
+    recent = ys[bisect.bisect_left(xs, xs[-1] - FORECAST_LEVEL_S):]
+    return min(max(fitted, min(recent)), max(recent) + max(slope, 0.0) * FORECAST_STEP_S)
+
+
+def compute_full_in(free_bytes, low, high):
+    """[earliest, latest] seconds to fill free_bytes at a rate in [low, high]
+    (both > 0): at least 1 s while anything is free, [0, 0] only when full."""
+    if free_bytes <= 0:
+        return [0, 0]
+    earliest, latest = _round_range(free_bytes / high, free_bytes / low)
+    return [max(1, earliest), max(1, latest)]
 
 
 def new_vram_forecast(state="unknown", rate=None, full_in=None, driver_pid=None, step=None):
@@ -3077,41 +3094,76 @@ def _round_range(low, high):
     return [int(math.floor(low)), int(math.ceil(high))]
 
 
+def find_vram_step(ts, used, since_s):
+    """The last big change of the level at or after since_s -> (index of the
+    first sample after it, signed bytes), or None.
+
+    A change (a jump over at most FORECAST_JUMP_S) is big when it is at least
+    FORECAST_STEP_MIN_BYTES, carries more than FORECAST_STEP_SHARE of the way
+    from the far end of the range of the FORECAST_WINDOW_S before it, and
+    lands outside that range by more than FORECAST_STEP_MIN_BYTES: new
+    ground. So the frees and allocations of a periodic allocate-then-free,
+    whose levels were all seen before, are never big; a leak's final free is.
+    A change with fewer than FORECAST_MIN_POINTS samples before it is not judged.
+    """
+    for i in range(len(ts) - 1, 0, -1):
+        if ts[i] < since_s:
+            break
+        j = min(bisect.bisect_left(ts, ts[i] - FORECAST_JUMP_S), i - 1)
+        delta = used[i] - used[j]
+        if abs(delta) < FORECAST_STEP_MIN_BYTES:
+            continue
+        start = bisect.bisect_left(ts, ts[j] - FORECAST_WINDOW_S)
+        if j + 1 - start < FORECAST_MIN_POINTS:
+            continue
+        low, high = min(used[start:j + 1]), max(used[start:j + 1])
+        if delta > 0:
+            big = used[i] > high + FORECAST_STEP_MIN_BYTES and delta > FORECAST_STEP_SHARE * (
+                used[i] - low)
+        else:
+            big = used[i] < low - FORECAST_STEP_MIN_BYTES and -delta > FORECAST_STEP_SHARE * (
+                high - used[i])
+        if big:
+            return j + 1, int(delta)
+    return None
+
+
 def compute_vram_forecast(ts, used, total, proc_series=None):
-    """Device VRAM samples (ts seconds ascending, used bytes) -> vram_forecast.
+    """Device VRAM samples (ts seconds ascending, used bytes; up to
+    FORECAST_HISTORY_S of them) -> vram_forecast.
 
     Gates (history-insight §6): >= FORECAST_MIN_POINTS over >= FORECAST_MIN_SPAN_S
     of the last FORECAST_WINDOW_S, else "unknown"; below FORECAST_MIN_USED of
-    total nothing is claimed ("stable"); one jump carrying > FORECAST_STEP_SHARE
-    of the window's rise is a "step"; a "trend" needs the interval's low end
-    past the noise floor (a growing one gets full_in_s = free/high .. free/low).
+    total nothing is claimed ("stable"). A big change (find_vram_step: a big
+    free or allocation) starts a new window: the verdict is that "step" until
+    the samples after it show a trend of their own (or it leaves the window).
+    A "trend" needs the interval's low end past the noise floor; a growing
+    one gets full_in_s = free/high .. free/low, free from the current level.
     proc_series {pid: (ts, vram)} names the process that grew most (driver_pid).
     """
+    history_ts, history_used = ts, used
     ts, used = forecast_window(ts, used)
     if not total or not _enough_points(ts):
         return new_vram_forecast()
     if used[-1] < FORECAST_MIN_USED * total:       # no claim, and no O(n^2) fit either
         return new_vram_forecast("stable")
-    fit = compute_theil_sen(ts, used)
+    step = find_vram_step(history_ts, history_used, ts[0])
+    if step is not None:
+        ts, used = list(history_ts[step[0]:]), list(history_used[step[0]:])
+    fit = compute_theil_sen(ts, used) if _enough_points(ts) else None
+    if fit is not None and fit[1] > FORECAST_NOISE_FLOOR_BPS:
+        free = total - compute_current_level(ts, used, fit[0])
+        return new_vram_forecast("trend", _round_range(fit[1], fit[2]),
+                                 compute_full_in(free, fit[1], fit[2]),
+                                 compute_driver_pid(proc_series, ts[0]))
+    if fit is not None and fit[2] < -FORECAST_NOISE_FLOOR_BPS:
+        return new_vram_forecast("trend", _round_range(fit[1], fit[2]))
+    if step is not None:
+        driver = compute_driver_pid(proc_series, history_ts[step[0] - 1]) if step[1] > 0 else None
+        return new_vram_forecast("step", None, None, driver, step[1])
     if fit is None:
         return new_vram_forecast()
-    _, low, high = fit
-    rate = _round_range(low, high)
-    jump = max(b - a for a, b in zip(used, used[1:]))
-    rise = max(used) - min(used)
-    if jump >= FORECAST_STEP_MIN_BYTES and jump > FORECAST_STEP_SHARE * rise:
-        return new_vram_forecast("step", None, None, compute_driver_pid(proc_series, ts[0]),
-                                 int(jump))
-    if low > FORECAST_NOISE_FLOOR_BPS:
-        free = max(0.0, total - compute_fitted_level(ts, used, fit[0]))
-        return new_vram_forecast("trend", rate, _round_range(free / high, free / low),
-                                 compute_driver_pid(proc_series, ts[0]))
-    if high < -FORECAST_NOISE_FLOOR_BPS:
-        drop = max(a - b for a, b in zip(used, used[1:]))
-        if drop >= FORECAST_STEP_MIN_BYTES and drop > FORECAST_STEP_SHARE * rise:
-            return new_vram_forecast("step", None, None, None, -int(drop))   # a free, not a shrink
-        return new_vram_forecast("trend", rate)
-    return new_vram_forecast("stable", rate)
+    return new_vram_forecast("stable", _round_range(fit[1], fit[2]))
 
 
 def compute_driver_pid(proc_series, since_s):
@@ -3140,9 +3192,9 @@ def compute_proc_vram_forecast(ts, vram, free_bytes):
     if fit is None or fit[1] <= FORECAST_NOISE_FLOOR_BPS:
         return None
     slope, low, high = fit
-    if free_bytes is not None:      # the device's free VRAM, from this process's fitted level on
-        free_bytes = max(0.0, free_bytes - (compute_fitted_level(ts, vram, slope) - vram[-1]))
-    full = None if free_bytes is None else _round_range(free_bytes / high, free_bytes / low)
+    if free_bytes is not None:      # the device's free VRAM, from this process's current level on
+        free_bytes = free_bytes - (compute_current_level(ts, vram, slope) - vram[-1])
+    full = None if free_bytes is None else compute_full_in(free_bytes, low, high)
     return {"state": "trend", "rate_bytes_per_s": _round_range(low, high), "full_in_s": full}
 
 
@@ -6024,7 +6076,8 @@ class VramForecaster(object):
     """
 
     def __init__(self):
-        points = int(FORECAST_WINDOW_S / FORECAST_STEP_S) + 2
+        points = int(FORECAST_HISTORY_S / FORECAST_STEP_S) + 2   # a jump's judge needs the window before it
+        self._proc_points = int(FORECAST_WINDOW_S / FORECAST_STEP_S) + 2
         self._lock = threading.Lock()
         self._ts = collections.deque(maxlen=points)
         self._used = collections.deque(maxlen=points)
@@ -6081,8 +6134,8 @@ class VramForecaster(object):
                     continue
                 key = (row["pid"], row.get("start_time"))
                 seen.add(key)
-                ts, vram = self._procs.setdefault(key, (collections.deque(maxlen=self._ts.maxlen),
-                                                        collections.deque(maxlen=self._ts.maxlen)))
+                ts, vram = self._procs.setdefault(key, (collections.deque(maxlen=self._proc_points),
+                                                        collections.deque(maxlen=self._proc_points)))
                 self._push(ts, vram, epoch_s, row["vram_bytes"])
             for key in [k for k in self._procs if k not in seen]:
                 del self._procs[key]

@@ -333,6 +333,7 @@ THROTTLE_BENIGN_REASONS = ("GpuIdle", "ApplicationsClocksSetting", "SyncBoost",
                            "DisplayClockSetting")
 SENSOR_KEYS = ("temp_c", "power_w", "vram_used_bytes", "gpu_busy_pct")   # "a sensor gone"
 ALERT_EVENTS_KEPT = 1000        # recent events kept in memory (history off)
+ALERT_UPDATE_EVERY_S = 1.0      # an active alert's live summary goes out at most this often
 ALERT_QUEUE_ITEMS = 512         # the engine's inbox (drop-oldest past it)
 ALERT_LOST_AFTER_S = 5.0        # a sensor null this long (GPU active) counts as gone
 WEBHOOK_TIMEOUT_S = 5.0
@@ -3243,6 +3244,10 @@ class AlertState(object):
                 return severity
         return None
 
+    def clearing(self):
+        """Firing, but the latest value no longer asks for any severity."""
+        return self.severity is not None and self.target(self.value) is None
+
     def update(self, now_s, value):
         """Feed one observation; returns an event (see build_alert_event's
         arguments as a dict) or None."""
@@ -4685,8 +4690,9 @@ def _format_duration(seconds):
     return "%d s" % int(round(seconds))
 
 
-def format_forecast(forecast, with_full=True):
-    """vram_forecast -> words: 'growing 18-22 MiB/s, full in 4 min-5 min, mostly pid 1234'."""
+def format_forecast(forecast, with_full=True, names=None):
+    """vram_forecast -> words: 'growing 18-22 MiB/s, full in 4 min-5 min, mostly pid 1234'
+    ('mostly python3 (pid 1234)' where names {pid: name} knows it)."""
     forecast = forecast or {}
     state, rate = forecast.get("state"), forecast.get("rate_bytes_per_s")
     if state == "step":
@@ -4701,8 +4707,10 @@ def format_forecast(forecast, with_full=True):
             text += ", full in %s\u2013%s" % (_format_duration(full[0]), _format_duration(full[1]))
     else:
         return state or "unknown"
-    if forecast.get("driver_pid") is not None:
-        text += ", mostly pid %d" % forecast["driver_pid"]
+    pid = forecast.get("driver_pid")
+    if pid is not None:
+        name = (names or {}).get(pid)
+        text += (", mostly %s (pid %d)" % (name, pid)) if name else ", mostly pid %d" % pid
     return text
 
 
@@ -4715,17 +4723,22 @@ ALERT_TITLES = {
 
 
 def format_alert_summary(rule, gpu_id, change, detail=""):
-    """One line for an alert event (frames, webhook annotations, /plain)."""
+    """One line for an alert event (frames, webhook annotations, /plain), or
+    for an active alert's live value (change["clearing"]: firing, but the
+    value no longer asks for it; it resolves after its clear_for)."""
     value = change.get("value")
     title = ALERT_TITLES[rule]
-    if "%s" in title:
+    if rule == "vram_full_soon" and value is None:
+        title = "VRAM no longer filling"
+    elif "%s" in title:
         shown = _format_duration(value) if rule == "vram_full_soon" and value is not None else (
             format_value(value, "") if value is not None else "\u2014")
         title = title % shown
     subject = gpu_id or "host"
     if change["state"] == "resolved":
         return "%s: resolved (%s was %s)" % (subject, rule, change.get("severity"))
-    return "%s: %s%s" % (subject, title, " (%s)" % detail if detail else "")
+    return "%s: %s%s%s" % (subject, title, " (%s)" % detail if detail else "",
+                           ", clearing" if change.get("clearing") else "")
 
 
 def _plain_alerts(alerts):
@@ -6336,6 +6349,13 @@ class Cache(object):
             self._hello = None
         self._notify(frame)
 
+    def set_alerts(self, active):
+        """The active alerts with fresh values and summaries, without a frame
+        (hello, /plain, /api/alerts)."""
+        with self._lock:
+            self._alerts = list(active)
+            self._hello = None
+
     def alerts(self):
         with self._lock:
             return list(self._alerts)
@@ -6527,7 +6547,11 @@ class AlertEngine(StoppableThread):
     offer_* (called by the cache from the publishing threads) only append to
     a bounded inbox (drop-oldest, counted). Each state change becomes one
     alert frame (cache.publish_alert), one history row (store.offer_alert)
-    and one webhook call. Tests call drain() instead of starting the thread.
+    and one webhook call. Between changes an active alert's value and summary
+    follow the live value (_refresh): the cache's active list always, and an
+    alert frame marked "update": true when the summary changed, at most every
+    ALERT_UPDATE_EVERY_S per alert; no row, no webhook call.
+    Tests call drain() instead of starting the thread.
     """
 
     def __init__(self, cache, rules, store=None, webhook=None, clock=time.time):
@@ -6538,7 +6562,8 @@ class AlertEngine(StoppableThread):
         self._wake = threading.Event()
         self._lock = threading.Lock()
         self._events = collections.deque(maxlen=ALERT_EVENTS_KEPT)
-        self._active = collections.OrderedDict()     # (rule, gpu id) -> firing event
+        self._active = collections.OrderedDict()     # (rule, gpu id) -> firing event, live values
+        self._pushed = {}                             # (rule, gpu id) -> (s, summary) last sent
         self._states = {}
         self._procs = {}                              # gpu id -> procs message
         self._sensors = {}                            # gpu id -> {sensor key: last seen s}
@@ -6599,6 +6624,8 @@ class AlertEngine(StoppableThread):
         change = state.update(now_s, value)
         if change is not None:
             self._emit(rule, gpu_id, change, now_s, detail)
+        elif state.severity is not None:
+            self._refresh(rule, gpu_id, state, now_s, detail)
 
     def _on_stats(self, gpu_id, now_s, metrics):
         self._known.add(gpu_id)
@@ -6607,8 +6634,10 @@ class AlertEngine(StoppableThread):
                       "limit %s °C" % format_value(limit, "") if limit else "")
         self._observe("vram_usage", gpu_id, now_s, compute_vram_pct(metrics))
         forecast = metrics.get("vram_forecast") or {}
+        names = dict((r.get("pid"), r.get("name")) for r in
+                     (self._procs.get(gpu_id) or {}).get("processes") or ())
         self._observe("vram_full_soon", gpu_id, now_s, compute_full_in_s(forecast),
-                      detail=format_forecast(forecast, with_full=False))
+                      detail=format_forecast(forecast, with_full=False, names=names))
         self._observe("gpu_throttling", gpu_id, now_s, compute_throttled(metrics),
                       detail=", ".join(metrics.get("throttle_reasons") or ()))
         self._observe("fan_stopped", gpu_id, now_s, compute_fan_stopped(
@@ -6664,8 +6693,10 @@ class AlertEngine(StoppableThread):
             self._events.append(event)
             if event["state"] == "firing":
                 self._active[(rule, gpu_id)] = event
+                self._pushed[(rule, gpu_id)] = (now_s, event["summary"])
             else:
                 self._active.pop((rule, gpu_id), None)
+                self._pushed.pop((rule, gpu_id), None)
             active = list(self._active.values())
         LOG.info("event=alert rule=%s gpu=%s state=%s severity=%s value=%s", rule, gpu_id,
                  event["state"], event["severity"], event["value"])
@@ -6675,6 +6706,31 @@ class AlertEngine(StoppableThread):
             self.store.offer_alert(event)
         if self.webhook is not None:
             self.webhook.send(event)
+
+    def _refresh(self, rule, gpu_id, state, now_s, detail):
+        """A firing alert between changes: its value and summary from this
+        evaluation (a copy: the event as it happened stays in the history)."""
+        key = (rule, gpu_id)
+        summary = format_alert_summary(rule, gpu_id, {"state": "firing", "value": state.value,
+                                                      "clearing": state.clearing()}, detail)
+        with self._lock:
+            event = self._active.get(key)
+            if event is None:
+                return
+            fresh = summary != event["summary"] or state.value != event["value"]
+            if fresh:
+                event = self._active[key] = dict(event, value=state.value, summary=summary,
+                                                 updated=format_ts(now_s))
+            sent_s, sent = self._pushed.get(key, (None, None))
+            push = summary != sent and not (
+                sent_s is not None and 0 <= now_s - sent_s < ALERT_UPDATE_EVERY_S)
+            if push:
+                self._pushed[key] = (now_s, summary)
+            active = list(self._active.values())
+        if push:
+            self.cache.publish_alert(dict(event, update=True), active)
+        elif fresh:
+            self.cache.set_alerts(active)
 
     def active(self):
         with self._lock:

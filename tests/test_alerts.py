@@ -651,7 +651,9 @@ def test_a_real_server_keeps_the_active_summary_live_and_calls_the_webhook_once_
     events = [e for e in srv.get_json("/api/alerts")[1]["events"] if e["rule"] == "vram_usage"]
     assert [(e["state"], e["severity"]) for e in events] == [("firing", "warning"),
                                                             ("firing", "critical")]
-    wait_for(lambda: len(receiver.bodies) >= 2, 10, message="two webhook calls")
-    assert [b[2]["status"] for b in receiver.bodies] == ["firing", "firing"]   # no more
-    assert [b[2]["alerts"][0]["labels"]["severity"] for b in receiver.bodies] == [
-        "warning", "critical"]
+
+    def calls():     # this rule's webhook calls (the host's RAM may raise host_memory here)
+        return [b[2] for b in receiver.bodies if b[2]["groupLabels"]["alertname"] == "vram_usage"]
+    wait_for(lambda: len(calls()) >= 2, 10, message="two webhook calls")
+    assert [b["status"] for b in calls()] == ["firing", "firing"]   # one per change, no more
+    assert [b["alerts"][0]["labels"]["severity"] for b in calls()] == ["warning", "critical"]

@@ -6089,7 +6089,7 @@ class VramForecaster(object):
     """
 
     def __init__(self):
-        points = int(FORECAST_HISTORY_S / FORECAST_STEP_S) + 2   # a jump's judge needs the window before it
+        points = int(FORECAST_HISTORY_S / FORECAST_STEP_S) + 2   # jumps are judged on the window before
         self._proc_points = int(FORECAST_WINDOW_S / FORECAST_STEP_S) + 2
         self._lock = threading.Lock()
         self._ts = collections.deque(maxlen=points)

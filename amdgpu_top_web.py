@@ -296,6 +296,9 @@ FORECAST_NOISE_FLOOR_BPS = float(1 << 20)   # 1 MiB/s: below it nothing is claim
 FORECAST_MIN_USED = 0.5         # nor below half-full VRAM
 FORECAST_STEP_SHARE = 0.5       # one jump carrying more of the rise: a step
 FORECAST_STEP_MIN_BYTES = 64 << 20          # smaller jumps are never called steps
+FORECAST_JUMP_S = 2.0           # a jump may take this long (a free caught mid-way)
+FORECAST_HISTORY_S = 2 * FORECAST_WINDOW_S  # kept: a jump is judged against the window before it
+FORECAST_LEVEL_S = 5.0          # the current level lies within these last seconds' samples
 FORECAST_PROC_MAX = 64          # process series kept per GPU (largest VRAM first)
 
 ALERT_RULES = ("gpu_temperature", "vram_usage", "vram_full_soon", "gpu_throttling",
@@ -331,6 +334,7 @@ THROTTLE_BENIGN_REASONS = ("GpuIdle", "ApplicationsClocksSetting", "SyncBoost",
                            "DisplayClockSetting")
 SENSOR_KEYS = ("temp_c", "power_w", "vram_used_bytes", "gpu_busy_pct")   # "a sensor gone"
 ALERT_EVENTS_KEPT = 1000        # recent events kept in memory (history off)
+ALERT_UPDATE_EVERY_S = 1.0      # an active alert's live summary goes out at most this often
 ALERT_QUEUE_ITEMS = 512         # the engine's inbox (drop-oldest past it)
 ALERT_LOST_AFTER_S = 5.0        # a sensor null this long (GPU active) counts as gone
 WEBHOOK_TIMEOUT_S = 5.0
@@ -3233,10 +3237,24 @@ def compute_theil_sen(xs, ys, confidence=FORECAST_CONFIDENCE):
     return _median_sorted(slopes), slopes[lower], slopes[upper]
 
 
-def compute_fitted_level(xs, ys, slope):
-    """The robust line's value at the last x (intercept = median of y - slope*x,
-    as scipy's theilslopes): a noisy last sample does not move the time to full."""
-    return statistics.median(y - slope * x for x, y in zip(xs, ys)) + slope * xs[-1]
+def compute_current_level(xs, ys, slope):
+    """The level now: the robust line's value at the last x (intercept = median
+    of y - slope*x, as scipy's theilslopes), so a noisy last sample does not
+    move the time to full, but kept within the samples of the last
+    FORECAST_LEVEL_S (plus one step's growth, for noise): a growth that
+    stopped (a plateau) is not carried on past the data, nor a rise left behind."""
+    fitted = statistics.median(y - slope * x for x, y in zip(xs, ys)) + slope * xs[-1]
+    recent = ys[bisect.bisect_left(xs, xs[-1] - FORECAST_LEVEL_S):]
+    return min(max(fitted, min(recent)), max(recent) + max(slope, 0.0) * FORECAST_STEP_S)
+
+
+def compute_full_in(free_bytes, low, high):
+    """[earliest, latest] seconds to fill free_bytes at a rate in [low, high]
+    (both > 0): at least 1 s while anything is free, [0, 0] only when full."""
+    if free_bytes <= 0:
+        return [0, 0]
+    earliest, latest = _round_range(free_bytes / high, free_bytes / low)
+    return [max(1, earliest), max(1, latest)]
 
 
 def new_vram_forecast(state="unknown", rate=None, full_in=None, driver_pid=None, step=None):
@@ -3262,41 +3280,76 @@ def _round_range(low, high):
     return [int(math.floor(low)), int(math.ceil(high))]
 
 
+def find_vram_step(ts, used, since_s):
+    """The last big change of the level at or after since_s -> (index of the
+    first sample after it, signed bytes), or None.
+
+    A change (a jump over at most FORECAST_JUMP_S) is big when it is at least
+    FORECAST_STEP_MIN_BYTES, carries more than FORECAST_STEP_SHARE of the way
+    from the far end of the range of the FORECAST_WINDOW_S before it, and
+    lands outside that range by more than FORECAST_STEP_MIN_BYTES: new
+    ground. So the frees and allocations of a periodic allocate-then-free,
+    whose levels were all seen before, are never big; a leak's final free is.
+    A change with fewer than FORECAST_MIN_POINTS samples before it is not judged.
+    """
+    for i in range(len(ts) - 1, 0, -1):
+        if ts[i] < since_s:
+            break
+        j = min(bisect.bisect_left(ts, ts[i] - FORECAST_JUMP_S), i - 1)
+        delta = used[i] - used[j]
+        if abs(delta) < FORECAST_STEP_MIN_BYTES:
+            continue
+        start = bisect.bisect_left(ts, ts[j] - FORECAST_WINDOW_S)
+        if j + 1 - start < FORECAST_MIN_POINTS:
+            continue
+        low, high = min(used[start:j + 1]), max(used[start:j + 1])
+        if delta > 0:
+            big = used[i] > high + FORECAST_STEP_MIN_BYTES and delta > FORECAST_STEP_SHARE * (
+                used[i] - low)
+        else:
+            big = used[i] < low - FORECAST_STEP_MIN_BYTES and -delta > FORECAST_STEP_SHARE * (
+                high - used[i])
+        if big:
+            return j + 1, int(delta)
+    return None
+
+
 def compute_vram_forecast(ts, used, total, proc_series=None):
-    """Device VRAM samples (ts seconds ascending, used bytes) -> vram_forecast.
+    """Device VRAM samples (ts seconds ascending, used bytes; up to
+    FORECAST_HISTORY_S of them) -> vram_forecast.
 
     Gates (history-insight §6): >= FORECAST_MIN_POINTS over >= FORECAST_MIN_SPAN_S
     of the last FORECAST_WINDOW_S, else "unknown"; below FORECAST_MIN_USED of
-    total nothing is claimed ("stable"); one jump carrying > FORECAST_STEP_SHARE
-    of the window's rise is a "step"; a "trend" needs the interval's low end
-    past the noise floor (a growing one gets full_in_s = free/high .. free/low).
+    total nothing is claimed ("stable"). A big change (find_vram_step: a big
+    free or allocation) starts a new window: the verdict is that "step" until
+    the samples after it show a trend of their own (or it leaves the window).
+    A "trend" needs the interval's low end past the noise floor; a growing
+    one gets full_in_s = free/high .. free/low, free from the current level.
     proc_series {pid: (ts, vram)} names the process that grew most (driver_pid).
     """
+    history_ts, history_used = ts, used
     ts, used = forecast_window(ts, used)
     if not total or not _enough_points(ts):
         return new_vram_forecast()
     if used[-1] < FORECAST_MIN_USED * total:       # no claim, and no O(n^2) fit either
         return new_vram_forecast("stable")
-    fit = compute_theil_sen(ts, used)
+    step = find_vram_step(history_ts, history_used, ts[0])
+    if step is not None:
+        ts, used = list(history_ts[step[0]:]), list(history_used[step[0]:])
+    fit = compute_theil_sen(ts, used) if _enough_points(ts) else None
+    if fit is not None and fit[1] > FORECAST_NOISE_FLOOR_BPS:
+        free = total - compute_current_level(ts, used, fit[0])
+        return new_vram_forecast("trend", _round_range(fit[1], fit[2]),
+                                 compute_full_in(free, fit[1], fit[2]),
+                                 compute_driver_pid(proc_series, ts[0]))
+    if fit is not None and fit[2] < -FORECAST_NOISE_FLOOR_BPS:
+        return new_vram_forecast("trend", _round_range(fit[1], fit[2]))
+    if step is not None:
+        driver = compute_driver_pid(proc_series, history_ts[step[0] - 1]) if step[1] > 0 else None
+        return new_vram_forecast("step", None, None, driver, step[1])
     if fit is None:
         return new_vram_forecast()
-    _, low, high = fit
-    rate = _round_range(low, high)
-    jump = max(b - a for a, b in zip(used, used[1:]))
-    rise = max(used) - min(used)
-    if jump >= FORECAST_STEP_MIN_BYTES and jump > FORECAST_STEP_SHARE * rise:
-        return new_vram_forecast("step", None, None, compute_driver_pid(proc_series, ts[0]),
-                                 int(jump))
-    if low > FORECAST_NOISE_FLOOR_BPS:
-        free = max(0.0, total - compute_fitted_level(ts, used, fit[0]))
-        return new_vram_forecast("trend", rate, _round_range(free / high, free / low),
-                                 compute_driver_pid(proc_series, ts[0]))
-    if high < -FORECAST_NOISE_FLOOR_BPS:
-        drop = max(a - b for a, b in zip(used, used[1:]))
-        if drop >= FORECAST_STEP_MIN_BYTES and drop > FORECAST_STEP_SHARE * rise:
-            return new_vram_forecast("step", None, None, None, -int(drop))   # a free, not a shrink
-        return new_vram_forecast("trend", rate)
-    return new_vram_forecast("stable", rate)
+    return new_vram_forecast("stable", _round_range(fit[1], fit[2]))
 
 
 def compute_driver_pid(proc_series, since_s):
@@ -3325,9 +3378,9 @@ def compute_proc_vram_forecast(ts, vram, free_bytes):
     if fit is None or fit[1] <= FORECAST_NOISE_FLOOR_BPS:
         return None
     slope, low, high = fit
-    if free_bytes is not None:      # the device's free VRAM, from this process's fitted level on
-        free_bytes = max(0.0, free_bytes - (compute_fitted_level(ts, vram, slope) - vram[-1]))
-    full = None if free_bytes is None else _round_range(free_bytes / high, free_bytes / low)
+    if free_bytes is not None:      # the device's free VRAM, from this process's current level on
+        free_bytes = free_bytes - (compute_current_level(ts, vram, slope) - vram[-1])
+    full = None if free_bytes is None else compute_full_in(free_bytes, low, high)
     return {"state": "trend", "rate_bytes_per_s": _round_range(low, high), "full_in_s": full}
 
 
@@ -3375,6 +3428,10 @@ class AlertState(object):
                     rank >= _severity_rank(severity) and self._beyond(value, clear_at)):
                 return severity
         return None
+
+    def clearing(self):
+        """Firing, but the latest value no longer asks for any severity."""
+        return self.severity is not None and self.target(self.value) is None
 
     def update(self, now_s, value):
         """Feed one observation; returns an event (see build_alert_event's
@@ -4867,8 +4924,9 @@ def _format_duration(seconds):
     return "%d s" % int(round(seconds))
 
 
-def format_forecast(forecast, with_full=True):
-    """vram_forecast -> words: 'growing 18-22 MiB/s, full in 4 min-5 min, mostly pid 1234'."""
+def format_forecast(forecast, with_full=True, names=None):
+    """vram_forecast -> words: 'growing 18-22 MiB/s, full in 4 min-5 min, mostly pid 1234'
+    ('mostly python3 (pid 1234)' where names {pid: name} knows it)."""
     forecast = forecast or {}
     state, rate = forecast.get("state"), forecast.get("rate_bytes_per_s")
     if state == "step":
@@ -4883,8 +4941,10 @@ def format_forecast(forecast, with_full=True):
             text += ", full in %s\u2013%s" % (_format_duration(full[0]), _format_duration(full[1]))
     else:
         return state or "unknown"
-    if forecast.get("driver_pid") is not None:
-        text += ", mostly pid %d" % forecast["driver_pid"]
+    pid = forecast.get("driver_pid")
+    if pid is not None:
+        name = (names or {}).get(pid)
+        text += (", mostly %s (pid %d)" % (name, pid)) if name else ", mostly pid %d" % pid
     return text
 
 
@@ -4897,17 +4957,22 @@ ALERT_TITLES = {
 
 
 def format_alert_summary(rule, gpu_id, change, detail=""):
-    """One line for an alert event (frames, webhook annotations, /plain)."""
+    """One line for an alert event (frames, webhook annotations, /plain), or
+    for an active alert's live value (change["clearing"]: firing, but the
+    value no longer asks for it; it resolves after its clear_for)."""
     value = change.get("value")
     title = ALERT_TITLES[rule]
-    if "%s" in title:
+    if rule == "vram_full_soon" and value is None:
+        title = "VRAM no longer filling"
+    elif "%s" in title:
         shown = _format_duration(value) if rule == "vram_full_soon" and value is not None else (
             format_value(value, "") if value is not None else "\u2014")
         title = title % shown
     subject = gpu_id or "host"
     if change["state"] == "resolved":
         return "%s: resolved (%s was %s)" % (subject, rule, change.get("severity"))
-    return "%s: %s%s" % (subject, title, " (%s)" % detail if detail else "")
+    return "%s: %s%s%s" % (subject, title, " (%s)" % detail if detail else "",
+                           ", clearing" if change.get("clearing") else "")
 
 
 def _plain_alerts(alerts):
@@ -6324,7 +6389,8 @@ class VramForecaster(object):
     """
 
     def __init__(self):
-        points = int(FORECAST_WINDOW_S / FORECAST_STEP_S) + 2
+        points = int(FORECAST_HISTORY_S / FORECAST_STEP_S) + 2   # jumps are judged on the window before
+        self._proc_points = int(FORECAST_WINDOW_S / FORECAST_STEP_S) + 2
         self._lock = threading.Lock()
         self._ts = collections.deque(maxlen=points)
         self._used = collections.deque(maxlen=points)
@@ -6381,8 +6447,8 @@ class VramForecaster(object):
                     continue
                 key = (row["pid"], row.get("start_time"))
                 seen.add(key)
-                ts, vram = self._procs.setdefault(key, (collections.deque(maxlen=self._ts.maxlen),
-                                                        collections.deque(maxlen=self._ts.maxlen)))
+                ts, vram = self._procs.setdefault(key, (collections.deque(maxlen=self._proc_points),
+                                                        collections.deque(maxlen=self._proc_points)))
                 self._push(ts, vram, epoch_s, row["vram_bytes"])
             for key in [k for k in self._procs if k not in seen]:
                 del self._procs[key]
@@ -6583,6 +6649,13 @@ class Cache(object):
             self._hello = None
         self._notify(frame)
 
+    def set_alerts(self, active):
+        """The active alerts with fresh values and summaries, without a frame
+        (hello, /plain, /api/alerts)."""
+        with self._lock:
+            self._alerts = list(active)
+            self._hello = None
+
     def alerts(self):
         with self._lock:
             return list(self._alerts)
@@ -6774,7 +6847,11 @@ class AlertEngine(StoppableThread):
     offer_* (called by the cache from the publishing threads) only append to
     a bounded inbox (drop-oldest, counted). Each state change becomes one
     alert frame (cache.publish_alert), one history row (store.offer_alert)
-    and one webhook call. Tests call drain() instead of starting the thread.
+    and one webhook call. Between changes an active alert's value and summary
+    follow the live value (_refresh): the cache's active list always, and an
+    alert frame marked "update": true when the summary changed, at most every
+    ALERT_UPDATE_EVERY_S per alert; no row, no webhook call.
+    Tests call drain() instead of starting the thread.
     """
 
     def __init__(self, cache, rules, store=None, webhook=None, clock=time.time):
@@ -6785,7 +6862,8 @@ class AlertEngine(StoppableThread):
         self._wake = threading.Event()
         self._lock = threading.Lock()
         self._events = collections.deque(maxlen=ALERT_EVENTS_KEPT)
-        self._active = collections.OrderedDict()     # (rule, gpu id) -> firing event
+        self._active = collections.OrderedDict()     # (rule, gpu id) -> firing event, live values
+        self._pushed = {}                             # (rule, gpu id) -> (s, summary) last sent
         self._states = {}
         self._procs = {}                              # gpu id -> procs message
         self._sensors = {}                            # gpu id -> {sensor key: last seen s}
@@ -6846,6 +6924,8 @@ class AlertEngine(StoppableThread):
         change = state.update(now_s, value)
         if change is not None:
             self._emit(rule, gpu_id, change, now_s, detail)
+        elif state.severity is not None:
+            self._refresh(rule, gpu_id, state, now_s, detail)
 
     def _on_stats(self, gpu_id, now_s, metrics):
         self._known.add(gpu_id)
@@ -6854,8 +6934,10 @@ class AlertEngine(StoppableThread):
                       "limit %s °C" % format_value(limit, "") if limit else "")
         self._observe("vram_usage", gpu_id, now_s, compute_vram_pct(metrics))
         forecast = metrics.get("vram_forecast") or {}
+        names = dict((r.get("pid"), r.get("name")) for r in
+                     (self._procs.get(gpu_id) or {}).get("processes") or ())
         self._observe("vram_full_soon", gpu_id, now_s, compute_full_in_s(forecast),
-                      detail=format_forecast(forecast, with_full=False))
+                      detail=format_forecast(forecast, with_full=False, names=names))
         self._observe("gpu_throttling", gpu_id, now_s, compute_throttled(metrics),
                       detail=", ".join(metrics.get("throttle_reasons") or ()))
         self._observe("fan_stopped", gpu_id, now_s, compute_fan_stopped(
@@ -6911,8 +6993,10 @@ class AlertEngine(StoppableThread):
             self._events.append(event)
             if event["state"] == "firing":
                 self._active[(rule, gpu_id)] = event
+                self._pushed[(rule, gpu_id)] = (now_s, event["summary"])
             else:
                 self._active.pop((rule, gpu_id), None)
+                self._pushed.pop((rule, gpu_id), None)
             active = list(self._active.values())
         LOG.info("event=alert rule=%s gpu=%s state=%s severity=%s value=%s", rule, gpu_id,
                  event["state"], event["severity"], event["value"])
@@ -6922,6 +7006,31 @@ class AlertEngine(StoppableThread):
             self.store.offer_alert(event)
         if self.webhook is not None:
             self.webhook.send(event)
+
+    def _refresh(self, rule, gpu_id, state, now_s, detail):
+        """A firing alert between changes: its value and summary from this
+        evaluation (a copy: the event as it happened stays in the history)."""
+        key = (rule, gpu_id)
+        summary = format_alert_summary(rule, gpu_id, {"state": "firing", "value": state.value,
+                                                      "clearing": state.clearing()}, detail)
+        with self._lock:
+            event = self._active.get(key)
+            if event is None:
+                return
+            fresh = summary != event["summary"] or state.value != event["value"]
+            if fresh:
+                event = self._active[key] = dict(event, value=state.value, summary=summary,
+                                                 updated=format_ts(now_s))
+            sent_s, sent = self._pushed.get(key, (None, None))
+            push = summary != sent and not (
+                sent_s is not None and 0 <= now_s - sent_s < ALERT_UPDATE_EVERY_S)
+            if push:
+                self._pushed[key] = (now_s, summary)
+            active = list(self._active.values())
+        if push:
+            self.cache.publish_alert(dict(event, update=True), active)
+        elif fresh:
+            self.cache.set_alerts(active)
 
     def active(self):
         with self._lock:

@@ -247,7 +247,8 @@ def test_an_overheating_card_raises_one_alert_one_webhook_call_and_resolves_once
     for t, temp in overheat_trace():
         cache.publish_stats("card0", t, gpu_metrics(temp_c=temp))
     engine.drain()
-    alerts = [json.loads(f.payload) for f in frames if f.kind == "alert"]
+    alerts = [a for a in (json.loads(f.payload) for f in frames if f.kind == "alert")
+              if not a.get("update")]                 # state changes (live updates aside)
     assert [(a["rule"], a["state"], a["severity"]) for a in alerts] == [
         ("gpu_temperature", "firing", "warning"), ("gpu_temperature", "resolved", "warning")]
     assert all(f.gpu_id is None for f in frames if f.kind == "alert")   # to every client
@@ -332,7 +333,7 @@ def test_the_other_rules_fire_on_their_own_signals():
     engine.offer_gpus([])                               # card0 vanished
     engine.drain()
     fired = dict(((e["rule"], e["state"]), e) for e in (
-        json.loads(f.payload) for f in frames if f.kind == "alert"))
+        json.loads(f.payload) for f in frames if f.kind == "alert") if not e.get("update"))
     for rule in ("fan_stopped", "gpu_throttling", "busy_unattributed", "vram_full_soon",
                  "host_memory", "gpu_lost"):
         assert (rule, "firing") in fired, rule
@@ -544,3 +545,115 @@ def test_alert_frames_reach_clients_of_any_subscription():
     frame = atw.OutFrame(None, "alert", b"{}", b"")
     assert protocol.wants(Client(), frame)
     assert not protocol.wants(Client(), atw.OutFrame("card0", "stats", b"{}", b""))
+
+
+# -- issue #15: an active alert tells today's truth ----------------------------------
+
+
+def rising_then_critical():
+    """4 Hz: 70 °C for 5 s, then 86 -> 93.9 °C over 40 s (a warning whose value keeps
+    moving), then 97 °C for 15 s (critical), then 60 °C for 10 s (clearing, not yet resolved)."""
+    temps = [70.0] * 20 + [86.0 + 0.05 * i for i in range(160)] + [97.0] * 60 + [60.0] * 40
+    return [(T0 + i * 0.25, temp) for i, temp in enumerate(temps)]
+
+
+def test_an_active_alert_follows_the_live_value_with_one_event_and_webhook_call_per_change(
+        receiver):
+    store = FakeStore()
+    cache, engine, webhook, frames = make_engine(webhook_url=receiver.url, store=store)
+    for t, temp in rising_then_critical():
+        cache.publish_stats("card0", t, gpu_metrics(temp_c=temp))
+        engine.drain()
+        if t == T0 + 40:                                 # mid-warning: hello and /plain are live
+            active = cache.alerts()
+            assert [a["severity"] for a in active] == ["warning"]
+            assert active[0]["value"] == temp and "%.1f" % temp in active[0]["summary"]
+            hello = json.loads(cache.hello_payload("auto"))
+            assert hello["alerts"][0]["summary"] == active[0]["summary"]
+            gpus, procs = cache.snapshot()
+            assert active[0]["summary"] in atw.render_plain(gpus, procs, 2, alerts=cache.alerts())
+    alerts = [json.loads(f.payload) for f in frames if f.kind == "alert"]
+    changes = [a for a in alerts if not a.get("update")]
+    assert [(a["state"], a["severity"]) for a in changes] == [("firing", "warning"),
+                                                             ("firing", "critical")]
+    assert len(store.events) == 2                        # one history row per change
+    while webhook._queue:
+        webhook.deliver(webhook._queue.popleft())
+    assert len(receiver.bodies) == 2                     # one webhook call per change
+    assert receiver.bodies[0][2]["alerts"][0]["annotations"]["summary"] == changes[0]["summary"]
+    updates = [a for a in alerts if a.get("update")]
+    warning = [u for u in updates if u["severity"] == "warning"]
+    assert len(warning) >= 20 and len({u["summary"] for u in warning}) == len(warning)
+    assert all(u["started"] == changes[0]["started"] and u["ts"] == changes[0]["ts"]
+               for u in warning)                          # the same alert, not a new event
+    stamps = [atw.parse_iso_ts(u["updated"]) for u in warning]
+    assert all(b - a >= atw.ALERT_UPDATE_EVERY_S for a, b in zip(stamps, stamps[1:]))
+    live = engine.active()[0]                            # cooled, within clear_for: clearing
+    assert (live["severity"], live["value"]) == ("critical", 60.0)
+    assert live["summary"].endswith(", clearing") and updates[-1]["summary"] == live["summary"]
+    assert cache.alerts() == engine.active()
+    assert engine.recent(T0, T0 + 3600) == changes       # the events themselves stay as they were
+
+
+def test_the_vram_full_soon_summary_names_the_process_and_the_live_time():
+    rules = atw.parse_alert_rules('{"vram_full_soon": {"for": 0}}')
+    cache, engine, _, frames = make_engine(rules)
+    engine.offer_procs("card0", atw.build_procs_message("card0", T0, atw.build_procs_entry(
+        [atw.build_proc_row(pid=1037, name="python3", vram_bytes=GiB)], 1,
+        atw.build_capabilities("fdinfo", True, True, ["gfx"])), atw.build_visibility(True), {}))
+    for i, low in enumerate((85, 60, 40)):
+        forecast = atw.new_vram_forecast("trend", [50 << 20, 51 << 20], [low, low + 2], 1037)
+        engine.offer_stats("card0", T0 + 2 * i, gpu_metrics(vram_forecast=forecast))
+    engine.offer_stats("card0", T0 + 8, gpu_metrics(vram_forecast=atw.new_vram_forecast(
+        "step", None, None, None, -7 * GiB)))
+    engine.drain()
+    summaries = [json.loads(f.payload)["summary"] for f in frames if f.kind == "alert"]
+    assert summaries[0] == "card0: VRAM full in 85 s or later (growing 50.0\u201351.0 MiB/s, " \
+                           "mostly python3 (pid 1037))"
+    assert summaries[1:3] == [s.replace("85 s", t) for s, t in ((summaries[0], "60 s"),
+                                                                 (summaries[0], "40 s"))]
+    assert summaries[3] == "card0: VRAM no longer filling (a step of -7.00 GiB), clearing"
+    assert engine.active()[0]["summary"] == summaries[3]
+
+
+def test_a_real_server_keeps_the_active_summary_live_and_calls_the_webhook_once_per_change(
+        server, receiver, tmp_path):
+    """--demo-scenario leak: card0's VRAM grows 0.3 %/s. vram_usage fires warning at
+    once and critical at 54 %; afterwards only its value and summary move."""
+    from wsclient import RawWebSocket
+    rules = tmp_path / "rules.json"
+    rules.write_text('{"vram_usage": {"warn": 10, "warn_clear": 5, "crit": 54, '
+                     '"crit_clear": 53.5, "for": 0}}')
+    srv = server(env={"APP_ALERT_RULES": str(rules), "APP_ALERT_WEBHOOK_URL": receiver.url},
+                 args=["--demo", "--demo-gpus", "1", "--demo-scenario", "leak", "--interval", "250ms"])
+
+    def critical():
+        body = srv.get_json("/api/alerts")[1]
+        active = [a for a in body["active"] if a["rule"] == "vram_usage"]
+        return body if active and active[0]["severity"] == "critical" else None
+    body = wait_for(critical, 20, interval=0.2, message="vram_usage critical")
+    fired = [e for e in body["events"] if e["rule"] == "vram_usage"][-1]
+    assert (fired["state"], fired["severity"]) == ("firing", "critical")
+
+    def moved():
+        active = [a for a in srv.get_json("/api/alerts")[1]["active"] if a["rule"] == "vram_usage"]
+        return active[0] if active and active[0]["summary"] != fired["summary"] else None
+    live = wait_for(moved, 10, interval=0.2, message="a live summary")
+    assert live["value"] > fired["value"] and live["started"] == fired["started"]
+    with RawWebSocket.connect("127.0.0.1", srv.port) as ws:
+        hello = ws.recv_json()
+        assert hello["type"] == "hello"
+        mine = [a for a in hello["alerts"] if a["rule"] == "vram_usage"][0]
+        assert mine["summary"] != fired["summary"] and mine["value"] >= live["value"]
+        update, _ = ws.recv_until(lambda m: m.get("type") == "alert" and m.get("update"), timeout=10)
+        assert update["rule"] == "vram_usage" and update["summary"] != fired["summary"]
+    assert "VRAM" in srv.get("/plain").body.decode()
+    events = [e for e in srv.get_json("/api/alerts")[1]["events"] if e["rule"] == "vram_usage"]
+    assert [(e["state"], e["severity"]) for e in events] == [("firing", "warning"),
+                                                            ("firing", "critical")]
+
+    def calls():     # this rule's webhook calls (the host's RAM may raise host_memory here)
+        return [b[2] for b in receiver.bodies if b[2]["groupLabels"]["alertname"] == "vram_usage"]
+    wait_for(lambda: len(calls()) >= 2, 10, message="two webhook calls")
+    assert [b["status"] for b in calls()] == ["firing", "firing"]   # one per change, no more
+    assert [b["alerts"][0]["labels"]["severity"] for b in calls()] == ["warning", "critical"]

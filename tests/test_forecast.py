@@ -4,6 +4,7 @@ leaks with noise, a leak under a sawtooth, a flat sawtooth (never a trend),
 steps, slow leaks, a shrink; each range must contain the true time to full.
 Pure functions and injected timestamps only: no server, no clock."""
 import itertools
+import json
 import math
 import random
 import statistics
@@ -271,10 +272,126 @@ def test_the_demo_leak_scenario_shows_a_trend_then_frees():
             gpus, procs_now = cache.snapshot()
             assert 'amdgpu_vram_full_seconds{gpu="card0"}' in atw.render_prometheus(
                 gpus, procs_now, {}, 0, alerts=[])
-    assert seen[-1] == "stable"                    # grew 145 s, held 45 s at 97 %, freed at 190 s
+    # grew 145 s, held 45 s at 97 %, freed at 190 s: the free is a step (a new window), no trend
+    assert seen[-1] == "step" and cache.stats("card0")[1]["vram_forecast"]["step_bytes"] < 0
 
 
 def test_a_big_free_after_growth_is_a_step_down_not_a_shrink():
     used = [20 * GiB + i * 4 * MiB for i in range(60)] + [12 * GiB + i * 2 * MiB for i in range(60)]
     f = atw.compute_vram_forecast(times(), used, TOTAL)
     assert f["state"] in ("step", "stable") and f["full_in_s"] is None
+
+
+# -- issue #15: big frees and allocations start a new window; full_in_s from the level now --
+
+
+def demo_leak_trace(seconds, total=TOTAL):
+    """--demo-scenario leak's card0 at 1 Hz: 53 %, +44 % over 145 s, held 45 s, freed at 190 s."""
+    return [int(total * (0.53 + atw.demo_leak_fraction(i))) for i in range(seconds)]
+
+
+def history_at(ts, used, i):
+    """What the forecaster holds at sample i: the last FORECAST_HISTORY_S."""
+    start = max(0, i + 1 - int(atw.FORECAST_HISTORY_S))
+    return ts[start:i + 1], used[start:i + 1]
+
+
+def test_the_demo_leak_never_says_full_in_0_s_and_its_free_starts_a_new_window():
+    """The issue: at 53 % right after the free the forecast said trend, full in [0, 0]."""
+    ts, used = times(300), demo_leak_trace(300)
+    for i in range(60, 300):
+        f = atw.compute_vram_forecast(*history_at(ts, used, i), total=TOTAL)
+        if f["full_in_s"] is not None:                   # never 0 s while VRAM is not full
+            assert f["full_in_s"][0] >= 1, (i, f)
+            level = used[i]                              # from the level now, not the fit's
+            assert f["full_in_s"][0] <= (TOTAL - level) / f["rate_bytes_per_s"][0], (i, f)
+        if 150 <= i < 190:                               # the hold at 97 %: 3 % free at 49 MiB/s
+            assert f["state"] == "trend" and f["full_in_s"][0] >= 5, (i, f)
+        if 190 <= i < 250:                               # freed: a step down, not a trend
+            assert f["state"] == "step" and f["step_bytes"] < -7 * GiB, (i, f)
+            assert f["full_in_s"] is None
+        if i >= 255:                                     # the next leak, in its own window
+            assert f["state"] == "trend" and f["full_in_s"][0] > 60, (i, f)
+
+
+def test_the_vram_full_soon_alert_clears_promptly_after_the_free():
+    """The alert engine fed the real demo reader: resolved within clear_for_s of the free
+    (it stayed critical ~20 s longer while the old window still said full in 0 s)."""
+    info = atw.demo_gpu_infos(1)[0]
+    reader = atw.DemoGpuReader(info, leak=True)
+    cache = atw.Cache(1.0, {})
+    cache.set_gpus([info])
+    frames = []
+    cache.add_listener(frames.append)
+    engine = atw.AlertEngine(cache, atw.parse_alert_rules())
+    cache.add_sink(engine)
+    t0 = 1764686400.0
+    for i in range(300):
+        cache.publish_stats(info.id, t0 + i, reader.sample(1000.0 + i))
+        engine.drain()
+    events = [e for e in (json.loads(f.payload) for f in frames if f.kind == "alert")
+              if not e.get("update")]
+    soon = [(e["state"], e["severity"], e["ts"]) for e in events if e["rule"] == "vram_full_soon"]
+    assert soon[0][:2] == ("firing", "critical")
+    resolved = [atw.parse_iso_ts(ts) - t0 for state, _, ts in soon if state == "resolved"]
+    clear_for = atw.parse_alert_rules()["vram_full_soon"]["clear_for_s"]
+    assert resolved and resolved[0] <= 190 + clear_for + 2, soon
+
+
+def test_a_big_allocation_restarts_the_window():
+    """Flat, +4 GiB at 60 s, then a 20 MiB/s leak for 100 s: the leak in its own
+    window (it was "a step" while the jump stayed in the 2-minute window)."""
+    rng = random.Random(11)
+    used = [int(12 * GiB + rng.gauss(0, 2 * MiB)) for _ in range(60)]
+    used += [int(16 * GiB + 20 * MiB * i + rng.gauss(0, 2 * MiB)) for i in range(100)]
+    f = atw.compute_vram_forecast(times(160), used, TOTAL)
+    assert f["state"] == "trend", f
+    assert f["rate_bytes_per_s"][0] <= 20 * MiB <= f["rate_bytes_per_s"][1]
+    truth = (TOTAL - (16 * GiB + 20 * MiB * 99)) / (20 * MiB)
+    assert f["full_in_s"][0] <= truth <= f["full_in_s"][1], f
+    early = atw.compute_vram_forecast(times(100), used[:100], TOTAL)    # 40 s after it
+    assert early["state"] == "step" and abs(early["step_bytes"] - 4 * GiB) < 64 * MiB
+
+
+def allocate_then_free(period, seconds, seed, duty=0.5, size=720 * MiB):
+    """A periodic allocate-then-free with no net growth: size allocated at once,
+    held duty*period, freed at once."""
+    rng = random.Random(seed)
+    return [int(16 * GiB + (size if (i % period) < duty * period else 0) + rng.gauss(0, 2 * MiB))
+            for i in range(seconds)]
+
+
+@pytest.mark.parametrize("period", [6, 10, 20, 30, 45, 60])
+@pytest.mark.parametrize("duty", [0.2, 0.5])
+def test_a_periodic_allocate_then_free_is_stable_not_a_step(period, duty):
+    """Its jumps land on levels seen in the window before them: no step, no trend
+    (it was "a step of 720 MiB" on every sample)."""
+    ts, used = times(420), allocate_then_free(period, 420, seed=period, duty=duty)
+    for i in range(2 * N, 420):
+        f = atw.compute_vram_forecast(*history_at(ts, used, i), total=TOTAL)
+        assert f["state"] == "stable" and f["full_in_s"] is None, (i, f)
+
+
+@pytest.mark.parametrize("dt", [0.25, 1.0, 2.0])
+def test_the_sawtooth_through_the_forecaster_is_stable_at_any_sample_rate(dt):
+    """vramtop's sawtooth (+80 MiB/s for 9 s, then freed) fed live for 7 minutes."""
+    forecaster = atw.VramForecaster()
+    rng = random.Random(12)
+    for i in range(int(420 / dt)):
+        t = i * dt
+        k = int(t) % 10
+        used = int(16 * GiB + 80 * MiB * (k if k < 9 else 0) + rng.gauss(0, 2 * MiB))
+        f = forecaster.on_stats(1764686400.0 + t, {"vram_used_bytes": used,
+                                                   "vram_total_bytes": TOTAL})
+        if t >= 2 * N:
+            assert f["state"] == "stable", (t, f)
+
+
+def test_full_in_is_at_least_1_s_while_anything_is_free_and_0_only_when_full():
+    assert atw.compute_full_in(10 * MiB, 50 * MiB, 60 * MiB) == [1, 1]
+    assert atw.compute_full_in(0, 50 * MiB, 60 * MiB) == [0, 0]
+    assert atw.compute_full_in(-MiB, 50 * MiB, 60 * MiB) == [0, 0]
+    assert atw.compute_full_in(600 * MiB, 50 * MiB, 60 * MiB) == [10, 12]
+    plateau = [16 * GiB + 100 * MiB * i for i in range(80)] + [int(23.9 * GiB)] * 40
+    f = atw.compute_vram_forecast(times(), plateau, TOTAL)      # grew, then stopped near full
+    assert f["state"] == "trend" and f["full_in_s"][0] >= 1, f

@@ -282,6 +282,9 @@ def test_alert_banner_forecast_words_and_vram_mark(past, browser):
         expect(active.locator("li")).to_have_count(2)
         expect(active).to_have_attribute("data-severity", "critical")
         expect(active.locator("li").first).to_have_attribute("data-rule", "host_memory")
+        # an active alert's live update (#15): the banner follows it, no new recent entry
+        routes[0].send(json.dumps(dict(HOST_RAM, value=98.5, summary="host RAM 98.5 % used", update=True)))
+        expect(active.locator("li[data-rule=host_memory]")).to_contain_text("host RAM 98.5 % used")
         routes[0].send(json.dumps(dict(HOT, state="resolved", ended="2026-01-01T10:05:00.000Z")))
         expect(active.locator("li")).to_have_count(1)
         recent = page.locator("[data-testid=alerts-recent]")

@@ -28,7 +28,7 @@ Endpoints (GET/HEAD only; anything else is 405)::
     /api/host/history         the host's stored history (?range=, from/to/step)
     /api/processes            process runs (?range=, from/to, gpu=, active=)
     /api/processes/{run}/history   one run's VRAM, GTT and engine % over time
-    /api/alerts               alert events (?range=1h|6h|24h|7d|30d, from/to)
+    /api/alerts               alert events (?range=30m|1h|6h|24h|7d|30d|1y, from/to)
                               (every history and alert endpoint: &format=csv)
     /api/healthz /api/readyz /api/version
     /plain                    server-rendered tables (no JavaScript needed)
@@ -4094,7 +4094,7 @@ def parse_time_param(name, text):
 
 
 def parse_window(params, now_s, default_range):
-    """range=1h|6h|24h|7d|30d|1y, or from= [to=] -> (from_s, to_s)."""
+    """range= (a key of HISTORY_RANGES_S), or from= [to=] -> (from_s, to_s)."""
     if "range" in params:
         if "from" in params or "to" in params:
             raise QueryError("parameter 'range' cannot be combined with 'from'/'to'")

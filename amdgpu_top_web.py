@@ -9753,7 +9753,7 @@ def check_vendor_dir(config, page_path=None):
     pins = parse_page_pins(page) if page else {}
     install, start = format_vendor_commands(pins)
     if not os.path.isdir(folder):
-        raise ConfigError("APP_VENDOR_DIR=%r: no such folder (make one: %s; then %s)"
+        raise ConfigError("APP_VENDOR_DIR=%r: no such folder; make one and use it: %s && %s"
                           % (folder, install, start))
     if pins and not any(os.path.isfile(os.path.join(folder, package, "package.json"))
                         for package in pins):
@@ -9775,7 +9775,7 @@ def serve(config, alert_rules=None):
     LOG.info("event=listening url=%s demo=%s", format_listen_url(host, port), config.demo)
     if not config.vendor_dir and app.page_bytes:
         LOG.info("event=cdn_mode hint=%r", "the page loads its scripts from cdn.jsdelivr.net; "
-                 "for browsers without internet, serve them from here: %s, then %s"
+                 "for browsers without internet, serve them from here: %s && %s"
                  % format_vendor_commands(parse_page_pins(app.page_bytes.decode("utf-8"))))
     while not stop.wait(1.0):
         pass

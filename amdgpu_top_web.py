@@ -28,7 +28,7 @@ Endpoints (GET/HEAD only; anything else is 405)::
     /api/host/history         the host's stored history (?range=, from/to/step)
     /api/processes            process runs (?range=, from/to, gpu=, active=)
     /api/processes/{run}/history   one run's VRAM, GTT and engine % over time
-    /api/alerts               alert events (?range=1h|6h|24h|7d|30d, from/to)
+    /api/alerts               alert events (?range=30m|1h|6h|24h|7d|30d|1y, from/to)
                               (every history and alert endpoint: &format=csv)
     /api/healthz /api/readyz /api/version
     /plain                    server-rendered tables (no JavaScript needed)
@@ -573,6 +573,7 @@ SETTINGS = (
 )
 
 _MODE_FIELDS = ("demo", "once", "json", "healthcheck", "show_help", "show_version")
+DEMO_ONLY_FIELDS = ("demo_processes", "demo_gpus", "demo_scenario")   # refused without --demo
 
 Config = collections.namedtuple(
     "Config", ["listen_host", "listen_port"] + [s.field for s in SETTINGS if s.field != "listen"]
@@ -991,14 +992,16 @@ def build_arg_parser():
 def parse_config(argv, environ):
     """argv (without the program name) + environment -> Config. Flags win over APP_*."""
     args = build_arg_parser().parse_args(argv)
-    values = {}
+    values, given = {}, []
     for setting in SETTINGS:
         flag_value = getattr(args, setting.env)
         raw = flag_value if flag_value is not None else environ.get(setting.env, setting.default)
+        name = setting.env if flag_value is None else setting.flag
+        if flag_value is not None or setting.env in environ:
+            given.append((setting, name))
         try:
             values[setting.field] = _convert_setting(setting, raw)
         except ValueError as exc:
-            name = setting.env if flag_value is None else setting.flag
             raise ConfigError("%s=%r: %s" % (name, raw, exc))
     values["listen_host"], values["listen_port"] = values.pop("listen")
     values["history_path"] = resolve_history_path(values["history_path"], environ, args.demo)
@@ -1006,7 +1009,20 @@ def parse_config(argv, environ):
         values[field] = bool(getattr(args, field))
     if values["json"] and not values["once"]:
         raise ConfigError("--json: only meaningful with --once")
+    _refuse_idle_settings(values, given)
     return Config(**values)
+
+
+def _refuse_idle_settings(values, given):
+    """A setting that would do nothing is a mistake, not a default: the demo's
+    settings (flag or APP_*, e.g. from a container's environment) need --demo.
+    --healthcheck, --help and --version run beside the server with its
+    environment (a container's HEALTHCHECK has no --demo): not refused there."""
+    if values["demo"] or values["healthcheck"] or values["show_help"] or values["show_version"]:
+        return
+    for setting, name in given:
+        if setting.field in DEMO_ONLY_FIELDS:
+            raise ConfigError("%s: only meaningful with --demo" % name)
 
 
 def format_help():
@@ -4323,7 +4339,7 @@ def parse_time_param(name, text):
 
 
 def parse_window(params, now_s, default_range):
-    """range=1h|6h|24h|7d|30d|1y, or from= [to=] -> (from_s, to_s)."""
+    """range= (a key of HISTORY_RANGES_S), or from= [to=] -> (from_s, to_s)."""
     if "range" in params:
         if "from" in params or "to" in params:
             raise QueryError("parameter 'range' cannot be combined with 'from'/'to'")
@@ -4707,6 +4723,27 @@ def rewrite_cdn_urls(page_html):
         files[url] = (package, version, "%s/%s" % (package, path))
         return url
     return CDN_URL_RE.sub(local, page_html), files
+
+
+VENDOR_PREFIX = "~/atw-vendor"      # the folder the air-gapped commands install into
+
+
+def parse_page_pins(page_html):
+    """The page's CDN URLs -> {package: pinned version}, in the page's order."""
+    pins = collections.OrderedDict()
+    for package, version, _ in rewrite_cdn_urls(page_html)[1].values():
+        pins.setdefault(package, version)
+    return pins
+
+
+def format_vendor_commands(pins):
+    """{package: version} -> (npm install line, start line): the two commands
+    that serve the page's modules from this server (browsers without internet).
+    The page's fallback, the README and the start-up hint show exactly these."""
+    install = "npm install --prefix %s %s" % (
+        VENDOR_PREFIX, " ".join("%s@%s" % item for item in pins.items()))
+    start = "APP_VENDOR_DIR=%s/node_modules python3 amdgpu_top_web.py" % VENDOR_PREFIX
+    return install, start
 
 
 VENDOR_LABELS = {"amd": "AMD", "nvidia": "NVIDIA", "intel": "Intel"}
@@ -7215,7 +7252,17 @@ class GpuManager(StoppableThread):
             LOG.warning("event=no_gpu sysfs_root=%s nvml=%s hint=%r", self.config.sysfs_root,
                         any(b.vendor == "nvidia" for b in self.backends),
                         "no GPU found; run with --demo to see the dashboard")
+        if infos and not self.cache.ready.is_set():
+            self._check_default_gpu([info.id for info in infos])
         self.cache.ready.set()
+
+    def _check_default_gpu(self, ids):
+        """Once, at the first discovery: APP_DEFAULT_GPU naming no GPU here."""
+        default = self.config.default_gpu
+        if default != "auto" and default not in ids:
+            LOG.warning("event=default_gpu_unknown default_gpu=%s gpus=%s hint=%r", default,
+                        ",".join(ids), "APP_DEFAULT_GPU names no GPU here; the page opens on %s"
+                        % ids[0])
 
     def stop_samplers(self):
         for sampler in self._samplers.values():
@@ -10068,6 +10115,11 @@ class DashboardHandler(BaseHTTPRequestHandler):
 # ---------------------------------------------------------------------------
 
 
+def default_page_path():
+    """index.html beside this file: the page (without it, only /plain and the API)."""
+    return os.path.join(os.path.dirname(os.path.abspath(__file__)), "index.html")
+
+
 class App(object):
     """Owns every thread: discovery (and samplers), hub, HTTP server; start()/stop()."""
 
@@ -10137,13 +10189,12 @@ class App(object):
     @staticmethod
     def _load_page(page_path, vendor_dir):
         """index.html (None when missing), rewritten to /vendor/ URLs in air-gapped mode."""
-        if page_path is None:
-            page_path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "index.html")
-        page = read_bytes(page_path, 4 << 20)
+        page = read_bytes(page_path or default_page_path(), 4 << 20)
         if page is None or not vendor_dir:
             return page, {}
-        text, files = rewrite_cdn_urls(page.decode("utf-8"))
-        for url, (package, version, rel) in sorted(files.items()):
+        html = page.decode("utf-8")
+        text, files = rewrite_cdn_urls(html)
+        for package, version in parse_page_pins(html).items():   # one line per package
             meta = read_text(os.path.join(vendor_dir, package, "package.json"), 1 << 20)
             found = (json.loads(meta).get("version") if meta else None)
             if found != version:
@@ -10367,6 +10418,25 @@ def load_alert_rules(config):
         raise ConfigError("APP_ALERT_RULES=%r: %s" % (config.alert_rules, exc))
 
 
+def check_vendor_dir(config, page_path=None):
+    """Serving with APP_VENDOR_DIR: ConfigError (one line) when it is not a folder
+    or holds none of the page's packages (e.g. the --prefix folder, not the
+    node_modules inside it). A package at another version: App warns, per package."""
+    folder = config.vendor_dir
+    if not folder or config.once or config.healthcheck or config.show_help or config.show_version:
+        return
+    page = read_text(page_path or default_page_path(), 4 << 20)
+    pins = parse_page_pins(page) if page else {}
+    install, start = format_vendor_commands(pins)
+    if not os.path.isdir(folder):
+        raise ConfigError("APP_VENDOR_DIR=%r: no such folder; make one and use it: %s && %s"
+                          % (folder, install, start))
+    if pins and not any(os.path.isfile(os.path.join(folder, package, "package.json"))
+                        for package in pins):
+        raise ConfigError("APP_VENDOR_DIR=%r: holds none of the page's packages (%s); it must "
+                          "be the node_modules folder of: %s" % (folder, ", ".join(pins), install))
+
+
 def serve(config, alert_rules=None):
     app = App(config, alert_rules=alert_rules)
     stop = threading.Event()
@@ -10379,6 +10449,10 @@ def serve(config, alert_rules=None):
               % (config.listen_host, config.listen_port, exc.strerror), file=sys.stderr)
         return 2
     LOG.info("event=listening url=%s demo=%s", format_listen_url(host, port), config.demo)
+    if not config.vendor_dir and app.page_bytes:
+        LOG.info("event=cdn_mode hint=%r", "the page loads its scripts from cdn.jsdelivr.net; "
+                 "for browsers without internet, serve them from here: %s && %s"
+                 % format_vendor_commands(parse_page_pins(app.page_bytes.decode("utf-8"))))
     while not stop.wait(1.0):
         pass
     LOG.info("event=shutdown")
@@ -10392,6 +10466,7 @@ def main(argv=None, environ=None):
     try:
         config = parse_config(argv, environ)
         rules = load_alert_rules(config) if config.alerts else None
+        check_vendor_dir(config)
     except ConfigError as exc:
         print("amdgpu_top_web: error: %s" % exc, file=sys.stderr)
         return 2

@@ -3,7 +3,10 @@
 #
 # From a fresh machine it installs what the tests need and runs the whole suite
 # on every CPython 3.8-3.13 found under pyenv:
-#   1. Debian packages the tests use (strace, w3m, chromium, promtool from prometheus), if missing;
+#   1. Debian packages the tests use, if missing (apt-get as root or with sudo):
+#      strace, w3m, chromium (+ fonts-liberation), promtool (prometheus),
+#      systemd-analyze (systemd), Node.js + npm (nodejs npm) when there is no npm,
+#      python3 + python3-venv when python3 cannot make a virtualenv;
 #   2. one virtualenv per Python in .venv/py3.X, rebuilt only when the pins
 #      (tests/requirements*.txt, tests/constraints.txt) change;
 #   3. the page's ES-module packages into .cache/vendor/node_modules (npm),
@@ -12,6 +15,11 @@
 #   4. pytest: the whole suite on the main Python (3.11), `-m "not browser"`
 #      on the others; then a summary table and one closing line
 #      "ci: N passed, N failed, N skipped" summed over all versions.
+# Without pyenv it tests the one python3 on PATH (whole suite; it needs the venv
+# module: Debian's python3-venv). Without npm and no way to install it, the
+# browser tests skip (a warning says so). Time: setup ~1-2 min the first time
+# (seconds after), then pytest per Python: ~35 min for all six on 2 cores, the
+# main one (browser tests too) the longest; PYTHONS=3.11 runs one.
 #
 # Usage:  ./tests/run.sh [pytest args...]     e.g. ./tests/run.sh tests/test_x.py -k foo
 # Knobs (environment):
@@ -29,7 +37,8 @@ ROOT=$PWD
 
 ALL_MINORS=(3.8 3.9 3.10 3.11 3.12 3.13)
 MAIN_MINOR=3.11                    # runs the whole suite, browser tests included
-APT_PACKAGES=(strace w3m chromium fonts-liberation prometheus)
+APT_PACKAGES=(strace w3m chromium fonts-liberation prometheus systemd)
+NODE_PACKAGES=(nodejs npm)         # only when there is no npm command (NodeSource's nodejs has it)
 PYTEST_TIMEOUT=${PYTEST_TIMEOUT:-1500}
 
 VENV_ROOT=$ROOT/.venv
@@ -65,6 +74,9 @@ setup_apt() {
         [[ $(dpkg-query -W -f='${db:Status-Status}' "$p" 2>/dev/null) == installed ]] ||
             missing+=("$p")
     done
+    command -v npm >/dev/null || missing+=("${NODE_PACKAGES[@]}")
+    # No pyenv: the tests run on Debian's python3, whose venv module is a package.
+    python3 -c 'import ensurepip' 2>/dev/null || missing+=(python3 python3-venv)
     if ((${#missing[@]} == 0)); then
         say "apt: ${APT_PACKAGES[*]} already installed"
         return

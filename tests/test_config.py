@@ -119,9 +119,11 @@ def test_default_of_every_setting(setting):
     else:
         # a setting this file does not know yet: its default must still parse
         assert hasattr(config, setting.field)
-    # the default given explicitly gives the same Config
-    assert parse_config([], {setting.env: setting.default}) == config
-    assert parse_config([setting.flag, setting.default], {}) == config
+    # the default given explicitly gives the same Config (the demo's settings need --demo)
+    mode = ["--demo"] if setting.field in atw.DEMO_ONLY_FIELDS else []
+    config = parse_config(mode, {})
+    assert parse_config(mode, {setting.env: setting.default}) == config
+    assert parse_config(mode + [setting.flag, setting.default], {}) == config
 
 
 def test_mode_flags_default_off():
@@ -548,7 +550,7 @@ def test_demo_gpus_setting(tmp_path, count):
 
 @pytest.mark.parametrize("raw", ["0", "9", "many"])
 def test_bad_demo_gpus(raw):
-    assert config_error([], {"APP_DEMO_GPUS": raw}).startswith("APP_DEMO_GPUS")
+    assert config_error(["--demo"], {"APP_DEMO_GPUS": raw}).startswith("APP_DEMO_GPUS")
 
 
 def test_reserved_roots_are_gone():
@@ -567,3 +569,132 @@ def test_demo_rocm_processes_show_no_compute_engine_time(tmp_path):
     for row in kfd_rows:
         assert not any(row["engines_pct"].values()), row
         assert not row["gpu_time_ms_per_s"], row
+
+
+# --- settings that would do nothing are refused; start-up says what a new user needs ----
+
+DEMO_ONLY = [(s.env, s.flag, s.default) for s in SETTINGS if s.field in atw.DEMO_ONLY_FIELDS]
+
+
+def test_demo_only_settings_are_the_three_demo_settings():
+    assert sorted(e for e, _, _ in DEMO_ONLY) == [
+        "APP_DEMO_GPUS", "APP_DEMO_PROCESSES", "APP_DEMO_SCENARIO"]
+
+
+@pytest.mark.parametrize("env,flag,default", DEMO_ONLY, ids=[d[0] for d in DEMO_ONLY])
+def test_demo_settings_without_demo_are_refused(env, flag, default):
+    """Flag or APP_* (a container's environment): both refused without --demo,
+    even at the default value; with --demo both are taken."""
+    assert config_error([flag, default], {}) == "%s: only meaningful with --demo" % flag
+    assert config_error(["--once"], {env: default}) == "%s: only meaningful with --demo" % env
+    assert parse_config(["--demo", flag, default], {}) == parse_config(["--demo"], {env: default})
+
+
+@pytest.mark.parametrize("mode", [["--healthcheck"], ["--version"], ["--help"]])
+def test_demo_environment_is_not_refused_beside_the_server(mode):
+    """A container's HEALTHCHECK runs --healthcheck with the server's environment
+    but without its --demo: that must not fail."""
+    parse_config(mode, {"APP_DEMO_GPUS": "8", "APP_DEMO_SCENARIO": "leak"})
+
+
+@pytest.mark.parametrize("args,env,name", [
+    (["--demo-gpus", "2"], {}, "--demo-gpus"),
+    (["--demo-scenario", "leak"], {}, "--demo-scenario"),
+    ([], {"APP_DEMO_PROCESSES": "4"}, "APP_DEMO_PROCESSES"),
+    (["--once"], {"APP_DEMO_GPUS": "2"}, "APP_DEMO_GPUS"),
+])
+def test_demo_settings_without_demo_exit_2_with_one_line(args, env, name, tmp_path):
+    result = run_program(args, tmp_path, APP_HISTORY_PATH="off", **env)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.splitlines() == ["amdgpu_top_web: error: %s: only meaningful with --demo"
+                                          % name]
+    assert result.stdout == ""
+
+
+def page_commands():
+    with open(str(REPO / "index.html"), encoding="utf-8") as handle:
+        return atw.format_vendor_commands(atw.parse_page_pins(handle.read()))
+
+
+def test_vendor_commands_install_every_pinned_package_of_the_page():
+    """The air-gapped install names each package of the import map and the
+    stylesheet at its pinned version, and tests/package.json pins the same."""
+    install, start = page_commands()
+    with open(str(REPO / "tests" / "package.json"), encoding="utf-8") as handle:
+        pinned = json.load(handle)["dependencies"]
+    assert sorted(install.split()[4:]) == sorted("%s@%s" % item for item in pinned.items())
+    assert install.split()[:4] == ["npm", "install", "--prefix", "~/atw-vendor"]
+    assert start == "APP_VENDOR_DIR=~/atw-vendor/node_modules python3 amdgpu_top_web.py"
+
+
+@pytest.mark.parametrize("make", ["missing", "prefix_folder", "empty"])
+def test_a_wrong_vendor_dir_is_one_line_and_exit_2(make, tmp_path):
+    """Not a folder, or a folder holding none of the packages (the --prefix folder
+    instead of its node_modules): one line naming APP_VENDOR_DIR and the command."""
+    folder = tmp_path / "atw-vendor"
+    if make != "missing":
+        (folder / "node_modules" / "preact").mkdir(parents=True)
+        (folder / "node_modules" / "preact" / "package.json").write_text("{}")
+    target = folder if make == "prefix_folder" else folder / "node_modules" / "preact"
+    if make == "missing":
+        target = tmp_path / "nope"
+    result = run_program(["--listen", "127.0.0.1:0"], tmp_path, APP_HISTORY_PATH="off",
+                         APP_VENDOR_DIR=str(target))
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("amdgpu_top_web: error: APP_VENDOR_DIR=")
+    assert page_commands()[0] in lines[0]
+
+
+def fake_vendor_dir(base, versions=None):
+    """A node_modules holding a package.json per pinned package of the page."""
+    with open(str(REPO / "index.html"), encoding="utf-8") as handle:
+        pins = atw.parse_page_pins(handle.read())
+    for package, version in pins.items():
+        folder = base / "node_modules" / package
+        folder.mkdir(parents=True)
+        (folder / "package.json").write_text(json.dumps(
+            {"version": (versions or {}).get(package, version)}))
+    return str(base / "node_modules")
+
+
+def test_a_vendor_dir_at_other_versions_warns_once_per_package(server, tmp_path):
+    """preact serves two files (preact and preact/hooks): still one line for it."""
+    folder = fake_vendor_dir(tmp_path, {"preact": "10.0.0"})
+    proc = server(env={"APP_VENDOR_DIR": folder})
+    proc.wait_log("event=vendor_mismatch")
+    proc.wait_metrics()
+    lines = [l for l in proc.log().splitlines() if "vendor_mismatch" in l]
+    assert len(lines) == 1 and "package=preact pinned=10.29.8 found=10.0.0" in lines[0], lines
+
+
+def test_startup_says_once_how_to_serve_the_scripts_without_internet(server):
+    proc = server()
+    install, start = page_commands()
+    line = proc.wait_log("event=cdn_mode")
+    assert "without internet" in line and install in line and start in line
+    proc.wait_metrics()
+    assert len([l for l in proc.log().splitlines() if "event=cdn_mode" in l]) == 1
+
+
+def test_startup_has_no_cdn_hint_when_the_scripts_are_served_here(server, tmp_path):
+    proc = server(env={"APP_VENDOR_DIR": fake_vendor_dir(tmp_path)})
+    proc.wait_metrics()
+    assert "event=cdn_mode" not in proc.log()
+    assert "event=vendor_mismatch" not in proc.log()
+
+
+def test_default_gpu_naming_no_gpu_warns_once(server):
+    proc = server(env={"APP_DEFAULT_GPU": "card9"})
+    line = proc.wait_log("event=default_gpu_unknown")
+    assert "default_gpu=card9" in line and "level=WARNING" in line
+    proc.wait_metrics()
+    assert len([l for l in proc.log().splitlines() if "default_gpu_unknown" in l]) == 1
+
+
+def test_default_gpu_naming_a_gpu_does_not_warn(server):
+    body = server().wait_metrics()
+    proc = server(env={"APP_DEFAULT_GPU": body["gpus"][-1]["id"]})
+    proc.wait_metrics()
+    assert "default_gpu_unknown" not in proc.log()

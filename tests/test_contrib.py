@@ -539,3 +539,98 @@ def test_vram_forecast_returns_data_once_the_demo_leaks(fleet):
         "%s: no series %.0f s after the leaking demo started" % (FORECAST_NAME, demo.forecast_wait))
     # and the rule that reads it evaluates on it
     assert_query_ok(prom, "vram_full_soon", "%s < 15 * 60" % FORECAST_NAME, instant=True)
+
+
+# -- contrib/systemd: the service unit ----------------------------------------------
+
+UNIT_FILE = os.path.join(CONTRIB, "systemd", "amdgpu_top_web.service")
+UNIT_SCORE_RE = re.compile(r"Overall exposure level for \S+: ([0-9.]+) (\S+)")
+
+
+def unit_settings():
+    """[Service] of the unit -> {key: [values]} (comments skipped)."""
+    settings, section = {}, None
+    with open(UNIT_FILE, encoding="utf-8") as f:
+        for line in f:
+            line = line.strip()
+            if line.startswith("[") and line.endswith("]"):
+                section = line[1:-1]
+            elif line and not line.startswith("#") and section == "Service":
+                key, _, value = line.partition("=")
+                settings.setdefault(key, []).append(value)
+    return settings
+
+
+def test_unit_runs_with_least_privilege_and_still_reads_every_gpu():
+    unit = unit_settings()
+    for key, value in (("DynamicUser", "yes"), ("ProtectSystem", "strict"), ("ProtectHome", "yes"),
+                       ("PrivateTmp", "yes"), ("NoNewPrivileges", "yes"),
+                       ("StateDirectory", "amdgpu_top_web"), ("CapabilityBoundingSet", "")):
+        assert unit.get(key) == [value], key
+    assert "-/etc/amdgpu_top_web/env" in unit["EnvironmentFile"]
+    env = dict(v.split("=", 1) for v in unit["Environment"])
+    # the history lives in the StateDirectory, the one place the service may write
+    assert env["APP_HISTORY_PATH"] == "%S/amdgpu_top_web/history.sqlite3"
+    # NVML needs /dev/nvidia*: PrivateDevices=yes would hide them
+    assert unit.get("PrivateDevices", ["no"]) == ["no"]
+    assert unit["DevicePolicy"] == ["closed"] and unit["DeviceAllow"] == ["char-nvidia* rw"]
+    # the host metrics need /proc/stat & co., process top needs other PIDs
+    assert "ProcSubset" not in unit and "ProtectProc" not in unit
+    # every APP_* the unit sets is a setting of the program
+    names = {s.env for s in atw.SETTINGS}
+    assert {k for k in env if k.startswith("APP_")} <= names
+    with open(UNIT_FILE, encoding="utf-8") as f:
+        text = f.read()
+    assert "fdinfo" in text and "CANNOT see without root" in text
+
+
+def systemd_analyze():
+    path = shutil.which("systemd-analyze")
+    if path is None:
+        if os.environ.get("CI"):
+            pytest.fail("systemd-analyze is missing (tests/run.sh installs Debian's systemd package)")
+        pytest.skip("systemd-analyze not installed (Debian package systemd)")
+    return path
+
+
+def verifiable_unit(tmp_path):
+    """The unit itself, or a copy naming this machine's python3 where it has no
+    /usr/bin/python3 (verify checks that ExecStart's program exists)."""
+    if os.access("/usr/bin/python3", os.X_OK):
+        return UNIT_FILE
+    with open(UNIT_FILE, encoding="utf-8") as f:
+        text = f.read().replace("/usr/bin/python3", shutil.which("python3") or sys.executable)
+    copy = tmp_path / "amdgpu_top_web.service"
+    copy.write_text(text)
+    return str(copy)
+
+
+def test_systemd_analyze_verify_and_security_score(tmp_path):
+    tool_path = systemd_analyze()
+    unit = verifiable_unit(tmp_path)
+    result = subprocess.run([tool_path, "verify", unit], capture_output=True, timeout=60)
+    out = (result.stdout + result.stderr).decode()
+    assert result.returncode == 0 and out.strip() == "", out   # a warning fails too
+    version = subprocess.run([tool_path, "--version"], capture_output=True, timeout=30).stdout
+    if int(re.match(rb"systemd (\d+)", version).group(1)) < 250:
+        pytest.skip("systemd-analyze security --offline needs systemd >= 250")
+    result = subprocess.run([tool_path, "security", "--offline=yes", unit], capture_output=True,
+                            timeout=60)
+    out = (result.stdout + result.stderr).decode()
+    match = UNIT_SCORE_RE.search(out)
+    assert match, out
+    print("systemd-analyze security: %s %s" % match.groups())
+    assert float(match.group(1)) <= 2.0, out                    # "OK" or better
+
+
+def test_systemd_analyze_verify_catches_a_broken_unit(tmp_path):
+    """The check above can fail: a typo in a key and a missing program are reported."""
+    tool_path = systemd_analyze()
+    with open(UNIT_FILE, encoding="utf-8") as f:
+        text = f.read()
+    broken = tmp_path / "amdgpu_top_web.service"
+    broken.write_text(text.replace("ExecStart=/usr/bin/python3", "ExecStart=/nonexistent/python3")
+                      .replace("\nProtectHome=yes", "\nProtectHomee=yes"))
+    result = subprocess.run([tool_path, "verify", str(broken)], capture_output=True, timeout=60)
+    out = (result.stdout + result.stderr).decode()
+    assert result.returncode != 0 and "ProtectHomee" in out and "/nonexistent/python3" in out, out

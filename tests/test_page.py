@@ -603,6 +603,33 @@ def test_tampered_module_is_refused_by_integrity(start_server, browser, vendor_d
         context.close()
 
 
+def test_cdn_unreachable_fallback_gives_the_air_gapped_commands(start_server, browser):
+    """A browser without internet, a server in CDN mode (no APP_VENDOR_DIR): the
+    unstyled fallback shows the exact commands (the server's own, from the page's
+    pins) and links /plain; the server said the same, once, at start-up."""
+    import amdgpu_top_web as atw
+    server = start_server(env={"APP_VENDOR_DIR": ""})
+    with open(os.path.join(ROOT, "index.html"), encoding="utf-8") as handle:
+        install, start = atw.format_vendor_commands(atw.parse_page_pins(handle.read()))
+    context = browser.new_context()
+    try:
+        page = context.new_page()
+        cdn = []
+        page.route(re.compile(r"^https://cdn\.jsdelivr\.net/"),
+                   lambda route: (cdn.append(route.request.url), route.abort("internetdisconnected")))
+        page.goto(server.url)
+        commands = page.locator("#boot [data-testid=vendor-commands]")
+        expect(commands).to_be_visible(timeout=10000)            # revealed by CSS after 6 s
+        assert commands.inner_text().strip().splitlines() == [install, start]
+        expect(page.locator("#boot .fail a")).to_have_attribute("href", "plain")
+        expect(page.locator("#boot .fail")).to_contain_text("APP_VENDOR_DIR")
+        assert cdn, "the page asked the CDN for nothing: it was not in CDN mode"
+        assert page.locator("article.gpu").count() == 0
+    finally:
+        context.close()
+    assert len([line for line in server.log if "event=cdn_mode" in line]) == 1, server.log
+
+
 # ---- the all-GPUs overview: 8 demo GPUs (4 AMD, 4 NVIDIA) ----------------------------------
 
 EIGHT = ["card0", "card1", "nvidia0", "nvidia1", "card2", "nvidia2", "card3", "nvidia3"]

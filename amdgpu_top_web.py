@@ -278,7 +278,8 @@ DURATION_UNITS = {"ms": 0.001, "s": 1.0, None: 1.0, "m": 60.0, "h": 3600.0}
 DPM_LINE_RE = re.compile(r"^\s*([0-9]+|[SF]):\s*([0-9]+)\s*mhz\b(.*)$", re.IGNORECASE)
 PCIE_DPM_RE = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*GT/s,\s*x([0-9]+)", re.IGNORECASE)
 LINK_SPEED_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*GT/s", re.IGNORECASE)
-GPU_PATH_RE = re.compile(r"^/api/gpus/([A-Za-z0-9_.:-]{1,64})/(metrics|procs|history|processes)$")
+GPU_ROUTE_KINDS = ("metrics", "procs", "history", "processes")    # /api/gpus/{id}/<kind>
+GPU_PATH_RE = re.compile(r"^/api/gpus/([A-Za-z0-9_.:-]{1,64})/(%s)$" % "|".join(GPU_ROUTE_KINDS))
 GPU_ID_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 MACHINE_NAMES_DNS_WAIT_S = 2.0     # the start waits this long for getfqdn/getaddrinfo at most
 HOST_NAME_RE = re.compile(r"^[a-z0-9_](?:[a-z0-9_-]{0,62})(?:\.[a-z0-9_](?:[a-z0-9_-]{0,62}))*$")
@@ -3966,6 +3967,14 @@ def event_in_range(event, from_s, to_s):
     return from_s <= when <= to_s
 
 
+SIMPLE_ROUTES = {"/api/gpus": "gpus", "/api/host": "host", "/api/healthz": "healthz",
+                 "/api/readyz": "readyz", "/api/alerts": "alerts",
+                 "/api/version": "version", "/ws": "ws", "/favicon.ico": "favicon",
+                 "/plain": "plain", "/metrics": "metrics", "/debug/threads": "debug_threads",
+                 "/debug/memory": "debug_memory", "/api/host/history": "host_history",
+                 "/api/processes": "processes"}
+
+
 def route(path):
     """Request path (no query) -> (route name, gpu id or None)."""
     if path in ("/", "/index.html"):
@@ -3978,13 +3987,8 @@ def route(path):
     if path.startswith("/api/processes/"):
         match = RUN_PATH_RE.match(path)
         return ("run_history", int(match.group(1))) if match else ("not_found", None)
-    simple = {"/api/gpus": "gpus", "/api/host": "host", "/api/healthz": "healthz",
-              "/api/readyz": "readyz", "/api/alerts": "alerts",
-              "/api/version": "version", "/ws": "ws", "/favicon.ico": "favicon",
-              "/plain": "plain", "/metrics": "metrics", "/debug/threads": "debug_threads",
-              "/debug/memory": "debug_memory", "/api/host/history": "host_history",
-              "/api/processes": "processes"}
-    return simple.get(path, "not_found"), None
+    return SIMPLE_ROUTES.get(path, "not_found"), None
+
 
 
 def split_host_header(host):
@@ -10022,8 +10026,8 @@ def serve(config, alert_rules=None):
         print("amdgpu_top_web: error: cannot listen on %s:%d: %s"
               % (config.listen_host, config.listen_port, exc.strerror), file=sys.stderr)
         return 2
+    log_exposure(config, host)          # before "listening": a test that waits for it sees both
     LOG.info("event=listening url=%s demo=%s", format_listen_url(host, port), config.demo)
-    log_exposure(config, host)
     while not stop.wait(1.0):
         pass
     LOG.info("event=shutdown")

@@ -281,7 +281,7 @@ LINK_SPEED_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*GT/s", re.IGNORECASE)
 GPU_ROUTE_KINDS = ("metrics", "procs", "history", "processes")    # /api/gpus/{id}/<kind>
 GPU_PATH_RE = re.compile(r"^/api/gpus/([A-Za-z0-9_.:-]{1,64})/(%s)$" % "|".join(GPU_ROUTE_KINDS))
 GPU_ID_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
-MACHINE_NAMES_DNS_WAIT_S = 2.0     # the start waits this long for getfqdn/getaddrinfo at most
+MACHINE_NAMES_DNS_WAIT_S = 2.0     # the start waits this long for getfqdn at most
 HOST_NAME_RE = re.compile(r"^[a-z0-9_](?:[a-z0-9_-]{0,62})(?:\.[a-z0-9_](?:[a-z0-9_-]{0,62}))*$")
 # RFC 6750 b64token, also a valid cookie value (RFC 6265 cookie-octet).
 AUTH_TOKEN_RE = re.compile(r"^[A-Za-z0-9._~+/=-]{16,256}$")
@@ -4014,15 +4014,20 @@ def is_loopback_name(name):
 
 def host_allowed(host_header, machine_names, allowed_hosts, allowed_origins=None):
     """Stop DNS rebinding, whatever the bind: the Host header must name loopback,
-    this machine (machine_names: its host names and addresses, found at start),
-    an APP_ALLOWED_HOSTS entry ('.example.com' = any name under it, '*' = any)
-    or the host of an allowed origin. The port is not checked."""
+    this machine (machine_names: its host names, found at start), an
+    APP_ALLOWED_HOSTS entry ('.example.com' = any name under it, '*' = any) or
+    the host of an allowed origin, or be an IP address (a page can only read
+    a response of its own origin, and an address is nobody's name to rebind:
+    browsing by address works behind NAT and Docker's port mapping too).
+    The port is not checked."""
     if allowed_hosts == "*":
         return True
     name = normalize_host_name(split_host_header(host_header)[0])
     if not name:
         return False
     if is_loopback_name(name) or name in machine_names:
+        return True
+    if _ip_text(name) not in (None, "0.0.0.0", "::"):     # 0.0.0.0 names no host
         return True
     for allowed in allowed_hosts or ():
         if name == allowed or (allowed.startswith(".") and name.endswith(allowed)):
@@ -4031,25 +4036,6 @@ def host_allowed(host_header, machine_names, allowed_hosts, allowed_origins=None
         return any(normalize_host_name(urlsplit(origin).hostname) == name
                    for origin in allowed_origins)
     return False
-
-
-def parse_local_addresses(fib_trie, if_inet6):
-    """/proc/net/fib_trie + /proc/net/if_inet6 text -> this machine's own
-    addresses (the '/32 host LOCAL' leaves; column 1 of if_inet6, 32 hex digits)."""
-    found = set()
-    last = None
-    for line in (fib_trie or "").splitlines():
-        text = line.strip()
-        if text.startswith("|-- "):
-            last = text[4:]
-        elif last and text.startswith("/32 host LOCAL"):
-            found.add(_ip_text(last))
-    for line in (if_inet6 or "").splitlines():
-        fields = line.split()
-        if fields and len(fields[0]) == 32:
-            found.add(_ip_text(":".join(fields[0][i:i + 4] for i in range(0, 32, 4))))
-    found.discard(None)
-    return found
 
 
 # -- the access token (APP_AUTH_TOKEN): a Bearer header or the page's cookie -----
@@ -9193,29 +9179,16 @@ class ErrorLog(object):
             return True
 
 
-def find_machine_names(proc_root, bound_host):
-    """This machine's names and addresses without DNS: the host name, the bound
-    address, and the addresses in /proc/net (a Host header naming any of them
-    is this machine, not a rebound name)."""
-    names = {normalize_host_name(socket.gethostname()), normalize_host_name(bound_host)}
-    names |= parse_local_addresses(read_text(os.path.join(proc_root, "net", "fib_trie"), 1 << 22),
-                                   read_text(os.path.join(proc_root, "net", "if_inet6"), 1 << 20))
-    names.discard("")
-    return frozenset(names - {"0.0.0.0", "::"})
-
-
 def lookup_machine_names(hostname):
-    """The DNS side (may wait on a resolver: run on its own thread): the fully
-    qualified name and the addresses the host name resolves to."""
-    names = set()
+    """This machine's names for the Host check: the host name, and (DNS, so it
+    may wait on a resolver: run it on its own thread) the fully qualified one."""
+    names = {normalize_host_name(hostname)}
     try:
         names.add(normalize_host_name(socket.getfqdn(hostname)))
-        for info in socket.getaddrinfo(hostname, None, 0, socket.SOCK_STREAM):
-            names.add(normalize_host_name(info[4][0].partition("%")[0]))
     except (OSError, UnicodeError):
         pass
     names.discard("")
-    return names
+    return frozenset(names)
 
 
 class DashboardServer(ThreadingHTTPServer):
@@ -9804,7 +9777,7 @@ class App(object):
         if self.history is not None:
             self.history.start()            # opens the file (or falls back to memory)
         host, port = self.server.server_address[:2]
-        self._find_machine_names(host)
+        self._find_machine_names()
         for thread in (self.webhook, self.alerts):
             if thread is not None:
                 thread.start()
@@ -9823,12 +9796,12 @@ class App(object):
         self._serve_thread.start()
         return self.server.server_address[:2]
 
-    def _find_machine_names(self, bound_host):
-        """The Host check's names: /proc at once; DNS (getfqdn, getaddrinfo) on a
+    def _find_machine_names(self):
+        """The Host check's names: the host name at once; getfqdn (DNS) on a
         thread, waited for MACHINE_NAMES_DNS_WAIT_S at most (a dead resolver must
         not hold the start), added whenever it answers."""
-        self.machine_names = find_machine_names(self.config.proc_root, bound_host)
         hostname = socket.gethostname()
+        self.machine_names = frozenset([normalize_host_name(hostname)])
 
         def lookup():
             self.machine_names = self.machine_names | lookup_machine_names(hostname)

@@ -37,6 +37,11 @@ Endpoints (GET/HEAD only; anything else is 405)::
     /debug/threads /debug/memory   (APP_ENABLE_PPROF=true)
     /ws                       WebSocket: hello, stats, procs, host, gpus, alert, pong, error
 
+Every request's Host must be loopback, this machine, an address or in
+APP_ALLOWED_HOSTS (403: DNS rebinding); with APP_AUTH_TOKEN, all but
+/api/healthz and /api/readyz need the token (Bearer, or the cookie that
+/?token= sets; 401 otherwise).
+
 Threads::
 
     browser --HTTP--> ThreadingHTTPServer handler threads (answer from the cache)

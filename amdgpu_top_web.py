@@ -137,7 +137,7 @@ import traceback
 import tracemalloc
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 try:                    # stdlib, but a minimal Python may be built without SQLite:
     import sqlite3      # then history is off
@@ -3995,7 +3995,6 @@ def route(path):
     return SIMPLE_ROUTES.get(path, "not_found"), None
 
 
-
 def split_host_header(host):
     """'Example.com:8080' -> ('example.com', 8080); '[::1]' -> ('::1', None)."""
     host = (host or "").strip().lower()
@@ -4074,6 +4073,15 @@ def parse_cookie(cookie_header, name):
         key, sep, value = part.strip().partition("=")
         if sep and key == name:
             return value.strip().strip('"')
+    return None
+
+
+def parse_token_query(query):
+    """'a=1&token=ab+c%3D' -> 'ab+c=': '+' stays '+' (a base64 token pasted into the
+    address bar must still match); None when there is no token parameter."""
+    for part in (query or "").split("&"):
+        if part.startswith("token="):
+            return unquote(part[6:])
     return None
 
 
@@ -9360,7 +9368,7 @@ class DashboardHandler(BaseHTTPRequestHandler):
         if token is None or name in AUTH_OPEN_ROUTES:
             return True
         cookie_name = auth_cookie_name(self.server.server_address[1])
-        offered = dict(parse_qsl(query, keep_blank_values=True)).get("token")
+        offered = parse_token_query(query)
         if name == "page" and offered is not None and token_matches(offered, token):
             self._send(303, "text/plain; charset=utf-8", b"", [
                 ("Location", "./"), ("Set-Cookie", build_auth_cookie(cookie_name, token))])

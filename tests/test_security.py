@@ -236,6 +236,16 @@ def test_token_compare_unit():
     assert atw.parse_bearer("bearer  abc ") == "abc" and atw.parse_bearer("Basic abc") is None
     assert atw.parse_cookie('a=1; t="x y"; t2=3', "t") == "x y"
     assert atw.redact_token("/?a=1&token=abc&b=2") == "/?a=1&token=(redacted)&b=2"
+    assert atw.parse_token_query("a=1&token=ab+c%3D%3D") == "ab+c=="
+    assert atw.parse_token_query("tokens=1") is None
+
+
+def test_a_base64_token_pasted_into_the_address_bar(server):
+    token = "AbC+dEf/GhI+jKl/MnO="                      # openssl rand -base64 15
+    proc = server(args=["--demo"], env={"APP_AUTH_TOKEN": token})
+    assert proc.get("/?token=" + token).status == 303  # '+' is not a space here
+    assert proc.get("/?token=" + quote(token, safe="")).status == 303
+    assert proc.get("/api/gpus", headers={"Authorization": "Bearer " + token}).status == 200
 
 
 @pytest.mark.browser

@@ -37,6 +37,11 @@ Endpoints (GET/HEAD only; anything else is 405)::
     /debug/threads /debug/memory   (APP_ENABLE_PPROF=true)
     /ws                       WebSocket: hello, stats, procs, host, gpus, alert, pong, error
 
+Every request's Host must be loopback, this machine, an address or in
+APP_ALLOWED_HOSTS (403: DNS rebinding); with APP_AUTH_TOKEN, all but
+/api/healthz and /api/readyz need the token (Bearer, or the cookie that
+/?token= sets; 401 otherwise).
+
 Threads::
 
     browser --HTTP--> ThreadingHTTPServer handler threads (answer from the cache)
@@ -109,6 +114,7 @@ import enum
 import errno
 import fcntl
 import hashlib
+import hmac
 import html
 import io
 import http.client
@@ -132,7 +138,7 @@ import traceback
 import tracemalloc
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 try:                    # stdlib, but a minimal Python may be built without SQLite:
     import sqlite3      # then history is off
@@ -278,8 +284,13 @@ DURATION_UNITS = {"ms": 0.001, "s": 1.0, None: 1.0, "m": 60.0, "h": 3600.0}
 DPM_LINE_RE = re.compile(r"^\s*([0-9]+|[SF]):\s*([0-9]+)\s*mhz\b(.*)$", re.IGNORECASE)
 PCIE_DPM_RE = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*GT/s,\s*x([0-9]+)", re.IGNORECASE)
 LINK_SPEED_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*GT/s", re.IGNORECASE)
-GPU_PATH_RE = re.compile(r"^/api/gpus/([A-Za-z0-9_.:-]{1,64})/(metrics|procs|history|processes)$")
+GPU_ROUTE_KINDS = ("metrics", "procs", "history", "processes")    # /api/gpus/{id}/<kind>
+GPU_PATH_RE = re.compile(r"^/api/gpus/([A-Za-z0-9_.:-]{1,64})/(%s)$" % "|".join(GPU_ROUTE_KINDS))
 GPU_ID_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+MACHINE_NAMES_DNS_WAIT_S = 2.0     # the start waits this long for getfqdn at most
+HOST_NAME_RE = re.compile(r"^[a-z0-9_](?:[a-z0-9_-]{0,62})(?:\.[a-z0-9_](?:[a-z0-9_-]{0,62}))*$")
+# RFC 6750 b64token, also a valid cookie value (RFC 6265 cookie-octet).
+AUTH_TOKEN_RE = re.compile(r"^[A-Za-z0-9._~+/=-]{16,256}$")
 RUN_PATH_RE = re.compile(r"^/api/processes/([0-9]{1,18})/history$")
 MEMINFO_LINE_RE = re.compile(r"^([A-Za-z0-9_()]+):[ \t]*([0-9]+)( kB)?[ \t]*$", re.MULTILINE | re.ASCII)
 HWMON_FILE_RE = re.compile(r"^(temp|freq|in|power|fan|pwm)(0|[1-9][0-9]*)_([a-z_]+)$")
@@ -518,6 +529,15 @@ SETTINGS = (
             "sysfs sampling interval, 100ms to 2s"),
     Setting("APP_ALLOWED_ORIGINS", "--allowed-origins", "allowed_origins", "", "origins",
             "WebSocket origins allowed: empty = same origin, * = any, or a comma list"),
+    Setting("APP_ALLOWED_HOSTS", "--allowed-hosts", "allowed_hosts", "", "hosts",
+            "Host names served besides loopback and this machine's names and addresses "
+            "(DNS rebinding protection): a comma list, .example.com = any name under it, "
+            "* = any (behind a reverse proxy that checks Host)"),
+    Setting("APP_AUTH_TOKEN", "--auth-token", "auth_token", "", "secret",
+            "access token: the page, API, /ws and /metrics ask for it (Authorization: Bearer, "
+            "or open /?token=... once for a cookie); empty = no token"),
+    Setting("APP_AUTH_TOKEN_FILE", "--auth-token-file", "auth_token_file", "", "optpath",
+            "file holding the access token (read once at start), instead of APP_AUTH_TOKEN"),
     Setting("APP_DEFAULT_GPU", "--default-gpu", "default_gpu", "auto", "gpu",
             "GPU the page shows first (card id) or auto"),
     Setting("APP_ENABLE_PROMETHEUS", "--enable-prometheus", "enable_prometheus", "false", "bool",
@@ -856,6 +876,51 @@ def parse_origins(text):
     return tuple(origins)
 
 
+def parse_allowed_hosts(text):
+    """'' -> () (loopback and this machine only), '*' -> '*', 'a.example, .b.example,
+    [::1]' -> ('a.example', '.b.example', '::1'): lower case, no trailing dot."""
+    text = (text or "").strip()
+    if text == "*":
+        return "*"
+    hosts = []
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name = normalize_host_name(item)
+        if not (HOST_NAME_RE.match(name.lstrip(".")) or _ip_text(name)):
+            raise ValueError("%r is not a host name or address (or .domain, or *)" % item)
+        hosts.append(name)
+    return tuple(hosts)
+
+
+def _ip_text(name):
+    """'::0001' -> '::1' (the one spelling of an address); None when not an address."""
+    try:
+        return str(ipaddress.ip_address(name))
+    except ValueError:
+        return None
+
+
+def normalize_host_name(name):
+    """'Example.COM.' -> 'example.com'; '[::0001]' -> '::1' (names compare as this)."""
+    name = (name or "").strip().lower()
+    if name.startswith("[") and name.endswith("]"):
+        name = name[1:-1]
+    if name.endswith("."):              # 'localhost.' is the same name, fully qualified
+        name = name[:-1]
+    return _ip_text(name) or name
+
+
+def parse_auth_token(text):
+    """'' -> None (no token); else the token, stripped: 16 to 256 characters a
+    cookie and an Authorization header carry as they are (RFC 6750 b64token)."""
+    token = (text or "").strip()
+    if not token:
+        return None
+    if not AUTH_TOKEN_RE.match(token):
+        raise ValueError("must be 16 to 256 characters of A-Z a-z 0-9 - . _ ~ + / = "
+                         "(e.g. the output of: openssl rand -hex 32)")
+    return token
+
+
 def parse_webhook_url(text):
     """'' -> None; an http(s) URL with a host -> itself; ValueError otherwise."""
     text = (text or "").strip()
@@ -929,6 +994,10 @@ def _convert_simple_setting(kind, raw):
         return level
     if kind == "origins":
         return parse_origins(raw)
+    if kind == "hosts":
+        return parse_allowed_hosts(raw)
+    if kind == "secret":
+        return parse_auth_token(raw)
     if kind == "gpu":
         value = raw.strip()
         if not re.match(r"^[A-Za-z0-9_.:-]{1,64}$", value):
@@ -1002,7 +1071,8 @@ def parse_config(argv, environ):
         try:
             values[setting.field] = _convert_setting(setting, raw)
         except ValueError as exc:
-            raise ConfigError("%s=%r: %s" % (name, raw, exc))
+            shown = "(hidden)" if setting.kind == "secret" else repr(raw)   # never log a token
+            raise ConfigError("%s=%s: %s" % (name, shown, exc))
     values["listen_host"], values["listen_port"] = values.pop("listen")
     values["history_path"] = resolve_history_path(values["history_path"], environ, args.demo)
     for field in _MODE_FIELDS:
@@ -4162,6 +4232,14 @@ def event_in_range(event, from_s, to_s):
     return from_s <= when <= to_s
 
 
+SIMPLE_ROUTES = {"/api/gpus": "gpus", "/api/host": "host", "/api/healthz": "healthz",
+                 "/api/readyz": "readyz", "/api/alerts": "alerts",
+                 "/api/version": "version", "/ws": "ws", "/favicon.ico": "favicon",
+                 "/plain": "plain", "/metrics": "metrics", "/debug/threads": "debug_threads",
+                 "/debug/memory": "debug_memory", "/api/host/history": "host_history",
+                 "/api/processes": "processes"}
+
+
 def route(path):
     """Request path (no query) -> (route name, gpu id or None)."""
     if path in ("/", "/index.html"):
@@ -4174,13 +4252,7 @@ def route(path):
     if path.startswith("/api/processes/"):
         match = RUN_PATH_RE.match(path)
         return ("run_history", int(match.group(1))) if match else ("not_found", None)
-    simple = {"/api/gpus": "gpus", "/api/host": "host", "/api/healthz": "healthz",
-              "/api/readyz": "readyz", "/api/alerts": "alerts",
-              "/api/version": "version", "/ws": "ws", "/favicon.ico": "favicon",
-              "/plain": "plain", "/metrics": "metrics", "/debug/threads": "debug_threads",
-              "/debug/memory": "debug_memory", "/api/host/history": "host_history",
-              "/api/processes": "processes"}
-    return simple.get(path, "not_found"), None
+    return SIMPLE_ROUTES.get(path, "not_found"), None
 
 
 def split_host_header(host):
@@ -4204,17 +4276,106 @@ def is_loopback_name(name):
         return False
 
 
-def host_allowed(host_header, listen_host, allowed_origins):
-    """Stop DNS rebinding: when bound to loopback, the Host header must name
-    loopback (or a host of an allowed origin). Other binds accept any Host."""
-    if not is_loopback_name(listen_host.lower()):
+def host_allowed(host_header, machine_names, allowed_hosts, allowed_origins=None):
+    """Stop DNS rebinding, whatever the bind: the Host header must name loopback,
+    this machine (machine_names: its host names, found at start), an
+    APP_ALLOWED_HOSTS entry ('.example.com' = any name under it, '*' = any) or
+    the host of an allowed origin, or be an IP address (a page can only read
+    a response of its own origin, and an address is nobody's name to rebind:
+    browsing by address works behind NAT and Docker's port mapping too).
+    The port is not checked."""
+    if allowed_hosts == "*":
         return True
-    name, _ = split_host_header(host_header)
-    if is_loopback_name(name):
+    name = normalize_host_name(split_host_header(host_header)[0])
+    if not name:
+        return False
+    if is_loopback_name(name) or name in machine_names:
         return True
+    if _ip_text(name) not in (None, "0.0.0.0", "::"):     # 0.0.0.0 names no host
+        return True
+    for allowed in allowed_hosts or ():
+        if name == allowed or (allowed.startswith(".") and name.endswith(allowed)):
+            return True
     if isinstance(allowed_origins, tuple):
-        return any(urlsplit(origin).hostname == name for origin in allowed_origins)
+        return any(normalize_host_name(urlsplit(origin).hostname) == name
+                   for origin in allowed_origins)
     return False
+
+
+# -- the access token (APP_AUTH_TOKEN): a Bearer header or the page's cookie -----
+
+AUTH_OPEN_ROUTES = ("healthz", "readyz", "favicon")     # probes; nothing to read there
+AUTH_COOKIE_MAX_AGE_S = 30 * 86400
+
+
+def auth_cookie_name(port):
+    """One cookie per port: cookies ignore ports, two dashboards on one host must not clash."""
+    return "amdgpu_top_web_token_%d" % port
+
+
+def token_matches(candidate, token):
+    """Constant-time comparison (hmac.compare_digest): the time taken says
+    nothing about how much of a guess was right."""
+    if candidate is None or token is None:
+        return False
+    return hmac.compare_digest(candidate.encode("utf-8", "replace"), token.encode("utf-8"))
+
+
+def parse_bearer(authorization):
+    """'Bearer abc' -> 'abc' (RFC 6750 §2.1; the scheme is case-insensitive); else None."""
+    scheme, _, value = (authorization or "").strip().partition(" ")
+    return value.strip() or None if scheme.lower() == "bearer" else None
+
+
+def parse_cookie(cookie_header, name):
+    """The value of cookie `name` in a Cookie header (RFC 6265 §4.2), else None."""
+    for part in (cookie_header or "").split(";"):
+        key, sep, value = part.strip().partition("=")
+        if sep and key == name:
+            return value.strip().strip('"')
+    return None
+
+
+def parse_token_query(query):
+    """'a=1&token=ab+c%3D' -> 'ab+c=': '+' stays '+' (a base64 token pasted into the
+    address bar must still match); None when there is no token parameter."""
+    for part in (query or "").split("&"):
+        if part.startswith("token="):
+            return unquote(part[6:])
+    return None
+
+
+def request_authorized(headers, token, cookie_name):
+    """Whether a request carries the token: Authorization: Bearer, or the cookie."""
+    return (token_matches(parse_bearer(headers.get("Authorization")), token)
+            or token_matches(parse_cookie(headers.get("Cookie"), cookie_name), token))
+
+
+def build_auth_cookie(cookie_name, token):
+    return "%s=%s; Path=/; Max-Age=%d; HttpOnly; SameSite=Strict" % (
+        cookie_name, token, AUTH_COOKIE_MAX_AGE_S)
+
+
+TOKEN_QUERY_RE = re.compile(r"([?&]token=)[^&\s\"#]*")
+
+
+def redact_token(text):
+    """'/?token=abc&x=1' -> '/?token=(redacted)&x=1': no token in any log line."""
+    return TOKEN_QUERY_RE.sub(r"\1(redacted)", text)
+
+
+AUTH_HELP = ("this dashboard asks for its access token (APP_AUTH_TOKEN): send "
+             "'Authorization: Bearer <token>', or open /?token=<token> once in the browser")
+
+
+def render_auth_page():
+    """The 401 page of / and /plain: how to pass the token."""
+    return ("<!doctype html><html lang=en><meta charset=utf-8><title>amdgpu_top_web: token "
+            "needed</title><h1>Access token needed</h1><p>This dashboard is protected by an "
+            "access token (<code>APP_AUTH_TOKEN</code> or <code>APP_AUTH_TOKEN_FILE</code> where "
+            "it runs). Open <code>/?token=&lt;token&gt;</code> once: the browser then keeps it "
+            "in a cookie and the address bar forgets it. Scripts and Prometheus send "
+            "<code>Authorization: Bearer &lt;token&gt;</code>.</p></html>")
 
 
 def origin_allowed(origin, host_header, allowed_origins):
@@ -4269,7 +4430,10 @@ QUERY_MAX_VALUE = 64                     # characters of one query value
 QUERY_MAX_PARAMS = 16
 ISO_TIME_RE = re.compile(
     r"^(\d{4})-(\d{2})-(\d{2})(?:[T ](\d{2}):(\d{2})(?::(\d{2})(\.\d{1,9})?)?)?"
-    r"(Z|[+-]\d{2}:?\d{2})?$", re.IGNORECASE)
+    r"(Z|[+-]\d{2}:?\d{2})?$", re.IGNORECASE | re.ASCII)
+# Unix seconds as digits only: float() would also take '1_000', '１２３', '1e9', 'nan'.
+UNIX_TIME_RE = re.compile(r"^[0-9]{1,11}(?:\.[0-9]{1,9})?$", re.ASCII)
+UNIX_TIME_MAX_S = 1e11                   # the year 5138: a typo, never a time with history
 # A CSV cell that a spreadsheet would run as a formula (OWASP "CSV injection").
 CSV_FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
 RUN_CSV_COLUMNS = (
@@ -4278,6 +4442,22 @@ RUN_CSV_COLUMNS = (
     "avg_gtt_bytes", "peak_engine_pct", "avg_engine_pct", "gpu_seconds")
 PROC_AT_CSV_COLUMNS = ("pid", "name", "user", "started", "elapsed_s", "vram_bytes", "gtt_bytes",
                        "engine_pct", "run_id")
+
+HISTORY_PARAMS = ("from", "to", "range", "step", "format")
+RUNS_PARAMS = ("from", "to", "range", "gpu", "active", "format")
+ALERTS_PARAMS = ("from", "to", "range", "format")
+AT_PARAMS = ("at", "format")
+RUN_PARAMS = ("format",)
+# The query parameters of each route (the handler refuses any other with a 400);
+# None: the route takes whatever comes (the page's ?token=, Prometheus' params).
+ROUTE_PARAMS = {
+    "page": None, "vendor": None, "plain": None, "metrics": None, "ws": None, "favicon": None,
+    "debug_threads": None, "debug_memory": None, "not_found": None,
+    "gpus": (), "host": (), "healthz": (), "readyz": (), "version": (),
+    "gpu_metrics": (), "gpu_procs": (), "gpu_history": HISTORY_PARAMS,
+    "gpu_processes": AT_PARAMS, "host_history": HISTORY_PARAMS, "processes": RUNS_PARAMS,
+    "run_history": RUN_PARAMS, "alerts": ALERTS_PARAMS,
+}
 
 HistoryQuery = collections.namedtuple("HistoryQuery", "from_s to_s step_s format")
 RunsQuery = collections.namedtuple("RunsQuery", "from_s to_s gpu_id active format")
@@ -4323,18 +4503,23 @@ def _iso_to_epoch(match):
 def parse_time_param(name, text):
     """Unix seconds ('1764669600', '1764669600.5') or ISO 8601 ('2026-12-02',
     '2026-12-02T10:00Z', '...T10:00:00.250+01:00'; no zone = UTC) -> seconds."""
-    text = (text or "").strip()
-    try:
+    text = text or ""
+    value = None
+    if UNIX_TIME_RE.match(text):
         value = float(text)
-    except ValueError:
-        match = ISO_TIME_RE.match(text)
+    elif ISO_TIME_RE.match(text):
         try:
-            value = _iso_to_epoch(match) if match else None
+            value = _iso_to_epoch(ISO_TIME_RE.match(text))
         except ValueError:
             value = None
-    if value is None or value != value or not 0 <= value < 1e11:
+    if value is None:
         raise QueryError("parameter %r: expected unix seconds or an ISO 8601 time, got %r"
                          % (name, text[:32]))
+    if value <= 0:
+        raise QueryError("parameter %r: %r is before 1970 (or at its first second): no "
+                         "history is that old" % (name, text[:32]))
+    if value >= UNIX_TIME_MAX_S:
+        raise QueryError("parameter %r: %r is too far in the future" % (name, text[:32]))
     return value
 
 
@@ -4368,7 +4553,7 @@ def _parse_format(params):
 
 def parse_history_query(query, now_s):
     """?from=&to=&step= or ?range= (and format=) of a history endpoint."""
-    params = parse_query_string(query, ("from", "to", "range", "step", "format"))
+    params = parse_query_string(query, HISTORY_PARAMS)
     from_s, to_s = parse_window(params, now_s, "1h")
     step_s = None
     if "step" in params:
@@ -4384,7 +4569,7 @@ def parse_history_query(query, now_s):
 
 def parse_runs_query(query, now_s):
     """?range=|from=&to= &gpu= &active=true|false &format= of /api/processes."""
-    params = parse_query_string(query, ("from", "to", "range", "gpu", "active", "format"))
+    params = parse_query_string(query, RUNS_PARAMS)
     from_s, to_s = parse_window(params, now_s, "24h")
     active = None
     if "active" in params:
@@ -4400,19 +4585,24 @@ def parse_runs_query(query, now_s):
 
 def parse_alerts_query(query, now_s):
     """?range=|from=&to= (default the last 24 h) &format= of /api/alerts."""
-    params = parse_query_string(query, ("from", "to", "range", "format"))
+    params = parse_query_string(query, ALERTS_PARAMS)
     from_s, to_s = parse_window(params, now_s, "24h")
     return HistoryQuery(from_s, to_s, None, _parse_format(params))
 
 
 def parse_at_query(query, now_s, default_now=False):
     """?at=T (&format=) of /api/gpus/{id}/processes and a run's history."""
-    params = parse_query_string(query, ("at", "format"))
+    params = parse_query_string(query, AT_PARAMS)
     if "at" not in params:
         if not default_now:
             raise QueryError("parameter 'at' is required (unix seconds or ISO 8601)")
         return AtQuery(now_s, _parse_format(params))
     return AtQuery(parse_time_param("at", params["at"]), _parse_format(params))
+
+
+def parse_run_query(query, _now_s=None):
+    """?format= of /api/processes/{run}/history -> 'json' or 'csv'."""
+    return _parse_format(parse_query_string(query, RUN_PARAMS))
 
 
 def _csv_cell(value):
@@ -9697,14 +9887,14 @@ class ErrorLog(object):
         self._lock = threading.Lock()
         self._second, self._count, self._suppressed = 0, 0, 0
 
-    def line(self, handler, status):
+    def line(self, handler, status, reason=None):
         request_id = "%016x" % random.getrandbits(64)
         if not self._admit():
             return request_id
-        LOG.info("event=http_error status=%d method=%s path=%r client=%s request_id=%s", status,
+        LOG.info("event=http_error status=%d method=%s path=%r client=%s request_id=%s%s", status,
                  sanitize_text(str(getattr(handler, "command", "") or "")),
-                 sanitize_text(str(getattr(handler, "path", "") or ""))[:200],
-                 handler.client_address[0], request_id)
+                 redact_token(sanitize_text(str(getattr(handler, "path", "") or "")))[:200],
+                 handler.client_address[0], request_id, " " + reason if reason else "")
         return request_id
 
     def _admit(self):
@@ -9719,6 +9909,18 @@ class ErrorLog(object):
                 self._suppressed += 1
                 return False
             return True
+
+
+def lookup_machine_names(hostname):
+    """This machine's names for the Host check: the host name, and (DNS, so it
+    may wait on a resolver: run it on its own thread) the fully qualified one."""
+    names = {normalize_host_name(hostname)}
+    try:
+        names.add(normalize_host_name(socket.getfqdn(hostname)))
+    except (OSError, UnicodeError):
+        pass
+    names.discard("")
+    return frozenset(names)
 
 
 class DashboardServer(ThreadingHTTPServer):
@@ -9846,6 +10048,7 @@ class DashboardHandler(BaseHTTPRequestHandler):
 
     def _dispatch(self, send_body):
         self._send_body = send_body
+        self._answered = False
         app = self.server.app
         if self.headers.get("Transfer-Encoding") or (
                 self.headers.get("Content-Length") or "0").strip() != "0":
@@ -9853,18 +10056,78 @@ class DashboardHandler(BaseHTTPRequestHandler):
         if len(self.headers.get_all("Host") or ()) > 1:
             self.send_error(400, "more than one Host header")   # RFC 9112 §3.2
             return
-        if not host_allowed(self.headers.get("Host"), app.config.listen_host,
+        if not host_allowed(self.headers.get("Host"), app.machine_names, app.config.allowed_hosts,
                             app.config.allowed_origins):
-            self._send_json(403, {"error": "Host header not allowed (DNS rebinding protection)"})
+            self._refuse_host()
             return
-        name, gpu_id = route(urlsplit(self.path).path)
-        getattr(self, "route_" + name)(gpu_id)
+        parts = urlsplit(self.path)
+        name, gpu_id = route(parts.path)
+        if not self._authorized(name, parts.query) or not self._params_known(name, parts.query):
+            return
+        try:
+            getattr(self, "route_" + name)(gpu_id)
+        except OSError:
+            raise                        # the client went away: handle_error logs it
+        except Exception as exc:         # a bug: still an answer, never a dropped connection
+            self._internal_error(exc)
+
+    def _refuse_host(self):
+        host = sanitize_text(self.headers.get("Host") or "")[:100]
+        reason = "host=%r hint=%r" % (host, "a name this server answers to? add it to "
+                                      "APP_ALLOWED_HOSTS (--allowed-hosts)")
+        self._send_json(403, {"error": "Host %r not allowed (DNS rebinding protection); the "
+                                       "server's APP_ALLOWED_HOSTS setting admits it" % host},
+                        reason=reason)
+
+    def _authorized(self, name, query):
+        """True when no token is set, the route is open, or the request carries the
+        token; otherwise the answer (a 401, or the /?token= cookie redirect) is sent."""
+        app = self.server.app
+        token = app.config.auth_token
+        if token is None or name in AUTH_OPEN_ROUTES:
+            return True
+        cookie_name = auth_cookie_name(self.server.server_address[1])
+        offered = parse_token_query(query)
+        if name == "page" and offered is not None and token_matches(offered, token):
+            self._send(303, "text/plain; charset=utf-8", b"", [
+                ("Location", "./"), ("Set-Cookie", build_auth_cookie(cookie_name, token))])
+            return False
+        if request_authorized(self.headers, token, cookie_name):
+            return True
+        headers = [("WWW-Authenticate", 'Bearer realm="amdgpu_top_web"')]
+        if name in ("page", "plain"):
+            self._send(401, "text/html; charset=utf-8", render_auth_page().encode("utf-8"), headers)
+        else:
+            self._send_json(401, {"error": AUTH_HELP}, headers)
+        return False
+
+    def _params_known(self, name, query):
+        """A parameter the route does not take is a 400 naming it, never ignored."""
+        allowed = ROUTE_PARAMS.get(name)
+        if allowed is None:
+            return True
+        try:
+            parse_query_string(query, allowed)
+        except QueryError as exc:
+            self._send_json(400, {"error": str(exc)})
+            return False
+        return True
+
+    def _internal_error(self, exc):
+        LOG.error("event=http_handler_exception path=%r error=%r",
+                  redact_token(sanitize_text(self.path))[:200], exc, exc_info=True)
+        self.close_connection = True
+        if not self._answered:
+            self._send_json(500, {"error": "internal error: %s (see the server log)"
+                                           % type(exc).__name__}, [("Connection", "close")])
 
     # -- responses -------------------------------------------------------------
 
-    def _send(self, status, content_type, body, headers=(), cache="no-store"):
+    def _send(self, status, content_type, body, headers=(), cache="no-store", reason=None):
         if status >= 400:
-            headers = list(headers) + [("X-Request-Id", self.server.app.error_log.line(self, status))]
+            headers = list(headers) + [("X-Request-Id", self.server.app.error_log.line(
+                self, status, reason))]
+        self._answered = True
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
@@ -9878,8 +10141,8 @@ class DashboardHandler(BaseHTTPRequestHandler):
         if getattr(self, "_send_body", True):
             self.wfile.write(body)
 
-    def _send_json(self, status, obj, headers=()):
-        self._send(status, "application/json", json_bytes(obj), headers)
+    def _send_json(self, status, obj, headers=(), reason=None):
+        self._send(status, "application/json", json_bytes(obj), headers, reason=reason)
 
     def send_error(self, code, message=None, explain=None):
         """Errors the base class raises itself (400, 414, 431, 501) as JSON too."""
@@ -9891,7 +10154,7 @@ class DashboardHandler(BaseHTTPRequestHandler):
             pass
 
     def log_message(self, fmt, *args):
-        LOG.debug("event=http client=%s %s", self.client_address[0], fmt % args)
+        LOG.debug("event=http client=%s %s", self.client_address[0], redact_token(fmt % args))
 
     # -- routes ------------------------------------------------------------------
 
@@ -9996,9 +10259,11 @@ class DashboardHandler(BaseHTTPRequestHandler):
 
     def route_gpu_history(self, gpu_id):
         """No query: the live ring (what hello carries). With range/from/to/step: the store."""
+        if self._gpu_or_404(gpu_id) is None:
+            return
         if urlsplit(self.path).query:
             self._series("gpu", gpu_id)
-        elif self._gpu_or_404(gpu_id) is not None:
+        else:
             self._send_json(200, dict(self.server.app.cache.history(gpu_id), gpu_id=gpu_id))
 
     def route_host_history(self, _):
@@ -10013,17 +10278,19 @@ class DashboardHandler(BaseHTTPRequestHandler):
                          lambda: records_csv(runs, RUN_CSV_COLUMNS), "processes")
 
     def route_run_history(self, run_id):
-        query, store = self._prepare(lambda q, now: parse_query_string(q, ("format",)))
+        fmt, store = self._prepare(parse_run_query)
         if store is None:
             return
         result = store.query_run_history(run_id)
         if result is None:
             self._send_json(404, {"error": "unknown process run: %d" % run_id})
             return
-        self._answer(_parse_format(query), result, lambda: columns_csv(result["ts"], result["series"]),
+        self._answer(fmt, result, lambda: columns_csv(result["ts"], result["series"]),
                      "run-%d" % run_id)
 
     def route_gpu_processes(self, gpu_id):
+        if self._gpu_or_404(gpu_id) is None:
+            return
         query, store = self._prepare(parse_at_query)
         if store is not None:
             result = store.query_procs_at(gpu_id, query.at_s)
@@ -10143,6 +10410,7 @@ class App(object):
         self.host_thread = HostSampler(HostReader(config.proc_root), self.cache)
         self.webhook, self.alerts = self._make_alerts(alert_rules)
         self.error_log = ErrorLog()
+        self.machine_names = frozenset()        # filled by start() (the Host check)
         self.server = None
         self._serve_thread = None
 
@@ -10245,6 +10513,7 @@ class App(object):
         if self.history is not None:
             self.history.start()            # opens the file (or falls back to memory)
         host, port = self.server.server_address[:2]
+        self._find_machine_names()
         for thread in (self.webhook, self.alerts):
             if thread is not None:
                 thread.start()
@@ -10262,6 +10531,20 @@ class App(object):
         self._serve_thread.daemon = True
         self._serve_thread.start()
         return self.server.server_address[:2]
+
+    def _find_machine_names(self):
+        """The Host check's names: the host name at once; getfqdn (DNS) on a
+        thread, waited for MACHINE_NAMES_DNS_WAIT_S at most (a dead resolver must
+        not hold the start), added whenever it answers."""
+        hostname = socket.gethostname()
+        self.machine_names = frozenset([normalize_host_name(hostname)])
+
+        def lookup():
+            self.machine_names = self.machine_names | lookup_machine_names(hostname)
+        thread = threading.Thread(target=lookup, name="machine-names")
+        thread.daemon = True
+        thread.start()
+        thread.join(MACHINE_NAMES_DNS_WAIT_S)
 
     def stop(self):
         """Stop within about a second: HTTP first, then Close 1001 to every WebSocket."""
@@ -10437,6 +10720,33 @@ def check_vendor_dir(config, page_path=None):
                           "be the node_modules folder of: %s" % (folder, ", ".join(pins), install))
 
 
+def load_auth_token(config):
+    """APP_AUTH_TOKEN_FILE's token (read once, stripped) into config.auth_token;
+    ConfigError (one line naming the setting, never the token) when it cannot be."""
+    path = config.auth_token_file
+    if not path:
+        return config
+    if config.auth_token is not None:
+        raise ConfigError("APP_AUTH_TOKEN_FILE=%r: set it or APP_AUTH_TOKEN, not both" % path)
+    text = read_text(path, 1 << 16)
+    if text is None or not text.strip():
+        raise ConfigError("APP_AUTH_TOKEN_FILE=%r: %s" % (
+            path, "cannot read the file" if text is None else "the file is empty"))
+    try:
+        return config._replace(auth_token=parse_auth_token(text))
+    except ValueError as exc:
+        raise ConfigError("APP_AUTH_TOKEN_FILE=%r: the token %s" % (path, exc))
+
+
+def log_exposure(config, host):
+    """One line at start when anyone on the network may read the dashboard."""
+    if config.auth_token is None and not is_loopback_name(normalize_host_name(host)):
+        LOG.warning("event=no_auth_token listen=%s message=%r", format_listen_url(
+            host, config.listen_port).rstrip("/"), "anyone who can reach this port sees the "
+            "GPU processes' user names and command lines; set APP_AUTH_TOKEN (or "
+            "APP_AUTH_TOKEN_FILE), or listen on 127.0.0.1 only")
+
+
 def serve(config, alert_rules=None):
     app = App(config, alert_rules=alert_rules)
     stop = threading.Event()
@@ -10448,6 +10758,7 @@ def serve(config, alert_rules=None):
         print("amdgpu_top_web: error: cannot listen on %s:%d: %s"
               % (config.listen_host, config.listen_port, exc.strerror), file=sys.stderr)
         return 2
+    log_exposure(config, host)          # before "listening": a test that waits for it sees both
     LOG.info("event=listening url=%s demo=%s", format_listen_url(host, port), config.demo)
     if not config.vendor_dir and app.page_bytes:
         LOG.info("event=cdn_mode hint=%r", "the page loads its scripts from cdn.jsdelivr.net; "
@@ -10464,7 +10775,7 @@ def main(argv=None, environ=None):
     argv = sys.argv[1:] if argv is None else argv
     environ = os.environ if environ is None else environ
     try:
-        config = parse_config(argv, environ)
+        config = load_auth_token(parse_config(argv, environ))
         rules = load_alert_rules(config) if config.alerts else None
         check_vendor_dir(config)
     except ConfigError as exc:

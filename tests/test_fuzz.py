@@ -364,7 +364,9 @@ def test_host_and_origin_checks_never_raise(host, origin, listen_host, allowed):
     the checks answer True or False, they never raise."""
     name, port = atw.split_host_header(host)
     assert type(name) is str and (port is None or type(port) is int)
-    assert atw.host_allowed(host, listen_host, allowed) in (True, False)
+    machine = frozenset([atw.normalize_host_name(listen_host)])
+    for allowed_hosts in ((), "*", ("gpu.example", ".lan")):
+        assert atw.host_allowed(host, machine, allowed_hosts, allowed) in (True, False)
     assert atw.origin_allowed(origin, host, allowed) in (True, False)
     assert atw.origin_allowed(None, host, allowed) is True
 

@@ -464,7 +464,7 @@ def test_filter_by_name_user_pid(start_server, open_page):
 
 
 def test_hostile_process_name_is_literal_text(start_server, open_page):
-    server = start_server()
+    server = start_server(["--demo", "--demo-scenario", "hostile"])
     page, watch = open_page(server, "#gpu=card0")
     wait_procs(page, 8)
     cells = page.locator("td.name .nm", has_text=HOSTILE)

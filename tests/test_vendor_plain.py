@@ -329,7 +329,7 @@ def test_cdn_mode_has_no_vendor_route_and_keeps_cdn_urls(start_server):
 # ---- /plain (no JavaScript) ---------------------------------------------------------------
 
 def test_plain_demo_in_w3m(start_server):
-    server = start_server()
+    server = start_server(["--demo", "--demo-scenario", "hostile"])
     server.wait_procs("card0")
     server.wait_procs("card1")
     status, headers, body = server.get("/plain")
@@ -346,7 +346,7 @@ def test_plain_demo_in_w3m(start_server):
 
 
 def test_plain_escapes_a_hostile_process_name(start_server):
-    server = start_server()
+    server = start_server(["--demo", "--demo-scenario", "hostile"])
     server.wait_procs("card0")
     html_text = server.get("/plain")[2].decode("utf-8")
     assert "&lt;img src=x onerror=alert(1)&gt;" in html_text

@@ -4460,10 +4460,10 @@ PLAIN_ROWS = (
     ("VRAM used", "vram_used_bytes", "B"), ("VRAM total", "vram_total_bytes", "B"),
     ("VRAM reserved", "vram_reserved_bytes", "B"),
     ("GTT used", "gtt_used_bytes", "B"), ("GTT total", "gtt_total_bytes", "B"),
-    ("PCIe generation", "pcie_gen", ""), ("PCIe width", "pcie_width", " lanes"),
+    ("PCIe generation", "pcie_gen", "gen"), ("PCIe width", "pcie_width", " lanes"),
     ("Throttle reasons", "throttle_reasons", "list"), ("Performance state", "pstate", "P"),
     ("Encoder", "enc_pct", "%"), ("Decoder", "dec_pct", "%"),
-    ("Energy (since driver load)", "energy_j", " J"),
+    ("Energy", "energy_j", "energy"),
     ("Runtime PM", "runtime_status", ""),
 )
 
@@ -4484,6 +4484,23 @@ def format_bytes(value):
 PLAIN_DIGITS = {"%": 0, " W": 1, " °C": 0, " MHz": 0, " RPM": 0, " lanes": 0, "": 1}
 
 
+def format_energy(joules):
+    """Joules in Wh below 1 kWh, else kWh, 3 significant digits (as the page)."""
+    wh = joules / 3600.0
+    value, unit = (wh / 1000.0, "kWh") if wh >= 1000 else (wh, "Wh")
+    return "%.*f %s" % (0 if value >= 100 else 1 if value >= 10 else 2, value, unit)
+
+
+# A space after a number (or %) and before its unit: never a line break there.
+_PLAIN_UNIT_SPACE_RE = re.compile(r"(?<=\d) (?=[A-Za-z\u00b0])|(?<=Gen) (?=\d)")
+
+
+def plain_nowrap(text):
+    """'1.72 GiB / 16.00 GiB' -> the same with a no-break space between each
+    number and its unit, so a narrow screen never puts "GiB" on a line alone."""
+    return _PLAIN_UNIT_SPACE_RE.sub("\u00a0", text)
+
+
 def format_value(value, unit):
     """A metric for people: rounded like the page, "—" for null."""
     if value is None:
@@ -4494,8 +4511,10 @@ def format_value(value, unit):
         return ", ".join(value) if value else "none"
     if unit == "P":
         return "P%d" % value
-    if unit == " J":
-        return "%.3f kWh" % (value / 3.6e6)
+    if unit == "energy":
+        return format_energy(value)
+    if unit == "gen":
+        return "Gen %d" % value
     if unit == "load":
         return "%.2f" % value
     if unit == "%d":
@@ -4552,7 +4571,7 @@ def _plain_host(host):
     return ["<h2>Host</h2><table border=1><thead><tr>%s</tr></thead>" % "".join(
                 "<th>%s</th>" % esc(label) for label, _ in cells),
             "<tbody><tr>%s</tr></tbody></table>" % "".join(
-                "<td>%s</td>" % esc(value) for _, value in cells)]
+                "<td>%s</td>" % esc(plain_nowrap(value)) for _, value in cells)]
 
 
 def _plain_gpu(identity, metrics, procs):
@@ -4562,10 +4581,25 @@ def _plain_gpu(identity, metrics, procs):
                                          identity["pci"], " [demo]" if identity.get("demo") else "")
     rows = ["<h2>%s</h2>" % esc(title), "<table border=1><tbody>"]
     for label, key, unit in PLAIN_ROWS:
-        rows.append("<tr><th>%s</th><td>%s</td></tr>" % (label, esc(format_value(metrics.get(key), unit))))
+        rows.append("<tr><th>%s</th><td>%s</td></tr>" % (label, esc(plain_nowrap(format_value(metrics.get(key), unit)))))
+    if "vram_forecast" in metrics:
+        rows.append("<tr><th>VRAM forecast</th><td>%s</td></tr>" % esc(plain_nowrap(
+            plain_forecast(metrics.get("vram_forecast"), procs))))
     rows.append("</tbody></table>")
     rows.extend(_plain_procs(procs))
     return rows
+
+
+def plain_forecast(forecast, procs):
+    """The VRAM forecast row: the words of format_forecast, its process named."""
+    if not forecast:
+        return "\u2014"
+    text = format_forecast(forecast)
+    pid = forecast.get("driver_pid")
+    names = dict((p["pid"], p.get("name")) for p in (procs or {}).get("processes") or ())
+    if pid is not None and names.get(pid):
+        text = text.replace("mostly pid %d" % pid, "mostly %s (%d)" % (names[pid], pid))
+    return text
 
 
 def _plain_procs(procs):
@@ -4579,11 +4613,11 @@ def _plain_procs(procs):
         rows.append("<tr><td>%d</td><td>%s</td><td>%s</td><td>%s</td><td>%s</td><td>%s</td>"
                     "<td>%s</td><td>%s</td><td>%s</td><td>%s</td></tr>" % (
                         proc["pid"], esc(str(proc.get("user") or proc.get("uid") or "?")),
-                        esc(proc.get("name") or "?"), esc(format_bytes(proc.get("vram_bytes"))),
-                        esc(format_bytes(proc.get("gtt_bytes"))),
+                        esc(proc.get("name") or "?"), esc(plain_nowrap(format_bytes(proc.get("vram_bytes")))),
+                        esc(plain_nowrap(format_bytes(proc.get("gtt_bytes")))),
                         esc(format_value(proc.get("gpu_time_ms_per_s"), "")),
                         esc(format_value(proc.get("cpu_pct"), "%")),
-                        esc(format_bytes(proc.get("rss_bytes"))),
+                        esc(plain_nowrap(format_bytes(proc.get("rss_bytes")))),
                         esc(plain_flags(proc)), esc((proc.get("cmd") or "")[:200])))
     rows.append("</tbody></table>")
     note = plain_visibility_note(procs.get("visibility"))

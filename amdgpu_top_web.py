@@ -6091,10 +6091,12 @@ class DemoNvidiaReader(object):
         if self._last is not None:
             self._energy_j += power * max(0.0, now - self._last)
         self._last = now
-        reasons = ["GpuIdle"] if busy < 20 else []
-        if power > 0.8 * cap:
+        # Clock events as NVML reports them: idle below 30 % busy, the power cap and a
+        # thermal slowdown in the busy phases (most of the time, some GPU has one).
+        reasons = ["GpuIdle"] if busy < 30 else []
+        if power > 0.6 * cap:
             reasons.append("SwPowerCap")
-        if self._temp > 66:
+        if self._temp > 62:
             reasons.append("SwThermalSlowdown")
         used_mib = sum(p["vram_mib"] for p in load) + DEMO_NVIDIA_CONTEXT_MIB
         return new_metrics({

@@ -181,7 +181,7 @@ WS_SHUTDOWN_POLL_S = 0.05       # the hub loop's tick while shutdown waits for C
 HTTP_IDLE_TIMEOUT_S = 15.0
 HTTP_ERROR_LOG_PER_S = 20       # error lines logged per second at most (the rest counted)
 DEMO_MAX_GPUS = 8               # --demo shows up to this many synthetic GPUs
-DEMO_SCENARIOS = ("none", "leak")
+DEMO_SCENARIOS = ("none", "leak", "hostile")
 ONCE_RATE_WAIT_S = 0.5          # --once reads twice this far apart (rates need two reads)
 SHUTDOWN_GRACE_S = 0.6          # time clients get to answer our Close 1001
 PROC_SCAN_BUDGET_S = 0.5        # wall-clock budget of one /proc walk (then resumed next scan)
@@ -573,8 +573,9 @@ SETTINGS = (
     Setting("APP_DEMO_GPUS", "--demo-gpus", "demo_gpus", "3", "demo_gpus",
             "with --demo: how many synthetic GPUs, 1 to 8 (AMD and NVIDIA)"),
     Setting("APP_DEMO_SCENARIO", "--demo-scenario", "demo_scenario", "none", "scenario",
-            "with --demo: none, or leak (card0's VRAM leaks to 97 percent, then frees: "
-            "a forecast and alerts to look at)"),
+            "with --demo: none; leak (card0's VRAM leaks to 97 percent, then frees: "
+            "a forecast and alerts to look at); or hostile (a process named like HTML, "
+            "for escaping tests)"),
     Setting("APP_ALERTS", "--alerts", "alerts", "on", "bool",
             "built-in alert rules (frames, /api/alerts, webhook); --no-alerts turns them off"),
     Setting("APP_ALERT_RULES", "--alert-rules", "alert_rules", "", "optpath",
@@ -4947,10 +4948,10 @@ PLAIN_ROWS = (
     ("VRAM used", "vram_used_bytes", "B"), ("VRAM total", "vram_total_bytes", "B"),
     ("VRAM reserved", "vram_reserved_bytes", "B"),
     ("GTT used", "gtt_used_bytes", "B"), ("GTT total", "gtt_total_bytes", "B"),
-    ("PCIe generation", "pcie_gen", ""), ("PCIe width", "pcie_width", " lanes"),
+    ("PCIe generation", "pcie_gen", "gen"), ("PCIe width", "pcie_width", " lanes"),
     ("Throttle reasons", "throttle_reasons", "list"), ("Performance state", "pstate", "P"),
     ("Encoder", "enc_pct", "%"), ("Decoder", "dec_pct", "%"),
-    ("Energy (since driver load)", "energy_j", " J"),
+    ("Energy", "energy_j", "energy"),
     ("Runtime PM", "runtime_status", ""),
 )
 
@@ -4971,6 +4972,23 @@ def format_bytes(value):
 PLAIN_DIGITS = {"%": 0, " W": 1, " °C": 0, " MHz": 0, " RPM": 0, " lanes": 0, "": 1}
 
 
+def format_energy(joules):
+    """Joules in Wh below 1 kWh, else kWh, 3 significant digits (as the page)."""
+    wh = joules / 3600.0
+    value, unit = (wh / 1000.0, "kWh") if wh >= 1000 else (wh, "Wh")
+    return "%.*f %s" % (0 if value >= 100 else 1 if value >= 10 else 2, value, unit)
+
+
+# A space after a number (or %) and before its unit: never a line break there.
+_PLAIN_UNIT_SPACE_RE = re.compile(r"(?<=\d) (?=[A-Za-z\u00b0])|(?<=Gen) (?=\d)")
+
+
+def plain_nowrap(text):
+    """'1.72 GiB / 16.00 GiB' -> the same with a no-break space between each
+    number and its unit, so a narrow screen never puts "GiB" on a line alone."""
+    return _PLAIN_UNIT_SPACE_RE.sub("\u00a0", text)
+
+
 def format_value(value, unit):
     """A metric for people: rounded like the page, "—" for null."""
     if value is None:
@@ -4981,8 +4999,10 @@ def format_value(value, unit):
         return ", ".join(value) if value else "none"
     if unit == "P":
         return "P%d" % value
-    if unit == " J":
-        return "%.3f kWh" % (value / 3.6e6)
+    if unit == "energy":
+        return format_energy(value)
+    if unit == "gen":
+        return "Gen %d" % value
     if unit == "load":
         return "%.2f" % value
     if unit == "%d":
@@ -5051,7 +5071,7 @@ def _plain_host(host):
     return ["<h2>Host</h2><table border=1><thead><tr>%s</tr></thead>" % "".join(
                 "<th>%s</th>" % esc(label) for label, _ in cells),
             "<tbody><tr>%s</tr></tbody></table>" % "".join(
-                "<td>%s</td>" % esc(value) for _, value in cells)]
+                "<td>%s</td>" % esc(plain_nowrap(value)) for _, value in cells)]
 
 
 def _plain_gpu(identity, metrics, procs):
@@ -5065,7 +5085,10 @@ def _plain_gpu(identity, metrics, procs):
         rows.append("<p>%s</p>" % esc(facts))
     rows.append("<table border=1><tbody>")
     for label, key, unit in PLAIN_ROWS:
-        rows.append("<tr><th>%s</th><td>%s</td></tr>" % (label, esc(format_value(metrics.get(key), unit))))
+        rows.append("<tr><th>%s</th><td>%s</td></tr>" % (label, esc(plain_nowrap(format_value(metrics.get(key), unit)))))
+    if "vram_forecast" in metrics:
+        rows.append("<tr><th>VRAM forecast</th><td>%s</td></tr>" % esc(plain_nowrap(
+            plain_forecast(metrics.get("vram_forecast"), procs))))
     rows.append("</tbody></table>")
     rows.extend(_plain_procs(procs))
     return rows
@@ -5084,6 +5107,18 @@ def format_identity_facts(identity):
     return ", ".join(parts)
 
 
+def plain_forecast(forecast, procs):
+    """The VRAM forecast row: the words of format_forecast, its process named."""
+    if not forecast:
+        return "\u2014"
+    text = format_forecast(forecast)
+    pid = forecast.get("driver_pid")
+    names = dict((p["pid"], p.get("name")) for p in (procs or {}).get("processes") or ())
+    if pid is not None and names.get(pid):
+        text = text.replace("mostly pid %d" % pid, "mostly %s (%d)" % (names[pid], pid))
+    return text
+
+
 def _plain_procs(procs):
     esc = html.escape
     if not procs or procs.get("processes") is None:
@@ -5095,12 +5130,12 @@ def _plain_procs(procs):
         rows.append("<tr><td>%d</td><td>%s</td><td>%s</td><td>%s</td><td>%s</td><td>%s</td>"
                     "<td>%s</td><td>%s</td><td>%s</td><td>%s</td><td>%s</td><td>%s</td></tr>" % (
                         proc["pid"], esc(str(proc.get("user") or proc.get("uid") or "?")),
-                        esc(proc.get("name") or "?"), esc(format_bytes(proc.get("vram_bytes"))),
-                        esc(format_bytes(proc.get("gtt_bytes"))),
+                        esc(proc.get("name") or "?"), esc(plain_nowrap(format_bytes(proc.get("vram_bytes")))),
+                        esc(plain_nowrap(format_bytes(proc.get("gtt_bytes")))),
                         esc(format_value(proc.get("gpu_time_ms_per_s"), "")),
                         esc(format_value(proc.get("cpu_pct"), "%")),
-                        esc(format_bytes(proc.get("rss_bytes"))),
-                        esc(proc.get("started") or "\u2014"), esc(format_elapsed(proc.get("elapsed_s"))),
+                        esc(plain_nowrap(format_bytes(proc.get("rss_bytes")))),
+                        esc(proc.get("started") or "\u2014"), esc(plain_nowrap(format_elapsed(proc.get("elapsed_s")))),
                         esc(plain_flags(proc)), esc((proc.get("cmd") or "")[:200])))
     rows.append("</tbody></table>")
     note = plain_visibility_note(procs.get("visibility"))
@@ -6442,10 +6477,10 @@ DEMO_ORDER = ("card0", "card1", "nvidia0", "nvidia1", "card2", "nvidia2", "card3
 
 
 DEMO_LEAK_GPU = "card0"         # --demo-scenario leak: this GPU's VRAM leaks...
-DEMO_LEAK_PERIOD_S = 220.0      # ...in cycles: grows 145 s (55 % -> 97 %), holds, frees
+DEMO_LEAK_PERIOD_S = 220.0      # ...in cycles: grows 145 s (51 % -> 98 %), holds, frees
 DEMO_LEAK_GROW_S = 145.0
 DEMO_LEAK_HOLD_S = 45.0
-DEMO_LEAK_SHARE = 0.44          # of total VRAM, on top of the usual 53 %
+DEMO_LEAK_SHARE = 0.47          # of total VRAM, on top of the processes' usual 51 %
 
 
 def demo_leak_fraction(elapsed_s):
@@ -6476,30 +6511,122 @@ def demo_gpu_infos(count=3):
     return infos
 
 
-class DemoGpuReader(object):
-    """Synthetic, plausible, moving values (--demo): busy follows slow waves,
-    clocks and power follow busy, temperature lags power, the fan follows it."""
+DEMO_PROCS = (
+    # name, user, cmd, container, kfd, engines (name -> base %), vram MiB, gtt MiB
+    ("blender", "alice", "blender --background scene.blend --render-anim", None, False,
+     {"gfx": 55.0, "compute": 8.0}, 2600, 310),
+    ("python3", "bob", "python3 train.py --epochs 40 --api-key=[redacted]", "3f2a9c1d7e4b", True,
+     {"gfx": 0.0, "compute": 0.0}, 3100, 900),   # ROCm: its queues never show in DRM counters
+    ("Xorg", "root", "/usr/lib/xorg/Xorg :0 -seat seat0 -auth /run/lightdm/root/:0", None, False,
+     {"gfx": 2.5}, 180, 60),
+    ("firefox", "alice", "/usr/lib/firefox/firefox -contentproc -isForBrowser", None, False,
+     {"gfx": 4.0, "dec": 6.0}, 420, 220),
+    ("code", "erin", "/usr/share/code/code --type=gpu-process", None, False, {"gfx": 1.0}, 96, 24),
+    ("obs", "alice", "obs --startstreaming", None, False, {"gfx": 7.0, "enc": 18.0}, 610, 140),
+    ("mpv", "carol", "mpv --hwdec=vaapi movie.mkv", None, False, {"dec": 12.0}, 150, 40),
+    ("llama-server", "dave", "llama-server -m model.gguf --port 8081", "k8s-llm-7d9f", False,
+     {"gfx": 0.0, "compute": 44.0}, 900, 2100),
+)
+# --demo-scenario hostile: this process takes slot 4 ("code"); the escaping tests use it,
+# a new user's first look at the demo does not.
+DEMO_HOSTILE_PROC = ("<img src=x onerror=alert(1)>", "mallory", "<script>alert(1)</script> --token=[redacted]",
+                     None, False, {"gfx": 1.0}, 64, 16)
+DEMO_HOSTILE_SLOT = 4
+DEMO_ENGINES = ("gfx", "compute", "dma", "dec", "enc")
+DEMO_ENGINE_BUDGET_PCT = 72.0   # all of a GPU's processes at their peak: its busy has room above
+DEMO_KFD_LOAD_PCT = 12.0        # a ROCm process's load: in the GPU's busy, not in DRM counters
+DEMO_VRAM_RESERVE_MIB = 288     # what amdgpu keeps for itself (firmware, page tables, display)
+DEMO_APU_RESERVE_MIB = 48
+DEMO_GTT_RESERVE_MIB = 96
+DEMO_NVIDIA_CONTEXT_MIB = 320   # NVML's used beyond its processes' (the driver's own)
 
-    def __init__(self, info, seed=1, leak=False):
+
+def demo_proc_spec(gpu_index, index, hostile=False):
+    """The DEMO_PROCS row of a demo GPU's index-th process."""
+    slot = (index + gpu_index * 3) % len(DEMO_PROCS)
+    return DEMO_HOSTILE_PROC if hostile and slot == DEMO_HOSTILE_SLOT else DEMO_PROCS[slot]
+
+
+def demo_vram_total_bytes(gpu_id):
+    for row in DEMO_GPUS:
+        if row[0] == gpu_id:
+            return row[5]
+    return [row[5] for row in DEMO_NVIDIA if row[0] == gpu_id][0]
+
+
+def _demo_peak_pct(spec):
+    return sum(spec[5].values()) + (DEMO_KFD_LOAD_PCT if spec[4] else 0.0)
+
+
+def demo_workload(info, gpu_index, per_gpu, t, leak=False, hostile=False):
+    """One demo GPU's processes at t seconds: [{spec, wave, pct, busy_pct,
+    vram_mib, gtt_mib}], the one model behind its process rows and its own
+    busy and memory. Engine % are scaled so that all the processes at their
+    peak stay within DEMO_ENGINE_BUDGET_PCT; busy_pct (the process's share
+    of the GPU's busy, kfd load included) sums to at most that."""
+    nvidia = info.vendor == "nvidia"
+    specs = [demo_proc_spec(gpu_index, i, hostile) for i in range(per_gpu)]
+    peak = sum(_demo_peak_pct(spec) for spec in specs)
+    scale = min(1.0, DEMO_ENGINE_BUDGET_PCT / peak) if peak else 1.0
+    vram_scale = 1.0 if info.apu else min(1.0, 0.5 * (demo_vram_total_bytes(info.id) >> 20)
+                                          / max(1, sum(spec[6] for spec in specs)))
+    out = []
+    for index, spec in enumerate(specs):
+        wave = 0.6 + 0.4 * math.sin(t / ((12.0 if nvidia else 14.0) + index) + index)
+        base = dict((e, spec[5].get(e, 0.0) * scale * wave) for e in DEMO_ENGINES)
+        hidden = (DEMO_KFD_LOAD_PCT if spec[4] else 0.0) * scale * wave
+        vram_mib, gtt_mib = int(spec[6] * vram_scale), spec[7]
+        if leak and index == 1 and info.id == DEMO_LEAK_GPU:
+            vram_mib += int(demo_leak_fraction(t) * demo_vram_total_bytes(info.id)) >> 20
+        if info.apu:      # an APU's carve-out is tiny: it all lives in GTT
+            cap = min(24, int(0.6 * (demo_vram_total_bytes(info.id) >> 20)) // max(1, per_gpu))
+            vram_mib, gtt_mib = min(vram_mib, cap), gtt_mib + max(0, vram_mib - cap)
+        if nvidia:
+            sm = round(min(100.0, base["gfx"] + base["compute"] + hidden), 1)
+            pct = {"sm": sm, "mem": round(sm * 0.4, 1), "enc": round(base["enc"], 1), "dec": round(base["dec"], 1)}
+            busy = sm + pct["enc"] + pct["dec"]
+        else:
+            pct = dict((e, round(base[e], 1) if e in spec[5] else None) for e in DEMO_ENGINES)
+            busy = sum(v for v in pct.values() if v) + hidden
+        out.append({"spec": spec, "wave": wave, "pct": pct, "busy_pct": busy, "vram_mib": vram_mib,
+                    "gtt_mib": 0 if nvidia else gtt_mib})
+    return out
+
+
+def demo_gpu_busy_pct(load, t, rng):
+    """A demo GPU's busy: its processes' share plus 3-10 % of the kernel's and
+    the display's, so a process is never busier than its GPU."""
+    extra = 3.0 + 3.0 * (1.0 + math.sin(t / 2.3)) + rng.uniform(0.0, 1.0)
+    return min(100.0, sum(p["busy_pct"] for p in load) + extra)
+
+
+class DemoGpuReader(object):
+    """Synthetic, plausible, moving values (--demo): busy is the demo processes'
+    engine time plus a little of the kernel's and display's, memory their sum
+    plus a driver reserve (demo_workload); clocks and power follow busy,
+    temperature lags power, the fan follows it."""
+
+    def __init__(self, info, seed=1, leak=False, index=0, per_gpu=8, hostile=False):
         self.info = info
         self._leak, self._started = leak, None
+        self._index, self._per_gpu, self._hostile = index, per_gpu, hostile
         row = [r for r in DEMO_GPUS if r[0] == info.id][0]
         self._vram_total, self._gtt_total, self._cap, self._phase = row[5], row[6], row[7], row[8]
         self._rng = random.Random(seed)
         self._temp = 40.0
 
     def sample(self, now):
-        t = now + self._phase * 10
-        wave = 0.5 + 0.35 * math.sin(t / 9.0) + 0.15 * math.sin(t / 2.3)
-        busy = min(100.0, max(0.0, wave * 100 + self._rng.uniform(-4, 4)))
+        if self._started is None:
+            self._started = now
+        elapsed_s = now - self._started
+        load = demo_workload(self.info, self._index, self._per_gpu, elapsed_s, self._leak, self._hostile)
+        busy = demo_gpu_busy_pct(load, now + self._phase * 10, self._rng)
         apu = self.info.apu
         power = (6.0 + busy * 0.5) if apu else (18.0 + busy * 2.3)
         self._temp += ((32.0 + power * (0.8 if apu else 0.2)) - self._temp) * 0.05
-        if self._started is None:
-            self._started = now
-        metrics = new_metrics(self._memory(t, busy, now - self._started))
+        metrics = new_metrics(self._memory(load))
         metrics.update({
-            "runtime_status": "active", "gpu_busy_pct": int(busy), "vram_used_source": "sysfs",
+            "runtime_status": "active", "gpu_busy_pct": int(math.ceil(busy)), "vram_used_source": "sysfs",
             "sclk_mhz": int(500 + busy * (22 if apu else 19)), "mclk_mhz": 800 if apu else 1218,
             "temp_c": round(self._temp, 1), "power_w": round(power, 3),
             "vddgfx_mv": int(700 + busy * 4)})
@@ -6509,20 +6636,15 @@ class DemoGpuReader(object):
             metrics.update(self._dgpu_extras(busy))
         return metrics
 
-    def _memory(self, t, busy, elapsed_s=0.0):
-        # Consistent with DemoProcSource: the demo processes use about 7.8 GiB of
-        # the dGPU's VRAM and 3.7 GiB of GTT (APU: all of it in GTT), the rest is
-        # "other" (kernel, display).
-        wobble = 0.01 * math.sin(t / 40.0)
-        vram_frac = 0.6 if self.info.apu else 0.53 + wobble
-        if self._leak:
-            vram_frac = 0.53 + demo_leak_fraction(elapsed_s) + self._rng.uniform(-1, 1) * 1e-4
-        gtt_frac = 0.40 + wobble if self.info.apu else 0.13 + wobble
+    def _memory(self, load):
+        # The processes' memory plus what the driver keeps for itself (firmware,
+        # page tables, the display): the "other" of the memory bars stays small.
+        reserve = DEMO_APU_RESERVE_MIB if self.info.apu else DEMO_VRAM_RESERVE_MIB
         return {"vram_total_bytes": self._vram_total, "vis_vram_total_bytes": self._vram_total,
-                "vram_used_bytes": int(self._vram_total * vram_frac),
+                "vram_used_bytes": (sum(p["vram_mib"] for p in load) + reserve) << 20,
                 "vis_vram_used_bytes": int(self._vram_total * 0.1),
                 "gtt_total_bytes": self._gtt_total,
-                "gtt_used_bytes": int(self._gtt_total * (gtt_frac + 0.005 * busy / 100))}
+                "gtt_used_bytes": (sum(p["gtt_mib"] for p in load) + DEMO_GTT_RESERVE_MIB) << 20}
 
     def _dgpu_extras(self, busy):
         fan_pct = round(max(0.0, min(100.0, (self._temp - 45) * 3.0)), 1)
@@ -6537,41 +6659,50 @@ class DemoGpuReader(object):
 
 class DemoNvidiaReader(object):
     """--demo's NVIDIA GPU: NVML-shaped values (SM clock, P-states, power
-    capping and a thermal slowdown now and then, encoder/decoder use)."""
+    capping and a thermal slowdown now and then, encoder/decoder use); busy
+    and memory follow its processes (demo_workload), as on the AMD ones."""
 
-    def __init__(self, info, seed=3):
+    def __init__(self, info, seed=3, index=0, per_gpu=8, hostile=False):
         self.info = info
         self._row = [row for row in DEMO_NVIDIA if row[0] == info.id][0]
+        self._index, self._per_gpu, self._hostile = index, per_gpu, hostile
         self._rng = random.Random(seed)
         self._temp, self._energy_j = 38.0, 1.5e6
-        self._last = None
+        self._last = self._started = None
 
     def sample(self, now):
         _, _, _, _, _, vram, reserved, cap, phase, fan = self._row
+        if self._started is None:
+            self._started = now
+        load = demo_workload(self.info, self._index, self._per_gpu, now - self._started, False, self._hostile)
         t = now + phase
-        busy = min(100.0, max(0.0, (0.55 + 0.4 * math.sin(t / 11.0)) * 100 + self._rng.uniform(-3, 3)))
+        busy = demo_gpu_busy_pct(load, t, self._rng)
         power = cap * (0.08 + busy * 0.0089)
         self._temp += ((30.0 + 45.0 * power / cap) - self._temp) * 0.05     # <= 75 °C: calm
         if self._last is not None:
             self._energy_j += power * max(0.0, now - self._last)
         self._last = now
-        reasons = ["GpuIdle"] if busy < 20 else []
-        if power > 0.8 * cap:
+        # Clock events as NVML reports them: idle below 30 % busy, the power cap and a
+        # thermal slowdown in the busy phases (most of the time, some GPU has one).
+        reasons = ["GpuIdle"] if busy < 30 else []
+        if power > 0.6 * cap:
             reasons.append("SwPowerCap")
-        if self._temp > 66:
+        if self._temp > 62:
             reasons.append("SwThermalSlowdown")
+        used_mib = sum(p["vram_mib"] for p in load) + DEMO_NVIDIA_CONTEXT_MIB
         return new_metrics({
-            "runtime_status": "active", "gpu_busy_pct": int(busy), "mem_busy_pct": int(busy * 0.45),
+            "runtime_status": "active", "gpu_busy_pct": int(math.ceil(busy)), "mem_busy_pct": int(busy * 0.45),
             "sclk_mhz": int(210 + busy * 25.2), "sm_clock_mhz": int(210 + busy * 25.2),
             "mclk_mhz": 10501 if busy > 5 else 405,
             "temp_c": int(self._temp), "temp_mem_c": None if fan else int(self._temp + 6),
             "fan_pct": int(max(30.0, (self._temp - 30) * 1.6)) if fan else None,
             "fan_rpm": None, "power_w": round(power, 3), "power_cap_w": cap,
             "energy_j": round(self._energy_j, 3), "vram_total_bytes": vram,
-            "vram_reserved_bytes": reserved, "vram_used_bytes": int(vram * 0.38),
+            "vram_reserved_bytes": reserved, "vram_used_bytes": used_mib << 20,
             "vram_used_source": "nvml_v2", "pcie_gen": 4 if busy > 5 else 1, "pcie_width": 16,
             "pstate": 2 if busy > 5 else 8, "throttle_reasons": reasons,
-            "enc_pct": int(12 + 8 * math.sin(t / 5.0)), "dec_pct": 0})
+            "enc_pct": int(math.ceil(sum(p["pct"]["enc"] or 0.0 for p in load))),
+            "dec_pct": int(math.ceil(sum(p["pct"]["dec"] or 0.0 for p in load)))})
 
     def close(self):
         pass
@@ -6592,13 +6723,15 @@ class DemoBackend(object):
         return list(self._infos)
 
     def open_reader(self, info):
+        index, hostile = self._infos.index(info), self._scenario == "hostile"
         if info.vendor == "nvidia":
-            return DemoNvidiaReader(info)
-        return DemoGpuReader(info, seed=self._infos.index(info) + 1,
-                             leak=self._scenario == "leak" and info.id == DEMO_LEAK_GPU)
+            return DemoNvidiaReader(info, index=index, per_gpu=self._per_gpu, hostile=hostile)
+        return DemoGpuReader(info, seed=index + 1, leak=self._scenario == "leak" and info.id == DEMO_LEAK_GPU,
+                             index=index, per_gpu=self._per_gpu, hostile=hostile)
 
     def proc_source(self):
-        return DemoProcSource(self._infos, self._per_gpu, leak=self._scenario == "leak")
+        return DemoProcSource(self._infos, self._per_gpu, leak=self._scenario == "leak",
+                              hostile=self._scenario == "hostile")
 
     def close(self):
         pass
@@ -8092,32 +8225,15 @@ def node_map_for(gpus):
     return mapping
 
 
-DEMO_PROCS = (
-    # name, user, cmd, container, kfd, engines (name -> base %), vram MiB, gtt MiB
-    ("blender", "alice", "blender --background scene.blend --render-anim", None, False,
-     {"gfx": 55.0, "compute": 8.0}, 2600, 310),
-    ("python3", "bob", "python3 train.py --epochs 40 --api-key=[redacted]", "3f2a9c1d7e4b", True,
-     {"gfx": 0.0, "compute": 0.0}, 3100, 900),   # ROCm: its queues never show in DRM counters
-    ("Xorg", "root", "/usr/lib/xorg/Xorg :0 -seat seat0 -auth /run/lightdm/root/:0", None, False,
-     {"gfx": 2.5}, 180, 60),
-    ("firefox", "alice", "/usr/lib/firefox/firefox -contentproc -isForBrowser", None, False,
-     {"gfx": 4.0, "dec": 6.0}, 420, 220),
-    ("<img src=x onerror=alert(1)>", "mallory", "<script>alert(1)</script> --token=[redacted]",
-     None, False, {"gfx": 1.0}, 64, 16),
-    ("obs", "alice", "obs --startstreaming", None, False, {"gfx": 7.0, "enc": 18.0}, 610, 140),
-    ("mpv", "carol", "mpv --hwdec=vaapi movie.mkv", None, False, {"dec": 12.0}, 150, 40),
-    ("llama-server", "dave", "llama-server -m model.gguf --port 8081", "k8s-llm-7d9f", False,
-     {"gfx": 0.0, "compute": 44.0}, 900, 2100),
-)
-
-
 class DemoProcSource(object):
     """--demo: synthetic processes per demo GPU, with moving engine %; every
-    row, total and capability goes through the same builders as real ones."""
+    row, total and capability goes through the same builders as real ones.
+    The numbers come from demo_workload, as the GPUs' own busy and memory."""
 
-    def __init__(self, infos, per_gpu, clock=time.monotonic, leak=False, wall_clock=time.time):
+    def __init__(self, infos, per_gpu, clock=time.monotonic, leak=False, wall_clock=time.time,
+                 hostile=False):
         self.infos, self.per_gpu, self.clock, self.leak = infos, per_gpu, clock, leak
-        self.wall_clock = wall_clock
+        self.wall_clock, self.hostile = wall_clock, hostile
         self._start = clock()
         self._wall_start = wall_clock()
 
@@ -8137,50 +8253,39 @@ class DemoProcSource(object):
         by_pci = {}
         for gpu_index, info in enumerate(self.infos):
             nvidia = info.vendor == "nvidia"
-            rows = [(self._nvidia_process if nvidia else self._process)(gpu_index, i, t)
-                    for i in range(self.per_gpu)]
-            engines = ("sm", "mem", "enc", "dec") if nvidia else ("gfx", "compute", "dma", "dec", "enc")
+            load = demo_workload(info, gpu_index, self.per_gpu, t, self.leak, self.hostile)
+            rows = [(self._nvidia_process if nvidia else self._process)(gpu_index, i, p, t)
+                    for i, p in enumerate(load)]
+            engines = ("sm", "mem", "enc", "dec") if nvidia else DEMO_ENGINES
             by_pci[info.pci] = build_procs_entry(
                 rows, len(rows), build_capabilities("demo", True, True, engines,
                                                     any(r["kfd"] for r in rows)))
         visibility = build_visibility(True, False, False, None, 0, None)
         return ScanResult(by_pci, visibility, {"cut_short": False, "duration_s": 0.0})
 
-    def _process(self, gpu_index, index, t):
-        row = DEMO_PROCS[(index + gpu_index * 3) % len(DEMO_PROCS)]
-        name, user, cmd, container, kfd, engines, vram_mib, gtt_mib = row
-        wave = 0.6 + 0.4 * math.sin(t / (5.0 + index) + index)
-        pct = dict((e, round(min(100.0, base * wave), 1) if e in engines else None)
-                   for e, base in [(e, engines.get(e, 0.0)) for e in ("gfx", "compute", "dma", "dec", "enc")])
+    def _process(self, gpu_index, index, load, t):
+        name, user, cmd, container, kfd, engines, _, _ = load["spec"]
+        pct, wave, vram_mib = load["pct"], load["wave"], load["vram_mib"]
         pid = 1000 + gpu_index * 5000 + index * 37
-        if self.leak and index == 1 and self.infos[gpu_index].id == DEMO_LEAK_GPU:
-            total = [row[5] for row in DEMO_GPUS if row[0] == DEMO_LEAK_GPU][0]
-            vram_mib += int(demo_leak_fraction(t) * total) >> 20
-        if self.infos[gpu_index].apu:      # an APU's carve-out is tiny: it all lives in GTT
-            vram_mib, gtt_mib = min(vram_mib, 24), gtt_mib + max(0, vram_mib - 24)
-        busy_ns = dict((e, int(base * 1e7 * t)) for e, base in engines.items())
+        busy_ns = dict((e, int(v * 1e7 * t)) for e, v in pct.items() if v is not None)
         return build_proc_row(
             pid=pid, uid=1000 + index, user=user, name=name, cmd=cmd,
             render_node="renderD%d" % (128 + gpu_index), kfd=kfd, vram_bytes=vram_mib << 20,
-            gtt_bytes=gtt_mib << 20, cpu_bytes=0, engines_pct=pct, engines_ns=busy_ns,
+            gtt_bytes=load["gtt_mib"] << 20, cpu_bytes=0, engines_pct=pct, engines_ns=busy_ns,
             gpu_time_ms_per_s=round(sum(v for v in pct.values() if v) * 10.0, 1),
             container=container, start_time=100000 + pid, clients=1,
             cpu_pct=_demo_cpu_pct(index, wave), rss_bytes=_demo_rss_bytes(vram_mib, index),
             **self._times(gpu_index, index))
 
-    def _nvidia_process(self, gpu_index, index, t):
+    def _nvidia_process(self, gpu_index, index, load, t):
         """NVML-shaped: SM/mem/enc/dec %, C/G types, no GTT, one PID from
         another PID namespace (NVML lists it, /proc does not show it)."""
-        row = DEMO_PROCS[(index + gpu_index * 3) % len(DEMO_PROCS)]
-        name, user, cmd, container, _, engines, vram_mib, _ = row
-        wave = 0.6 + 0.4 * math.sin(t / (4.0 + index) + index)
-        sm = round(min(100.0, (engines.get("gfx", 0.0) + engines.get("compute", 0.0)) * wave), 1)
-        pct = {"sm": sm, "mem": round(sm * 0.4, 1), "enc": round(engines.get("enc", 0.0) * wave, 1),
-               "dec": round(engines.get("dec", 0.0) * wave, 1)}
+        name, user, cmd, container = load["spec"][:4]
+        pct, wave, vram_mib = load["pct"], load["wave"], load["vram_mib"]
         pid = 1000 + gpu_index * 5000 + index * 37
-        kind = "G" if name in ("Xorg", "firefox", "obs", "mpv") else "C"
+        kind = "G" if name in ("Xorg", "firefox", "obs", "mpv", "code") else "C"
         common = dict(pid=pid, vram_bytes=vram_mib << 20, engines_pct=pct, type=kind, clients=1,
-                      gpu_time_ms_per_s=round(sm * 10.0, 1))
+                      gpu_time_ms_per_s=round(pct["sm"] * 10.0, 1))
         if index == self.per_gpu - 1:
             return build_proc_row(name=name, visible=False, **common)
         return build_proc_row(uid=1000 + index, user=user, name=name, cmd=cmd,

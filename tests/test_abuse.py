@@ -103,8 +103,8 @@ def assert_healthy(proc, mark=None):
 
 @pytest.fixture(scope="module")
 def demo_server(server_module):
-    """A --demo server (with its synthetic processes) at 100 ms, shared by this module."""
-    proc = server_module(args=["--demo"], env=dict(FAST, APP_PROC_ENABLE="true"))
+    """A --demo server (with its synthetic processes, one named like HTML) at 100 ms, shared by this module."""
+    proc = server_module(args=["--demo", "--demo-scenario", "hostile"], env=dict(FAST, APP_PROC_ENABLE="true"))
     proc.wait_metrics(count=3)
     wait_for(lambda: proc.get_json("/api/gpus/card0/procs")[1].get("processes"), 5.0,
              message="demo processes")

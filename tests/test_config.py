@@ -698,3 +698,58 @@ def test_default_gpu_naming_a_gpu_does_not_warn(server):
     proc = server(env={"APP_DEFAULT_GPU": body["gpus"][-1]["id"]})
     proc.wait_metrics()
     assert "default_gpu_unknown" not in proc.log()
+
+
+def _demo_run(per_gpu, scenario="none", seconds=300.0, step_s=0.5):
+    """A demo run with every reader and the process source on one clock:
+    yields (gpu_id, metrics, processes) at every step."""
+    infos = atw.demo_gpu_infos(8)
+    backend = atw.DemoBackend(per_gpu, 8, scenario)
+    readers = [backend.open_reader(info) for info in infos]
+    clock = [0.0]
+    source = atw.DemoProcSource(infos, per_gpu, clock=lambda: clock[0], leak=scenario == "leak")
+    for i in range(int(seconds / step_s)):
+        clock[0] = i * step_s
+        by_pci = source.scan().by_pci
+        for reader in readers:
+            yield reader.info.id, reader.sample(1000.0 + i * step_s), by_pci[reader.info.pci]["processes"]
+
+
+@pytest.mark.parametrize("per_gpu", [8, 40])
+def test_demo_processes_are_never_busier_than_their_gpu(per_gpu):
+    """The demo once said "blender is making this GPU busy: gfx 53 %" next to
+    "GPU busy 6 %": its processes' engine % (every engine but NVML's memory
+    controller, summed over the processes) now stay within the GPU's busy."""
+    steps = 0
+    for gpu_id, metrics, procs in _demo_run(per_gpu):
+        busy = metrics["gpu_busy_pct"]
+        total = sum(v for p in procs for name, v in p["engines_pct"].items() if v and name != "mem")
+        assert total <= busy + 0.5, (gpu_id, busy, total)
+        top = max(v for p in procs for name, v in p["engines_pct"].items() if v and name != "mem")
+        assert top > 1.0                                  # the processes do use the GPU
+        steps += 1
+    assert steps == 8 * 600
+
+
+@pytest.mark.parametrize("per_gpu", [8, 40])
+def test_demo_vram_is_its_processes_plus_a_small_reserve(per_gpu):
+    """The demo's H100 showed 22 GiB of "other" VRAM that no process held: VRAM
+    used is now its processes' sum plus a driver reserve under 512 MiB."""
+    for gpu_id, metrics, procs in _demo_run(per_gpu, seconds=120.0, step_s=2.0):
+        held = sum(p["vram_bytes"] or 0 for p in procs)
+        other = metrics["vram_used_bytes"] - held
+        assert 0 < other < 512 << 20, (gpu_id, other)
+        assert metrics["vram_used_bytes"] <= metrics["vram_total_bytes"], gpu_id
+        if metrics["gtt_used_bytes"] is not None:
+            gtt_other = metrics["gtt_used_bytes"] - sum(p["gtt_bytes"] or 0 for p in procs)
+            assert 0 < gtt_other < 512 << 20, (gpu_id, gtt_other)
+
+
+def test_the_default_demo_has_no_hostile_process(tmp_path):
+    """The escaping test process (an HTML tag for a name) is not the first thing
+    a new user sees: only --demo-scenario hostile adds it."""
+    names = [p["name"] for g in once_json(tmp_path, "--demo")["gpus"] for p in g["procs"]["processes"]]
+    assert names and not any("<" in (n or "") for n in names)
+    hostile = once_json(tmp_path, "--demo", "--demo-scenario", "hostile")
+    names = [p["name"] for g in hostile["gpus"] for p in g["procs"]["processes"]]
+    assert "<img src=x onerror=alert(1)>" in names

@@ -383,8 +383,8 @@ def test_metrics_host_families_pass_promtool(host_server):
 
 def test_plain_has_a_host_table_and_process_cpu(host_server):
     body = host_server.get("/plain").body.decode()
-    assert "<h2>Host</h2>" in body and "11.72 GiB / 31.25 GiB" in body      # RAM used / total
-    assert "1.52 / 0.98 / 0.61" in body and "of 4 CPUs" in body
+    assert "<h2>Host</h2>" in body and "11.72\u00a0GiB / 31.25\u00a0GiB" in body      # RAM used / total
+    assert "1.52 / 0.98 / 0.61" in body and "of 4\u00a0CPUs" in body
     assert "<th>CPU</th><th>RSS</th>" in body
 
 

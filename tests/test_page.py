@@ -464,7 +464,7 @@ def test_filter_by_name_user_pid(start_server, open_page):
 
 
 def test_hostile_process_name_is_literal_text(start_server, open_page):
-    server = start_server()
+    server = start_server(["--demo", "--demo-scenario", "hostile"])
     page, watch = open_page(server, "#gpu=card0")
     wait_procs(page, 8)
     cells = page.locator("td.name .nm", has_text=HOSTILE)
@@ -491,13 +491,18 @@ def test_stale_banner_when_server_paused(start_server, open_page):
     page, watch = open_page(server)
     banner = page.locator("[data-testid=stale]")
     expect(banner).to_have_count(0)
+    view = page.locator("article.gpu, [data-testid=overview]").first
+    opacity = "el => Number(getComputedStyle(el).opacity)"
+    assert view.evaluate(opacity) == 1
     os.kill(server.pid, signal.SIGSTOP)
     try:
         expect(banner).to_be_visible(timeout=3000)
         expect(banner).to_contain_text("No update for more than 500 ms")
+        assert view.evaluate(opacity) < 0.6, "the stale values are dimmed, not only announced"
     finally:
         os.kill(server.pid, signal.SIGCONT)
     expect(banner).to_have_count(0, timeout=5000)
+    wait_until(lambda: view.evaluate(opacity) == 1, 5, message="the values to brighten again")
     expect(page.locator("[data-testid=conn]")).to_have_attribute("data-state", "open")
     watch.assert_clean()
 
@@ -745,7 +750,7 @@ def test_fixture_multi_gpu_values(start_server, open_page):
     expect(article).to_have_attribute("data-gpu", "card0")    # the first card: the Intel iGPU
     expect(article.locator("[data-testid=vendor]")).to_have_text("Intel")
     expect(article.locator(".ident")).to_contain_text("i915")
-    expect(select.locator("option").first).to_contain_text("[Intel] card0")
+    expect(select.locator("option").first).to_have_text("card0: Intel GPU 8086:3e92")
     select.select_option("card1")
     expect(article).to_have_attribute("data-gpu", "card1")
     expect(article.locator("[data-testid=vendor]")).to_have_text("AMD")
@@ -791,7 +796,8 @@ def test_fixture_multi_gpu_processes(start_server, open_page):
     podman = page.locator("article.gpu tbody tr", has=page.locator(".nm", has_text="podman-app"))
     expect(podman).to_have_count(1)
     container = podman.locator("td").nth(header_index(page, "container"))
-    assert text(container) not in ("", "\u2014")
+    assert container.text_content().strip() not in ("", "\u2014")     # its column, shown from 1440 px
+    assert "\ncontainer " in podman.locator(".nm").get_attribute("title")   # narrower: the name's tooltip
     watch.assert_clean()
 
 
@@ -858,8 +864,9 @@ def test_demo_three_gpus_with_vendor_badges(start_server, open_page):
     expect(page.locator("article.gpu[data-gpu=nvidia0] h2")).to_contain_text("NVIDIA GeForce RTX 4090 (demo)")
     expect(page.locator("article.gpu[data-gpu=nvidia0] h2")).not_to_contain_text("AMD")
     options = [text(o) for o in page.get_by_label("GPU", exact=True).locator("option").all()]
-    assert options[:3] == ["[AMD] card0: AMD Radeon RX 7800 XT (demo)", "[AMD] card1: AMD Radeon 780M (demo)",
-                           "[NVIDIA] nvidia0: NVIDIA GeForce RTX 4090 (demo)"], options
+    # The vendor in brackets only where the name does not say it (short enough for a phone).
+    assert options[:3] == ["card0: AMD Radeon RX 7800 XT (demo)", "card1: AMD Radeon 780M (demo)",
+                           "nvidia0: NVIDIA GeForce RTX 4090 (demo)"], options
     assert "AMD" not in page.title() and "amdgpu_top_web" in page.title()
     watch.assert_clean()
 
@@ -873,7 +880,7 @@ def test_demo_nvidia_gpu_values_processes_and_screenshots(start_server, open_pag
     for key, pattern in [("gpu_busy_pct", r"^\d+%$"), ("sclk_mhz", r"^\d+ MHz$"), ("temp_c", r"^\d+\.\d °C$"),
                          ("power_w", r"^\d+(\.\d)? W$"), ("pstate", r"^P\d{1,2}$"), ("enc_dec", r"^\d+% / \d+%$"),
                          ("energy_j", r"^\d+(\.\d+)? k?Wh$"), ("vram_used", r" GiB / 24\.0 GiB \(\d+%\)$"),
-                         ("throttle_reasons", r"^(none|GpuIdle|SwPowerCap|SwThermalSlowdown)$"),
+                         ("throttle_reasons", r"^(none|GpuIdle|power cap|thermal \(SW\))$"),
                          ("vram_source", r"^used \(excl\. reserved\)$"), ("vram_reserved", r"^507 MiB$")]:
         wait_until(lambda: re.search(pattern, metric(page, key)), 5,
                    message="%s ~ %s (got %r)" % (key, pattern, metric(page, key)))
@@ -1120,6 +1127,157 @@ def test_contract_frames_intel_and_nvidia(start_server, browser):
         expect(lost.locator("[data-metric=runtime_status]")).to_have_text("lost")
         expect(lost.locator(".tile.alert", has_text="State")).to_have_count(1)
         mock.frames()
+        watch.assert_clean()
+    finally:
+        context.close()
+
+
+# ---- #15: what the page says when it cannot show what was asked; the table's columns;
+# nothing cut or overlapping at laptop and phone widths --------------------------------
+
+def test_a_hash_that_names_nothing_says_so(start_server, open_page):
+    """#gpu=nope and #range=999y used to fall back silently to a default view."""
+    server = start_server()
+    page, watch = open_page(server, "#gpu=nope")
+    notice = page.locator("[data-testid=hash-notice]")
+    expect(notice).to_contain_text("No GPU \u201cnope\u201d on this server: showing all GPUs.")
+    expect(page.locator("[data-testid=overview]")).to_be_visible()
+    page.evaluate("location.hash = 'gpu=card0'")
+    expect(notice).to_have_count(0)
+    page.evaluate("location.hash = 'gpu=card0&range=999y'")
+    expect(notice).to_contain_text("No range \u201c999y\u201d: showing live data.")
+    expect(page.locator("article.gpu[data-gpu=card0]")).to_be_visible()
+    screenshot(page, "hash-notice.png")
+    watch.assert_clean()
+
+
+def test_without_history_no_range_control_and_no_404s(start_server, open_page):
+    """APP_HISTORY_PATH=off (these servers' default): the range buttons are not offered,
+    and a range in the hash shows live data with a notice, without asking for a history
+    the server does not have (no 404 in the console)."""
+    server = start_server()
+    page, watch = open_page(server, "#gpu=card0&range=1h")
+    expect(page.locator("[data-testid=hash-notice]")).to_contain_text("keeps no history")
+    expect(page.locator("[data-testid=ranges]")).to_have_count(0)
+    expect(page.locator("[data-testid=conn]")).to_have_text("live")
+    expect(page.locator("article.gpu .spark").first).to_be_visible()
+    wait_procs(page, 8)
+    page.wait_for_timeout(1000)
+    assert not any("history" in url or "api/processes" in url for url in watch.requests), watch.requests
+    watch.assert_clean()                                          # a 404 would be a console error
+
+
+ELAPSED = {1000: 3 * 3600 + 12 * 60 + 7, 1037: 45, 1074: None}  # the rest: no elapsed_s at all
+
+
+def _with_elapsed(text):
+    """The server's procs frames, with elapsed_s as the "procs" part of #15 builds it."""
+    msg = json.loads(text)
+    if msg.get("type") != "procs" or not msg.get("processes"):
+        return text
+    for row in msg["processes"]:
+        if row["pid"] in ELAPSED:
+            row["elapsed_s"] = ELAPSED[row["pid"]]
+        else:
+            row.pop("elapsed_s", None)
+    return json.dumps(msg)
+
+
+def _proxied(browser, server, viewport, rewrite):
+    context = browser.new_context(viewport={"width": viewport[0], "height": viewport[1]})
+    page = context.new_page()
+    page.set_default_timeout(10000)
+
+    def route(ws):
+        upstream = ws.connect_to_server()
+        upstream.on_message(lambda text: ws.send(rewrite(text)))
+    page.route_web_socket(re.compile(r"/ws$"), route)
+    return context, page, Watch(page, server)
+
+
+def test_process_table_cpu_rss_elapsed_and_engine_on_a_phone(start_server, browser):
+    """The README promises CPU %, RSS and elapsed columns; on a 1366 px laptop the table
+    fits without scrolling; on a phone the busiest engine's % stays on screen."""
+    server = start_server()
+    context, page, watch = _proxied(browser, server, (1366, 768), _with_elapsed)
+    try:
+        page.goto(server.url + "#gpu=card0")
+        wait_procs(page, 8)
+        table = page.locator("article.gpu section.procs table")
+        table.scroll_into_view_if_needed()
+        for col in ("cpu", "rss", "elapsed"):
+            expect(table.locator("thead button[data-col=%s]" % col)).to_be_visible()
+        elapsed = header_index(page, "elapsed")
+        cells = dict(zip(row_pids(page), column_texts(page, elapsed)))
+        assert cells[1000] == "3h 12m" and cells[1037] == "45s" and cells[1074] == NA and cells[1111] == NA, cells
+        assert all(re.match(r"^\d+(\.\d)?%$", t) for t in column_texts(page, header_index(page, "cpu")))
+        assert all(re.match(r"^\d+(\.\d+)? (MiB|GiB)$", t) for t in column_texts(page, header_index(page, "rss")))
+        wide = table.evaluate("t => t.getBoundingClientRect().width - t.parentElement.clientWidth")
+        assert wide <= 0, "the process table scrolls sideways on a 1366 px laptop (%d px)" % wide
+        screenshot(page, "procs-laptop.png")
+        watch.assert_clean()
+
+        page.set_viewport_size({"width": 390, "height": 844})
+        engine = page.locator("article.gpu thead th", has=page.locator("button[data-col=busiest]"))
+        expect(engine).to_be_visible()
+        table.scroll_into_view_if_needed()
+        right = page.evaluate("document.documentElement.clientWidth")
+        assert engine.bounding_box()["x"] + engine.bounding_box()["width"] <= right
+        texts = column_texts(page, header_index(page, "busiest"))
+        assert len(texts) == 8 and all(re.match(r"^(gfx|compute|dma|dec|enc) \d+\.\d%$", t) for t in texts), texts
+        cut = page.locator("article.gpu tbody td.oph").evaluate_all(
+            "tds => tds.filter(td => td.scrollWidth > td.clientWidth).map(td => td.textContent)")
+        assert cut == [], "engine cells cut on a phone: %r" % cut
+        wide = table.evaluate("t => t.getBoundingClientRect().width - t.parentElement.clientWidth")
+        assert wide <= 0, "the phone's process table scrolls sideways (%d px)" % wide
+        screenshot(page, "procs-phone.png")
+        watch.assert_clean()
+    finally:
+        context.close()
+
+
+def _throttled(text):
+    msg = json.loads(text)
+    if msg.get("type") != "stats" or not msg.get("metrics"):
+        return text
+    msg["metrics"]["throttle_reasons"] = (["SwThermalSlowdown", "SwPowerCap", "HwPowerBrakeSlowdown"]
+                                          if msg["gpu_id"].startswith("nvidia") else ["TEMP_HOTSPOT", "PPT0"])
+    return json.dumps(msg)
+
+
+SELECT_FITS = """sel => {
+  const cs = getComputedStyle(sel), ctx = document.createElement('canvas').getContext('2d');
+  ctx.font = cs.font;
+  const text = ctx.measureText(sel.selectedOptions[0].text).width;
+  return sel.clientWidth - parseFloat(cs.paddingLeft) - parseFloat(cs.paddingRight) - text;
+}"""
+
+
+def test_overview_throttle_names_and_the_phone_gpu_selector_are_not_cut(start_server, browser):
+    """The overview cut NVML's "SwThermalSlowdown" to "SwThermal…"; a phone cut the GPU
+    selector's name of the GPU on screen."""
+    server = start_server(["--demo", "--demo-gpus", "8"])
+    context, page, watch = _proxied(browser, server, (1366, 768), _throttled)
+    try:
+        page.goto(server.url)
+        rows = overview_rows(page, 8)
+        cells = rows.locator("[data-metric=throttle_reasons]")
+        expect(cells.first).to_have_text("TEMP_HOTSPOT")
+        expect(page.locator("[data-testid=ov-row][data-gpu=nvidia0] [data-metric=throttle_reasons]")).to_have_text(
+            "thermal (SW)")
+        cut = cells.evaluate_all("cs => cs.filter(c => c.scrollWidth > c.clientWidth).map(c => c.textContent)")
+        assert cut == [], "throttle names cut: %r" % cut
+        assert "SwThermalSlowdown" in page.locator("[data-testid=ov-row][data-gpu=nvidia0] .c-thr").get_attribute("title")
+        screenshot(page, "overview-throttled.png")
+        watch.assert_clean()
+
+        page.set_viewport_size({"width": 390, "height": 844})
+        page.evaluate("location.hash = 'gpu=card0'")
+        select = page.get_by_label("GPU", exact=True)
+        expect(select).to_have_value("card0")
+        room = select.evaluate(SELECT_FITS)
+        assert room >= 0, "the GPU selector cuts %r by %d px" % (select.evaluate("s => s.selectedOptions[0].text"), -room)
+        screenshot(page, "selector-phone.png")
         watch.assert_clean()
     finally:
         context.close()

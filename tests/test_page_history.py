@@ -295,3 +295,115 @@ def test_alert_banner_forecast_words_and_vram_mark(past, browser):
         watch.assert_clean()
     finally:
         context.close()
+
+
+# ---- #15: the range says which, where the history starts, the y scale, resolved alerts,
+# the run table's cells --------------------------------------------------------------------
+
+def test_the_header_says_which_range_and_where_the_history_starts(past, open_at):
+    """While a range is on screen the header says so (not "● live"); a range that starts
+    before the history (24 h of a 2-hour file) says where it starts; one inside it does not."""
+    server, start = past
+    page, watch = open_at(server, "#gpu=%s&range=24h" % GPU)
+    conn = page.locator("[data-testid=conn]")
+    expect(conn).to_have_text("the last 24h")
+    note = page.locator("[data-testid=history-start]")
+    expect(note).to_contain_text("The history starts")
+    first = page.evaluate("t => new Date(t).toLocaleDateString([], {month: 'short', day: 'numeric'})", start * 1000)
+    expect(note).to_contain_text(first)
+    page.locator("button[data-range='1h']").click()
+    expect(page.locator("[data-testid=range]")).to_have_attribute("data-range", "1h")
+    expect(conn).to_have_text("the last 1h")
+    expect(note).to_have_count(0)                                 # the file covers the last hour
+    page.locator("button[data-range=live]").click()
+    expect(conn).to_have_text("live")
+    watch.assert_clean()
+
+
+def test_range_charts_have_a_y_scale(past, open_at):
+    server, _ = past
+    page, watch = open_at(server, "#gpu=%s&range=6h" % GPU)
+    busy = chart(page, "gpu_busy_pct")
+    expect(busy).to_be_visible()
+    expect(busy.locator("[data-testid=yaxis] span")).to_have_text(["100%", "50%", "0%"])
+    power = chart(page, "power_w").locator("[data-testid=yaxis] span").all_inner_texts()
+    assert [t.replace("\u00a0", " ") for t in power] == ["200 W", "100 W", "0 W"], power   # 120 W -> a round 200
+    charts = page.locator("[data-testid=gpu-charts] [data-series], [data-testid=host-charts] [data-series]")
+    assert charts.count() == page.locator("[data-testid=yaxis]").count() >= 6
+    shot(page, "history-yaxis.png")
+    watch.assert_clean()
+
+
+def test_a_resolved_alert_loses_its_critical_badge(past, browser):
+    server, _ = past
+    context = browser.new_context(viewport={"width": 1280, "height": 1000})
+    try:
+        page = context.new_page()
+        page.set_default_timeout(10000)
+        routes = []
+
+        def route(ws):
+            upstream = ws.connect_to_server()
+            upstream.on_message(lambda text: ws.send(text))
+            routes.append(ws)
+        page.route_web_socket(re.compile(r"/ws$"), route)
+        watch = Watch(page, server)
+        page.goto(server.url + "#gpu=" + GPU)
+        expect(page.locator("[data-testid=conn]")).to_have_attribute("data-state", "open")
+        routes[0].send(json.dumps(HOST_RAM))
+        active = page.locator("[data-testid=alerts-active]")
+        expect(active.locator("li[data-rule=host_memory] .badge")).to_have_class(re.compile(r"\bsev-critical\b"))
+        routes[0].send(json.dumps(dict(HOST_RAM, state="resolved", ended="2026-01-01T10:09:00.000Z")))
+        recent = page.locator("[data-testid=alerts-recent]")
+        recent.locator("summary").click()
+        badge = recent.locator("li[data-state=resolved] .badge")
+        expect(badge).to_have_text("resolved")
+        expect(badge).not_to_have_class(re.compile(r"\bsev-critical\b"))
+        colors = page.evaluate("""() => {
+          const probe = document.createElement('span'); probe.style.color = 'var(--pico-del-color)';
+          document.body.append(probe); const del = getComputedStyle(probe).color; probe.remove();
+          return [del, getComputedStyle(document.querySelector('[data-testid=alerts-recent] li[data-state=resolved] .badge')).color];
+        }""")
+        assert colors[0] != colors[1], "a resolved alert's badge is not red"
+        watch.assert_clean()
+    finally:
+        context.close()
+
+
+CELL_OVERFLOW = """table => {
+  const out = [];
+  for (const cell of table.querySelectorAll('th, td')) {
+    const box = cell.getBoundingClientRect();
+    if (!box.width || getComputedStyle(cell).overflowX === 'hidden') continue;   // clipped: stays inside
+    const range = document.createRange();
+    range.selectNodeContents(cell);
+    const content = range.getBoundingClientRect();
+    if (content.width && (content.right > box.right + 0.5 || content.left < box.left - 0.5)) {
+      out.push(cell.textContent.trim() + ' ' + Math.round(content.right - box.right));
+    }
+  }
+  return out;
+}"""
+
+
+def test_run_table_cells_keep_to_their_column_and_the_run_title_is_spaced(past, open_at):
+    """"Peak VRAMAvg VRAM": headers ran into each other, and a long name or user into
+    the next column; the run's title read "on card0,Dec 6"."""
+    server, _ = past
+    runs_json = api(server, "api/processes?range=6h&gpu=" + GPU)
+    first = next(r for r in runs_json["processes"] if r["pid"] == PAST_PID)
+    first["name"] = "a-very-long-process-name-with-no-spaces-to-break-at-all"
+    first["user"] = "systemd-timesync-and-more"
+    page, watch = open_at(server, "#gpu=%s&range=6h" % GPU, viewport=(1366, 768))
+    page.route(re.compile(r"/api/processes\?range=6h"), lambda route: route.fulfill(
+        status=200, content_type="application/json", body=json.dumps(runs_json)))
+    page.reload()
+    runs = page.locator("[data-testid=runs]")
+    expect(runs.locator("tr[data-pid='%d'] button.nm" % PAST_PID)).to_have_text(first["name"])
+    runs.scroll_into_view_if_needed()
+    assert runs.locator("table").evaluate(CELL_OVERFLOW) == []
+    runs.locator("tr[data-pid='%d'] button.nm" % PAST_PID).click()
+    title = page.locator("[data-testid=run-chart] h3 small")
+    expect(title).to_contain_text("on %s, " % GPU)
+    shot(page, "history-runs-laptop.png")
+    watch.assert_clean()

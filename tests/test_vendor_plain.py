@@ -329,7 +329,7 @@ def test_cdn_mode_has_no_vendor_route_and_keeps_cdn_urls(start_server):
 # ---- /plain (no JavaScript) ---------------------------------------------------------------
 
 def test_plain_demo_in_w3m(start_server):
-    server = start_server()
+    server = start_server(["--demo", "--demo-scenario", "hostile"])
     server.wait_procs("card0")
     server.wait_procs("card1")
     status, headers, body = server.get("/plain")
@@ -346,7 +346,7 @@ def test_plain_demo_in_w3m(start_server):
 
 
 def test_plain_escapes_a_hostile_process_name(start_server):
-    server = start_server()
+    server = start_server(["--demo", "--demo-scenario", "hostile"])
     server.wait_procs("card0")
     html_text = server.get("/plain")[2].decode("utf-8")
     assert "&lt;img src=x onerror=alert(1)&gt;" in html_text
@@ -388,10 +388,10 @@ def test_plain_values_are_rounded_and_rows_flagged():
     procs = {"processes": rows, "visibility": atw.build_visibility(
         False, True, "invisible", None, unreadable_pids=3)}
     text = atw.render_plain([(identity, metrics)], {"card0": procs}, 2.0)
-    assert "24.5 W" in text and "24.499" not in text
+    assert "24.5\u00a0W" in text and "24.499" not in text
     assert "<td>0%</td>" in text and "0.0%" not in text
-    assert "56 °C" in text and "2100 MHz" in text and "<td>none</td>" in text
-    assert "2.000 kWh" in text
+    assert "56\u00a0°C" in text and "2100\u00a0MHz" in text and "<td>none</td>" in text
+    assert "2.00\u00a0kWh" in text
     assert "ROCm (kfd), container 5dace3de0735" in text
     assert "<td>shared</td>" in text and "C, not in this PID namespace" in text
     assert ("Not everything is visible: only this container&#x27;s processes are visible "
@@ -399,3 +399,39 @@ def test_plain_values_are_rounded_and_rows_flagged():
             "/proc is mounted with hidepid=invisible; 3 processes could not be read.") in text
     assert "Full dashboard" in text
     assert "Full dashboard" not in atw.render_plain([], {}, 2.0, page=False)
+
+
+def test_plain_speaks_the_page_units_and_never_splits_a_number_from_its_unit():
+    """/plain said "PCIe generation 4.0" and "0.002 kWh", let a narrow screen wrap
+    "GiB" away from its number, and had no VRAM forecast: now "Gen 4", Wh below
+    1 kWh (as the page), a no-break space before every unit, the forecast's row."""
+    identity = {"id": "card0", "vendor": "amd", "name": "GPU", "pci": "0000:03:00.0", "demo": False}
+    metrics = atw.new_metrics({"pcie_gen": 4, "pcie_width": 16, "energy_j": 7200.0, "temp_c": 56.0,
+                               "vram_used_bytes": 3 << 30, "vram_total_bytes": 16 << 30,
+                               "vram_forecast": atw.new_vram_forecast(
+                                   "trend", [18 << 20, 22 << 20], [240, 300], driver_pid=1037)})
+    procs = {"processes": [atw.build_proc_row(pid=1037, name="python3", vram_bytes=1 << 30, gtt_bytes=0,
+                                              rss_bytes=300 << 20)], "visibility": None}
+    text = atw.render_plain([(identity, metrics)], {"card0": procs}, 2.0)
+    assert "<th>PCIe generation</th><td>Gen\u00a04</td>" in text and "4.0" not in text
+    assert "<td>16\u00a0lanes</td>" in text
+    assert "<th>Energy</th><td>2.00\u00a0Wh</td>" in text
+    assert "<th>VRAM used</th><td>3.00\u00a0GiB</td>" in text
+    assert "<th>VRAM forecast</th><td>growing 18\u201322\u00a0MiB/s, full in 4\u00a0min\u20135\u00a0min, " \
+        "mostly python3 (1037)</td>" in text
+    assert "<td>1.00\u00a0GiB</td>" in text and "<td>300.00\u00a0MiB</td>" in text      # the process row
+    for number_unit in re.findall(r"\d[ \u00a0](?:GiB|MiB|°C|W|MHz|RPM|Wh|kWh|lanes)\b", text):
+        assert " " not in number_unit, number_unit
+    calm = atw.render_plain([(identity, atw.new_metrics({"vram_forecast": None}))], {}, 2.0)
+    assert "<th>VRAM forecast</th><td>\u2014</td>" in calm
+
+
+def test_plain_demo_units_in_w3m(start_server):
+    """In a text browser: "Gen 4", Wh or kWh, and each number on the line of its unit."""
+    server = start_server(["--demo", "--demo-gpus", "3"])
+    server.wait_procs("card0")
+    dump = w3m_dump(server.url + "plain").replace("\u00a0", " ")
+    assert re.search(r"PCIe generation\s*[\u2502|]?\s*Gen 4", dump), dump[:3000]
+    assert re.search(r"Energy\s*[\u2502|]?\s*\d+(\.\d+)? k?Wh", dump), dump[:3000]
+    assert "VRAM forecast" in dump
+    assert "generation" in dump and not re.search(r"PCIe generation\s*[\u2502|]?\s*4\.0", dump)

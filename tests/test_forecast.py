@@ -286,8 +286,9 @@ def test_a_big_free_after_growth_is_a_step_down_not_a_shrink():
 
 
 def demo_leak_trace(seconds, total=TOTAL):
-    """--demo-scenario leak's card0 at 1 Hz: 53 %, +44 % over 145 s, held 45 s, freed at 190 s."""
-    return [int(total * (0.53 + atw.demo_leak_fraction(i))) for i in range(seconds)]
+    """--demo-scenario leak's card0 at 1 Hz: 51 %, +47 % over 145 s (to 98 %, never full),
+    held 45 s, freed at 190 s."""
+    return [int(total * (0.51 + atw.demo_leak_fraction(i))) for i in range(seconds)]
 
 
 def history_at(ts, used, i):
@@ -305,7 +306,7 @@ def test_the_demo_leak_never_says_full_in_0_s_and_its_free_starts_a_new_window()
             assert f["full_in_s"][0] >= 1, (i, f)
             level = used[i]                              # from the level now, not the fit's
             assert f["full_in_s"][0] <= (TOTAL - level) / f["rate_bytes_per_s"][0], (i, f)
-        if 150 <= i < 190:                               # the hold at 97 %: 3 % free at 49 MiB/s
+        if 150 <= i < 190:                               # the hold at 98 %: 2 % free
             assert f["state"] == "trend" and f["full_in_s"][0] >= 5, (i, f)
         if 190 <= i < 250:                               # freed: a step down, not a trend
             assert f["state"] == "step" and f["step_bytes"] < -7 * GiB, (i, f)

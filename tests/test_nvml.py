@@ -529,7 +529,7 @@ def test_server_mixed_support_and_driver_facts(server, fake_nvml_lib, tmp_path):
     with RawWebSocket.connect("127.0.0.1", proc.port) as ws:
         hello = {g["id"]: g for g in ws.recv_json()["gpus"]}
     assert hello["nvidia0"]["cuda_driver_version"] == "12.4" and hello["nvidia0"]["sclk_max_mhz"] == 1980
-    dump = w3m_dump(proc.url + "/plain")
+    dump = w3m_dump(proc.url + "/plain").replace("\u00a0", " ")   # /plain's no-break spaces
     assert "driver 550.54.15, CUDA 12.4, max clocks: shader 1755 MHz, memory 1593 MHz" in dump
     assert "SM clock" in dump and "1410 MHz" in dump
 

@@ -6957,6 +6957,50 @@ class StoppableThread(threading.Thread):
         self.stopping.set()
 
 
+class Inbox(object):
+    """A sink thread's inbox (history writer, alert engine, webhook sender):
+    put() never blocks; when full the oldest item is dropped, counted in
+    `dropped` and told to on_drop(); `ready` is set by each put (and by
+    wake(), e.g. on stop) for the thread that waits on it."""
+
+    def __init__(self, maxlen, on_drop=None):
+        self.maxlen, self.on_drop, self.dropped = maxlen, on_drop, 0
+        self._items = collections.deque(maxlen=maxlen)
+        self.ready = threading.Event()
+
+    def __len__(self):
+        return len(self._items)
+
+    def put(self, item):
+        if len(self._items) == self.maxlen:
+            self.dropped += 1
+            if self.on_drop is not None:
+                self.on_drop()
+        self._items.append(item)
+        self.ready.set()
+
+    def wait(self, timeout_s):
+        """Until an item (or a wake) comes, at most timeout_s; then unset `ready`."""
+        self.ready.wait(timeout_s)
+        self.ready.clear()
+
+    def wake(self):
+        self.ready.set()
+
+    def drain(self, stopping=None):
+        """The items, oldest first, until none is left (or `stopping` is set);
+        items put meanwhile come too."""
+        while stopping is None or not stopping.is_set():
+            try:
+                item = self._items.popleft()
+            except IndexError:
+                return
+            yield item
+
+    def clear(self):
+        self._items.clear()
+
+
 class Sampler(StoppableThread):
     """One per GPU: read, publish, wait; on a fixed schedule that skips missed ticks."""
 
@@ -7085,8 +7129,7 @@ class AlertEngine(StoppableThread):
         StoppableThread.__init__(self, "alerts")
         self.cache, self.rules, self.store, self.webhook, self.clock = (
             cache, rules, store, webhook, clock)
-        self._inbox = collections.deque(maxlen=ALERT_QUEUE_ITEMS)
-        self._wake = threading.Event()
+        self._inbox = Inbox(ALERT_QUEUE_ITEMS, self._count_drop)
         self._lock = threading.Lock()
         self._events = collections.deque(maxlen=ALERT_EVENTS_KEPT)
         self._active = collections.OrderedDict()     # (rule, gpu id) -> firing event, live values
@@ -7095,16 +7138,18 @@ class AlertEngine(StoppableThread):
         self._procs = {}                              # gpu id -> procs message
         self._sensors = {}                            # gpu id -> {sensor key: last seen s}
         self._known = set()
-        self.dropped = 0
 
     # -- the sink side (never blocks) --
 
+    @property
+    def dropped(self):
+        return self._inbox.dropped
+
+    def _count_drop(self):
+        self.cache.record("exporter_alert_inbox_dropped_total", (), 1, add=True)
+
     def _put(self, item):
-        if len(self._inbox) == self._inbox.maxlen:
-            self.dropped += 1
-            self.cache.record("exporter_alert_inbox_dropped_total", (), 1, add=True)
-        self._inbox.append(item)
-        self._wake.set()
+        self._inbox.put(item)
 
     def offer_stats(self, gpu_id, epoch_s, metrics):
         self._put(("stats", gpu_id, epoch_s, metrics))
@@ -7122,17 +7167,15 @@ class AlertEngine(StoppableThread):
 
     def stop(self):
         StoppableThread.stop(self)
-        self._wake.set()
+        self._inbox.wake()
 
     def run(self):
         while not self.stopping.is_set():
-            self._wake.wait(1.0)
-            self._wake.clear()
+            self._inbox.wait(1.0)
             self.drain()
 
     def drain(self):
-        while self._inbox:
-            item = self._inbox.popleft()
+        for item in self._inbox.drain():
             try:
                 getattr(self, "_on_" + item[0])(*item[1:])
             except Exception:   # one bad sample must not stop the alerts
@@ -7284,27 +7327,22 @@ class WebhookSender(StoppableThread):
         StoppableThread.__init__(self, "alert-webhook")
         self.url, self.cache, self.instance, self.external_url = url, cache, instance, external_url
         self.timeout_s, self.retries, self.backoff_s = timeout_s, retries, backoff_s
-        self._queue = collections.deque(maxlen=WEBHOOK_QUEUE_ITEMS)
-        self._wake = threading.Event()
+        self._queue = Inbox(WEBHOOK_QUEUE_ITEMS, lambda: self._count("dropped"))
         self.counts = {"sent": 0, "failed": 0, "dropped": 0}
         self._streak = 0
 
     def send(self, event):
-        if len(self._queue) == self._queue.maxlen:
-            self._count("dropped")
-        self._queue.append(event)
-        self._wake.set()
+        self._queue.put(event)
 
     def stop(self):
         StoppableThread.stop(self)
-        self._wake.set()
+        self._queue.wake()
 
     def run(self):
         while not self.stopping.is_set():
-            self._wake.wait(1.0)
-            self._wake.clear()
-            while self._queue and not self.stopping.is_set():
-                self.deliver(self._queue.popleft())
+            self._queue.wait(1.0)
+            for event in self._queue.drain(self.stopping):
+                self.deliver(event)
 
     def deliver(self, event):
         """Send one event, retrying; True when the receiver took it."""
@@ -8963,8 +9001,8 @@ class HistoryStore(StoppableThread, _HistoryWrites, _HistoryRetention, _HistoryR
         self.demo, self._identity = demo, None
         self.min_free_bytes, self.commit_s, self.on_change = min_free_bytes, commit_s, on_change
         self.boot_id = read_boot_id(proc_root)
-        self._queue = collections.deque(maxlen=queue_max)
-        self._dropped = 0
+        self._queue = Inbox(queue_max)
+        self._dropped = 0                   # rows of batches never written (the queue counts its own)
         self._state, self._reason = "starting", None
         self._memory_reason = None          # why history is in memory (kept across pauses)
         self._conn = self._uri = self._lock_fd = None
@@ -8983,9 +9021,7 @@ class HistoryStore(StoppableThread, _HistoryWrites, _HistoryRetention, _HistoryR
     # -- the sink side (publishing threads) --
 
     def _put(self, item):
-        if len(self._queue) == self._queue.maxlen:
-            self._dropped += 1
-        self._queue.append(item)
+        self._queue.put(item)
 
     def offer_stats(self, gpu_id, epoch_s, metrics):
         self._put(("gpu", gpu_id, epoch_s, metrics))
@@ -9001,7 +9037,7 @@ class HistoryStore(StoppableThread, _HistoryWrites, _HistoryRetention, _HistoryR
 
     def status(self):
         return {"state": self._state, "path": self.path, "reason": self._reason,
-                "dropped": self._dropped, "queued": len(self._queue), "bytes": self._bytes,
+                "dropped": self._dropped + self._queue.dropped, "queued": len(self._queue), "bytes": self._bytes,
                 "max_bytes": self.max_bytes, "commits": self._commits,
                 "last_commit": None if self._last_commit is None else format_ts(self._last_commit),
                 "tiers": dict((n, {"step_s": s, "keep_s": k}) for n, s, k in HISTORY_TIERS)}
@@ -9091,12 +9127,7 @@ class HistoryStore(StoppableThread, _HistoryWrites, _HistoryRetention, _HistoryR
             self._guarded(self._maintain)
 
     def _drain(self):
-        queue = self._queue
-        while queue:
-            try:
-                kind, key, epoch_s, payload = queue.popleft()
-            except IndexError:
-                break
+        for kind, key, epoch_s, payload in self._queue.drain():
             if kind in ("gpu", "host"):
                 self._add_sample(kind, key, epoch_s, payload)
             elif kind == "procs":

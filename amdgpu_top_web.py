@@ -6131,6 +6131,24 @@ class NvidiaGpuReader(object):
         self._calls = []
 
 
+def read_nvml_list(ask, struct):
+    """NVML's "ask, grow the buffer, ask again" for a list whose length it sets:
+    ask(None, 0) for the size, then a buffer of struct twice that (+5) while it
+    answers INSUFFICIENT_SIZE (the list may grow between calls), at most
+    NVML_LIST_ATTEMPTS times. ask(entries, size) -> (rc, count).
+    -> (rc, the filled entries): rc NVML_SUCCESS with [] when the list is empty."""
+    rc, count = ask(None, 0)
+    for _ in range(NVML_LIST_ATTEMPTS):
+        if rc != NVML_ERROR_INSUFFICIENT_SIZE:
+            break
+        size = count * 2 + 5
+        entries = (struct * size)()
+        rc, count = ask(entries, size)
+        if rc == NVML_SUCCESS:
+            return rc, entries[:count]
+    return rc, []
+
+
 class NvmlProcSource(object):
     """Process top of the NVIDIA GPUs: the compute, graphics and MPS lists
     (one row per PID), per-process SM/mem/enc/dec % from the newest
@@ -6211,20 +6229,11 @@ class NvmlProcSource(object):
         """One process list: sized with count 0 first, re-read while it grows."""
         if fn is None:
             return []
-        count = ctypes.c_uint(0)
-        rc = fn(handle, ctypes.byref(count), None)
-        for _ in range(NVML_LIST_ATTEMPTS):
-            if rc == NVML_SUCCESS and count.value == 0:
-                return []
-            if rc != NVML_ERROR_INSUFFICIENT_SIZE:
-                break
-            size = count.value * 2 + 5
-            entries = (struct * size)()
+
+        def ask(entries, size):
             count = ctypes.c_uint(size)
-            rc = fn(handle, ctypes.byref(count), entries)
-            if rc == NVML_SUCCESS:
-                return [NvmlProcess(e.pid, e.usedGpuMemory, kind) for e in entries[:count.value]]
-        return []
+            return fn(handle, ctypes.byref(count), entries), count.value
+        return [NvmlProcess(e.pid, e.usedGpuMemory, kind) for e in read_nvml_list(ask, struct)[1]]
 
     def _utilisation(self, gpu_id, handle, pids):
         """{pid: {engine: %}} (0 % for listed PIDs without a new sample), or
@@ -6255,34 +6264,27 @@ class NvmlProcSource(object):
 
     def _util_samples_new(self, handle, last):
         info = NvmlProcessesUtilizationInfo(version=NVML_PROC_UTIL_INFO_VERSION, lastSeenTimeStamp=last)
-        rc = self._util_new(handle, ctypes.byref(info))
-        for _ in range(NVML_LIST_ATTEMPTS):          # the buffer may grow between calls
-            if rc != NVML_ERROR_INSUFFICIENT_SIZE:
-                break
-            size = info.processSamplesCount * 2 + 5
-            entries = (NvmlProcessUtilizationInfo * size)()
+
+        def ask(entries, size):
             info.processSamplesCount, info.procUtilArray = size, entries
-            rc = self._util_new(handle, ctypes.byref(info))
-            if rc == NVML_SUCCESS:
-                return [(e.pid, e.timeStamp, {"sm": e.smUtil, "mem": e.memUtil, "enc": e.encUtil,
-                                              "dec": e.decUtil, "jpg": e.jpgUtil, "ofa": e.ofaUtil})
-                        for e in entries[:info.processSamplesCount]]
-        return self._util_empty(rc)
+            return self._util_new(handle, ctypes.byref(info)), info.processSamplesCount
+        rc, entries = read_nvml_list(ask, NvmlProcessUtilizationInfo)
+        if rc != NVML_SUCCESS:
+            return self._util_empty(rc)
+        return [(e.pid, e.timeStamp, {"sm": e.smUtil, "mem": e.memUtil, "enc": e.encUtil,
+                                      "dec": e.decUtil, "jpg": e.jpgUtil, "ofa": e.ofaUtil})
+                for e in entries]
 
     def _util_samples_old(self, handle, last):
-        count = ctypes.c_uint(0)
-        rc = self._util_old(handle, None, ctypes.byref(count), ctypes.c_ulonglong(last))
-        for _ in range(NVML_LIST_ATTEMPTS):
-            if rc != NVML_ERROR_INSUFFICIENT_SIZE:
-                break
-            size = count.value * 2 + 5
-            entries = (NvmlProcessUtilizationSample * size)()
+        def ask(entries, size):
             count = ctypes.c_uint(size)
-            rc = self._util_old(handle, entries, ctypes.byref(count), ctypes.c_ulonglong(last))
-            if rc == NVML_SUCCESS:
-                return [(e.pid, e.timeStamp, {"sm": e.smUtil, "mem": e.memUtil, "enc": e.encUtil,
-                                              "dec": e.decUtil}) for e in entries[:count.value]]
-        return self._util_empty(rc)
+            return (self._util_old(handle, entries, ctypes.byref(count), ctypes.c_ulonglong(last)),
+                    count.value)
+        rc, entries = read_nvml_list(ask, NvmlProcessUtilizationSample)
+        if rc != NVML_SUCCESS:
+            return self._util_empty(rc)
+        return [(e.pid, e.timeStamp, {"sm": e.smUtil, "mem": e.memUtil, "enc": e.encUtil,
+                                      "dec": e.decUtil}) for e in entries]
 
     @staticmethod
     def _util_empty(rc):

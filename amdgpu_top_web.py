@@ -5555,6 +5555,57 @@ def read_proc_meta(procfd, pid, users):
             "container": parse_cgroup_container(cgroup)}
 
 
+def read_proc_stat_at(procfd, pid):
+    """ProcStatLine of <pid>/stat under a /proc dir fd (comm, start_time, CPU
+    ticks, RSS pages); NO_PROC_STAT (start_time None) if gone or torn."""
+    text = read_text_at(procfd, "%d/stat" % pid, PROC_STAT_READ_LIMIT)
+    return parse_proc_stat_line(text) if text else NO_PROC_STAT
+
+
+class ProcEnricher(object):
+    """The /proc side of a process row, one place for every process source
+    (the fdinfo scanner's rows and NVML's): name from stat, CPU % and RSS
+    (ProcCpuMeter), uid, user, command line and container (read_proc_meta,
+    user names cached), started and elapsed_s (ProcStartClock)."""
+
+    def __init__(self, proc_root, clk_tck=None, page_size=None, wall_clock=time.time):
+        self._users = {}             # uid -> name
+        self._cpu = ProcCpuMeter(clk_tck or read_sysconf("SC_CLK_TCK", 100),
+                                 page_size or read_sysconf("SC_PAGE_SIZE", 4096))
+        self._start_clock = ProcStartClock(proc_root, clk_tck, wall_clock)
+        self._measured = set()       # (pid, start_time) measured since the last prune
+
+    def measure(self, pid, line, now_s):
+        """{"name", "cpu_pct", "rss_bytes"} from a stat line read at now_s (monotonic)."""
+        self._measured.add((pid, line.start_time))
+        cpu_pct, rss_bytes = self._cpu.measure(pid, line, now_s)
+        return {"name": sanitize_text(line.comm or ""), "cpu_pct": cpu_pct, "rss_bytes": rss_bytes}
+
+    def meta(self, procfd, pid):
+        """{"cmd", "uid", "user", "container"} (read_proc_meta)."""
+        return read_proc_meta(procfd, pid, self._users)
+
+    def times(self, start_ticks, now_s=None):
+        """{"started", "elapsed_s"} (ProcStartClock)."""
+        return self._start_clock.times(start_ticks, now_s)
+
+    def wall_clock(self):
+        return self._start_clock.wall_clock()
+
+    def describe(self, procfd, pid, line, now_s):
+        """Every /proc field of a row at once: measure(), meta(), start_time, times()."""
+        fields = self.measure(pid, line, now_s)
+        fields.update(self.meta(procfd, pid), start_time=line.start_time)
+        fields.update(self.times(line.start_time))
+        return fields
+
+    def prune(self, alive=None):
+        """Forget the CPU readings of PIDs not in alive (default: those measured
+        since the last prune)."""
+        self._cpu.prune(self._measured if alive is None else alive)
+        self._measured = set()
+
+
 # ---------------------------------------------------------------------------
 # 8. Backends (the seam; AMD, Intel, NVIDIA, demo), samplers, discovery,
 #    the cache and the process sources
@@ -6160,10 +6211,7 @@ class NvmlProcSource(object):
         self._nvml, self._devices, self._root = nvml, devices, proc_root
         self._lost = lost if lost is not None else set()
         self._clock_us = clock_us or (lambda: int(time.time() * 1e6))
-        self._users = {}
-        self._cpu = ProcCpuMeter(read_sysconf("SC_CLK_TCK", 100), read_sysconf("SC_PAGE_SIZE", 4096))
-        self._start_clock = ProcStartClock(proc_root)
-        self._seen = set()                # (pid, start_time) of visible PIDs this scan
+        self._proc = ProcEnricher(proc_root)
         self._last_seen = {}              # gpu id -> newest utilisation sample timestamp (µs)
         self._util_refused = {}           # gpu id -> {utilisation APIs it refused for good}
         self._lists = [self._list_function(kind, base) for kind, base in NVML_PROCESS_LISTS]
@@ -6200,7 +6248,6 @@ class NvmlProcSource(object):
         procfd = open_dir_at(None, self._root)
         procfd = None if isinstance(procfd, OSError) else procfd
         by_pci = {}
-        self._seen = set()
         try:
             for info, handle in self._devices:
                 if info.id not in self._lost:
@@ -6208,7 +6255,7 @@ class NvmlProcSource(object):
         finally:
             if procfd is not None:
                 os.close(procfd)
-        self._cpu.prune(self._seen)
+        self._proc.prune()
         return ScanResult(by_pci, None, {"cut_short": False,
                                          "duration_s": round(time.monotonic() - t0, 6)})
 
@@ -6301,19 +6348,11 @@ class NvmlProcSource(object):
         sm = engines.get("sm") if engines else None
         common = dict(pid=pid, vram_bytes=used, engines_pct=engines, type=kind, clients=1,
                       gpu_time_ms_per_s=None if sm is None else round(sm * 10.0, 1))
-        line = NO_PROC_STAT
-        if procfd is not None:
-            text = read_text_at(procfd, "%d/stat" % pid, PROC_STAT_READ_LIMIT)
-            line = parse_proc_stat_line(text) if text else NO_PROC_STAT
+        line = NO_PROC_STAT if procfd is None else read_proc_stat_at(procfd, pid)
         if line.start_time is None:      # another PID namespace (or gone): NVML's name only
             return build_proc_row(name=self._nvml_name(pid), visible=False, **common)
-        self._seen.add((pid, line.start_time))
-        cpu_pct, rss_bytes = self._cpu.measure(pid, line, time.monotonic())
-        meta = read_proc_meta(procfd, pid, self._users)
-        return build_proc_row(name=sanitize_text(line.comm or ""), uid=meta["uid"], user=meta["user"],
-                              cmd=meta["cmd"], container=meta["container"],
-                              start_time=line.start_time, cpu_pct=cpu_pct, rss_bytes=rss_bytes,
-                              **dict(common, **self._start_clock.times(line.start_time)))
+        return build_proc_row(**dict(common, **self._proc.describe(procfd, pid, line,
+                                                                   time.monotonic())))
 
     def _nvml_name(self, pid):
         if self._name_fn is None:
@@ -7595,8 +7634,7 @@ class _PidWalker(object):
     def read_start(self, procfd, pid):
         """ProcStatLine of <pid>/stat (comm, start_time, CPU ticks, RSS pages);
         start_time None if gone or torn."""
-        text = read_text_at(procfd, "%d/stat" % pid, PROC_STAT_READ_LIMIT)
-        return parse_proc_stat_line(text) if text else NO_PROC_STAT
+        return read_proc_stat_at(procfd, pid)
 
     def _over_budget(self, seen, t0):
         return seen >= self._max_pids or self._clock() - t0 >= self._budget_ns
@@ -7840,10 +7878,7 @@ class ProcScanner(object):
         self._kfd_pcis = None        # AMD GPUs (None: every GPU of the node map)
         self._watch = {}             # pid -> dict (GPU users)
         self._prev = {}              # (pid, start_time, client key) -> EngineSample
-        self._users = {}             # uid -> name
-        self._cpu = ProcCpuMeter(clk_tck or read_sysconf("SC_CLK_TCK", 100),
-                                 page_size or read_sysconf("SC_PAGE_SIZE", 4096))
-        self._start_clock = ProcStartClock(proc_root, clk_tck, wall_clock)
+        self._proc = ProcEnricher(proc_root, clk_tck, page_size, wall_clock)
         self._scans = 0
         self._visibility = {}
         limits = (max(1, int(max_pids)), max(1, int(max_fds_per_pid)), int(budget_s * 1e9))
@@ -7917,25 +7952,21 @@ class ProcScanner(object):
     def _update_gpu_proc(self, procfd, pid, line, fds, stats, full):
         """Refresh (or create) the watchlist entry; False if pid holds no
         amdgpu client, no /dev/kfd and every fdinfo read succeeded."""
-        comm, start = line.comm, line.start_time
+        start = line.start_time
         entry = self._watch.get(pid)
         if entry is None or entry["start_time"] != start:
             entry = {"pid": pid, "start_time": start, "meta": None}
-        entry["name"] = sanitize_text(comm or "")
         entry["drm_fds"], entry["kfd_fds"] = fds
         entry["kfd"] = bool(fds[1])
         if entry["meta"] is None or full:
-            entry["meta"] = self._read_meta(procfd, pid)
+            entry["meta"] = self._proc.meta(procfd, pid)
         entry["clients"], failed = self._read_clients(procfd, pid, start, entry["drm_fds"], stats)
-        entry["cpu_pct"], entry["rss_bytes"] = self._cpu.measure(pid, line, self._clock() / 1e9)
+        entry.update(self._proc.measure(pid, line, self._clock() / 1e9))
         entry["kfd_vram"] = self._read_kfd_vram(pid) if entry["kfd"] else None
         if not entry["clients"] and not entry["kfd"] and not failed:
             return False
         self._watch[pid] = entry
         return True
-
-    def _read_meta(self, procfd, pid):
-        return read_proc_meta(procfd, pid, self._users)
 
     def _refresh_kfd(self):
         """GPUs found since the last scan: map KFD's again and re-read the KFD
@@ -7991,8 +8022,7 @@ class ProcScanner(object):
         if line.start_time is None or line.start_time != entry["start_time"]:
             self._walker.forget(pid, stats)            # gone or reused: next scan finds it
             return
-        entry["name"] = sanitize_text(line.comm or "")
-        entry["cpu_pct"], entry["rss_bytes"] = self._cpu.measure(pid, line, self._clock() / 1e9)
+        entry.update(self._proc.measure(pid, line, self._clock() / 1e9))
         live = {}
         for fd_name, node in entry["drm_fds"].items():  # fd reused for another file?
             target = readlink_at(procfd, "%d/fd/%s" % (pid, fd_name))
@@ -8018,12 +8048,12 @@ class ProcScanner(object):
         alive = {(pid, e["start_time"]) for pid, e in self._watch.items()}
         for key in [k for k in self._prev if (k[0], k[1]) not in alive]:
             del self._prev[key]
-        self._cpu.prune(alive)
+        self._proc.prune(alive)
         stats["duration_s"] = round((self._clock() - t0) / 1e9, 6)
         stats["fd_count_mode"] = self.fd_count_mode
         visibility = dict(self._visibility, unreadable_pids=self._walker.unreadable_count())
-        now_s = self._start_clock.wall_clock()
-        procs = [dict(e, **self._start_clock.times(e["start_time"], now_s))
+        now_s = self._proc.wall_clock()
+        procs = [dict(e, **self._proc.times(e["start_time"], now_s))
                  for e in self._watch.values()]
         by_pci = compute_procs_by_pci(procs, sorted(set(self._node_map.values())), self._amd_pcis())
         return ScanResult(by_pci, visibility, stats)

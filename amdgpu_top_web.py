@@ -52,11 +52,12 @@ Threads::
                  <-- proc-scan thread (budgeted /proc walk + fdinfo; NVML's lists)
                  <-- discovery thread (asks every backend: AMD, Intel, NVIDIA, demo)
                  <-- host-sampler thread (/proc/stat, meminfo, loadavg, pressure; 1 Hz)
-    cache --sinks--> bounded queue --> history-writer (ONE thread, SQLite file,
-                     a transaction every 5 s); handler threads read it with
-                     their own connections
-    cache --offer_*--> sinks: alert engine thread (bounded inbox) --> cache.publish_alert
-                       (a frame to every client) and --> webhook thread (POST, retries)
+    cache --sinks--> Inbox (drop-oldest) --> history-writer (ONE thread, SQLite file,
+                     a transaction every 5 s); handler threads read it through
+                     its HistoryReader, with their own connections
+    cache --offer_*--> sinks: alert engine thread (its Inbox) --> cache.publish_alert
+                       (a frame to every client) and --> webhook thread (its Inbox;
+                       POST, retries)
 
 Contents (a section uses only the sections above it)::
 
@@ -75,7 +76,8 @@ Contents (a section uses only the sections above it)::
      6. Pure HTTP helpers (routes, JSON messages, origin and host checks,
         CSP, vendor URL rewriting, the plain view, Prometheus text; alert
         frames, the Alertmanager webhook body, /api/alerts parameters and CSV)
-     7. Readers (thin filesystem I/O; the NVML library through ctypes)
+     7. Readers (thin filesystem I/O; the /proc side of process rows; the
+        NVML library through ctypes)
      8. Backends and their readers (the seam; AMD, Intel, NVIDIA, demo),
         samplers, the host reader, discovery, the cache and the process
         sources; the history store (SQLite, the only code that speaks SQL); the
@@ -8672,8 +8674,27 @@ def history_run_json(row, now_s):
     return out
 
 
-class _HistoryReads(object):
-    """The query side: each query opens its own read connection (never the writer's)."""
+def read_history_source(conn, kind, key):
+    """(id, [column names]) of a source (kind "gpu" and its id, or "host" and
+    ""), or None: the one lookup of the sources table, readers' and writer's."""
+    row = conn.execute("SELECT id, columns FROM sources WHERE kind = ? AND key = ?",
+                       (kind, key)).fetchone()
+    return None if row is None else (row[0], [c for c in row[1].split(",") if c])
+
+
+class HistoryReader(object):
+    """The query side, used by the handler threads: each query opens its own
+    read connection (never the writer's) on the file the writer opened (its
+    identity checked) or its shared memory database; until the writer has
+    opened one (attach), every query answers empty."""
+
+    def __init__(self, clock=time.time):
+        self.clock = clock
+        self.path = self._uri = self._identity = None
+
+    def attach(self, path, uri, identity):
+        """The writer opened `path` ((dev, ino) identity), or the memory database `uri`."""
+        self.path, self._uri, self._identity = path, uri, identity
 
     def _reader(self):
         if self._uri is not None:
@@ -8700,7 +8721,7 @@ class _HistoryReads(object):
                                            % self.path)
 
     def _read(self, work, empty):
-        if self._state in ("off", "starting"):
+        if self._uri is None and self._identity is None:
             return empty
         try:
             conn = self._reader()
@@ -8729,15 +8750,14 @@ class _HistoryReads(object):
         return out
 
     def _fill_series(self, conn, out, kind, key, tier, start, count, direct):
-        row = conn.execute("SELECT id, columns FROM sources WHERE kind = ? AND key = ?",
-                           (kind, key or "")).fetchone()
-        if row is None:
+        source = read_history_source(conn, kind, key or "")
+        if source is None:
             return
-        names = [c for c in row[1].split(",") if c]
+        src, names = source
         scales = dict(history_columns(kind))
         step = out["step_s"]
         rows = conn.execute(_series_select(kind, tier, names, direct),
-                            (start, step, row[0], start, start + count * step)).fetchall()
+                            (start, step, src, start, start + count * step)).fetchall()
         if not rows:
             return
         columns = list(zip(*rows))       # column-wise: one comprehension per series
@@ -8778,8 +8798,7 @@ class _HistoryReads(object):
             out = {"run": history_run_json(row, self.clock()), "ts": [],
                    "series": {"vram_bytes": [], "gtt_bytes": [], "engine_pct": []}}
             series = out["series"]
-            src = conn.execute("SELECT id FROM sources WHERE kind = 'gpu' AND key = ?",
-                               (row[4],)).fetchone()
+            src = read_history_source(conn, "gpu", row[4])
             rows = conn.execute(
                 "SELECT ts, vram_mib, gtt_mib, engine_pct10 FROM proc_samples WHERE src = ? AND"
                 " ts >= ? AND ts <= ? AND run = ? ORDER BY ts",
@@ -8797,8 +8816,7 @@ class _HistoryReads(object):
         out = {"gpu_id": gpu_id, "at": format_ts(at_s), "ts": None, "processes": []}
 
         def work(conn):
-            row = conn.execute("SELECT id FROM sources WHERE kind = 'gpu' AND key = ?",
-                               (gpu_id,)).fetchone()
+            row = read_history_source(conn, "gpu", gpu_id)
             if row is None:
                 return out
             found = conn.execute(
@@ -8831,24 +8849,128 @@ class _HistoryReads(object):
                                         conn.execute(sql, (to_s, to_s, from_s))], [])
 
 
-class _HistoryWrites(object):
-    """The writer's batch: series rows, runs, process samples, alerts (writer thread only)."""
+class HistorySources(object):
+    """The writer's source ids: (kind, key) -> [id, {columns that had a value}],
+    a source made on its first row; a raw row with a value in a column not
+    yet listed widens the list the readers go by."""
 
-    def _source_id(self, kind, key, row=None):
-        entry = self._sources.get((kind, key))
+    def __init__(self, columns):
+        self._columns = columns              # kind -> history_columns(kind)
+        self._entries = {}
+
+    def load(self, conn):
+        for row in conn.execute("SELECT id, kind, key, columns FROM sources"):
+            self._entries[(row[1], row[2])] = [row[0], set(c for c in row[3].split(",") if c)]
+
+    def ids(self):
+        return [entry[0] for entry in self._entries.values()]
+
+    def clear(self):
+        """Ids handed out inside a rolled-back transaction are gone: ask again."""
+        self._entries.clear()
+
+    def id(self, conn, kind, key, row=None):
+        entry = self._entries.get((kind, key))
         if entry is None:
-            self._conn.execute("INSERT OR IGNORE INTO sources(kind, key) VALUES (?, ?)", (kind, key))
-            src, names = self._conn.execute("SELECT id, columns FROM sources WHERE kind = ? AND"
-                                            " key = ?", (kind, key)).fetchone()
-            entry = self._sources[(kind, key)] = [src, set(c for c in names.split(",") if c)]
+            conn.execute("INSERT OR IGNORE INTO sources(kind, key) VALUES (?, ?)", (kind, key))
+            src, names = read_history_source(conn, kind, key)
+            entry = self._entries[(kind, key)] = [src, set(names)]
         if row is not None:
             names = [c for (c, _), v in zip(self._columns[kind], row[2:]) if v is not None]
             if not entry[1].issuperset(names):
                 entry[1].update(names)
                 order = [c for c, _ in self._columns[kind] if c in entry[1]]
-                self._conn.execute("UPDATE sources SET columns = ? WHERE id = ?",
-                                   (",".join(order), entry[0]))
+                conn.execute("UPDATE sources SET columns = ? WHERE id = ?",
+                             (",".join(order), entry[0]))
         return entry[0]
+
+
+class HistoryBatch(object):
+    """The writer's open batch (writer thread only): samples folded into 1 s
+    and 1 min rows (SeriesRollup), the 10 min and hour rows to rebuild,
+    process runs and samples, alert events; write() puts it all into the
+    open transaction."""
+
+    def __init__(self, boot_id, clock):
+        self.boot_id, self.clock, self._conn = boot_id, clock, None
+        self._columns = {"gpu": history_columns("gpu"), "host": history_columns("host")}
+        self.sources = HistorySources(self._columns)
+        self._rollups, self._run_ids, self._proc_due = {}, {}, {}
+        self._tracker = RunTracker()
+        self.reset()
+
+    def reset(self):
+        self._pending = dict((t, []) for t in HISTORY_SERIES_TABLES)
+        self._hours, self._proc_rows, self._alerts = set(), [], []
+
+    def resume(self, conn):
+        """Bind to the opened database: its sources, and its runs still open
+        (those of an earlier boot end at their last sighting)."""
+        self._conn = conn
+        self.sources.load(conn)
+        conn.execute("UPDATE runs SET ended = last_seen WHERE ended IS NULL AND boot_id != ?",
+                     (self.boot_id,))
+        for gpu_id, pid, start, last in conn.execute(
+                "SELECT gpu_id, pid, start_time, last_seen FROM runs WHERE ended IS NULL"):
+            self._tracker.seed(gpu_id, pid, start, last)
+
+    def add(self, kind, key, epoch_s, payload):
+        """One item of the writer's queue."""
+        if kind in ("gpu", "host"):
+            self._add_sample(kind, key, epoch_s, payload)
+        elif kind == "procs":
+            self._add_procs(key, payload)
+        else:
+            self._alerts.append(payload)
+
+    def flush(self):
+        """The rollups' open rows too (the last batch before closing)."""
+        for (kind, key), rollup in self._rollups.items():
+            self._queue_rows(kind, key, rollup.flush())
+
+    def _add_sample(self, kind, key, epoch_s, values):
+        rollup = self._rollups.get((kind, key))
+        if rollup is None:
+            rollup = self._rollups[(kind, key)] = SeriesRollup(len(self._columns[kind]))
+        self._queue_rows(kind, key, rollup.add(epoch_s, history_values(self._columns[kind], values)))
+
+    def _queue_rows(self, kind, key, rows):
+        for tier, row in rows:
+            self._pending[(kind, tier)].append((key, row))
+            if tier == "1m":
+                for built, step in HISTORY_BUILT_TIERS:
+                    self._hours.add((kind, key, built, step, row[0] - row[0] % step))
+
+    def _add_procs(self, gpu_id, message):
+        epoch_s = parse_iso_ts(message.get("ts"))
+        epoch_s = self.clock() if epoch_s is None else epoch_s
+        self._tracker.feed(gpu_id, epoch_s, message.get("processes") or [])
+        if epoch_s >= self._proc_due.get(gpu_id, 0.0):
+            self._proc_due[gpu_id] = epoch_s + HISTORY_PROC_SAMPLE_S - 0.5
+            self._proc_rows.append((gpu_id, int(epoch_s), self._tracker.active(gpu_id)))
+
+    def has_pending(self):
+        return bool(any(self._pending.values()) or self._proc_rows or self._alerts
+                    or self._tracker.dirty())
+
+    def write(self):
+        self._write_series()
+        self._write_runs_and_samples()
+        self._write_alerts()
+
+    def rolled_back(self):
+        self.sources.clear()
+        self._run_ids.clear()
+
+    def drop(self):
+        """Forget the batch; -> how many rows it had."""
+        count = sum(len(rows) for rows in self._pending.values()) + len(self._proc_rows)
+        self.reset()
+        self._tracker.take()
+        return count
+
+    def _source_id(self, kind, key, row=None):
+        return self.sources.id(self._conn, kind, key, row)
 
     def _write_series(self):
         conn = self._conn
@@ -8912,8 +9034,17 @@ class _HistoryWrites(object):
                  json.dumps(event, sort_keys=True)))
 
 
-class _HistoryRetention(object):
-    """Retention by age, then by size, in slices; freed pages given back (writer thread)."""
+class HistoryRetention(object):
+    """Retention by age, then by size, in slices; freed pages given back
+    (writer thread). `bytes`: what history takes, measured at each pass."""
+
+    def __init__(self, conn, path, max_bytes, clock, memory):
+        self._conn, self.path, self.max_bytes, self.clock = conn, path, max_bytes, clock
+        self._memory, self.bytes = memory, 0
+
+    def maintain(self, srcs):
+        """One retention pass over the sources with these ids (failures logged)."""
+        self._guarded(lambda: self._maintain(srcs))
 
     def _guarded(self, work):
         try:
@@ -8925,14 +9056,14 @@ class _HistoryRetention(object):
                 pass
             LOG.warning("event=history_maintenance_failed reason=%r", str(exc))
 
-    def _measure(self):
+    def measure(self):
         """Bytes the rows take (pages in use); status "bytes" is what history takes:
         on disk (the database and its WAL) or in memory."""
         pages = self._conn.execute("PRAGMA page_count").fetchone()[0]
         free = self._conn.execute("PRAGMA freelist_count").fetchone()[0]
         size = self._conn.execute("PRAGMA page_size").fetchone()[0]
         used = (pages - free) * size
-        self._bytes = used if self._uri is not None else self._disk_bytes()
+        self.bytes = used if self._memory else self._disk_bytes()
         return used
 
     def _disk_bytes(self):
@@ -8946,7 +9077,7 @@ class _HistoryRetention(object):
 
     def _row_budget(self):
         """max_bytes less the WAL's share (a file): the cap holds on disk."""
-        if self._uri is not None:
+        if self._memory:
             return self.max_bytes
         size = self._conn.execute("PRAGMA page_size").fetchone()[0]
         return self.max_bytes - history_wal_pages(self.max_bytes, size) * size
@@ -8963,7 +9094,7 @@ class _HistoryRetention(object):
             free, before = conn.execute("PRAGMA freelist_count").fetchone()[0], free
             if free >= before:          # auto_vacuum off (a file made elsewhere): no use
                 break
-        if self._uri is None:
+        if not self._memory:
             conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
 
     def _tables_by_keep(self):
@@ -8971,9 +9102,8 @@ class _HistoryRetention(object):
                   for name, step, keep in HISTORY_TIERS if name == tier]
         return tables + [("proc_samples", HISTORY_PROC_SAMPLE_S, HISTORY_PROC_KEEP_S)]
 
-    def _maintain(self):
+    def _maintain(self, srcs):
         now = self.clock()
-        srcs = [entry[0] for entry in self._sources.values()]
         for table, step, keep in self._tables_by_keep():
             for src in srcs:
                 self._delete_before(table, src, now - keep, step)
@@ -8985,10 +9115,10 @@ class _HistoryRetention(object):
             conn.execute(sql, (now - HISTORY_RUN_KEEP_S,))
         budget = self._row_budget()
         for _ in range(HISTORY_TRIM_SLICES):
-            if self._measure() <= budget or not self._trim_oldest(now, srcs):
+            if self.measure() <= budget or not self._trim_oldest(now, srcs):
                 break
         self._vacuum()
-        self._measure()
+        self.measure()
 
     def _delete_before(self, table, src, cutoff, step):
         """Delete a source's rows older than cutoff, HISTORY_DELETE_SLICE rows a statement."""
@@ -9017,9 +9147,11 @@ class _HistoryRetention(object):
         return True
 
 
-class HistoryStore(StoppableThread, _HistoryWrites, _HistoryRetention, _HistoryReads):
-    """The history sink: offer_* queue (never block), one writer thread owns
-    the connection. path None = memory only from the start (tests, fallback).
+class HistoryStore(StoppableThread):
+    """The history sink and its writer thread: offer_* queue (never block);
+    the thread owns the connection, the batch (HistoryBatch) and retention
+    (HistoryRetention); `reader` (HistoryReader) answers the handler threads'
+    queries. path None = memory only from the start (tests, fallback).
     Faults leave the live view alone: a file that cannot be used -> memory
     only (said once); disk full or free space under the floor -> paused,
     resumed by itself when a later batch commits."""
@@ -9030,25 +9162,19 @@ class HistoryStore(StoppableThread, _HistoryWrites, _HistoryRetention, _HistoryR
                  demo=False):
         StoppableThread.__init__(self, "history-writer")
         self.path, self.max_bytes, self.clock, self.statvfs = path, max_bytes, clock, statvfs
-        self.demo, self._identity = demo, None
+        self.demo = demo
         self.min_free_bytes, self.commit_s, self.on_change = min_free_bytes, commit_s, on_change
         self.boot_id = read_boot_id(proc_root)
         self._queue = Inbox(queue_max)
         self._dropped = 0                   # rows of batches never written (the queue counts its own)
         self._state, self._reason = "starting", None
         self._memory_reason = None          # why history is in memory (kept across pauses)
-        self._conn = self._uri = self._lock_fd = None
-        self._bytes = self._commits = 0
+        self._conn = self._uri = self._lock_fd = self._retention = None
+        self._commits = 0
         self._last_commit = None
         self._next_maintain = 0.0
-        self._rollups, self._sources, self._run_ids, self._proc_due = {}, {}, {}, {}
-        self._tracker = RunTracker()
-        self._columns = {"gpu": history_columns("gpu"), "host": history_columns("host")}
-        self._reset_pending()
-
-    def _reset_pending(self):
-        self._pending = dict((t, []) for t in HISTORY_SERIES_TABLES)
-        self._hours, self._proc_rows, self._alerts = set(), [], []
+        self._batch = HistoryBatch(self.boot_id, clock)
+        self.reader = HistoryReader(clock)
 
     # -- the sink side (publishing threads) --
 
@@ -9069,7 +9195,8 @@ class HistoryStore(StoppableThread, _HistoryWrites, _HistoryRetention, _HistoryR
 
     def status(self):
         return {"state": self._state, "path": self.path, "reason": self._reason,
-                "dropped": self._dropped + self._queue.dropped, "queued": len(self._queue), "bytes": self._bytes,
+                "dropped": self._dropped + self._queue.dropped, "queued": len(self._queue),
+                "bytes": 0 if self._retention is None else self._retention.bytes,
                 "max_bytes": self.max_bytes, "commits": self._commits,
                 "last_commit": None if self._last_commit is None else format_ts(self._last_commit),
                 "tiers": dict((n, {"step_s": s, "keep_s": k}) for n, s, k in HISTORY_TIERS)}
@@ -9090,9 +9217,9 @@ class HistoryStore(StoppableThread, _HistoryWrites, _HistoryRetention, _HistoryR
             return
         if self.path is not None:
             try:
-                self._conn, self._lock_fd, self._identity = open_history_file(
+                self._conn, self._lock_fd, identity = open_history_file(
                     self.path, self.clock(), self.demo, history_wal_pages(self.max_bytes))
-                self._after_open("ok", None)
+                self._after_open("ok", None, identity)
                 return
             except (HistoryUnavailable, OSError, sqlite3.Error) as exc:
                 reason = str(exc)
@@ -9112,17 +9239,14 @@ class HistoryStore(StoppableThread, _HistoryWrites, _HistoryRetention, _HistoryR
         self._memory_reason = reason
         self._after_open("memory", reason)
 
-    def _after_open(self, state, reason):
-        for row in self._conn.execute("SELECT id, kind, key, columns FROM sources"):
-            self._sources[(row[1], row[2])] = [row[0], set(c for c in row[3].split(",") if c)]
+    def _after_open(self, state, reason, identity=None):
         now = self.clock()
-        self._conn.execute("UPDATE runs SET ended = last_seen WHERE ended IS NULL AND boot_id != ?",
-                           (self.boot_id,))
-        for gpu_id, pid, start, last in self._conn.execute(
-                "SELECT gpu_id, pid, start_time, last_seen FROM runs WHERE ended IS NULL"):
-            self._tracker.seed(gpu_id, pid, start, last)
-        self._measure()
+        self._batch.resume(self._conn)
+        self._retention = HistoryRetention(self._conn, self.path, self.max_bytes, self.clock,
+                                           self._uri is not None)
+        self._retention.measure()
         self._next_maintain = now
+        self.reader.attach(self.path, self._uri, identity)
         self._set_state(state, reason)
 
     # -- the writer thread --
@@ -9149,48 +9273,14 @@ class HistoryStore(StoppableThread, _HistoryWrites, _HistoryRetention, _HistoryR
         if self._conn is None:
             self._queue.clear()
             return
-        self._drain()
+        for item in self._queue.drain():
+            self._batch.add(*item)
         if final:
-            for (kind, key), rollup in self._rollups.items():
-                self._queue_rows(kind, key, rollup.flush())
+            self._batch.flush()
         self._commit()
         if final or self.clock() >= self._next_maintain:
             self._next_maintain = self.clock() + HISTORY_MAINTAIN_S
-            self._guarded(self._maintain)
-
-    def _drain(self):
-        for kind, key, epoch_s, payload in self._queue.drain():
-            if kind in ("gpu", "host"):
-                self._add_sample(kind, key, epoch_s, payload)
-            elif kind == "procs":
-                self._add_procs(key, payload)
-            else:
-                self._alerts.append(payload)
-
-    def _add_sample(self, kind, key, epoch_s, values):
-        rollup = self._rollups.get((kind, key))
-        if rollup is None:
-            rollup = self._rollups[(kind, key)] = SeriesRollup(len(self._columns[kind]))
-        self._queue_rows(kind, key, rollup.add(epoch_s, history_values(self._columns[kind], values)))
-
-    def _queue_rows(self, kind, key, rows):
-        for tier, row in rows:
-            self._pending[(kind, tier)].append((key, row))
-            if tier == "1m":
-                for built, step in HISTORY_BUILT_TIERS:
-                    self._hours.add((kind, key, built, step, row[0] - row[0] % step))
-
-    def _add_procs(self, gpu_id, message):
-        epoch_s = parse_iso_ts(message.get("ts"))
-        epoch_s = self.clock() if epoch_s is None else epoch_s
-        self._tracker.feed(gpu_id, epoch_s, message.get("processes") or [])
-        if epoch_s >= self._proc_due.get(gpu_id, 0.0):
-            self._proc_due[gpu_id] = epoch_s + HISTORY_PROC_SAMPLE_S - 0.5
-            self._proc_rows.append((gpu_id, int(epoch_s), self._tracker.active(gpu_id)))
-
-    def _has_pending(self):
-        return bool(any(self._pending.values()) or self._proc_rows or self._alerts
-                    or self._tracker.dirty())
+            self._retention.maintain(self._batch.sources.ids())
 
     def _free_bytes(self):
         if self._uri is not None:
@@ -9202,7 +9292,7 @@ class HistoryStore(StoppableThread, _HistoryWrites, _HistoryRetention, _HistoryR
         return st.f_bavail * st.f_frsize
 
     def _commit(self):
-        if not self._has_pending():
+        if not self._batch.has_pending():
             return
         free = self._free_bytes()
         if free is not None and free < self.min_free_bytes:
@@ -9212,31 +9302,25 @@ class HistoryStore(StoppableThread, _HistoryWrites, _HistoryRetention, _HistoryR
         conn = self._conn
         try:
             conn.execute("BEGIN")
-            self._write_series()
-            self._write_runs_and_samples()
-            self._write_alerts()
+            self._batch.write()
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
             try:
                 conn.execute("ROLLBACK")
             except sqlite3.Error:
                 pass
-            # ids handed out inside the rolled-back transaction are gone: ask again
-            self._sources.clear()
-            self._run_ids.clear()
+            self._batch.rolled_back()       # ids handed out inside it are gone: ask again
             self._drop_batch(("disk full: %s" if _is_full_error(exc) else "write failed: %s")
                              % exc)
             return
-        self._reset_pending()
+        self._batch.reset()
         self._commits += 1
         self._last_commit = self.clock()
         self._set_state("memory" if self._uri is not None else "ok", self._memory_reason)
 
     def _drop_batch(self, reason):
         """A batch that cannot be written is dropped (counted): pausing must not grow memory."""
-        self._dropped += sum(len(rows) for rows in self._pending.values()) + len(self._proc_rows)
-        self._reset_pending()
-        self._tracker.take()
+        self._dropped += self._batch.drop()
         if self._state != "paused":
             LOG.warning("event=history_paused path=%s reason=%r: the live view is unaffected;"
                         " writing resumes by itself", self.path, reason)
@@ -10371,7 +10455,7 @@ class DashboardHandler(BaseHTTPRequestHandler):
                          "%s-history" % (key or kind))
 
     def _prepare(self, parser):
-        """(query, store) for a history endpoint, or (None, None) once a 400
+        """(query, the store's reader) for a history endpoint, or (None, None) once a 400
         (parser(query, now) raised QueryError) or a 404 (history off) is sent."""
         try:
             query = parser(urlsplit(self.path).query, time.time())
@@ -10387,7 +10471,7 @@ class DashboardHandler(BaseHTTPRequestHandler):
             self._send_json(503, {"error": "history is opening its file; try again"},
                             [("Retry-After", "1")])
             return None, None
-        return query, store
+        return query, store.reader
 
     def _answer(self, fmt, obj, make_csv, name):
         if fmt == "csv":
@@ -10514,7 +10598,7 @@ class App(object):
     def alert_events(self, from_s, to_s):
         """(source, events): the history store's when there is one, else memory."""
         if self.history is not None:
-            return "history", self.history.query_alerts(from_s, to_s)
+            return "history", self.history.reader.query_alerts(from_s, to_s)
         return "memory", self.alerts.recent(from_s, to_s)
 
     @staticmethod

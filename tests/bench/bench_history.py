@@ -225,13 +225,13 @@ def bench_queries(path):
     store.open()
     rows = []
     for label, fn in (
-            ("24 h chart", lambda: store.query_series("gpu", "card3", T_END - 86400, T_END)),
-            ("7 d chart", lambda: store.query_series("gpu", "card3", T_END - 7 * 86400, T_END)),
-            ("30 d chart", lambda: store.query_series("gpu", "card3", T_END - 30 * 86400, T_END)),
-            ("1 h chart (raw)", lambda: store.query_series("gpu", "card3", T_END - 3600, T_END)),
-            ("runs over 7 d", lambda: store.query_runs(T_END - 7 * 86400, T_END)),
-            ("procs at T", lambda: store.query_procs_at("card3", T_END - 3 * 86400)),
-            ("open+close reader", lambda: store._reader().close())):
+            ("24 h chart", lambda: store.reader.query_series("gpu", "card3", T_END - 86400, T_END)),
+            ("7 d chart", lambda: store.reader.query_series("gpu", "card3", T_END - 7 * 86400, T_END)),
+            ("30 d chart", lambda: store.reader.query_series("gpu", "card3", T_END - 30 * 86400, T_END)),
+            ("1 h chart (raw)", lambda: store.reader.query_series("gpu", "card3", T_END - 3600, T_END)),
+            ("runs over 7 d", lambda: store.reader.query_runs(T_END - 7 * 86400, T_END)),
+            ("procs at T", lambda: store.reader.query_procs_at("card3", T_END - 3 * 86400)),
+            ("open+close reader", lambda: store.reader._reader().close())):
         med, p90, result = timed(fn)
         size = (len(result["ts"]) if isinstance(result, dict) and "ts" in result else
                 len(result) if isinstance(result, list) else

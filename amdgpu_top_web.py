@@ -9173,8 +9173,12 @@ class HistoryStore(StoppableThread):
         self._commits = 0
         self._last_commit = None
         self._next_maintain = 0.0
-        self._batch = HistoryBatch(self.boot_id, clock)
-        self.reader = HistoryReader(clock)
+        self._batch = HistoryBatch(self.boot_id, self._now)
+        self.reader = HistoryReader(self._now)
+
+    def _now(self):
+        """self.clock, as it is at the call (a benchmark or test may swap it)."""
+        return self.clock()
 
     # -- the sink side (publishing threads) --
 
@@ -9242,7 +9246,7 @@ class HistoryStore(StoppableThread):
     def _after_open(self, state, reason, identity=None):
         now = self.clock()
         self._batch.resume(self._conn)
-        self._retention = HistoryRetention(self._conn, self.path, self.max_bytes, self.clock,
+        self._retention = HistoryRetention(self._conn, self.path, self.max_bytes, self._now,
                                            self._uri is not None)
         self._retention.measure()
         self._next_maintain = now

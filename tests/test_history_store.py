@@ -532,3 +532,21 @@ def test_one_source_lookup_for_writer_and_readers(tmp_path):
     assert m.read_history_source(conn, "gpu", "card9") is None
     conn.close()
     store.close()
+
+
+def test_a_clock_swapped_after_construction_governs_writer_retention_and_reader(tmp_path):
+    """The batch, retention and reader all ask the store's clock as it is at
+    the call (the writer benchmark swaps it after construction): rows of
+    that clock's time survive retention and read back."""
+    store = m.HistoryStore(str(tmp_path / "h.sqlite3"), proc_root=str(tmp_path))
+    clock = store.clock = Clock()
+    store.open()
+    feed(store, clock, 5)
+    store.offer_procs("card1", {"ts": None, "processes": [
+        {"pid": 7, "start_time": 100, "name": "x", "vram_bytes": 1 << 30}]})
+    store.cycle(final=True)             # retention runs: T0 is "now", nothing is old
+    out = store.reader.query_series("gpu", "card1", T0, T0 + 5)
+    assert out["series"]["gpu_busy_pct"]["avg"] == [50.0] * 5
+    (run,) = store.reader.query_runs(T0 - 60, T0 + 60)
+    assert run["pid"] == 7 and run["elapsed_s"] == 0
+    store.close()

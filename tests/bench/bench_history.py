@@ -187,7 +187,7 @@ def prefill(path, days):
                          "u%d" % p, 1000 + p, "python train.py --rank %d" % p, None, 1, None,
                          start, start + 86000, None if day == days - 1 else start + 86000,
                          (1 + p % 7) << 30, 64 << 20, 90.0, 86000.0, 86000.0 * (1 << 30),
-                         86000.0 * (64 << 20), 86000.0 * 50, 86000.0 * 0.55, 43000))
+                         86000.0 * (64 << 20), 86000.0 * 50, 86000.0 * 0.55, 43000, start))
     before = conn.execute("PRAGMA page_count").fetchone()[0]
     conn.execute("BEGIN")
     conn.executemany("INSERT INTO runs(%s) VALUES (%s)" % (

@@ -52,11 +52,12 @@ Threads::
                  <-- proc-scan thread (budgeted /proc walk + fdinfo; NVML's lists)
                  <-- discovery thread (asks every backend: AMD, Intel, NVIDIA, demo)
                  <-- host-sampler thread (/proc/stat, meminfo, loadavg, pressure; 1 Hz)
-    cache --sinks--> bounded queue --> history-writer (ONE thread, SQLite file,
-                     a transaction every 5 s); handler threads read it with
-                     their own connections
-    cache --offer_*--> sinks: alert engine thread (bounded inbox) --> cache.publish_alert
-                       (a frame to every client) and --> webhook thread (POST, retries)
+    cache --sinks--> Inbox (drop-oldest) --> history-writer (ONE thread, SQLite file,
+                     a transaction every 5 s); handler threads read it through
+                     its HistoryReader, with their own connections
+    cache --offer_*--> sinks: alert engine thread (its Inbox) --> cache.publish_alert
+                       (a frame to every client) and --> webhook thread (its Inbox;
+                       POST, retries)
 
 Contents (a section uses only the sections above it)::
 
@@ -75,7 +76,8 @@ Contents (a section uses only the sections above it)::
      6. Pure HTTP helpers (routes, JSON messages, origin and host checks,
         CSP, vendor URL rewriting, the plain view, Prometheus text; alert
         frames, the Alertmanager webhook body, /api/alerts parameters and CSV)
-     7. Readers (thin filesystem I/O; the NVML library through ctypes)
+     7. Readers (thin filesystem I/O; the /proc side of process rows; the
+        NVML library through ctypes)
      8. Backends and their readers (the seam; AMD, Intel, NVIDIA, demo),
         samplers, the host reader, discovery, the cache and the process
         sources; the history store (SQLite, the only code that speaks SQL); the
@@ -5590,6 +5592,57 @@ def read_proc_meta(procfd, pid, users):
             "container": parse_cgroup_container(cgroup)}
 
 
+def read_proc_stat_at(procfd, pid):
+    """ProcStatLine of <pid>/stat under a /proc dir fd (comm, start_time, CPU
+    ticks, RSS pages); NO_PROC_STAT (start_time None) if gone or torn."""
+    text = read_text_at(procfd, "%d/stat" % pid, PROC_STAT_READ_LIMIT)
+    return parse_proc_stat_line(text) if text else NO_PROC_STAT
+
+
+class ProcEnricher(object):
+    """The /proc side of a process row, one place for every process source
+    (the fdinfo scanner's rows and NVML's): name from stat, CPU % and RSS
+    (ProcCpuMeter), uid, user, command line and container (read_proc_meta,
+    user names cached), started and elapsed_s (ProcStartClock)."""
+
+    def __init__(self, proc_root, clk_tck=None, page_size=None, wall_clock=time.time):
+        self._users = {}             # uid -> name
+        self._cpu = ProcCpuMeter(clk_tck or read_sysconf("SC_CLK_TCK", 100),
+                                 page_size or read_sysconf("SC_PAGE_SIZE", 4096))
+        self._start_clock = ProcStartClock(proc_root, clk_tck, wall_clock)
+        self._measured = set()       # (pid, start_time) measured since the last prune
+
+    def measure(self, pid, line, now_s):
+        """{"name", "cpu_pct", "rss_bytes"} from a stat line read at now_s (monotonic)."""
+        self._measured.add((pid, line.start_time))
+        cpu_pct, rss_bytes = self._cpu.measure(pid, line, now_s)
+        return {"name": sanitize_text(line.comm or ""), "cpu_pct": cpu_pct, "rss_bytes": rss_bytes}
+
+    def meta(self, procfd, pid):
+        """{"cmd", "uid", "user", "container"} (read_proc_meta)."""
+        return read_proc_meta(procfd, pid, self._users)
+
+    def times(self, start_ticks, now_s=None):
+        """{"started", "elapsed_s"} (ProcStartClock)."""
+        return self._start_clock.times(start_ticks, now_s)
+
+    def wall_clock(self):
+        return self._start_clock.wall_clock()
+
+    def describe(self, procfd, pid, line, now_s):
+        """Every /proc field of a row at once: measure(), meta(), start_time, times()."""
+        fields = self.measure(pid, line, now_s)
+        fields.update(self.meta(procfd, pid), start_time=line.start_time)
+        fields.update(self.times(line.start_time))
+        return fields
+
+    def prune(self, alive=None):
+        """Forget the CPU readings of PIDs not in alive (default: those measured
+        since the last prune)."""
+        self._cpu.prune(self._measured if alive is None else alive)
+        self._measured = set()
+
+
 # ---------------------------------------------------------------------------
 # 8. Backends (the seam; AMD, Intel, NVIDIA, demo), samplers, discovery,
 #    the cache and the process sources
@@ -6166,6 +6219,24 @@ class NvidiaGpuReader(object):
         self._calls = []
 
 
+def read_nvml_list(ask, struct):
+    """NVML's "ask, grow the buffer, ask again" for a list whose length it sets:
+    ask(None, 0) for the size, then a buffer of struct twice that (+5) while it
+    answers INSUFFICIENT_SIZE (the list may grow between calls), at most
+    NVML_LIST_ATTEMPTS times. ask(entries, size) -> (rc, count).
+    -> (rc, the filled entries): rc NVML_SUCCESS with [] when the list is empty."""
+    rc, count = ask(None, 0)
+    for _ in range(NVML_LIST_ATTEMPTS):
+        if rc != NVML_ERROR_INSUFFICIENT_SIZE:
+            break
+        size = count * 2 + 5
+        entries = (struct * size)()
+        rc, count = ask(entries, size)
+        if rc == NVML_SUCCESS:
+            return rc, entries[:count]
+    return rc, []
+
+
 class NvmlProcSource(object):
     """Process top of the NVIDIA GPUs: the compute, graphics and MPS lists
     (one row per PID), per-process SM/mem/enc/dec % from the newest
@@ -6177,10 +6248,7 @@ class NvmlProcSource(object):
         self._nvml, self._devices, self._root = nvml, devices, proc_root
         self._lost = lost if lost is not None else set()
         self._clock_us = clock_us or (lambda: int(time.time() * 1e6))
-        self._users = {}
-        self._cpu = ProcCpuMeter(read_sysconf("SC_CLK_TCK", 100), read_sysconf("SC_PAGE_SIZE", 4096))
-        self._start_clock = ProcStartClock(proc_root)
-        self._seen = set()                # (pid, start_time) of visible PIDs this scan
+        self._proc = ProcEnricher(proc_root)
         self._last_seen = {}              # gpu id -> newest utilisation sample timestamp (µs)
         self._util_refused = {}           # gpu id -> {utilisation APIs it refused for good}
         self._lists = [self._list_function(kind, base) for kind, base in NVML_PROCESS_LISTS]
@@ -6217,7 +6285,6 @@ class NvmlProcSource(object):
         procfd = open_dir_at(None, self._root)
         procfd = None if isinstance(procfd, OSError) else procfd
         by_pci = {}
-        self._seen = set()
         try:
             for info, handle in self._devices:
                 if info.id not in self._lost:
@@ -6225,7 +6292,7 @@ class NvmlProcSource(object):
         finally:
             if procfd is not None:
                 os.close(procfd)
-        self._cpu.prune(self._seen)
+        self._proc.prune()
         return ScanResult(by_pci, None, {"cut_short": False,
                                          "duration_s": round(time.monotonic() - t0, 6)})
 
@@ -6246,20 +6313,11 @@ class NvmlProcSource(object):
         """One process list: sized with count 0 first, re-read while it grows."""
         if fn is None:
             return []
-        count = ctypes.c_uint(0)
-        rc = fn(handle, ctypes.byref(count), None)
-        for _ in range(NVML_LIST_ATTEMPTS):
-            if rc == NVML_SUCCESS and count.value == 0:
-                return []
-            if rc != NVML_ERROR_INSUFFICIENT_SIZE:
-                break
-            size = count.value * 2 + 5
-            entries = (struct * size)()
+
+        def ask(entries, size):
             count = ctypes.c_uint(size)
-            rc = fn(handle, ctypes.byref(count), entries)
-            if rc == NVML_SUCCESS:
-                return [NvmlProcess(e.pid, e.usedGpuMemory, kind) for e in entries[:count.value]]
-        return []
+            return fn(handle, ctypes.byref(count), entries), count.value
+        return [NvmlProcess(e.pid, e.usedGpuMemory, kind) for e in read_nvml_list(ask, struct)[1]]
 
     def _utilisation(self, gpu_id, handle, pids):
         """{pid: {engine: %}} (0 % for listed PIDs without a new sample), or
@@ -6290,34 +6348,27 @@ class NvmlProcSource(object):
 
     def _util_samples_new(self, handle, last):
         info = NvmlProcessesUtilizationInfo(version=NVML_PROC_UTIL_INFO_VERSION, lastSeenTimeStamp=last)
-        rc = self._util_new(handle, ctypes.byref(info))
-        for _ in range(NVML_LIST_ATTEMPTS):          # the buffer may grow between calls
-            if rc != NVML_ERROR_INSUFFICIENT_SIZE:
-                break
-            size = info.processSamplesCount * 2 + 5
-            entries = (NvmlProcessUtilizationInfo * size)()
+
+        def ask(entries, size):
             info.processSamplesCount, info.procUtilArray = size, entries
-            rc = self._util_new(handle, ctypes.byref(info))
-            if rc == NVML_SUCCESS:
-                return [(e.pid, e.timeStamp, {"sm": e.smUtil, "mem": e.memUtil, "enc": e.encUtil,
-                                              "dec": e.decUtil, "jpg": e.jpgUtil, "ofa": e.ofaUtil})
-                        for e in entries[:info.processSamplesCount]]
-        return self._util_empty(rc)
+            return self._util_new(handle, ctypes.byref(info)), info.processSamplesCount
+        rc, entries = read_nvml_list(ask, NvmlProcessUtilizationInfo)
+        if rc != NVML_SUCCESS:
+            return self._util_empty(rc)
+        return [(e.pid, e.timeStamp, {"sm": e.smUtil, "mem": e.memUtil, "enc": e.encUtil,
+                                      "dec": e.decUtil, "jpg": e.jpgUtil, "ofa": e.ofaUtil})
+                for e in entries]
 
     def _util_samples_old(self, handle, last):
-        count = ctypes.c_uint(0)
-        rc = self._util_old(handle, None, ctypes.byref(count), ctypes.c_ulonglong(last))
-        for _ in range(NVML_LIST_ATTEMPTS):
-            if rc != NVML_ERROR_INSUFFICIENT_SIZE:
-                break
-            size = count.value * 2 + 5
-            entries = (NvmlProcessUtilizationSample * size)()
+        def ask(entries, size):
             count = ctypes.c_uint(size)
-            rc = self._util_old(handle, entries, ctypes.byref(count), ctypes.c_ulonglong(last))
-            if rc == NVML_SUCCESS:
-                return [(e.pid, e.timeStamp, {"sm": e.smUtil, "mem": e.memUtil, "enc": e.encUtil,
-                                              "dec": e.decUtil}) for e in entries[:count.value]]
-        return self._util_empty(rc)
+            return (self._util_old(handle, entries, ctypes.byref(count), ctypes.c_ulonglong(last)),
+                    count.value)
+        rc, entries = read_nvml_list(ask, NvmlProcessUtilizationSample)
+        if rc != NVML_SUCCESS:
+            return self._util_empty(rc)
+        return [(e.pid, e.timeStamp, {"sm": e.smUtil, "mem": e.memUtil, "enc": e.encUtil,
+                                      "dec": e.decUtil}) for e in entries]
 
     @staticmethod
     def _util_empty(rc):
@@ -6334,19 +6385,11 @@ class NvmlProcSource(object):
         sm = engines.get("sm") if engines else None
         common = dict(pid=pid, vram_bytes=used, engines_pct=engines, type=kind, clients=1,
                       gpu_time_ms_per_s=None if sm is None else round(sm * 10.0, 1))
-        line = NO_PROC_STAT
-        if procfd is not None:
-            text = read_text_at(procfd, "%d/stat" % pid, PROC_STAT_READ_LIMIT)
-            line = parse_proc_stat_line(text) if text else NO_PROC_STAT
+        line = NO_PROC_STAT if procfd is None else read_proc_stat_at(procfd, pid)
         if line.start_time is None:      # another PID namespace (or gone): NVML's name only
             return build_proc_row(name=self._nvml_name(pid), visible=False, **common)
-        self._seen.add((pid, line.start_time))
-        cpu_pct, rss_bytes = self._cpu.measure(pid, line, time.monotonic())
-        meta = read_proc_meta(procfd, pid, self._users)
-        return build_proc_row(name=sanitize_text(line.comm or ""), uid=meta["uid"], user=meta["user"],
-                              cmd=meta["cmd"], container=meta["container"],
-                              start_time=line.start_time, cpu_pct=cpu_pct, rss_bytes=rss_bytes,
-                              **dict(common, **self._start_clock.times(line.start_time)))
+        return build_proc_row(**dict(common, **self._proc.describe(procfd, pid, line,
+                                                                   time.monotonic())))
 
     def _nvml_name(self, pid):
         if self._name_fn is None:
@@ -7090,6 +7133,50 @@ class StoppableThread(threading.Thread):
         self.stopping.set()
 
 
+class Inbox(object):
+    """A sink thread's inbox (history writer, alert engine, webhook sender):
+    put() never blocks; when full the oldest item is dropped, counted in
+    `dropped` and told to on_drop(); `ready` is set by each put (and by
+    wake(), e.g. on stop) for the thread that waits on it."""
+
+    def __init__(self, maxlen, on_drop=None):
+        self.maxlen, self.on_drop, self.dropped = maxlen, on_drop, 0
+        self._items = collections.deque(maxlen=maxlen)
+        self.ready = threading.Event()
+
+    def __len__(self):
+        return len(self._items)
+
+    def put(self, item):
+        if len(self._items) == self.maxlen:
+            self.dropped += 1
+            if self.on_drop is not None:
+                self.on_drop()
+        self._items.append(item)
+        self.ready.set()
+
+    def wait(self, timeout_s):
+        """Until an item (or a wake) comes, at most timeout_s; then unset `ready`."""
+        self.ready.wait(timeout_s)
+        self.ready.clear()
+
+    def wake(self):
+        self.ready.set()
+
+    def drain(self, stopping=None):
+        """The items, oldest first, until none is left (or `stopping` is set);
+        items put meanwhile come too."""
+        while stopping is None or not stopping.is_set():
+            try:
+                item = self._items.popleft()
+            except IndexError:
+                return
+            yield item
+
+    def clear(self):
+        self._items.clear()
+
+
 class Sampler(StoppableThread):
     """One per GPU: read, publish, wait; on a fixed schedule that skips missed ticks."""
 
@@ -7218,8 +7305,7 @@ class AlertEngine(StoppableThread):
         StoppableThread.__init__(self, "alerts")
         self.cache, self.rules, self.store, self.webhook, self.clock = (
             cache, rules, store, webhook, clock)
-        self._inbox = collections.deque(maxlen=ALERT_QUEUE_ITEMS)
-        self._wake = threading.Event()
+        self._inbox = Inbox(ALERT_QUEUE_ITEMS, self._count_drop)
         self._lock = threading.Lock()
         self._events = collections.deque(maxlen=ALERT_EVENTS_KEPT)
         self._active = collections.OrderedDict()     # (rule, gpu id) -> firing event, live values
@@ -7228,16 +7314,18 @@ class AlertEngine(StoppableThread):
         self._procs = {}                              # gpu id -> procs message
         self._sensors = {}                            # gpu id -> {sensor key: last seen s}
         self._known = set()
-        self.dropped = 0
 
     # -- the sink side (never blocks) --
 
+    @property
+    def dropped(self):
+        return self._inbox.dropped
+
+    def _count_drop(self):
+        self.cache.record("exporter_alert_inbox_dropped_total", (), 1, add=True)
+
     def _put(self, item):
-        if len(self._inbox) == self._inbox.maxlen:
-            self.dropped += 1
-            self.cache.record("exporter_alert_inbox_dropped_total", (), 1, add=True)
-        self._inbox.append(item)
-        self._wake.set()
+        self._inbox.put(item)
 
     def offer_stats(self, gpu_id, epoch_s, metrics):
         self._put(("stats", gpu_id, epoch_s, metrics))
@@ -7255,17 +7343,15 @@ class AlertEngine(StoppableThread):
 
     def stop(self):
         StoppableThread.stop(self)
-        self._wake.set()
+        self._inbox.wake()
 
     def run(self):
         while not self.stopping.is_set():
-            self._wake.wait(1.0)
-            self._wake.clear()
+            self._inbox.wait(1.0)
             self.drain()
 
     def drain(self):
-        while self._inbox:
-            item = self._inbox.popleft()
+        for item in self._inbox.drain():
             try:
                 getattr(self, "_on_" + item[0])(*item[1:])
             except Exception:   # one bad sample must not stop the alerts
@@ -7417,27 +7503,22 @@ class WebhookSender(StoppableThread):
         StoppableThread.__init__(self, "alert-webhook")
         self.url, self.cache, self.instance, self.external_url = url, cache, instance, external_url
         self.timeout_s, self.retries, self.backoff_s = timeout_s, retries, backoff_s
-        self._queue = collections.deque(maxlen=WEBHOOK_QUEUE_ITEMS)
-        self._wake = threading.Event()
+        self._queue = Inbox(WEBHOOK_QUEUE_ITEMS, lambda: self._count("dropped"))
         self.counts = {"sent": 0, "failed": 0, "dropped": 0}
         self._streak = 0
 
     def send(self, event):
-        if len(self._queue) == self._queue.maxlen:
-            self._count("dropped")
-        self._queue.append(event)
-        self._wake.set()
+        self._queue.put(event)
 
     def stop(self):
         StoppableThread.stop(self)
-        self._wake.set()
+        self._queue.wake()
 
     def run(self):
         while not self.stopping.is_set():
-            self._wake.wait(1.0)
-            self._wake.clear()
-            while self._queue and not self.stopping.is_set():
-                self.deliver(self._queue.popleft())
+            self._queue.wait(1.0)
+            for event in self._queue.drain(self.stopping):
+                self.deliver(event)
 
     def deliver(self, event):
         """Send one event, retrying; True when the receiver took it."""
@@ -7688,8 +7769,7 @@ class _PidWalker(object):
     def read_start(self, procfd, pid):
         """ProcStatLine of <pid>/stat (comm, start_time, CPU ticks, RSS pages);
         start_time None if gone or torn."""
-        text = read_text_at(procfd, "%d/stat" % pid, PROC_STAT_READ_LIMIT)
-        return parse_proc_stat_line(text) if text else NO_PROC_STAT
+        return read_proc_stat_at(procfd, pid)
 
     def _over_budget(self, seen, t0):
         return seen >= self._max_pids or self._clock() - t0 >= self._budget_ns
@@ -7933,10 +8013,7 @@ class ProcScanner(object):
         self._kfd_pcis = None        # AMD GPUs (None: every GPU of the node map)
         self._watch = {}             # pid -> dict (GPU users)
         self._prev = {}              # (pid, start_time, client key) -> EngineSample
-        self._users = {}             # uid -> name
-        self._cpu = ProcCpuMeter(clk_tck or read_sysconf("SC_CLK_TCK", 100),
-                                 page_size or read_sysconf("SC_PAGE_SIZE", 4096))
-        self._start_clock = ProcStartClock(proc_root, clk_tck, wall_clock)
+        self._proc = ProcEnricher(proc_root, clk_tck, page_size, wall_clock)
         self._scans = 0
         self._visibility = {}
         limits = (max(1, int(max_pids)), max(1, int(max_fds_per_pid)), int(budget_s * 1e9))
@@ -8010,25 +8087,21 @@ class ProcScanner(object):
     def _update_gpu_proc(self, procfd, pid, line, fds, stats, full):
         """Refresh (or create) the watchlist entry; False if pid holds no
         amdgpu client, no /dev/kfd and every fdinfo read succeeded."""
-        comm, start = line.comm, line.start_time
+        start = line.start_time
         entry = self._watch.get(pid)
         if entry is None or entry["start_time"] != start:
             entry = {"pid": pid, "start_time": start, "meta": None}
-        entry["name"] = sanitize_text(comm or "")
         entry["drm_fds"], entry["kfd_fds"] = fds
         entry["kfd"] = bool(fds[1])
         if entry["meta"] is None or full:
-            entry["meta"] = self._read_meta(procfd, pid)
+            entry["meta"] = self._proc.meta(procfd, pid)
         entry["clients"], failed = self._read_clients(procfd, pid, start, entry["drm_fds"], stats)
-        entry["cpu_pct"], entry["rss_bytes"] = self._cpu.measure(pid, line, self._clock() / 1e9)
+        entry.update(self._proc.measure(pid, line, self._clock() / 1e9))
         entry["kfd_vram"] = self._read_kfd_vram(pid) if entry["kfd"] else None
         if not entry["clients"] and not entry["kfd"] and not failed:
             return False
         self._watch[pid] = entry
         return True
-
-    def _read_meta(self, procfd, pid):
-        return read_proc_meta(procfd, pid, self._users)
 
     def _refresh_kfd(self):
         """GPUs found since the last scan: map KFD's again and re-read the KFD
@@ -8084,8 +8157,7 @@ class ProcScanner(object):
         if line.start_time is None or line.start_time != entry["start_time"]:
             self._walker.forget(pid, stats)            # gone or reused: next scan finds it
             return
-        entry["name"] = sanitize_text(line.comm or "")
-        entry["cpu_pct"], entry["rss_bytes"] = self._cpu.measure(pid, line, self._clock() / 1e9)
+        entry.update(self._proc.measure(pid, line, self._clock() / 1e9))
         live = {}
         for fd_name, node in entry["drm_fds"].items():  # fd reused for another file?
             target = readlink_at(procfd, "%d/fd/%s" % (pid, fd_name))
@@ -8111,12 +8183,12 @@ class ProcScanner(object):
         alive = {(pid, e["start_time"]) for pid, e in self._watch.items()}
         for key in [k for k in self._prev if (k[0], k[1]) not in alive]:
             del self._prev[key]
-        self._cpu.prune(alive)
+        self._proc.prune(alive)
         stats["duration_s"] = round((self._clock() - t0) / 1e9, 6)
         stats["fd_count_mode"] = self.fd_count_mode
         visibility = dict(self._visibility, unreadable_pids=self._walker.unreadable_count())
-        now_s = self._start_clock.wall_clock()
-        procs = [dict(e, **self._start_clock.times(e["start_time"], now_s))
+        now_s = self._proc.wall_clock()
+        procs = [dict(e, **self._proc.times(e["start_time"], now_s))
                  for e in self._watch.values()]
         by_pci = compute_procs_by_pci(procs, sorted(set(self._node_map.values())), self._amd_pcis())
         return ScanResult(by_pci, visibility, stats)
@@ -8707,8 +8779,27 @@ def history_run_json(row, now_s):
     return out
 
 
-class _HistoryReads(object):
-    """The query side: each query opens its own read connection (never the writer's)."""
+def read_history_source(conn, kind, key):
+    """(id, [column names]) of a source (kind "gpu" and its id, or "host" and
+    ""), or None: the one lookup of the sources table, readers' and writer's."""
+    row = conn.execute("SELECT id, columns FROM sources WHERE kind = ? AND key = ?",
+                       (kind, key)).fetchone()
+    return None if row is None else (row[0], [c for c in row[1].split(",") if c])
+
+
+class HistoryReader(object):
+    """The query side, used by the handler threads: each query opens its own
+    read connection (never the writer's) on the file the writer opened (its
+    identity checked) or its shared memory database; until the writer has
+    opened one (attach), every query answers empty."""
+
+    def __init__(self, clock=time.time):
+        self.clock = clock
+        self.path = self._uri = self._identity = None
+
+    def attach(self, path, uri, identity):
+        """The writer opened `path` ((dev, ino) identity), or the memory database `uri`."""
+        self.path, self._uri, self._identity = path, uri, identity
 
     def _reader(self):
         if self._uri is not None:
@@ -8735,7 +8826,7 @@ class _HistoryReads(object):
                                            % self.path)
 
     def _read(self, work, empty):
-        if self._state in ("off", "starting"):
+        if self._uri is None and self._identity is None:
             return empty
         try:
             conn = self._reader()
@@ -8764,15 +8855,14 @@ class _HistoryReads(object):
         return out
 
     def _fill_series(self, conn, out, kind, key, tier, start, count, direct):
-        row = conn.execute("SELECT id, columns FROM sources WHERE kind = ? AND key = ?",
-                           (kind, key or "")).fetchone()
-        if row is None:
+        source = read_history_source(conn, kind, key or "")
+        if source is None:
             return
-        names = [c for c in row[1].split(",") if c]
+        src, names = source
         scales = dict(history_columns(kind))
         step = out["step_s"]
         rows = conn.execute(_series_select(kind, tier, names, direct),
-                            (start, step, row[0], start, start + count * step)).fetchall()
+                            (start, step, src, start, start + count * step)).fetchall()
         if not rows:
             return
         columns = list(zip(*rows))       # column-wise: one comprehension per series
@@ -8813,8 +8903,7 @@ class _HistoryReads(object):
             out = {"run": history_run_json(row, self.clock()), "ts": [],
                    "series": {"vram_bytes": [], "gtt_bytes": [], "engine_pct": []}}
             series = out["series"]
-            src = conn.execute("SELECT id FROM sources WHERE kind = 'gpu' AND key = ?",
-                               (row[4],)).fetchone()
+            src = read_history_source(conn, "gpu", row[4])
             rows = conn.execute(
                 "SELECT ts, vram_mib, gtt_mib, engine_pct10 FROM proc_samples WHERE src = ? AND"
                 " ts >= ? AND ts <= ? AND run = ? ORDER BY ts",
@@ -8832,8 +8921,7 @@ class _HistoryReads(object):
         out = {"gpu_id": gpu_id, "at": format_ts(at_s), "ts": None, "processes": []}
 
         def work(conn):
-            row = conn.execute("SELECT id FROM sources WHERE kind = 'gpu' AND key = ?",
-                               (gpu_id,)).fetchone()
+            row = read_history_source(conn, "gpu", gpu_id)
             if row is None:
                 return out
             found = conn.execute(
@@ -8866,24 +8954,128 @@ class _HistoryReads(object):
                                         conn.execute(sql, (to_s, to_s, from_s))], [])
 
 
-class _HistoryWrites(object):
-    """The writer's batch: series rows, runs, process samples, alerts (writer thread only)."""
+class HistorySources(object):
+    """The writer's source ids: (kind, key) -> [id, {columns that had a value}],
+    a source made on its first row; a raw row with a value in a column not
+    yet listed widens the list the readers go by."""
 
-    def _source_id(self, kind, key, row=None):
-        entry = self._sources.get((kind, key))
+    def __init__(self, columns):
+        self._columns = columns              # kind -> history_columns(kind)
+        self._entries = {}
+
+    def load(self, conn):
+        for row in conn.execute("SELECT id, kind, key, columns FROM sources"):
+            self._entries[(row[1], row[2])] = [row[0], set(c for c in row[3].split(",") if c)]
+
+    def ids(self):
+        return [entry[0] for entry in self._entries.values()]
+
+    def clear(self):
+        """Ids handed out inside a rolled-back transaction are gone: ask again."""
+        self._entries.clear()
+
+    def id(self, conn, kind, key, row=None):
+        entry = self._entries.get((kind, key))
         if entry is None:
-            self._conn.execute("INSERT OR IGNORE INTO sources(kind, key) VALUES (?, ?)", (kind, key))
-            src, names = self._conn.execute("SELECT id, columns FROM sources WHERE kind = ? AND"
-                                            " key = ?", (kind, key)).fetchone()
-            entry = self._sources[(kind, key)] = [src, set(c for c in names.split(",") if c)]
+            conn.execute("INSERT OR IGNORE INTO sources(kind, key) VALUES (?, ?)", (kind, key))
+            src, names = read_history_source(conn, kind, key)
+            entry = self._entries[(kind, key)] = [src, set(names)]
         if row is not None:
             names = [c for (c, _), v in zip(self._columns[kind], row[2:]) if v is not None]
             if not entry[1].issuperset(names):
                 entry[1].update(names)
                 order = [c for c, _ in self._columns[kind] if c in entry[1]]
-                self._conn.execute("UPDATE sources SET columns = ? WHERE id = ?",
-                                   (",".join(order), entry[0]))
+                conn.execute("UPDATE sources SET columns = ? WHERE id = ?",
+                             (",".join(order), entry[0]))
         return entry[0]
+
+
+class HistoryBatch(object):
+    """The writer's open batch (writer thread only): samples folded into 1 s
+    and 1 min rows (SeriesRollup), the 10 min and hour rows to rebuild,
+    process runs and samples, alert events; write() puts it all into the
+    open transaction."""
+
+    def __init__(self, boot_id, clock):
+        self.boot_id, self.clock, self._conn = boot_id, clock, None
+        self._columns = {"gpu": history_columns("gpu"), "host": history_columns("host")}
+        self.sources = HistorySources(self._columns)
+        self._rollups, self._run_ids, self._proc_due = {}, {}, {}
+        self._tracker = RunTracker()
+        self.reset()
+
+    def reset(self):
+        self._pending = dict((t, []) for t in HISTORY_SERIES_TABLES)
+        self._hours, self._proc_rows, self._alerts = set(), [], []
+
+    def resume(self, conn):
+        """Bind to the opened database: its sources, and its runs still open
+        (those of an earlier boot end at their last sighting)."""
+        self._conn = conn
+        self.sources.load(conn)
+        conn.execute("UPDATE runs SET ended = last_seen WHERE ended IS NULL AND boot_id != ?",
+                     (self.boot_id,))
+        for gpu_id, pid, start, last in conn.execute(
+                "SELECT gpu_id, pid, start_time, last_seen FROM runs WHERE ended IS NULL"):
+            self._tracker.seed(gpu_id, pid, start, last)
+
+    def add(self, kind, key, epoch_s, payload):
+        """One item of the writer's queue."""
+        if kind in ("gpu", "host"):
+            self._add_sample(kind, key, epoch_s, payload)
+        elif kind == "procs":
+            self._add_procs(key, payload)
+        else:
+            self._alerts.append(payload)
+
+    def flush(self):
+        """The rollups' open rows too (the last batch before closing)."""
+        for (kind, key), rollup in self._rollups.items():
+            self._queue_rows(kind, key, rollup.flush())
+
+    def _add_sample(self, kind, key, epoch_s, values):
+        rollup = self._rollups.get((kind, key))
+        if rollup is None:
+            rollup = self._rollups[(kind, key)] = SeriesRollup(len(self._columns[kind]))
+        self._queue_rows(kind, key, rollup.add(epoch_s, history_values(self._columns[kind], values)))
+
+    def _queue_rows(self, kind, key, rows):
+        for tier, row in rows:
+            self._pending[(kind, tier)].append((key, row))
+            if tier == "1m":
+                for built, step in HISTORY_BUILT_TIERS:
+                    self._hours.add((kind, key, built, step, row[0] - row[0] % step))
+
+    def _add_procs(self, gpu_id, message):
+        epoch_s = parse_iso_ts(message.get("ts"))
+        epoch_s = self.clock() if epoch_s is None else epoch_s
+        self._tracker.feed(gpu_id, epoch_s, message.get("processes") or [])
+        if epoch_s >= self._proc_due.get(gpu_id, 0.0):
+            self._proc_due[gpu_id] = epoch_s + HISTORY_PROC_SAMPLE_S - 0.5
+            self._proc_rows.append((gpu_id, int(epoch_s), self._tracker.active(gpu_id)))
+
+    def has_pending(self):
+        return bool(any(self._pending.values()) or self._proc_rows or self._alerts
+                    or self._tracker.dirty())
+
+    def write(self):
+        self._write_series()
+        self._write_runs_and_samples()
+        self._write_alerts()
+
+    def rolled_back(self):
+        self.sources.clear()
+        self._run_ids.clear()
+
+    def drop(self):
+        """Forget the batch; -> how many rows it had."""
+        count = sum(len(rows) for rows in self._pending.values()) + len(self._proc_rows)
+        self.reset()
+        self._tracker.take()
+        return count
+
+    def _source_id(self, kind, key, row=None):
+        return self.sources.id(self._conn, kind, key, row)
 
     def _write_series(self):
         conn = self._conn
@@ -8947,8 +9139,17 @@ class _HistoryWrites(object):
                  json.dumps(event, sort_keys=True)))
 
 
-class _HistoryRetention(object):
-    """Retention by age, then by size, in slices; freed pages given back (writer thread)."""
+class HistoryRetention(object):
+    """Retention by age, then by size, in slices; freed pages given back
+    (writer thread). `bytes`: what history takes, measured at each pass."""
+
+    def __init__(self, conn, path, max_bytes, clock, memory):
+        self._conn, self.path, self.max_bytes, self.clock = conn, path, max_bytes, clock
+        self._memory, self.bytes = memory, 0
+
+    def maintain(self, srcs):
+        """One retention pass over the sources with these ids (failures logged)."""
+        self._guarded(lambda: self._maintain(srcs))
 
     def _guarded(self, work):
         try:
@@ -8960,14 +9161,14 @@ class _HistoryRetention(object):
                 pass
             LOG.warning("event=history_maintenance_failed reason=%r", str(exc))
 
-    def _measure(self):
+    def measure(self):
         """Bytes the rows take (pages in use); status "bytes" is what history takes:
         on disk (the database and its WAL) or in memory."""
         pages = self._conn.execute("PRAGMA page_count").fetchone()[0]
         free = self._conn.execute("PRAGMA freelist_count").fetchone()[0]
         size = self._conn.execute("PRAGMA page_size").fetchone()[0]
         used = (pages - free) * size
-        self._bytes = used if self._uri is not None else self._disk_bytes()
+        self.bytes = used if self._memory else self._disk_bytes()
         return used
 
     def _disk_bytes(self):
@@ -8981,7 +9182,7 @@ class _HistoryRetention(object):
 
     def _row_budget(self):
         """max_bytes less the WAL's share (a file): the cap holds on disk."""
-        if self._uri is not None:
+        if self._memory:
             return self.max_bytes
         size = self._conn.execute("PRAGMA page_size").fetchone()[0]
         return self.max_bytes - history_wal_pages(self.max_bytes, size) * size
@@ -8998,7 +9199,7 @@ class _HistoryRetention(object):
             free, before = conn.execute("PRAGMA freelist_count").fetchone()[0], free
             if free >= before:          # auto_vacuum off (a file made elsewhere): no use
                 break
-        if self._uri is None:
+        if not self._memory:
             conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
 
     def _tables_by_keep(self):
@@ -9006,9 +9207,8 @@ class _HistoryRetention(object):
                   for name, step, keep in HISTORY_TIERS if name == tier]
         return tables + [("proc_samples", HISTORY_PROC_SAMPLE_S, HISTORY_PROC_KEEP_S)]
 
-    def _maintain(self):
+    def _maintain(self, srcs):
         now = self.clock()
-        srcs = [entry[0] for entry in self._sources.values()]
         for table, step, keep in self._tables_by_keep():
             for src in srcs:
                 self._delete_before(table, src, now - keep, step)
@@ -9020,10 +9220,10 @@ class _HistoryRetention(object):
             conn.execute(sql, (now - HISTORY_RUN_KEEP_S,))
         budget = self._row_budget()
         for _ in range(HISTORY_TRIM_SLICES):
-            if self._measure() <= budget or not self._trim_oldest(now, srcs):
+            if self.measure() <= budget or not self._trim_oldest(now, srcs):
                 break
         self._vacuum()
-        self._measure()
+        self.measure()
 
     def _delete_before(self, table, src, cutoff, step):
         """Delete a source's rows older than cutoff, HISTORY_DELETE_SLICE rows a statement."""
@@ -9052,9 +9252,11 @@ class _HistoryRetention(object):
         return True
 
 
-class HistoryStore(StoppableThread, _HistoryWrites, _HistoryRetention, _HistoryReads):
-    """The history sink: offer_* queue (never block), one writer thread owns
-    the connection. path None = memory only from the start (tests, fallback).
+class HistoryStore(StoppableThread):
+    """The history sink and its writer thread: offer_* queue (never block);
+    the thread owns the connection, the batch (HistoryBatch) and retention
+    (HistoryRetention); `reader` (HistoryReader) answers the handler threads'
+    queries. path None = memory only from the start (tests, fallback).
     Faults leave the live view alone: a file that cannot be used -> memory
     only (said once); disk full or free space under the floor -> paused,
     resumed by itself when a later batch commits."""
@@ -9065,32 +9267,28 @@ class HistoryStore(StoppableThread, _HistoryWrites, _HistoryRetention, _HistoryR
                  demo=False):
         StoppableThread.__init__(self, "history-writer")
         self.path, self.max_bytes, self.clock, self.statvfs = path, max_bytes, clock, statvfs
-        self.demo, self._identity = demo, None
+        self.demo = demo
         self.min_free_bytes, self.commit_s, self.on_change = min_free_bytes, commit_s, on_change
         self.boot_id = read_boot_id(proc_root)
-        self._queue = collections.deque(maxlen=queue_max)
-        self._dropped = 0
+        self._queue = Inbox(queue_max)
+        self._dropped = 0                   # rows of batches never written (the queue counts its own)
         self._state, self._reason = "starting", None
         self._memory_reason = None          # why history is in memory (kept across pauses)
-        self._conn = self._uri = self._lock_fd = None
-        self._bytes = self._commits = 0
+        self._conn = self._uri = self._lock_fd = self._retention = None
+        self._commits = 0
         self._last_commit = None
         self._next_maintain = 0.0
-        self._rollups, self._sources, self._run_ids, self._proc_due = {}, {}, {}, {}
-        self._tracker = RunTracker()
-        self._columns = {"gpu": history_columns("gpu"), "host": history_columns("host")}
-        self._reset_pending()
+        self._batch = HistoryBatch(self.boot_id, self._now)
+        self.reader = HistoryReader(self._now)
 
-    def _reset_pending(self):
-        self._pending = dict((t, []) for t in HISTORY_SERIES_TABLES)
-        self._hours, self._proc_rows, self._alerts = set(), [], []
+    def _now(self):
+        """self.clock, as it is at the call (a benchmark or test may swap it)."""
+        return self.clock()
 
     # -- the sink side (publishing threads) --
 
     def _put(self, item):
-        if len(self._queue) == self._queue.maxlen:
-            self._dropped += 1
-        self._queue.append(item)
+        self._queue.put(item)
 
     def offer_stats(self, gpu_id, epoch_s, metrics):
         self._put(("gpu", gpu_id, epoch_s, metrics))
@@ -9106,7 +9304,8 @@ class HistoryStore(StoppableThread, _HistoryWrites, _HistoryRetention, _HistoryR
 
     def status(self):
         return {"state": self._state, "path": self.path, "reason": self._reason,
-                "dropped": self._dropped, "queued": len(self._queue), "bytes": self._bytes,
+                "dropped": self._dropped + self._queue.dropped, "queued": len(self._queue),
+                "bytes": 0 if self._retention is None else self._retention.bytes,
                 "max_bytes": self.max_bytes, "commits": self._commits,
                 "last_commit": None if self._last_commit is None else format_ts(self._last_commit),
                 "tiers": dict((n, {"step_s": s, "keep_s": k}) for n, s, k in HISTORY_TIERS)}
@@ -9127,9 +9326,9 @@ class HistoryStore(StoppableThread, _HistoryWrites, _HistoryRetention, _HistoryR
             return
         if self.path is not None:
             try:
-                self._conn, self._lock_fd, self._identity = open_history_file(
+                self._conn, self._lock_fd, identity = open_history_file(
                     self.path, self.clock(), self.demo, history_wal_pages(self.max_bytes))
-                self._after_open("ok", None)
+                self._after_open("ok", None, identity)
                 return
             except (HistoryUnavailable, OSError, sqlite3.Error) as exc:
                 reason = str(exc)
@@ -9149,17 +9348,14 @@ class HistoryStore(StoppableThread, _HistoryWrites, _HistoryRetention, _HistoryR
         self._memory_reason = reason
         self._after_open("memory", reason)
 
-    def _after_open(self, state, reason):
-        for row in self._conn.execute("SELECT id, kind, key, columns FROM sources"):
-            self._sources[(row[1], row[2])] = [row[0], set(c for c in row[3].split(",") if c)]
+    def _after_open(self, state, reason, identity=None):
         now = self.clock()
-        self._conn.execute("UPDATE runs SET ended = last_seen WHERE ended IS NULL AND boot_id != ?",
-                           (self.boot_id,))
-        for gpu_id, pid, start, last in self._conn.execute(
-                "SELECT gpu_id, pid, start_time, last_seen FROM runs WHERE ended IS NULL"):
-            self._tracker.seed(gpu_id, pid, start, last)
-        self._measure()
+        self._batch.resume(self._conn)
+        self._retention = HistoryRetention(self._conn, self.path, self.max_bytes, self._now,
+                                           self._uri is not None)
+        self._retention.measure()
         self._next_maintain = now
+        self.reader.attach(self.path, self._uri, identity)
         self._set_state(state, reason)
 
     # -- the writer thread --
@@ -9186,53 +9382,14 @@ class HistoryStore(StoppableThread, _HistoryWrites, _HistoryRetention, _HistoryR
         if self._conn is None:
             self._queue.clear()
             return
-        self._drain()
+        for item in self._queue.drain():
+            self._batch.add(*item)
         if final:
-            for (kind, key), rollup in self._rollups.items():
-                self._queue_rows(kind, key, rollup.flush())
+            self._batch.flush()
         self._commit()
         if final or self.clock() >= self._next_maintain:
             self._next_maintain = self.clock() + HISTORY_MAINTAIN_S
-            self._guarded(self._maintain)
-
-    def _drain(self):
-        queue = self._queue
-        while queue:
-            try:
-                kind, key, epoch_s, payload = queue.popleft()
-            except IndexError:
-                break
-            if kind in ("gpu", "host"):
-                self._add_sample(kind, key, epoch_s, payload)
-            elif kind == "procs":
-                self._add_procs(key, payload)
-            else:
-                self._alerts.append(payload)
-
-    def _add_sample(self, kind, key, epoch_s, values):
-        rollup = self._rollups.get((kind, key))
-        if rollup is None:
-            rollup = self._rollups[(kind, key)] = SeriesRollup(len(self._columns[kind]))
-        self._queue_rows(kind, key, rollup.add(epoch_s, history_values(self._columns[kind], values)))
-
-    def _queue_rows(self, kind, key, rows):
-        for tier, row in rows:
-            self._pending[(kind, tier)].append((key, row))
-            if tier == "1m":
-                for built, step in HISTORY_BUILT_TIERS:
-                    self._hours.add((kind, key, built, step, row[0] - row[0] % step))
-
-    def _add_procs(self, gpu_id, message):
-        epoch_s = parse_iso_ts(message.get("ts"))
-        epoch_s = self.clock() if epoch_s is None else epoch_s
-        self._tracker.feed(gpu_id, epoch_s, message.get("processes") or [])
-        if epoch_s >= self._proc_due.get(gpu_id, 0.0):
-            self._proc_due[gpu_id] = epoch_s + HISTORY_PROC_SAMPLE_S - 0.5
-            self._proc_rows.append((gpu_id, int(epoch_s), self._tracker.active(gpu_id)))
-
-    def _has_pending(self):
-        return bool(any(self._pending.values()) or self._proc_rows or self._alerts
-                    or self._tracker.dirty())
+            self._retention.maintain(self._batch.sources.ids())
 
     def _free_bytes(self):
         if self._uri is not None:
@@ -9244,7 +9401,7 @@ class HistoryStore(StoppableThread, _HistoryWrites, _HistoryRetention, _HistoryR
         return st.f_bavail * st.f_frsize
 
     def _commit(self):
-        if not self._has_pending():
+        if not self._batch.has_pending():
             return
         free = self._free_bytes()
         if free is not None and free < self.min_free_bytes:
@@ -9254,31 +9411,25 @@ class HistoryStore(StoppableThread, _HistoryWrites, _HistoryRetention, _HistoryR
         conn = self._conn
         try:
             conn.execute("BEGIN")
-            self._write_series()
-            self._write_runs_and_samples()
-            self._write_alerts()
+            self._batch.write()
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
             try:
                 conn.execute("ROLLBACK")
             except sqlite3.Error:
                 pass
-            # ids handed out inside the rolled-back transaction are gone: ask again
-            self._sources.clear()
-            self._run_ids.clear()
+            self._batch.rolled_back()       # ids handed out inside it are gone: ask again
             self._drop_batch(("disk full: %s" if _is_full_error(exc) else "write failed: %s")
                              % exc)
             return
-        self._reset_pending()
+        self._batch.reset()
         self._commits += 1
         self._last_commit = self.clock()
         self._set_state("memory" if self._uri is not None else "ok", self._memory_reason)
 
     def _drop_batch(self, reason):
         """A batch that cannot be written is dropped (counted): pausing must not grow memory."""
-        self._dropped += sum(len(rows) for rows in self._pending.values()) + len(self._proc_rows)
-        self._reset_pending()
-        self._tracker.take()
+        self._dropped += self._batch.drop()
         if self._state != "paused":
             LOG.warning("event=history_paused path=%s reason=%r: the live view is unaffected;"
                         " writing resumes by itself", self.path, reason)
@@ -10413,7 +10564,7 @@ class DashboardHandler(BaseHTTPRequestHandler):
                          "%s-history" % (key or kind))
 
     def _prepare(self, parser):
-        """(query, store) for a history endpoint, or (None, None) once a 400
+        """(query, the store's reader) for a history endpoint, or (None, None) once a 400
         (parser(query, now) raised QueryError) or a 404 (history off) is sent."""
         try:
             query = parser(urlsplit(self.path).query, time.time())
@@ -10429,7 +10580,7 @@ class DashboardHandler(BaseHTTPRequestHandler):
             self._send_json(503, {"error": "history is opening its file; try again"},
                             [("Retry-After", "1")])
             return None, None
-        return query, store
+        return query, store.reader
 
     def _answer(self, fmt, obj, make_csv, name):
         if fmt == "csv":
@@ -10556,7 +10707,7 @@ class App(object):
     def alert_events(self, from_s, to_s):
         """(source, events): the history store's when there is one, else memory."""
         if self.history is not None:
-            return "history", self.history.query_alerts(from_s, to_s)
+            return "history", self.history.reader.query_alerts(from_s, to_s)
         return "memory", self.alerts.recent(from_s, to_s)
 
     @staticmethod

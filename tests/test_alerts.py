@@ -257,8 +257,8 @@ def test_an_overheating_card_raises_one_alert_one_webhook_call_and_resolves_once
     assert resolved["started"] == fired["started"] and resolved["ended"]
     assert set(fired) >= {"type", "rule", "gpu_id", "severity", "state", "started", "ended",
                           "value", "summary"}
-    while webhook._queue:
-        webhook.deliver(webhook._queue.popleft())
+    for event in webhook._queue.drain():
+        webhook.deliver(event)
     assert len(receiver.bodies) == 2 and webhook.counts["sent"] == 2
     path, content_type, body = receiver.bodies[0]
     assert path == "/hook?team=gpu" and content_type == "application/json"
@@ -577,8 +577,8 @@ def test_an_active_alert_follows_the_live_value_with_one_event_and_webhook_call_
     assert [(a["state"], a["severity"]) for a in changes] == [("firing", "warning"),
                                                              ("firing", "critical")]
     assert len(store.events) == 2                        # one history row per change
-    while webhook._queue:
-        webhook.deliver(webhook._queue.popleft())
+    for event in webhook._queue.drain():
+        webhook.deliver(event)
     assert len(receiver.bodies) == 2                     # one webhook call per change
     assert receiver.bodies[0][2]["alerts"][0]["annotations"]["summary"] == changes[0]["summary"]
     updates = [a for a in alerts if a.get("update")]

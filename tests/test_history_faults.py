@@ -181,12 +181,12 @@ def test_free_space_floor_pauses_before_full(tmp_path):
     store.cycle()
     status = store.status()
     assert status["state"] == "paused" and "floor" in status["reason"]
-    assert store.query_series("gpu", "card1", T0, T0 + 10)["count"] == [0] * 10
+    assert store.reader.query_series("gpu", "card1", T0, T0 + 10)["count"] == [0] * 10
     free[0] = 1 << 30
     feed(store, clock, 10)
     store.cycle()
     assert store.status()["state"] == "ok"
-    assert store.query_series("gpu", "card1", T0 + 10, T0 + 19)["count"][0] == 4
+    assert store.reader.query_series("gpu", "card1", T0 + 10, T0 + 19)["count"][0] == 4
     store.close()
 
 
@@ -208,7 +208,7 @@ def test_read_only_filesystem_is_memory_only(tmpfs, caplog):
     assert sum("event=history_memory_only" in r.getMessage() for r in caplog.records) == 1
     feed(store, clock, 5)
     store.cycle()
-    assert store.query_series("gpu", "card1", T0 + 5, T0 + 10)["count"][0] == 4
+    assert store.reader.query_series("gpu", "card1", T0 + 5, T0 + 10)["count"][0] == 4
     store.close()
     assert hashlib.sha256(open(path, "rb").read()).hexdigest() == before
     subprocess.call(["mount", "-o", "remount,rw", where])
@@ -331,7 +331,7 @@ def assert_memory_only_once(store, clock, caplog, path):
     assert "event=history_memory_only" in warnings[0] and path in warnings[0]
     feed(store, clock, 5)                       # history still works, in memory
     store.cycle()
-    assert store.query_series("gpu", "card1", clock.now - 5, clock.now)["count"][0] == 4
+    assert store.reader.query_series("gpu", "card1", clock.now - 5, clock.now)["count"][0] == 4
 
 
 def plant(tmp_path, case):

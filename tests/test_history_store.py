@@ -65,7 +65,7 @@ def test_series_raw_minute_hour_and_gaps(tmp_path):
     clock.now = T0 + 300                          # 3 minutes of nothing: a gap
     feed(store, clock, 60, busy=lambda t: 30.0)
     store.cycle(final=True)
-    out = store.query_series("gpu", "card1", T0, T0 + 600)
+    out = store.reader.query_series("gpu", "card1", T0, T0 + 600)
     assert out["tier"] == "raw" and out["step_s"] == 1 and len(out["ts"]) == 600
     busy = out["series"]["gpu_busy_pct"]
     assert busy["avg"][0] == 10.0 and busy["avg"][60] == 90.0
@@ -73,16 +73,16 @@ def test_series_raw_minute_hour_and_gaps(tmp_path):
     assert out["series"]["vram_used_bytes"]["avg"][0] == 1 << 30
     assert out["series"]["temp_c"]["max"][5] == 50.5
     assert out["series"]["power_w"]["avg"][5] == 100.2 or out["series"]["power_w"]["avg"][5] == 100.3
-    day = store.query_series("gpu", "card1", T0, T0 + 86400)
+    day = store.reader.query_series("gpu", "card1", T0, T0 + 86400)
     assert day["tier"] == "1m" and day["step_s"] == 60
     b = day["series"]["gpu_busy_pct"]
     assert (b["min"][0], b["avg"][0], b["max"][0], day["count"][0]) == (10.0, 10.0, 10.0, 240)
     assert day["count"][2] == 0 and b["avg"][2] is None
     assert b["avg"][5] == 30.0
-    week = store.query_series("gpu", "card1", T0, T0 + 7 * 86400)
+    week = store.reader.query_series("gpu", "card1", T0, T0 + 7 * 86400)
     assert week["tier"] == "10m" and week["step_s"] == 600 and week["count"][0] == 720
     assert week["series"]["gpu_busy_pct"]["max"][0] == 90.0
-    year = store.query_series("gpu", "card1", T0, T0 + 365 * 86400)
+    year = store.reader.query_series("gpu", "card1", T0, T0 + 365 * 86400)
     assert year["tier"] == "1h"
     yb = year["series"]["gpu_busy_pct"]
     assert year["count"][0] == 720 and yb["min"][0] == 10.0 and yb["max"][0] == 90.0
@@ -97,7 +97,7 @@ def test_throttled_counts_samples_with_reasons(tmp_path):
         store.offer_stats("card1", T0 + i / 4.0, metrics(50, reasons=["thermal"] if i < 2 else []))
     clock.now = T0 + 70
     store.cycle(final=True)
-    out = store.query_series("gpu", "card1", T0, T0 + 2, points=2)
+    out = store.reader.query_series("gpu", "card1", T0, T0 + 2, points=2)
     assert out["series"]["throttled"]["avg"][0] == 0.5      # 2 of the 4 samples of second 0
     assert out["series"]["throttled"]["avg"][1] == 0.0
     store.close()
@@ -110,7 +110,7 @@ def test_host_series(tmp_path):
                                   "mem_pressure_some_avg10": 1.25, "unknown_key": 7})
     clock.now = T0 + 10
     store.cycle(final=True)
-    out = store.query_series("host", None, T0, T0 + 10)
+    out = store.reader.query_series("host", None, T0, T0 + 10)
     assert out["series"]["cpu_busy_pct"]["avg"][0] == 12.5
     assert out["series"]["load1"]["avg"][3] == 0.42
     assert out["series"]["mem_used_bytes"]["max"][9] == 3 << 30
@@ -126,7 +126,7 @@ def test_survives_restart_and_merges_the_open_minute(tmp_path):
     store2, _ = make_store(tmp_path, clock)
     feed(store2, clock, 30, busy=lambda t: 40.0)
     store2.cycle(final=True)
-    day = store2.query_series("gpu", "card1", T0, T0 + 86400)
+    day = store2.reader.query_series("gpu", "card1", T0, T0 + 86400)
     assert day["count"][0] == 240
     assert day["series"]["gpu_busy_pct"]["avg"][0] == 30.0
     assert day["series"]["gpu_busy_pct"]["min"][0] == 20.0
@@ -156,7 +156,7 @@ def test_runs_lifetimes_reused_pid_and_procs_at(tmp_path):
     store.offer_procs("card1", procs_msg("card1", t, [proc_row(42, start=5000)]))  # reused PID
     clock.now = t
     store.cycle()
-    runs = store.query_runs(T0 - 10, T0 + 100)
+    runs = store.reader.query_runs(T0 - 10, T0 + 100)
     assert len(runs) == 2
     old = [r for r in runs if r["start_time"] == 1000][0]
     new = [r for r in runs if r["start_time"] == 5000][0]
@@ -166,17 +166,17 @@ def test_runs_lifetimes_reused_pid_and_procs_at(tmp_path):
     assert old["peak_engine_pct"] == 50.0 and old["avg_engine_pct"] == 50.0
     assert abs(old["gpu_seconds"] - 18 * 0.6) < 0.01             # (50 + 10) % of 18 s
     assert old["cmd"].endswith("***") and old["user"] == "alice" and old["kfd"] is True
-    assert store.query_runs(T0, T0 + 100, active=True) == [new]
-    assert store.query_runs(T0, T0 + 100, gpu_id="card2") == []
-    at = store.query_procs_at("card1", T0 + 15)
+    assert store.reader.query_runs(T0, T0 + 100, active=True) == [new]
+    assert store.reader.query_runs(T0, T0 + 100, gpu_id="card2") == []
+    at = store.reader.query_procs_at("card1", T0 + 15)
     assert at["ts"] == m.format_ts(T0 + 10)
     assert [p["pid"] for p in at["processes"]] == [42]
     assert at["processes"][0]["vram_bytes"] == 3 << 30
-    hist = store.query_run_history(old["run_id"])
+    hist = store.reader.query_run_history(old["run_id"])
     assert hist["run"]["run_id"] == old["run_id"]
     assert hist["ts"] == [int(T0) * 1000, int(T0 + 10) * 1000]
     assert hist["series"]["vram_bytes"] == [1 << 30, 3 << 30]
-    assert store.query_run_history(99999) is None
+    assert store.reader.query_run_history(99999) is None
     store.close()
 
 
@@ -190,16 +190,16 @@ def test_runs_carry_the_process_start_and_elapsed(tmp_path):
             proc_row(42, started=started, elapsed_s=3600 + 2 * i), proc_row(43, start=7)]))
     clock.now = T0 + 100
     store.cycle()
-    runs = dict((r["pid"], r) for r in store.query_runs(T0 - 10, T0 + 100))
+    runs = dict((r["pid"], r) for r in store.reader.query_runs(T0 - 10, T0 + 100))
     assert runs[42]["started"] == started and runs[42]["elapsed_s"] == 3700     # to now
     assert runs[43]["started"] == m.format_utc_s(T0) and runs[43]["elapsed_s"] == 100
-    at = store.query_procs_at("card1", T0 + 2)["processes"]
+    at = store.reader.query_procs_at("card1", T0 + 2)["processes"]
     assert [(p["pid"], p["started"]) for p in at] == [(42, started), (43, m.format_utc_s(T0))]
     for i in range(m.HISTORY_RUN_MISSING_SCANS + 1):      # pid 42 goes: its run ends at T0 + 4
         store.offer_procs("card1", procs_msg("card1", T0 + 10 + 2 * i, [proc_row(43, start=7)]))
     clock.now = T0 + 500
     store.cycle()
-    ended = [r for r in store.query_runs(T0 - 10, T0 + 500) if r["pid"] == 42][0]
+    ended = [r for r in store.reader.query_runs(T0 - 10, T0 + 500) if r["pid"] == 42][0]
     assert ended["ended"] == m.format_ts(T0 + 4) and ended["elapsed_s"] == 3604
     rows = m.records_csv([ended], m.RUN_CSV_COLUMNS).decode().splitlines()
     assert rows[0].startswith("run_id,gpu_id,pid,start_time,started,elapsed_s,")
@@ -219,12 +219,12 @@ def test_a_file_from_before_started_gains_the_column(tmp_path):
     conn.close()
     store, _ = make_store(tmp_path, path="old.sqlite3")
     assert store.status()["state"] == "ok"
-    old = store.query_runs(T0 - 10, T0 + 100)[0]
+    old = store.reader.query_runs(T0 - 10, T0 + 100)[0]
     assert old["started"] == m.format_utc_s(T0) and old["elapsed_s"] == 60   # first_seen on
     store.offer_procs("card1", procs_msg("card1", T0 + 200,
                                          [proc_row(5, started=m.format_utc_s(T0))]))
     store.cycle()
-    new = [r for r in store.query_runs(T0, T0 + 300) if r["pid"] == 5][0]
+    new = [r for r in store.reader.query_runs(T0, T0 + 300) if r["pid"] == 5][0]
     assert new["started"] == m.format_utc_s(T0)
     store.close()
 
@@ -239,9 +239,9 @@ def test_run_ends_after_missing_scans_and_across_restart(tmp_path):
     for i in range(3):
         store2.offer_procs("card1", procs_msg("card1", T0 + 10 + 2 * i, []))
     store2.cycle()
-    runs = store2.query_runs(T0, T0 + 60)
+    runs = store2.reader.query_runs(T0, T0 + 60)
     assert len(runs) == 1 and runs[0]["ended"] == m.format_ts(T0 + 2)
-    assert store2.query_procs_at("card1", T0 + 14)["processes"] == []
+    assert store2.reader.query_procs_at("card1", T0 + 14)["processes"] == []
     store2.close()
 
 
@@ -254,7 +254,7 @@ def test_other_boot_closes_open_runs(tmp_path):
     boot.mkdir(parents=True)
     (boot / "boot_id").write_text("another-boot\n")
     store2, _ = make_store(tmp_path, clock)
-    assert store2.query_runs(T0, T0 + 60, active=True) == []
+    assert store2.reader.query_runs(T0, T0 + 60, active=True) == []
     store2.close()
 
 
@@ -268,11 +268,11 @@ def test_alerts_upsert_by_rule_gpu_started(tmp_path):
     store.cycle()
     store.offer_alert(dict(event, state="resolved", ended=m.format_ts(T0 + 60)))
     store.cycle()
-    alerts = store.query_alerts(T0 - 1, T0 + 3600)
+    alerts = store.reader.query_alerts(T0 - 1, T0 + 3600)
     assert len(alerts) == 2
     vram = [a for a in alerts if a["rule"] == "vram_high"][0]
     assert vram["state"] == "resolved"
-    assert store.query_alerts(T0 + 120, T0 + 3600) == [a for a in alerts if a["rule"] == "host_ram"]
+    assert store.reader.query_alerts(T0 + 120, T0 + 3600) == [a for a in alerts if a["rule"] == "host_ram"]
     store.close()
 
 
@@ -282,7 +282,7 @@ def test_retention_by_age(tmp_path):
     store.cycle(final=True)
     clock.now = T0 + 49 * 3600                    # raw (48 h) is gone, 1m stays
     store.cycle(final=True)
-    out = store.query_series("gpu", "card1", T0, T0 + 10, points=10)
+    out = store.reader.query_series("gpu", "card1", T0, T0 + 10, points=10)
     assert out["tier"] == "1m" and out["count"][0] == 40       # served by the next tier
     conn = sqlite3.connect(store.path)
     assert conn.execute("SELECT count(*) FROM gpu_raw").fetchone()[0] == 0
@@ -315,7 +315,7 @@ def test_queue_drops_oldest_and_counts(tmp_path):
     assert status["dropped"] == 15 and status["queued"] == 10
     clock.now = T0 + 30
     store.cycle(final=True)
-    out = store.query_series("gpu", "card1", T0, T0 + 30)
+    out = store.reader.query_series("gpu", "card1", T0, T0 + 30)
     assert out["series"]["gpu_busy_pct"]["avg"][15] == 15.0 and out["count"][14] == 0
     store.close()
 
@@ -326,14 +326,14 @@ def test_memory_only_answers_queries(tmp_path):
     store.offer_procs("card1", procs_msg("card1", T0, [proc_row(9)]))
     store.cycle()
     assert store.status()["state"] == "memory" and store.status()["max_bytes"] <= 32 << 20
-    assert store.query_series("gpu", "card1", T0, T0 + 5)["count"][:4] == [4, 4, 4, 4]
-    assert [r["pid"] for r in store.query_runs(T0, T0 + 5)] == [9]
+    assert store.reader.query_series("gpu", "card1", T0, T0 + 5)["count"][:4] == [4, 4, 4, 4]
+    assert [r["pid"] for r in store.reader.query_runs(T0, T0 + 5)] == [9]
     store.close()
 
 
 def test_series_query_is_bounded_for_huge_ranges(tmp_path):
     store, clock = make_store(tmp_path)
-    out = store.query_series("gpu", "card1", T0 - 10 * 365 * 86400, T0)
+    out = store.reader.query_series("gpu", "card1", T0 - 10 * 365 * 86400, T0)
     assert out["tier"] == "1h" and len(out["ts"]) <= m.HISTORY_MAX_POINTS + 1
     assert out["series"] == {}
     store.close()
@@ -406,7 +406,7 @@ def test_a_new_metric_becomes_a_column_of_an_old_file(tmp_path, monkeypatch):
     clock.now += 2
     store2.cycle(final=True)
     assert store2.status()["state"] == "ok"
-    out = store2.query_series("gpu", "card1", T0, T0 + 4)
+    out = store2.reader.query_series("gpu", "card1", T0, T0 + 4)
     assert out["series"]["fan_rpm"]["avg"] == [None, None, 1200, 1200]
     assert out["series"]["gpu_busy_pct"]["avg"] == [50.0, 50.0, 20.0, 20.0]
     store2.close()
@@ -492,7 +492,61 @@ def test_demo_and_real_history_files_refuse_each_other(tmp_path, caplog, first, 
     assert status["state"] == "memory" and ("--demo" in status["reason"]), status
     warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert len(warnings) == 1 and store.path in warnings[0]
-    assert other.query_series("gpu", "card1", T0, T0 + 5)["count"] == [0] * 5   # none of its rows
+    assert other.reader.query_series("gpu", "card1", T0, T0 + 5)["count"] == [0] * 5   # none of its rows
     other.close()
     assert hashlib.sha256(open(store.path, "rb").read()).hexdigest() == digest
     assert not [n for n in os.listdir(os.path.dirname(store.path)) if "corrupt" in n]
+
+
+def test_the_reader_answers_empty_until_the_writer_has_opened(tmp_path):
+    """The handler threads' HistoryReader reads nothing before the writer
+    thread opened the file (no file is touched), then the writer's rows."""
+    clock = Clock()
+    store = m.HistoryStore(str(tmp_path / "h" / "history.sqlite3"), clock=clock,
+                           proc_root=str(tmp_path))
+    assert store.reader.query_series("gpu", "card1", T0, T0 + 10)["series"] == {}
+    assert store.reader.query_runs(T0, T0 + 10) == []
+    assert store.reader.query_alerts(T0, T0 + 10) == []
+    assert not os.path.exists(str(tmp_path / "h"))
+    store.open()
+    feed(store, clock, 5)
+    store.cycle(final=True)
+    out = store.reader.query_series("gpu", "card1", T0, T0 + 5)
+    assert out["series"]["gpu_busy_pct"]["avg"] == [50.0] * 5
+    store.close()
+
+
+def test_one_source_lookup_for_writer_and_readers(tmp_path):
+    """read_history_source: the id the writer made and the columns that had a
+    value (the readers select those only); None for a source never written."""
+    store, clock = make_store(tmp_path)
+    feed(store, clock, 3)
+    store.offer_host(clock.now, {"mem_used_bytes": 1 << 30})
+    store.cycle(final=True)
+    conn = sqlite3.connect(store.path)
+    src, names = m.read_history_source(conn, "gpu", "card1")
+    assert src == store._batch.sources.id(store._conn, "gpu", "card1")
+    assert {"gpu_busy_pct", "temp_c", "power_w", "vram_used_bytes"} <= set(names)
+    assert "fan_pct" not in names                        # never had a value
+    assert m.read_history_source(conn, "host", "")[1] == ["mem_used_bytes"]
+    assert m.read_history_source(conn, "gpu", "card9") is None
+    conn.close()
+    store.close()
+
+
+def test_a_clock_swapped_after_construction_governs_writer_retention_and_reader(tmp_path):
+    """The batch, retention and reader all ask the store's clock as it is at
+    the call (the writer benchmark swaps it after construction): rows of
+    that clock's time survive retention and read back."""
+    store = m.HistoryStore(str(tmp_path / "h.sqlite3"), proc_root=str(tmp_path))
+    clock = store.clock = Clock()
+    store.open()
+    feed(store, clock, 5)
+    store.offer_procs("card1", {"ts": None, "processes": [
+        {"pid": 7, "start_time": 100, "name": "x", "vram_bytes": 1 << 30}]})
+    store.cycle(final=True)             # retention runs: T0 is "now", nothing is old
+    out = store.reader.query_series("gpu", "card1", T0, T0 + 5)
+    assert out["series"]["gpu_busy_pct"]["avg"] == [50.0] * 5
+    (run,) = store.reader.query_runs(T0 - 60, T0 + 60)
+    assert run["pid"] == 7 and run["elapsed_s"] == 0
+    store.close()

@@ -247,6 +247,27 @@ def test_list_growing_between_calls_is_read_whole(fake_nvml_lib, tmp_path):
     assert len(oracle["devices"][0]["processes"]["compute"]) >= 3
 
 
+def test_each_process_list_growing_after_sizing_is_read_grown(private_nvml):
+    """The compute, graphics and MPS lists each gain 4 entries after every
+    sizing call: one larger buffer (count*2+5) reads each whole, the entries
+    that joined after sizing included, with two calls a list a scan."""
+    load, _, log = private_nvml
+    lists = ("compute", "graphics", "mps")
+    backend = load(gpus=[{}], options={"grow_after_sizing": 4},
+                   procs=[dict(gpu=0, list=name, pid=1200 + i, mem=(i + 1) << 20)
+                          for i, name in enumerate(lists)])
+    source = backend.proc_source()
+    for scan, grown in ((1, 4), (2, 8)):
+        (entry,) = source.scan().by_pci.values()
+        pids = set(r["pid"] for r in entry["processes"])
+        for i, name in enumerate(lists):
+            joined = set(3000000 + i * 100000 + k for k in range(grown))
+            assert {1200 + i} | joined <= pids, (scan, name)
+        assert len(pids) == 3 * (grown + 1), scan
+    calls = collections.Counter(c.fn for c in S.read_call_log(log) if "RunningProcesses" in c.fn)
+    assert sorted(calls.values()) == [4, 4, 4], calls
+
+
 # -- the library is absent or refuses -------------------------------------------------------------
 
 def test_absent_library_one_info_line_and_the_rest_runs(tmp_path):

@@ -161,6 +161,37 @@ def test_multi_row_contents(multi_result):
     assert len(weird["cmd"]) == 512 and "hunter2" not in weird["cmd"]
 
 
+def test_fdinfo_rows_carry_the_one_proc_enrichment(multi_result):
+    """Every /proc field of an fdinfo row is what ProcEnricher (the one the
+    NVML rows use too) gives for that PID: name, CPU and RSS, user, command
+    line, container, start."""
+    enricher = atw.ProcEnricher(tree("multi"), clk_tck=mpf.CLK_TCK, wall_clock=lambda: WALL_NOW)
+    procfd = atw.open_dir_at(None, tree("multi"))
+    try:
+        checked = 0
+        for pci in (A, B):
+            for pid, row in rows(multi_result, pci).items():
+                line = atw.read_proc_stat_at(procfd, pid)
+                fields = enricher.describe(procfd, pid, line, 1.0)
+                assert dict((k, row[k]) for k in fields) == fields, pid
+                checked += 1
+        assert checked == 12
+    finally:
+        os.close(procfd)
+
+
+def test_proc_enricher_measures_cpu_and_forgets_unmeasured_pids():
+    enricher = atw.ProcEnricher(tree("multi"), clk_tck=100, page_size=4096)
+    line = atw.ProcStatLine("x", 2200, 1000, 10)
+    assert enricher.measure(1200, line, 10.0) == {"name": "x", "cpu_pct": None, "rss_bytes": 40960}
+    assert enricher.measure(1200, line._replace(cpu_ticks=1050), 11.0)["cpu_pct"] == 50.0
+    enricher.prune()                                   # 1200 was measured: kept
+    assert enricher.measure(1200, line._replace(cpu_ticks=1150), 12.0)["cpu_pct"] == 100.0
+    enricher.prune()
+    enricher.prune()                                   # not measured since: forgotten
+    assert enricher.measure(1200, line._replace(cpu_ticks=1200), 13.0)["cpu_pct"] is None
+
+
 def test_shared_clients_attributed_to_lowest_pid(multi_result):
     a = rows(multi_result, A)
     # fork: 1300 and 1301 hold client 4; SCM_RIGHTS-like: 1400 and 2400 hold client 31

@@ -187,7 +187,7 @@ def prefill(path, days):
                          "u%d" % p, 1000 + p, "python train.py --rank %d" % p, None, 1, None,
                          start, start + 86000, None if day == days - 1 else start + 86000,
                          (1 + p % 7) << 30, 64 << 20, 90.0, 86000.0, 86000.0 * (1 << 30),
-                         86000.0 * (64 << 20), 86000.0 * 50, 86000.0 * 0.55, 43000))
+                         86000.0 * (64 << 20), 86000.0 * 50, 86000.0 * 0.55, 43000, start))
     before = conn.execute("PRAGMA page_count").fetchone()[0]
     conn.execute("BEGIN")
     conn.executemany("INSERT INTO runs(%s) VALUES (%s)" % (
@@ -225,13 +225,13 @@ def bench_queries(path):
     store.open()
     rows = []
     for label, fn in (
-            ("24 h chart", lambda: store.query_series("gpu", "card3", T_END - 86400, T_END)),
-            ("7 d chart", lambda: store.query_series("gpu", "card3", T_END - 7 * 86400, T_END)),
-            ("30 d chart", lambda: store.query_series("gpu", "card3", T_END - 30 * 86400, T_END)),
-            ("1 h chart (raw)", lambda: store.query_series("gpu", "card3", T_END - 3600, T_END)),
-            ("runs over 7 d", lambda: store.query_runs(T_END - 7 * 86400, T_END)),
-            ("procs at T", lambda: store.query_procs_at("card3", T_END - 3 * 86400)),
-            ("open+close reader", lambda: store._reader().close())):
+            ("24 h chart", lambda: store.reader.query_series("gpu", "card3", T_END - 86400, T_END)),
+            ("7 d chart", lambda: store.reader.query_series("gpu", "card3", T_END - 7 * 86400, T_END)),
+            ("30 d chart", lambda: store.reader.query_series("gpu", "card3", T_END - 30 * 86400, T_END)),
+            ("1 h chart (raw)", lambda: store.reader.query_series("gpu", "card3", T_END - 3600, T_END)),
+            ("runs over 7 d", lambda: store.reader.query_runs(T_END - 7 * 86400, T_END)),
+            ("procs at T", lambda: store.reader.query_procs_at("card3", T_END - 3 * 86400)),
+            ("open+close reader", lambda: store.reader._reader().close())):
         med, p90, result = timed(fn)
         size = (len(result["ts"]) if isinstance(result, dict) and "ts" in result else
                 len(result) if isinstance(result, list) else

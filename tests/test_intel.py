@@ -438,7 +438,7 @@ def history(proc, card):
 def samples(hist):
     """[(ts ms, busy, power)] in time order."""
     series = hist["series"]
-    return list(zip(hist["ts"], series["gpu_busy_pct"], series["power_w"]))
+    return list(zip(hist["ts"], series["gpu_busy_pct"]["avg"], series["power_w"]["avg"]))
 
 
 @pytest.mark.parametrize("name", sorted(SERVER_CASES))
@@ -479,7 +479,7 @@ def test_server_busy_and_power_from_counter_deltas(server, tmp_path, name):
         writer.stop()
         stop_ms = time.time() * 1000.0
         writer.put_energy(writer.energy0 - 1000000000)
-        interval_ms = hist["interval_ms"]
+        interval_ms = hist["step_s"] * 1000
 
         def settled():
             after = [r for r in samples(history(proc, card)) if r[0] > stop_ms]

@@ -4718,6 +4718,16 @@ def build_live_history_answer(gpu_id, ring, now_s):
                                series)
 
 
+def build_run_history_answer(run, ts_ms, series):
+    """GET /api/processes/{run_id}/history: the run, then its samples (every 10 s)."""
+    return {"run": run, "ts": ts_ms, "series": series}
+
+
+def build_procs_at_answer(gpu_id, at_s, sample_ts, processes):
+    """GET /api/gpus/{id}/processes?at=: the process sample used (ISO, or null) and its runs."""
+    return {"gpu_id": gpu_id, "at": format_ts(at_s), "ts": sample_ts, "processes": processes}
+
+
 def series_csv(result):
     """A query_series result -> one row per point: ts, count, then min/avg/max per series."""
     names = sorted(result["series"])
@@ -8796,8 +8806,8 @@ class _HistoryReads(object):
                                (run_id,)).fetchone()
             if row is None:
                 return None
-            out = {"run": history_run_json(row, self.clock()), "ts": [],
-                   "series": {"vram_bytes": [], "gtt_bytes": [], "engine_pct": []}}
+            out = build_run_history_answer(history_run_json(row, self.clock()), [], {
+                "vram_bytes": [], "gtt_bytes": [], "engine_pct": []})
             series = out["series"]
             src = conn.execute("SELECT id FROM sources WHERE kind = 'gpu' AND key = ?",
                                (row[4],)).fetchone()
@@ -8815,7 +8825,7 @@ class _HistoryReads(object):
 
     def query_procs_at(self, gpu_id, at_s):
         """Who was on this GPU at at_s: the process sample at or before it (or just after)."""
-        out = {"gpu_id": gpu_id, "at": format_ts(at_s), "ts": None, "processes": []}
+        out = build_procs_at_answer(gpu_id, at_s, None, [])
 
         def work(conn):
             row = conn.execute("SELECT id FROM sources WHERE kind = 'gpu' AND key = ?",

@@ -6,6 +6,7 @@ shapes, the placeholders before a first sample or scan included."""
 import json
 import os
 import re
+import time
 
 import pytest
 
@@ -66,7 +67,7 @@ def test_every_shape_has_an_example():
     assert set(EXAMPLES) == {
         "identity", "stats", "procs", "host", "gpus", "alert", "hello", "hello.history", "history",
         "subscribed", "pong", "error", "api.gpus", "api.error", "api.healthz", "api.readyz",
-        "api.version", "api.alerts", "api.processes"}
+        "api.version", "api.alerts", "api.processes", "api.run_history", "api.gpu_processes"}
 
 
 def test_frame_builders_make_the_documented_keys():
@@ -106,6 +107,11 @@ def test_answer_builders_make_the_documented_keys():
     assert set(m.build_version_answer("1", (3, 8, 10))) == keys("api.version")
     assert set(m.build_alerts_answer(T, T, "memory", [], [])) == keys("api.alerts")
     assert set(m.build_runs_answer(T, T, [])) == keys("api.processes")
+    row = (1,) + tuple(1 for _ in m.RUN_COLUMNS)
+    assert set(m.history_run_json(row, T)) == keys("api.processes", ["processes", 0])
+    assert set(m.build_run_history_answer({}, [], {"vram_bytes": [], "gtt_bytes": [],
+                                                   "engine_pct": []})) == keys("api.run_history")
+    assert set(m.build_procs_at_answer("card1", T, None, [])) == keys("api.gpu_processes")
 
 
 def test_placeholders_have_the_keys_of_the_real_answers():
@@ -173,7 +179,10 @@ def test_server_answers_have_the_documented_keys(demo):
     assert set(answer(demo, "/api/readyz")) == keys("api.readyz")
     assert set(answer(demo, "/api/version")) == keys("api.version")
     assert set(answer(demo, "/api/alerts")) == keys("api.alerts")
+    wait_for(lambda: demo.get_json("/api/processes?range=30m")[0] == 200, 10, message="store open")
     assert set(answer(demo, "/api/processes?range=30m")) == keys("api.processes")
+    assert set(answer(demo, "/api/gpus/card0/processes?at=%d" % time.time())) == \
+        keys("api.gpu_processes")
     assert set(answer(demo, "/api/gpus/card0/metrics")) == keys("stats")
     assert set(answer(demo, "/api/host")) == keys("host")
 

@@ -21,8 +21,9 @@ Endpoints (GET/HEAD only; anything else is 405)::
     /api/gpus                 identity + latest metrics of every GPU
     /api/gpus/{id}/metrics    latest stats of one GPU
     /api/gpus/{id}/procs      latest process list of one GPU
-    /api/gpus/{id}/history    the live 10-minute ring (columnar) of one GPU; with
-                              ?range= or ?from=&to=&step=: the stored history
+    /api/gpus/{id}/history    the live 10-minute ring of one GPU as the finest tier
+                              ("live"); with ?range= or ?from=&to=&step=: the
+                              stored history, in the same shape
     /api/gpus/{id}/processes  ?at=T: who was on the GPU then (stored samples)
     /api/host                 latest host frame: CPU, load, RAM, swap, memory pressure
     /api/host/history         the host's stored history (?range=, from/to/step)
@@ -72,7 +73,8 @@ Contents (a section uses only the sections above it)::
         roll-ups, tier choice and process runs; the VRAM forecast (Theil-Sen);
         alert rules and their state machine)
      5. WebSocket codec (sans-IO, RFC 6455)
-     6. Pure HTTP helpers (routes, JSON messages, origin and host checks,
+     6. Pure HTTP helpers (routes; one build_* per JSON frame and answer, its
+        keys the README's JSON contracts; origin and host checks,
         CSP, vendor URL rewriting, the plain view, Prometheus text; alert
         frames, the Alertmanager webhook body, /api/alerts parameters and CSV)
      7. Readers (thin filesystem I/O; the NVML library through ctypes)

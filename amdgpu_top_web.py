@@ -4216,12 +4216,15 @@ def build_procs_message(gpu_id, epoch_s, entry, visibility, scan_stats):
 
 def build_alert_event(rule, gpu_id, change, summary, now_s):
     """One state change of AlertState -> the alert frame dict (SPEC: type
-    "alert"); times as ISO strings; ts is when the change happened."""
+    "alert"); times as ISO strings; ts is when the change happened. A live
+    update of an active one is the same dict with update true and updated its
+    time (AlertEngine._refresh): one key set either way."""
     return {"type": "alert", "rule": rule, "gpu_id": gpu_id, "severity": change["severity"],
             "state": change["state"], "started": format_ts(change["started"]),
             "ended": None if change["ended"] is None else format_ts(change["ended"]),
             "value": change["value"], "summary": summary, "ts": format_ts(now_s),
-            "previous_severity": change.get("previous_severity")}
+            "previous_severity": change.get("previous_severity"), "update": False,
+            "updated": None}
 
 
 def _am_labels(event, severity, instance):

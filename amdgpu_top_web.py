@@ -4187,6 +4187,12 @@ def build_gpus_answer(gpus, demo, message=None):
     return out
 
 
+def build_once_snapshot(version, epoch_s, rates_over_s, host, gpus):
+    """--once --json: the host and every GPU (identity, "metrics", "procs")."""
+    return {"version": version, "ts": format_ts(epoch_s), "rates_over_s": rates_over_s,
+            "host": host, "gpus": gpus}
+
+
 def build_host_message(epoch_s, host):
     """The host frame (also GET /api/host); ts and host are null before the first sample."""
     return {"type": "host", "ts": None if epoch_s is None else format_ts(epoch_s), "host": host}
@@ -10713,8 +10719,7 @@ def run_once(config):
         reader.close()
     for backend in backends:
         backend.close()
-    snapshot = {"version": __version__, "ts": format_ts(epoch), "rates_over_s": ONCE_RATE_WAIT_S,
-                "host": host, "gpus": gpus}
+    snapshot = build_once_snapshot(__version__, epoch, ONCE_RATE_WAIT_S, host, gpus)
     if config.json:
         print(json.dumps(snapshot, indent=2))
     else:

@@ -6,12 +6,14 @@ shapes, the placeholders before a first sample or scan included."""
 import json
 import os
 import re
+import subprocess
+import sys
 import time
 
 import pytest
 
 import amdgpu_top_web as m
-from conftest import REPO, wait_for
+from conftest import PROGRAM, REPO, server_env, wait_for
 from wsclient import RawWebSocket
 
 T = 1796205600.25           # 2026-12-02T10:00:00.250Z
@@ -67,7 +69,8 @@ def test_every_shape_has_an_example():
     assert set(EXAMPLES) == {
         "identity", "stats", "procs", "host", "gpus", "alert", "hello", "hello.history", "history",
         "subscribed", "pong", "error", "api.gpus", "api.error", "api.healthz", "api.readyz",
-        "api.version", "api.alerts", "api.processes", "api.run_history", "api.gpu_processes"}
+        "api.version", "api.alerts", "api.processes", "api.run_history", "api.gpu_processes",
+        "once"}
 
 
 def test_frame_builders_make_the_documented_keys():
@@ -112,6 +115,7 @@ def test_answer_builders_make_the_documented_keys():
     assert set(m.build_run_history_answer({}, [], {"vram_bytes": [], "gtt_bytes": [],
                                                    "engine_pct": []})) == keys("api.run_history")
     assert set(m.build_procs_at_answer("card1", T, None, [])) == keys("api.gpu_processes")
+    assert set(m.build_once_snapshot("1", T, 0.5, None, [])) == keys("once")
 
 
 def test_placeholders_have_the_keys_of_the_real_answers():
@@ -210,3 +214,15 @@ def test_procs_placeholder_has_the_keys_of_a_scan(server):
     body = answer(proc, "/api/gpus/card1/procs")
     assert set(body) == keys("procs") and body["ts"] is None and body["processes"] is None
     assert set(body["capabilities"]) == keys("procs", ["capabilities"])
+
+
+def test_once_json_has_the_documented_keys():
+    done = subprocess.run([sys.executable, PROGRAM, "--once", "--json"], cwd=REPO,
+                          env=server_env("multi_gpu"), stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, timeout=60)
+    assert done.returncode == 0, done.stderr
+    snapshot = json.loads(done.stdout)
+    assert set(snapshot) == keys("once")
+    identity = set(m.identity_json(INFO))
+    assert set(snapshot["gpus"][0]) == identity | {"metrics", "procs"}
+    assert keys("once", ["gpus", 0]) <= identity | {"metrics", "procs"}

@@ -21,8 +21,9 @@ Endpoints (GET/HEAD only; anything else is 405)::
     /api/gpus                 identity + latest metrics of every GPU
     /api/gpus/{id}/metrics    latest stats of one GPU
     /api/gpus/{id}/procs      latest process list of one GPU
-    /api/gpus/{id}/history    the live 10-minute ring (columnar) of one GPU; with
-                              ?range= or ?from=&to=&step=: the stored history
+    /api/gpus/{id}/history    the live 10-minute ring of one GPU as the finest tier
+                              ("live"); with ?range= or ?from=&to=&step=: the
+                              stored history, in the same shape
     /api/gpus/{id}/processes  ?at=T: who was on the GPU then (stored samples)
     /api/host                 latest host frame: CPU, load, RAM, swap, memory pressure
     /api/host/history         the host's stored history (?range=, from/to/step)
@@ -73,7 +74,8 @@ Contents (a section uses only the sections above it)::
         roll-ups, tier choice and process runs; the VRAM forecast (Theil-Sen);
         alert rules and their state machine)
      5. WebSocket codec (sans-IO, RFC 6455)
-     6. Pure HTTP helpers (routes, JSON messages, origin and host checks,
+     6. Pure HTTP helpers (routes; one build_* per JSON frame and answer, its
+        keys the README's JSON contracts; origin and host checks,
         CSP, vendor URL rewriting, the plain view, Prometheus text; alert
         frames, the Alertmanager webhook body, /api/alerts parameters and CSV)
      7. Readers (thin filesystem I/O; the /proc side of process rows; the
@@ -4154,7 +4156,44 @@ def identity_json(info):
 
 
 def build_stats_message(gpu_id, epoch_s, metrics):
-    return {"type": "stats", "gpu_id": gpu_id, "ts": format_ts(epoch_s), "metrics": metrics}
+    """The stats frame (also GET /api/gpus/{id}/metrics); ts and metrics are
+    null before the GPU's first sample (epoch_s None)."""
+    return {"type": "stats", "gpu_id": gpu_id,
+            "ts": None if epoch_s is None else format_ts(epoch_s), "metrics": metrics}
+
+
+def build_gpus_message(infos):
+    """The gpus frame: the GPU set changed (discovery); identities in order."""
+    return {"type": "gpus", "gpus": [identity_json(info) for info in infos]}
+
+
+def build_subscribed_message(gpu_id, host):
+    """The answer to a subscribe: what the client now gets."""
+    return {"type": "subscribed", "gpu_id": gpu_id, "host": host}
+
+
+def build_pong_message():
+    return {"type": "pong"}
+
+
+def build_error_message(message):
+    """A client message the hub refused; the connection stays open."""
+    return {"type": "error", "message": message}
+
+
+def build_gpus_answer(gpus, demo, message=None):
+    """GET /api/gpus: identities each with its latest "metrics" (null before
+    the first sample); a message (how to try --demo) when there is no GPU."""
+    out = {"gpus": gpus, "demo": demo}
+    if message is not None:
+        out["message"] = message
+    return out
+
+
+def build_once_snapshot(version, epoch_s, rates_over_s, host, gpus):
+    """--once --json: the host and every GPU (identity, "metrics", "procs")."""
+    return {"version": version, "ts": format_ts(epoch_s), "rates_over_s": rates_over_s,
+            "host": host, "gpus": gpus}
 
 
 def build_host_message(epoch_s, host):
@@ -4166,7 +4205,13 @@ EMPTY_PROCS = build_procs_entry([], 0, build_capabilities(None, False, False, ()
 
 
 def build_procs_message(gpu_id, epoch_s, entry, visibility, scan_stats):
-    """One GPU's slice of a scan result -> the procs frame (SPEC §5)."""
+    """One GPU's slice of a scan result -> the procs frame (SPEC §5); also
+    GET /api/gpus/{id}/procs before the first scan (epoch_s None): ts,
+    processes, totals, visibility and scan null, capabilities not known yet."""
+    if epoch_s is None:
+        return {"type": "procs", "gpu_id": gpu_id, "ts": None,
+                "capabilities": build_capabilities(None, None, None, ()), "processes": None,
+                "totals": None, "visibility": None, "scan": None}
     entry = entry or EMPTY_PROCS
     return {"type": "procs", "gpu_id": gpu_id, "ts": format_ts(epoch_s),
             "capabilities": entry["capabilities"], "processes": entry["processes"],
@@ -4180,12 +4225,15 @@ def build_procs_message(gpu_id, epoch_s, entry, visibility, scan_stats):
 
 def build_alert_event(rule, gpu_id, change, summary, now_s):
     """One state change of AlertState -> the alert frame dict (SPEC: type
-    "alert"); times as ISO strings; ts is when the change happened."""
+    "alert"); times as ISO strings; ts is when the change happened. A live
+    update of an active one is the same dict with update true and updated its
+    time (AlertEngine._refresh): one key set either way."""
     return {"type": "alert", "rule": rule, "gpu_id": gpu_id, "severity": change["severity"],
             "state": change["state"], "started": format_ts(change["started"]),
             "ended": None if change["ended"] is None else format_ts(change["ended"]),
             "value": change["value"], "summary": summary, "ts": format_ts(now_s),
-            "previous_severity": change.get("previous_severity")}
+            "previous_severity": change.get("previous_severity"), "update": False,
+            "updated": None}
 
 
 def _am_labels(event, severity, instance):
@@ -4419,8 +4467,38 @@ def build_csp(script_hashes, use_cdn):
                " ".join(["'self'", "'unsafe-inline'"] + cdn)))
 
 
+def build_error_answer(message):
+    """Every HTTP error answer (4xx, 5xx): one line saying what to do."""
+    return {"error": message}
+
+
 def error_json(message):
-    return json_bytes({"error": message})
+    return json_bytes(build_error_answer(message))
+
+
+def build_health_answer(history_status):
+    """GET /api/healthz: up, and the history store's state."""
+    return {"status": "ok", "history": history_status}
+
+
+def build_ready_answer(gpu_count):
+    """GET /api/readyz: gpu_count None until the first enumeration ("starting", a 503)."""
+    return {"status": "starting" if gpu_count is None else "ready", "gpus": gpu_count}
+
+
+def build_version_answer(version, python_version):
+    return {"version": version, "python": "%d.%d.%d" % tuple(python_version[:3])}
+
+
+def build_alerts_answer(from_s, to_s, source, active, events):
+    """GET /api/alerts: the window, where the events come from, the active ones."""
+    return {"from": format_ts(from_s), "to": format_ts(to_s), "source": source,
+            "active": active, "events": events}
+
+
+def build_runs_answer(from_s, to_s, runs):
+    """GET /api/processes: the window and its process runs, newest first."""
+    return {"from": format_ts(from_s), "to": format_ts(to_s), "processes": runs}
 
 
 
@@ -4628,6 +4706,40 @@ def csv_bytes(header, rows):
     for row in rows:
         writer.writerow([_csv_cell(value) for value in row])
     return out.getvalue().encode("utf-8")
+
+
+def build_series_answer(gpu_id, tier, step_s, from_s, to_s, ts_ms, count, series):
+    """The one history answer (/api/gpus/{id}/history, /api/host/history with
+    gpu_id None: no gpu_id key): per point its ts (unix ms) and sample count,
+    per series {"min": [...], "avg": [...], "max": [...]}."""
+    out = {"tier": tier, "step_s": step_s, "from": format_ts(from_s), "to": format_ts(to_s),
+           "ts": ts_ms, "count": count, "series": series}
+    if gpu_id is not None:
+        out["gpu_id"] = gpu_id
+    return out
+
+
+def build_live_history_answer(gpu_id, ring, now_s):
+    """The live ring (HistoryRing.to_json) as the finest tier, "live": one
+    point per sample (count 1) whose min, avg and max are the sample."""
+    step_s = ring["interval_ms"] / 1000.0
+    ts_ms = ring["ts"]
+    series = dict((key, {"min": values, "avg": values, "max": values})
+                  for key, values in ring["series"].items())
+    from_s = ts_ms[0] / 1000.0 if ts_ms else now_s
+    to_s = ts_ms[-1] / 1000.0 + step_s if ts_ms else now_s
+    return build_series_answer(gpu_id, "live", step_s, from_s, to_s, ts_ms, [1] * len(ts_ms),
+                               series)
+
+
+def build_run_history_answer(run, ts_ms, series):
+    """GET /api/processes/{run_id}/history: the run, then its samples (every 10 s)."""
+    return {"run": run, "ts": ts_ms, "series": series}
+
+
+def build_procs_at_answer(gpu_id, at_s, sample_ts, processes):
+    """GET /api/gpus/{id}/processes?at=: the process sample used (ISO, or null) and its runs."""
+    return {"gpu_id": gpu_id, "at": format_ts(at_s), "ts": sample_ts, "processes": processes}
 
 
 def series_csv(result):
@@ -6979,7 +7091,7 @@ class Cache(object):
                                      for gpu_id in self._gpus)
             self._hello = None
         self._offer("offer_gpus", [info.id for info in infos])
-        payload = json_bytes({"type": "gpus", "gpus": [identity_json(i) for i in infos]})
+        payload = json_bytes(build_gpus_message(infos))
         self._notify(OutFrame(None, "gpus", payload, encode_frame(Opcode.TEXT, payload)))
 
     def publish_stats(self, gpu_id, epoch_s, metrics):
@@ -8846,10 +8958,10 @@ class HistoryReader(object):
         tier, tier_step, step = choose_history_step(from_s, to_s, self.clock(), points)
         start = int(from_s // step * step)
         count = max(1, int(math.ceil((to_s - start) / float(step))))
-        out = {"tier": tier, "step_s": step, "from": format_ts(start),
-               "to": format_ts(start + count * step),
-               "ts": [(start + i * step) * 1000 for i in range(count)], "series": {},
-               "count": [0] * count}
+        out = build_series_answer(key if kind == "gpu" else None, tier, step, start,
+                                  start + count * step,
+                                  [(start + i * step) * 1000 for i in range(count)],
+                                  [0] * count, {})
         self._read(lambda conn: self._fill_series(conn, out, kind, key, tier, start, count,
                                                   step == tier_step), None)
         return out
@@ -8900,8 +9012,8 @@ class HistoryReader(object):
                                (run_id,)).fetchone()
             if row is None:
                 return None
-            out = {"run": history_run_json(row, self.clock()), "ts": [],
-                   "series": {"vram_bytes": [], "gtt_bytes": [], "engine_pct": []}}
+            out = build_run_history_answer(history_run_json(row, self.clock()), [], {
+                "vram_bytes": [], "gtt_bytes": [], "engine_pct": []})
             series = out["series"]
             src = read_history_source(conn, "gpu", row[4])
             rows = conn.execute(
@@ -8918,7 +9030,7 @@ class HistoryReader(object):
 
     def query_procs_at(self, gpu_id, at_s):
         """Who was on this GPU at at_s: the process sample at or before it (or just after)."""
-        out = {"gpu_id": gpu_id, "at": format_ts(at_s), "ts": None, "processes": []}
+        out = build_procs_at_answer(gpu_id, at_s, None, [])
 
         def work(conn):
             row = read_history_source(conn, "gpu", gpu_id)
@@ -9761,7 +9873,7 @@ class DashboardProtocol(object):
             return [self._error("bad JSON")]
         kind = message.get("type") if isinstance(message, dict) else None
         if kind == "ping":
-            return [self._json({"type": "pong"})]
+            return [self._json(build_pong_message())]
         if kind == "subscribe":
             return self._subscribe(client, message.get("gpu_id"), message.get("host", True))
         return [self._error("unknown message type: %.40r" % (kind,))]
@@ -9778,7 +9890,7 @@ class DashboardProtocol(object):
             return [self._error("unknown gpu_id: %.64r" % (gpu_id,))]
         gpus = None if gpu_id == "host" else gpu_id
         client.subscription = (gpus, host)
-        reply = [self._json({"type": "subscribed", "gpu_id": gpu_id, "host": host})]
+        reply = [self._json(build_subscribed_message(gpu_id, host))]
         return reply + [frame.wire for frame in self.cache.latest_frames(gpus, host)]
 
     def wants(self, client, frame):
@@ -9794,7 +9906,7 @@ class DashboardProtocol(object):
         return encode_frame(Opcode.TEXT, json_bytes(obj))
 
     def _error(self, message):
-        return self._json({"type": "error", "message": message})
+        return self._json(build_error_message(message))
 
 
 # -- the hub thread ----------------------------------------------------------
@@ -10299,7 +10411,7 @@ class DashboardHandler(BaseHTTPRequestHandler):
         # The body (if any) is never read, so the connection must not be reused:
         # its bytes would be parsed as the next request.
         self.close_connection = True
-        self._send_json(405, {"error": "method not allowed: this server is read-only"},
+        self._send_json(405, build_error_answer("method not allowed: this server is read-only"),
                         [("Allow", "GET, HEAD"), ("Connection", "close")])
 
     def _dispatch(self, send_body):
@@ -10331,8 +10443,8 @@ class DashboardHandler(BaseHTTPRequestHandler):
         host = sanitize_text(self.headers.get("Host") or "")[:100]
         reason = "host=%r hint=%r" % (host, "a name this server answers to? add it to "
                                       "APP_ALLOWED_HOSTS (--allowed-hosts)")
-        self._send_json(403, {"error": "Host %r not allowed (DNS rebinding protection); the "
-                                       "server's APP_ALLOWED_HOSTS setting admits it" % host},
+        self._send_json(403, build_error_answer("Host %r not allowed (DNS rebinding protection); the "
+                                                "server's APP_ALLOWED_HOSTS setting admits it" % host),
                         reason=reason)
 
     def _authorized(self, name, query):
@@ -10354,7 +10466,7 @@ class DashboardHandler(BaseHTTPRequestHandler):
         if name in ("page", "plain"):
             self._send(401, "text/html; charset=utf-8", render_auth_page().encode("utf-8"), headers)
         else:
-            self._send_json(401, {"error": AUTH_HELP}, headers)
+            self._send_json(401, build_error_answer(AUTH_HELP), headers)
         return False
 
     def _params_known(self, name, query):
@@ -10365,7 +10477,7 @@ class DashboardHandler(BaseHTTPRequestHandler):
         try:
             parse_query_string(query, allowed)
         except QueryError as exc:
-            self._send_json(400, {"error": str(exc)})
+            self._send_json(400, build_error_answer(str(exc)))
             return False
         return True
 
@@ -10374,8 +10486,8 @@ class DashboardHandler(BaseHTTPRequestHandler):
                   redact_token(sanitize_text(self.path))[:200], exc, exc_info=True)
         self.close_connection = True
         if not self._answered:
-            self._send_json(500, {"error": "internal error: %s (see the server log)"
-                                           % type(exc).__name__}, [("Connection", "close")])
+            self._send_json(500, build_error_answer("internal error: %s (see the server log)"
+                                                    % type(exc).__name__), [("Connection", "close")])
 
     # -- responses -------------------------------------------------------------
 
@@ -10429,15 +10541,15 @@ class DashboardHandler(BaseHTTPRequestHandler):
         """Only the files the page references; the request never becomes a path."""
         body, content_type = self.server.app.vendor_file(urlsplit(self.path).path)
         if body is None:
-            self._send_json(404, {"error": "not found"})
+            self._send_json(404, build_error_answer("not found"))
         else:
             self._send(200, content_type, body, cache="public, max-age=86400")
 
     def route_metrics(self, _):
         app = self.server.app
         if not app.config.enable_prometheus:
-            self._send_json(404, {"error": "Prometheus metrics are off; turn them on with "
-                                           "--enable-prometheus or APP_ENABLE_PROMETHEUS=true"})
+            self._send_json(404, build_error_answer("Prometheus metrics are off; turn them on with "
+                                                    "--enable-prometheus or APP_ENABLE_PROMETHEUS=true"))
             return
         self._send(200, PROM_CONTENT_TYPE, app.prometheus_text().encode("utf-8"))
 
@@ -10449,15 +10561,15 @@ class DashboardHandler(BaseHTTPRequestHandler):
     def route_debug_memory(self, _):
         if self._debug_enabled():
             if not tracemalloc.is_tracing():
-                self._send_json(503, {"error": "tracemalloc is not tracing"})
+                self._send_json(503, build_error_answer("tracemalloc is not tracing"))
                 return
             stats = tracemalloc.take_snapshot().statistics("lineno")
             self._send(200, "text/plain; charset=utf-8", format_memory_top(stats).encode("utf-8"))
 
     def _debug_enabled(self):
         if not self.server.app.config.enable_pprof:
-            self._send_json(404, {"error": "debug endpoints are off; turn them on with "
-                                           "--enable-pprof or APP_ENABLE_PPROF=true"})
+            self._send_json(404, build_error_answer("debug endpoints are off; turn them on with "
+                                                    "--enable-pprof or APP_ENABLE_PPROF=true"))
             return False
         return True
 
@@ -10465,7 +10577,7 @@ class DashboardHandler(BaseHTTPRequestHandler):
         self._send(204, "image/x-icon", b"", cache="max-age=86400")
 
     def route_not_found(self, _):
-        self._send_json(404, {"error": "not found"})
+        self._send_json(404, build_error_answer("not found"))
 
     def route_gpus(self, _):
         self._send_json(200, self.server.app.gpus_json())
@@ -10476,34 +10588,33 @@ class DashboardHandler(BaseHTTPRequestHandler):
             build_host_message(None, None)))
 
     def route_healthz(self, _):
-        self._send_json(200, {"status": "ok", "history": self.server.app.history_status()})
+        self._send_json(200, build_health_answer(self.server.app.history_status()))
 
     def route_readyz(self, _):
         cache = self.server.app.cache
         if cache.ready.is_set():
-            self._send_json(200, {"status": "ready", "gpus": len(cache.gpus())})
+            self._send_json(200, build_ready_answer(len(cache.gpus())))
         else:
-            self._send_json(503, {"status": "starting"}, [("Retry-After", "1")])
+            self._send_json(503, build_ready_answer(None), [("Retry-After", "1")])
 
     def route_version(self, _):
-        self._send_json(200, {"version": __version__, "python": "%d.%d.%d" % sys.version_info[:3]})
+        self._send_json(200, build_version_answer(__version__, sys.version_info))
 
     def route_alerts(self, _):
         """From the history store when there is one, else the engine's memory."""
         app = self.server.app
         if app.alerts is None:
-            self._send_json(404, {"error": "alerts are off; turn them on with --alerts or "
-                                           "APP_ALERTS=on"})
+            self._send_json(404, build_error_answer("alerts are off; turn them on with --alerts or "
+                                                    "APP_ALERTS=on"))
             return
         try:
             query = parse_alerts_query(urlsplit(self.path).query, time.time())
         except QueryError as exc:
-            self._send_json(400, {"error": str(exc)})
+            self._send_json(400, build_error_answer(str(exc)))
             return
         source, events = app.alert_events(query.from_s, query.to_s)
-        self._answer(query.format, {"from": format_ts(query.from_s), "to": format_ts(query.to_s),
-                                    "source": source, "active": app.cache.alerts(),
-                                    "events": events},
+        self._answer(query.format, build_alerts_answer(query.from_s, query.to_s, source,
+                                                       app.cache.alerts(), events),
                      lambda: records_csv(events, ALERT_CSV_COLUMNS), "alerts")
 
     def route_gpu_metrics(self, gpu_id):
@@ -10511,16 +10622,17 @@ class DashboardHandler(BaseHTTPRequestHandler):
         if found is not None:
             stats = self.server.app.cache.stats(gpu_id)
             self._send(200, "application/json", stats[2].payload if stats else json_bytes(
-                {"type": "stats", "gpu_id": gpu_id, "ts": None, "metrics": None}))
+                build_stats_message(gpu_id, None, None)))
 
     def route_gpu_history(self, gpu_id):
-        """No query: the live ring (what hello carries). With range/from/to/step: the store."""
+        """No query: the live ring as the finest tier. With range/from/to/step: the store."""
         if self._gpu_or_404(gpu_id) is None:
             return
         if urlsplit(self.path).query:
             self._series("gpu", gpu_id)
         else:
-            self._send_json(200, dict(self.server.app.cache.history(gpu_id), gpu_id=gpu_id))
+            self._send_json(200, build_live_history_answer(
+                gpu_id, self.server.app.cache.history(gpu_id), time.time()))
 
     def route_host_history(self, _):
         self._series("host", None)
@@ -10529,8 +10641,7 @@ class DashboardHandler(BaseHTTPRequestHandler):
         query, store = self._prepare(parse_runs_query)
         if store is not None:
             runs = store.query_runs(query.from_s, query.to_s, query.gpu_id, query.active)
-            self._answer(query.format, {"from": format_ts(query.from_s), "to": format_ts(query.to_s),
-                                        "processes": runs},
+            self._answer(query.format, build_runs_answer(query.from_s, query.to_s, runs),
                          lambda: records_csv(runs, RUN_CSV_COLUMNS), "processes")
 
     def route_run_history(self, run_id):
@@ -10539,7 +10650,7 @@ class DashboardHandler(BaseHTTPRequestHandler):
             return
         result = store.query_run_history(run_id)
         if result is None:
-            self._send_json(404, {"error": "unknown process run: %d" % run_id})
+            self._send_json(404, build_error_answer("unknown process run: %d" % run_id))
             return
         self._answer(fmt, result, lambda: columns_csv(result["ts"], result["series"]),
                      "run-%d" % run_id)
@@ -10558,8 +10669,6 @@ class DashboardHandler(BaseHTTPRequestHandler):
         if store is not None:
             points = int(math.ceil((query.to_s - query.from_s) / query.step_s)) if query.step_s else None
             result = store.query_series(kind, key, query.from_s, query.to_s, points)
-            if key is not None:
-                result = dict(result, gpu_id=key)
             self._answer(query.format, result, lambda: series_csv(result),
                          "%s-history" % (key or kind))
 
@@ -10569,15 +10678,15 @@ class DashboardHandler(BaseHTTPRequestHandler):
         try:
             query = parser(urlsplit(self.path).query, time.time())
         except QueryError as exc:
-            self._send_json(400, {"error": str(exc)})
+            self._send_json(400, build_error_answer(str(exc)))
             return None, None
         store = self.server.app.history
         if store is None:
-            self._send_json(404, {"error": "history is off (APP_HISTORY_PATH=off); set "
-                                           "APP_HISTORY_PATH or --history-path to keep it"})
+            self._send_json(404, build_error_answer("history is off (APP_HISTORY_PATH=off); set "
+                                                    "APP_HISTORY_PATH or --history-path to keep it"))
             return None, None
         if store.status()["state"] == "starting":     # the writer is still opening the file
-            self._send_json(503, {"error": "history is opening its file; try again"},
+            self._send_json(503, build_error_answer("history is opening its file; try again"),
                             [("Retry-After", "1")])
             return None, None
         return query, store.reader
@@ -10593,12 +10702,12 @@ class DashboardHandler(BaseHTTPRequestHandler):
         if self._gpu_or_404(gpu_id) is not None:
             procs = self.server.app.cache.procs(gpu_id)
             self._send(200, "application/json", procs[1].payload if procs else json_bytes(
-                {"type": "procs", "gpu_id": gpu_id, "ts": None, "processes": None}))
+                build_procs_message(gpu_id, None, None, None, None)))
 
     def _gpu_or_404(self, gpu_id):
         info = self.server.app.cache.gpu(gpu_id)
         if info is None:
-            self._send_json(404, {"error": "unknown GPU: %s" % gpu_id})
+            self._send_json(404, build_error_answer("unknown GPU: %s" % gpu_id))
         return info
 
     def route_ws(self, _):
@@ -10607,13 +10716,13 @@ class DashboardHandler(BaseHTTPRequestHandler):
         try:
             key = check_upgrade(self.command, headers)
         except HandshakeError as exc:
-            self._send_json(exc.status, {"error": exc.message}, list(exc.headers.items()))
+            self._send_json(exc.status, build_error_answer(exc.message), list(exc.headers.items()))
             return
         if not origin_allowed(headers.get("origin"), headers.get("host"), app.config.allowed_origins):
-            self._send_json(403, {"error": "WebSocket Origin not allowed"})
+            self._send_json(403, build_error_answer("WebSocket Origin not allowed"))
             return
         if not app.hub.reserve_slot():
-            self._send_json(503, {"error": "too many WebSocket clients"}, [("Retry-After", "5")])
+            self._send_json(503, build_error_answer("too many WebSocket clients"), [("Retry-After", "5")])
             return
         self._hand_over(key)
 
@@ -10755,10 +10864,9 @@ class App(object):
 
     def gpus_json(self):
         gpus = [dict(identity, metrics=metrics) for identity, metrics in self.cache.snapshot()[0]]
-        out = {"gpus": gpus, "demo": self.config.demo}
-        if not gpus:
-            out["message"] = NO_GPU_MESSAGE % (self.config.sysfs_root, self.config.nvml_library)
-        return out
+        message = None if gpus else NO_GPU_MESSAGE % (self.config.sysfs_root,
+                                                      self.config.nvml_library)
+        return build_gpus_answer(gpus, self.config.demo, message)
 
     def start(self):
         """Bind, then start every thread. Returns the bound (host, port)."""
@@ -10867,8 +10975,7 @@ def run_once(config):
         reader.close()
     for backend in backends:
         backend.close()
-    snapshot = {"version": __version__, "ts": format_ts(epoch), "rates_over_s": ONCE_RATE_WAIT_S,
-                "host": host, "gpus": gpus}
+    snapshot = build_once_snapshot(__version__, epoch, ONCE_RATE_WAIT_S, host, gpus)
     if config.json:
         print(json.dumps(snapshot, indent=2))
     else:

@@ -582,6 +582,7 @@ def test_an_active_alert_follows_the_live_value_with_one_event_and_webhook_call_
     assert len(receiver.bodies) == 2                     # one webhook call per change
     assert receiver.bodies[0][2]["alerts"][0]["annotations"]["summary"] == changes[0]["summary"]
     updates = [a for a in alerts if a.get("update")]
+    assert {frozenset(a) for a in alerts} == {frozenset(changes[0])}   # one shape: changes, updates
     warning = [u for u in updates if u["severity"] == "warning"]
     assert len(warning) >= 20 and len({u["summary"] for u in warning}) == len(warning)
     assert all(u["started"] == changes[0]["started"] and u["ts"] == changes[0]["ts"]

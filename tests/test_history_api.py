@@ -163,9 +163,9 @@ def test_gpu_history_survives_a_restart(restarted):
             assert busy["min"][i] <= busy["avg"][i] <= busy["max"][i]
     gaps = [i for i, n in enumerate(body["count"]) if not n]
     assert gaps and all(busy["avg"][i] is None for i in gaps)       # gaps stay gaps
-    # The live ring is unchanged when no query is given.
+    # Without a query: the live ring, in the same shape, as the finest tier.
     status, live = proc.get_json("/api/gpus/card0/history")
-    assert status == 200 and "interval_ms" in live and "tier" not in live
+    assert status == 200 and live["tier"] == "live" and set(live) == set(body)
 
 
 def test_history_csv_and_step(restarted):
@@ -219,7 +219,7 @@ def test_history_off_says_how_to_turn_it_on(server):
     status, err = proc.get_json("/api/processes")
     assert status == 404 and "APP_HISTORY_PATH" in err["error"]
     status, live = proc.get_json("/api/gpus/card0/history")
-    assert status == 200 and "interval_ms" in live
+    assert status == 200 and live["tier"] == "live" and live["ts"]
 
 
 def test_demo_never_writes_into_the_real_history(server, tmp_path):

@@ -1014,7 +1014,8 @@ class MockSocket(object):
         page.route_web_socket(re.compile(r"/ws$"), self._connect)
         # The history a GPU view fetches when it comes on screen: none (these GPUs are not the demo's).
         page.route(re.compile(r"/api/gpus/[^/]+/history$"), lambda route: route.fulfill(
-            status=200, content_type="application/json", body=json.dumps({"interval_ms": 250, "ts": [], "series": {}})))
+            status=200, content_type="application/json", body=json.dumps({"gpu_id": None, "tier": "live", "step_s": 0.25, "from": None, "to": None,
+                             "ts": [], "count": [], "series": {}})))
 
     def _connect(self, ws):
         ws.on_message(lambda message: None)                   # subscribe: nothing to answer

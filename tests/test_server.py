@@ -315,17 +315,22 @@ def test_gpu_metrics_is_a_stats_message(mg):
     assert set(amdgpu_top_web.METRIC_KEYS) <= set(body["metrics"])
 
 
-def test_gpu_history_is_columnar_and_grows(mg):
+def test_gpu_history_is_the_live_tier_and_grows(mg):
+    """Without a query: the live ring in the stored history's shape, tier "live",
+    one point per sample (count 1, min = avg = max)."""
     status, first = mg.get_json("/api/gpus/card1/history")
     assert status == 200
-    assert first["interval_ms"] == 100
-    assert set(first) >= {"interval_ms", "ts", "series"}
+    assert first["tier"] == "live" and first["step_s"] == 0.1 and first["gpu_id"] == "card1"
+    assert set(first) == {"gpu_id", "tier", "step_s", "from", "to", "ts", "count", "series"}
     ts = first["ts"]
     assert ts and all(isinstance(t, int) for t in ts) and ts == sorted(ts)
     assert abs(ts[-1] / 1000.0 - time.time()) < 5
+    assert first["count"] == [1] * len(ts)
+    assert TS_RE.match(first["from"]) and TS_RE.match(first["to"])
     assert "gpu_busy_pct" in first["series"]
-    for key, values in first["series"].items():
-        assert len(values) == len(ts), key
+    for key, parts in first["series"].items():
+        assert set(parts) == {"min", "avg", "max"}, key
+        assert parts["min"] == parts["avg"] == parts["max"] and len(parts["avg"]) == len(ts), key
     time.sleep(0.5)
     _, second = mg.get_json("/api/gpus/card1/history")
     assert len(second["ts"]) >= len(ts) + 2

@@ -6238,16 +6238,12 @@ class NvidiaGpuReader(object):
         return self._bind(name, tuple(prefix) + (ctypes.byref(out),), put)
 
     def _plan(self):
-        util, mem1 = NvmlUtilization(), NvmlMemory()
-        mem2 = NvmlMemoryV2(version=NVML_MEMORY_V2_VERSION)
+        util = NvmlUtilization()
         fan = NvmlFanSpeedInfo(version=NVML_FAN_SPEED_INFO_VERSION, fan=0)
         field = (NvmlFieldValue * 1)()
         field[0].fieldId = NVML_FI_DEV_MEMORY_TEMP
         pstate, reasons = ctypes.c_int(), ctypes.c_ulonglong()
         enc, dec, period = ctypes.c_uint(), ctypes.c_uint(), ctypes.c_uint()
-        v1 = self._bind("nvmlDeviceGetMemoryInfo", (ctypes.byref(mem1),),
-                        lambda m: m.update(vram_total_bytes=mem1.total, vram_used_bytes=mem1.used,
-                                           vram_used_source="nvml_v1"))
         reasons_fn = ("nvmlDeviceGetCurrentClocksEventReasons"
                       if self._nvml.has("nvmlDeviceGetCurrentClocksEventReasons")
                       else "nvmlDeviceGetCurrentClocksThrottleReasons")
@@ -6271,10 +6267,7 @@ class NvidiaGpuReader(object):
             self._scalar("nvmlDeviceGetEnforcedPowerLimit", ctypes.c_uint, "power_cap_w", 1000.0),
             self._scalar("nvmlDeviceGetTotalEnergyConsumption", ctypes.c_ulonglong, "energy_j",
                          1000.0),
-            self._bind("nvmlDeviceGetMemoryInfo_v2", (ctypes.byref(mem2),),
-                       lambda m: m.update(vram_total_bytes=mem2.total, vram_used_bytes=mem2.used,
-                                          vram_reserved_bytes=mem2.reserved,
-                                          vram_used_source="nvml_v2"), fallback=v1),
+            self._memory_call(),
             self._scalar("nvmlDeviceGetCurrPcieLinkGeneration", ctypes.c_uint, "pcie_gen"),
             self._scalar("nvmlDeviceGetCurrPcieLinkWidth", ctypes.c_uint, "pcie_width"),
             self._bind("nvmlDeviceGetPerformanceState", (ctypes.byref(pstate),),
@@ -6289,6 +6282,17 @@ class NvidiaGpuReader(object):
                        lambda m: m.__setitem__("dec_pct", dec.value)),
         ]
         return [call for call in calls if call is not None]
+
+    def _memory_call(self):
+        """VRAM from nvmlDeviceGetMemoryInfo_v2 (reserved too), else the v1 call."""
+        mem1, mem2 = NvmlMemory(), NvmlMemoryV2(version=NVML_MEMORY_V2_VERSION)
+        v1 = self._bind("nvmlDeviceGetMemoryInfo", (ctypes.byref(mem1),),
+                        lambda m: m.update(vram_total_bytes=mem1.total, vram_used_bytes=mem1.used,
+                                           vram_used_source="nvml_v1"))
+        return self._bind("nvmlDeviceGetMemoryInfo_v2", (ctypes.byref(mem2),),
+                          lambda m: m.update(vram_total_bytes=mem2.total, vram_used_bytes=mem2.used,
+                                             vram_reserved_bytes=mem2.reserved,
+                                             vram_used_source="nvml_v2"), fallback=v1)
 
     def sample(self, now):
         metrics = dict(self._active)
@@ -9962,6 +9966,49 @@ class Mailbox(object):
         self._writer.close()
 
 
+class ClientSlots(object):
+    """The WebSocket client cap: a handler thread reserves a slot before the
+    hand-over; the hub releases it when that client is gone (any thread)."""
+
+    def __init__(self, max_clients, stats, stopping):
+        self.max_clients, self._stats, self._stopping = max_clients, stats, stopping
+        self.taken = 0
+        self._lock = threading.Lock()
+
+    def reserve(self):
+        with self._lock:
+            if self.taken >= self.max_clients or self._stopping.is_set():
+                self._stats["refused"] += 1
+                return False
+            self.taken += 1
+            return True
+
+    def release(self):
+        with self._lock:
+            self.taken -= 1
+
+
+def tune_client_socket(sock):
+    """Non-blocking, no Nagle, and a small kernel send buffer: a stuck client's
+    backlog stays in OUR bounded queue, where the write timeout sees it (Linux
+    would grow the buffer to MiBs)."""
+    sock.setblocking(False)
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, WS_SNDBUF_BYTES)
+    except OSError:
+        pass
+
+
+def try_close_frame(client, code, reason):
+    """Best effort Close before dropping a stuck client (only at a frame boundary)."""
+    if not client.out.head_sent:
+        try:
+            client.sock.send(encode_close(code, reason))
+        except OSError:
+            pass
+
+
 class Hub(StoppableThread):
     """Every WebSocket lives here: reads, writes, timeouts and the broadcast.
 
@@ -9983,7 +10030,7 @@ class Hub(StoppableThread):
                  max_message_bytes=WS_MAX_MESSAGE_BYTES, clock=time.monotonic):
         StoppableThread.__init__(self, "ws-hub")
         self.protocol = protocol
-        self.max_clients, self.clock = max_clients, clock
+        self.clock = clock
         self.write_timeout_s, self.read_timeout_s = write_timeout_s, read_timeout_s
         self.max_message_bytes = max_message_bytes
         self.stats = {"clients": 0, "dropped_frames": 0, "stuck_closed": 0, "refused": 0,
@@ -9996,22 +10043,10 @@ class Hub(StoppableThread):
         self._pending = set()       # the other open ones: timer-checked
         self._keepalive = Deadlines()
         self._timers_due = 0.0
-        self._slots = 0
-        self._slots_lock = threading.Lock()
+        self.slots = ClientSlots(max_clients, self.stats, self.stopping)
+        self.reserve_slot, self.release_slot = self.slots.reserve, self.slots.release
 
     # -- called from other threads -----------------------------------------
-
-    def reserve_slot(self):
-        with self._slots_lock:
-            if self._slots >= self.max_clients or self.stopping.is_set():
-                self.stats["refused"] += 1
-                return False
-            self._slots += 1
-            return True
-
-    def release_slot(self):
-        with self._slots_lock:
-            self._slots -= 1
 
     def add_client(self, sock, addr, leftover=b""):
         self._mailbox.post(("client", (sock, addr, leftover)))
@@ -10073,14 +10108,7 @@ class Hub(StoppableThread):
 
     def _open_client(self, item, now):
         sock, addr, leftover = item
-        sock.setblocking(False)
-        try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            # A small kernel buffer keeps a stuck client's backlog in OUR bounded
-            # queue, where the write timeout sees it (Linux would grow it to MiBs).
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, WS_SNDBUF_BYTES)
-        except OSError:
-            pass
+        tune_client_socket(sock)
         client = WsClient(sock, addr, now, self.max_message_bytes, self.stats)
         self._selector.register(sock, selectors.EVENT_READ, client)
         self._clients.add(client)
@@ -10189,16 +10217,8 @@ class Hub(StoppableThread):
             elif client.out.stalled_for(now) > self.write_timeout_s:
                 self.stats["stuck_closed"] += 1
                 LOG.info("event=ws_stuck_client addr=%s queued=%d", client.addr, len(client.out))
-                self._try_close_frame(client, CloseCode.POLICY_VIOLATION, "write timeout")
+                try_close_frame(client, CloseCode.POLICY_VIOLATION, "write timeout")
                 self._drop(client)
-
-    def _try_close_frame(self, client, code, reason):
-        """Best effort Close before dropping a stuck client (only at a frame boundary)."""
-        if not client.out.head_sent:
-            try:
-                client.sock.send(encode_close(code, reason))
-            except OSError:
-                pass
 
     def _drop(self, client):
         if not client.open:
@@ -10371,160 +10391,14 @@ class _HeadDeadlineReader(io.RawIOBase):
             return None
 
 
-class DashboardHandler(BaseHTTPRequestHandler):
-    """Answers every route from the cache; /ws is upgraded here and handed to the hub."""
+class Routes(object):
+    """The answers of the GET routes for one request: route_<name>(gpu_id) for
+    each name route() gives (the WebSocket upgrade stays on the handler). It
+    reads the request and answers through the handler's _send/_send_json."""
 
-    server_version = "amdgpu_top_web/" + __version__
-    protocol_version = "HTTP/1.1"
-    default_request_version = "HTTP/1.0"   # never answer HTTP/0.9-style (bare body, no headers)
-    timeout = HTTP_IDLE_TIMEOUT_S
-
-    def setup(self):
-        BaseHTTPRequestHandler.setup(self)
-        self._head_reader = _HeadDeadlineReader(self.connection, self.timeout)
-        if isinstance(self.connection, socket.socket):
-            self.rfile = io.BufferedReader(self._head_reader, 65536)
-
-    def handle_one_request(self):
-        self._head_reader.deadline = time.monotonic() + HTTP_IDLE_TIMEOUT_S
-        BaseHTTPRequestHandler.handle_one_request(self)
-
-    def parse_request(self):
-        try:
-            return BaseHTTPRequestHandler.parse_request(self)
-        finally:
-            self._head_reader.deadline = None       # the head is in: no deadline for the rest
-
-    def do_GET(self):
-        self._dispatch(True)
-
-    def do_HEAD(self):
-        self._dispatch(False)
-
-    def __getattr__(self, name):
-        # Any other method (POST, PUT, DELETE, PATCH, OPTIONS, ...): 405, not 501.
-        if name.startswith("do_"):
-            return self._method_not_allowed
-        raise AttributeError(name)
-
-    def _method_not_allowed(self):
-        # The body (if any) is never read, so the connection must not be reused:
-        # its bytes would be parsed as the next request.
-        self.close_connection = True
-        self._send_json(405, build_error_answer("method not allowed: this server is read-only"),
-                        [("Allow", "GET, HEAD"), ("Connection", "close")])
-
-    def _dispatch(self, send_body):
-        self._send_body = send_body
-        self._answered = False
-        app = self.server.app
-        if self.headers.get("Transfer-Encoding") or (
-                self.headers.get("Content-Length") or "0").strip() != "0":
-            self.close_connection = True     # the body is never read: never parse it as a request
-        if len(self.headers.get_all("Host") or ()) > 1:
-            self.send_error(400, "more than one Host header")   # RFC 9112 §3.2
-            return
-        if not host_allowed(self.headers.get("Host"), app.machine_names, app.config.allowed_hosts,
-                            app.config.allowed_origins):
-            self._refuse_host()
-            return
-        parts = urlsplit(self.path)
-        name, gpu_id = route(parts.path)
-        if not self._authorized(name, parts.query) or not self._params_known(name, parts.query):
-            return
-        try:
-            getattr(self, "route_" + name)(gpu_id)
-        except OSError:
-            raise                        # the client went away: handle_error logs it
-        except Exception as exc:         # a bug: still an answer, never a dropped connection
-            self._internal_error(exc)
-
-    def _refuse_host(self):
-        host = sanitize_text(self.headers.get("Host") or "")[:100]
-        reason = "host=%r hint=%r" % (host, "a name this server answers to? add it to "
-                                      "APP_ALLOWED_HOSTS (--allowed-hosts)")
-        self._send_json(403, build_error_answer("Host %r not allowed (DNS rebinding protection); the "
-                                                "server's APP_ALLOWED_HOSTS setting admits it" % host),
-                        reason=reason)
-
-    def _authorized(self, name, query):
-        """True when no token is set, the route is open, or the request carries the
-        token; otherwise the answer (a 401, or the /?token= cookie redirect) is sent."""
-        app = self.server.app
-        token = app.config.auth_token
-        if token is None or name in AUTH_OPEN_ROUTES:
-            return True
-        cookie_name = auth_cookie_name(self.server.server_address[1])
-        offered = parse_token_query(query)
-        if name == "page" and offered is not None and token_matches(offered, token):
-            self._send(303, "text/plain; charset=utf-8", b"", [
-                ("Location", "./"), ("Set-Cookie", build_auth_cookie(cookie_name, token))])
-            return False
-        if request_authorized(self.headers, token, cookie_name):
-            return True
-        headers = [("WWW-Authenticate", 'Bearer realm="amdgpu_top_web"')]
-        if name in ("page", "plain"):
-            self._send(401, "text/html; charset=utf-8", render_auth_page().encode("utf-8"), headers)
-        else:
-            self._send_json(401, build_error_answer(AUTH_HELP), headers)
-        return False
-
-    def _params_known(self, name, query):
-        """A parameter the route does not take is a 400 naming it, never ignored."""
-        allowed = ROUTE_PARAMS.get(name)
-        if allowed is None:
-            return True
-        try:
-            parse_query_string(query, allowed)
-        except QueryError as exc:
-            self._send_json(400, build_error_answer(str(exc)))
-            return False
-        return True
-
-    def _internal_error(self, exc):
-        LOG.error("event=http_handler_exception path=%r error=%r",
-                  redact_token(sanitize_text(self.path))[:200], exc, exc_info=True)
-        self.close_connection = True
-        if not self._answered:
-            self._send_json(500, build_error_answer("internal error: %s (see the server log)"
-                                                    % type(exc).__name__), [("Connection", "close")])
-
-    # -- responses -------------------------------------------------------------
-
-    def _send(self, status, content_type, body, headers=(), cache="no-store", reason=None):
-        if status >= 400:
-            headers = list(headers) + [("X-Request-Id", self.server.app.error_log.line(
-                self, status, reason))]
-        self._answered = True
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Cache-Control", cache)
-        for key, value in SECURITY_HEADERS:
-            self.send_header(key, value)
-        self.send_header("Content-Security-Policy", self.server.app.csp)
-        for key, value in headers:
-            self.send_header(key, value)
-        self.end_headers()
-        if getattr(self, "_send_body", True):
-            self.wfile.write(body)
-
-    def _send_json(self, status, obj, headers=(), reason=None):
-        self._send(status, "application/json", json_bytes(obj), headers, reason=reason)
-
-    def send_error(self, code, message=None, explain=None):
-        """Errors the base class raises itself (400, 414, 431, 501) as JSON too."""
-        self.close_connection = True
-        try:
-            self._send(code, "application/json", error_json(message or HTTPStatus(code).phrase),
-                       [("Connection", "close")])
-        except OSError:
-            pass
-
-    def log_message(self, fmt, *args):
-        LOG.debug("event=http client=%s %s", self.client_address[0], redact_token(fmt % args))
-
-    # -- routes ------------------------------------------------------------------
+    def __init__(self, handler):
+        self.server, self.path, self.headers = handler.server, handler.path, handler.headers
+        self._send, self._send_json = handler._send, handler._send_json
 
     def route_page(self, _):
         app = self.server.app
@@ -10710,6 +10584,163 @@ class DashboardHandler(BaseHTTPRequestHandler):
             self._send_json(404, build_error_answer("unknown GPU: %s" % gpu_id))
         return info
 
+
+class DashboardHandler(BaseHTTPRequestHandler):
+    """Answers every route from the cache; /ws is upgraded here and handed to the hub."""
+
+    server_version = "amdgpu_top_web/" + __version__
+    protocol_version = "HTTP/1.1"
+    default_request_version = "HTTP/1.0"   # never answer HTTP/0.9-style (bare body, no headers)
+    timeout = HTTP_IDLE_TIMEOUT_S
+
+    def setup(self):
+        BaseHTTPRequestHandler.setup(self)
+        self._head_reader = _HeadDeadlineReader(self.connection, self.timeout)
+        if isinstance(self.connection, socket.socket):
+            self.rfile = io.BufferedReader(self._head_reader, 65536)
+
+    def handle_one_request(self):
+        self._head_reader.deadline = time.monotonic() + HTTP_IDLE_TIMEOUT_S
+        BaseHTTPRequestHandler.handle_one_request(self)
+
+    def parse_request(self):
+        try:
+            return BaseHTTPRequestHandler.parse_request(self)
+        finally:
+            self._head_reader.deadline = None       # the head is in: no deadline for the rest
+
+    def do_GET(self):
+        self._dispatch(True)
+
+    def do_HEAD(self):
+        self._dispatch(False)
+
+    def __getattr__(self, name):
+        # Any other method (POST, PUT, DELETE, PATCH, OPTIONS, ...): 405, not 501.
+        if name.startswith("do_"):
+            return self._method_not_allowed
+        raise AttributeError(name)
+
+    def _method_not_allowed(self):
+        # The body (if any) is never read, so the connection must not be reused:
+        # its bytes would be parsed as the next request.
+        self.close_connection = True
+        self._send_json(405, build_error_answer("method not allowed: this server is read-only"),
+                        [("Allow", "GET, HEAD"), ("Connection", "close")])
+
+    def _dispatch(self, send_body):
+        self._send_body = send_body
+        self._answered = False
+        app = self.server.app
+        if self.headers.get("Transfer-Encoding") or (
+                self.headers.get("Content-Length") or "0").strip() != "0":
+            self.close_connection = True     # the body is never read: never parse it as a request
+        if len(self.headers.get_all("Host") or ()) > 1:
+            self.send_error(400, "more than one Host header")   # RFC 9112 §3.2
+            return
+        if not host_allowed(self.headers.get("Host"), app.machine_names, app.config.allowed_hosts,
+                            app.config.allowed_origins):
+            self._refuse_host()
+            return
+        parts = urlsplit(self.path)
+        name, gpu_id = route(parts.path)
+        if not self._authorized(name, parts.query) or not self._params_known(name, parts.query):
+            return
+        try:
+            answer = getattr(self, "route_" + name, None) or getattr(Routes(self), "route_" + name)
+            answer(gpu_id)
+        except OSError:
+            raise                        # the client went away: handle_error logs it
+        except Exception as exc:         # a bug: still an answer, never a dropped connection
+            self._internal_error(exc)
+
+    def _refuse_host(self):
+        host = sanitize_text(self.headers.get("Host") or "")[:100]
+        reason = "host=%r hint=%r" % (host, "a name this server answers to? add it to "
+                                      "APP_ALLOWED_HOSTS (--allowed-hosts)")
+        self._send_json(403, build_error_answer("Host %r not allowed (DNS rebinding protection); the "
+                                                "server's APP_ALLOWED_HOSTS setting admits it" % host),
+                        reason=reason)
+
+    def _authorized(self, name, query):
+        """True when no token is set, the route is open, or the request carries the
+        token; otherwise the answer (a 401, or the /?token= cookie redirect) is sent."""
+        app = self.server.app
+        token = app.config.auth_token
+        if token is None or name in AUTH_OPEN_ROUTES:
+            return True
+        cookie_name = auth_cookie_name(self.server.server_address[1])
+        offered = parse_token_query(query)
+        if name == "page" and offered is not None and token_matches(offered, token):
+            self._send(303, "text/plain; charset=utf-8", b"", [
+                ("Location", "./"), ("Set-Cookie", build_auth_cookie(cookie_name, token))])
+            return False
+        if request_authorized(self.headers, token, cookie_name):
+            return True
+        headers = [("WWW-Authenticate", 'Bearer realm="amdgpu_top_web"')]
+        if name in ("page", "plain"):
+            self._send(401, "text/html; charset=utf-8", render_auth_page().encode("utf-8"), headers)
+        else:
+            self._send_json(401, build_error_answer(AUTH_HELP), headers)
+        return False
+
+    def _params_known(self, name, query):
+        """A parameter the route does not take is a 400 naming it, never ignored."""
+        allowed = ROUTE_PARAMS.get(name)
+        if allowed is None:
+            return True
+        try:
+            parse_query_string(query, allowed)
+        except QueryError as exc:
+            self._send_json(400, build_error_answer(str(exc)))
+            return False
+        return True
+
+    def _internal_error(self, exc):
+        LOG.error("event=http_handler_exception path=%r error=%r",
+                  redact_token(sanitize_text(self.path))[:200], exc, exc_info=True)
+        self.close_connection = True
+        if not self._answered:
+            self._send_json(500, build_error_answer("internal error: %s (see the server log)"
+                                                    % type(exc).__name__), [("Connection", "close")])
+
+    # -- responses -------------------------------------------------------------
+
+    def _send(self, status, content_type, body, headers=(), cache="no-store", reason=None):
+        if status >= 400:
+            headers = list(headers) + [("X-Request-Id", self.server.app.error_log.line(
+                self, status, reason))]
+        self._answered = True
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", cache)
+        for key, value in SECURITY_HEADERS:
+            self.send_header(key, value)
+        self.send_header("Content-Security-Policy", self.server.app.csp)
+        for key, value in headers:
+            self.send_header(key, value)
+        self.end_headers()
+        if getattr(self, "_send_body", True):
+            self.wfile.write(body)
+
+    def _send_json(self, status, obj, headers=(), reason=None):
+        self._send(status, "application/json", json_bytes(obj), headers, reason=reason)
+
+    def send_error(self, code, message=None, explain=None):
+        """Errors the base class raises itself (400, 414, 431, 501) as JSON too."""
+        self.close_connection = True
+        try:
+            self._send(code, "application/json", error_json(message or HTTPStatus(code).phrase),
+                       [("Connection", "close")])
+        except OSError:
+            pass
+
+    def log_message(self, fmt, *args):
+        LOG.debug("event=http client=%s %s", self.client_address[0], redact_token(fmt % args))
+
+    # -- the WebSocket upgrade (the other routes: Routes) ---------------------------
+
     def route_ws(self, _):
         app = self.server.app
         headers = dict((k.lower(), v) for k, v in self.headers.items())
@@ -10741,6 +10772,7 @@ class DashboardHandler(BaseHTTPRequestHandler):
         self.close_connection = True
         sock = socket.socket(fileno=self.connection.detach())
         hub.add_client(sock, "%s:%s" % self.client_address[:2], leftover)
+
 
 # ---------------------------------------------------------------------------
 # 11. CLI and main()

@@ -158,7 +158,7 @@ def test_autobahn_fuzzingclient(wstest):
         while server.hub.client_count() and time.monotonic() < deadline:
             time.sleep(0.05)
         leftover_clients = server.hub.client_count()
-        leftover_slots = getattr(server.hub, "_slots", 0)
+        leftover_slots = server.hub.slots.taken
     finally:
         server.stop()
 

@@ -298,7 +298,8 @@ def example_paths(gpu_id, run_id):
 
 
 def test_the_walk_reaches_every_route():
-    handled = set(name[6:] for name in dir(atw.DashboardHandler) if name.startswith("route_"))
+    handled = set(name[6:] for cls in (atw.DashboardHandler, atw.Routes) for name in dir(cls)
+                  if name.startswith("route_"))
     paths = example_paths("card0", 1)
     assert set(paths.values()) == handled == set(atw.ROUTE_PARAMS)
     for path, name in paths.items():

@@ -119,6 +119,7 @@ import html
 import io
 import http.client
 import ipaddress
+import itertools
 import json
 import logging
 import math
@@ -3311,9 +3312,15 @@ def compute_theil_sen(xs, ys, confidence=FORECAST_CONFIDENCE):
                 slopes.append((ys[j] - yi) / dx)
             elif dx < 0:
                 slopes.append((yi - ys[j]) / -dx)
+    slopes.sort()
+    return _theil_sen_from_sorted(slopes, xs, ys, confidence)
+
+
+def _theil_sen_from_sorted(slopes, xs, ys, confidence=FORECAST_CONFIDENCE):
+    """compute_theil_sen's answer from the sorted pairwise slopes of xs, ys."""
     if not slopes:
         return None
-    slopes.sort()
+    n = len(xs)
     nt = len(slopes)
     z = statistics.NormalDist().inv_cdf(0.5 + confidence / 2.0)
     var = (n * (n - 1) * (2 * n + 5) - _tie_term(xs) - _tie_term(ys)) / 18.0
@@ -3321,6 +3328,87 @@ def compute_theil_sen(xs, ys, confidence=FORECAST_CONFIDENCE):
     upper = min(int(round((nt + z * sigma) / 2.0)), nt - 1)
     lower = max(int(round((nt - z * sigma) / 2.0)) - 1, 0)
     return _median_sorted(slopes), slopes[lower], slopes[upper]
+
+
+class TheilSenWindow(object):
+    """compute_theil_sen for a sliding window, incrementally: the sorted
+    pairwise slopes are kept between calls; when the new (xs, ys) is the
+    previous one with points dropped at the front and added at the end, only
+    the dropped points' slopes leave and the new points' slopes join (O(n)
+    per new point instead of the O(n^2) refit). The slopes are the same
+    floats, so the answer is exactly compute_theil_sen's; anything else (a
+    step, a reset, unsorted xs) refits from scratch."""
+
+    def __init__(self):
+        self._xs, self._ys, self._slopes = [], [], []
+        self._ascending = False             # the kept xs strictly ascending
+
+    def fit(self, xs, ys, confidence=FORECAST_CONFIDENCE):
+        xs, ys = list(xs), list(ys)
+        if not self._slide(xs, ys):
+            self._slopes = _pair_slopes_sorted(xs, ys)
+            self._ascending = not any(b <= a for a, b in zip(xs, xs[1:]))
+        self._xs, self._ys = xs, ys
+        return _theil_sen_from_sorted(self._slopes, xs, ys, confidence)
+
+    def _slide(self, xs, ys):
+        """Update the slopes in place if xs, ys slid from the last window."""
+        old_xs, old_ys = self._xs, self._ys
+        if not self._ascending or not old_xs or not xs or xs[0] < old_xs[0]:
+            return False
+        drop = bisect.bisect_left(old_xs, xs[0])
+        keep = len(old_xs) - drop
+        if keep < len(old_xs) // 2 or keep > len(xs) or (
+                xs[:keep] != old_xs[drop:] or ys[:keep] != old_ys[drop:]):
+            return False
+        if any(b <= a for a, b in zip(xs[keep - 1:], xs[keep:])):
+            return False                        # new slopes below assume ascending xs
+        gone = []
+        for i in range(drop):                   # ascending: every dx > 0
+            xi, yi = old_xs[i], old_ys[i]
+            gone.extend([(yj - yi) / (xj - xi) for xj, yj in zip(old_xs[i + 1:], old_ys[i + 1:])])
+        gone.sort()
+        slopes = _remove_sorted(self._slopes, gone)
+        if slopes is None:
+            return False
+        for j in range(keep, len(xs)):
+            xj, yj = xs[j], ys[j]
+            slopes.extend([(yj - yi) / (xj - xi) for xi, yi in zip(xs[:j], ys[:j])])
+        slopes.sort()                           # two runs: timsort merges them in O(n)
+        self._slopes = slopes
+        return True
+
+
+def _slopes_from(xs, ys, i):
+    """The slopes of pairs (i, j > i), exactly as compute_theil_sen forms them."""
+    xi, yi = xs[i], ys[i]
+    out = []
+    for xj, yj in zip(xs[i + 1:], ys[i + 1:]):
+        dx = xj - xi
+        if dx > 0:
+            out.append((yj - yi) / dx)
+        elif dx < 0:
+            out.append((yi - yj) / -dx)
+    return out
+
+
+def _pair_slopes_sorted(xs, ys):
+    slopes = list(itertools.chain.from_iterable(_slopes_from(xs, ys, i) for i in range(len(xs))))
+    slopes.sort()
+    return slopes
+
+
+def _remove_sorted(values, gone):
+    """Sorted values less the sorted multiset gone (all present), or None if one is missing."""
+    out, start = [], 0
+    for value in gone:
+        at = bisect.bisect_left(values, value, start)
+        if at >= len(values) or values[at] != value:
+            return None
+        out.extend(values[start:at])
+        start = at + 1
+    out.extend(values[start:])
+    return out
 
 
 def compute_current_level(xs, ys, slope):
@@ -3400,7 +3488,7 @@ def find_vram_step(ts, used, since_s):
     return None
 
 
-def compute_vram_forecast(ts, used, total, proc_series=None):
+def compute_vram_forecast(ts, used, total, proc_series=None, theil_sen=compute_theil_sen):
     """Device VRAM samples (ts seconds ascending, used bytes; up to
     FORECAST_HISTORY_S of them) -> vram_forecast.
 
@@ -3411,7 +3499,8 @@ def compute_vram_forecast(ts, used, total, proc_series=None):
     the samples after it show a trend of their own (or it leaves the window).
     A "trend" needs the interval's low end past the noise floor; a growing
     one gets full_in_s = free/high .. free/low, free from the current level.
-    proc_series {pid: (ts, vram)} names the process that grew most (driver_pid).
+    proc_series {pid: (ts, vram)} names the process that grew most (driver_pid);
+    theil_sen is compute_theil_sen or a TheilSenWindow's fit (the same answer, incremental).
     """
     history_ts, history_used = ts, used
     ts, used = forecast_window(ts, used)
@@ -3422,7 +3511,7 @@ def compute_vram_forecast(ts, used, total, proc_series=None):
     step = find_vram_step(history_ts, history_used, ts[0])
     if step is not None:
         ts, used = list(history_ts[step[0]:]), list(history_used[step[0]:])
-    fit = compute_theil_sen(ts, used) if _enough_points(ts) else None
+    fit = theil_sen(ts, used) if _enough_points(ts) else None
     if fit is not None and fit[1] > FORECAST_NOISE_FLOOR_BPS:
         free = total - compute_current_level(ts, used, fit[0])
         return new_vram_forecast("trend", _round_range(fit[1], fit[2]),
@@ -6625,6 +6714,7 @@ class VramForecaster(object):
         self._forecast = new_vram_forecast()
         self._computed_at = None
         self._free = None
+        self._fit = TheilSenWindow()       # the sampler thread's alone: used outside the lock
 
     @staticmethod
     def _push(ts, values, epoch_s, value):
@@ -6652,7 +6742,7 @@ class VramForecaster(object):
             self._computed_at = epoch_s
             ts, values = list(self._ts), list(self._used)
             growing = self._growing_procs()
-        forecast = compute_vram_forecast(ts, values, total, growing)
+        forecast = compute_vram_forecast(ts, values, total, growing, self._fit.fit)
         with self._lock:
             self._forecast = forecast
         return forecast

@@ -161,6 +161,11 @@ AMD_DRIVER = "amdgpu"
 INTEL_DRIVERS = ("i915", "xe")
 FDINFO_DRIVERS = (AMD_DRIVER,) + INTEL_DRIVERS    # DRM clients process top keeps
 HISTORY_WINDOW_S = 600.0        # rolling history kept per GPU (10 minutes)
+# hello carries each GPU's ring as the page's sparklines draw it: their series,
+# and at most one point (the max) per column of their 300 (SPARK_W in index.html).
+HELLO_HISTORY_KEYS = ("gpu_busy_pct", "mem_busy_pct", "power_w", "temp_c", "temp_junction_c",
+                      "vram_used_bytes")
+HELLO_HISTORY_POINTS = 300
 REDISCOVER_INTERVAL_S = 2.0     # how often /sys/class/drm is listed again
 MISSING_RECHECK_S = 30.0        # a missing sysfs file is tried again this rarely
 REVALIDATE_S = 5.0              # a kept file's directory is checked this often
@@ -4243,6 +4248,50 @@ def build_stats_message(gpu_id, epoch_s, metrics):
     return {"type": "stats", "gpu_id": gpu_id, "ts": format_ts(epoch_s), "metrics": metrics}
 
 
+def build_hello_message(interval_s, default_gpu, gpus, features, history, host, host_history,
+                        alerts):
+    """The hello frame: gpus (identity dicts), history {gpu id: ring json},
+    host (dict or None), host_history (ring json), alerts (active events)."""
+    ids = [g["id"] for g in gpus]
+    return {"type": "hello", "version": __version__,
+            "interval_ms": int(round(interval_s * 1000)),
+            "default_gpu": default_gpu if default_gpu in ids else (ids[0] if ids else None),
+            "subscribed": "*", "gpus": gpus, "features": features, "history": history,
+            "host": host, "host_history": host_history, "alerts": alerts}
+
+
+def encode_ring_json(interval_s, ts, columns, points_max=None):
+    """Ordered ring columns (ts and {key: values}, NaN for null) -> the ring
+    json {"interval_ms", "ts": [unix ms], "series": {key: [value or null]}};
+    with points_max, buckets of k consecutive samples (the newest bucket
+    ends at the newest sample) become one point each: the bucket's last ts
+    and each series' max, interval_ms then k times the sampling interval."""
+    n = len(ts)
+    k = max(1, -(-n // points_max)) if points_max else 1
+    ends = list(range(n, 0, -k))[::-1]
+    series = {}
+    for key, values in columns.items():
+        series[key] = [_bucket_max(values, max(0, end - k), end) for end in ends]
+    return {"interval_ms": int(round(interval_s * k * 1000)),
+            "ts": [int(round(ts[end - 1] * 1000)) for end in ends], "series": series}
+
+
+def _bucket_max(values, lo, hi):
+    """max of values[lo:hi] ignoring NaN (None if all NaN), compacted."""
+    if hi - lo == 1:
+        value = values[lo]
+    else:
+        segment = values[lo:hi]
+        total = sum(segment)                  # NaN-free (the common case) in C
+        value = max(segment) if total == total else max(
+            (v for v in segment if v == v), default=float("nan"))
+    return None if value != value else _compact(value)
+
+
+def _compact(value):
+    return int(value) if value.is_integer() else value
+
+
 def build_host_message(epoch_s, host):
     """The host frame (also GET /api/host); ts and host are null before the first sample."""
     return {"type": "host", "ts": None if epoch_s is None else format_ts(epoch_s), "host": host}
@@ -6803,22 +6852,19 @@ class HistoryRing(object):
         self._next = (index + 1) % self.capacity
         self._count = min(self._count + 1, self.capacity)
 
-    def _order(self):
+    def ordered(self, keys=None):
+        """(ts, {key: values}): copies, oldest first (cheap: array slices, for
+        taking under a lock and encoding outside it)."""
         start = (self._next - self._count) % self.capacity
-        return [(start + i) % self.capacity for i in range(self._count)]
+        def span(values):
+            return values[start:start + self._count] if start + self._count <= self.capacity else (
+                values[start:] + values[:self._next])
+        return span(self._ts), dict((key, span(values)) for key, values in zip(self.keys, self._series)
+                                    if keys is None or key in keys)
 
     def to_json(self, interval_s):
         """Columnar: {"interval_ms", "ts": [unix ms], "series": {key: [value or null]}}."""
-        order = self._order()
-        series = {}
-        for key, values in zip(self.keys, self._series):
-            series[key] = [None if values[i] != values[i] else _compact(values[i]) for i in order]
-        return {"interval_ms": int(round(interval_s * 1000)),
-                "ts": [int(round(self._ts[i] * 1000)) for i in order], "series": series}
-
-
-def _compact(value):
-    return int(value) if value.is_integer() else value
+        return encode_ring_json(interval_s, *self.ordered())
 
 
 class Cache(object):
@@ -6840,7 +6886,8 @@ class Cache(object):
         self._history = {}
         self._listeners = []
         self._sinks = []
-        self._hello = None
+        self._hello = None              # (seq, meta seq, monotonic s, bytes): the last hello
+        self._seq = self._meta_seq = 0  # bumped by every change / by all but a new sample
         self._health = {}
         self._forecasters = {}
         self._alerts = []               # the active alert events (the engine's list)
@@ -6861,6 +6908,12 @@ class Cache(object):
 
     def add_listener(self, callback):
         self._listeners.append(callback)
+
+    def _changed(self, meta=False):
+        """Under the lock: hello is out of date (meta: by more than a sample)."""
+        self._seq += 1
+        if meta:
+            self._meta_seq += 1
 
     def _notify(self, frame):
         for callback in self._listeners:
@@ -6891,7 +6944,7 @@ class Cache(object):
                 self._history.setdefault(gpu_id, HistoryRing(self._capacity))
             self._forecasters = dict((gpu_id, self._forecasters.get(gpu_id) or VramForecaster())
                                      for gpu_id in self._gpus)
-            self._hello = None
+            self._changed(meta=True)
         self._offer("offer_gpus", [info.id for info in infos])
         payload = json_bytes({"type": "gpus", "gpus": [identity_json(i) for i in infos]})
         self._notify(OutFrame(None, "gpus", payload, encode_frame(Opcode.TEXT, payload)))
@@ -6907,7 +6960,7 @@ class Cache(object):
                 return
             self._stats[gpu_id] = (epoch_s, metrics, frame)
             self._history[gpu_id].push(epoch_s, metrics)
-            self._hello = None
+            self._changed()
         self._notify(frame)
         self._offer("offer_stats", gpu_id, epoch_s, metrics)
 
@@ -6932,7 +6985,7 @@ class Cache(object):
         with self._lock:
             self._host = (epoch_s, host, frame)
             self._host_history.push(epoch_s, host)
-            self._hello = None
+            self._changed()
         self._notify(frame)
         self._offer("offer_host", epoch_s, host)
 
@@ -6948,13 +7001,13 @@ class Cache(object):
     def set_feature(self, key, value):
         with self._lock:
             self.features[key] = value
-            self._hello = None
+            self._changed(meta=True)
 
     def update_feature(self, key, **values):
         """Update some fields of a dict-valued feature (e.g. alert counters)."""
         with self._lock:
             self.features[key] = dict(self.features.get(key) or {}, **values)
-            self._hello = None
+            self._changed(meta=True)
 
     def publish_alert(self, event, active):
         """An alert state change -> one frame for every client (gpu_id None);
@@ -6963,7 +7016,7 @@ class Cache(object):
         frame = OutFrame(None, "alert", payload, encode_frame(Opcode.TEXT, payload))
         with self._lock:
             self._alerts = list(active)
-            self._hello = None
+            self._changed(meta=True)
         self._notify(frame)
 
     def set_alerts(self, active):
@@ -6971,7 +7024,7 @@ class Cache(object):
         (hello, /plain, /api/alerts)."""
         with self._lock:
             self._alerts = list(active)
-            self._hello = None
+            self._changed(meta=True)
 
     def alerts(self):
         with self._lock:
@@ -7018,21 +7071,31 @@ class Cache(object):
             return frames + ([self._host[2]] if host and self._host is not None else [])
 
     def hello_payload(self, default_gpu):
-        """The hello message (JSON bytes), rebuilt at most once per tick and shared."""
+        """The hello message (JSON bytes), shared by every connection: rebuilt
+        after a change, but after new samples alone at most once per tick.
+        Under the lock only references and ring copies are taken; the
+        encoding (rings downsampled to HELLO_HISTORY_POINTS) runs outside it."""
+        now = time.monotonic()
         with self._lock:
-            if self._hello is None:
-                gpus = [identity_json(info) for info in self._gpus.values()]
-                default = default_gpu if default_gpu in self._gpus else (
-                    gpus[0]["id"] if gpus else None)
-                self._hello = json_bytes({
-                    "type": "hello", "version": __version__,
-                    "interval_ms": int(round(self.interval_s * 1000)), "default_gpu": default,
-                    "subscribed": "*", "gpus": gpus, "features": self.features,
-                    "history": {i: ring.to_json(self.interval_s) for i, ring in self._history.items()},
-                    "host": self._host[1] if self._host is not None else None,
-                    "host_history": self._host_history.to_json(HOST_INTERVAL_S),
-                    "alerts": self._alerts})
-            return self._hello
+            cached = self._hello
+            if cached is not None and cached[1] == self._meta_seq and (
+                    cached[0] == self._seq or 0 <= now - cached[2] < self.interval_s):
+                return cached[3]
+            seq, meta_seq = self._seq, self._meta_seq
+            gpus = [identity_json(info) for info in self._gpus.values()]
+            rings = [(gpu_id, ring.ordered(HELLO_HISTORY_KEYS)) for gpu_id, ring in self._history.items()]
+            host_ring = self._host_history.ordered()
+            features, alerts = dict(self.features), list(self._alerts)
+            host = self._host[1] if self._host is not None else None
+        history = dict((gpu_id, encode_ring_json(self.interval_s, ts, columns, HELLO_HISTORY_POINTS))
+                       for gpu_id, (ts, columns) in rings)
+        payload = json_bytes(build_hello_message(
+            self.interval_s, default_gpu, gpus, features, history, host,
+            encode_ring_json(HOST_INTERVAL_S, *host_ring), alerts))
+        with self._lock:
+            if self._hello is None or self._hello[0] <= seq:
+                self._hello = (seq, meta_seq, now, payload)
+        return payload
 
 
 class StoppableThread(threading.Thread):

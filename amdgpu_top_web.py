@@ -7951,6 +7951,7 @@ class ProcScanner(object):
         self._full_every = max(1, int(full_walk_every))
         self._node_map = {}          # "renderD128" -> "0000:03:00.0"
         self._kfd_pcis = None        # AMD GPUs (None: every GPU of the node map)
+        self._drm = True             # a GPU whose clients show in fdinfo is known
         self._watch = {}             # pid -> dict (GPU users)
         self._prev = {}              # (pid, start_time, client key) -> EngineSample
         self._users = {}             # uid -> name
@@ -7971,6 +7972,7 @@ class ProcScanner(object):
         holding only /dev/kfd is shown on those, never on other vendors')."""
         self.set_node_map(node_map_for(infos))
         self._kfd_pcis = sorted(info.pci for info in infos if info.vendor == "amd")
+        self._drm = not infos or any(info.vendor in ("amd", "intel") for info in infos)
 
     def _amd_pcis(self):
         return sorted(set(self._node_map.values())) if self._kfd_pcis is None else self._kfd_pcis
@@ -8001,7 +8003,10 @@ class ProcScanner(object):
                 self._visibility = self._read_visibility(procfd)
             if self._kfd is not None:
                 self._kfd.refresh(self._node_map, self._amd_pcis())
-            self._walker.walk(procfd, pids, full, stats, t0)
+            if self._drm:
+                self._walker.walk(procfd, pids, full, stats, t0)
+            else:                    # NVIDIA alone: NVML lists its PIDs; no fd to look at,
+                self._scans = 0      # and the first walk once a DRM GPU shows is a full one
             self._visibility["visible_pids"] = len(pids)
         except OSError:
             pass                                       # the root itself went away

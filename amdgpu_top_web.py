@@ -619,6 +619,7 @@ GpuInfo = collections.namedtuple(
 
 # One published frame: the JSON payload (bytes) and the same as a WebSocket frame.
 OutFrame = collections.namedtuple("OutFrame", "gpu_id kind payload wire")
+SAMPLE_FRAME_KINDS = ("stats", "procs", "host")   # the latest of each is kept in the cache
 
 # -- NVML structs (nvml.h; sizes checked against gcc, see the stand-in's
 #    _Static_asserts in tests/nvml/) ----------------------------------------
@@ -9807,7 +9808,12 @@ class Hub(StoppableThread):
         self._mailbox.post(("client", (sock, addr, leftover)))
 
     def on_frame(self, frame):
-        self._mailbox.post(("frame", frame))
+        """A frame for the clients. With no client connected or arriving (no
+        slot reserved), a sample frame has no one to go to: a new client
+        starts from the cache (hello, the latest frames), so the publishing
+        thread neither writes to the socketpair nor wakes the hub for it."""
+        if self._slots or frame.kind not in SAMPLE_FRAME_KINDS:
+            self._mailbox.post(("frame", frame))
 
     def stop(self):
         StoppableThread.stop(self)

@@ -390,6 +390,26 @@ def test_readyz_is_503_before_the_first_enumeration(app_factory):
         app.hub.join(5)
 
 
+def test_with_no_client_the_hub_is_not_woken_for_sample_frames():
+    """At rest (no WebSocket client) each sample frame used to cost a
+    socketpair write in the sampler and a wake-up of the hub thread."""
+    hub = amdgpu_top_web.Hub(None, 4, 1.0, 1.0)
+    frame = amdgpu_top_web.OutFrame
+    try:
+        for kind in ("stats", "procs", "host"):
+            hub.on_frame(frame("card0", kind, b"{}", b""))
+        assert not hub._mailbox.items
+        hub.on_frame(frame(None, "alert", b"{}", b""))          # events always go
+        hub.on_frame(frame(None, "gpus", b"{}", b""))
+        assert [item.kind for _, item in hub._mailbox.items] == ["alert", "gpus"]
+        assert hub.reserve_slot()                               # a client on its way
+        hub.on_frame(frame("card0", "stats", b"{}", b""))
+        assert [item.kind for _, item in hub._mailbox.items][-1] == "stats"
+    finally:
+        hub._mailbox.close()
+        hub._selector.close()
+
+
 def test_no_gpu_serves_empty_list_with_demo_hint(server, tmp_path):
     empty = tmp_path / "sys"
     empty.mkdir()
@@ -946,3 +966,4 @@ def _collect_raw(ws, seconds):
         if msg is not None:
             out.append(msg)
     return out
+

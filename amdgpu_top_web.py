@@ -7253,12 +7253,16 @@ class AlertEngine(StoppableThread):
 
     # -- the sink side (never blocks) --
 
-    def _put(self, item):
+    def _put(self, item, wake=False):
+        """Samples wait for the thread's once-a-second pass (holds are whole
+        seconds; a wake-up per sample cost more than the rules), unless the
+        inbox is half full; a GPU list change wakes it at once."""
         if len(self._inbox) == self._inbox.maxlen:
             self.dropped += 1
             self.cache.record("exporter_alert_inbox_dropped_total", (), 1, add=True)
         self._inbox.append(item)
-        self._wake.set()
+        if wake or len(self._inbox) * 2 >= self._inbox.maxlen:
+            self._wake.set()
 
     def offer_stats(self, gpu_id, epoch_s, metrics):
         self._put(("stats", gpu_id, epoch_s, metrics))
@@ -7270,7 +7274,7 @@ class AlertEngine(StoppableThread):
         self._put(("host", None, epoch_s, host))
 
     def offer_gpus(self, gpu_ids):
-        self._put(("gpus", tuple(gpu_ids), self.clock()))
+        self._put(("gpus", tuple(gpu_ids), self.clock()), wake=True)
 
     # -- the thread --
 

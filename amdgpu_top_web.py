@@ -3460,7 +3460,7 @@ def _round_range(low, high):
     return [int(math.floor(low)), int(math.ceil(high))]
 
 
-def find_vram_step(ts, used, since_s):
+def find_vram_step(ts, used, since_s, seen=None):
     """The last big change of the level at or after since_s -> (index of the
     first sample after it, signed bytes), or None.
 
@@ -3471,6 +3471,9 @@ def find_vram_step(ts, used, since_s):
     ground. So the frees and allocations of a periodic allocate-then-free,
     whose levels were all seen before, are never big; a leak's final free is.
     A change with fewer than FORECAST_MIN_POINTS samples before it is not judged.
+    seen: a dict kept between calls on the same growing series, {(ts of the
+    window's start, of the jump's start, of its end): big?}: a sliding window
+    judges each change once (the samples at those times do not change).
     """
     for i in range(len(ts) - 1, 0, -1):
         if ts[i] < since_s:
@@ -3482,19 +3485,30 @@ def find_vram_step(ts, used, since_s):
         start = bisect.bisect_left(ts, ts[j] - FORECAST_WINDOW_S)
         if j + 1 - start < FORECAST_MIN_POINTS:
             continue
-        low, high = min(used[start:j + 1]), max(used[start:j + 1])
-        if delta > 0:
-            big = used[i] > high + FORECAST_STEP_MIN_BYTES and delta > FORECAST_STEP_SHARE * (
-                used[i] - low)
-        else:
-            big = used[i] < low - FORECAST_STEP_MIN_BYTES and -delta > FORECAST_STEP_SHARE * (
-                high - used[i])
+        key = (ts[start], ts[j], ts[i])
+        big = None if seen is None else seen.get(key)
+        if big is None:
+            big = _is_big_step(used, start, j, i)
+            if seen is not None:
+                seen[key] = big
         if big:
             return j + 1, int(delta)
     return None
 
 
-def compute_vram_forecast(ts, used, total, proc_series=None, theil_sen=compute_theil_sen):
+def _is_big_step(used, start, j, i):
+    """find_vram_step's test of the change j -> i against used[start..j]."""
+    delta = used[i] - used[j]
+    low, high = min(used[start:j + 1]), max(used[start:j + 1])
+    if delta > 0:
+        return used[i] > high + FORECAST_STEP_MIN_BYTES and delta > FORECAST_STEP_SHARE * (
+            used[i] - low)
+    return used[i] < low - FORECAST_STEP_MIN_BYTES and -delta > FORECAST_STEP_SHARE * (
+        high - used[i])
+
+
+def compute_vram_forecast(ts, used, total, proc_series=None, theil_sen=compute_theil_sen,
+                          steps_seen=None):
     """Device VRAM samples (ts seconds ascending, used bytes; up to
     FORECAST_HISTORY_S of them) -> vram_forecast.
 
@@ -3506,7 +3520,8 @@ def compute_vram_forecast(ts, used, total, proc_series=None, theil_sen=compute_t
     A "trend" needs the interval's low end past the noise floor; a growing
     one gets full_in_s = free/high .. free/low, free from the current level.
     proc_series {pid: (ts, vram)} names the process that grew most (driver_pid);
-    theil_sen is compute_theil_sen or a TheilSenWindow's fit (the same answer, incremental).
+    theil_sen is compute_theil_sen or a TheilSenWindow's fit (the same answer, incremental);
+    steps_seen find_vram_step's memo (its seen) for a forecaster's growing series.
     """
     history_ts, history_used = ts, used
     ts, used = forecast_window(ts, used)
@@ -3514,7 +3529,7 @@ def compute_vram_forecast(ts, used, total, proc_series=None, theil_sen=compute_t
         return new_vram_forecast()
     if used[-1] < FORECAST_MIN_USED * total:       # no claim, and no O(n^2) fit either
         return new_vram_forecast("stable")
-    step = find_vram_step(history_ts, history_used, ts[0])
+    step = find_vram_step(history_ts, history_used, ts[0], steps_seen)
     if step is not None:
         ts, used = list(history_ts[step[0]:]), list(history_used[step[0]:])
     fit = theil_sen(ts, used) if _enough_points(ts) else None
@@ -6765,6 +6780,7 @@ class VramForecaster(object):
         self._computed_at = None
         self._free = None
         self._fit = TheilSenWindow()       # the sampler thread's alone: used outside the lock
+        self._steps = {}                   # find_vram_step's memo (likewise)
 
     @staticmethod
     def _push(ts, values, epoch_s, value):
@@ -6787,12 +6803,16 @@ class VramForecaster(object):
                 return self._forecast
             self._free = max(0, total - used)
             self._push(self._ts, self._used, epoch_s, used)
+            if len(self._ts) == 1:          # a fresh series (a reset, a clock stepped back)
+                self._steps = {}
             if self._computed_at is not None and 0 <= epoch_s - self._computed_at < FORECAST_EVERY_S:
                 return self._forecast
             self._computed_at = epoch_s
             ts, values = list(self._ts), list(self._used)
             growing = self._growing_procs()
-        forecast = compute_vram_forecast(ts, values, total, growing, self._fit.fit)
+        if len(self._steps) > 4 * len(ts):
+            self._steps = dict((k, v) for k, v in self._steps.items() if k[0] >= ts[0])
+        forecast = compute_vram_forecast(ts, values, total, growing, self._fit.fit, self._steps)
         with self._lock:
             self._forecast = forecast
         return forecast

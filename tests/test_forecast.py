@@ -425,3 +425,25 @@ def test_the_forecaster_refits_incrementally_with_the_same_verdicts():
         got = forecaster.on_stats(ts[-1], {"vram_used_bytes": used[-1], "vram_total_bytes": TOTAL})
         assert got == atw.compute_vram_forecast(ts[-242:], used[-242:], TOTAL, {}), i
     assert forecaster._fit._slopes                 # the fit state is kept between seconds
+
+
+def test_the_forecasters_step_memo_keeps_the_verdicts_of_a_fresh_compute():
+    """A fast leak (every 2 s jump past FORECAST_STEP_MIN_BYTES is judged), its
+    final free (a step), a reset and a clock stepping back: each second's
+    verdict equals compute_vram_forecast on the same samples without a memo."""
+    forecaster = atw.VramForecaster()
+    rng = random.Random(7)
+    ts, used, seen = [], [], set()
+    t = 1764686400.0
+    for i in range(420):
+        t = t - 30 if i == 300 else t + 1                  # the clock steps back once
+        if i == 300 or (ts and t < ts[-1]):
+            ts, used = [], []
+        level = 12 * GiB + 40 * MiB * (i % 200) if i % 200 < 150 else 12 * GiB
+        ts.append(t)
+        used.append(int(level + rng.gauss(0, 2 * MiB)))
+        got = forecaster.on_stats(t, {"vram_used_bytes": used[-1], "vram_total_bytes": TOTAL})
+        assert got == atw.compute_vram_forecast(ts[-242:], used[-242:], TOTAL, {}), i
+        seen.add(got["state"])
+    assert forecaster._steps and "step" in seen and "trend" in seen
+    assert atw.find_vram_step(ts, used, ts[0], {}) == atw.find_vram_step(ts, used, ts[0])

@@ -3604,6 +3604,7 @@ class AlertState(object):
         self.started = None
         self.value = None
         self._pending = None            # (since_s, direction) of a change waiting on its hold
+        self._bands_of, self._bands_list = None, []
 
     def _past(self, value, level):
         return value <= level if self.below else value >= level
@@ -3611,17 +3612,26 @@ class AlertState(object):
     def _beyond(self, value, level):
         return value < level if self.below else value > level
 
+    def _bands(self):
+        """[(severity, its rank, raise at, clear at)] of the current levels,
+        worked out again only when the engine hands over another levels dict."""
+        levels = self.levels
+        if self._bands_of is not levels:
+            self._bands_of = levels
+            self._bands_list = [(severity, _severity_rank(severity), levels.get(severity[:4]),
+                                 levels.get(severity[:4] + "_clear"))
+                                for severity in ("critical", "warning")
+                                if levels.get(severity[:4]) is not None]
+        return self._bands_list
+
     def target(self, value):
         """The severity this value asks for, given the one now firing."""
         if value is None:
             return None
-        levels, rank = self.levels, _severity_rank(self.severity)
-        for severity in ("critical", "warning"):
-            raise_at, clear_at = levels.get(severity[:4]), levels.get(severity[:4] + "_clear")
-            if raise_at is None:
-                continue
+        rank = _severity_rank(self.severity)
+        for severity, severity_rank, raise_at, clear_at in self._bands():
             if self._past(value, raise_at) or (
-                    rank >= _severity_rank(severity) and self._beyond(value, clear_at)):
+                    rank >= severity_rank and self._beyond(value, clear_at)):
                 return severity
         return None
 
@@ -7328,30 +7338,31 @@ class AlertEngine(StoppableThread):
         state.levels = levels or config
         change = state.update(now_s, value)
         if change is not None:
-            self._emit(rule, gpu_id, change, now_s, detail)
+            self._emit(rule, gpu_id, change, now_s, detail() if callable(detail) else detail)
         elif state.severity is not None:
-            self._refresh(rule, gpu_id, state, now_s, detail)
+            self._refresh(rule, gpu_id, state, now_s, detail() if callable(detail) else detail)
 
     def _on_stats(self, gpu_id, now_s, metrics):
         self._known.add(gpu_id)
+        # Details are callables: formatted only for a change or a firing alert.
         levels, temp, limit = temperature_levels(self.rules["gpu_temperature"], metrics)
         self._observe("gpu_temperature", gpu_id, now_s, temp, levels,
-                      "limit %s °C" % format_value(limit, "") if limit else "")
+                      lambda: "limit %s °C" % format_value(limit, "") if limit else "")
         self._observe("vram_usage", gpu_id, now_s, compute_vram_pct(metrics))
         forecast = metrics.get("vram_forecast") or {}
-        names = dict((r.get("pid"), r.get("name")) for r in
-                     (self._procs.get(gpu_id) or {}).get("processes") or ())
+        procs = self._procs.get(gpu_id) or {}
         self._observe("vram_full_soon", gpu_id, now_s, compute_full_in_s(forecast),
-                      detail=format_forecast(forecast, with_full=False, names=names))
+                      detail=lambda: format_forecast(forecast, with_full=False, names=dict(
+                          (r.get("pid"), r.get("name")) for r in procs.get("processes") or ())))
         self._observe("gpu_throttling", gpu_id, now_s, compute_throttled(metrics),
-                      detail=", ".join(metrics.get("throttle_reasons") or ()))
+                      detail=lambda: ", ".join(metrics.get("throttle_reasons") or ()))
         self._observe("fan_stopped", gpu_id, now_s, compute_fan_stopped(
             metrics, self.rules["fan_stopped"].get("hot_c", 70.0)),
-            detail="%s °C" % format_value(metrics.get("temp_c"), ""))
+            detail=lambda: "%s °C" % format_value(metrics.get("temp_c"), ""))
         lost, why = self._lost(gpu_id, now_s, metrics)
         self._observe("gpu_lost", gpu_id, now_s, lost, detail=why)
         self._observe("busy_unattributed", gpu_id, now_s, self._unattributed(gpu_id, metrics),
-                      detail=unattributed_hint((self._procs.get(gpu_id) or {}).get("visibility")))
+                      detail=lambda: unattributed_hint(procs.get("visibility")))
 
     def _lost(self, gpu_id, now_s, metrics):
         status = metrics.get("runtime_status")

@@ -17,6 +17,7 @@ Also prints this server's per-thread budget from /proc/PID/task/*/schedstat
 
     python3 tests/bench/bench_idle.py --exporter /tmp/nvx/bin/nvitop-exporter
         [--baseline PATH | --rev HEAD~1] [--gpus 2] [--seconds 60] [--rounds 3]
+    python3 tests/bench/bench_idle.py --sysfs multi_gpu    # an AMD fixture, no NVML, no exporter
 """
 import argparse
 import collections
@@ -123,6 +124,7 @@ def main():
     parser.add_argument("--seconds", type=float, default=60)
     parser.add_argument("--settle", type=float, default=10)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--sysfs", help="a testdata/sys fixture instead of the stand-in NVML")
     args = parser.parse_args()
     tmp = tempfile.mkdtemp(prefix="bench_idle.")
     baseline = args.baseline
@@ -138,6 +140,11 @@ def main():
         (k, v) for k, v in os.environ.items() if not k.startswith("APP_")))
     env.update({"APP_SYSFS_ROOT": os.path.join(tmp, "nosys"), "FAKE_NVML_RECHECK_MS": "1000"})
     os.makedirs(env["APP_SYSFS_ROOT"])
+    if args.sysfs:
+        env.update({"APP_SYSFS_ROOT": os.path.join(ROOT, "testdata", "sys", args.sysfs),
+                    "APP_SHARE_ROOT": os.path.join(ROOT, "testdata", "share"),
+                    "APP_NVML_LIBRARY": os.path.join(tmp, "no-libnvidia-ml.so.1")})
+        args.exporter = None
     results, budgets = collections.defaultdict(list), collections.defaultdict(list)
     for r in range(args.rounds):
         result, budget = one_round(args, baseline, env, tmp, 18000 + r)
@@ -147,8 +154,9 @@ def main():
             budgets[key].append(value)
         print("round %d: %s" % (r + 1, ", ".join("%s %.2f %% %.1f MiB" % (k, c, m)
                                                  for k, (c, m) in sorted(result.items()))))
-    print("\n%d GPUs (stand-in NVML), no clients, %d s x %d rounds, medians:" % (
-        args.gpus, args.seconds, args.rounds))
+    print("\n%s, no clients, %d s x %d rounds, medians:" % (
+        "fixture " + args.sysfs if args.sysfs else "%d GPUs (stand-in NVML)" % args.gpus,
+        args.seconds, args.rounds))
     med = dict((k, (statistics.median(c for c, _ in v), statistics.median(m for _, m in v)))
                for k, v in results.items())
     for key, (cpu, mem) in sorted(med.items()):

@@ -974,11 +974,11 @@ def _collect_raw(ws, seconds):
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="malloc_trim is glibc's")
 def test_release_free_heap_gives_the_compilers_memory_back():
     """Run as a script the file is compiled at each start; the syntax tree
-    (~20 MiB), freed at once, stayed in RSS (50 MiB at rest for 2 GPUs)."""
+    (~20 MiB on 3.11), freed at once, stayed in RSS (50 MiB at rest for 2 GPUs)."""
     code = ("import amdgpu_top_web as a\n"
             "def rss():\n"
             "    return [int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmRSS')][0]\n"
             "compile(open(a.__file__).read(), a.__file__, 'exec')\n"
             "before = rss(); a.release_free_heap(); print(before - rss())\n")
     out = subprocess.check_output([sys.executable, "-c", code], cwd=os.path.dirname(os.path.abspath(amdgpu_top_web.__file__)))
-    assert int(out) > 5 * 1024, out          # KiB given back
+    assert int(out) > 1024, out              # KiB given back (3.11: ~19 MiB, 3.8: ~3 MiB)

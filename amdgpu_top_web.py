@@ -123,6 +123,7 @@ import html
 import io
 import http.client
 import ipaddress
+import itertools
 import json
 import logging
 import math
@@ -164,6 +165,11 @@ AMD_DRIVER = "amdgpu"
 INTEL_DRIVERS = ("i915", "xe")
 FDINFO_DRIVERS = (AMD_DRIVER,) + INTEL_DRIVERS    # DRM clients process top keeps
 HISTORY_WINDOW_S = 600.0        # rolling history kept per GPU (10 minutes)
+# hello carries each GPU's ring as the page's sparklines draw it: their series,
+# and at most one point (the max) per column of their 300 (SPARK_W in index.html).
+HELLO_HISTORY_KEYS = ("gpu_busy_pct", "mem_busy_pct", "power_w", "temp_c", "temp_junction_c",
+                      "vram_used_bytes")
+HELLO_HISTORY_POINTS = 300
 REDISCOVER_INTERVAL_S = 2.0     # how often /sys/class/drm is listed again
 MISSING_RECHECK_S = 30.0        # a missing sysfs file is tried again this rarely
 REVALIDATE_S = 5.0              # a kept file's directory is checked this often
@@ -618,6 +624,7 @@ GpuInfo = collections.namedtuple(
 
 # One published frame: the JSON payload (bytes) and the same as a WebSocket frame.
 OutFrame = collections.namedtuple("OutFrame", "gpu_id kind payload wire")
+SAMPLE_FRAME_KINDS = ("stats", "procs", "host")   # the latest of each is kept in the cache
 
 # -- NVML structs (nvml.h; sizes checked against gcc, see the stand-in's
 #    _Static_asserts in tests/nvml/) ----------------------------------------
@@ -3316,9 +3323,15 @@ def compute_theil_sen(xs, ys, confidence=FORECAST_CONFIDENCE):
                 slopes.append((ys[j] - yi) / dx)
             elif dx < 0:
                 slopes.append((yi - ys[j]) / -dx)
+    slopes.sort()
+    return _theil_sen_from_sorted(slopes, xs, ys, confidence)
+
+
+def _theil_sen_from_sorted(slopes, xs, ys, confidence=FORECAST_CONFIDENCE):
+    """compute_theil_sen's answer from the sorted pairwise slopes of xs, ys."""
     if not slopes:
         return None
-    slopes.sort()
+    n = len(xs)
     nt = len(slopes)
     z = statistics.NormalDist().inv_cdf(0.5 + confidence / 2.0)
     var = (n * (n - 1) * (2 * n + 5) - _tie_term(xs) - _tie_term(ys)) / 18.0
@@ -3326,6 +3339,87 @@ def compute_theil_sen(xs, ys, confidence=FORECAST_CONFIDENCE):
     upper = min(int(round((nt + z * sigma) / 2.0)), nt - 1)
     lower = max(int(round((nt - z * sigma) / 2.0)) - 1, 0)
     return _median_sorted(slopes), slopes[lower], slopes[upper]
+
+
+class TheilSenWindow(object):
+    """compute_theil_sen for a sliding window, incrementally: the sorted
+    pairwise slopes are kept between calls; when the new (xs, ys) is the
+    previous one with points dropped at the front and added at the end, only
+    the dropped points' slopes leave and the new points' slopes join (O(n)
+    per new point instead of the O(n^2) refit). The slopes are the same
+    floats, so the answer is exactly compute_theil_sen's; anything else (a
+    step, a reset, unsorted xs) refits from scratch."""
+
+    def __init__(self):
+        self._xs, self._ys, self._slopes = [], [], []
+        self._ascending = False             # the kept xs strictly ascending
+
+    def fit(self, xs, ys, confidence=FORECAST_CONFIDENCE):
+        xs, ys = list(xs), list(ys)
+        if not self._slide(xs, ys):
+            self._slopes = _pair_slopes_sorted(xs, ys)
+            self._ascending = not any(b <= a for a, b in zip(xs, xs[1:]))
+        self._xs, self._ys = xs, ys
+        return _theil_sen_from_sorted(self._slopes, xs, ys, confidence)
+
+    def _slide(self, xs, ys):
+        """Update the slopes in place if xs, ys slid from the last window."""
+        old_xs, old_ys = self._xs, self._ys
+        if not self._ascending or not old_xs or not xs or xs[0] < old_xs[0]:
+            return False
+        drop = bisect.bisect_left(old_xs, xs[0])
+        keep = len(old_xs) - drop
+        if keep < len(old_xs) // 2 or keep > len(xs) or (
+                xs[:keep] != old_xs[drop:] or ys[:keep] != old_ys[drop:]):
+            return False
+        if any(b <= a for a, b in zip(xs[keep - 1:], xs[keep:])):
+            return False                        # new slopes below assume ascending xs
+        gone = []
+        for i in range(drop):                   # ascending: every dx > 0
+            xi, yi = old_xs[i], old_ys[i]
+            gone.extend([(yj - yi) / (xj - xi) for xj, yj in zip(old_xs[i + 1:], old_ys[i + 1:])])
+        gone.sort()
+        slopes = _remove_sorted(self._slopes, gone)
+        if slopes is None:
+            return False
+        for j in range(keep, len(xs)):
+            xj, yj = xs[j], ys[j]
+            slopes.extend([(yj - yi) / (xj - xi) for xi, yi in zip(xs[:j], ys[:j])])
+        slopes.sort()                           # two runs: timsort merges them in O(n)
+        self._slopes = slopes
+        return True
+
+
+def _slopes_from(xs, ys, i):
+    """The slopes of pairs (i, j > i), exactly as compute_theil_sen forms them."""
+    xi, yi = xs[i], ys[i]
+    out = []
+    for xj, yj in zip(xs[i + 1:], ys[i + 1:]):
+        dx = xj - xi
+        if dx > 0:
+            out.append((yj - yi) / dx)
+        elif dx < 0:
+            out.append((yi - yj) / -dx)
+    return out
+
+
+def _pair_slopes_sorted(xs, ys):
+    slopes = list(itertools.chain.from_iterable(_slopes_from(xs, ys, i) for i in range(len(xs))))
+    slopes.sort()
+    return slopes
+
+
+def _remove_sorted(values, gone):
+    """Sorted values less the sorted multiset gone (all present), or None if one is missing."""
+    out, start = [], 0
+    for value in gone:
+        at = bisect.bisect_left(values, value, start)
+        if at >= len(values) or values[at] != value:
+            return None
+        out.extend(values[start:at])
+        start = at + 1
+    out.extend(values[start:])
+    return out
 
 
 def compute_current_level(xs, ys, slope):
@@ -3371,7 +3465,7 @@ def _round_range(low, high):
     return [int(math.floor(low)), int(math.ceil(high))]
 
 
-def find_vram_step(ts, used, since_s):
+def find_vram_step(ts, used, since_s, seen=None):
     """The last big change of the level at or after since_s -> (index of the
     first sample after it, signed bytes), or None.
 
@@ -3382,6 +3476,9 @@ def find_vram_step(ts, used, since_s):
     ground. So the frees and allocations of a periodic allocate-then-free,
     whose levels were all seen before, are never big; a leak's final free is.
     A change with fewer than FORECAST_MIN_POINTS samples before it is not judged.
+    seen: a dict kept between calls on the same growing series, {(ts of the
+    window's start, of the jump's start, of its end): big?}: a sliding window
+    judges each change once (the samples at those times do not change).
     """
     for i in range(len(ts) - 1, 0, -1):
         if ts[i] < since_s:
@@ -3393,19 +3490,30 @@ def find_vram_step(ts, used, since_s):
         start = bisect.bisect_left(ts, ts[j] - FORECAST_WINDOW_S)
         if j + 1 - start < FORECAST_MIN_POINTS:
             continue
-        low, high = min(used[start:j + 1]), max(used[start:j + 1])
-        if delta > 0:
-            big = used[i] > high + FORECAST_STEP_MIN_BYTES and delta > FORECAST_STEP_SHARE * (
-                used[i] - low)
-        else:
-            big = used[i] < low - FORECAST_STEP_MIN_BYTES and -delta > FORECAST_STEP_SHARE * (
-                high - used[i])
+        key = (ts[start], ts[j], ts[i])
+        big = None if seen is None else seen.get(key)
+        if big is None:
+            big = _is_big_step(used, start, j, i)
+            if seen is not None:
+                seen[key] = big
         if big:
             return j + 1, int(delta)
     return None
 
 
-def compute_vram_forecast(ts, used, total, proc_series=None):
+def _is_big_step(used, start, j, i):
+    """find_vram_step's test of the change j -> i against used[start..j]."""
+    delta = used[i] - used[j]
+    low, high = min(used[start:j + 1]), max(used[start:j + 1])
+    if delta > 0:
+        return used[i] > high + FORECAST_STEP_MIN_BYTES and delta > FORECAST_STEP_SHARE * (
+            used[i] - low)
+    return used[i] < low - FORECAST_STEP_MIN_BYTES and -delta > FORECAST_STEP_SHARE * (
+        high - used[i])
+
+
+def compute_vram_forecast(ts, used, total, proc_series=None, theil_sen=compute_theil_sen,
+                          steps_seen=None):
     """Device VRAM samples (ts seconds ascending, used bytes; up to
     FORECAST_HISTORY_S of them) -> vram_forecast.
 
@@ -3416,7 +3524,9 @@ def compute_vram_forecast(ts, used, total, proc_series=None):
     the samples after it show a trend of their own (or it leaves the window).
     A "trend" needs the interval's low end past the noise floor; a growing
     one gets full_in_s = free/high .. free/low, free from the current level.
-    proc_series {pid: (ts, vram)} names the process that grew most (driver_pid).
+    proc_series {pid: (ts, vram)} names the process that grew most (driver_pid);
+    theil_sen is compute_theil_sen or a TheilSenWindow's fit (the same answer, incremental);
+    steps_seen find_vram_step's memo (its seen) for a forecaster's growing series.
     """
     history_ts, history_used = ts, used
     ts, used = forecast_window(ts, used)
@@ -3424,10 +3534,10 @@ def compute_vram_forecast(ts, used, total, proc_series=None):
         return new_vram_forecast()
     if used[-1] < FORECAST_MIN_USED * total:       # no claim, and no O(n^2) fit either
         return new_vram_forecast("stable")
-    step = find_vram_step(history_ts, history_used, ts[0])
+    step = find_vram_step(history_ts, history_used, ts[0], steps_seen)
     if step is not None:
         ts, used = list(history_ts[step[0]:]), list(history_used[step[0]:])
-    fit = compute_theil_sen(ts, used) if _enough_points(ts) else None
+    fit = theil_sen(ts, used) if _enough_points(ts) else None
     if fit is not None and fit[1] > FORECAST_NOISE_FLOOR_BPS:
         free = total - compute_current_level(ts, used, fit[0])
         return new_vram_forecast("trend", _round_range(fit[1], fit[2]),
@@ -3499,6 +3609,7 @@ class AlertState(object):
         self.started = None
         self.value = None
         self._pending = None            # (since_s, direction) of a change waiting on its hold
+        self._bands_of, self._bands_list = None, []
 
     def _past(self, value, level):
         return value <= level if self.below else value >= level
@@ -3506,17 +3617,26 @@ class AlertState(object):
     def _beyond(self, value, level):
         return value < level if self.below else value > level
 
+    def _bands(self):
+        """[(severity, its rank, raise at, clear at)] of the current levels,
+        worked out again only when the engine hands over another levels dict."""
+        levels = self.levels
+        if self._bands_of is not levels:
+            self._bands_of = levels
+            self._bands_list = [(severity, _severity_rank(severity), levels.get(severity[:4]),
+                                 levels.get(severity[:4] + "_clear"))
+                                for severity in ("critical", "warning")
+                                if levels.get(severity[:4]) is not None]
+        return self._bands_list
+
     def target(self, value):
         """The severity this value asks for, given the one now firing."""
         if value is None:
             return None
-        levels, rank = self.levels, _severity_rank(self.severity)
-        for severity in ("critical", "warning"):
-            raise_at, clear_at = levels.get(severity[:4]), levels.get(severity[:4] + "_clear")
-            if raise_at is None:
-                continue
+        rank = _severity_rank(self.severity)
+        for severity, severity_rank, raise_at, clear_at in self._bands():
             if self._past(value, raise_at) or (
-                    rank >= _severity_rank(severity) and self._beyond(value, clear_at)):
+                    rank >= severity_rank and self._beyond(value, clear_at)):
                 return severity
         return None
 
@@ -4194,6 +4314,50 @@ def build_once_snapshot(version, epoch_s, rates_over_s, host, gpus):
     """--once --json: the host and every GPU (identity, "metrics", "procs")."""
     return {"version": version, "ts": format_ts(epoch_s), "rates_over_s": rates_over_s,
             "host": host, "gpus": gpus}
+
+
+def build_hello_message(interval_s, default_gpu, gpus, features, history, host, host_history,
+                        alerts):
+    """The hello frame: gpus (identity dicts), history {gpu id: ring json},
+    host (dict or None), host_history (ring json), alerts (active events)."""
+    ids = [g["id"] for g in gpus]
+    return {"type": "hello", "version": __version__,
+            "interval_ms": int(round(interval_s * 1000)),
+            "default_gpu": default_gpu if default_gpu in ids else (ids[0] if ids else None),
+            "subscribed": "*", "gpus": gpus, "features": features, "history": history,
+            "host": host, "host_history": host_history, "alerts": alerts}
+
+
+def encode_ring_json(interval_s, ts, columns, points_max=None):
+    """Ordered ring columns (ts and {key: values}, NaN for null) -> the ring
+    json {"interval_ms", "ts": [unix ms], "series": {key: [value or null]}};
+    with points_max, buckets of k consecutive samples (the newest bucket
+    ends at the newest sample) become one point each: the bucket's last ts
+    and each series' max, interval_ms then k times the sampling interval."""
+    n = len(ts)
+    k = max(1, -(-n // points_max)) if points_max else 1
+    ends = list(range(n, 0, -k))[::-1]
+    series = {}
+    for key, values in columns.items():
+        series[key] = [_bucket_max(values, max(0, end - k), end) for end in ends]
+    return {"interval_ms": int(round(interval_s * k * 1000)),
+            "ts": [int(round(ts[end - 1] * 1000)) for end in ends], "series": series}
+
+
+def _bucket_max(values, lo, hi):
+    """max of values[lo:hi] ignoring NaN (None if all NaN), compacted."""
+    if hi - lo == 1:
+        value = values[lo]
+    else:
+        segment = values[lo:hi]
+        total = sum(segment)                  # NaN-free (the common case) in C
+        value = max(segment) if total == total else max(
+            (v for v in segment if v == v), default=float("nan"))
+    return None if value != value else _compact(value)
+
+
+def _compact(value):
+    return int(value) if value.is_integer() else value
 
 
 def build_host_message(epoch_s, host):
@@ -6917,6 +7081,8 @@ class VramForecaster(object):
         self._forecast = new_vram_forecast()
         self._computed_at = None
         self._free = None
+        self._fit = TheilSenWindow()       # the sampler thread's alone: used outside the lock
+        self._steps = {}                   # find_vram_step's memo (likewise)
 
     @staticmethod
     def _push(ts, values, epoch_s, value):
@@ -6939,12 +7105,16 @@ class VramForecaster(object):
                 return self._forecast
             self._free = max(0, total - used)
             self._push(self._ts, self._used, epoch_s, used)
+            if len(self._ts) == 1:          # a fresh series (a reset, a clock stepped back)
+                self._steps = {}
             if self._computed_at is not None and 0 <= epoch_s - self._computed_at < FORECAST_EVERY_S:
                 return self._forecast
             self._computed_at = epoch_s
             ts, values = list(self._ts), list(self._used)
             growing = self._growing_procs()
-        forecast = compute_vram_forecast(ts, values, total, growing)
+        if len(self._steps) > 4 * len(ts):
+            self._steps = dict((k, v) for k, v in self._steps.items() if k[0] >= ts[0])
+        forecast = compute_vram_forecast(ts, values, total, growing, self._fit.fit, self._steps)
         with self._lock:
             self._forecast = forecast
         return forecast
@@ -7005,22 +7175,19 @@ class HistoryRing(object):
         self._next = (index + 1) % self.capacity
         self._count = min(self._count + 1, self.capacity)
 
-    def _order(self):
+    def ordered(self, keys=None):
+        """(ts, {key: values}): copies, oldest first (cheap: array slices, for
+        taking under a lock and encoding outside it)."""
         start = (self._next - self._count) % self.capacity
-        return [(start + i) % self.capacity for i in range(self._count)]
+        def span(values):
+            return values[start:start + self._count] if start + self._count <= self.capacity else (
+                values[start:] + values[:self._next])
+        return span(self._ts), dict((key, span(values)) for key, values in zip(self.keys, self._series)
+                                    if keys is None or key in keys)
 
     def to_json(self, interval_s):
         """Columnar: {"interval_ms", "ts": [unix ms], "series": {key: [value or null]}}."""
-        order = self._order()
-        series = {}
-        for key, values in zip(self.keys, self._series):
-            series[key] = [None if values[i] != values[i] else _compact(values[i]) for i in order]
-        return {"interval_ms": int(round(interval_s * 1000)),
-                "ts": [int(round(self._ts[i] * 1000)) for i in order], "series": series}
-
-
-def _compact(value):
-    return int(value) if value.is_integer() else value
+        return encode_ring_json(interval_s, *self.ordered())
 
 
 class Cache(object):
@@ -7042,7 +7209,8 @@ class Cache(object):
         self._history = {}
         self._listeners = []
         self._sinks = []
-        self._hello = None
+        self._hello = None              # (seq, meta seq, monotonic s, bytes): the last hello
+        self._seq = self._meta_seq = 0  # bumped by every change / by all but a new sample
         self._health = {}
         self._forecasters = {}
         self._alerts = []               # the active alert events (the engine's list)
@@ -7063,6 +7231,12 @@ class Cache(object):
 
     def add_listener(self, callback):
         self._listeners.append(callback)
+
+    def _changed(self, meta=False):
+        """Under the lock: hello is out of date (meta: by more than a sample)."""
+        self._seq += 1
+        if meta:
+            self._meta_seq += 1
 
     def _notify(self, frame):
         for callback in self._listeners:
@@ -7093,7 +7267,7 @@ class Cache(object):
                 self._history.setdefault(gpu_id, HistoryRing(self._capacity))
             self._forecasters = dict((gpu_id, self._forecasters.get(gpu_id) or VramForecaster())
                                      for gpu_id in self._gpus)
-            self._hello = None
+            self._changed(meta=True)
         self._offer("offer_gpus", [info.id for info in infos])
         payload = json_bytes(build_gpus_message(infos))
         self._notify(OutFrame(None, "gpus", payload, encode_frame(Opcode.TEXT, payload)))
@@ -7109,7 +7283,7 @@ class Cache(object):
                 return
             self._stats[gpu_id] = (epoch_s, metrics, frame)
             self._history[gpu_id].push(epoch_s, metrics)
-            self._hello = None
+            self._changed()
         self._notify(frame)
         self._offer("offer_stats", gpu_id, epoch_s, metrics)
 
@@ -7134,7 +7308,7 @@ class Cache(object):
         with self._lock:
             self._host = (epoch_s, host, frame)
             self._host_history.push(epoch_s, host)
-            self._hello = None
+            self._changed()
         self._notify(frame)
         self._offer("offer_host", epoch_s, host)
 
@@ -7150,13 +7324,13 @@ class Cache(object):
     def set_feature(self, key, value):
         with self._lock:
             self.features[key] = value
-            self._hello = None
+            self._changed(meta=True)
 
     def update_feature(self, key, **values):
         """Update some fields of a dict-valued feature (e.g. alert counters)."""
         with self._lock:
             self.features[key] = dict(self.features.get(key) or {}, **values)
-            self._hello = None
+            self._changed(meta=True)
 
     def publish_alert(self, event, active):
         """An alert state change -> one frame for every client (gpu_id None);
@@ -7165,7 +7339,7 @@ class Cache(object):
         frame = OutFrame(None, "alert", payload, encode_frame(Opcode.TEXT, payload))
         with self._lock:
             self._alerts = list(active)
-            self._hello = None
+            self._changed(meta=True)
         self._notify(frame)
 
     def set_alerts(self, active):
@@ -7173,7 +7347,7 @@ class Cache(object):
         (hello, /plain, /api/alerts)."""
         with self._lock:
             self._alerts = list(active)
-            self._hello = None
+            self._changed(meta=True)
 
     def alerts(self):
         with self._lock:
@@ -7220,21 +7394,31 @@ class Cache(object):
             return frames + ([self._host[2]] if host and self._host is not None else [])
 
     def hello_payload(self, default_gpu):
-        """The hello message (JSON bytes), rebuilt at most once per tick and shared."""
+        """The hello message (JSON bytes), shared by every connection: rebuilt
+        after a change, but after new samples alone at most once per tick.
+        Under the lock only references and ring copies are taken; the
+        encoding (rings downsampled to HELLO_HISTORY_POINTS) runs outside it."""
+        now = time.monotonic()
         with self._lock:
-            if self._hello is None:
-                gpus = [identity_json(info) for info in self._gpus.values()]
-                default = default_gpu if default_gpu in self._gpus else (
-                    gpus[0]["id"] if gpus else None)
-                self._hello = json_bytes({
-                    "type": "hello", "version": __version__,
-                    "interval_ms": int(round(self.interval_s * 1000)), "default_gpu": default,
-                    "subscribed": "*", "gpus": gpus, "features": self.features,
-                    "history": {i: ring.to_json(self.interval_s) for i, ring in self._history.items()},
-                    "host": self._host[1] if self._host is not None else None,
-                    "host_history": self._host_history.to_json(HOST_INTERVAL_S),
-                    "alerts": self._alerts})
-            return self._hello
+            cached = self._hello
+            if cached is not None and cached[1] == self._meta_seq and (
+                    cached[0] == self._seq or 0 <= now - cached[2] < self.interval_s):
+                return cached[3]
+            seq, meta_seq = self._seq, self._meta_seq
+            gpus = [identity_json(info) for info in self._gpus.values()]
+            rings = [(gpu_id, ring.ordered(HELLO_HISTORY_KEYS)) for gpu_id, ring in self._history.items()]
+            host_ring = self._host_history.ordered()
+            features, alerts = dict(self.features), list(self._alerts)
+            host = self._host[1] if self._host is not None else None
+        history = dict((gpu_id, encode_ring_json(self.interval_s, ts, columns, HELLO_HISTORY_POINTS))
+                       for gpu_id, (ts, columns) in rings)
+        payload = json_bytes(build_hello_message(
+            self.interval_s, default_gpu, gpus, features, history, host,
+            encode_ring_json(HOST_INTERVAL_S, *host_ring), alerts))
+        with self._lock:
+            if self._hello is None or self._hello[0] <= seq:
+                self._hello = (seq, meta_seq, now, payload)
+        return payload
 
 
 class StoppableThread(threading.Thread):
@@ -7263,13 +7447,15 @@ class Inbox(object):
     def __len__(self):
         return len(self._items)
 
-    def put(self, item):
+    def put(self, item, wake=True):
+        """wake=False leaves the thread asleep until its next timed pass."""
         if len(self._items) == self.maxlen:
             self.dropped += 1
             if self.on_drop is not None:
                 self.on_drop()
         self._items.append(item)
-        self.ready.set()
+        if wake:
+            self.ready.set()
 
     def wait(self, timeout_s):
         """Until an item (or a wake) comes, at most timeout_s; then unset `ready`."""
@@ -7440,8 +7626,11 @@ class AlertEngine(StoppableThread):
     def _count_drop(self):
         self.cache.record("exporter_alert_inbox_dropped_total", (), 1, add=True)
 
-    def _put(self, item):
-        self._inbox.put(item)
+    def _put(self, item, wake=False):
+        """Samples wait for the thread's once-a-second pass (holds are whole
+        seconds; a wake-up per sample cost more than the rules), unless the
+        inbox is half full; a GPU list change wakes it at once."""
+        self._inbox.put(item, wake=wake or (len(self._inbox) + 1) * 2 >= self._inbox.maxlen)
 
     def offer_stats(self, gpu_id, epoch_s, metrics):
         self._put(("stats", gpu_id, epoch_s, metrics))
@@ -7453,7 +7642,7 @@ class AlertEngine(StoppableThread):
         self._put(("host", None, epoch_s, host))
 
     def offer_gpus(self, gpu_ids):
-        self._put(("gpus", tuple(gpu_ids), self.clock()))
+        self._put(("gpus", tuple(gpu_ids), self.clock()), wake=True)
 
     # -- the thread --
 
@@ -7485,30 +7674,31 @@ class AlertEngine(StoppableThread):
         state.levels = levels or config
         change = state.update(now_s, value)
         if change is not None:
-            self._emit(rule, gpu_id, change, now_s, detail)
+            self._emit(rule, gpu_id, change, now_s, detail() if callable(detail) else detail)
         elif state.severity is not None:
-            self._refresh(rule, gpu_id, state, now_s, detail)
+            self._refresh(rule, gpu_id, state, now_s, detail() if callable(detail) else detail)
 
     def _on_stats(self, gpu_id, now_s, metrics):
         self._known.add(gpu_id)
+        # Details are callables: formatted only for a change or a firing alert.
         levels, temp, limit = temperature_levels(self.rules["gpu_temperature"], metrics)
         self._observe("gpu_temperature", gpu_id, now_s, temp, levels,
-                      "limit %s °C" % format_value(limit, "") if limit else "")
+                      lambda: "limit %s °C" % format_value(limit, "") if limit else "")
         self._observe("vram_usage", gpu_id, now_s, compute_vram_pct(metrics))
         forecast = metrics.get("vram_forecast") or {}
-        names = dict((r.get("pid"), r.get("name")) for r in
-                     (self._procs.get(gpu_id) or {}).get("processes") or ())
+        procs = self._procs.get(gpu_id) or {}
         self._observe("vram_full_soon", gpu_id, now_s, compute_full_in_s(forecast),
-                      detail=format_forecast(forecast, with_full=False, names=names))
+                      detail=lambda: format_forecast(forecast, with_full=False, names=dict(
+                          (r.get("pid"), r.get("name")) for r in procs.get("processes") or ())))
         self._observe("gpu_throttling", gpu_id, now_s, compute_throttled(metrics),
-                      detail=", ".join(metrics.get("throttle_reasons") or ()))
+                      detail=lambda: ", ".join(metrics.get("throttle_reasons") or ()))
         self._observe("fan_stopped", gpu_id, now_s, compute_fan_stopped(
             metrics, self.rules["fan_stopped"].get("hot_c", 70.0)),
-            detail="%s °C" % format_value(metrics.get("temp_c"), ""))
+            detail=lambda: "%s °C" % format_value(metrics.get("temp_c"), ""))
         lost, why = self._lost(gpu_id, now_s, metrics)
         self._observe("gpu_lost", gpu_id, now_s, lost, detail=why)
         self._observe("busy_unattributed", gpu_id, now_s, self._unattributed(gpu_id, metrics),
-                      detail=unattributed_hint((self._procs.get(gpu_id) or {}).get("visibility")))
+                      detail=lambda: unattributed_hint(procs.get("visibility")))
 
     def _lost(self, gpu_id, now_s, metrics):
         status = metrics.get("runtime_status")
@@ -8127,6 +8317,7 @@ class ProcScanner(object):
         self._full_every = max(1, int(full_walk_every))
         self._node_map = {}          # "renderD128" -> "0000:03:00.0"
         self._kfd_pcis = None        # AMD GPUs (None: every GPU of the node map)
+        self._drm = True             # a GPU whose clients show in fdinfo is known
         self._watch = {}             # pid -> dict (GPU users)
         self._prev = {}              # (pid, start_time, client key) -> EngineSample
         self._proc = ProcEnricher(proc_root, clk_tck, page_size, wall_clock)
@@ -8144,6 +8335,7 @@ class ProcScanner(object):
         holding only /dev/kfd is shown on those, never on other vendors')."""
         self.set_node_map(node_map_for(infos))
         self._kfd_pcis = sorted(info.pci for info in infos if info.vendor == "amd")
+        self._drm = not infos or any(info.vendor in ("amd", "intel") for info in infos)
 
     def _amd_pcis(self):
         return sorted(set(self._node_map.values())) if self._kfd_pcis is None else self._kfd_pcis
@@ -8174,7 +8366,10 @@ class ProcScanner(object):
                 self._visibility = self._read_visibility(procfd)
             if self._kfd is not None:
                 self._kfd.refresh(self._node_map, self._amd_pcis())
-            self._walker.walk(procfd, pids, full, stats, t0)
+            if self._drm:
+                self._walker.walk(procfd, pids, full, stats, t0)
+            else:                    # NVIDIA alone: NVML lists its PIDs; no fd to look at,
+                self._scans = 0      # and the first walk once a DRM GPU shows is a full one
             self._visibility["visible_pids"] = len(pids)
         except OSError:
             pass                                       # the root itself went away
@@ -10052,7 +10247,12 @@ class Hub(StoppableThread):
         self._mailbox.post(("client", (sock, addr, leftover)))
 
     def on_frame(self, frame):
-        self._mailbox.post(("frame", frame))
+        """A frame for the clients. With no client connected or arriving (no
+        slot reserved), a sample frame has no one to go to: a new client
+        starts from the cache (hello, the latest frames), so the publishing
+        thread neither writes to the socketpair nor wakes the hub for it."""
+        if self._slots or frame.kind not in SAMPLE_FRAME_KINDS:
+            self._mailbox.post(("frame", frame))
 
     def stop(self):
         StoppableThread.stop(self)
@@ -11142,7 +11342,19 @@ def log_exposure(config, host):
             "APP_AUTH_TOKEN_FILE), or listen on 127.0.0.1 only")
 
 
+def release_free_heap():
+    """Hand the C heap's free pages back to the system (glibc's malloc_trim;
+    a no-op elsewhere). Run as a script, this file is compiled at every start
+    (no .pyc) and the compiler's ~20 MiB of syntax tree, freed at once, stays
+    in the process's RSS until trimmed."""
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def serve(config, alert_rules=None):
+    release_free_heap()
     app = App(config, alert_rules=alert_rules)
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):

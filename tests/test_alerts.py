@@ -658,3 +658,20 @@ def test_a_real_server_keeps_the_active_summary_live_and_calls_the_webhook_once_
     wait_for(lambda: len(calls()) >= 2, 10, message="two webhook calls")
     assert [b["status"] for b in calls()] == ["firing", "firing"]   # one per change, no more
     assert [b["alerts"][0]["labels"]["severity"] for b in calls()] == ["warning", "critical"]
+
+
+def test_samples_do_not_wake_the_alert_thread_each_time():
+    """At rest the engine woke once per sample (4 Hz per GPU, plus procs and
+    host): now its once-a-second pass takes them, unless the inbox is half
+    full; a change of the GPU list still wakes it at once."""
+    cache, engine, _, _ = make_engine()
+    for i in range(8):
+        cache.publish_stats("card0", T0 + i * 0.25, gpu_metrics())
+    assert len(engine._inbox) == 8 and not engine._inbox.ready.is_set()
+    for i in range(atw.ALERT_QUEUE_ITEMS // 2):
+        engine.offer_host(T0 + i, {})
+    assert engine._inbox.ready.is_set()
+    engine.drain()
+    engine._inbox.ready.clear()
+    cache.set_gpus([])
+    assert engine._inbox.ready.is_set()

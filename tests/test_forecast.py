@@ -396,3 +396,55 @@ def test_full_in_is_at_least_1_s_while_anything_is_free_and_0_only_when_full():
     plateau = [16 * GiB + 100 * MiB * i for i in range(80)] + [int(23.9 * GiB)] * 40
     f = atw.compute_vram_forecast(times(), plateau, TOTAL)      # grew, then stopped near full
     assert f["state"] == "trend" and f["full_in_s"][0] >= 1, f
+
+
+def test_the_incremental_theil_sen_window_answers_exactly_as_the_full_fit():
+    """TheilSenWindow (the forecaster's fit: only the dropped and the new
+    points' slopes change per second) equals compute_theil_sen bit for bit,
+    through slides, several points at once, ties, a jump back and a reset."""
+    rng = random.Random(3)
+    window = atw.TheilSenWindow()
+    xs = [1764686400.0 + i for i in range(400)]
+    ys = [int(16 * GiB + 5 * MiB * i + rng.choice([0, 0, rng.gauss(0, 4 * MiB)]))
+          for i in range(400)]
+    spans = [(0, 60), (0, 61), (1, 62), (3, 70), (10, 130), (11, 131), (40, 160), (40, 160),
+             (200, 320), (5, 40), (6, 41), (300, 400)]
+    for start, end in spans:
+        got = window.fit(xs[start:end], ys[start:end])
+        assert got == atw.compute_theil_sen(xs[start:end], ys[start:end]), (start, end)
+    assert window.fit([1.0, 1.0, 2.0], [5, 6, 7]) == atw.compute_theil_sen([1.0, 1.0, 2.0], [5, 6, 7])
+    assert window.fit([3.0], [1]) is None
+
+
+def test_the_forecaster_refits_incrementally_with_the_same_verdicts():
+    forecaster = atw.VramForecaster()
+    rng = random.Random(5)
+    ts, used = [], []
+    for i in range(300):
+        ts.append(1764686400.0 + i)
+        used.append(int(14 * GiB + 5 * MiB * i + rng.gauss(0, 4 * MiB)))
+        got = forecaster.on_stats(ts[-1], {"vram_used_bytes": used[-1], "vram_total_bytes": TOTAL})
+        assert got == atw.compute_vram_forecast(ts[-242:], used[-242:], TOTAL, {}), i
+    assert forecaster._fit._slopes                 # the fit state is kept between seconds
+
+
+def test_the_forecasters_step_memo_keeps_the_verdicts_of_a_fresh_compute():
+    """A fast leak (every 2 s jump past FORECAST_STEP_MIN_BYTES is judged), its
+    final free (a step), a reset and a clock stepping back: each second's
+    verdict equals compute_vram_forecast on the same samples without a memo."""
+    forecaster = atw.VramForecaster()
+    rng = random.Random(7)
+    ts, used, seen = [], [], set()
+    t = 1764686400.0
+    for i in range(420):
+        t = t - 30 if i == 300 else t + 1                  # the clock steps back once
+        if i == 300 or (ts and t < ts[-1]):
+            ts, used = [], []
+        level = 12 * GiB + 40 * MiB * (i % 200) if i % 200 < 150 else 12 * GiB
+        ts.append(t)
+        used.append(int(level + rng.gauss(0, 2 * MiB)))
+        got = forecaster.on_stats(t, {"vram_used_bytes": used[-1], "vram_total_bytes": TOTAL})
+        assert got == atw.compute_vram_forecast(ts[-242:], used[-242:], TOTAL, {}), i
+        seen.add(got["state"])
+    assert forecaster._steps and "step" in seen and "trend" in seen
+    assert atw.find_vram_step(ts, used, ts[0], {}) == atw.find_vram_step(ts, used, ts[0])

@@ -1282,3 +1282,38 @@ def test_overview_throttle_names_and_the_phone_gpu_selector_are_not_cut(start_se
         watch.assert_clean()
     finally:
         context.close()
+
+
+def test_hellos_downsampled_ring_draws_one_unbroken_sparkline(start_server, browser):
+    """hello carries each ring at one point per sparkline column (here 2 s
+    apart at a 250 ms interval): the page must not take every gap between
+    those points for a hole (3 sampling intervals), which would draw 300
+    separate dots instead of a line; a real hole inside them still breaks it."""
+    server = start_server()
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    now_ms = int(time.time() * 1000)
+    ts = [now_ms - 2000 * (299 - i) for i in range(300)]
+    ts = [t - 60000 if i < 100 else t for i, t in enumerate(ts)]   # one real hole (60 s)
+    ring = {"interval_ms": 2000, "ts": ts, "series": {
+        "gpu_busy_pct": [40 + i % 7 for i in range(300)], "mem_busy_pct": [0] * 300,
+        "power_w": [50] * 300, "temp_c": [40] * 300, "temp_junction_c": [None] * 300,
+        "vram_used_bytes": [GIB] * 300}}
+    hello = {"type": "hello", "version": "test", "interval_ms": 250, "default_gpu": "nvidia0",
+             "subscribed": "*", "gpus": [CONTRACT_GPUS[1]], "history": {"nvidia0": ring},
+             "features": {"procs": False, "history_window_s": 900, "demo": False}}
+
+    def connect(ws):
+        ws.on_message(lambda message: None)
+        ws.send(json.dumps(hello))
+        ws.send(json.dumps({"type": "stats", "gpu_id": "nvidia0", "metrics": CONTRACT_STATS["nvidia0"],
+                            "ts": time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime())}))
+    try:
+        page = context.new_page()
+        page.set_default_timeout(10000)
+        page.route_web_socket(re.compile(r"/ws$"), connect)
+        page.goto(server.url + "#gpu=nvidia0")
+        path = page.locator("article.gpu[data-gpu=nvidia0] figure.spark path.a").first
+        wait_until(lambda: (path.get_attribute("d") or "").count("L") > 50, 10, message="sparkline")
+        assert path.get_attribute("d").count("M") == 2, path.get_attribute("d")[:300]
+    finally:
+        context.close()

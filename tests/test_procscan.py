@@ -233,6 +233,23 @@ def test_multi_stats_capabilities_and_json(multi_result):
     assert data["by_pci"][A]["totals"]["clients"] == 9
 
 
+def test_an_nvidia_only_box_skips_the_fd_walk_until_a_drm_gpu_appears():
+    """NVML lists its own PIDs: with NVIDIA GPUs alone the fdinfo scanner
+    (every PID's fds, every 2 s: the biggest share of the idle budget) has
+    nothing to find, so it lists /proc (visibility) but walks no fd; an AMD
+    GPU appearing (hot-plug) starts the walk."""
+    scanner = atw.ProcScanner(tree("multi"), clock_ns=Clock())
+    scanner.set_gpus([atw.GpuInfo("nvidia0", "0000:18:00.0", "10de:2330", None, "H100", None,
+                                  "nvidia", False, False, None, None, vendor="nvidia")])
+    idle = scanner.scan()
+    assert idle.stats["pids_total"] > 0 and idle.stats["pids_walked"] == 0
+    assert idle.stats["gpu_fds"] == 0 and idle.visibility["visible_pids"] > 0
+    scanner.set_gpus([atw.GpuInfo("card1", A, "1002:73bf", "c0", "A", "/dev/dri/renderD129",
+                                  "amdgpu", False, False, None, None)])
+    busy = scanner.scan()
+    assert busy.stats["pids_walked"] > 0 and rows(busy, A)
+
+
 def test_multi_keeps_intel_clients():
     """The default scanner keeps i915 and xe clients (the real samples' values),
     each on its own GPU by drm-pdev; the radeon node still counts as another driver."""

@@ -1143,6 +1143,47 @@ def test_history_ring_partial_fill_is_oldest_to_newest():
     assert out["series"]["fan_rpm"] == [0, 100, 200]
 
 
+def test_hello_rings_are_downsampled_to_the_sparkline_columns_keeping_each_bucket_max():
+    ring = HistoryRing(1000)
+    for i in range(1000):
+        busy = None if 100 <= i < 110 else (90 if i == 503 else i % 7)
+        ring.push(1700000000 + i * 0.25, {"gpu_busy_pct": busy, "power_w": 100.5})
+    ts, columns = ring.ordered(("gpu_busy_pct", "power_w"))
+    out = atw.encode_ring_json(0.25, ts, columns, 300)
+    assert list(out["series"]) == ["gpu_busy_pct", "power_w"]
+    assert len(out["ts"]) == 250 and out["interval_ms"] == 1000     # 4 samples a point
+    assert out["ts"][-1] == 1700000000000 + 999 * 250                  # ends at the newest
+    busy = out["series"]["gpu_busy_pct"]
+    assert busy[503 // 4] == 90                                        # a spike survives (max)
+    assert busy[25] is None and busy[26] is None and busy[27] == 6     # all-null -> null
+    assert set(out["series"]["power_w"]) == {100.5}
+    assert atw.encode_ring_json(0.25, ts[:3], dict((k, v[:3]) for k, v in columns.items()),
+                                300)["ts"] == [1700000000000, 1700000000250, 1700000000500]
+
+
+def test_hello_at_8_gpus_is_small_and_shared_between_connections():
+    """A full 10-minute ring at 250 ms on 8 GPUs: the hello frame was 1.26 MB
+    (every sample of every series); now the sparklines' series at one point
+    a column, and the same bytes for every connection until a change."""
+    infos = atw.demo_gpu_infos(8)
+    cache = atw.Cache(0.25, {})
+    cache.set_gpus(infos)
+    backend = atw.DemoBackend(8, 8, None)
+    readers = [backend.open_reader(info) for info in infos]
+    for k in range(2400):
+        for reader in readers:
+            cache.publish_stats(reader.info.id, 1764686400 + k * 0.25, reader.sample(1000 + k * 0.25))
+    hello = cache.hello_payload(None)
+    assert len(hello) <= 300 * 1024, len(hello)
+    assert cache.hello_payload(None) is hello
+    ring = json.loads(hello)["history"]["card3"]
+    assert len(ring["ts"]) == atw.HELLO_HISTORY_POINTS and set(ring["series"]) == set(
+        atw.HELLO_HISTORY_KEYS)
+    cache.set_feature("note", "changed")
+    fresh = cache.hello_payload(None)
+    assert fresh is not hello and json.loads(fresh)["features"]["note"] == "changed"
+
+
 def test_history_ring_none_round_trips_as_null():
     ring = HistoryRing(4)
     ring.push(1.0, {"gpu_busy_pct": None, "temp_c": 44.5, "vram_used_bytes": 17163091968})

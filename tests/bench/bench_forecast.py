@@ -9,11 +9,15 @@ the Theil-Sen fit at most once per second per GPU) and the AlertEngine sink
 simulated second (= the share of one core the live server would spend) and
 the cost of one 120-point fit.
 
-    python3 tests/bench/bench_forecast.py [--gpus 8] [--hz 4] [--seconds 300]
+    python3 tests/bench/bench_forecast.py [--gpus 8] [--hz 4] [--seconds 300] [--baseline PATH]
+
+With --baseline (e.g. `git show HEAD~3:amdgpu_top_web.py > /tmp/base.py`), the
+same rows for that file follow, in the same run.
 
 Target: forecast + alerts < 2 % of one core for 8 GPUs at 4 Hz.
 """
 import argparse
+import importlib.util
 import os
 import random
 import sys
@@ -54,7 +58,19 @@ def main():
     parser.add_argument("--gpus", type=int, default=8)
     parser.add_argument("--hz", type=int, default=4)
     parser.add_argument("--seconds", type=int, default=300)
+    parser.add_argument("--baseline", help="another amdgpu_top_web.py, measured after this one")
     args = parser.parse_args()
+    report(args, "this")
+    if args.baseline:
+        global atw
+        spec = importlib.util.spec_from_file_location("atw_baseline", args.baseline)
+        atw = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(atw)
+        report(args, "baseline")
+
+
+def report(args, label):
+    print("-- %s: %s" % (label, atw.__file__))
     ts = [float(i) for i in range(120)]
     used = [14 * GiB + 20 * MiB * i + random.gauss(0, MiB) for i in range(120)]
     fit = min(timeit.repeat(lambda: atw.compute_vram_forecast(ts, used, 24 * GiB),

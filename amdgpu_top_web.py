@@ -10251,7 +10251,7 @@ class Hub(StoppableThread):
         slot reserved), a sample frame has no one to go to: a new client
         starts from the cache (hello, the latest frames), so the publishing
         thread neither writes to the socketpair nor wakes the hub for it."""
-        if self._slots or frame.kind not in SAMPLE_FRAME_KINDS:
+        if self.slots.taken or frame.kind not in SAMPLE_FRAME_KINDS:
             self._mailbox.post(("frame", frame))
 
     def stop(self):

@@ -959,8 +959,11 @@ def _row(pid, name, **values):
 
 
 def _identity(gpu_id, vendor, name, driver, apu=False):
-    return {"id": gpu_id, "vendor": vendor, "uuid": None, "pci": "0000:0%d:00.0" % len(gpu_id), "pci_id": None,
-            "revision": None, "name": name, "render_node": None, "driver": driver, "apu": apu, "demo": False}
+    out = {"id": gpu_id, "vendor": vendor, "uuid": None, "pci": "0000:0%d:00.0" % len(gpu_id), "pci_id": None,
+           "revision": None, "name": name, "render_node": None, "driver": driver, "apu": apu, "demo": False}
+    import amdgpu_top_web as atw
+    out.update(atw.build_identity_display(vendor, apu))     # the display keys, as the server builds them
+    return out
 
 
 CONTRACT_GPUS = [_identity("card0", "intel", "Intel Arc B580", "xe"),

@@ -4266,13 +4266,41 @@ def json_bytes(obj):
     return json.dumps(obj, separators=(",", ":"), allow_nan=False).encode("utf-8")
 
 
+# What the page shows of a vendor, so that it never branches on one: the badge, what its
+# temp_c sensor, sclk_mhz clock, runtime_status and energy_j counter are called, the memory
+# pools it always has (a row is shown for these even before any value), and where its
+# process rows come from ("nvml" or "fdinfo"; the demo imitates its vendor's).
+VENDOR_DISPLAY = {
+    "amd": ("AMD", {"temp_c": "edge", "sclk_mhz": "Shader clock", "runtime_status": "Runtime PM",
+                    "energy_j": "cumulative counter"}, ("vram", "gtt"), "fdinfo"),
+    "nvidia": ("NVIDIA", {"temp_c": "GPU", "sclk_mhz": "Graphics clock", "runtime_status": "State",
+                          "energy_j": "since driver load"}, ("vram",), "nvml"),
+    "intel": ("Intel", {"temp_c": "package", "sclk_mhz": "GPU clock", "runtime_status": "Runtime PM",
+                        "energy_j": "cumulative counter"}, ("vram",), "fdinfo"),
+}
+
+
+def build_identity_display(vendor, apu):
+    """The identity's display keys: vendor_label, kind ("APU" for an AMD APU, "integrated"
+    for another vendor's, else "discrete"), labels, memory (the pools always shown) and
+    process_source."""
+    label, labels, memory, source = (VENDOR_DISPLAY.get(vendor)
+                                     or (str(vendor), VENDOR_DISPLAY["amd"][1], ("vram",), "fdinfo"))
+    if apu and vendor != "amd":
+        memory = tuple(m for m in memory if m != "vram")          # an iGPU has no VRAM of its own
+    return {"vendor_label": label, "kind": ("APU" if vendor == "amd" else "integrated") if apu else "discrete",
+            "labels": dict(labels), "memory": list(memory), "process_source": source}
+
+
 def identity_json(info):
-    return {"id": info.id, "vendor": info.vendor, "uuid": info.uuid, "pci": info.pci,
-            "pci_id": info.pci_id, "revision": info.revision, "name": info.name,
-            "render_node": info.render_node, "driver": info.driver, "apu": info.apu,
-            "demo": info.demo, "driver_version": info.driver_version,
-            "cuda_driver_version": info.cuda_driver_version, "sclk_max_mhz": info.sclk_max_mhz,
-            "mclk_max_mhz": info.mclk_max_mhz}
+    out = {"id": info.id, "vendor": info.vendor, "uuid": info.uuid, "pci": info.pci,
+           "pci_id": info.pci_id, "revision": info.revision, "name": info.name,
+           "render_node": info.render_node, "driver": info.driver, "apu": info.apu,
+           "demo": info.demo, "driver_version": info.driver_version,
+           "cuda_driver_version": info.cuda_driver_version, "sclk_max_mhz": info.sclk_max_mhz,
+           "mclk_max_mhz": info.mclk_max_mhz}
+    out.update(build_identity_display(info.vendor, info.apu))
+    return out
 
 
 def build_stats_message(gpu_id, epoch_s, metrics):

@@ -959,8 +959,11 @@ def _row(pid, name, **values):
 
 
 def _identity(gpu_id, vendor, name, driver, apu=False):
-    return {"id": gpu_id, "vendor": vendor, "uuid": None, "pci": "0000:0%d:00.0" % len(gpu_id), "pci_id": None,
-            "revision": None, "name": name, "render_node": None, "driver": driver, "apu": apu, "demo": False}
+    out = {"id": gpu_id, "vendor": vendor, "uuid": None, "pci": "0000:0%d:00.0" % len(gpu_id), "pci_id": None,
+           "revision": None, "name": name, "render_node": None, "driver": driver, "apu": apu, "demo": False}
+    import amdgpu_top_web as atw
+    out.update(atw.build_identity_display(vendor, apu))     # the display keys, as the server builds them
+    return out
 
 
 CONTRACT_GPUS = [_identity("card0", "intel", "Intel Arc B580", "xe"),
@@ -1009,8 +1012,9 @@ class MockSocket(object):
     """Answers the page's /ws with the contract frames above (Playwright's route_web_socket),
     and its history requests with an empty history."""
 
-    def __init__(self, page):
+    def __init__(self, page, gpus=None):
         self.routes = []
+        self.gpus = gpus or CONTRACT_GPUS
         page.route_web_socket(re.compile(r"/ws$"), self._connect)
         # The history a GPU view fetches when it comes on screen: none (these GPUs are not the demo's).
         page.route(re.compile(r"/api/gpus/[^/]+/history$"), lambda route: route.fulfill(
@@ -1021,7 +1025,7 @@ class MockSocket(object):
         ws.on_message(lambda message: None)                   # subscribe: nothing to answer
         self.routes.append(ws)
         ws.send(json.dumps({"type": "hello", "version": "test", "interval_ms": 250, "default_gpu": "card0",
-                            "subscribed": "*", "gpus": CONTRACT_GPUS, "history": {},
+                            "subscribed": "*", "gpus": self.gpus, "history": {},
                             "features": {"procs": True, "history_window_s": 600, "demo": False}}))
         self.frames()
 
@@ -1135,6 +1139,39 @@ def test_contract_frames_intel_and_nvidia(start_server, browser):
 
 # ---- #15: what the page says when it cannot show what was asked; the table's columns;
 # nothing cut or overlapping at laptop and phone widths --------------------------------
+
+def test_vendor_words_come_from_the_identity(start_server, browser):
+    """The page names no vendor itself: the badge, the clock's, sensor's and power state's
+    names, the memory rows and where process rows come from are the identity's."""
+    gpus = [dict(g) for g in CONTRACT_GPUS]
+    gpus[0].update(vendor_label="Intel Arc", kind="integrated", memory=["gtt"], process_source="fdinfo",
+                   labels={"temp_c": "die", "sclk_mhz": "Xe clock", "runtime_status": "PM state", "energy_j": "since boot"})
+    gpus[2].update(memory=["vram", "gtt"])
+    server = start_server()
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    try:
+        page = context.new_page()
+        page.set_default_timeout(10000)
+        mock = MockSocket(page, gpus)
+        page.goto(server.url + "#gpu=card0")
+        card = page.locator("article.gpu[data-gpu=card0]")
+        expect(card).to_be_visible()
+        mock.frames()
+        expect(card.locator("[data-testid=vendor]")).to_have_text("Intel Arc")
+        expect(card.locator(".ident")).to_contain_text("integrated")
+        expect(card.locator(".tile", has=page.locator("[data-metric=sclk_mhz]")).locator("dt")).to_have_text("Xe clock")
+        expect(card.locator(".tile", has=page.locator("[data-metric=temp_c]")).locator("dd.s")).to_have_text("die")
+        expect(card.locator(".tile", has=page.locator("[data-metric=runtime_status]")).locator("dt")).to_have_text("PM state")
+        expect(card.locator(".tile", has=page.locator("[data-metric=energy_j]")).locator("dd.s")).to_have_text("since boot")
+        # The memory rows shown before any value: the identity's pools (here GTT for an NVIDIA GPU).
+        page.evaluate("() => { location.hash = 'gpu=nvidia1'; }")
+        expect(page.locator("article.gpu[data-gpu=nvidia1] [data-testid=mem-gtt]")).to_have_count(1)
+        page.evaluate("() => { location.hash = 'gpu=all'; }")
+        expect(page.locator("[data-testid=ov-row][data-gpu=card0] [data-testid=vendor]")).to_have_text("Intel Arc")
+        expect(page.locator("[data-testid=overview] h2")).to_contain_text("1 Intel Arc, 2 NVIDIA")
+    finally:
+        context.close()
+
 
 def test_a_hash_that_names_nothing_says_so(start_server, open_page):
     """#gpu=nope and #range=999y used to fall back silently to a default view."""

@@ -212,6 +212,43 @@ def test_page_pins_exact_versions_on_the_cdn_only():
     assert "innerHTML" not in page and "dangerouslySetInnerHTML" not in page
 
 
+def page_script():
+    return MODULE_RE.findall(read_page())[0]
+
+
+def test_page_never_branches_on_a_vendor():
+    """What a vendor's sensors, clock and memory are called comes with its identity
+    (build_identity_display): the page names no vendor and compares none."""
+    script = page_script()
+    assert not re.search(r"vendor\s*[!=]==?", script), "the page compares a vendor"
+    for name in ("amd", "nvidia", "intel"):
+        assert '"%s"' % name not in script, "the page names the vendor %r" % name
+
+
+def test_page_state_lives_in_the_store():
+    """No module-level mutable variable, no component state: the Zustand store only."""
+    script = page_script()
+    assert not re.findall(r"(?m)^(?:let|var)\s", script), "a module-level let/var"
+    assert "useState" not in script
+    components = script[script.index("// ---- leaf components"):script.index("// ---- render")]
+    assert "store.setState" not in components, "a component sets the store: use an action"
+
+
+def test_identity_tells_the_page_what_a_vendor_is_called():
+    gpus = dict((info.id, atw.identity_json(info)) for info in atw.demo_gpu_infos(3))
+    amd, apu, nv = gpus["card0"], gpus["card1"], gpus["nvidia0"]
+    assert (amd["vendor_label"], amd["kind"], amd["memory"], amd["process_source"]) == ("AMD", "discrete", ["vram", "gtt"], "fdinfo")
+    assert amd["labels"] == {"temp_c": "edge", "sclk_mhz": "Shader clock", "runtime_status": "Runtime PM",
+                             "energy_j": "cumulative counter"}
+    assert (apu["kind"], apu["memory"]) == ("APU", ["vram", "gtt"])
+    assert (nv["vendor_label"], nv["kind"], nv["memory"], nv["process_source"]) == ("NVIDIA", "discrete", ["vram"], "nvml")
+    assert (nv["labels"]["sclk_mhz"], nv["labels"]["temp_c"], nv["labels"]["runtime_status"]) == ("Graphics clock", "GPU", "State")
+    igpu = atw.build_identity_display("intel", True)                 # an Intel iGPU: no VRAM of its own
+    assert (igpu["vendor_label"], igpu["kind"], igpu["memory"], igpu["labels"]["temp_c"]) == ("Intel", "integrated", [], "package")
+    other = atw.build_identity_display("acme", False)                # an unknown vendor: its name, AMD's words
+    assert (other["vendor_label"], other["memory"], other["labels"]["sclk_mhz"]) == ("acme", ["vram"], "Shader clock")
+
+
 def test_cdn_urls_exist_in_the_npm_install_and_integrity_matches(vendor_dir):
     page = read_page()
     imap = import_map(page)

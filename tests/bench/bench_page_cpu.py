@@ -23,6 +23,8 @@ Phases, each in a fresh browser context with its own server, one after the other
   all-rows   the same with "Show all 50 processes" clicked (every row live)
   overview   --overview-gpus GPUs (8), the all-GPUs view (#gpu=all): the overview,
              or, for a page without one, every GPU's full view stacked
+  ov-hidden  the same, hidden: what receiving every GPU's frames costs before any
+             drawing (not run by default: --phases ...,ov-hidden)
 
 --page FILE serves another index.html (the server and FILE are copied into a
 temporary directory: the server serves the index.html beside it), and
@@ -233,6 +235,7 @@ PHASES = [  # name, keyword arguments of run_phase, GPUs of its server
     ("visible", {}, "gpus"),
     ("all-rows", {"all_rows": True}, "gpus"),
     ("overview", {"overview": True}, "overview_gpus"),
+    ("ov-hidden", {"overview": True, "hidden": True}, "overview_gpus"),
 ]
 
 
@@ -249,7 +252,8 @@ def run_page_phase(browser, args, page, name, kwargs, gpus):
         if floor:
             return run_phase(browser, url, args.seconds, floor=True)
         if kwargs.get("overview"):
-            return run_phase(browser, url + "#gpu=all", args.seconds, procs=args.procs, gpus=gpus)
+            return run_phase(browser, url + "#gpu=all", args.seconds, procs=args.procs, gpus=gpus,
+                             hidden=kwargs.get("hidden", False))
         return run_phase(browser, url, args.seconds, procs=args.procs, **kwargs)
     finally:
         stop_server(server, tmp)
@@ -266,7 +270,7 @@ def main():
     parser.add_argument("--page", help="serve this file as index.html (default: the repository's)")
     parser.add_argument("--compare", help="also measure this index.html (e.g. the previous commit's), interleaved")
     parser.add_argument("--phases", default="floor,hidden,visible,all-rows,overview",
-                        help="comma-separated subset of: floor, hidden, visible, all-rows, overview")
+                        help="comma-separated subset of: floor, hidden, visible, all-rows, overview, ov-hidden")
     parser.add_argument("--repeat", type=int, default=1,
                         help="run the page phases this many times (interleaved); the median run is reported")
     args = parser.parse_args()
@@ -274,7 +278,7 @@ def main():
         raise SystemExit("set APP_VENDOR_DIR to an npm install of tests/package.json (tests/run.sh makes "
                          ".cache/vendor/node_modules)")
     wanted = set(args.phases.split(","))
-    phases = [p for p in PHASES if p[0] in wanted and not (p[0] == "overview" and args.overview_gpus <= 0)]
+    phases = [p for p in PHASES if p[0] in wanted and not (p[2] == "overview_gpus" and args.overview_gpus <= 0)]
     pages = [("page", args.page)] + ([("compare", args.compare)] if args.compare else [])
     runs = dict(((label, name), []) for label, _ in pages for name, _, _ in phases)
     with sync_playwright() as pw:
@@ -326,8 +330,12 @@ def verdict(pages, runs):
         print("overview, renderer CPU: %.2f %% = %.2f x visible (target <= %.1f x): %s"
               % (overview, overview / visible, OVERVIEW_MAX_RATIO,
                  "OK" if overview <= OVERVIEW_MAX_RATIO * visible else "OVER TARGET"))
+    ov_hidden = renderer(runs, "page", "ov-hidden")
+    if overview is not None and ov_hidden is not None:
+        print("overview: receiving every GPU's frames (hidden) %.2f %%, drawing them %.2f %% more"
+              % (ov_hidden, overview - ov_hidden))
     if len(pages) > 1:
-        for name in ("visible", "all-rows", "overview", "hidden"):
+        for name in ("visible", "all-rows", "overview", "ov-hidden", "hidden"):
             new, old = renderer(runs, "page", name), renderer(runs, "compare", name)
             if new is not None and old:
                 print("%s: page %.2f %% vs compare %.2f %% (%.2f x)" % (name, new, old, new / old))

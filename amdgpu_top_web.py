@@ -62,31 +62,47 @@ Threads::
 
 Contents (a section uses only the sections above it)::
 
-     0. Header (this docstring) and the version guard
+     0. Header (this docstring: usage, endpoints, threads, Contents, Paths)
      1. Imports
      2. Constants
-     3. Data types (config, GpuInfo, NVML ctypes structs, fdinfo records)
-     4. Pure parsers (sysfs, hwmon, ids files, config; Intel and NVML values;
-        fdinfo, KFD topology and per-process VRAM, /proc text, process start
-        times, host metrics and per-process CPU %, command lines,
-        engine-rate maths; the one builder per wire shape: metrics, process
-        rows, totals, capabilities, visibility, host; history columns,
-        roll-ups, tier choice and process runs; the VRAM forecast (Theil-Sen);
-        alert rules and their state machine)
+        general; WebSocket and HTTP limits, headers, route patterns; metrics,
+        AMD sysfs files and hwmon labels; NVIDIA; Intel; process top; host
+        metrics; history store; VRAM forecast, alerts and the webhook
+     3. Data types
+        configuration; a GPU and a published frame; NVML structs; process top
+     4. Pure parsers and maths
+        sysfs values, PCIe, the ids files; configuration; hwmon planning; raw
+        file contents -> metrics; gpu_metrics; NVIDIA and Intel values ->
+        metrics; process top; host metrics; command lines; history; VRAM
+        forecast; alerts
      5. WebSocket codec (sans-IO, RFC 6455)
-     6. Pure HTTP helpers (routes; one build_* per JSON frame and answer, its
-        keys the README's JSON contracts; origin and host checks,
-        CSP, vendor URL rewriting, the plain view, Prometheus text; alert
-        frames, the Alertmanager webhook body, /api/alerts parameters and CSV)
-     7. Readers (thin filesystem I/O; the /proc side of process rows; the
-        NVML library through ctypes)
-     8. Backends and their readers (the seam; AMD, Intel, NVIDIA, demo),
-        samplers, the host reader, discovery, the cache and the process
-        sources; the history store (SQLite, the only code that speaks SQL); the
-        VRAM forecaster, the alert engine and the webhook sender
-     9. WebSocket hub
-    10. HTTP server and handler
-    11. CLI and main()
+        frames; decoding
+     6. Pure HTTP helpers
+        the WebSocket handshake; routes and query parameters; checks; one
+        builder per wire shape; the Alertmanager webhook body, alert events in
+        a time range; CSV answers; texts; Prometheus text; debug pages; the
+        page's ES modules from APP_VENDOR_DIR; the plain view
+     7. Readers: thin I/O (path -> text or None), /proc, NVML
+        files; DRM cards, hwmon dirs and names; /proc; NVIDIA; the thread base
+     8. Process top: the fdinfo scanner (AMD and Intel GPUs; KFD VRAM)
+        /proc enrichment of a process row; the /proc walk; KFD; the scanner
+     9. Backends: each vendor's reader, backend and process source
+        the backend seam; AMD; Intel; NVIDIA; demo; every backend, and one
+        process source over theirs
+    10. Insight: the VRAM forecaster, the alert engine, the webhook
+        VRAM forecaster; alert engine; alert webhook
+    11. The live cache and its threads
+        the cache; samplers; the host; discovery
+    12. History store (SQLite: the only code that speaks SQL)
+        schema and SQL text; opening the file; run rows and source ids; the
+        reader; the writer
+    13. WebSocket hub: one thread, one selectors loop over every WebSocket
+        the hub's bookkeeping; one connection and the application protocol; the
+        hub thread
+    14. HTTP server and handler
+        the server; the GET routes; the handler
+    15. CLI and main()
+        the application; --once, --healthcheck and serving
 
 Needs CPython 3.8 or newer (the file still parses on older Pythons so that
 the guard below can say so).
@@ -101,6 +117,7 @@ if sys.version_info < (3, 8):
     sys.exit(1)
 
 __version__ = "0.1.0"
+
 
 # ---------------------------------------------------------------------------
 # 1. Imports
@@ -155,26 +172,39 @@ try:                    # stdlib, but a minimal Python may be built without libf
 except ImportError:     # pragma: no cover
     ctypes = None
 
+
 # ---------------------------------------------------------------------------
 # 2. Constants
 # ---------------------------------------------------------------------------
+
+# -- general: logging, drivers and vendors, intervals, limits ---------------
 
 LOG = logging.getLogger("amdgpu_top_web")
 
 AMD_DRIVER = "amdgpu"
 INTEL_DRIVERS = ("i915", "xe")
+
+
+VENDOR_LABELS = {"amd": "AMD", "nvidia": "NVIDIA", "intel": "Intel"}
 FDINFO_DRIVERS = (AMD_DRIVER,) + INTEL_DRIVERS    # DRM clients process top keeps
 HISTORY_WINDOW_S = 600.0        # rolling history kept per GPU (10 minutes)
-# hello carries each GPU's ring as the page's sparklines draw it: their series,
-# and at most one point (the max) per column of their 300 (SPARK_W in index.html).
-HELLO_HISTORY_KEYS = ("gpu_busy_pct", "mem_busy_pct", "power_w", "temp_c", "temp_junction_c",
-                      "vram_used_bytes")
-HELLO_HISTORY_POINTS = 300
 REDISCOVER_INTERVAL_S = 2.0     # how often /sys/class/drm is listed again
 MISSING_RECHECK_S = 30.0        # a missing sysfs file is tried again this rarely
 REVALIDATE_S = 5.0              # a kept file's directory is checked this often
 SLOW_FILES_EVERY_S = 2.0        # totals, caps and PCIe link change rarely
 SYSFS_READ_SIZE = 4096
+DEMO_MAX_GPUS = 8               # --demo shows up to this many synthetic GPUs
+DEMO_SCENARIOS = ("none", "leak", "hostile")
+ONCE_RATE_WAIT_S = 0.5          # --once reads twice this far apart (rates need two reads)
+SHUTDOWN_GRACE_S = 0.6          # time clients get to answer our Close 1001
+PROC_SCAN_BUDGET_S = 0.5        # wall-clock budget of one /proc walk (then resumed next scan)
+
+DURATION_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*(ms|s|m|h)?\s*$")
+DURATION_UNITS = {"ms": 0.001, "s": 1.0, None: 1.0, "m": 60.0, "h": 3600.0}
+
+
+# -- WebSocket and HTTP limits, headers, route patterns ---------------------
+
 WS_MAX_MESSAGE_BYTES = 65536    # client messages are small JSON objects
 WS_QUEUE_FRAMES = 64            # per-client outbound queue (drop-oldest past it)
 WS_QUEUE_BYTES = 8 * 1024 * 1024
@@ -190,11 +220,25 @@ WS_WAKE_READ_SIZE = 4096
 WS_SHUTDOWN_POLL_S = 0.05       # the hub loop's tick while shutdown waits for Close answers
 HTTP_IDLE_TIMEOUT_S = 15.0
 HTTP_ERROR_LOG_PER_S = 20       # error lines logged per second at most (the rest counted)
-DEMO_MAX_GPUS = 8               # --demo shows up to this many synthetic GPUs
-DEMO_SCENARIOS = ("none", "leak", "hostile")
-ONCE_RATE_WAIT_S = 0.5          # --once reads twice this far apart (rates need two reads)
-SHUTDOWN_GRACE_S = 0.6          # time clients get to answer our Close 1001
-PROC_SCAN_BUDGET_S = 0.5        # wall-clock budget of one /proc walk (then resumed next scan)
+
+CDN_ORIGIN = "https://cdn.jsdelivr.net"
+SECURITY_HEADERS = (
+    ("X-Content-Type-Options", "nosniff"),
+    ("X-Frame-Options", "DENY"),
+    ("Referrer-Policy", "no-referrer"),
+    ("Cross-Origin-Resource-Policy", "same-origin"),
+)
+GPU_ROUTE_KINDS = ("metrics", "procs", "history", "processes")    # /api/gpus/{id}/<kind>
+GPU_PATH_RE = re.compile(r"^/api/gpus/([A-Za-z0-9_.:-]{1,64})/(%s)$" % "|".join(GPU_ROUTE_KINDS))
+GPU_ID_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+MACHINE_NAMES_DNS_WAIT_S = 2.0     # the start waits this long for getfqdn at most
+HOST_NAME_RE = re.compile(r"^[a-z0-9_](?:[a-z0-9_-]{0,62})(?:\.[a-z0-9_](?:[a-z0-9_-]{0,62}))*$")
+# RFC 6750 b64token, also a valid cookie value (RFC 6265 cookie-octet).
+AUTH_TOKEN_RE = re.compile(r"^[A-Za-z0-9._~+/=-]{16,256}$")
+RUN_PATH_RE = re.compile(r"^/api/processes/([0-9]{1,18})/history$")
+
+
+# -- metrics, AMD sysfs files and hwmon labels ------------------------------
 
 PCIE_GEN_BY_GTS = ((2.5, 1), (5.0, 2), (8.0, 3), (16.0, 4), (32.0, 5), (64.0, 6))
 
@@ -280,32 +324,172 @@ NAME_FILES = ("libdrm/amdgpu.ids", "hwdata/pci.ids", "misc/pci.ids")
 
 NO_GPU_MESSAGE = ("No GPU found: no amdgpu, i915 or xe card under %s/class/drm, and NVML (%s) "
                   "found none. Run with --demo to see the dashboard with synthetic GPUs.")
-
-CDN_ORIGIN = "https://cdn.jsdelivr.net"
-SECURITY_HEADERS = (
-    ("X-Content-Type-Options", "nosniff"),
-    ("X-Frame-Options", "DENY"),
-    ("Referrer-Policy", "no-referrer"),
-    ("Cross-Origin-Resource-Policy", "same-origin"),
-)
-
-DURATION_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*(ms|s|m|h)?\s*$")
-DURATION_UNITS = {"ms": 0.001, "s": 1.0, None: 1.0, "m": 60.0, "h": 3600.0}
 DPM_LINE_RE = re.compile(r"^\s*([0-9]+|[SF]):\s*([0-9]+)\s*mhz\b(.*)$", re.IGNORECASE)
 PCIE_DPM_RE = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*GT/s,\s*x([0-9]+)", re.IGNORECASE)
 LINK_SPEED_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*GT/s", re.IGNORECASE)
-GPU_ROUTE_KINDS = ("metrics", "procs", "history", "processes")    # /api/gpus/{id}/<kind>
-GPU_PATH_RE = re.compile(r"^/api/gpus/([A-Za-z0-9_.:-]{1,64})/(%s)$" % "|".join(GPU_ROUTE_KINDS))
-GPU_ID_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
-MACHINE_NAMES_DNS_WAIT_S = 2.0     # the start waits this long for getfqdn at most
-HOST_NAME_RE = re.compile(r"^[a-z0-9_](?:[a-z0-9_-]{0,62})(?:\.[a-z0-9_](?:[a-z0-9_-]{0,62}))*$")
-# RFC 6750 b64token, also a valid cookie value (RFC 6265 cookie-octet).
-AUTH_TOKEN_RE = re.compile(r"^[A-Za-z0-9._~+/=-]{16,256}$")
-RUN_PATH_RE = re.compile(r"^/api/processes/([0-9]{1,18})/history$")
-MEMINFO_LINE_RE = re.compile(r"^([A-Za-z0-9_()]+):[ \t]*([0-9]+)( kB)?[ \t]*$", re.MULTILINE | re.ASCII)
 HWMON_FILE_RE = re.compile(r"^(temp|freq|in|power|fan|pwm)(0|[1-9][0-9]*)_([a-z_]+)$")
 
-# -- VRAM forecast and alerts (history-insight.md §6-7) ----------------------
+
+# -- NVIDIA (NVML, nvml.h) --------------------------------------------------
+
+NVML_DEFAULT_LIBRARY = "libnvidia-ml.so.1"
+NVML_SUCCESS = 0                       # nvmlReturn_t values (nvml.h)
+NVML_ERROR_UNINITIALIZED = 1
+NVML_ERROR_NOT_SUPPORTED = 3
+NVML_ERROR_NO_PERMISSION = 4
+NVML_ERROR_NOT_FOUND = 6
+NVML_ERROR_INSUFFICIENT_SIZE = 7
+NVML_ERROR_FUNCTION_NOT_FOUND = 13
+NVML_ERROR_GPU_IS_LOST = 15
+NVML_ERROR_ARGUMENT_VERSION_MISMATCH = 25
+# A call answering one of these will never work on this GPU: stop asking.
+NVML_DISABLING_ERRORS = (NVML_ERROR_NOT_SUPPORTED, NVML_ERROR_FUNCTION_NOT_FOUND,
+                         NVML_ERROR_ARGUMENT_VERSION_MISMATCH)
+NVML_CLOCK_GRAPHICS, NVML_CLOCK_SM, NVML_CLOCK_MEM = 0, 1, 2
+NVML_TEMPERATURE_GPU = 0
+NVML_TEMPERATURE_THRESHOLDS = ((1, "temp_crit_c"), (2, "temp_mem_crit_c"))   # SLOWDOWN, MEM_MAX
+NVML_FI_DEV_MEMORY_TEMP = 82
+NVML_PSTATE_UNKNOWN = 32
+NVML_MEMORY_V2_VERSION = 40 | 2 << 24            # nvmlMemory_v2: sizeof | version << 24
+NVML_FAN_SPEED_INFO_VERSION = 12 | 1 << 24       # nvmlFanSpeedInfo_v1
+NVML_PROC_UTIL_INFO_VERSION = 24 | 1 << 24       # nvmlProcessesUtilizationInfo_v1
+NVML_MEMORY_NA = 0xFFFFFFFFFFFFFFFF              # usedGpuMemory "not available"
+NVML_NAME_BUFFER = 96                            # NVML_DEVICE_NAME_V2_BUFFER_SIZE
+NVML_UUID_BUFFER = 96
+NVML_PROCESS_NAME_BUFFER = 1024                  # a path (pynvml uses 1024 too)
+NVML_DRIVER_VERSION_BUFFER = 80                  # NVML_SYSTEM_DRIVER_VERSION_BUFFER_SIZE
+NVML_LIST_ATTEMPTS = 3                           # process lists may grow between calls
+# nvmlClocksEventReason* bits (nvml.h), in bit order; other bits read as "other".
+NVML_CLOCK_EVENT_REASONS = (
+    (0x1, "GpuIdle"), (0x2, "ApplicationsClocksSetting"), (0x4, "SwPowerCap"),
+    (0x8, "HwSlowdown"), (0x10, "SyncBoost"), (0x20, "SwThermalSlowdown"),
+    (0x40, "HwThermalSlowdown"), (0x80, "HwPowerBrakeSlowdown"),
+    (0x100, "DisplayClockSetting"), (0x200, "BoardLimit"), (0x400, "Reliability"),
+)
+NVML_CLOCK_EVENT_KNOWN = sum(bit for bit, _ in NVML_CLOCK_EVENT_REASONS)
+NVML_UTIL_LIMITED = ("sm", "enc", "dec")     # a sample over 100 % here is bogus (nvtop#110)
+NVML_UTIL_ENGINES = ("sm", "mem", "enc", "dec", "jpg", "ofa")   # the old API has the first four
+NVML_PROCESS_LISTS = (("C", "nvmlDeviceGetComputeRunningProcesses"),
+                      ("G", "nvmlDeviceGetGraphicsRunningProcesses"),
+                      ("M", "nvmlDeviceGetMPSComputeRunningProcesses"))
+
+
+# -- Intel (i915 / xe sysfs: Documentation/ABI/testing/sysfs-driver-intel-*) --
+
+INTEL_HWMON_NAMES = ("i915", "xe")
+INTEL_THROTTLE_NAMES = ("pl1", "pl2", "pl4", "thermal", "prochot", "ratl",
+                        "vr_thermalert", "vr_tdc")
+# Per driver: (GT frequency files, idle-residency files, throttle file pattern),
+# each list tried in order; paths relative to the DRM card dir ("card:") or
+# the PCI device dir ("dev:").
+INTEL_LAYOUT = {
+    "i915": (("card:gt/gt0/rps_act_freq_mhz", "card:gt_act_freq_mhz"),
+             ("card:gt/gt0/rc6_residency_ms", "card:power/rc6_residency_ms"),
+             ("card:gt/gt0/throttle_reason_%s",)),
+    "xe": (("dev:tile0/gt0/freq0/act_freq",),
+           ("dev:tile0/gt0/gtidle/idle_residency_ms",),
+           ("dev:tile0/gt0/freq0/throttle/reason_%s",)),
+}
+INTEL_TEMP_LABELS = {"pkg": "temp_c", "vram": "temp_mem_c"}
+
+
+# -- process top (fdinfo, /proc, command lines) -----------------------------
+
+DRM_CHAR_MAJOR = 226                 # Linux DRM character devices (card*, renderD*)
+DRM_RENDER_MINOR_BASE = 128          # renderD<minor> for minors >= 128
+PROC_STAT_READ_LIMIT = 4096          # /proc/<pid>/stat is one short line
+PROC_STATUS_READ_LIMIT = 16384
+PROC_CGROUP_READ_LIMIT = 16384
+PROC_MOUNTINFO_READ_LIMIT = 1 << 20
+FDINFO_READ_LIMIT = 65536            # amdgpu fdinfo is ~1.5 KiB; newest kernels ~3 KiB
+CMDLINE_READ_LIMIT = 8192            # read a bit more than CMD_MAX_LEN to redact correctly
+CMD_MAX_LEN = 512
+ELLIPSIS = "\u2026"
+REDACTED = "***"
+# Targets under /dev that are never a GPU: skip the stat() of the remap check.
+_NOT_GPU_DEV_PREFIXES = (
+    "/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom",
+    "/dev/pts/", "/dev/ptmx", "/dev/tty", "/dev/console", "/dev/shm/",
+    "/dev/snd/", "/dev/input/", "/dev/net/", "/dev/log", "/dev/kmsg",
+    "/dev/fuse", "/dev/kvm", "/dev/vhost", "/dev/hugepages", "/dev/mqueue/",
+    "/dev/accel/", "/dev/hidraw", "/dev/video", "/dev/media", "/dev/bus/",
+    "/dev/uinput", "/dev/rfkill", "/dev/autofs", "/dev/loop", "/dev/nvidia",
+)
+
+
+# -- host metrics (/proc: man 5 proc; Documentation/accounting/psi.rst) -----
+
+HOST_INTERVAL_S = 1.0       # host frames: once a second (see HostSampler for why)
+HOST_KEYS = (
+    "cpu_busy_pct", "cpu_count", "load1", "load5", "load15",
+    "mem_total_bytes", "mem_used_bytes", "mem_available_bytes",
+    "swap_total_bytes", "swap_used_bytes",
+    "mem_pressure_some_avg10", "mem_pressure_full_avg10",
+)
+# The host series kept in the rolling history (totals and the CPU count hardly move).
+HOST_HISTORY_KEYS = (
+    "cpu_busy_pct", "load1", "mem_used_bytes", "mem_available_bytes", "swap_used_bytes",
+    "mem_pressure_some_avg10", "mem_pressure_full_avg10",
+)
+# key, path under the proc root, read size. /proc/stat: the cpu lines come first
+# (~100 bytes per CPU), the long intr line after them is not needed.
+HOST_FILES = (
+    ("stat", "stat", 1 << 18),
+    ("meminfo", "meminfo", 16384),
+    ("loadavg", "loadavg", 256),
+    ("pressure", "pressure/memory", 1024),     # kernel >= 4.20 with CONFIG_PSI
+)
+MEMINFO_NAMES = ("MemTotal", "MemAvailable", "SwapTotal", "SwapFree")   # what build_host uses
+PROC_CPU_MIN_INTERVAL_S = 0.1   # a process read again sooner keeps its last CPU %
+PROC_BTIME_READ_LIMIT = 1 << 20  # /proc/stat: btime comes after the long intr line
+MEMINFO_LINE_RE = re.compile(r"^([A-Za-z0-9_()]+):[ \t]*([0-9]+)( kB)?[ \t]*$", re.MULTILINE | re.ASCII)
+
+
+# -- history store (history-insight.md) -------------------------------------
+
+HISTORY_APP_ID = 0x61677477          # PRAGMA application_id: "agtw"
+HISTORY_DEMO_APP_ID = 0x61677464     # "agtd": a --demo history (synthetic GPUs); never read as real
+HISTORY_MEMORY = ":memory:"          # Config.history_path: kept in memory (the --demo default)
+HISTORY_SCHEMA_VERSION = 1           # PRAGMA user_version: a newer file is refused, never touched
+HISTORY_DEFAULT_MAX_BYTES = 256 << 20
+HISTORY_MEMORY_MAX_BYTES = 32 << 20  # the in-memory fallback is bounded too
+HISTORY_MIN_FREE_BYTES = 50 << 20    # writing pauses while the filesystem has less free
+HISTORY_COMMIT_S = 5.0               # one transaction this often
+HISTORY_QUEUE_MAX = 8192             # samples waiting for the writer (drop-oldest past it)
+HISTORY_MAINTAIN_S = 60.0            # retention (age and size) is enforced this often
+HISTORY_DELETE_SLICE = 2000          # rows per DELETE, so no statement runs long
+HISTORY_TRIM_SLICES = 1000           # oldest slices cut per maintenance while over the cap
+HISTORY_VACUUM_PAGES = 2000          # PRAGMA incremental_vacuum(N) after deletes, until none free
+# The WAL counts against max_bytes too: it is checkpointed at a 16th of the cap
+# (16 to 1000 pages), truncated back to that size, and the rows get the rest.
+HISTORY_WAL_SHARE = 16
+HISTORY_WAL_PAGES = (16, 1000)
+HISTORY_SIDECARS = ("-wal", "-shm", "-journal")   # SQLite's files next to the database
+# (name, step in seconds, kept for seconds): 1 s means, then min/avg/max/count roll-ups.
+# Measured (tests/bench/bench_history.py, 22 metrics of a dGPU): a raw row ~110 B,
+# a roll-up row ~295 B; 1 min rows for 90 days alone would be 38 MB per GPU, so
+# they are kept 14 days and a 10 min tier carries 90 days (7-day charts read it).
+HISTORY_TIERS = (("raw", 1, 48 * 3600), ("1m", 60, 14 * 86400), ("10m", 600, 90 * 86400),
+                 ("1h", 3600, 2 * 365 * 86400))
+HISTORY_MIN_POINTS = 300             # a chart gets about 300 to 1500 points
+HISTORY_MAX_POINTS = 1500
+HISTORY_NICE_STEPS = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800,
+                      21600, 43200, 86400, 172800, 604800)
+HISTORY_PROC_SAMPLE_S = 10           # per-process samples ("who was on this GPU at T")
+HISTORY_PROC_KEEP_S = 7 * 86400
+HISTORY_RUN_KEEP_S = 365 * 86400     # process runs and alert events
+HISTORY_RUN_MISSING_SCANS = 3        # a run ends after this many scans without it
+HISTORY_RUN_MAX_GAP_S = 30.0         # a longer gap between sightings does not count as time
+HISTORY_QUERY_MAX_ROWS = 5000        # runs / alerts answered at most
+HISTORY_NOT_NUMERIC = ("runtime_status", "throttle_reasons", "vram_used_source", "vram_forecast")
+HISTORY_HOST_KEYS = HOST_KEYS        # the store keeps a column per host key
+# Stored as integers in fixed units (facts sheet §3): value * scale, by name suffix.
+HISTORY_SCALES = (("_bytes", 1.0 / (1 << 20)), ("_pct", 10.0), ("_c", 10.0), ("_w", 10.0),
+                  ("_gts", 10.0), ("_avg10", 100.0), ("throttled", 1000.0))
+HISTORY_LOAD_SCALE = 100.0
+
+
+# -- VRAM forecast, alerts and the webhook (history-insight.md §6-7) --------
 
 FORECAST_WINDOW_S = 120.0       # the slope is fitted over the last 2 minutes...
 FORECAST_MIN_POINTS = 30        # ...with at least this many points...
@@ -365,165 +549,19 @@ WEBHOOK_QUEUE_ITEMS = 64
 WEBHOOK_RECEIVER = "amdgpu_top_web"
 ALERTMANAGER_ZERO_TIME = "0001-01-01T00:00:00Z"   # endsAt of a firing alert (Alertmanager)
 ALERTS_DEFAULT_RANGE_S = 86400.0
-
-# -- process top -----------------------------------------------------------
-
-DRM_CHAR_MAJOR = 226                 # Linux DRM character devices (card*, renderD*)
-DRM_RENDER_MINOR_BASE = 128          # renderD<minor> for minors >= 128
-PROC_STAT_READ_LIMIT = 4096          # /proc/<pid>/stat is one short line
-PROC_STATUS_READ_LIMIT = 16384
-PROC_CGROUP_READ_LIMIT = 16384
-PROC_MOUNTINFO_READ_LIMIT = 1 << 20
-FDINFO_READ_LIMIT = 65536            # amdgpu fdinfo is ~1.5 KiB; newest kernels ~3 KiB
-CMDLINE_READ_LIMIT = 8192            # read a bit more than CMD_MAX_LEN to redact correctly
-CMD_MAX_LEN = 512
-ELLIPSIS = "\u2026"
-REDACTED = "***"
-# Targets under /dev that are never a GPU: skip the stat() of the remap check.
-_NOT_GPU_DEV_PREFIXES = (
-    "/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom",
-    "/dev/pts/", "/dev/ptmx", "/dev/tty", "/dev/console", "/dev/shm/",
-    "/dev/snd/", "/dev/input/", "/dev/net/", "/dev/log", "/dev/kmsg",
-    "/dev/fuse", "/dev/kvm", "/dev/vhost", "/dev/hugepages", "/dev/mqueue/",
-    "/dev/accel/", "/dev/hidraw", "/dev/video", "/dev/media", "/dev/bus/",
-    "/dev/uinput", "/dev/rfkill", "/dev/autofs", "/dev/loop", "/dev/nvidia",
-)
-
-# -- host metrics (/proc: man 5 proc; Documentation/accounting/psi.rst) --------
-
-HOST_INTERVAL_S = 1.0       # host frames: once a second (see HostSampler for why)
-HOST_KEYS = (
-    "cpu_busy_pct", "cpu_count", "load1", "load5", "load15",
-    "mem_total_bytes", "mem_used_bytes", "mem_available_bytes",
-    "swap_total_bytes", "swap_used_bytes",
-    "mem_pressure_some_avg10", "mem_pressure_full_avg10",
-)
-# The host series kept in the rolling history (totals and the CPU count hardly move).
-HOST_HISTORY_KEYS = (
-    "cpu_busy_pct", "load1", "mem_used_bytes", "mem_available_bytes", "swap_used_bytes",
-    "mem_pressure_some_avg10", "mem_pressure_full_avg10",
-)
-# key, path under the proc root, read size. /proc/stat: the cpu lines come first
-# (~100 bytes per CPU), the long intr line after them is not needed.
-HOST_FILES = (
-    ("stat", "stat", 1 << 18),
-    ("meminfo", "meminfo", 16384),
-    ("loadavg", "loadavg", 256),
-    ("pressure", "pressure/memory", 1024),     # kernel >= 4.20 with CONFIG_PSI
-)
-MEMINFO_NAMES = ("MemTotal", "MemAvailable", "SwapTotal", "SwapFree")   # what build_host uses
-PROC_CPU_MIN_INTERVAL_S = 0.1   # a process read again sooner keeps its last CPU %
-PROC_BTIME_READ_LIMIT = 1 << 20  # /proc/stat: btime comes after the long intr line
-
-# -- NVIDIA (NVML, nvml.h) ---------------------------------------------------
-
-NVML_DEFAULT_LIBRARY = "libnvidia-ml.so.1"
-NVML_SUCCESS = 0                       # nvmlReturn_t values (nvml.h)
-NVML_ERROR_UNINITIALIZED = 1
-NVML_ERROR_NOT_SUPPORTED = 3
-NVML_ERROR_NO_PERMISSION = 4
-NVML_ERROR_NOT_FOUND = 6
-NVML_ERROR_INSUFFICIENT_SIZE = 7
-NVML_ERROR_FUNCTION_NOT_FOUND = 13
-NVML_ERROR_GPU_IS_LOST = 15
-NVML_ERROR_ARGUMENT_VERSION_MISMATCH = 25
-# A call answering one of these will never work on this GPU: stop asking.
-NVML_DISABLING_ERRORS = (NVML_ERROR_NOT_SUPPORTED, NVML_ERROR_FUNCTION_NOT_FOUND,
-                         NVML_ERROR_ARGUMENT_VERSION_MISMATCH)
-NVML_CLOCK_GRAPHICS, NVML_CLOCK_SM, NVML_CLOCK_MEM = 0, 1, 2
-NVML_TEMPERATURE_GPU = 0
-NVML_TEMPERATURE_THRESHOLDS = ((1, "temp_crit_c"), (2, "temp_mem_crit_c"))   # SLOWDOWN, MEM_MAX
-NVML_FI_DEV_MEMORY_TEMP = 82
-NVML_PSTATE_UNKNOWN = 32
-NVML_MEMORY_V2_VERSION = 40 | 2 << 24            # nvmlMemory_v2: sizeof | version << 24
-NVML_FAN_SPEED_INFO_VERSION = 12 | 1 << 24       # nvmlFanSpeedInfo_v1
-NVML_PROC_UTIL_INFO_VERSION = 24 | 1 << 24       # nvmlProcessesUtilizationInfo_v1
-NVML_MEMORY_NA = 0xFFFFFFFFFFFFFFFF              # usedGpuMemory "not available"
-NVML_NAME_BUFFER = 96                            # NVML_DEVICE_NAME_V2_BUFFER_SIZE
-NVML_UUID_BUFFER = 96
-NVML_PROCESS_NAME_BUFFER = 1024                  # a path (pynvml uses 1024 too)
-NVML_DRIVER_VERSION_BUFFER = 80                  # NVML_SYSTEM_DRIVER_VERSION_BUFFER_SIZE
-NVML_LIST_ATTEMPTS = 3                           # process lists may grow between calls
-# nvmlClocksEventReason* bits (nvml.h), in bit order; other bits read as "other".
-NVML_CLOCK_EVENT_REASONS = (
-    (0x1, "GpuIdle"), (0x2, "ApplicationsClocksSetting"), (0x4, "SwPowerCap"),
-    (0x8, "HwSlowdown"), (0x10, "SyncBoost"), (0x20, "SwThermalSlowdown"),
-    (0x40, "HwThermalSlowdown"), (0x80, "HwPowerBrakeSlowdown"),
-    (0x100, "DisplayClockSetting"), (0x200, "BoardLimit"), (0x400, "Reliability"),
-)
-NVML_CLOCK_EVENT_KNOWN = sum(bit for bit, _ in NVML_CLOCK_EVENT_REASONS)
-NVML_UTIL_LIMITED = ("sm", "enc", "dec")     # a sample over 100 % here is bogus (nvtop#110)
-NVML_UTIL_ENGINES = ("sm", "mem", "enc", "dec", "jpg", "ofa")   # the old API has the first four
-NVML_PROCESS_LISTS = (("C", "nvmlDeviceGetComputeRunningProcesses"),
-                      ("G", "nvmlDeviceGetGraphicsRunningProcesses"),
-                      ("M", "nvmlDeviceGetMPSComputeRunningProcesses"))
-
-# -- Intel (i915 / xe sysfs: Documentation/ABI/testing/sysfs-driver-intel-*) --
-
-INTEL_HWMON_NAMES = ("i915", "xe")
-INTEL_THROTTLE_NAMES = ("pl1", "pl2", "pl4", "thermal", "prochot", "ratl",
-                        "vr_thermalert", "vr_tdc")
-# Per driver: (GT frequency files, idle-residency files, throttle file pattern),
-# each list tried in order; paths relative to the DRM card dir ("card:") or
-# the PCI device dir ("dev:").
-INTEL_LAYOUT = {
-    "i915": (("card:gt/gt0/rps_act_freq_mhz", "card:gt_act_freq_mhz"),
-             ("card:gt/gt0/rc6_residency_ms", "card:power/rc6_residency_ms"),
-             ("card:gt/gt0/throttle_reason_%s",)),
-    "xe": (("dev:tile0/gt0/freq0/act_freq",),
-           ("dev:tile0/gt0/gtidle/idle_residency_ms",),
-           ("dev:tile0/gt0/freq0/throttle/reason_%s",)),
-}
-INTEL_TEMP_LABELS = {"pkg": "temp_c", "vram": "temp_mem_c"}
-
-# -- history store (issue #9; the sourced facts: shared/reference/history-insight.md) --
-
-HISTORY_APP_ID = 0x61677477          # PRAGMA application_id: "agtw"
-HISTORY_DEMO_APP_ID = 0x61677464     # "agtd": a --demo history (synthetic GPUs); never read as real
-HISTORY_MEMORY = ":memory:"          # Config.history_path: kept in memory (the --demo default)
-HISTORY_SCHEMA_VERSION = 1           # PRAGMA user_version: a newer file is refused, never touched
-HISTORY_DEFAULT_MAX_BYTES = 256 << 20
-HISTORY_MEMORY_MAX_BYTES = 32 << 20  # the in-memory fallback is bounded too
-HISTORY_MIN_FREE_BYTES = 50 << 20    # writing pauses while the filesystem has less free
-HISTORY_COMMIT_S = 5.0               # one transaction this often
-HISTORY_QUEUE_MAX = 8192             # samples waiting for the writer (drop-oldest past it)
-HISTORY_MAINTAIN_S = 60.0            # retention (age and size) is enforced this often
-HISTORY_DELETE_SLICE = 2000          # rows per DELETE, so no statement runs long
-HISTORY_TRIM_SLICES = 1000           # oldest slices cut per maintenance while over the cap
-HISTORY_VACUUM_PAGES = 2000          # PRAGMA incremental_vacuum(N) after deletes, until none free
-# The WAL counts against max_bytes too: it is checkpointed at a 16th of the cap
-# (16 to 1000 pages), truncated back to that size, and the rows get the rest.
-HISTORY_WAL_SHARE = 16
-HISTORY_WAL_PAGES = (16, 1000)
-HISTORY_SIDECARS = ("-wal", "-shm", "-journal")   # SQLite's files next to the database
-# (name, step in seconds, kept for seconds): 1 s means, then min/avg/max/count roll-ups.
-# Measured (tests/bench/bench_history.py, 22 metrics of a dGPU): a raw row ~110 B,
-# a roll-up row ~295 B; 1 min rows for 90 days alone would be 38 MB per GPU, so
-# they are kept 14 days and a 10 min tier carries 90 days (7-day charts read it).
-HISTORY_TIERS = (("raw", 1, 48 * 3600), ("1m", 60, 14 * 86400), ("10m", 600, 90 * 86400),
-                 ("1h", 3600, 2 * 365 * 86400))
-HISTORY_MIN_POINTS = 300             # a chart gets about 300 to 1500 points
-HISTORY_MAX_POINTS = 1500
-HISTORY_NICE_STEPS = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800,
-                      21600, 43200, 86400, 172800, 604800)
-HISTORY_PROC_SAMPLE_S = 10           # per-process samples ("who was on this GPU at T")
-HISTORY_PROC_KEEP_S = 7 * 86400
-HISTORY_RUN_KEEP_S = 365 * 86400     # process runs and alert events
-HISTORY_RUN_MISSING_SCANS = 3        # a run ends after this many scans without it
-HISTORY_RUN_MAX_GAP_S = 30.0         # a longer gap between sightings does not count as time
-HISTORY_QUERY_MAX_ROWS = 5000        # runs / alerts answered at most
-HISTORY_NOT_NUMERIC = ("runtime_status", "throttle_reasons", "vram_used_source", "vram_forecast")
-HISTORY_HOST_KEYS = HOST_KEYS        # the store keeps a column per host key
-# Stored as integers in fixed units (facts sheet §3): value * scale, by name suffix.
-HISTORY_SCALES = (("_bytes", 1.0 / (1 << 20)), ("_pct", 10.0), ("_c", 10.0), ("_w", 10.0),
-                  ("_gts", 10.0), ("_avg10", 100.0), ("throttled", 1000.0))
-HISTORY_LOAD_SCALE = 100.0
+# hello carries each GPU's ring as the page's sparklines draw it: their series,
+# and at most one point (the max) per column of their 300 (SPARK_W in index.html).
+HELLO_HISTORY_KEYS = ("gpu_busy_pct", "mem_busy_pct", "power_w", "temp_c", "temp_junction_c",
+                      "vram_used_bytes")
+HELLO_HISTORY_POINTS = 300
+SAMPLE_FRAME_KINDS = ("stats", "procs", "host")   # the latest of each is kept in the cache
 
 
 # ---------------------------------------------------------------------------
 # 3. Data types
 # ---------------------------------------------------------------------------
 
+# -- configuration: the SETTINGS table and Config ---------------------------
 
 class ConfigError(Exception):
     """A bad setting; the message starts with the variable's name."""
@@ -610,6 +648,9 @@ Config = collections.namedtuple(
     "Config", ["listen_host", "listen_port"] + [s.field for s in SETTINGS if s.field != "listen"]
     + list(_MODE_FIELDS))
 
+
+# -- a GPU and a published frame --------------------------------------------
+
 # What a GPU is, as the page and the API see it (plus where to read it).
 #
 #     vendor "amd" / "nvidia" / "intel"; uuid where the driver has one; card_dir
@@ -624,10 +665,9 @@ GpuInfo = collections.namedtuple(
 
 # One published frame: the JSON payload (bytes) and the same as a WebSocket frame.
 OutFrame = collections.namedtuple("OutFrame", "gpu_id kind payload wire")
-SAMPLE_FRAME_KINDS = ("stats", "procs", "host")   # the latest of each is kept in the cache
 
-# -- NVML structs (nvml.h; sizes checked against gcc, see the stand-in's
-#    _Static_asserts in tests/nvml/) ----------------------------------------
+
+# -- NVML structs (nvml.h; sizes checked against gcc in tests/nvml/) --------
 
 if ctypes is not None:
     _U32, _U64 = ctypes.c_uint, ctypes.c_ulonglong
@@ -687,7 +727,8 @@ if ctypes is not None:
 # One process as an NVML list reports it (already converted from the struct).
 NvmlProcess = collections.namedtuple("NvmlProcess", "pid used_bytes kind")
 
-# -- process top -----------------------------------------------------------
+
+# -- process top: fdinfo records, scan results, /proc/<pid>/stat ------------
 
 # One parsed /proc/<pid>/fdinfo/<fd> of a DRM file (formats.md section 6).
 #
@@ -714,10 +755,12 @@ NO_PROC_STAT = ProcStatLine(None, None, None, None)
 
 # Plain, JSON-serialisable result of ProcScanner.scan()/refresh().
 
+
 # ---------------------------------------------------------------------------
-# 4. Pure parsers
+# 4. Pure parsers and maths
 # ---------------------------------------------------------------------------
 
+# -- sysfs values, PCIe, the ids files --------------------------------------
 
 def clean_text(raw):
     """bytes or str from sysfs -> stripped str (NUL padding removed) or None if empty."""
@@ -838,6 +881,8 @@ def readable_pci_name(name, vendor_label="AMD"):
         return name
     return "%s %s" % (vendor_label, name)
 
+
+# -- configuration: values, addresses, the SETTINGS table to Config ---------
 
 def parse_duration(text):
     """'250ms', '2s', '1.5s', '2' (seconds), '5m', '1h' -> seconds as float; ValueError otherwise."""
@@ -1111,8 +1156,7 @@ def format_help():
     return build_arg_parser().format_help()
 
 
-# -- hwmon planning: which file gives which metric (labels read once) --------
-
+# -- hwmon planning: which file gives which metric (labels read once) -------
 
 def plan_hwmon(names, labels):
     """hwmon file names + {file: label text} -> {metric key: file name}.
@@ -1217,8 +1261,7 @@ def plan_intel_hwmon(names, labels):
     return plan
 
 
-# -- raw file contents -> metrics --------------------------------------------
-
+# -- raw file contents -> metrics -------------------------------------------
 
 def _scaled(raw, divisor, digits):
     value = parse_int(raw)
@@ -1316,7 +1359,8 @@ def new_metrics(values=None):
     return metrics
 
 
-# -- gpu_metrics: AMD's binary metrics table ------------------------------
+# -- gpu_metrics: AMD's binary metrics table --------------------------------
+
 #
 # cardN/device/gpu_metrics is a `struct gpu_metrics_vX_Y` from the kernel's
 # drivers/gpu/drm/amd/include/kgd_pp_interface.h: a 4-byte header
@@ -1331,7 +1375,8 @@ class GpuMetricsError(ValueError):
     or a format_revision other than 1 (dGPU), 2 (APU) or 3 (newer APU)."""
 
 
-# -- conversions -------------------------------------------------------------
+# -- gpu_metrics: conversions -----------------------------------------------
+
 # (multiplier, divisor): value = raw * mul / div, converted once, here.
 # (1, 1) keeps the integer as the kernel wrote it.
 GM_RAW = (1, 1)
@@ -1355,7 +1400,8 @@ def _gm_pad(nbytes):
     return (None, "x", nbytes, None)
 
 
-# -- layouts: (output name, struct char, count, conversion) from offset 4 -----
+# -- gpu_metrics: layouts (output name, struct char, count, conversion) -----
+
 # Names are the kernel's field names with the unit as suffix ("_frequency"
 # dropped). A name is a scalar or a list in every version, never both: the
 # per-XCC/AID clock arrays of v1.4+ are therefore "current_gfxclks_mhz" etc.
@@ -1530,7 +1576,9 @@ GM_ATTRIBUTE_ENCODED = (1, 9)   # formats.md §5.5: self-describing, decoded by 
 # A newer content revision of a known format is decoded by this prefix.
 GM_NEWEST_FIXED = {1: (1, 8), 2: (2, 4), 3: (3, 0)}
 
-# -- throttlers ----------------------------------------------------------------
+
+# -- gpu_metrics: throttlers ------------------------------------------------
+
 # SMU_THROTTLER_*_BIT of drivers/gpu/drm/amd/pm/swsmu/inc/amdgpu_smu.h, prefix
 # and _BIT dropped (formats.md §5.4). amdgpu_top (libdrm-amdgpu-sys) shows bit
 # 47 as "PROCHOT_GPU"; the kernel name is kept here.
@@ -1559,7 +1607,9 @@ RESIDENCY_THROTTLERS = (
     ("throttle_residency_thm_gfx", "TEMP_GPU"), ("throttle_residency_thm_soc", "TEMP_SOC"),
     ("throttle_residency_prochot", "PROCHOT"))
 
-# -- v1.9 attribute encoding (formats.md §5.5) --------------------------------
+
+# -- gpu_metrics: v1.9 attribute encoding (formats.md §5.5) -----------------
+
 GM_ATTR_COUNT = struct.Struct("<i")     # int attr_count, after the header
 GM_ATTR_ENCODING = struct.Struct("<Q")  # unit 24-31, type 20-23, id 10-19, instances 0-9
 GM_ATTR_TYPES = "BbHhIiQq"              # enum amdgpu_metrics_attr_type, U8 .. S64
@@ -1591,7 +1641,9 @@ GM_ATTR_IDS = tuple((name, False) for name in (
     "gfx_below_host_limit_thm_acc", "gfx_low_utilization_acc",
     "gfx_below_host_limit_total_acc", "temperature_hbm"))
 
-# -- compiled layouts ---------------------------------------------------------
+
+# -- gpu_metrics: compiled layouts ------------------------------------------
+
 _GmSlot = collections.namedtuple("GmSlot", "name offset codec count conv sentinel sub")
 _GmLayout = collections.namedtuple("GmLayout", "version slots size")
 
@@ -1622,7 +1674,7 @@ def _gm_make_layout(version, rows):
 GPU_METRICS_LAYOUTS = dict((v, _gm_make_layout(v, rows)) for v, rows in GPU_METRICS_TABLES.items())
 
 
-# -- decoding -----------------------------------------------------------------
+# -- gpu_metrics: decoding --------------------------------------------------
 
 def _gm_convert(raw, conv, sentinel):
     """One raw element -> None (all ones) or its value in the named unit."""
@@ -1809,8 +1861,7 @@ def throttle_from_residency(prev, cur):
     return names if compared else None
 
 
-# -- NVIDIA and Intel values -> metrics (pure) -------------------------------
-
+# -- NVIDIA and Intel values -> metrics -------------------------------------
 
 def parse_clock_event_reasons(mask):
     """nvmlClocksEventReason bitmask -> NVML's names without the prefix, in
@@ -1909,7 +1960,8 @@ def pick_nvml_util(samples, pids):
             best[pid] = (stamp, engines)
     return dict((pid, entry[1]) for pid, entry in best.items())
 
-# -- process top -----------------------------------------------------------
+
+# -- process top: fdinfo text -> records ------------------------------------
 
 _SIZE_RE = re.compile(r"^\s*(\d+)\s*([A-Za-z]*)\s*$")
 _SIZE_UNITS = {
@@ -2116,7 +2168,7 @@ def client_key(rec, pci, pid, fd_name):
     return "%s/fd/%d/%s" % (pci, pid, fd_name)
 
 
-# -- fd targets and /proc text -----------------------------------------------
+# -- process top: fd targets, KFD topology and per-process VRAM -------------
 
 _DRM_NODE_RE = re.compile(r"^(?:renderD|card)\d+$")
 
@@ -2142,7 +2194,6 @@ def classify_fd_target(target):
     return _NOT_GPU
 
 
-# -- KFD (ROCm): topology nodes and per-process VRAM ---------------------------
 # /sys/class/kfd/kfd/topology/nodes/<n>/{gpu_id,properties} (kfd_topology.c
 # node_show: "%s %u\n" / "%s %llu\n" lines, every value decimal) and
 # /sys/class/kfd/kfd/proc/<pid>/vram_<gpu_id> ("%llu\n" bytes, kfd_process.c).
@@ -2221,6 +2272,8 @@ def drm_node_from_rdev(mode, rdev):
     minor = os.minor(rdev)
     return ("renderD%d" if minor >= DRM_RENDER_MINOR_BASE else "card%d") % minor
 
+
+# -- process top: /proc text (stat, start times, status, cgroup, mounts) ----
 
 def parse_proc_stat(text):
     """/proc/<pid>/stat -> (comm, start_time in clock ticks); (None, None) if bad."""
@@ -2386,8 +2439,7 @@ def parse_hidepid(mountinfo_text, mount_point="/proc"):
     return None
 
 
-# -- host metrics (/proc/stat, meminfo, loadavg, pressure; per-process CPU) --
-
+# -- host metrics (/proc/stat, meminfo, loadavg, pressure; per-process CPU %) --
 
 def parse_proc_stat_cpu(text):
     """/proc/stat -> (the aggregate "cpu" line's times as ints, number of
@@ -2544,7 +2596,7 @@ class ProcCpuMeter(object):
             del self._prev[key]
 
 
-# -- command lines -----------------------------------------------------------
+# -- command lines: cleaning and redaction ----------------------------------
 
 _ANSI_RE = re.compile(
     r"\x1b\[[0-?]*[ -/]*[@-~]"                  # CSI ... final byte
@@ -2662,8 +2714,7 @@ def redact_cmdline(raw_bytes, max_len=CMD_MAX_LEN):
     return text
 
 
-# -- rate maths (engine busy) ------------------------------------------------
-
+# -- process top: rate maths (engine busy) ----------------------------------
 
 def compute_engine_pct(prev_ns, cur_ns, dt_ns, capacity=None):
     """Per-engine busy % = delta ns / delta wall ns / capacity x 100.
@@ -2746,8 +2797,7 @@ def compute_client_usage(prev, rec, now_ns):
     return pct, _busy_ms_per_s(prev, rec, dt_ns), sample
 
 
-# -- per-GPU process tables (dedupe, sums, capabilities) ---------------------
-
+# -- process top: per-GPU tables (rows, totals, capabilities, visibility) ---
 
 def _sum_field(clients, field):
     """Sum of a client field; None when no client has it."""
@@ -3011,8 +3061,7 @@ def select_fd_window(names, cap, resume_fd, keep):
     return chosen, nxt
 
 
-# -- history: columns, roll-ups, tier choice and process runs (pure) ----------
-
+# -- history: columns, roll-ups, tier choice and process runs ---------------
 
 def history_scale(key):
     """The fixed unit a history column is stored in: stored = round(value * scale)."""
@@ -3294,8 +3343,9 @@ def _max_known(old, new):
     if not isinstance(new, (int, float)):
         return old
     return new if old is None or new > old else old
-# -- VRAM forecast: Theil-Sen slope with Sen's interval (history-insight §6) --
 
+
+# -- VRAM forecast: Theil-Sen slope with Sen's interval (history-insight §6) --
 
 def _median_sorted(values):
     n = len(values)
@@ -3587,7 +3637,6 @@ def compute_proc_vram_forecast(ts, vram, free_bytes):
 
 # -- alerts: rules with hysteresis and holds (history-insight §7) -----------
 
-
 def _severity_rank(severity):
     return ALERT_SEVERITIES.index(severity) if severity in ALERT_SEVERITIES else -1
 
@@ -3825,6 +3874,8 @@ def unattributed_hint(visibility):
 # 5. WebSocket codec (sans-IO, RFC 6455)
 # ---------------------------------------------------------------------------
 
+# -- frames: opcodes, close codes, encoding ---------------------------------
+
 # Bytes in, frames and messages out; every violation raises ProtocolError
 # carrying the close code to send (RFC 6455 §7.1.7 "Fail the WebSocket
 # Connection"). No sockets, clocks or threads: only the hub touches sockets.
@@ -4004,6 +4055,8 @@ def parse_close_payload(payload):
     return _as_close_code(code), reason
 
 
+# -- decoding: FrameDecoder and MessageAssembler ----------------------------
+
 # Extra length bytes after the 7-bit length field (§5.2 "Payload length").
 _EXTENDED_LENGTH_SIZE = {126: 2, 127: 8}
 _OPCODES = frozenset(Opcode)  # all others are reserved (§5.2)
@@ -4107,7 +4160,6 @@ class FrameDecoder:
                                 "frame exceeds %d bytes" % self.max_frame_size)
 
 
-
 class MessageAssembler:
     """Joins frames into messages (RFC 6455 §5.4 fragmentation).
 
@@ -4179,9 +4231,12 @@ def _control_message(frame):
     raise ProtocolError(CloseCode.PROTOCOL_ERROR,
                         "reserved opcode %d" % frame.opcode)
 
+
 # ---------------------------------------------------------------------------
-# 6. Pure HTTP helpers: routes, JSON messages, origin and host checks
+# 6. Pure HTTP helpers
 # ---------------------------------------------------------------------------
+
+# -- the WebSocket handshake (RFC 6455 §4) ----------------------------------
 
 class HandshakeError(Exception):
     """A refused opening handshake (RFC 6455 §4.2.1): the HTTP ``status``,
@@ -4250,230 +4305,8 @@ def build_upgrade_response(key):
     return ("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
             "Connection: Upgrade\r\nSec-WebSocket-Accept: %s\r\n\r\n" % accept_key(key)).encode("ascii")
 
-LOOPBACK_NAMES = ("localhost", "ip6-localhost", "ip6-loopback")
-SCRIPT_BLOCK_RE = re.compile(r"<script\b[^>]*>(.*?)</script>", re.IGNORECASE | re.DOTALL)
 
-
-def format_ts(epoch_s):
-    """1760274425.1234 -> '2025-10-12T13:07:05.123Z' (UTC, milliseconds)."""
-    millis = int(round(epoch_s * 1000))
-    seconds, millis = divmod(millis, 1000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + ".%03dZ" % millis
-
-
-def json_bytes(obj):
-    """Compact UTF-8 JSON; NaN/inf are bugs upstream, so refuse them."""
-    return json.dumps(obj, separators=(",", ":"), allow_nan=False).encode("utf-8")
-
-
-# What the page shows of a vendor, so that it never branches on one: the badge, what its
-# temp_c sensor, sclk_mhz clock, runtime_status and energy_j counter are called, the memory
-# pools it always has (a row is shown for these even before any value), and where its
-# process rows come from ("nvml" or "fdinfo"; the demo imitates its vendor's).
-VENDOR_DISPLAY = {
-    "amd": ("AMD", {"temp_c": "edge", "sclk_mhz": "Shader clock", "runtime_status": "Runtime PM",
-                    "energy_j": "cumulative counter"}, ("vram", "gtt"), "fdinfo"),
-    "nvidia": ("NVIDIA", {"temp_c": "GPU", "sclk_mhz": "Graphics clock", "runtime_status": "State",
-                          "energy_j": "since driver load"}, ("vram",), "nvml"),
-    "intel": ("Intel", {"temp_c": "package", "sclk_mhz": "GPU clock", "runtime_status": "Runtime PM",
-                        "energy_j": "cumulative counter"}, ("vram",), "fdinfo"),
-}
-
-
-def build_identity_display(vendor, apu):
-    """The identity's display keys: vendor_label, kind ("APU" for an AMD APU, "integrated"
-    for another vendor's, else "discrete"), labels, memory (the pools always shown) and
-    process_source."""
-    label, labels, memory, source = (VENDOR_DISPLAY.get(vendor)
-                                     or (str(vendor), VENDOR_DISPLAY["amd"][1], ("vram",), "fdinfo"))
-    if apu and vendor != "amd":
-        memory = tuple(m for m in memory if m != "vram")          # an iGPU has no VRAM of its own
-    return {"vendor_label": label, "kind": ("APU" if vendor == "amd" else "integrated") if apu else "discrete",
-            "labels": dict(labels), "memory": list(memory), "process_source": source}
-
-
-def identity_json(info):
-    out = {"id": info.id, "vendor": info.vendor, "uuid": info.uuid, "pci": info.pci,
-           "pci_id": info.pci_id, "revision": info.revision, "name": info.name,
-           "render_node": info.render_node, "driver": info.driver, "apu": info.apu,
-           "demo": info.demo, "driver_version": info.driver_version,
-           "cuda_driver_version": info.cuda_driver_version, "sclk_max_mhz": info.sclk_max_mhz,
-           "mclk_max_mhz": info.mclk_max_mhz}
-    out.update(build_identity_display(info.vendor, info.apu))
-    return out
-
-
-def build_stats_message(gpu_id, epoch_s, metrics):
-    """The stats frame (also GET /api/gpus/{id}/metrics); ts and metrics are
-    null before the GPU's first sample (epoch_s None)."""
-    return {"type": "stats", "gpu_id": gpu_id,
-            "ts": None if epoch_s is None else format_ts(epoch_s), "metrics": metrics}
-
-
-def build_gpus_message(infos):
-    """The gpus frame: the GPU set changed (discovery); identities in order."""
-    return {"type": "gpus", "gpus": [identity_json(info) for info in infos]}
-
-
-def build_subscribed_message(gpu_id, host):
-    """The answer to a subscribe: what the client now gets."""
-    return {"type": "subscribed", "gpu_id": gpu_id, "host": host}
-
-
-def build_pong_message():
-    return {"type": "pong"}
-
-
-def build_error_message(message):
-    """A client message the hub refused; the connection stays open."""
-    return {"type": "error", "message": message}
-
-
-def build_gpus_answer(gpus, demo, message=None):
-    """GET /api/gpus: identities each with its latest "metrics" (null before
-    the first sample); a message (how to try --demo) when there is no GPU."""
-    out = {"gpus": gpus, "demo": demo}
-    if message is not None:
-        out["message"] = message
-    return out
-
-
-def build_once_snapshot(version, epoch_s, rates_over_s, host, gpus):
-    """--once --json: the host and every GPU (identity, "metrics", "procs")."""
-    return {"version": version, "ts": format_ts(epoch_s), "rates_over_s": rates_over_s,
-            "host": host, "gpus": gpus}
-
-
-def build_hello_message(interval_s, default_gpu, gpus, features, history, host, host_history,
-                        alerts):
-    """The hello frame: gpus (identity dicts), history {gpu id: ring json},
-    host (dict or None), host_history (ring json), alerts (active events)."""
-    ids = [g["id"] for g in gpus]
-    return {"type": "hello", "version": __version__,
-            "interval_ms": int(round(interval_s * 1000)),
-            "default_gpu": default_gpu if default_gpu in ids else (ids[0] if ids else None),
-            "subscribed": "*", "gpus": gpus, "features": features, "history": history,
-            "host": host, "host_history": host_history, "alerts": alerts}
-
-
-def encode_ring_json(interval_s, ts, columns, points_max=None):
-    """Ordered ring columns (ts and {key: values}, NaN for null) -> the ring
-    json {"interval_ms", "ts": [unix ms], "series": {key: [value or null]}};
-    with points_max, buckets of k consecutive samples (the newest bucket
-    ends at the newest sample) become one point each: the bucket's last ts
-    and each series' max, interval_ms then k times the sampling interval."""
-    n = len(ts)
-    k = max(1, -(-n // points_max)) if points_max else 1
-    ends = list(range(n, 0, -k))[::-1]
-    series = {}
-    for key, values in columns.items():
-        series[key] = [_bucket_max(values, max(0, end - k), end) for end in ends]
-    return {"interval_ms": int(round(interval_s * k * 1000)),
-            "ts": [int(round(ts[end - 1] * 1000)) for end in ends], "series": series}
-
-
-def _bucket_max(values, lo, hi):
-    """max of values[lo:hi] ignoring NaN (None if all NaN), compacted."""
-    if hi - lo == 1:
-        value = values[lo]
-    else:
-        segment = values[lo:hi]
-        total = sum(segment)                  # NaN-free (the common case) in C
-        value = max(segment) if total == total else max(
-            (v for v in segment if v == v), default=float("nan"))
-    return None if value != value else _compact(value)
-
-
-def _compact(value):
-    return int(value) if value.is_integer() else value
-
-
-def build_host_message(epoch_s, host):
-    """The host frame (also GET /api/host); ts and host are null before the first sample."""
-    return {"type": "host", "ts": None if epoch_s is None else format_ts(epoch_s), "host": host}
-
-
-EMPTY_PROCS = build_procs_entry([], 0, build_capabilities(None, False, False, ()))
-
-
-def build_procs_message(gpu_id, epoch_s, entry, visibility, scan_stats):
-    """One GPU's slice of a scan result -> the procs frame (SPEC §5); also
-    GET /api/gpus/{id}/procs before the first scan (epoch_s None): ts,
-    processes, totals, visibility and scan null, capabilities not known yet."""
-    if epoch_s is None:
-        return {"type": "procs", "gpu_id": gpu_id, "ts": None,
-                "capabilities": build_capabilities(None, None, None, ()), "processes": None,
-                "totals": None, "visibility": None, "scan": None}
-    entry = entry or EMPTY_PROCS
-    return {"type": "procs", "gpu_id": gpu_id, "ts": format_ts(epoch_s),
-            "capabilities": entry["capabilities"], "processes": entry["processes"],
-            "totals": entry["totals"], "visibility": visibility,
-            "scan": {"cut_short": bool(scan_stats.get("cut_short")),
-                     "duration_s": scan_stats.get("duration_s")}}
-
-
-# -- alerts: frames, the webhook body, /api/alerts parameters -----------------
-
-
-def build_alert_event(rule, gpu_id, change, summary, now_s):
-    """One state change of AlertState -> the alert frame dict (SPEC: type
-    "alert"); times as ISO strings; ts is when the change happened. A live
-    update of an active one is the same dict with update true and updated its
-    time (AlertEngine._refresh): one key set either way."""
-    return {"type": "alert", "rule": rule, "gpu_id": gpu_id, "severity": change["severity"],
-            "state": change["state"], "started": format_ts(change["started"]),
-            "ended": None if change["ended"] is None else format_ts(change["ended"]),
-            "value": change["value"], "summary": summary, "ts": format_ts(now_s),
-            "previous_severity": change.get("previous_severity"), "update": False,
-            "updated": None}
-
-
-def _am_labels(event, severity, instance):
-    return {"alertname": event["rule"], "gpu": event["gpu_id"] or "", "severity": severity,
-            "instance": instance}
-
-
-def _am_fingerprint(labels):
-    text = "\xff".join("%s\xfe%s" % item for item in sorted(labels.items()))
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
-
-
-def _am_alert(event, severity, status, instance, ends_at, external_url):
-    labels = _am_labels(event, severity, instance)
-    return {"status": status, "labels": labels, "annotations": {"summary": event["summary"]},
-            "startsAt": event["started"], "endsAt": ends_at or ALERTMANAGER_ZERO_TIME,
-            "generatorURL": external_url, "fingerprint": _am_fingerprint(labels)}
-
-
-def build_webhook_payload(event, instance, external_url=""):
-    """An alert event -> Alertmanager's webhook JSON (version 4), so existing
-    receivers accept it. An escalation (warning -> critical) also resolves the
-    warning: severity is a label, so they are two alerts to Alertmanager."""
-    firing = event["state"] == "firing"
-    alerts = [_am_alert(event, event["severity"], event["state"], instance,
-                        None if firing else event["ended"], external_url)]
-    previous = event.get("previous_severity")
-    if firing and previous:
-        alerts.append(_am_alert(event, previous, "resolved", instance, event["ts"], external_url))
-    group = {"alertname": event["rule"]}
-    common = _am_labels(event, event["severity"], instance) if len(alerts) == 1 else dict(
-        group, gpu=event["gpu_id"] or "", instance=instance)
-    return {"version": "4", "groupKey": '{}:{alertname="%s"}' % event["rule"],
-            "truncatedAlerts": 0, "status": "firing" if firing else "resolved",
-            "receiver": WEBHOOK_RECEIVER, "groupLabels": group, "commonLabels": common,
-            "commonAnnotations": {"summary": event["summary"]}, "externalURL": external_url,
-            "alerts": alerts}
-
-
-ALERT_CSV_COLUMNS = ("ts", "rule", "gpu_id", "severity", "state", "started", "ended", "value",
-                     "summary")
-
-
-def event_in_range(event, from_s, to_s):
-    """Whether an event's change time (ts, ISO) lies in [from_s, to_s]."""
-    when = parse_iso_ts(event.get("ts") or event.get("started")) or 0.0
-    return from_s <= when <= to_s
-
+# -- routes and query parameters (400 naming the parameter) -----------------
 
 SIMPLE_ROUTES = {"/api/gpus": "gpus", "/api/host": "host", "/api/healthz": "healthz",
                  "/api/readyz": "readyz", "/api/alerts": "alerts",
@@ -4498,204 +4331,6 @@ def route(path):
     return SIMPLE_ROUTES.get(path, "not_found"), None
 
 
-def split_host_header(host):
-    """'Example.com:8080' -> ('example.com', 8080); '[::1]' -> ('::1', None)."""
-    host = (host or "").strip().lower()
-    if host.startswith("["):
-        name, _, rest = host[1:].partition("]")
-        port = rest[1:] if rest.startswith(":") else ""
-    else:
-        name, _, port = host.partition(":")
-    return name, (int(port) if port.isdecimal() else None)
-
-
-def is_loopback_name(name):
-    """'localhost', '127.0.0.5', '::1' -> True; '127.0.0.1.evil.example' -> False."""
-    if name in LOOPBACK_NAMES:
-        return True
-    try:
-        return ipaddress.ip_address(name.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
-def host_allowed(host_header, machine_names, allowed_hosts, allowed_origins=None):
-    """Stop DNS rebinding, whatever the bind: the Host header must name loopback,
-    this machine (machine_names: its host names, found at start), an
-    APP_ALLOWED_HOSTS entry ('.example.com' = any name under it, '*' = any) or
-    the host of an allowed origin, or be an IP address (a page can only read
-    a response of its own origin, and an address is nobody's name to rebind:
-    browsing by address works behind NAT and Docker's port mapping too).
-    The port is not checked."""
-    if allowed_hosts == "*":
-        return True
-    name = normalize_host_name(split_host_header(host_header)[0])
-    if not name:
-        return False
-    if is_loopback_name(name) or name in machine_names:
-        return True
-    if _ip_text(name) not in (None, "0.0.0.0", "::"):     # 0.0.0.0 names no host
-        return True
-    for allowed in allowed_hosts or ():
-        if name == allowed or (allowed.startswith(".") and name.endswith(allowed)):
-            return True
-    if isinstance(allowed_origins, tuple):
-        return any(normalize_host_name(urlsplit(origin).hostname) == name
-                   for origin in allowed_origins)
-    return False
-
-
-# -- the access token (APP_AUTH_TOKEN): a Bearer header or the page's cookie -----
-
-AUTH_OPEN_ROUTES = ("healthz", "readyz", "favicon")     # probes; nothing to read there
-AUTH_COOKIE_MAX_AGE_S = 30 * 86400
-
-
-def auth_cookie_name(port):
-    """One cookie per port: cookies ignore ports, two dashboards on one host must not clash."""
-    return "amdgpu_top_web_token_%d" % port
-
-
-def token_matches(candidate, token):
-    """Constant-time comparison (hmac.compare_digest): the time taken says
-    nothing about how much of a guess was right."""
-    if candidate is None or token is None:
-        return False
-    return hmac.compare_digest(candidate.encode("utf-8", "replace"), token.encode("utf-8"))
-
-
-def parse_bearer(authorization):
-    """'Bearer abc' -> 'abc' (RFC 6750 §2.1; the scheme is case-insensitive); else None."""
-    scheme, _, value = (authorization or "").strip().partition(" ")
-    return value.strip() or None if scheme.lower() == "bearer" else None
-
-
-def parse_cookie(cookie_header, name):
-    """The value of cookie `name` in a Cookie header (RFC 6265 §4.2), else None."""
-    for part in (cookie_header or "").split(";"):
-        key, sep, value = part.strip().partition("=")
-        if sep and key == name:
-            return value.strip().strip('"')
-    return None
-
-
-def parse_token_query(query):
-    """'a=1&token=ab+c%3D' -> 'ab+c=': '+' stays '+' (a base64 token pasted into the
-    address bar must still match); None when there is no token parameter."""
-    for part in (query or "").split("&"):
-        if part.startswith("token="):
-            return unquote(part[6:])
-    return None
-
-
-def request_authorized(headers, token, cookie_name):
-    """Whether a request carries the token: Authorization: Bearer, or the cookie."""
-    return (token_matches(parse_bearer(headers.get("Authorization")), token)
-            or token_matches(parse_cookie(headers.get("Cookie"), cookie_name), token))
-
-
-def build_auth_cookie(cookie_name, token):
-    return "%s=%s; Path=/; Max-Age=%d; HttpOnly; SameSite=Strict" % (
-        cookie_name, token, AUTH_COOKIE_MAX_AGE_S)
-
-
-TOKEN_QUERY_RE = re.compile(r"([?&]token=)[^&\s\"#]*")
-
-
-def redact_token(text):
-    """'/?token=abc&x=1' -> '/?token=(redacted)&x=1': no token in any log line."""
-    return TOKEN_QUERY_RE.sub(r"\1(redacted)", text)
-
-
-AUTH_HELP = ("this dashboard asks for its access token (APP_AUTH_TOKEN): send "
-             "'Authorization: Bearer <token>', or open /?token=<token> once in the browser")
-
-
-def render_auth_page():
-    """The 401 page of / and /plain: how to pass the token."""
-    return ("<!doctype html><html lang=en><meta charset=utf-8><title>amdgpu_top_web: token "
-            "needed</title><h1>Access token needed</h1><p>This dashboard is protected by an "
-            "access token (<code>APP_AUTH_TOKEN</code> or <code>APP_AUTH_TOKEN_FILE</code> where "
-            "it runs). Open <code>/?token=&lt;token&gt;</code> once: the browser then keeps it "
-            "in a cookie and the address bar forgets it. Scripts and Prometheus send "
-            "<code>Authorization: Bearer &lt;token&gt;</code>.</p></html>")
-
-
-def origin_allowed(origin, host_header, allowed_origins):
-    """WebSocket Origin check (SPEC §6/§7): no Origin = non-browser client, allowed;
-    '*' allows any; a tuple is an allow-list; None means same origin as Host."""
-    if origin is None:
-        return True
-    if allowed_origins == "*":
-        return True
-    normalized = normalize_origin(origin)
-    if normalized is None:
-        return False
-    if isinstance(allowed_origins, tuple):
-        return normalized in allowed_origins
-    parts = urlsplit(normalized)
-    name, port = split_host_header(host_header)
-    default_port = 80 if parts.scheme == "http" else 443
-    return parts.hostname == name.strip("[]") and (parts.port or default_port) == (port or default_port)
-
-
-def inline_script_hashes(page_html):
-    """CSP hashes ('sha256-…') of every inline <script> block, so the policy can
-    forbid 'unsafe-inline' while allowing exactly our import map and module."""
-    hashes = []
-    for body in SCRIPT_BLOCK_RE.findall(page_html):
-        if body.strip():
-            digest = hashlib.sha256(body.encode("utf-8")).digest()
-            hashes.append("'sha256-%s'" % base64.b64encode(digest).decode("ascii"))
-    return hashes
-
-
-def build_csp(script_hashes, use_cdn):
-    """Content-Security-Policy allowing only self (and the pinned CDN when used)."""
-    cdn = [CDN_ORIGIN] if use_cdn else []
-    return ("default-src 'none'; script-src %s; style-src %s; img-src 'self' data:; "
-            "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
-            % (" ".join(["'self'"] + cdn + list(script_hashes)),
-               " ".join(["'self'", "'unsafe-inline'"] + cdn)))
-
-
-def build_error_answer(message):
-    """Every HTTP error answer (4xx, 5xx): one line saying what to do."""
-    return {"error": message}
-
-
-def error_json(message):
-    return json_bytes(build_error_answer(message))
-
-
-def build_health_answer(history_status):
-    """GET /api/healthz: up, and the history store's state."""
-    return {"status": "ok", "history": history_status}
-
-
-def build_ready_answer(gpu_count):
-    """GET /api/readyz: gpu_count None until the first enumeration ("starting", a 503)."""
-    return {"status": "starting" if gpu_count is None else "ready", "gpus": gpu_count}
-
-
-def build_version_answer(version, python_version):
-    return {"version": version, "python": "%d.%d.%d" % tuple(python_version[:3])}
-
-
-def build_alerts_answer(from_s, to_s, source, active, events):
-    """GET /api/alerts: the window, where the events come from, the active ones."""
-    return {"from": format_ts(from_s), "to": format_ts(to_s), "source": source,
-            "active": active, "events": events}
-
-
-def build_runs_answer(from_s, to_s, runs):
-    """GET /api/processes: the window and its process runs, newest first."""
-    return {"from": format_ts(from_s), "to": format_ts(to_s), "processes": runs}
-
-
-
-# -- history queries (the store's endpoints; the store answers them) ----------
-
 HISTORY_RANGES_S = {"30m": 1800, "1h": 3600, "6h": 6 * 3600, "24h": 86400, "7d": 7 * 86400,
                     "30d": 30 * 86400, "1y": 365 * 86400}
 HISTORY_MAX_SPAN_S = 3 * 366 * 86400     # beyond the longest tier: refused, never scanned
@@ -4707,14 +4342,6 @@ ISO_TIME_RE = re.compile(
 # Unix seconds as digits only: float() would also take '1_000', '１２３', '1e9', 'nan'.
 UNIX_TIME_RE = re.compile(r"^[0-9]{1,11}(?:\.[0-9]{1,9})?$", re.ASCII)
 UNIX_TIME_MAX_S = 1e11                   # the year 5138: a typo, never a time with history
-# A CSV cell that a spreadsheet would run as a formula (OWASP "CSV injection").
-CSV_FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
-RUN_CSV_COLUMNS = (
-    "run_id", "gpu_id", "pid", "start_time", "started", "elapsed_s", "name", "user", "cmd",
-    "container", "kfd", "type", "first_seen", "last_seen", "ended", "peak_vram_bytes", "avg_vram_bytes", "peak_gtt_bytes",
-    "avg_gtt_bytes", "peak_engine_pct", "avg_engine_pct", "gpu_seconds")
-PROC_AT_CSV_COLUMNS = ("pid", "name", "user", "started", "elapsed_s", "vram_bytes", "gtt_bytes",
-                       "engine_pct", "run_id")
 
 HISTORY_PARAMS = ("from", "to", "range", "step", "format")
 RUNS_PARAMS = ("from", "to", "range", "gpu", "active", "format")
@@ -4878,26 +4505,378 @@ def parse_run_query(query, _now_s=None):
     return _parse_format(parse_query_string(query, RUN_PARAMS))
 
 
-def _csv_cell(value):
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (list, tuple)):
-        value = " ".join(str(item) for item in value)
-    if isinstance(value, str) and value.startswith(CSV_FORMULA_PREFIXES):
-        return "'" + value
-    return value
+# -- checks: Host (DNS rebinding), Origin, the access token, the CSP --------
+
+LOOPBACK_NAMES = ("localhost", "ip6-localhost", "ip6-loopback")
 
 
-def csv_bytes(header, rows):
-    """RFC 4180 CSV (CRLF, quoted where needed), UTF-8; None -> empty cell."""
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\r\n")
-    writer.writerow(header)
-    for row in rows:
-        writer.writerow([_csv_cell(value) for value in row])
-    return out.getvalue().encode("utf-8")
+def split_host_header(host):
+    """'Example.com:8080' -> ('example.com', 8080); '[::1]' -> ('::1', None)."""
+    host = (host or "").strip().lower()
+    if host.startswith("["):
+        name, _, rest = host[1:].partition("]")
+        port = rest[1:] if rest.startswith(":") else ""
+    else:
+        name, _, port = host.partition(":")
+    return name, (int(port) if port.isdecimal() else None)
+
+
+def is_loopback_name(name):
+    """'localhost', '127.0.0.5', '::1' -> True; '127.0.0.1.evil.example' -> False."""
+    if name in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(name.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def host_allowed(host_header, machine_names, allowed_hosts, allowed_origins=None):
+    """Stop DNS rebinding, whatever the bind: the Host header must name loopback,
+    this machine (machine_names: its host names, found at start), an
+    APP_ALLOWED_HOSTS entry ('.example.com' = any name under it, '*' = any) or
+    the host of an allowed origin, or be an IP address (a page can only read
+    a response of its own origin, and an address is nobody's name to rebind:
+    browsing by address works behind NAT and Docker's port mapping too).
+    The port is not checked."""
+    if allowed_hosts == "*":
+        return True
+    name = normalize_host_name(split_host_header(host_header)[0])
+    if not name:
+        return False
+    if is_loopback_name(name) or name in machine_names:
+        return True
+    if _ip_text(name) not in (None, "0.0.0.0", "::"):     # 0.0.0.0 names no host
+        return True
+    for allowed in allowed_hosts or ():
+        if name == allowed or (allowed.startswith(".") and name.endswith(allowed)):
+            return True
+    if isinstance(allowed_origins, tuple):
+        return any(normalize_host_name(urlsplit(origin).hostname) == name
+                   for origin in allowed_origins)
+    return False
+
+
+AUTH_OPEN_ROUTES = ("healthz", "readyz", "favicon")     # probes; nothing to read there
+AUTH_COOKIE_MAX_AGE_S = 30 * 86400
+
+
+def auth_cookie_name(port):
+    """One cookie per port: cookies ignore ports, two dashboards on one host must not clash."""
+    return "amdgpu_top_web_token_%d" % port
+
+
+def token_matches(candidate, token):
+    """Constant-time comparison (hmac.compare_digest): the time taken says
+    nothing about how much of a guess was right."""
+    if candidate is None or token is None:
+        return False
+    return hmac.compare_digest(candidate.encode("utf-8", "replace"), token.encode("utf-8"))
+
+
+def parse_bearer(authorization):
+    """'Bearer abc' -> 'abc' (RFC 6750 §2.1; the scheme is case-insensitive); else None."""
+    scheme, _, value = (authorization or "").strip().partition(" ")
+    return value.strip() or None if scheme.lower() == "bearer" else None
+
+
+def parse_cookie(cookie_header, name):
+    """The value of cookie `name` in a Cookie header (RFC 6265 §4.2), else None."""
+    for part in (cookie_header or "").split(";"):
+        key, sep, value = part.strip().partition("=")
+        if sep and key == name:
+            return value.strip().strip('"')
+    return None
+
+
+def parse_token_query(query):
+    """'a=1&token=ab+c%3D' -> 'ab+c=': '+' stays '+' (a base64 token pasted into the
+    address bar must still match); None when there is no token parameter."""
+    for part in (query or "").split("&"):
+        if part.startswith("token="):
+            return unquote(part[6:])
+    return None
+
+
+def request_authorized(headers, token, cookie_name):
+    """Whether a request carries the token: Authorization: Bearer, or the cookie."""
+    return (token_matches(parse_bearer(headers.get("Authorization")), token)
+            or token_matches(parse_cookie(headers.get("Cookie"), cookie_name), token))
+
+
+def build_auth_cookie(cookie_name, token):
+    return "%s=%s; Path=/; Max-Age=%d; HttpOnly; SameSite=Strict" % (
+        cookie_name, token, AUTH_COOKIE_MAX_AGE_S)
+
+
+TOKEN_QUERY_RE = re.compile(r"([?&]token=)[^&\s\"#]*")
+
+
+def redact_token(text):
+    """'/?token=abc&x=1' -> '/?token=(redacted)&x=1': no token in any log line."""
+    return TOKEN_QUERY_RE.sub(r"\1(redacted)", text)
+
+
+AUTH_HELP = ("this dashboard asks for its access token (APP_AUTH_TOKEN): send "
+             "'Authorization: Bearer <token>', or open /?token=<token> once in the browser")
+
+
+def render_auth_page():
+    """The 401 page of / and /plain: how to pass the token."""
+    return ("<!doctype html><html lang=en><meta charset=utf-8><title>amdgpu_top_web: token "
+            "needed</title><h1>Access token needed</h1><p>This dashboard is protected by an "
+            "access token (<code>APP_AUTH_TOKEN</code> or <code>APP_AUTH_TOKEN_FILE</code> where "
+            "it runs). Open <code>/?token=&lt;token&gt;</code> once: the browser then keeps it "
+            "in a cookie and the address bar forgets it. Scripts and Prometheus send "
+            "<code>Authorization: Bearer &lt;token&gt;</code>.</p></html>")
+
+
+def origin_allowed(origin, host_header, allowed_origins):
+    """WebSocket Origin check (SPEC §6/§7): no Origin = non-browser client, allowed;
+    '*' allows any; a tuple is an allow-list; None means same origin as Host."""
+    if origin is None:
+        return True
+    if allowed_origins == "*":
+        return True
+    normalized = normalize_origin(origin)
+    if normalized is None:
+        return False
+    if isinstance(allowed_origins, tuple):
+        return normalized in allowed_origins
+    parts = urlsplit(normalized)
+    name, port = split_host_header(host_header)
+    default_port = 80 if parts.scheme == "http" else 443
+    return parts.hostname == name.strip("[]") and (parts.port or default_port) == (port or default_port)
+
+
+SCRIPT_BLOCK_RE = re.compile(r"<script\b[^>]*>(.*?)</script>", re.IGNORECASE | re.DOTALL)
+
+
+def inline_script_hashes(page_html):
+    """CSP hashes ('sha256-…') of every inline <script> block, so the policy can
+    forbid 'unsafe-inline' while allowing exactly our import map and module."""
+    hashes = []
+    for body in SCRIPT_BLOCK_RE.findall(page_html):
+        if body.strip():
+            digest = hashlib.sha256(body.encode("utf-8")).digest()
+            hashes.append("'sha256-%s'" % base64.b64encode(digest).decode("ascii"))
+    return hashes
+
+
+def build_csp(script_hashes, use_cdn):
+    """Content-Security-Policy allowing only self (and the pinned CDN when used)."""
+    cdn = [CDN_ORIGIN] if use_cdn else []
+    return ("default-src 'none'; script-src %s; style-src %s; img-src 'self' data:; "
+            "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+            % (" ".join(["'self'"] + cdn + list(script_hashes)),
+               " ".join(["'self'", "'unsafe-inline'"] + cdn)))
+
+
+# -- one builder per wire shape: frames and JSON answers --------------------
+
+def format_ts(epoch_s):
+    """1760274425.1234 -> '2025-10-12T13:07:05.123Z' (UTC, milliseconds)."""
+    millis = int(round(epoch_s * 1000))
+    seconds, millis = divmod(millis, 1000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + ".%03dZ" % millis
+
+
+def json_bytes(obj):
+    """Compact UTF-8 JSON; NaN/inf are bugs upstream, so refuse them."""
+    return json.dumps(obj, separators=(",", ":"), allow_nan=False).encode("utf-8")
+
+
+# What the page shows of a vendor, so that it never branches on one: the badge, what its
+# temp_c sensor, sclk_mhz clock, runtime_status and energy_j counter are called, the memory
+# pools it always has (a row is shown for these even before any value), and where its
+# process rows come from ("nvml" or "fdinfo"; the demo imitates its vendor's).
+VENDOR_DISPLAY = {
+    "amd": ("AMD", {"temp_c": "edge", "sclk_mhz": "Shader clock", "runtime_status": "Runtime PM",
+                    "energy_j": "cumulative counter"}, ("vram", "gtt"), "fdinfo"),
+    "nvidia": ("NVIDIA", {"temp_c": "GPU", "sclk_mhz": "Graphics clock", "runtime_status": "State",
+                          "energy_j": "since driver load"}, ("vram",), "nvml"),
+    "intel": ("Intel", {"temp_c": "package", "sclk_mhz": "GPU clock", "runtime_status": "Runtime PM",
+                        "energy_j": "cumulative counter"}, ("vram",), "fdinfo"),
+}
+
+
+def build_identity_display(vendor, apu):
+    """The identity's display keys: vendor_label, kind ("APU" for an AMD APU, "integrated"
+    for another vendor's, else "discrete"), labels, memory (the pools always shown) and
+    process_source."""
+    label, labels, memory, source = (VENDOR_DISPLAY.get(vendor)
+                                     or (str(vendor), VENDOR_DISPLAY["amd"][1], ("vram",), "fdinfo"))
+    if apu and vendor != "amd":
+        memory = tuple(m for m in memory if m != "vram")          # an iGPU has no VRAM of its own
+    return {"vendor_label": label, "kind": ("APU" if vendor == "amd" else "integrated") if apu else "discrete",
+            "labels": dict(labels), "memory": list(memory), "process_source": source}
+
+
+def identity_json(info):
+    out = {"id": info.id, "vendor": info.vendor, "uuid": info.uuid, "pci": info.pci,
+           "pci_id": info.pci_id, "revision": info.revision, "name": info.name,
+           "render_node": info.render_node, "driver": info.driver, "apu": info.apu,
+           "demo": info.demo, "driver_version": info.driver_version,
+           "cuda_driver_version": info.cuda_driver_version, "sclk_max_mhz": info.sclk_max_mhz,
+           "mclk_max_mhz": info.mclk_max_mhz}
+    out.update(build_identity_display(info.vendor, info.apu))
+    return out
+
+
+def build_stats_message(gpu_id, epoch_s, metrics):
+    """The stats frame (also GET /api/gpus/{id}/metrics); ts and metrics are
+    null before the GPU's first sample (epoch_s None)."""
+    return {"type": "stats", "gpu_id": gpu_id,
+            "ts": None if epoch_s is None else format_ts(epoch_s), "metrics": metrics}
+
+
+def build_host_message(epoch_s, host):
+    """The host frame (also GET /api/host); ts and host are null before the first sample."""
+    return {"type": "host", "ts": None if epoch_s is None else format_ts(epoch_s), "host": host}
+
+
+EMPTY_PROCS = build_procs_entry([], 0, build_capabilities(None, False, False, ()))
+
+
+def build_procs_message(gpu_id, epoch_s, entry, visibility, scan_stats):
+    """One GPU's slice of a scan result -> the procs frame (SPEC §5); also
+    GET /api/gpus/{id}/procs before the first scan (epoch_s None): ts,
+    processes, totals, visibility and scan null, capabilities not known yet."""
+    if epoch_s is None:
+        return {"type": "procs", "gpu_id": gpu_id, "ts": None,
+                "capabilities": build_capabilities(None, None, None, ()), "processes": None,
+                "totals": None, "visibility": None, "scan": None}
+    entry = entry or EMPTY_PROCS
+    return {"type": "procs", "gpu_id": gpu_id, "ts": format_ts(epoch_s),
+            "capabilities": entry["capabilities"], "processes": entry["processes"],
+            "totals": entry["totals"], "visibility": visibility,
+            "scan": {"cut_short": bool(scan_stats.get("cut_short")),
+                     "duration_s": scan_stats.get("duration_s")}}
+
+
+def build_gpus_message(infos):
+    """The gpus frame: the GPU set changed (discovery); identities in order."""
+    return {"type": "gpus", "gpus": [identity_json(info) for info in infos]}
+
+
+def build_subscribed_message(gpu_id, host):
+    """The answer to a subscribe: what the client now gets."""
+    return {"type": "subscribed", "gpu_id": gpu_id, "host": host}
+
+
+def build_pong_message():
+    return {"type": "pong"}
+
+
+def build_error_message(message):
+    """A client message the hub refused; the connection stays open."""
+    return {"type": "error", "message": message}
+
+
+def build_gpus_answer(gpus, demo, message=None):
+    """GET /api/gpus: identities each with its latest "metrics" (null before
+    the first sample); a message (how to try --demo) when there is no GPU."""
+    out = {"gpus": gpus, "demo": demo}
+    if message is not None:
+        out["message"] = message
+    return out
+
+
+def build_once_snapshot(version, epoch_s, rates_over_s, host, gpus):
+    """--once --json: the host and every GPU (identity, "metrics", "procs")."""
+    return {"version": version, "ts": format_ts(epoch_s), "rates_over_s": rates_over_s,
+            "host": host, "gpus": gpus}
+
+
+def _compact(value):
+    return int(value) if value.is_integer() else value
+
+
+def encode_ring_json(interval_s, ts, columns, points_max=None):
+    """Ordered ring columns (ts and {key: values}, NaN for null) -> the ring
+    json {"interval_ms", "ts": [unix ms], "series": {key: [value or null]}};
+    with points_max, buckets of k consecutive samples (the newest bucket
+    ends at the newest sample) become one point each: the bucket's last ts
+    and each series' max, interval_ms then k times the sampling interval."""
+    n = len(ts)
+    k = max(1, -(-n // points_max)) if points_max else 1
+    ends = list(range(n, 0, -k))[::-1]
+    series = {}
+    for key, values in columns.items():
+        series[key] = [_bucket_max(values, max(0, end - k), end) for end in ends]
+    return {"interval_ms": int(round(interval_s * k * 1000)),
+            "ts": [int(round(ts[end - 1] * 1000)) for end in ends], "series": series}
+
+
+def _bucket_max(values, lo, hi):
+    """max of values[lo:hi] ignoring NaN (None if all NaN), compacted."""
+    if hi - lo == 1:
+        value = values[lo]
+    else:
+        segment = values[lo:hi]
+        total = sum(segment)                  # NaN-free (the common case) in C
+        value = max(segment) if total == total else max(
+            (v for v in segment if v == v), default=float("nan"))
+    return None if value != value else _compact(value)
+
+
+def build_hello_message(interval_s, default_gpu, gpus, features, history, host, host_history,
+                        alerts):
+    """The hello frame: gpus (identity dicts), history {gpu id: ring json},
+    host (dict or None), host_history (ring json), alerts (active events)."""
+    ids = [g["id"] for g in gpus]
+    return {"type": "hello", "version": __version__,
+            "interval_ms": int(round(interval_s * 1000)),
+            "default_gpu": default_gpu if default_gpu in ids else (ids[0] if ids else None),
+            "subscribed": "*", "gpus": gpus, "features": features, "history": history,
+            "host": host, "host_history": host_history, "alerts": alerts}
+
+
+def build_alert_event(rule, gpu_id, change, summary, now_s):
+    """One state change of AlertState -> the alert frame dict (SPEC: type
+    "alert"); times as ISO strings; ts is when the change happened. A live
+    update of an active one is the same dict with update true and updated its
+    time (AlertEngine._refresh): one key set either way."""
+    return {"type": "alert", "rule": rule, "gpu_id": gpu_id, "severity": change["severity"],
+            "state": change["state"], "started": format_ts(change["started"]),
+            "ended": None if change["ended"] is None else format_ts(change["ended"]),
+            "value": change["value"], "summary": summary, "ts": format_ts(now_s),
+            "previous_severity": change.get("previous_severity"), "update": False,
+            "updated": None}
+
+
+def error_json(message):
+    return json_bytes(build_error_answer(message))
+
+
+def build_error_answer(message):
+    """Every HTTP error answer (4xx, 5xx): one line saying what to do."""
+    return {"error": message}
+
+
+def build_health_answer(history_status):
+    """GET /api/healthz: up, and the history store's state."""
+    return {"status": "ok", "history": history_status}
+
+
+def build_ready_answer(gpu_count):
+    """GET /api/readyz: gpu_count None until the first enumeration ("starting", a 503)."""
+    return {"status": "starting" if gpu_count is None else "ready", "gpus": gpu_count}
+
+
+def build_version_answer(version, python_version):
+    return {"version": version, "python": "%d.%d.%d" % tuple(python_version[:3])}
+
+
+def build_alerts_answer(from_s, to_s, source, active, events):
+    """GET /api/alerts: the window, where the events come from, the active ones."""
+    return {"from": format_ts(from_s), "to": format_ts(to_s), "source": source,
+            "active": active, "events": events}
+
+
+def build_runs_answer(from_s, to_s, runs):
+    """GET /api/processes: the window and its process runs, newest first."""
+    return {"from": format_ts(from_s), "to": format_ts(to_s), "processes": runs}
 
 
 def build_series_answer(gpu_id, tier, step_s, from_s, to_s, ts_ms, count, series):
@@ -4934,6 +4913,89 @@ def build_procs_at_answer(gpu_id, at_s, sample_ts, processes):
     return {"gpu_id": gpu_id, "at": format_ts(at_s), "ts": sample_ts, "processes": processes}
 
 
+# -- the Alertmanager webhook body, alert events in a time range ------------
+
+def _am_labels(event, severity, instance):
+    return {"alertname": event["rule"], "gpu": event["gpu_id"] or "", "severity": severity,
+            "instance": instance}
+
+
+def _am_fingerprint(labels):
+    text = "\xff".join("%s\xfe%s" % item for item in sorted(labels.items()))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def _am_alert(event, severity, status, instance, ends_at, external_url):
+    labels = _am_labels(event, severity, instance)
+    return {"status": status, "labels": labels, "annotations": {"summary": event["summary"]},
+            "startsAt": event["started"], "endsAt": ends_at or ALERTMANAGER_ZERO_TIME,
+            "generatorURL": external_url, "fingerprint": _am_fingerprint(labels)}
+
+
+def build_webhook_payload(event, instance, external_url=""):
+    """An alert event -> Alertmanager's webhook JSON (version 4), so existing
+    receivers accept it. An escalation (warning -> critical) also resolves the
+    warning: severity is a label, so they are two alerts to Alertmanager."""
+    firing = event["state"] == "firing"
+    alerts = [_am_alert(event, event["severity"], event["state"], instance,
+                        None if firing else event["ended"], external_url)]
+    previous = event.get("previous_severity")
+    if firing and previous:
+        alerts.append(_am_alert(event, previous, "resolved", instance, event["ts"], external_url))
+    group = {"alertname": event["rule"]}
+    common = _am_labels(event, event["severity"], instance) if len(alerts) == 1 else dict(
+        group, gpu=event["gpu_id"] or "", instance=instance)
+    return {"version": "4", "groupKey": '{}:{alertname="%s"}' % event["rule"],
+            "truncatedAlerts": 0, "status": "firing" if firing else "resolved",
+            "receiver": WEBHOOK_RECEIVER, "groupLabels": group, "commonLabels": common,
+            "commonAnnotations": {"summary": event["summary"]}, "externalURL": external_url,
+            "alerts": alerts}
+
+
+def event_in_range(event, from_s, to_s):
+    """Whether an event's change time (ts, ISO) lies in [from_s, to_s]."""
+    when = parse_iso_ts(event.get("ts") or event.get("started")) or 0.0
+    return from_s <= when <= to_s
+
+
+# -- CSV answers (&format=csv) ----------------------------------------------
+
+# A CSV cell that a spreadsheet would run as a formula (OWASP "CSV injection").
+CSV_FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+
+
+ALERT_CSV_COLUMNS = ("ts", "rule", "gpu_id", "severity", "state", "started", "ended", "value",
+                     "summary")
+RUN_CSV_COLUMNS = (
+    "run_id", "gpu_id", "pid", "start_time", "started", "elapsed_s", "name", "user", "cmd",
+    "container", "kfd", "type", "first_seen", "last_seen", "ended", "peak_vram_bytes", "avg_vram_bytes", "peak_gtt_bytes",
+    "avg_gtt_bytes", "peak_engine_pct", "avg_engine_pct", "gpu_seconds")
+PROC_AT_CSV_COLUMNS = ("pid", "name", "user", "started", "elapsed_s", "vram_bytes", "gtt_bytes",
+                       "engine_pct", "run_id")
+
+
+def _csv_cell(value):
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, tuple)):
+        value = " ".join(str(item) for item in value)
+    if isinstance(value, str) and value.startswith(CSV_FORMULA_PREFIXES):
+        return "'" + value
+    return value
+
+
+def csv_bytes(header, rows):
+    """RFC 4180 CSV (CRLF, quoted where needed), UTF-8; None -> empty cell."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\r\n")
+    writer.writerow(header)
+    for row in rows:
+        writer.writerow([_csv_cell(value) for value in row])
+    return out.getvalue().encode("utf-8")
+
+
 def series_csv(result):
     """A query_series result -> one row per point: ts, count, then min/avg/max per series."""
     names = sorted(result["series"])
@@ -4958,7 +5020,149 @@ def records_csv(records, columns):
     return csv_bytes(columns, ([record.get(name) for name in columns] for record in records))
 
 
-# -- Prometheus text format (opt-in /metrics) ---------------------------------
+# -- texts: values, durations, forecasts and alert summaries ----------------
+
+def format_bytes(value):
+    """1845493760 -> '1.72 GiB'; None -> '—'."""
+    if value is None:
+        return "\u2014"
+    size = float(value)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(size) < 1024 or unit == "GiB":
+            return ("%d %s" % (size, unit)) if unit == "B" else ("%.2f %s" % (size, unit))
+        size /= 1024.0
+    return "%.2f GiB" % size
+
+
+# Digits after the point per unit, as the page rounds them.
+PLAIN_DIGITS = {"%": 0, " W": 1, " °C": 0, " MHz": 0, " RPM": 0, " lanes": 0, "": 1}
+
+
+def format_energy(joules):
+    """Joules in Wh below 1 kWh, else kWh, 3 significant digits (as the page)."""
+    wh = joules / 3600.0
+    value, unit = (wh / 1000.0, "kWh") if wh >= 1000 else (wh, "Wh")
+    return "%.*f %s" % (0 if value >= 100 else 1 if value >= 10 else 2, value, unit)
+
+
+# A space after a number (or %) and before its unit: never a line break there.
+_PLAIN_UNIT_SPACE_RE = re.compile(r"(?<=\d) (?=[A-Za-z\u00b0])|(?<=Gen) (?=\d)")
+
+
+def plain_nowrap(text):
+    """'1.72 GiB / 16.00 GiB' -> the same with a no-break space between each
+    number and its unit, so a narrow screen never puts "GiB" on a line alone."""
+    return _PLAIN_UNIT_SPACE_RE.sub("\u00a0", text)
+
+
+def format_value(value, unit):
+    """A metric for people: rounded like the page, "—" for null."""
+    if value is None:
+        return "\u2014"
+    if unit == "B":
+        return format_bytes(value)
+    if unit == "list":
+        return ", ".join(value) if value else "none"
+    if unit == "P":
+        return "P%d" % value
+    if unit == "energy":
+        return format_energy(value)
+    if unit == "gen":
+        return "Gen %d" % value
+    if unit == "load":
+        return "%.2f" % value
+    if unit == "%d":
+        return "%d" % value
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return "%.*f%s" % (PLAIN_DIGITS.get(unit, 1), value, unit)
+    return "%s%s" % (value, unit)
+
+
+def format_elapsed(seconds):
+    """Elapsed seconds as ps(1) prints etime: "[[dd-]hh:]mm:ss"; "—" for null."""
+    if seconds is None:
+        return "\u2014"
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    days, hours = divmod(hours, 24)
+    if days:
+        return "%d-%02d:%02d:%02d" % (days, hours, minutes, secs)
+    return "%02d:%02d:%02d" % (hours, minutes, secs) if hours else "%02d:%02d" % (minutes, secs)
+
+
+def format_identity_facts(identity):
+    """Driver and CUDA versions and maximum clocks in one line ('' when the
+    vendor gives none): 'driver 580.95.05, CUDA 13.0, max clocks: shader
+    1980 MHz, memory 2619 MHz'."""
+    parts = ["%s %s" % (label, identity[key]) for label, key in (
+        ("driver", "driver_version"), ("CUDA", "cuda_driver_version")) if identity.get(key)]
+    clocks = ["%s %s" % (label, format_value(identity[key], " MHz")) for label, key in (
+        ("shader", "sclk_max_mhz"), ("memory", "mclk_max_mhz")) if identity.get(key) is not None]
+    if clocks:
+        parts.append("max clocks: " + ", ".join(clocks))
+    return ", ".join(parts)
+
+
+def _format_duration(seconds):
+    if seconds >= 3600:
+        return "%.1f h" % (seconds / 3600.0)
+    if seconds >= 120:
+        return "%d min" % int(round(seconds / 60.0))
+    return "%d s" % int(round(seconds))
+
+
+def format_forecast(forecast, with_full=True, names=None):
+    """vram_forecast -> words: 'growing 18-22 MiB/s, full in 4 min-5 min, mostly pid 1234'
+    ('mostly python3 (pid 1234)' where names {pid: name} knows it)."""
+    forecast = forecast or {}
+    state, rate = forecast.get("state"), forecast.get("rate_bytes_per_s")
+    if state == "step":
+        text = "a step of %s" % format_bytes(forecast.get("step_bytes"))
+    elif state == "trend" and rate:
+        mib = sorted(abs(r) / float(1 << 20) for r in rate)
+        digits = 0 if mib[1] - mib[0] >= 2 else 1
+        text = "%s %.*f\u2013%.*f MiB/s" % ("growing" if rate[0] > 0 else "shrinking",
+                                           digits, mib[0], digits, mib[1])
+        full = forecast.get("full_in_s")
+        if full and with_full:
+            text += ", full in %s\u2013%s" % (_format_duration(full[0]), _format_duration(full[1]))
+    else:
+        return state or "unknown"
+    pid = forecast.get("driver_pid")
+    if pid is not None:
+        name = (names or {}).get(pid)
+        text += (", mostly %s (pid %d)" % (name, pid)) if name else ", mostly pid %d" % pid
+    return text
+
+
+ALERT_TITLES = {
+    "gpu_temperature": "temperature %s °C", "vram_usage": "VRAM %s %% used",
+    "vram_full_soon": "VRAM full in %s or later", "gpu_throttling": "throttled",
+    "fan_stopped": "fan stopped while hot", "gpu_lost": "GPU lost",
+    "busy_unattributed": "busy %s %% with no visible process", "host_memory": "host RAM %s %% used",
+}
+
+
+def format_alert_summary(rule, gpu_id, change, detail=""):
+    """One line for an alert event (frames, webhook annotations, /plain), or
+    for an active alert's live value (change["clearing"]: firing, but the
+    value no longer asks for it; it resolves after its clear_for)."""
+    value = change.get("value")
+    title = ALERT_TITLES[rule]
+    if rule == "vram_full_soon" and value is None:
+        title = "VRAM no longer filling"
+    elif "%s" in title:
+        shown = _format_duration(value) if rule == "vram_full_soon" and value is not None else (
+            format_value(value, "") if value is not None else "\u2014")
+        title = title % shown
+    subject = gpu_id or "host"
+    if change["state"] == "resolved":
+        return "%s: resolved (%s was %s)" % (subject, rule, change.get("severity"))
+    return "%s: %s%s%s" % (subject, title, " (%s)" % detail if detail else "",
+                           ", clearing" if change.get("clearing") else "")
+
+
+# -- Prometheus text (opt-in /metrics) --------------------------------------
 
 PROM_PREFIX = "amdgpu_"
 PROM_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -5171,6 +5375,26 @@ HEALTH_HELP = {
 }
 
 
+def _prom_health(writer, health):
+    for (name, labels), value in sorted(health.items()):
+        kind, help_text = HEALTH_HELP[name]
+        writer.add(name, kind, help_text, labels, value)
+
+
+def _prom_alerts(writer, gpus, alerts):
+    for identity, metrics in gpus:
+        full = compute_full_in_s((metrics or {}).get("vram_forecast"))
+        writer.add("vram_full_seconds", "gauge", "Earliest time until VRAM is full at its "
+                   "current growth (lower end of the forecast's range; only while it grows).",
+                   (("gpu", identity["id"]),), full)
+    for event in alerts or ():
+        writer.add("alert_active", "gauge", "1 per active built-in alert (host rules: gpu=\"\").",
+                   (("gpu", event["gpu_id"] or ""), ("alertname", event["rule"]),
+                    ("severity", event["severity"])), 1)
+
+
+# -- debug pages (/debug/threads, /debug/memory) ----------------------------
+
 def format_thread_stacks(frames, threads):
     """sys._current_frames() + threading.enumerate() -> one text block per thread."""
     names = dict((t.ident, t.name) for t in threads)
@@ -5189,11 +5413,7 @@ def format_memory_top(statistics, limit=30):
     return "\n".join(out) + "\n"
 
 
-def _prom_health(writer, health):
-    for (name, labels), value in sorted(health.items()):
-        kind, help_text = HEALTH_HELP[name]
-        writer.add(name, kind, help_text, labels, value)
-
+# -- the page's ES modules from APP_VENDOR_DIR (CDN URL rewriting) ----------
 
 CDN_URL_RE = re.compile(
     r"https://cdn\.jsdelivr\.net/npm/((?:@[a-z0-9._-]+/)?[a-z0-9._-]+)@([0-9][0-9A-Za-z.+-]*)/"
@@ -5243,7 +5463,8 @@ def format_vendor_commands(pins):
     return install, start
 
 
-VENDOR_LABELS = {"amd": "AMD", "nvidia": "NVIDIA", "intel": "Intel"}
+# -- the plain view (/plain: tables, no JavaScript) -------------------------
+
 PLAIN_ROWS = (
     ("GPU busy", "gpu_busy_pct", "%"), ("Memory busy", "mem_busy_pct", "%"),
     ("Shader clock", "sclk_mhz", " MHz"), ("Memory clock", "mclk_mhz", " MHz"),
@@ -5260,74 +5481,6 @@ PLAIN_ROWS = (
     ("Energy", "energy_j", "energy"),
     ("Runtime PM", "runtime_status", ""),
 )
-
-
-def format_bytes(value):
-    """1845493760 -> '1.72 GiB'; None -> '—'."""
-    if value is None:
-        return "\u2014"
-    size = float(value)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(size) < 1024 or unit == "GiB":
-            return ("%d %s" % (size, unit)) if unit == "B" else ("%.2f %s" % (size, unit))
-        size /= 1024.0
-    return "%.2f GiB" % size
-
-
-# Digits after the point per unit, as the page rounds them.
-PLAIN_DIGITS = {"%": 0, " W": 1, " °C": 0, " MHz": 0, " RPM": 0, " lanes": 0, "": 1}
-
-
-def format_energy(joules):
-    """Joules in Wh below 1 kWh, else kWh, 3 significant digits (as the page)."""
-    wh = joules / 3600.0
-    value, unit = (wh / 1000.0, "kWh") if wh >= 1000 else (wh, "Wh")
-    return "%.*f %s" % (0 if value >= 100 else 1 if value >= 10 else 2, value, unit)
-
-
-# A space after a number (or %) and before its unit: never a line break there.
-_PLAIN_UNIT_SPACE_RE = re.compile(r"(?<=\d) (?=[A-Za-z\u00b0])|(?<=Gen) (?=\d)")
-
-
-def plain_nowrap(text):
-    """'1.72 GiB / 16.00 GiB' -> the same with a no-break space between each
-    number and its unit, so a narrow screen never puts "GiB" on a line alone."""
-    return _PLAIN_UNIT_SPACE_RE.sub("\u00a0", text)
-
-
-def format_value(value, unit):
-    """A metric for people: rounded like the page, "—" for null."""
-    if value is None:
-        return "\u2014"
-    if unit == "B":
-        return format_bytes(value)
-    if unit == "list":
-        return ", ".join(value) if value else "none"
-    if unit == "P":
-        return "P%d" % value
-    if unit == "energy":
-        return format_energy(value)
-    if unit == "gen":
-        return "Gen %d" % value
-    if unit == "load":
-        return "%.2f" % value
-    if unit == "%d":
-        return "%d" % value
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return "%.*f%s" % (PLAIN_DIGITS.get(unit, 1), value, unit)
-    return "%s%s" % (value, unit)
-
-
-def format_elapsed(seconds):
-    """Elapsed seconds as ps(1) prints etime: "[[dd-]hh:]mm:ss"; "—" for null."""
-    if seconds is None:
-        return "\u2014"
-    minutes, secs = divmod(int(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    days, hours = divmod(hours, 24)
-    if days:
-        return "%d-%02d:%02d:%02d" % (days, hours, minutes, secs)
-    return "%02d:%02d:%02d" % (hours, minutes, secs) if hours else "%02d:%02d" % (minutes, secs)
 
 
 def render_plain(gpus, procs, refresh_s, hint=None, page=True, host=None, alerts=None):
@@ -5400,19 +5553,6 @@ def _plain_gpu(identity, metrics, procs):
     return rows
 
 
-def format_identity_facts(identity):
-    """Driver and CUDA versions and maximum clocks in one line ('' when the
-    vendor gives none): 'driver 580.95.05, CUDA 13.0, max clocks: shader
-    1980 MHz, memory 2619 MHz'."""
-    parts = ["%s %s" % (label, identity[key]) for label, key in (
-        ("driver", "driver_version"), ("CUDA", "cuda_driver_version")) if identity.get(key)]
-    clocks = ["%s %s" % (label, format_value(identity[key], " MHz")) for label, key in (
-        ("shader", "sclk_max_mhz"), ("memory", "mclk_max_mhz")) if identity.get(key) is not None]
-    if clocks:
-        parts.append("max clocks: " + ", ".join(clocks))
-    return ", ".join(parts)
-
-
 def plain_forecast(forecast, procs):
     """The VRAM forecast row: the words of format_forecast, its process named."""
     if not forecast:
@@ -5481,67 +5621,6 @@ def plain_visibility_note(visibility):
         notes.append("%d processes could not be read" % visibility["unreadable_pids"])
     return ("Not everything is visible: " + "; ".join(notes) + ".") if notes else None
 
-# -- alert and forecast texts (summaries, the plain view) --------------------
-
-
-def _format_duration(seconds):
-    if seconds >= 3600:
-        return "%.1f h" % (seconds / 3600.0)
-    if seconds >= 120:
-        return "%d min" % int(round(seconds / 60.0))
-    return "%d s" % int(round(seconds))
-
-
-def format_forecast(forecast, with_full=True, names=None):
-    """vram_forecast -> words: 'growing 18-22 MiB/s, full in 4 min-5 min, mostly pid 1234'
-    ('mostly python3 (pid 1234)' where names {pid: name} knows it)."""
-    forecast = forecast or {}
-    state, rate = forecast.get("state"), forecast.get("rate_bytes_per_s")
-    if state == "step":
-        text = "a step of %s" % format_bytes(forecast.get("step_bytes"))
-    elif state == "trend" and rate:
-        mib = sorted(abs(r) / float(1 << 20) for r in rate)
-        digits = 0 if mib[1] - mib[0] >= 2 else 1
-        text = "%s %.*f\u2013%.*f MiB/s" % ("growing" if rate[0] > 0 else "shrinking",
-                                           digits, mib[0], digits, mib[1])
-        full = forecast.get("full_in_s")
-        if full and with_full:
-            text += ", full in %s\u2013%s" % (_format_duration(full[0]), _format_duration(full[1]))
-    else:
-        return state or "unknown"
-    pid = forecast.get("driver_pid")
-    if pid is not None:
-        name = (names or {}).get(pid)
-        text += (", mostly %s (pid %d)" % (name, pid)) if name else ", mostly pid %d" % pid
-    return text
-
-
-ALERT_TITLES = {
-    "gpu_temperature": "temperature %s °C", "vram_usage": "VRAM %s %% used",
-    "vram_full_soon": "VRAM full in %s or later", "gpu_throttling": "throttled",
-    "fan_stopped": "fan stopped while hot", "gpu_lost": "GPU lost",
-    "busy_unattributed": "busy %s %% with no visible process", "host_memory": "host RAM %s %% used",
-}
-
-
-def format_alert_summary(rule, gpu_id, change, detail=""):
-    """One line for an alert event (frames, webhook annotations, /plain), or
-    for an active alert's live value (change["clearing"]: firing, but the
-    value no longer asks for it; it resolves after its clear_for)."""
-    value = change.get("value")
-    title = ALERT_TITLES[rule]
-    if rule == "vram_full_soon" and value is None:
-        title = "VRAM no longer filling"
-    elif "%s" in title:
-        shown = _format_duration(value) if rule == "vram_full_soon" and value is not None else (
-            format_value(value, "") if value is not None else "\u2014")
-        title = title % shown
-    subject = gpu_id or "host"
-    if change["state"] == "resolved":
-        return "%s: resolved (%s was %s)" % (subject, rule, change.get("severity"))
-    return "%s: %s%s%s" % (subject, title, " (%s)" % detail if detail else "",
-                           ", clearing" if change.get("clearing") else "")
-
 
 def _plain_alerts(alerts):
     if alerts is None:
@@ -5558,21 +5637,11 @@ def _plain_alerts(alerts):
     return rows
 
 
-def _prom_alerts(writer, gpus, alerts):
-    for identity, metrics in gpus:
-        full = compute_full_in_s((metrics or {}).get("vram_forecast"))
-        writer.add("vram_full_seconds", "gauge", "Earliest time until VRAM is full at its "
-                   "current growth (lower end of the forecast's range; only while it grows).",
-                   (("gpu", identity["id"]),), full)
-    for event in alerts or ():
-        writer.add("alert_active", "gauge", "1 per active built-in alert (host rules: gpu=\"\").",
-                   (("gpu", event["gpu_id"] or ""), ("alertname", event["rule"]),
-                    ("severity", event["severity"])), 1)
-
-
 # ---------------------------------------------------------------------------
-# 7. Readers: thin filesystem I/O (path -> text or None)
+# 7. Readers: thin I/O (path -> text or None), /proc, NVML
 # ---------------------------------------------------------------------------
+
+# -- files: whole reads, kept fds (pread), directory watches ----------------
 
 # errno values after which a kept fd is reopened rather than trusted again.
 REOPEN_ERRNOS = (errno.ENODEV, errno.ESTALE, errno.EBADF, errno.ENOENT)
@@ -5692,7 +5761,66 @@ class AttrFile(object):
                 pass
             self.fd = None
 
-# -- process top -----------------------------------------------------------
+
+# -- DRM cards, hwmon dirs and names ----------------------------------------
+
+CARD_RE = re.compile(r"^card[0-9]+$")
+
+
+def find_drm_cards(sysfs_root):
+    """-> [(card name, device dir)] for class/drm/cardN (connectors like card1-DP-1 skipped)."""
+    base = os.path.join(sysfs_root, "class", "drm")
+    return [(name, os.path.join(base, name, "device"))
+            for name in list_dir(base) if CARD_RE.match(name)]
+
+
+def find_hwmon_dir(device_dir, chips=(AMD_DRIVER,)):
+    """The device's hwmon/hwmonN whose `name` is one of chips (N is arbitrary)."""
+    base = os.path.join(device_dir, "hwmon")
+    for name in list_dir(base):
+        path = os.path.join(base, name)
+        if clean_text(read_bytes(os.path.join(path, "name"), 256)) in chips:
+            return path
+    return None
+
+
+def find_render_node(device_dir):
+    for name in list_dir(os.path.join(device_dir, "drm")):
+        if name.startswith("renderD"):
+            return "/dev/dri/" + name
+    return None
+
+
+def read_hwmon_labels(hwmon_dir, names):
+    return {name: clean_text(read_bytes(os.path.join(hwmon_dir, name), 256))
+            for name in names if name.endswith("_label")}
+
+
+class NameResolver(object):
+    """Marketing names: product_name, else amdgpu.ids, else pci.ids, else the PCI id.
+    The ids files are read lazily, once."""
+
+    def __init__(self, share_root):
+        self._share_root = share_root
+        self._texts = {}
+
+    def _text(self, rel):
+        if rel not in self._texts:
+            self._texts[rel] = read_text(os.path.join(self._share_root, rel), 8 << 20) or ""
+        return self._texts[rel]
+
+    def resolve(self, product_name, vendor_id, device_id, revision, vendor_label="AMD"):
+        if product_name:
+            return product_name
+        name = None
+        if revision and vendor_label == "AMD":
+            name = parse_amdgpu_ids(self._text(NAME_FILES[0]), device_id, revision)
+        for rel in NAME_FILES[1:]:
+            name = name or parse_pci_ids(self._text(rel), vendor_id, device_id, vendor_label)
+        return name or "%s GPU %s:%s" % (vendor_label, vendor_id.lower(), device_id.lower())
+
+
+# -- /proc: fd-relative reads, process meta and start times -----------------
 
 _O_DIR = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0)
 _O_FILE = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)
@@ -5749,8 +5877,56 @@ def read_user_name(uid):
         return None
 
 
-# -- NVIDIA: the NVML library through ctypes ---------------------------------
+def read_sysconf(name, default):
+    """os.sysconf(name) (SC_CLK_TCK, SC_PAGE_SIZE), default where unknown."""
+    try:
+        value = os.sysconf(name)
+    except (ValueError, OSError):
+        return default
+    return value if value > 0 else default
 
+
+def read_boot_s(proc_root):
+    """Boot time (epoch s) from the btime line of <proc_root>/stat, or None."""
+    return parse_proc_btime(read_text(os.path.join(proc_root, "stat"), PROC_BTIME_READ_LIMIT))
+
+
+class ProcStartClock(object):
+    """Process start times as wall clock: boot time and clock ticks read
+    once; stamp() gives a row's started (ISO 8601 UTC) and elapsed_s."""
+
+    def __init__(self, proc_root, clk_tck=None, wall_clock=time.time):
+        self.boot_s = read_boot_s(proc_root)
+        self.clk_tck = clk_tck or read_sysconf("SC_CLK_TCK", 100)
+        self.wall_clock = wall_clock
+
+    def times(self, start_ticks, now_s=None):
+        """{"started", "elapsed_s"} of a process started start_ticks after boot."""
+        return compute_proc_times(compute_proc_start_s(start_ticks, self.boot_s, self.clk_tck),
+                                  self.wall_clock() if now_s is None else now_s)
+
+
+def read_proc_meta(procfd, pid, users):
+    """cmd (redacted), uid, user and container of a PID under a /proc dir fd;
+    users caches uid -> name (NSS can be slow)."""
+    cmd = read_at(procfd, "%d/cmdline" % pid, CMDLINE_READ_LIMIT) or b""
+    uid = parse_status_uid(read_text_at(procfd, "%d/status" % pid, PROC_STATUS_READ_LIMIT))
+    cgroup = read_text_at(procfd, "%d/cgroup" % pid, PROC_CGROUP_READ_LIMIT)
+    if uid is not None and uid not in users:
+        users[uid] = read_user_name(uid) or str(uid)
+    return {"cmd": redact_cmdline(cmd, CMD_MAX_LEN), "uid": uid,
+            "user": users.get(uid) if uid is not None else None,
+            "container": parse_cgroup_container(cgroup)}
+
+
+def read_proc_stat_at(procfd, pid):
+    """ProcStatLine of <pid>/stat under a /proc dir fd (comm, start_time, CPU
+    ticks, RSS pages); NO_PROC_STAT (start_time None) if gone or torn."""
+    text = read_text_at(procfd, "%d/stat" % pid, PROC_STAT_READ_LIMIT)
+    return parse_proc_stat_line(text) if text else NO_PROC_STAT
+
+
+# -- NVIDIA: the NVML library through ctypes --------------------------------
 
 class NvmlLibrary(object):
     """libnvidia-ml loaded with ctypes. Symbols are bound by their versioned
@@ -5854,54 +6030,71 @@ def load_nvml(path):
     return nvml, None
 
 
-def read_sysconf(name, default):
-    """os.sysconf(name) (SC_CLK_TCK, SC_PAGE_SIZE), default where unknown."""
-    try:
-        value = os.sysconf(name)
-    except (ValueError, OSError):
-        return default
-    return value if value > 0 else default
+# -- the thread base (every long-lived thread stops on one Event) and a sink's inbox --
+
+class StoppableThread(threading.Thread):
+    """A named daemon thread whose loop waits on an Event, so stop() is immediate."""
+
+    def __init__(self, name):
+        threading.Thread.__init__(self, name=name)
+        self.daemon = True
+        self.stopping = threading.Event()
+
+    def stop(self):
+        self.stopping.set()
 
 
-def read_boot_s(proc_root):
-    """Boot time (epoch s) from the btime line of <proc_root>/stat, or None."""
-    return parse_proc_btime(read_text(os.path.join(proc_root, "stat"), PROC_BTIME_READ_LIMIT))
+class Inbox(object):
+    """A sink thread's inbox (history writer, alert engine, webhook sender):
+    put() never blocks; when full the oldest item is dropped, counted in
+    `dropped` and told to on_drop(); `ready` is set by each put (and by
+    wake(), e.g. on stop) for the thread that waits on it."""
+
+    def __init__(self, maxlen, on_drop=None):
+        self.maxlen, self.on_drop, self.dropped = maxlen, on_drop, 0
+        self._items = collections.deque(maxlen=maxlen)
+        self.ready = threading.Event()
+
+    def __len__(self):
+        return len(self._items)
+
+    def put(self, item, wake=True):
+        """wake=False leaves the thread asleep until its next timed pass."""
+        if len(self._items) == self.maxlen:
+            self.dropped += 1
+            if self.on_drop is not None:
+                self.on_drop()
+        self._items.append(item)
+        if wake:
+            self.ready.set()
+
+    def wait(self, timeout_s):
+        """Until an item (or a wake) comes, at most timeout_s; then unset `ready`."""
+        self.ready.wait(timeout_s)
+        self.ready.clear()
+
+    def wake(self):
+        self.ready.set()
+
+    def drain(self, stopping=None):
+        """The items, oldest first, until none is left (or `stopping` is set);
+        items put meanwhile come too."""
+        while stopping is None or not stopping.is_set():
+            try:
+                item = self._items.popleft()
+            except IndexError:
+                return
+            yield item
+
+    def clear(self):
+        self._items.clear()
 
 
-class ProcStartClock(object):
-    """Process start times as wall clock: boot time and clock ticks read
-    once; stamp() gives a row's started (ISO 8601 UTC) and elapsed_s."""
+# ---------------------------------------------------------------------------
+# 8. Process top: the fdinfo scanner (AMD and Intel GPUs; KFD VRAM)
+# ---------------------------------------------------------------------------
 
-    def __init__(self, proc_root, clk_tck=None, wall_clock=time.time):
-        self.boot_s = read_boot_s(proc_root)
-        self.clk_tck = clk_tck or read_sysconf("SC_CLK_TCK", 100)
-        self.wall_clock = wall_clock
-
-    def times(self, start_ticks, now_s=None):
-        """{"started", "elapsed_s"} of a process started start_ticks after boot."""
-        return compute_proc_times(compute_proc_start_s(start_ticks, self.boot_s, self.clk_tck),
-                                  self.wall_clock() if now_s is None else now_s)
-
-
-def read_proc_meta(procfd, pid, users):
-    """cmd (redacted), uid, user and container of a PID under a /proc dir fd;
-    users caches uid -> name (NSS can be slow)."""
-    cmd = read_at(procfd, "%d/cmdline" % pid, CMDLINE_READ_LIMIT) or b""
-    uid = parse_status_uid(read_text_at(procfd, "%d/status" % pid, PROC_STATUS_READ_LIMIT))
-    cgroup = read_text_at(procfd, "%d/cgroup" % pid, PROC_CGROUP_READ_LIMIT)
-    if uid is not None and uid not in users:
-        users[uid] = read_user_name(uid) or str(uid)
-    return {"cmd": redact_cmdline(cmd, CMD_MAX_LEN), "uid": uid,
-            "user": users.get(uid) if uid is not None else None,
-            "container": parse_cgroup_container(cgroup)}
-
-
-def read_proc_stat_at(procfd, pid):
-    """ProcStatLine of <pid>/stat under a /proc dir fd (comm, start_time, CPU
-    ticks, RSS pages); NO_PROC_STAT (start_time None) if gone or torn."""
-    text = read_text_at(procfd, "%d/stat" % pid, PROC_STAT_READ_LIMIT)
-    return parse_proc_stat_line(text) if text else NO_PROC_STAT
-
+# -- /proc enrichment of a process row (stat, CPU, user, command line, container) --
 
 class ProcEnricher(object):
     """The /proc side of a process row, one place for every process source
@@ -5947,68 +6140,537 @@ class ProcEnricher(object):
         self._measured = set()
 
 
+# -- the /proc walk ---------------------------------------------------------
+
+def _vanished(exc):
+    """ENOENT/ESRCH: the PID exited (or its fd closed) while we looked."""
+    return isinstance(exc, (FileNotFoundError, ProcessLookupError))
+
+
+# A PID last seen NOT using a GPU (or unreadable), skipped while unchanged.
+#
+#     start_time is None when it was not needed: on procfs the fd dir inode
+#     identifies the process (see _PidWalker._unchanged).
+_PidMark = collections.namedtuple("_PidMark", "start_time fd_count fd_ino resume_fd unreadable")
+
+
+_STAT_KEYS = ("pids_total", "pids_seen", "pids_walked", "pids_skipped_unchanged",
+              "pids_unreadable", "pids_vanished", "pids_fd_capped", "gpu_fds",
+              "fdinfo_reads", "fdinfo_failed", "other_driver_clients", "unmapped_clients")
+
+
+def _new_stats(kind, full):
+    stats = dict.fromkeys(_STAT_KEYS, 0)
+    stats.update(kind=kind, full_walk=full, cut_short=False, duration_s=0.0)
+    return stats
+
+
+class _PidWalker(object):
+    """The budgeted walk of <proc>/<pid>/fd, and the skip cache of PIDs found
+    NOT using a GPU (skipped while their fd count and identity are unchanged).
+
+    Shares the watchlist dict (pid -> entry) with ProcScanner: it visits those
+    PIDs first, drops them when they vanish or stop using a GPU, and hands
+    every PID holding a DRM or /dev/kfd fd to on_gpu(procfd, pid, ProcStatLine,
+    (drm {fd: node}, kfd [fd]), stats, full) -> kept (bool).
+    """
+
+    def __init__(self, watch, on_gpu, clock, limits, fd_count):
+        self._watch, self._on_gpu, self._clock = watch, on_gpu, clock
+        self._max_pids, self._max_fds, self._budget_ns = limits
+        self._choice = {"auto": None, "st_size": True, "listdir": False}[fd_count]
+        self.st_size = None          # count fds by st_size (procfs, Linux >= 6.2)?
+        self._procfs = False         # is the root a real procfs (inode shortcut)?
+        self._marks = {}             # pid -> _PidMark
+        self._resume_after = None
+
+    def is_marked(self, pid):
+        return pid in self._marks and not self._marks[pid].unreadable
+
+    def unreadable_count(self):
+        return sum(1 for m in self._marks.values() if m.unreadable)
+
+    def walk(self, procfd, pids, full, stats, t0):
+        """Visit pids (sorted): the watchlist first, then the rest from where
+        the last cut-short scan stopped, within max_pids and the time budget."""
+        self._forget_missing(set(pids))
+        if self.st_size is None:
+            self._calibrate(procfd)
+        watch, rest = self._visit_order(pids)
+        for pid in watch:
+            if self._over_budget(stats["pids_seen"], t0):
+                stats["cut_short"] = True
+                break
+            stats["pids_seen"] += 1
+            self._visit(procfd, pid, full, stats)
+        for index, pid in enumerate(rest):
+            # At least one other PID per scan, so a tiny budget still progresses.
+            if index and self._over_budget(stats["pids_seen"], t0):
+                stats["cut_short"] = True
+                self._resume_after = rest[index - 1]   # the next scan continues here
+                return
+            stats["pids_seen"] += 1
+            self._visit(procfd, pid, full, stats)
+        self._resume_after = None
+
+    def forget(self, pid, stats, counter="pids_vanished"):
+        stats[counter] += 1
+        self._marks.pop(pid, None)
+        self._watch.pop(pid, None)
+
+    def read_start(self, procfd, pid):
+        """ProcStatLine of <pid>/stat (comm, start_time, CPU ticks, RSS pages);
+        start_time None if gone or torn."""
+        return read_proc_stat_at(procfd, pid)
+
+    def _over_budget(self, seen, t0):
+        return seen >= self._max_pids or self._clock() - t0 >= self._budget_ns
+
+    def _visit_order(self, pids):
+        watch = [p for p in pids if p in self._watch]
+        rest = [p for p in pids if p not in self._watch]
+        if self._resume_after is not None:
+            cut = bisect.bisect_right(rest, self._resume_after)
+            rest = rest[cut:] + rest[:cut]
+        return watch, rest
+
+    def _forget_missing(self, present):
+        for cache in (self._marks, self._watch):
+            for pid in [p for p in cache if p not in present]:
+                del cache[pid]
+
+    def _calibrate(self, procfd):
+        """Look at our own fd directory once: on procfs >= 6.2 its st_size is
+        the fd count (trusted only if it matches a listing); procfs < 6.2
+        reports 0; a plain directory (a fixture tree) reports neither."""
+        fd = open_dir_at(procfd, "self/fd")
+        size = count = -1
+        if not isinstance(fd, OSError):
+            try:
+                size, count = os.fstat(fd).st_size, len(os.listdir(fd))
+            except OSError:
+                pass
+            finally:
+                os.close(fd)
+        matches = size > 0 and count - 1 <= size <= count   # listdir() dups the fd
+        self._procfs = matches or (size == 0 and count > 0)
+        self.st_size = matches if self._choice is None else (self._choice and matches)
+
+    def _probe_fds(self, procfd, pid):
+        """(fd count, fd dir inode): one stat() on procfs >= 6.2, else a
+        listing too; the OSError if stat() fails; count -1 if unlistable."""
+        try:
+            st = os.stat("%d/fd" % pid, dir_fd=procfd)
+        except OSError as exc:
+            return exc
+        if self.st_size:
+            return (st.st_size, st.st_ino)
+        fd = open_dir_at(procfd, "%d/fd" % pid)
+        if isinstance(fd, OSError):
+            return (-1, st.st_ino)
+        try:
+            return (len(os.listdir(fd)), st.st_ino)
+        except OSError:
+            return (-1, st.st_ino)
+        finally:
+            os.close(fd)
+
+    def _unchanged(self, procfd, pid, mark, probe):
+        """Same fd count and same process (start time) as when marked.
+
+        On procfs the fd dir's inode lives as long as the process's dentry;
+        a reused PID gets a new inode (new process, new dentry), so an
+        unchanged inode proves the start time unchanged without reading stat:
+        one stat() per PID in the steady state. Any inode change (or a plain
+        directory tree, where inodes are reused) re-reads the start time.
+        """
+        if probe[0] != mark.fd_count:
+            return False
+        if self._procfs and probe[1] == mark.fd_ino:
+            return True
+        start = self.read_start(procfd, pid)[1]
+        if start is None or start != mark.start_time:   # a None mark never matches
+            return False
+        self._marks[pid] = mark._replace(fd_ino=probe[1])
+        return True
+
+    def _visit(self, procfd, pid, full, stats):
+        probe = self._probe_fds(procfd, pid)
+        if isinstance(probe, OSError):
+            self.forget(pid, stats, "pids_vanished" if _vanished(probe) else "pids_unreadable")
+            return
+        mark = None if pid in self._watch else self._marks.get(pid)
+        resume = None
+        if mark is not None and self._unchanged(procfd, pid, mark, probe):
+            if not full and (mark.resume_fd is None or mark.unreadable):
+                stats["pids_skipped_unchanged"] += 1
+                stats["pids_unreadable"] += int(mark.unreadable)
+                return
+            resume = mark.resume_fd
+        self._walk(procfd, pid, probe, resume, stats, full)
+
+    def _walk(self, procfd, pid, probe, resume, stats, full):
+        # On procfs a non-GPU PID is identified by its fd dir inode, so its
+        # stat is read only if it holds a GPU fd (saves ~8% of a full walk).
+        # A GPU user's stat line is read once a scan and kept (CPU %, RSS).
+        line = NO_PROC_STAT
+        if not self._procfs or pid in self._watch:
+            line = self.read_start(procfd, pid)
+            if line.start_time is None:                # gone, or half-written stat
+                self.forget(pid, stats)
+                return
+        stats["pids_walked"] += 1
+        found = self._list_gpu_fds(procfd, pid, resume, stats)
+        if isinstance(found, OSError):
+            self._mark_unreadable(pid, line.start_time, probe, found, stats)
+            return
+        drm, kfd, next_resume = found
+        if drm or kfd:
+            if line.start_time is None:
+                line = self.read_start(procfd, pid)
+                if line.start_time is None:
+                    self.forget(pid, stats)
+                    return
+            self._marks.pop(pid, None)
+            if self._on_gpu(procfd, pid, line, (drm, kfd), stats, full):
+                return
+        # No GPU fd, or only other drivers' clients (i915, xe, radeon): skip while unchanged.
+        self._watch.pop(pid, None)
+        self._marks[pid] = _PidMark(line.start_time, probe[0], probe[1], next_resume, False)
+
+    def _mark_unreadable(self, pid, start, probe, exc, stats):
+        if _vanished(exc):
+            self.forget(pid, stats)
+            return
+        stats["pids_unreadable"] += 1                  # EACCES: other user, non-dumpable
+        self._watch.pop(pid, None)
+        self._marks[pid] = _PidMark(start, probe[0], probe[1], None, True)
+
+    def _list_gpu_fds(self, procfd, pid, resume, stats):
+        """readlink() the fds of pid -> ({fd: node}, [kfd fds], next_resume) or OSError."""
+        fdd = open_dir_at(procfd, "%d/fd" % pid)
+        if isinstance(fdd, OSError):
+            return fdd
+        try:
+            names = os.listdir(fdd)
+            known = self._watch.get(pid)
+            keep = list(known["drm_fds"]) + known["kfd_fds"] if known else []
+            window, next_resume = select_fd_window(names, self._max_fds, resume, keep)
+            if len(names) > self._max_fds:
+                stats["pids_fd_capped"] += 1
+            drm, kfd = self._classify_fds(fdd, window)
+        except OSError as exc:
+            return exc
+        finally:
+            os.close(fdd)
+        stats["gpu_fds"] += len(drm)
+        return drm, kfd, next_resume
+
+    @staticmethod
+    def _classify_fds(fdd, names):
+        """The hot loop of a full walk: one readlink() per fd, never an open()."""
+        drm, kfd, readlink = {}, [], os.readlink
+        for name in names:
+            try:
+                target = readlink(name, dir_fd=fdd)
+            except OSError:
+                continue                               # closed meanwhile
+            if target[:1] != "/":
+                continue                               # socket:[..], pipe:[..]: most fds
+            kind, node = classify_fd_target(target)
+            if kind == "maybe_drm":                    # container-remapped path: stat only
+                st = stat_at(fdd, name)
+                node = drm_node_from_rdev(st.st_mode, st.st_rdev) if st else None
+                kind = "drm" if node else None
+            if kind == "drm":
+                drm[name] = node
+            elif kind == "kfd":
+                kfd.append(name)
+        return drm, kfd
+
+
+# -- KFD: per-process VRAM (ROCm) -------------------------------------------
+
+class KfdReader(object):
+    """Which AMD GPU a /dev/kfd holder is on: KFD's topology (read when the
+    GPUs or KFD's generation_id change) maps gpu_id -> our GPU's PCI address;
+    read_vram(pid) reads /sys/class/kfd/kfd/proc/<pid>/vram_<gpu_id> only.
+    Never sdma_<gpu_id>: reading it schedules work on the GPU (kfd_process.c
+    kfd_sdma_activity_worker), and never stats_/cu_occupancy (it asks the
+    hardware)."""
+
+    def __init__(self, sysfs_root):
+        self._base = os.path.join(sysfs_root, "class", "kfd", "kfd")
+        self._key = None
+        self.gpu_pcis = {}            # gpu_id -> pci
+
+    def refresh(self, node_map, amd_pcis):
+        """Re-read the topology if the GPUs or generation_id changed."""
+        key = (read_text(os.path.join(self._base, "topology", "generation_id"), 64),
+               sorted(node_map.items()), sorted(amd_pcis))
+        if key != self._key:
+            self._key = key
+            self.gpu_pcis = compute_kfd_gpu_pcis(self._read_nodes(), node_map, amd_pcis)
+
+    def stale(self, node_map, amd_pcis):
+        """The GPUs changed since the last refresh (no I/O)."""
+        return self._key is None or self._key[1:] != (sorted(node_map.items()), sorted(amd_pcis))
+
+    def _read_nodes(self):
+        nodes_dir = os.path.join(self._base, "topology", "nodes")
+        try:
+            names = sorted(n for n in os.listdir(nodes_dir) if n.isdigit())
+        except OSError:
+            return []
+        nodes = []
+        for name in names:             # EPERM on GPUs outside our device cgroup: skipped
+            gpu_id = parse_kfd_int(read_text(os.path.join(nodes_dir, name, "gpu_id"), 64))
+            props = read_text(os.path.join(nodes_dir, name, "properties"), 8192)
+            if gpu_id and props:
+                nodes.append((gpu_id, parse_kfd_properties(props)))
+        return nodes
+
+    def read_vram(self, pid):
+        """{pci: bytes} of pid's KFD VRAM, or None when unknown (no topology
+        match, no readable proc/<pid> or vram_* file, no VRAM anywhere)."""
+        if not self.gpu_pcis:
+            return None
+        base = os.path.join(self._base, "proc", str(pid))
+        used = {}
+        for gpu_id in self.gpu_pcis:
+            value = parse_kfd_int(read_text(os.path.join(base, "vram_%d" % gpu_id), 64))
+            if value is not None:
+                used[gpu_id] = value
+        return compute_kfd_vram(used, self.gpu_pcis)
+
+
+# -- the scanner ------------------------------------------------------------
+
+def node_map_for(gpus):
+    """{"renderD128": pci, "card1": pci} for mapping fds without drm-pdev."""
+    mapping = {}
+    for info in gpus:
+        if info.render_node:
+            mapping[os.path.basename(info.render_node)] = info.pci
+        mapping[info.id] = info.pci
+    return mapping
+
+
+class ProcScanner(object):
+    """Finds the processes that hold amdgpu DRM clients and measures them.
+
+    scan() walks <proc_root> within max_pids and budget_s; PIDs found not
+    using a GPU are skipped while their fd count and start time are unchanged
+    (a full walk every full_walk_every scans). refresh() re-reads only the
+    fdinfo of known GPU users (the watchlist). clock_ns returns monotonic ns.
+    fd_count: "auto", or force "listdir" (tests). Call from one thread.
+    """
+
+    def __init__(self, proc_root, max_pids=5000, max_fds_per_pid=64, budget_s=0.5,
+                 clock_ns=time.monotonic_ns, full_walk_every=5, fd_count="auto",
+                 drivers=FDINFO_DRIVERS, clk_tck=None, page_size=None, wall_clock=time.time,
+                 sysfs_root=None):
+        self._root = proc_root
+        self._kfd = KfdReader(sysfs_root) if sysfs_root else None
+        self._drivers = tuple(drivers)
+        self._clock = clock_ns
+        self._full_every = max(1, int(full_walk_every))
+        self._node_map = {}          # "renderD128" -> "0000:03:00.0"
+        self._kfd_pcis = None        # AMD GPUs (None: every GPU of the node map)
+        self._drm = True             # a GPU whose clients show in fdinfo is known
+        self._watch = {}             # pid -> dict (GPU users)
+        self._prev = {}              # (pid, start_time, client key) -> EngineSample
+        self._proc = ProcEnricher(proc_root, clk_tck, page_size, wall_clock)
+        self._scans = 0
+        self._visibility = {}
+        limits = (max(1, int(max_pids)), max(1, int(max_fds_per_pid)), int(budget_s * 1e9))
+        self._walker = _PidWalker(self._watch, self._update_gpu_proc, clock_ns, limits, fd_count)
+
+    def set_node_map(self, mapping):
+        """{"renderD128": pci, "card1": pci, ...} from sysfs discovery."""
+        self._node_map = dict(mapping)
+
+    def set_gpus(self, infos):
+        """The GPUs now known: their nodes, and which are AMD (a process
+        holding only /dev/kfd is shown on those, never on other vendors')."""
+        self.set_node_map(node_map_for(infos))
+        self._kfd_pcis = sorted(info.pci for info in infos if info.vendor == "amd")
+        self._drm = not infos or any(info.vendor in ("amd", "intel") for info in infos)
+
+    def _amd_pcis(self):
+        return sorted(set(self._node_map.values())) if self._kfd_pcis is None else self._kfd_pcis
+
+    @property
+    def fd_count_mode(self):
+        """"st_size" (kernel >= 6.2 procfs), "listdir", or None before a scan."""
+        mode = self._walker.st_size
+        return None if mode is None else ("st_size" if mode else "listdir")
+
+    def known_non_gpu(self, pid):
+        """True if pid is in the skip cache (seen, not a GPU user)."""
+        return self._walker.is_marked(pid)
+
+    def scan(self):
+        """The budgeted /proc walk (+ fdinfo reads of GPU fds) -> ScanResult."""
+        t0 = self._clock()
+        self._scans += 1
+        full = (self._scans - 1) % self._full_every == 0
+        stats = _new_stats("scan", full)
+        procfd = open_dir_at(None, self._root)
+        if isinstance(procfd, OSError):
+            return self._result(stats, t0)
+        try:
+            pids = sorted(int(n) for n in os.listdir(procfd) if n.isdigit())
+            stats["pids_total"] = len(pids)
+            if full or not self._visibility:           # before the walk: KFD files trust it
+                self._visibility = self._read_visibility(procfd)
+            if self._kfd is not None:
+                self._kfd.refresh(self._node_map, self._amd_pcis())
+            if self._drm:
+                self._walker.walk(procfd, pids, full, stats, t0)
+            else:                    # NVIDIA alone: NVML lists its PIDs; no fd to look at,
+                self._scans = 0      # and the first walk once a DRM GPU shows is a full one
+            self._visibility["visible_pids"] = len(pids)
+        except OSError:
+            pass                                       # the root itself went away
+        finally:
+            os.close(procfd)
+        return self._result(stats, t0)
+
+    def refresh(self):
+        """Re-read fdinfo of the known GPU users only (cheap, between scans)."""
+        t0 = self._clock()
+        stats = _new_stats("refresh", False)
+        procfd = open_dir_at(None, self._root)
+        if isinstance(procfd, OSError):
+            return self._result(stats, t0)
+        try:
+            self._refresh_kfd()
+            for pid in sorted(self._watch):
+                stats["pids_seen"] += 1
+                self._refresh_pid(procfd, pid, stats)
+        finally:
+            os.close(procfd)
+        return self._result(stats, t0)
+
+    # -- GPU users --------------------------------------------------------------
+
+    def _update_gpu_proc(self, procfd, pid, line, fds, stats, full):
+        """Refresh (or create) the watchlist entry; False if pid holds no
+        amdgpu client, no /dev/kfd and every fdinfo read succeeded."""
+        start = line.start_time
+        entry = self._watch.get(pid)
+        if entry is None or entry["start_time"] != start:
+            entry = {"pid": pid, "start_time": start, "meta": None}
+        entry["drm_fds"], entry["kfd_fds"] = fds
+        entry["kfd"] = bool(fds[1])
+        if entry["meta"] is None or full:
+            entry["meta"] = self._proc.meta(procfd, pid)
+        entry["clients"], failed = self._read_clients(procfd, pid, start, entry["drm_fds"], stats)
+        entry.update(self._proc.measure(pid, line, self._clock() / 1e9))
+        entry["kfd_vram"] = self._read_kfd_vram(pid) if entry["kfd"] else None
+        if not entry["clients"] and not entry["kfd"] and not failed:
+            return False
+        self._watch[pid] = entry
+        return True
+
+    def _refresh_kfd(self):
+        """GPUs found since the last scan: map KFD's again and re-read the KFD
+        VRAM of the /dev/kfd holders now, not one scan later."""
+        if self._kfd is None or not self._kfd.stale(self._node_map, self._amd_pcis()):
+            return
+        self._kfd.refresh(self._node_map, self._amd_pcis())
+        for pid, entry in self._watch.items():
+            if entry["kfd"]:
+                entry["kfd_vram"] = self._read_kfd_vram(pid)
+
+    def _read_kfd_vram(self, pid):
+        """KFD's per-process files are named by host PID: not trusted from
+        another PID namespace (the same number may be another process)."""
+        if self._kfd is None or self._visibility.get("pid_namespace_separate"):
+            return None
+        return self._kfd.read_vram(pid)
+
+    def _read_clients(self, procfd, pid, start, drm_fds, stats):
+        """-> ([distinct amdgpu clients], number of fdinfo reads that failed)."""
+        clients, failed = {}, 0
+        for fd_name in sorted(drm_fds, key=lambda n: int(n) if n.isdigit() else -1):
+            raw = read_at(procfd, "%d/fdinfo/%s" % (pid, fd_name), FDINFO_READ_LIMIT)
+            now = self._clock()
+            stats["fdinfo_reads"] += 1
+            if raw is None:                            # fd closed / pid gone meanwhile
+                stats["fdinfo_failed"] += 1
+                failed += 1
+                continue
+            client = self._client(pid, start, fd_name, drm_fds[fd_name], raw, now, stats)
+            if client is not None and client["key"] not in clients:   # dup'd fd: once
+                clients[client["key"]] = client
+        return list(clients.values()), failed
+
+    def _client(self, pid, start, fd_name, node, raw, now, stats):
+        rec = parse_fdinfo(raw)
+        if not is_gpu_client(rec, node, self._node_map, self._drivers):
+            stats["other_driver_clients"] += 1
+            return None
+        pci = rec.pdev or self._node_map.get(node)
+        if pci is None:
+            stats["unmapped_clients"] += 1
+            return None
+        key = client_key(rec, pci, pid, fd_name)
+        prev_key = (pid, start, key)                   # a reused PID never inherits counters
+        pct, ms, sample = compute_client_usage(self._prev.get(prev_key), rec, now)
+        self._prev[prev_key] = sample
+        return make_client_row(rec, key, pci, node, pct, ms)
+
+    def _refresh_pid(self, procfd, pid, stats):
+        entry = self._watch[pid]
+        line = self._walker.read_start(procfd, pid)
+        if line.start_time is None or line.start_time != entry["start_time"]:
+            self._walker.forget(pid, stats)            # gone or reused: next scan finds it
+            return
+        entry.update(self._proc.measure(pid, line, self._clock() / 1e9))
+        live = {}
+        for fd_name, node in entry["drm_fds"].items():  # fd reused for another file?
+            target = readlink_at(procfd, "%d/fd/%s" % (pid, fd_name))
+            if target is not None and classify_fd_target(target)[0] in ("drm", "maybe_drm"):
+                live[fd_name] = node
+        entry["drm_fds"] = live
+        stats["gpu_fds"] += len(live)
+        entry["clients"] = self._read_clients(procfd, pid, line.start_time, live, stats)[0]
+
+    # -- results --------------------------------------------------------------
+
+    def _read_visibility(self, procfd):
+        status = read_text_at(procfd, "self/status", PROC_STATUS_READ_LIMIT)
+        mounts = (read_text_at(procfd, "self/mountinfo", PROC_MOUNTINFO_READ_LIMIT)
+                  or read_text_at(procfd, "mounts", PROC_MOUNTINFO_READ_LIMIT))
+        return compute_visibility(
+            os.geteuid(), readlink_at(procfd, "self/ns/pid"), readlink_at(procfd, "1/ns/pid"),
+            parse_status_nspid(status),
+            parse_hidepid(mounts, os.path.abspath(self._root)) if mounts else None,
+            parse_cgroup_container(read_text_at(procfd, "self/cgroup", PROC_CGROUP_READ_LIMIT)))
+
+    def _result(self, stats, t0):
+        alive = {(pid, e["start_time"]) for pid, e in self._watch.items()}
+        for key in [k for k in self._prev if (k[0], k[1]) not in alive]:
+            del self._prev[key]
+        self._proc.prune(alive)
+        stats["duration_s"] = round((self._clock() - t0) / 1e9, 6)
+        stats["fd_count_mode"] = self.fd_count_mode
+        visibility = dict(self._visibility, unreadable_pids=self._walker.unreadable_count())
+        now_s = self._proc.wall_clock()
+        procs = [dict(e, **self._proc.times(e["start_time"], now_s))
+                 for e in self._watch.values()]
+        by_pci = compute_procs_by_pci(procs, sorted(set(self._node_map.values())), self._amd_pcis())
+        return ScanResult(by_pci, visibility, stats)
+
+
 # ---------------------------------------------------------------------------
-# 8. Backends (the seam; AMD, Intel, NVIDIA, demo), samplers, discovery,
-#    the cache and the process sources
+# 9. Backends: each vendor's reader, backend and process source
 # ---------------------------------------------------------------------------
 
-CARD_RE = re.compile(r"^card[0-9]+$")
+# -- the backend seam -------------------------------------------------------
 
-
-def find_drm_cards(sysfs_root):
-    """-> [(card name, device dir)] for class/drm/cardN (connectors like card1-DP-1 skipped)."""
-    base = os.path.join(sysfs_root, "class", "drm")
-    return [(name, os.path.join(base, name, "device"))
-            for name in list_dir(base) if CARD_RE.match(name)]
-
-
-def find_hwmon_dir(device_dir, chips=(AMD_DRIVER,)):
-    """The device's hwmon/hwmonN whose `name` is one of chips (N is arbitrary)."""
-    base = os.path.join(device_dir, "hwmon")
-    for name in list_dir(base):
-        path = os.path.join(base, name)
-        if clean_text(read_bytes(os.path.join(path, "name"), 256)) in chips:
-            return path
-    return None
-
-
-def find_render_node(device_dir):
-    for name in list_dir(os.path.join(device_dir, "drm")):
-        if name.startswith("renderD"):
-            return "/dev/dri/" + name
-    return None
-
-
-def read_hwmon_labels(hwmon_dir, names):
-    return {name: clean_text(read_bytes(os.path.join(hwmon_dir, name), 256))
-            for name in names if name.endswith("_label")}
-
-
-class NameResolver(object):
-    """Marketing names: product_name, else amdgpu.ids, else pci.ids, else the PCI id.
-    The ids files are read lazily, once."""
-
-    def __init__(self, share_root):
-        self._share_root = share_root
-        self._texts = {}
-
-    def _text(self, rel):
-        if rel not in self._texts:
-            self._texts[rel] = read_text(os.path.join(self._share_root, rel), 8 << 20) or ""
-        return self._texts[rel]
-
-    def resolve(self, product_name, vendor_id, device_id, revision, vendor_label="AMD"):
-        if product_name:
-            return product_name
-        name = None
-        if revision and vendor_label == "AMD":
-            name = parse_amdgpu_ids(self._text(NAME_FILES[0]), device_id, revision)
-        for rel in NAME_FILES[1:]:
-            name = name or parse_pci_ids(self._text(rel), vendor_id, device_id, vendor_label)
-        return name or "%s GPU %s:%s" % (vendor_label, vendor_id.lower(), device_id.lower())
-
-
-# -- the backend seam ----------------------------------------------------------
 #
 # A backend is one kind of device: discover() -> [GpuInfo] (what is there now),
 # open_reader(info) -> a reader with info, sample(now) -> metrics dict (all of
@@ -6068,7 +6730,7 @@ class _DrmBackend(object):
         pass
 
 
-# -- AMD -----------------------------------------------------------------------
+# -- AMD (sysfs/hwmon, gpu_metrics; its processes: section 8) ---------------
 
 def read_gpu_info(card, device_dir, names):
     """A card's identity, or None when it is not driven by amdgpu."""
@@ -6194,8 +6856,7 @@ class AmdBackend(_DrmBackend):
         return AmdGpuReader(info)
 
 
-# -- Intel ---------------------------------------------------------------------
-
+# -- Intel (i915/xe sysfs; its processes: section 8) ------------------------
 
 def read_intel_gpu_info(card, device_dir, names):
     """An i915/xe card's identity, or None for other drivers."""
@@ -6353,8 +7014,7 @@ class IntelBackend(_DrmBackend):
         return IntelGpuReader(info)
 
 
-# -- NVIDIA --------------------------------------------------------------------
-
+# -- NVIDIA (NVML): the reader, NvmlProcSource, the backend -----------------
 
 class _NvmlCall(object):
     """One prepared NVML query of a sampler: the function, its argument tuple
@@ -6799,7 +7459,7 @@ class NvidiaBackend(object):
         self._nvml.shutdown()
 
 
-# -- demo ----------------------------------------------------------------------
+# -- demo: synthetic GPUs and their processes -------------------------------
 
 DEMO_GPUS = (
     # id, pci, pci_id, name, apu, vram total, gtt total, power cap W, phase
@@ -7059,6 +7719,85 @@ class DemoNvidiaReader(object):
         pass
 
 
+class DemoProcSource(object):
+    """--demo: synthetic processes per demo GPU, with moving engine %; every
+    row, total and capability goes through the same builders as real ones.
+    The numbers come from demo_workload, as the GPUs' own busy and memory."""
+
+    def __init__(self, infos, per_gpu, clock=time.monotonic, leak=False, wall_clock=time.time,
+                 hostile=False):
+        self.infos, self.per_gpu, self.clock, self.leak = infos, per_gpu, clock, leak
+        self.wall_clock, self.hostile = wall_clock, hostile
+        self._start = clock()
+        self._wall_start = wall_clock()
+
+    def _times(self, gpu_index, index):
+        """started/elapsed_s: demo process i began i x 47 minutes (and a bit) before the demo."""
+        start_s = self._wall_start - 600 - 2820 * index - 180 * gpu_index
+        return compute_proc_times(start_s, self.wall_clock())
+
+    def set_gpus(self, infos):
+        pass
+
+    def refresh(self):
+        return self.scan()
+
+    def scan(self):
+        t = self.clock() - self._start
+        by_pci = {}
+        for gpu_index, info in enumerate(self.infos):
+            nvidia = info.vendor == "nvidia"
+            load = demo_workload(info, gpu_index, self.per_gpu, t, self.leak, self.hostile)
+            rows = [(self._nvidia_process if nvidia else self._process)(gpu_index, i, p, t)
+                    for i, p in enumerate(load)]
+            engines = ("sm", "mem", "enc", "dec") if nvidia else DEMO_ENGINES
+            by_pci[info.pci] = build_procs_entry(
+                rows, len(rows), build_capabilities("demo", True, True, engines,
+                                                    any(r["kfd"] for r in rows)))
+        visibility = build_visibility(True, False, False, None, 0, None)
+        return ScanResult(by_pci, visibility, {"cut_short": False, "duration_s": 0.0})
+
+    def _process(self, gpu_index, index, load, t):
+        name, user, cmd, container, kfd, engines, _, _ = load["spec"]
+        pct, wave, vram_mib = load["pct"], load["wave"], load["vram_mib"]
+        pid = 1000 + gpu_index * 5000 + index * 37
+        busy_ns = dict((e, int(v * 1e7 * t)) for e, v in pct.items() if v is not None)
+        return build_proc_row(
+            pid=pid, uid=1000 + index, user=user, name=name, cmd=cmd,
+            render_node="renderD%d" % (128 + gpu_index), kfd=kfd, vram_bytes=vram_mib << 20,
+            gtt_bytes=load["gtt_mib"] << 20, cpu_bytes=0, engines_pct=pct, engines_ns=busy_ns,
+            gpu_time_ms_per_s=round(sum(v for v in pct.values() if v) * 10.0, 1),
+            container=container, start_time=100000 + pid, clients=1,
+            cpu_pct=_demo_cpu_pct(index, wave), rss_bytes=_demo_rss_bytes(vram_mib, index),
+            **self._times(gpu_index, index))
+
+    def _nvidia_process(self, gpu_index, index, load, t):
+        """NVML-shaped: SM/mem/enc/dec %, C/G types, no GTT, one PID from
+        another PID namespace (NVML lists it, /proc does not show it)."""
+        name, user, cmd, container = load["spec"][:4]
+        pct, wave, vram_mib = load["pct"], load["wave"], load["vram_mib"]
+        pid = 1000 + gpu_index * 5000 + index * 37
+        kind = "G" if name in ("Xorg", "firefox", "obs", "mpv", "code") else "C"
+        common = dict(pid=pid, vram_bytes=vram_mib << 20, engines_pct=pct, type=kind, clients=1,
+                      gpu_time_ms_per_s=round(pct["sm"] * 10.0, 1))
+        if index == self.per_gpu - 1:
+            return build_proc_row(name=name, visible=False, **common)
+        return build_proc_row(uid=1000 + index, user=user, name=name, cmd=cmd,
+                              container=container, start_time=100000 + pid,
+                              cpu_pct=_demo_cpu_pct(index, wave),
+                              rss_bytes=_demo_rss_bytes(vram_mib, index),
+                              **dict(common, **self._times(gpu_index, index)))
+
+
+def _demo_cpu_pct(index, wave):
+    """A feeding thread or two per demo process: 3 % to ~180 % (top's scale)."""
+    return round((3.0 + 60.0 * (index % 3)) * wave, 1)
+
+
+def _demo_rss_bytes(vram_mib, index):
+    return (180 + vram_mib // 8 + 37 * index) << 20
+
+
 class DemoBackend(object):
     """--demo: two AMD GPUs (a dGPU and an APU) and an NVIDIA one, with
     synthetic processes; the same seam as the real backends."""
@@ -7088,8 +7827,74 @@ class DemoBackend(object):
         pass
 
 
-# -- VRAM forecast (per GPU; the maths is compute_vram_forecast) -------------
+# -- every backend, and one process source over theirs ----------------------
 
+def make_backends(config):
+    """The backends of this config: the demo alone with --demo; else AMD and
+    Intel (sysfs, sharing one card listing and one fdinfo scanner) and NVIDIA
+    when its library loads."""
+    if config.demo:
+        return [DemoBackend(config.demo_processes, config.demo_gpus, config.demo_scenario)]
+    names, cards = NameResolver(config.share_root), DrmCardList(config.sysfs_root)
+    fdinfo = None
+    if config.proc_enable:
+        fdinfo = ProcScanner(config.proc_root, config.proc_max_pids, config.proc_max_fds_per_pid,
+                             budget_s=PROC_SCAN_BUDGET_S, sysfs_root=config.sysfs_root)
+    backends = [AmdBackend(cards, names, fdinfo), IntelBackend(cards, names, fdinfo)]
+    nvidia = NvidiaBackend.open(config)
+    return backends + ([nvidia] if nvidia is not None else [])
+
+
+def make_proc_source(config, backends):
+    """One process source over every backend's own (the fdinfo scanner is
+    shared by AMD and Intel), or None when process top is off."""
+    if not config.proc_enable:
+        return None
+    sources = []
+    for backend in backends:
+        source = backend.proc_source()
+        if source is not None and all(source is not known for known in sources):
+            sources.append(source)
+    return MergedProcSource(sources) if sources else None
+
+
+class MergedProcSource(object):
+    """Several process sources as one: per-GPU entries of later sources win
+    for the GPUs they report (the fdinfo scanner reports every GPU it was told
+    of, NVML only its own); visibility from the first that has one."""
+
+    def __init__(self, sources):
+        self.sources = list(sources)
+
+    def set_gpus(self, infos):
+        for source in self.sources:
+            source.set_gpus(infos)
+
+    def scan(self):
+        return self._merge([source.scan() for source in self.sources])
+
+    def refresh(self):
+        return self._merge([source.refresh() for source in self.sources])
+
+    @staticmethod
+    def _merge(results):
+        by_pci, visibility, stats = {}, None, {}
+        for result in results:
+            by_pci.update(result.by_pci)
+            visibility = visibility or result.visibility
+            for key, value in result.stats.items():
+                if isinstance(value, bool) or not isinstance(value, (int, float)):
+                    stats[key] = stats.get(key) or value
+                else:
+                    stats[key] = stats.get(key, 0) + value
+        return ScanResult(by_pci, visibility, stats)
+
+
+# ---------------------------------------------------------------------------
+# 10. Insight: the VRAM forecaster, the alert engine, the webhook
+# ---------------------------------------------------------------------------
+
+# -- VRAM forecaster (per GPU; the maths is compute_vram_forecast) ----------
 
 class VramForecaster(object):
     """One GPU's VRAM windows, one point per second, and its latest forecast.
@@ -7179,6 +7984,298 @@ class VramForecaster(object):
             out.append(row if forecast is None else dict(row, vram_forecast=forecast))
         return out
 
+
+# -- alert engine (a sink: its own inbox and thread) ------------------------
+
+class AlertEngine(StoppableThread):
+    """Evaluates the rules on every sample it is offered, in its own thread.
+
+    offer_* (called by the cache from the publishing threads) only append to
+    a bounded inbox (drop-oldest, counted). Each state change becomes one
+    alert frame (cache.publish_alert), one history row (store.offer_alert)
+    and one webhook call. Between changes an active alert's value and summary
+    follow the live value (_refresh): the cache's active list always, and an
+    alert frame marked "update": true when the summary changed, at most every
+    ALERT_UPDATE_EVERY_S per alert; no row, no webhook call.
+    Tests call drain() instead of starting the thread.
+    """
+
+    def __init__(self, cache, rules, store=None, webhook=None, clock=time.time):
+        StoppableThread.__init__(self, "alerts")
+        self.cache, self.rules, self.store, self.webhook, self.clock = (
+            cache, rules, store, webhook, clock)
+        self._inbox = Inbox(ALERT_QUEUE_ITEMS, self._count_drop)
+        self._lock = threading.Lock()
+        self._events = collections.deque(maxlen=ALERT_EVENTS_KEPT)
+        self._active = collections.OrderedDict()     # (rule, gpu id) -> firing event, live values
+        self._pushed = {}                             # (rule, gpu id) -> (s, summary) last sent
+        self._states = {}
+        self._procs = {}                              # gpu id -> procs message
+        self._sensors = {}                            # gpu id -> {sensor key: last seen s}
+        self._known = set()
+
+    # -- the sink side (never blocks) --
+
+    @property
+    def dropped(self):
+        return self._inbox.dropped
+
+    def _count_drop(self):
+        self.cache.record("exporter_alert_inbox_dropped_total", (), 1, add=True)
+
+    def _put(self, item, wake=False):
+        """Samples wait for the thread's once-a-second pass (holds are whole
+        seconds; a wake-up per sample cost more than the rules), unless the
+        inbox is half full; a GPU list change wakes it at once."""
+        self._inbox.put(item, wake=wake or (len(self._inbox) + 1) * 2 >= self._inbox.maxlen)
+
+    def offer_stats(self, gpu_id, epoch_s, metrics):
+        self._put(("stats", gpu_id, epoch_s, metrics))
+
+    def offer_procs(self, gpu_id, message):
+        self._put(("procs", gpu_id, message))
+
+    def offer_host(self, epoch_s, host):
+        self._put(("host", None, epoch_s, host))
+
+    def offer_gpus(self, gpu_ids):
+        self._put(("gpus", tuple(gpu_ids), self.clock()), wake=True)
+
+    # -- the thread --
+
+    def stop(self):
+        StoppableThread.stop(self)
+        self._inbox.wake()
+
+    def run(self):
+        while not self.stopping.is_set():
+            self._inbox.wait(1.0)
+            self.drain()
+
+    def drain(self):
+        for item in self._inbox.drain():
+            try:
+                getattr(self, "_on_" + item[0])(*item[1:])
+            except Exception:   # one bad sample must not stop the alerts
+                LOG.exception("event=alert_eval_failed kind=%s", item[0])
+
+    # -- evaluation --
+
+    def _observe(self, rule, gpu_id, now_s, value, levels=None, detail=""):
+        config = self.rules[rule]
+        if not config.get("enabled", True):
+            return
+        state = self._states.get((rule, gpu_id))
+        if state is None:
+            state = self._states[(rule, gpu_id)] = AlertState(rule, levels or config)
+        state.levels = levels or config
+        change = state.update(now_s, value)
+        if change is not None:
+            self._emit(rule, gpu_id, change, now_s, detail() if callable(detail) else detail)
+        elif state.severity is not None:
+            self._refresh(rule, gpu_id, state, now_s, detail() if callable(detail) else detail)
+
+    def _on_stats(self, gpu_id, now_s, metrics):
+        self._known.add(gpu_id)
+        # Details are callables: formatted only for a change or a firing alert.
+        levels, temp, limit = temperature_levels(self.rules["gpu_temperature"], metrics)
+        self._observe("gpu_temperature", gpu_id, now_s, temp, levels,
+                      lambda: "limit %s °C" % format_value(limit, "") if limit else "")
+        self._observe("vram_usage", gpu_id, now_s, compute_vram_pct(metrics))
+        forecast = metrics.get("vram_forecast") or {}
+        procs = self._procs.get(gpu_id) or {}
+        self._observe("vram_full_soon", gpu_id, now_s, compute_full_in_s(forecast),
+                      detail=lambda: format_forecast(forecast, with_full=False, names=dict(
+                          (r.get("pid"), r.get("name")) for r in procs.get("processes") or ())))
+        self._observe("gpu_throttling", gpu_id, now_s, compute_throttled(metrics),
+                      detail=lambda: ", ".join(metrics.get("throttle_reasons") or ()))
+        self._observe("fan_stopped", gpu_id, now_s, compute_fan_stopped(
+            metrics, self.rules["fan_stopped"].get("hot_c", 70.0)),
+            detail=lambda: "%s °C" % format_value(metrics.get("temp_c"), ""))
+        lost, why = self._lost(gpu_id, now_s, metrics)
+        self._observe("gpu_lost", gpu_id, now_s, lost, detail=why)
+        self._observe("busy_unattributed", gpu_id, now_s, self._unattributed(gpu_id, metrics),
+                      detail=lambda: unattributed_hint(procs.get("visibility")))
+
+    def _lost(self, gpu_id, now_s, metrics):
+        status = metrics.get("runtime_status")
+        if status == "lost":
+            return 1, "the driver reports the GPU lost"
+        seen = self._sensors.setdefault(gpu_id, {})
+        gone = []
+        for key in SENSOR_KEYS:
+            if metrics.get(key) is not None:
+                seen[key] = now_s
+            elif key in seen and status in (None, "active", "unsupported") and (
+                    now_s - seen[key] >= ALERT_LOST_AFTER_S):
+                gone.append(key)
+        return (1, "sensor gone: " + ", ".join(gone)) if gone else (0, "")
+
+    def _unattributed(self, gpu_id, metrics):
+        message = self._procs.get(gpu_id)
+        busy = metrics.get("gpu_busy_pct")
+        if message is None or busy is None:
+            return None
+        return 0 if proc_attributed(message) else busy
+
+    def _on_procs(self, gpu_id, message):
+        self._procs[gpu_id] = message
+
+    def _on_host(self, _, now_s, host):
+        used, total = (host or {}).get("mem_used_bytes"), (host or {}).get("mem_total_bytes")
+        pct = round(100.0 * used / total, 2) if used is not None and total else None
+        self._observe("host_memory", None, now_s, pct)
+
+    def _on_gpus(self, gpu_ids, now_s):
+        current = set(gpu_ids)
+        for gpu_id in sorted(self._known - current):
+            self._observe("gpu_lost", gpu_id, now_s, 1, detail="it vanished from the GPU list")
+            self._procs.pop(gpu_id, None)
+        self._known &= current
+
+    # -- events --
+
+    def _emit(self, rule, gpu_id, change, now_s, detail):
+        event = build_alert_event(rule, gpu_id, change, format_alert_summary(
+            rule, gpu_id, change, detail), now_s)
+        with self._lock:
+            self._events.append(event)
+            if event["state"] == "firing":
+                self._active[(rule, gpu_id)] = event
+                self._pushed[(rule, gpu_id)] = (now_s, event["summary"])
+            else:
+                self._active.pop((rule, gpu_id), None)
+                self._pushed.pop((rule, gpu_id), None)
+            active = list(self._active.values())
+        LOG.info("event=alert rule=%s gpu=%s state=%s severity=%s value=%s", rule, gpu_id,
+                 event["state"], event["severity"], event["value"])
+        self.cache.record("exporter_alert_events_total", (), 1, add=True)
+        self.cache.publish_alert(event, active)
+        if self.store is not None:
+            self.store.offer_alert(event)
+        if self.webhook is not None:
+            self.webhook.send(event)
+
+    def _refresh(self, rule, gpu_id, state, now_s, detail):
+        """A firing alert between changes: its value and summary from this
+        evaluation (a copy: the event as it happened stays in the history)."""
+        key = (rule, gpu_id)
+        summary = format_alert_summary(rule, gpu_id, {"state": "firing", "value": state.value,
+                                                      "clearing": state.clearing()}, detail)
+        with self._lock:
+            event = self._active.get(key)
+            if event is None:
+                return
+            fresh = summary != event["summary"] or state.value != event["value"]
+            if fresh:
+                event = self._active[key] = dict(event, value=state.value, summary=summary,
+                                                 updated=format_ts(now_s))
+            sent_s, sent = self._pushed.get(key, (None, None))
+            push = summary != sent and not (
+                sent_s is not None and 0 <= now_s - sent_s < ALERT_UPDATE_EVERY_S)
+            if push:
+                self._pushed[key] = (now_s, summary)
+            active = list(self._active.values())
+        if push:
+            self.cache.publish_alert(dict(event, update=True), active)
+        elif fresh:
+            self.cache.set_alerts(active)
+
+    def active(self):
+        with self._lock:
+            return list(self._active.values())
+
+    def recent(self, from_s, to_s):
+        """Events in memory whose change time lies in [from_s, to_s], oldest first."""
+        with self._lock:
+            events = list(self._events)
+        return [e for e in events if event_in_range(e, from_s, to_s)]
+
+
+# -- alert webhook (Alertmanager's JSON; its own thread) --------------------
+
+class WebhookSender(StoppableThread):
+    """POSTs each alert event to APP_ALERT_WEBHOOK_URL from its own thread:
+    bounded queue (drop-oldest, counted), a timeout, capped retries with
+    backoff; failures counted (/metrics, hello.features) and logged once
+    per streak."""
+
+    def __init__(self, url, cache, instance="", external_url="", timeout_s=WEBHOOK_TIMEOUT_S,
+                 retries=WEBHOOK_RETRIES, backoff_s=WEBHOOK_BACKOFF_S):
+        StoppableThread.__init__(self, "alert-webhook")
+        self.url, self.cache, self.instance, self.external_url = url, cache, instance, external_url
+        self.timeout_s, self.retries, self.backoff_s = timeout_s, retries, backoff_s
+        self._queue = Inbox(WEBHOOK_QUEUE_ITEMS, lambda: self._count("dropped"))
+        self.counts = {"sent": 0, "failed": 0, "dropped": 0}
+        self._streak = 0
+
+    def send(self, event):
+        self._queue.put(event)
+
+    def stop(self):
+        StoppableThread.stop(self)
+        self._queue.wake()
+
+    def run(self):
+        while not self.stopping.is_set():
+            self._queue.wait(1.0)
+            for event in self._queue.drain(self.stopping):
+                self.deliver(event)
+
+    def deliver(self, event):
+        """Send one event, retrying; True when the receiver took it."""
+        body = json_bytes(build_webhook_payload(event, self.instance, self.external_url))
+        error = None
+        for attempt in range(self.retries + 1):
+            if attempt and self.stopping.wait(self.backoff_s * 2 ** (attempt - 1)):
+                break
+            error = self._post(body)
+            if error is None:
+                if self._streak:
+                    LOG.info("event=webhook_recovered after_failures=%d", self._streak)
+                self._streak = 0
+                self._count("sent")
+                return True
+        if not self._streak:     # the host only: a webhook URL's path is often its secret
+            LOG.warning("event=webhook_failed host=%s error=%s (further failures are only counted)",
+                        urlsplit(self.url).netloc.rpartition("@")[2], error)
+        self._streak += 1
+        self._count("failed")
+        return False
+
+    def _post(self, body):
+        """One POST; None on a 2xx answer, else the error text."""
+        parts = urlsplit(self.url)
+        cls = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+        conn = cls(parts.hostname, parts.port, timeout=self.timeout_s)
+        path = (parts.path or "/") + ("?" + parts.query if parts.query else "")
+        headers = {"Content-Type": "application/json", "User-Agent": "amdgpu_top_web/" + __version__}
+        if parts.username is not None:      # https://user:password@host/...: HTTP Basic
+            token = "%s:%s" % (parts.username, parts.password or "")
+            headers["Authorization"] = "Basic " + base64.b64encode(token.encode()).decode()
+        try:
+            conn.request("POST", path, body, headers)
+            response = conn.getresponse()
+            response.read(65536)
+            return None if 200 <= response.status < 300 else "HTTP %d" % response.status
+        except (OSError, http.client.HTTPException) as exc:
+            return str(exc) or exc.__class__.__name__
+        finally:
+            conn.close()
+
+    def _count(self, what):
+        self.counts[what] += 1
+        self.cache.record("exporter_alert_webhook_%s_total" % what, (), 1, add=True)
+        self.cache.update_feature("alerts", webhook_sent=self.counts["sent"],
+                                  webhook_failed=self.counts["failed"],
+                                  webhook_dropped=self.counts["dropped"])
+
+
+# ---------------------------------------------------------------------------
+# 11. The live cache and its threads
+# ---------------------------------------------------------------------------
+
+# -- the cache: latest frames, the rolling ring, the forecasts --------------
 
 class HistoryRing(object):
     """Fixed-size rolling history: one array('d') per series, NaN for null.
@@ -7449,63 +8546,7 @@ class Cache(object):
         return payload
 
 
-class StoppableThread(threading.Thread):
-    """A named daemon thread whose loop waits on an Event, so stop() is immediate."""
-
-    def __init__(self, name):
-        threading.Thread.__init__(self, name=name)
-        self.daemon = True
-        self.stopping = threading.Event()
-
-    def stop(self):
-        self.stopping.set()
-
-
-class Inbox(object):
-    """A sink thread's inbox (history writer, alert engine, webhook sender):
-    put() never blocks; when full the oldest item is dropped, counted in
-    `dropped` and told to on_drop(); `ready` is set by each put (and by
-    wake(), e.g. on stop) for the thread that waits on it."""
-
-    def __init__(self, maxlen, on_drop=None):
-        self.maxlen, self.on_drop, self.dropped = maxlen, on_drop, 0
-        self._items = collections.deque(maxlen=maxlen)
-        self.ready = threading.Event()
-
-    def __len__(self):
-        return len(self._items)
-
-    def put(self, item, wake=True):
-        """wake=False leaves the thread asleep until its next timed pass."""
-        if len(self._items) == self.maxlen:
-            self.dropped += 1
-            if self.on_drop is not None:
-                self.on_drop()
-        self._items.append(item)
-        if wake:
-            self.ready.set()
-
-    def wait(self, timeout_s):
-        """Until an item (or a wake) comes, at most timeout_s; then unset `ready`."""
-        self.ready.wait(timeout_s)
-        self.ready.clear()
-
-    def wake(self):
-        self.ready.set()
-
-    def drain(self, stopping=None):
-        """The items, oldest first, until none is left (or `stopping` is set);
-        items put meanwhile come too."""
-        while stopping is None or not stopping.is_set():
-            try:
-                item = self._items.popleft()
-            except IndexError:
-                return
-            yield item
-
-    def clear(self):
-        self._items.clear()
-
+# -- samplers: one thread per GPU, the process scan -------------------------
 
 class Sampler(StoppableThread):
     """One per GPU: read, publish, wait; on a fixed schedule that skips missed ticks."""
@@ -7550,8 +8591,55 @@ class Sampler(StoppableThread):
                 LOG.exception("event=publish_failed gpu=%s", self.reader.info.id)
 
 
-# -- host ----------------------------------------------------------------------
+class ProcScanThread(StoppableThread):
+    """Publishes a procs frame per GPU: a full, budgeted /proc walk every
+    scan_interval_s and, in between, a cheap re-read of the watchlist (PIDs
+    known to use a GPU) every refresh_interval_s so engine % stays fresh."""
 
+    def __init__(self, source, cache, scan_interval_s, refresh_interval_s, clock=time.monotonic):
+        StoppableThread.__init__(self, "proc-scan")
+        self.source, self.cache, self.clock = source, cache, clock
+        self.scan_interval_s, self.refresh_interval_s = scan_interval_s, refresh_interval_s
+        self._visibility = None
+        self._errors = 0
+
+    def run(self):
+        next_scan = self.clock()
+        while not self.stopping.is_set():
+            now = self.clock()
+            full = now >= next_scan
+            if full:
+                next_scan = now + self.scan_interval_s
+            self.tick(full)
+            self.stopping.wait(max(0.0, min(self.refresh_interval_s, next_scan - self.clock())))
+
+    def tick(self, full):
+        gpus = self.cache.gpus()
+        self.source.set_gpus(gpus)
+        try:
+            result = self.source.scan() if full else self.source.refresh()
+        except Exception:  # the scanner must never take the server down
+            self._errors += 1
+            self.cache.record("exporter_proc_scan_errors_total", (), 1, add=True)
+            if self._errors <= 3:
+                LOG.exception("event=proc_scan_failed")
+            return
+        kind = (("kind", "full" if full else "refresh"),)
+        self.cache.record("exporter_proc_scans_total", kind, 1, add=True)
+        self.cache.record("exporter_proc_scan_duration_seconds", kind, result.stats.get("duration_s") or 0.0)
+        if result.stats.get("cut_short"):
+            self.cache.record("exporter_proc_scans_cut_short_total", (), 1, add=True)
+        epoch = time.time()
+        for info in gpus:
+            message = build_procs_message(info.id, epoch, result.by_pci.get(info.pci),
+                                          result.visibility, result.stats)
+            self.cache.publish_procs(info.id, message)
+        if result.visibility != self._visibility:
+            self._visibility = result.visibility
+            self.cache.set_feature("visibility", result.visibility)
+
+
+# -- the host: its reader and sampler (1 Hz) --------------------------------
 
 class HostReader(object):
     """The host's /proc files (HOST_FILES) kept open: one pread each per sample.
@@ -7615,309 +8703,9 @@ class HostSampler(StoppableThread):
             self._errors += 1
             if self._errors <= 3:
                 LOG.exception("event=host_sample_failed")
-# -- alert engine (a sink: its own inbox and thread) ------------------------
 
 
-class AlertEngine(StoppableThread):
-    """Evaluates the rules on every sample it is offered, in its own thread.
-
-    offer_* (called by the cache from the publishing threads) only append to
-    a bounded inbox (drop-oldest, counted). Each state change becomes one
-    alert frame (cache.publish_alert), one history row (store.offer_alert)
-    and one webhook call. Between changes an active alert's value and summary
-    follow the live value (_refresh): the cache's active list always, and an
-    alert frame marked "update": true when the summary changed, at most every
-    ALERT_UPDATE_EVERY_S per alert; no row, no webhook call.
-    Tests call drain() instead of starting the thread.
-    """
-
-    def __init__(self, cache, rules, store=None, webhook=None, clock=time.time):
-        StoppableThread.__init__(self, "alerts")
-        self.cache, self.rules, self.store, self.webhook, self.clock = (
-            cache, rules, store, webhook, clock)
-        self._inbox = Inbox(ALERT_QUEUE_ITEMS, self._count_drop)
-        self._lock = threading.Lock()
-        self._events = collections.deque(maxlen=ALERT_EVENTS_KEPT)
-        self._active = collections.OrderedDict()     # (rule, gpu id) -> firing event, live values
-        self._pushed = {}                             # (rule, gpu id) -> (s, summary) last sent
-        self._states = {}
-        self._procs = {}                              # gpu id -> procs message
-        self._sensors = {}                            # gpu id -> {sensor key: last seen s}
-        self._known = set()
-
-    # -- the sink side (never blocks) --
-
-    @property
-    def dropped(self):
-        return self._inbox.dropped
-
-    def _count_drop(self):
-        self.cache.record("exporter_alert_inbox_dropped_total", (), 1, add=True)
-
-    def _put(self, item, wake=False):
-        """Samples wait for the thread's once-a-second pass (holds are whole
-        seconds; a wake-up per sample cost more than the rules), unless the
-        inbox is half full; a GPU list change wakes it at once."""
-        self._inbox.put(item, wake=wake or (len(self._inbox) + 1) * 2 >= self._inbox.maxlen)
-
-    def offer_stats(self, gpu_id, epoch_s, metrics):
-        self._put(("stats", gpu_id, epoch_s, metrics))
-
-    def offer_procs(self, gpu_id, message):
-        self._put(("procs", gpu_id, message))
-
-    def offer_host(self, epoch_s, host):
-        self._put(("host", None, epoch_s, host))
-
-    def offer_gpus(self, gpu_ids):
-        self._put(("gpus", tuple(gpu_ids), self.clock()), wake=True)
-
-    # -- the thread --
-
-    def stop(self):
-        StoppableThread.stop(self)
-        self._inbox.wake()
-
-    def run(self):
-        while not self.stopping.is_set():
-            self._inbox.wait(1.0)
-            self.drain()
-
-    def drain(self):
-        for item in self._inbox.drain():
-            try:
-                getattr(self, "_on_" + item[0])(*item[1:])
-            except Exception:   # one bad sample must not stop the alerts
-                LOG.exception("event=alert_eval_failed kind=%s", item[0])
-
-    # -- evaluation --
-
-    def _observe(self, rule, gpu_id, now_s, value, levels=None, detail=""):
-        config = self.rules[rule]
-        if not config.get("enabled", True):
-            return
-        state = self._states.get((rule, gpu_id))
-        if state is None:
-            state = self._states[(rule, gpu_id)] = AlertState(rule, levels or config)
-        state.levels = levels or config
-        change = state.update(now_s, value)
-        if change is not None:
-            self._emit(rule, gpu_id, change, now_s, detail() if callable(detail) else detail)
-        elif state.severity is not None:
-            self._refresh(rule, gpu_id, state, now_s, detail() if callable(detail) else detail)
-
-    def _on_stats(self, gpu_id, now_s, metrics):
-        self._known.add(gpu_id)
-        # Details are callables: formatted only for a change or a firing alert.
-        levels, temp, limit = temperature_levels(self.rules["gpu_temperature"], metrics)
-        self._observe("gpu_temperature", gpu_id, now_s, temp, levels,
-                      lambda: "limit %s °C" % format_value(limit, "") if limit else "")
-        self._observe("vram_usage", gpu_id, now_s, compute_vram_pct(metrics))
-        forecast = metrics.get("vram_forecast") or {}
-        procs = self._procs.get(gpu_id) or {}
-        self._observe("vram_full_soon", gpu_id, now_s, compute_full_in_s(forecast),
-                      detail=lambda: format_forecast(forecast, with_full=False, names=dict(
-                          (r.get("pid"), r.get("name")) for r in procs.get("processes") or ())))
-        self._observe("gpu_throttling", gpu_id, now_s, compute_throttled(metrics),
-                      detail=lambda: ", ".join(metrics.get("throttle_reasons") or ()))
-        self._observe("fan_stopped", gpu_id, now_s, compute_fan_stopped(
-            metrics, self.rules["fan_stopped"].get("hot_c", 70.0)),
-            detail=lambda: "%s °C" % format_value(metrics.get("temp_c"), ""))
-        lost, why = self._lost(gpu_id, now_s, metrics)
-        self._observe("gpu_lost", gpu_id, now_s, lost, detail=why)
-        self._observe("busy_unattributed", gpu_id, now_s, self._unattributed(gpu_id, metrics),
-                      detail=lambda: unattributed_hint(procs.get("visibility")))
-
-    def _lost(self, gpu_id, now_s, metrics):
-        status = metrics.get("runtime_status")
-        if status == "lost":
-            return 1, "the driver reports the GPU lost"
-        seen = self._sensors.setdefault(gpu_id, {})
-        gone = []
-        for key in SENSOR_KEYS:
-            if metrics.get(key) is not None:
-                seen[key] = now_s
-            elif key in seen and status in (None, "active", "unsupported") and (
-                    now_s - seen[key] >= ALERT_LOST_AFTER_S):
-                gone.append(key)
-        return (1, "sensor gone: " + ", ".join(gone)) if gone else (0, "")
-
-    def _unattributed(self, gpu_id, metrics):
-        message = self._procs.get(gpu_id)
-        busy = metrics.get("gpu_busy_pct")
-        if message is None or busy is None:
-            return None
-        return 0 if proc_attributed(message) else busy
-
-    def _on_procs(self, gpu_id, message):
-        self._procs[gpu_id] = message
-
-    def _on_host(self, _, now_s, host):
-        used, total = (host or {}).get("mem_used_bytes"), (host or {}).get("mem_total_bytes")
-        pct = round(100.0 * used / total, 2) if used is not None and total else None
-        self._observe("host_memory", None, now_s, pct)
-
-    def _on_gpus(self, gpu_ids, now_s):
-        current = set(gpu_ids)
-        for gpu_id in sorted(self._known - current):
-            self._observe("gpu_lost", gpu_id, now_s, 1, detail="it vanished from the GPU list")
-            self._procs.pop(gpu_id, None)
-        self._known &= current
-
-    # -- events --
-
-    def _emit(self, rule, gpu_id, change, now_s, detail):
-        event = build_alert_event(rule, gpu_id, change, format_alert_summary(
-            rule, gpu_id, change, detail), now_s)
-        with self._lock:
-            self._events.append(event)
-            if event["state"] == "firing":
-                self._active[(rule, gpu_id)] = event
-                self._pushed[(rule, gpu_id)] = (now_s, event["summary"])
-            else:
-                self._active.pop((rule, gpu_id), None)
-                self._pushed.pop((rule, gpu_id), None)
-            active = list(self._active.values())
-        LOG.info("event=alert rule=%s gpu=%s state=%s severity=%s value=%s", rule, gpu_id,
-                 event["state"], event["severity"], event["value"])
-        self.cache.record("exporter_alert_events_total", (), 1, add=True)
-        self.cache.publish_alert(event, active)
-        if self.store is not None:
-            self.store.offer_alert(event)
-        if self.webhook is not None:
-            self.webhook.send(event)
-
-    def _refresh(self, rule, gpu_id, state, now_s, detail):
-        """A firing alert between changes: its value and summary from this
-        evaluation (a copy: the event as it happened stays in the history)."""
-        key = (rule, gpu_id)
-        summary = format_alert_summary(rule, gpu_id, {"state": "firing", "value": state.value,
-                                                      "clearing": state.clearing()}, detail)
-        with self._lock:
-            event = self._active.get(key)
-            if event is None:
-                return
-            fresh = summary != event["summary"] or state.value != event["value"]
-            if fresh:
-                event = self._active[key] = dict(event, value=state.value, summary=summary,
-                                                 updated=format_ts(now_s))
-            sent_s, sent = self._pushed.get(key, (None, None))
-            push = summary != sent and not (
-                sent_s is not None and 0 <= now_s - sent_s < ALERT_UPDATE_EVERY_S)
-            if push:
-                self._pushed[key] = (now_s, summary)
-            active = list(self._active.values())
-        if push:
-            self.cache.publish_alert(dict(event, update=True), active)
-        elif fresh:
-            self.cache.set_alerts(active)
-
-    def active(self):
-        with self._lock:
-            return list(self._active.values())
-
-    def recent(self, from_s, to_s):
-        """Events in memory whose change time lies in [from_s, to_s], oldest first."""
-        with self._lock:
-            events = list(self._events)
-        return [e for e in events if event_in_range(e, from_s, to_s)]
-
-
-# -- alert webhook (Alertmanager's JSON; its own thread) ---------------------
-
-
-class WebhookSender(StoppableThread):
-    """POSTs each alert event to APP_ALERT_WEBHOOK_URL from its own thread:
-    bounded queue (drop-oldest, counted), a timeout, capped retries with
-    backoff; failures counted (/metrics, hello.features) and logged once
-    per streak."""
-
-    def __init__(self, url, cache, instance="", external_url="", timeout_s=WEBHOOK_TIMEOUT_S,
-                 retries=WEBHOOK_RETRIES, backoff_s=WEBHOOK_BACKOFF_S):
-        StoppableThread.__init__(self, "alert-webhook")
-        self.url, self.cache, self.instance, self.external_url = url, cache, instance, external_url
-        self.timeout_s, self.retries, self.backoff_s = timeout_s, retries, backoff_s
-        self._queue = Inbox(WEBHOOK_QUEUE_ITEMS, lambda: self._count("dropped"))
-        self.counts = {"sent": 0, "failed": 0, "dropped": 0}
-        self._streak = 0
-
-    def send(self, event):
-        self._queue.put(event)
-
-    def stop(self):
-        StoppableThread.stop(self)
-        self._queue.wake()
-
-    def run(self):
-        while not self.stopping.is_set():
-            self._queue.wait(1.0)
-            for event in self._queue.drain(self.stopping):
-                self.deliver(event)
-
-    def deliver(self, event):
-        """Send one event, retrying; True when the receiver took it."""
-        body = json_bytes(build_webhook_payload(event, self.instance, self.external_url))
-        error = None
-        for attempt in range(self.retries + 1):
-            if attempt and self.stopping.wait(self.backoff_s * 2 ** (attempt - 1)):
-                break
-            error = self._post(body)
-            if error is None:
-                if self._streak:
-                    LOG.info("event=webhook_recovered after_failures=%d", self._streak)
-                self._streak = 0
-                self._count("sent")
-                return True
-        if not self._streak:     # the host only: a webhook URL's path is often its secret
-            LOG.warning("event=webhook_failed host=%s error=%s (further failures are only counted)",
-                        urlsplit(self.url).netloc.rpartition("@")[2], error)
-        self._streak += 1
-        self._count("failed")
-        return False
-
-    def _post(self, body):
-        """One POST; None on a 2xx answer, else the error text."""
-        parts = urlsplit(self.url)
-        cls = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
-        conn = cls(parts.hostname, parts.port, timeout=self.timeout_s)
-        path = (parts.path or "/") + ("?" + parts.query if parts.query else "")
-        headers = {"Content-Type": "application/json", "User-Agent": "amdgpu_top_web/" + __version__}
-        if parts.username is not None:      # https://user:password@host/...: HTTP Basic
-            token = "%s:%s" % (parts.username, parts.password or "")
-            headers["Authorization"] = "Basic " + base64.b64encode(token.encode()).decode()
-        try:
-            conn.request("POST", path, body, headers)
-            response = conn.getresponse()
-            response.read(65536)
-            return None if 200 <= response.status < 300 else "HTTP %d" % response.status
-        except (OSError, http.client.HTTPException) as exc:
-            return str(exc) or exc.__class__.__name__
-        finally:
-            conn.close()
-
-    def _count(self, what):
-        self.counts[what] += 1
-        self.cache.record("exporter_alert_webhook_%s_total" % what, (), 1, add=True)
-        self.cache.update_feature("alerts", webhook_sent=self.counts["sent"],
-                                  webhook_failed=self.counts["failed"],
-                                  webhook_dropped=self.counts["dropped"])
-
-
-def make_backends(config):
-    """The backends of this config: the demo alone with --demo; else AMD and
-    Intel (sysfs, sharing one card listing and one fdinfo scanner) and NVIDIA
-    when its library loads."""
-    if config.demo:
-        return [DemoBackend(config.demo_processes, config.demo_gpus, config.demo_scenario)]
-    names, cards = NameResolver(config.share_root), DrmCardList(config.sysfs_root)
-    fdinfo = None
-    if config.proc_enable:
-        fdinfo = ProcScanner(config.proc_root, config.proc_max_pids, config.proc_max_fds_per_pid,
-                             budget_s=PROC_SCAN_BUDGET_S, sysfs_root=config.sysfs_root)
-    backends = [AmdBackend(cards, names, fdinfo), IntelBackend(cards, names, fdinfo)]
-    nvidia = NvidiaBackend.open(config)
-    return backends + ([nvidia] if nvidia is not None else [])
-
+# -- discovery: asks every backend, one sampler per GPU ---------------------
 
 class GpuManager(StoppableThread):
     """Discovery: asks every backend what it sees every REDISCOVER_INTERVAL_S,
@@ -8023,699 +8811,12 @@ def _card_order(info):
     return (0 if info.id.startswith("card") else 1, int(digits) if digits else 0, info.id)
 
 
+# ---------------------------------------------------------------------------
+# 12. History store (SQLite: the only code that speaks SQL)
+# ---------------------------------------------------------------------------
 
-def _vanished(exc):
-    """ENOENT/ESRCH: the PID exited (or its fd closed) while we looked."""
-    return isinstance(exc, (FileNotFoundError, ProcessLookupError))
+# -- schema and SQL text ----------------------------------------------------
 
-
-# A PID last seen NOT using a GPU (or unreadable), skipped while unchanged.
-#
-#     start_time is None when it was not needed: on procfs the fd dir inode
-#     identifies the process (see _PidWalker._unchanged).
-_PidMark = collections.namedtuple("_PidMark", "start_time fd_count fd_ino resume_fd unreadable")
-
-
-_STAT_KEYS = ("pids_total", "pids_seen", "pids_walked", "pids_skipped_unchanged",
-              "pids_unreadable", "pids_vanished", "pids_fd_capped", "gpu_fds",
-              "fdinfo_reads", "fdinfo_failed", "other_driver_clients", "unmapped_clients")
-
-
-def _new_stats(kind, full):
-    stats = dict.fromkeys(_STAT_KEYS, 0)
-    stats.update(kind=kind, full_walk=full, cut_short=False, duration_s=0.0)
-    return stats
-
-
-class _PidWalker(object):
-    """The budgeted walk of <proc>/<pid>/fd, and the skip cache of PIDs found
-    NOT using a GPU (skipped while their fd count and identity are unchanged).
-
-    Shares the watchlist dict (pid -> entry) with ProcScanner: it visits those
-    PIDs first, drops them when they vanish or stop using a GPU, and hands
-    every PID holding a DRM or /dev/kfd fd to on_gpu(procfd, pid, ProcStatLine,
-    (drm {fd: node}, kfd [fd]), stats, full) -> kept (bool).
-    """
-
-    def __init__(self, watch, on_gpu, clock, limits, fd_count):
-        self._watch, self._on_gpu, self._clock = watch, on_gpu, clock
-        self._max_pids, self._max_fds, self._budget_ns = limits
-        self._choice = {"auto": None, "st_size": True, "listdir": False}[fd_count]
-        self.st_size = None          # count fds by st_size (procfs, Linux >= 6.2)?
-        self._procfs = False         # is the root a real procfs (inode shortcut)?
-        self._marks = {}             # pid -> _PidMark
-        self._resume_after = None
-
-    def is_marked(self, pid):
-        return pid in self._marks and not self._marks[pid].unreadable
-
-    def unreadable_count(self):
-        return sum(1 for m in self._marks.values() if m.unreadable)
-
-    def walk(self, procfd, pids, full, stats, t0):
-        """Visit pids (sorted): the watchlist first, then the rest from where
-        the last cut-short scan stopped, within max_pids and the time budget."""
-        self._forget_missing(set(pids))
-        if self.st_size is None:
-            self._calibrate(procfd)
-        watch, rest = self._visit_order(pids)
-        for pid in watch:
-            if self._over_budget(stats["pids_seen"], t0):
-                stats["cut_short"] = True
-                break
-            stats["pids_seen"] += 1
-            self._visit(procfd, pid, full, stats)
-        for index, pid in enumerate(rest):
-            # At least one other PID per scan, so a tiny budget still progresses.
-            if index and self._over_budget(stats["pids_seen"], t0):
-                stats["cut_short"] = True
-                self._resume_after = rest[index - 1]   # the next scan continues here
-                return
-            stats["pids_seen"] += 1
-            self._visit(procfd, pid, full, stats)
-        self._resume_after = None
-
-    def forget(self, pid, stats, counter="pids_vanished"):
-        stats[counter] += 1
-        self._marks.pop(pid, None)
-        self._watch.pop(pid, None)
-
-    def read_start(self, procfd, pid):
-        """ProcStatLine of <pid>/stat (comm, start_time, CPU ticks, RSS pages);
-        start_time None if gone or torn."""
-        return read_proc_stat_at(procfd, pid)
-
-    def _over_budget(self, seen, t0):
-        return seen >= self._max_pids or self._clock() - t0 >= self._budget_ns
-
-    def _visit_order(self, pids):
-        watch = [p for p in pids if p in self._watch]
-        rest = [p for p in pids if p not in self._watch]
-        if self._resume_after is not None:
-            cut = bisect.bisect_right(rest, self._resume_after)
-            rest = rest[cut:] + rest[:cut]
-        return watch, rest
-
-    def _forget_missing(self, present):
-        for cache in (self._marks, self._watch):
-            for pid in [p for p in cache if p not in present]:
-                del cache[pid]
-
-    def _calibrate(self, procfd):
-        """Look at our own fd directory once: on procfs >= 6.2 its st_size is
-        the fd count (trusted only if it matches a listing); procfs < 6.2
-        reports 0; a plain directory (a fixture tree) reports neither."""
-        fd = open_dir_at(procfd, "self/fd")
-        size = count = -1
-        if not isinstance(fd, OSError):
-            try:
-                size, count = os.fstat(fd).st_size, len(os.listdir(fd))
-            except OSError:
-                pass
-            finally:
-                os.close(fd)
-        matches = size > 0 and count - 1 <= size <= count   # listdir() dups the fd
-        self._procfs = matches or (size == 0 and count > 0)
-        self.st_size = matches if self._choice is None else (self._choice and matches)
-
-    def _probe_fds(self, procfd, pid):
-        """(fd count, fd dir inode): one stat() on procfs >= 6.2, else a
-        listing too; the OSError if stat() fails; count -1 if unlistable."""
-        try:
-            st = os.stat("%d/fd" % pid, dir_fd=procfd)
-        except OSError as exc:
-            return exc
-        if self.st_size:
-            return (st.st_size, st.st_ino)
-        fd = open_dir_at(procfd, "%d/fd" % pid)
-        if isinstance(fd, OSError):
-            return (-1, st.st_ino)
-        try:
-            return (len(os.listdir(fd)), st.st_ino)
-        except OSError:
-            return (-1, st.st_ino)
-        finally:
-            os.close(fd)
-
-    def _unchanged(self, procfd, pid, mark, probe):
-        """Same fd count and same process (start time) as when marked.
-
-        On procfs the fd dir's inode lives as long as the process's dentry;
-        a reused PID gets a new inode (new process, new dentry), so an
-        unchanged inode proves the start time unchanged without reading stat:
-        one stat() per PID in the steady state. Any inode change (or a plain
-        directory tree, where inodes are reused) re-reads the start time.
-        """
-        if probe[0] != mark.fd_count:
-            return False
-        if self._procfs and probe[1] == mark.fd_ino:
-            return True
-        start = self.read_start(procfd, pid)[1]
-        if start is None or start != mark.start_time:   # a None mark never matches
-            return False
-        self._marks[pid] = mark._replace(fd_ino=probe[1])
-        return True
-
-    def _visit(self, procfd, pid, full, stats):
-        probe = self._probe_fds(procfd, pid)
-        if isinstance(probe, OSError):
-            self.forget(pid, stats, "pids_vanished" if _vanished(probe) else "pids_unreadable")
-            return
-        mark = None if pid in self._watch else self._marks.get(pid)
-        resume = None
-        if mark is not None and self._unchanged(procfd, pid, mark, probe):
-            if not full and (mark.resume_fd is None or mark.unreadable):
-                stats["pids_skipped_unchanged"] += 1
-                stats["pids_unreadable"] += int(mark.unreadable)
-                return
-            resume = mark.resume_fd
-        self._walk(procfd, pid, probe, resume, stats, full)
-
-    def _walk(self, procfd, pid, probe, resume, stats, full):
-        # On procfs a non-GPU PID is identified by its fd dir inode, so its
-        # stat is read only if it holds a GPU fd (saves ~8% of a full walk).
-        # A GPU user's stat line is read once a scan and kept (CPU %, RSS).
-        line = NO_PROC_STAT
-        if not self._procfs or pid in self._watch:
-            line = self.read_start(procfd, pid)
-            if line.start_time is None:                # gone, or half-written stat
-                self.forget(pid, stats)
-                return
-        stats["pids_walked"] += 1
-        found = self._list_gpu_fds(procfd, pid, resume, stats)
-        if isinstance(found, OSError):
-            self._mark_unreadable(pid, line.start_time, probe, found, stats)
-            return
-        drm, kfd, next_resume = found
-        if drm or kfd:
-            if line.start_time is None:
-                line = self.read_start(procfd, pid)
-                if line.start_time is None:
-                    self.forget(pid, stats)
-                    return
-            self._marks.pop(pid, None)
-            if self._on_gpu(procfd, pid, line, (drm, kfd), stats, full):
-                return
-        # No GPU fd, or only other drivers' clients (i915, xe, radeon): skip while unchanged.
-        self._watch.pop(pid, None)
-        self._marks[pid] = _PidMark(line.start_time, probe[0], probe[1], next_resume, False)
-
-    def _mark_unreadable(self, pid, start, probe, exc, stats):
-        if _vanished(exc):
-            self.forget(pid, stats)
-            return
-        stats["pids_unreadable"] += 1                  # EACCES: other user, non-dumpable
-        self._watch.pop(pid, None)
-        self._marks[pid] = _PidMark(start, probe[0], probe[1], None, True)
-
-    def _list_gpu_fds(self, procfd, pid, resume, stats):
-        """readlink() the fds of pid -> ({fd: node}, [kfd fds], next_resume) or OSError."""
-        fdd = open_dir_at(procfd, "%d/fd" % pid)
-        if isinstance(fdd, OSError):
-            return fdd
-        try:
-            names = os.listdir(fdd)
-            known = self._watch.get(pid)
-            keep = list(known["drm_fds"]) + known["kfd_fds"] if known else []
-            window, next_resume = select_fd_window(names, self._max_fds, resume, keep)
-            if len(names) > self._max_fds:
-                stats["pids_fd_capped"] += 1
-            drm, kfd = self._classify_fds(fdd, window)
-        except OSError as exc:
-            return exc
-        finally:
-            os.close(fdd)
-        stats["gpu_fds"] += len(drm)
-        return drm, kfd, next_resume
-
-    @staticmethod
-    def _classify_fds(fdd, names):
-        """The hot loop of a full walk: one readlink() per fd, never an open()."""
-        drm, kfd, readlink = {}, [], os.readlink
-        for name in names:
-            try:
-                target = readlink(name, dir_fd=fdd)
-            except OSError:
-                continue                               # closed meanwhile
-            if target[:1] != "/":
-                continue                               # socket:[..], pipe:[..]: most fds
-            kind, node = classify_fd_target(target)
-            if kind == "maybe_drm":                    # container-remapped path: stat only
-                st = stat_at(fdd, name)
-                node = drm_node_from_rdev(st.st_mode, st.st_rdev) if st else None
-                kind = "drm" if node else None
-            if kind == "drm":
-                drm[name] = node
-            elif kind == "kfd":
-                kfd.append(name)
-        return drm, kfd
-
-
-class KfdReader(object):
-    """Which AMD GPU a /dev/kfd holder is on: KFD's topology (read when the
-    GPUs or KFD's generation_id change) maps gpu_id -> our GPU's PCI address;
-    read_vram(pid) reads /sys/class/kfd/kfd/proc/<pid>/vram_<gpu_id> only.
-    Never sdma_<gpu_id>: reading it schedules work on the GPU (kfd_process.c
-    kfd_sdma_activity_worker), and never stats_/cu_occupancy (it asks the
-    hardware)."""
-
-    def __init__(self, sysfs_root):
-        self._base = os.path.join(sysfs_root, "class", "kfd", "kfd")
-        self._key = None
-        self.gpu_pcis = {}            # gpu_id -> pci
-
-    def refresh(self, node_map, amd_pcis):
-        """Re-read the topology if the GPUs or generation_id changed."""
-        key = (read_text(os.path.join(self._base, "topology", "generation_id"), 64),
-               sorted(node_map.items()), sorted(amd_pcis))
-        if key != self._key:
-            self._key = key
-            self.gpu_pcis = compute_kfd_gpu_pcis(self._read_nodes(), node_map, amd_pcis)
-
-    def stale(self, node_map, amd_pcis):
-        """The GPUs changed since the last refresh (no I/O)."""
-        return self._key is None or self._key[1:] != (sorted(node_map.items()), sorted(amd_pcis))
-
-    def _read_nodes(self):
-        nodes_dir = os.path.join(self._base, "topology", "nodes")
-        try:
-            names = sorted(n for n in os.listdir(nodes_dir) if n.isdigit())
-        except OSError:
-            return []
-        nodes = []
-        for name in names:             # EPERM on GPUs outside our device cgroup: skipped
-            gpu_id = parse_kfd_int(read_text(os.path.join(nodes_dir, name, "gpu_id"), 64))
-            props = read_text(os.path.join(nodes_dir, name, "properties"), 8192)
-            if gpu_id and props:
-                nodes.append((gpu_id, parse_kfd_properties(props)))
-        return nodes
-
-    def read_vram(self, pid):
-        """{pci: bytes} of pid's KFD VRAM, or None when unknown (no topology
-        match, no readable proc/<pid> or vram_* file, no VRAM anywhere)."""
-        if not self.gpu_pcis:
-            return None
-        base = os.path.join(self._base, "proc", str(pid))
-        used = {}
-        for gpu_id in self.gpu_pcis:
-            value = parse_kfd_int(read_text(os.path.join(base, "vram_%d" % gpu_id), 64))
-            if value is not None:
-                used[gpu_id] = value
-        return compute_kfd_vram(used, self.gpu_pcis)
-
-
-class ProcScanner(object):
-    """Finds the processes that hold amdgpu DRM clients and measures them.
-
-    scan() walks <proc_root> within max_pids and budget_s; PIDs found not
-    using a GPU are skipped while their fd count and start time are unchanged
-    (a full walk every full_walk_every scans). refresh() re-reads only the
-    fdinfo of known GPU users (the watchlist). clock_ns returns monotonic ns.
-    fd_count: "auto", or force "listdir" (tests). Call from one thread.
-    """
-
-    def __init__(self, proc_root, max_pids=5000, max_fds_per_pid=64, budget_s=0.5,
-                 clock_ns=time.monotonic_ns, full_walk_every=5, fd_count="auto",
-                 drivers=FDINFO_DRIVERS, clk_tck=None, page_size=None, wall_clock=time.time,
-                 sysfs_root=None):
-        self._root = proc_root
-        self._kfd = KfdReader(sysfs_root) if sysfs_root else None
-        self._drivers = tuple(drivers)
-        self._clock = clock_ns
-        self._full_every = max(1, int(full_walk_every))
-        self._node_map = {}          # "renderD128" -> "0000:03:00.0"
-        self._kfd_pcis = None        # AMD GPUs (None: every GPU of the node map)
-        self._drm = True             # a GPU whose clients show in fdinfo is known
-        self._watch = {}             # pid -> dict (GPU users)
-        self._prev = {}              # (pid, start_time, client key) -> EngineSample
-        self._proc = ProcEnricher(proc_root, clk_tck, page_size, wall_clock)
-        self._scans = 0
-        self._visibility = {}
-        limits = (max(1, int(max_pids)), max(1, int(max_fds_per_pid)), int(budget_s * 1e9))
-        self._walker = _PidWalker(self._watch, self._update_gpu_proc, clock_ns, limits, fd_count)
-
-    def set_node_map(self, mapping):
-        """{"renderD128": pci, "card1": pci, ...} from sysfs discovery."""
-        self._node_map = dict(mapping)
-
-    def set_gpus(self, infos):
-        """The GPUs now known: their nodes, and which are AMD (a process
-        holding only /dev/kfd is shown on those, never on other vendors')."""
-        self.set_node_map(node_map_for(infos))
-        self._kfd_pcis = sorted(info.pci for info in infos if info.vendor == "amd")
-        self._drm = not infos or any(info.vendor in ("amd", "intel") for info in infos)
-
-    def _amd_pcis(self):
-        return sorted(set(self._node_map.values())) if self._kfd_pcis is None else self._kfd_pcis
-
-    @property
-    def fd_count_mode(self):
-        """"st_size" (kernel >= 6.2 procfs), "listdir", or None before a scan."""
-        mode = self._walker.st_size
-        return None if mode is None else ("st_size" if mode else "listdir")
-
-    def known_non_gpu(self, pid):
-        """True if pid is in the skip cache (seen, not a GPU user)."""
-        return self._walker.is_marked(pid)
-
-    def scan(self):
-        """The budgeted /proc walk (+ fdinfo reads of GPU fds) -> ScanResult."""
-        t0 = self._clock()
-        self._scans += 1
-        full = (self._scans - 1) % self._full_every == 0
-        stats = _new_stats("scan", full)
-        procfd = open_dir_at(None, self._root)
-        if isinstance(procfd, OSError):
-            return self._result(stats, t0)
-        try:
-            pids = sorted(int(n) for n in os.listdir(procfd) if n.isdigit())
-            stats["pids_total"] = len(pids)
-            if full or not self._visibility:           # before the walk: KFD files trust it
-                self._visibility = self._read_visibility(procfd)
-            if self._kfd is not None:
-                self._kfd.refresh(self._node_map, self._amd_pcis())
-            if self._drm:
-                self._walker.walk(procfd, pids, full, stats, t0)
-            else:                    # NVIDIA alone: NVML lists its PIDs; no fd to look at,
-                self._scans = 0      # and the first walk once a DRM GPU shows is a full one
-            self._visibility["visible_pids"] = len(pids)
-        except OSError:
-            pass                                       # the root itself went away
-        finally:
-            os.close(procfd)
-        return self._result(stats, t0)
-
-    def refresh(self):
-        """Re-read fdinfo of the known GPU users only (cheap, between scans)."""
-        t0 = self._clock()
-        stats = _new_stats("refresh", False)
-        procfd = open_dir_at(None, self._root)
-        if isinstance(procfd, OSError):
-            return self._result(stats, t0)
-        try:
-            self._refresh_kfd()
-            for pid in sorted(self._watch):
-                stats["pids_seen"] += 1
-                self._refresh_pid(procfd, pid, stats)
-        finally:
-            os.close(procfd)
-        return self._result(stats, t0)
-
-    # -- GPU users --------------------------------------------------------------
-
-    def _update_gpu_proc(self, procfd, pid, line, fds, stats, full):
-        """Refresh (or create) the watchlist entry; False if pid holds no
-        amdgpu client, no /dev/kfd and every fdinfo read succeeded."""
-        start = line.start_time
-        entry = self._watch.get(pid)
-        if entry is None or entry["start_time"] != start:
-            entry = {"pid": pid, "start_time": start, "meta": None}
-        entry["drm_fds"], entry["kfd_fds"] = fds
-        entry["kfd"] = bool(fds[1])
-        if entry["meta"] is None or full:
-            entry["meta"] = self._proc.meta(procfd, pid)
-        entry["clients"], failed = self._read_clients(procfd, pid, start, entry["drm_fds"], stats)
-        entry.update(self._proc.measure(pid, line, self._clock() / 1e9))
-        entry["kfd_vram"] = self._read_kfd_vram(pid) if entry["kfd"] else None
-        if not entry["clients"] and not entry["kfd"] and not failed:
-            return False
-        self._watch[pid] = entry
-        return True
-
-    def _refresh_kfd(self):
-        """GPUs found since the last scan: map KFD's again and re-read the KFD
-        VRAM of the /dev/kfd holders now, not one scan later."""
-        if self._kfd is None or not self._kfd.stale(self._node_map, self._amd_pcis()):
-            return
-        self._kfd.refresh(self._node_map, self._amd_pcis())
-        for pid, entry in self._watch.items():
-            if entry["kfd"]:
-                entry["kfd_vram"] = self._read_kfd_vram(pid)
-
-    def _read_kfd_vram(self, pid):
-        """KFD's per-process files are named by host PID: not trusted from
-        another PID namespace (the same number may be another process)."""
-        if self._kfd is None or self._visibility.get("pid_namespace_separate"):
-            return None
-        return self._kfd.read_vram(pid)
-
-    def _read_clients(self, procfd, pid, start, drm_fds, stats):
-        """-> ([distinct amdgpu clients], number of fdinfo reads that failed)."""
-        clients, failed = {}, 0
-        for fd_name in sorted(drm_fds, key=lambda n: int(n) if n.isdigit() else -1):
-            raw = read_at(procfd, "%d/fdinfo/%s" % (pid, fd_name), FDINFO_READ_LIMIT)
-            now = self._clock()
-            stats["fdinfo_reads"] += 1
-            if raw is None:                            # fd closed / pid gone meanwhile
-                stats["fdinfo_failed"] += 1
-                failed += 1
-                continue
-            client = self._client(pid, start, fd_name, drm_fds[fd_name], raw, now, stats)
-            if client is not None and client["key"] not in clients:   # dup'd fd: once
-                clients[client["key"]] = client
-        return list(clients.values()), failed
-
-    def _client(self, pid, start, fd_name, node, raw, now, stats):
-        rec = parse_fdinfo(raw)
-        if not is_gpu_client(rec, node, self._node_map, self._drivers):
-            stats["other_driver_clients"] += 1
-            return None
-        pci = rec.pdev or self._node_map.get(node)
-        if pci is None:
-            stats["unmapped_clients"] += 1
-            return None
-        key = client_key(rec, pci, pid, fd_name)
-        prev_key = (pid, start, key)                   # a reused PID never inherits counters
-        pct, ms, sample = compute_client_usage(self._prev.get(prev_key), rec, now)
-        self._prev[prev_key] = sample
-        return make_client_row(rec, key, pci, node, pct, ms)
-
-    def _refresh_pid(self, procfd, pid, stats):
-        entry = self._watch[pid]
-        line = self._walker.read_start(procfd, pid)
-        if line.start_time is None or line.start_time != entry["start_time"]:
-            self._walker.forget(pid, stats)            # gone or reused: next scan finds it
-            return
-        entry.update(self._proc.measure(pid, line, self._clock() / 1e9))
-        live = {}
-        for fd_name, node in entry["drm_fds"].items():  # fd reused for another file?
-            target = readlink_at(procfd, "%d/fd/%s" % (pid, fd_name))
-            if target is not None and classify_fd_target(target)[0] in ("drm", "maybe_drm"):
-                live[fd_name] = node
-        entry["drm_fds"] = live
-        stats["gpu_fds"] += len(live)
-        entry["clients"] = self._read_clients(procfd, pid, line.start_time, live, stats)[0]
-
-    # -- results --------------------------------------------------------------
-
-    def _read_visibility(self, procfd):
-        status = read_text_at(procfd, "self/status", PROC_STATUS_READ_LIMIT)
-        mounts = (read_text_at(procfd, "self/mountinfo", PROC_MOUNTINFO_READ_LIMIT)
-                  or read_text_at(procfd, "mounts", PROC_MOUNTINFO_READ_LIMIT))
-        return compute_visibility(
-            os.geteuid(), readlink_at(procfd, "self/ns/pid"), readlink_at(procfd, "1/ns/pid"),
-            parse_status_nspid(status),
-            parse_hidepid(mounts, os.path.abspath(self._root)) if mounts else None,
-            parse_cgroup_container(read_text_at(procfd, "self/cgroup", PROC_CGROUP_READ_LIMIT)))
-
-    def _result(self, stats, t0):
-        alive = {(pid, e["start_time"]) for pid, e in self._watch.items()}
-        for key in [k for k in self._prev if (k[0], k[1]) not in alive]:
-            del self._prev[key]
-        self._proc.prune(alive)
-        stats["duration_s"] = round((self._clock() - t0) / 1e9, 6)
-        stats["fd_count_mode"] = self.fd_count_mode
-        visibility = dict(self._visibility, unreadable_pids=self._walker.unreadable_count())
-        now_s = self._proc.wall_clock()
-        procs = [dict(e, **self._proc.times(e["start_time"], now_s))
-                 for e in self._watch.values()]
-        by_pci = compute_procs_by_pci(procs, sorted(set(self._node_map.values())), self._amd_pcis())
-        return ScanResult(by_pci, visibility, stats)
-
-
-def make_proc_source(config, backends):
-    """One process source over every backend's own (the fdinfo scanner is
-    shared by AMD and Intel), or None when process top is off."""
-    if not config.proc_enable:
-        return None
-    sources = []
-    for backend in backends:
-        source = backend.proc_source()
-        if source is not None and all(source is not known for known in sources):
-            sources.append(source)
-    return MergedProcSource(sources) if sources else None
-
-
-class MergedProcSource(object):
-    """Several process sources as one: per-GPU entries of later sources win
-    for the GPUs they report (the fdinfo scanner reports every GPU it was told
-    of, NVML only its own); visibility from the first that has one."""
-
-    def __init__(self, sources):
-        self.sources = list(sources)
-
-    def set_gpus(self, infos):
-        for source in self.sources:
-            source.set_gpus(infos)
-
-    def scan(self):
-        return self._merge([source.scan() for source in self.sources])
-
-    def refresh(self):
-        return self._merge([source.refresh() for source in self.sources])
-
-    @staticmethod
-    def _merge(results):
-        by_pci, visibility, stats = {}, None, {}
-        for result in results:
-            by_pci.update(result.by_pci)
-            visibility = visibility or result.visibility
-            for key, value in result.stats.items():
-                if isinstance(value, bool) or not isinstance(value, (int, float)):
-                    stats[key] = stats.get(key) or value
-                else:
-                    stats[key] = stats.get(key, 0) + value
-        return ScanResult(by_pci, visibility, stats)
-
-
-class ProcScanThread(StoppableThread):
-    """Publishes a procs frame per GPU: a full, budgeted /proc walk every
-    scan_interval_s and, in between, a cheap re-read of the watchlist (PIDs
-    known to use a GPU) every refresh_interval_s so engine % stays fresh."""
-
-    def __init__(self, source, cache, scan_interval_s, refresh_interval_s, clock=time.monotonic):
-        StoppableThread.__init__(self, "proc-scan")
-        self.source, self.cache, self.clock = source, cache, clock
-        self.scan_interval_s, self.refresh_interval_s = scan_interval_s, refresh_interval_s
-        self._visibility = None
-        self._errors = 0
-
-    def run(self):
-        next_scan = self.clock()
-        while not self.stopping.is_set():
-            now = self.clock()
-            full = now >= next_scan
-            if full:
-                next_scan = now + self.scan_interval_s
-            self.tick(full)
-            self.stopping.wait(max(0.0, min(self.refresh_interval_s, next_scan - self.clock())))
-
-    def tick(self, full):
-        gpus = self.cache.gpus()
-        self.source.set_gpus(gpus)
-        try:
-            result = self.source.scan() if full else self.source.refresh()
-        except Exception:  # the scanner must never take the server down
-            self._errors += 1
-            self.cache.record("exporter_proc_scan_errors_total", (), 1, add=True)
-            if self._errors <= 3:
-                LOG.exception("event=proc_scan_failed")
-            return
-        kind = (("kind", "full" if full else "refresh"),)
-        self.cache.record("exporter_proc_scans_total", kind, 1, add=True)
-        self.cache.record("exporter_proc_scan_duration_seconds", kind, result.stats.get("duration_s") or 0.0)
-        if result.stats.get("cut_short"):
-            self.cache.record("exporter_proc_scans_cut_short_total", (), 1, add=True)
-        epoch = time.time()
-        for info in gpus:
-            message = build_procs_message(info.id, epoch, result.by_pci.get(info.pci),
-                                          result.visibility, result.stats)
-            self.cache.publish_procs(info.id, message)
-        if result.visibility != self._visibility:
-            self._visibility = result.visibility
-            self.cache.set_feature("visibility", result.visibility)
-
-
-def node_map_for(gpus):
-    """{"renderD128": pci, "card1": pci} for mapping fds without drm-pdev."""
-    mapping = {}
-    for info in gpus:
-        if info.render_node:
-            mapping[os.path.basename(info.render_node)] = info.pci
-        mapping[info.id] = info.pci
-    return mapping
-
-
-class DemoProcSource(object):
-    """--demo: synthetic processes per demo GPU, with moving engine %; every
-    row, total and capability goes through the same builders as real ones.
-    The numbers come from demo_workload, as the GPUs' own busy and memory."""
-
-    def __init__(self, infos, per_gpu, clock=time.monotonic, leak=False, wall_clock=time.time,
-                 hostile=False):
-        self.infos, self.per_gpu, self.clock, self.leak = infos, per_gpu, clock, leak
-        self.wall_clock, self.hostile = wall_clock, hostile
-        self._start = clock()
-        self._wall_start = wall_clock()
-
-    def _times(self, gpu_index, index):
-        """started/elapsed_s: demo process i began i x 47 minutes (and a bit) before the demo."""
-        start_s = self._wall_start - 600 - 2820 * index - 180 * gpu_index
-        return compute_proc_times(start_s, self.wall_clock())
-
-    def set_gpus(self, infos):
-        pass
-
-    def refresh(self):
-        return self.scan()
-
-    def scan(self):
-        t = self.clock() - self._start
-        by_pci = {}
-        for gpu_index, info in enumerate(self.infos):
-            nvidia = info.vendor == "nvidia"
-            load = demo_workload(info, gpu_index, self.per_gpu, t, self.leak, self.hostile)
-            rows = [(self._nvidia_process if nvidia else self._process)(gpu_index, i, p, t)
-                    for i, p in enumerate(load)]
-            engines = ("sm", "mem", "enc", "dec") if nvidia else DEMO_ENGINES
-            by_pci[info.pci] = build_procs_entry(
-                rows, len(rows), build_capabilities("demo", True, True, engines,
-                                                    any(r["kfd"] for r in rows)))
-        visibility = build_visibility(True, False, False, None, 0, None)
-        return ScanResult(by_pci, visibility, {"cut_short": False, "duration_s": 0.0})
-
-    def _process(self, gpu_index, index, load, t):
-        name, user, cmd, container, kfd, engines, _, _ = load["spec"]
-        pct, wave, vram_mib = load["pct"], load["wave"], load["vram_mib"]
-        pid = 1000 + gpu_index * 5000 + index * 37
-        busy_ns = dict((e, int(v * 1e7 * t)) for e, v in pct.items() if v is not None)
-        return build_proc_row(
-            pid=pid, uid=1000 + index, user=user, name=name, cmd=cmd,
-            render_node="renderD%d" % (128 + gpu_index), kfd=kfd, vram_bytes=vram_mib << 20,
-            gtt_bytes=load["gtt_mib"] << 20, cpu_bytes=0, engines_pct=pct, engines_ns=busy_ns,
-            gpu_time_ms_per_s=round(sum(v for v in pct.values() if v) * 10.0, 1),
-            container=container, start_time=100000 + pid, clients=1,
-            cpu_pct=_demo_cpu_pct(index, wave), rss_bytes=_demo_rss_bytes(vram_mib, index),
-            **self._times(gpu_index, index))
-
-    def _nvidia_process(self, gpu_index, index, load, t):
-        """NVML-shaped: SM/mem/enc/dec %, C/G types, no GTT, one PID from
-        another PID namespace (NVML lists it, /proc does not show it)."""
-        name, user, cmd, container = load["spec"][:4]
-        pct, wave, vram_mib = load["pct"], load["wave"], load["vram_mib"]
-        pid = 1000 + gpu_index * 5000 + index * 37
-        kind = "G" if name in ("Xorg", "firefox", "obs", "mpv", "code") else "C"
-        common = dict(pid=pid, vram_bytes=vram_mib << 20, engines_pct=pct, type=kind, clients=1,
-                      gpu_time_ms_per_s=round(pct["sm"] * 10.0, 1))
-        if index == self.per_gpu - 1:
-            return build_proc_row(name=name, visible=False, **common)
-        return build_proc_row(uid=1000 + index, user=user, name=name, cmd=cmd,
-                              container=container, start_time=100000 + pid,
-                              cpu_pct=_demo_cpu_pct(index, wave),
-                              rss_bytes=_demo_rss_bytes(vram_mib, index),
-                              **dict(common, **self._times(gpu_index, index)))
-
-
-def _demo_cpu_pct(index, wave):
-    """A feeding thread or two per demo process: 3 % to ~180 % (top's scale)."""
-    return round((3.0 + 60.0 * (index % 3)) * wave, 1)
-
-
-def _demo_rss_bytes(vram_mib, index):
-    return (180 + vram_mib // 8 + 37 * index) << 20
-
-
-# -- history store ---------------------------------------------------------------
 #
 # The only code that speaks SQL. Samplers hand samples to ONE writer thread
 # through a bounded deque (drop-oldest, counted); the writer folds them into
@@ -8814,6 +8915,8 @@ def _series_select(kind, tier, names, direct):
         "n" if direct else "sum(n)", "".join(", " + a for a in aggs), _history_table(kind, tier),
         "" if direct else " GROUP BY b"))
 
+
+# -- opening the file: ownership, lock, identity, refusals ------------------
 
 def read_boot_id(proc_root):
     text = read_text(os.path.join(proc_root, "sys", "kernel", "random", "boot_id"), 256)
@@ -9051,6 +9154,8 @@ def _is_full_error(exc):
     return "full" in str(exc).lower()
 
 
+# -- run rows and source ids (shared by the reader and the writer) ----------
+
 RUN_COLUMNS = ("boot_id", "pid", "start_time", "gpu_id", "name", "user", "uid", "cmd", "container",
                "kfd", "type", "first_seen", "last_seen", "ended", "peak_vram", "peak_gtt",
                "peak_engine", "time_s", "vram_s", "gtt_s", "engine_s", "gpu_s", "samples",
@@ -9125,6 +9230,8 @@ def read_history_source(conn, kind, key):
                        (kind, key)).fetchone()
     return None if row is None else (row[0], [c for c in row[1].split(",") if c])
 
+
+# -- the reader (handler threads, their own connections) --------------------
 
 class HistoryReader(object):
     """The query side, used by the handler threads: each query opens its own
@@ -9292,6 +9399,8 @@ class HistoryReader(object):
         return self._read(lambda conn: [json.loads(r[0]) for r in
                                         conn.execute(sql, (to_s, to_s, from_s))], [])
 
+
+# -- the writer: source ids, the open batch, retention, the writer thread ---
 
 class HistorySources(object):
     """The writer's source ids: (kind, key) -> [id, {columns that had a value}],
@@ -9785,11 +9894,10 @@ def make_history_store(config, on_change=None):
 
 
 # ---------------------------------------------------------------------------
-# 9. WebSocket hub: one thread, one selectors loop over every WebSocket
+# 13. WebSocket hub: one thread, one selectors loop over every WebSocket
 # ---------------------------------------------------------------------------
 
 # -- the hub's bookkeeping (pure: no sockets, times are given) --------------
-
 
 class OutQueue(object):
     """One client's outbound WebSocket bytes, bounded, drop-oldest, counted.
@@ -9976,7 +10084,6 @@ class Deadlines(object):
 
 # -- one connection and the application protocol ----------------------------
 
-
 class WsClient(object):
     """One WebSocket connection: the socket (only the Hub calls it) and the
     session, which does no I/O: bytes in through receive(), frames out into
@@ -10136,8 +10243,7 @@ class DashboardProtocol(object):
         return self._json(build_error_message(message))
 
 
-# -- the hub thread ----------------------------------------------------------
-
+# -- the hub thread: mailbox, client slots, the loop ------------------------
 
 class Mailbox(object):
     """How other threads reach the hub: a thread-safe deque, and a socketpair
@@ -10483,9 +10589,12 @@ class Hub(StoppableThread):
     def client_count(self):
         return len(self._clients)
 
+
 # ---------------------------------------------------------------------------
-# 10. HTTP server and handler
+# 14. HTTP server and handler
 # ---------------------------------------------------------------------------
+
+# -- the server: error log, machine names, keep-alive bookkeeping -----------
 
 MISSING_PAGE = (
     "<!doctype html><html lang=en><meta charset=utf-8><title>amdgpu_top_web</title>"
@@ -10618,6 +10727,8 @@ class _HeadDeadlineReader(io.RawIOBase):
         except BlockingIOError:
             return None
 
+
+# -- the GET routes (one short method each) ---------------------------------
 
 class Routes(object):
     """The answers of the GET routes for one request: route_<name>(gpu_id) for
@@ -10813,6 +10924,8 @@ class Routes(object):
         return info
 
 
+# -- the handler: checks, dispatch, responses, the WebSocket upgrade --------
+
 class DashboardHandler(BaseHTTPRequestHandler):
     """Answers every route from the cache; /ws is upgraded here and handed to the hub."""
 
@@ -11003,9 +11116,10 @@ class DashboardHandler(BaseHTTPRequestHandler):
 
 
 # ---------------------------------------------------------------------------
-# 11. CLI and main()
+# 15. CLI and main()
 # ---------------------------------------------------------------------------
 
+# -- the application: wiring every thread -----------------------------------
 
 def default_page_path():
     """index.html beside this file: the page (without it, only /plain and the API)."""
@@ -11196,6 +11310,8 @@ class App(object):
         if getattr(self, "_tracing", False):
             tracemalloc.stop()
 
+
+# -- --once, --healthcheck and serving --------------------------------------
 
 def setup_logging(level):
     logging.basicConfig(level=getattr(logging, level), stream=sys.stderr,

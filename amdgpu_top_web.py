@@ -104,6 +104,44 @@ Contents (a section uses only the sections above it)::
     15. CLI and main()
         the application; --once, --healthcheck and serving
 
+Paths (the names to visit, place by place; "§N" is the section of that place)::
+
+    Every live frame ends the same way: Cache.publish_* (§11) builds it with
+    its §6 builder (build_stats_message, build_procs_message, ...) and hands
+    it to Hub.on_frame (§13), which sends it to every page subscribed to it.
+
+    A metric end to end (NVIDIA's power, NVML -> the page's power_w)
+      §9   NvidiaBackend.open, NvidiaGpuReader._plan, NvidiaGpuReader._scalar,
+           NvidiaGpuReader.sample
+      §11  Sampler.tick, Cache.publish_stats
+      §6   build_stats_message
+    An alert to its webhook (a temperature over its rule)
+      §4   parse_alert_rules, temperature_levels, AlertState
+      §6   build_alert_event, format_alert_summary, build_webhook_payload
+      §10  AlertEngine.offer_stats, AlertEngine._on_stats, AlertEngine._emit,
+           WebhookSender.send, WebhookSender.deliver
+    A history query (/api/gpus/{id}/history?range=1h)
+      §6   route, parse_history_query, series_csv
+      §12  HistoryStore, _HistoryReads.query_series, _series_select
+      §14  Routes.route_gpu_history, Routes._series, Routes._prepare
+    A process row, AMD (fdinfo, KFD VRAM)
+      §4   parse_fdinfo, compute_client_usage, compute_procs_by_pci, build_proc_row,
+           build_procs_entry
+      §8   _PidWalker.walk, KfdReader.read_vram, ProcScanner.scan
+      §11  ProcScanThread.tick, Cache.publish_procs
+    A process row, NVIDIA (NVML's process lists)
+      §4   merge_nvml_processes, pick_nvml_util, build_proc_row, build_procs_entry
+      §9   NvidiaBackend.proc_source, NvmlProcSource.refresh, NvmlProcSource._row
+      §11  ProcScanThread.tick, Cache.publish_procs
+    A process row, Intel (fdinfo drm-cycles; the scanner AMD shares)
+      §4   parse_fdinfo, compute_cycles_pct, compute_client_usage, build_proc_row
+      §8   ProcScanner.scan
+      §11  ProcScanThread.tick, Cache.publish_procs
+    Adding a vendor (a checklist: the page shows what the server sends)
+      §2   INTEL_DRIVERS, VENDOR_LABELS, INTEL_LAYOUT
+      §4   plan_intel_hwmon, parse_throttle_flags, compute_energy_power_w
+      §9   IntelGpuReader, IntelBackend, make_backends, make_proc_source
+
 Needs CPython 3.8 or newer (the file still parses on older Pythons so that
 the guard below can say so).
 """

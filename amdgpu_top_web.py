@@ -121,24 +121,25 @@ Paths (the names to visit, place by place; "§N" is the section of that place)::
       §10  AlertEngine.offer_stats, AlertEngine._on_stats, AlertEngine._emit,
            WebhookSender.send, WebhookSender.deliver
     A history query (/api/gpus/{id}/history?range=1h)
-      §6   route, parse_history_query, series_csv
-      §12  HistoryStore, _HistoryReads.query_series, _series_select
+      §6   route, parse_history_query, build_series_answer, series_csv
+      §12  HistoryReader.query_series, _series_select
       §14  Routes.route_gpu_history, Routes._series, Routes._prepare
     A process row, AMD (fdinfo, KFD VRAM)
       §4   parse_fdinfo, compute_client_usage, compute_procs_by_pci, build_proc_row,
            build_procs_entry
-      §8   _PidWalker.walk, KfdReader.read_vram, ProcScanner.scan
+      §8   ProcEnricher.describe, _PidWalker.walk, KfdReader.read_vram, ProcScanner.scan
       §11  ProcScanThread.tick, Cache.publish_procs
     A process row, NVIDIA (NVML's process lists)
       §4   merge_nvml_processes, pick_nvml_util, build_proc_row, build_procs_entry
-      §9   NvidiaBackend.proc_source, NvmlProcSource.refresh, NvmlProcSource._row
+      §9   NvidiaBackend.proc_source, read_nvml_list, NvmlProcSource.refresh,
+           NvmlProcSource._row
       §11  ProcScanThread.tick, Cache.publish_procs
     A process row, Intel (fdinfo drm-cycles; the scanner AMD shares)
       §4   parse_fdinfo, compute_cycles_pct, compute_client_usage, build_proc_row
       §8   ProcScanner.scan
       §11  ProcScanThread.tick, Cache.publish_procs
     Adding a vendor (a checklist: the page shows what the server sends)
-      §2   INTEL_DRIVERS, VENDOR_LABELS, INTEL_LAYOUT
+      §2   INTEL_DRIVERS, VENDOR_LABELS, VENDOR_DISPLAY, INTEL_LAYOUT
       §4   plan_intel_hwmon, parse_throttle_flags, compute_energy_power_w
       §9   IntelGpuReader, IntelBackend, make_backends, make_proc_source
 
@@ -224,6 +225,20 @@ INTEL_DRIVERS = ("i915", "xe")
 
 
 VENDOR_LABELS = {"amd": "AMD", "nvidia": "NVIDIA", "intel": "Intel"}
+
+
+# What the page shows of a vendor, so that it never branches on one: the badge, what its
+# temp_c sensor, sclk_mhz clock, runtime_status and energy_j counter are called, the memory
+# pools it always has (a row is shown for these even before any value), and where its
+# process rows come from ("nvml" or "fdinfo"; the demo imitates its vendor's).
+VENDOR_DISPLAY = {
+    "amd": ("AMD", {"temp_c": "edge", "sclk_mhz": "Shader clock", "runtime_status": "Runtime PM",
+                    "energy_j": "cumulative counter"}, ("vram", "gtt"), "fdinfo"),
+    "nvidia": ("NVIDIA", {"temp_c": "GPU", "sclk_mhz": "Graphics clock", "runtime_status": "State",
+                          "energy_j": "since driver load"}, ("vram",), "nvml"),
+    "intel": ("Intel", {"temp_c": "package", "sclk_mhz": "GPU clock", "runtime_status": "Runtime PM",
+                        "energy_j": "cumulative counter"}, ("vram",), "fdinfo"),
+}
 FDINFO_DRIVERS = (AMD_DRIVER,) + INTEL_DRIVERS    # DRM clients process top keeps
 HISTORY_WINDOW_S = 600.0        # rolling history kept per GPU (10 minutes)
 REDISCOVER_INTERVAL_S = 2.0     # how often /sys/class/drm is listed again
@@ -4722,20 +4737,6 @@ def format_ts(epoch_s):
 def json_bytes(obj):
     """Compact UTF-8 JSON; NaN/inf are bugs upstream, so refuse them."""
     return json.dumps(obj, separators=(",", ":"), allow_nan=False).encode("utf-8")
-
-
-# What the page shows of a vendor, so that it never branches on one: the badge, what its
-# temp_c sensor, sclk_mhz clock, runtime_status and energy_j counter are called, the memory
-# pools it always has (a row is shown for these even before any value), and where its
-# process rows come from ("nvml" or "fdinfo"; the demo imitates its vendor's).
-VENDOR_DISPLAY = {
-    "amd": ("AMD", {"temp_c": "edge", "sclk_mhz": "Shader clock", "runtime_status": "Runtime PM",
-                    "energy_j": "cumulative counter"}, ("vram", "gtt"), "fdinfo"),
-    "nvidia": ("NVIDIA", {"temp_c": "GPU", "sclk_mhz": "Graphics clock", "runtime_status": "State",
-                          "energy_j": "since driver load"}, ("vram",), "nvml"),
-    "intel": ("Intel", {"temp_c": "package", "sclk_mhz": "GPU clock", "runtime_status": "Runtime PM",
-                        "energy_j": "cumulative counter"}, ("vram",), "fdinfo"),
-}
 
 
 def build_identity_display(vendor, apu):

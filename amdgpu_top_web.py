@@ -674,7 +674,7 @@ SETTINGS = (
     Setting("APP_DEMO_GPUS", "--demo-gpus", "demo_gpus", "3", "demo_gpus",
             "with --demo: how many synthetic GPUs, 1 to 8 (AMD and NVIDIA)"),
     Setting("APP_DEMO_SCENARIO", "--demo-scenario", "demo_scenario", "none", "scenario",
-            "with --demo: none; leak (card0's VRAM leaks to 97 percent, then frees: "
+            "with --demo: none; leak (card0's VRAM leaks to 98 percent, then frees: "
             "a forecast and alerts to look at); or hostile (a process named like HTML, "
             "for escaping tests)"),
     Setting("APP_ALERTS", "--alerts", "alerts", "on", "bool",

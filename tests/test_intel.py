@@ -150,7 +150,12 @@ def test_identity(once, name):
     assert len(gpus) == 1, gpus
     identity = {k: v for k, v in gpus[0].items() if k not in ("metrics", "procs")}
     nvml_only = dict.fromkeys(("driver_version", "cuda_driver_version", "sclk_max_mhz", "mclk_max_mhz"))
-    assert identity == dict(IDENTITY[name], **nvml_only)          # null for Intel
+    apu = IDENTITY[name]["apu"]
+    display = {"vendor_label": "Intel", "kind": "integrated" if apu else "discrete",
+               "labels": {"temp_c": "package", "sclk_mhz": "GPU clock",
+                          "runtime_status": "Runtime PM", "energy_j": "cumulative counter"},
+               "memory": [] if apu else ["vram"], "process_source": "fdinfo"}
+    assert identity == dict(IDENTITY[name], **dict(nvml_only, **display))   # null for Intel
 
 
 def test_pci_ids_subset_has_the_intel_devices():

@@ -15,12 +15,18 @@ def test_debug_endpoints_are_off_by_default(server):
 
 def test_debug_threads_and_memory_when_enabled(server):
     srv = server(args=["--demo"], env={"APP_ENABLE_PPROF": "true", "APP_PROC_ENABLE": "true"})
-    srv.wait_metrics(count=3)                      # every sampler thread has started
-    threads = srv.get("/debug/threads")
-    assert threads.status == 200 and threads.headers["content-type"].startswith("text/plain")
-    text = threads.body.decode()
-    for name in ("MainThread", "ws-hub", "discovery", "sampler-card0", "sampler-nvidia0",
-                 "proc-scan"):
+    srv.wait_metrics(count=3)
+    names = ("MainThread", "ws-hub", "discovery", "sampler-card0", "sampler-nvidia0", "proc-scan")
+
+    def dump():
+        # Discovery takes a GPU's first sample itself, then starts its sampler
+        # thread: metrics can show a moment before the thread does.
+        threads = srv.get("/debug/threads")
+        assert threads.status == 200 and threads.headers["content-type"].startswith("text/plain")
+        text = threads.body.decode()
+        return text if all("--- thread %s " % name in text for name in names) else None
+    text = wait_for(dump, 5, message="every thread in /debug/threads")
+    for name in names:
         assert "--- thread %s " % name in text
     memory = srv.get("/debug/memory")
     assert memory.status == 200 and memory.body.decode().startswith("total traced: ")

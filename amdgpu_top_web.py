@@ -4739,6 +4739,18 @@ def json_bytes(obj):
     return json.dumps(obj, separators=(",", ":"), allow_nan=False).encode("utf-8")
 
 
+def replace_non_finite(obj):
+    """A copy of obj (dicts, lists, tuples) with NaN/inf floats as None: the
+    last resort of a frame whose encoding was refused (json_bytes)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return dict((key, replace_non_finite(value)) for key, value in obj.items())
+    if isinstance(obj, (list, tuple)):
+        return [replace_non_finite(value) for value in obj]
+    return obj
+
+
 def build_identity_display(vendor, apu):
     """The identity's display keys: vendor_label, kind ("APU" for an AMD APU, "integrated"
     for another vendor's, else "discrete"), labels, memory (the pools always shown) and
@@ -6072,15 +6084,30 @@ def load_nvml(path):
 # -- the thread base (every long-lived thread stops on one Event) and a sink's inbox --
 
 class StoppableThread(threading.Thread):
-    """A named daemon thread whose loop waits on an Event, so stop() is immediate."""
+    """A named daemon thread whose loop waits in pause() (or on an Event), so
+    stop() is immediate. pause() waits on a bare lock that stop() releases:
+    half the CPU of Event.wait per wake-up (no Condition, no new lock), which
+    is most of an idle sampler's cost at 4 Hz."""
 
     def __init__(self, name):
         threading.Thread.__init__(self, name=name)
         self.daemon = True
         self.stopping = threading.Event()
+        self._stop_gate = threading.Lock()
+        self._stop_gate.acquire()
 
     def stop(self):
         self.stopping.set()
+        try:
+            self._stop_gate.release()
+        except RuntimeError:                # stopped before, and no pause took the gate since
+            pass
+
+    def pause(self, timeout_s):
+        """Sleep timeout_s or until stop(); -> stopping.is_set()."""
+        if not self.stopping.is_set():
+            self._stop_gate.acquire(True, max(0.0, timeout_s))   # taken only once stopped
+        return self.stopping.is_set()
 
 
 class Inbox(object):
@@ -8354,10 +8381,50 @@ class HistoryRing(object):
         return encode_ring_json(interval_s, *self.ordered())
 
 
+class LazyFrame(object):
+    """A sample frame (stats, procs, host) whose JSON and WebSocket bytes are
+    built on first use: with no client connected it is kept, never encoded,
+    until a new client, a REST route or a subscriber asks. The attributes of
+    an OutFrame (gpu_id, kind, payload, wire); two threads encoding at once
+    build the same bytes, so no lock. A value the encoder refuses (NaN/inf)
+    goes out as null rather than raising in the thread that asked."""
+
+    __slots__ = ("gpu_id", "kind", "_build", "_args", "_payload", "_wire")
+
+    def __init__(self, gpu_id, kind, build, *args):
+        self.gpu_id, self.kind, self._build, self._args = gpu_id, kind, build, args
+        self._payload = self._wire = None
+
+    @property
+    def payload(self):
+        payload = self._payload
+        if payload is None:
+            message = self._build(*self._args)
+            try:
+                payload = json_bytes(message)
+            except ValueError:
+                LOG.warning("event=frame_not_finite kind=%s gpu=%s", self.kind, self.gpu_id)
+                payload = json_bytes(replace_non_finite(message))
+            self._payload = payload
+        return payload
+
+    @property
+    def wire(self):
+        wire = self._wire
+        if wire is None:
+            wire = self._wire = encode_frame(Opcode.TEXT, self.payload)
+        return wire
+
+
+def _same(message):
+    return message
+
+
 class Cache(object):
     """The latest snapshot, procs and history per GPU, behind one lock.
 
-    publish_* encode each frame ONCE (JSON and WebSocket frame) and hand the
+    publish_* build each frame ONCE (JSON and WebSocket frame, a LazyFrame
+    for samples: encoded on first use, never while no one asks) and hand the
     same bytes to every listener (the hub), outside the lock.
     """
 
@@ -8440,8 +8507,7 @@ class Cache(object):
         forecaster = self._forecasters.get(gpu_id)
         if forecaster is not None:
             metrics = dict(metrics, vram_forecast=forecaster.on_stats(epoch_s, metrics))
-        payload = json_bytes(build_stats_message(gpu_id, epoch_s, metrics))
-        frame = OutFrame(gpu_id, "stats", payload, encode_frame(Opcode.TEXT, payload))
+        frame = LazyFrame(gpu_id, "stats", build_stats_message, gpu_id, epoch_s, metrics)
         with self._lock:
             if gpu_id not in self._gpus:
                 return
@@ -8456,8 +8522,7 @@ class Cache(object):
         if forecaster is not None and message.get("processes"):
             message = dict(message, processes=forecaster.on_procs(self.clock(),
                                                                   message["processes"]))
-        payload = json_bytes(message)
-        frame = OutFrame(gpu_id, "procs", payload, encode_frame(Opcode.TEXT, payload))
+        frame = LazyFrame(gpu_id, "procs", _same, message)
         with self._lock:
             if gpu_id not in self._gpus:
                 return
@@ -8467,8 +8532,7 @@ class Cache(object):
 
     def publish_host(self, epoch_s, host):
         """The host frame (HOST_KEYS): latest + history, to every listener and sink."""
-        payload = json_bytes(build_host_message(epoch_s, host))
-        frame = OutFrame(None, "host", payload, encode_frame(Opcode.TEXT, payload))
+        frame = LazyFrame(None, "host", build_host_message, epoch_s, host)
         with self._lock:
             self._host = (epoch_s, host, frame)
             self._host_history.push(epoch_s, host)
@@ -8599,14 +8663,14 @@ class Sampler(StoppableThread):
     def run(self):
         next_at = self.clock() + (self.interval_s if self._ticked else 0.0)
         if self._ticked:
-            self.stopping.wait(self.interval_s)
+            self.pause(self.interval_s)
         while not self.stopping.is_set():
             self.tick()
             next_at += self.interval_s
             now = self.clock()
             if next_at < now:
                 next_at = now + self.interval_s
-            self.stopping.wait(next_at - now)
+            self.pause(next_at - now)
         self.reader.close()
 
     def tick(self):
@@ -8650,7 +8714,7 @@ class ProcScanThread(StoppableThread):
             if full:
                 next_scan = now + self.scan_interval_s
             self.tick(full)
-            self.stopping.wait(max(0.0, min(self.refresh_interval_s, next_scan - self.clock())))
+            self.pause(min(self.refresh_interval_s, next_scan - self.clock()))
 
     def tick(self, full):
         gpus = self.cache.gpus()
@@ -8731,7 +8795,7 @@ class HostSampler(StoppableThread):
     def run(self):
         while not self.stopping.is_set():
             self.tick()
-            self.stopping.wait(self.interval_s)
+            self.pause(self.interval_s)
         self.reader.close()
 
     def tick(self):
@@ -8762,7 +8826,7 @@ class GpuManager(StoppableThread):
     def run(self):
         while not self.stopping.is_set():
             self.rediscover()
-            self.stopping.wait(REDISCOVER_INTERVAL_S)
+            self.pause(REDISCOVER_INTERVAL_S)
         self.stop_samplers()
 
     def rediscover(self):
@@ -9775,7 +9839,7 @@ class HistoryStore(StoppableThread):
     # -- the sink side (publishing threads) --
 
     def _put(self, item):
-        self._queue.put(item)
+        self._queue.put(item, wake=False)   # the writer wakes on its own, every commit_s
 
     def offer_stats(self, gpu_id, epoch_s, metrics):
         self._put(("gpu", gpu_id, epoch_s, metrics))
@@ -9850,7 +9914,7 @@ class HistoryStore(StoppableThread):
     def run(self):
         if self._state == "starting":
             self.open()         # here, not in start(): quick_check of a big file takes ~1 s
-        while not self.stopping.wait(self.commit_s):
+        while not self.pause(self.commit_s):
             self.cycle()
         self.cycle(final=True)
         self.close()
@@ -10420,11 +10484,11 @@ class Hub(StoppableThread):
         self._mailbox.post(("client", (sock, addr, leftover)))
 
     def on_frame(self, frame):
-        """A frame for the clients. With no client connected or arriving (no
-        slot reserved), a sample frame has no one to go to: a new client
-        starts from the cache (hello, the latest frames), so the publishing
-        thread neither writes to the socketpair nor wakes the hub for it."""
+        """A frame for the clients, encoded here (not on the hub thread). With no
+        client connected or arriving (no slot reserved) a sample frame is neither
+        encoded nor posted, nor wakes the hub: a new client starts from the cache."""
         if self.slots.taken or frame.kind not in SAMPLE_FRAME_KINDS:
+            frame.wire  # noqa: B018 (a LazyFrame encodes on first use)
             self._mailbox.post(("frame", frame))
 
     def stop(self):

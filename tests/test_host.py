@@ -432,3 +432,25 @@ def test_publish_host_feeds_listeners_sinks_and_history(tmp_path):
     history = cache.host_history()
     assert len(history["ts"]) == 2 and history["series"]["cpu_busy_pct"] == [None, 47.5]
     assert history["series"]["mem_used_bytes"][1] == (32768000 - 20480000) * 1024
+
+
+def test_sample_frames_are_encoded_only_when_asked_and_never_carry_nan():
+    """With no client, a published stats/procs/host frame is kept unencoded
+    (idle cost); asked for, it holds the builder's JSON; a value the encoder
+    refuses goes out as null instead of raising in the thread that asked."""
+    cache = atw.Cache(0.25, {})
+    cache.set_gpus([atw.GpuInfo("card0", "0000:03:00.0", "1002:73bf", "c1", "x", "renderD128",
+                                "amdgpu", False, True, None, None)])
+    cache.publish_stats("card0", 1000.0, {"gpu_busy_pct": 7.0, "power_w": float("nan")})
+    cache.publish_host(1000.0, atw.build_host(cpu_count=4))
+    frames = cache.latest_frames("*", host=True)
+    assert [f.kind for f in frames] == ["stats", "host"]
+    assert all(f._payload is None and f._wire is None for f in frames)
+    stats = json.loads(frames[0].payload)
+    assert stats["type"] == "stats" and stats["gpu_id"] == "card0"
+    assert stats["metrics"]["gpu_busy_pct"] == 7.0 and stats["metrics"]["power_w"] is None
+    assert json.loads(frames[1].payload) == json.loads(atw.json_bytes(
+        atw.build_host_message(1000.0, atw.build_host(cpu_count=4))))
+    decoder = atw.FrameDecoder(1 << 20, require_mask=False)
+    decoder.feed(frames[0].wire)
+    assert decoder.next_frame().payload == frames[0].payload

@@ -104,3 +104,23 @@ def test_the_history_writer_counts_what_its_queue_drops(tmp_path):
         store.offer_host(1000.0 + i, {})
     status = store.status()
     assert status["dropped"] == 2 and status["queued"] == 4
+
+
+def test_pause_sleeps_until_stop_and_stays_open_after_it():
+    """StoppableThread.pause (the cheap wait of the samplers): False after
+    its timeout while running; stop() from another thread ends it and every
+    later pause at once; stop() twice, before or after a pause, is harmless."""
+    thread = atw.StoppableThread("t")
+    assert thread.pause(0.0) is False and thread.pause(0.01) is False
+    results = []
+    waiter = threading.Thread(target=lambda: results.append(thread.pause(60.0)))
+    waiter.start()
+    thread.stop()
+    waiter.join(30.0)
+    assert results == [True]
+    thread.stop()
+    assert thread.pause(60.0) is True and thread.pause(60.0) is True
+    early = atw.StoppableThread("u")
+    early.stop()
+    early.stop()
+    assert early.pause(60.0) is True

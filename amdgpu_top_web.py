@@ -271,6 +271,11 @@ WS_PING_AFTER = 0.5             # a silent client is pinged after this part of t
 WS_PING_PAYLOAD = b"keepalive"
 WS_WAKE_READ_SIZE = 4096
 WS_SHUTDOWN_POLL_S = 0.05       # the hub loop's tick while shutdown waits for Close answers
+# {"type":"subscribe",...,"detail":"overview"}: each GPU's stats at most once per
+# period (the newest), and procs frames cut to the rows the overview's "top
+# process" may pick; "full" (the default) is every frame.
+WS_SUBSCRIBE_DETAILS = ("full", "overview")
+WS_OVERVIEW_STATS_PERIOD_S = 1.0
 HTTP_IDLE_TIMEOUT_S = 15.0
 HTTP_ERROR_LOG_PER_S = 20       # error lines logged per second at most (the rest counted)
 
@@ -607,7 +612,8 @@ ALERTS_DEFAULT_RANGE_S = 86400.0
 HELLO_HISTORY_KEYS = ("gpu_busy_pct", "mem_busy_pct", "power_w", "temp_c", "temp_junction_c",
                       "vram_used_bytes")
 HELLO_HISTORY_POINTS = 300
-SAMPLE_FRAME_KINDS = ("stats", "procs", "host")   # the latest of each is kept in the cache
+# the latest of each is kept in the cache; "procs_top" is the overview's cut of "procs"
+SAMPLE_FRAME_KINDS = ("stats", "procs", "procs_top", "host")
 
 
 # ---------------------------------------------------------------------------
@@ -4805,14 +4811,57 @@ def build_procs_message(gpu_id, epoch_s, entry, visibility, scan_stats):
                      "duration_s": scan_stats.get("duration_s")}}
 
 
+def _engine_ms(row, nvml):
+    """A row's engine use in ms per s, as the page's procEngineMs reckons it
+    (NVML: the busiest engine, else gpu_time; fdinfo: gpu_time, else the sum)."""
+    engines = [v for k, v in (row.get("engines_pct") or {}).items()
+               if isinstance(v, (int, float)) and (k != "mem" or not nvml)]
+    time_ms = row.get("gpu_time_ms_per_s")
+    time_ms = time_ms if isinstance(time_ms, (int, float)) else None
+    if nvml:
+        return max(engines) * 10 if engines else time_ms
+    return time_ms if time_ms is not None else (sum(engines) * 10 if engines else None)
+
+
+def _argmax_row(rows, value):
+    """The row with the largest value (None ignored), the first one on ties."""
+    best, best_value = None, None
+    for row in rows:
+        v = value(row)
+        if v is not None and (best_value is None or v > best_value):
+            best, best_value = row, v
+    return best
+
+
+def select_top_rows(rows):
+    """The rows the overview's "top process" may pick, in their order: the
+    busiest by engine use (either reckoning; lowest PID on ties), the largest
+    VRAM user, the largest KFD one; the first row when none of these is known."""
+    picks = [_argmax_row(sorted(rows, key=lambda r: r.get("pid") or 0),
+                         lambda r, nvml=nvml: _engine_ms(r, nvml)) for nvml in (True, False)]
+    vram = lambda r: r.get("vram_bytes") if isinstance(r.get("vram_bytes"), (int, float)) else None
+    picks += [_argmax_row(rows, vram),
+              _argmax_row([r for r in rows if r.get("kfd")], lambda r: vram(r) or 0)]
+    keep = set(id(r) for r in picks if r is not None) or set(id(r) for r in rows[:1])
+    return [r for r in rows if id(r) in keep]
+
+
+def build_procs_top_message(message):
+    """The procs frame of an overview subscription: the same keys, processes
+    cut to select_top_rows (totals still count every process)."""
+    if not message.get("processes"):
+        return message
+    return dict(message, processes=select_top_rows(message["processes"]))
+
+
 def build_gpus_message(infos):
     """The gpus frame: the GPU set changed (discovery); identities in order."""
     return {"type": "gpus", "gpus": [identity_json(info) for info in infos]}
 
 
-def build_subscribed_message(gpu_id, host):
+def build_subscribed_message(gpu_id, host, detail="full"):
     """The answer to a subscribe: what the client now gets."""
-    return {"type": "subscribed", "gpu_id": gpu_id, "host": host}
+    return {"type": "subscribed", "gpu_id": gpu_id, "host": host, "detail": detail}
 
 
 def build_pong_message():
@@ -8437,6 +8486,7 @@ class Cache(object):
         self._gpus = collections.OrderedDict()
         self._stats = {}
         self._procs = {}
+        self._procs_top = {}            # gpu id -> OutFrame: the overview's cut of procs
         self._history = {}
         self._listeners = []
         self._sinks = []
@@ -8490,7 +8540,7 @@ class Cache(object):
         """Replace the GPU list (discovery); drops the state of vanished GPUs."""
         with self._lock:
             self._gpus = collections.OrderedDict((info.id, info) for info in infos)
-            for table in (self._stats, self._procs, self._history):
+            for table in (self._stats, self._procs, self._procs_top, self._history):
                 for gpu_id in list(table):
                     if gpu_id not in self._gpus:
                         del table[gpu_id]
@@ -8523,11 +8573,14 @@ class Cache(object):
             message = dict(message, processes=forecaster.on_procs(self.clock(),
                                                                   message["processes"]))
         frame = LazyFrame(gpu_id, "procs", _same, message)
+        top_frame = LazyFrame(gpu_id, "procs_top", build_procs_top_message, message)
         with self._lock:
             if gpu_id not in self._gpus:
                 return
             self._procs[gpu_id] = (message, frame)
+            self._procs_top[gpu_id] = top_frame
         self._notify(frame)
+        self._notify(top_frame)
         self._offer("offer_procs", gpu_id, message)
 
     def publish_host(self, epoch_s, host):
@@ -8612,13 +8665,17 @@ class Cache(object):
             ring = self._history.get(gpu_id)
             return None if ring is None else ring.to_json(self.interval_s)
 
-    def latest_frames(self, gpu_id, host=False):
-        """The latest stats and procs frames of one GPU ('*' = all, None = none)
-        and the latest host frame if host, for a new subscriber."""
+    def latest_frames(self, gpu_id, host=False, detail="full"):
+        """The latest stats and procs frames of one GPU ('*' = all, None = none;
+        detail "overview": procs cut to the top rows) and the latest host
+        frame if host, for a new subscriber."""
         with self._lock:
             ids = list(self._gpus) if gpu_id == "*" else [gpu_id] if gpu_id is not None else []
             frames = [self._stats[i][2] for i in ids if i in self._stats]
-            frames += [self._procs[i][1] for i in ids if i in self._procs]
+            if detail == "overview":
+                frames += [self._procs_top[i] for i in ids if i in self._procs_top]
+            else:
+                frames += [self._procs[i][1] for i in ids if i in self._procs]
             return frames + ([self._host[2]] if host and self._host is not None else [])
 
     def hello_payload(self, default_gpu):
@@ -10185,6 +10242,31 @@ class Deadlines(object):
         return due
 
 
+class RateGate(object):
+    """Frames of one key (a GPU) let through at most once per ``period_s`` in
+    the long run: a frame passes once its key is due, and the next due time
+    moves on by the period (never less than half a period after now, so a
+    late frame does not bring a burst). ``admit(key, frame, now)`` decides
+    once per frame: asked again about the same frame, it answers the same,
+    so every subscriber of the thinned stream gets the same frames."""
+
+    def __init__(self, period_s):
+        self.period_s = period_s
+        self._due = {}              # key -> monotonic s the next frame may pass
+        self._last = {}             # key -> (frame, passed): the last decision
+
+    def admit(self, key, frame, now):
+        last = self._last.get(key)
+        if last is not None and last[0] is frame:
+            return last[1]
+        due = self._due.get(key)
+        passed = due is None or now >= due
+        if passed:
+            self._due[key] = max((due or now) + self.period_s, now + self.period_s / 2)
+        self._last[key] = (frame, passed)
+        return passed
+
+
 # -- one connection and the application protocol ----------------------------
 
 class WsClient(object):
@@ -10205,7 +10287,7 @@ class WsClient(object):
         self.decoder = FrameDecoder(max_message_bytes)
         self.assembler = MessageAssembler(max_message_bytes)
         self.out = OutQueue()
-        self.subscription = ("*", True)     # the protocol's routing key (see Hub)
+        self.subscription = ("*", True, "full")   # the protocol's routing key (see Hub)
         self.last_recv = now
         self.ping_sent = False
         self.close_deadline = None
@@ -10293,9 +10375,11 @@ class DashboardProtocol(object):
     the conformance tests plug in an echo protocol); this one speaks SPEC §5.
     """
 
-    def __init__(self, cache, default_gpu):
+    def __init__(self, cache, default_gpu, clock=time.monotonic):
         self.cache = cache
         self.default_gpu = default_gpu
+        self.clock = clock
+        self.overview_gate = RateGate(WS_OVERVIEW_STATS_PERIOD_S)
 
     def on_open(self, client):
         return [encode_frame(Opcode.TEXT, self.cache.hello_payload(self.default_gpu))]
@@ -10312,31 +10396,45 @@ class DashboardProtocol(object):
         if kind == "ping":
             return [self._json(build_pong_message())]
         if kind == "subscribe":
-            return self._subscribe(client, message.get("gpu_id"), message.get("host", True))
+            return self._subscribe(client, message.get("gpu_id"), message.get("host", True),
+                                   message.get("detail", "full"))
         return [self._error("unknown message type: %.40r" % (kind,))]
 
-    def _subscribe(self, client, gpu_id, host):
+    def _subscribe(self, client, gpu_id, host, detail):
         """gpu_id "*" (every GPU), a GPU id, or "host" (host frames only);
-        host: false leaves the host frames out (they come by default)."""
+        host: false leaves the host frames out (they come by default); detail
+        "overview": stats thinned and procs cut (WS_SUBSCRIBE_DETAILS)."""
         if not isinstance(host, bool):
             return [self._error("host must be true or false")]
+        if not isinstance(detail, str) or detail not in WS_SUBSCRIBE_DETAILS:
+            return [self._error("detail must be \"full\" or \"overview\"")]
         if gpu_id == "host" and not host:
             return [self._error("gpu_id \"host\" with host false subscribes to nothing")]
         if gpu_id not in ("*", "host") and (not isinstance(gpu_id, str)
                                             or self.cache.gpu(gpu_id) is None):
             return [self._error("unknown gpu_id: %.64r" % (gpu_id,))]
         gpus = None if gpu_id == "host" else gpu_id
-        client.subscription = (gpus, host)
-        reply = [self._json(build_subscribed_message(gpu_id, host))]
-        return reply + [frame.wire for frame in self.cache.latest_frames(gpus, host)]
+        client.subscription = (gpus, host, detail)
+        reply = [self._json(build_subscribed_message(gpu_id, host, detail))]
+        return reply + [frame.wire for frame in self.cache.latest_frames(gpus, host, detail)]
 
     def wants(self, client, frame):
         """Host frames to every client that did not turn them off; other
-        frames without a GPU (gpus, alerts) to all; a GPU's to its subscribers."""
-        gpus, host = client.subscription
+        frames without a GPU (gpus, alerts) to all; a GPU's to its subscribers:
+        with detail "overview", its stats through the gate and the procs_top
+        frames instead of procs."""
+        gpus, host, detail = client.subscription
         if frame.kind == "host":
             return host
-        return frame.gpu_id is None or gpus in ("*", frame.gpu_id)
+        if frame.gpu_id is None:
+            return True
+        if gpus not in ("*", frame.gpu_id):
+            return False
+        if detail != "overview":
+            return frame.kind != "procs_top"
+        if frame.kind == "stats":
+            return self.overview_gate.admit(frame.gpu_id, frame, self.clock())
+        return frame.kind != "procs"
 
     @staticmethod
     def _json(obj):

@@ -541,7 +541,7 @@ def test_alert_frames_reach_clients_of_any_subscription():
     protocol = atw.DashboardProtocol(atw.Cache(0.25, {}), "auto")
 
     class Client(object):
-        subscription = ("nvidia0", True)
+        subscription = ("nvidia0", True, "full")
     frame = atw.OutFrame(None, "alert", b"{}", b"")
     assert protocol.wants(Client(), frame)
     assert not protocol.wants(Client(), atw.OutFrame("card0", "stats", b"{}", b""))

@@ -269,7 +269,7 @@ def test_real_proc_once_per_sample_is_cheap():
 # -- the protocol -------------------------------------------------------------------------
 
 class FakeClient(object):
-    subscription = ("*", True)
+    subscription = ("*", True, "full")
 
 
 def frame_of(kind, gpu_id=None):
@@ -295,7 +295,7 @@ def test_host_frames_go_to_everyone_unless_turned_off():
             out.append(json.loads(decoder.next_frame().payload))
         return out
     reply = subscribe(gpu_id="card0", host=False)
-    assert reply[0] == {"type": "subscribed", "gpu_id": "card0", "host": False}
+    assert reply[0] == {"type": "subscribed", "gpu_id": "card0", "host": False, "detail": "full"}
     assert not proto.wants(client, host) and proto.wants(client, stats) and proto.wants(client, gpus)
     reply = subscribe(gpu_id="host")
     assert reply[0]["host"] is True and [m["type"] for m in reply[1:]] == ["host"]

@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import amdgpu_top_web as atw
 from amdgpu_top_web import (
     CloseCode,
     Deadlines,
@@ -541,3 +542,27 @@ def test_session_keepalive_deadline_moves_with_what_the_peer_sends():
     assert not client.ping_sent
     assert client.keepalive(10.0, 10.0) == 13.0            # the pong moved it
     assert client.out.idle
+
+
+# -- RateGate: the overview subscription's stats, at most once per period --------------
+
+def test_rate_gate_lets_a_key_through_once_per_period_and_decides_once_per_frame():
+    gate = atw.RateGate(1.0)
+    frames = [object() for _ in range(41)]          # 4 Hz for 10 s
+    passed = [t for t, f in enumerate(frames) if gate.admit("card0", f, t * 0.25)]
+    assert passed == [0, 4, 8, 12, 16, 20, 24, 28, 32, 36, 40]
+    # asked again about the same frame (another subscription): the same answer
+    assert gate.admit("card0", frames[40], 10.0) and not gate.admit("card0", object(), 10.0)
+    assert gate.admit("card1", object(), 10.0)      # each key its own clock
+
+
+def test_rate_gate_a_late_frame_brings_no_burst_and_the_long_run_rate_holds():
+    gate = atw.RateGate(1.0)
+    # 4 Hz with jitter: every 4th frame a little early, so it misses its due time.
+    times = [t * 0.25 - (0.01 if t % 4 == 0 else 0.0) for t in range(1, 401)]
+    passed = [t for t in times if gate.admit("g", object(), t)]
+    gaps = [b - a for a, b in zip(passed, passed[1:])]
+    assert min(gaps) >= 0.5 and len(passed) <= 100 + 1
+    # a GPU silent for a while: the next frame passes, the one after waits half a period
+    assert gate.admit("g", object(), 500.0) and not gate.admit("g", object(), 500.25)
+    assert gate.admit("g", object(), 501.0)

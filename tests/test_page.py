@@ -144,8 +144,11 @@ class Watch(object):
         ws.on("framesent", lambda payload: self.sent.append(json.loads(payload)))
 
     def subscriptions(self):
+        return [m.get("gpu_id") for m in self.sent_subscribes()]
+
+    def sent_subscribes(self):
         self.page.wait_for_timeout(20)      # Playwright's sync API delivers events only inside its calls
-        return [m.get("gpu_id") for m in self.sent if m.get("type") == "subscribe"]
+        return [m for m in self.sent if m.get("type") == "subscribe"]
 
     def requested(self, suffix):
         self.page.wait_for_timeout(20)
@@ -342,6 +345,10 @@ def test_follows_only_the_gpu_on_screen(start_server, open_page):
     wait_until(lambda: (path.get_attribute("d") or "").count("L") >= 12, 1.5, message="card1 history drawn")
     page.get_by_label("GPU", exact=True).select_option("all")
     wait_until(lambda: watch.subscriptions() == ["card0", "card1", "*"], 5, message="subscribe *")
+    assert watch.sent_subscribes()[-1].get("detail") == "overview"    # the overview: thinned
+    page.get_by_label("GPU", exact=True).select_option("card0")
+    wait_until(lambda: watch.subscriptions() == ["card0", "card1", "*", "card0"], 5, message="subscribe card0")
+    assert "detail" not in watch.sent_subscribes()[-1]                # one GPU: every frame again
     wait_until(lambda: watch.requested("/api/gpus/card0/history"), 5, message="card0 history fetched")
     watch.assert_clean()
 
@@ -686,7 +693,9 @@ def test_overview_row_opens_its_gpu_and_the_selector_goes_back(start_server, ope
     server = start_server(["--demo", "--demo-gpus", "8"])
     page, watch = open_page(server, viewport=(1366, 768))
     overview_rows(page, 8)
-    assert watch.subscriptions() == []                        # hello's "*" is what the overview needs
+    # The overview follows every GPU thinned to what it shows (stats 1/s, the top rows).
+    wait_until(lambda: watch.subscriptions() == ["*"], 5, message="subscribe * overview")
+    assert watch.sent_subscribes()[-1] == {"type": "subscribe", "gpu_id": "*", "detail": "overview"}
     page.locator("[data-testid=ov-row][data-gpu=nvidia1] td.c-temp").click()    # anywhere on the row
     wait_until(lambda: page.evaluate("location.hash") == "#gpu=nvidia1", 5, message="hash #gpu=nvidia1")
     article = page.locator("article.gpu")
@@ -695,12 +704,14 @@ def test_overview_row_opens_its_gpu_and_the_selector_goes_back(start_server, ope
     wait_until(lambda: re.search(r"^\d+%$", metric(page, "gpu_busy_pct")), 5, message="nvidia1 tiles")
     select = page.get_by_label("GPU", exact=True)
     expect(select).to_have_value("nvidia1")
-    wait_until(lambda: watch.subscriptions() == ["nvidia1"], 5, message="subscribe nvidia1")
+    wait_until(lambda: watch.subscriptions() == ["*", "nvidia1"], 5, message="subscribe nvidia1")
+    assert "detail" not in watch.sent_subscribes()[-1]
     select.select_option("all")
     expect(page.locator("[data-testid=ov-row]")).to_have_count(8)
     expect(page.locator("article.gpu")).to_have_count(0)
     assert page.evaluate("location.hash") == "#gpu=all"
-    wait_until(lambda: watch.subscriptions() == ["nvidia1", "*"], 5, message="subscribe *")
+    wait_until(lambda: watch.subscriptions() == ["*", "nvidia1", "*"], 5, message="subscribe *")
+    assert watch.sent_subscribes()[-1].get("detail") == "overview"
     page.locator("[data-testid=ov-row][data-gpu=card2] a.nm").click()     # the name is a link
     wait_until(lambda: page.evaluate("location.hash") == "#gpu=card2", 5, message="hash #gpu=card2")
     expect(article).to_have_attribute("data-gpu", "card2")

@@ -990,3 +990,88 @@ def test_release_free_heap_gives_the_compilers_memory_back():
             "before = rss(); a.release_free_heap(); print(before - rss())\n")
     out = subprocess.check_output([sys.executable, "-c", code], cwd=os.path.dirname(os.path.abspath(amdgpu_top_web.__file__)))
     assert int(out) > 1024, out              # KiB given back (3.11: ~19 MiB, 3.8: ~3 MiB)
+
+
+# --- the overview subscription (issue #16: the overview's cost) ---------------
+
+def stats_counts(messages):
+    stats = [m for m in messages if m["type"] == "stats"]
+    return {gpu_id: sum(1 for m in stats if m["gpu_id"] == gpu_id) for gpu_id in MULTI_IDS}
+
+
+def stats_spans(messages):
+    """{gpu id: (frames, seconds between the first and last sample ts)}: a rate by
+    the samples' own clock, whatever delays the reading test process."""
+    out = {}
+    for gpu_id in MULTI_IDS:
+        ts = [amdgpu_top_web.parse_iso_ts(m["ts"]) for m in messages
+              if m["type"] == "stats" and m["gpu_id"] == gpu_id]
+        out[gpu_id] = (len(ts), ts[-1] - ts[0] if ts else 0.0)
+    return out
+
+
+def test_ws_overview_subscription_thins_stats_and_full_keeps_the_rate(ws_client):
+    """detail "overview": each GPU's stats at most once a second (the server samples
+    at 10 Hz here); a subscribe without detail, as before, gets every frame."""
+    overview, full = ws_client(), ws_client()
+    for client in (overview, full):
+        client.recv_json(3.0)
+    overview.send_json({"type": "subscribe", "gpu_id": "*", "detail": "overview"})
+    reply, _ = recv_until(overview, by_type("subscribed"))
+    assert reply == {"type": "subscribed", "gpu_id": "*", "host": True, "detail": "overview"}
+    recv_until(overview, by_type("stats"))      # the latest frames that answer a subscribe
+    spans = stats_spans(collect(overview, 4.0))
+    print("overview stats frames (count, ts span s) at 100 ms:", spans)
+    for count, span_s in spans.values():
+        # at most one a second, +1: the latest frame that answered the subscribe
+        assert count >= 2 and count - 1 <= span_s + 1, spans
+    full.send_json({"type": "subscribe", "gpu_id": "*"})
+    reply, _ = recv_until(full, by_type("subscribed"))
+    assert reply == {"type": "subscribed", "gpu_id": "*", "host": True, "detail": "full"}
+    spans = stats_spans(collect(full, 2.0))
+    print("full stats frames (count, ts span s) at 100 ms:", spans)
+    for count, span_s in spans.values():
+        assert count - 1 >= 5 * span_s and count >= 5, spans    # 10 Hz, as without the overview
+
+
+def test_ws_overview_then_one_gpu_gets_the_full_rate_again(ws_client):
+    client = ws_client()
+    client.recv_json(3.0)
+    client.send_json({"type": "subscribe", "gpu_id": "*", "detail": "overview"})
+    recv_until(client, by_type("subscribed"))
+    client.send_json({"type": "subscribe", "gpu_id": "card2"})
+    reply, _ = recv_until(client, by_type("subscribed"))
+    assert reply["detail"] == "full"
+    counts = stats_counts(collect(client, 1.0))
+    assert counts["card2"] >= 5 and counts["card1"] == 0, counts
+
+
+@pytest.mark.parametrize("detail", ["all", "", 1, None, ["overview"]])
+def test_ws_subscribe_bad_detail_is_an_error(ws_client, detail):
+    client = ws_client()
+    client.recv_json(3.0)
+    client.send_json({"type": "subscribe", "gpu_id": "*", "detail": detail})
+    error, _ = recv_until(client, by_type("error"))
+    assert "detail" in error["message"]
+    assert_alive(client)
+
+
+def test_ws_overview_procs_carry_only_the_top_rows(server):
+    """The overview's procs frames keep every key of a procs frame and the totals of
+    every process, but only the rows that can be a GPU's top process (8 demo
+    processes per GPU here); a subscribe without detail gets every row."""
+    srv = server(args=["--demo", "--demo-gpus", "2"], env={"APP_SAMPLE_INTERVAL": "100ms",
+                                                          "APP_PROC_ENABLE": "true"})
+    keys = set(amdgpu_top_web.build_procs_message("x", 0.0, None, None, {}))
+    is_procs = lambda m: m.get("type") == "procs" and m.get("ts")
+    with RawWebSocket.connect("127.0.0.1", srv.port) as client:
+        ids = [g["id"] for g in client.recv_json(3.0)["gpus"]]
+        full = [client.recv_until(is_procs, 5.0)[0] for _ in ids]
+        assert all(len(m["processes"]) == 8 and m["totals"]["processes"] == 8 for m in full)
+        client.send_json({"type": "subscribe", "gpu_id": "*", "detail": "overview"})
+        client.recv_until(by_type("subscribed"))
+        cut = [client.recv_until(is_procs, 5.0)[0] for _ in range(2 * len(ids))]
+    assert {m["gpu_id"] for m in cut} == set(ids)
+    for m in cut:
+        assert set(m) - {"dropped"} == keys
+        assert 1 <= len(m["processes"]) <= 4 and m["totals"]["processes"] == 8, m["processes"]

@@ -226,3 +226,30 @@ def test_once_json_has_the_documented_keys():
     identity = set(m.identity_json(INFO))
     assert set(snapshot["gpus"][0]) == identity | {"metrics", "procs"}
     assert keys("once", ["gpus", 0]) <= identity | {"metrics", "procs"}
+
+
+def test_overview_procs_keep_the_rows_the_top_process_may_be():
+    """build_procs_top_message: the procs frame's keys, processes cut to the rows the
+    page's busiest() may pick (engine use by either reckoning, lowest PID on a tie;
+    the largest VRAM user; the largest KFD one); the first row when none is known."""
+    row = lambda pid, **kw: m.build_proc_row(pid=pid, name="p%d" % pid, **kw)
+    rows = [row(10, vram_bytes=8 << 30, gtt_bytes=0),                      # VRAM
+            row(11, vram_bytes=1 << 30, gtt_bytes=0, kfd=True),            # KFD
+            row(12, vram_bytes=2 << 30, gtt_bytes=0, kfd=True),            # KFD, larger
+            row(13, vram_bytes=0, gtt_bytes=0, gpu_time_ms_per_s=400.0),   # engine (fdinfo)
+            row(9, vram_bytes=0, gtt_bytes=0, gpu_time_ms_per_s=400.0),    # tie: lower PID
+            row(14, vram_bytes=0, gtt_bytes=0, engines_pct={"gfx": 30.0, "mem": 90.0}),
+            row(15, vram_bytes=1, gtt_bytes=0)]
+    entry = m.build_procs_entry(rows, 7, m.build_capabilities("fdinfo", True, True, ["gfx"]))
+    full = m.build_procs_message("card1", T, entry, m.build_visibility(True), {})
+    cut = m.build_procs_top_message(full)
+    assert set(cut) == set(full) and cut["totals"] == full["totals"]
+    assert sorted(r["pid"] for r in cut["processes"]) == [9, 10, 12, 14]
+    assert [r["pid"] for r in cut["processes"]] == [r["pid"] for r in full["processes"]
+                                                    if r["pid"] in (9, 10, 12, 14)]
+    unknown = [row(20), row(21)]
+    entry = m.build_procs_entry(unknown, 2, m.build_capabilities("fdinfo", None, None, []))
+    message = m.build_procs_message("card1", T, entry, m.build_visibility(True), {})
+    assert [r["pid"] for r in m.build_procs_top_message(message)["processes"]] == [20]
+    empty = m.build_procs_message("card1", None, None, None, {})
+    assert m.build_procs_top_message(empty) == empty

@@ -87,14 +87,15 @@ FORCE_HIDDEN = """() => {
 }"""
 
 
-def start_server(procs, gpus, page=None):
-    """The demo server; with `page`, the server and that file (as index.html) run from a
-    temporary directory. Returns (process, port, directory to remove or None)."""
+def start_server(procs, gpus, page=None, server=None):
+    """The demo server; with `page`, the server (`server`, else this repository's) and that
+    file (as index.html) run from a temporary directory. Returns (process, port, directory
+    to remove or None)."""
     script, tmp = SCRIPT, None
     if page:
         tmp = tempfile.mkdtemp(prefix="bench_page_")
         script = os.path.join(tmp, os.path.basename(SCRIPT))
-        shutil.copy(SCRIPT, script)
+        shutil.copy(server or SCRIPT, script)
         shutil.copy(page, os.path.join(tmp, "index.html"))
     env = dict((k, v) for k, v in os.environ.items() if not k.startswith("APP_"))
     env["APP_VENDOR_DIR"] = os.path.abspath(os.environ["APP_VENDOR_DIR"])
@@ -239,14 +240,14 @@ PHASES = [  # name, keyword arguments of run_phase, GPUs of its server
 ]
 
 
-def run_page_phase(browser, args, page, name, kwargs, gpus):
+def run_page_phase(browser, args, page, name, kwargs, gpus, server=None):
     floor = None
     if kwargs.get("floor"):
         handle, floor = tempfile.mkstemp(prefix="bench_floor_", suffix=".html")
         with os.fdopen(handle, "w") as out:
             out.write(FLOOR_PAGE)
         page = floor
-    server, port, tmp = start_server(args.procs, gpus, page)
+    server, port, tmp = start_server(args.procs, gpus, page, server)
     try:
         url = "http://127.0.0.1:%d/" % port
         if floor:
@@ -269,6 +270,8 @@ def main():
     parser.add_argument("--overview-gpus", type=int, default=8, help="demo GPUs of the overview phase (0: skip it)")
     parser.add_argument("--page", help="serve this file as index.html (default: the repository's)")
     parser.add_argument("--compare", help="also measure this index.html (e.g. the previous commit's), interleaved")
+    parser.add_argument("--compare-server", help="with --compare: serve that page from this server file "
+                        "(e.g. the previous commit's amdgpu_top_web.py), not this repository's")
     parser.add_argument("--phases", default="floor,hidden,visible,all-rows,overview",
                         help="comma-separated subset of: floor, hidden, visible, all-rows, overview, ov-hidden")
     parser.add_argument("--repeat", type=int, default=1,
@@ -287,14 +290,17 @@ def main():
               % (args.gpus, args.overview_gpus, args.procs, args.seconds, args.repeat))
         for label, page in pages:
             print("%-8s %s" % (label, page or os.path.join(ROOT, "index.html")))
+        if args.compare_server:
+            print("compare's server: %s" % args.compare_server)
         baseline = run_phase(browser, "about:blank", args.seconds)
         for _ in range(args.repeat):
             for name, kwargs, gpus_key in phases:
                 for label, page in pages:
                     if name == "floor" and label != "page":     # the same page for both: once
                         continue
+                    server = args.compare_server if label == "compare" else None
                     runs[(label, name)].append(
-                        run_page_phase(browser, args, page, name, kwargs, getattr(args, gpus_key)))
+                        run_page_phase(browser, args, page, name, kwargs, getattr(args, gpus_key), server))
         browser.close()
     for label, page in pages:
         print("\n== %s: %s" % (label, page or "index.html (this repository)"))

@@ -64,6 +64,17 @@ def get_json(port, path, **kwargs):
     return response.status, response_json(response)
 
 
+def debian_tool(name, package):
+    """The path of a program tests/run.sh installs from a Debian package: a
+    skip where it is missing, a failure under CI (where it must be there)."""
+    path = shutil.which(name)
+    if path is None:
+        if os.environ.get("CI"):
+            pytest.fail("%s is missing (tests/run.sh installs Debian's %s package)" % (name, package))
+        pytest.skip("%s not installed (Debian package %s)" % (name, package))
+    return path
+
+
 def wait_for(predicate, timeout, interval=0.05, message="condition"):
     """Poll ``predicate`` until it returns a truthy value; return it, or fail."""
     deadline = time.monotonic() + timeout

@@ -44,7 +44,7 @@ import urllib.request
 import pytest
 
 import amdgpu_top_web as atw
-from conftest import REPO, wait_for
+from conftest import REPO, debian_tool, wait_for
 
 CONTRIB = os.path.join(REPO, "contrib")
 RULES_FILE = os.path.join(CONTRIB, "prometheus", "alerts.yml")
@@ -86,12 +86,7 @@ MAIN_PYTHON = sys.version_info[:2] == (3, 11)
 
 
 def tool(name):
-    path = shutil.which(name)
-    if path is None:
-        if os.environ.get("CI"):
-            pytest.fail("%s is missing (tests/run.sh installs Debian's prometheus package)" % name)
-        pytest.skip("%s not installed (Debian package prometheus)" % name)
-    return path
+    return debian_tool(name, "prometheus")
 
 
 # -- what the files hold ------------------------------------------------------
@@ -585,12 +580,7 @@ def test_unit_runs_with_least_privilege_and_still_reads_every_gpu():
 
 
 def systemd_analyze():
-    path = shutil.which("systemd-analyze")
-    if path is None:
-        if os.environ.get("CI"):
-            pytest.fail("systemd-analyze is missing (tests/run.sh installs Debian's systemd package)")
-        pytest.skip("systemd-analyze not installed (Debian package systemd)")
-    return path
+    return debian_tool("systemd-analyze", "systemd")
 
 
 def verifiable_unit(tmp_path):

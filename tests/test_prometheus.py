@@ -3,13 +3,12 @@ lint findings, parses with prometheus_client, and carries the fixture's values."
 
 import json
 import os
-import shutil
 import subprocess
 
 import pytest
 
 import amdgpu_top_web as atw
-from conftest import TESTDATA
+from conftest import TESTDATA, debian_tool
 
 PROC_MULTI = os.path.join(TESTDATA, "proc", "multi")
 PROM_ENV = {"APP_ENABLE_PROMETHEUS": "true", "APP_PROMETHEUS_PROCESSES": "5",
@@ -18,12 +17,7 @@ PROM_ENV = {"APP_ENABLE_PROMETHEUS": "true", "APP_PROMETHEUS_PROCESSES": "5",
 
 
 def promtool():
-    path = shutil.which("promtool")
-    if path is None:
-        if os.environ.get("CI"):
-            pytest.fail("promtool is missing (tests/run.sh installs Debian's prometheus package)")
-        pytest.skip("promtool not installed (Debian package prometheus)")
-    return path
+    return debian_tool("promtool", "prometheus")
 
 
 def scrape(srv):

@@ -1023,8 +1023,10 @@ def test_ws_overview_subscription_thins_stats_and_full_keeps_the_rate(ws_client)
     spans = stats_spans(collect(overview, 4.0))
     print("overview stats frames (count, ts span s) at 100 ms:", spans)
     for count, span_s in spans.values():
-        # at most one a second, +1: the latest frame that answered the subscribe
-        assert count >= 2 and count - 1 <= span_s + 1, spans
+        # at most one a second, +1: the latest frame that answered the subscribe, +1: the
+        # gate keeps the hub's clock, and a sampler delayed under load stamps its frame late,
+        # so two passing frames can be < 1 s apart by their own ts (10 Hz would be ~40 here)
+        assert count >= 2 and count - 1 <= span_s + 2, spans
     full.send_json({"type": "subscribe", "gpu_id": "*"})
     reply, _ = recv_until(full, by_type("subscribed"))
     assert reply == {"type": "subscribed", "gpu_id": "*", "host": True, "detail": "full"}

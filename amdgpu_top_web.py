@@ -67,14 +67,15 @@ Contents (a section uses only the sections above it)::
      2. Constants
         general; WebSocket and HTTP limits, headers, route patterns; metrics,
         AMD sysfs files and hwmon labels; NVIDIA; Intel; process top; host
-        metrics; history store; VRAM forecast, alerts and the webhook
+        metrics; history store; VRAM forecast, alerts and the webhook; the fleet
      3. Data types
-        configuration; a GPU and a published frame; NVML structs; process top
+        configuration; a GPU and a published frame; NVML structs; process top;
+        the fleet
      4. Pure parsers and maths
         sysfs values, PCIe, the ids files; configuration; hwmon planning; raw
         file contents -> metrics; gpu_metrics; NVIDIA and Intel values ->
         metrics; process top; host metrics; command lines; history; VRAM
-        forecast; alerts
+        forecast; alerts; fleet
      5. WebSocket codec (sans-IO, RFC 6455)
         frames; decoding
      6. Pure HTTP helpers
@@ -93,15 +94,17 @@ Contents (a section uses only the sections above it)::
         VRAM forecaster; alert engine; alert webhook
     11. The live cache and its threads
         the cache; samplers; the host; discovery
-    12. History store (SQLite: the only code that speaks SQL)
+    12. Fleet: a hub's peers, Prometheus and the proxy
+        the peer list
+    13. History store (SQLite: the only code that speaks SQL)
         schema and SQL text; opening the file; run rows and source ids; the
         reader; the writer
-    13. WebSocket hub: one thread, one selectors loop over every WebSocket
+    14. WebSocket hub: one thread, one selectors loop over every WebSocket
         the hub's bookkeeping; one connection and the application protocol; the
         hub thread
-    14. HTTP server and handler
+    15. HTTP server and handler
         the server; the GET routes; the handler
-    15. CLI and main()
+    16. CLI and main()
         the application; --once, --healthcheck and serving
 
 Paths (the names to visit, place by place; "§N" is the section of that place)::
@@ -122,8 +125,8 @@ Paths (the names to visit, place by place; "§N" is the section of that place)::
            WebhookSender.send, WebhookSender.deliver
     A history query (/api/gpus/{id}/history?range=1h)
       §6   route, parse_history_query, build_series_answer, series_csv
-      §12  HistoryReader.query_series, _series_select
-      §14  Routes.route_gpu_history, Routes._series, Routes._prepare
+      §13  HistoryReader.query_series, _series_select
+      §15  Routes.route_gpu_history, Routes._series, Routes._prepare
     A process row, AMD (fdinfo, KFD VRAM)
       §4   parse_fdinfo, compute_client_usage, compute_procs_by_pci, build_proc_row,
            build_procs_entry
@@ -616,6 +619,14 @@ HELLO_HISTORY_POINTS = 300
 SAMPLE_FRAME_KINDS = ("stats", "procs", "procs_top", "host")
 
 
+# -- the fleet: peers, Prometheus, the proxy (attribution-fleet.md §5) ------
+
+FLEET_MAX_PEERS = 1000          # most peers one list may name
+FLEET_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,62}$")   # a peer's name: a path segment
+FLEET_PEERS_FILE_LIMIT = 1 << 20   # an @FILE peer list is read up to this many bytes
+FLEET_TOKENS_FILE_LIMIT = 1 << 16
+
+
 # ---------------------------------------------------------------------------
 # 3. Data types
 # ---------------------------------------------------------------------------
@@ -692,6 +703,20 @@ SETTINGS = (
             "http(s) URL receiving each alert change as Alertmanager webhook JSON"),
     Setting("APP_VENDOR_DIR", "--vendor-dir", "vendor_dir", "", "optpath",
             "npm node_modules folder to serve the page's modules from (air-gapped use)"),
+    Setting("APP_FLEET_PEERS", "--fleet-peers", "fleet_peers", "", "peers",
+            "hub: the other servers its Fleet view shows: a comma list of "
+            "[NAME=]http(s)://HOST:PORT, or @FILE (one per line, or Prometheus file_sd "
+            "JSON; re-read when it changes); empty = no peers"),
+    Setting("APP_FLEET_PROMETHEUS_URL", "--fleet-prometheus-url", "fleet_prometheus_url", "",
+            "url", "hub: read the fleet from this Prometheus-compatible query API instead of "
+            "peers (the base URL, e.g. http://prometheus:9090)"),
+    Setting("APP_FLEET_INTERVAL", "--fleet-interval", "fleet_interval_s", "2s", "scan_interval",
+            "hub: how often the fleet is read again, 500ms to 60s"),
+    Setting("APP_FLEET_TIMEOUT", "--fleet-timeout", "fleet_timeout_s", "1500ms", "timeout",
+            "hub: how long one peer (or one Prometheus query) may take to answer"),
+    Setting("APP_FLEET_TOKEN_FILE", "--fleet-token-file", "fleet_token_file", "", "optpath",
+            "hub: tokens for peers that ask for one (their APP_AUTH_TOKEN): lines "
+            "'NAME TOKEN', or '* TOKEN' for every peer (read once at start)"),
     Setting("APP_HISTORY_PATH", "--history-path", "history_path", "auto", "history_path",
             "SQLite history file; auto = $XDG_STATE_HOME/amdgpu_top_web/history.sqlite3 "
             "(else ~/.local/state/...; with --demo: memory), memory = kept in memory only, "
@@ -705,7 +730,7 @@ DEMO_ONLY_FIELDS = ("demo_processes", "demo_gpus", "demo_scenario")   # refused 
 
 Config = collections.namedtuple(
     "Config", ["listen_host", "listen_port"] + [s.field for s in SETTINGS if s.field != "listen"]
-    + list(_MODE_FIELDS))
+    + list(_MODE_FIELDS) + ["fleet_tokens"])     # fleet_tokens: load_fleet_tokens at start
 
 
 # -- a GPU and a published frame --------------------------------------------
@@ -812,7 +837,16 @@ ProcStatLine = collections.namedtuple("ProcStatLine", "comm start_time cpu_ticks
 NO_PROC_STAT = ProcStatLine(None, None, None, None)
 
 
-# Plain, JSON-serialisable result of ProcScanner.scan()/refresh().
+# -- the fleet: a peer and the peer setting ---------------------------------
+
+# One peer of a hub: its name (a path segment of /hosts/{name}/; by default the
+# URL's host:port, as Prometheus names an instance), its base URL without a
+# trailing slash (scheme://host:port[/prefix]), scheme, host and port.
+FleetPeer = collections.namedtuple("FleetPeer", "name url scheme host port")
+
+# APP_FLEET_PEERS once parsed: the peers written inline (a tuple of FleetPeer),
+# or the path of an @FILE read (and re-read when it changes) at run time.
+FleetPeersSpec = collections.namedtuple("FleetPeersSpec", "peers path")
 
 
 # ---------------------------------------------------------------------------
@@ -1136,6 +1170,8 @@ def _convert_simple_setting(kind, raw):
         return value
     if kind == "url":
         return parse_webhook_url(raw)
+    if kind == "peers":
+        return parse_fleet_peers_setting(raw)
     if kind == "scenario":
         if raw.strip() not in DEMO_SCENARIOS:
             raise ValueError("must be one of %s" % ", ".join(DEMO_SCENARIOS))
@@ -1193,9 +1229,12 @@ def parse_config(argv, environ):
     values["history_path"] = resolve_history_path(values["history_path"], environ, args.demo)
     for field in _MODE_FIELDS:
         values[field] = bool(getattr(args, field))
+    values["fleet_tokens"] = {}
     if values["json"] and not values["once"]:
         raise ConfigError("--json: only meaningful with --once")
     _refuse_idle_settings(values, given)
+    if values["fleet_peers"] is not None and values["fleet_prometheus_url"]:
+        raise ConfigError("APP_FLEET_PROMETHEUS_URL: set it or APP_FLEET_PEERS, not both")
     return Config(**values)
 
 
@@ -3927,6 +3966,121 @@ def unattributed_hint(visibility):
         places.append("processes outside this container (run it with --pid=host)")
     places.append("other containers or VMs, or a kernel/firmware job")
     return "look for " + ", ".join(places)
+
+
+# -- fleet: peer lists (inline, one per line, file_sd JSON) and tokens -----
+
+def parse_fleet_peer(text, scheme_default=None):
+    """'[NAME=]http(s)://HOST:PORT[/prefix]' -> FleetPeer; with scheme_default
+    (file_sd's bare 'HOST:PORT' targets) the scheme may be left out. ValueError
+    naming what is wrong otherwise. No user:password@ (tokens go in
+    APP_FLEET_TOKEN_FILE), no query or fragment."""
+    text = text.strip()
+    name, sep, rest = text.partition("=")
+    if not sep or "://" in name:
+        name, rest = None, text
+    if scheme_default and "://" not in rest:
+        rest = "%s://%s" % (scheme_default, rest)
+    try:
+        parts = urlsplit(rest)
+        port = parts.port
+    except ValueError:
+        raise ValueError("%.80r is not a valid URL" % (rest,))
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("%.80r: expected http(s)://HOST:PORT" % (rest,))
+    if parts.username is not None or parts.query or parts.fragment:
+        raise ValueError("%.80r: no user, query or fragment (tokens go in "
+                         "APP_FLEET_TOKEN_FILE)" % (rest,))
+    host = parts.hostname.lower()
+    port = port or (443 if parts.scheme == "https" else 80)
+    netloc = "[%s]:%d" % (host, port) if ":" in host else "%s:%d" % (host, port)
+    name = (name or netloc).strip()
+    if not FLEET_NAME_RE.match(name):
+        raise ValueError("%.80r: a peer's name is letters, digits and . _ : - "
+                         "(at most 63)" % (name,))
+    url = "%s://%s%s" % (parts.scheme, netloc, parts.path.rstrip("/"))
+    return FleetPeer(name, url, parts.scheme, host, port)
+
+
+def parse_fleet_peer_list(text):
+    """An @FILE's text -> a tuple of FleetPeer: Prometheus file_sd JSON (a
+    list of {"targets": ["HOST:PORT", ...], "labels": {...}}; the label
+    __scheme__ picks https) or one peer per line ('#' starts a comment).
+    ValueError naming the first bad entry; a name used twice is one."""
+    if text.lstrip().startswith("["):
+        peers = _parse_file_sd(text)
+    else:
+        peers = [parse_fleet_peer(line.split("#", 1)[0])
+                 for line in text.splitlines() if line.split("#", 1)[0].strip()]
+    return check_fleet_peers(peers)
+
+
+def _parse_file_sd(text):
+    try:
+        groups = json.loads(text)
+    except ValueError as exc:
+        raise ValueError("not valid file_sd JSON: %s" % exc)
+    if not isinstance(groups, list):
+        raise ValueError("file_sd JSON must be a list of target groups")
+    peers = []
+    for group in groups:
+        targets = group.get("targets") if isinstance(group, dict) else None
+        labels = group.get("labels") or {} if isinstance(group, dict) else {}
+        if not isinstance(targets, list) or not isinstance(labels, dict):
+            raise ValueError("a file_sd group needs \"targets\": [...] and optional \"labels\": {...}")
+        scheme = labels.get("__scheme__", "http")
+        peers += [parse_fleet_peer(str(target), scheme) for target in targets]
+    return peers
+
+
+def check_fleet_peers(peers):
+    """A list of FleetPeer -> a tuple; ValueError for a name used twice or too many."""
+    if len(peers) > FLEET_MAX_PEERS:
+        raise ValueError("%d peers: at most %d" % (len(peers), FLEET_MAX_PEERS))
+    seen = set()
+    for peer in peers:
+        if peer.name in seen:
+            raise ValueError("the peer name %r is used twice" % peer.name)
+        seen.add(peer.name)
+    return tuple(peers)
+
+
+def parse_fleet_peers_setting(text):
+    """APP_FLEET_PEERS -> None (no peers), FleetPeersSpec(peers, None) for a
+    comma list, or FleetPeersSpec((), path) for '@FILE'."""
+    text = (text or "").strip()
+    if not text:
+        return None
+    if text.startswith("@"):
+        if not text[1:].strip():
+            raise ValueError("@FILE needs a file name")
+        return FleetPeersSpec((), text[1:].strip())
+    return FleetPeersSpec(check_fleet_peers(
+        [parse_fleet_peer(item) for item in text.split(",") if item.strip()]), None)
+
+
+def parse_fleet_tokens(text):
+    """APP_FLEET_TOKEN_FILE's text -> {peer name or "*": token}: one 'NAME TOKEN'
+    per line, '* TOKEN' for every peer without its own, '#' comments. ValueError
+    naming the line (never the token) otherwise."""
+    tokens = {}
+    for number, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        fields = line.split()
+        if len(fields) != 2 or not (fields[0] == "*" or FLEET_NAME_RE.match(fields[0])):
+            raise ValueError("line %d: expected 'NAME TOKEN' or '* TOKEN'" % number)
+        try:
+            tokens[fields[0]] = parse_auth_token(fields[1])
+        except ValueError as exc:
+            raise ValueError("line %d: the token %s" % (number, exc))
+    return tokens
+
+
+def fleet_peer_token(tokens, name):
+    """The token to send to one peer (its own, else '*'), or None."""
+    return tokens.get(name, tokens.get("*"))
 
 
 # ---------------------------------------------------------------------------
@@ -8972,7 +9126,50 @@ def _card_order(info):
 
 
 # ---------------------------------------------------------------------------
-# 12. History store (SQLite: the only code that speaks SQL)
+# 12. Fleet: a hub's peers, Prometheus and the proxy
+# ---------------------------------------------------------------------------
+
+# -- the peer list: inline, or an @FILE read again when it changes ----------
+
+class FleetPeerList(object):
+    """The hub's peers now: APP_FLEET_PEERS' inline list, or its @FILE, which
+    current() stats (one stat per call) and reads again when its mtime or size
+    changed. A file that turns bad keeps the last good list (error says why,
+    logged once per change); a missing file is an empty list, stated."""
+
+    def __init__(self, spec):
+        self.spec = spec
+        self.error = None
+        self._peers = spec.peers if spec is not None else ()
+        self._stamp = None
+
+    def current(self):
+        if self.spec is None or self.spec.path is None:
+            return self._peers
+        try:
+            st = os.stat(self.spec.path)
+            stamp = (st.st_mtime_ns, st.st_size)
+        except OSError as exc:
+            stamp = ("missing", exc.strerror)
+        if stamp != self._stamp:
+            self._stamp = stamp
+            self._reload(stamp)
+        return self._peers
+
+    def _reload(self, stamp):
+        text = read_text(self.spec.path, FLEET_PEERS_FILE_LIMIT) if stamp[0] != "missing" else None
+        try:
+            if text is None:
+                raise ValueError("cannot read the file")
+            self._peers, self.error = parse_fleet_peer_list(text), None
+            LOG.info("event=fleet_peers path=%r peers=%d", self.spec.path, len(self._peers))
+        except ValueError as exc:
+            self.error = "APP_FLEET_PEERS=@%s: %s" % (self.spec.path, exc)
+            LOG.warning("event=fleet_peers_bad message=%r kept=%d", self.error, len(self._peers))
+
+
+# ---------------------------------------------------------------------------
+# 13. History store (SQLite: the only code that speaks SQL)
 # ---------------------------------------------------------------------------
 
 # -- schema and SQL text ----------------------------------------------------
@@ -10054,7 +10251,7 @@ def make_history_store(config, on_change=None):
 
 
 # ---------------------------------------------------------------------------
-# 13. WebSocket hub: one thread, one selectors loop over every WebSocket
+# 14. WebSocket hub: one thread, one selectors loop over every WebSocket
 # ---------------------------------------------------------------------------
 
 # -- the hub's bookkeeping (pure: no sockets, times are given) --------------
@@ -10792,7 +10989,7 @@ class Hub(StoppableThread):
 
 
 # ---------------------------------------------------------------------------
-# 14. HTTP server and handler
+# 15. HTTP server and handler
 # ---------------------------------------------------------------------------
 
 # -- the server: error log, machine names, keep-alive bookkeeping -----------
@@ -11317,7 +11514,7 @@ class DashboardHandler(BaseHTTPRequestHandler):
 
 
 # ---------------------------------------------------------------------------
-# 15. CLI and main()
+# 16. CLI and main()
 # ---------------------------------------------------------------------------
 
 # -- the application: wiring every thread -----------------------------------
@@ -11678,6 +11875,36 @@ def load_auth_token(config):
         raise ConfigError("APP_AUTH_TOKEN_FILE=%r: the token %s" % (path, exc))
 
 
+def load_fleet_tokens(config):
+    """APP_FLEET_TOKEN_FILE into config.fleet_tokens, {peer name or "*": token}
+    (read once at start); ConfigError naming the setting and line, never a token."""
+    path = config.fleet_token_file
+    if not path:
+        return config
+    text = read_text(path, FLEET_TOKENS_FILE_LIMIT)
+    if text is None:
+        raise ConfigError("APP_FLEET_TOKEN_FILE=%r: cannot read the file" % path)
+    try:
+        return config._replace(fleet_tokens=parse_fleet_tokens(text))
+    except ValueError as exc:
+        raise ConfigError("APP_FLEET_TOKEN_FILE=%r: %s" % (path, exc))
+
+
+def check_fleet_peers_file(config):
+    """An @FILE peer list must be readable and valid at start (ConfigError,
+    exit 2); later changes that break it keep the last good list."""
+    spec = config.fleet_peers
+    if spec is None or spec.path is None:
+        return
+    text = read_text(spec.path, FLEET_PEERS_FILE_LIMIT)
+    try:
+        if text is None:
+            raise ValueError("cannot read the file")
+        parse_fleet_peer_list(text)
+    except ValueError as exc:
+        raise ConfigError("APP_FLEET_PEERS=@%s: %s" % (spec.path, exc))
+
+
 def log_exposure(config, host):
     """One line at start when anyone on the network may read the dashboard."""
     if config.auth_token is None and not is_loopback_name(normalize_host_name(host)):
@@ -11727,9 +11954,10 @@ def main(argv=None, environ=None):
     argv = sys.argv[1:] if argv is None else argv
     environ = os.environ if environ is None else environ
     try:
-        config = load_auth_token(parse_config(argv, environ))
+        config = load_fleet_tokens(load_auth_token(parse_config(argv, environ)))
         rules = load_alert_rules(config) if config.alerts else None
         check_vendor_dir(config)
+        check_fleet_peers_file(config)
     except ConfigError as exc:
         print("amdgpu_top_web: error: %s" % exc, file=sys.stderr)
         return 2

@@ -317,6 +317,22 @@ def test_a_peer_down_is_a_502_json_naming_it(fleet):
     assert "dead" in response_json(answer)["error"]
 
 
+def test_a_peer_that_never_answers_is_a_502_after_the_timeout(server):
+    """A peer whose port accepts (the kernel's backlog) but never answers."""
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)
+    try:
+        hub = server(args=["--demo", "--demo-gpus", "1"], env={
+            "APP_FLEET_PEERS": "silent=http://127.0.0.1:%d" % silent.getsockname()[1]})
+        answer = http_request(hub.port, "GET", "/hosts/silent/api/gpus",
+                              timeout=atw.FLEET_PROXY_READ_TIMEOUT_S + 10)
+        assert answer.status == 502
+        assert response_json(answer)["error"] == "peer silent: timed out"
+    finally:
+        silent.close()
+
+
 def test_a_server_without_peers_has_no_hosts(server):
     plain = server(args=["--demo"])
     answer = plain.get("/hosts/a/")

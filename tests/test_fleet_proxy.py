@@ -414,3 +414,32 @@ def test_a_peers_page_is_live_in_chromium_through_the_hub(server, browser, vendo
         assert errors == []
     finally:
         context.close()
+
+
+def test_a_proxied_websocket_ends_when_the_peer_goes(server):
+    peer = server(args=["--demo", "--demo-gpus", "1"])
+    hub = server(args=["--demo", "--demo-gpus", "1"], env={"APP_FLEET_PEERS": "p=" + peer.url})
+    ws = RawWebSocket.connect("127.0.0.1", hub.port, path="/hosts/p/ws")
+    try:
+        ws.recv_until(lambda m: m.get("type") == "hello", timeout=10.0)
+        peer.stop()                                 # the peer says goodbye: Close 1001
+        assert ws.recv_close(timeout=10.0)[0] == 1001
+        assert ws.wait_eof(timeout=10.0), "the hub keeps the browser's side open"
+        assert http_request(hub.port, "GET", "/api/version").status == 200
+    finally:
+        ws.close()
+
+
+def test_the_peer_list_file_is_read_again_for_each_name(server, fleet, tmp_path):
+    """APP_FLEET_PEERS=@FILE: a peer added to the file is reachable without a restart,
+    a peer removed from it is a 404 again."""
+    peers = tmp_path / "peers.txt"
+    peers.write_text("a=%s\n" % fleet["a"].url)
+    hub = server(args=["--demo", "--demo-gpus", "1"], env={"APP_FLEET_PEERS": "@%s" % peers})
+    assert http_request(hub.port, "GET", "/hosts/a/api/version").status == 200
+    assert http_request(hub.port, "GET", "/hosts/c/api/version").status == 404
+    peers.write_text("# a is gone\nc=%s\n" % fleet["a"].url)
+    os.utime(str(peers), (1, 1))                    # another mtime, whatever the clock's grain
+    answer = http_request(hub.port, "GET", "/hosts/c/api/version")
+    assert answer.status == 200 and answer.body == fleet["a"].get("/api/version").body
+    assert http_request(hub.port, "GET", "/hosts/a/api/version").status == 404

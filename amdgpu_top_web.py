@@ -645,6 +645,9 @@ FLEET_METRIC_KEYS = ("gpu_busy_pct", "vram_used_bytes", "vram_total_bytes", "tem
 FLEET_TOP_PROCESS_KEYS = ("pid", "name", "user", "vram_bytes", "gpu_pct")
 FLEET_HOST_KEYS = ("cpu_busy_pct", "cpu_count", "mem_used_bytes", "mem_total_bytes")
 FLEET_ALERT_KEYS = ("rule", "gpu_id", "severity", "summary", "started")
+FLEET_NUMERIC_KEYS = frozenset(("gpu_busy_pct", "vram_used_bytes", "vram_total_bytes", "temp_c",
+                                "power_w", "power_cap_w", "processes", "pid", "vram_bytes",
+                                "gpu_pct") + FLEET_HOST_KEYS)
 
 
 # ---------------------------------------------------------------------------
@@ -4122,7 +4125,16 @@ def _fleet_scalar(value):
 
 
 def _fleet_pick(obj, keys):
-    return dict((key, _fleet_scalar(obj.get(key))) for key in keys)
+    """obj cut to keys; a value of the wrong kind (a number where a name goes,
+    a string where a number goes: FLEET_NUMERIC_KEYS) is null."""
+    out = {}
+    for key in keys:
+        value = _fleet_scalar(obj.get(key))
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        wanted = number if key in FLEET_NUMERIC_KEYS else not number and not isinstance(value, bool)
+        out[key] = value if wanted and (key == "throttle_reasons") == isinstance(value, list) \
+            else None
+    return out
 
 
 def parse_fleet_gpu(obj):
@@ -5966,14 +5978,71 @@ PLAIN_ROWS = (
 )
 
 
-def render_plain(gpus, procs, refresh_s, hint=None, page=True, host=None, alerts=None):
+def fleet_host_summary(host):
+    """(GPUs busy, GPUs idle, power W or None) of one fleet host (power: the known values)."""
+    busy = sum(1 for g in host["gpus"] if isinstance(g.get("gpu_busy_pct"), (int, float))
+               and g["gpu_busy_pct"] >= FLEET_BUSY_PCT)
+    power = [g["power_w"] for g in host["gpus"] if isinstance(g.get("power_w"), (int, float))]
+    return busy, len(host["gpus"]) - busy, round(sum(power), 1) if power else None
+
+
+def format_fleet_gpu(gpu):
+    """One GPU of the fleet in a compact cell: id, busy, temperature, power,
+    VRAM, the top process (user), the alert."""
+    parts = [sanitize_text(gpu["id"] or "?"), format_value(gpu["gpu_busy_pct"], "%"),
+             format_value(gpu["temp_c"], " °C"), format_value(gpu["power_w"], " W"),
+             "%s / %s" % (format_bytes(gpu["vram_used_bytes"]), format_bytes(gpu["vram_total_bytes"]))]
+    top = gpu.get("top_process") or {}
+    if top.get("name"):
+        parts.append("%s (%s)" % (sanitize_text(top["name"])[:24], sanitize_text(top.get("user") or "?")))
+    if gpu.get("alert"):
+        parts.append("[%s]" % gpu["alert"])
+    return "  ".join(parts)
+
+
+def format_fleet_host(host):
+    """One fleet host's cells: name, state (and why), last seen, GPUs busy / idle, power."""
+    busy, idle, power = fleet_host_summary(host)
+    state = host["state"] + (" (%s)" % sanitize_text(host["error"]) if host["error"] else "")
+    return [sanitize_text(host["name"]), state, host["last_seen"] or "never",
+            "%d / %d" % (busy, idle), format_value(power, " W")]
+
+
+def format_fleet_totals(fleet):
+    totals = fleet["totals"]
+    return "%d hosts (%d up, %d not)  %d GPUs: %d busy, %d idle, %d down  power %s%s" % (
+        totals["hosts"], totals["hosts_up"], totals["hosts_down"], totals["gpus"],
+        totals["gpus_busy"], totals["gpus_idle"], totals["gpus_down"],
+        format_value(totals["power_w"], " W"),
+        "  (peer list: %s)" % fleet["error"] if fleet.get("error") else "")
+
+
+def _plain_fleet(fleet):
+    """A hub's fleet: one row per host, a compact cell per GPU."""
+    esc = html.escape
+    rows = ["<h2>Fleet</h2><p>%s</p>" % esc(format_fleet_totals(fleet)),
+            "<table border=1><thead><tr><th>host</th><th>state</th><th>last seen</th>"
+            "<th>GPUs busy / idle</th><th>power</th><th>GPUs</th></tr></thead><tbody>"]
+    for host in fleet["hosts"]:
+        cells = [esc(cell) for cell in format_fleet_host(host)]
+        if host.get("page"):
+            cells[0] = "<a href=\"%s\">%s</a>" % (esc(host["page"]), cells[0])
+        cells.append("<br>".join(esc(format_fleet_gpu(gpu)) for gpu in host["gpus"]))
+        rows.append("<tr>%s</tr>" % "".join("<td>%s</td>" % cell for cell in cells))
+    rows.append("</tbody></table>")
+    return rows
+
+
+def render_plain(gpus, procs, refresh_s, hint=None, page=True, host=None, alerts=None,
+                 fleet=None):
     """The no-JavaScript view: the host, every GPU and its processes as HTML tables.
 
     gpus: [(identity dict, metrics dict or None)]; procs: {gpu id: procs message};
     host: the host dict (HOST_KEYS) or None before its first sample.
     Every value goes through html.escape (process names are untrusted);
     page=False (index.html missing) leaves out the link to the dashboard;
-    alerts: the active alert events (None: alerts are off).
+    alerts: the active alert events (None: alerts are off); fleet: a hub's
+    fleet message, shown first (None: not a hub).
     """
     esc = html.escape
     out = ["<!doctype html><html lang=en><head><meta charset=utf-8>",
@@ -5983,6 +6052,8 @@ def render_plain(gpus, procs, refresh_s, hint=None, page=True, host=None, alerts
            "<h1>amdgpu_top_web</h1>"]
     if hint:
         out.append("<p>%s</p>" % esc(hint))
+    if fleet is not None:
+        out.extend(_plain_fleet(fleet))
     if host:
         out.extend(_plain_host(host))
     if not gpus:
@@ -9572,9 +9643,10 @@ class FleetPoller(StoppableThread):
     fleet (Cache.publish_fleet). No lock of the cache is held while waiting.
     A failing peer is asked again after a backoff (compute_fleet_backoff_s)."""
 
-    def __init__(self, config, cache, peer_list):
+    def __init__(self, config, cache, peer_list, local=None):
         StoppableThread.__init__(self, "fleet-poller")
         self.cache, self.peer_list = cache, peer_list
+        self.local = local or (lambda epoch_s: local_fleet_host(cache, epoch_s))   # -> host entry
         self.interval_s, self.timeout_s = config.fleet_interval_s, config.fleet_timeout_s
         self.tokens = config.fleet_tokens
         self._states = collections.OrderedDict()    # peer name -> FleetPeerState
@@ -9628,7 +9700,7 @@ class FleetPoller(StoppableThread):
         for state in old.values():
             if not state.busy:
                 state.close()
-        if self._hosts != len(self._states):
+        if self._hosts != len(self._states) and self.cache is not None:
             self._hosts = len(self._states)
             self.cache.set_feature("fleet", {"source": "peers", "interval_s": self.interval_s,
                                              "hosts": self._hosts})
@@ -9664,6 +9736,13 @@ class FleetPoller(StoppableThread):
                                      self.timeout_s)
             self._results.put((state, state.busy, outcome))
 
+    def poll_once(self):
+        """One round without the thread (--once): -> the fleet message."""
+        try:
+            return self.poll_round()
+        finally:
+            self.close()
+
     def stop(self):
         StoppableThread.stop(self)
         self._results.put(None)
@@ -9671,7 +9750,7 @@ class FleetPoller(StoppableThread):
     def message(self, epoch_s):
         """The fleet now: this server first when it has GPUs, then every peer."""
         now = time.monotonic()
-        local = local_fleet_host(self.cache, epoch_s)
+        local = self.local(epoch_s)
         hosts = ([local] if local["gpus"] else []) + [
             state.entry(now, self.interval_s) for state in self._states.values()]
         return build_fleet_message(epoch_s, "peers", self.interval_s, hosts,
@@ -12170,9 +12249,11 @@ class App(object):
     def plain_html(self, hint=None):
         gpus, procs = self.cache.snapshot()
         latest = self.cache.host()
+        fleet = self.cache.fleet()
         return render_plain(gpus, procs, max(2.0, self.config.interval_s), hint,
                             page=self.page_bytes is not None, host=latest[1] if latest else None,
-                            alerts=self.cache.alerts() if self.alerts is not None else None)
+                            alerts=self.cache.alerts() if self.alerts is not None else None,
+                            fleet=fleet[0] if fleet else None)
 
     def gpus_json(self):
         gpus = [dict(identity, metrics=metrics) for identity, metrics in self.cache.snapshot()[0]]
@@ -12292,11 +12373,33 @@ def run_once(config):
     for backend in backends:
         backend.close()
     snapshot = build_once_snapshot(__version__, epoch, ONCE_RATE_WAIT_S, host, gpus)
+    fleet = once_fleet(config, host, gpus) if config.fleet_peers is not None else None
     if config.json:
-        print(json.dumps(snapshot, indent=2))
+        print(json.dumps(dict(snapshot, fleet=fleet) if fleet else snapshot, indent=2))
     else:
-        print(format_once_table(gpus, host))
+        print(format_once_table(gpus, host) + ("\n" + format_once_fleet(fleet) if fleet else ""))
     return 0
+
+
+def once_fleet(config, host, gpus):
+    """--once on a hub: every peer asked once -> the fleet message (this
+    machine first when it has GPUs, as a hub shows it)."""
+    def local(epoch_s):
+        return build_local_fleet_host(socket.gethostname(), epoch_s,
+                                      [(gpu, gpu["metrics"]) for gpu in gpus],
+                                      dict((gpu["id"], gpu["procs"]) for gpu in gpus), host, [])
+    poller = FleetPoller(config, None, FleetPeerList(config.fleet_peers), local)
+    return poller.poll_once()
+
+
+def format_once_fleet(fleet):
+    """The --once table of a hub's fleet: a line per host, one per GPU under it."""
+    lines = ["fleet  " + format_fleet_totals(fleet)]
+    for host in fleet["hosts"]:
+        lines.append("%-20s %-8s last seen %s  GPUs busy / idle %s  power %s" % tuple(
+            format_fleet_host(host)))
+        lines.extend("  " + format_fleet_gpu(gpu) for gpu in host["gpus"])
+    return "\n".join(lines)
 
 
 def format_once_host(host):

@@ -443,3 +443,30 @@ def test_the_peer_list_file_is_read_again_for_each_name(server, fleet, tmp_path)
     answer = http_request(hub.port, "GET", "/hosts/c/api/version")
     assert answer.status == 200 and answer.body == fleet["a"].get("/api/version").body
     assert http_request(hub.port, "GET", "/hosts/a/api/version").status == 404
+
+
+def test_proxied_websockets_are_bounded_and_a_slot_comes_back_when_one_closes(server):
+    peer = server(args=["--demo", "--demo-gpus", "1"])
+    hub = server(args=["--demo", "--demo-gpus", "1"], env={"APP_FLEET_PEERS": "p=" + peer.url})
+    held = []
+    try:
+        for _ in range(atw.FLEET_PROXY_WS_MAX):
+            held.append(RawWebSocket.connect("127.0.0.1", hub.port, path="/hosts/p/ws"))
+        with pytest.raises(HandshakeRefused) as refused:
+            RawWebSocket.connect("127.0.0.1", hub.port, path="/hosts/p/ws")
+        assert refused.value.status == 503
+        assert "proxied" in refused.value.json()["error"]
+        own = RawWebSocket.connect("127.0.0.1", hub.port)      # the hub's own /ws: its own count
+        own.close()
+        held.pop().close()
+
+        def reconnect():
+            try:
+                held.append(RawWebSocket.connect("127.0.0.1", hub.port, path="/hosts/p/ws"))
+                return True
+            except HandshakeRefused:
+                return False
+        wait_for(reconnect, 10.0, interval=0.1, message="a proxied slot back")
+    finally:
+        for ws in held:
+            ws.close()

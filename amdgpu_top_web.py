@@ -49,6 +49,8 @@ Threads::
 
     browser --HTTP--> ThreadingHTTPServer handler threads (answer from the cache)
     browser --/ws --> handshake in a handler thread, socket handed to the hub
+    browser --/hosts/{name}/...--> a handler thread relays it to that peer; for
+                     /hosts/{name}/ws it stays, splicing bytes both ways (at most 64)
     hub (ONE thread, selectors loop) <-- wake-up socketpair <-- cache.publish()
     cache (lock) <-- sampler thread per GPU (a backend's reader: sysfs/hwmon with
                      kept fds + pread, or NVML calls prepared once)

@@ -5419,7 +5419,8 @@ ALERT_CSV_COLUMNS = ("ts", "rule", "gpu_id", "severity", "state", "started", "en
 RUN_CSV_COLUMNS = (
     "run_id", "gpu_id", "pid", "start_time", "started", "elapsed_s", "name", "user", "cmd",
     "container", "kfd", "type", "first_seen", "last_seen", "ended", "peak_vram_bytes", "avg_vram_bytes", "peak_gtt_bytes",
-    "avg_gtt_bytes", "peak_engine_pct", "avg_engine_pct", "gpu_seconds")
+    "avg_gtt_bytes", "peak_engine_pct", "avg_engine_pct", "gpu_seconds", "unit", "container_name"
+) + WHO_RUN_COLUMNS
 PROC_AT_CSV_COLUMNS = ("pid", "name", "user", "started", "elapsed_s", "vram_bytes", "gtt_bytes",
                        "engine_pct", "run_id")
 
@@ -5463,6 +5464,11 @@ def columns_csv(ts_ms, series):
     names = sorted(series)
     return csv_bytes(["ts"] + names, ([format_ts(t / 1000.0)] + [series[n][i] for n in names]
                                       for i, t in enumerate(ts_ms)))
+
+
+def runs_csv(runs):
+    """The runs answer as CSV: k8s and slurm as their flat columns (k8s_pod, slurm_job...)."""
+    return records_csv([dict(run, **compute_who_columns(run)) for run in runs], RUN_CSV_COLUMNS)
 
 
 def records_csv(records, columns):
@@ -5788,11 +5794,24 @@ def _prom_gpu(writer, base, metrics):
                        "reason now active, by its driver's name.", base + (("reason", reason),), 1)
 
 
+def prom_who_labels(proc):
+    """The who-labels of a process's series, only those known: unit, container_id,
+    container_name, namespace, pod, container (Kubernetes' name, as dcgm-exporter
+    calls it), slurm_job, slurm_step. Fixed for a process's life: no extra series."""
+    k8s, slurm = proc.get("k8s") or {}, proc.get("slurm") or {}
+    pairs = (("unit", proc.get("unit")), ("container_id", proc.get("container")),
+             ("container_name", proc.get("container_name")),
+             ("namespace", k8s.get("namespace")), ("pod", k8s.get("pod")),
+             ("container", k8s.get("container")), ("slurm_job", slurm.get("job")),
+             ("slurm_step", slurm.get("step")))
+    return tuple((key, value) for key, value in pairs if value is not None)
+
+
 def _prom_procs(writer, base, message, max_procs):
     procs = sorted(message.get("processes") or [], key=lambda p: -((p.get("vram_bytes") or 0)
                                                                     + (p.get("gtt_bytes") or 0)))
     for proc in procs[:max_procs]:
-        labels = base + (("pid", proc["pid"]), ("name", proc.get("name") or ""))
+        labels = base + (("pid", proc["pid"]), ("name", proc.get("name") or "")) + prom_who_labels(proc)
         for pool in ("vram", "gtt", "cpu"):
             writer.add("process_memory_bytes", "gauge", "GPU memory of a process by pool (top processes only).",
                        labels + (("pool", pool),), proc.get(pool + "_bytes"))
@@ -6021,10 +6040,11 @@ def _plain_procs(procs):
         return ["<p>Processes: not available.</p>"]
     rows = ["<h3>Processes</h3><table border=1><thead><tr><th>PID</th><th>User</th><th>Name</th>"
             "<th>VRAM</th><th>GTT</th><th>GPU ms/s</th><th>CPU</th><th>RSS</th><th>Started</th>"
-            "<th>Elapsed</th><th>Flags</th><th>Command</th></tr></thead><tbody>"]
+            "<th>Elapsed</th><th>Flags</th><th>Who</th><th>Command</th></tr></thead><tbody>"]
     for proc in procs["processes"]:
         rows.append("<tr><td>%d</td><td>%s</td><td>%s</td><td>%s</td><td>%s</td><td>%s</td>"
-                    "<td>%s</td><td>%s</td><td>%s</td><td>%s</td><td>%s</td><td>%s</td></tr>" % (
+                    "<td>%s</td><td>%s</td><td>%s</td><td>%s</td><td>%s</td><td>%s</td>"
+                    "<td>%s</td></tr>" % (
                         proc["pid"], esc(str(proc.get("user") or proc.get("uid") or "?")),
                         esc(proc.get("name") or "?"), esc(plain_nowrap(format_bytes(proc.get("vram_bytes")))),
                         esc(plain_nowrap(format_bytes(proc.get("gtt_bytes")))),
@@ -6032,12 +6052,30 @@ def _plain_procs(procs):
                         esc(format_value(proc.get("cpu_pct"), "%")),
                         esc(plain_nowrap(format_bytes(proc.get("rss_bytes")))),
                         esc(proc.get("started") or "\u2014"), esc(plain_nowrap(format_elapsed(proc.get("elapsed_s")))),
-                        esc(plain_flags(proc)), esc((proc.get("cmd") or "")[:200])))
+                        esc(plain_flags(proc)), esc(format_who(proc)),
+                        esc((proc.get("cmd") or "")[:200])))
     rows.append("</tbody></table>")
     note = plain_visibility_note(procs.get("visibility"))
     if note:
         rows.append("<p>%s</p>" % esc(note))
     return rows
+
+
+def format_who(proc):
+    """Every owner a process row names, most specific first ("pod inference/llama
+    (container llama-server); unit cri-containerd-….scope"); "" when none."""
+    parts, k8s, slurm = [], proc.get("k8s"), proc.get("slurm")
+    if k8s:
+        parts.append("pod %s/%s" % (k8s.get("namespace") or "?", k8s.get("pod") or k8s["pod_uid"])
+                     + (" (container %s)" % k8s["container"] if k8s.get("container") else ""))
+    if slurm:
+        parts.append("Slurm job %d" % slurm["job"]
+                     + (" step %s" % slurm["step"] if slurm.get("step") else ""))
+    if proc.get("container_name"):
+        parts.append("container %s (%s)" % (proc["container_name"], proc.get("container") or "?"))
+    if proc.get("unit"):
+        parts.append("unit " + proc["unit"])
+    return "; ".join(parts)
 
 
 def plain_flags(proc):
@@ -11569,7 +11607,7 @@ class Routes(object):
         if store is not None:
             runs = store.query_runs(query.from_s, query.to_s, query.gpu_id, query.active)
             self._answer(query.format, build_runs_answer(query.from_s, query.to_s, runs),
-                         lambda: records_csv(runs, RUN_CSV_COLUMNS), "processes")
+                         lambda: runs_csv(runs), "processes")
 
     def route_run_history(self, run_id):
         fmt, store = self._prepare(parse_run_query)
@@ -12099,11 +12137,13 @@ def format_once_table(gpus, host=None):
             format_bytes(m["vram_used_bytes"]), format_bytes(m["vram_total_bytes"]),
             m["runtime_status"] or ""))
         for proc in (gpu.get("procs") or {}).get("processes") or []:
-            lines.append("    pid %-7d %-16s vram %s  gtt %s  cpu %s  rss %s  started %s (%s)" % (
+            who = compute_who_label(proc)
+            lines.append("    pid %-7d %-16s vram %s  gtt %s  cpu %s  rss %s  started %s (%s)%s" % (
                 proc["pid"], sanitize_text(proc["name"] or "")[:16],
                 format_bytes(proc["vram_bytes"]), format_bytes(proc["gtt_bytes"]),
                 format_value(proc["cpu_pct"], "%"), format_bytes(proc["rss_bytes"]),
-                proc.get("started") or "\u2014", format_elapsed(proc.get("elapsed_s"))))
+                proc.get("started") or "\u2014", format_elapsed(proc.get("elapsed_s")),
+                "  who " + who if who else ""))
     return "\n".join(lines)
 
 

@@ -468,6 +468,7 @@ CMD_MAX_LEN = 512
 WHO_NAMES_TTL_S = 10.0               # container/pod names from runtime files: re-read after this
 WHO_DIR_MAX_ENTRIES = 20000          # most entries read of a kubelet log directory
 DOCKER_CONFIG_READ_LIMIT = 1 << 20   # <docker root>/containers/<id>/config.v2.json
+CONTAINERS_JSON_READ_LIMIT = 16 << 20   # containers/storage's overlay-containers/containers.json
 ELLIPSIS = "\u2026"
 REDACTED = "***"
 # Targets under /dev that are never a GPU: skip the stat() of the remap check.
@@ -692,6 +693,10 @@ SETTINGS = (
     Setting("APP_DOCKER_ROOT", "--docker-root", "docker_root", "/var/lib/docker", "optpath",
             "Docker's data root: a process's container name from containers/<id>/config.v2.json "
             "(root-only files: else the id alone); empty = not looked at"),
+    Setting("APP_CONTAINERS_STORAGE", "--containers-storage", "containers_storage",
+            "/var/lib/containers/storage", "optpath",
+            "Podman's and CRI-O's storage root: a container's name from "
+            "overlay-containers/containers.json; empty = not looked at"),
     Setting("APP_K8S_PODS_DIR", "--k8s-pods-dir", "k8s_pods_dir", "/var/log/pods", "optpath",
             "the kubelet's pod log directory: a pod's namespace and name from its "
             "<namespace>_<pod>_<uid> entries; empty = not looked at"),
@@ -2638,6 +2643,23 @@ def parse_docker_config_name(text):
     if not isinstance(name, str) or not name.strip("/"):
         return None
     return sanitize_text(name.lstrip("/"))[:128]
+
+
+def parse_containers_storage_names(text):
+    """containers/storage's containers.json (Podman, CRI-O: a list of {"id",
+    "names": [...]}) -> {64-hex id: its first name}; {} when not that shape."""
+    try:
+        doc = json.loads(text or "")
+    except ValueError:
+        return {}
+    names = {}
+    for item in doc if isinstance(doc, list) else ():
+        if not isinstance(item, dict) or not _HEX64_RE.match(str(item.get("id"))):
+            continue
+        found = item.get("names")
+        if isinstance(found, list) and found and isinstance(found[0], str) and found[0]:
+            names[item["id"]] = sanitize_text(found[0])[:128]
+    return names
 
 
 def compute_who_label(row):
@@ -6598,22 +6620,26 @@ class Inbox(object):
 # -- /proc enrichment of a process row (stat, CPU, user, command line, container) --
 
 def make_who_names(config):
-    """The WhoNames of this config (APP_DOCKER_ROOT, APP_K8S_PODS_DIR, APP_K8S_CONTAINERS_DIR)."""
-    return WhoNames(config.docker_root, config.k8s_pods_dir, config.k8s_containers_dir)
+    """The WhoNames of this config (APP_DOCKER_ROOT, APP_CONTAINERS_STORAGE,
+    APP_K8S_PODS_DIR, APP_K8S_CONTAINERS_DIR)."""
+    return WhoNames(config.docker_root, config.k8s_pods_dir, config.k8s_containers_dir,
+                    storage_root=config.containers_storage)
 
 
 class WhoNames(object):
     """Container and pod names from files the runtimes leave on disk (never a
     socket call): Docker's <docker_root>/containers/<id>/config.v2.json "Name"
-    (a root-only file: unreadable, the id alone stays), the kubelet's pod log
+    (a root-only file: unreadable, the id alone stays), Podman's and CRI-O's
+    <storage_root>/overlay-containers/containers.json, the kubelet's pod log
     directories (<namespace>_<pod>_<uid>) and its container log links
     (<pod>_<namespace>_<container>-<id>.log). Each answer is kept ttl_s; a
     root of None is never looked at."""
 
     def __init__(self, docker_root=None, pods_dir=None, containers_dir=None,
-                 ttl_s=WHO_NAMES_TTL_S, clock=time.monotonic):
+                 ttl_s=WHO_NAMES_TTL_S, clock=time.monotonic, storage_root=None):
         self._docker_root, self._pods_dir, self._containers_dir = (
             docker_root, pods_dir, containers_dir)
+        self._storage_root = storage_root
         self._ttl_s, self._clock = ttl_s, clock
         self._cache = {}                 # key -> (read at, value)
 
@@ -6632,6 +6658,20 @@ class WhoNames(object):
         return self._cached(("docker", container_id), lambda: parse_docker_config_name(
             read_text(path, DOCKER_CONFIG_READ_LIMIT)))
 
+    def storage_name(self, container_id):
+        """Podman's or CRI-O's name of a container, from containers/storage's
+        overlay-containers/containers.json and volatile-containers.json (--rm)."""
+        if not self._storage_root or not container_id:
+            return None
+        return self._cached(("storage",), self._read_storage).get(container_id)
+
+    def _read_storage(self):
+        names = {}
+        for name in ("containers.json", "volatile-containers.json"):
+            names.update(parse_containers_storage_names(read_text(os.path.join(
+                self._storage_root, "overlay-containers", name), CONTAINERS_JSON_READ_LIMIT)))
+        return names
+
     def _listing(self, path, parse):
         found = (parse(name) for name in list_dir(path)[:WHO_DIR_MAX_ENTRIES]) if path else ()
         return [item for item in found if item is not None]
@@ -6649,7 +6689,8 @@ class WhoNames(object):
 
     def fields(self, who):
         """CgroupWho -> the row's unit, container, container_name, k8s and slurm."""
-        name = self.docker_name(who.container_id) if who.runtime == "docker" else None
+        name = (self.docker_name(who.container_id) if who.runtime == "docker" else
+                self.storage_name(who.container_id) if who.runtime in ("podman", "cri-o") else None)
         return {"unit": who.unit, "container": who.container, "container_name": name,
                 "k8s": self._k8s(who) if who.pod_uid else None,
                 "slurm": dict(who.slurm) if who.slurm else None}

@@ -168,6 +168,10 @@ def test_name_files_parsers():
     for bad in ("llama_inference_llama-%s.log" % ID_K[:40], "x.log", "a_b-%s.log" % ID_K):
         assert m.parse_k8s_container_link(bad) is None, bad
     assert m.parse_docker_config_name('{"ID": "x", "Name": "/trainer"}') == "trainer"
+    assert m.parse_containers_storage_names(json.dumps([
+        {"id": ID_P, "names": ["web", "alias"]}, {"id": "short", "names": ["x"]},
+        {"id": ID_C, "names": []}, "junk"])) == {ID_P: "web"}
+    assert m.parse_containers_storage_names("{}") == {} == m.parse_containers_storage_names("[")
     for bad in ("", "[]", "{", '{"Name": "/"}', '{"Name": 3}'):
         assert m.parse_docker_config_name(bad) is None, bad
 
@@ -196,6 +200,7 @@ CGROUPS = {
     3500: ("12:cpuset:/slurm/uid_1000/job_4096/step_batch/task_0\n"
            "4:memory:/slurm/uid_1000/job_4096/step_batch/task_0\n"
            "1:name=systemd:/system.slice/slurmd.service\n"),
+    3600: "0::/machine.slice/libpod-%s.scope/container\n" % ID_P,
 }
 EXPECTED = {
     3100: {"unit": "ollama.service", "container": None, "container_name": None, "k8s": None,
@@ -209,6 +214,8 @@ EXPECTED = {
            "slurm": {"job": 3385, "step": "0"}},
     3500: {"unit": "slurmd.service", "container": None, "container_name": None, "k8s": None,
            "slurm": {"job": 4096, "step": "batch"}},
+    3600: {"unit": "libpod-%s.scope" % ID_P, "container": ID_P[:12], "container_name": "ollama-pod",
+           "k8s": None, "slurm": None},
 }
 WHO_KEYS = ("unit", "container", "container_name", "k8s", "slurm")
 
@@ -220,16 +227,23 @@ def build_who_tree(root):
     procs = [mpf.proc_spec(1, "systemd", ["/sbin/init"], uid=0, ppid=0, start=1, ns=mpf.NS_HOST),
              mpf.proc_spec(4242, "python3", ["python3", "amdgpu_top_web.py"], uid=0,
                            ns=mpf.NS_HOST, mountinfo=mpf.MOUNTINFO.format(hp=""))]
-    names = {3100: "ollama", 3200: "python3", 3300: "llama-server", 3400: "pytorch", 3500: "batch"}
+    names = {3100: "ollama", 3200: "python3", 3300: "llama-server", 3400: "pytorch", 3500: "batch",
+             3600: "ollama"}
     for pid, cgroup in sorted(CGROUPS.items()):
         fd = mpf.drm("renderD129", mpf.retarget(body, pdev=mpf.GPU_A, client_id=pid))
         procs.append(mpf.proc_spec(pid, names[pid], [names[pid]], cgroup=cgroup, fds={5: fd}))
-    dirs = dict((k, os.path.join(root, k)) for k in ("proc", "docker", "pods", "links"))
+    dirs = dict((k, os.path.join(root, k)) for k in ("proc", "docker", "pods", "links", "storage"))
     mpf.build_tree(dirs["proc"], procs, 4242, "attribution test tree\n")
     config = os.path.join(dirs["docker"], "containers", ID_D, "config.v2.json")
     os.makedirs(os.path.dirname(config))
     with open(config, "w") as fh:     # moby's shape: the name stored with a leading "/"
         json.dump({"ID": ID_D, "Name": "/trainer", "Config": {"Labels": {}}}, fh)
+    overlay = os.path.join(dirs["storage"], "overlay-containers")
+    os.makedirs(overlay)
+    with open(os.path.join(overlay, "containers.json"), "w") as fh:   # containers/storage's list
+        json.dump([{"id": ID_D, "names": ["other"], "image": "x", "layer": "y", "metadata": ""}], fh)
+    with open(os.path.join(overlay, "volatile-containers.json"), "w") as fh:   # podman run --rm
+        json.dump([{"id": ID_P, "names": ["ollama-pod"], "image": "x", "layer": "z"}], fh)
     pod_dir = os.path.join(dirs["pods"], "inference_llama-7d9f_%s" % UID)
     for container in ("llama-server", "sidecar"):
         os.makedirs(os.path.join(pod_dir, container))
@@ -247,7 +261,7 @@ def who_env(dirs, **extra):
     env = {"APP_PROC_ROOT": dirs["proc"], "APP_PROC_ENABLE": "true",
            "APP_PROC_SCAN_INTERVAL": "500ms", "APP_SAMPLE_INTERVAL": "100ms",
            "APP_DOCKER_ROOT": dirs["docker"], "APP_K8S_PODS_DIR": dirs["pods"],
-           "APP_K8S_CONTAINERS_DIR": dirs["links"]}
+           "APP_K8S_CONTAINERS_DIR": dirs["links"], "APP_CONTAINERS_STORAGE": dirs["storage"]}
     env.update(extra)
     return env
 
@@ -258,7 +272,7 @@ def who_of(row):
 
 def test_scanner_rows_name_each_owner_and_read_the_cgroup_once(tmp_path):
     dirs = build_who_tree(str(tmp_path))
-    names = m.WhoNames(dirs["docker"], dirs["pods"], dirs["links"])
+    names = m.WhoNames(dirs["docker"], dirs["pods"], dirs["links"], storage_root=dirs["storage"])
     scanner = m.ProcScanner(dirs["proc"], full_walk_every=1, names=names)
     scanner.set_node_map(mpf.NODE_MAP)
     rows = dict((p["pid"], p) for p in scanner.scan().by_pci[mpf.GPU_A]["processes"])

@@ -423,3 +423,16 @@ def test_nvml_rows_carry_the_owners(fake_nvml_lib, tmp_path):
     gpu = [g for g in json.loads(out.stdout)["gpus"] if g["vendor"] == "nvidia"][0]
     rows = dict((p["pid"], p) for p in gpu["procs"]["processes"])
     assert dict((pid, who_of(rows[pid])) for pid in CGROUPS) == EXPECTED
+
+
+def test_once_text_names_who():
+    info = m.GpuInfo(id="card1", pci="0000:03:00.0", pci_id="1002:73bf", revision="c0",
+                     name="AMD Radeon RX 6900 XT", render_node="/dev/dri/renderD128",
+                     driver="amdgpu", apu=False, demo=False, device_dir=None, hwmon_dir=None)
+    rows = [dict(m.build_proc_row(pid=3400, name="pytorch"), **EXPECTED[3400]),
+            m.build_proc_row(pid=7, name="plain")]
+    gpu = dict(m.identity_json(info), metrics=dict.fromkeys(m.METRIC_KEYS),
+               procs={"processes": rows})
+    lines = m.format_once_table([gpu]).splitlines()
+    assert [l for l in lines if "pid 3400" in l][0].endswith("  who job 3385 step 0")
+    assert "who" not in [l for l in lines if "pid 7 " in l][0]

@@ -6708,8 +6708,9 @@ class WhoNames(object):
 class ProcEnricher(object):
     """The /proc side of a process row, one place for every process source
     (the fdinfo scanner's rows and NVML's): name from stat, CPU % and RSS
-    (ProcCpuMeter), uid, user, command line and container (read_proc_meta,
-    user names cached), started and elapsed_s (ProcStartClock)."""
+    (ProcCpuMeter), uid, user and command line (read_proc_meta, user names
+    cached), who it belongs to (who: unit, container, container_name, k8s,
+    slurm), started and elapsed_s (ProcStartClock)."""
 
     def __init__(self, proc_root, clk_tck=None, page_size=None, wall_clock=time.time,
                  names=None):

@@ -141,6 +141,11 @@ Paths (the names to visit, place by place; "§N" is the section of that place)::
       §4   parse_fdinfo, compute_cycles_pct, compute_client_usage, build_proc_row
       §8   ProcScanner.scan
       §11  ProcScanThread.tick, Cache.publish_procs
+    Who a process belongs to (/proc/<pid>/cgroup -> unit, container, k8s, slurm)
+      §4   parse_cgroup_who, parse_systemd_unit, parse_cgroup_runtime, parse_k8s_pod_uid,
+           parse_slurm_cgroup, compute_who_columns
+      §8   ProcEnricher.who, WhoNames.fields, make_who_names
+      §13  HistoryReader.query_runs, history_run_json
     Adding a vendor (a checklist: the page shows what the server sends)
       §2   INTEL_DRIVERS, VENDOR_LABELS, VENDOR_DISPLAY, INTEL_LAYOUT
       §4   plan_intel_hwmon, parse_throttle_flags, compute_energy_power_w

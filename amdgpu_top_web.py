@@ -8177,14 +8177,14 @@ DEMO_PROCS = (
 # Who each demo process belongs to (by name; the row fields of WhoNames.fields).
 DEMO_WHO = {
     "blender": {"unit": "slurmstepd.scope", "slurm": {"job": 48213, "step": "0"}},
-    "python3": {"unit": "docker-3f2a9c1d7e4b25b0315ff17bd1ebad3d95c15a3f8b764eaadb93612d9b61a54e.scope",
-                "container_name": "trainer"},
+    "python3": {"unit": "docker-3f2a9c1d7e4b25b0315ff17bd1ebad3d95c15a3f8b764eaadb936"
+                        "12d9b61a54e.scope", "container_name": "trainer"},
     "Xorg": {"unit": "display-manager.service"},
     "firefox": {"unit": "user@1000.service/app-firefox@4711.service"},
     "code": {"unit": "user@1003.service/app-code-2318.scope"},
     "obs": {"unit": "session-3.scope"},
-    "llama-server": {"unit": "cri-containerd-9c4e07b1a2d59892fcdf8aa79ea5d6bb6531b5c176939ef0110906cb225941c1"
-                     ".scope",
+    "llama-server": {"unit": "cri-containerd-9c4e07b1a2d59892fcdf8aa79ea5d6bb6531b5c176"
+                             "939ef0110906cb225941c1.scope",
                      "k8s": {"namespace": "inference", "pod": "llama-7d9f5c6b8-xk2lp",
                              "container": "llama-server",
                              "pod_uid": "5f0c2a7e-1b3d-4c8e-9a6f-2d4b8e1c7a93"}},

@@ -188,7 +188,6 @@ import logging
 import math
 import os
 import pwd
-import queue
 import random
 import re
 import selectors
@@ -616,8 +615,9 @@ ALERTS_DEFAULT_RANGE_S = 86400.0
 HELLO_HISTORY_KEYS = ("gpu_busy_pct", "mem_busy_pct", "power_w", "temp_c", "temp_junction_c",
                       "vram_used_bytes")
 HELLO_HISTORY_POINTS = 300
-# the latest of each is kept in the cache; "procs_top" is the overview's cut of "procs"
-SAMPLE_FRAME_KINDS = ("stats", "procs", "procs_top", "host")
+# the latest of each is kept in the cache; "procs_top" is the overview's cut of "procs";
+# "fleet": a hub's fleet after a poll round
+SAMPLE_FRAME_KINDS = ("stats", "procs", "procs_top", "host", "fleet")
 
 
 # -- the fleet: peers, Prometheus, the proxy (attribution-fleet.md §5) ------
@@ -630,7 +630,7 @@ FLEET_HOST_PATH = "/api/fleet/host"   # what a hub asks each peer, once a round
 FLEET_BUSY_PCT = 10             # a GPU at or above this gpu_busy_pct is busy, below idle
 FLEET_STALE_INTERVALS = 5       # a peer's kept data younger than this many rounds: stale, else down
 FLEET_MAX_ANSWER_BYTES = 4 << 20   # a peer's answer past this is refused, never read
-FLEET_WORKERS = 16              # peer requests at once (threads, started as needed)
+FLEET_WORKERS = 8               # peer requests at once (threads, started as needed)
 FLEET_BACKOFF_MAX_S = 30.0      # a failing peer is asked again after 1, 2, 4... rounds, up to
 FLEET_BACKOFF_MAX_INTERVALS = 8     # this many rounds (and never more than FLEET_BACKOFF_MAX_S)
 FLEET_DEADLINE_GRACE_S = 0.25   # a round waits this past the timeout, then cuts what is left
@@ -4110,31 +4110,23 @@ def fleet_peer_token(tokens, name):
 
 # -- fleet: a peer's answer, checked (a hostile peer gets nothing else through) --
 
-def _fleet_scalar(value):
-    """A peer's value kept only as a JSON scalar (strings cut, a list of
-    strings for throttle_reasons); anything else is null."""
-    if value is None or isinstance(value, bool):
-        return value
-    if isinstance(value, (int, float)):
-        return value if math.isfinite(value) else None
-    if isinstance(value, str):
-        return value[:FLEET_TEXT_MAX]
-    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+def _fleet_value(key, value):
+    """A peer's value kept only when it is of its key's kind: a finite number
+    (FLEET_NUMERIC_KEYS), a string (cut), a list of strings (throttle_reasons);
+    anything else (a bool, an object, a number where a name goes) is null."""
+    kind = type(value)
+    if kind is int or kind is float:
+        return value if key in FLEET_NUMERIC_KEYS and (kind is int or math.isfinite(value)) else None
+    if kind is str:
+        return None if key in FLEET_NUMERIC_KEYS or key == "throttle_reasons" else value[:FLEET_TEXT_MAX]
+    if kind is list and key == "throttle_reasons" and all(type(v) is str for v in value):
         return [v[:FLEET_TEXT_MAX] for v in value[:32]]
     return None
 
 
 def _fleet_pick(obj, keys):
-    """obj cut to keys; a value of the wrong kind (a number where a name goes,
-    a string where a number goes: FLEET_NUMERIC_KEYS) is null."""
-    out = {}
-    for key in keys:
-        value = _fleet_scalar(obj.get(key))
-        number = isinstance(value, (int, float)) and not isinstance(value, bool)
-        wanted = number if key in FLEET_NUMERIC_KEYS else not number and not isinstance(value, bool)
-        out[key] = value if wanted and (key == "throttle_reasons") == isinstance(value, list) \
-            else None
-    return out
+    """obj cut to keys, each value checked (_fleet_value)."""
+    return dict((key, _fleet_value(key, obj.get(key))) for key in keys)
 
 
 def parse_fleet_gpu(obj):
@@ -4199,7 +4191,7 @@ def parse_fleet_host_answer(obj):
             not isinstance(obj.get("alerts", []), list):
         raise ValueError("not a fleet answer")
     host = obj.get("host")
-    return {"version": _fleet_scalar(obj.get("version")) if isinstance(obj.get("version"), str) else None,
+    return {"version": _fleet_value("version", obj.get("version")),
             "host": _fleet_pick(host, FLEET_HOST_KEYS) if isinstance(host, dict) else None,
             "gpus": [parse_fleet_gpu(gpu) for gpu in obj["gpus"][:FLEET_MAX_GPUS]],
             "alerts": [_fleet_pick(a, FLEET_ALERT_KEYS) for a in obj.get("alerts", [])[:FLEET_MAX_ALERTS]
@@ -9521,7 +9513,7 @@ def _fleet_failure(exc):
 class FleetPeerState(object):
     """What the poller knows of one peer: its keep-alive connection, its last
     good data and how its last poll went. The poller thread owns it; while a
-    request is in flight (busy: the round's number) only that worker touches
+    request is in flight (busy) only that worker touches
     the connection, and the poller only cuts its socket at the deadline."""
 
     def __init__(self, peer, now):
@@ -9534,6 +9526,7 @@ class FleetPeerState(object):
         self.outcome, self.error = None, "not asked yet"
         self.failures = 0
         self.due = now
+        self.removed = False                # no longer listed: closed once its request ends
 
     def get(self, path, token, timeout_s):
         """One GET on the kept connection (once more on a fresh one when the
@@ -9635,6 +9628,21 @@ def ask_fleet_peer(state, token, timeout_s):
         return "failed", _fleet_failure(exc)
 
 
+class FleetRound(object):
+    """One round's work: the due peers (the workers take them in turn, so a
+    peer that hangs holds one worker, never a queue behind it) and the
+    answers, (state, outcome) in the order they came; finished is set by the
+    worker that adds the last one."""
+
+    def __init__(self, states):
+        self.todo = collections.deque(states)
+        self.done = []
+        self.expected = len(states)
+        self.finished = threading.Event()
+        if not states:
+            self.finished.set()
+
+
 class FleetPoller(StoppableThread):
     """A hub's peers: every fleet_interval_s one round asks each due peer its
     GET /api/fleet/host (keep-alive, the peer's token, fleet_timeout_s) on a
@@ -9650,9 +9658,9 @@ class FleetPoller(StoppableThread):
         self.interval_s, self.timeout_s = config.fleet_interval_s, config.fleet_timeout_s
         self.tokens = config.fleet_tokens
         self._states = collections.OrderedDict()    # peer name -> FleetPeerState
-        self._tasks, self._results = queue.Queue(), queue.Queue()
+        self._round = None                          # the FleetRound the workers take from
+        self._wake = threading.Semaphore(0)         # one release per worker wanted
         self._workers = []
-        self._round = 0
         self._hosts = None          # the peer count hello's features.fleet says
 
     def start(self):
@@ -9675,7 +9683,6 @@ class FleetPoller(StoppableThread):
         """Ask every due peer once; -> the fleet message."""
         now = time.monotonic()
         self._sync(self.peer_list.current(), now)
-        self._round += 1
         due = [st for st in self._states.values() if not st.busy and st.due <= now]
         for _ in range(len(self._workers), min(FLEET_WORKERS, len(due))):
             worker = threading.Thread(target=self._work, name="fleet-worker")
@@ -9683,10 +9690,50 @@ class FleetPoller(StoppableThread):
             worker.start()
             self._workers.append(worker)
         for state in due:
-            state.busy = self._round
-            self._tasks.put(state)
-        self._collect(set(due), now + self.timeout_s + FLEET_DEADLINE_GRACE_S)
+            state.busy = True
+        work = self._round = FleetRound(due)
+        for _ in range(min(len(self._workers), len(due))):
+            self._wake.release()
+        work.finished.wait(max(0.0, now + self.timeout_s + FLEET_DEADLINE_GRACE_S - time.monotonic()))
+        self._collect(work, due)
         return self.message(time.time())
+
+    def _collect(self, work, due):
+        """Record this round's answers; a peer not asked yet is left for the
+        next round, one still in flight is cut (a timeout)."""
+        while True:
+            try:
+                work.todo.popleft().busy = False    # not started: asked next round
+            except IndexError:
+                break
+        answered = list(work.done)
+        now, epoch = time.monotonic(), time.time()
+        for state, outcome in answered:
+            state.record(outcome[0], outcome[1], epoch, now, self.interval_s)
+        for state in set(due) - set(state for state, _ in answered):
+            if state.busy:
+                state.cut()
+                state.record("failed", "timed out", epoch, now, self.interval_s)
+
+    def _work(self):
+        while True:
+            self._wake.acquire()
+            work = self._round
+            if self.stopping.is_set() or work is None:
+                return
+            while True:
+                try:
+                    state = work.todo.popleft()
+                except IndexError:
+                    break
+                outcome = ask_fleet_peer(state, fleet_peer_token(self.tokens, state.peer.name),
+                                         self.timeout_s)
+                state.busy = False
+                if state.removed:
+                    state.close()
+                work.done.append((state, outcome))
+                if len(work.done) >= work.expected:
+                    work.finished.set()
 
     def _sync(self, peers, now):
         """The states follow the peer list (a peer whose URL changed starts anew)."""
@@ -9698,6 +9745,7 @@ class FleetPoller(StoppableThread):
                 state = FleetPeerState(peer, now)
             self._states[peer.name] = state
         for state in old.values():
+            state.removed = True
             if not state.busy:
                 state.close()
         if self._hosts != len(self._states) and self.cache is not None:
@@ -9705,36 +9753,11 @@ class FleetPoller(StoppableThread):
             self.cache.set_feature("fleet", {"source": "peers", "interval_s": self.interval_s,
                                              "hosts": self._hosts})
 
-    def _collect(self, waiting, deadline):
-        """The answers of this round until the deadline (and any late one of
-        an earlier round: it only frees its peer for the next round)."""
-        while True:
-            try:
-                item = self._results.get(bool(waiting), max(0.0, deadline - time.monotonic()))
-            except queue.Empty:
-                break
-            if item is None:        # stop()
-                break
-            state, number, outcome = item
-            state.busy = 0
-            if state in waiting and number == self._round:
-                waiting.discard(state)
-                state.record(outcome[0], outcome[1], time.time(), time.monotonic(),
-                             self.interval_s)
-            elif self._states.get(state.peer.name) is not state:
-                state.close()
-        for state in waiting:       # past the deadline: cut, counted as a timeout
-            state.cut()
-            state.record("failed", "timed out", time.time(), time.monotonic(), self.interval_s)
-
-    def _work(self):
-        while True:
-            state = self._tasks.get()
-            if state is None:
-                return
-            outcome = ask_fleet_peer(state, fleet_peer_token(self.tokens, state.peer.name),
-                                     self.timeout_s)
-            self._results.put((state, state.busy, outcome))
+    def stop(self):
+        StoppableThread.stop(self)
+        work = self._round
+        if work is not None:
+            work.finished.set()     # the round ends now, its answers so far recorded
 
     def poll_once(self):
         """One round without the thread (--once): -> the fleet message."""
@@ -9742,10 +9765,6 @@ class FleetPoller(StoppableThread):
             return self.poll_round()
         finally:
             self.close()
-
-    def stop(self):
-        StoppableThread.stop(self)
-        self._results.put(None)
 
     def message(self, epoch_s):
         """The fleet now: this server first when it has GPUs, then every peer."""
@@ -9757,8 +9776,10 @@ class FleetPoller(StoppableThread):
                                    self.peer_list.error)
 
     def close(self):
+        """The workers end (each at its next wake-up), the connections close."""
+        self.stopping.set()
         for _ in self._workers:
-            self._tasks.put(None)
+            self._wake.release()
         for state in self._states.values():
             state.cut()
             state.close()

@@ -415,23 +415,34 @@ def test_lying_peers_are_refused_with_the_reason(server, peers, fake_peer, tmp_p
         "biglength": lambda path: b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
                                   b"Content-Length: 9999999999\r\n\r\n",
         "badjson": lambda path: http_answer(200, "application/json", b"{nope"),
+        "badchunks": lambda path: b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                                  b"Transfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n0\r\n\r\n",
+        "hugechunks": lambda path: b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                                   b"Transfer-Encoding: chunked\r\n\r\n" + (b"100000\r\n" + b" " * (1 << 20) + b"\r\n") * 5,
         "notfleet": lambda path: http_answer(200, "application/json", b'{"hello": 1}'),
     }
+    chunked = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+    chunked += b"".join(b"%x;x=1\r\n%s\r\n" % (len(good[i:i + 700]), good[i:i + 700])
+                        for i in range(0, len(good), 700)) + b"0\r\nX-Trailer: 1\r\n\r\n"
+    answers.update(chunked=lambda path: chunked,
+                   untilclose=lambda path: b"HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n\r\n" + good)
     fakes = dict((name, fake_peer(answer)) for name, answer in answers.items())
     setting = ",".join(["p1=" + peers[0].url] + ["%s=%s" % (n, f.url) for n, f in fakes.items()])
     hub = start_hub(server, setting, tmp_path)
     body = wait_fleet(hub, lambda h: all(h[n]["state"] != "down" for n in h))
     found = hosts(body)
-    assert found["p1"]["state"] == "up"
+    assert found["p1"]["state"] == "up" and found["chunked"]["state"] == "up"
+    assert found["untilclose"]["state"] == "up" and len(found["chunked"]["gpus"]) == 2
     reasons = {"garbage": "not an HTTP answer", "redirect": "redirect (302): not followed",
                "html": "wrong content type", "huge": "answer over 4 MiB",
                "biglength": "answer over 4 MiB", "badjson": "bad JSON",
+               "badchunks": "not an HTTP answer", "hugechunks": "answer over 4 MiB",
                "notfleet": "not a fleet answer"}
     for name, reason in reasons.items():
         assert found[name]["state"] == "refused", found[name]
         assert reason in found[name]["error"], (name, found[name]["error"])
         assert found[name]["gpus"] == [] and found[name]["last_seen"] is None
-    assert body["totals"]["hosts_up"] == 1 and body["totals"]["hosts_down"] == len(reasons)
+    assert body["totals"]["hosts_up"] == 3 and body["totals"]["hosts_down"] == len(reasons)
 
 
 def test_an_older_peer_without_fleet_host_is_read_from_its_gpus_and_host(server, peers,

@@ -32,11 +32,14 @@ Endpoints (GET/HEAD only; anything else is 405)::
     /api/alerts               alert events (?range=30m|1h|6h|24h|7d|30d|1y, from/to)
                               (every history and alert endpoint: &format=csv)
     /api/healthz /api/readyz /api/version
+    /api/fleet                the fleet: a hub's hosts (APP_FLEET_PEERS), else this one
+    /api/fleet/host           this server's own fleet host entry (what a hub asks)
     /plain                    server-rendered tables (no JavaScript needed)
     /metrics                  Prometheus text (APP_ENABLE_PROMETHEUS=true)
     /vendor/...               the page's ES modules (APP_VENDOR_DIR, air-gapped)
     /debug/threads /debug/memory   (APP_ENABLE_PPROF=true)
-    /ws                       WebSocket: hello, stats, procs, host, gpus, alert, pong, error
+    /ws                       WebSocket: hello, stats, procs, host, gpus, alert, fleet,
+                              pong, error
 
 Every request's Host must be loopback, this machine, an address or in
 APP_ALLOWED_HOSTS (403: DNS rebinding); with APP_AUTH_TOKEN, all but
@@ -59,6 +62,9 @@ Threads::
     cache --offer_*--> sinks: alert engine thread (its Inbox) --> cache.publish_alert
                        (a frame to every client) and --> webhook thread (its Inbox;
                        POST, retries)
+    hub of a fleet: fleet-poller thread, one round per APP_FLEET_INTERVAL --> a few
+                    fleet-worker threads (GET each peer's /api/fleet/host, kept
+                    connections) --> cache.publish_fleet (the fleet's subscribers)
 
 Contents (a section uses only the sections above it)::
 

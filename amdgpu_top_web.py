@@ -643,6 +643,7 @@ FLEET_MAX_ANSWER_BYTES = 4 << 20   # a peer's answer past this is refused, never
 FLEET_WORKERS = 8               # peer requests at once (threads, started as needed)
 FLEET_BACKOFF_MAX_S = 30.0      # a failing peer is asked again after 1, 2, 4... rounds, up to
 FLEET_BACKOFF_MAX_INTERVALS = 8     # this many rounds (and never more than FLEET_BACKOFF_MAX_S)
+FLEET_LEGACY_RECHECK = 30      # an older peer (404): asked /api/fleet/host again after this many polls
 FLEET_DEADLINE_GRACE_S = 0.25   # a round waits this past the timeout, then cuts what is left
 FLEET_MAX_GPUS = 64             # a peer's answer: at most this many GPUs and alerts kept
 FLEET_MAX_ALERTS = 64
@@ -9656,6 +9657,7 @@ class FleetPeerState(object):
         self.failures = 0
         self.due = now
         self.removed = False                # no longer listed: closed once its request ends
+        self.legacy = 0                     # polls left that skip /api/fleet/host (an older peer)
 
     def get(self, path, token, timeout_s):
         """One GET on the kept connection (once more on a fresh one when the
@@ -9723,12 +9725,16 @@ class FleetPeerState(object):
 def ask_fleet_peer(state, token, timeout_s):
     """One peer's fleet host entry data: ("ok", data), ("refused", why) or
     ("failed", why). A peer that answers 404 (an older version) is asked its
-    /api/gpus and /api/host instead."""
+    /api/gpus and /api/host instead, for its next FLEET_LEGACY_RECHECK polls."""
     try:
-        status, content_type, body = state.get(FLEET_HOST_PATH, token, timeout_s)
-        if status != 404:
-            return "ok", parse_fleet_host_answer(
-                parse_fleet_json(status, content_type, body, token is not None))
+        if state.legacy:
+            state.legacy -= 1
+        else:
+            status, content_type, body = state.get(FLEET_HOST_PATH, token, timeout_s)
+            if status != 404:
+                return "ok", parse_fleet_host_answer(
+                    parse_fleet_json(status, content_type, body, token is not None))
+            state.legacy = FLEET_LEGACY_RECHECK
         answers = [parse_fleet_json(*(state.get(path, token, timeout_s) + (token is not None,)))
                    for path in ("/api/gpus", "/api/host")]
         return "ok", parse_fleet_host_answer(build_fleet_legacy_answer(*answers))

@@ -4197,14 +4197,15 @@ def parse_http_head(head):
 def compute_fleet_peer_state(outcome, age_s, interval_s):
     """A peer's state from its last poll's outcome ("ok", "refused" or
     "failed") and the age of its last good data (None: never): up, refused,
-    stale (data younger than FLEET_STALE_INTERVALS rounds) or down."""
+    stale (data younger than FLEET_STALE_INTERVALS rounds) or down. A peer
+    not asked for that long (every worker held up) is stale, even if its
+    last answer was good."""
+    fresh = age_s is not None and age_s < FLEET_STALE_INTERVALS * interval_s
     if outcome == "ok":
-        return "up"
+        return "up" if fresh else "stale"
     if outcome == "refused":
         return "refused"
-    if age_s is not None and age_s < FLEET_STALE_INTERVALS * interval_s:
-        return "stale"
-    return "down"
+    return "stale" if fresh else "down"
 
 
 def compute_fleet_backoff_s(failures, interval_s):

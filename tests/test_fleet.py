@@ -234,6 +234,7 @@ def test_a_bad_token_file_line_is_named_without_its_token(tmp_path):
 
 def test_peer_states_and_backoff():
     assert m.compute_fleet_peer_state("ok", 0.0, 2.0) == "up"
+    assert m.compute_fleet_peer_state("ok", 10.0, 2.0) == "stale"     # not asked for 5 rounds
     assert m.compute_fleet_peer_state("refused", 0.0, 2.0) == "refused"
     assert m.compute_fleet_peer_state("failed", 9.9, 2.0) == "stale"
     assert m.compute_fleet_peer_state("failed", 10.0, 2.0) == "down"

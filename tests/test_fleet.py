@@ -404,7 +404,8 @@ def test_the_hub_lists_its_own_gpus_first(server, peers, tmp_path):
 def test_a_killed_peer_goes_stale_then_down_and_comes_back(server, tmp_path):
     peer = server(args=["--demo", "--demo-gpus", "1"])
     port = peer.port
-    hub = start_hub(server, "p=" + peer.url, tmp_path)
+    # 1 s rounds: stale for 5 s after the kill, ample time to see it
+    hub = start_hub(server, "p=" + peer.url, tmp_path, {"APP_FLEET_INTERVAL": "1s"})
     up = wait_fleet(hub, lambda h: h["p"]["state"] == "up")["hosts"][0]
     peer.stop()
     stale = wait_fleet(hub, lambda h: h["p"]["state"] != "up")["hosts"][0]
@@ -414,7 +415,7 @@ def test_a_killed_peer_goes_stale_then_down_and_comes_back(server, tmp_path):
     assert down["gpus"] == stale["gpus"] and down["last_seen"] == stale["last_seen"]
     assert fleet(hub)["totals"]["gpus_down"] == 1
     server(args=["--demo", "--demo-gpus", "1", "--listen", "127.0.0.1:%d" % port])
-    again = wait_fleet(hub, lambda h: h["p"]["state"] == "up")["hosts"][0]
+    again = wait_fleet(hub, lambda h: h["p"]["state"] == "up", 25)["hosts"][0]
     assert again["error"] is None and again["last_seen"] > down["last_seen"]
 
 

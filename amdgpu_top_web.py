@@ -95,7 +95,7 @@ Contents (a section uses only the sections above it)::
     11. The live cache and its threads
         the cache; samplers; the host; discovery
     12. Fleet: a hub's peers, Prometheus and the proxy
-        the peer list
+        the peer list; the peers poller
     13. History store (SQLite: the only code that speaks SQL)
         schema and SQL text; opening the file; run rows and source ids; the
         reader; the writer
@@ -188,6 +188,7 @@ import logging
 import math
 import os
 import pwd
+import queue
 import random
 import re
 import selectors
@@ -625,6 +626,25 @@ FLEET_MAX_PEERS = 1000          # most peers one list may name
 FLEET_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,62}$")   # a peer's name: a path segment
 FLEET_PEERS_FILE_LIMIT = 1 << 20   # an @FILE peer list is read up to this many bytes
 FLEET_TOKENS_FILE_LIMIT = 1 << 16
+FLEET_HOST_PATH = "/api/fleet/host"   # what a hub asks each peer, once a round
+FLEET_BUSY_PCT = 10             # a GPU at or above this gpu_busy_pct is busy, below idle
+FLEET_STALE_INTERVALS = 5       # a peer's kept data younger than this many rounds: stale, else down
+FLEET_MAX_ANSWER_BYTES = 4 << 20   # a peer's answer past this is refused, never read
+FLEET_WORKERS = 16              # peer requests at once (threads, started as needed)
+FLEET_BACKOFF_MAX_S = 30.0      # a failing peer is asked again after 1, 2, 4... rounds, up to
+FLEET_BACKOFF_MAX_INTERVALS = 8     # this many rounds (and never more than FLEET_BACKOFF_MAX_S)
+FLEET_DEADLINE_GRACE_S = 0.25   # a round waits this past the timeout, then cuts what is left
+FLEET_MAX_GPUS = 64             # a peer's answer: at most this many GPUs and alerts kept
+FLEET_MAX_ALERTS = 64
+FLEET_TEXT_MAX = 200            # a string from a peer is cut to this many characters
+FLEET_GPU_KEYS = ("id", "name", "vendor", "vendor_label", "uuid", "pci", "gpu_busy_pct",
+                  "vram_used_bytes", "vram_total_bytes", "temp_c", "power_w", "power_cap_w",
+                  "throttle_reasons", "runtime_status", "top_process", "processes", "alert")
+FLEET_METRIC_KEYS = ("gpu_busy_pct", "vram_used_bytes", "vram_total_bytes", "temp_c", "power_w",
+                     "power_cap_w", "throttle_reasons", "runtime_status")
+FLEET_TOP_PROCESS_KEYS = ("pid", "name", "user", "vram_bytes", "gpu_pct")
+FLEET_HOST_KEYS = ("cpu_busy_pct", "cpu_count", "mem_used_bytes", "mem_total_bytes")
+FLEET_ALERT_KEYS = ("rule", "gpu_id", "severity", "summary", "started")
 
 
 # ---------------------------------------------------------------------------
@@ -3995,6 +4015,8 @@ def parse_fleet_peer(text, scheme_default=None):
     port = port or (443 if parts.scheme == "https" else 80)
     netloc = "[%s]:%d" % (host, port) if ":" in host else "%s:%d" % (host, port)
     name = (name or netloc).strip()
+    if name.startswith("["):
+        raise ValueError("%.80r: an IPv6 peer needs a name: NAME=%s" % (rest, rest))
     if not FLEET_NAME_RE.match(name):
         raise ValueError("%.80r: a peer's name is letters, digits and . _ : - "
                          "(at most 63)" % (name,))
@@ -4081,6 +4103,95 @@ def parse_fleet_tokens(text):
 def fleet_peer_token(tokens, name):
     """The token to send to one peer (its own, else '*'), or None."""
     return tokens.get(name, tokens.get("*"))
+
+
+# -- fleet: a peer's answer, checked (a hostile peer gets nothing else through) --
+
+def _fleet_scalar(value):
+    """A peer's value kept only as a JSON scalar (strings cut, a list of
+    strings for throttle_reasons); anything else is null."""
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, (int, float)):
+        return value if math.isfinite(value) else None
+    if isinstance(value, str):
+        return value[:FLEET_TEXT_MAX]
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return [v[:FLEET_TEXT_MAX] for v in value[:32]]
+    return None
+
+
+def _fleet_pick(obj, keys):
+    return dict((key, _fleet_scalar(obj.get(key))) for key in keys)
+
+
+def parse_fleet_gpu(obj):
+    """One GPU of a peer's answer -> a fleet GPU with exactly its keys."""
+    if not isinstance(obj, dict):
+        raise ValueError("a GPU is not an object")
+    gpu = _fleet_pick(obj, FLEET_GPU_KEYS)
+    top = obj.get("top_process")
+    gpu["top_process"] = _fleet_pick(top, FLEET_TOP_PROCESS_KEYS) if isinstance(top, dict) else None
+    gpu["alert"] = gpu["alert"] if gpu["alert"] in ALERT_SEVERITIES else None
+    return gpu
+
+
+def parse_fleet_json(status, content_type, body, token_sent):
+    """A peer's HTTP answer -> its JSON; ValueError saying in a few words why
+    it is refused (401/403, a redirect, another status, body None: over
+    FLEET_MAX_ANSWER_BYTES, a wrong content type, bad JSON). Never a token."""
+    if status == 401:
+        raise ValueError("token refused (401)" if token_sent else "token needed (401)")
+    if status == 403:
+        raise ValueError("token refused (403)" if token_sent else "forbidden (403)")
+    if 300 <= status < 400:
+        raise ValueError("redirect (%d): not followed" % status)
+    if status != 200:
+        raise ValueError("HTTP %d" % status)
+    if body is None:
+        raise ValueError("answer over %d MiB" % (FLEET_MAX_ANSWER_BYTES >> 20))
+    media = (content_type or "").split(";", 1)[0].strip().lower()
+    if media != "application/json":
+        raise ValueError("wrong content type %.40r" % (media or "none",))
+    try:
+        return json.loads(body.decode("utf-8"))
+    except (ValueError, RecursionError):
+        raise ValueError("bad JSON")
+
+
+def compute_fleet_peer_state(outcome, age_s, interval_s):
+    """A peer's state from its last poll's outcome ("ok", "refused" or
+    "failed") and the age of its last good data (None: never): up, refused,
+    stale (data younger than FLEET_STALE_INTERVALS rounds) or down."""
+    if outcome == "ok":
+        return "up"
+    if outcome == "refused":
+        return "refused"
+    if age_s is not None and age_s < FLEET_STALE_INTERVALS * interval_s:
+        return "stale"
+    return "down"
+
+
+def compute_fleet_backoff_s(failures, interval_s):
+    """How long after a failed poll a peer is asked again: one round, then
+    doubling up to FLEET_BACKOFF_MAX_INTERVALS rounds or FLEET_BACKOFF_MAX_S."""
+    rounds = min(2 ** min(max(failures - 1, 0), 16), FLEET_BACKOFF_MAX_INTERVALS)
+    return min(rounds * interval_s, max(interval_s, FLEET_BACKOFF_MAX_S))
+
+
+def parse_fleet_host_answer(obj):
+    """A peer's GET /api/fleet/host (parsed JSON) -> {"version", "host",
+    "gpus", "alerts"}, every value checked and cut to its keys; ValueError
+    ("not a fleet answer") for anything else."""
+    if not isinstance(obj, dict) or not isinstance(obj.get("gpus"), list) or \
+            not isinstance(obj.get("alerts", []), list):
+        raise ValueError("not a fleet answer")
+    host = obj.get("host")
+    return {"version": _fleet_scalar(obj.get("version")) if isinstance(obj.get("version"), str) else None,
+            "host": _fleet_pick(host, FLEET_HOST_KEYS) if isinstance(host, dict) else None,
+            "gpus": [parse_fleet_gpu(gpu) for gpu in obj["gpus"][:FLEET_MAX_GPUS]],
+            "alerts": [_fleet_pick(a, FLEET_ALERT_KEYS) for a in obj.get("alerts", [])[:FLEET_MAX_ALERTS]
+                       if isinstance(a, dict)]}
 
 
 # ---------------------------------------------------------------------------
@@ -4526,7 +4637,8 @@ SIMPLE_ROUTES = {"/api/gpus": "gpus", "/api/host": "host", "/api/healthz": "heal
                  "/api/version": "version", "/ws": "ws", "/favicon.ico": "favicon",
                  "/plain": "plain", "/metrics": "metrics", "/debug/threads": "debug_threads",
                  "/debug/memory": "debug_memory", "/api/host/history": "host_history",
-                 "/api/processes": "processes"}
+                 "/api/processes": "processes",
+                 "/api/fleet": "fleet", "/api/fleet/host": "fleet_host"}
 
 
 def route(path):
@@ -4570,6 +4682,7 @@ ROUTE_PARAMS = {
     "gpu_metrics": (), "gpu_procs": (), "gpu_history": HISTORY_PARAMS,
     "gpu_processes": AT_PARAMS, "host_history": HISTORY_PARAMS, "processes": RUNS_PARAMS,
     "run_history": RUN_PARAMS, "alerts": ALERTS_PARAMS,
+    "fleet": (), "fleet_host": (),
 }
 
 HistoryQuery = collections.namedtuple("HistoryQuery", "from_s to_s step_s format")
@@ -5040,6 +5153,122 @@ def build_once_snapshot(version, epoch_s, rates_over_s, host, gpus):
     """--once --json: the host and every GPU (identity, "metrics", "procs")."""
     return {"version": version, "ts": format_ts(epoch_s), "rates_over_s": rates_over_s,
             "host": host, "gpus": gpus}
+
+
+def fleet_top_process(procs, nvml):
+    """A procs message's top process for the fleet: the row with the most
+    engine use (lowest PID on ties), else the most VRAM; None without rows."""
+    rows = (procs or {}).get("processes") or []
+    best = _argmax_row(sorted(rows, key=lambda r: r.get("pid") or 0),
+                       lambda r: _engine_ms(r, nvml))
+    best = best or _argmax_row(rows, lambda r: r.get("vram_bytes")
+                               if isinstance(r.get("vram_bytes"), (int, float)) else None)
+    if best is None:
+        return None
+    engine_ms = _engine_ms(best, nvml)
+    return {"pid": best.get("pid"), "name": best.get("name"), "user": best.get("user"),
+            "vram_bytes": best.get("vram_bytes"),
+            "gpu_pct": None if engine_ms is None else round(min(100.0, engine_ms / 10.0), 1)}
+
+
+def build_fleet_gpu(identity, metrics, procs, alert):
+    """One GPU in a fleet host entry: identity, the headline metrics (the stats
+    frame's keys, null when unknown), the top process, the process count (null
+    before a scan or with the scan off) and its worst active alert severity."""
+    metrics = metrics or {}
+    out = dict((key, identity.get(key)) for key in ("id", "name", "vendor", "vendor_label",
+                                                     "uuid", "pci"))
+    out.update((key, metrics.get(key)) for key in FLEET_METRIC_KEYS)
+    rows = (procs or {}).get("processes")
+    out.update(top_process=fleet_top_process(procs, identity.get("vendor") == "nvidia"),
+               processes=len(rows) if rows is not None else None, alert=alert)
+    return out
+
+
+def build_fleet_legacy_answer(gpus_answer, host_answer):
+    """An older peer without /api/fleet/host: its /api/gpus and /api/host
+    answers -> the shape of a fleet host answer (no processes, no alerts)."""
+    gpus = gpus_answer.get("gpus") if isinstance(gpus_answer, dict) else None
+    if not isinstance(gpus, list) or not all(isinstance(g, dict) for g in gpus):
+        raise ValueError("not a fleet answer")
+    host = host_answer.get("host") if isinstance(host_answer, dict) else None
+    return {"version": None, "host": host if isinstance(host, dict) else None, "alerts": [],
+            "gpus": [build_fleet_gpu(g, g.get("metrics") if isinstance(g.get("metrics"), dict)
+                                     else None, None, None) for g in gpus[:FLEET_MAX_GPUS]]}
+
+
+def build_fleet_alert(event):
+    """An active alert event -> the fleet's short form."""
+    return dict((key, event.get(key)) for key in FLEET_ALERT_KEYS)
+
+
+def build_fleet_host(name, source, page, state, last_seen, error, version, host, gpus, alerts):
+    """One host of the fleet (GET /api/fleet/host answers its own): last_seen
+    epoch seconds or None; host a host frame dict or None (cut to its CPU and
+    RAM); gpus fleet GPUs; alerts active events in their fleet form."""
+    return {"name": name, "source": source, "page": page, "state": state,
+            "last_seen": None if last_seen is None else format_ts(last_seen), "error": error,
+            "version": version,
+            "host": None if host is None else dict((k, host.get(k)) for k in FLEET_HOST_KEYS),
+            "gpus": gpus, "alerts": alerts}
+
+
+def build_local_fleet_host(name, epoch_s, gpus, procs, host, alerts):
+    """This server's own host entry: gpus [(identity, metrics or None)], procs
+    {gpu id: procs message}, host dict or None, alerts the active events."""
+    worst = {}
+    for event in alerts:
+        rank = ALERT_SEVERITIES.index(event["severity"]) if event.get("severity") in \
+            ALERT_SEVERITIES else -1
+        if rank > worst.get(event.get("gpu_id"), -1):
+            worst[event.get("gpu_id")] = rank
+    entries = [build_fleet_gpu(identity, metrics, procs.get(identity["id"]),
+                               ALERT_SEVERITIES[worst[identity["id"]]]
+                               if identity["id"] in worst else None)
+               for identity, metrics in gpus]
+    return build_fleet_host(name, "local", "/", "up", epoch_s, None, __version__, host, entries,
+                            [build_fleet_alert(event) for event in alerts])
+
+
+def compute_fleet_totals(hosts):
+    """The fleet's totals: a GPU is down on a host not up or when its
+    runtime_status is "lost", else busy at gpu_busy_pct >= FLEET_BUSY_PCT and
+    idle otherwise (unknown included); power_w sums the known values of the
+    GPUs not down (null when none is known)."""
+    totals = dict.fromkeys(("hosts_up", "gpus", "gpus_busy", "gpus_idle", "gpus_down"), 0)
+    power = []
+    for host in hosts:
+        up = host["state"] == "up"
+        totals["hosts_up"] += up
+        for gpu in host["gpus"]:
+            totals["gpus"] += 1
+            busy = gpu.get("gpu_busy_pct")
+            if not up or gpu.get("runtime_status") == "lost":
+                totals["gpus_down"] += 1
+                continue
+            if isinstance(busy, (int, float)) and busy >= FLEET_BUSY_PCT:
+                totals["gpus_busy"] += 1
+            else:
+                totals["gpus_idle"] += 1
+            if isinstance(gpu.get("power_w"), (int, float)):
+                power.append(gpu["power_w"])
+    return {"hosts": len(hosts), "hosts_up": totals["hosts_up"],
+            "hosts_down": len(hosts) - totals["hosts_up"], "gpus": totals["gpus"],
+            "gpus_busy": totals["gpus_busy"], "gpus_idle": totals["gpus_idle"],
+            "gpus_down": totals["gpus_down"], "power_w": round(sum(power), 1) if power else None}
+
+
+def build_fleet_message(epoch_s, source, interval_s, hosts, error=None):
+    """The fleet (the /ws frame and GET /api/fleet): source "local" (a server
+    without a fleet source: itself only), "peers" or "prometheus"; error says
+    why the peer list could not be read (the last good one is used), else null."""
+    return {"type": "fleet", "ts": format_ts(epoch_s), "source": source, "interval_s": interval_s,
+            "error": error, "hosts": hosts, "totals": compute_fleet_totals(hosts)}
+
+
+def fleet_content(message):
+    """A fleet message without its ts: what a round compares to push only changes."""
+    return dict(message, ts=None)
 
 
 def _compact(value):
@@ -8653,6 +8882,7 @@ class Cache(object):
         self._host = None                   # (epoch_s, host dict, OutFrame)
         self._host_history = HistoryRing(int(math.ceil(HISTORY_WINDOW_S / HOST_INTERVAL_S)),
                                          HOST_HISTORY_KEYS)
+        self._fleet = None                  # (message, frame): the hub's latest fleet
 
     def record(self, name, labels, value, add=False):
         """The monitor's own health numbers (for /metrics): set a gauge or add to a counter."""
@@ -8788,6 +9018,20 @@ class Cache(object):
         with self._lock:
             return list(self._alerts)
 
+    def publish_fleet(self, message):
+        """A hub's fleet after a round: kept; pushed only when it changed (ts aside)."""
+        frame = LazyFrame(None, "fleet", _same, message)
+        with self._lock:
+            previous, self._fleet = self._fleet, (message, frame)
+        if previous is not None and fleet_content(previous[0]) == fleet_content(message):
+            return False
+        self._notify(frame)
+        return True
+
+    def fleet(self):
+        with self._lock:
+            return self._fleet        # (message, frame) of the last published fleet, or None
+
     def gpus(self):
         with self._lock:
             return list(self._gpus.values())
@@ -8858,6 +9102,27 @@ class Cache(object):
             if self._hello is None or self._hello[0] <= seq:
                 self._hello = (seq, meta_seq, now, payload)
         return payload
+
+
+def local_fleet_host(cache, epoch_s=None):
+    """This server's own fleet host entry (GET /api/fleet/host), from the
+    cache's latest identities, stats, procs, host frame and active alerts."""
+    gpus, procs = cache.snapshot()
+    latest = cache.host()
+    return build_local_fleet_host(socket.gethostname(), time.time() if epoch_s is None else epoch_s,
+                                  gpus, procs, latest[1] if latest else None, cache.alerts())
+
+
+def current_fleet(cache):
+    """(message, OutFrame): a hub's latest fleet, or on a server without a
+    fleet source (nothing published) itself only, built now."""
+    latest = cache.fleet()
+    if latest is not None:
+        return latest
+    now = time.time()
+    message = build_fleet_message(now, "local", cache.interval_s, [local_fleet_host(cache, now)])
+    payload = json_bytes(replace_non_finite(message))
+    return message, OutFrame(None, "fleet", payload, encode_frame(Opcode.TEXT, payload))
 
 
 # -- samplers: one thread per GPU, the process scan -------------------------
@@ -9166,6 +9431,258 @@ class FleetPeerList(object):
         except ValueError as exc:
             self.error = "APP_FLEET_PEERS=@%s: %s" % (self.spec.path, exc)
             LOG.warning("event=fleet_peers_bad message=%r kept=%d", self.error, len(self._peers))
+
+
+# -- the peers poller: one round per interval, each due peer's /api/fleet/host --
+
+def _fleet_failure(exc):
+    """A few words for a connection that failed (never a URL or a token)."""
+    if isinstance(exc, socket.timeout):
+        return "timed out"
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(exc, http.client.RemoteDisconnected):
+        return "closed the connection"
+    text = getattr(exc, "strerror", None) or getattr(exc, "reason", None) or type(exc).__name__
+    return str(text)[:80]
+
+
+class FleetPeerState(object):
+    """What the poller knows of one peer: its keep-alive connection, its last
+    good data and how its last poll went. The poller thread owns it; while a
+    request is in flight (busy: the round's number) only that worker touches
+    the connection, and the poller only cuts its socket at the deadline."""
+
+    def __init__(self, peer, now):
+        self.peer = peer
+        self.prefix = urlsplit(peer.url).path
+        self.conn = self.sock = None
+        self.busy = 0
+        self.data = None                    # parse_fleet_host_answer of the last good answer
+        self.last_ok = None                 # (epoch s, monotonic s) of it
+        self.outcome, self.error = None, "not asked yet"
+        self.failures = 0
+        self.due = now
+
+    def get(self, path, token, timeout_s):
+        """One GET on the kept connection (once more on a fresh one when the
+        kept one was closed meanwhile) -> (status, content type, body or None
+        when over FLEET_MAX_ANSWER_BYTES). Never follows a redirect."""
+        headers = {"Accept": "application/json", "User-Agent": "amdgpu_top_web/" + __version__}
+        if token:
+            headers["Authorization"] = "Bearer " + token
+        for attempt in (0, 1):
+            reused = self.conn is not None
+            if self.conn is None:
+                cls = (http.client.HTTPSConnection if self.peer.scheme == "https"
+                       else http.client.HTTPConnection)
+                self.conn = cls(self.peer.host, self.peer.port, timeout=timeout_s)
+            try:
+                self.conn.request("GET", self.prefix + path, headers=headers)
+                self.sock = self.conn.sock
+                return self._read(self.conn.getresponse())
+            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+                self.close()
+                if not reused or attempt:
+                    raise
+            except Exception:
+                self.close()
+                raise
+
+    def _read(self, response):
+        length = response.getheader("Content-Length")
+        content_type = response.getheader("Content-Type", "")
+        if response.status != 200 or (length is not None and length.isdigit()
+                                      and int(length) > FLEET_MAX_ANSWER_BYTES):
+            self.close()
+            return response.status, content_type, None
+        body = response.read(FLEET_MAX_ANSWER_BYTES + 1)
+        if len(body) > FLEET_MAX_ANSWER_BYTES:
+            self.close()
+            return response.status, content_type, None
+        return response.status, content_type, body
+
+    def cut(self):
+        """From the poller: end a request past the round's deadline."""
+        sock = self.sock
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def close(self):
+        conn, self.conn, self.sock = self.conn, None, None
+        if conn is not None:
+            conn.close()
+
+    def record(self, outcome, value, epoch_s, now, interval_s):
+        """A poll's outcome ("ok" with the data, else "refused"/"failed" with why)."""
+        changed = outcome != self.outcome
+        self.outcome = outcome
+        if outcome == "ok":
+            self.data, self.last_ok, self.error, self.failures = value, (epoch_s, now), None, 0
+            self.due = now
+        else:
+            self.error = value
+            self.failures += 1
+            self.due = now + compute_fleet_backoff_s(self.failures, interval_s) - interval_s / 2
+        if changed:
+            LOG.info("event=fleet_peer name=%s outcome=%s error=%r", self.peer.name, outcome,
+                     self.error)
+
+    def entry(self, now, interval_s):
+        """This peer's fleet host entry: the last good data, in every state."""
+        data = self.data or {"version": None, "host": None, "gpus": [], "alerts": []}
+        age = None if self.last_ok is None else now - self.last_ok[1]
+        return build_fleet_host(self.peer.name, "peer", "/hosts/%s/" % self.peer.name,
+                                compute_fleet_peer_state(self.outcome, age, interval_s),
+                                self.last_ok[0] if self.last_ok else None, self.error,
+                                data["version"], data["host"], data["gpus"], data["alerts"])
+
+
+def ask_fleet_peer(state, token, timeout_s):
+    """One peer's fleet host entry data: ("ok", data), ("refused", why) or
+    ("failed", why). A peer that answers 404 (an older version) is asked its
+    /api/gpus and /api/host instead."""
+    try:
+        status, content_type, body = state.get(FLEET_HOST_PATH, token, timeout_s)
+        if status != 404:
+            return "ok", parse_fleet_host_answer(
+                parse_fleet_json(status, content_type, body, token is not None))
+        answers = [parse_fleet_json(*(state.get(path, token, timeout_s) + (token is not None,)))
+                   for path in ("/api/gpus", "/api/host")]
+        return "ok", parse_fleet_host_answer(build_fleet_legacy_answer(*answers))
+    except ValueError as exc:
+        return "refused", str(exc)
+    except http.client.RemoteDisconnected as exc:
+        return "failed", _fleet_failure(exc)
+    except http.client.HTTPException:
+        state.close()
+        return "refused", "not an HTTP answer"
+    except OSError as exc:
+        return "failed", _fleet_failure(exc)
+
+
+class FleetPoller(StoppableThread):
+    """A hub's peers: every fleet_interval_s one round asks each due peer its
+    GET /api/fleet/host (keep-alive, the peer's token, fleet_timeout_s) on a
+    few worker threads, waits at most the timeout (then cuts what is left:
+    one slow peer never holds the others or the round), and publishes the
+    fleet (Cache.publish_fleet). No lock of the cache is held while waiting.
+    A failing peer is asked again after a backoff (compute_fleet_backoff_s)."""
+
+    def __init__(self, config, cache, peer_list):
+        StoppableThread.__init__(self, "fleet-poller")
+        self.cache, self.peer_list = cache, peer_list
+        self.interval_s, self.timeout_s = config.fleet_interval_s, config.fleet_timeout_s
+        self.tokens = config.fleet_tokens
+        self._states = collections.OrderedDict()    # peer name -> FleetPeerState
+        self._tasks, self._results = queue.Queue(), queue.Queue()
+        self._workers = []
+        self._round = 0
+        self._hosts = None          # the peer count hello's features.fleet says
+
+    def start(self):
+        """The fleet as configured (every peer down, not asked yet) before the first round."""
+        self._sync(self.peer_list.current(), time.monotonic())
+        self.cache.publish_fleet(self.message(time.time()))
+        StoppableThread.start(self)
+
+    def run(self):
+        while not self.stopping.is_set():
+            started = time.monotonic()
+            try:
+                self.cache.publish_fleet(self.poll_round())
+            except Exception:       # never die: the next round tries again
+                LOG.exception("event=fleet_round_failed")
+            self.pause(self.interval_s - (time.monotonic() - started))
+        self.close()
+
+    def poll_round(self):
+        """Ask every due peer once; -> the fleet message."""
+        now = time.monotonic()
+        self._sync(self.peer_list.current(), now)
+        self._round += 1
+        due = [st for st in self._states.values() if not st.busy and st.due <= now]
+        for _ in range(len(self._workers), min(FLEET_WORKERS, len(due))):
+            worker = threading.Thread(target=self._work, name="fleet-worker")
+            worker.daemon = True
+            worker.start()
+            self._workers.append(worker)
+        for state in due:
+            state.busy = self._round
+            self._tasks.put(state)
+        self._collect(set(due), now + self.timeout_s + FLEET_DEADLINE_GRACE_S)
+        return self.message(time.time())
+
+    def _sync(self, peers, now):
+        """The states follow the peer list (a peer whose URL changed starts anew)."""
+        old = self._states
+        self._states = collections.OrderedDict()
+        for peer in peers:
+            state = old.pop(peer.name, None)
+            if state is None or state.peer != peer:
+                state = FleetPeerState(peer, now)
+            self._states[peer.name] = state
+        for state in old.values():
+            if not state.busy:
+                state.close()
+        if self._hosts != len(self._states):
+            self._hosts = len(self._states)
+            self.cache.set_feature("fleet", {"source": "peers", "interval_s": self.interval_s,
+                                             "hosts": self._hosts})
+
+    def _collect(self, waiting, deadline):
+        """The answers of this round until the deadline (and any late one of
+        an earlier round: it only frees its peer for the next round)."""
+        while True:
+            try:
+                item = self._results.get(bool(waiting), max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                break
+            if item is None:        # stop()
+                break
+            state, number, outcome = item
+            state.busy = 0
+            if state in waiting and number == self._round:
+                waiting.discard(state)
+                state.record(outcome[0], outcome[1], time.time(), time.monotonic(),
+                             self.interval_s)
+            elif self._states.get(state.peer.name) is not state:
+                state.close()
+        for state in waiting:       # past the deadline: cut, counted as a timeout
+            state.cut()
+            state.record("failed", "timed out", time.time(), time.monotonic(), self.interval_s)
+
+    def _work(self):
+        while True:
+            state = self._tasks.get()
+            if state is None:
+                return
+            outcome = ask_fleet_peer(state, fleet_peer_token(self.tokens, state.peer.name),
+                                     self.timeout_s)
+            self._results.put((state, state.busy, outcome))
+
+    def stop(self):
+        StoppableThread.stop(self)
+        self._results.put(None)
+
+    def message(self, epoch_s):
+        """The fleet now: this server first when it has GPUs, then every peer."""
+        now = time.monotonic()
+        local = local_fleet_host(self.cache, epoch_s)
+        hosts = ([local] if local["gpus"] else []) + [
+            state.entry(now, self.interval_s) for state in self._states.values()]
+        return build_fleet_message(epoch_s, "peers", self.interval_s, hosts,
+                                   self.peer_list.error)
+
+    def close(self):
+        for _ in self._workers:
+            self._tasks.put(None)
+        for state in self._states.values():
+            state.cut()
+            state.close()
 
 
 # ---------------------------------------------------------------------------
@@ -10598,31 +11115,37 @@ class DashboardProtocol(object):
         return [self._error("unknown message type: %.40r" % (kind,))]
 
     def _subscribe(self, client, gpu_id, host, detail):
-        """gpu_id "*" (every GPU), a GPU id, or "host" (host frames only);
-        host: false leaves the host frames out (they come by default); detail
-        "overview": stats thinned and procs cut (WS_SUBSCRIBE_DETAILS)."""
+        """gpu_id "*" (every GPU), a GPU id, "host" (host frames only) or
+        "fleet" (the fleet frames, no GPU's); host: false leaves the host frames
+        out (they come by default); detail "overview": stats thinned and procs
+        cut (WS_SUBSCRIBE_DETAILS)."""
         if not isinstance(host, bool):
             return [self._error("host must be true or false")]
         if not isinstance(detail, str) or detail not in WS_SUBSCRIBE_DETAILS:
             return [self._error("detail must be \"full\" or \"overview\"")]
         if gpu_id == "host" and not host:
             return [self._error("gpu_id \"host\" with host false subscribes to nothing")]
-        if gpu_id not in ("*", "host") and (not isinstance(gpu_id, str)
+        if gpu_id not in ("*", "host", "fleet") and (not isinstance(gpu_id, str)
                                             or self.cache.gpu(gpu_id) is None):
             return [self._error("unknown gpu_id: %.64r" % (gpu_id,))]
         gpus = None if gpu_id == "host" else gpu_id
         client.subscription = (gpus, host, detail)
         reply = [self._json(build_subscribed_message(gpu_id, host, detail))]
+        if gpu_id == "fleet":
+            reply.append(current_fleet(self.cache)[1].wire)
+            gpus = None                 # the latest host frame only, no GPU's
         return reply + [frame.wire for frame in self.cache.latest_frames(gpus, host, detail)]
 
     def wants(self, client, frame):
-        """Host frames to every client that did not turn them off; other
-        frames without a GPU (gpus, alerts) to all; a GPU's to its subscribers:
-        with detail "overview", its stats through the gate and the procs_top
-        frames instead of procs."""
+        """Host frames to every client that did not turn them off; fleet
+        frames to the fleet's subscribers; other frames without a GPU (gpus,
+        alerts) to all; a GPU's to its subscribers: with detail "overview", its
+        stats through the gate and the procs_top frames instead of procs."""
         gpus, host, detail = client.subscription
         if frame.kind == "host":
             return host
+        if frame.kind == "fleet":
+            return gpus == "fleet"
         if frame.gpu_id is None:
             return True
         if gpus not in ("*", frame.gpu_id):
@@ -11198,6 +11721,14 @@ class Routes(object):
         self._send(200, "application/json", latest[2].payload if latest else json_bytes(
             build_host_message(None, None)))
 
+    def route_fleet(self, _):
+        """The hub's latest fleet; on a server without a fleet source, itself only."""
+        self._send(200, "application/json", current_fleet(self.server.app.cache)[1].payload)
+
+    def route_fleet_host(self, _):
+        """This server's own fleet host entry: what a hub asks every peer."""
+        self._send_json(200, replace_non_finite(local_fleet_host(self.server.app.cache)))
+
     def route_healthz(self, _):
         self._send_json(200, build_health_answer(self.server.app.history_status()))
 
@@ -11546,6 +12077,7 @@ class App(object):
             self.cache.add_sink(self.history)
         self.host_thread = HostSampler(HostReader(config.proc_root), self.cache)
         self.webhook, self.alerts = self._make_alerts(alert_rules)
+        self.fleet = self._make_fleet()
         self.error_log = ErrorLog()
         self.machine_names = frozenset()        # filled by start() (the Host check)
         self.server = None
@@ -11558,6 +12090,14 @@ class App(object):
             return None
         self.cache.set_feature("procs", True)
         return ProcScanThread(source, self.cache, config.proc_scan_interval_s, config.interval_s * 4)
+
+    def _make_fleet(self):
+        """The peers poller on a hub with APP_FLEET_PEERS, else None (features.fleet null)."""
+        config = self.config
+        self.cache.set_feature("fleet", None)
+        if config.fleet_peers is None:
+            return None
+        return FleetPoller(config, self.cache, FleetPeerList(config.fleet_peers))
 
     def _history_changed(self, status):
         self.cache.set_feature("history", status)
@@ -11662,6 +12202,8 @@ class App(object):
         if self.procs_thread is not None:
             self.procs_thread.start()
         self.host_thread.start()
+        if self.fleet is not None:
+            self.fleet.start()
         self._serve_thread = threading.Thread(target=self.server.serve_forever, args=(0.5,),
                                               name="http-server")
         self._serve_thread.daemon = True
@@ -11692,11 +12234,11 @@ class App(object):
         if self.procs_thread is not None:
             self.procs_thread.stop()
         self.host_thread.stop()
-        for thread in (self.alerts, self.webhook):
+        for thread in (self.alerts, self.webhook, self.fleet):
             if thread is not None:
                 thread.stop()
         for thread in (self.hub, self.manager, self.procs_thread, self.host_thread,
-                       self._serve_thread, self.alerts, self.webhook):
+                       self._serve_thread, self.alerts, self.webhook, self.fleet):
             if thread is not None and thread.is_alive():
                 thread.join(2.0)
         self.manager.close_backends()       # nvmlShutdown once nothing calls NVML

@@ -37,6 +37,8 @@ Endpoints (GET/HEAD only; anything else is 405)::
     /vendor/...               the page's ES modules (APP_VENDOR_DIR, air-gapped)
     /debug/threads /debug/memory   (APP_ENABLE_PPROF=true)
     /ws                       WebSocket: hello, stats, procs, host, gpus, alert, pong, error
+    /hosts/{name}/...         a hub's peer (APP_FLEET_PEERS) by name: its page, API and
+                              /ws through this server (GET/HEAD and the upgrade only)
 
 Every request's Host must be loopback, this machine, an address or in
 APP_ALLOWED_HOSTS (403: DNS rebinding); with APP_AUTH_TOKEN, all but
@@ -47,6 +49,8 @@ Threads::
 
     browser --HTTP--> ThreadingHTTPServer handler threads (answer from the cache)
     browser --/ws --> handshake in a handler thread, socket handed to the hub
+    browser --/hosts/{name}/...--> a handler thread relays it to that peer; for
+                     /hosts/{name}/ws it stays, splicing bytes both ways (at most 64)
     hub (ONE thread, selectors loop) <-- wake-up socketpair <-- cache.publish()
     cache (lock) <-- sampler thread per GPU (a backend's reader: sysfs/hwmon with
                      kept fds + pread, or NVML calls prepared once)
@@ -79,9 +83,9 @@ Contents (a section uses only the sections above it)::
      5. WebSocket codec (sans-IO, RFC 6455)
         frames; decoding
      6. Pure HTTP helpers
-        the WebSocket handshake; routes and query parameters; checks; one
-        builder per wire shape; the Alertmanager webhook body, alert events in
-        a time range; CSV answers; texts; Prometheus text; debug pages; the
+        the WebSocket handshake; routes and query parameters; checks; the
+        fleet proxy; one builder per wire shape; the Alertmanager webhook
+        body, alert events in a time range; CSV answers; texts; Prometheus text; debug pages; the
         page's ES modules from APP_VENDOR_DIR; the plain view
      7. Readers: thin I/O (path -> text or None), /proc, NVML
         files; DRM cards, hwmon dirs and names; /proc; NVIDIA; the thread base
@@ -95,7 +99,7 @@ Contents (a section uses only the sections above it)::
     11. The live cache and its threads
         the cache; samplers; the host; discovery
     12. Fleet: a hub's peers, Prometheus and the proxy
-        the peer list; the peers poller
+        the peer list; the peers poller; the proxy
     13. History store (SQLite: the only code that speaks SQL)
         schema and SQL text; opening the file; run rows and source ids; the
         reader; the writer
@@ -203,7 +207,7 @@ import traceback
 import tracemalloc
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import parse_qsl, quote, unquote, urljoin, urlsplit
 
 try:                    # stdlib, but a minimal Python may be built without SQLite:
     import sqlite3      # then history is off
@@ -645,6 +649,28 @@ FLEET_METRIC_KEYS = ("gpu_busy_pct", "vram_used_bytes", "vram_total_bytes", "tem
 FLEET_TOP_PROCESS_KEYS = ("pid", "name", "user", "vram_bytes", "gpu_pct")
 FLEET_HOST_KEYS = ("cpu_busy_pct", "cpu_count", "mem_used_bytes", "mem_total_bytes")
 FLEET_ALERT_KEYS = ("rule", "gpu_id", "severity", "summary", "started")
+FLEET_NUMERIC_KEYS = frozenset(("gpu_busy_pct", "vram_used_bytes", "vram_total_bytes", "temp_c",
+                                "power_w", "power_cap_w", "processes", "pid", "vram_bytes",
+                                "gpu_pct") + FLEET_HOST_KEYS)
+FLEET_PROXY_PREFIX = "/hosts/"     # /hosts/{name}/...: a peer's page and API through the hub
+FLEET_PROXY_READ_TIMEOUT_S = 10.0  # a proxied answer's head (connecting: APP_FLEET_TIMEOUT)
+FLEET_PROXY_BODY_LIMIT = 64 << 20  # a proxied body without Content-Length is read up to this
+FLEET_PROXY_CHUNK_BYTES = 65536
+FLEET_PROXY_HEAD_LIMIT = 16384     # a peer's answer head to a proxied WebSocket upgrade
+FLEET_PROXY_WS_MAX = 64            # proxied WebSockets at once (a handler thread each)
+FLEET_PROXY_WS_IDLE_S = 120.0      # a proxied WebSocket silent both ways this long is closed
+# RFC 9110 §7.6.1 hop-by-hop fields, never relayed either way
+HOP_BY_HOP_HEADERS = frozenset(("connection", "keep-alive", "proxy-authenticate",
+                                "proxy-authorization", "proxy-connection", "te", "trailer",
+                                "transfer-encoding", "upgrade"))
+# the browser's credentials for the hub and its Host/Origin stay at the hub
+FLEET_PROXY_REQUEST_DROP = HOP_BY_HOP_HEADERS | frozenset((
+    "host", "authorization", "cookie", "origin", "referer", "content-length", "forwarded",
+    "x-forwarded-for", "x-forwarded-host", "x-forwarded-proto", "x-real-ip"))
+FLEET_PROXY_RESPONSE_DROP = HOP_BY_HOP_HEADERS | frozenset((
+    "set-cookie", "set-cookie2", "content-length", "server", "date"))
+# RFC 3986 pchar without '%': what a re-encoded path segment keeps as it is
+FLEET_PROXY_SEGMENT_SAFE = "!$&'()*+,;=:@-._~"
 
 
 # ---------------------------------------------------------------------------
@@ -4122,7 +4148,16 @@ def _fleet_scalar(value):
 
 
 def _fleet_pick(obj, keys):
-    return dict((key, _fleet_scalar(obj.get(key))) for key in keys)
+    """obj cut to keys; a value of the wrong kind (a number where a name goes,
+    a string where a number goes: FLEET_NUMERIC_KEYS) is null."""
+    out = {}
+    for key in keys:
+        value = _fleet_scalar(obj.get(key))
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        wanted = number if key in FLEET_NUMERIC_KEYS else not number and not isinstance(value, bool)
+        out[key] = value if wanted and (key == "throttle_reasons") == isinstance(value, list) \
+            else None
+    return out
 
 
 def parse_fleet_gpu(obj):
@@ -4653,6 +4688,8 @@ def route(path):
     if path.startswith("/api/processes/"):
         match = RUN_PATH_RE.match(path)
         return ("run_history", int(match.group(1))) if match else ("not_found", None)
+    if path.startswith(FLEET_PROXY_PREFIX):
+        return "proxy", None
     return SIMPLE_ROUTES.get(path, "not_found"), None
 
 
@@ -4677,7 +4714,7 @@ RUN_PARAMS = ("format",)
 # None: the route takes whatever comes (the page's ?token=, Prometheus' params).
 ROUTE_PARAMS = {
     "page": None, "vendor": None, "plain": None, "metrics": None, "ws": None, "favicon": None,
-    "debug_threads": None, "debug_memory": None, "not_found": None,
+    "debug_threads": None, "debug_memory": None, "not_found": None, "proxy": None,
     "gpus": (), "host": (), "healthz": (), "readyz": (), "version": (),
     "gpu_metrics": (), "gpu_procs": (), "gpu_history": HISTORY_PARAMS,
     "gpu_processes": AT_PARAMS, "host_history": HISTORY_PARAMS, "processes": RUNS_PARAMS,
@@ -4996,6 +5033,113 @@ def build_csp(script_hashes, use_cdn):
             "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
             % (" ".join(["'self'"] + cdn + list(script_hashes)),
                " ".join(["'self'", "'unsafe-inline'"] + cdn)))
+
+
+# -- the fleet proxy: /hosts/{name}/ paths, headers, redirects ---------------
+
+def parse_proxy_path(path):
+    """A request path under /hosts/ (still percent-encoded) -> (peer name,
+    the path to ask the peer for, re-encoded): '/hosts/a:80/api/gpus' ->
+    ('a:80', '/api/gpus'); (name, None) for '/hosts/NAME' (no slash yet).
+    None when the name is no peer name or the rest could leave the peer:
+    a '.' or '..' segment (encoded too), '//', a backslash, a control
+    character. Names, not URLs: nothing here ever picks a host."""
+    if not path.startswith(FLEET_PROXY_PREFIX):
+        return None
+    raw_name, slash, rest = path[len(FLEET_PROXY_PREFIX):].partition("/")
+    try:
+        name = unquote(raw_name, errors="strict")
+        segments = [unquote(segment, errors="strict") for segment in rest.split("/")]
+    except UnicodeDecodeError:
+        return None
+    if not FLEET_NAME_RE.match(name):
+        return None
+    if not slash:
+        return name, None
+    for index, segment in enumerate(segments):
+        if segment in (".", "..") or (not segment and index != len(segments) - 1):
+            return None
+        if any(ch in "/\\" or ord(ch) < 0x20 or ord(ch) == 0x7f for ch in segment):
+            return None
+    return name, "/" + "/".join(quote(segment, safe=FLEET_PROXY_SEGMENT_SAFE)
+                                for segment in segments)
+
+
+def proxy_query(query):
+    """The query string passed on to a peer: the hub's own ?token= never is."""
+    return "&".join(part for part in (query or "").split("&")
+                    if part and part.split("=", 1)[0] != "token")
+
+
+def _connection_named(headers):
+    """Lower-cased names a Connection header lists (hop-by-hop for this hop too)."""
+    return set().union(*[_header_tokens(value) for key, value in headers
+                         if key.lower() == "connection"] or [set()])
+
+
+def proxy_request_headers(headers, peer_netloc, token):
+    """The browser's [(name, value)] -> the ones sent to a peer: no hop-by-hop
+    field, none of the hub's credentials (Authorization, Cookie), no Origin;
+    Host is the peer's and Authorization the peer's own token, if any."""
+    named = _connection_named(headers)
+    out = [(key, value) for key, value in headers
+           if key.lower() not in FLEET_PROXY_REQUEST_DROP and key.lower() not in named
+           and not key.lower().startswith("sec-websocket-")]
+    out.append(("Host", peer_netloc))
+    if token:
+        out.append(("Authorization", "Bearer " + token))
+    return out
+
+
+def proxy_response_headers(headers):
+    """A peer's answer [(name, value)] -> the ones relayed to the browser: no
+    hop-by-hop field, no Set-Cookie (the hub's origin is not the peer's)."""
+    named = _connection_named(headers)
+    return [(key, value) for key, value in headers
+            if key.lower() not in FLEET_PROXY_RESPONSE_DROP and key.lower() not in named]
+
+
+def rewrite_proxy_location(location, peer_url, request_url, name):
+    """A peer's redirect -> the same place under /hosts/{name}/, or None when
+    it leaves the peer (another host, port or scheme, or above its base path)."""
+    try:
+        target = urlsplit(urljoin(request_url, location.strip()))
+        base = urlsplit(peer_url)
+        port = target.port or (443 if target.scheme == "https" else 80)
+    except ValueError:
+        return None
+    if (target.scheme != base.scheme or target.username is not None
+            or (target.hostname or "") != base.hostname or port != base.port):
+        return None
+    if target.path != base.path and not target.path.startswith(base.path + "/"):
+        return None
+    path = "%s%s%s" % (FLEET_PROXY_PREFIX, name, target.path[len(base.path):] or "/")
+    found = parse_proxy_path(path)
+    if found is None or found[1] is None:
+        return None
+    return path + ("?" + target.query if target.query else "")
+
+
+def build_proxy_ws_request(path, peer_netloc, headers, token):
+    """The opening handshake sent to a peer for a browser's /hosts/{name}/ws:
+    the browser's key and version (so the peer's 101 answers the browser),
+    the peer's Host, no Origin (a non-browser client to the peer), its token."""
+    lines = ["GET %s HTTP/1.1" % path, "Host: %s" % peer_netloc, "Upgrade: websocket",
+             "Connection: Upgrade"]
+    for key in ("Sec-WebSocket-Key", "Sec-WebSocket-Version", "Sec-WebSocket-Protocol",
+                "User-Agent"):
+        value = headers.get(key)
+        if value:
+            lines.append("%s: %s" % (key, value))
+    if token:
+        lines.append("Authorization: Bearer %s" % token)
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1", "replace")
+
+
+def parse_status_line(head):
+    """b'HTTP/1.1 101 Switching Protocols\\r\\n...' -> 101; None when it is no status line."""
+    match = re.match(br"HTTP/1\.[01] ([1-5][0-9]{2})(?: |\r|$)", head)
+    return int(match.group(1)) if match else None
 
 
 # -- one builder per wire shape: frames and JSON answers --------------------
@@ -5906,7 +6050,8 @@ VENDOR_TYPES = {".js": "text/javascript; charset=utf-8", ".mjs": "text/javascrip
 
 
 def rewrite_cdn_urls(page_html):
-    """Air-gapped mode: 'https://cdn.jsdelivr.net/npm/PKG@VER/PATH' -> '/vendor/PKG/PATH'.
+    """Air-gapped mode: 'https://cdn.jsdelivr.net/npm/PKG@VER/PATH' -> './vendor/PKG/PATH'
+    (relative to the page, so it works under a hub's /hosts/{name}/ too).
 
     Returns (new html, {"/vendor/PKG/PATH": ("PKG", "VER", "PKG/PATH")}): the
     allow-list of files /vendor/ serves. jsDelivr's /npm/ URLs mirror the npm
@@ -5921,7 +6066,7 @@ def rewrite_cdn_urls(page_html):
             return match.group(0)
         url = "/vendor/%s/%s" % (package, path)
         files[url] = (package, version, "%s/%s" % (package, path))
-        return url
+        return "." + url
     return CDN_URL_RE.sub(local, page_html), files
 
 
@@ -5966,14 +6111,71 @@ PLAIN_ROWS = (
 )
 
 
-def render_plain(gpus, procs, refresh_s, hint=None, page=True, host=None, alerts=None):
+def fleet_host_summary(host):
+    """(GPUs busy, GPUs idle, power W or None) of one fleet host (power: the known values)."""
+    busy = sum(1 for g in host["gpus"] if isinstance(g.get("gpu_busy_pct"), (int, float))
+               and g["gpu_busy_pct"] >= FLEET_BUSY_PCT)
+    power = [g["power_w"] for g in host["gpus"] if isinstance(g.get("power_w"), (int, float))]
+    return busy, len(host["gpus"]) - busy, round(sum(power), 1) if power else None
+
+
+def format_fleet_gpu(gpu):
+    """One GPU of the fleet in a compact cell: id, busy, temperature, power,
+    VRAM, the top process (user), the alert."""
+    parts = [sanitize_text(gpu["id"] or "?"), format_value(gpu["gpu_busy_pct"], "%"),
+             format_value(gpu["temp_c"], " °C"), format_value(gpu["power_w"], " W"),
+             "%s / %s" % (format_bytes(gpu["vram_used_bytes"]), format_bytes(gpu["vram_total_bytes"]))]
+    top = gpu.get("top_process") or {}
+    if top.get("name"):
+        parts.append("%s (%s)" % (sanitize_text(top["name"])[:24], sanitize_text(top.get("user") or "?")))
+    if gpu.get("alert"):
+        parts.append("[%s]" % gpu["alert"])
+    return "  ".join(parts)
+
+
+def format_fleet_host(host):
+    """One fleet host's cells: name, state (and why), last seen, GPUs busy / idle, power."""
+    busy, idle, power = fleet_host_summary(host)
+    state = host["state"] + (" (%s)" % sanitize_text(host["error"]) if host["error"] else "")
+    return [sanitize_text(host["name"]), state, host["last_seen"] or "never",
+            "%d / %d" % (busy, idle), format_value(power, " W")]
+
+
+def format_fleet_totals(fleet):
+    totals = fleet["totals"]
+    return "%d hosts (%d up, %d not)  %d GPUs: %d busy, %d idle, %d down  power %s%s" % (
+        totals["hosts"], totals["hosts_up"], totals["hosts_down"], totals["gpus"],
+        totals["gpus_busy"], totals["gpus_idle"], totals["gpus_down"],
+        format_value(totals["power_w"], " W"),
+        "  (peer list: %s)" % fleet["error"] if fleet.get("error") else "")
+
+
+def _plain_fleet(fleet):
+    """A hub's fleet: one row per host, a compact cell per GPU."""
+    esc = html.escape
+    rows = ["<h2>Fleet</h2><p>%s</p>" % esc(format_fleet_totals(fleet)),
+            "<table border=1><thead><tr><th>host</th><th>state</th><th>last seen</th>"
+            "<th>GPUs busy / idle</th><th>power</th><th>GPUs</th></tr></thead><tbody>"]
+    for host in fleet["hosts"]:
+        cells = [esc(cell) for cell in format_fleet_host(host)]
+        if host.get("page"):
+            cells[0] = "<a href=\"%s\">%s</a>" % (esc(host["page"]), cells[0])
+        cells.append("<br>".join(esc(format_fleet_gpu(gpu)) for gpu in host["gpus"]))
+        rows.append("<tr>%s</tr>" % "".join("<td>%s</td>" % cell for cell in cells))
+    rows.append("</tbody></table>")
+    return rows
+
+
+def render_plain(gpus, procs, refresh_s, hint=None, page=True, host=None, alerts=None,
+                 fleet=None):
     """The no-JavaScript view: the host, every GPU and its processes as HTML tables.
 
     gpus: [(identity dict, metrics dict or None)]; procs: {gpu id: procs message};
     host: the host dict (HOST_KEYS) or None before its first sample.
     Every value goes through html.escape (process names are untrusted);
     page=False (index.html missing) leaves out the link to the dashboard;
-    alerts: the active alert events (None: alerts are off).
+    alerts: the active alert events (None: alerts are off); fleet: a hub's
+    fleet message, shown first (None: not a hub).
     """
     esc = html.escape
     out = ["<!doctype html><html lang=en><head><meta charset=utf-8>",
@@ -5983,6 +6185,8 @@ def render_plain(gpus, procs, refresh_s, hint=None, page=True, host=None, alerts
            "<h1>amdgpu_top_web</h1>"]
     if hint:
         out.append("<p>%s</p>" % esc(hint))
+    if fleet is not None:
+        out.extend(_plain_fleet(fleet))
     if host:
         out.extend(_plain_host(host))
     if not gpus:
@@ -9572,9 +9776,10 @@ class FleetPoller(StoppableThread):
     fleet (Cache.publish_fleet). No lock of the cache is held while waiting.
     A failing peer is asked again after a backoff (compute_fleet_backoff_s)."""
 
-    def __init__(self, config, cache, peer_list):
+    def __init__(self, config, cache, peer_list, local=None):
         StoppableThread.__init__(self, "fleet-poller")
         self.cache, self.peer_list = cache, peer_list
+        self.local = local or (lambda epoch_s: local_fleet_host(cache, epoch_s))   # -> host entry
         self.interval_s, self.timeout_s = config.fleet_interval_s, config.fleet_timeout_s
         self.tokens = config.fleet_tokens
         self._states = collections.OrderedDict()    # peer name -> FleetPeerState
@@ -9628,7 +9833,7 @@ class FleetPoller(StoppableThread):
         for state in old.values():
             if not state.busy:
                 state.close()
-        if self._hosts != len(self._states):
+        if self._hosts != len(self._states) and self.cache is not None:
             self._hosts = len(self._states)
             self.cache.set_feature("fleet", {"source": "peers", "interval_s": self.interval_s,
                                              "hosts": self._hosts})
@@ -9664,6 +9869,13 @@ class FleetPoller(StoppableThread):
                                      self.timeout_s)
             self._results.put((state, state.busy, outcome))
 
+    def poll_once(self):
+        """One round without the thread (--once): -> the fleet message."""
+        try:
+            return self.poll_round()
+        finally:
+            self.close()
+
     def stop(self):
         StoppableThread.stop(self)
         self._results.put(None)
@@ -9671,7 +9883,7 @@ class FleetPoller(StoppableThread):
     def message(self, epoch_s):
         """The fleet now: this server first when it has GPUs, then every peer."""
         now = time.monotonic()
-        local = local_fleet_host(self.cache, epoch_s)
+        local = self.local(epoch_s)
         hosts = ([local] if local["gpus"] else []) + [
             state.entry(now, self.interval_s) for state in self._states.values()]
         return build_fleet_message(epoch_s, "peers", self.interval_s, hosts,
@@ -9683,6 +9895,199 @@ class FleetPoller(StoppableThread):
         for state in self._states.values():
             state.cut()
             state.close()
+
+
+# -- the proxy: /hosts/{name}/ ----------------------------------------------
+
+class FleetProxy(object):
+    """/hosts/{name}/...: GET and HEAD relayed to the peer of that name in the
+    current list, and /hosts/{name}/ws spliced to its /ws. The target is
+    always a configured peer (never a URL from the request); the peer gets
+    its own token from APP_FLEET_TOKEN_FILE, never the browser's for the hub."""
+
+    def __init__(self, peers, tokens, timeout_s):
+        self.peers = peers
+        self.tokens = tokens or {}
+        self.timeout_s = timeout_s
+        self._ws_slots = threading.BoundedSemaphore(FLEET_PROXY_WS_MAX)
+
+    def find(self, name):
+        return next((peer for peer in self.peers.current() if peer.name == name), None)
+
+    def _connect(self, peer):
+        """An open connection to the peer (within APP_FLEET_TIMEOUT), then
+        FLEET_PROXY_READ_TIMEOUT_S per read; OSError otherwise."""
+        cls = http.client.HTTPSConnection if peer.scheme == "https" else http.client.HTTPConnection
+        conn = cls(peer.host, peer.port, timeout=self.timeout_s)
+        try:
+            conn.connect()
+            conn.sock.settimeout(FLEET_PROXY_READ_TIMEOUT_S)
+        except Exception:
+            conn.close()
+            raise
+        return conn
+
+    def relay_http(self, handler, peer, rest, query):
+        """One GET/HEAD to the peer, its answer relayed (a 502 naming the peer
+        when it cannot be reached, fails, or redirects elsewhere)."""
+        base = urlsplit(peer.url)
+        query = proxy_query(query)
+        target = base.path + rest + ("?" + query if query else "")
+        headers = proxy_request_headers(list(handler.headers.items()), base.netloc,
+                                        fleet_peer_token(self.tokens, peer.name))
+        conn = None
+        try:
+            conn = self._connect(peer)
+            conn.putrequest(handler.command, target, skip_host=True, skip_accept_encoding=True)
+            for key, value in headers:
+                conn.putheader(key, value)
+            conn.endheaders()
+            response = conn.getresponse()
+            self._answer(handler, peer, peer.url[:len(peer.url) - len(base.path)] + target, response)
+        except (OSError, http.client.HTTPException, ValueError) as exc:
+            self.bad_gateway(handler, peer, exc)
+        finally:
+            if conn is not None:
+                conn.close()
+
+    def _answer(self, handler, peer, request_url, response):
+        headers = proxy_response_headers(response.getheaders())
+        location = response.getheader("Location")
+        if location is not None:
+            moved = rewrite_proxy_location(location, peer.url, request_url, peer.name)
+            if moved is None:
+                raise ValueError("it redirects outside itself (HTTP %d)" % response.status)
+            headers = [(k, moved if k.lower() == "location" else v) for k, v in headers]
+        length, body = response.length, None
+        if handler.command == "HEAD" or response.status in (204, 304):
+            length = response.getheader("Content-Length") if handler.command == "HEAD" else None
+        elif length is None:
+            body = response.read(FLEET_PROXY_BODY_LIMIT + 1)
+            length = len(body)
+        if length is not None and int(length) > FLEET_PROXY_BODY_LIMIT:
+            raise ValueError("its answer is over %d bytes" % FLEET_PROXY_BODY_LIMIT)
+        handler._answered = True
+        handler.send_response(response.status)
+        present = {key.lower() for key, _ in headers}
+        extra = [(k, v) for k, v in SECURITY_HEADERS if k.lower() not in present]
+        if "content-security-policy" not in present:
+            extra.append(("Content-Security-Policy", handler.server.app.csp))
+        for key, value in headers + extra + ([("Content-Length", str(length))] if length is not None else []):
+            handler.send_header(key, value)
+        handler.end_headers()
+        if handler.command != "HEAD":
+            self._copy(handler, response, body, length)
+
+    @staticmethod
+    def _copy(handler, response, body, length):
+        """The body, in chunks; a peer that stops short closes the browser's connection."""
+        if body is not None:
+            handler.wfile.write(body)
+            return
+        left = int(length or 0)
+        while left > 0:
+            try:
+                chunk = response.read(min(FLEET_PROXY_CHUNK_BYTES, left))
+            except (OSError, http.client.HTTPException):
+                chunk = b""
+            if not chunk:
+                handler.close_connection = True
+                return
+            handler.wfile.write(chunk)
+            left -= len(chunk)
+
+    @staticmethod
+    def bad_gateway(handler, peer, exc):
+        if getattr(handler, "_answered", False):
+            handler.close_connection = True
+            return
+        reason = str(exc) or type(exc).__name__
+        if isinstance(exc, socket.timeout):
+            reason = "timed out"
+        handler._send_json(502, build_error_answer("peer %s: %s" % (peer.name, reason[:200])),
+                           reason="peer=%s" % peer.name)
+
+    def relay_ws(self, handler, peer, query):
+        """The browser's upgrade (its checks passed) sent on to the peer's /ws;
+        the peer's 101 relayed, then bytes both ways until either side closes."""
+        if not self._ws_slots.acquire(False):
+            handler._send_json(503, build_error_answer("too many proxied WebSockets"),
+                               [("Retry-After", "5")])
+            return
+        upstream = None
+        try:
+            upstream, head, extra = self._ws_open(peer, query, handler.headers)
+            status = parse_status_line(head)
+            if status != 101:
+                raise ValueError("it answered the WebSocket upgrade with HTTP %s%s" % (
+                    status, " (its token: APP_FLEET_TOKEN_FILE)" if status in (401, 403) else ""))
+            self._ws_splice(handler, upstream, head + extra)
+        except (OSError, http.client.HTTPException, ValueError) as exc:
+            self.bad_gateway(handler, peer, exc)
+        finally:
+            if upstream is not None:
+                upstream.close()
+            self._ws_slots.release()
+
+    def _ws_open(self, peer, query, headers):
+        """(socket, the peer's answer head, bytes read past it)."""
+        base = urlsplit(peer.url)
+        query = proxy_query(query)
+        path = base.path + "/ws" + ("?" + query if query else "")
+        conn = self._connect(peer)
+        sock, conn.sock = conn.sock, None       # the socket is ours now (an SSL one for https)
+        try:
+            sock.sendall(build_proxy_ws_request(path, base.netloc, headers,
+                                                fleet_peer_token(self.tokens, peer.name)))
+            data = b""
+            while b"\r\n\r\n" not in data:
+                if len(data) > FLEET_PROXY_HEAD_LIMIT:
+                    raise ValueError("its answer head is over %d bytes" % FLEET_PROXY_HEAD_LIMIT)
+                chunk = sock.recv(4096)
+                if not chunk:
+                    raise ValueError("it closed the connection during the upgrade")
+                data += chunk
+        except Exception:
+            sock.close()
+            raise
+        head, _, extra = data.partition(b"\r\n\r\n")
+        return sock, head + b"\r\n\r\n", extra
+
+    @staticmethod
+    def _ws_splice(handler, upstream, answer):
+        handler._answered = True
+        handler.close_connection = True
+        client = handler.connection
+        client.sendall(answer)
+        client.setblocking(False)
+        leftover = handler.rfile.read1(WS_RECV_SIZE) or b""    # sent after the head, already read
+        if leftover:
+            upstream.sendall(leftover)
+        splice_sockets(client, upstream, FLEET_PROXY_WS_IDLE_S)
+
+
+def splice_sockets(left, right, idle_s):
+    """Copy bytes both ways until either side closes or fails, or both stay
+    silent idle_s (frames are not decoded). Returns why it stopped."""
+    other = {left: right, right: left}
+    for sock in other:
+        sock.settimeout(idle_s)
+    with selectors.DefaultSelector() as selector:
+        for sock in other:
+            selector.register(sock, selectors.EVENT_READ)
+        while True:
+            ready = {sock for sock in other if getattr(sock, "pending", lambda: 0)()}
+            ready.update(key.fileobj for key, _ in selector.select(0 if ready else idle_s))
+            if not ready:
+                return "idle"
+            for sock in ready:
+                try:
+                    data = sock.recv(WS_RECV_SIZE)
+                    if not data:
+                        return "closed"
+                    other[sock].sendall(data)
+                except OSError:
+                    return "failed"
 
 
 # ---------------------------------------------------------------------------
@@ -12013,19 +12418,46 @@ class DashboardHandler(BaseHTTPRequestHandler):
 
     def route_ws(self, _):
         app = self.server.app
-        headers = dict((k.lower(), v) for k, v in self.headers.items())
-        try:
-            key = check_upgrade(self.command, headers)
-        except HandshakeError as exc:
-            self._send_json(exc.status, build_error_answer(exc.message), list(exc.headers.items()))
-            return
-        if not origin_allowed(headers.get("origin"), headers.get("host"), app.config.allowed_origins):
-            self._send_json(403, build_error_answer("WebSocket Origin not allowed"))
+        key = self._upgrade_key()
+        if key is None:
             return
         if not app.hub.reserve_slot():
             self._send_json(503, build_error_answer("too many WebSocket clients"), [("Retry-After", "5")])
             return
         self._hand_over(key)
+
+    def _upgrade_key(self):
+        """The key of a valid opening handshake from an allowed Origin; else None, answered."""
+        headers = dict((k.lower(), v) for k, v in self.headers.items())
+        try:
+            key = check_upgrade(self.command, headers)
+        except HandshakeError as exc:
+            self._send_json(exc.status, build_error_answer(exc.message), list(exc.headers.items()))
+            return None
+        if not origin_allowed(headers.get("origin"), headers.get("host"),
+                              self.server.app.config.allowed_origins):
+            self._send_json(403, build_error_answer("WebSocket Origin not allowed"))
+            return None
+        return key
+
+    def route_proxy(self, _):
+        """/hosts/{name}/...: a configured peer's page, API and /ws (FleetProxy)."""
+        proxy = self.server.app.fleet_proxy
+        parts = urlsplit(self.path)
+        found = parse_proxy_path(parts.path)
+        peer = proxy.find(found[0]) if found is not None and proxy is not None else None
+        if peer is None:
+            self._send_json(404, build_error_answer(
+                "no such peer: /hosts/{name}/ names a peer of this hub's APP_FLEET_PEERS"
+                if proxy is not None else "not a hub: /hosts/ needs APP_FLEET_PEERS"))
+        elif found[1] is None:
+            self._send(308, "text/plain; charset=utf-8", b"", [
+                ("Location", "%s%s/" % (FLEET_PROXY_PREFIX, peer.name))])
+        elif found[1] == "/ws":
+            if self._upgrade_key() is not None:
+                proxy.relay_ws(self, peer, parts.query)
+        else:
+            proxy.relay_http(self, peer, found[1], parts.query)
 
     def _hand_over(self, key):
         """Send 101, then detach the socket from socketserver (which would close
@@ -12077,7 +12509,10 @@ class App(object):
             self.cache.add_sink(self.history)
         self.host_thread = HostSampler(HostReader(config.proc_root), self.cache)
         self.webhook, self.alerts = self._make_alerts(alert_rules)
+        self.fleet_peers = FleetPeerList(config.fleet_peers)    # one list: the poller's, the proxy's
         self.fleet = self._make_fleet()
+        self.fleet_proxy = (FleetProxy(self.fleet_peers, config.fleet_tokens, config.fleet_timeout_s)
+                            if config.fleet_peers is not None else None)
         self.error_log = ErrorLog()
         self.machine_names = frozenset()        # filled by start() (the Host check)
         self.server = None
@@ -12097,7 +12532,7 @@ class App(object):
         self.cache.set_feature("fleet", None)
         if config.fleet_peers is None:
             return None
-        return FleetPoller(config, self.cache, FleetPeerList(config.fleet_peers))
+        return FleetPoller(config, self.cache, self.fleet_peers)
 
     def _history_changed(self, status):
         self.cache.set_feature("history", status)
@@ -12170,9 +12605,11 @@ class App(object):
     def plain_html(self, hint=None):
         gpus, procs = self.cache.snapshot()
         latest = self.cache.host()
+        fleet = self.cache.fleet()
         return render_plain(gpus, procs, max(2.0, self.config.interval_s), hint,
                             page=self.page_bytes is not None, host=latest[1] if latest else None,
-                            alerts=self.cache.alerts() if self.alerts is not None else None)
+                            alerts=self.cache.alerts() if self.alerts is not None else None,
+                            fleet=fleet[0] if fleet else None)
 
     def gpus_json(self):
         gpus = [dict(identity, metrics=metrics) for identity, metrics in self.cache.snapshot()[0]]
@@ -12292,11 +12729,33 @@ def run_once(config):
     for backend in backends:
         backend.close()
     snapshot = build_once_snapshot(__version__, epoch, ONCE_RATE_WAIT_S, host, gpus)
+    fleet = once_fleet(config, host, gpus) if config.fleet_peers is not None else None
     if config.json:
-        print(json.dumps(snapshot, indent=2))
+        print(json.dumps(dict(snapshot, fleet=fleet) if fleet else snapshot, indent=2))
     else:
-        print(format_once_table(gpus, host))
+        print(format_once_table(gpus, host) + ("\n" + format_once_fleet(fleet) if fleet else ""))
     return 0
+
+
+def once_fleet(config, host, gpus):
+    """--once on a hub: every peer asked once -> the fleet message (this
+    machine first when it has GPUs, as a hub shows it)."""
+    def local(epoch_s):
+        return build_local_fleet_host(socket.gethostname(), epoch_s,
+                                      [(gpu, gpu["metrics"]) for gpu in gpus],
+                                      dict((gpu["id"], gpu["procs"]) for gpu in gpus), host, [])
+    poller = FleetPoller(config, None, FleetPeerList(config.fleet_peers), local)
+    return poller.poll_once()
+
+
+def format_once_fleet(fleet):
+    """The --once table of a hub's fleet: a line per host, one per GPU under it."""
+    lines = ["fleet  " + format_fleet_totals(fleet)]
+    for host in fleet["hosts"]:
+        lines.append("%-20s %-8s last seen %s  GPUs busy / idle %s  power %s" % tuple(
+            format_fleet_host(host)))
+        lines.extend("  " + format_fleet_gpu(gpu) for gpu in host["gpus"])
+    return "\n".join(lines)
 
 
 def format_once_host(host):

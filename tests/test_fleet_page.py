@@ -221,6 +221,9 @@ def test_a_click_opens_the_host_through_the_hub(pool, open_page):
     expect(link).to_have_attribute("href", "./hosts/alpha/")
     page.locator("[data-host=alpha] [data-testid=fleet-gpu]").first.click()      # the whole row opens it
     page.wait_for_url(re.compile(r"/hosts/alpha/$"))
+    # The peer's own page, through the hub's tunnel, live over its WebSocket.
+    expect(page.locator("[data-testid=conn]")).to_have_attribute("data-state", "open")
+    expect(page.locator("article.gpu")).to_be_visible()
     page.go_back()
     expect(page.locator("[data-testid=fleet]")).to_be_visible()
     # The local host opens this server's own GPU, and the header leads back to the fleet.

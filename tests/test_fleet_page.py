@@ -158,6 +158,9 @@ def test_a_killed_peer_turns_stale_then_down_with_its_last_seen(pool, open_page)
     expect(beta.locator("[data-testid=fleet-state]")).to_have_text("down", timeout=20000)
     expect(beta.locator("[data-testid=fleet-seen]")).to_contain_text(re.compile(r"seen \d+\s(s|min) ago"))
     expect(page.locator("[data-host=alpha] [data-testid=fleet-state]")).to_have_text("up")
+    # Sorted by state, the host that is not up comes first.
+    page.locator("[data-testid=fleet-tools] select[name=sort]").select_option("state")
+    wait_until(lambda: host_names(page)[0] == "beta", message="beta first by state")
     # The "down" filter keeps the hosts that are not up.
     page.get_by_label("down", exact=True).check()
     expect(page.locator("[data-testid=fleet-host]")).to_have_count(1)
@@ -206,9 +209,25 @@ def test_sort_filters_and_the_hash(pool, open_page):
     page.reload()
     expect(page.locator("[data-testid=fleet-tools] input[name=q]")).to_have_value("a")
     expect(page.get_by_label("idle GPUs")).to_be_checked()
-    # Idle: every listed host has a GPU under 10 % busy (or none match); the others are dimmed.
-    page.get_by_label("idle GPUs").uncheck()
+    # Idle: every listed host has a GPU under 10 % busy shown bright, every other GPU dimmed
+    # (a cell's class and text come from the same frame: one evaluate reads both).
     search.fill("")
+    cells = page.locator("[data-testid=fleet-gpu]").evaluate_all(
+        "cs => cs.map(c => [c.closest('li').dataset.host, c.classList.contains('dim'),"
+        " c.querySelector('[data-metric=gpu_busy_pct]').textContent])")
+    for host, dim, busy in cells:
+        assert dim == (not (busy.endswith("%") and float(busy[:-1]) < 10)), (host, dim, busy)
+    assert all(any(not d for h2, d, _ in cells if h2 == h) for h, _, _ in cells), "a host listed without an idle GPU"
+    page.get_by_label("idle GPUs").uncheck()
+    expect(page.locator("[data-testid=fleet-host]")).to_have_count(4)
+    # ">= 10 GiB free": the demo's 24 GiB GPU (beta's nvidia0, ~8 GiB used) is, its 16 GiB and
+    # 512 MiB ones are not: beta is listed with its other GPUs dimmed; alpha, gamma and the hub not.
+    free.fill("10")
+    wait_until(lambda: host_names(page) == ["beta"], message="only beta has 10 GiB free on a GPU")
+    cells = page.locator("[data-testid=fleet-gpu]").evaluate_all(
+        "cs => cs.map(c => [c.dataset.gpu, c.classList.contains('dim'), c.querySelector('[data-metric=vram]').textContent])")
+    assert [(gpu, dim) for gpu, dim, _ in cells] == [("card0", True), ("card1", True), ("nvidia0", False)], cells
+    free.fill("")
     expect(page.locator("[data-testid=fleet-host]")).to_have_count(4)
     watch.assert_clean()
 

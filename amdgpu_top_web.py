@@ -192,7 +192,6 @@ import logging
 import math
 import os
 import pwd
-import queue
 import random
 import re
 import selectors
@@ -206,6 +205,10 @@ import time
 import traceback
 import tracemalloc
 from http import HTTPStatus
+try:
+    import ssl                  # https peers of a hub; a Python built without it has none
+except ImportError:             # pragma: no cover
+    ssl = None
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qsl, quote, unquote, urljoin, urlsplit
 
@@ -620,8 +623,9 @@ ALERTS_DEFAULT_RANGE_S = 86400.0
 HELLO_HISTORY_KEYS = ("gpu_busy_pct", "mem_busy_pct", "power_w", "temp_c", "temp_junction_c",
                       "vram_used_bytes")
 HELLO_HISTORY_POINTS = 300
-# the latest of each is kept in the cache; "procs_top" is the overview's cut of "procs"
-SAMPLE_FRAME_KINDS = ("stats", "procs", "procs_top", "host")
+# the latest of each is kept in the cache; "procs_top" is the overview's cut of "procs";
+# "fleet": a hub's fleet after a poll round
+SAMPLE_FRAME_KINDS = ("stats", "procs", "procs_top", "host", "fleet")
 
 
 # -- the fleet: peers, Prometheus, the proxy (attribution-fleet.md §5) ------
@@ -634,12 +638,14 @@ FLEET_HOST_PATH = "/api/fleet/host"   # what a hub asks each peer, once a round
 FLEET_BUSY_PCT = 10             # a GPU at or above this gpu_busy_pct is busy, below idle
 FLEET_STALE_INTERVALS = 5       # a peer's kept data younger than this many rounds: stale, else down
 FLEET_MAX_ANSWER_BYTES = 4 << 20   # a peer's answer past this is refused, never read
-FLEET_WORKERS = 16              # peer requests at once (threads, started as needed)
+FLEET_WORKERS = 8               # peer requests at once (threads, started as needed)
 FLEET_BACKOFF_MAX_S = 30.0      # a failing peer is asked again after 1, 2, 4... rounds, up to
 FLEET_BACKOFF_MAX_INTERVALS = 8     # this many rounds (and never more than FLEET_BACKOFF_MAX_S)
 FLEET_DEADLINE_GRACE_S = 0.25   # a round waits this past the timeout, then cuts what is left
 FLEET_MAX_GPUS = 64             # a peer's answer: at most this many GPUs and alerts kept
 FLEET_MAX_ALERTS = 64
+FLEET_STATUS_RE = re.compile(br"^HTTP/1\.([01]) ([0-9]{3})(?: |$)")   # a peer's status line
+FLEET_HEAD_MAX = 1 << 16        # a peer's answer head (status line and headers) at most
 FLEET_TEXT_MAX = 200            # a string from a peer is cut to this many characters
 FLEET_GPU_KEYS = ("id", "name", "vendor", "vendor_label", "uuid", "pci", "gpu_busy_pct",
                   "vram_used_bytes", "vram_total_bytes", "temp_c", "power_w", "power_cap_w",
@@ -4133,31 +4139,23 @@ def fleet_peer_token(tokens, name):
 
 # -- fleet: a peer's answer, checked (a hostile peer gets nothing else through) --
 
-def _fleet_scalar(value):
-    """A peer's value kept only as a JSON scalar (strings cut, a list of
-    strings for throttle_reasons); anything else is null."""
-    if value is None or isinstance(value, bool):
-        return value
-    if isinstance(value, (int, float)):
-        return value if math.isfinite(value) else None
-    if isinstance(value, str):
-        return value[:FLEET_TEXT_MAX]
-    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+def _fleet_value(key, value):
+    """A peer's value kept only when it is of its key's kind: a finite number
+    (FLEET_NUMERIC_KEYS), a string (cut), a list of strings (throttle_reasons);
+    anything else (a bool, an object, a number where a name goes) is null."""
+    kind = type(value)
+    if kind is int or kind is float:
+        return value if key in FLEET_NUMERIC_KEYS and (kind is int or math.isfinite(value)) else None
+    if kind is str:
+        return None if key in FLEET_NUMERIC_KEYS or key == "throttle_reasons" else value[:FLEET_TEXT_MAX]
+    if kind is list and key == "throttle_reasons" and all(type(v) is str for v in value):
         return [v[:FLEET_TEXT_MAX] for v in value[:32]]
     return None
 
 
 def _fleet_pick(obj, keys):
-    """obj cut to keys; a value of the wrong kind (a number where a name goes,
-    a string where a number goes: FLEET_NUMERIC_KEYS) is null."""
-    out = {}
-    for key in keys:
-        value = _fleet_scalar(obj.get(key))
-        number = isinstance(value, (int, float)) and not isinstance(value, bool)
-        wanted = number if key in FLEET_NUMERIC_KEYS else not number and not isinstance(value, bool)
-        out[key] = value if wanted and (key == "throttle_reasons") == isinstance(value, list) \
-            else None
-    return out
+    """obj cut to keys, each value checked (_fleet_value)."""
+    return dict((key, _fleet_value(key, obj.get(key))) for key in keys)
 
 
 def parse_fleet_gpu(obj):
@@ -4194,6 +4192,24 @@ def parse_fleet_json(status, content_type, body, token_sent):
         raise ValueError("bad JSON")
 
 
+def parse_http_head(head):
+    """A peer's answer head (bytes up to the blank line) -> (status, {lower
+    name: value}, keep_alive); ValueError("not an HTTP answer") otherwise."""
+    lines = head.split(b"\r\n")
+    match = FLEET_STATUS_RE.match(lines[0])
+    if not match:
+        raise ValueError("not an HTTP answer")
+    fields = {}
+    for line in lines[1:]:
+        name, sep, value = line.partition(b":")
+        if not sep or not name.strip():
+            raise ValueError("not an HTTP answer")
+        fields[name.strip().lower().decode("latin-1")] = value.strip().decode("latin-1")
+    connection = fields.get("connection", "").lower()
+    keep = "close" not in connection if match.group(1) == b"1" else "keep-alive" in connection
+    return int(match.group(2)), fields, keep
+
+
 def compute_fleet_peer_state(outcome, age_s, interval_s):
     """A peer's state from its last poll's outcome ("ok", "refused" or
     "failed") and the age of its last good data (None: never): up, refused,
@@ -4222,7 +4238,7 @@ def parse_fleet_host_answer(obj):
             not isinstance(obj.get("alerts", []), list):
         raise ValueError("not a fleet answer")
     host = obj.get("host")
-    return {"version": _fleet_scalar(obj.get("version")) if isinstance(obj.get("version"), str) else None,
+    return {"version": _fleet_value("version", obj.get("version")),
             "host": _fleet_pick(host, FLEET_HOST_KEYS) if isinstance(host, dict) else None,
             "gpus": [parse_fleet_gpu(gpu) for gpu in obj["gpus"][:FLEET_MAX_GPUS]],
             "alerts": [_fleet_pick(a, FLEET_ALERT_KEYS) for a in obj.get("alerts", [])[:FLEET_MAX_ALERTS]
@@ -9645,66 +9661,152 @@ def _fleet_failure(exc):
         return "timed out"
     if isinstance(exc, ConnectionRefusedError):
         return "connection refused"
-    if isinstance(exc, http.client.RemoteDisconnected):
-        return "closed the connection"
     text = getattr(exc, "strerror", None) or getattr(exc, "reason", None) or type(exc).__name__
     return str(text)[:80]
+
+
+class FleetConnection(object):
+    """One peer's keep-alive HTTP/1.1 connection, GET only: a few reads and
+    one parse per answer (http.client costs about five times as much CPU,
+    which is most of a hub's cost at 100 peers). Content-Length, chunked or
+    until-close bodies, cut past FLEET_MAX_ANSWER_BYTES. Raises OSError for the
+    connection (ConnectionAbortedError: it closed early), ValueError for an
+    answer that is not HTTP."""
+
+    def __init__(self, peer, timeout_s):
+        self.peer, self.timeout_s = peer, timeout_s
+        self.sock = None
+        self._buf = b""
+
+    def open(self):
+        sock = socket.create_connection((self.peer.host, self.peer.port), self.timeout_s)
+        if self.peer.scheme == "https":
+            if ssl is None:
+                sock.close()
+                raise OSError(errno.EPROTONOSUPPORT, "no TLS in this Python")
+            sock = ssl.create_default_context().wrap_socket(sock, server_hostname=self.peer.host)
+        self.sock, self._buf = sock, b""
+
+    def get(self, path, headers):
+        """-> (status, fields, body); body None: over the cap, or not read (status not 200)."""
+        host = "[%s]" % self.peer.host if ":" in self.peer.host else self.peer.host
+        lines = ["GET %s HTTP/1.1" % path, "Host: %s:%d" % (host, self.peer.port)]
+        lines += ["%s: %s" % item for item in headers]
+        self.sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+        status, fields, keep = parse_http_head(self._read_head())
+        body = self._read_body(fields) if status == 200 else None
+        if not keep or body is None or self._buf:
+            self.close()
+        return status, fields, body
+
+    def _more(self):
+        data = self.sock.recv(65536)
+        if not data:
+            raise ConnectionAbortedError(errno.ECONNABORTED, "closed the connection")
+        self._buf += data
+
+    def _read_head(self):
+        while True:
+            end = self._buf.find(b"\r\n\r\n")
+            if end >= 0:
+                head, self._buf = self._buf[:end], self._buf[end + 4:]
+                return head
+            if len(self._buf) > FLEET_HEAD_MAX:
+                raise ValueError("not an HTTP answer")
+            self._more()
+
+    def _read_exact(self, count):
+        while len(self._buf) < count:
+            self._more()
+        data, self._buf = self._buf[:count], self._buf[count:]
+        return data
+
+    def _read_body(self, fields):
+        if "chunked" in fields.get("transfer-encoding", "").lower():
+            return self._read_chunked()
+        length = fields.get("content-length")
+        if length is None:          # until the peer closes
+            try:
+                while len(self._buf) <= FLEET_MAX_ANSWER_BYTES:
+                    self._more()
+            except ConnectionAbortedError:
+                pass
+            self._buf, body = b"", self._buf
+            return body if len(body) <= FLEET_MAX_ANSWER_BYTES else None
+        if not length.isdigit():
+            raise ValueError("not an HTTP answer")
+        return self._read_exact(int(length)) if int(length) <= FLEET_MAX_ANSWER_BYTES else None
+
+    def _read_chunked(self):
+        parts, total = [], 0
+        while True:
+            end = self._buf.find(b"\r\n")
+            while end < 0 and len(self._buf) < 1024:
+                self._more()
+                end = self._buf.find(b"\r\n")
+            try:
+                size = int(self._buf[:end].split(b";")[0].strip(), 16) if end >= 0 else -1
+            except ValueError:
+                size = -1
+            if size < 0:
+                raise ValueError("not an HTTP answer")
+            self._buf = self._buf[end + 2:]
+            total += size
+            if total > FLEET_MAX_ANSWER_BYTES:
+                return None
+            if size == 0:
+                self._read_head()   # the trailers, up to the blank line
+                return b"".join(parts)
+            parts.append(self._read_exact(size))
+            self._read_exact(2)
+
+    def close(self):
+        sock, self.sock, self._buf = self.sock, None, b""
+        if sock is not None:
+            sock.close()
 
 
 class FleetPeerState(object):
     """What the poller knows of one peer: its keep-alive connection, its last
     good data and how its last poll went. The poller thread owns it; while a
-    request is in flight (busy: the round's number) only that worker touches
+    request is in flight (busy) only that worker touches
     the connection, and the poller only cuts its socket at the deadline."""
 
     def __init__(self, peer, now):
         self.peer = peer
         self.prefix = urlsplit(peer.url).path
-        self.conn = self.sock = None
-        self.busy = 0
+        self.conn = self.sock = None          # FleetConnection, and its socket (cut())
+        self.busy = False
         self.data = None                    # parse_fleet_host_answer of the last good answer
         self.last_ok = None                 # (epoch s, monotonic s) of it
         self.outcome, self.error = None, "not asked yet"
         self.failures = 0
         self.due = now
+        self.removed = False                # no longer listed: closed once its request ends
 
     def get(self, path, token, timeout_s):
         """One GET on the kept connection (once more on a fresh one when the
         kept one was closed meanwhile) -> (status, content type, body or None
-        when over FLEET_MAX_ANSWER_BYTES). Never follows a redirect."""
-        headers = {"Accept": "application/json", "User-Agent": "amdgpu_top_web/" + __version__}
+        when over FLEET_MAX_ANSWER_BYTES or not read). Never follows a redirect."""
+        headers = [("Accept", "application/json"), ("User-Agent", "amdgpu_top_web/" + __version__)]
         if token:
-            headers["Authorization"] = "Bearer " + token
+            headers.append(("Authorization", "Bearer " + token))
         for attempt in (0, 1):
-            reused = self.conn is not None
-            if self.conn is None:
-                cls = (http.client.HTTPSConnection if self.peer.scheme == "https"
-                       else http.client.HTTPConnection)
-                self.conn = cls(self.peer.host, self.peer.port, timeout=timeout_s)
+            reused = self.conn is not None and self.conn.sock is not None
+            if not reused:              # none yet, or the last answer closed it
+                self.conn = FleetConnection(self.peer, timeout_s)
+                self.conn.open()
+            self.sock = self.conn.sock
             try:
-                self.conn.request("GET", self.prefix + path, headers=headers)
-                self.sock = self.conn.sock
-                return self._read(self.conn.getresponse())
-            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+                status, fields, body = self.conn.get(self.prefix + path, headers)
+                return status, fields.get("content-type", ""), body
+            except ConnectionError:
                 self.close()
                 if not reused or attempt:
                     raise
             except Exception:
                 self.close()
                 raise
-
-    def _read(self, response):
-        length = response.getheader("Content-Length")
-        content_type = response.getheader("Content-Type", "")
-        if response.status != 200 or (length is not None and length.isdigit()
-                                      and int(length) > FLEET_MAX_ANSWER_BYTES):
-            self.close()
-            return response.status, content_type, None
-        body = response.read(FLEET_MAX_ANSWER_BYTES + 1)
-        if len(body) > FLEET_MAX_ANSWER_BYTES:
-            self.close()
-            return response.status, content_type, None
-        return response.status, content_type, body
 
     def cut(self):
         """From the poller: end a request past the round's deadline."""
@@ -9757,15 +9859,25 @@ def ask_fleet_peer(state, token, timeout_s):
         answers = [parse_fleet_json(*(state.get(path, token, timeout_s) + (token is not None,)))
                    for path in ("/api/gpus", "/api/host")]
         return "ok", parse_fleet_host_answer(build_fleet_legacy_answer(*answers))
-    except ValueError as exc:
+    except ValueError as exc:       # it answered, not usably (parse_http_head, parse_fleet_json)
         return "refused", str(exc)
-    except http.client.RemoteDisconnected as exc:
-        return "failed", _fleet_failure(exc)
-    except http.client.HTTPException:
-        state.close()
-        return "refused", "not an HTTP answer"
     except OSError as exc:
         return "failed", _fleet_failure(exc)
+
+
+class FleetRound(object):
+    """One round's work: the due peers (the workers take them in turn, so a
+    peer that hangs holds one worker, never a queue behind it) and the
+    answers, (state, outcome) in the order they came; finished is set by the
+    worker that adds the last one."""
+
+    def __init__(self, states):
+        self.todo = collections.deque(states)
+        self.done = []
+        self.expected = len(states)
+        self.finished = threading.Event()
+        if not states:
+            self.finished.set()
 
 
 class FleetPoller(StoppableThread):
@@ -9783,9 +9895,9 @@ class FleetPoller(StoppableThread):
         self.interval_s, self.timeout_s = config.fleet_interval_s, config.fleet_timeout_s
         self.tokens = config.fleet_tokens
         self._states = collections.OrderedDict()    # peer name -> FleetPeerState
-        self._tasks, self._results = queue.Queue(), queue.Queue()
+        self._round = None                          # the FleetRound the workers take from
+        self._wake = threading.Semaphore(0)         # one release per worker wanted
         self._workers = []
-        self._round = 0
         self._hosts = None          # the peer count hello's features.fleet says
 
     def start(self):
@@ -9808,7 +9920,6 @@ class FleetPoller(StoppableThread):
         """Ask every due peer once; -> the fleet message."""
         now = time.monotonic()
         self._sync(self.peer_list.current(), now)
-        self._round += 1
         due = [st for st in self._states.values() if not st.busy and st.due <= now]
         for _ in range(len(self._workers), min(FLEET_WORKERS, len(due))):
             worker = threading.Thread(target=self._work, name="fleet-worker")
@@ -9816,10 +9927,50 @@ class FleetPoller(StoppableThread):
             worker.start()
             self._workers.append(worker)
         for state in due:
-            state.busy = self._round
-            self._tasks.put(state)
-        self._collect(set(due), now + self.timeout_s + FLEET_DEADLINE_GRACE_S)
+            state.busy = True
+        work = self._round = FleetRound(due)
+        for _ in range(min(len(self._workers), len(due))):
+            self._wake.release()
+        work.finished.wait(max(0.0, now + self.timeout_s + FLEET_DEADLINE_GRACE_S - time.monotonic()))
+        self._collect(work, due)
         return self.message(time.time())
+
+    def _collect(self, work, due):
+        """Record this round's answers; a peer not asked yet is left for the
+        next round, one still in flight is cut (a timeout)."""
+        while True:
+            try:
+                work.todo.popleft().busy = False    # not started: asked next round
+            except IndexError:
+                break
+        answered = list(work.done)
+        now, epoch = time.monotonic(), time.time()
+        for state, outcome in answered:
+            state.record(outcome[0], outcome[1], epoch, now, self.interval_s)
+        for state in set(due) - set(state for state, _ in answered):
+            if state.busy:
+                state.cut()
+                state.record("failed", "timed out", epoch, now, self.interval_s)
+
+    def _work(self):
+        while True:
+            self._wake.acquire()
+            work = self._round
+            if self.stopping.is_set() or work is None:
+                return
+            while True:
+                try:
+                    state = work.todo.popleft()
+                except IndexError:
+                    break
+                outcome = ask_fleet_peer(state, fleet_peer_token(self.tokens, state.peer.name),
+                                         self.timeout_s)
+                state.busy = False
+                if state.removed:
+                    state.close()
+                work.done.append((state, outcome))
+                if len(work.done) >= work.expected:
+                    work.finished.set()
 
     def _sync(self, peers, now):
         """The states follow the peer list (a peer whose URL changed starts anew)."""
@@ -9831,6 +9982,7 @@ class FleetPoller(StoppableThread):
                 state = FleetPeerState(peer, now)
             self._states[peer.name] = state
         for state in old.values():
+            state.removed = True
             if not state.busy:
                 state.close()
         if self._hosts != len(self._states) and self.cache is not None:
@@ -9838,36 +9990,11 @@ class FleetPoller(StoppableThread):
             self.cache.set_feature("fleet", {"source": "peers", "interval_s": self.interval_s,
                                              "hosts": self._hosts})
 
-    def _collect(self, waiting, deadline):
-        """The answers of this round until the deadline (and any late one of
-        an earlier round: it only frees its peer for the next round)."""
-        while True:
-            try:
-                item = self._results.get(bool(waiting), max(0.0, deadline - time.monotonic()))
-            except queue.Empty:
-                break
-            if item is None:        # stop()
-                break
-            state, number, outcome = item
-            state.busy = 0
-            if state in waiting and number == self._round:
-                waiting.discard(state)
-                state.record(outcome[0], outcome[1], time.time(), time.monotonic(),
-                             self.interval_s)
-            elif self._states.get(state.peer.name) is not state:
-                state.close()
-        for state in waiting:       # past the deadline: cut, counted as a timeout
-            state.cut()
-            state.record("failed", "timed out", time.time(), time.monotonic(), self.interval_s)
-
-    def _work(self):
-        while True:
-            state = self._tasks.get()
-            if state is None:
-                return
-            outcome = ask_fleet_peer(state, fleet_peer_token(self.tokens, state.peer.name),
-                                     self.timeout_s)
-            self._results.put((state, state.busy, outcome))
+    def stop(self):
+        StoppableThread.stop(self)
+        work = self._round
+        if work is not None:
+            work.finished.set()     # the round ends now, its answers so far recorded
 
     def poll_once(self):
         """One round without the thread (--once): -> the fleet message."""
@@ -9875,10 +10002,6 @@ class FleetPoller(StoppableThread):
             return self.poll_round()
         finally:
             self.close()
-
-    def stop(self):
-        StoppableThread.stop(self)
-        self._results.put(None)
 
     def message(self, epoch_s):
         """The fleet now: this server first when it has GPUs, then every peer."""
@@ -9890,8 +10013,10 @@ class FleetPoller(StoppableThread):
                                    self.peer_list.error)
 
     def close(self):
+        """The workers end (each at its next wake-up), the connections close."""
+        self.stopping.set()
         for _ in self._workers:
-            self._tasks.put(None)
+            self._wake.release()
         for state in self._states.values():
             state.cut()
             state.close()

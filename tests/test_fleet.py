@@ -36,8 +36,9 @@ class FakePeer(object):
     raw bytes to send back (then the connection is closed), or None to hang
     (accept, read the request, never answer)."""
 
-    def __init__(self, answer):
-        self.answer = answer
+    def __init__(self, answer, name="fake", events=None):
+        self.answer, self.name = answer, name
+        self.events = events if events is not None else []     # (name, "request"|"closed")
         self.paths = []
         self.conns = []
         self.listener = socket.socket()
@@ -72,9 +73,13 @@ class FakePeer(object):
                     return
                 data += chunk
             self.paths.append(data.split(b" ")[1].decode())
+            self.events.append((self.name, "request"))
             reply = self.answer(self.paths[-1])
-            if reply is None:
-                return                      # hang: the socket stays open, silent
+            if reply is None:               # hang: silent until the hub closes its end
+                while conn.recv(4096):
+                    pass
+                self.events.append((self.name, "closed"))
+                return
             conn.sendall(reply)
             conn.close()
         except OSError:
@@ -90,8 +95,8 @@ class FakePeer(object):
 def fake_peer():
     made = []
 
-    def make(answer):
-        made.append(FakePeer(answer))
+    def make(answer, name="fake", events=None):
+        made.append(FakePeer(answer, name, events))
         return made[-1]
     yield make
     for peer in made:
@@ -377,17 +382,24 @@ def test_a_killed_peer_goes_stale_then_down_and_comes_back(server, tmp_path):
 
 
 def test_a_hanging_peer_never_holds_the_others(server, peers, fake_peer, tmp_path):
-    hang = fake_peer(lambda path: None)
-    hub = start_hub(server, "p1=%s,hang=%s,p2=%s" % (peers[0].url, hang.url, peers[1].url),
-                    tmp_path)
-    first = wait_fleet(hub, lambda h: h["p1"]["state"] == "up" and h["p2"]["state"] == "up")
+    """Listed first, a peer that accepts and never answers: the peers after it
+    are asked while it still hangs (not after the hub gave up on it), the
+    rounds go on, and it is cut at the timeout."""
+    events = []
+    hang = fake_peer(lambda path: None, "hang", events)
+    body = json.dumps(host_answer(2)).encode()
+    good = fake_peer(lambda path: http_answer(200, "application/json", body), "good", events)
+    hub = start_hub(server, "hang=%s,good=%s,p2=%s" % (hang.url, good.url, peers[1].url), tmp_path)
+    first = wait_fleet(hub, lambda h: h["good"]["state"] == "up" and h["p2"]["state"] == "up")
     assert hosts(first)["hang"]["state"] == "down"
-    # the rounds go on while it hangs: the others are seen again, round after round
-    for _ in range(3):
+    wait_for(lambda: ("hang", "closed") in events, 10, message="the hub cutting the hang")
+    assert events.index(("hang", "request")) < events.index(("good", "request")) < \
+        events.index(("hang", "closed"))
+    for _ in range(3):      # round after round, the others are seen again
         seen = hosts(first)["p2"]["last_seen"]
         first = wait_fleet(hub, lambda h: h["p2"]["last_seen"] != seen and h["p2"]["state"] == "up")
-        assert hosts(first)["p1"]["state"] == "up"
-    wait_fleet(hub, lambda h: h["hang"]["error"] == "timed out")
+        assert hosts(first)["good"]["state"] == "up"
+    assert wait_fleet(hub, lambda h: h["hang"]["error"] == "timed out")["hosts"][0]["gpus"] == []
     assert hang.paths and all(p == "/api/fleet/host" for p in hang.paths)
 
 
@@ -403,23 +415,34 @@ def test_lying_peers_are_refused_with_the_reason(server, peers, fake_peer, tmp_p
         "biglength": lambda path: b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
                                   b"Content-Length: 9999999999\r\n\r\n",
         "badjson": lambda path: http_answer(200, "application/json", b"{nope"),
+        "badchunks": lambda path: b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                                  b"Transfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n0\r\n\r\n",
+        "hugechunks": lambda path: b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                                   b"Transfer-Encoding: chunked\r\n\r\n" + (b"100000\r\n" + b" " * (1 << 20) + b"\r\n") * 5,
         "notfleet": lambda path: http_answer(200, "application/json", b'{"hello": 1}'),
     }
+    chunked = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+    chunked += b"".join(b"%x;x=1\r\n%s\r\n" % (len(good[i:i + 700]), good[i:i + 700])
+                        for i in range(0, len(good), 700)) + b"0\r\nX-Trailer: 1\r\n\r\n"
+    answers.update(chunked=lambda path: chunked,
+                   untilclose=lambda path: b"HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n\r\n" + good)
     fakes = dict((name, fake_peer(answer)) for name, answer in answers.items())
     setting = ",".join(["p1=" + peers[0].url] + ["%s=%s" % (n, f.url) for n, f in fakes.items()])
     hub = start_hub(server, setting, tmp_path)
     body = wait_fleet(hub, lambda h: all(h[n]["state"] != "down" for n in h))
     found = hosts(body)
-    assert found["p1"]["state"] == "up"
+    assert found["p1"]["state"] == "up" and found["chunked"]["state"] == "up"
+    assert found["untilclose"]["state"] == "up" and len(found["chunked"]["gpus"]) == 2
     reasons = {"garbage": "not an HTTP answer", "redirect": "redirect (302): not followed",
                "html": "wrong content type", "huge": "answer over 4 MiB",
                "biglength": "answer over 4 MiB", "badjson": "bad JSON",
+               "badchunks": "not an HTTP answer", "hugechunks": "answer over 4 MiB",
                "notfleet": "not a fleet answer"}
     for name, reason in reasons.items():
         assert found[name]["state"] == "refused", found[name]
         assert reason in found[name]["error"], (name, found[name]["error"])
         assert found[name]["gpus"] == [] and found[name]["last_seen"] is None
-    assert body["totals"]["hosts_up"] == 1 and body["totals"]["hosts_down"] == len(reasons)
+    assert body["totals"]["hosts_up"] == 3 and body["totals"]["hosts_down"] == len(reasons)
 
 
 def test_an_older_peer_without_fleet_host_is_read_from_its_gpus_and_host(server, peers,

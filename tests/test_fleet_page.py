@@ -299,3 +299,22 @@ def test_a_hostile_process_name_is_literal_text(pool, open_page):
     wait_until(lambda: HOSTILE in page.locator("[data-host=evil]").inner_text(), 15, message="the hostile name on screen")
     assert page.locator("[data-testid=fleet] img").count() == 0
     watch.assert_clean()
+
+
+def test_a_paused_hub_dims_the_fleet_and_says_so(pool, open_page):
+    hub, peers = start_fleet(pool, [("alpha", ["--demo-gpus", "2"])])
+    wait_until(lambda: all(h["state"] == "up" for h in fleet_hosts(hub)), message="alpha up")
+    page, watch = open_page(hub)
+    fleet = page.locator("ul.fleet")
+    expect(page.locator("[data-host=alpha] [data-testid=fleet-gpu]")).to_have_count(2)
+    opacity = "el => Number(getComputedStyle(el).opacity)"
+    assert fleet.evaluate(opacity) == 1
+    hub.signal(signal.SIGSTOP)
+    try:
+        expect(page.locator("[data-testid=stale]")).to_be_visible(timeout=6000)
+        assert fleet.evaluate(opacity) < 0.6, "the stale fleet is dimmed, not only announced"
+    finally:
+        hub.signal(signal.SIGCONT)
+    expect(page.locator("[data-testid=stale]")).to_have_count(0, timeout=10000)
+    wait_until(lambda: fleet.evaluate(opacity) == 1, 5, message="the fleet to brighten again")
+    watch.assert_clean()

@@ -140,7 +140,7 @@ def test_hub_opens_on_the_fleet_with_every_host_and_gpu(pool, open_page, tmp_pat
     watch.assert_clean()
 
 
-def test_a_killed_peer_turns_stale_then_down_with_its_last_seen(pool, open_page):
+def test_a_killed_peer_turns_stale_then_down_with_its_last_seen(pool, open_page, tmp_path):
     hub, peers = start_fleet(pool, [("alpha", ["--demo-gpus", "2"]), ("beta", ["--demo-gpus", "2"])])
     wait_until(lambda: all(h["state"] == "up" for h in fleet_hosts(hub)), message="every host up")
     page, watch = open_page(hub)
@@ -158,6 +158,7 @@ def test_a_killed_peer_turns_stale_then_down_with_its_last_seen(pool, open_page)
     expect(beta.locator("[data-testid=fleet-state]")).to_have_text("down", timeout=20000)
     expect(beta.locator("[data-testid=fleet-seen]")).to_contain_text(re.compile(r"seen \d+\s(s|min) ago"))
     expect(page.locator("[data-host=alpha] [data-testid=fleet-state]")).to_have_text("up")
+    page.screenshot(path=str(tmp_path / "fleet-down.png"), full_page=True)
     # Sorted by state, the host that is not up comes first.
     page.locator("[data-testid=fleet-tools] select[name=sort]").select_option("state")
     wait_until(lambda: host_names(page)[0] == "beta", message="beta first by state")

@@ -32,11 +32,14 @@ Endpoints (GET/HEAD only; anything else is 405)::
     /api/alerts               alert events (?range=30m|1h|6h|24h|7d|30d|1y, from/to)
                               (every history and alert endpoint: &format=csv)
     /api/healthz /api/readyz /api/version
+    /api/fleet                the fleet: a hub's hosts (APP_FLEET_PEERS), else this one
+    /api/fleet/host           this server's own fleet host entry (what a hub asks)
     /plain                    server-rendered tables (no JavaScript needed)
     /metrics                  Prometheus text (APP_ENABLE_PROMETHEUS=true)
     /vendor/...               the page's ES modules (APP_VENDOR_DIR, air-gapped)
     /debug/threads /debug/memory   (APP_ENABLE_PPROF=true)
-    /ws                       WebSocket: hello, stats, procs, host, gpus, alert, pong, error
+    /ws                       WebSocket: hello, stats, procs, host, gpus, alert, fleet,
+                              pong, error
     /hosts/{name}/...         a hub's peer (APP_FLEET_PEERS) by name: its page, API and
                               /ws through this server (GET/HEAD and the upgrade only)
 
@@ -63,6 +66,9 @@ Threads::
     cache --offer_*--> sinks: alert engine thread (its Inbox) --> cache.publish_alert
                        (a frame to every client) and --> webhook thread (its Inbox;
                        POST, retries)
+    hub of a fleet: fleet-poller thread, one round per APP_FLEET_INTERVAL --> a few
+                    fleet-worker threads (GET each peer's /api/fleet/host, kept
+                    connections) --> cache.publish_fleet (the fleet's subscribers)
 
 Contents (a section uses only the sections above it)::
 
@@ -641,6 +647,7 @@ FLEET_MAX_ANSWER_BYTES = 4 << 20   # a peer's answer past this is refused, never
 FLEET_WORKERS = 8               # peer requests at once (threads, started as needed)
 FLEET_BACKOFF_MAX_S = 30.0      # a failing peer is asked again after 1, 2, 4... rounds, up to
 FLEET_BACKOFF_MAX_INTERVALS = 8     # this many rounds (and never more than FLEET_BACKOFF_MAX_S)
+FLEET_LEGACY_RECHECK = 30      # an older peer (404): asked /api/fleet/host again after this many polls
 FLEET_DEADLINE_GRACE_S = 0.25   # a round waits this past the timeout, then cuts what is left
 FLEET_MAX_GPUS = 64             # a peer's answer: at most this many GPUs and alerts kept
 FLEET_MAX_ALERTS = 64
@@ -4213,14 +4220,15 @@ def parse_http_head(head):
 def compute_fleet_peer_state(outcome, age_s, interval_s):
     """A peer's state from its last poll's outcome ("ok", "refused" or
     "failed") and the age of its last good data (None: never): up, refused,
-    stale (data younger than FLEET_STALE_INTERVALS rounds) or down."""
+    stale (data younger than FLEET_STALE_INTERVALS rounds) or down. A peer
+    not asked for that long (every worker held up) is stale, even if its
+    last answer was good."""
+    fresh = age_s is not None and age_s < FLEET_STALE_INTERVALS * interval_s
     if outcome == "ok":
-        return "up"
+        return "up" if fresh else "stale"
     if outcome == "refused":
         return "refused"
-    if age_s is not None and age_s < FLEET_STALE_INTERVALS * interval_s:
-        return "stale"
-    return "down"
+    return "stale" if fresh else "down"
 
 
 def compute_fleet_backoff_s(failures, interval_s):
@@ -9783,6 +9791,7 @@ class FleetPeerState(object):
         self.failures = 0
         self.due = now
         self.removed = False                # no longer listed: closed once its request ends
+        self.legacy = 0                     # polls left that skip /api/fleet/host (an older peer)
 
     def get(self, path, token, timeout_s):
         """One GET on the kept connection (once more on a fresh one when the
@@ -9850,12 +9859,16 @@ class FleetPeerState(object):
 def ask_fleet_peer(state, token, timeout_s):
     """One peer's fleet host entry data: ("ok", data), ("refused", why) or
     ("failed", why). A peer that answers 404 (an older version) is asked its
-    /api/gpus and /api/host instead."""
+    /api/gpus and /api/host instead, for its next FLEET_LEGACY_RECHECK polls."""
     try:
-        status, content_type, body = state.get(FLEET_HOST_PATH, token, timeout_s)
-        if status != 404:
-            return "ok", parse_fleet_host_answer(
-                parse_fleet_json(status, content_type, body, token is not None))
+        if state.legacy:
+            state.legacy -= 1
+        else:
+            status, content_type, body = state.get(FLEET_HOST_PATH, token, timeout_s)
+            if status != 404:
+                return "ok", parse_fleet_host_answer(
+                    parse_fleet_json(status, content_type, body, token is not None))
+            state.legacy = FLEET_LEGACY_RECHECK
         answers = [parse_fleet_json(*(state.get(path, token, timeout_s) + (token is not None,)))
                    for path in ("/api/gpus", "/api/host")]
         return "ok", parse_fleet_host_answer(build_fleet_legacy_answer(*answers))

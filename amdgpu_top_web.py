@@ -635,6 +635,7 @@ FLEET_PROM_BODY_LIMIT = 64 << 20
 FLEET_PROM_STALE_INTERVALS = 5     # failed polls keep data "stale" this many intervals, then "down"
 FLEET_PROM_FORGET_S = 3600.0
 FLEET_PROM_QUERY_THREADS = 4       # instant queries in flight at once (one per metric)
+FLEET_PROM_SLOW_EVERY = 15         # identity and sizes: read every 15th poll (30 s at 2 s)
 FLEET_PROM_HISTORY_POINTS = 300    # /api/fleet/history's default points per series
 FLEET_PROM_MAX_POINTS = 11000      # Prometheus refuses more points per series
 FLEET_PROM_HEADERS_MAX = 8
@@ -4162,16 +4163,15 @@ def parse_prom_vector(result):
     """An instant vector -> [(labels dict, value or None, sample time s)]; a
     series with a histogram or a malformed value is skipped."""
     out = []
+    append = out.append
     for series in result:
-        value = series.get("value") if isinstance(series, dict) else None
-        labels = series.get("metric") if isinstance(series, dict) else None
-        if not isinstance(value, list) or len(value) != 2 or not isinstance(labels, dict):
-            continue
         try:
-            at_s = float(value[0])
-        except (TypeError, ValueError):
+            labels, (at_s, text) = series["metric"], series["value"]
+            at_s, value = float(at_s), float(text)
+        except (KeyError, TypeError, ValueError):
             continue
-        out.append((labels, parse_prom_value(value[1]), at_s))
+        if isinstance(labels, dict):
+            append((labels, value if value - value == 0 else None, at_s))   # NaN, +-Inf: None
     return out
 
 
@@ -5777,8 +5777,10 @@ FLEET_PROM_INT_KEYS = ("vram_used_bytes", "vram_total_bytes", "cpu_count", "mem_
                        "mem_total_bytes", "processes")
 # /api/fleet/history's metric=: every GPU stats key /metrics exports.
 FLEET_HISTORY_METRICS = tuple(key for family in PROM_GPU_FAMILIES for key, _scale, _extra in family[3])
-FLEET_PROM_GPU_FLAGS = (("throttled", "throttled"), ("suspended", "runtime_suspended"),
-                        ("lost", "gpu_lost"), ("processes", "processes"))
+FLEET_PROM_GPU_FLAGS = (("throttled", "throttled"), ("processes", "processes"))
+# Read every FLEET_PROM_SLOW_EVERY polls (and when a new host shows up): what
+# hardly changes (identity, sizes, caps). The rest every poll.
+FLEET_PROM_SLOW_QUERIES = ("gpu_info", "vram_total_bytes", "power_cap_w", "cpu_count", "mem_total_bytes")
 
 
 def prom_gpu_selector(key):
@@ -5806,9 +5808,12 @@ def build_prom_fleet_queries():
                 % PROM_PREFIX)]
     queries += [(key, by_gpu % prom_gpu_selector(key)[0]) for key in FLEET_PROM_GPU_KEYS]
     queries += [(name, by_gpu % (PROM_PREFIX + family)) for name, family in FLEET_PROM_GPU_FLAGS]
+    # 0 active, 1 runtime-suspended, 2 lost (/metrics writes both flags together)
+    queries.append(("status", by_gpu % ("%sruntime_suspended + 2 * %sgpu_lost" % (PROM_PREFIX, PROM_PREFIX))))
     queries += [
         ("throttle_reasons", "max by (job, instance, gpu, reason) (%sthrottle_reason_active)" % PROM_PREFIX),
-        ("top_process", 'topk by (job, instance, gpu) (1, %sprocess_memory_bytes{pool="vram"})' % PROM_PREFIX),
+        ("top_process", 'max by (job, instance, gpu, pid, name) (topk by (job, instance, gpu) '
+         '(1, %sprocess_memory_bytes{pool="vram"}))' % PROM_PREFIX),
         ("alerts", "max by (job, instance, gpu, alertname, severity) (%salert_active)" % PROM_PREFIX)]
     queries += [(key, "max by (job, instance) (%s)" % prom_host_selector(key)[0])
                 for key in FLEET_PROM_HOST_KEYS]
@@ -5867,16 +5872,25 @@ def _prom_gpu_entry(host, labels):
 def _prom_fill_gpus(hosts, answers):
     """The per-GPU answers into the hosts' GPUs (a GPU with a value but no
     gpu_info series still gets its entry); then each GPU's derived keys."""
+    index = {}      # (job, instance, gpu) -> (gpu entry, host): one lookup per series
+
     def gpus_of(name):
         for labels, value, _ in answers.get(name, ()):
-            key = (labels.get("job", ""), labels.get("instance", ""))
-            if key in hosts:
-                yield labels, value, _prom_gpu_entry(hosts[key], labels), hosts[key]
+            job, instance, gpu_id = labels.get("job", ""), labels.get("instance", ""), labels.get("gpu", "")
+            found = index.get((job, instance, gpu_id))
+            if found is None and (job, instance) in hosts:
+                host = hosts[(job, instance)]
+                found = index[(job, instance, gpu_id)] = (_prom_gpu_entry(host, labels), host)
+            if found is not None:
+                yield labels, value, found[0], found[1]
     for key in FLEET_PROM_GPU_KEYS:
         scale = prom_gpu_selector(key)[1]
+        integral = key in FLEET_PROM_INT_KEYS
         for _labels, value, gpu, _host in gpus_of(key):
-            gpu[key] = _prom_scaled(key, value, scale)
-    for name, _family in FLEET_PROM_GPU_FLAGS:
+            if value is not None and scale != 1:
+                value = round(value / scale, 6)
+            gpu[key] = int(value) if integral and value is not None else value
+    for name in [flag for flag, _family in FLEET_PROM_GPU_FLAGS] + ["status"]:
         for _labels, value, gpu, _host in gpus_of(name):
             gpu["_flags"][name] = value
     for labels, value, gpu, _host in gpus_of("throttle_reasons"):
@@ -5907,12 +5921,9 @@ def _prom_alert(host, gpu, labels, value):
 def _prom_gpu_flags(gpu, flags):
     reasons = sorted(flags.get("reasons") or ())
     gpu["throttle_reasons"] = reasons if reasons or flags.get("throttled") is not None else None
-    if flags.get("lost"):
-        gpu["runtime_status"] = "lost"
-    elif flags.get("suspended"):
-        gpu["runtime_status"] = "suspended"
-    elif flags.get("suspended") is not None:
-        gpu["runtime_status"] = "active"
+    status = flags.get("status")
+    if status is not None:
+        gpu["runtime_status"] = "lost" if status >= 2 else "suspended" if status >= 1 else "active"
     if flags.get("processes") is not None:
         gpu["processes"] = int(flags["processes"])
 
@@ -9548,6 +9559,7 @@ class FleetPrometheus(object):
         self.error, self.warnings = None, []
         self._known = {}        # (job, instance) -> {"data", "seen_s", "ok_s"}
         self._pool = None
+        self._slow, self._polls = None, 0
 
     def poll(self, now):
         """-> [fleet host entry], sorted by name (self.error says why a poll failed)."""
@@ -9562,20 +9574,36 @@ class FleetPrometheus(object):
         return self._entries(now, *compute_prom_fleet(answers))
 
     def _query_all(self, now):
+        """{query name: parsed vector}: the slow queries every FLEET_PROM_SLOW_EVERY
+        polls or when a host is new to them, their last answers otherwise."""
         if self._pool is None:
             self._pool = concurrent.futures.ThreadPoolExecutor(FLEET_PROM_QUERY_THREADS, "fleet-prom")
+        slow = self._slow is None or self._polls % FLEET_PROM_SLOW_EVERY == 0
+        self._polls += 1
         at = "%.3f" % now
         futures = [(name, self._pool.submit(self.client.get, "query", {"query": query, "time": at},
-                                            "vector")) for name, query in self.queries]
+                                            "vector")) for name, query in self.queries
+                   if slow or name not in FLEET_PROM_SLOW_QUERIES]
         answers, warnings = {}, []
         for name, future in futures:
             result, more = future.result()
             answers[name] = parse_prom_vector(result)
             warnings += more
+        if slow:
+            self._slow = dict((name, answers[name]) for name in FLEET_PROM_SLOW_QUERIES)
+        else:
+            answers.update(self._slow)
+            self._slow_hosts_check(answers)
         if warnings and warnings != self.warnings:
             LOG.warning("event=fleet_prometheus_warnings warnings=%r", warnings[:3])
         self.warnings = warnings
         return answers
+
+    def _slow_hosts_check(self, answers):
+        """A host the slow answers do not know yet: read them again next poll."""
+        known = set((l.get("job"), l.get("instance")) for l, _, _ in self._slow["gpu_info"])
+        if any((l.get("job"), l.get("instance")) not in known for l, _, _ in answers["build"]):
+            self._polls = 0
 
     def _entries(self, now, hosts, up):
         """Known hosts (and up == 0 targets of their jobs) -> host entries."""

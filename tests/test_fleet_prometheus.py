@@ -107,6 +107,9 @@ def fleet(server_module):
         wait_for(lambda: len([s for s in prom_query(prom.port, "amdgpu_build_info")]) == 3
                  and len([s for s in prom_query(prom.port, "up") if s["value"][1] == "1"]) == 3,
                  60, 0.25, "Prometheus scraping the three servers")
+        # a demo GPU's first samples may lack power (a rate needs two): wait for every GPU's
+        wait_for(lambda: len(prom_query(prom.port, 'amdgpu_power_watts{sensor="ppt"}')) == sum(DEMO_GPUS),
+                 30, 0.25, "power series of every GPU")
         prom_hub = server_module(env={"APP_FLEET_PROMETHEUS_URL": prom.url})
         yield {"demos": demos, "hub": hub, "prom": prom, "prom_hub": prom_hub}
     finally:
@@ -214,7 +217,8 @@ def test_fleet_history_from_query_range(fleet):
     assert status == 200, body
     assert (body["source"], body["metric"], body["step_s"]) == ("prometheus", "power_w", 1.0)
     expected = {"%s/%s" % (instance(d), g["id"]) for d in demos for g in d.get_json("/api/gpus")[1]["gpus"]}
-    assert set(body["series"]) == expected
+    assert set(body["series"]) == expected, (sorted(body["series"]), len(body["ts"]), prom_query(
+        fleet["prom"].port, 'count by (instance) (amdgpu_power_watts)'), prom_query(fleet["prom"].port, "up"))
     assert all(len(v) == len(body["ts"]) for v in body["series"].values())
     assert all(any(x is not None for x in v) for v in body["series"].values())
     assert body["ts"][1] - body["ts"][0] == 1000
@@ -345,12 +349,13 @@ def test_one_instance_in_two_jobs_gets_two_names():
 
 def test_saved_matrix_on_the_grid():
     result, _ = atw.parse_prom_answer(200, saved("matrix_power.json"), "matrix")
-    start = min(float(s["values"][0][0]) for s in result)
-    rows = atw.parse_prom_matrix(result, start, 1.0, 4)
+    start = min(float(s["values"][0][0]) for s in result) - 1.0     # a step before the first sample
+    rows = atw.parse_prom_matrix(result, start, 1.0, 5)
     by_key = {(l["instance"], l["gpu"]): v for l, v in rows}
-    assert by_key[("127.0.0.1:18941", "card0")][:3] == [153.825, 158.315, 163.034]
-    assert by_key[("127.0.0.1:18942", "card0")][0] is None       # no sample at that step
-    assert all(v[3] is None for v in by_key.values())
+    assert by_key[("127.0.0.1:18941", "card0")] == [None, 166.871, 167.795, 168.15, None]
+    assert by_key[("127.0.0.1:18942", "card1")] == [None, 23.486, 23.146, 23.671, None]
+    half = atw.parse_prom_matrix(result, start + 0.4, 1.0, 5)      # off the grid: the nearest step
+    assert dict(((l["instance"], l["gpu"]), v) for l, v in half)[("127.0.0.1:18941", "card0")][1] == 166.871
 
 
 @pytest.mark.parametrize("status,name,message", [

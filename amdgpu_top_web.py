@@ -96,7 +96,7 @@ Contents (a section uses only the sections above it)::
     11. The live cache and its threads
         the cache; samplers; the host; discovery
     12. Fleet: a hub's peers, Prometheus and the proxy
-        the peer list; Prometheus
+        the peer list; the peers poller; Prometheus
     13. History store (SQLite: the only code that speaks SQL)
         schema and SQL text; opening the file; run rows and source ids; the
         reader; the writer
@@ -618,8 +618,9 @@ ALERTS_DEFAULT_RANGE_S = 86400.0
 HELLO_HISTORY_KEYS = ("gpu_busy_pct", "mem_busy_pct", "power_w", "temp_c", "temp_junction_c",
                       "vram_used_bytes")
 HELLO_HISTORY_POINTS = 300
-# the latest of each is kept in the cache; "procs_top" is the overview's cut of "procs"
-SAMPLE_FRAME_KINDS = ("stats", "procs", "procs_top", "host")
+# the latest of each is kept in the cache; "procs_top" is the overview's cut of "procs";
+# "fleet": a hub's fleet after a poll round
+SAMPLE_FRAME_KINDS = ("stats", "procs", "procs_top", "host", "fleet")
 
 
 # -- the fleet: peers, Prometheus, the proxy (attribution-fleet.md §5) ------
@@ -628,11 +629,32 @@ FLEET_MAX_PEERS = 1000          # most peers one list may name
 FLEET_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,62}$")   # a peer's name: a path segment
 FLEET_PEERS_FILE_LIMIT = 1 << 20   # an @FILE peer list is read up to this many bytes
 FLEET_TOKENS_FILE_LIMIT = 1 << 16
+FLEET_HOST_PATH = "/api/fleet/host"   # what a hub asks each peer, once a round
+FLEET_BUSY_PCT = 10             # a GPU at or above this gpu_busy_pct is busy, below idle
+FLEET_STALE_INTERVALS = 5       # a peer's kept data younger than this many rounds: stale, else down
+FLEET_MAX_ANSWER_BYTES = 4 << 20   # a peer's answer past this is refused, never read
+FLEET_WORKERS = 8               # peer requests at once (threads, started as needed)
+FLEET_BACKOFF_MAX_S = 30.0      # a failing peer is asked again after 1, 2, 4... rounds, up to
+FLEET_BACKOFF_MAX_INTERVALS = 8     # this many rounds (and never more than FLEET_BACKOFF_MAX_S)
+FLEET_DEADLINE_GRACE_S = 0.25   # a round waits this past the timeout, then cuts what is left
+FLEET_MAX_GPUS = 64             # a peer's answer: at most this many GPUs and alerts kept
+FLEET_MAX_ALERTS = 64
+FLEET_TEXT_MAX = 200            # a string from a peer is cut to this many characters
+FLEET_GPU_KEYS = ("id", "name", "vendor", "vendor_label", "uuid", "pci", "gpu_busy_pct",
+                  "vram_used_bytes", "vram_total_bytes", "temp_c", "power_w", "power_cap_w",
+                  "throttle_reasons", "runtime_status", "top_process", "processes", "alert")
+FLEET_METRIC_KEYS = ("gpu_busy_pct", "vram_used_bytes", "vram_total_bytes", "temp_c", "power_w",
+                     "power_cap_w", "throttle_reasons", "runtime_status")
+FLEET_TOP_PROCESS_KEYS = ("pid", "name", "user", "vram_bytes", "gpu_pct")
+FLEET_HOST_KEYS = ("cpu_busy_pct", "cpu_count", "mem_used_bytes", "mem_total_bytes")
+FLEET_ALERT_KEYS = ("rule", "gpu_id", "severity", "summary", "started")
+FLEET_NUMERIC_KEYS = frozenset(("gpu_busy_pct", "vram_used_bytes", "vram_total_bytes", "temp_c",
+                                "power_w", "power_cap_w", "processes", "pid", "vram_bytes",
+                                "gpu_pct") + FLEET_HOST_KEYS)
 # The Prometheus source (attribution-fleet.md §5.1-5.3): one answer is read up
 # to this many bytes (1,000 hosts x 8 GPUs of one metric is ~1 MiB); a host
 # seen once and then gone from every answer is dropped after FORGET_S.
 FLEET_PROM_BODY_LIMIT = 64 << 20
-FLEET_PROM_STALE_INTERVALS = 5     # failed polls keep data "stale" this many intervals, then "down"
 FLEET_PROM_FORGET_S = 3600.0
 FLEET_PROM_QUERY_THREADS = 4       # instant queries in flight at once (one per metric)
 FLEET_PROM_SLOW_EVERY = 15         # identity and sizes: read every 15th poll (30 s at 2 s)
@@ -4016,6 +4038,8 @@ def parse_fleet_peer(text, scheme_default=None):
     port = port or (443 if parts.scheme == "https" else 80)
     netloc = "[%s]:%d" % (host, port) if ":" in host else "%s:%d" % (host, port)
     name = (name or netloc).strip()
+    if name.startswith("["):
+        raise ValueError("%.80r: an IPv6 peer needs a name: NAME=%s" % (rest, rest))
     if not FLEET_NAME_RE.match(name):
         raise ValueError("%.80r: a peer's name is letters, digits and . _ : - "
                          "(at most 63)" % (name,))
@@ -4104,6 +4128,94 @@ def fleet_peer_token(tokens, name):
     return tokens.get(name, tokens.get("*"))
 
 
+# -- fleet: a peer's answer, checked (a hostile peer gets nothing else through) --
+
+def _fleet_value(key, value):
+    """A peer's value kept only when it is of its key's kind: a finite number
+    (FLEET_NUMERIC_KEYS), a string (cut), a list of strings (throttle_reasons);
+    anything else (a bool, an object, a number where a name goes) is null."""
+    kind = type(value)
+    if kind is int or kind is float:
+        return value if key in FLEET_NUMERIC_KEYS and (kind is int or math.isfinite(value)) else None
+    if kind is str:
+        return None if key in FLEET_NUMERIC_KEYS or key == "throttle_reasons" else value[:FLEET_TEXT_MAX]
+    if kind is list and key == "throttle_reasons" and all(type(v) is str for v in value):
+        return [v[:FLEET_TEXT_MAX] for v in value[:32]]
+    return None
+
+
+def _fleet_pick(obj, keys):
+    """obj cut to keys, each value checked (_fleet_value)."""
+    return dict((key, _fleet_value(key, obj.get(key))) for key in keys)
+
+
+def parse_fleet_gpu(obj):
+    """One GPU of a peer's answer -> a fleet GPU with exactly its keys."""
+    if not isinstance(obj, dict):
+        raise ValueError("a GPU is not an object")
+    gpu = _fleet_pick(obj, FLEET_GPU_KEYS)
+    top = obj.get("top_process")
+    gpu["top_process"] = _fleet_pick(top, FLEET_TOP_PROCESS_KEYS) if isinstance(top, dict) else None
+    gpu["alert"] = gpu["alert"] if gpu["alert"] in ALERT_SEVERITIES else None
+    return gpu
+
+
+def parse_fleet_json(status, content_type, body, token_sent):
+    """A peer's HTTP answer -> its JSON; ValueError saying in a few words why
+    it is refused (401/403, a redirect, another status, body None: over
+    FLEET_MAX_ANSWER_BYTES, a wrong content type, bad JSON). Never a token."""
+    if status == 401:
+        raise ValueError("token refused (401)" if token_sent else "token needed (401)")
+    if status == 403:
+        raise ValueError("token refused (403)" if token_sent else "forbidden (403)")
+    if 300 <= status < 400:
+        raise ValueError("redirect (%d): not followed" % status)
+    if status != 200:
+        raise ValueError("HTTP %d" % status)
+    if body is None:
+        raise ValueError("answer over %d MiB" % (FLEET_MAX_ANSWER_BYTES >> 20))
+    media = (content_type or "").split(";", 1)[0].strip().lower()
+    if media != "application/json":
+        raise ValueError("wrong content type %.40r" % (media or "none",))
+    try:
+        return json.loads(body.decode("utf-8"))
+    except (ValueError, RecursionError):
+        raise ValueError("bad JSON")
+
+
+def compute_fleet_peer_state(outcome, age_s, interval_s):
+    """A peer's state from its last poll's outcome ("ok", "refused" or
+    "failed") and the age of its last good data (None: never): up, refused,
+    stale (data younger than FLEET_STALE_INTERVALS rounds) or down."""
+    if outcome == "ok":
+        return "up"
+    if outcome == "refused":
+        return "refused"
+    if age_s is not None and age_s < FLEET_STALE_INTERVALS * interval_s:
+        return "stale"
+    return "down"
+
+
+def compute_fleet_backoff_s(failures, interval_s):
+    """How long after a failed poll a peer is asked again: one round, then
+    doubling up to FLEET_BACKOFF_MAX_INTERVALS rounds or FLEET_BACKOFF_MAX_S."""
+    rounds = min(2 ** min(max(failures - 1, 0), 16), FLEET_BACKOFF_MAX_INTERVALS)
+    return min(rounds * interval_s, max(interval_s, FLEET_BACKOFF_MAX_S))
+
+
+def parse_fleet_host_answer(obj):
+    """A peer's GET /api/fleet/host (parsed JSON) -> {"version", "host",
+    "gpus", "alerts"}, every value checked and cut to its keys; ValueError
+    ("not a fleet answer") for anything else."""
+    if not isinstance(obj, dict) or not isinstance(obj.get("gpus"), list) or \
+            not isinstance(obj.get("alerts", []), list):
+        raise ValueError("not a fleet answer")
+    host = obj.get("host")
+    return {"version": _fleet_value("version", obj.get("version")),
+            "host": _fleet_pick(host, FLEET_HOST_KEYS) if isinstance(host, dict) else None,
+            "gpus": [parse_fleet_gpu(gpu) for gpu in obj["gpus"][:FLEET_MAX_GPUS]],
+            "alerts": [_fleet_pick(a, FLEET_ALERT_KEYS) for a in obj.get("alerts", [])[:FLEET_MAX_ALERTS]
+                       if isinstance(a, dict)]}
 # -- fleet: Prometheus answers (the query API's envelope, §5.2 of the facts) --
 
 class PromAnswerError(ValueError):
@@ -4637,8 +4749,9 @@ SIMPLE_ROUTES = {"/api/gpus": "gpus", "/api/host": "host", "/api/healthz": "heal
                  "/api/version": "version", "/ws": "ws", "/favicon.ico": "favicon",
                  "/plain": "plain", "/metrics": "metrics", "/debug/threads": "debug_threads",
                  "/debug/memory": "debug_memory", "/api/host/history": "host_history",
-                 "/api/processes": "processes", "/api/fleet/targets": "fleet_targets",
-                 "/api/fleet/history": "fleet_history"}
+                 "/api/processes": "processes",
+                 "/api/fleet": "fleet", "/api/fleet/host": "fleet_host",
+                 "/api/fleet/targets": "fleet_targets", "/api/fleet/history": "fleet_history"}
 
 
 def route(path):
@@ -4682,6 +4795,7 @@ ROUTE_PARAMS = {
     "gpu_metrics": (), "gpu_procs": (), "gpu_history": HISTORY_PARAMS,
     "gpu_processes": AT_PARAMS, "host_history": HISTORY_PARAMS, "processes": RUNS_PARAMS,
     "run_history": RUN_PARAMS, "alerts": ALERTS_PARAMS,
+    "fleet": (), "fleet_host": (),
     "fleet_targets": (), "fleet_history": ("from", "to", "range", "step", "metric"),
 }
 
@@ -5153,6 +5267,122 @@ def build_once_snapshot(version, epoch_s, rates_over_s, host, gpus):
     """--once --json: the host and every GPU (identity, "metrics", "procs")."""
     return {"version": version, "ts": format_ts(epoch_s), "rates_over_s": rates_over_s,
             "host": host, "gpus": gpus}
+
+
+def fleet_top_process(procs, nvml):
+    """A procs message's top process for the fleet: the row with the most
+    engine use (lowest PID on ties), else the most VRAM; None without rows."""
+    rows = (procs or {}).get("processes") or []
+    best = _argmax_row(sorted(rows, key=lambda r: r.get("pid") or 0),
+                       lambda r: _engine_ms(r, nvml))
+    best = best or _argmax_row(rows, lambda r: r.get("vram_bytes")
+                               if isinstance(r.get("vram_bytes"), (int, float)) else None)
+    if best is None:
+        return None
+    engine_ms = _engine_ms(best, nvml)
+    return {"pid": best.get("pid"), "name": best.get("name"), "user": best.get("user"),
+            "vram_bytes": best.get("vram_bytes"),
+            "gpu_pct": None if engine_ms is None else round(min(100.0, engine_ms / 10.0), 1)}
+
+
+def build_fleet_gpu(identity, metrics, procs, alert):
+    """One GPU in a fleet host entry: identity, the headline metrics (the stats
+    frame's keys, null when unknown), the top process, the process count (null
+    before a scan or with the scan off) and its worst active alert severity."""
+    metrics = metrics or {}
+    out = dict((key, identity.get(key)) for key in ("id", "name", "vendor", "vendor_label",
+                                                     "uuid", "pci"))
+    out.update((key, metrics.get(key)) for key in FLEET_METRIC_KEYS)
+    rows = (procs or {}).get("processes")
+    out.update(top_process=fleet_top_process(procs, identity.get("vendor") == "nvidia"),
+               processes=len(rows) if rows is not None else None, alert=alert)
+    return out
+
+
+def build_fleet_legacy_answer(gpus_answer, host_answer):
+    """An older peer without /api/fleet/host: its /api/gpus and /api/host
+    answers -> the shape of a fleet host answer (no processes, no alerts)."""
+    gpus = gpus_answer.get("gpus") if isinstance(gpus_answer, dict) else None
+    if not isinstance(gpus, list) or not all(isinstance(g, dict) for g in gpus):
+        raise ValueError("not a fleet answer")
+    host = host_answer.get("host") if isinstance(host_answer, dict) else None
+    return {"version": None, "host": host if isinstance(host, dict) else None, "alerts": [],
+            "gpus": [build_fleet_gpu(g, g.get("metrics") if isinstance(g.get("metrics"), dict)
+                                     else None, None, None) for g in gpus[:FLEET_MAX_GPUS]]}
+
+
+def build_fleet_alert(event):
+    """An active alert event -> the fleet's short form."""
+    return dict((key, event.get(key)) for key in FLEET_ALERT_KEYS)
+
+
+def build_fleet_host(name, source, page, state, last_seen, error, version, host, gpus, alerts):
+    """One host of the fleet (GET /api/fleet/host answers its own): last_seen
+    epoch seconds or None; host a host frame dict or None (cut to its CPU and
+    RAM); gpus fleet GPUs; alerts active events in their fleet form."""
+    return {"name": name, "source": source, "page": page, "state": state,
+            "last_seen": None if last_seen is None else format_ts(last_seen), "error": error,
+            "version": version,
+            "host": None if host is None else dict((k, host.get(k)) for k in FLEET_HOST_KEYS),
+            "gpus": gpus, "alerts": alerts}
+
+
+def build_local_fleet_host(name, epoch_s, gpus, procs, host, alerts):
+    """This server's own host entry: gpus [(identity, metrics or None)], procs
+    {gpu id: procs message}, host dict or None, alerts the active events."""
+    worst = {}
+    for event in alerts:
+        rank = ALERT_SEVERITIES.index(event["severity"]) if event.get("severity") in \
+            ALERT_SEVERITIES else -1
+        if rank > worst.get(event.get("gpu_id"), -1):
+            worst[event.get("gpu_id")] = rank
+    entries = [build_fleet_gpu(identity, metrics, procs.get(identity["id"]),
+                               ALERT_SEVERITIES[worst[identity["id"]]]
+                               if identity["id"] in worst else None)
+               for identity, metrics in gpus]
+    return build_fleet_host(name, "local", "/", "up", epoch_s, None, __version__, host, entries,
+                            [build_fleet_alert(event) for event in alerts])
+
+
+def compute_fleet_totals(hosts):
+    """The fleet's totals: a GPU is down on a host not up or when its
+    runtime_status is "lost", else busy at gpu_busy_pct >= FLEET_BUSY_PCT and
+    idle otherwise (unknown included); power_w sums the known values of the
+    GPUs not down (null when none is known)."""
+    totals = dict.fromkeys(("hosts_up", "gpus", "gpus_busy", "gpus_idle", "gpus_down"), 0)
+    power = []
+    for host in hosts:
+        up = host["state"] == "up"
+        totals["hosts_up"] += up
+        for gpu in host["gpus"]:
+            totals["gpus"] += 1
+            busy = gpu.get("gpu_busy_pct")
+            if not up or gpu.get("runtime_status") == "lost":
+                totals["gpus_down"] += 1
+                continue
+            if isinstance(busy, (int, float)) and busy >= FLEET_BUSY_PCT:
+                totals["gpus_busy"] += 1
+            else:
+                totals["gpus_idle"] += 1
+            if isinstance(gpu.get("power_w"), (int, float)):
+                power.append(gpu["power_w"])
+    return {"hosts": len(hosts), "hosts_up": totals["hosts_up"],
+            "hosts_down": len(hosts) - totals["hosts_up"], "gpus": totals["gpus"],
+            "gpus_busy": totals["gpus_busy"], "gpus_idle": totals["gpus_idle"],
+            "gpus_down": totals["gpus_down"], "power_w": round(sum(power), 1) if power else None}
+
+
+def build_fleet_message(epoch_s, source, interval_s, hosts, error=None):
+    """The fleet (the /ws frame and GET /api/fleet): source "local" (a server
+    without a fleet source: itself only), "peers" or "prometheus"; error says
+    why the peer list could not be read (the last good one is used), else null."""
+    return {"type": "fleet", "ts": format_ts(epoch_s), "source": source, "interval_s": interval_s,
+            "error": error, "hosts": hosts, "totals": compute_fleet_totals(hosts)}
+
+
+def fleet_content(message):
+    """A fleet message without its ts: what a round compares to push only changes."""
+    return dict(message, ts=None)
 
 
 def _compact(value):
@@ -5772,7 +6002,6 @@ def _prom_alerts(writer, gpus, alerts):
 # The fleet GPU keys read from Prometheus, and the host keys (stats/host keys).
 FLEET_PROM_GPU_KEYS = ("gpu_busy_pct", "vram_used_bytes", "vram_total_bytes", "temp_c", "power_w",
                        "power_cap_w")
-FLEET_PROM_HOST_KEYS = ("cpu_busy_pct", "cpu_count", "mem_used_bytes", "mem_total_bytes")
 FLEET_PROM_INT_KEYS = ("vram_used_bytes", "vram_total_bytes", "cpu_count", "mem_used_bytes",
                        "mem_total_bytes", "processes")
 # /api/fleet/history's metric=: every GPU stats key /metrics exports.
@@ -5816,7 +6045,7 @@ def build_prom_fleet_queries():
          '(1, %sprocess_memory_bytes{pool="vram"}))' % PROM_PREFIX),
         ("alerts", "max by (job, instance, gpu, alertname, severity) (%salert_active)" % PROM_PREFIX)]
     queries += [(key, "max by (job, instance) (%s)" % prom_host_selector(key)[0])
-                for key in FLEET_PROM_HOST_KEYS]
+                for key in FLEET_HOST_KEYS]
     return queries
 
 
@@ -5844,12 +6073,12 @@ def compute_prom_fleet(answers):
         entry["version"], entry["last_seen_s"] = labels.get("version"), value
     for labels, _, _ in answers.get("gpu_info", ()):
         _prom_gpu_entry(host(labels), labels)
-    for key in FLEET_PROM_HOST_KEYS:
+    for key in FLEET_HOST_KEYS:
         scale = prom_host_selector(key)[1]
         for labels, value, _ in answers.get(key, ()):
             entry = host(labels)
             if entry["host"] is None:
-                entry["host"] = dict.fromkeys(FLEET_PROM_HOST_KEYS)
+                entry["host"] = dict.fromkeys(FLEET_HOST_KEYS)
             entry["host"][key] = _prom_scaled(key, value, scale)
     _prom_fill_gpus(hosts, answers)
     return hosts, up
@@ -5939,10 +6168,8 @@ def prom_host_names(keys):
 def build_prom_fleet_host(name, state, last_seen_s, error, data):
     """A fleet host entry (source "prometheus", no page: it is no configured peer)."""
     data = data or {}
-    return {"name": name, "source": "prometheus", "page": None, "state": state,
-            "last_seen": None if last_seen_s is None else format_ts(last_seen_s), "error": error,
-            "version": data.get("version"), "host": data.get("host"), "gpus": data.get("gpus") or [],
-            "alerts": data.get("alerts") or []}
+    return build_fleet_host(name, "prometheus", None, state, last_seen_s, error, data.get("version"),
+                            data.get("host"), data.get("gpus") or [], data.get("alerts") or [])
 
 
 def build_fleet_targets(peers):
@@ -6070,14 +6297,71 @@ PLAIN_ROWS = (
 )
 
 
-def render_plain(gpus, procs, refresh_s, hint=None, page=True, host=None, alerts=None):
+def fleet_host_summary(host):
+    """(GPUs busy, GPUs idle, power W or None) of one fleet host (power: the known values)."""
+    busy = sum(1 for g in host["gpus"] if isinstance(g.get("gpu_busy_pct"), (int, float))
+               and g["gpu_busy_pct"] >= FLEET_BUSY_PCT)
+    power = [g["power_w"] for g in host["gpus"] if isinstance(g.get("power_w"), (int, float))]
+    return busy, len(host["gpus"]) - busy, round(sum(power), 1) if power else None
+
+
+def format_fleet_gpu(gpu):
+    """One GPU of the fleet in a compact cell: id, busy, temperature, power,
+    VRAM, the top process (user), the alert."""
+    parts = [sanitize_text(gpu["id"] or "?"), format_value(gpu["gpu_busy_pct"], "%"),
+             format_value(gpu["temp_c"], " °C"), format_value(gpu["power_w"], " W"),
+             "%s / %s" % (format_bytes(gpu["vram_used_bytes"]), format_bytes(gpu["vram_total_bytes"]))]
+    top = gpu.get("top_process") or {}
+    if top.get("name"):
+        parts.append("%s (%s)" % (sanitize_text(top["name"])[:24], sanitize_text(top.get("user") or "?")))
+    if gpu.get("alert"):
+        parts.append("[%s]" % gpu["alert"])
+    return "  ".join(parts)
+
+
+def format_fleet_host(host):
+    """One fleet host's cells: name, state (and why), last seen, GPUs busy / idle, power."""
+    busy, idle, power = fleet_host_summary(host)
+    state = host["state"] + (" (%s)" % sanitize_text(host["error"]) if host["error"] else "")
+    return [sanitize_text(host["name"]), state, host["last_seen"] or "never",
+            "%d / %d" % (busy, idle), format_value(power, " W")]
+
+
+def format_fleet_totals(fleet):
+    totals = fleet["totals"]
+    return "%d hosts (%d up, %d not)  %d GPUs: %d busy, %d idle, %d down  power %s%s" % (
+        totals["hosts"], totals["hosts_up"], totals["hosts_down"], totals["gpus"],
+        totals["gpus_busy"], totals["gpus_idle"], totals["gpus_down"],
+        format_value(totals["power_w"], " W"),
+        "  (peer list: %s)" % fleet["error"] if fleet.get("error") else "")
+
+
+def _plain_fleet(fleet):
+    """A hub's fleet: one row per host, a compact cell per GPU."""
+    esc = html.escape
+    rows = ["<h2>Fleet</h2><p>%s</p>" % esc(format_fleet_totals(fleet)),
+            "<table border=1><thead><tr><th>host</th><th>state</th><th>last seen</th>"
+            "<th>GPUs busy / idle</th><th>power</th><th>GPUs</th></tr></thead><tbody>"]
+    for host in fleet["hosts"]:
+        cells = [esc(cell) for cell in format_fleet_host(host)]
+        if host.get("page"):
+            cells[0] = "<a href=\"%s\">%s</a>" % (esc(host["page"]), cells[0])
+        cells.append("<br>".join(esc(format_fleet_gpu(gpu)) for gpu in host["gpus"]))
+        rows.append("<tr>%s</tr>" % "".join("<td>%s</td>" % cell for cell in cells))
+    rows.append("</tbody></table>")
+    return rows
+
+
+def render_plain(gpus, procs, refresh_s, hint=None, page=True, host=None, alerts=None,
+                 fleet=None):
     """The no-JavaScript view: the host, every GPU and its processes as HTML tables.
 
     gpus: [(identity dict, metrics dict or None)]; procs: {gpu id: procs message};
     host: the host dict (HOST_KEYS) or None before its first sample.
     Every value goes through html.escape (process names are untrusted);
     page=False (index.html missing) leaves out the link to the dashboard;
-    alerts: the active alert events (None: alerts are off).
+    alerts: the active alert events (None: alerts are off); fleet: a hub's
+    fleet message, shown first (None: not a hub).
     """
     esc = html.escape
     out = ["<!doctype html><html lang=en><head><meta charset=utf-8>",
@@ -6087,6 +6371,8 @@ def render_plain(gpus, procs, refresh_s, hint=None, page=True, host=None, alerts
            "<h1>amdgpu_top_web</h1>"]
     if hint:
         out.append("<p>%s</p>" % esc(hint))
+    if fleet is not None:
+        out.extend(_plain_fleet(fleet))
     if host:
         out.extend(_plain_host(host))
     if not gpus:
@@ -8986,6 +9272,7 @@ class Cache(object):
         self._host = None                   # (epoch_s, host dict, OutFrame)
         self._host_history = HistoryRing(int(math.ceil(HISTORY_WINDOW_S / HOST_INTERVAL_S)),
                                          HOST_HISTORY_KEYS)
+        self._fleet = None                  # (message, frame): the hub's latest fleet
 
     def record(self, name, labels, value, add=False):
         """The monitor's own health numbers (for /metrics): set a gauge or add to a counter."""
@@ -9121,6 +9408,20 @@ class Cache(object):
         with self._lock:
             return list(self._alerts)
 
+    def publish_fleet(self, message):
+        """A hub's fleet after a round: kept; pushed only when it changed (ts aside)."""
+        frame = LazyFrame(None, "fleet", _same, message)
+        with self._lock:
+            previous, self._fleet = self._fleet, (message, frame)
+        if previous is not None and fleet_content(previous[0]) == fleet_content(message):
+            return False
+        self._notify(frame)
+        return True
+
+    def fleet(self):
+        with self._lock:
+            return self._fleet        # (message, frame) of the last published fleet, or None
+
     def gpus(self):
         with self._lock:
             return list(self._gpus.values())
@@ -9191,6 +9492,27 @@ class Cache(object):
             if self._hello is None or self._hello[0] <= seq:
                 self._hello = (seq, meta_seq, now, payload)
         return payload
+
+
+def local_fleet_host(cache, epoch_s=None):
+    """This server's own fleet host entry (GET /api/fleet/host), from the
+    cache's latest identities, stats, procs, host frame and active alerts."""
+    gpus, procs = cache.snapshot()
+    latest = cache.host()
+    return build_local_fleet_host(socket.gethostname(), time.time() if epoch_s is None else epoch_s,
+                                  gpus, procs, latest[1] if latest else None, cache.alerts())
+
+
+def current_fleet(cache):
+    """(message, OutFrame): a hub's latest fleet, or on a server without a
+    fleet source (nothing published) itself only, built now."""
+    latest = cache.fleet()
+    if latest is not None:
+        return latest
+    now = time.time()
+    message = build_fleet_message(now, "local", cache.interval_s, [local_fleet_host(cache, now)])
+    payload = json_bytes(replace_non_finite(message))
+    return message, OutFrame(None, "fleet", payload, encode_frame(Opcode.TEXT, payload))
 
 
 # -- samplers: one thread per GPU, the process scan -------------------------
@@ -9501,6 +9823,293 @@ class FleetPeerList(object):
             LOG.warning("event=fleet_peers_bad message=%r kept=%d", self.error, len(self._peers))
 
 
+# -- the peers poller: one round per interval, each due peer's /api/fleet/host --
+
+def _fleet_failure(exc):
+    """A few words for a connection that failed (never a URL or a token)."""
+    if isinstance(exc, socket.timeout):
+        return "timed out"
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(exc, http.client.RemoteDisconnected):
+        return "closed the connection"
+    text = getattr(exc, "strerror", None) or getattr(exc, "reason", None) or type(exc).__name__
+    return str(text)[:80]
+
+
+class FleetPeerState(object):
+    """What the poller knows of one peer: its keep-alive connection, its last
+    good data and how its last poll went. The poller thread owns it; while a
+    request is in flight (busy) only that worker touches
+    the connection, and the poller only cuts its socket at the deadline."""
+
+    def __init__(self, peer, now):
+        self.peer = peer
+        self.prefix = urlsplit(peer.url).path
+        self.conn = self.sock = None
+        self.busy = 0
+        self.data = None                    # parse_fleet_host_answer of the last good answer
+        self.last_ok = None                 # (epoch s, monotonic s) of it
+        self.outcome, self.error = None, "not asked yet"
+        self.failures = 0
+        self.due = now
+        self.removed = False                # no longer listed: closed once its request ends
+
+    def get(self, path, token, timeout_s):
+        """One GET on the kept connection (once more on a fresh one when the
+        kept one was closed meanwhile) -> (status, content type, body or None
+        when over FLEET_MAX_ANSWER_BYTES). Never follows a redirect."""
+        headers = {"Accept": "application/json", "User-Agent": "amdgpu_top_web/" + __version__}
+        if token:
+            headers["Authorization"] = "Bearer " + token
+        for attempt in (0, 1):
+            reused = self.conn is not None
+            if self.conn is None:
+                cls = (http.client.HTTPSConnection if self.peer.scheme == "https"
+                       else http.client.HTTPConnection)
+                self.conn = cls(self.peer.host, self.peer.port, timeout=timeout_s)
+            try:
+                self.conn.request("GET", self.prefix + path, headers=headers)
+                self.sock = self.conn.sock
+                return self._read(self.conn.getresponse())
+            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+                self.close()
+                if not reused or attempt:
+                    raise
+            except Exception:
+                self.close()
+                raise
+
+    def _read(self, response):
+        length = response.getheader("Content-Length")
+        content_type = response.getheader("Content-Type", "")
+        if response.status != 200 or (length is not None and length.isdigit()
+                                      and int(length) > FLEET_MAX_ANSWER_BYTES):
+            self.close()
+            return response.status, content_type, None
+        body = response.read(FLEET_MAX_ANSWER_BYTES + 1)
+        if len(body) > FLEET_MAX_ANSWER_BYTES:
+            self.close()
+            return response.status, content_type, None
+        return response.status, content_type, body
+
+    def cut(self):
+        """From the poller: end a request past the round's deadline."""
+        sock = self.sock
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def close(self):
+        conn, self.conn, self.sock = self.conn, None, None
+        if conn is not None:
+            conn.close()
+
+    def record(self, outcome, value, epoch_s, now, interval_s):
+        """A poll's outcome ("ok" with the data, else "refused"/"failed" with why)."""
+        changed = outcome != self.outcome
+        self.outcome = outcome
+        if outcome == "ok":
+            self.data, self.last_ok, self.error, self.failures = value, (epoch_s, now), None, 0
+            self.due = now
+        else:
+            self.error = value
+            self.failures += 1
+            self.due = now + compute_fleet_backoff_s(self.failures, interval_s) - interval_s / 2
+        if changed:
+            LOG.info("event=fleet_peer name=%s outcome=%s error=%r", self.peer.name, outcome,
+                     self.error)
+
+    def entry(self, now, interval_s):
+        """This peer's fleet host entry: the last good data, in every state."""
+        data = self.data or {"version": None, "host": None, "gpus": [], "alerts": []}
+        age = None if self.last_ok is None else now - self.last_ok[1]
+        return build_fleet_host(self.peer.name, "peer", "/hosts/%s/" % self.peer.name,
+                                compute_fleet_peer_state(self.outcome, age, interval_s),
+                                self.last_ok[0] if self.last_ok else None, self.error,
+                                data["version"], data["host"], data["gpus"], data["alerts"])
+
+
+def ask_fleet_peer(state, token, timeout_s):
+    """One peer's fleet host entry data: ("ok", data), ("refused", why) or
+    ("failed", why). A peer that answers 404 (an older version) is asked its
+    /api/gpus and /api/host instead."""
+    try:
+        status, content_type, body = state.get(FLEET_HOST_PATH, token, timeout_s)
+        if status != 404:
+            return "ok", parse_fleet_host_answer(
+                parse_fleet_json(status, content_type, body, token is not None))
+        answers = [parse_fleet_json(*(state.get(path, token, timeout_s) + (token is not None,)))
+                   for path in ("/api/gpus", "/api/host")]
+        return "ok", parse_fleet_host_answer(build_fleet_legacy_answer(*answers))
+    except ValueError as exc:
+        return "refused", str(exc)
+    except http.client.RemoteDisconnected as exc:
+        return "failed", _fleet_failure(exc)
+    except http.client.HTTPException:
+        state.close()
+        return "refused", "not an HTTP answer"
+    except OSError as exc:
+        return "failed", _fleet_failure(exc)
+
+
+class FleetRound(object):
+    """One round's work: the due peers (the workers take them in turn, so a
+    peer that hangs holds one worker, never a queue behind it) and the
+    answers, (state, outcome) in the order they came; finished is set by the
+    worker that adds the last one."""
+
+    def __init__(self, states):
+        self.todo = collections.deque(states)
+        self.done = []
+        self.expected = len(states)
+        self.finished = threading.Event()
+        if not states:
+            self.finished.set()
+
+
+class FleetPoller(StoppableThread):
+    """A hub's peers: every fleet_interval_s one round asks each due peer its
+    GET /api/fleet/host (keep-alive, the peer's token, fleet_timeout_s) on a
+    few worker threads, waits at most the timeout (then cuts what is left:
+    one slow peer never holds the others or the round), and publishes the
+    fleet (Cache.publish_fleet). No lock of the cache is held while waiting.
+    A failing peer is asked again after a backoff (compute_fleet_backoff_s)."""
+
+    def __init__(self, config, cache, peer_list, local=None):
+        StoppableThread.__init__(self, "fleet-poller")
+        self.cache, self.peer_list = cache, peer_list
+        self.local = local or (lambda epoch_s: local_fleet_host(cache, epoch_s))   # -> host entry
+        self.interval_s, self.timeout_s = config.fleet_interval_s, config.fleet_timeout_s
+        self.tokens = config.fleet_tokens
+        self._states = collections.OrderedDict()    # peer name -> FleetPeerState
+        self._round = None                          # the FleetRound the workers take from
+        self._wake = threading.Semaphore(0)         # one release per worker wanted
+        self._workers = []
+        self._hosts = None          # the peer count hello's features.fleet says
+
+    def start(self):
+        """The fleet as configured (every peer down, not asked yet) before the first round."""
+        self._sync(self.peer_list.current(), time.monotonic())
+        self.cache.publish_fleet(self.message(time.time()))
+        StoppableThread.start(self)
+
+    def run(self):
+        while not self.stopping.is_set():
+            started = time.monotonic()
+            try:
+                self.cache.publish_fleet(self.poll_round())
+            except Exception:       # never die: the next round tries again
+                LOG.exception("event=fleet_round_failed")
+            self.pause(self.interval_s - (time.monotonic() - started))
+        self.close()
+
+    def poll_round(self):
+        """Ask every due peer once; -> the fleet message."""
+        now = time.monotonic()
+        self._sync(self.peer_list.current(), now)
+        due = [st for st in self._states.values() if not st.busy and st.due <= now]
+        for _ in range(len(self._workers), min(FLEET_WORKERS, len(due))):
+            worker = threading.Thread(target=self._work, name="fleet-worker")
+            worker.daemon = True
+            worker.start()
+            self._workers.append(worker)
+        for state in due:
+            state.busy = True
+        work = self._round = FleetRound(due)
+        for _ in range(min(len(self._workers), len(due))):
+            self._wake.release()
+        work.finished.wait(max(0.0, now + self.timeout_s + FLEET_DEADLINE_GRACE_S - time.monotonic()))
+        self._collect(work, due)
+        return self.message(time.time())
+
+    def _collect(self, work, due):
+        """Record this round's answers; a peer not asked yet is left for the
+        next round, one still in flight is cut (a timeout)."""
+        while True:
+            try:
+                work.todo.popleft().busy = False    # not started: asked next round
+            except IndexError:
+                break
+        answered = list(work.done)
+        now, epoch = time.monotonic(), time.time()
+        for state, outcome in answered:
+            state.record(outcome[0], outcome[1], epoch, now, self.interval_s)
+        for state in set(due) - set(state for state, _ in answered):
+            if state.busy:
+                state.cut()
+                state.record("failed", "timed out", epoch, now, self.interval_s)
+
+    def _work(self):
+        while True:
+            self._wake.acquire()
+            work = self._round
+            if self.stopping.is_set() or work is None:
+                return
+            while True:
+                try:
+                    state = work.todo.popleft()
+                except IndexError:
+                    break
+                outcome = ask_fleet_peer(state, fleet_peer_token(self.tokens, state.peer.name),
+                                         self.timeout_s)
+                state.busy = False
+                if state.removed:
+                    state.close()
+                work.done.append((state, outcome))
+                if len(work.done) >= work.expected:
+                    work.finished.set()
+
+    def _sync(self, peers, now):
+        """The states follow the peer list (a peer whose URL changed starts anew)."""
+        old = self._states
+        self._states = collections.OrderedDict()
+        for peer in peers:
+            state = old.pop(peer.name, None)
+            if state is None or state.peer != peer:
+                state = FleetPeerState(peer, now)
+            self._states[peer.name] = state
+        for state in old.values():
+            state.removed = True
+            if not state.busy:
+                state.close()
+        if self._hosts != len(self._states) and self.cache is not None:
+            self._hosts = len(self._states)
+            self.cache.set_feature("fleet", {"source": "peers", "interval_s": self.interval_s,
+                                             "hosts": self._hosts})
+
+    def stop(self):
+        StoppableThread.stop(self)
+        work = self._round
+        if work is not None:
+            work.finished.set()     # the round ends now, its answers so far recorded
+
+    def poll_once(self):
+        """One round without the thread (--once): -> the fleet message."""
+        try:
+            return self.poll_round()
+        finally:
+            self.close()
+
+    def message(self, epoch_s):
+        """The fleet now: this server first when it has GPUs, then every peer."""
+        now = time.monotonic()
+        local = self.local(epoch_s)
+        hosts = ([local] if local["gpus"] else []) + [
+            state.entry(now, self.interval_s) for state in self._states.values()]
+        return build_fleet_message(epoch_s, "peers", self.interval_s, hosts,
+                                   self.peer_list.error)
+
+    def close(self):
+        """The workers end (each at its next wake-up), the connections close."""
+        self.stopping.set()
+        for _ in self._workers:
+            self._wake.release()
+        for state in self._states.values():
+            state.cut()
+            state.close()
 # -- Prometheus: the query API client and the fleet source ------------------
 
 class PromClient(object):
@@ -9551,7 +10160,7 @@ class FleetPrometheus(object):
     failing"), also for a target of the same jobs never seen with data; a host
     seen before and gone from `up` and every answer (its target removed) stays
     down for FLEET_PROM_FORGET_S. Prometheus itself failing: every host stale,
-    then down after FLEET_PROM_STALE_INTERVALS intervals, data kept."""
+    then down after FLEET_STALE_INTERVALS intervals, data kept."""
 
     def __init__(self, client, interval_s):
         self.client, self.interval_s = client, interval_s
@@ -9630,7 +10239,7 @@ class FleetPrometheus(object):
         """(state, error) of one known host; (None, None) to forget it."""
         if hosts is None:
             young = known["ok_s"] is not None and \
-                now - known["ok_s"] < FLEET_PROM_STALE_INTERVALS * self.interval_s
+                now - known["ok_s"] < FLEET_STALE_INTERVALS * self.interval_s
             return ("stale" if young else "down"), self.error
         if up.get(key) == 0:
             known["seen_s"] = now
@@ -9664,6 +10273,53 @@ class FleetPrometheus(object):
     def close(self):
         if self._pool is not None:
             self._pool.shutdown(wait=False)
+
+
+class FleetPrometheusPoller(StoppableThread):
+    """A hub's Prometheus source on its own thread: every fleet_interval_s one
+    FleetPrometheus.poll, this server first when it has GPUs, then
+    Cache.publish_fleet (pushed only when something changed); the fleet's
+    error is Prometheus' while it fails."""
+
+    def __init__(self, config, cache, source, local=None):
+        StoppableThread.__init__(self, "fleet-prometheus")
+        self.cache, self.source, self.interval_s = cache, source, config.fleet_interval_s
+        self.local = local or (lambda epoch_s: local_fleet_host(cache, epoch_s))   # -> host entry
+        self._hosts = None
+
+    def start(self):
+        self.cache.publish_fleet(self.message(time.time(), []))
+        StoppableThread.start(self)
+
+    def run(self):
+        while not self.stopping.is_set():
+            started = time.monotonic()
+            try:
+                self.cache.publish_fleet(self.poll_round())
+            except Exception:       # never die: the next round tries again
+                LOG.exception("event=fleet_round_failed")
+            self.pause(self.interval_s - (time.monotonic() - started))
+        self.source.close()
+
+    def poll_round(self):
+        epoch = time.time()
+        return self.message(epoch, self.source.poll(epoch))
+
+    def poll_once(self):
+        """One round without the thread (--once): -> the fleet message."""
+        try:
+            return self.poll_round()
+        finally:
+            self.source.close()
+
+    def message(self, epoch_s, hosts):
+        if self._hosts != len(hosts) and self.cache is not None:
+            self._hosts = len(hosts)
+            self.cache.set_feature("fleet", {"source": "prometheus", "interval_s": self.interval_s,
+                                             "hosts": self._hosts})
+        local = self.local(epoch_s)
+        return build_fleet_message(epoch_s, "prometheus", self.interval_s,
+                                   ([local] if local["gpus"] else []) + hosts, self.source.error)
 
 
 def make_fleet_prometheus(config):
@@ -11105,31 +11761,37 @@ class DashboardProtocol(object):
         return [self._error("unknown message type: %.40r" % (kind,))]
 
     def _subscribe(self, client, gpu_id, host, detail):
-        """gpu_id "*" (every GPU), a GPU id, or "host" (host frames only);
-        host: false leaves the host frames out (they come by default); detail
-        "overview": stats thinned and procs cut (WS_SUBSCRIBE_DETAILS)."""
+        """gpu_id "*" (every GPU), a GPU id, "host" (host frames only) or
+        "fleet" (the fleet frames, no GPU's); host: false leaves the host frames
+        out (they come by default); detail "overview": stats thinned and procs
+        cut (WS_SUBSCRIBE_DETAILS)."""
         if not isinstance(host, bool):
             return [self._error("host must be true or false")]
         if not isinstance(detail, str) or detail not in WS_SUBSCRIBE_DETAILS:
             return [self._error("detail must be \"full\" or \"overview\"")]
         if gpu_id == "host" and not host:
             return [self._error("gpu_id \"host\" with host false subscribes to nothing")]
-        if gpu_id not in ("*", "host") and (not isinstance(gpu_id, str)
+        if gpu_id not in ("*", "host", "fleet") and (not isinstance(gpu_id, str)
                                             or self.cache.gpu(gpu_id) is None):
             return [self._error("unknown gpu_id: %.64r" % (gpu_id,))]
         gpus = None if gpu_id == "host" else gpu_id
         client.subscription = (gpus, host, detail)
         reply = [self._json(build_subscribed_message(gpu_id, host, detail))]
+        if gpu_id == "fleet":
+            reply.append(current_fleet(self.cache)[1].wire)
+            gpus = None                 # the latest host frame only, no GPU's
         return reply + [frame.wire for frame in self.cache.latest_frames(gpus, host, detail)]
 
     def wants(self, client, frame):
-        """Host frames to every client that did not turn them off; other
-        frames without a GPU (gpus, alerts) to all; a GPU's to its subscribers:
-        with detail "overview", its stats through the gate and the procs_top
-        frames instead of procs."""
+        """Host frames to every client that did not turn them off; fleet
+        frames to the fleet's subscribers; other frames without a GPU (gpus,
+        alerts) to all; a GPU's to its subscribers: with detail "overview", its
+        stats through the gate and the procs_top frames instead of procs."""
         gpus, host, detail = client.subscription
         if frame.kind == "host":
             return host
+        if frame.kind == "fleet":
+            return gpus == "fleet"
         if frame.gpu_id is None:
             return True
         if gpus not in ("*", frame.gpu_id):
@@ -11705,6 +12367,14 @@ class Routes(object):
         self._send(200, "application/json", latest[2].payload if latest else json_bytes(
             build_host_message(None, None)))
 
+    def route_fleet(self, _):
+        """The hub's latest fleet; on a server without a fleet source, itself only."""
+        self._send(200, "application/json", current_fleet(self.server.app.cache)[1].payload)
+
+    def route_fleet_host(self, _):
+        """This server's own fleet host entry: what a hub asks every peer."""
+        self._send_json(200, replace_non_finite(local_fleet_host(self.server.app.cache)))
+
     def route_healthz(self, _):
         self._send_json(200, build_health_answer(self.server.app.history_status()))
 
@@ -12078,6 +12748,7 @@ class App(object):
         self.webhook, self.alerts = self._make_alerts(alert_rules)
         self.fleet_peer_list = FleetPeerList(config.fleet_peers)
         self.fleet_prometheus = make_fleet_prometheus(config)
+        self.fleet = self._make_fleet()
         self.error_log = ErrorLog()
         self.machine_names = frozenset()        # filled by start() (the Host check)
         self.server = None
@@ -12090,6 +12761,17 @@ class App(object):
             return None
         self.cache.set_feature("procs", True)
         return ProcScanThread(source, self.cache, config.proc_scan_interval_s, config.interval_s * 4)
+
+    def _make_fleet(self):
+        """The peers poller on a hub with APP_FLEET_PEERS, the Prometheus poller
+        with APP_FLEET_PROMETHEUS_URL, else None (features.fleet null)."""
+        config = self.config
+        self.cache.set_feature("fleet", None)
+        if self.fleet_prometheus is not None:
+            return FleetPrometheusPoller(config, self.cache, self.fleet_prometheus)
+        if config.fleet_peers is None:
+            return None
+        return FleetPoller(config, self.cache, self.fleet_peer_list)
 
     def _history_changed(self, status):
         self.cache.set_feature("history", status)
@@ -12163,9 +12845,11 @@ class App(object):
     def plain_html(self, hint=None):
         gpus, procs = self.cache.snapshot()
         latest = self.cache.host()
+        fleet = self.cache.fleet()
         return render_plain(gpus, procs, max(2.0, self.config.interval_s), hint,
                             page=self.page_bytes is not None, host=latest[1] if latest else None,
-                            alerts=self.cache.alerts() if self.alerts is not None else None)
+                            alerts=self.cache.alerts() if self.alerts is not None else None,
+                            fleet=fleet[0] if fleet else None)
 
     def gpus_json(self):
         gpus = [dict(identity, metrics=metrics) for identity, metrics in self.cache.snapshot()[0]]
@@ -12195,6 +12879,8 @@ class App(object):
         if self.procs_thread is not None:
             self.procs_thread.start()
         self.host_thread.start()
+        if self.fleet is not None:
+            self.fleet.start()
         self._serve_thread = threading.Thread(target=self.server.serve_forever, args=(0.5,),
                                               name="http-server")
         self._serve_thread.daemon = True
@@ -12225,11 +12911,11 @@ class App(object):
         if self.procs_thread is not None:
             self.procs_thread.stop()
         self.host_thread.stop()
-        for thread in (self.alerts, self.webhook):
+        for thread in (self.alerts, self.webhook, self.fleet):
             if thread is not None:
                 thread.stop()
         for thread in (self.hub, self.manager, self.procs_thread, self.host_thread,
-                       self._serve_thread, self.alerts, self.webhook):
+                       self._serve_thread, self.alerts, self.webhook, self.fleet):
             if thread is not None and thread.is_alive():
                 thread.join(2.0)
         if self.fleet_prometheus is not None:
@@ -12285,11 +12971,37 @@ def run_once(config):
     for backend in backends:
         backend.close()
     snapshot = build_once_snapshot(__version__, epoch, ONCE_RATE_WAIT_S, host, gpus)
+    fleet = once_fleet(config, host, gpus) if config.fleet_peers is not None \
+        or config.fleet_prometheus_url else None
     if config.json:
-        print(json.dumps(snapshot, indent=2))
+        print(json.dumps(dict(snapshot, fleet=fleet) if fleet else snapshot, indent=2))
     else:
-        print(format_once_table(gpus, host))
+        print(format_once_table(gpus, host) + ("\n" + format_once_fleet(fleet) if fleet else ""))
     return 0
+
+
+def once_fleet(config, host, gpus):
+    """--once on a hub: every peer asked once (or Prometheus' queries run
+    once) -> the fleet message (this
+    machine first when it has GPUs, as a hub shows it)."""
+    def local(epoch_s):
+        return build_local_fleet_host(socket.gethostname(), epoch_s,
+                                      [(gpu, gpu["metrics"]) for gpu in gpus],
+                                      dict((gpu["id"], gpu["procs"]) for gpu in gpus), host, [])
+    if config.fleet_prometheus_url:
+        return FleetPrometheusPoller(config, None, make_fleet_prometheus(config), local).poll_once()
+    poller = FleetPoller(config, None, FleetPeerList(config.fleet_peers), local)
+    return poller.poll_once()
+
+
+def format_once_fleet(fleet):
+    """The --once table of a hub's fleet: a line per host, one per GPU under it."""
+    lines = ["fleet  " + format_fleet_totals(fleet)]
+    for host in fleet["hosts"]:
+        lines.append("%-20s %-8s last seen %s  GPUs busy / idle %s  power %s" % tuple(
+            format_fleet_host(host)))
+        lines.extend("  " + format_fleet_gpu(gpu) for gpu in host["gpus"])
+    return "\n".join(lines)
 
 
 def format_once_host(host):

@@ -13,6 +13,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -21,7 +22,7 @@ import urllib.request
 import pytest
 
 import amdgpu_top_web as atw
-from conftest import TESTDATA, debian_tool, get_json, wait_for
+from conftest import PROGRAM, TESTDATA, debian_tool, get_json, server_env, wait_for
 
 PROM_DATA = os.path.join(TESTDATA, "prometheus")
 DEMO_ENV = {"APP_ENABLE_PROMETHEUS": "true", "APP_PROC_ENABLE": "true",
@@ -99,7 +100,7 @@ def fleet(server_module):
     debian_tool("prometheus", "prometheus")
     demos = [server_module(args=["--demo", "--demo-gpus", str(n)], env=DEMO_ENV) for n in DEMO_GPUS]
     peers = ",".join(d.url for d in demos)
-    hub = server_module(env={"APP_FLEET_PEERS": peers})
+    hub = server_module(env={"APP_FLEET_PEERS": peers, "APP_FLEET_INTERVAL": "500ms"})
     prom = Prometheus(HTTP_SD_CONFIG % hub.port)
     try:
         for demo in demos:
@@ -110,7 +111,8 @@ def fleet(server_module):
         # a demo GPU's first samples may lack power (a rate needs two): wait for every GPU's
         wait_for(lambda: len(prom_query(prom.port, 'amdgpu_power_watts{sensor="ppt"}')) == sum(DEMO_GPUS),
                  30, 0.25, "power series of every GPU")
-        prom_hub = server_module(env={"APP_FLEET_PROMETHEUS_URL": prom.url})
+        prom_hub = server_module(env={"APP_FLEET_PROMETHEUS_URL": prom.url, "APP_FLEET_INTERVAL": "500ms",
+                                      "APP_FLEET_TIMEOUT": "5s"})
         yield {"demos": demos, "hub": hub, "prom": prom, "prom_hub": prom_hub}
     finally:
         prom.stop()
@@ -211,6 +213,52 @@ def test_the_source_shows_the_same_hosts_gpus_and_values(fleet):
         assert entry["host"]["cpu_count"] >= 1 and entry["host"]["mem_total_bytes"] > 0
 
 
+def fleet_hosts(hub, source):
+    status, body = hub.get_json("/api/fleet")
+    assert status == 200 and body["source"] == source
+    return body, {h["name"]: h for h in body["hosts"] if h["source"] != "local"}
+
+
+STATIC_KEYS = ("id", "name", "vendor", "vendor_label", "uuid", "pci", "vram_total_bytes", "power_cap_w",
+               "runtime_status")
+
+
+def test_the_prometheus_hub_shows_what_the_peers_hub_shows(fleet):
+    """Both hubs over HTTP: the same hosts (by name), GPUs and identities; the
+    moving values as the servers published them within one scrape."""
+    names = sorted(instance(d) for d in fleet["demos"])
+
+    def both_up():
+        peers, prom = fleet_hosts(fleet["hub"], "peers")[1], fleet_hosts(fleet["prom_hub"], "prometheus")[1]
+        ok = all(h["state"] == "up" for h in list(peers.values()) + list(prom.values()))
+        return (peers, prom) if ok and sorted(peers) == sorted(prom) == names else None
+    peers, prom = wait_for(both_up, 20, 0.25, "both hubs with the three hosts up")
+    body = fleet_hosts(fleet["prom_hub"], "prometheus")[0]
+    assert body["error"] is None and body["hosts"][0]["source"] == "local"    # the hub's own GPUs first
+    for demo in fleet["demos"]:
+        a, b = peers[instance(demo)], prom[instance(demo)]
+        assert (a["version"], a["page"], b["page"]) == (b["version"], "/hosts/%s/" % instance(demo), None)
+        assert [[g[k] for k in STATIC_KEYS] for g in a["gpus"]] == [[g[k] for k in STATIC_KEYS] for g in b["gpus"]]
+        assert a["host"]["cpu_count"] == b["host"]["cpu_count"]
+        assert a["host"]["mem_total_bytes"] == b["host"]["mem_total_bytes"]
+        seen_s = atw.parse_iso_ts(b["last_seen"])
+        for gpu in b["gpus"]:
+            for key in ("gpu_busy_pct", "power_w", "temp_c", "vram_used_bytes"):
+                assert gpu[key] is not None and any(
+                    gpu[key] == pytest.approx(v, rel=1e-6) for v in ring_values(demo, gpu["id"], key, seen_s)), key
+
+
+def test_once_json_on_a_prometheus_hub_prints_the_fleet(fleet):
+    env = server_env(env={"APP_FLEET_PROMETHEUS_URL": fleet["prom"].url, "APP_FLEET_TIMEOUT": "5s"})
+    out = subprocess.run([sys.executable, PROGRAM, "--once", "--json"], env=env, capture_output=True,
+                         timeout=60)
+    assert out.returncode == 0, out.stderr
+    fleet_message = json.loads(out.stdout)["fleet"]
+    assert fleet_message["source"] == "prometheus"
+    assert {h["name"] for h in fleet_message["hosts"] if h["source"] == "prometheus"} >= \
+        {instance(d) for d in fleet["demos"][:2]}
+
+
 def test_fleet_history_from_query_range(fleet):
     hub, demos = fleet["prom_hub"], fleet["demos"]
     status, body = hub.get_json("/api/fleet/history?range=30m&step=1s&metric=power_w")
@@ -271,6 +319,9 @@ def test_a_killed_server_is_down_with_its_data_kept(fleet):
     finally:
         fresh.close()
     assert (entry["state"], entry["gpus"], entry["last_seen"]) == ("down", [], None)
+    # the Prometheus hub says so too, over HTTP
+    wait_for(lambda: fleet_hosts(fleet["prom_hub"], "prometheus")[1][instance(victim)]["state"] == "down",
+             20, 0.25, "the Prometheus hub showing the killed server down")
 
 
 # -- parsers on answers saved from the real Prometheus (no Prometheus needed) ----

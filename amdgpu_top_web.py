@@ -31,6 +31,9 @@ Endpoints (GET/HEAD only; anything else is 405)::
     /api/processes/{run}/history   one run's VRAM, GTT and engine % over time
     /api/alerts               alert events (?range=30m|1h|6h|24h|7d|30d|1y, from/to)
                               (every history and alert endpoint: &format=csv)
+    /api/fleet/targets        a hub's peers as Prometheus http_sd target groups
+    /api/fleet/history        one GPU metric of the whole fleet (?metric=&range=;
+                              APP_FLEET_PROMETHEUS_URL only: query_range)
     /api/healthz /api/readyz /api/version
     /plain                    server-rendered tables (no JavaScript needed)
     /metrics                  Prometheus text (APP_ENABLE_PROMETHEUS=true)
@@ -128,6 +131,12 @@ Paths (the names to visit, place by place; "§N" is the section of that place)::
       §6   route, parse_history_query, build_series_answer, series_csv
       §13  HistoryReader.query_series, _series_select
       §15  Routes.route_gpu_history, Routes._series, Routes._prepare
+    The fleet from Prometheus (a hub with APP_FLEET_PROMETHEUS_URL)
+      §4   parse_prom_answer, parse_prom_vector
+      §6   build_prom_fleet_queries, compute_prom_fleet, build_prom_fleet_host,
+           build_fleet_message
+      §12  FleetPrometheusPoller.run, FleetPrometheus.poll, FleetPrometheus._query_all,
+           PromClient.get, FleetPrometheus._entries, FleetPrometheus._state
     A process row, AMD (fdinfo, KFD VRAM)
       §4   parse_fdinfo, compute_client_usage, compute_procs_by_pci, build_proc_row,
            build_procs_entry

@@ -6079,7 +6079,7 @@ def compute_prom_fleet(answers):
         return hosts[key]
     for labels, value, _ in answers.get("build", ()):
         entry = host(labels)
-        entry["version"], entry["last_seen_s"] = labels.get("version"), value
+        entry["version"], entry["last_seen_s"] = _prom_text(labels, "version"), value
     for labels, _, _ in answers.get("gpu_info", ()):
         _prom_gpu_entry(host(labels), labels)
     for key in FLEET_HOST_KEYS:
@@ -6093,15 +6093,25 @@ def compute_prom_fleet(answers):
     return hosts, up
 
 
+def _prom_text(labels, key):
+    """A label's value as a fleet string: None when empty, cut to FLEET_TEXT_MAX
+    (an exporter's labels are as untrusted as a peer's answer)."""
+    value = labels.get(key)
+    return value[:FLEET_TEXT_MAX] if value else None
+
+
 def _prom_gpu_entry(host, labels):
-    gpu_id = labels.get("gpu", "")
+    """The host's GPU of these labels, made on first sight; None past FLEET_MAX_GPUS."""
+    gpu_id = (labels.get("gpu") or "")[:FLEET_TEXT_MAX]
     gpu = host["gpus"].get(gpu_id)
     if gpu is None:
-        vendor = labels.get("vendor") or None
+        if len(host["gpus"]) >= FLEET_MAX_GPUS:
+            return None
+        vendor = _prom_text(labels, "vendor")
         gpu = host["gpus"][gpu_id] = dict(
-            {"id": gpu_id, "name": labels.get("name") or None, "vendor": vendor,
-             "vendor_label": VENDOR_LABELS.get(vendor, vendor), "uuid": labels.get("uuid") or None,
-             "pci": labels.get("pci") or None}, **dict.fromkeys(FLEET_PROM_GPU_KEYS))
+            {"id": gpu_id, "name": _prom_text(labels, "name"), "vendor": vendor,
+             "vendor_label": VENDOR_LABELS.get(vendor, vendor), "uuid": _prom_text(labels, "uuid"),
+             "pci": _prom_text(labels, "pci")}, **dict.fromkeys(FLEET_PROM_GPU_KEYS))
         gpu.update({"throttle_reasons": None, "runtime_status": None, "top_process": None,
                     "processes": None, "alert": None, "_flags": {}})
     return gpu
@@ -6118,7 +6128,8 @@ def _prom_fill_gpus(hosts, answers):
             found = index.get((job, instance, gpu_id))
             if found is None and (job, instance) in hosts:
                 host = hosts[(job, instance)]
-                found = index[(job, instance, gpu_id)] = (_prom_gpu_entry(host, labels), host)
+                gpu = _prom_gpu_entry(host, labels)
+                found = index[(job, instance, gpu_id)] = (gpu, host) if gpu is not None else None
             if found is not None:
                 yield labels, value, found[0], found[1]
     for key in FLEET_PROM_GPU_KEYS:
@@ -6133,10 +6144,10 @@ def _prom_fill_gpus(hosts, answers):
             gpu["_flags"][name] = value
     for labels, value, gpu, _host in gpus_of("throttle_reasons"):
         if value:
-            gpu["_flags"].setdefault("reasons", []).append(labels.get("reason", ""))
+            gpu["_flags"].setdefault("reasons", []).append((labels.get("reason") or "")[:FLEET_TEXT_MAX])
     for labels, value, gpu, _host in gpus_of("top_process"):
         gpu["top_process"] = {"pid": int(labels["pid"]) if labels.get("pid", "").isdigit() else None,
-                              "name": labels.get("name") or None, "user": None,
+                              "name": _prom_text(labels, "name"), "user": None,
                               "vram_bytes": None if value is None else int(value), "gpu_pct": None}
     for labels, value, gpu, host in gpus_of("alerts"):
         _prom_alert(host, gpu if labels.get("gpu") else None, labels, value)
@@ -6149,9 +6160,10 @@ def _prom_fill_gpus(hosts, answers):
 def _prom_alert(host, gpu, labels, value):
     if not value:
         return
-    severity = labels.get("severity") or None
-    host["alerts"].append({"rule": labels.get("alertname") or None, "gpu_id": labels.get("gpu") or None,
-                           "severity": severity, "summary": None, "started": None})
+    severity = _prom_text(labels, "severity")
+    if len(host["alerts"]) < FLEET_MAX_ALERTS:
+        host["alerts"].append({"rule": _prom_text(labels, "alertname"), "gpu_id": _prom_text(labels, "gpu"),
+                               "severity": severity, "summary": None, "started": None})
     if gpu is not None and severity in ("warning", "critical") and gpu["alert"] != "critical":
         gpu["alert"] = severity
 

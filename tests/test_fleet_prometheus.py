@@ -522,3 +522,21 @@ def test_bad_headers_setting_names_the_entry_never_the_value(value, message):
     assert message in str(info.value) and "(hidden)" in str(info.value) and value not in str(info.value)
     with pytest.raises(atw.ConfigError, match="only meaningful with APP_FLEET_PROMETHEUS_URL"):
         atw.parse_config([], {"APP_FLEET_PROMETHEUS_HEADERS": "X-Scope-OrgID: a"})
+
+
+def test_an_exporters_labels_are_cut_like_a_peers_answer():
+    """A hostile target's labels: long strings cut to FLEET_TEXT_MAX, at most
+    FLEET_MAX_GPUS GPUs and FLEET_MAX_ALERTS alerts per host."""
+    host = {"job": "amdgpu", "instance": "evil:1"}
+    long_name = "<img src=x onerror=alert(1)>" * 100
+    answers = {
+        "build": [(dict(host, version="v" * 5000), 1.0, 1.0)],
+        "gpu_info": [(dict(host, gpu="card%d" % i, name=long_name, vendor="amd"), 1.0, 1.0) for i in range(300)],
+        "gpu_busy_pct": [(dict(host, gpu="card%d" % i), 0.5, 1.0) for i in range(300)],
+        "alerts": [(dict(host, gpu="card0", alertname="a%d" % i, severity="critical"), 1.0, 1.0)
+                   for i in range(300)]}
+    hosts, _ = atw.compute_prom_fleet(answers)
+    entry = hosts[("amdgpu", "evil:1")]
+    assert len(entry["gpus"]) == atw.FLEET_MAX_GPUS and len(entry["alerts"]) == atw.FLEET_MAX_ALERTS
+    assert len(entry["version"]) == atw.FLEET_TEXT_MAX
+    assert all(len(g["name"]) == atw.FLEET_TEXT_MAX and g["gpu_busy_pct"] == 50.0 for g in entry["gpus"])

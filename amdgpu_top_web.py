@@ -666,7 +666,6 @@ FLEET_NUMERIC_KEYS = frozenset(("gpu_busy_pct", "vram_used_bytes", "vram_total_b
 FLEET_PROM_BODY_LIMIT = 64 << 20
 FLEET_PROM_FORGET_S = 3600.0
 FLEET_PROM_QUERY_THREADS = 4       # instant queries in flight at once (one per metric)
-FLEET_PROM_SLOW_EVERY = 15         # identity and sizes: read every 15th poll (30 s at 2 s)
 FLEET_PROM_HISTORY_POINTS = 300    # /api/fleet/history's default points per series
 FLEET_PROM_MAX_POINTS = 11000      # Prometheus refuses more points per series
 FLEET_PROM_HEADERS_MAX = 8
@@ -6016,9 +6015,11 @@ FLEET_PROM_INT_KEYS = ("vram_used_bytes", "vram_total_bytes", "cpu_count", "mem_
 # /api/fleet/history's metric=: every GPU stats key /metrics exports.
 FLEET_HISTORY_METRICS = tuple(key for family in PROM_GPU_FAMILIES for key, _scale, _extra in family[3])
 FLEET_PROM_GPU_FLAGS = (("throttled", "throttled"), ("processes", "processes"))
-# Read every FLEET_PROM_SLOW_EVERY polls (and when a new host shows up): what
-# hardly changes (identity, sizes, caps). The rest every poll.
-FLEET_PROM_SLOW_QUERIES = ("gpu_info", "vram_total_bytes", "power_cap_w", "cpu_count", "mem_total_bytes")
+# Queries read every Nth poll (all of them again when a new host shows up):
+# what hardly changes (identity, sizes, caps) every 15th, the runtime state and
+# the processes (the servers scan every 2 s) every 3rd; the rest every poll.
+FLEET_PROM_QUERY_EVERY = {"gpu_info": 15, "vram_total_bytes": 15, "power_cap_w": 15, "cpu_count": 15,
+                          "mem_total_bytes": 15, "status": 3, "processes": 3, "top_process": 3}
 
 
 def prom_gpu_selector(key):
@@ -10189,7 +10190,7 @@ class FleetPrometheus(object):
         self.error, self.warnings = None, []
         self._known = {}        # (job, instance) -> {"data", "seen_s", "ok_s"}
         self._pool = None
-        self._slow, self._polls = None, 0
+        self._cached, self._polls = {}, 0     # query name -> its last parsed answer
 
     def poll(self, now):
         """-> [fleet host entry], sorted by name (self.error says why a poll failed)."""
@@ -10204,36 +10205,29 @@ class FleetPrometheus(object):
         return self._entries(now, *compute_prom_fleet(answers))
 
     def _query_all(self, now):
-        """{query name: parsed vector}: the slow queries every FLEET_PROM_SLOW_EVERY
-        polls or when a host is new to them, their last answers otherwise."""
+        """{query name: parsed vector}: the queries due this poll
+        (FLEET_PROM_QUERY_EVERY), the others' last answers."""
         if self._pool is None:
             self._pool = concurrent.futures.ThreadPoolExecutor(FLEET_PROM_QUERY_THREADS, "fleet-prom")
-        slow = self._slow is None or self._polls % FLEET_PROM_SLOW_EVERY == 0
-        self._polls += 1
+        polls, self._polls = self._polls, self._polls + 1
         at = "%.3f" % now
         futures = [(name, self._pool.submit(self.client.get, "query", {"query": query, "time": at},
                                             "vector")) for name, query in self.queries
-                   if slow or name not in FLEET_PROM_SLOW_QUERIES]
+                   if name not in self._cached or polls % FLEET_PROM_QUERY_EVERY.get(name, 1) == 0]
         answers, warnings = {}, []
         for name, future in futures:
             result, more = future.result()
             answers[name] = parse_prom_vector(result)
             warnings += more
-        if slow:
-            self._slow = dict((name, answers[name]) for name in FLEET_PROM_SLOW_QUERIES)
-        else:
-            answers.update(self._slow)
-            self._slow_hosts_check(answers)
+        self._cached.update(answers)
+        answers = dict(self._cached)
+        known = set((l.get("job"), l.get("instance")) for l, _, _ in answers["gpu_info"])
+        if any((l.get("job"), l.get("instance")) not in known for l, _, _ in answers["build"]):
+            self._polls = 0         # a new host: every query again next poll
         if warnings and warnings != self.warnings:
             LOG.warning("event=fleet_prometheus_warnings warnings=%r", warnings[:3])
         self.warnings = warnings
         return answers
-
-    def _slow_hosts_check(self, answers):
-        """A host the slow answers do not know yet: read them again next poll."""
-        known = set((l.get("job"), l.get("instance")) for l, _, _ in self._slow["gpu_info"])
-        if any((l.get("job"), l.get("instance")) not in known for l, _, _ in answers["build"]):
-            self._polls = 0
 
     def _entries(self, now, hosts, up):
         """Known hosts (and up == 0 targets of their jobs) -> host entries."""

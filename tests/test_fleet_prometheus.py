@@ -450,11 +450,14 @@ def test_warnings_nan_and_inf():
 
 class Recorder(http.server.BaseHTTPRequestHandler):
     answers = {}
+    by_query = {}
     seen = []
 
     def do_GET(self):
         Recorder.seen.append((self.path, dict(self.headers)))
-        status, body, headers = Recorder.answers.get(self.path.split("?")[0], (404, b"nope", {}))
+        query = dict(atw.parse_qsl(self.path.partition("?")[2])).get("query")
+        status, body, headers = Recorder.by_query.get(query) or Recorder.answers.get(
+            self.path.split("?")[0], (404, b"nope", {}))
         if body is None:
             time.sleep(3)
             return
@@ -474,7 +477,7 @@ def recorder():
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
-    Recorder.answers, Recorder.seen = {}, []
+    Recorder.answers, Recorder.by_query, Recorder.seen = {}, {}, []
     try:
         yield "http://127.0.0.1:%d" % httpd.server_address[1]
     finally:
@@ -540,3 +543,31 @@ def test_an_exporters_labels_are_cut_like_a_peers_answer():
     assert len(entry["gpus"]) == atw.FLEET_MAX_GPUS and len(entry["alerts"]) == atw.FLEET_MAX_ALERTS
     assert len(entry["version"]) == atw.FLEET_TEXT_MAX
     assert all(len(g["name"]) == atw.FLEET_TEXT_MAX and g["gpu_busy_pct"] == 50.0 for g in entry["gpus"])
+
+
+def test_slow_changing_queries_are_read_less_often_and_all_again_for_a_new_host(recorder):
+    empty = json.dumps({"status": "success", "data": {"resultType": "vector", "result": []}}).encode()
+    Recorder.answers["/api/v1/query"] = (200, empty, {})
+    source = atw.FleetPrometheus(atw.PromClient(recorder, 2.0), 2.0)
+    queries = dict(atw.build_prom_fleet_queries())
+
+    def counts():
+        asked = [atw.parse_qsl(path.split("?", 1)[1]) for path, _ in Recorder.seen]
+        return dict((name, sum(1 for q in asked if dict(q)["query"] == query)) for name, query in queries.items())
+    for _ in range(4):
+        source.poll(time.time())
+    seen = counts()
+    assert seen["gpu_busy_pct"] == seen["up"] == seen["build"] == 4
+    assert seen["status"] == seen["processes"] == seen["top_process"] == 2     # polls 1 and 4
+    assert seen["gpu_info"] == seen["vram_total_bytes"] == seen["mem_total_bytes"] == 1
+    # a host gpu_info does not know yet: every query on the next poll
+    build = {"status": "success", "data": {"resultType": "vector", "result": [
+        {"metric": {"job": "amdgpu", "instance": "new:1", "version": "1"}, "value": [1, "1"]}]}}
+    Recorder.by_query[queries["build"]] = (200, json.dumps(build).encode(), {})
+    Recorder.seen = []
+    source.poll(time.time())            # the 5th: nothing slow due, but a new host seen
+    assert counts()["gpu_info"] == 0 and counts()["build"] == 1
+    Recorder.seen = []
+    source.poll(time.time())
+    assert counts()["gpu_info"] == 1 and counts()["status"] == 1
+    source.close()

@@ -6081,8 +6081,12 @@ def compute_prom_fleet(answers):
     for labels, value, _ in answers.get("build", ()):
         entry = host(labels)
         entry["version"], entry["last_seen_s"] = _prom_text(labels, "version"), value
+    index = {}      # (job, instance, gpu) -> (gpu entry, host): one lookup per series
     for labels, _, _ in answers.get("gpu_info", ()):
-        _prom_gpu_entry(host(labels), labels)
+        entry = host(labels)
+        gpu = _prom_gpu_entry(entry, labels)
+        if gpu is not None:
+            index[(labels.get("job", ""), labels.get("instance", ""), labels.get("gpu", ""))] = (gpu, entry)
     for key in FLEET_HOST_KEYS:
         scale = prom_host_selector(key)[1]
         for labels, value, _ in answers.get(key, ()):
@@ -6090,7 +6094,7 @@ def compute_prom_fleet(answers):
             if entry["host"] is None:
                 entry["host"] = dict.fromkeys(FLEET_HOST_KEYS)
             entry["host"][key] = _prom_scaled(key, value, scale)
-    _prom_fill_gpus(hosts, answers)
+    _prom_fill_gpus(hosts, answers, index)
     return hosts, up
 
 
@@ -6109,28 +6113,27 @@ def _prom_gpu_entry(host, labels):
         if len(host["gpus"]) >= FLEET_MAX_GPUS:
             return None
         vendor = _prom_text(labels, "vendor")
-        gpu = host["gpus"][gpu_id] = dict(
-            {"id": gpu_id, "name": _prom_text(labels, "name"), "vendor": vendor,
-             "vendor_label": VENDOR_LABELS.get(vendor, vendor), "uuid": _prom_text(labels, "uuid"),
-             "pci": _prom_text(labels, "pci")}, **dict.fromkeys(FLEET_PROM_GPU_KEYS))
-        gpu.update({"throttle_reasons": None, "runtime_status": None, "top_process": None,
-                    "processes": None, "alert": None, "_flags": {}})
+        gpu = host["gpus"][gpu_id] = {
+            "id": gpu_id, "name": _prom_text(labels, "name"), "vendor": vendor,
+            "vendor_label": VENDOR_LABELS.get(vendor, vendor), "uuid": _prom_text(labels, "uuid"),
+            "pci": _prom_text(labels, "pci"), "gpu_busy_pct": None, "vram_used_bytes": None,
+            "vram_total_bytes": None, "temp_c": None, "power_w": None, "power_cap_w": None,
+            "throttle_reasons": None, "runtime_status": None, "top_process": None,
+            "processes": None, "alert": None, "_flags": {}}
     return gpu
 
 
-def _prom_fill_gpus(hosts, answers):
+def _prom_fill_gpus(hosts, answers, index):
     """The per-GPU answers into the hosts' GPUs (a GPU with a value but no
     gpu_info series still gets its entry); then each GPU's derived keys."""
-    index = {}      # (job, instance, gpu) -> (gpu entry, host): one lookup per series
-
     def gpus_of(name):
         for labels, value, _ in answers.get(name, ()):
-            job, instance, gpu_id = labels.get("job", ""), labels.get("instance", ""), labels.get("gpu", "")
-            found = index.get((job, instance, gpu_id))
-            if found is None and (job, instance) in hosts:
-                host = hosts[(job, instance)]
+            key = (labels.get("job", ""), labels.get("instance", ""), labels.get("gpu", ""))
+            found = index.get(key)
+            if found is None and key[:2] in hosts:
+                host = hosts[key[:2]]
                 gpu = _prom_gpu_entry(host, labels)
-                found = index[(job, instance, gpu_id)] = (gpu, host) if gpu is not None else None
+                found = index[key] = (gpu, host) if gpu is not None else None
             if found is not None:
                 yield labels, value, found[0], found[1]
     for key in FLEET_PROM_GPU_KEYS:

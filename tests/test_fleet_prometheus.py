@@ -357,6 +357,8 @@ def test_saved_answers_make_the_fleet():
     assert set(gpu) == {"id", "name", "vendor", "vendor_label", "uuid", "pci", "gpu_busy_pct",
                         "vram_used_bytes", "vram_total_bytes", "temp_c", "power_w", "power_cap_w",
                         "throttle_reasons", "runtime_status", "top_process", "processes", "alert"}
+    assert set(gpu) == set(atw.FLEET_GPU_KEYS)           # the peers' fleet GPU keys, exactly
+    assert set(gpu["top_process"]) == set(atw.FLEET_TOP_PROCESS_KEYS)
     assert gpu["vendor"] == "amd" and gpu["vendor_label"] == "AMD" and gpu["runtime_status"] == "active"
     assert isinstance(gpu["vram_total_bytes"], int) and 0 <= gpu["gpu_busy_pct"] <= 100
     assert gpu["top_process"]["pid"] > 0 and gpu["top_process"]["user"] is None

@@ -31,15 +31,19 @@ Endpoints (GET/HEAD only; anything else is 405)::
     /api/processes/{run}/history   one run's VRAM, GTT and engine % over time
     /api/alerts               alert events (?range=30m|1h|6h|24h|7d|30d|1y, from/to)
                               (every history and alert endpoint: &format=csv)
+    /api/healthz /api/readyz /api/version
+    /api/fleet                the fleet: a hub's hosts (APP_FLEET_PEERS or
+                              APP_FLEET_PROMETHEUS_URL), else this one
+    /api/fleet/host           this server's own fleet host entry (what a hub asks)
     /api/fleet/targets        a hub's peers as Prometheus http_sd target groups
     /api/fleet/history        one GPU metric of the whole fleet (?metric=&range=;
                               APP_FLEET_PROMETHEUS_URL only: query_range)
-    /api/healthz /api/readyz /api/version
     /plain                    server-rendered tables (no JavaScript needed)
     /metrics                  Prometheus text (APP_ENABLE_PROMETHEUS=true)
     /vendor/...               the page's ES modules (APP_VENDOR_DIR, air-gapped)
     /debug/threads /debug/memory   (APP_ENABLE_PPROF=true)
-    /ws                       WebSocket: hello, stats, procs, host, gpus, alert, pong, error
+    /ws                       WebSocket: hello, stats, procs, host, gpus, alert, fleet,
+                              pong, error
 
 Every request's Host must be loopback, this machine, an address or in
 APP_ALLOWED_HOSTS (403: DNS rebinding); with APP_AUTH_TOKEN, all but
@@ -62,6 +66,9 @@ Threads::
     cache --offer_*--> sinks: alert engine thread (its Inbox) --> cache.publish_alert
                        (a frame to every client) and --> webhook thread (its Inbox;
                        POST, retries)
+    hub of a fleet: fleet-poller thread, one round per APP_FLEET_INTERVAL --> a few
+                    fleet-worker threads (GET each peer's /api/fleet/host, kept
+                    connections) --> cache.publish_fleet (the fleet's subscribers)
 
 Contents (a section uses only the sections above it)::
 
@@ -213,6 +220,10 @@ import traceback
 import tracemalloc
 import zlib
 from http import HTTPStatus
+try:
+    import ssl                  # https peers of a hub; a Python built without it has none
+except ImportError:             # pragma: no cover
+    ssl = None
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
@@ -645,9 +656,12 @@ FLEET_MAX_ANSWER_BYTES = 4 << 20   # a peer's answer past this is refused, never
 FLEET_WORKERS = 8               # peer requests at once (threads, started as needed)
 FLEET_BACKOFF_MAX_S = 30.0      # a failing peer is asked again after 1, 2, 4... rounds, up to
 FLEET_BACKOFF_MAX_INTERVALS = 8     # this many rounds (and never more than FLEET_BACKOFF_MAX_S)
+FLEET_LEGACY_RECHECK = 30      # an older peer (404): asked /api/fleet/host again after this many polls
 FLEET_DEADLINE_GRACE_S = 0.25   # a round waits this past the timeout, then cuts what is left
 FLEET_MAX_GPUS = 64             # a peer's answer: at most this many GPUs and alerts kept
 FLEET_MAX_ALERTS = 64
+FLEET_STATUS_RE = re.compile(br"^HTTP/1\.([01]) ([0-9]{3})(?: |$)")   # a peer's status line
+FLEET_HEAD_MAX = 1 << 16        # a peer's answer head (status line and headers) at most
 FLEET_TEXT_MAX = 200            # a string from a peer is cut to this many characters
 FLEET_GPU_KEYS = ("id", "name", "vendor", "vendor_label", "uuid", "pci", "gpu_busy_pct",
                   "vram_used_bytes", "vram_total_bytes", "temp_c", "power_w", "power_cap_w",
@@ -4191,17 +4205,36 @@ def parse_fleet_json(status, content_type, body, token_sent):
         raise ValueError("bad JSON")
 
 
+def parse_http_head(head):
+    """A peer's answer head (bytes up to the blank line) -> (status, {lower
+    name: value}, keep_alive); ValueError("not an HTTP answer") otherwise."""
+    lines = head.split(b"\r\n")
+    match = FLEET_STATUS_RE.match(lines[0])
+    if not match:
+        raise ValueError("not an HTTP answer")
+    fields = {}
+    for line in lines[1:]:
+        name, sep, value = line.partition(b":")
+        if not sep or not name.strip():
+            raise ValueError("not an HTTP answer")
+        fields[name.strip().lower().decode("latin-1")] = value.strip().decode("latin-1")
+    connection = fields.get("connection", "").lower()
+    keep = "close" not in connection if match.group(1) == b"1" else "keep-alive" in connection
+    return int(match.group(2)), fields, keep
+
+
 def compute_fleet_peer_state(outcome, age_s, interval_s):
     """A peer's state from its last poll's outcome ("ok", "refused" or
     "failed") and the age of its last good data (None: never): up, refused,
-    stale (data younger than FLEET_STALE_INTERVALS rounds) or down."""
+    stale (data younger than FLEET_STALE_INTERVALS rounds) or down. A peer
+    not asked for that long (every worker held up) is stale, even if its
+    last answer was good."""
+    fresh = age_s is not None and age_s < FLEET_STALE_INTERVALS * interval_s
     if outcome == "ok":
-        return "up"
+        return "up" if fresh else "stale"
     if outcome == "refused":
         return "refused"
-    if age_s is not None and age_s < FLEET_STALE_INTERVALS * interval_s:
-        return "stale"
-    return "down"
+    return "stale" if fresh else "down"
 
 
 def compute_fleet_backoff_s(failures, interval_s):
@@ -9856,10 +9889,109 @@ def _fleet_failure(exc):
         return "timed out"
     if isinstance(exc, ConnectionRefusedError):
         return "connection refused"
-    if isinstance(exc, http.client.RemoteDisconnected):
-        return "closed the connection"
     text = getattr(exc, "strerror", None) or getattr(exc, "reason", None) or type(exc).__name__
     return str(text)[:80]
+
+
+class FleetConnection(object):
+    """One peer's keep-alive HTTP/1.1 connection, GET only: a few reads and
+    one parse per answer (http.client costs about five times as much CPU,
+    which is most of a hub's cost at 100 peers). Content-Length, chunked or
+    until-close bodies, cut past FLEET_MAX_ANSWER_BYTES. Raises OSError for the
+    connection (ConnectionAbortedError: it closed early), ValueError for an
+    answer that is not HTTP."""
+
+    def __init__(self, peer, timeout_s):
+        self.peer, self.timeout_s = peer, timeout_s
+        self.sock = None
+        self._buf = b""
+
+    def open(self):
+        sock = socket.create_connection((self.peer.host, self.peer.port), self.timeout_s)
+        if self.peer.scheme == "https":
+            if ssl is None:
+                sock.close()
+                raise OSError(errno.EPROTONOSUPPORT, "no TLS in this Python")
+            sock = ssl.create_default_context().wrap_socket(sock, server_hostname=self.peer.host)
+        self.sock, self._buf = sock, b""
+
+    def get(self, path, headers):
+        """-> (status, fields, body); body None: over the cap, or not read (status not 200)."""
+        host = "[%s]" % self.peer.host if ":" in self.peer.host else self.peer.host
+        lines = ["GET %s HTTP/1.1" % path, "Host: %s:%d" % (host, self.peer.port)]
+        lines += ["%s: %s" % item for item in headers]
+        self.sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+        status, fields, keep = parse_http_head(self._read_head())
+        body = self._read_body(fields) if status == 200 else None
+        if not keep or body is None or self._buf:
+            self.close()
+        return status, fields, body
+
+    def _more(self):
+        data = self.sock.recv(65536)
+        if not data:
+            raise ConnectionAbortedError(errno.ECONNABORTED, "closed the connection")
+        self._buf += data
+
+    def _read_head(self):
+        while True:
+            end = self._buf.find(b"\r\n\r\n")
+            if end >= 0:
+                head, self._buf = self._buf[:end], self._buf[end + 4:]
+                return head
+            if len(self._buf) > FLEET_HEAD_MAX:
+                raise ValueError("not an HTTP answer")
+            self._more()
+
+    def _read_exact(self, count):
+        while len(self._buf) < count:
+            self._more()
+        data, self._buf = self._buf[:count], self._buf[count:]
+        return data
+
+    def _read_body(self, fields):
+        if "chunked" in fields.get("transfer-encoding", "").lower():
+            return self._read_chunked()
+        length = fields.get("content-length")
+        if length is None:          # until the peer closes
+            try:
+                while len(self._buf) <= FLEET_MAX_ANSWER_BYTES:
+                    self._more()
+            except ConnectionAbortedError:
+                pass
+            self._buf, body = b"", self._buf
+            return body if len(body) <= FLEET_MAX_ANSWER_BYTES else None
+        if not length.isdigit():
+            raise ValueError("not an HTTP answer")
+        return self._read_exact(int(length)) if int(length) <= FLEET_MAX_ANSWER_BYTES else None
+
+    def _read_chunked(self):
+        parts, total = [], 0
+        while True:
+            end = self._buf.find(b"\r\n")
+            while end < 0 and len(self._buf) < 1024:
+                self._more()
+                end = self._buf.find(b"\r\n")
+            try:
+                size = int(self._buf[:end].split(b";")[0].strip(), 16) if end >= 0 else -1
+            except ValueError:
+                size = -1
+            if size < 0:
+                raise ValueError("not an HTTP answer")
+            self._buf = self._buf[end + 2:]
+            total += size
+            if total > FLEET_MAX_ANSWER_BYTES:
+                return None
+            if size == 0:
+                self._read_head()   # the trailers, up to the blank line
+                return b"".join(parts)
+            parts.append(self._read_exact(size))
+            self._read_exact(2)
+
+    def close(self):
+        sock, self.sock, self._buf = self.sock, None, b""
+        if sock is not None:
+            sock.close()
 
 
 class FleetPeerState(object):
@@ -9871,52 +10003,39 @@ class FleetPeerState(object):
     def __init__(self, peer, now):
         self.peer = peer
         self.prefix = urlsplit(peer.url).path
-        self.conn = self.sock = None
-        self.busy = 0
+        self.conn = self.sock = None          # FleetConnection, and its socket (cut())
+        self.busy = False
         self.data = None                    # parse_fleet_host_answer of the last good answer
         self.last_ok = None                 # (epoch s, monotonic s) of it
         self.outcome, self.error = None, "not asked yet"
         self.failures = 0
         self.due = now
         self.removed = False                # no longer listed: closed once its request ends
+        self.legacy = 0                     # polls left that skip /api/fleet/host (an older peer)
 
     def get(self, path, token, timeout_s):
         """One GET on the kept connection (once more on a fresh one when the
         kept one was closed meanwhile) -> (status, content type, body or None
-        when over FLEET_MAX_ANSWER_BYTES). Never follows a redirect."""
-        headers = {"Accept": "application/json", "User-Agent": "amdgpu_top_web/" + __version__}
+        when over FLEET_MAX_ANSWER_BYTES or not read). Never follows a redirect."""
+        headers = [("Accept", "application/json"), ("User-Agent", "amdgpu_top_web/" + __version__)]
         if token:
-            headers["Authorization"] = "Bearer " + token
+            headers.append(("Authorization", "Bearer " + token))
         for attempt in (0, 1):
-            reused = self.conn is not None
-            if self.conn is None:
-                cls = (http.client.HTTPSConnection if self.peer.scheme == "https"
-                       else http.client.HTTPConnection)
-                self.conn = cls(self.peer.host, self.peer.port, timeout=timeout_s)
+            reused = self.conn is not None and self.conn.sock is not None
+            if not reused:              # none yet, or the last answer closed it
+                self.conn = FleetConnection(self.peer, timeout_s)
+                self.conn.open()
+            self.sock = self.conn.sock
             try:
-                self.conn.request("GET", self.prefix + path, headers=headers)
-                self.sock = self.conn.sock
-                return self._read(self.conn.getresponse())
-            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+                status, fields, body = self.conn.get(self.prefix + path, headers)
+                return status, fields.get("content-type", ""), body
+            except ConnectionError:
                 self.close()
                 if not reused or attempt:
                     raise
             except Exception:
                 self.close()
                 raise
-
-    def _read(self, response):
-        length = response.getheader("Content-Length")
-        content_type = response.getheader("Content-Type", "")
-        if response.status != 200 or (length is not None and length.isdigit()
-                                      and int(length) > FLEET_MAX_ANSWER_BYTES):
-            self.close()
-            return response.status, content_type, None
-        body = response.read(FLEET_MAX_ANSWER_BYTES + 1)
-        if len(body) > FLEET_MAX_ANSWER_BYTES:
-            self.close()
-            return response.status, content_type, None
-        return response.status, content_type, body
 
     def cut(self):
         """From the poller: end a request past the round's deadline."""
@@ -9960,22 +10079,21 @@ class FleetPeerState(object):
 def ask_fleet_peer(state, token, timeout_s):
     """One peer's fleet host entry data: ("ok", data), ("refused", why) or
     ("failed", why). A peer that answers 404 (an older version) is asked its
-    /api/gpus and /api/host instead."""
+    /api/gpus and /api/host instead, for its next FLEET_LEGACY_RECHECK polls."""
     try:
-        status, content_type, body = state.get(FLEET_HOST_PATH, token, timeout_s)
-        if status != 404:
-            return "ok", parse_fleet_host_answer(
-                parse_fleet_json(status, content_type, body, token is not None))
+        if state.legacy:
+            state.legacy -= 1
+        else:
+            status, content_type, body = state.get(FLEET_HOST_PATH, token, timeout_s)
+            if status != 404:
+                return "ok", parse_fleet_host_answer(
+                    parse_fleet_json(status, content_type, body, token is not None))
+            state.legacy = FLEET_LEGACY_RECHECK
         answers = [parse_fleet_json(*(state.get(path, token, timeout_s) + (token is not None,)))
                    for path in ("/api/gpus", "/api/host")]
         return "ok", parse_fleet_host_answer(build_fleet_legacy_answer(*answers))
-    except ValueError as exc:
+    except ValueError as exc:       # it answered, not usably (parse_http_head, parse_fleet_json)
         return "refused", str(exc)
-    except http.client.RemoteDisconnected as exc:
-        return "failed", _fleet_failure(exc)
-    except http.client.HTTPException:
-        state.close()
-        return "refused", "not an HTTP answer"
     except OSError as exc:
         return "failed", _fleet_failure(exc)
 

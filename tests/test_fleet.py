@@ -36,8 +36,8 @@ class FakePeer(object):
     raw bytes to send back (then the connection is closed), or None to hang
     (accept, read the request, never answer)."""
 
-    def __init__(self, answer, name="fake", events=None):
-        self.answer, self.name = answer, name
+    def __init__(self, answer, name="fake", events=None, keep=False):
+        self.answer, self.name, self.keep = answer, name, keep      # keep: serve the next request
         self.events = events if events is not None else []     # (name, "request"|"closed")
         self.paths = []
         self.conns = []
@@ -65,25 +65,31 @@ class FakePeer(object):
             thread.start()
 
     def _serve(self, conn):
-        data = b""
         try:
-            while b"\r\n\r\n" not in data:
-                chunk = conn.recv(4096)
-                if not chunk:
-                    return
-                data += chunk
-            self.paths.append(data.split(b" ")[1].decode())
-            self.events.append((self.name, "request"))
-            reply = self.answer(self.paths[-1])
-            if reply is None:               # hang: silent until the hub closes its end
-                while conn.recv(4096):
-                    pass
-                self.events.append((self.name, "closed"))
-                return
-            conn.sendall(reply)
-            conn.close()
+            while self._serve_one(conn) and self.keep:
+                pass
         except OSError:
             pass
+
+    def _serve_one(self, conn):
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = conn.recv(4096)
+            if not chunk:
+                return False
+            data += chunk
+        self.paths.append(data.split(b" ")[1].decode())
+        self.events.append((self.name, "request"))
+        reply = self.answer(self.paths[-1])
+        if reply is None:               # hang: silent until the hub closes its end
+            while conn.recv(4096):
+                pass
+            self.events.append((self.name, "closed"))
+            return False
+        conn.sendall(reply)
+        if not self.keep:
+            conn.close()
+        return True
 
     def close(self):
         self.listener.close()
@@ -95,8 +101,8 @@ class FakePeer(object):
 def fake_peer():
     made = []
 
-    def make(answer, name="fake", events=None):
-        made.append(FakePeer(answer, name, events))
+    def make(answer, name="fake", events=None, keep=False):
+        made.append(FakePeer(answer, name, events, keep))
         return made[-1]
     yield make
     for peer in made:
@@ -228,6 +234,7 @@ def test_a_bad_token_file_line_is_named_without_its_token(tmp_path):
 
 def test_peer_states_and_backoff():
     assert m.compute_fleet_peer_state("ok", 0.0, 2.0) == "up"
+    assert m.compute_fleet_peer_state("ok", 10.0, 2.0) == "stale"     # not asked for 5 rounds
     assert m.compute_fleet_peer_state("refused", 0.0, 2.0) == "refused"
     assert m.compute_fleet_peer_state("failed", 9.9, 2.0) == "stale"
     assert m.compute_fleet_peer_state("failed", 10.0, 2.0) == "down"
@@ -295,6 +302,36 @@ def test_the_top_process_and_totals():
     assert totals == {"hosts": 4, "hosts_up": 1, "hosts_down": 3, "gpus": 5, "gpus_busy": 1,
                       "gpus_idle": 1, "gpus_down": 3, "power_w": 100.0}
     assert m.compute_fleet_totals([])["power_w"] is None
+
+
+def test_parse_http_head():
+    status, fields, keep = m.parse_http_head(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                                             b"Content-Length:  12 ")
+    assert (status, fields, keep) == (200, {"content-type": "application/json",
+                                            "content-length": "12"}, True)
+    assert m.parse_http_head(b"HTTP/1.1 204 \r\nConnection: close")[2] is False
+    assert m.parse_http_head(b"HTTP/1.0 200 OK")[2] is False
+    assert m.parse_http_head(b"HTTP/1.0 200 OK\r\nConnection: keep-alive")[2] is True
+    for bad in (b"garbage", b"HTTP/2 200 OK", b"HTTP/1.1 20 OK", b"HTTP/1.1 200 OK\r\nno colon",
+                b"HTTP/1.1 200 OK\r\n: empty name", b"ICY 200 OK"):
+        with pytest.raises(ValueError):
+            m.parse_http_head(bad)
+
+
+def test_a_fleet_frame_goes_out_only_when_the_fleet_changed():
+    """publish_fleet keeps every round's message but pushes a frame only when
+    something besides ts changed."""
+    cache = m.Cache(0.25, {})
+    frames = []
+    cache.add_listener(frames.append)
+    host = host_answer()
+    assert cache.publish_fleet(m.build_fleet_message(1000.0, "peers", 2.0, [host]))
+    assert not cache.publish_fleet(m.build_fleet_message(1002.0, "peers", 2.0, [host]))
+    assert cache.fleet()[0]["ts"] == m.format_ts(1002.0)      # the newest kept all the same
+    moved = dict(host, gpus=[dict(host["gpus"][0], gpu_busy_pct=51)])
+    assert cache.publish_fleet(m.build_fleet_message(1004.0, "peers", 2.0, [moved]))
+    assert [f.kind for f in frames] == ["fleet", "fleet"]
+    assert json.loads(frames[-1].payload)["hosts"][0]["gpus"][0]["gpu_busy_pct"] == 51
 
 
 # -- every server: its own host entry ------------------------------------------------
@@ -367,7 +404,8 @@ def test_the_hub_lists_its_own_gpus_first(server, peers, tmp_path):
 def test_a_killed_peer_goes_stale_then_down_and_comes_back(server, tmp_path):
     peer = server(args=["--demo", "--demo-gpus", "1"])
     port = peer.port
-    hub = start_hub(server, "p=" + peer.url, tmp_path)
+    # 1 s rounds: stale for 5 s after the kill, ample time to see it
+    hub = start_hub(server, "p=" + peer.url, tmp_path, {"APP_FLEET_INTERVAL": "1s"})
     up = wait_fleet(hub, lambda h: h["p"]["state"] == "up")["hosts"][0]
     peer.stop()
     stale = wait_fleet(hub, lambda h: h["p"]["state"] != "up")["hosts"][0]
@@ -377,7 +415,7 @@ def test_a_killed_peer_goes_stale_then_down_and_comes_back(server, tmp_path):
     assert down["gpus"] == stale["gpus"] and down["last_seen"] == stale["last_seen"]
     assert fleet(hub)["totals"]["gpus_down"] == 1
     server(args=["--demo", "--demo-gpus", "1", "--listen", "127.0.0.1:%d" % port])
-    again = wait_fleet(hub, lambda h: h["p"]["state"] == "up")["hosts"][0]
+    again = wait_fleet(hub, lambda h: h["p"]["state"] == "up", 25)["hosts"][0]
     assert again["error"] is None and again["last_seen"] > down["last_seen"]
 
 
@@ -393,14 +431,24 @@ def test_a_hanging_peer_never_holds_the_others(server, peers, fake_peer, tmp_pat
     first = wait_fleet(hub, lambda h: h["good"]["state"] == "up" and h["p2"]["state"] == "up")
     assert hosts(first)["hang"]["state"] == "down"
     wait_for(lambda: ("hang", "closed") in events, 10, message="the hub cutting the hang")
-    assert events.index(("hang", "request")) < events.index(("good", "request")) < \
-        events.index(("hang", "closed"))
+    # asked at once (either first), and the good one before the hub gave up on the hang
+    assert events.index(("good", "request")) < events.index(("hang", "closed"))
+    assert events.index(("hang", "request")) < events.index(("hang", "closed"))
     for _ in range(3):      # round after round, the others are seen again
         seen = hosts(first)["p2"]["last_seen"]
         first = wait_fleet(hub, lambda h: h["p2"]["last_seen"] != seen and h["p2"]["state"] == "up")
         assert hosts(first)["good"]["state"] == "up"
     assert wait_fleet(hub, lambda h: h["hang"]["error"] == "timed out")["hosts"][0]["gpus"] == []
     assert hang.paths and all(p == "/api/fleet/host" for p in hang.paths)
+
+
+def test_a_peer_connection_is_kept_from_round_to_round(server, fake_peer, tmp_path):
+    body = json.dumps(host_answer(1)).encode()
+    peer = fake_peer(lambda path: http_answer(200, "application/json", body), keep=True)
+    hub = start_hub(server, "kept=" + peer.url, tmp_path)
+    wait_for(lambda: len(peer.paths) >= 4, 15, message="four rounds")
+    assert fleet(hub)["hosts"][0]["state"] == "up"
+    assert len(peer.conns) == 1         # one connection, every request on it
 
 
 def test_lying_peers_are_refused_with_the_reason(server, peers, fake_peer, tmp_path):
@@ -415,23 +463,34 @@ def test_lying_peers_are_refused_with_the_reason(server, peers, fake_peer, tmp_p
         "biglength": lambda path: b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
                                   b"Content-Length: 9999999999\r\n\r\n",
         "badjson": lambda path: http_answer(200, "application/json", b"{nope"),
+        "badchunks": lambda path: b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                                  b"Transfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n0\r\n\r\n",
+        "hugechunks": lambda path: b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                                   b"Transfer-Encoding: chunked\r\n\r\n" + (b"100000\r\n" + b" " * (1 << 20) + b"\r\n") * 5,
         "notfleet": lambda path: http_answer(200, "application/json", b'{"hello": 1}'),
     }
+    chunked = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+    chunked += b"".join(b"%x;x=1\r\n%s\r\n" % (len(good[i:i + 700]), good[i:i + 700])
+                        for i in range(0, len(good), 700)) + b"0\r\nX-Trailer: 1\r\n\r\n"
+    answers.update(chunked=lambda path: chunked,
+                   untilclose=lambda path: b"HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n\r\n" + good)
     fakes = dict((name, fake_peer(answer)) for name, answer in answers.items())
     setting = ",".join(["p1=" + peers[0].url] + ["%s=%s" % (n, f.url) for n, f in fakes.items()])
     hub = start_hub(server, setting, tmp_path)
     body = wait_fleet(hub, lambda h: all(h[n]["state"] != "down" for n in h))
     found = hosts(body)
-    assert found["p1"]["state"] == "up"
+    assert found["p1"]["state"] == "up" and found["chunked"]["state"] == "up"
+    assert found["untilclose"]["state"] == "up" and len(found["chunked"]["gpus"]) == 2
     reasons = {"garbage": "not an HTTP answer", "redirect": "redirect (302): not followed",
                "html": "wrong content type", "huge": "answer over 4 MiB",
                "biglength": "answer over 4 MiB", "badjson": "bad JSON",
+               "badchunks": "not an HTTP answer", "hugechunks": "answer over 4 MiB",
                "notfleet": "not a fleet answer"}
     for name, reason in reasons.items():
         assert found[name]["state"] == "refused", found[name]
         assert reason in found[name]["error"], (name, found[name]["error"])
         assert found[name]["gpus"] == [] and found[name]["last_seen"] is None
-    assert body["totals"]["hosts_up"] == 1 and body["totals"]["hosts_down"] == len(reasons)
+    assert body["totals"]["hosts_up"] == 3 and body["totals"]["hosts_down"] == len(reasons)
 
 
 def test_an_older_peer_without_fleet_host_is_read_from_its_gpus_and_host(server, peers,
@@ -450,7 +509,8 @@ def test_an_older_peer_without_fleet_host_is_read_from_its_gpus_and_host(server,
     entry = wait_fleet(hub, lambda h: h["old"]["state"] == "up")["hosts"][0]
     assert [g["id"] for g in entry["gpus"]] == ["card0", "card1"]
     assert entry["gpus"][0]["processes"] is None and entry["host"]["cpu_count"] >= 1
-    assert old.paths[:3] == ["/api/fleet/host", "/api/gpus", "/api/host"]
+    wait_for(lambda: len(old.paths) >= 5, 10, message="a second poll")
+    assert old.paths[:5] == ["/api/fleet/host", "/api/gpus", "/api/host", "/api/gpus", "/api/host"]
 
 
 def test_a_peer_behind_a_token(server, fake_peer, tmp_path):
@@ -481,6 +541,8 @@ def test_the_peer_file_is_read_again_and_a_broken_edit_keeps_the_last_list(serve
     path.write_text(json.dumps(sd))        # file_sd JSON, names from the targets
     names = [p.url.split("//")[1] for p in peers[:2]]
     wait_fleet(hub, lambda h: list(h) == names and all(x["state"] == "up" for x in h.values()))
+    with RawWebSocket.connect("127.0.0.1", hub.port) as ws:
+        assert ws.recv_json()["features"]["fleet"]["hosts"] == 2
     path.write_text("p1=%s\np1=%s\n" % (peers[0].url, peers[1].url))      # a name used twice
     broken = wait_for(lambda: (lambda body: body if body["error"] else None)(fleet(hub)), 15,
                       message="the fleet's error")

@@ -10,10 +10,13 @@ scan off: one with APP_FLEET_PEERS naming every peer (APP_FLEET_INTERVAL
 --interval, default 2s), the other with no peers (the baseline). After a
 settle, CPU (utime + stime of /proc/PID/stat) is sampled over --seconds
 (default 40) and RSS read at the end; the hub's /api/fleet is checked to
-show every peer up. Target: the hub with 100 peers at 2 s costs <= 2 % of a
-core more than the baseline.
+show every peer up. With --subscribers N, N WebSocket clients subscribed to
+the fleet ("gpu_id": "fleet", host frames off) read the hub's fleet frames
+(one per round: the values move). Target: the hub with 100 peers at 2 s costs
+<= 2 % of a core more than the baseline.
 
     python3 tests/bench/bench_fleet_peers.py [--peers 100] [--gpus 8] [--seconds 40]
+        [--subscribers 1]
 """
 import argparse
 import asyncio
@@ -30,6 +33,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, ROOT)
 import amdgpu_top_web as m  # noqa: E402
+sys.path.insert(0, os.path.join(ROOT, "tests"))
+from wsclient import RawWebSocket  # noqa: E402
 
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -113,6 +118,19 @@ def start_hub(env, tmp, label):
 env_extra = {}
 
 
+def subscribe(port, frames):
+    """A WebSocket client of the fleet: reads frames, counts the fleet ones."""
+    with RawWebSocket.connect("127.0.0.1", port) as ws:
+        ws.recv_json()
+        ws.send_json({"type": "subscribe", "gpu_id": "fleet", "host": False})
+        while True:
+            message = ws.recv_json(30)
+            if message is not None and message.get("type") == "fleet":
+                frames[0] += 1
+                if frames[0] % 4 == 0:
+                    ws.send_json({"type": "ping"})    # not silent: the hub closes silent clients
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--peers", type=int, default=100)
@@ -120,6 +138,7 @@ def main():
     parser.add_argument("--interval", default="2s")
     parser.add_argument("--seconds", type=float, default=40)
     parser.add_argument("--settle", type=float, default=8)
+    parser.add_argument("--subscribers", type=int, default=0)
     args = parser.parse_args()
     tmp = tempfile.mkdtemp(prefix="bench_fleet.")
     os.makedirs(os.path.join(tmp, "nosys"))
@@ -133,8 +152,13 @@ def main():
         "p%03d=http://127.0.0.1:%d" % (i, p) for i, p in enumerate(ports)),
         "APP_FLEET_INTERVAL": args.interval}
     hubs = dict((label, start_hub({}, tmp, label)) for label in ("peers", "baseline"))
+    frames = [0]
     try:
+        time.sleep(2)
+        for _ in range(args.subscribers):
+            threading.Thread(target=subscribe, args=(hubs["peers"][1], frames), daemon=True).start()
         time.sleep(args.settle)
+        frames[0] = 0
         before = dict((k, cpu_s(p.pid)) for k, (p, _) in hubs.items())
         asked = counter[0]
         time.sleep(args.seconds)
@@ -151,7 +175,8 @@ def main():
     print("peers %d x %d GPUs, answer %d bytes, interval %s, %.0f s: %d requests (%.1f per round)"
           % (args.peers, args.gpus, len(bodies[0]), args.interval, args.seconds, asked,
              asked / (args.seconds / m.parse_duration(args.interval))))
-    print("fleet: %d hosts, %d up, %d GPUs" % (totals["hosts"], totals["hosts_up"], totals["gpus"]))
+    print("fleet: %d hosts, %d up, %d GPUs; %d subscribers got %d fleet frames"
+          % (totals["hosts"], totals["hosts_up"], totals["gpus"], args.subscribers, frames[0]))
     for label in ("baseline", "peers"):
         print("%-9s CPU %5.2f %% of a core   RSS %6.1f MiB" % ((label,) + result[label]))
     print("hub cost of the peers: %+.2f %% of a core, %+.1f MiB RSS (target <= 2 %% at 100 peers / 2 s)"

@@ -573,3 +573,18 @@ def test_slow_changing_queries_are_read_less_often_and_all_again_for_a_new_host(
     source.poll(time.time())
     assert counts()["gpu_info"] == 1 and counts()["status"] == 1
     source.close()
+
+
+def test_a_hub_whose_prometheus_is_down_says_so(server):
+    """Nothing listens at the URL: /api/fleet carries the error (this server
+    still first), the history answers 502 naming Prometheus."""
+    hub = server(args=["--demo", "--demo-gpus", "1"], env={
+        "APP_FLEET_PROMETHEUS_URL": "http://127.0.0.1:%d/prometheus" % free_port(),
+        "APP_FLEET_INTERVAL": "500ms"})
+    body = wait_for(lambda: (lambda b: b if b["error"] else None)(hub.get_json("/api/fleet")[1]),
+                    10, 0.1, "the fleet's error")
+    assert body["source"] == "prometheus" and body["error"].startswith("Prometheus: cannot connect")
+    assert [h["source"] for h in body["hosts"]] == ["local"]
+    status, answer = hub.get_json("/api/fleet/history?range=1h&metric=temp_c")
+    assert status == 502 and answer["error"].startswith("Prometheus: cannot connect")
+    hub.wait_log(r"event=fleet_prometheus_failed")

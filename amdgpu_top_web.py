@@ -32,8 +32,12 @@ Endpoints (GET/HEAD only; anything else is 405)::
     /api/alerts               alert events (?range=30m|1h|6h|24h|7d|30d|1y, from/to)
                               (every history and alert endpoint: &format=csv)
     /api/healthz /api/readyz /api/version
-    /api/fleet                the fleet: a hub's hosts (APP_FLEET_PEERS), else this one
+    /api/fleet                the fleet: a hub's hosts (APP_FLEET_PEERS or
+                              APP_FLEET_PROMETHEUS_URL), else this one
     /api/fleet/host           this server's own fleet host entry (what a hub asks)
+    /api/fleet/targets        a hub's peers as Prometheus http_sd target groups
+    /api/fleet/history        one GPU metric of the whole fleet (?metric=&range=;
+                              APP_FLEET_PROMETHEUS_URL only: query_range)
     /plain                    server-rendered tables (no JavaScript needed)
     /metrics                  Prometheus text (APP_ENABLE_PROMETHEUS=true)
     /vendor/...               the page's ES modules (APP_VENDOR_DIR, air-gapped)
@@ -91,8 +95,9 @@ Contents (a section uses only the sections above it)::
      6. Pure HTTP helpers
         the WebSocket handshake; routes and query parameters; checks; the
         fleet proxy; one builder per wire shape; the Alertmanager webhook
-        body, alert events in a time range; CSV answers; texts; Prometheus text; debug pages; the
-        page's ES modules from APP_VENDOR_DIR; the plain view
+        body, alert events in a time range; CSV answers; texts; Prometheus
+        text; the fleet from Prometheus; debug pages; the page's ES modules
+        from APP_VENDOR_DIR; the plain view
      7. Readers: thin I/O (path -> text or None), /proc, NVML
         files; DRM cards, hwmon dirs and names; /proc; NVIDIA; the thread base
      8. Process top: the fdinfo scanner (AMD and Intel GPUs; KFD VRAM)
@@ -105,7 +110,7 @@ Contents (a section uses only the sections above it)::
     11. The live cache and its threads
         the cache; samplers; the host; discovery
     12. Fleet: a hub's peers, Prometheus and the proxy
-        the peer list; the peers poller; the proxy
+        the peer list; the peers poller; Prometheus; the proxy
     13. History store (SQLite: the only code that speaks SQL)
         schema and SQL text; opening the file; run rows and source ids; the
         reader; the writer
@@ -137,6 +142,12 @@ Paths (the names to visit, place by place; "§N" is the section of that place)::
       §6   route, parse_history_query, build_series_answer, series_csv
       §13  HistoryReader.query_series, _series_select
       §15  Routes.route_gpu_history, Routes._series, Routes._prepare
+    The fleet from Prometheus (a hub with APP_FLEET_PROMETHEUS_URL)
+      §4   parse_prom_answer, parse_prom_vector
+      §6   build_prom_fleet_queries, compute_prom_fleet, build_prom_fleet_host,
+           build_fleet_message
+      §12  FleetPrometheusPoller.run, FleetPrometheus.poll, FleetPrometheus._query_all,
+           PromClient.get, FleetPrometheus._entries, FleetPrometheus._state
     A process row, AMD (fdinfo, KFD VRAM)
       §4   parse_fdinfo, compute_client_usage, compute_procs_by_pci, build_proc_row,
            build_procs_entry
@@ -187,6 +198,7 @@ import bisect
 import calendar
 import codecs
 import collections
+import concurrent.futures
 import csv
 import enum
 import errno
@@ -215,13 +227,14 @@ import threading
 import time
 import traceback
 import tracemalloc
+import zlib
 from http import HTTPStatus
 try:
     import ssl                  # https peers of a hub; a Python built without it has none
 except ImportError:             # pragma: no cover
     ssl = None
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import parse_qsl, quote, unquote, urljoin, urlsplit
+from urllib.parse import parse_qsl, quote, unquote, urlencode, urljoin, urlsplit
 
 try:                    # stdlib, but a minimal Python may be built without SQLite:
     import sqlite3      # then history is off
@@ -693,6 +706,15 @@ FLEET_PROXY_RESPONSE_DROP = HOP_BY_HOP_HEADERS | frozenset((
     "set-cookie", "set-cookie2", "content-length", "server", "date"))
 # RFC 3986 pchar without '%': what a re-encoded path segment keeps as it is
 FLEET_PROXY_SEGMENT_SAFE = "!$&'()*+,;=:@-._~"
+# The Prometheus source (attribution-fleet.md §5.1-5.3): one answer is read up
+# to this many bytes (1,000 hosts x 8 GPUs of one metric is ~1 MiB); a host
+# seen once and then gone from every answer is dropped after FORGET_S.
+FLEET_PROM_BODY_LIMIT = 64 << 20
+FLEET_PROM_FORGET_S = 3600.0
+FLEET_PROM_QUERY_THREADS = 4       # instant queries in flight at once (one per metric)
+FLEET_PROM_HISTORY_POINTS = 300    # /api/fleet/history's default points per series
+FLEET_PROM_MAX_POINTS = 11000      # Prometheus refuses more points per series
+FLEET_PROM_HEADERS_MAX = 8
 
 
 # ---------------------------------------------------------------------------
@@ -792,6 +814,9 @@ SETTINGS = (
     Setting("APP_FLEET_PROMETHEUS_URL", "--fleet-prometheus-url", "fleet_prometheus_url", "",
             "url", "hub: read the fleet from this Prometheus-compatible query API instead of "
             "peers (the base URL, e.g. http://prometheus:9090)"),
+    Setting("APP_FLEET_PROMETHEUS_HEADERS", "--fleet-prometheus-headers", "fleet_prometheus_headers",
+            "", "headers", "hub: extra headers for every Prometheus query, 'Name: value' separated "
+            "by ';' (e.g. X-Scope-OrgID: tenant for Mimir/Cortex)"),
     Setting("APP_FLEET_INTERVAL", "--fleet-interval", "fleet_interval_s", "2s", "scan_interval",
             "hub: how often the fleet is read again, 500ms to 60s"),
     Setting("APP_FLEET_TIMEOUT", "--fleet-timeout", "fleet_timeout_s", "1500ms", "timeout",
@@ -1262,6 +1287,8 @@ def _convert_simple_setting(kind, raw):
         return parse_webhook_url(raw)
     if kind == "peers":
         return parse_fleet_peers_setting(raw)
+    if kind == "headers":
+        return parse_prom_headers(raw)
     if kind == "scenario":
         if raw.strip() not in DEMO_SCENARIOS:
             raise ValueError("must be one of %s" % ", ".join(DEMO_SCENARIOS))
@@ -1313,7 +1340,7 @@ def parse_config(argv, environ):
         try:
             values[setting.field] = _convert_setting(setting, raw)
         except ValueError as exc:
-            shown = "(hidden)" if setting.kind == "secret" else repr(raw)   # never log a token
+            shown = "(hidden)" if setting.kind in ("secret", "headers") else repr(raw)   # never log a token
             raise ConfigError("%s=%s: %s" % (name, shown, exc))
     values["listen_host"], values["listen_port"] = values.pop("listen")
     values["history_path"] = resolve_history_path(values["history_path"], environ, args.demo)
@@ -1325,6 +1352,8 @@ def parse_config(argv, environ):
     _refuse_idle_settings(values, given)
     if values["fleet_peers"] is not None and values["fleet_prometheus_url"]:
         raise ConfigError("APP_FLEET_PROMETHEUS_URL: set it or APP_FLEET_PEERS, not both")
+    if values["fleet_prometheus_headers"] and not values["fleet_prometheus_url"]:
+        raise ConfigError("APP_FLEET_PROMETHEUS_HEADERS: only meaningful with APP_FLEET_PROMETHEUS_URL")
     return Config(**values)
 
 
@@ -4474,6 +4503,94 @@ def parse_fleet_host_answer(obj):
             "gpus": [parse_fleet_gpu(gpu) for gpu in obj["gpus"][:FLEET_MAX_GPUS]],
             "alerts": [_fleet_pick(a, FLEET_ALERT_KEYS) for a in obj.get("alerts", [])[:FLEET_MAX_ALERTS]
                        if isinstance(a, dict)]}
+# -- fleet: Prometheus answers (the query API's envelope, §5.2 of the facts) --
+
+class PromAnswerError(ValueError):
+    """A query answer that is no usable result: the message says why in a few words."""
+
+
+def parse_prom_headers(text):
+    """APP_FLEET_PROMETHEUS_HEADERS ('Name: value; Name2: value2') -> a tuple of
+    (name, value). ValueError naming the entry (never its value) otherwise."""
+    headers = []
+    for number, item in enumerate((text or "").split(";"), 1):
+        if not item.strip():
+            continue
+        name, sep, value = item.partition(":")
+        name, value = name.strip(), value.strip()
+        if not sep or not re.match(r"^[A-Za-z0-9-]{1,64}$", name) or not value \
+                or any(c in value for c in "\r\n"):
+            raise ValueError("entry %d: expected 'Name: value'" % number)
+        headers.append((name, value))
+    if len(headers) > FLEET_PROM_HEADERS_MAX:
+        raise ValueError("at most %d headers" % FLEET_PROM_HEADERS_MAX)
+    return tuple(headers)
+
+
+def parse_prom_value(text):
+    """A sample value (a string: "1", "0.25", "NaN", "+Inf") -> a finite float or None."""
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) else None
+
+
+def parse_prom_answer(status, body, result_type):
+    """(HTTP status, body bytes, "vector" or "matrix") -> (result list, warnings).
+    PromAnswerError for an error envelope (4xx/5xx with errorType/error, or
+    status "error" on a 200), a body that is no JSON, or another resultType."""
+    try:
+        answer = json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        answer = None
+    if not isinstance(answer, dict) or answer.get("status") not in ("success", "error"):
+        raise PromAnswerError("HTTP %d, not a query API answer" % status
+                              if status != 200 else "not a query API answer")
+    if answer["status"] == "error" or status != 200:
+        raise PromAnswerError("HTTP %d %s: %s" % (status, str(answer.get("errorType") or "error")[:40],
+                                                  str(answer.get("error") or "")[:200]))
+    data = answer.get("data")
+    if not isinstance(data, dict) or data.get("resultType") != result_type \
+            or not isinstance(data.get("result"), list):
+        raise PromAnswerError("expected a %s result" % result_type)
+    warnings = [str(w)[:200] for w in (answer.get("warnings") or [])[:5]]
+    return data["result"], warnings
+
+
+def parse_prom_vector(result):
+    """An instant vector -> [(labels dict, value or None, sample time s)]; a
+    series with a histogram or a malformed value is skipped."""
+    out = []
+    append = out.append
+    for series in result:
+        try:
+            labels, (at_s, text) = series["metric"], series["value"]
+            at_s, value = float(at_s), float(text)
+        except (KeyError, TypeError, ValueError):
+            continue
+        if isinstance(labels, dict):
+            append((labels, value if value - value == 0 else None, at_s))   # NaN, +-Inf: None
+    return out
+
+
+def parse_prom_matrix(result, start_s, step_s, points):
+    """A range matrix -> [(labels, [value or None] * points)] on the grid
+    start_s + i * step_s (a sample off the grid goes to its nearest step)."""
+    out = []
+    for series in result:
+        if not isinstance(series, dict) or not isinstance(series.get("metric"), dict):
+            continue
+        values = [None] * points
+        for pair in series.get("values") or ():
+            try:
+                index = int(round((float(pair[0]) - start_s) / step_s))
+            except (TypeError, ValueError, IndexError):
+                continue
+            if 0 <= index < points:
+                values[index] = parse_prom_value(pair[1])
+        out.append((series["metric"], values))
+    return out
 
 
 # ---------------------------------------------------------------------------
@@ -4920,7 +5037,8 @@ SIMPLE_ROUTES = {"/api/gpus": "gpus", "/api/host": "host", "/api/healthz": "heal
                  "/plain": "plain", "/metrics": "metrics", "/debug/threads": "debug_threads",
                  "/debug/memory": "debug_memory", "/api/host/history": "host_history",
                  "/api/processes": "processes",
-                 "/api/fleet": "fleet", "/api/fleet/host": "fleet_host"}
+                 "/api/fleet": "fleet", "/api/fleet/host": "fleet_host",
+                 "/api/fleet/targets": "fleet_targets", "/api/fleet/history": "fleet_history"}
 
 
 def route(path):
@@ -4967,6 +5085,7 @@ ROUTE_PARAMS = {
     "gpu_processes": AT_PARAMS, "host_history": HISTORY_PARAMS, "processes": RUNS_PARAMS,
     "run_history": RUN_PARAMS, "alerts": ALERTS_PARAMS,
     "fleet": (), "fleet_host": (),
+    "fleet_targets": (), "fleet_history": ("from", "to", "range", "step", "metric"),
 }
 
 HistoryQuery = collections.namedtuple("HistoryQuery", "from_s to_s step_s format")
@@ -6046,6 +6165,9 @@ def format_alert_summary(rule, gpu_id, change, detail=""):
 
 PROM_PREFIX = "amdgpu_"
 PROM_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+PROM_BUILD_INFO_HELP = ("A metric with a constant '1' value labeled by the version of "
+                        "amdgpu_top_web and of Python.")
+PROM_READY_HELP = "1 once the first GPU enumeration is done (as /api/readyz answers 200), 0 before."
 # family, type, help, [(metric key, scale, extra labels)]
 PROM_GPU_FAMILIES = (
     ("gpu_busy_ratio", "gauge", "GPU busy (gpu_busy_percent / 100).", [("gpu_busy_pct", 0.01, ())]),
@@ -6151,11 +6273,15 @@ class PromWriter(object):
         return "\n".join(out) + "\n"
 
 
-def render_prometheus(gpus, procs, health, max_procs, host=None, alerts=None):
+def render_prometheus(gpus, procs, health, max_procs, host=None, alerts=None, ready=True):
     """gpus: [(identity, metrics)], procs: {gpu id: procs message}, health: the
     monitor's own numbers, host: the host dict or None, alerts: the active
-    alert events -> Prometheus text (one prefix, base units, a gpu label)."""
+    alert events, ready: the first enumeration is done -> Prometheus text (one
+    prefix, base units, a gpu label; build_info and ready first)."""
     writer = PromWriter()
+    writer.add("build_info", "gauge", PROM_BUILD_INFO_HELP, (
+        ("version", __version__), ("python", "%d.%d.%d" % tuple(sys.version_info[:3]))), 1)
+    writer.add("ready", "gauge", PROM_READY_HELP, (), int(bool(ready)))
     for family, help_text, key, scale in PROM_HOST_FAMILIES:
         value = (host or {}).get(key)
         if value is not None:
@@ -6284,6 +6410,233 @@ def _prom_alerts(writer, gpus, alerts):
         writer.add("alert_active", "gauge", "1 per active built-in alert (host rules: gpu=\"\").",
                    (("gpu", event["gpu_id"] or ""), ("alertname", event["rule"]),
                     ("severity", event["severity"])), 1)
+
+
+# -- the fleet from Prometheus: our own names read back, targets, history ---
+
+# The fleet GPU keys read from Prometheus, and the host keys (stats/host keys).
+FLEET_PROM_GPU_KEYS = ("gpu_busy_pct", "vram_used_bytes", "vram_total_bytes", "temp_c", "power_w",
+                       "power_cap_w")
+FLEET_PROM_INT_KEYS = ("vram_used_bytes", "vram_total_bytes", "cpu_count", "mem_used_bytes",
+                       "mem_total_bytes", "processes")
+# /api/fleet/history's metric=: every GPU stats key /metrics exports.
+FLEET_HISTORY_METRICS = tuple(key for family in PROM_GPU_FAMILIES for key, _scale, _extra in family[3])
+FLEET_PROM_GPU_FLAGS = (("throttled", "throttled"), ("processes", "processes"))
+# Queries read every Nth poll (all of them again when a new host shows up):
+# what hardly changes (identity, sizes, caps) every 15th, the runtime state and
+# the processes (the servers scan every 2 s) every 3rd; the rest every poll.
+FLEET_PROM_QUERY_EVERY = {"gpu_info": 15, "vram_total_bytes": 15, "power_cap_w": 15, "cpu_count": 15,
+                          "mem_total_bytes": 15, "status": 3, "processes": 3, "top_process": 3}
+
+
+def prom_gpu_selector(key):
+    """A stats key -> (the series selector /metrics writes it as, its scale), or None."""
+    for family, _kind, _help, series in PROM_GPU_FAMILIES:
+        for series_key, scale, extra in series:
+            if series_key == key:
+                return PROM_PREFIX + family + prom_labels(extra), scale
+    return None
+
+
+def prom_host_selector(key):
+    for family, _help, host_key, scale in PROM_HOST_FAMILIES:
+        if host_key == key:
+            return PROM_PREFIX + family, scale
+    return None
+
+
+def build_prom_fleet_queries():
+    """[(name, PromQL)]: one instant query per metric for the whole fleet, each
+    cut down to the labels the fleet needs (smaller answers to parse)."""
+    by_gpu = "max by (job, instance, gpu) (%s)"
+    queries = [("up", "up"), ("build", "timestamp(%sbuild_info)" % PROM_PREFIX),
+               ("gpu_info", "max by (job, instance, gpu, pci, vendor, uuid, name) (%sgpu_info)"
+                % PROM_PREFIX)]
+    queries += [(key, by_gpu % prom_gpu_selector(key)[0]) for key in FLEET_PROM_GPU_KEYS]
+    queries += [(name, by_gpu % (PROM_PREFIX + family)) for name, family in FLEET_PROM_GPU_FLAGS]
+    # 0 active, 1 runtime-suspended, 2 lost (/metrics writes both flags together)
+    queries.append(("status", by_gpu % ("%sruntime_suspended + 2 * %sgpu_lost" % (PROM_PREFIX, PROM_PREFIX))))
+    queries += [
+        ("throttle_reasons", "max by (job, instance, gpu, reason) (%sthrottle_reason_active)" % PROM_PREFIX),
+        ("top_process", 'max by (job, instance, gpu, pid, name) (topk by (job, instance, gpu) '
+         '(1, %sprocess_memory_bytes{pool="vram"}))' % PROM_PREFIX),
+        ("alerts", "max by (job, instance, gpu, alertname, severity) (%salert_active)" % PROM_PREFIX)]
+    queries += [(key, "max by (job, instance) (%s)" % prom_host_selector(key)[0])
+                for key in FLEET_HOST_KEYS]
+    return queries
+
+
+def _prom_scaled(key, value, scale):
+    if value is None:
+        return None
+    value = round(value / scale, 6) if scale != 1 else value
+    return int(value) if key in FLEET_PROM_INT_KEYS else value
+
+
+def compute_prom_fleet(answers):
+    """{query name: [(labels, value, at_s)]} (build_prom_fleet_queries' names)
+    -> ({(job, instance): host data}, {(job, instance): up value}). A host is
+    an instance that exports amdgpu_build_info or amdgpu_gpu_info now."""
+    up = {(l.get("job", ""), l.get("instance", "")): v for l, v, _ in answers.get("up", ())}
+    hosts = {}
+
+    def host(labels):
+        key = (labels.get("job", ""), labels.get("instance", ""))
+        if key not in hosts:
+            hosts[key] = {"version": None, "last_seen_s": None, "host": None, "gpus": {}, "alerts": []}
+        return hosts[key]
+    for labels, value, _ in answers.get("build", ()):
+        entry = host(labels)
+        entry["version"], entry["last_seen_s"] = _prom_text(labels, "version"), value
+    index = {}      # (job, instance, gpu) -> (gpu entry, host): one lookup per series
+    for labels, _, _ in answers.get("gpu_info", ()):
+        entry = host(labels)
+        gpu = _prom_gpu_entry(entry, labels)
+        if gpu is not None:
+            index[(labels.get("job", ""), labels.get("instance", ""), labels.get("gpu", ""))] = (gpu, entry)
+    for key in FLEET_HOST_KEYS:
+        scale = prom_host_selector(key)[1]
+        for labels, value, _ in answers.get(key, ()):
+            entry = host(labels)
+            if entry["host"] is None:
+                entry["host"] = dict.fromkeys(FLEET_HOST_KEYS)
+            entry["host"][key] = _prom_scaled(key, value, scale)
+    _prom_fill_gpus(hosts, answers, index)
+    return hosts, up
+
+
+def _prom_text(labels, key):
+    """A label's value as a fleet string: None when empty, cut to FLEET_TEXT_MAX
+    (an exporter's labels are as untrusted as a peer's answer)."""
+    value = labels.get(key)
+    return value[:FLEET_TEXT_MAX] if value else None
+
+
+def _prom_gpu_entry(host, labels):
+    """The host's GPU of these labels, made on first sight; None past FLEET_MAX_GPUS."""
+    gpu_id = (labels.get("gpu") or "")[:FLEET_TEXT_MAX]
+    gpu = host["gpus"].get(gpu_id)
+    if gpu is None:
+        if len(host["gpus"]) >= FLEET_MAX_GPUS:
+            return None
+        vendor = _prom_text(labels, "vendor")
+        gpu = host["gpus"][gpu_id] = {
+            "id": gpu_id, "name": _prom_text(labels, "name"), "vendor": vendor,
+            "vendor_label": VENDOR_LABELS.get(vendor, vendor), "uuid": _prom_text(labels, "uuid"),
+            "pci": _prom_text(labels, "pci"), "gpu_busy_pct": None, "vram_used_bytes": None,
+            "vram_total_bytes": None, "temp_c": None, "power_w": None, "power_cap_w": None,
+            "throttle_reasons": None, "runtime_status": None, "top_process": None,
+            "processes": None, "alert": None, "_flags": {}}
+    return gpu
+
+
+def _prom_fill_gpus(hosts, answers, index):
+    """The per-GPU answers into the hosts' GPUs (a GPU with a value but no
+    gpu_info series still gets its entry); then each GPU's derived keys."""
+    def gpus_of(name):
+        for labels, value, _ in answers.get(name, ()):
+            key = (labels.get("job", ""), labels.get("instance", ""), labels.get("gpu", ""))
+            found = index.get(key)
+            if found is None and key[:2] in hosts:
+                host = hosts[key[:2]]
+                gpu = _prom_gpu_entry(host, labels)
+                found = index[key] = (gpu, host) if gpu is not None else None
+            if found is not None:
+                yield labels, value, found[0], found[1]
+    for key in FLEET_PROM_GPU_KEYS:
+        scale = prom_gpu_selector(key)[1]
+        integral = key in FLEET_PROM_INT_KEYS
+        for _labels, value, gpu, _host in gpus_of(key):
+            if value is not None and scale != 1:
+                value = round(value / scale, 6)
+            gpu[key] = int(value) if integral and value is not None else value
+    for name in [flag for flag, _family in FLEET_PROM_GPU_FLAGS] + ["status"]:
+        for _labels, value, gpu, _host in gpus_of(name):
+            gpu["_flags"][name] = value
+    for labels, value, gpu, _host in gpus_of("throttle_reasons"):
+        if value:
+            gpu["_flags"].setdefault("reasons", []).append((labels.get("reason") or "")[:FLEET_TEXT_MAX])
+    for labels, value, gpu, _host in gpus_of("top_process"):
+        gpu["top_process"] = {"pid": int(labels["pid"]) if labels.get("pid", "").isdigit() else None,
+                              "name": _prom_text(labels, "name"), "user": None,
+                              "vram_bytes": None if value is None else int(value), "gpu_pct": None}
+    for labels, value, gpu, host in gpus_of("alerts"):
+        _prom_alert(host, gpu if labels.get("gpu") else None, labels, value)
+    for host in hosts.values():
+        for gpu in host["gpus"].values():
+            _prom_gpu_flags(gpu, gpu.pop("_flags"))
+        host["gpus"] = sorted(host["gpus"].values(), key=lambda g: g["id"])
+
+
+def _prom_alert(host, gpu, labels, value):
+    if not value:
+        return
+    severity = _prom_text(labels, "severity")
+    if len(host["alerts"]) < FLEET_MAX_ALERTS:
+        host["alerts"].append({"rule": _prom_text(labels, "alertname"), "gpu_id": _prom_text(labels, "gpu"),
+                               "severity": severity, "summary": None, "started": None})
+    if gpu is not None and severity in ("warning", "critical") and gpu["alert"] != "critical":
+        gpu["alert"] = severity
+
+
+def _prom_gpu_flags(gpu, flags):
+    reasons = sorted(flags.get("reasons") or ())
+    gpu["throttle_reasons"] = reasons if reasons or flags.get("throttled") is not None else None
+    status = flags.get("status")
+    if status is not None:
+        gpu["runtime_status"] = "lost" if status >= 2 else "suspended" if status >= 1 else "active"
+    if flags.get("processes") is not None:
+        gpu["processes"] = int(flags["processes"])
+
+
+def prom_host_names(keys):
+    """{(job, instance): the host's name}: the instance, or 'instance (job)'
+    where one instance is scraped by several jobs."""
+    counts = collections.Counter(instance for _job, instance in keys)
+    return {(job, instance): instance if counts[instance] == 1 else "%s (%s)" % (instance, job)
+            for job, instance in keys}
+
+
+def build_prom_fleet_host(name, state, last_seen_s, error, data):
+    """A fleet host entry (source "prometheus", no page: it is no configured peer)."""
+    data = data or {}
+    return build_fleet_host(name, "prometheus", None, state, last_seen_s, error, data.get("version"),
+                            data.get("host"), data.get("gpus") or [], data.get("alerts") or [])
+
+
+def build_fleet_targets(peers):
+    """GET /api/fleet/targets: the peers as Prometheus http_sd target groups,
+    one per scheme and path prefix ([] without peers)."""
+    groups = collections.OrderedDict()
+    for peer in peers:
+        parts = urlsplit(peer.url)
+        labels = (parts.scheme, parts.path + "/metrics")
+        groups.setdefault(labels, []).append(parts.netloc)
+    return [{"targets": targets, "labels": {"__scheme__": scheme, "__metrics_path__": path}}
+            for (scheme, path), targets in groups.items()]
+
+
+def parse_fleet_history_query(query, now_s, metrics):
+    """?range=|from=&to= &step= &metric= of /api/fleet/history -> (HistoryQuery, metric)."""
+    params = parse_query_string(query, ("from", "to", "range", "step", "metric"))
+    history = parse_history_query(urlencode([(k, v) for k, v in params.items() if k != "metric"]),
+                                  now_s)
+    metric = params.get("metric", "gpu_busy_pct")
+    if metric not in metrics:
+        raise QueryError("parameter 'metric': expected a GPU stats key such as gpu_busy_pct, "
+                         "power_w, temp_c or vram_used_bytes")
+    step_s = history.step_s or max(1.0, math.ceil((history.to_s - history.from_s)
+                                                  / FLEET_PROM_HISTORY_POINTS))
+    if (history.to_s - history.from_s) / step_s > FLEET_PROM_MAX_POINTS:
+        raise QueryError("parameter 'step': at most %d points per series" % FLEET_PROM_MAX_POINTS)
+    return history._replace(step_s=step_s), metric
+
+
+def build_fleet_history_answer(metric, start_s, step_s, points, series):
+    """GET /api/fleet/history: {"<host>/<gpu id>": [value or None per ts]}."""
+    return {"source": "prometheus", "metric": metric, "step_s": step_s,
+            "ts": [int(round((start_s + i * step_s) * 1000)) for i in range(points)],
+            "series": series}
 
 
 # -- debug pages (/debug/threads, /debug/memory) ----------------------------
@@ -10424,6 +10777,220 @@ class FleetPoller(StoppableThread):
             state.close()
 
 
+# -- Prometheus: the query API client and the fleet source ------------------
+
+class PromClient(object):
+    """GETs on a Prometheus-compatible query API at a base URL (any prefix:
+    /prometheus for Mimir, /select/0/prometheus for VictoriaMetrics cluster),
+    each with the fleet timeout, a size cap, gzip, and the configured extra
+    headers (a tenant's X-Scope-OrgID, an Authorization); one connection each."""
+
+    def __init__(self, base_url, timeout_s, headers=()):
+        parts = urlsplit(base_url)
+        self.scheme, self.netloc, self.prefix = parts.scheme, parts.netloc, parts.path.rstrip("/")
+        self.timeout_s = timeout_s
+        self.headers = dict(headers)
+        self.headers.update({"Accept": "application/json", "Accept-Encoding": "gzip"})
+
+    def get(self, endpoint, params, result_type):
+        """('query' or 'query_range', params, 'vector' or 'matrix') -> (result,
+        warnings); PromAnswerError saying what failed (never a header's value)."""
+        factory = http.client.HTTPSConnection if self.scheme == "https" else http.client.HTTPConnection
+        conn = factory(self.netloc, timeout=self.timeout_s)
+        try:
+            conn.request("GET", "%s/api/v1/%s?%s" % (self.prefix, endpoint, urlencode(params)),
+                         headers=self.headers)
+            response = conn.getresponse()
+            body = response.read(FLEET_PROM_BODY_LIMIT + 1)
+            gzipped = (response.getheader("Content-Encoding") or "").lower() == "gzip"
+        except socket.timeout:
+            raise PromAnswerError("no answer within %.1f s" % self.timeout_s)
+        except (OSError, http.client.HTTPException) as exc:
+            raise PromAnswerError("cannot connect: %s" % (getattr(exc, "strerror", None) or exc))
+        finally:
+            conn.close()
+        if gzipped:
+            try:
+                body = zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(body, FLEET_PROM_BODY_LIMIT + 1)
+            except zlib.error:
+                raise PromAnswerError("a gzip body that does not inflate")
+        if len(body) > FLEET_PROM_BODY_LIMIT:
+            raise PromAnswerError("an answer over %d MiB" % (FLEET_PROM_BODY_LIMIT >> 20))
+        return parse_prom_answer(response.status, body, result_type)
+
+
+class FleetPrometheus(object):
+    """The fleet read from Prometheus: poll(now) runs one instant query per
+    metric (build_prom_fleet_queries) at one evaluation time, a few in flight,
+    and answers the fleet host entries. Hosts are (job, instance) pairs that
+    export amdgpu_build_info or amdgpu_gpu_info; up == 0 -> down ("scrape
+    failing"), also for a target of the same jobs never seen with data; a host
+    seen before and gone from `up` and every answer (its target removed) stays
+    down for FLEET_PROM_FORGET_S. Prometheus itself failing: every host stale,
+    then down after FLEET_STALE_INTERVALS intervals, data kept."""
+
+    def __init__(self, client, interval_s):
+        self.client, self.interval_s = client, interval_s
+        self.queries = build_prom_fleet_queries()
+        self.error, self.warnings = None, []
+        self._known = {}        # (job, instance) -> {"data", "seen_s", "ok_s"}
+        self._pool = None
+        self._cached, self._polls = {}, 0     # query name -> its last parsed answer
+
+    def poll(self, now):
+        """-> [fleet host entry], sorted by name (self.error says why a poll failed)."""
+        try:
+            answers = self._query_all(now)
+        except PromAnswerError as exc:
+            if self.error != "Prometheus: %s" % exc:
+                LOG.warning("event=fleet_prometheus_failed error=%r", str(exc))
+            self.error = "Prometheus: %s" % exc
+            return self._entries(now, None, {})
+        self.error = None
+        return self._entries(now, *compute_prom_fleet(answers))
+
+    def _query_all(self, now):
+        """{query name: parsed vector}: the queries due this poll
+        (FLEET_PROM_QUERY_EVERY), the others' last answers."""
+        if self._pool is None:
+            self._pool = concurrent.futures.ThreadPoolExecutor(FLEET_PROM_QUERY_THREADS, "fleet-prom")
+        polls, self._polls = self._polls, self._polls + 1
+        at = "%.3f" % now
+        futures = [(name, self._pool.submit(self.client.get, "query", {"query": query, "time": at},
+                                            "vector")) for name, query in self.queries
+                   if name not in self._cached or polls % FLEET_PROM_QUERY_EVERY.get(name, 1) == 0]
+        answers, warnings = {}, []
+        for name, future in futures:
+            result, more = future.result()
+            answers[name] = parse_prom_vector(result)
+            warnings += more
+        self._cached.update(answers)
+        answers = dict(self._cached)
+        known = set((l.get("job"), l.get("instance")) for l, _, _ in answers["gpu_info"])
+        if any((l.get("job"), l.get("instance")) not in known for l, _, _ in answers["build"]):
+            self._polls = 0         # a new host: every query again next poll
+        if warnings and warnings != self.warnings:
+            LOG.warning("event=fleet_prometheus_warnings warnings=%r", warnings[:3])
+        self.warnings = warnings
+        return answers
+
+    def _entries(self, now, hosts, up):
+        """Known hosts (and up == 0 targets of their jobs) -> host entries."""
+        if hosts is not None:
+            for key, data in hosts.items():
+                self._known[key] = {"data": data, "seen_s": now, "ok_s": now}
+            jobs = set(job for job, _ in self._known)
+            for key, value in up.items():
+                if value == 0 and key[0] in jobs and key not in self._known:
+                    self._known[key] = {"data": None, "seen_s": now, "ok_s": None}
+        names = prom_host_names(self._known)
+        entries = []
+        for key, known in list(self._known.items()):
+            state, error = self._state(now, key, known, hosts, up)
+            if state is None:
+                del self._known[key]
+                continue
+            data = known["data"] or {}
+            entries.append(build_prom_fleet_host(names[key], state, data.get("last_seen_s"), error,
+                                                 known["data"]))
+        return sorted(entries, key=lambda entry: entry["name"])
+
+    def _state(self, now, key, known, hosts, up):
+        """(state, error) of one known host; (None, None) to forget it."""
+        if hosts is None:
+            young = known["ok_s"] is not None and \
+                now - known["ok_s"] < FLEET_STALE_INTERVALS * self.interval_s
+            return ("stale" if young else "down"), self.error
+        if up.get(key) == 0:
+            known["seen_s"] = now
+            return "down", "scrape failing"
+        if key in hosts:
+            return "up", None
+        if key in up:
+            known["seen_s"] = now
+            return "refused", "scraped, but no amdgpu_ series (APP_ENABLE_PROMETHEUS off?)"
+        if now - known["seen_s"] > FLEET_PROM_FORGET_S:
+            return None, None
+        return "down", "no longer scraped by Prometheus"
+
+    def history(self, metric, from_s, to_s, step_s):
+        """/api/fleet/history: one query_range of a GPU stats key for the whole fleet."""
+        selector, scale = prom_gpu_selector(metric)
+        start_s = math.floor(from_s / step_s) * step_s
+        points = int((to_s - start_s) // step_s) + 1
+        result, _warnings = self.client.get("query_range", {
+            "query": "max by (job, instance, gpu) (%s)" % selector, "start": "%.3f" % start_s,
+            "end": "%.3f" % (start_s + (points - 1) * step_s), "step": "%g" % step_s}, "matrix")
+        rows = parse_prom_matrix(result, start_s, step_s, points)
+        names = prom_host_names(set((l.get("job", ""), l.get("instance", "")) for l, _ in rows))
+        series = {}
+        for labels, values in rows:
+            name = names[(labels.get("job", ""), labels.get("instance", ""))]
+            series["%s/%s" % (name, labels.get("gpu", ""))] = [_prom_scaled(metric, v, scale)
+                                                               for v in values]
+        return build_fleet_history_answer(metric, start_s, step_s, points, series)
+
+    def close(self):
+        if self._pool is not None:
+            self._pool.shutdown(wait=False)
+
+
+class FleetPrometheusPoller(StoppableThread):
+    """A hub's Prometheus source on its own thread: every fleet_interval_s one
+    FleetPrometheus.poll, this server first when it has GPUs, then
+    Cache.publish_fleet (pushed only when something changed); the fleet's
+    error is Prometheus' while it fails."""
+
+    def __init__(self, config, cache, source, local=None):
+        StoppableThread.__init__(self, "fleet-prometheus")
+        self.cache, self.source, self.interval_s = cache, source, config.fleet_interval_s
+        self.local = local or (lambda epoch_s: local_fleet_host(cache, epoch_s))   # -> host entry
+        self._hosts = None
+
+    def start(self):
+        self.cache.publish_fleet(self.message(time.time(), []))
+        StoppableThread.start(self)
+
+    def run(self):
+        while not self.stopping.is_set():
+            started = time.monotonic()
+            try:
+                self.cache.publish_fleet(self.poll_round())
+            except Exception:       # never die: the next round tries again
+                LOG.exception("event=fleet_round_failed")
+            self.pause(self.interval_s - (time.monotonic() - started))
+        self.source.close()
+
+    def poll_round(self):
+        epoch = time.time()
+        return self.message(epoch, self.source.poll(epoch))
+
+    def poll_once(self):
+        """One round without the thread (--once): -> the fleet message."""
+        try:
+            return self.poll_round()
+        finally:
+            self.source.close()
+
+    def message(self, epoch_s, hosts):
+        if self._hosts != len(hosts) and self.cache is not None:
+            self._hosts = len(hosts)
+            self.cache.set_feature("fleet", {"source": "prometheus", "interval_s": self.interval_s,
+                                             "hosts": self._hosts})
+        local = self.local(epoch_s)
+        return build_fleet_message(epoch_s, "prometheus", self.interval_s,
+                                   ([local] if local["gpus"] else []) + hosts, self.source.error)
+
+
+def make_fleet_prometheus(config):
+    """The Prometheus fleet source of a hub with APP_FLEET_PROMETHEUS_URL, else None."""
+    if not config.fleet_prometheus_url:
+        return None
+    client = PromClient(config.fleet_prometheus_url, config.fleet_timeout_s,
+                        config.fleet_prometheus_headers)
+    return FleetPrometheus(client, config.fleet_interval_s)
+
+
 # -- the proxy: /hosts/{name}/ ----------------------------------------------
 
 class FleetProxy(object):
@@ -12703,6 +13270,29 @@ class Routes(object):
                                                        app.cache.alerts(), events),
                      lambda: records_csv(events, ALERT_CSV_COLUMNS), "alerts")
 
+    def route_fleet_targets(self, _):
+        """Prometheus http_sd: the peer list now ([] without peers)."""
+        self._send_json(200, build_fleet_targets(self.server.app.fleet_peers.current()))
+
+    def route_fleet_history(self, _):
+        source = self.server.app.fleet_prometheus
+        if source is None:
+            self._send_json(404, build_error_answer("fleet history needs a Prometheus source: set "
+                                                    "APP_FLEET_PROMETHEUS_URL"))
+            return
+        try:
+            query, metric = parse_fleet_history_query(urlsplit(self.path).query, time.time(),
+                                                      FLEET_HISTORY_METRICS)
+        except QueryError as exc:
+            self._send_json(400, build_error_answer(str(exc)))
+            return
+        try:
+            answer = source.history(metric, query.from_s, query.to_s, query.step_s)
+        except PromAnswerError as exc:
+            self._send_json(502, build_error_answer("Prometheus: %s" % exc))
+            return
+        self._send_json(200, answer)
+
     def route_gpu_metrics(self, gpu_id):
         found = self._gpu_or_404(gpu_id)
         if found is not None:
@@ -13049,6 +13639,7 @@ class App(object):
         self.host_thread = HostSampler(HostReader(config.proc_root), self.cache)
         self.webhook, self.alerts = self._make_alerts(alert_rules)
         self.fleet_peers = FleetPeerList(config.fleet_peers)    # one list: the poller's, the proxy's
+        self.fleet_prometheus = make_fleet_prometheus(config)
         self.fleet = self._make_fleet()
         self.fleet_proxy = (FleetProxy(self.fleet_peers, config.fleet_tokens, config.fleet_timeout_s)
                             if config.fleet_peers is not None else None)
@@ -13066,9 +13657,12 @@ class App(object):
         return ProcScanThread(source, self.cache, config.proc_scan_interval_s, config.interval_s * 4)
 
     def _make_fleet(self):
-        """The peers poller on a hub with APP_FLEET_PEERS, else None (features.fleet null)."""
+        """The peers poller on a hub with APP_FLEET_PEERS, the Prometheus poller
+        with APP_FLEET_PROMETHEUS_URL, else None (features.fleet null)."""
         config = self.config
         self.cache.set_feature("fleet", None)
+        if self.fleet_prometheus is not None:
+            return FleetPrometheusPoller(config, self.cache, self.fleet_prometheus)
         if config.fleet_peers is None:
             return None
         return FleetPoller(config, self.cache, self.fleet_peers)
@@ -13139,7 +13733,8 @@ class App(object):
             health[("exporter_" + name, ())] = hub[key]
         latest = self.cache.host()
         return render_prometheus(gpus, procs, health, self.config.prometheus_processes,
-                                 latest[1] if latest else None, self.cache.alerts())
+                                 latest[1] if latest else None, self.cache.alerts(),
+                                 self.cache.ready.is_set())
 
     def plain_html(self, hint=None):
         gpus, procs = self.cache.snapshot()
@@ -13217,6 +13812,8 @@ class App(object):
                        self._serve_thread, self.alerts, self.webhook, self.fleet):
             if thread is not None and thread.is_alive():
                 thread.join(2.0)
+        if self.fleet_prometheus is not None:
+            self.fleet_prometheus.close()
         self.manager.close_backends()       # nvmlShutdown once nothing calls NVML
         if self.history is not None and self.history.is_alive():
             self.history.stop()             # the writer flushes its last batch, then closes
@@ -13268,7 +13865,8 @@ def run_once(config):
     for backend in backends:
         backend.close()
     snapshot = build_once_snapshot(__version__, epoch, ONCE_RATE_WAIT_S, host, gpus)
-    fleet = once_fleet(config, host, gpus) if config.fleet_peers is not None else None
+    fleet = once_fleet(config, host, gpus) if config.fleet_peers is not None \
+        or config.fleet_prometheus_url else None
     if config.json:
         print(json.dumps(dict(snapshot, fleet=fleet) if fleet else snapshot, indent=2))
     else:
@@ -13277,12 +13875,15 @@ def run_once(config):
 
 
 def once_fleet(config, host, gpus):
-    """--once on a hub: every peer asked once -> the fleet message (this
+    """--once on a hub: every peer asked once (or Prometheus' queries run
+    once) -> the fleet message (this
     machine first when it has GPUs, as a hub shows it)."""
     def local(epoch_s):
         return build_local_fleet_host(socket.gethostname(), epoch_s,
                                       [(gpu, gpu["metrics"]) for gpu in gpus],
                                       dict((gpu["id"], gpu["procs"]) for gpu in gpus), host, [])
+    if config.fleet_prometheus_url:
+        return FleetPrometheusPoller(config, None, make_fleet_prometheus(config), local).poll_once()
     poller = FleetPoller(config, None, FleetPeerList(config.fleet_peers), local)
     return poller.poll_once()
 

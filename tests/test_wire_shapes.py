@@ -70,6 +70,7 @@ def test_every_shape_has_an_example():
         "identity", "stats", "procs", "host", "gpus", "alert", "hello", "hello.history", "history",
         "subscribed", "pong", "error", "api.gpus", "api.error", "api.healthz", "api.readyz",
         "api.version", "api.alerts", "api.processes", "api.run_history", "api.gpu_processes",
+        "api.fleet.targets", "api.fleet.history",
         "once", "fleet", "api.fleet_host"}
 
 
@@ -116,6 +117,10 @@ def test_answer_builders_make_the_documented_keys():
                                                    "engine_pct": []})) == keys("api.run_history")
     assert set(m.build_procs_at_answer("card1", T, None, [])) == keys("api.gpu_processes")
     assert set(m.build_once_snapshot("1", T, 0.5, None, [])) == keys("once")
+    peer = m.parse_fleet_peer("http://gpu-a:8080")
+    assert set(m.build_fleet_targets([peer])[0]) == keys("api.fleet.targets", [0])
+    assert set(m.build_fleet_targets([peer])[0]["labels"]) == keys("api.fleet.targets", [0, "labels"])
+    assert set(m.build_fleet_history_answer("gpu_busy_pct", T, 12.0, 2, {})) == keys("api.fleet.history")
 
 
 def test_fleet_builders_make_the_documented_keys():

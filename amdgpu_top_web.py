@@ -141,6 +141,11 @@ Paths (the names to visit, place by place; "§N" is the section of that place)::
       §4   parse_fdinfo, compute_cycles_pct, compute_client_usage, build_proc_row
       §8   ProcScanner.scan
       §11  ProcScanThread.tick, Cache.publish_procs
+    Who a process belongs to (/proc/<pid>/cgroup -> unit, container, k8s, slurm)
+      §4   parse_cgroup_who, parse_systemd_unit, parse_cgroup_runtime, parse_k8s_pod_uid,
+           parse_slurm_cgroup, compute_who_columns
+      §8   ProcEnricher.who, WhoNames.fields, make_who_names
+      §13  HistoryReader.query_runs, history_run_json
     Adding a vendor (a checklist: the page shows what the server sends)
       §2   INTEL_DRIVERS, VENDOR_LABELS, VENDOR_DISPLAY, INTEL_LAYOUT
       §4   plan_intel_hwmon, parse_throttle_flags, compute_energy_power_w
@@ -465,6 +470,10 @@ PROC_MOUNTINFO_READ_LIMIT = 1 << 20
 FDINFO_READ_LIMIT = 65536            # amdgpu fdinfo is ~1.5 KiB; newest kernels ~3 KiB
 CMDLINE_READ_LIMIT = 8192            # read a bit more than CMD_MAX_LEN to redact correctly
 CMD_MAX_LEN = 512
+WHO_NAMES_TTL_S = 10.0               # container/pod names from runtime files: re-read after this
+WHO_DIR_MAX_ENTRIES = 20000          # most entries read of a kubelet log directory
+DOCKER_CONFIG_READ_LIMIT = 1 << 20   # <docker root>/containers/<id>/config.v2.json
+CONTAINERS_JSON_READ_LIMIT = 16 << 20   # containers/storage's overlay-containers/containers.json
 ELLIPSIS = "\u2026"
 REDACTED = "***"
 # Targets under /dev that are never a GPU: skip the stat() of the remap check.
@@ -693,6 +702,20 @@ SETTINGS = (
             "most PIDs looked at per scan"),
     Setting("APP_PROC_MAX_FDS_PER_PID", "--proc-max-fds-per-pid", "proc_max_fds_per_pid", "64",
             "count", "most fds looked at per PID"),
+    Setting("APP_DOCKER_ROOT", "--docker-root", "docker_root", "/var/lib/docker", "optpath",
+            "Docker's data root: a process's container name from containers/<id>/config.v2.json "
+            "(root-only files: else the id alone); empty = not looked at"),
+    Setting("APP_CONTAINERS_STORAGE", "--containers-storage", "containers_storage",
+            "/var/lib/containers/storage", "optpath",
+            "Podman's and CRI-O's storage root: a container's name from "
+            "overlay-containers/containers.json; empty = not looked at"),
+    Setting("APP_K8S_PODS_DIR", "--k8s-pods-dir", "k8s_pods_dir", "/var/log/pods", "optpath",
+            "the kubelet's pod log directory: a pod's namespace and name from its "
+            "<namespace>_<pod>_<uid> entries; empty = not looked at"),
+    Setting("APP_K8S_CONTAINERS_DIR", "--k8s-containers-dir", "k8s_containers_dir",
+            "/var/log/containers", "optpath",
+            "the kubelet's container log links: a pod container's name from "
+            "<pod>_<namespace>_<container>-<id>.log; empty = not looked at"),
     Setting("APP_DEMO_PROCESSES", "--demo-processes", "demo_processes", "8", "count",
             "with --demo: synthetic processes per GPU"),
     Setting("APP_DEMO_GPUS", "--demo-gpus", "demo_gpus", "3", "demo_gpus",
@@ -843,6 +866,14 @@ ScanResult = collections.namedtuple("ScanResult", "by_pci visibility stats")
 # 15, clock ticks) and rss (field 24, pages); None where the line lacks them.
 ProcStatLine = collections.namedtuple("ProcStatLine", "comm start_time cpu_ticks rss_pages")
 NO_PROC_STAT = ProcStatLine(None, None, None, None)
+
+# Who a process belongs to, from its /proc/<pid>/cgroup alone (parse_cgroup_who):
+# unit (systemd's own name), container (today's short id or name), container_id
+# (64 hex) and runtime ("docker", "podman", "containerd", "cri-o") where the path
+# says, pod_uid (Kubernetes, dashed), slurm ({"job": int, "step": str or None}).
+CgroupWho = collections.namedtuple("CgroupWho",
+                                   "unit container container_id runtime pod_uid slurm")
+NO_CGROUP_WHO = CgroupWho(None, None, None, None, None, None)
 
 
 # -- the fleet: a peer and the peer setting ---------------------------------
@@ -2497,6 +2528,169 @@ def _cgroup_name(path):
     return None
 
 
+# Who a process belongs to, from its cgroup path (systemd, runtimes, kubelet, Slurm).
+_USER_MANAGER_RE = re.compile(r"^user@\d+\.service$")
+_RUNTIME_SCOPE_RE = re.compile(r"^(docker|libpod|cri-containerd|crio)-([0-9a-f]{64})(?:\.scope)?$")
+_RUNTIME_CGROUPS_PATH_RE = re.compile(r":(docker|cri-containerd|crio):([0-9a-f]{64})$")
+_RUNTIME_NAMES = {"docker": "docker", "libpod": "podman", "cri-containerd": "containerd",
+                  "crio": "cri-o"}
+_HEX64_RE = re.compile(r"^[0-9a-f]{64}$")
+_K8S_UID = (r"[0-9a-f]{8}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{12}"
+            r"|[0-9a-f]{32}")                  # a UUID; a static pod's is an md5 in hex
+_K8S_POD_RE = re.compile(r"(?:^|[/-])kubepods\b[^:]*?[/-]pod(%s)(?=\.slice|/|:|$)" % _K8S_UID)
+_K8S_UID_RE = re.compile(r"^(?:%s)$" % _K8S_UID.replace("[-_]", "-"))
+_SLURM_RES = (re.compile(r"(?:^|/)(?:[^/]+_)?slurmstepd\.scope/job_(\d+)(?:/step_([^/]+))?(?=/|$)"),
+              re.compile(r"(?:^|/)slurm(?:_[^/]+)?/uid_\d+/job_(\d+)(?:/step_([^/]+))?(?=/|$)"))
+_SLURM_STEP_RE = re.compile(r"^(?:\d+|batch|extern|interactive)$")
+_K8S_LINK_RE = re.compile(r"^([^_/]+)_([^_/]+)_([^_/]+)-([0-9a-f]{64})\.log$")
+
+
+def parse_cgroup_paths(text):
+    """/proc/<pid>/cgroup -> its paths: the v2 line's ("0::") first, then the v1
+    name=systemd line's, then the v1 controllers' in file order; a zombie's
+    " (deleted)" cut off; the root "/" (nothing to say) left out."""
+    ranked = []
+    for line in (text or "").splitlines():
+        parts = line.split(":", 2)
+        if len(parts) != 3 or not parts[2].startswith("/"):
+            continue
+        path = parts[2][:-10] if parts[2].endswith(" (deleted)") else parts[2]
+        rank = 0 if parts[:2] == ["0", ""] else (1 if parts[1] == "name=systemd" else 2)
+        if path.strip("/"):
+            ranked.append((rank, len(ranked), path))
+    return [path for _, _, path in sorted(ranked)]
+
+
+def parse_systemd_unit(path):
+    """The systemd unit (service or scope) a cgroup path is in, spelt as systemd
+    spells it ("\\x2d" escapes kept: what `systemctl status` takes). Only slices
+    may lead to it; inside a user manager: "user@1000.service/app-x.scope".
+    Below the unit (a delegated tree: slurmstepd's jobs, a container's own
+    systemd) nothing counts. None when no unit heads the path (/docker/..., /)."""
+    units = []
+    for comp in path.strip("/").split("/"):
+        if comp.endswith(".slice"):
+            continue
+        if not comp.endswith((".service", ".scope")):
+            break
+        units.append(comp)
+        if not _USER_MANAGER_RE.match(comp):
+            break
+    return "/".join(units) or None
+
+
+def parse_cgroup_runtime(path):
+    """(runtime, 64-hex id) of the innermost container a cgroup path names:
+    <prefix>-<id>.scope of the systemd driver (docker, libpod, cri-containerd,
+    crio; their conmon scopes are not containers), the v1 "slice:prefix:id"
+    literal, or a bare id (docker's cgroupfs /docker/<id>; under kubepods the
+    runtime is not said: None). (None, None) when there is none."""
+    comps = path.split("/")
+    for i in range(len(comps) - 1, 0, -1):
+        m = _RUNTIME_SCOPE_RE.match(comps[i]) or _RUNTIME_CGROUPS_PATH_RE.search(comps[i])
+        if m:
+            return _RUNTIME_NAMES[m.group(1)], m.group(2)
+        if _HEX64_RE.match(comps[i]):
+            return ("docker" if comps[i - 1] == "docker" else None), comps[i]
+    return None, None
+
+
+def parse_k8s_pod_uid(path):
+    """The pod UID (dashed) of a kubepods cgroup path: the cgroupfs driver's
+    /kubepods/<qos>/pod<uid>/, or the systemd driver's ...-pod<uid with _>.slice."""
+    m = _K8S_POD_RE.search(path)
+    return m.group(1).replace("_", "-") if m else None
+
+
+def parse_slurm_cgroup(path):
+    """{"job": int, "step": str or None} of slurmstepd's cgroup v2 tree
+    (/system.slice/slurmstepd.scope/job_<N>/step_<S>/...) or of Slurm's v1
+    one (/slurm/uid_<U>/job_<N>/step_<S>/...); step: a number, batch, extern or
+    interactive (else None); None outside a job."""
+    for regex in _SLURM_RES:
+        m = regex.search(path)
+        if m:
+            step = m.group(2)
+            return {"job": int(m.group(1)),
+                    "step": step if step and _SLURM_STEP_RE.match(step) else None}
+    return None
+
+
+def parse_cgroup_who(text):
+    """/proc/<pid>/cgroup -> CgroupWho; each part from the first path (v2 first)
+    that says it; NO_CGROUP_WHO's nulls for every shape not known."""
+    unit = runtime = cid = pod = slurm = None
+    for path in parse_cgroup_paths(text):
+        unit = unit or parse_systemd_unit(path)
+        if cid is None:
+            runtime, cid = parse_cgroup_runtime(path)
+        pod = pod or parse_k8s_pod_uid(path)
+        slurm = slurm or parse_slurm_cgroup(path)
+    return CgroupWho(unit, parse_cgroup_container(text), cid, runtime, pod, slurm)
+
+
+def parse_k8s_pod_dir(name):
+    """A kubelet pod log directory name "<namespace>_<pod>_<uid>" -> (namespace,
+    pod, uid); None for any other name (older kubelets: "<uid>" alone)."""
+    parts = name.split("_")
+    if len(parts) != 3 or not parts[0] or not parts[1] or not _K8S_UID_RE.match(parts[2]):
+        return None
+    return tuple(parts)
+
+
+def parse_k8s_container_link(name):
+    """A /var/log/containers name "<pod>_<namespace>_<container>-<64 hex id>.log"
+    -> (pod, namespace, container, id); None otherwise (a name the kubelet cut
+    to 255 bytes loses its id: None)."""
+    m = _K8S_LINK_RE.match(name)
+    return m.groups() if m else None
+
+
+def parse_docker_config_name(text):
+    """Docker's config.v2.json -> its "Name" without the leading "/"; None if none."""
+    try:
+        doc = json.loads(text or "")
+    except ValueError:
+        return None
+    name = doc.get("Name") if isinstance(doc, dict) else None
+    if not isinstance(name, str) or not name.strip("/"):
+        return None
+    return sanitize_text(name.lstrip("/"))[:128]
+
+
+def parse_containers_storage_names(text):
+    """containers/storage's containers.json (Podman, CRI-O: a list of {"id",
+    "names": [...]}) -> {64-hex id: its first name}; {} when not that shape."""
+    try:
+        doc = json.loads(text or "")
+    except ValueError:
+        return {}
+    names = {}
+    for item in doc if isinstance(doc, list) else ():
+        if not isinstance(item, dict) or not _HEX64_RE.match(str(item.get("id"))):
+            continue
+        found = item.get("names")
+        if isinstance(found, list) and found and isinstance(found[0], str) and found[0]:
+            names[item["id"]] = sanitize_text(found[0])[:128]
+    return names
+
+
+def compute_who_label(row):
+    """The most specific owner of a process row, as one short text: Kubernetes
+    pod > Slurm job > container > systemd unit; None when none is known."""
+    k8s, slurm = row.get("k8s"), row.get("slurm")
+    if k8s:
+        pod = "%s/%s" % (k8s.get("namespace"), k8s.get("pod")) if k8s.get("pod") else (
+            "pod " + k8s["pod_uid"])
+        return pod + (" " + k8s["container"] if k8s.get("container") else "")
+    if slurm:
+        step = slurm.get("step")
+        return "job %d" % slurm["job"] + ("" if step is None else " step " + step)
+    if row.get("container_name") or row.get("container"):
+        return "container " + (row.get("container_name") or row["container"])
+    return row.get("unit")
+
+
 def _unescape_mount(field):
     """mountinfo/mounts escape space, tab, newline and backslash as \\ooo."""
     return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
@@ -2952,6 +3146,7 @@ PROC_ROW_DEFAULTS = (
     ("gpu_time_ms_per_s", None), ("container", None), ("start_time", None), ("clients", 0),
     ("type", None), ("visible", True), ("cpu_pct", None), ("rss_bytes", None),
     ("vram_forecast", None), ("started", None), ("elapsed_s", None),
+    ("unit", None), ("container_name", None), ("k8s", None), ("slurm", None),
 )
 
 
@@ -2986,6 +3181,8 @@ def _proc_row(proc, clients, owned, kfd_bytes=None):
         engines_pct=_sum_engines(owned), engines_ns=_sum_engine_ns(owned),
         gpu_time_ms_per_s=_sum_ms(owned) if clients else None,
         container=meta.get("container"), start_time=proc["start_time"], clients=len(owned),
+        unit=meta.get("unit"), container_name=meta.get("container_name"),
+        k8s=meta.get("k8s"), slurm=meta.get("slurm"),
         cpu_pct=proc.get("cpu_pct"), rss_bytes=proc.get("rss_bytes"),
         started=proc.get("started"), elapsed_s=proc.get("elapsed_s"))
 
@@ -3341,6 +3538,30 @@ def _engine_pct(row):
     return (max(values) if values else None), (sum(values) if values else None)
 
 
+WHO_RUN_COLUMNS = ("k8s_namespace", "k8s_pod", "k8s_container", "k8s_pod_uid", "slurm_job",
+                   "slurm_step")
+
+
+def compute_who_columns(row):
+    """A process row's k8s and slurm objects as the runs table's flat columns."""
+    k8s, slurm = row.get("k8s") or {}, row.get("slurm") or {}
+    return {"k8s_namespace": k8s.get("namespace"), "k8s_pod": k8s.get("pod"),
+            "k8s_container": k8s.get("container"), "k8s_pod_uid": k8s.get("pod_uid"),
+            "slurm_job": slurm.get("job"), "slurm_step": slurm.get("step")}
+
+
+def compute_who_json(columns):
+    """The runs table's flat columns -> the row's k8s and slurm (null when unknown)."""
+    k8s = None
+    if columns.get("k8s_pod_uid") or columns.get("k8s_pod"):
+        k8s = {"namespace": columns.get("k8s_namespace"), "pod": columns.get("k8s_pod"),
+               "container": columns.get("k8s_container"), "pod_uid": columns.get("k8s_pod_uid")}
+    slurm = None
+    if columns.get("slurm_job") is not None:
+        slurm = {"job": columns["slurm_job"], "step": columns.get("slurm_step")}
+    return {"k8s": k8s, "slurm": slurm}
+
+
 class RunTracker(object):
     """Process runs from successive process lists (pure: rows and times in).
 
@@ -3353,7 +3574,7 @@ class RunTracker(object):
     """
 
     INFO = ("pid", "start_time", "name", "user", "uid", "cmd", "container", "kfd", "type",
-            "started")
+            "started", "unit", "container_name")
 
     def __init__(self, missing_scans=HISTORY_RUN_MISSING_SCANS, max_gap_s=HISTORY_RUN_MAX_GAP_S):
         self.missing_scans, self.max_gap_s = missing_scans, max_gap_s
@@ -3370,6 +3591,7 @@ class RunTracker(object):
     def _new(self, gpu_id, row, epoch_s):
         run = dict((k, row.get(k)) for k in self.INFO)
         run["started"] = parse_utc_s(run["started"])      # stored as epoch seconds
+        run.update(compute_who_columns(row))
         run.update(gpu_id=gpu_id, first_seen=epoch_s, last_seen=epoch_s, ended=None, missing=0,
                    peak_vram=None, peak_gtt=None, peak_engine=None, dirty=True, seeded=False)
         run.update(self._zero_sums())
@@ -3404,6 +3626,7 @@ class RunTracker(object):
         if run["seeded"]:
             run.update((k, row.get(k)) for k in self.INFO)
             run["started"] = parse_utc_s(run["started"])
+            run.update(compute_who_columns(row))
             run["seeded"] = False
         vram, gtt = row.get("vram_bytes"), row.get("gtt_bytes")
         busiest, engine_sum = _engine_pct(row)
@@ -5333,7 +5556,8 @@ ALERT_CSV_COLUMNS = ("ts", "rule", "gpu_id", "severity", "state", "started", "en
 RUN_CSV_COLUMNS = (
     "run_id", "gpu_id", "pid", "start_time", "started", "elapsed_s", "name", "user", "cmd",
     "container", "kfd", "type", "first_seen", "last_seen", "ended", "peak_vram_bytes", "avg_vram_bytes", "peak_gtt_bytes",
-    "avg_gtt_bytes", "peak_engine_pct", "avg_engine_pct", "gpu_seconds")
+    "avg_gtt_bytes", "peak_engine_pct", "avg_engine_pct", "gpu_seconds", "unit", "container_name"
+) + WHO_RUN_COLUMNS
 PROC_AT_CSV_COLUMNS = ("pid", "name", "user", "started", "elapsed_s", "vram_bytes", "gtt_bytes",
                        "engine_pct", "run_id")
 
@@ -5377,6 +5601,11 @@ def columns_csv(ts_ms, series):
     names = sorted(series)
     return csv_bytes(["ts"] + names, ([format_ts(t / 1000.0)] + [series[n][i] for n in names]
                                       for i, t in enumerate(ts_ms)))
+
+
+def runs_csv(runs):
+    """The runs answer as CSV: k8s and slurm as their flat columns (k8s_pod, slurm_job...)."""
+    return records_csv([dict(run, **compute_who_columns(run)) for run in runs], RUN_CSV_COLUMNS)
 
 
 def records_csv(records, columns):
@@ -5733,11 +5962,24 @@ def _prom_gpu(writer, base, metrics):
                        "reason now active, by its driver's name.", base + (("reason", reason),), 1)
 
 
+def prom_who_labels(proc):
+    """The who-labels of a process's series, only those known: unit, container_id,
+    container_name, namespace, pod, container (Kubernetes' name, as dcgm-exporter
+    calls it), slurm_job, slurm_step. Fixed for a process's life: no extra series."""
+    k8s, slurm = proc.get("k8s") or {}, proc.get("slurm") or {}
+    pairs = (("unit", proc.get("unit")), ("container_id", proc.get("container")),
+             ("container_name", proc.get("container_name")),
+             ("namespace", k8s.get("namespace")), ("pod", k8s.get("pod")),
+             ("container", k8s.get("container")), ("slurm_job", slurm.get("job")),
+             ("slurm_step", slurm.get("step")))
+    return tuple((key, value) for key, value in pairs if value is not None)
+
+
 def _prom_procs(writer, base, message, max_procs):
     procs = sorted(message.get("processes") or [], key=lambda p: -((p.get("vram_bytes") or 0)
                                                                     + (p.get("gtt_bytes") or 0)))
     for proc in procs[:max_procs]:
-        labels = base + (("pid", proc["pid"]), ("name", proc.get("name") or ""))
+        labels = base + (("pid", proc["pid"]), ("name", proc.get("name") or "")) + prom_who_labels(proc)
         for pool in ("vram", "gtt", "cpu"):
             writer.add("process_memory_bytes", "gauge", "GPU memory of a process by pool (top processes only).",
                        labels + (("pool", pool),), proc.get(pool + "_bytes"))
@@ -5969,10 +6211,11 @@ def _plain_procs(procs):
         return ["<p>Processes: not available.</p>"]
     rows = ["<h3>Processes</h3><table border=1><thead><tr><th>PID</th><th>User</th><th>Name</th>"
             "<th>VRAM</th><th>GTT</th><th>GPU ms/s</th><th>CPU</th><th>RSS</th><th>Started</th>"
-            "<th>Elapsed</th><th>Flags</th><th>Command</th></tr></thead><tbody>"]
+            "<th>Elapsed</th><th>Flags</th><th>Who</th><th>Command</th></tr></thead><tbody>"]
     for proc in procs["processes"]:
         rows.append("<tr><td>%d</td><td>%s</td><td>%s</td><td>%s</td><td>%s</td><td>%s</td>"
-                    "<td>%s</td><td>%s</td><td>%s</td><td>%s</td><td>%s</td><td>%s</td></tr>" % (
+                    "<td>%s</td><td>%s</td><td>%s</td><td>%s</td><td>%s</td><td>%s</td>"
+                    "<td>%s</td></tr>" % (
                         proc["pid"], esc(str(proc.get("user") or proc.get("uid") or "?")),
                         esc(proc.get("name") or "?"), esc(plain_nowrap(format_bytes(proc.get("vram_bytes")))),
                         esc(plain_nowrap(format_bytes(proc.get("gtt_bytes")))),
@@ -5980,12 +6223,30 @@ def _plain_procs(procs):
                         esc(format_value(proc.get("cpu_pct"), "%")),
                         esc(plain_nowrap(format_bytes(proc.get("rss_bytes")))),
                         esc(proc.get("started") or "\u2014"), esc(plain_nowrap(format_elapsed(proc.get("elapsed_s")))),
-                        esc(plain_flags(proc)), esc((proc.get("cmd") or "")[:200])))
+                        esc(plain_flags(proc)), esc(format_who(proc)),
+                        esc((proc.get("cmd") or "")[:200])))
     rows.append("</tbody></table>")
     note = plain_visibility_note(procs.get("visibility"))
     if note:
         rows.append("<p>%s</p>" % esc(note))
     return rows
+
+
+def format_who(proc):
+    """Every owner a process row names, most specific first ("pod inference/llama
+    (container llama-server); unit cri-containerd-….scope"); "" when none."""
+    parts, k8s, slurm = [], proc.get("k8s"), proc.get("slurm")
+    if k8s:
+        parts.append("pod %s/%s" % (k8s.get("namespace") or "?", k8s.get("pod") or k8s["pod_uid"])
+                     + (" (container %s)" % k8s["container"] if k8s.get("container") else ""))
+    if slurm:
+        parts.append("Slurm job %d" % slurm["job"]
+                     + (" step %s" % slurm["step"] if slurm.get("step") else ""))
+    if proc.get("container_name"):
+        parts.append("container %s (%s)" % (proc["container_name"], proc.get("container") or "?"))
+    if proc.get("unit"):
+        parts.append("unit " + proc["unit"])
+    return "; ".join(parts)
 
 
 def plain_flags(proc):
@@ -6305,16 +6566,14 @@ class ProcStartClock(object):
 
 
 def read_proc_meta(procfd, pid, users):
-    """cmd (redacted), uid, user and container of a PID under a /proc dir fd;
-    users caches uid -> name (NSS can be slow)."""
+    """cmd (redacted), uid and user of a PID under a /proc dir fd; users caches
+    uid -> name (NSS can be slow). Its cgroup: ProcEnricher.who."""
     cmd = read_at(procfd, "%d/cmdline" % pid, CMDLINE_READ_LIMIT) or b""
     uid = parse_status_uid(read_text_at(procfd, "%d/status" % pid, PROC_STATUS_READ_LIMIT))
-    cgroup = read_text_at(procfd, "%d/cgroup" % pid, PROC_CGROUP_READ_LIMIT)
     if uid is not None and uid not in users:
         users[uid] = read_user_name(uid) or str(uid)
     return {"cmd": redact_cmdline(cmd, CMD_MAX_LEN), "uid": uid,
-            "user": users.get(uid) if uid is not None else None,
-            "container": parse_cgroup_container(cgroup)}
+            "user": users.get(uid) if uid is not None else None}
 
 
 def read_proc_stat_at(procfd, pid):
@@ -6509,14 +6768,104 @@ class Inbox(object):
 
 # -- /proc enrichment of a process row (stat, CPU, user, command line, container) --
 
+def make_who_names(config):
+    """The WhoNames of this config (APP_DOCKER_ROOT, APP_CONTAINERS_STORAGE,
+    APP_K8S_PODS_DIR, APP_K8S_CONTAINERS_DIR)."""
+    return WhoNames(config.docker_root, config.k8s_pods_dir, config.k8s_containers_dir,
+                    storage_root=config.containers_storage)
+
+
+class WhoNames(object):
+    """Container and pod names from files the runtimes leave on disk (never a
+    socket call): Docker's <docker_root>/containers/<id>/config.v2.json "Name"
+    (a root-only file: unreadable, the id alone stays), Podman's and CRI-O's
+    <storage_root>/overlay-containers/containers.json, the kubelet's pod log
+    directories (<namespace>_<pod>_<uid>) and its container log links
+    (<pod>_<namespace>_<container>-<id>.log). Each answer is kept ttl_s; a
+    root of None is never looked at."""
+
+    def __init__(self, docker_root=None, pods_dir=None, containers_dir=None,
+                 ttl_s=WHO_NAMES_TTL_S, clock=time.monotonic, storage_root=None):
+        self._docker_root, self._pods_dir, self._containers_dir = (
+            docker_root, pods_dir, containers_dir)
+        self._storage_root = storage_root
+        self._ttl_s, self._clock = ttl_s, clock
+        self._cache = {}                 # key -> (read at, value)
+
+    def _cached(self, key, read):
+        now, hit = self._clock(), self._cache.get(key)
+        if hit is None or now - hit[0] >= self._ttl_s:
+            if len(self._cache) > WHO_DIR_MAX_ENTRIES:
+                self._cache.clear()
+            hit = self._cache[key] = (now, read())
+        return hit[1]
+
+    def docker_name(self, container_id):
+        if not self._docker_root or not container_id:
+            return None
+        path = os.path.join(self._docker_root, "containers", container_id, "config.v2.json")
+        return self._cached(("docker", container_id), lambda: parse_docker_config_name(
+            read_text(path, DOCKER_CONFIG_READ_LIMIT)))
+
+    def storage_name(self, container_id):
+        """Podman's or CRI-O's name of a container, from containers/storage's
+        overlay-containers/containers.json and volatile-containers.json (--rm)."""
+        if not self._storage_root or not container_id:
+            return None
+        return self._cached(("storage",), self._read_storage).get(container_id)
+
+    def _read_storage(self):
+        names = {}
+        for name in ("containers.json", "volatile-containers.json"):
+            names.update(parse_containers_storage_names(read_text(os.path.join(
+                self._storage_root, "overlay-containers", name), CONTAINERS_JSON_READ_LIMIT)))
+        return names
+
+    def _listing(self, path, parse):
+        found = (parse(name) for name in list_dir(path)[:WHO_DIR_MAX_ENTRIES]) if path else ()
+        return [item for item in found if item is not None]
+
+    def pods(self):
+        """{pod uid: (namespace, pod)} from the kubelet's pod log directories."""
+        return self._cached(("pods",), lambda: dict(
+            (uid, (ns, pod)) for ns, pod, uid in self._listing(self._pods_dir, parse_k8s_pod_dir)))
+
+    def k8s_containers(self):
+        """{container id: (pod, namespace, container)} from the container log links."""
+        return self._cached(("links",), lambda: dict(
+            (cid, (pod, ns, name)) for pod, ns, name, cid
+            in self._listing(self._containers_dir, parse_k8s_container_link)))
+
+    def fields(self, who):
+        """CgroupWho -> the row's unit, container, container_name, k8s and slurm."""
+        name = (self.docker_name(who.container_id) if who.runtime == "docker" else
+                self.storage_name(who.container_id) if who.runtime in ("podman", "cri-o") else None)
+        return {"unit": who.unit, "container": who.container, "container_name": name,
+                "k8s": self._k8s(who) if who.pod_uid else None,
+                "slurm": dict(who.slurm) if who.slurm else None}
+
+    def _k8s(self, who):
+        namespace, pod = self.pods().get(who.pod_uid, (None, None))
+        link = self.k8s_containers().get(who.container_id) if who.container_id else None
+        container = None
+        if link is not None and pod in (None, link[0]) and namespace in (None, link[1]):
+            pod, namespace, container = link      # the link names this very container
+        return {"namespace": namespace, "pod": pod, "container": container,
+                "pod_uid": who.pod_uid}
+
+
 class ProcEnricher(object):
     """The /proc side of a process row, one place for every process source
     (the fdinfo scanner's rows and NVML's): name from stat, CPU % and RSS
-    (ProcCpuMeter), uid, user, command line and container (read_proc_meta,
-    user names cached), started and elapsed_s (ProcStartClock)."""
+    (ProcCpuMeter), uid, user and command line (read_proc_meta, user names
+    cached), who it belongs to (who: unit, container, container_name, k8s,
+    slurm), started and elapsed_s (ProcStartClock)."""
 
-    def __init__(self, proc_root, clk_tck=None, page_size=None, wall_clock=time.time):
+    def __init__(self, proc_root, clk_tck=None, page_size=None, wall_clock=time.time,
+                 names=None):
         self._users = {}             # uid -> name
+        self._names = names or WhoNames()
+        self._who = {}               # (pid, start_time) -> CgroupWho: read once per process
         self._cpu = ProcCpuMeter(clk_tck or read_sysconf("SC_CLK_TCK", 100),
                                  page_size or read_sysconf("SC_PAGE_SIZE", 4096))
         self._start_clock = ProcStartClock(proc_root, clk_tck, wall_clock)
@@ -6528,9 +6877,22 @@ class ProcEnricher(object):
         cpu_pct, rss_bytes = self._cpu.measure(pid, line, now_s)
         return {"name": sanitize_text(line.comm or ""), "cpu_pct": cpu_pct, "rss_bytes": rss_bytes}
 
-    def meta(self, procfd, pid):
-        """{"cmd", "uid", "user", "container"} (read_proc_meta)."""
-        return read_proc_meta(procfd, pid, self._users)
+    def meta(self, procfd, pid, start_time=None):
+        """{"cmd", "uid", "user"} (read_proc_meta) and who() of the process."""
+        meta = read_proc_meta(procfd, pid, self._users)
+        meta.update(self.who(procfd, pid, start_time))
+        return meta
+
+    def who(self, procfd, pid, start_time):
+        """unit, container, container_name, k8s, slurm: its cgroup file is read
+        once per (pid, start_time); names come from WhoNames (kept ttl_s)."""
+        key = (pid, start_time)
+        who = self._who.get(key)
+        if who is None:
+            who = parse_cgroup_who(read_text_at(procfd, "%d/cgroup" % pid, PROC_CGROUP_READ_LIMIT))
+            if start_time is not None:
+                self._who[key] = who
+        return self._names.fields(who)
 
     def times(self, start_ticks, now_s=None):
         """{"started", "elapsed_s"} (ProcStartClock)."""
@@ -6542,14 +6904,17 @@ class ProcEnricher(object):
     def describe(self, procfd, pid, line, now_s):
         """Every /proc field of a row at once: measure(), meta(), start_time, times()."""
         fields = self.measure(pid, line, now_s)
-        fields.update(self.meta(procfd, pid), start_time=line.start_time)
+        fields.update(self.meta(procfd, pid, line.start_time), start_time=line.start_time)
         fields.update(self.times(line.start_time))
         return fields
 
     def prune(self, alive=None):
         """Forget the CPU readings of PIDs not in alive (default: those measured
         since the last prune)."""
-        self._cpu.prune(self._measured if alive is None else alive)
+        alive = self._measured if alive is None else alive
+        self._cpu.prune(alive)
+        for key in [k for k in self._who if k not in alive]:
+            del self._who[key]
         self._measured = set()
 
 
@@ -6882,7 +7247,7 @@ class ProcScanner(object):
     def __init__(self, proc_root, max_pids=5000, max_fds_per_pid=64, budget_s=0.5,
                  clock_ns=time.monotonic_ns, full_walk_every=5, fd_count="auto",
                  drivers=FDINFO_DRIVERS, clk_tck=None, page_size=None, wall_clock=time.time,
-                 sysfs_root=None):
+                 sysfs_root=None, names=None):
         self._root = proc_root
         self._kfd = KfdReader(sysfs_root) if sysfs_root else None
         self._drivers = tuple(drivers)
@@ -6893,7 +7258,7 @@ class ProcScanner(object):
         self._drm = True             # a GPU whose clients show in fdinfo is known
         self._watch = {}             # pid -> dict (GPU users)
         self._prev = {}              # (pid, start_time, client key) -> EngineSample
-        self._proc = ProcEnricher(proc_root, clk_tck, page_size, wall_clock)
+        self._proc = ProcEnricher(proc_root, clk_tck, page_size, wall_clock, names)
         self._scans = 0
         self._visibility = {}
         limits = (max(1, int(max_pids)), max(1, int(max_fds_per_pid)), int(budget_s * 1e9))
@@ -6978,7 +7343,7 @@ class ProcScanner(object):
         entry["drm_fds"], entry["kfd_fds"] = fds
         entry["kfd"] = bool(fds[1])
         if entry["meta"] is None or full:
-            entry["meta"] = self._proc.meta(procfd, pid)
+            entry["meta"] = self._proc.meta(procfd, pid, start)
         entry["clients"], failed = self._read_clients(procfd, pid, start, entry["drm_fds"], stats)
         entry.update(self._proc.measure(pid, line, self._clock() / 1e9))
         entry["kfd_vram"] = self._read_kfd_vram(pid) if entry["kfd"] else None
@@ -7625,11 +7990,11 @@ class NvmlProcSource(object):
     A utilisation API one GPU refuses is dropped for that GPU only (one box
     may mix GPUs that give per-process utilisation and GPUs that do not)."""
 
-    def __init__(self, nvml, devices, proc_root, lost=None, clock_us=None):
+    def __init__(self, nvml, devices, proc_root, lost=None, clock_us=None, names=None):
         self._nvml, self._devices, self._root = nvml, devices, proc_root
         self._lost = lost if lost is not None else set()
         self._clock_us = clock_us or (lambda: int(time.time() * 1e6))
-        self._proc = ProcEnricher(proc_root)
+        self._proc = ProcEnricher(proc_root, names=names)
         self._last_seen = {}              # gpu id -> newest utilisation sample timestamp (µs)
         self._util_refused = {}           # gpu id -> {utilisation APIs it refused for good}
         self._lists = [self._list_function(kind, base) for kind, base in NVML_PROCESS_LISTS]
@@ -7788,8 +8153,9 @@ class NvidiaBackend(object):
 
     vendor = "nvidia"
 
-    def __init__(self, nvml, sysfs_root, proc_root):
+    def __init__(self, nvml, sysfs_root, proc_root, names=None):
         self._nvml, self._sysfs_root, self._proc_root = nvml, sysfs_root, proc_root
+        self._names = names              # WhoNames for the process rows (None: no lookups)
         self._devices = None             # [(GpuInfo, handle)]
         self.lost = set()                # ids of GPUs that answered GPU_IS_LOST
 
@@ -7800,7 +8166,7 @@ class NvidiaBackend(object):
         if nvml is None:
             LOG.info("event=nvml_unavailable library=%s reason=%r", config.nvml_library, why)
             return None
-        return cls(nvml, config.sysfs_root, config.proc_root)
+        return cls(nvml, config.sysfs_root, config.proc_root, make_who_names(config))
 
     def discover(self):
         if self._devices is None:
@@ -7866,7 +8232,8 @@ class NvidiaBackend(object):
 
     def proc_source(self):
         self.discover()
-        return NvmlProcSource(self._nvml, self._devices, self._proc_root, self.lost)
+        return NvmlProcSource(self._nvml, self._devices, self._proc_root, self.lost,
+                              names=self._names)
 
     def close(self):
         self._nvml.shutdown()
@@ -7948,9 +8315,24 @@ DEMO_PROCS = (
     ("code", "erin", "/usr/share/code/code --type=gpu-process", None, False, {"gfx": 1.0}, 96, 24),
     ("obs", "alice", "obs --startstreaming", None, False, {"gfx": 7.0, "enc": 18.0}, 610, 140),
     ("mpv", "carol", "mpv --hwdec=vaapi movie.mkv", None, False, {"dec": 12.0}, 150, 40),
-    ("llama-server", "dave", "llama-server -m model.gguf --port 8081", "k8s-llm-7d9f", False,
+    ("llama-server", "dave", "llama-server -m model.gguf --port 8081", "9c4e07b1a2d5", False,
      {"gfx": 0.0, "compute": 44.0}, 900, 2100),
 )
+# Who each demo process belongs to (by name; the row fields of WhoNames.fields).
+DEMO_WHO = {
+    "blender": {"unit": "slurmstepd.scope", "slurm": {"job": 48213, "step": "0"}},
+    "python3": {"unit": "docker-3f2a9c1d7e4b25b0315ff17bd1ebad3d95c15a3f8b764eaadb936"
+                        "12d9b61a54e.scope", "container_name": "trainer"},
+    "Xorg": {"unit": "display-manager.service"},
+    "firefox": {"unit": "user@1000.service/app-firefox@4711.service"},
+    "code": {"unit": "user@1003.service/app-code-2318.scope"},
+    "obs": {"unit": "session-3.scope"},
+    "llama-server": {"unit": "cri-containerd-9c4e07b1a2d59892fcdf8aa79ea5d6bb6531b5c176"
+                             "939ef0110906cb225941c1.scope",
+                     "k8s": {"namespace": "inference", "pod": "llama-7d9f5c6b8-xk2lp",
+                             "container": "llama-server",
+                             "pod_uid": "5f0c2a7e-1b3d-4c8e-9a6f-2d4b8e1c7a93"}},
+}
 # --demo-scenario hostile: this process takes slot 4 ("code"); the escaping tests use it,
 # a new user's first look at the demo does not.
 DEMO_HOSTILE_PROC = ("<img src=x onerror=alert(1)>", "mallory", "<script>alert(1)</script> --token=[redacted]",
@@ -8188,7 +8570,7 @@ class DemoProcSource(object):
             gpu_time_ms_per_s=round(sum(v for v in pct.values() if v) * 10.0, 1),
             container=container, start_time=100000 + pid, clients=1,
             cpu_pct=_demo_cpu_pct(index, wave), rss_bytes=_demo_rss_bytes(vram_mib, index),
-            **self._times(gpu_index, index))
+            **dict(self._times(gpu_index, index), **_demo_who(name)))
 
     def _nvidia_process(self, gpu_index, index, load, t):
         """NVML-shaped: SM/mem/enc/dec %, C/G types, no GTT, one PID from
@@ -8205,7 +8587,13 @@ class DemoProcSource(object):
                               container=container, start_time=100000 + pid,
                               cpu_pct=_demo_cpu_pct(index, wave),
                               rss_bytes=_demo_rss_bytes(vram_mib, index),
-                              **dict(common, **self._times(gpu_index, index)))
+                              **dict(common, **dict(self._times(gpu_index, index),
+                                                    **_demo_who(name))))
+
+
+def _demo_who(name):
+    """A demo process's unit, container_name, k8s and slurm (copies: rows are mutable)."""
+    return json.loads(json.dumps(DEMO_WHO.get(name, {})))
 
 
 def _demo_cpu_pct(index, wave):
@@ -8262,7 +8650,8 @@ def make_backends(config):
     fdinfo = None
     if config.proc_enable:
         fdinfo = ProcScanner(config.proc_root, config.proc_max_pids, config.proc_max_fds_per_pid,
-                             budget_s=PROC_SCAN_BUDGET_S, sysfs_root=config.sysfs_root)
+                             budget_s=PROC_SCAN_BUDGET_S, sysfs_root=config.sysfs_root,
+                             names=make_who_names(config))
     backends = [AmdBackend(cards, names, fdinfo), IntelBackend(cards, names, fdinfo)]
     nvidia = NvidiaBackend.open(config)
     return backends + ([nvidia] if nvidia is not None else [])
@@ -9445,6 +9834,8 @@ def history_schema():
         " cmd TEXT, container TEXT, kfd INTEGER, type TEXT, first_seen REAL, last_seen REAL,"
         " ended REAL, peak_vram INTEGER, peak_gtt INTEGER, peak_engine REAL, time_s REAL,"
         " vram_s REAL, gtt_s REAL, engine_s REAL, gpu_s REAL, samples INTEGER, started REAL,"
+        " unit TEXT, container_name TEXT, k8s_namespace TEXT, k8s_pod TEXT, k8s_container TEXT,"
+        " k8s_pod_uid TEXT, slurm_job INTEGER, slurm_step TEXT,"
         " UNIQUE(boot_id, pid, start_time, gpu_id))",
         "CREATE INDEX runs_last_seen ON runs(last_seen)",
         "CREATE TABLE proc_samples(src INTEGER NOT NULL, ts INTEGER NOT NULL, run INTEGER NOT NULL,"
@@ -9633,6 +10024,9 @@ def _history_add_columns(conn):
     have = set(row[1] for row in conn.execute("PRAGMA table_info(runs)"))
     if "started" not in have:            # the process's wall-clock start (files before it: null)
         conn.execute("ALTER TABLE runs ADD COLUMN started REAL")
+    for name, kind in HISTORY_WHO_COLUMN_TYPES:     # who it was (#18; files before it: null)
+        if name not in have:
+            conn.execute("ALTER TABLE runs ADD COLUMN %s %s" % (name, kind))
 
 
 def _history_claim(path):
@@ -9742,15 +10136,20 @@ def _is_full_error(exc):
 
 # -- run rows and source ids (shared by the reader and the writer) ----------
 
+HISTORY_WHO_COLUMN_TYPES = (("unit", "TEXT"), ("container_name", "TEXT"),
+                            ("k8s_namespace", "TEXT"), ("k8s_pod", "TEXT"),
+                            ("k8s_container", "TEXT"), ("k8s_pod_uid", "TEXT"),
+                            ("slurm_job", "INTEGER"), ("slurm_step", "TEXT"))
 RUN_COLUMNS = ("boot_id", "pid", "start_time", "gpu_id", "name", "user", "uid", "cmd", "container",
                "kfd", "type", "first_seen", "last_seen", "ended", "peak_vram", "peak_gtt",
                "peak_engine", "time_s", "vram_s", "gtt_s", "engine_s", "gpu_s", "samples",
-               "started")
+               "started") + tuple(name for name, _ in HISTORY_WHO_COLUMN_TYPES)
 _RUN_UPSERT = (
     "INSERT INTO runs(%s) VALUES (%s) ON CONFLICT(boot_id, pid, start_time, gpu_id) DO UPDATE SET "
     % (", ".join(RUN_COLUMNS), ", ".join("?" * len(RUN_COLUMNS)))
     + ", ".join(["%s = coalesce(excluded.%s, %s)" % (c, c, c)
-                 for c in ("name", "user", "uid", "cmd", "container", "kfd", "type", "started")]
+                 for c in ("name", "user", "uid", "cmd", "container", "kfd", "type", "started")
+                 + tuple(name for name, _ in HISTORY_WHO_COLUMN_TYPES)]
                 + ["first_seen = min(first_seen, excluded.first_seen)",
                    "last_seen = max(last_seen, excluded.last_seen)", "ended = excluded.ended"]
                 + ["%s = max(coalesce(%s, excluded.%s), coalesce(excluded.%s, %s))" % ((c,) * 5)
@@ -9790,7 +10189,9 @@ def history_run_json(row, now_s):
     time_s = run.pop("time_s") or 0.0
     sums = dict((k, run.pop(k)) for k in ("vram_s", "gtt_s", "engine_s"))
     out = dict((k, run[k]) for k in ("run_id", "boot_id", "pid", "start_time", "gpu_id", "name",
-                                     "user", "uid", "cmd", "container", "type"))
+                                     "user", "uid", "cmd", "container", "type", "unit",
+                                     "container_name"))
+    out.update(compute_who_json(run))
     out["kfd"] = bool(run["kfd"])
     out.update(first_seen=format_ts(run["first_seen"]), last_seen=format_ts(run["last_seen"]),
                ended=None if run["ended"] is None else format_ts(run["ended"]),
@@ -11482,7 +11883,7 @@ class Routes(object):
         if store is not None:
             runs = store.query_runs(query.from_s, query.to_s, query.gpu_id, query.active)
             self._answer(query.format, build_runs_answer(query.from_s, query.to_s, runs),
-                         lambda: records_csv(runs, RUN_CSV_COLUMNS), "processes")
+                         lambda: runs_csv(runs), "processes")
 
     def route_run_history(self, run_id):
         fmt, store = self._prepare(parse_run_query)
@@ -12012,11 +12413,13 @@ def format_once_table(gpus, host=None):
             format_bytes(m["vram_used_bytes"]), format_bytes(m["vram_total_bytes"]),
             m["runtime_status"] or ""))
         for proc in (gpu.get("procs") or {}).get("processes") or []:
-            lines.append("    pid %-7d %-16s vram %s  gtt %s  cpu %s  rss %s  started %s (%s)" % (
+            who = compute_who_label(proc)
+            lines.append("    pid %-7d %-16s vram %s  gtt %s  cpu %s  rss %s  started %s (%s)%s" % (
                 proc["pid"], sanitize_text(proc["name"] or "")[:16],
                 format_bytes(proc["vram_bytes"]), format_bytes(proc["gtt_bytes"]),
                 format_value(proc["cpu_pct"], "%"), format_bytes(proc["rss_bytes"]),
-                proc.get("started") or "\u2014", format_elapsed(proc.get("elapsed_s"))))
+                proc.get("started") or "\u2014", format_elapsed(proc.get("elapsed_s")),
+                "  who " + who if who else ""))
     return "\n".join(lines)
 
 

@@ -723,7 +723,7 @@ SETTINGS = (
     Setting("APP_DEMO_SCENARIO", "--demo-scenario", "demo_scenario", "none", "scenario",
             "with --demo: none; leak (card0's VRAM leaks to 98 percent, then frees: "
             "a forecast and alerts to look at); hostile (a process named like HTML, "
-            "for escaping tests); or held_idle (card0's first process holds 4 GiB of VRAM "
+            "for escaping tests); or held_idle (card0's first process holds ~3.4 GiB of VRAM "
             "idle: a gpu_held_idle alert after its hold)"),
     Setting("APP_ALERTS", "--alerts", "alerts", "on", "bool",
             "built-in alert rules (frames, /api/alerts, webhook); --no-alerts turns them off"),
@@ -5493,15 +5493,9 @@ def _am_labels(event, severity, instance):
     labels = {"alertname": event["rule"], "gpu": event["gpu_id"] or "", "severity": severity,
               "instance": instance}
     process = event.get("process")
-    if process:          # a process's alert: its pid, name, user and owners (strings, known ones)
-        k8s, slurm = process.get("k8s") or {}, process.get("slurm") or {}
+    if process:     # a process's alert: pid, name, user, owners (known ones, as /metrics names them)
         for key, value in (("pid", process.get("pid")), ("process", process.get("name")),
-                           ("user", process.get("user")), ("unit", process.get("unit")),
-                           ("container_id", process.get("container")),
-                           ("container_name", process.get("container_name")),
-                           ("namespace", k8s.get("namespace")), ("pod", k8s.get("pod")),
-                           ("container", k8s.get("container")), ("slurm_job", slurm.get("job")),
-                           ("slurm_step", slurm.get("step"))):
+                           ("user", process.get("user"))) + prom_who_labels(process):
             if value is not None:
                 labels[key] = str(value)
     return labels
@@ -5757,27 +5751,14 @@ def format_alert_summary(rule, gpu_id, change, detail=""):
                            ", clearing" if change.get("clearing") else "")
 
 
-def format_alert_who(process):
-    """Who a process belongs to, most specific first: 'pod ns/name', 'Slurm
-    job 42', 'container NAME', 'unit x.service'; "" when none is known."""
-    k8s, slurm = process.get("k8s") or {}, process.get("slurm") or {}
-    if k8s.get("pod") or k8s.get("pod_uid"):
-        return "pod %s/%s" % (k8s.get("namespace") or "?", k8s.get("pod") or k8s.get("pod_uid"))
-    if slurm.get("job") is not None:
-        return "Slurm job %s" % slurm["job"] + (
-            " step %s" % slurm["step"] if slurm.get("step") is not None else "")
-    if process.get("container_name") or process.get("container"):
-        return "container " + (process.get("container_name") or process["container"])
-    return "unit " + process["unit"] if process.get("unit") else ""
-
-
 def format_held_idle(process, vram_bytes, busy_pct, why=""):
-    """gpu_held_idle's detail: 'jupyter, pid 4242, user frank, Slurm job 42:
-    4.00 GiB, busy 0.0 %' (firing), or why it resolved ('works again', ...)."""
+    """gpu_held_idle's detail: 'jupyter, pid 4242, user frank, job 42 step 0:
+    4.00 GiB, busy 0.0 %' (firing; who: its most specific owner), or why it
+    resolved ('works again', ...)."""
     names = ["%s" % (process.get("name") or "?"), "pid %s" % process.get("pid")]
     if process.get("user"):
         names.append("user %s" % process["user"])
-    who = format_alert_who(process)
+    who = compute_who_label(process)
     if who:
         names.append(who)
     if why:
@@ -8324,6 +8305,7 @@ DEMO_WHO = {
     "python3": {"unit": "docker-3f2a9c1d7e4b25b0315ff17bd1ebad3d95c15a3f8b764eaadb936"
                         "12d9b61a54e.scope", "container_name": "trainer"},
     "Xorg": {"unit": "display-manager.service"},
+    "jupyter": {"unit": "slurmstepd.scope", "slurm": {"job": 81723, "step": "0"}},
     "firefox": {"unit": "user@1000.service/app-firefox@4711.service"},
     "code": {"unit": "user@1003.service/app-code-2318.scope"},
     "obs": {"unit": "session-3.scope"},

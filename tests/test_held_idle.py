@@ -171,7 +171,7 @@ def test_the_engine_names_the_process_in_frames_webhook_and_prometheus():
     assert labels["pid"] == "42" and labels["process"] == "proc42" and labels["user"] == "frank"
     if who:
         assert labels["slurm_job"] == "4242" and labels["unit"] == "slurmstepd.scope"
-        assert "Slurm job 4242" in event["summary"]
+        assert "proc42, pid 42, user frank, job 4242 step 0: 4.00 GiB" in event["summary"]
     gpus, procs_now = cache.snapshot()
     text = atw.render_prometheus(gpus, procs_now, {}, 0, alerts=cache.alerts())
     assert ('amdgpu_alert_active{gpu="card0",alertname="gpu_held_idle",severity="warning",'
@@ -259,6 +259,9 @@ def test_a_real_demo_server_raises_it_over_ws_api_and_webhook(server, tmp_path, 
     labels = body["alerts"][0]["labels"]
     assert labels["process"] == "jupyter" and labels["user"] == "frank"
     assert labels["pid"] == str(event["process"]["pid"]) and labels["gpu"] == "card0"
+    assert labels["slurm_job"] == "81723" and labels["unit"] == "slurmstepd.scope"
+    assert event["process"]["slurm"] == {"job": 81723, "step": "0"}
+    assert "user frank, job 81723 step 0: " in event["summary"]
 
     def stored():
         _, answer = srv.get_json("/api/alerts")

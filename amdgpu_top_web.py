@@ -123,6 +123,10 @@ Paths (the names to visit, place by place; "§N" is the section of that place)::
       §6   build_alert_event, format_alert_summary, build_webhook_payload
       §10  AlertEngine.offer_stats, AlertEngine._on_stats, AlertEngine._emit,
            WebhookSender.send, WebhookSender.deliver
+    A process run's alert (a process holding VRAM idle: gpu_held_idle)
+      §4   compute_held_idle, compute_proc_busy_pct, build_alert_process, alert_row_subject
+      §6   format_held_idle, build_alert_event, build_webhook_payload
+      §10  AlertEngine._on_procs, HeldIdleRule.on_procs, AlertEngine._emit
     A history query (/api/gpus/{id}/history?range=1h)
       §6   route, parse_history_query, build_series_answer, series_csv
       §13  HistoryReader.query_series, _series_select

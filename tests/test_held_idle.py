@@ -283,3 +283,12 @@ def test_the_page_marks_the_idle_holders_row(server, tmp_path, receiver, browser
         assert "idle" in (marker.get_attribute("title") or "")
     finally:
         page.close()
+
+
+def test_disabled_it_keeps_no_state_and_sends_nothing():
+    cache, engine, _, frames = make_engine(atw.parse_alert_rules(
+        '{"gpu_held_idle": {"enabled": false, "for": 0}}'))
+    for t in range(0, 10, 2):
+        cache.publish_procs("card0", procs(t, [row(42)]))
+    engine.drain()
+    assert [f for f in frames if f.kind == "alert"] == [] and cache.alerts() == []

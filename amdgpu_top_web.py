@@ -138,6 +138,10 @@ Paths (the names to visit, place by place; "§N" is the section of that place)::
       §6   build_alert_event, format_alert_summary, build_webhook_payload
       §10  AlertEngine.offer_stats, AlertEngine._on_stats, AlertEngine._emit,
            WebhookSender.send, WebhookSender.deliver
+    A process run's alert (a process holding VRAM idle: gpu_held_idle)
+      §4   compute_held_idle, compute_proc_busy_pct, build_alert_process, alert_row_subject
+      §6   format_held_idle, build_alert_event, build_webhook_payload
+      §10  AlertEngine._on_procs, HeldIdleRule.on_procs, AlertEngine._emit
     A history query (/api/gpus/{id}/history?range=1h)
       §6   route, parse_history_query, build_series_answer, series_csv
       §13  HistoryReader.query_series, _series_select
@@ -282,7 +286,7 @@ REVALIDATE_S = 5.0              # a kept file's directory is checked this often
 SLOW_FILES_EVERY_S = 2.0        # totals, caps and PCIe link change rarely
 SYSFS_READ_SIZE = 4096
 DEMO_MAX_GPUS = 8               # --demo shows up to this many synthetic GPUs
-DEMO_SCENARIOS = ("none", "leak", "hostile")
+DEMO_SCENARIOS = ("none", "leak", "hostile", "held_idle")
 ONCE_RATE_WAIT_S = 0.5          # --once reads twice this far apart (rates need two reads)
 SHUTDOWN_GRACE_S = 0.6          # time clients get to answer our Close 1001
 PROC_SCAN_BUDGET_S = 0.5        # wall-clock budget of one /proc walk (then resumed next scan)
@@ -604,7 +608,7 @@ FORECAST_LEVEL_S = 5.0          # the current level lies within these last secon
 FORECAST_PROC_MAX = 64          # process series kept per GPU (largest VRAM first)
 
 ALERT_RULES = ("gpu_temperature", "vram_usage", "vram_full_soon", "gpu_throttling",
-               "fan_stopped", "gpu_lost", "busy_unattributed", "host_memory")
+               "fan_stopped", "gpu_lost", "busy_unattributed", "host_memory", "gpu_held_idle")
 ALERT_SEVERITIES = ("warning", "critical")
 # Per rule: raise (warn/crit) and clear levels, the hold before firing (for_s)
 # and the longer one before stepping down or resolving (clear_for_s); None =
@@ -629,8 +633,15 @@ ALERT_RULE_DEFAULTS = (
                            "crit_clear": None, "for_s": 60.0, "clear_for_s": 60.0}),
     ("host_memory", {"enabled": True, "warn": 90.0, "warn_clear": 80.0, "crit": 98.0,
                      "crit_clear": 90.0, "for_s": 30.0, "clear_for_s": 60.0}),
+    # one alert per process run (1/0): >= min_vram bytes held, engine busy < max_busy %
+    ("gpu_held_idle", {"enabled": True, "warn": 1.0, "warn_clear": 0.0, "crit": None,
+                       "crit_clear": None, "for_s": 1800.0, "clear_for_s": 60.0,
+                       "min_vram": float(1 << 30), "max_busy": 1.0}),
 )
 ALERT_RULE_KEYS = ("enabled", "warn", "warn_clear", "crit", "crit_clear", "for", "clear_for")
+# A process alert's "process" object: the run key, the names, who it belongs to.
+ALERT_PROCESS_KEYS = ("pid", "start_time", "name", "user", "unit", "container", "container_name",
+                      "k8s", "slurm")
 # Throttle reasons that are no power or thermal limit (NVML clock events).
 THROTTLE_BENIGN_REASONS = ("GpuIdle", "ApplicationsClocksSetting", "SyncBoost",
                            "DisplayClockSetting")
@@ -796,8 +807,9 @@ SETTINGS = (
             "with --demo: how many synthetic GPUs, 1 to 8 (AMD and NVIDIA)"),
     Setting("APP_DEMO_SCENARIO", "--demo-scenario", "demo_scenario", "none", "scenario",
             "with --demo: none; leak (card0's VRAM leaks to 98 percent, then frees: "
-            "a forecast and alerts to look at); or hostile (a process named like HTML, "
-            "for escaping tests)"),
+            "a forecast and alerts to look at); hostile (a process named like HTML, "
+            "for escaping tests); or held_idle (card0's first process holds ~3.4 GiB of VRAM "
+            "idle: a gpu_held_idle alert after its hold)"),
     Setting("APP_ALERTS", "--alerts", "alerts", "on", "bool",
             "built-in alert rules (frames, /api/alerts, webhook); --no-alerts turns them off"),
     Setting("APP_ALERT_RULES", "--alert-rules", "alert_rules", "", "optpath",
@@ -4132,6 +4144,12 @@ class AlertState(object):
         return {"state": "firing", "severity": severity, "started": self.started,
                 "ended": None, "value": value, "previous_severity": previous}
 
+    def end(self, now_s):
+        """Its subject is gone (a process exited): resolved at once, no
+        clear_for; the resolved event, or None when it was not firing."""
+        self._pending = None
+        return None if self.severity is None else self._change(now_s, None, None)
+
 
 def _alert_number(rule, key, value):
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
@@ -4149,6 +4167,19 @@ def _alert_duration(rule, key, value):
     if not 0 <= seconds <= 86400:
         raise ValueError("%s.%s: must be between 0 and 86400 seconds" % (rule, key))
     return seconds
+
+
+def _alert_bytes(rule, key, value):
+    """gpu_held_idle.min_vram: bytes, or a size such as "512MiB" or "1GiB"."""
+    if isinstance(value, str):
+        try:
+            return float(parse_byte_size(value))
+        except ValueError:
+            raise ValueError("%s.%s: expected bytes or a size like 1GiB" % (rule, key))
+    size = _alert_number(rule, key, value)
+    if size < 0:
+        raise ValueError("%s.%s: must not be negative" % (rule, key))
+    return size
 
 
 def _check_alert_levels(rule, levels):
@@ -4179,6 +4210,12 @@ def _merge_alert_rule(rule, base, override):
             levels[key + "_s"] = _alert_duration(rule, key, value)
         elif key == "direction":
             raise ValueError("%s.direction: cannot be changed" % rule)
+        elif key == "min_vram":
+            levels[key] = _alert_bytes(rule, key, value)
+        elif key == "max_busy":
+            levels[key] = _alert_number(rule, key, value)
+            if not 0 < levels[key] <= 100:
+                raise ValueError("%s.max_busy: must be above 0 and at most 100 (%%)" % rule)
         else:
             levels[key] = None if value is None and key in ("warn", "crit") else (
                 _alert_number(rule, key, value))
@@ -4277,6 +4314,69 @@ def unattributed_hint(visibility):
         places.append("processes outside this container (run it with --pid=host)")
     places.append("other containers or VMs, or a kernel/firmware job")
     return "look for " + ", ".join(places)
+
+
+def compute_proc_busy_pct(row, engines_known):
+    """A process row's engine busy % (gpu_held_idle): its busiest engine (NVML's
+    "mem", the memory controller, aside), else its GPU time (ms/s / 10). None
+    when not known: the source has no per-process engine use (capabilities'
+    process_engines not true), a ROCm (kfd) process, whose compute queues
+    never show in the DRM counters, or no value yet."""
+    if not engines_known or row.get("kfd"):
+        return None
+    values = [v for k, v in (row.get("engines_pct") or {}).items()
+              if k != "mem" and isinstance(v, (int, float))]
+    if values:
+        return max(values)
+    ms = row.get("gpu_time_ms_per_s")
+    return ms / 10.0 if isinstance(ms, (int, float)) else None
+
+
+def compute_held_idle(message, gpu_busy_pct, levels):
+    """One procs frame -> [(row, value, busy %)] for gpu_held_idle: value 1 when
+    the process holds >= min_vram bytes of VRAM while busy < max_busy, 0 when it
+    holds less or works, None when its busy is unknown. Unknown busy is never
+    guessed: the GPU's own busy stands in only when the process is the only one
+    on the GPU (then all of the GPU's use is its own), else None (no alert)."""
+    rows = message.get("processes") or ()
+    known = (message.get("capabilities") or {}).get("process_engines") is True
+    out = []
+    for row in rows:
+        vram = row.get("vram_bytes")
+        busy = compute_proc_busy_pct(row, known)
+        if busy is None and len(rows) == 1 and isinstance(gpu_busy_pct, (int, float)):
+            busy = gpu_busy_pct
+        if not isinstance(vram, (int, float)) or vram < levels["min_vram"]:
+            value = 0
+        else:
+            value = None if busy is None else (1 if busy < levels["max_busy"] else 0)
+        out.append((row, value, busy))
+    return out
+
+
+def alert_row_subject(event):
+    """The history alerts table's gpu_id column: the GPU id ("" for the host);
+    a process's alert adds "/pid/start_time", so two runs' alerts started in
+    the same second are two rows (the file's schema and old rows unchanged)."""
+    process = event.get("process")
+    subject = event.get("gpu_id") or ""
+    if process:
+        subject += "/%s/%s" % (process.get("pid"), process.get("start_time"))
+    return subject
+
+
+def build_alert_process(row):
+    """The process an alert names (gpu_held_idle): its run key (pid, start_time),
+    name, user and who it belongs to (null where unknown)."""
+    return dict((key, row.get(key)) for key in ALERT_PROCESS_KEYS)
+
+
+def alert_subject(rule, gpu_id, process=None):
+    """An alert's identity: (rule, GPU id) for a GPU's or the host's rule, with
+    the process run's (pid, start_time) for a process's."""
+    if process is None:
+        return (rule, gpu_id)
+    return (rule, gpu_id, process.get("pid"), process.get("start_time"))
 
 
 # -- fleet: peer lists (inline, one per line, file_sd JSON) and tokens -----
@@ -5825,17 +5925,18 @@ def build_hello_message(interval_s, default_gpu, gpus, features, history, host, 
             "host": host, "host_history": host_history, "alerts": alerts}
 
 
-def build_alert_event(rule, gpu_id, change, summary, now_s):
+def build_alert_event(rule, gpu_id, change, summary, now_s, process=None):
     """One state change of AlertState -> the alert frame dict (SPEC: type
     "alert"); times as ISO strings; ts is when the change happened. A live
     update of an active one is the same dict with update true and updated its
-    time (AlertEngine._refresh): one key set either way."""
+    time (AlertEngine._refresh): one key set either way. process: the process
+    a per-process rule names (build_alert_process), else None."""
     return {"type": "alert", "rule": rule, "gpu_id": gpu_id, "severity": change["severity"],
             "state": change["state"], "started": format_ts(change["started"]),
             "ended": None if change["ended"] is None else format_ts(change["ended"]),
             "value": change["value"], "summary": summary, "ts": format_ts(now_s),
             "previous_severity": change.get("previous_severity"), "update": False,
-            "updated": None}
+            "updated": None, "process": process}
 
 
 def error_json(message):
@@ -5909,8 +6010,15 @@ def build_procs_at_answer(gpu_id, at_s, sample_ts, processes):
 # -- the Alertmanager webhook body, alert events in a time range ------------
 
 def _am_labels(event, severity, instance):
-    return {"alertname": event["rule"], "gpu": event["gpu_id"] or "", "severity": severity,
-            "instance": instance}
+    labels = {"alertname": event["rule"], "gpu": event["gpu_id"] or "", "severity": severity,
+              "instance": instance}
+    process = event.get("process")
+    if process:     # a process's alert: pid, name, user, owners (known ones, as /metrics names them)
+        for key, value in (("pid", process.get("pid")), ("process", process.get("name")),
+                           ("user", process.get("user"))) + prom_who_labels(process):
+            if value is not None:
+                labels[key] = str(value)
+    return labels
 
 
 def _am_fingerprint(labels):
@@ -6139,6 +6247,7 @@ ALERT_TITLES = {
     "vram_full_soon": "VRAM full in %s or later", "gpu_throttling": "throttled",
     "fan_stopped": "fan stopped while hot", "gpu_lost": "GPU lost",
     "busy_unattributed": "busy %s %% with no visible process", "host_memory": "host RAM %s %% used",
+    "gpu_held_idle": "VRAM held by an idle process",
 }
 
 
@@ -6156,9 +6265,26 @@ def format_alert_summary(rule, gpu_id, change, detail=""):
         title = title % shown
     subject = gpu_id or "host"
     if change["state"] == "resolved":
-        return "%s: resolved (%s was %s)" % (subject, rule, change.get("severity"))
+        return "%s: resolved (%s was %s)%s" % (subject, rule, change.get("severity"), (
+            ": " + detail) if detail and rule == "gpu_held_idle" else "")
     return "%s: %s%s%s" % (subject, title, " (%s)" % detail if detail else "",
                            ", clearing" if change.get("clearing") else "")
+
+
+def format_held_idle(process, vram_bytes, busy_pct, why=""):
+    """gpu_held_idle's detail: 'jupyter, pid 4242, user frank, job 42 step 0:
+    4.00 GiB, busy 0.0 %' (firing; who: its most specific owner), or why it
+    resolved ('works again', ...)."""
+    names = ["%s" % (process.get("name") or "?"), "pid %s" % process.get("pid")]
+    if process.get("user"):
+        names.append("user %s" % process["user"])
+    who = compute_who_label(process)
+    if who:
+        names.append(who)
+    if why:
+        return "%s %s" % (", ".join(names), why)
+    return "%s: %s, busy %s %%" % (", ".join(names), format_bytes(vram_bytes),
+                                  format_value(busy_pct, ""))
 
 
 # -- Prometheus text (opt-in /metrics) --------------------------------------
@@ -6407,9 +6533,12 @@ def _prom_alerts(writer, gpus, alerts):
                    "current growth (lower end of the forecast's range; only while it grows).",
                    (("gpu", identity["id"]),), full)
     for event in alerts or ():
-        writer.add("alert_active", "gauge", "1 per active built-in alert (host rules: gpu=\"\").",
+        process = event.get("process")
+        writer.add("alert_active", "gauge", "1 per active built-in alert (host rules: gpu=\"\"; "
+                   "a process's rule: its pid).",
                    (("gpu", event["gpu_id"] or ""), ("alertname", event["rule"]),
-                    ("severity", event["severity"])), 1)
+                    ("severity", event["severity"])) + (
+                        (("pid", process.get("pid")),) if process else ()), 1)
 
 
 # -- the fleet from Prometheus: our own names read back, targets, history ---
@@ -8990,6 +9119,7 @@ DEMO_WHO = {
     "python3": {"unit": "docker-3f2a9c1d7e4b25b0315ff17bd1ebad3d95c15a3f8b764eaadb936"
                         "12d9b61a54e.scope", "container_name": "trainer"},
     "Xorg": {"unit": "display-manager.service"},
+    "jupyter": {"unit": "slurmstepd.scope", "slurm": {"job": 81723, "step": "0"}},
     "firefox": {"unit": "user@1000.service/app-firefox@4711.service"},
     "code": {"unit": "user@1003.service/app-code-2318.scope"},
     "obs": {"unit": "session-3.scope"},
@@ -9004,6 +9134,9 @@ DEMO_WHO = {
 DEMO_HOSTILE_PROC = ("<img src=x onerror=alert(1)>", "mallory", "<script>alert(1)</script> --token=[redacted]",
                      None, False, {"gfx": 1.0}, 64, 16)
 DEMO_HOSTILE_SLOT = 4
+# --demo-scenario held_idle: card0's first process holds VRAM and never works.
+DEMO_IDLE_PROC = ("jupyter", "frank", "python3 -m ipykernel_launcher -f kernel-7f3a.json", None,
+                  False, {"gfx": 0.0, "compute": 0.0}, 4096, 64)
 DEMO_ENGINES = ("gfx", "compute", "dma", "dec", "enc")
 DEMO_ENGINE_BUDGET_PCT = 72.0   # all of a GPU's processes at their peak: its busy has room above
 DEMO_KFD_LOAD_PCT = 12.0        # a ROCm process's load: in the GPU's busy, not in DRM counters
@@ -9014,7 +9147,10 @@ DEMO_NVIDIA_CONTEXT_MIB = 320   # NVML's used beyond its processes' (the driver'
 
 
 def demo_proc_spec(gpu_index, index, hostile=False):
-    """The DEMO_PROCS row of a demo GPU's index-th process."""
+    """The DEMO_PROCS row of a demo GPU's index-th process; hostile: True (the
+    hostile scenario's process in its slot) or "held_idle" (DEMO_IDLE_PROC first on card0)."""
+    if hostile == "held_idle":
+        return DEMO_IDLE_PROC if gpu_index == index == 0 else demo_proc_spec(gpu_index, index)
     slot = (index + gpu_index * 3) % len(DEMO_PROCS)
     return DEMO_HOSTILE_PROC if hostile and slot == DEMO_HOSTILE_SLOT else DEMO_PROCS[slot]
 
@@ -9280,7 +9416,7 @@ class DemoBackend(object):
         return list(self._infos)
 
     def open_reader(self, info):
-        index, hostile = self._infos.index(info), self._scenario == "hostile"
+        index, hostile = self._infos.index(info), self._swap()
         if info.vendor == "nvidia":
             return DemoNvidiaReader(info, index=index, per_gpu=self._per_gpu, hostile=hostile)
         return DemoGpuReader(info, seed=index + 1, leak=self._scenario == "leak" and info.id == DEMO_LEAK_GPU,
@@ -9288,7 +9424,11 @@ class DemoBackend(object):
 
     def proc_source(self):
         return DemoProcSource(self._infos, self._per_gpu, leak=self._scenario == "leak",
-                              hostile=self._scenario == "hostile")
+                              hostile=self._swap())
+
+    def _swap(self):
+        """demo_proc_spec's hostile argument for this scenario."""
+        return {"hostile": True, "held_idle": "held_idle"}.get(self._scenario, False)
 
     def close(self):
         pass
@@ -9455,6 +9595,62 @@ class VramForecaster(object):
 
 # -- alert engine (a sink: its own inbox and thread) ------------------------
 
+class HeldIdleRule(object):
+    """gpu_held_idle over procs frames (pure: frames and times in, changes
+    out). An AlertState per process run (GPU, pid, start_time) only while it
+    holds idle VRAM or fires; a run missing from HISTORY_RUN_MISSING_SCANS
+    whole scans (or its GPU gone) has exited: resolved at once.
+    Each call returns [(change or None, state, process, detail)]: a change
+    to emit, or None for a firing alert's live refresh."""
+
+    def __init__(self, levels):
+        self.levels = levels
+        self._held = {}          # gpu id -> {(pid, start_time): [AlertState, misses, process]}
+
+    def on_procs(self, gpu_id, message, now_s, gpu_busy_pct=None):
+        held, out, seen = self._held.setdefault(gpu_id, {}), [], set()
+        for row, value, busy in compute_held_idle(message, gpu_busy_pct, self.levels):
+            key = (row.get("pid"), row.get("start_time"))
+            seen.add(key)
+            if key not in held and value != 1:
+                continue
+            entry = held.setdefault(key, [AlertState("gpu_held_idle", self.levels), 0, None])
+            entry[1], entry[2] = 0, build_alert_process(row)
+            out.extend(self._update(entry, now_s, value, row.get("vram_bytes"), busy))
+            if entry[0].severity is None and value != 1:
+                del held[key]
+        if not (message.get("scan") or {}).get("cut_short"):
+            for key in [k for k in held if k not in seen]:
+                held[key][1] += 1
+                if held[key][1] >= HISTORY_RUN_MISSING_SCANS:
+                    out.extend(self._end(held.pop(key), now_s, "exited"))
+        return out
+
+    def gone(self, gpu_id, now_s):
+        """The GPU vanished: its runs' alerts resolve."""
+        out = []
+        for entry in (self._held.pop(gpu_id, None) or {}).values():
+            out.extend(self._end(entry, now_s, "is gone with its GPU"))
+        return out
+
+    def _update(self, entry, now_s, value, vram, busy):
+        state, process = entry[0], entry[2]
+        change = state.update(now_s, value)
+        if change is None:
+            return [(None, state, process, format_held_idle(process, vram, busy))] if (
+                state.severity is not None) else []
+        why = "" if change["state"] == "firing" else (
+            "works again" if value == 0 and (vram or 0) >= self.levels["min_vram"] else
+            "freed its VRAM" if value == 0 else "has no known busy any more")
+        return [(change, state, process, format_held_idle(process, vram, busy, why))]
+
+    @staticmethod
+    def _end(entry, now_s, why):
+        change = entry[0].end(now_s)
+        return [] if change is None else [(change, entry[0], entry[2],
+                                           format_held_idle(entry[2], None, None, why))]
+
+
 class AlertEngine(StoppableThread):
     """Evaluates the rules on every sample it is offered, in its own thread.
 
@@ -9475,12 +9671,15 @@ class AlertEngine(StoppableThread):
         self._inbox = Inbox(ALERT_QUEUE_ITEMS, self._count_drop)
         self._lock = threading.Lock()
         self._events = collections.deque(maxlen=ALERT_EVENTS_KEPT)
-        self._active = collections.OrderedDict()     # (rule, gpu id) -> firing event, live values
-        self._pushed = {}                             # (rule, gpu id) -> (s, summary) last sent
+        self._active = collections.OrderedDict()     # alert_subject -> firing event, live values
+        self._pushed = {}                             # alert_subject -> (s, summary) last sent
         self._states = {}
         self._procs = {}                              # gpu id -> procs message
         self._sensors = {}                            # gpu id -> {sensor key: last seen s}
         self._known = set()
+        self._busy = {}                               # gpu id -> its latest gpu_busy_pct
+        self._held = HeldIdleRule(rules["gpu_held_idle"]) if rules["gpu_held_idle"].get(
+            "enabled", True) else None
 
     # -- the sink side (never blocks) --
 
@@ -9545,6 +9744,7 @@ class AlertEngine(StoppableThread):
 
     def _on_stats(self, gpu_id, now_s, metrics):
         self._known.add(gpu_id)
+        self._busy[gpu_id] = metrics.get("gpu_busy_pct")
         # Details are callables: formatted only for a change or a firing alert.
         levels, temp, limit = temperature_levels(self.rules["gpu_temperature"], metrics)
         self._observe("gpu_temperature", gpu_id, now_s, temp, levels,
@@ -9588,6 +9788,18 @@ class AlertEngine(StoppableThread):
 
     def _on_procs(self, gpu_id, message):
         self._procs[gpu_id] = message
+        now_s = parse_iso_ts(message.get("ts"))
+        if self._held is not None and now_s is not None:
+            self._held_out(gpu_id, now_s, self._held.on_procs(
+                gpu_id, message, now_s, self._busy.get(gpu_id)))
+
+    def _held_out(self, gpu_id, now_s, items):
+        for change, state, process, detail in items:
+            if change is not None:
+                self._emit("gpu_held_idle", gpu_id, change, now_s, detail, process)
+            else:
+                self._refresh("gpu_held_idle", gpu_id, state, now_s, detail, process)
+
 
     def _on_host(self, _, now_s, host):
         used, total = (host or {}).get("mem_used_bytes"), (host or {}).get("mem_total_bytes")
@@ -9599,21 +9811,24 @@ class AlertEngine(StoppableThread):
         for gpu_id in sorted(self._known - current):
             self._observe("gpu_lost", gpu_id, now_s, 1, detail="it vanished from the GPU list")
             self._procs.pop(gpu_id, None)
+            if self._held is not None:
+                self._held_out(gpu_id, now_s, self._held.gone(gpu_id, now_s))
         self._known &= current
 
     # -- events --
 
-    def _emit(self, rule, gpu_id, change, now_s, detail):
+    def _emit(self, rule, gpu_id, change, now_s, detail, process=None):
         event = build_alert_event(rule, gpu_id, change, format_alert_summary(
-            rule, gpu_id, change, detail), now_s)
+            rule, gpu_id, change, detail), now_s, process)
+        key = alert_subject(rule, gpu_id, process)
         with self._lock:
             self._events.append(event)
             if event["state"] == "firing":
-                self._active[(rule, gpu_id)] = event
-                self._pushed[(rule, gpu_id)] = (now_s, event["summary"])
+                self._active[key] = event
+                self._pushed[key] = (now_s, event["summary"])
             else:
-                self._active.pop((rule, gpu_id), None)
-                self._pushed.pop((rule, gpu_id), None)
+                self._active.pop(key, None)
+                self._pushed.pop(key, None)
             active = list(self._active.values())
         LOG.info("event=alert rule=%s gpu=%s state=%s severity=%s value=%s", rule, gpu_id,
                  event["state"], event["severity"], event["value"])
@@ -9624,10 +9839,10 @@ class AlertEngine(StoppableThread):
         if self.webhook is not None:
             self.webhook.send(event)
 
-    def _refresh(self, rule, gpu_id, state, now_s, detail):
+    def _refresh(self, rule, gpu_id, state, now_s, detail, process=None):
         """A firing alert between changes: its value and summary from this
         evaluation (a copy: the event as it happened stays in the history)."""
-        key = (rule, gpu_id)
+        key = alert_subject(rule, gpu_id, process)
         summary = format_alert_summary(rule, gpu_id, {"state": "firing", "value": state.value,
                                                       "clearing": state.clearing()}, detail)
         with self._lock:
@@ -11967,7 +12182,7 @@ class HistoryBatch(object):
                 "INSERT INTO alerts(rule, gpu_id, started, ended, event) VALUES (?, ?, ?, ?, ?)"
                 " ON CONFLICT(rule, gpu_id, started) DO UPDATE SET ended = excluded.ended,"
                 " event = excluded.event",
-                (str(event.get("rule")), event.get("gpu_id") or "",
+                (str(event.get("rule")), alert_row_subject(event),
                  self.clock() if started_s is None else started_s, ended_s,
                  json.dumps(event, sort_keys=True)))
 

@@ -52,7 +52,7 @@ RULES_TEST_FILE = os.path.join(CONTRIB, "prometheus", "alerts_test.yml")
 DASHBOARD_FILE = os.path.join(CONTRIB, "grafana", "dashboard.json")
 
 RULE_NAMES = {"gpu_temperature", "vram_usage", "vram_full_soon", "gpu_throttling", "fan_stopped",
-              "gpu_lost", "busy_unattributed", "host_memory"}
+              "gpu_lost", "busy_unattributed", "host_memory", "gpu_held_idle"}
 # Names other branches add to /metrics (notes/contract.md; the host work named the CPU
 # count amdgpu_host_cpus, as promtool's lint keeps _count for histograms); on a branch
 # without them the live per-name test fails for exactly these.

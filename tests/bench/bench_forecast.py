@@ -7,9 +7,13 @@ through Cache.publish_stats (VramForecaster.on_stats: one point per second,
 the Theil-Sen fit at most once per second per GPU) and the AlertEngine sink
 (drained every second, as its thread would). Prints the CPU time per
 simulated second (= the share of one core the live server would spend) and
-the cost of one 120-point fit.
+the cost of one 120-point fit. Every --scan-s (default 2, the process scan's
+default) each GPU also publishes a procs frame of --procs processes (default 8;
+one holds 4 GiB idle, the rest work): the forecaster's process series and the
+alert engine's per-process rule (gpu_held_idle) run on them.
 
-    python3 tests/bench/bench_forecast.py [--gpus 8] [--hz 4] [--seconds 300] [--baseline PATH]
+    python3 tests/bench/bench_forecast.py [--gpus 8] [--hz 4] [--seconds 300] [--procs 8]
+                                          [--baseline PATH]
 
 With --baseline (e.g. `git show HEAD~3:amdgpu_top_web.py > /tmp/base.py`), the
 same rows for that file follow, in the same run.
@@ -31,7 +35,17 @@ import amdgpu_top_web as atw  # noqa: E402
 GiB, MiB = 1 << 30, 1 << 20
 
 
-def run(gpus, hz, seconds, alerts):
+def procs_message(gpu_id, t, count):
+    rows = [atw.build_proc_row(pid=1000 + i, name="p%d" % i, user="u", start_time=5000 + i,
+                               vram_bytes=(4 if i == 0 else 1) * GiB,
+                               engines_pct={"gfx": 0.0 if i == 0 else 20.0 + i, "compute": 0.0})
+            for i in range(count)]
+    entry = atw.build_procs_entry(rows, count, atw.build_capabilities(
+        "fdinfo", True, True, ("gfx", "compute")))
+    return atw.build_procs_message(gpu_id, t, entry, None, {"cut_short": False, "duration_s": 0})
+
+
+def run(gpus, hz, seconds, alerts, procs=8, scan_s=2):
     infos = atw.demo_gpu_infos(min(gpus, atw.DEMO_MAX_GPUS))
     cache = atw.Cache(1.0 / hz, {})
     cache.set_gpus(infos)
@@ -48,6 +62,8 @@ def run(gpus, hz, seconds, alerts):
         for i, info in enumerate(infos):
             used = int(14 * GiB + (i + 1) * 5 * MiB * (t - t0) + rng.gauss(0, 4 * MiB))
             cache.publish_stats(info.id, t, dict(base, vram_used_bytes=min(used, 24 * GiB)))
+            if procs and tick % (scan_s * hz) == 0:
+                cache.publish_procs(info.id, procs_message(info.id, t, procs))
         if engine and tick % hz == hz - 1:
             engine.drain()
     return time.process_time() - started
@@ -58,6 +74,8 @@ def main():
     parser.add_argument("--gpus", type=int, default=8)
     parser.add_argument("--hz", type=int, default=4)
     parser.add_argument("--seconds", type=int, default=300)
+    parser.add_argument("--procs", type=int, default=8, help="processes per GPU (0: no procs frames)")
+    parser.add_argument("--scan-s", type=int, default=2, help="seconds between procs frames")
     parser.add_argument("--baseline", help="another amdgpu_top_web.py, measured after this one")
     args = parser.parse_args()
     report(args, "this")
@@ -81,11 +99,11 @@ def report(args, label):
         if alerts is None:
             saved, atw.VramForecaster.on_stats = atw.VramForecaster.on_stats, (
                 lambda self, t, m: atw.new_vram_forecast())
-            cpu = run(args.gpus, args.hz, args.seconds, False)
+            cpu = run(args.gpus, args.hz, args.seconds, False, args.procs, args.scan_s)
             atw.VramForecaster.on_stats = saved
             plain = cpu
         else:
-            cpu = run(args.gpus, args.hz, args.seconds, alerts)
+            cpu = run(args.gpus, args.hz, args.seconds, alerts, args.procs, args.scan_s)
         print("%-32s %d GPUs at %d Hz: %.2f ms CPU per second = %.2f %% of a core "
               "(%.2f %% over plain publishing)" % (
                   label, args.gpus, args.hz, cpu / args.seconds * 1e3, cpu / args.seconds * 100,

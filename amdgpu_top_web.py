@@ -562,6 +562,12 @@ HISTORY_HOST_KEYS = HOST_KEYS        # the store keeps a column per host key
 HISTORY_SCALES = (("_bytes", 1.0 / (1 << 20)), ("_pct", 10.0), ("_c", 10.0), ("_w", 10.0),
                   ("_gts", 10.0), ("_avg10", 100.0), ("throttled", 1000.0))
 HISTORY_LOAD_SCALE = 100.0
+# What each GPU sample cost, added by the writer as series columns whose stored avg x n
+# is their sum over any row (#18): energy measured over the interval (counter, else
+# power x time), the part of it no process's engine time accounts for, busy GPU-seconds.
+HISTORY_INTERVAL_KEYS = ("energy_used_j", "energy_idle_j", "busy_s")
+HISTORY_INTERVAL_SCALE = 1000.0      # stored in thousandths (mJ, ms): sums stay exact
+ENERGY_MAX_W = 100000.0              # a counter step above this is a glitch, not energy (all-smi)
 
 
 # -- VRAM forecast, alerts and the webhook (history-insight.md §6-7) --------
@@ -3408,6 +3414,8 @@ def history_scale(key):
     """The fixed unit a history column is stored in: stored = round(value * scale)."""
     if key.startswith("load"):
         return HISTORY_LOAD_SCALE
+    if key in HISTORY_INTERVAL_KEYS:
+        return HISTORY_INTERVAL_SCALE
     for suffix, scale in HISTORY_SCALES:
         if key.endswith(suffix):
             return scale
@@ -3418,7 +3426,8 @@ def history_columns(kind):
     """(key, scale) per stored column: every numeric GPU metric plus `throttled`,
     or the host keys."""
     keys = HISTORY_HOST_KEYS if kind == "host" else tuple(
-        k for k in METRIC_KEYS if k not in HISTORY_NOT_NUMERIC) + ("throttled",)
+        k for k in METRIC_KEYS if k not in HISTORY_NOT_NUMERIC) + ("throttled",) + \
+        HISTORY_INTERVAL_KEYS
     return tuple((key, history_scale(key)) for key in keys)
 
 
@@ -3501,6 +3510,15 @@ class SeriesRollup(object):
                         None if hi is None else int(round(hi))))
         return tuple(row)
 
+    def bump(self, index, value):
+        """Add value to column `index` of the open rows (a sum that arrives
+        between samples: their count stays); False when none is open."""
+        if self._sec is None or self._min is None or self._sec[3][index] == 0:
+            return False
+        self._sec[2][index] += value
+        self._min[3][index] += value
+        return True
+
     def flush(self):
         rows = []
         if self._sec is not None:
@@ -3576,6 +3594,69 @@ def _engine_pct(row):
     return (max(values) if values else None), (sum(values) if values else None)
 
 
+def compute_energy_interval_j(prev, cur, max_gap_s=HISTORY_RUN_MAX_GAP_S):
+    """The GPU's energy between two samples (#18), in joules, or None when it has
+    neither a counter nor a power reading. prev/cur: (epoch_s, energy_j counter or
+    None, power_w or None). The counter's step where both readings have one; a
+    counter that went back (driver reload, reset, wrap) or jumped past
+    ENERGY_MAX_W falls back to the mean power x the time; 0.0 over a gap longer
+    than max_gap_s or a clock that went back: that time is not measured, so it
+    is neither counted nor attributed."""
+    if prev is None:
+        return None
+    dt = cur[0] - prev[0]
+    if not 0 < dt <= max_gap_s:
+        return 0.0
+    if _is_number(prev[1]) and _is_number(cur[1]):
+        step = cur[1] - prev[1]
+        if 0 <= step <= ENERGY_MAX_W * dt:
+            return float(step)
+    powers = [p for p in (prev[2], cur[2]) if _is_number(p) and p >= 0]
+    if not powers:
+        return None
+    return min(ENERGY_MAX_W, sum(powers) / len(powers)) * dt
+
+
+def _is_number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
+
+
+def compute_engine_s_per_s(row):
+    """Engine-seconds per second of a process row: gpu_time_ms_per_s / 1000, else
+    the sum of its engines' % / 100 (as runs' gpu_s counts it), None when unknown."""
+    ms_per_s = row.get("gpu_time_ms_per_s")
+    if _is_number(ms_per_s):
+        return max(0.0, ms_per_s / 1000.0)
+    return None if _engine_pct(row)[1] is None else max(0.0, _engine_pct(row)[1] / 100.0)
+
+
+def compute_energy_split(energy_j, shares):
+    """One interval's GPU energy split among its processes (#18, an estimate):
+    -> ([joules per process], idle joules); the parts add up to energy_j.
+
+    shares: per process (engine-seconds per second or None, VRAM bytes or None).
+    With engine time known for any process, the GPU counts as busy for the
+    fraction b = min(1, sum of engine-s/s) of the interval; energy_j x b is
+    split by engine time, the rest is idle: energy no process's engine time
+    accounts for. With no engine time known at all,
+    the whole of it is split by VRAM share. No processes, or nothing to weigh
+    them by: all idle."""
+    if not energy_j or energy_j <= 0:
+        return [0.0 if energy_j is not None else None] * len(shares), energy_j
+    engine = [e for e, _ in shares]
+    if any(e is not None for e in engine):
+        weights = [e or 0.0 for e in engine]
+        busy = min(1.0, sum(weights))
+    else:
+        weights = [v if _is_number(v) and v > 0 else 0.0 for _, v in shares]
+        busy = 1.0
+    total = sum(weights)
+    if total <= 0 or busy <= 0:
+        return [0.0] * len(shares), energy_j
+    parts = [energy_j * busy * w / total for w in weights]
+    return parts, energy_j - sum(parts)
+
+
 WHO_RUN_COLUMNS = ("k8s_namespace", "k8s_pod", "k8s_container", "k8s_pod_uid", "slurm_job",
                    "slurm_step")
 
@@ -3607,8 +3688,10 @@ class RunTracker(object):
     ends when missing for HISTORY_RUN_MISSING_SCANS scans of its GPU, or at once
     when its PID shows up with another start time. take() hands out what
     changed since the last take: peaks, and the sums added (time, VRAM x time,
-    GTT x time, engine % x time, GPU-engine seconds), so the store can merge
-    them into a row that survives restarts.
+    GTT x time, engine % x time, GPU-engine seconds, energy: its share of each
+    interval's GPU energy, compute_energy_split), so the store can merge them
+    into a row that survives restarts. take_sample() hands out each run's
+    energy and GPU-seconds since the last process sample.
     """
 
     INFO = ("pid", "start_time", "name", "user", "uid", "cmd", "container", "kfd", "type",
@@ -3631,34 +3714,40 @@ class RunTracker(object):
         run["started"] = parse_utc_s(run["started"])      # stored as epoch seconds
         run.update(compute_who_columns(row))
         run.update(gpu_id=gpu_id, first_seen=epoch_s, last_seen=epoch_s, ended=None, missing=0,
-                   peak_vram=None, peak_gtt=None, peak_engine=None, dirty=True, seeded=False)
+                   peak_vram=None, peak_gtt=None, peak_engine=None, dirty=True, seeded=False,
+                   sample_energy_j=None, sample_gpu_s=0.0)
         run.update(self._zero_sums())
         return run
 
     @staticmethod
     def _zero_sums():
         return {"time_s": 0.0, "vram_s": 0.0, "gtt_s": 0.0, "engine_s": 0.0, "gpu_s": 0.0,
-                "samples": 0}
+                "samples": 0, "energy_j": None}
 
-    def feed(self, gpu_id, epoch_s, rows):
+    def feed(self, gpu_id, epoch_s, rows, energy_j=None):
+        """One process list of a GPU and the GPU's energy since its last list
+        (None: unknown) -> the idle joules (the part no process accounts for)."""
         seen = set()
         pids = {}
-        for row in rows:
+        parts, idle_j = compute_energy_split(energy_j, [
+            (compute_engine_s_per_s(row), row.get("vram_bytes")) for row in rows])
+        for row, part in zip(rows, parts):
             key = (gpu_id, row.get("pid"), row.get("start_time") or 0)
             seen.add(key)
             pids[key[1]] = key[2]
             run = self._runs.get(key)
             if run is None or run["ended"] is not None:
                 run = self._runs[key] = self._new(gpu_id, row, epoch_s)
-            self._update(run, row, epoch_s)
+            self._update(run, row, epoch_s, part)
         for key, run in self._runs.items():
             if key[0] != gpu_id or key in seen or run["ended"] is not None:
                 continue
             run["missing"] += 1
             if run["missing"] >= self.missing_scans or pids.get(key[1], key[2]) != key[2]:
                 run["ended"], run["dirty"] = run["last_seen"], True
+        return idle_j
 
-    def _update(self, run, row, epoch_s):
+    def _update(self, run, row, epoch_s, energy_j=None):
         dt = epoch_s - run["last_seen"]
         dt = dt if 0 < dt <= self.max_gap_s else 0.0
         if run["seeded"]:
@@ -3676,8 +3765,13 @@ class RunTracker(object):
         run["vram_s"] += (vram or 0) * dt
         run["gtt_s"] += (gtt or 0) * dt
         run["engine_s"] += (busiest or 0) * dt
-        run["gpu_s"] += (ms_per_s / 1000.0 if isinstance(ms_per_s, (int, float))
-                         else (engine_sum or 0) / 100.0) * dt
+        gpu_s = (ms_per_s / 1000.0 if isinstance(ms_per_s, (int, float))
+                 else (engine_sum or 0) / 100.0) * dt
+        run["gpu_s"] += gpu_s
+        run["sample_gpu_s"] += gpu_s
+        if energy_j is not None:
+            run["energy_j"] = (run["energy_j"] or 0.0) + energy_j
+            run["sample_energy_j"] = (run["sample_energy_j"] or 0.0) + energy_j
         run["samples"] += 1
         run["last_seen"], run["missing"], run["dirty"] = epoch_s, 0, True
         run["last"] = (vram, gtt, busiest)
@@ -3699,11 +3793,58 @@ class RunTracker(object):
                 del self._runs[key]
         return out
 
-    def active(self, gpu_id):
-        """[(key, (vram, gtt, engine %))] of the runs of one GPU seen in the last feed."""
-        return [(key, run["last"]) for key, run in self._runs.items()
-                if key[0] == gpu_id and run["ended"] is None and run["missing"] == 0
-                and "last" in run]
+    def take_sample(self, gpu_id):
+        """[(key, (vram, gtt, engine %, energy J, GPU-seconds))] of the runs of one GPU
+        seen in the last feed: energy and GPU-seconds since their last sample."""
+        out = []
+        for key, run in self._runs.items():
+            if key[0] == gpu_id and run["ended"] is None and run["missing"] == 0 and "last" in run:
+                out.append((key, run["last"] + (run["sample_energy_j"], run["sample_gpu_s"])))
+                run["sample_energy_j"], run["sample_gpu_s"] = None, 0.0
+        return out
+
+
+class EnergyLedger(object):
+    """Each GPU's energy between its samples and its process lists (#18; pure:
+    values and times in). on_stats() measures a sample's interval
+    (compute_energy_interval_j) -> the sample's HISTORY_INTERVAL_KEYS, and pools
+    the energy until the GPU's next process list takes it (take(), to split among
+    its processes; the writer adds the idle part the split leaves to the open
+    rows, SeriesRollup.bump). A pool no list takes within max_gap_s (no process
+    scan) is the sample's idle. A GPU with a counter or a power reading gets
+    numbers (0.0, never null, so a stored row's avg x n is its sum); one with
+    neither gets None."""
+
+    def __init__(self, max_gap_s=HISTORY_RUN_MAX_GAP_S):
+        self.max_gap_s = max_gap_s
+        self._gpus = {}
+
+    def _gpu(self, gpu_id, epoch_s):
+        return self._gpus.setdefault(gpu_id, {"prev": None, "pool": None, "fed": epoch_s})
+
+    def on_stats(self, gpu_id, epoch_s, metrics):
+        gpu = self._gpu(gpu_id, epoch_s)
+        cur = (epoch_s, metrics.get("energy_j"), metrics.get("power_w"))
+        energy = compute_energy_interval_j(gpu["prev"], cur, self.max_gap_s)
+        dt = 0.0 if gpu["prev"] is None else epoch_s - gpu["prev"][0]
+        gpu["prev"] = cur
+        if energy is None and (_is_number(cur[1]) or _is_number(cur[2])):
+            energy = 0.0                    # the first sample, or a reset with no power
+        if energy is not None:
+            gpu["pool"] = (gpu["pool"] or 0.0) + energy
+        idle = 0.0
+        if gpu["pool"] is not None and epoch_s - gpu["fed"] > self.max_gap_s:
+            idle, gpu["pool"], gpu["fed"] = gpu["pool"], None, epoch_s
+        busy = metrics.get("gpu_busy_pct")
+        return {"energy_used_j": energy, "energy_idle_j": None if energy is None else idle,
+                "busy_s": None if not _is_number(busy) else (
+                    max(0.0, busy) / 100.0 * dt if 0 < dt <= self.max_gap_s else 0.0)}
+
+    def take(self, gpu_id, epoch_s):
+        """The energy pooled since the GPU's last process list (None: unknown)."""
+        gpu = self._gpu(gpu_id, epoch_s)
+        pool, gpu["pool"], gpu["fed"] = gpu["pool"], None, epoch_s
+        return pool
 
 
 def _max_known(old, new):
@@ -5820,7 +5961,7 @@ RUN_CSV_COLUMNS = (
     "run_id", "gpu_id", "pid", "start_time", "started", "elapsed_s", "name", "user", "cmd",
     "container", "kfd", "type", "first_seen", "last_seen", "ended", "peak_vram_bytes", "avg_vram_bytes", "peak_gtt_bytes",
     "avg_gtt_bytes", "peak_engine_pct", "avg_engine_pct", "gpu_seconds", "unit", "container_name"
-) + WHO_RUN_COLUMNS
+) + WHO_RUN_COLUMNS + ("energy_j", "vram_gib_hours")
 PROC_AT_CSV_COLUMNS = ("pid", "name", "user", "started", "elapsed_s", "vram_bytes", "gtt_bytes",
                        "engine_pct", "run_id")
 
@@ -10528,12 +10669,12 @@ def history_schema():
         " ended REAL, peak_vram INTEGER, peak_gtt INTEGER, peak_engine REAL, time_s REAL,"
         " vram_s REAL, gtt_s REAL, engine_s REAL, gpu_s REAL, samples INTEGER, started REAL,"
         " unit TEXT, container_name TEXT, k8s_namespace TEXT, k8s_pod TEXT, k8s_container TEXT,"
-        " k8s_pod_uid TEXT, slurm_job INTEGER, slurm_step TEXT,"
+        " k8s_pod_uid TEXT, slurm_job INTEGER, slurm_step TEXT, energy_j REAL,"
         " UNIQUE(boot_id, pid, start_time, gpu_id))",
         "CREATE INDEX runs_last_seen ON runs(last_seen)",
         "CREATE TABLE proc_samples(src INTEGER NOT NULL, ts INTEGER NOT NULL, run INTEGER NOT NULL,"
-        " vram_mib INTEGER, gtt_mib INTEGER, engine_pct10 INTEGER, PRIMARY KEY(src, ts, run))"
-        " WITHOUT ROWID",
+        " vram_mib INTEGER, gtt_mib INTEGER, engine_pct10 INTEGER, energy_mj INTEGER,"
+        " gpu_ms INTEGER, PRIMARY KEY(src, ts, run)) WITHOUT ROWID",
         "CREATE TABLE alerts(id INTEGER PRIMARY KEY, rule TEXT NOT NULL, gpu_id TEXT NOT NULL,"
         " started REAL NOT NULL, ended REAL, event TEXT NOT NULL, UNIQUE(rule, gpu_id, started))",
         "CREATE INDEX alerts_started ON alerts(started)",
@@ -10717,9 +10858,13 @@ def _history_add_columns(conn):
     have = set(row[1] for row in conn.execute("PRAGMA table_info(runs)"))
     if "started" not in have:            # the process's wall-clock start (files before it: null)
         conn.execute("ALTER TABLE runs ADD COLUMN started REAL")
-    for name, kind in HISTORY_WHO_COLUMN_TYPES:     # who it was (#18; files before it: null)
+    for name, kind in HISTORY_WHO_COLUMN_TYPES + (("energy_j", "REAL"),):  # #18: null before
         if name not in have:
             conn.execute("ALTER TABLE runs ADD COLUMN %s %s" % (name, kind))
+    have = set(row[1] for row in conn.execute("PRAGMA table_info(proc_samples)"))
+    for name in ("energy_mj", "gpu_ms"):    # what each sample's interval cost (#18)
+        if name not in have:
+            conn.execute("ALTER TABLE proc_samples ADD COLUMN %s INTEGER" % name)
 
 
 def _history_claim(path):
@@ -10836,7 +10981,7 @@ HISTORY_WHO_COLUMN_TYPES = (("unit", "TEXT"), ("container_name", "TEXT"),
 RUN_COLUMNS = ("boot_id", "pid", "start_time", "gpu_id", "name", "user", "uid", "cmd", "container",
                "kfd", "type", "first_seen", "last_seen", "ended", "peak_vram", "peak_gtt",
                "peak_engine", "time_s", "vram_s", "gtt_s", "engine_s", "gpu_s", "samples",
-               "started") + tuple(name for name, _ in HISTORY_WHO_COLUMN_TYPES)
+               "started") + tuple(name for name, _ in HISTORY_WHO_COLUMN_TYPES) + ("energy_j",)
 _RUN_UPSERT = (
     "INSERT INTO runs(%s) VALUES (%s) ON CONFLICT(boot_id, pid, start_time, gpu_id) DO UPDATE SET "
     % (", ".join(RUN_COLUMNS), ", ".join("?" * len(RUN_COLUMNS)))
@@ -10848,7 +10993,9 @@ _RUN_UPSERT = (
                 + ["%s = max(coalesce(%s, excluded.%s), coalesce(excluded.%s, %s))" % ((c,) * 5)
                    for c in ("peak_vram", "peak_gtt", "peak_engine")]
                 + ["%s = %s + excluded.%s" % ((c,) * 3)
-                   for c in ("time_s", "vram_s", "gtt_s", "engine_s", "gpu_s", "samples")]))
+                   for c in ("time_s", "vram_s", "gtt_s", "engine_s", "gpu_s", "samples")]
+                + ["energy_j = CASE WHEN excluded.energy_j IS NULL THEN energy_j"
+                   " ELSE coalesce(energy_j, 0) + excluded.energy_j END"]))
 
 
 def _unscale_all(values, scale, exact):
@@ -10891,7 +11038,9 @@ def history_run_json(row, now_s):
                active=run["ended"] is None, duration_s=round(run["last_seen"] - run["first_seen"], 1),
                peak_vram_bytes=run["peak_vram"], peak_gtt_bytes=run["peak_gtt"],
                peak_engine_pct=run["peak_engine"], gpu_seconds=round(run["gpu_s"] or 0.0, 3),
-               samples=run["samples"])
+               samples=run["samples"],
+               energy_j=None if run["energy_j"] is None else round(run["energy_j"], 3),
+               vram_gib_hours=round((sums["vram_s"] or 0.0) / (1 << 30) / 3600.0, 6))
     start_s = run["first_seen"] if run["started"] is None else run["started"]
     out.update(compute_proc_times(start_s, now_s if run["ended"] is None else run["ended"]))
     for name, key, peak in (("avg_vram_bytes", "vram_s", "peak_vram"),
@@ -11130,6 +11279,7 @@ class HistoryBatch(object):
         self.sources = HistorySources(self._columns)
         self._rollups, self._run_ids, self._proc_due = {}, {}, {}
         self._tracker = RunTracker()
+        self._energy = EnergyLedger()
         self.reset()
 
     def reset(self):
@@ -11165,6 +11315,8 @@ class HistoryBatch(object):
         rollup = self._rollups.get((kind, key))
         if rollup is None:
             rollup = self._rollups[(kind, key)] = SeriesRollup(len(self._columns[kind]))
+        if kind == "gpu":
+            values = dict(values, **self._energy.on_stats(key, epoch_s, values))
         self._queue_rows(kind, key, rollup.add(epoch_s, history_values(self._columns[kind], values)))
 
     def _queue_rows(self, kind, key, rows):
@@ -11177,10 +11329,15 @@ class HistoryBatch(object):
     def _add_procs(self, gpu_id, message):
         epoch_s = parse_iso_ts(message.get("ts"))
         epoch_s = self.clock() if epoch_s is None else epoch_s
-        self._tracker.feed(gpu_id, epoch_s, message.get("processes") or [])
+        idle_j = self._tracker.feed(gpu_id, epoch_s, message.get("processes") or [],
+                                    self._energy.take(gpu_id, epoch_s))
+        rollup = self._rollups.get(("gpu", gpu_id))
+        if idle_j and rollup is not None:        # the idle share lands in the open rows
+            column = [k for k, _ in self._columns["gpu"]].index("energy_idle_j")
+            rollup.bump(column, idle_j * HISTORY_INTERVAL_SCALE)
         if epoch_s >= self._proc_due.get(gpu_id, 0.0):
             self._proc_due[gpu_id] = epoch_s + HISTORY_PROC_SAMPLE_S - 0.5
-            self._proc_rows.append((gpu_id, int(epoch_s), self._tracker.active(gpu_id)))
+            self._proc_rows.append((gpu_id, int(epoch_s), self._tracker.take_sample(gpu_id)))
 
     def has_pending(self):
         return bool(any(self._pending.values()) or self._proc_rows or self._alerts
@@ -11233,13 +11390,16 @@ class HistoryBatch(object):
         rows = []
         for gpu_id, ts, active in self._proc_rows:
             src = self._source_id("gpu", gpu_id)
-            rows.append((src, ts, 0, None, None, None))   # run 0: a sample was taken (maybe empty)
-            for (_, pid, start), (vram, gtt, engine) in active:
+            rows.append((src, ts, 0, None, None, None, None, None))   # run 0: a sample was taken
+            for (_, pid, start), (vram, gtt, engine, energy, gpu_s) in active:
                 rows.append((src, ts, self._run_id(gpu_id, pid, start),
                              None if vram is None else int(vram) >> 20,
                              None if gtt is None else int(gtt) >> 20,
-                             None if engine is None else int(round(engine * 10))))
-        conn.executemany("INSERT OR REPLACE INTO proc_samples VALUES (?, ?, ?, ?, ?, ?)",
+                             None if engine is None else int(round(engine * 10)),
+                             None if energy is None else int(round(energy * 1000)),
+                             int(round(gpu_s * 1000))))
+        conn.executemany("INSERT OR REPLACE INTO proc_samples(src, ts, run, vram_mib, gtt_mib,"
+                         " engine_pct10, energy_mj, gpu_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                          [r for r in rows if r[2] is not None])
 
     def _run_id(self, gpu_id, pid, start):

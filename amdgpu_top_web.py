@@ -27,7 +27,8 @@ Endpoints (GET/HEAD only; anything else is 405)::
     /api/gpus/{id}/processes  ?at=T: who was on the GPU then (stored samples)
     /api/host                 latest host frame: CPU, load, RAM, swap, memory pressure
     /api/host/history         the host's stored history (?range=, from/to/step)
-    /api/processes            process runs (?range=, from/to, gpu=, active=)
+    /api/processes            process runs (?range=, from/to, gpu=, active=, by=&key=)
+    /api/usage                who used how much GPU, VRAM, energy (?range=, from/to, by=, gpu=)
     /api/processes/{run}/history   one run's VRAM, GTT and engine % over time
     /api/alerts               alert events (?range=30m|1h|6h|24h|7d|30d|1y, from/to)
                               (every history and alert endpoint: &format=csv)
@@ -3847,6 +3848,64 @@ class EnergyLedger(object):
         return pool
 
 
+def compute_run_clip(run, inside, whole, from_s, to_s, sample_s=HISTORY_PROC_SAMPLE_S):
+    """The part of a run (its totals: gpu_s, vram_s, energy_j) inside [from_s, to_s]
+    (#18 usage): each total x its samples' share inside the range (inside/whole:
+    sums of the run's process samples, (energy J, GPU-s, VRAM MiB, count, first
+    ts)); where the samples do not cover the run (older than their 7 days, or
+    none) or a quantity has none, x the share of its time in the range."""
+    first, last = run["first_seen"], run["last_seen"]
+    lo, hi = max(first, from_s), min(last, to_s)
+    time_share = 1.0 if last <= first else max(0.0, hi - lo) / (last - first)
+    covered = whole[3] > 0 and whole[4] is not None and whole[4] <= first + 2 * sample_s
+    out = dict(run, first_seen=lo, last_seen=hi)
+    for i, name in enumerate(("energy_j", "gpu_s", "vram_s")):
+        if run.get(name) is None:
+            continue
+        share = (inside[i] or 0.0) / whole[i] if covered and whole[i] else time_share
+        out[name] = run[name] * share
+    return out
+
+
+def compute_usage_rows(groups):
+    """Per-key parts (dicts: key, runs, gpu_s, vram_s, energy_j or None,
+    peak_vram, first_seen, last_seen) -> one merged dict per key, busiest first."""
+    merged = collections.OrderedDict()
+    for part in groups:
+        row = merged.get(part["key"])
+        if row is None:
+            merged[part["key"]] = dict(part)
+            continue
+        for name in ("runs", "gpu_s", "vram_s"):
+            row[name] = (row[name] or 0) + (part[name] or 0)
+        if part["energy_j"] is not None:
+            row["energy_j"] = (row["energy_j"] or 0.0) + part["energy_j"]
+        row["peak_vram"] = _max_known(row["peak_vram"], part["peak_vram"])
+        row["first_seen"] = min(row["first_seen"], part["first_seen"])
+        row["last_seen"] = max(row["last_seen"], part["last_seen"])
+    return sorted(merged.values(), key=lambda r: (-(r["gpu_s"] or 0), str(r["key"])))
+
+
+def compute_usage_totals(rows, gpus):
+    """(totals of the rows, the GPUs' own totals, unattributed = the GPUs' less the
+    rows'): gpu_s and energy_j add up by construction; energy_j None where no
+    GPU measured any. unattributed's gpu_s is negative where the processes'
+    engine time exceeds the GPU's busy time (several engines at once)."""
+    totals = {"runs": sum(r["runs"] for r in rows), "gpu_s": sum(r["gpu_s"] or 0 for r in rows),
+              "vram_s": sum(r["vram_s"] or 0 for r in rows),
+              "energy_j": sum(r["energy_j"] or 0.0 for r in rows), "peak_vram": None}
+    for row in rows:
+        totals["peak_vram"] = _max_known(totals["peak_vram"], row["peak_vram"])
+    known = [g for g in gpus if g["energy_j"] is not None]
+    own = {"busy_s": sum(g["busy_s"] or 0.0 for g in gpus),
+           "energy_j": sum(g["energy_j"] for g in known) if known else None,
+           "idle_j": sum(g["idle_j"] or 0.0 for g in known) if known else None}
+    unattributed = {"gpu_s": own["busy_s"] - totals["gpu_s"],
+                    "energy_j": None if own["energy_j"] is None else
+                    own["energy_j"] - totals["energy_j"], "idle_j": own["idle_j"]}
+    return totals, own, unattributed
+
+
 def _max_known(old, new):
     if not isinstance(new, (int, float)):
         return old
@@ -5036,7 +5095,7 @@ SIMPLE_ROUTES = {"/api/gpus": "gpus", "/api/host": "host", "/api/healthz": "heal
                  "/api/version": "version", "/ws": "ws", "/favicon.ico": "favicon",
                  "/plain": "plain", "/metrics": "metrics", "/debug/threads": "debug_threads",
                  "/debug/memory": "debug_memory", "/api/host/history": "host_history",
-                 "/api/processes": "processes",
+                 "/api/processes": "processes", "/api/usage": "usage",
                  "/api/fleet": "fleet", "/api/fleet/host": "fleet_host"}
 
 
@@ -5070,7 +5129,10 @@ UNIX_TIME_RE = re.compile(r"^[0-9]{1,11}(?:\.[0-9]{1,9})?$", re.ASCII)
 UNIX_TIME_MAX_S = 1e11                   # the year 5138: a typo, never a time with history
 
 HISTORY_PARAMS = ("from", "to", "range", "step", "format")
-RUNS_PARAMS = ("from", "to", "range", "gpu", "active", "format")
+RUNS_PARAMS = ("from", "to", "range", "gpu", "active", "by", "key", "format")
+# /api/usage (#18): one row per `by` key (USAGE_BY: the run fields each groups by)
+USAGE_PARAMS = ("from", "to", "range", "by", "gpu", "format")
+USAGE_BY = ("user", "unit", "container", "pod", "namespace", "job", "name")
 ALERTS_PARAMS = ("from", "to", "range", "format")
 AT_PARAMS = ("at", "format")
 RUN_PARAMS = ("format",)
@@ -5082,12 +5144,14 @@ ROUTE_PARAMS = {
     "gpus": (), "host": (), "healthz": (), "readyz": (), "version": (),
     "gpu_metrics": (), "gpu_procs": (), "gpu_history": HISTORY_PARAMS,
     "gpu_processes": AT_PARAMS, "host_history": HISTORY_PARAMS, "processes": RUNS_PARAMS,
-    "run_history": RUN_PARAMS, "alerts": ALERTS_PARAMS,
+    "run_history": RUN_PARAMS, "alerts": ALERTS_PARAMS, "usage": USAGE_PARAMS,
     "fleet": (), "fleet_host": (),
 }
 
 HistoryQuery = collections.namedtuple("HistoryQuery", "from_s to_s step_s format")
-RunsQuery = collections.namedtuple("RunsQuery", "from_s to_s gpu_id active format")
+RunsQuery = collections.namedtuple("RunsQuery", "from_s to_s gpu_id active format by key",
+                                   defaults=(None, None))
+UsageQuery = collections.namedtuple("UsageQuery", "from_s to_s by gpu_id format")
 AtQuery = collections.namedtuple("AtQuery", "at_s format")
 
 
@@ -5204,10 +5268,35 @@ def parse_runs_query(query, now_s):
             active = parse_bool(params["active"])
         except ValueError:
             raise QueryError("parameter 'active': expected true or false")
+    by, key = params.get("by"), params.get("key")
+    if (by is None) != (key is None):
+        raise QueryError("parameters 'by' and 'key' go together (key= empty: runs without one)")
+    if by is not None:
+        _parse_usage_by(params)
+    return RunsQuery(from_s, to_s, _parse_gpu(params), active, _parse_format(params), by,
+                     key if key else None)
+
+
+def _parse_gpu(params):
     gpu_id = params.get("gpu") or None
     if gpu_id is not None and not GPU_ID_RE.match(gpu_id):
         raise QueryError("parameter 'gpu': not a GPU id")
-    return RunsQuery(from_s, to_s, gpu_id, active, _parse_format(params))
+    return gpu_id
+
+
+def _parse_usage_by(params):
+    by = params.get("by", "user")
+    if by not in USAGE_BY:
+        raise QueryError("parameter 'by': expected one of %s" % ", ".join(USAGE_BY))
+    return by
+
+
+def parse_usage_query(query, now_s):
+    """?range=|from=&to= (default the last 7 days) &by= &gpu= &format= of /api/usage."""
+    params = parse_query_string(query, USAGE_PARAMS)
+    from_s, to_s = parse_window(params, now_s, "7d")
+    return UsageQuery(from_s, to_s, _parse_usage_by(params), _parse_gpu(params),
+                      _parse_format(params))
 
 
 def parse_alerts_query(query, now_s):
@@ -5894,6 +5983,42 @@ def build_live_history_answer(gpu_id, ring, now_s):
                                series)
 
 
+def _kwh(joules):
+    return None if joules is None else round(joules / 3.6e6, 6)
+
+
+def _usage_json(row):
+    return {"key": row["key"], "gpu_hours": round((row["gpu_s"] or 0) / 3600.0, 6),
+            "vram_gib_hours": round((row["vram_s"] or 0) / float(1 << 30) / 3600.0, 6),
+            "energy_kwh": _kwh(row["energy_j"]), "runs": row["runs"],
+            "peak_vram_bytes": row["peak_vram"],
+            "first_seen": None if row.get("first_seen") is None else format_ts(row["first_seen"]),
+            "last_seen": None if row.get("last_seen") is None else format_ts(row["last_seen"])}
+
+
+def build_usage_answer(from_s, to_s, by, gpu_id, rows, gpus):
+    """GET /api/usage: one row per key (compute_usage_rows), their totals, the
+    GPUs' own totals from their series and the unattributed rest, so that
+    totals + unattributed = gpu_totals (GPU-hours, energy)."""
+    totals, own, rest = compute_usage_totals(rows, gpus)
+    total = _usage_json(dict(totals, key=None,
+                             first_seen=min(r["first_seen"] for r in rows) if rows else None,
+                             last_seen=max(r["last_seen"] for r in rows) if rows else None))
+    return {"from": format_ts(from_s), "to": format_ts(to_s), "by": by, "gpu": gpu_id,
+            "rows": [_usage_json(r) for r in rows], "totals": total,
+            "unattributed": {"gpu_hours": round(rest["gpu_s"] / 3600.0, 6),
+                             "energy_kwh": _kwh(rest["energy_j"]),
+                             "idle_energy_kwh": _kwh(rest["idle_j"])},
+            "gpu_totals": {"gpu_hours": round(own["busy_s"] / 3600.0, 6),
+                           "energy_kwh": _kwh(own["energy_j"]),
+                           "idle_energy_kwh": _kwh(own["idle_j"])},
+            "gpus": [{"gpu_id": g["gpu_id"], "tier": g["tier"],
+                      "gpu_hours": round((g["busy_s"] or 0.0) / 3600.0, 6),
+                      "energy_kwh": _kwh(g["energy_j"]), "idle_energy_kwh": _kwh(g["idle_j"])}
+                     for g in gpus],
+            "estimate": "energy: each interval's GPU energy split by engine time (README)"}
+
+
 def build_run_history_answer(run, ts_ms, series):
     """GET /api/processes/{run_id}/history: the run, then its samples (every 10 s)."""
     return {"run": run, "ts": ts_ms, "series": series}
@@ -6010,6 +6135,18 @@ def columns_csv(ts_ms, series):
 def runs_csv(runs):
     """The runs answer as CSV: k8s and slurm as their flat columns (k8s_pod, slurm_job...)."""
     return records_csv([dict(run, **compute_who_columns(run)) for run in runs], RUN_CSV_COLUMNS)
+
+
+USAGE_CSV_COLUMNS = ("key", "gpu_hours", "vram_gib_hours", "energy_kwh", "runs",
+                     "peak_vram_bytes", "first_seen", "last_seen")
+
+
+def usage_csv(answer):
+    """The usage answer as CSV: a row per key, then "(unattributed)" and "(all GPUs)"
+    (the GPUs' own totals: the column sums of the rows above)."""
+    extra = [dict(answer["unattributed"], key="(unattributed)"),
+             dict(answer["gpu_totals"], key="(all GPUs)")]
+    return records_csv(answer["rows"] + extra, USAGE_CSV_COLUMNS)
 
 
 def records_csv(records, columns):
@@ -10998,6 +11135,28 @@ _RUN_UPSERT = (
                    " ELSE coalesce(energy_j, 0) + excluded.energy_j END"]))
 
 
+# /api/usage's keys (USAGE_BY) as SQL over the runs table's columns.
+USAGE_KEY_SQL = {"user": "user", "unit": "unit", "container": "coalesce(container_name, container)",
+                 "pod": "CASE WHEN k8s_pod IS NULL THEN NULL ELSE coalesce(k8s_namespace, '') ||"
+                        " '/' || k8s_pod END",
+                 "namespace": "k8s_namespace", "job": "slurm_job", "name": "name"}
+_USAGE_PART = ("key", "runs", "gpu_s", "vram_s", "energy_j", "peak_vram", "first_seen", "last_seen")
+_USAGE_EDGE = ("id", "gpu_id", "key", "first_seen", "last_seen", "gpu_s", "vram_s", "energy_j",
+               "peak_vram")
+
+
+def _runs_where(from_s, to_s, gpu_id=None, by=None, key=None):
+    """The runs seen in [from_s, to_s] (of one GPU; whose `by` is key, None: none)."""
+    sql, args = "last_seen >= ? AND first_seen <= ?", [from_s, to_s]
+    if gpu_id is not None:
+        sql += " AND gpu_id = ?"
+        args.append(gpu_id)
+    if by is not None:
+        sql += " AND %s %s" % (USAGE_KEY_SQL[by], "IS NULL" if key is None else "= ?")
+        args += [] if key is None else [key]
+    return sql, args
+
+
 def _unscale_all(values, scale, exact):
     """Stored integers (exact) or SQL means (floats) -> the metric's own unit,
     a whole column at once (a chart has ~60 of them: no call per value)."""
@@ -11152,15 +11311,12 @@ class HistoryReader(object):
                 entry[part] = _scatter(values, buckets, count, full, None)
         out["series"] = series
 
-    def query_runs(self, from_s, to_s, gpu_id=None, active=None):
+    def query_runs(self, from_s, to_s, gpu_id=None, active=None, by=None, key=None):
         """Runs seen in [from_s, to_s] (newest first), of one GPU or all; active
-        True/False keeps only running/ended ones."""
-        sql = "SELECT id, %s FROM runs WHERE last_seen >= ? AND first_seen <= ?" % ", ".join(
-            RUN_COLUMNS)
-        args = [from_s, to_s]
-        if gpu_id is not None:
-            sql += " AND gpu_id = ?"
-            args.append(gpu_id)
+        True/False keeps only running/ended ones; by (USAGE_BY): those whose key
+        is `key` (None: those without one), the runs behind a usage row."""
+        where, args = _runs_where(from_s, to_s, gpu_id, by, key)
+        sql = "SELECT id, %s FROM runs WHERE %s" % (", ".join(RUN_COLUMNS), where)
         if active is not None:
             sql += " AND ended IS NULL" if active else " AND ended IS NOT NULL"
         sql += " ORDER BY last_seen DESC LIMIT %d" % HISTORY_QUERY_MAX_ROWS
@@ -11220,6 +11376,68 @@ class HistoryReader(object):
                 out["processes"].append(run)
             return out
         return self._read(work, out)
+
+    def query_usage(self, from_s, to_s, by, gpu_id=None):
+        """GET /api/usage (#18): the runs seen in [from_s, to_s] grouped by `by`
+        (those crossing an edge clipped, compute_run_clip), and each GPU's own
+        totals from its series (build_usage_answer)."""
+        def work(conn):
+            rows = compute_usage_rows(self._usage_parts(conn, from_s, to_s, by, gpu_id))
+            return build_usage_answer(from_s, to_s, by, gpu_id, rows,
+                                      self._usage_gpus(conn, from_s, to_s, gpu_id))
+        return self._read(work, build_usage_answer(from_s, to_s, by, gpu_id, [], []))
+
+    def _usage_parts(self, conn, from_s, to_s, by, gpu_id):
+        where, args = _runs_where(from_s, to_s, gpu_id)
+        key = USAGE_KEY_SQL[by]
+        parts = [dict(zip(_USAGE_PART, r)) for r in conn.execute(
+            "SELECT %s AS k, count(*), sum(gpu_s), sum(vram_s), sum(energy_j), max(peak_vram),"
+            " min(first_seen), max(last_seen) FROM runs WHERE %s AND first_seen >= ? AND"
+            " last_seen <= ? GROUP BY k" % (key, where), args + [from_s, to_s])]
+        srcs = {}
+        for r in conn.execute("SELECT id, gpu_id, %s, first_seen, last_seen, gpu_s, vram_s, energy_j,"
+                              " peak_vram FROM runs WHERE %s AND (first_seen < ? OR last_seen > ?)"
+                              % (key, where), args + [from_s, to_s]).fetchall():
+            run = dict(zip(_USAGE_EDGE, r))
+            if run["gpu_id"] not in srcs:
+                srcs[run["gpu_id"]] = (read_history_source(conn, "gpu", run["gpu_id"]) or (-1,))[0]
+            sums = ("SELECT sum(energy_mj) / 1000.0, sum(gpu_ms) / 1000.0, sum(vram_mib), count(*),"
+                    " min(ts) FROM proc_samples WHERE src = ? AND ts >= ? AND ts <= ? AND run = ?")
+            src = srcs[run["gpu_id"]]
+            whole = conn.execute(sums, (src, int(run["first_seen"]), run["last_seen"],
+                                        run["id"])).fetchone()
+            inside = conn.execute(sums, (src, max(int(run["first_seen"]), int(from_s) + 1),
+                                         min(run["last_seen"], to_s), run["id"])).fetchone()
+            parts.append(dict(compute_run_clip(run, inside, whole, from_s, to_s), runs=1))
+        return parts
+
+    def _usage_gpus(self, conn, from_s, to_s, gpu_id):
+        """Each GPU's own energy, idle share and busy seconds in the range: the
+        finest roll-up tier that still holds from_s, then (1 min tier) the
+        1 s rows after its last row (the open minute)."""
+        now = self.clock()
+        tier = next((name for name, step, keep in HISTORY_TIERS if step >= 60 and now - keep <= from_s),
+                    HISTORY_TIERS[-1][0])
+        sums = ("SELECT sum(energy_used_j%s * n), sum(energy_idle_j%s * n), sum(busy_s%s * n),"
+                " count(energy_used_j%s), max(ts) FROM %s WHERE src = ? AND ts >= ? AND ts < ?")
+        out = []
+        for src, key in conn.execute("SELECT id, key FROM sources WHERE kind = 'gpu' ORDER BY key"
+                                     ).fetchall():
+            if gpu_id is not None and key != gpu_id:
+                continue
+            row = conn.execute(sums % (("_avg",) * 4 + (_history_table("gpu", tier),)),
+                               (src, from_s, to_s)).fetchone()
+            parts = [row]
+            if tier == "1m":
+                tail = from_s if row[4] is None else max(from_s, row[4] + 60)
+                parts.append(conn.execute(sums % (("",) * 4 + (_history_table("gpu", "raw"),)),
+                                          (src, tail, to_s)).fetchone())
+            known = sum(p[3] for p in parts)
+            total = [sum(p[i] or 0 for p in parts) / HISTORY_INTERVAL_SCALE for i in range(3)]
+            out.append({"gpu_id": key, "tier": tier, "busy_s": total[2],
+                        "energy_j": total[0] if known else None,
+                        "idle_j": total[1] if known else None})
+        return out
 
     def query_alerts(self, from_s, to_s):
         """Alert events active at some time in [from_s, to_s], oldest first."""
@@ -12748,9 +12966,16 @@ class Routes(object):
     def route_processes(self, _):
         query, store = self._prepare(parse_runs_query)
         if store is not None:
-            runs = store.query_runs(query.from_s, query.to_s, query.gpu_id, query.active)
+            runs = store.query_runs(query.from_s, query.to_s, query.gpu_id, query.active,
+                                    query.by, query.key)
             self._answer(query.format, build_runs_answer(query.from_s, query.to_s, runs),
                          lambda: runs_csv(runs), "processes")
+
+    def route_usage(self, _):
+        query, store = self._prepare(parse_usage_query)
+        if store is not None:
+            result = store.query_usage(query.from_s, query.to_s, query.by, query.gpu_id)
+            self._answer(query.format, result, lambda: usage_csv(result), "usage-" + query.by)
 
     def route_run_history(self, run_id):
         fmt, store = self._prepare(parse_run_query)

@@ -70,6 +70,7 @@ def test_every_shape_has_an_example():
         "identity", "stats", "procs", "host", "gpus", "alert", "hello", "hello.history", "history",
         "subscribed", "pong", "error", "api.gpus", "api.error", "api.healthz", "api.readyz",
         "api.version", "api.alerts", "api.processes", "api.run_history", "api.gpu_processes",
+        "api.usage",
         "once", "fleet", "api.fleet_host"}
 
 
@@ -116,6 +117,15 @@ def test_answer_builders_make_the_documented_keys():
                                                    "engine_pct": []})) == keys("api.run_history")
     assert set(m.build_procs_at_answer("card1", T, None, [])) == keys("api.gpu_processes")
     assert set(m.build_once_snapshot("1", T, 0.5, None, [])) == keys("once")
+    part = dict(key="alice", runs=1, gpu_s=1.0, vram_s=1.0, energy_j=1.0, peak_vram=1,
+                first_seen=T, last_seen=T)
+    gpu = dict(gpu_id="card0", tier="1m", busy_s=1.0, energy_j=1.0, idle_j=0.0)
+    usage = m.build_usage_answer(T, T, "user", None, m.compute_usage_rows([part]), [gpu])
+    assert set(usage) == keys("api.usage")
+    for part_name in ("totals", "unattributed", "gpu_totals"):
+        assert set(usage[part_name]) == keys("api.usage", [part_name]), part_name
+    assert set(usage["rows"][0]) == keys("api.usage", ["rows", 0])
+    assert set(usage["gpus"][0]) == keys("api.usage", ["gpus", 0])
 
 
 def test_fleet_builders_make_the_documented_keys():

@@ -3848,22 +3848,23 @@ class EnergyLedger(object):
         return pool
 
 
-def compute_run_clip(run, inside, whole, from_s, to_s, sample_s=HISTORY_PROC_SAMPLE_S):
+def compute_run_clip(run, inside, from_s, to_s, sample_s=HISTORY_PROC_SAMPLE_S):
     """The part of a run (its totals: gpu_s, vram_s, energy_j) inside [from_s, to_s]
-    (#18 usage): each total x its samples' share inside the range (inside/whole:
-    sums of the run's process samples, (energy J, GPU-s, VRAM MiB, count, first
-    ts)); where the samples do not cover the run (older than their 7 days, or
-    none) or a quantity has none, x the share of its time in the range."""
+    (#18 usage): the sums of its process samples in the range (inside: energy J,
+    GPU-s, VRAM MiB, count; each sample holds the 10 s before it), no more than
+    the run's totals; without samples there (older than their 7 days, none
+    taken) or for a quantity they lack, the total x the share of its time inside."""
     first, last = run["first_seen"], run["last_seen"]
     lo, hi = max(first, from_s), min(last, to_s)
     time_share = 1.0 if last <= first else max(0.0, hi - lo) / (last - first)
-    covered = whole[3] > 0 and whole[4] is not None and whole[4] <= first + 2 * sample_s
     out = dict(run, first_seen=lo, last_seen=hi)
+    found = inside is not None and inside[3] > 0
     for i, name in enumerate(("energy_j", "gpu_s", "vram_s")):
         if run.get(name) is None:
             continue
-        share = (inside[i] or 0.0) / whole[i] if covered and whole[i] else time_share
-        out[name] = run[name] * share
+        value = None if not found or inside[i] is None else (
+            inside[i] * (1 << 20) * sample_s if name == "vram_s" else inside[i])
+        out[name] = run[name] * time_share if value is None else min(run[name], value)
     return out
 
 
@@ -10816,7 +10817,18 @@ def history_schema():
         " started REAL NOT NULL, ended REAL, event TEXT NOT NULL, UNIQUE(rule, gpu_id, started))",
         "CREATE INDEX alerts_started ON alerts(started)",
     ]
-    return stmts
+    return stmts + history_usage_index_sql()
+
+
+# Indexes for /api/usage (#18), made with the tables and added to older files: the
+# roll-up tiers' interval sums, narrow (a GPU's row has ~200 columns), covering its query.
+HISTORY_USAGE_INDEXES = tuple("gpu_%s_usage" % t for t in ("m1", "m10", "h1"))
+
+
+def history_usage_index_sql():
+    return ["CREATE INDEX IF NOT EXISTS %s ON %s(src, ts, n, %s)" % (
+        name, name[:-len("_usage")], ", ".join(k + "_avg" for k in HISTORY_INTERVAL_KEYS))
+        for name in HISTORY_USAGE_INDEXES]
 
 
 def _merge_sql(table, names):
@@ -11002,6 +11014,8 @@ def _history_add_columns(conn):
     for name in ("energy_mj", "gpu_ms"):    # what each sample's interval cost (#18)
         if name not in have:
             conn.execute("ALTER TABLE proc_samples ADD COLUMN %s INTEGER" % name)
+    for stmt in history_usage_index_sql():
+        conn.execute(stmt)
 
 
 def _history_claim(path):
@@ -11394,22 +11408,40 @@ class HistoryReader(object):
             "SELECT %s AS k, count(*), sum(gpu_s), sum(vram_s), sum(energy_j), max(peak_vram),"
             " min(first_seen), max(last_seen) FROM runs WHERE %s AND first_seen >= ? AND"
             " last_seen <= ? GROUP BY k" % (key, where), args + [from_s, to_s])]
-        srcs = {}
-        for r in conn.execute("SELECT id, gpu_id, %s, first_seen, last_seen, gpu_s, vram_s, energy_j,"
-                              " peak_vram FROM runs WHERE %s AND (first_seen < ? OR last_seen > ?)"
-                              % (key, where), args + [from_s, to_s]).fetchall():
-            run = dict(zip(_USAGE_EDGE, r))
-            if run["gpu_id"] not in srcs:
-                srcs[run["gpu_id"]] = (read_history_source(conn, "gpu", run["gpu_id"]) or (-1,))[0]
-            sums = ("SELECT sum(energy_mj) / 1000.0, sum(gpu_ms) / 1000.0, sum(vram_mib), count(*),"
-                    " min(ts) FROM proc_samples WHERE src = ? AND ts >= ? AND ts <= ? AND run = ?")
-            src = srcs[run["gpu_id"]]
-            whole = conn.execute(sums, (src, int(run["first_seen"]), run["last_seen"],
-                                        run["id"])).fetchone()
-            inside = conn.execute(sums, (src, max(int(run["first_seen"]), int(from_s) + 1),
-                                         min(run["last_seen"], to_s), run["id"])).fetchone()
-            parts.append(dict(compute_run_clip(run, inside, whole, from_s, to_s), runs=1))
-        return parts
+        edges = [dict(zip(_USAGE_EDGE, r)) for r in conn.execute(
+            "SELECT id, gpu_id, %s, first_seen, last_seen, gpu_s, vram_s, energy_j, peak_vram"
+            " FROM runs WHERE %s AND (first_seen < ? OR last_seen > ?)" % (key, where),
+            args + [from_s, to_s])]
+        inside = self._edge_samples(conn, edges, from_s, to_s)
+        return parts + [dict(compute_run_clip(run, inside.get(run["id"]), from_s, to_s), runs=1)
+                        for run in edges]
+
+    def _edge_samples(self, conn, edges, from_s, to_s):
+        """{run id: (energy J, GPU-s, VRAM MiB, count)} of the runs that cross one edge of
+        the range, from their samples inside it: one grouped scan per GPU and edge, over
+        the stretch those runs spend inside. None where the samples (7 days) do not
+        reach back to from_s, and for runs crossing both edges (their share of time)."""
+        if from_s < self.clock() - HISTORY_PROC_KEEP_S + 2 * HISTORY_PROC_SAMPLE_S:
+            return {}
+        windows = {}
+        for run in edges:
+            if (run["first_seen"] < from_s) == (run["last_seen"] > to_s):
+                continue                              # both edges
+            lo, hi = ((from_s, run["last_seen"]) if run["first_seen"] < from_s
+                      else (run["first_seen"] - 1, to_s))     # its first sample: at int(first)
+            w = windows.setdefault((run["gpu_id"], run["first_seen"] < from_s), [lo, hi, set()])
+            w[0], w[1] = min(w[0], lo), max(w[1], hi)
+            w[2].add(run["id"])
+        out = {}
+        for (gpu_id, _), (lo, hi, ids) in windows.items():
+            src = read_history_source(conn, "gpu", gpu_id)
+            for r in conn.execute("SELECT run, sum(energy_mj) / 1000.0, sum(gpu_ms) / 1000.0,"
+                                  " sum(vram_mib), count(*) FROM proc_samples WHERE src = ? AND"
+                                  " ts > ? AND ts <= ? GROUP BY run",
+                                  (src[0] if src else -1, lo, hi)):
+                if r[0] in ids:
+                    out[r[0]] = r[1:]
+        return out
 
     def _usage_gpus(self, conn, from_s, to_s, gpu_id):
         """Each GPU's own energy, idle share and busy seconds in the range: the

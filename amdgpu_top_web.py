@@ -151,6 +151,13 @@ Paths (the names to visit, place by place; "§N" is the section of that place)::
            parse_slurm_cgroup, compute_who_columns
       §8   ProcEnricher.who, WhoNames.fields, make_who_names
       §13  HistoryReader.query_runs, history_run_json
+    What a run cost (energy split by engine time, #18)
+      §4   compute_energy_interval_j, EnergyLedger, compute_energy_split, RunTracker.feed
+      §13  HistoryBatch._add_sample, HistoryBatch._add_procs
+    The usage report (/api/usage?range=7d&by=user)
+      §4   compute_run_clip, compute_usage_rows, compute_usage_totals
+      §6   parse_usage_query, build_usage_answer, usage_csv
+      §13  HistoryReader.query_usage, HistoryReader._edge_samples, HistoryReader._usage_gpus
     Adding a vendor (a checklist: the page shows what the server sends)
       §2   INTEL_DRIVERS, VENDOR_LABELS, VENDOR_DISPLAY, INTEL_LAYOUT
       §4   plan_intel_hwmon, parse_throttle_flags, compute_energy_power_w

@@ -215,4 +215,7 @@ def test_an_old_file_gains_the_energy_columns(tmp_path):
     indexes = set(r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'"))
     assert set(m.HISTORY_USAGE_INDEXES) <= indexes
     conn.close()
+    usage = dict((r["key"], r) for r in store.reader.query_usage(T0 - 100, T0 + 300, "name")["rows"])
+    assert usage["p1"]["energy_kwh"] > 0 and usage[None]["energy_kwh"] is None   # the old run
+    assert usage[None]["gpu_hours"] == pytest.approx(30 / 3600.0, abs=1e-6)
     store.close()

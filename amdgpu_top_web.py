@@ -11537,6 +11537,7 @@ class HistoryBatch(object):
         self._rollups, self._run_ids, self._proc_due = {}, {}, {}
         self._tracker = RunTracker()
         self._energy = EnergyLedger()
+        self._idle_column = [k for k, _ in self._columns["gpu"]].index("energy_idle_j")
         self.reset()
 
     def reset(self):
@@ -11590,8 +11591,7 @@ class HistoryBatch(object):
                                     self._energy.take(gpu_id, epoch_s))
         rollup = self._rollups.get(("gpu", gpu_id))
         if idle_j and rollup is not None:        # the idle share lands in the open rows
-            column = [k for k, _ in self._columns["gpu"]].index("energy_idle_j")
-            rollup.bump(column, idle_j * HISTORY_INTERVAL_SCALE)
+            rollup.bump(self._idle_column, idle_j * HISTORY_INTERVAL_SCALE)
         if epoch_s >= self._proc_due.get(gpu_id, 0.0):
             self._proc_due[gpu_id] = epoch_s + HISTORY_PROC_SAMPLE_S - 0.5
             self._proc_rows.append((gpu_id, int(epoch_s), self._tracker.take_sample(gpu_id)))

@@ -27,7 +27,8 @@ Endpoints (GET/HEAD only; anything else is 405)::
     /api/gpus/{id}/processes  ?at=T: who was on the GPU then (stored samples)
     /api/host                 latest host frame: CPU, load, RAM, swap, memory pressure
     /api/host/history         the host's stored history (?range=, from/to/step)
-    /api/processes            process runs (?range=, from/to, gpu=, active=)
+    /api/processes            process runs (?range=, from/to, gpu=, active=, by=&key=)
+    /api/usage                who used how much GPU, VRAM, energy (?range=, from/to, by=, gpu=)
     /api/processes/{run}/history   one run's VRAM, GTT and engine % over time
     /api/alerts               alert events (?range=30m|1h|6h|24h|7d|30d|1y, from/to)
                               (every history and alert endpoint: &format=csv)
@@ -171,6 +172,13 @@ Paths (the names to visit, place by place; "§N" is the section of that place)::
            parse_slurm_cgroup, compute_who_columns
       §8   ProcEnricher.who, WhoNames.fields, make_who_names
       §13  HistoryReader.query_runs, history_run_json
+    What a run cost (energy split by engine time, #18)
+      §4   compute_energy_interval_j, EnergyLedger, compute_energy_split, RunTracker.feed
+      §13  HistoryBatch._add_sample, HistoryBatch._add_procs
+    The usage report (/api/usage?range=7d&by=user)
+      §4   compute_run_clip, compute_usage_rows, compute_usage_totals
+      §6   parse_usage_query, build_usage_answer, usage_csv
+      §13  HistoryReader.query_usage, HistoryReader._edge_samples, HistoryReader._usage_gpus
     Adding a vendor (a checklist: the page shows what the server sends)
       §2   INTEL_DRIVERS, VENDOR_LABELS, VENDOR_DISPLAY, INTEL_LAYOUT
       §4   plan_intel_hwmon, parse_throttle_flags, compute_energy_power_w
@@ -588,6 +596,12 @@ HISTORY_HOST_KEYS = HOST_KEYS        # the store keeps a column per host key
 HISTORY_SCALES = (("_bytes", 1.0 / (1 << 20)), ("_pct", 10.0), ("_c", 10.0), ("_w", 10.0),
                   ("_gts", 10.0), ("_avg10", 100.0), ("throttled", 1000.0))
 HISTORY_LOAD_SCALE = 100.0
+# What each GPU sample cost, added by the writer as series columns whose stored avg x n
+# is their sum over any row (#18): energy measured over the interval (counter, else
+# power x time), the part of it no process's engine time accounts for, busy GPU-seconds.
+HISTORY_INTERVAL_KEYS = ("energy_used_j", "energy_idle_j", "busy_s")
+HISTORY_INTERVAL_SCALE = 1000.0      # stored in thousandths (mJ, ms): sums stay exact
+ENERGY_MAX_W = 100000.0              # a counter step above this is a glitch, not energy (all-smi)
 
 
 # -- VRAM forecast, alerts and the webhook (history-insight.md §6-7) --------
@@ -3462,6 +3476,8 @@ def history_scale(key):
     """The fixed unit a history column is stored in: stored = round(value * scale)."""
     if key.startswith("load"):
         return HISTORY_LOAD_SCALE
+    if key in HISTORY_INTERVAL_KEYS:
+        return HISTORY_INTERVAL_SCALE
     for suffix, scale in HISTORY_SCALES:
         if key.endswith(suffix):
             return scale
@@ -3472,7 +3488,8 @@ def history_columns(kind):
     """(key, scale) per stored column: every numeric GPU metric plus `throttled`,
     or the host keys."""
     keys = HISTORY_HOST_KEYS if kind == "host" else tuple(
-        k for k in METRIC_KEYS if k not in HISTORY_NOT_NUMERIC) + ("throttled",)
+        k for k in METRIC_KEYS if k not in HISTORY_NOT_NUMERIC) + ("throttled",) + \
+        HISTORY_INTERVAL_KEYS
     return tuple((key, history_scale(key)) for key in keys)
 
 
@@ -3555,6 +3572,15 @@ class SeriesRollup(object):
                         None if hi is None else int(round(hi))))
         return tuple(row)
 
+    def bump(self, index, value):
+        """Add value to column `index` of the open rows (a sum that arrives
+        between samples: their count stays); False when none is open."""
+        if self._sec is None or self._min is None or self._sec[3][index] == 0:
+            return False
+        self._sec[2][index] += value
+        self._min[3][index] += value
+        return True
+
     def flush(self):
         rows = []
         if self._sec is not None:
@@ -3630,6 +3656,69 @@ def _engine_pct(row):
     return (max(values) if values else None), (sum(values) if values else None)
 
 
+def compute_energy_interval_j(prev, cur, max_gap_s=HISTORY_RUN_MAX_GAP_S):
+    """The GPU's energy between two samples (#18), in joules, or None when it has
+    neither a counter nor a power reading. prev/cur: (epoch_s, energy_j counter or
+    None, power_w or None). The counter's step where both readings have one; a
+    counter that went back (driver reload, reset, wrap) or jumped past
+    ENERGY_MAX_W falls back to the mean power x the time; 0.0 over a gap longer
+    than max_gap_s or a clock that went back: that time is not measured, so it
+    is neither counted nor attributed."""
+    if prev is None:
+        return None
+    dt = cur[0] - prev[0]
+    if not 0 < dt <= max_gap_s:
+        return 0.0
+    if _is_number(prev[1]) and _is_number(cur[1]):
+        step = cur[1] - prev[1]
+        if 0 <= step <= ENERGY_MAX_W * dt:
+            return float(step)
+    powers = [p for p in (prev[2], cur[2]) if _is_number(p) and p >= 0]
+    if not powers:
+        return None
+    return min(ENERGY_MAX_W, sum(powers) / len(powers)) * dt
+
+
+def _is_number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
+
+
+def compute_engine_s_per_s(row):
+    """Engine-seconds per second of a process row: gpu_time_ms_per_s / 1000, else
+    the sum of its engines' % / 100 (as runs' gpu_s counts it), None when unknown."""
+    ms_per_s = row.get("gpu_time_ms_per_s")
+    if _is_number(ms_per_s):
+        return max(0.0, ms_per_s / 1000.0)
+    return None if _engine_pct(row)[1] is None else max(0.0, _engine_pct(row)[1] / 100.0)
+
+
+def compute_energy_split(energy_j, shares):
+    """One interval's GPU energy split among its processes (#18, an estimate):
+    -> ([joules per process], idle joules); the parts add up to energy_j.
+
+    shares: per process (engine-seconds per second or None, VRAM bytes or None).
+    With engine time known for any process, the GPU counts as busy for the
+    fraction b = min(1, sum of engine-s/s) of the interval; energy_j x b is
+    split by engine time, the rest is idle: energy no process's engine time
+    accounts for. With no engine time known at all,
+    the whole of it is split by VRAM share. No processes, or nothing to weigh
+    them by: all idle."""
+    if not energy_j or energy_j <= 0:
+        return [0.0 if energy_j is not None else None] * len(shares), energy_j
+    engine = [e for e, _ in shares]
+    if any(e is not None for e in engine):
+        weights = [e or 0.0 for e in engine]
+        busy = min(1.0, sum(weights))
+    else:
+        weights = [v if _is_number(v) and v > 0 else 0.0 for _, v in shares]
+        busy = 1.0
+    total = sum(weights)
+    if total <= 0 or busy <= 0:
+        return [0.0] * len(shares), energy_j
+    parts = [energy_j * busy * w / total for w in weights]
+    return parts, energy_j - sum(parts)
+
+
 WHO_RUN_COLUMNS = ("k8s_namespace", "k8s_pod", "k8s_container", "k8s_pod_uid", "slurm_job",
                    "slurm_step")
 
@@ -3661,8 +3750,10 @@ class RunTracker(object):
     ends when missing for HISTORY_RUN_MISSING_SCANS scans of its GPU, or at once
     when its PID shows up with another start time. take() hands out what
     changed since the last take: peaks, and the sums added (time, VRAM x time,
-    GTT x time, engine % x time, GPU-engine seconds), so the store can merge
-    them into a row that survives restarts.
+    GTT x time, engine % x time, GPU-engine seconds, energy: its share of each
+    interval's GPU energy, compute_energy_split), so the store can merge them
+    into a row that survives restarts. take_sample() hands out each run's
+    energy and GPU-seconds since the last process sample.
     """
 
     INFO = ("pid", "start_time", "name", "user", "uid", "cmd", "container", "kfd", "type",
@@ -3685,34 +3776,40 @@ class RunTracker(object):
         run["started"] = parse_utc_s(run["started"])      # stored as epoch seconds
         run.update(compute_who_columns(row))
         run.update(gpu_id=gpu_id, first_seen=epoch_s, last_seen=epoch_s, ended=None, missing=0,
-                   peak_vram=None, peak_gtt=None, peak_engine=None, dirty=True, seeded=False)
+                   peak_vram=None, peak_gtt=None, peak_engine=None, dirty=True, seeded=False,
+                   sample_energy_j=None, sample_gpu_s=0.0)
         run.update(self._zero_sums())
         return run
 
     @staticmethod
     def _zero_sums():
         return {"time_s": 0.0, "vram_s": 0.0, "gtt_s": 0.0, "engine_s": 0.0, "gpu_s": 0.0,
-                "samples": 0}
+                "samples": 0, "energy_j": None}
 
-    def feed(self, gpu_id, epoch_s, rows):
+    def feed(self, gpu_id, epoch_s, rows, energy_j=None):
+        """One process list of a GPU and the GPU's energy since its last list
+        (None: unknown) -> the idle joules (the part no process accounts for)."""
         seen = set()
         pids = {}
-        for row in rows:
+        parts, idle_j = compute_energy_split(energy_j, [
+            (compute_engine_s_per_s(row), row.get("vram_bytes")) for row in rows])
+        for row, part in zip(rows, parts):
             key = (gpu_id, row.get("pid"), row.get("start_time") or 0)
             seen.add(key)
             pids[key[1]] = key[2]
             run = self._runs.get(key)
             if run is None or run["ended"] is not None:
                 run = self._runs[key] = self._new(gpu_id, row, epoch_s)
-            self._update(run, row, epoch_s)
+            self._update(run, row, epoch_s, part)
         for key, run in self._runs.items():
             if key[0] != gpu_id or key in seen or run["ended"] is not None:
                 continue
             run["missing"] += 1
             if run["missing"] >= self.missing_scans or pids.get(key[1], key[2]) != key[2]:
                 run["ended"], run["dirty"] = run["last_seen"], True
+        return idle_j
 
-    def _update(self, run, row, epoch_s):
+    def _update(self, run, row, epoch_s, energy_j=None):
         dt = epoch_s - run["last_seen"]
         dt = dt if 0 < dt <= self.max_gap_s else 0.0
         if run["seeded"]:
@@ -3730,8 +3827,13 @@ class RunTracker(object):
         run["vram_s"] += (vram or 0) * dt
         run["gtt_s"] += (gtt or 0) * dt
         run["engine_s"] += (busiest or 0) * dt
-        run["gpu_s"] += (ms_per_s / 1000.0 if isinstance(ms_per_s, (int, float))
-                         else (engine_sum or 0) / 100.0) * dt
+        gpu_s = (ms_per_s / 1000.0 if isinstance(ms_per_s, (int, float))
+                 else (engine_sum or 0) / 100.0) * dt
+        run["gpu_s"] += gpu_s
+        run["sample_gpu_s"] += gpu_s
+        if energy_j is not None:
+            run["energy_j"] = (run["energy_j"] or 0.0) + energy_j
+            run["sample_energy_j"] = (run["sample_energy_j"] or 0.0) + energy_j
         run["samples"] += 1
         run["last_seen"], run["missing"], run["dirty"] = epoch_s, 0, True
         run["last"] = (vram, gtt, busiest)
@@ -3753,11 +3855,117 @@ class RunTracker(object):
                 del self._runs[key]
         return out
 
-    def active(self, gpu_id):
-        """[(key, (vram, gtt, engine %))] of the runs of one GPU seen in the last feed."""
-        return [(key, run["last"]) for key, run in self._runs.items()
-                if key[0] == gpu_id and run["ended"] is None and run["missing"] == 0
-                and "last" in run]
+    def take_sample(self, gpu_id):
+        """[(key, (vram, gtt, engine %, energy J, GPU-seconds))] of the runs of one GPU
+        seen in the last feed: energy and GPU-seconds since their last sample."""
+        out = []
+        for key, run in self._runs.items():
+            if key[0] == gpu_id and run["ended"] is None and run["missing"] == 0 and "last" in run:
+                out.append((key, run["last"] + (run["sample_energy_j"], run["sample_gpu_s"])))
+                run["sample_energy_j"], run["sample_gpu_s"] = None, 0.0
+        return out
+
+
+class EnergyLedger(object):
+    """Each GPU's energy between its samples and its process lists (#18; pure:
+    values and times in). on_stats() measures a sample's interval
+    (compute_energy_interval_j) -> the sample's HISTORY_INTERVAL_KEYS, and pools
+    the energy until the GPU's next process list takes it (take(), to split among
+    its processes; the writer adds the idle part the split leaves to the open
+    rows, SeriesRollup.bump). A pool no list takes within max_gap_s (no process
+    scan) is the sample's idle. A GPU with a counter or a power reading gets
+    numbers (0.0, never null, so a stored row's avg x n is its sum); one with
+    neither gets None."""
+
+    def __init__(self, max_gap_s=HISTORY_RUN_MAX_GAP_S):
+        self.max_gap_s = max_gap_s
+        self._gpus = {}
+
+    def _gpu(self, gpu_id, epoch_s):
+        return self._gpus.setdefault(gpu_id, {"prev": None, "pool": None, "fed": epoch_s})
+
+    def on_stats(self, gpu_id, epoch_s, metrics):
+        gpu = self._gpu(gpu_id, epoch_s)
+        cur = (epoch_s, metrics.get("energy_j"), metrics.get("power_w"))
+        energy = compute_energy_interval_j(gpu["prev"], cur, self.max_gap_s)
+        dt = 0.0 if gpu["prev"] is None else epoch_s - gpu["prev"][0]
+        gpu["prev"] = cur
+        if energy is None and (_is_number(cur[1]) or _is_number(cur[2])):
+            energy = 0.0                    # the first sample, or a reset with no power
+        if energy is not None:
+            gpu["pool"] = (gpu["pool"] or 0.0) + energy
+        idle = 0.0
+        if gpu["pool"] is not None and epoch_s - gpu["fed"] > self.max_gap_s:
+            idle, gpu["pool"], gpu["fed"] = gpu["pool"], None, epoch_s
+        busy = metrics.get("gpu_busy_pct")
+        return {"energy_used_j": energy, "energy_idle_j": None if energy is None else idle,
+                "busy_s": None if not _is_number(busy) else (
+                    max(0.0, busy) / 100.0 * dt if 0 < dt <= self.max_gap_s else 0.0)}
+
+    def take(self, gpu_id, epoch_s):
+        """The energy pooled since the GPU's last process list (None: unknown)."""
+        gpu = self._gpu(gpu_id, epoch_s)
+        pool, gpu["pool"], gpu["fed"] = gpu["pool"], None, epoch_s
+        return pool
+
+
+def compute_run_clip(run, inside, from_s, to_s, sample_s=HISTORY_PROC_SAMPLE_S):
+    """The part of a run (its totals: gpu_s, vram_s, energy_j) inside [from_s, to_s]
+    (#18 usage): the sums of its process samples in the range (inside: energy J,
+    GPU-s, VRAM MiB, count; each sample holds the 10 s before it), no more than
+    the run's totals; without samples there (older than their 7 days, none
+    taken) or for a quantity they lack, the total x the share of its time inside."""
+    first, last = run["first_seen"], run["last_seen"]
+    lo, hi = max(first, from_s), min(last, to_s)
+    time_share = 1.0 if last <= first else max(0.0, hi - lo) / (last - first)
+    out = dict(run, first_seen=lo, last_seen=hi)
+    found = inside is not None and inside[3] > 0
+    for i, name in enumerate(("energy_j", "gpu_s", "vram_s")):
+        if run.get(name) is None:
+            continue
+        value = None if not found or inside[i] is None else (
+            inside[i] * (1 << 20) * sample_s if name == "vram_s" else inside[i])
+        out[name] = run[name] * time_share if value is None else min(run[name], value)
+    return out
+
+
+def compute_usage_rows(groups):
+    """Per-key parts (dicts: key, runs, gpu_s, vram_s, energy_j or None,
+    peak_vram, first_seen, last_seen) -> one merged dict per key, busiest first."""
+    merged = collections.OrderedDict()
+    for part in groups:
+        row = merged.get(part["key"])
+        if row is None:
+            merged[part["key"]] = dict(part)
+            continue
+        for name in ("runs", "gpu_s", "vram_s"):
+            row[name] = (row[name] or 0) + (part[name] or 0)
+        if part["energy_j"] is not None:
+            row["energy_j"] = (row["energy_j"] or 0.0) + part["energy_j"]
+        row["peak_vram"] = _max_known(row["peak_vram"], part["peak_vram"])
+        row["first_seen"] = min(row["first_seen"], part["first_seen"])
+        row["last_seen"] = max(row["last_seen"], part["last_seen"])
+    return sorted(merged.values(), key=lambda r: (-(r["gpu_s"] or 0), str(r["key"])))
+
+
+def compute_usage_totals(rows, gpus):
+    """(totals of the rows, the GPUs' own totals, unattributed = the GPUs' less the
+    rows'): gpu_s and energy_j add up by construction; energy_j None where no
+    GPU measured any. unattributed's gpu_s is negative where the processes'
+    engine time exceeds the GPU's busy time (several engines at once)."""
+    totals = {"runs": sum(r["runs"] for r in rows), "gpu_s": sum(r["gpu_s"] or 0 for r in rows),
+              "vram_s": sum(r["vram_s"] or 0 for r in rows),
+              "energy_j": sum(r["energy_j"] or 0.0 for r in rows), "peak_vram": None}
+    for row in rows:
+        totals["peak_vram"] = _max_known(totals["peak_vram"], row["peak_vram"])
+    known = [g for g in gpus if g["energy_j"] is not None]
+    own = {"busy_s": sum(g["busy_s"] or 0.0 for g in gpus),
+           "energy_j": sum(g["energy_j"] for g in known) if known else None,
+           "idle_j": sum(g["idle_j"] or 0.0 for g in known) if known else None}
+    unattributed = {"gpu_s": own["busy_s"] - totals["gpu_s"],
+                    "energy_j": None if own["energy_j"] is None else
+                    own["energy_j"] - totals["energy_j"], "idle_j": own["idle_j"]}
+    return totals, own, unattributed
 
 
 def _max_known(old, new):
@@ -5136,7 +5344,7 @@ SIMPLE_ROUTES = {"/api/gpus": "gpus", "/api/host": "host", "/api/healthz": "heal
                  "/api/version": "version", "/ws": "ws", "/favicon.ico": "favicon",
                  "/plain": "plain", "/metrics": "metrics", "/debug/threads": "debug_threads",
                  "/debug/memory": "debug_memory", "/api/host/history": "host_history",
-                 "/api/processes": "processes",
+                 "/api/processes": "processes", "/api/usage": "usage",
                  "/api/fleet": "fleet", "/api/fleet/host": "fleet_host",
                  "/api/fleet/targets": "fleet_targets", "/api/fleet/history": "fleet_history"}
 
@@ -5171,7 +5379,10 @@ UNIX_TIME_RE = re.compile(r"^[0-9]{1,11}(?:\.[0-9]{1,9})?$", re.ASCII)
 UNIX_TIME_MAX_S = 1e11                   # the year 5138: a typo, never a time with history
 
 HISTORY_PARAMS = ("from", "to", "range", "step", "format")
-RUNS_PARAMS = ("from", "to", "range", "gpu", "active", "format")
+RUNS_PARAMS = ("from", "to", "range", "gpu", "active", "by", "key", "format")
+# /api/usage (#18): one row per `by` key (USAGE_BY: the run fields each groups by)
+USAGE_PARAMS = ("from", "to", "range", "by", "gpu", "format")
+USAGE_BY = ("user", "unit", "container", "pod", "namespace", "job", "name")
 ALERTS_PARAMS = ("from", "to", "range", "format")
 AT_PARAMS = ("at", "format")
 RUN_PARAMS = ("format",)
@@ -5183,13 +5394,15 @@ ROUTE_PARAMS = {
     "gpus": (), "host": (), "healthz": (), "readyz": (), "version": (),
     "gpu_metrics": (), "gpu_procs": (), "gpu_history": HISTORY_PARAMS,
     "gpu_processes": AT_PARAMS, "host_history": HISTORY_PARAMS, "processes": RUNS_PARAMS,
-    "run_history": RUN_PARAMS, "alerts": ALERTS_PARAMS,
+    "run_history": RUN_PARAMS, "alerts": ALERTS_PARAMS, "usage": USAGE_PARAMS,
     "fleet": (), "fleet_host": (),
     "fleet_targets": (), "fleet_history": ("from", "to", "range", "step", "metric"),
 }
 
 HistoryQuery = collections.namedtuple("HistoryQuery", "from_s to_s step_s format")
-RunsQuery = collections.namedtuple("RunsQuery", "from_s to_s gpu_id active format")
+RunsQuery = collections.namedtuple("RunsQuery", "from_s to_s gpu_id active format by key",
+                                   defaults=(None, None))
+UsageQuery = collections.namedtuple("UsageQuery", "from_s to_s by gpu_id format")
 AtQuery = collections.namedtuple("AtQuery", "at_s format")
 
 
@@ -5306,10 +5519,35 @@ def parse_runs_query(query, now_s):
             active = parse_bool(params["active"])
         except ValueError:
             raise QueryError("parameter 'active': expected true or false")
+    by, key = params.get("by"), params.get("key")
+    if (by is None) != (key is None):
+        raise QueryError("parameters 'by' and 'key' go together (key= empty: runs without one)")
+    if by is not None:
+        _parse_usage_by(params)
+    return RunsQuery(from_s, to_s, _parse_gpu(params), active, _parse_format(params), by,
+                     key if key else None)
+
+
+def _parse_gpu(params):
     gpu_id = params.get("gpu") or None
     if gpu_id is not None and not GPU_ID_RE.match(gpu_id):
         raise QueryError("parameter 'gpu': not a GPU id")
-    return RunsQuery(from_s, to_s, gpu_id, active, _parse_format(params))
+    return gpu_id
+
+
+def _parse_usage_by(params):
+    by = params.get("by", "user")
+    if by not in USAGE_BY:
+        raise QueryError("parameter 'by': expected one of %s" % ", ".join(USAGE_BY))
+    return by
+
+
+def parse_usage_query(query, now_s):
+    """?range=|from=&to= (default the last 7 days) &by= &gpu= &format= of /api/usage."""
+    params = parse_query_string(query, USAGE_PARAMS)
+    from_s, to_s = parse_window(params, now_s, "7d")
+    return UsageQuery(from_s, to_s, _parse_usage_by(params), _parse_gpu(params),
+                      _parse_format(params))
 
 
 def parse_alerts_query(query, now_s):
@@ -5997,6 +6235,42 @@ def build_live_history_answer(gpu_id, ring, now_s):
                                series)
 
 
+def _kwh(joules):
+    return None if joules is None else round(joules / 3.6e6, 6)
+
+
+def _usage_json(row):
+    return {"key": row["key"], "gpu_hours": round((row["gpu_s"] or 0) / 3600.0, 6),
+            "vram_gib_hours": round((row["vram_s"] or 0) / float(1 << 30) / 3600.0, 6),
+            "energy_kwh": _kwh(row["energy_j"]), "runs": row["runs"],
+            "peak_vram_bytes": row["peak_vram"],
+            "first_seen": None if row.get("first_seen") is None else format_ts(row["first_seen"]),
+            "last_seen": None if row.get("last_seen") is None else format_ts(row["last_seen"])}
+
+
+def build_usage_answer(from_s, to_s, by, gpu_id, rows, gpus):
+    """GET /api/usage: one row per key (compute_usage_rows), their totals, the
+    GPUs' own totals from their series and the unattributed rest, so that
+    totals + unattributed = gpu_totals (GPU-hours, energy)."""
+    totals, own, rest = compute_usage_totals(rows, gpus)
+    total = _usage_json(dict(totals, key=None,
+                             first_seen=min(r["first_seen"] for r in rows) if rows else None,
+                             last_seen=max(r["last_seen"] for r in rows) if rows else None))
+    return {"from": format_ts(from_s), "to": format_ts(to_s), "by": by, "gpu": gpu_id,
+            "rows": [_usage_json(r) for r in rows], "totals": total,
+            "unattributed": {"gpu_hours": round(rest["gpu_s"] / 3600.0, 6),
+                             "energy_kwh": _kwh(rest["energy_j"]),
+                             "idle_energy_kwh": _kwh(rest["idle_j"])},
+            "gpu_totals": {"gpu_hours": round(own["busy_s"] / 3600.0, 6),
+                           "energy_kwh": _kwh(own["energy_j"]),
+                           "idle_energy_kwh": _kwh(own["idle_j"])},
+            "gpus": [{"gpu_id": g["gpu_id"], "tier": g["tier"],
+                      "gpu_hours": round((g["busy_s"] or 0.0) / 3600.0, 6),
+                      "energy_kwh": _kwh(g["energy_j"]), "idle_energy_kwh": _kwh(g["idle_j"])}
+                     for g in gpus],
+            "estimate": "energy: each interval's GPU energy split by engine time (README)"}
+
+
 def build_run_history_answer(run, ts_ms, series):
     """GET /api/processes/{run_id}/history: the run, then its samples (every 10 s)."""
     return {"run": run, "ts": ts_ms, "series": series}
@@ -6071,7 +6345,7 @@ RUN_CSV_COLUMNS = (
     "run_id", "gpu_id", "pid", "start_time", "started", "elapsed_s", "name", "user", "cmd",
     "container", "kfd", "type", "first_seen", "last_seen", "ended", "peak_vram_bytes", "avg_vram_bytes", "peak_gtt_bytes",
     "avg_gtt_bytes", "peak_engine_pct", "avg_engine_pct", "gpu_seconds", "unit", "container_name"
-) + WHO_RUN_COLUMNS
+) + WHO_RUN_COLUMNS + ("energy_j", "vram_gib_hours")
 PROC_AT_CSV_COLUMNS = ("pid", "name", "user", "started", "elapsed_s", "vram_bytes", "gtt_bytes",
                        "engine_pct", "run_id")
 
@@ -6120,6 +6394,18 @@ def columns_csv(ts_ms, series):
 def runs_csv(runs):
     """The runs answer as CSV: k8s and slurm as their flat columns (k8s_pod, slurm_job...)."""
     return records_csv([dict(run, **compute_who_columns(run)) for run in runs], RUN_CSV_COLUMNS)
+
+
+USAGE_CSV_COLUMNS = ("key", "gpu_hours", "vram_gib_hours", "energy_kwh", "runs",
+                     "peak_vram_bytes", "first_seen", "last_seen")
+
+
+def usage_csv(answer):
+    """The usage answer as CSV: a row per key, then "(unattributed)" and "(all GPUs)"
+    (the GPUs' own totals: the column sums of the rows above)."""
+    extra = [dict(answer["unattributed"], key="(unattributed)"),
+             dict(answer["gpu_totals"], key="(all GPUs)")]
+    return records_csv(answer["rows"] + extra, USAGE_CSV_COLUMNS)
 
 
 def records_csv(records, columns):
@@ -11448,17 +11734,28 @@ def history_schema():
         " ended REAL, peak_vram INTEGER, peak_gtt INTEGER, peak_engine REAL, time_s REAL,"
         " vram_s REAL, gtt_s REAL, engine_s REAL, gpu_s REAL, samples INTEGER, started REAL,"
         " unit TEXT, container_name TEXT, k8s_namespace TEXT, k8s_pod TEXT, k8s_container TEXT,"
-        " k8s_pod_uid TEXT, slurm_job INTEGER, slurm_step TEXT,"
+        " k8s_pod_uid TEXT, slurm_job INTEGER, slurm_step TEXT, energy_j REAL,"
         " UNIQUE(boot_id, pid, start_time, gpu_id))",
         "CREATE INDEX runs_last_seen ON runs(last_seen)",
         "CREATE TABLE proc_samples(src INTEGER NOT NULL, ts INTEGER NOT NULL, run INTEGER NOT NULL,"
-        " vram_mib INTEGER, gtt_mib INTEGER, engine_pct10 INTEGER, PRIMARY KEY(src, ts, run))"
-        " WITHOUT ROWID",
+        " vram_mib INTEGER, gtt_mib INTEGER, engine_pct10 INTEGER, energy_mj INTEGER,"
+        " gpu_ms INTEGER, PRIMARY KEY(src, ts, run)) WITHOUT ROWID",
         "CREATE TABLE alerts(id INTEGER PRIMARY KEY, rule TEXT NOT NULL, gpu_id TEXT NOT NULL,"
         " started REAL NOT NULL, ended REAL, event TEXT NOT NULL, UNIQUE(rule, gpu_id, started))",
         "CREATE INDEX alerts_started ON alerts(started)",
     ]
-    return stmts
+    return stmts + history_usage_index_sql()
+
+
+# Indexes for /api/usage (#18), made with the tables and added to older files: the
+# roll-up tiers' interval sums, narrow (a GPU's row has ~200 columns), covering its query.
+HISTORY_USAGE_INDEXES = tuple("gpu_%s_usage" % t for t in ("m1", "m10", "h1"))
+
+
+def history_usage_index_sql():
+    return ["CREATE INDEX IF NOT EXISTS %s ON %s(src, ts, n, %s)" % (
+        name, name[:-len("_usage")], ", ".join(k + "_avg" for k in HISTORY_INTERVAL_KEYS))
+        for name in HISTORY_USAGE_INDEXES]
 
 
 def _merge_sql(table, names):
@@ -11637,9 +11934,15 @@ def _history_add_columns(conn):
     have = set(row[1] for row in conn.execute("PRAGMA table_info(runs)"))
     if "started" not in have:            # the process's wall-clock start (files before it: null)
         conn.execute("ALTER TABLE runs ADD COLUMN started REAL")
-    for name, kind in HISTORY_WHO_COLUMN_TYPES:     # who it was (#18; files before it: null)
+    for name, kind in HISTORY_WHO_COLUMN_TYPES + (("energy_j", "REAL"),):  # #18: null before
         if name not in have:
             conn.execute("ALTER TABLE runs ADD COLUMN %s %s" % (name, kind))
+    have = set(row[1] for row in conn.execute("PRAGMA table_info(proc_samples)"))
+    for name in ("energy_mj", "gpu_ms"):    # what each sample's interval cost (#18)
+        if name not in have:
+            conn.execute("ALTER TABLE proc_samples ADD COLUMN %s INTEGER" % name)
+    for stmt in history_usage_index_sql():
+        conn.execute(stmt)
 
 
 def _history_claim(path):
@@ -11756,7 +12059,7 @@ HISTORY_WHO_COLUMN_TYPES = (("unit", "TEXT"), ("container_name", "TEXT"),
 RUN_COLUMNS = ("boot_id", "pid", "start_time", "gpu_id", "name", "user", "uid", "cmd", "container",
                "kfd", "type", "first_seen", "last_seen", "ended", "peak_vram", "peak_gtt",
                "peak_engine", "time_s", "vram_s", "gtt_s", "engine_s", "gpu_s", "samples",
-               "started") + tuple(name for name, _ in HISTORY_WHO_COLUMN_TYPES)
+               "started") + tuple(name for name, _ in HISTORY_WHO_COLUMN_TYPES) + ("energy_j",)
 _RUN_UPSERT = (
     "INSERT INTO runs(%s) VALUES (%s) ON CONFLICT(boot_id, pid, start_time, gpu_id) DO UPDATE SET "
     % (", ".join(RUN_COLUMNS), ", ".join("?" * len(RUN_COLUMNS)))
@@ -11768,7 +12071,31 @@ _RUN_UPSERT = (
                 + ["%s = max(coalesce(%s, excluded.%s), coalesce(excluded.%s, %s))" % ((c,) * 5)
                    for c in ("peak_vram", "peak_gtt", "peak_engine")]
                 + ["%s = %s + excluded.%s" % ((c,) * 3)
-                   for c in ("time_s", "vram_s", "gtt_s", "engine_s", "gpu_s", "samples")]))
+                   for c in ("time_s", "vram_s", "gtt_s", "engine_s", "gpu_s", "samples")]
+                + ["energy_j = CASE WHEN excluded.energy_j IS NULL THEN energy_j"
+                   " ELSE coalesce(energy_j, 0) + excluded.energy_j END"]))
+
+
+# /api/usage's keys (USAGE_BY) as SQL over the runs table's columns.
+USAGE_KEY_SQL = {"user": "user", "unit": "unit", "container": "coalesce(container_name, container)",
+                 "pod": "CASE WHEN k8s_pod IS NULL THEN NULL ELSE coalesce(k8s_namespace, '') ||"
+                        " '/' || k8s_pod END",
+                 "namespace": "k8s_namespace", "job": "slurm_job", "name": "name"}
+_USAGE_PART = ("key", "runs", "gpu_s", "vram_s", "energy_j", "peak_vram", "first_seen", "last_seen")
+_USAGE_EDGE = ("id", "gpu_id", "key", "first_seen", "last_seen", "gpu_s", "vram_s", "energy_j",
+               "peak_vram")
+
+
+def _runs_where(from_s, to_s, gpu_id=None, by=None, key=None):
+    """The runs seen in [from_s, to_s] (of one GPU; whose `by` is key, None: none)."""
+    sql, args = "last_seen >= ? AND first_seen <= ?", [from_s, to_s]
+    if gpu_id is not None:
+        sql += " AND gpu_id = ?"
+        args.append(gpu_id)
+    if by is not None:
+        sql += " AND %s %s" % (USAGE_KEY_SQL[by], "IS NULL" if key is None else "= ?")
+        args += [] if key is None else [key]
+    return sql, args
 
 
 def _unscale_all(values, scale, exact):
@@ -11811,7 +12138,9 @@ def history_run_json(row, now_s):
                active=run["ended"] is None, duration_s=round(run["last_seen"] - run["first_seen"], 1),
                peak_vram_bytes=run["peak_vram"], peak_gtt_bytes=run["peak_gtt"],
                peak_engine_pct=run["peak_engine"], gpu_seconds=round(run["gpu_s"] or 0.0, 3),
-               samples=run["samples"])
+               samples=run["samples"],
+               energy_j=None if run["energy_j"] is None else round(run["energy_j"], 3),
+               vram_gib_hours=round((sums["vram_s"] or 0.0) / (1 << 30) / 3600.0, 6))
     start_s = run["first_seen"] if run["started"] is None else run["started"]
     out.update(compute_proc_times(start_s, now_s if run["ended"] is None else run["ended"]))
     for name, key, peak in (("avg_vram_bytes", "vram_s", "peak_vram"),
@@ -11923,15 +12252,12 @@ class HistoryReader(object):
                 entry[part] = _scatter(values, buckets, count, full, None)
         out["series"] = series
 
-    def query_runs(self, from_s, to_s, gpu_id=None, active=None):
+    def query_runs(self, from_s, to_s, gpu_id=None, active=None, by=None, key=None):
         """Runs seen in [from_s, to_s] (newest first), of one GPU or all; active
-        True/False keeps only running/ended ones."""
-        sql = "SELECT id, %s FROM runs WHERE last_seen >= ? AND first_seen <= ?" % ", ".join(
-            RUN_COLUMNS)
-        args = [from_s, to_s]
-        if gpu_id is not None:
-            sql += " AND gpu_id = ?"
-            args.append(gpu_id)
+        True/False keeps only running/ended ones; by (USAGE_BY): those whose key
+        is `key` (None: those without one), the runs behind a usage row."""
+        where, args = _runs_where(from_s, to_s, gpu_id, by, key)
+        sql = "SELECT id, %s FROM runs WHERE %s" % (", ".join(RUN_COLUMNS), where)
         if active is not None:
             sql += " AND ended IS NULL" if active else " AND ended IS NOT NULL"
         sql += " ORDER BY last_seen DESC LIMIT %d" % HISTORY_QUERY_MAX_ROWS
@@ -11992,6 +12318,86 @@ class HistoryReader(object):
             return out
         return self._read(work, out)
 
+    def query_usage(self, from_s, to_s, by, gpu_id=None):
+        """GET /api/usage (#18): the runs seen in [from_s, to_s] grouped by `by`
+        (those crossing an edge clipped, compute_run_clip), and each GPU's own
+        totals from its series (build_usage_answer)."""
+        def work(conn):
+            rows = compute_usage_rows(self._usage_parts(conn, from_s, to_s, by, gpu_id))
+            return build_usage_answer(from_s, to_s, by, gpu_id, rows,
+                                      self._usage_gpus(conn, from_s, to_s, gpu_id))
+        return self._read(work, build_usage_answer(from_s, to_s, by, gpu_id, [], []))
+
+    def _usage_parts(self, conn, from_s, to_s, by, gpu_id):
+        where, args = _runs_where(from_s, to_s, gpu_id)
+        key = USAGE_KEY_SQL[by]
+        parts = [dict(zip(_USAGE_PART, r)) for r in conn.execute(
+            "SELECT %s AS k, count(*), sum(gpu_s), sum(vram_s), sum(energy_j), max(peak_vram),"
+            " min(first_seen), max(last_seen) FROM runs WHERE %s AND first_seen >= ? AND"
+            " last_seen <= ? GROUP BY k" % (key, where), args + [from_s, to_s])]
+        edges = [dict(zip(_USAGE_EDGE, r)) for r in conn.execute(
+            "SELECT id, gpu_id, %s, first_seen, last_seen, gpu_s, vram_s, energy_j, peak_vram"
+            " FROM runs WHERE %s AND (first_seen < ? OR last_seen > ?)" % (key, where),
+            args + [from_s, to_s])]
+        inside = self._edge_samples(conn, edges, from_s, to_s)
+        return parts + [dict(compute_run_clip(run, inside.get(run["id"]), from_s, to_s), runs=1)
+                        for run in edges]
+
+    def _edge_samples(self, conn, edges, from_s, to_s):
+        """{run id: (energy J, GPU-s, VRAM MiB, count)} of the runs that cross one edge of
+        the range, from their samples inside it: one grouped scan per GPU and edge, over
+        the stretch those runs spend inside. None where the samples (7 days) do not
+        reach back to from_s, and for runs crossing both edges (their share of time)."""
+        if from_s < self.clock() - HISTORY_PROC_KEEP_S + 2 * HISTORY_PROC_SAMPLE_S:
+            return {}
+        windows = {}
+        for run in edges:
+            if (run["first_seen"] < from_s) == (run["last_seen"] > to_s):
+                continue                              # both edges
+            lo, hi = ((from_s, run["last_seen"]) if run["first_seen"] < from_s
+                      else (run["first_seen"] - 1, to_s))     # its first sample: at int(first)
+            w = windows.setdefault((run["gpu_id"], run["first_seen"] < from_s), [lo, hi, set()])
+            w[0], w[1] = min(w[0], lo), max(w[1], hi)
+            w[2].add(run["id"])
+        out = {}
+        for (gpu_id, _), (lo, hi, ids) in windows.items():
+            src = read_history_source(conn, "gpu", gpu_id)
+            for r in conn.execute("SELECT run, sum(energy_mj) / 1000.0, sum(gpu_ms) / 1000.0,"
+                                  " sum(vram_mib), count(*) FROM proc_samples WHERE src = ? AND"
+                                  " ts > ? AND ts <= ? GROUP BY run",
+                                  (src[0] if src else -1, lo, hi)):
+                if r[0] in ids:
+                    out[r[0]] = r[1:]
+        return out
+
+    def _usage_gpus(self, conn, from_s, to_s, gpu_id):
+        """Each GPU's own energy, idle share and busy seconds in the range: the
+        finest roll-up tier that still holds from_s, then (1 min tier) the
+        1 s rows after its last row (the open minute)."""
+        now = self.clock()
+        tier = next((name for name, step, keep in HISTORY_TIERS if step >= 60 and now - keep <= from_s),
+                    HISTORY_TIERS[-1][0])
+        sums = ("SELECT sum(energy_used_j%s * n), sum(energy_idle_j%s * n), sum(busy_s%s * n),"
+                " count(energy_used_j%s), max(ts) FROM %s WHERE src = ? AND ts >= ? AND ts < ?")
+        out = []
+        for src, key in conn.execute("SELECT id, key FROM sources WHERE kind = 'gpu' ORDER BY key"
+                                     ).fetchall():
+            if gpu_id is not None and key != gpu_id:
+                continue
+            row = conn.execute(sums % (("_avg",) * 4 + (_history_table("gpu", tier),)),
+                               (src, from_s, to_s)).fetchone()
+            parts = [row]
+            if tier == "1m":
+                tail = from_s if row[4] is None else max(from_s, row[4] + 60)
+                parts.append(conn.execute(sums % (("",) * 4 + (_history_table("gpu", "raw"),)),
+                                          (src, tail, to_s)).fetchone())
+            known = sum(p[3] for p in parts)
+            total = [sum(p[i] or 0 for p in parts) / HISTORY_INTERVAL_SCALE for i in range(3)]
+            out.append({"gpu_id": key, "tier": tier, "busy_s": total[2],
+                        "energy_j": total[0] if known else None,
+                        "idle_j": total[1] if known else None})
+        return out
+
     def query_alerts(self, from_s, to_s):
         """Alert events active at some time in [from_s, to_s], oldest first."""
         sql = ("SELECT event FROM alerts WHERE started <= ? AND coalesce(ended, ?) >= ?"
@@ -12050,6 +12456,8 @@ class HistoryBatch(object):
         self.sources = HistorySources(self._columns)
         self._rollups, self._run_ids, self._proc_due = {}, {}, {}
         self._tracker = RunTracker()
+        self._energy = EnergyLedger()
+        self._idle_column = [k for k, _ in self._columns["gpu"]].index("energy_idle_j")
         self.reset()
 
     def reset(self):
@@ -12085,6 +12493,8 @@ class HistoryBatch(object):
         rollup = self._rollups.get((kind, key))
         if rollup is None:
             rollup = self._rollups[(kind, key)] = SeriesRollup(len(self._columns[kind]))
+        if kind == "gpu":
+            values = dict(values, **self._energy.on_stats(key, epoch_s, values))
         self._queue_rows(kind, key, rollup.add(epoch_s, history_values(self._columns[kind], values)))
 
     def _queue_rows(self, kind, key, rows):
@@ -12097,10 +12507,14 @@ class HistoryBatch(object):
     def _add_procs(self, gpu_id, message):
         epoch_s = parse_iso_ts(message.get("ts"))
         epoch_s = self.clock() if epoch_s is None else epoch_s
-        self._tracker.feed(gpu_id, epoch_s, message.get("processes") or [])
+        idle_j = self._tracker.feed(gpu_id, epoch_s, message.get("processes") or [],
+                                    self._energy.take(gpu_id, epoch_s))
+        rollup = self._rollups.get(("gpu", gpu_id))
+        if idle_j and rollup is not None:        # the idle share lands in the open rows
+            rollup.bump(self._idle_column, idle_j * HISTORY_INTERVAL_SCALE)
         if epoch_s >= self._proc_due.get(gpu_id, 0.0):
             self._proc_due[gpu_id] = epoch_s + HISTORY_PROC_SAMPLE_S - 0.5
-            self._proc_rows.append((gpu_id, int(epoch_s), self._tracker.active(gpu_id)))
+            self._proc_rows.append((gpu_id, int(epoch_s), self._tracker.take_sample(gpu_id)))
 
     def has_pending(self):
         return bool(any(self._pending.values()) or self._proc_rows or self._alerts
@@ -12153,13 +12567,16 @@ class HistoryBatch(object):
         rows = []
         for gpu_id, ts, active in self._proc_rows:
             src = self._source_id("gpu", gpu_id)
-            rows.append((src, ts, 0, None, None, None))   # run 0: a sample was taken (maybe empty)
-            for (_, pid, start), (vram, gtt, engine) in active:
+            rows.append((src, ts, 0, None, None, None, None, None))   # run 0: a sample was taken
+            for (_, pid, start), (vram, gtt, engine, energy, gpu_s) in active:
                 rows.append((src, ts, self._run_id(gpu_id, pid, start),
                              None if vram is None else int(vram) >> 20,
                              None if gtt is None else int(gtt) >> 20,
-                             None if engine is None else int(round(engine * 10))))
-        conn.executemany("INSERT OR REPLACE INTO proc_samples VALUES (?, ?, ?, ?, ?, ?)",
+                             None if engine is None else int(round(engine * 10)),
+                             None if energy is None else int(round(energy * 1000)),
+                             int(round(gpu_s * 1000))))
+        conn.executemany("INSERT OR REPLACE INTO proc_samples(src, ts, run, vram_mib, gtt_mib,"
+                         " engine_pct10, energy_mj, gpu_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                          [r for r in rows if r[2] is not None])
 
     def _run_id(self, gpu_id, pid, start):
@@ -13531,9 +13948,16 @@ class Routes(object):
     def route_processes(self, _):
         query, store = self._prepare(parse_runs_query)
         if store is not None:
-            runs = store.query_runs(query.from_s, query.to_s, query.gpu_id, query.active)
+            runs = store.query_runs(query.from_s, query.to_s, query.gpu_id, query.active,
+                                    query.by, query.key)
             self._answer(query.format, build_runs_answer(query.from_s, query.to_s, runs),
                          lambda: runs_csv(runs), "processes")
+
+    def route_usage(self, _):
+        query, store = self._prepare(parse_usage_query)
+        if store is not None:
+            result = store.query_usage(query.from_s, query.to_s, query.by, query.gpu_id)
+            self._answer(query.format, result, lambda: usage_csv(result), "usage-" + query.by)
 
     def route_run_history(self, run_id):
         fmt, store = self._prepare(parse_run_query)

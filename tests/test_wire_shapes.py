@@ -71,6 +71,7 @@ def test_every_shape_has_an_example():
         "subscribed", "pong", "error", "api.gpus", "api.error", "api.healthz", "api.readyz",
         "api.version", "api.alerts", "api.processes", "api.run_history", "api.gpu_processes",
         "api.fleet.targets", "api.fleet.history",
+        "api.usage",
         "once", "fleet", "api.fleet_host"}
 
 
@@ -121,6 +122,15 @@ def test_answer_builders_make_the_documented_keys():
     assert set(m.build_fleet_targets([peer])[0]) == keys("api.fleet.targets", [0])
     assert set(m.build_fleet_targets([peer])[0]["labels"]) == keys("api.fleet.targets", [0, "labels"])
     assert set(m.build_fleet_history_answer("gpu_busy_pct", T, 12.0, 2, {})) == keys("api.fleet.history")
+    part = dict(key="alice", runs=1, gpu_s=1.0, vram_s=1.0, energy_j=1.0, peak_vram=1,
+                first_seen=T, last_seen=T)
+    gpu = dict(gpu_id="card0", tier="1m", busy_s=1.0, energy_j=1.0, idle_j=0.0)
+    usage = m.build_usage_answer(T, T, "user", None, m.compute_usage_rows([part]), [gpu])
+    assert set(usage) == keys("api.usage")
+    for part_name in ("totals", "unattributed", "gpu_totals"):
+        assert set(usage[part_name]) == keys("api.usage", [part_name]), part_name
+    assert set(usage["rows"][0]) == keys("api.usage", ["rows", 0])
+    assert set(usage["gpus"][0]) == keys("api.usage", ["gpus", 0])
 
 
 def test_fleet_builders_make_the_documented_keys():

@@ -13907,16 +13907,17 @@ class Routes(object):
         self._send_json(200, build_fleet_targets(self.server.app.fleet_peers.current()))
 
     def route_fleet_history(self, _):
-        source = self.server.app.fleet_prometheus
-        if source is None:
-            self._send_json(404, build_error_answer("fleet history needs a Prometheus source: set "
-                                                    "APP_FLEET_PROMETHEUS_URL"))
-            return
+        """The parameters first (400 naming a bad one), then the source (404 without one)."""
         try:
             query, metric = parse_fleet_history_query(urlsplit(self.path).query, time.time(),
                                                       FLEET_HISTORY_METRICS)
         except QueryError as exc:
             self._send_json(400, build_error_answer(str(exc)))
+            return
+        source = self.server.app.fleet_prometheus
+        if source is None:
+            self._send_json(404, build_error_answer("fleet history needs a Prometheus source: set "
+                                                    "APP_FLEET_PROMETHEUS_URL"))
             return
         try:
             answer = source.history(metric, query.from_s, query.to_s, query.step_s)

@@ -310,7 +310,8 @@ def test_the_walk_reaches_every_route():
 GOOD_VALUES = {"at": "1796205600", "from": "1796000000"}     # so the bad one is what is named
 BAD_VALUES = {"from": "yesterday", "to": "0", "at": "\uff11\uff12\uff13", "range": "2w",
               "step": "fast", "format": "xml", "gpu": "../etc", "active": "maybe",
-              "by": "team", "key": "alone"}     # /api/usage, /api/processes (#18)
+              "by": "team", "key": "alone",     # /api/usage, /api/processes (#18)
+              "metric": "up"}                   # /api/fleet/history (#17)
 
 
 def test_every_route_answers_bad_parameters_with_a_4xx_naming_them(hist):

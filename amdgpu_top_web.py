@@ -440,6 +440,8 @@ NVML_UTIL_ENGINES = ("sm", "mem", "enc", "dec", "jpg", "ofa")   # the old API ha
 # read like "1c.2g.20gb", media extensions "1g.10gb+me").
 NVML_DEVICE_MIG_ENABLE = 1
 NVML_NO_INSTANCE_ID = 0xFFFFFFFF
+MIG_BUSY_NOTE = ("not reported: NVML gives no whole-GPU or per-instance utilisation "
+                 "under MIG; the memory per instance is shown instead")
 MIG_PROFILE_RE = re.compile(r"\bMIG\s+((?:\d+c\.)?\d+g\.\d+gb(?:\+\w+)?)\s*$")
 # ECC: (nvmlMemoryErrorType_t, nvmlEccCounterType_t) -> metric key. Corrected =
 # single-bit; volatile counts since the driver loaded, aggregate for the card's life.
@@ -584,7 +586,7 @@ FORECAST_LEVEL_S = 5.0          # the current level lies within these last secon
 FORECAST_PROC_MAX = 64          # process series kept per GPU (largest VRAM first)
 
 ALERT_RULES = ("gpu_temperature", "vram_usage", "vram_full_soon", "gpu_throttling",
-               "fan_stopped", "gpu_lost", "busy_unattributed", "host_memory")
+               "fan_stopped", "gpu_lost", "busy_unattributed", "host_memory", "gpu_ecc_uncorrected")
 ALERT_SEVERITIES = ("warning", "critical")
 # Per rule: raise (warn/crit) and clear levels, the hold before firing (for_s)
 # and the longer one before stepping down or resolving (clear_for_s); None =
@@ -609,6 +611,10 @@ ALERT_RULE_DEFAULTS = (
                            "crit_clear": None, "for_s": 60.0, "clear_for_s": 60.0}),
     ("host_memory", {"enabled": True, "warn": 90.0, "warn_clear": 80.0, "crit": 98.0,
                      "crit_clear": 90.0, "for_s": 30.0, "clear_for_s": 60.0}),
+    # new uncorrected ECC errors in one reading (the volatile count's rise; NVIDIA):
+    # fires at once, resolves after clear_for without another.
+    ("gpu_ecc_uncorrected", {"enabled": True, "warn": None, "warn_clear": None, "crit": 1.0,
+                             "crit_clear": 0.0, "for_s": 0.0, "clear_for_s": 600.0}),
 )
 ALERT_RULE_KEYS = ("enabled", "warn", "warn_clear", "crit", "crit_clear", "for", "clear_for")
 # Throttle reasons that are no power or thermal limit (NVML clock events).
@@ -5399,6 +5405,33 @@ def format_value(value, unit):
     return "%s%s" % (value, unit)
 
 
+def format_ecc(metrics):
+    """The ECC counts in one line (None without ECC): "corrected 4 (40 total),
+    uncorrected 0 (2 total)": since the driver loaded, then over the card's life."""
+    keys = ("ecc_corrected_volatile", "ecc_corrected_aggregate", "ecc_uncorrected_volatile",
+            "ecc_uncorrected_aggregate")
+    if all(metrics.get(key) is None for key in keys):
+        return None
+    return "corrected %s (%s total), uncorrected %s (%s total)" % tuple(
+        format_value(metrics.get(key), "%d") for key in keys)
+
+
+def format_mig_instance(instance):
+    """One MIG instance: "1g.10gb (GI 1, CI 0): 3.0 GiB / 9.5 GiB"."""
+    return "%s (GI %s, CI %s): %s / %s" % (
+        instance["profile"] or "?", format_value(instance["gi"], "%d"),
+        format_value(instance["ci"], "%d"), format_bytes(instance["memory_used_bytes"]),
+        format_bytes(instance["memory_total_bytes"]))
+
+
+def format_proc_mig(mig):
+    """A process row's MIG instance: "MIG 1g.10gb (GI 1, CI 0)", or "" without."""
+    if not mig:
+        return ""
+    return "MIG %s (GI %s, CI %s)" % (mig["profile"] or "?", format_value(mig["gi"], "%d"),
+                                      format_value(mig["ci"], "%d"))
+
+
 def format_elapsed(seconds):
     """Elapsed seconds as ps(1) prints etime: "[[dd-]hh:]mm:ss"; "—" for null."""
     if seconds is None:
@@ -5461,6 +5494,7 @@ ALERT_TITLES = {
     "vram_full_soon": "VRAM full in %s or later", "gpu_throttling": "throttled",
     "fan_stopped": "fan stopped while hot", "gpu_lost": "GPU lost",
     "busy_unattributed": "busy %s %% with no visible process", "host_memory": "host RAM %s %% used",
+    "gpu_ecc_uncorrected": "%s new uncorrected ECC errors",
 }
 
 
@@ -5474,7 +5508,8 @@ def format_alert_summary(rule, gpu_id, change, detail=""):
         title = "VRAM no longer filling"
     elif "%s" in title:
         shown = _format_duration(value) if rule == "vram_full_soon" and value is not None else (
-            format_value(value, "") if value is not None else "\u2014")
+            format_value(value, "%d" if rule == "gpu_ecc_uncorrected" else "")
+            if value is not None else "\u2014")
         title = title % shown
     subject = gpu_id or "host"
     if change["state"] == "resolved":
@@ -5530,6 +5565,12 @@ PROM_GPU_FAMILIES = (
     ("video_busy_ratio", "gauge", "Video encoder and decoder busy.",
      [("enc_pct", 0.01, (("engine", "encoder"),)), ("dec_pct", 0.01, (("engine", "decoder"),)),
       ("mm_busy_pct", 0.01, (("engine", "multimedia"),))]),
+    ("ecc_errors_total", "counter", "Memory ECC errors (NVML, while ECC is on): corrected "
+     "(single-bit) or uncorrected (double-bit); volatile since the driver loaded, aggregate "
+     "over the card's life.",
+     [(key, 1, (("type", "uncorrected" if error_type else "corrected"),
+                ("counter", "aggregate" if counter else "volatile")))
+      for error_type, counter, key in NVML_ECC_COUNTERS]),
 )
 # family, help, host key, scale. amdgpu_host_cpus, not ..._cpu_count: promtool
 # lint keeps the _count suffix for histograms and summaries.
@@ -5650,6 +5691,7 @@ def _prom_gpu(writer, base, metrics):
             if value is not None:
                 writer.add(family, kind, help_text, base + extra, round(value * scale, 9)
                            if scale != 1 else value)
+    _prom_mig(writer, base, metrics.get("mig"))
     reasons = metrics.get("throttle_reasons")
     if reasons is not None:
         writer.add("throttled", "gauge", "1 while clocks are held down by a limit (any throttle "
@@ -5657,6 +5699,18 @@ def _prom_gpu(writer, base, metrics):
         for reason in reasons:
             writer.add("throttle_reason_active", "gauge", "1 for each throttle (clock event) "
                        "reason now active, by its driver's name.", base + (("reason", reason),), 1)
+
+
+def _prom_mig(writer, base, instances):
+    """Memory per MIG instance (NVML MIG device handles), labelled by its GPU
+    and compute instance ids and profile."""
+    for instance in instances or ():
+        labels = base + tuple((key, "" if instance[key] is None else instance[key])
+                              for key in ("gi", "ci", "profile"))
+        writer.add("mig_memory_used_bytes", "gauge", "Memory in use in a MIG instance.", labels,
+                   instance["memory_used_bytes"])
+        writer.add("mig_memory_total_bytes", "gauge", "Memory size of a MIG instance.", labels,
+                   instance["memory_total_bytes"])
 
 
 def _prom_procs(writer, base, message, max_procs):
@@ -5869,9 +5923,25 @@ def _plain_gpu(identity, metrics, procs):
     if "vram_forecast" in metrics:
         rows.append("<tr><th>VRAM forecast</th><td>%s</td></tr>" % esc(plain_nowrap(
             plain_forecast(metrics.get("vram_forecast"), procs))))
+    rows.extend("<tr><th>%s</th><td>%s</td></tr>" % (esc(label), esc(value))
+                for label, value in plain_nvidia_facts(metrics))
     rows.append("</tbody></table>")
     rows.extend(_plain_procs(procs))
     return rows
+
+
+def plain_nvidia_facts(metrics):
+    """[(label, text)]: the ECC counts and each MIG instance, where known. Under
+    MIG, NVML gives no utilisation for the GPU or its instances: said once."""
+    facts = []
+    ecc = format_ecc(metrics)
+    if ecc:
+        facts.append(("Memory ECC errors", ecc))
+    for instance in metrics.get("mig") or ():
+        facts.append(("MIG instance %d" % instance["index"], format_mig_instance(instance)))
+    if metrics.get("mig") is not None:
+        facts.append(("GPU busy under MIG", MIG_BUSY_NOTE))
+    return facts
 
 
 def plain_forecast(forecast, procs):
@@ -5924,6 +5994,8 @@ def plain_flags(proc):
         flags.append("container " + proc["container"])
     if proc.get("visible") is False:
         flags.append("not in this PID namespace")
+    if proc.get("mig"):
+        flags.append(format_proc_mig(proc["mig"]))
     return ", ".join(flags)
 
 
@@ -8455,6 +8527,7 @@ class AlertEngine(StoppableThread):
         self._states = {}
         self._procs = {}                              # gpu id -> procs message
         self._sensors = {}                            # gpu id -> {sensor key: last seen s}
+        self._ecc_seen = {}                           # gpu id -> last volatile uncorrected count
         self._known = set()
 
     # -- the sink side (never blocks) --
@@ -8539,6 +8612,17 @@ class AlertEngine(StoppableThread):
         self._observe("gpu_lost", gpu_id, now_s, lost, detail=why)
         self._observe("busy_unattributed", gpu_id, now_s, self._unattributed(gpu_id, metrics),
                       detail=lambda: unattributed_hint(procs.get("visibility")))
+        self._observe("gpu_ecc_uncorrected", gpu_id, now_s, self._ecc_new(gpu_id, metrics),
+                      detail=lambda: "%s since the driver loaded" % format_value(
+                          metrics.get("ecc_uncorrected_volatile"), "%d"))
+
+    def _ecc_new(self, gpu_id, metrics):
+        """Uncorrected ECC errors new since the GPU's previous reading."""
+        count = metrics.get("ecc_uncorrected_volatile")
+        new = compute_ecc_new(self._ecc_seen.get(gpu_id), count)
+        if count is not None:
+            self._ecc_seen[gpu_id] = count
+        return new
 
     def _lost(self, gpu_id, now_s, metrics):
         status = metrics.get("runtime_status")
@@ -11956,6 +12040,7 @@ def format_once_table(gpus, host=None):
             format_value(m["temp_c"], " °C"), format_value(m["power_w"], " W"),
             format_bytes(m["vram_used_bytes"]), format_bytes(m["vram_total_bytes"]),
             m["runtime_status"] or ""))
+        lines.extend("  %s: %s" % fact for fact in plain_nvidia_facts(m))
         for proc in (gpu.get("procs") or {}).get("processes") or []:
             lines.append("    pid %-7d %-16s vram %s  gtt %s  cpu %s  rss %s  started %s (%s)" % (
                 proc["pid"], sanitize_text(proc["name"] or "")[:16],

@@ -119,3 +119,48 @@ def test_pure_mig_and_ecc_helpers():
     assert atw.compute_ecc_new(5, 7) == 2
     assert atw.compute_ecc_new(7, 0) == 0             # driver reloaded: volatile reset
     assert atw.compute_ecc_new(7, None) is None
+
+
+def test_the_ecc_alert_fires_once_on_a_rise_and_resolves_after_its_hold():
+    """gpu_ecc_uncorrected: the first reading is a baseline (2 errors from
+    before: no alert); a rise fires critical at once, a further rise while it
+    fires changes nothing, clear_for (600 s) without a new error resolves it;
+    a driver reload (the count drops to 0) is no rise; a GPU without ECC
+    (null counts) never fires."""
+    from test_alerts import gpu_metrics, make_engine
+    cache, engine, _, frames = make_engine()
+    t0 = 1764000000.0
+    counts = [(0, 2), (2, 2), (5, 3), (10, 3), (20, 4), (30, 4), (400, 4), (629, 4), (630, 4),
+              (700, 0), (710, 0)]
+    for dt, count in counts:
+        engine.offer_stats("card0", t0 + dt, gpu_metrics(ecc_uncorrected_volatile=count))
+        engine.offer_stats("card1", t0 + dt, gpu_metrics())            # no ECC: null
+        engine.drain()
+    events = [json.loads(f.payload) for f in frames if f.kind == "alert"]
+    events = [e for e in events if e["rule"] == "gpu_ecc_uncorrected"]
+    assert {e["gpu_id"] for e in events} == {"card0"}
+    # one firing (at the first rise: t0+5), one resolved: 600 s after the last rise's
+    # next reading (t0+30, the first without a new error)
+    recent = [(e["state"], e["severity"], atw.parse_iso_ts(e["started"]) - t0,
+               None if e["ended"] is None else atw.parse_iso_ts(e["ended"]) - t0)
+              for e in engine.recent(t0, t0 + 3600) if e["rule"] == "gpu_ecc_uncorrected"]
+    assert recent == [("firing", "critical", 5, None), ("resolved", "critical", 5, 630)]
+    assert "card0: 1 new uncorrected ECC errors (3 since the driver loaded)" in [
+        e["summary"] for e in events]
+    assert not engine.active()
+
+
+def test_the_ecc_alert_is_tunable_and_can_be_off():
+    rules = atw.parse_alert_rules('{"gpu_ecc_uncorrected": {"crit": 3, "clear_for": "1m"}}')
+    assert (rules["gpu_ecc_uncorrected"]["crit"], rules["gpu_ecc_uncorrected"]["clear_for_s"]) == (
+        3, 60)
+    off = atw.parse_alert_rules('{"gpu_ecc_uncorrected": {"enabled": false}}')
+    from test_alerts import gpu_metrics, make_engine
+    for rules, fired in ((rules, [False, True]), (off, [False, False])):
+        _, engine, _, _ = make_engine(rules)
+        seen = []
+        for dt, count in ((0, 0), (1, 2), (2, 6)):      # +2: under crit 3; +4: over
+            engine.offer_stats("card0", 1764000000.0 + dt, gpu_metrics(ecc_uncorrected_volatile=count))
+            engine.drain()
+            seen.append(bool(engine.active()))
+        assert seen[1:] == fired

@@ -5494,7 +5494,7 @@ ALERT_TITLES = {
     "vram_full_soon": "VRAM full in %s or later", "gpu_throttling": "throttled",
     "fan_stopped": "fan stopped while hot", "gpu_lost": "GPU lost",
     "busy_unattributed": "busy %s %% with no visible process", "host_memory": "host RAM %s %% used",
-    "gpu_ecc_uncorrected": "%s new uncorrected ECC errors",
+    "gpu_ecc_uncorrected": "new uncorrected ECC errors",
 }
 
 
@@ -5508,8 +5508,7 @@ def format_alert_summary(rule, gpu_id, change, detail=""):
         title = "VRAM no longer filling"
     elif "%s" in title:
         shown = _format_duration(value) if rule == "vram_full_soon" and value is not None else (
-            format_value(value, "%d" if rule == "gpu_ecc_uncorrected" else "")
-            if value is not None else "\u2014")
+            format_value(value, "") if value is not None else "\u2014")
         title = title % shown
     subject = gpu_id or "host"
     if change["state"] == "resolved":

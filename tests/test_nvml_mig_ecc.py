@@ -145,8 +145,8 @@ def test_the_ecc_alert_fires_once_on_a_rise_and_resolves_after_its_hold():
                None if e["ended"] is None else atw.parse_iso_ts(e["ended"]) - t0)
               for e in engine.recent(t0, t0 + 3600) if e["rule"] == "gpu_ecc_uncorrected"]
     assert recent == [("firing", "critical", 5, None), ("resolved", "critical", 5, 630)]
-    assert "card0: 1 new uncorrected ECC errors (3 since the driver loaded)" in [
-        e["summary"] for e in events]
+    assert [e["summary"] for e in events if e["state"] == "firing"][0] == (
+        "card0: new uncorrected ECC errors (3 since the driver loaded)")
     assert not engine.active()
 
 
@@ -164,3 +164,84 @@ def test_the_ecc_alert_is_tunable_and_can_be_off():
             engine.drain()
             seen.append(bool(engine.active()))
         assert seen[1:] == fired
+
+
+def test_once_json_and_text_show_instances_ecc_and_the_process_instance(fake_nvml_lib, tmp_path):
+    path = str(tmp_path / "s.txt")
+    write(path)
+    snapshot, _ = once(fake_nvml_lib, path)
+    gpus = dict((g["id"], g) for g in snapshot["gpus"] if g["vendor"] == "nvidia")
+    mig = gpus["nvidia0"]["metrics"]
+    assert mig["mig"] == expected_instances() and mig["gpu_busy_pct"] is None
+    assert (mig["ecc_corrected_volatile"], mig["ecc_uncorrected_aggregate"]) == (4, 2)
+    assert gpus["nvidia1"]["metrics"]["mig"] is None
+    assert gpus["nvidia1"]["metrics"]["ecc_uncorrected_volatile"] is None
+    rows = dict((r["pid"], r) for r in gpus["nvidia0"]["procs"]["processes"])
+    assert rows[1500]["mig"] == {"gi": 1, "ci": 0, "profile": "1g.10gb"}
+    assert gpus["nvidia1"]["procs"]["processes"][0]["mig"] is None
+    env = dict(os.environ, **{k: v for k, v in S.nvml_env(fake_nvml_lib, path, base={}).items()})
+    from test_nvml import program_env
+    from conftest import PROGRAM, TESTDATA
+    text = subprocess.run([sys.executable, PROGRAM, "--once"], cwd=TESTDATA,
+                          env=program_env(fake_nvml_lib, path), stdout=subprocess.PIPE,
+                          universal_newlines=True, timeout=60).stdout
+    assert "  Memory ECC errors: corrected 4 (40 total), uncorrected 0 (2 total)" in text
+    assert "  MIG instance 2: 2g.20gb (GI 2, CI 0): 1.00 GiB / 19.50 GiB" in text
+    assert "  GPU busy under MIG: not reported" in text
+    assert text.count("Memory ECC errors") == 1 and text.count("MIG instance") == 3
+
+
+def test_server_metrics_plain_and_the_ecc_alert(server, fake_nvml_lib, tmp_path):
+    """A real server on the stand-in: /metrics (promtool clean) has the ECC
+    counters and each instance's memory; /plain shows the instances, the ECC
+    line and the process's instance; a rise of the volatile uncorrected count
+    on the MIG GPU raises one critical gpu_ecc_uncorrected, none on the other."""
+    from test_prometheus import parse, promtool, sample_value, scrape
+    from test_vendor_plain import w3m_dump
+    path = str(tmp_path / "s.txt")
+    write(path)
+    env = S.nvml_env(fake_nvml_lib, path, None, base={})
+    env = {k: env[k] for k in ("FAKE_NVML_SCENARIO", "APP_NVML_LIBRARY")}
+    proc = server("hd7870_radeon", env=dict(
+        env, APP_SAMPLE_INTERVAL="100ms", APP_PROC_ENABLE="true", APP_PROC_ROOT=PROC_MULTI,
+        APP_PROC_SCAN_INTERVAL="500ms", APP_ENABLE_PROMETHEUS="true"))
+    proc.wait_metrics(count=2)
+
+    def procs_with_mig():
+        rows = proc.get_json("/api/gpus/nvidia0/procs")[1].get("processes") or []
+        return [r for r in rows if r.get("mig")]
+    wait_for(lambda: len(procs_with_mig()) == 2, 10.0, message="nvidia0's rows with mig")
+    text = scrape(proc)
+    result = subprocess.run([promtool(), "check", "metrics"], input=text.encode(),
+                            capture_output=True, timeout=30)
+    assert result.returncode == 0 and not (result.stdout + result.stderr).strip(), result
+    families = parse(text)
+    assert sample_value(families, "amdgpu_ecc_errors", gpu="nvidia0", type="corrected",
+                        counter="aggregate") == 40
+    assert {s.labels["gpu"] for s in families["amdgpu_ecc_errors"].samples} == {"nvidia0"}
+    assert sample_value(families, "amdgpu_mig_memory_used_bytes", gpu="nvidia0", gi="1", ci="0",
+                        profile="1g.10gb") == 3 * GIB
+    assert len(families["amdgpu_mig_memory_total_bytes"].samples) == 3
+    dump = w3m_dump(proc.url + "/plain").replace("\u00a0", " ")
+    lines = dump.splitlines()
+
+    def row(label):      # a th/td row of the GPU table, as w3m draws it
+        return [" ".join(line.replace("\u2502", " ").split()) for line in lines
+                if line.replace("\u2502", " ").split()[:len(label.split())] == label.split()]
+    assert row("Memory ECC errors") == [
+        "Memory ECC errors corrected 4 (40 total), uncorrected 0 (2 total)"]
+    assert row("MIG instance 3") == ["MIG instance 3 1g.10gb+me (GI 5, CI 0): 0 B / 9.50 GiB"]
+    assert len(row("GPU busy under MIG")) == 1
+    assert "MIG 1g.10gb (GI 1, CI 0)" in dump and "MIG 2g.20gb (GI 2, CI 0)" in dump
+    assert not proc.get_json("/api/alerts")[1]["active"]       # the 0 at start is a baseline
+    write(path, gpus=[dict(MIG_GPU, ecc_uncorrected_volatile=1, ecc_uncorrected_aggregate=3),
+                      PLAIN_GPU])
+
+    def active():
+        return proc.get_json("/api/alerts")[1]["active"]
+    wait_for(lambda: active(), 10.0, message="gpu_ecc_uncorrected firing")
+    time.sleep(0.5)
+    (alert,) = active()
+    assert (alert["rule"], alert["gpu_id"], alert["severity"], alert["state"]) == (
+        "gpu_ecc_uncorrected", "nvidia0", "critical", "firing")
+    assert alert["summary"].startswith("nvidia0: new uncorrected ECC errors (1 since the driver")

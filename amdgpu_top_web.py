@@ -7490,6 +7490,8 @@ class NvmlMigEcc(object):
                                                          ctypes.byref(pending))
         if rc in NVML_DISABLING_ERRORS or (rc == NVML_SUCCESS and not current.value):
             self._ecc_ok = False                 # no ECC, or off (a change needs a reboot)
+        if rc != NVML_SUCCESS or not current.value:
+            self.ecc = dict.fromkeys(self.ecc)   # unknown this time (or for good)
             return
         fn, count = self._nvml.unchecked("nvmlDeviceGetTotalEccErrors"), ctypes.c_ulonglong()
         for error_type, counter, key in NVML_ECC_COUNTERS:

@@ -32,11 +32,20 @@ Endpoints (GET/HEAD only; anything else is 405)::
     /api/alerts               alert events (?range=30m|1h|6h|24h|7d|30d|1y, from/to)
                               (every history and alert endpoint: &format=csv)
     /api/healthz /api/readyz /api/version
+    /api/fleet                the fleet: a hub's hosts (APP_FLEET_PEERS or
+                              APP_FLEET_PROMETHEUS_URL), else this one
+    /api/fleet/host           this server's own fleet host entry (what a hub asks)
+    /api/fleet/targets        a hub's peers as Prometheus http_sd target groups
+    /api/fleet/history        one GPU metric of the whole fleet (?metric=&range=;
+                              APP_FLEET_PROMETHEUS_URL only: query_range)
     /plain                    server-rendered tables (no JavaScript needed)
     /metrics                  Prometheus text (APP_ENABLE_PROMETHEUS=true)
     /vendor/...               the page's ES modules (APP_VENDOR_DIR, air-gapped)
     /debug/threads /debug/memory   (APP_ENABLE_PPROF=true)
-    /ws                       WebSocket: hello, stats, procs, host, gpus, alert, pong, error
+    /ws                       WebSocket: hello, stats, procs, host, gpus, alert, fleet,
+                              pong, error
+    /hosts/{name}/...         a hub's peer (APP_FLEET_PEERS) by name: its page, API and
+                              /ws through this server (GET/HEAD and the upgrade only)
 
 Every request's Host must be loopback, this machine, an address or in
 APP_ALLOWED_HOSTS (403: DNS rebinding); with APP_AUTH_TOKEN, all but
@@ -47,6 +56,8 @@ Threads::
 
     browser --HTTP--> ThreadingHTTPServer handler threads (answer from the cache)
     browser --/ws --> handshake in a handler thread, socket handed to the hub
+    browser --/hosts/{name}/...--> a handler thread relays it to that peer; for
+                     /hosts/{name}/ws it stays, splicing bytes both ways (at most 64)
     hub (ONE thread, selectors loop) <-- wake-up socketpair <-- cache.publish()
     cache (lock) <-- sampler thread per GPU (a backend's reader: sysfs/hwmon with
                      kept fds + pread, or NVML calls prepared once)
@@ -59,6 +70,9 @@ Threads::
     cache --offer_*--> sinks: alert engine thread (its Inbox) --> cache.publish_alert
                        (a frame to every client) and --> webhook thread (its Inbox;
                        POST, retries)
+    hub of a fleet: fleet-poller thread, one round per APP_FLEET_INTERVAL --> a few
+                    fleet-worker threads (GET each peer's /api/fleet/host, kept
+                    connections) --> cache.publish_fleet (the fleet's subscribers)
 
 Contents (a section uses only the sections above it)::
 
@@ -79,10 +93,11 @@ Contents (a section uses only the sections above it)::
      5. WebSocket codec (sans-IO, RFC 6455)
         frames; decoding
      6. Pure HTTP helpers
-        the WebSocket handshake; routes and query parameters; checks; one
-        builder per wire shape; the Alertmanager webhook body, alert events in
-        a time range; CSV answers; texts; Prometheus text; debug pages; the
-        page's ES modules from APP_VENDOR_DIR; the plain view
+        the WebSocket handshake; routes and query parameters; checks; the
+        fleet proxy; one builder per wire shape; the Alertmanager webhook
+        body, alert events in a time range; CSV answers; texts; Prometheus
+        text; the fleet from Prometheus; debug pages; the page's ES modules
+        from APP_VENDOR_DIR; the plain view
      7. Readers: thin I/O (path -> text or None), /proc, NVML
         files; DRM cards, hwmon dirs and names; /proc; NVIDIA; the thread base
      8. Process top: the fdinfo scanner (AMD and Intel GPUs; KFD VRAM)
@@ -95,7 +110,7 @@ Contents (a section uses only the sections above it)::
     11. The live cache and its threads
         the cache; samplers; the host; discovery
     12. Fleet: a hub's peers, Prometheus and the proxy
-        the peer list
+        the peer list; the peers poller; Prometheus; the proxy
     13. History store (SQLite: the only code that speaks SQL)
         schema and SQL text; opening the file; run rows and source ids; the
         reader; the writer
@@ -127,6 +142,12 @@ Paths (the names to visit, place by place; "§N" is the section of that place)::
       §6   route, parse_history_query, build_series_answer, series_csv
       §13  HistoryReader.query_series, _series_select
       §15  Routes.route_gpu_history, Routes._series, Routes._prepare
+    The fleet from Prometheus (a hub with APP_FLEET_PROMETHEUS_URL)
+      §4   parse_prom_answer, parse_prom_vector
+      §6   build_prom_fleet_queries, compute_prom_fleet, build_prom_fleet_host,
+           build_fleet_message
+      §12  FleetPrometheusPoller.run, FleetPrometheus.poll, FleetPrometheus._query_all,
+           PromClient.get, FleetPrometheus._entries, FleetPrometheus._state
     A process row, AMD (fdinfo, KFD VRAM)
       §4   parse_fdinfo, compute_client_usage, compute_procs_by_pci, build_proc_row,
            build_procs_entry
@@ -141,6 +162,11 @@ Paths (the names to visit, place by place; "§N" is the section of that place)::
       §4   parse_fdinfo, compute_cycles_pct, compute_client_usage, build_proc_row
       §8   ProcScanner.scan
       §11  ProcScanThread.tick, Cache.publish_procs
+    Who a process belongs to (/proc/<pid>/cgroup -> unit, container, k8s, slurm)
+      §4   parse_cgroup_who, parse_systemd_unit, parse_cgroup_runtime, parse_k8s_pod_uid,
+           parse_slurm_cgroup, compute_who_columns
+      §8   ProcEnricher.who, WhoNames.fields, make_who_names
+      §13  HistoryReader.query_runs, history_run_json
     Adding a vendor (a checklist: the page shows what the server sends)
       §2   INTEL_DRIVERS, VENDOR_LABELS, VENDOR_DISPLAY, INTEL_LAYOUT
       §4   plan_intel_hwmon, parse_throttle_flags, compute_energy_power_w
@@ -172,6 +198,7 @@ import bisect
 import calendar
 import codecs
 import collections
+import concurrent.futures
 import csv
 import enum
 import errno
@@ -200,9 +227,14 @@ import threading
 import time
 import traceback
 import tracemalloc
+import zlib
 from http import HTTPStatus
+try:
+    import ssl                  # https peers of a hub; a Python built without it has none
+except ImportError:             # pragma: no cover
+    ssl = None
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import parse_qsl, quote, unquote, urlencode, urljoin, urlsplit
 
 try:                    # stdlib, but a minimal Python may be built without SQLite:
     import sqlite3      # then history is off
@@ -482,6 +514,10 @@ PROC_MOUNTINFO_READ_LIMIT = 1 << 20
 FDINFO_READ_LIMIT = 65536            # amdgpu fdinfo is ~1.5 KiB; newest kernels ~3 KiB
 CMDLINE_READ_LIMIT = 8192            # read a bit more than CMD_MAX_LEN to redact correctly
 CMD_MAX_LEN = 512
+WHO_NAMES_TTL_S = 10.0               # container/pod names from runtime files: re-read after this
+WHO_DIR_MAX_ENTRIES = 20000          # most entries read of a kubelet log directory
+DOCKER_CONFIG_READ_LIMIT = 1 << 20   # <docker root>/containers/<id>/config.v2.json
+CONTAINERS_JSON_READ_LIMIT = 16 << 20   # containers/storage's overlay-containers/containers.json
 ELLIPSIS = "\u2026"
 REDACTED = "***"
 # Targets under /dev that are never a GPU: skip the stat() of the remap check.
@@ -637,8 +673,9 @@ ALERTS_DEFAULT_RANGE_S = 86400.0
 HELLO_HISTORY_KEYS = ("gpu_busy_pct", "mem_busy_pct", "power_w", "temp_c", "temp_junction_c",
                       "vram_used_bytes")
 HELLO_HISTORY_POINTS = 300
-# the latest of each is kept in the cache; "procs_top" is the overview's cut of "procs"
-SAMPLE_FRAME_KINDS = ("stats", "procs", "procs_top", "host")
+# the latest of each is kept in the cache; "procs_top" is the overview's cut of "procs";
+# "fleet": a hub's fleet after a poll round
+SAMPLE_FRAME_KINDS = ("stats", "procs", "procs_top", "host", "fleet")
 
 
 # -- the fleet: peers, Prometheus, the proxy (attribution-fleet.md §5) ------
@@ -647,6 +684,59 @@ FLEET_MAX_PEERS = 1000          # most peers one list may name
 FLEET_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,62}$")   # a peer's name: a path segment
 FLEET_PEERS_FILE_LIMIT = 1 << 20   # an @FILE peer list is read up to this many bytes
 FLEET_TOKENS_FILE_LIMIT = 1 << 16
+FLEET_HOST_PATH = "/api/fleet/host"   # what a hub asks each peer, once a round
+FLEET_BUSY_PCT = 10             # a GPU at or above this gpu_busy_pct is busy, below idle
+FLEET_STALE_INTERVALS = 5       # a peer's kept data younger than this many rounds: stale, else down
+FLEET_MAX_ANSWER_BYTES = 4 << 20   # a peer's answer past this is refused, never read
+FLEET_WORKERS = 8               # peer requests at once (threads, started as needed)
+FLEET_BACKOFF_MAX_S = 30.0      # a failing peer is asked again after 1, 2, 4... rounds, up to
+FLEET_BACKOFF_MAX_INTERVALS = 8     # this many rounds (and never more than FLEET_BACKOFF_MAX_S)
+FLEET_LEGACY_RECHECK = 30      # an older peer (404): asked /api/fleet/host again after this many polls
+FLEET_DEADLINE_GRACE_S = 0.25   # a round waits this past the timeout, then cuts what is left
+FLEET_MAX_GPUS = 64             # a peer's answer: at most this many GPUs and alerts kept
+FLEET_MAX_ALERTS = 64
+FLEET_STATUS_RE = re.compile(br"^HTTP/1\.([01]) ([0-9]{3})(?: |$)")   # a peer's status line
+FLEET_HEAD_MAX = 1 << 16        # a peer's answer head (status line and headers) at most
+FLEET_TEXT_MAX = 200            # a string from a peer is cut to this many characters
+FLEET_GPU_KEYS = ("id", "name", "vendor", "vendor_label", "uuid", "pci", "gpu_busy_pct",
+                  "vram_used_bytes", "vram_total_bytes", "temp_c", "power_w", "power_cap_w",
+                  "throttle_reasons", "runtime_status", "top_process", "processes", "alert")
+FLEET_METRIC_KEYS = ("gpu_busy_pct", "vram_used_bytes", "vram_total_bytes", "temp_c", "power_w",
+                     "power_cap_w", "throttle_reasons", "runtime_status")
+FLEET_TOP_PROCESS_KEYS = ("pid", "name", "user", "vram_bytes", "gpu_pct")
+FLEET_HOST_KEYS = ("cpu_busy_pct", "cpu_count", "mem_used_bytes", "mem_total_bytes")
+FLEET_ALERT_KEYS = ("rule", "gpu_id", "severity", "summary", "started")
+FLEET_NUMERIC_KEYS = frozenset(("gpu_busy_pct", "vram_used_bytes", "vram_total_bytes", "temp_c",
+                                "power_w", "power_cap_w", "processes", "pid", "vram_bytes",
+                                "gpu_pct") + FLEET_HOST_KEYS)
+FLEET_PROXY_PREFIX = "/hosts/"     # /hosts/{name}/...: a peer's page and API through the hub
+FLEET_PROXY_READ_TIMEOUT_S = 10.0  # a proxied answer's head (connecting: APP_FLEET_TIMEOUT)
+FLEET_PROXY_BODY_LIMIT = 64 << 20  # a proxied body without Content-Length is read up to this
+FLEET_PROXY_CHUNK_BYTES = 65536
+FLEET_PROXY_HEAD_LIMIT = 16384     # a peer's answer head to a proxied WebSocket upgrade
+FLEET_PROXY_WS_MAX = 64            # proxied WebSockets at once (a handler thread each)
+FLEET_PROXY_WS_IDLE_S = 120.0      # a proxied WebSocket silent both ways this long is closed
+# RFC 9110 §7.6.1 hop-by-hop fields, never relayed either way
+HOP_BY_HOP_HEADERS = frozenset(("connection", "keep-alive", "proxy-authenticate",
+                                "proxy-authorization", "proxy-connection", "te", "trailer",
+                                "transfer-encoding", "upgrade"))
+# the browser's credentials for the hub and its Host/Origin stay at the hub
+FLEET_PROXY_REQUEST_DROP = HOP_BY_HOP_HEADERS | frozenset((
+    "host", "authorization", "cookie", "origin", "referer", "content-length", "forwarded",
+    "x-forwarded-for", "x-forwarded-host", "x-forwarded-proto", "x-real-ip"))
+FLEET_PROXY_RESPONSE_DROP = HOP_BY_HOP_HEADERS | frozenset((
+    "set-cookie", "set-cookie2", "content-length", "server", "date"))
+# RFC 3986 pchar without '%': what a re-encoded path segment keeps as it is
+FLEET_PROXY_SEGMENT_SAFE = "!$&'()*+,;=:@-._~"
+# The Prometheus source (attribution-fleet.md §5.1-5.3): one answer is read up
+# to this many bytes (1,000 hosts x 8 GPUs of one metric is ~1 MiB); a host
+# seen once and then gone from every answer is dropped after FORGET_S.
+FLEET_PROM_BODY_LIMIT = 64 << 20
+FLEET_PROM_FORGET_S = 3600.0
+FLEET_PROM_QUERY_THREADS = 4       # instant queries in flight at once (one per metric)
+FLEET_PROM_HISTORY_POINTS = 300    # /api/fleet/history's default points per series
+FLEET_PROM_MAX_POINTS = 11000      # Prometheus refuses more points per series
+FLEET_PROM_HEADERS_MAX = 8
 
 
 # ---------------------------------------------------------------------------
@@ -708,6 +798,20 @@ SETTINGS = (
             "most PIDs looked at per scan"),
     Setting("APP_PROC_MAX_FDS_PER_PID", "--proc-max-fds-per-pid", "proc_max_fds_per_pid", "64",
             "count", "most fds looked at per PID"),
+    Setting("APP_DOCKER_ROOT", "--docker-root", "docker_root", "/var/lib/docker", "optpath",
+            "Docker's data root: a process's container name from containers/<id>/config.v2.json "
+            "(root-only files: else the id alone); empty = not looked at"),
+    Setting("APP_CONTAINERS_STORAGE", "--containers-storage", "containers_storage",
+            "/var/lib/containers/storage", "optpath",
+            "Podman's and CRI-O's storage root: a container's name from "
+            "overlay-containers/containers.json; empty = not looked at"),
+    Setting("APP_K8S_PODS_DIR", "--k8s-pods-dir", "k8s_pods_dir", "/var/log/pods", "optpath",
+            "the kubelet's pod log directory: a pod's namespace and name from its "
+            "<namespace>_<pod>_<uid> entries; empty = not looked at"),
+    Setting("APP_K8S_CONTAINERS_DIR", "--k8s-containers-dir", "k8s_containers_dir",
+            "/var/log/containers", "optpath",
+            "the kubelet's container log links: a pod container's name from "
+            "<pod>_<namespace>_<container>-<id>.log; empty = not looked at"),
     Setting("APP_DEMO_PROCESSES", "--demo-processes", "demo_processes", "8", "count",
             "with --demo: synthetic processes per GPU"),
     Setting("APP_DEMO_GPUS", "--demo-gpus", "demo_gpus", "3", "demo_gpus",
@@ -732,6 +836,9 @@ SETTINGS = (
     Setting("APP_FLEET_PROMETHEUS_URL", "--fleet-prometheus-url", "fleet_prometheus_url", "",
             "url", "hub: read the fleet from this Prometheus-compatible query API instead of "
             "peers (the base URL, e.g. http://prometheus:9090)"),
+    Setting("APP_FLEET_PROMETHEUS_HEADERS", "--fleet-prometheus-headers", "fleet_prometheus_headers",
+            "", "headers", "hub: extra headers for every Prometheus query, 'Name: value' separated "
+            "by ';' (e.g. X-Scope-OrgID: tenant for Mimir/Cortex)"),
     Setting("APP_FLEET_INTERVAL", "--fleet-interval", "fleet_interval_s", "2s", "scan_interval",
             "hub: how often the fleet is read again, 500ms to 60s"),
     Setting("APP_FLEET_TIMEOUT", "--fleet-timeout", "fleet_timeout_s", "1500ms", "timeout",
@@ -866,6 +973,14 @@ ScanResult = collections.namedtuple("ScanResult", "by_pci visibility stats")
 # 15, clock ticks) and rss (field 24, pages); None where the line lacks them.
 ProcStatLine = collections.namedtuple("ProcStatLine", "comm start_time cpu_ticks rss_pages")
 NO_PROC_STAT = ProcStatLine(None, None, None, None)
+
+# Who a process belongs to, from its /proc/<pid>/cgroup alone (parse_cgroup_who):
+# unit (systemd's own name), container (today's short id or name), container_id
+# (64 hex) and runtime ("docker", "podman", "containerd", "cri-o") where the path
+# says, pod_uid (Kubernetes, dashed), slurm ({"job": int, "step": str or None}).
+CgroupWho = collections.namedtuple("CgroupWho",
+                                   "unit container container_id runtime pod_uid slurm")
+NO_CGROUP_WHO = CgroupWho(None, None, None, None, None, None)
 
 
 # -- the fleet: a peer and the peer setting ---------------------------------
@@ -1203,6 +1318,8 @@ def _convert_simple_setting(kind, raw):
         return parse_webhook_url(raw)
     if kind == "peers":
         return parse_fleet_peers_setting(raw)
+    if kind == "headers":
+        return parse_prom_headers(raw)
     if kind == "scenario":
         if raw.strip() not in DEMO_SCENARIOS:
             raise ValueError("must be one of %s" % ", ".join(DEMO_SCENARIOS))
@@ -1254,7 +1371,7 @@ def parse_config(argv, environ):
         try:
             values[setting.field] = _convert_setting(setting, raw)
         except ValueError as exc:
-            shown = "(hidden)" if setting.kind == "secret" else repr(raw)   # never log a token
+            shown = "(hidden)" if setting.kind in ("secret", "headers") else repr(raw)   # never log a token
             raise ConfigError("%s=%s: %s" % (name, shown, exc))
     values["listen_host"], values["listen_port"] = values.pop("listen")
     values["history_path"] = resolve_history_path(values["history_path"], environ, args.demo)
@@ -1266,6 +1383,8 @@ def parse_config(argv, environ):
     _refuse_idle_settings(values, given)
     if values["fleet_peers"] is not None and values["fleet_prometheus_url"]:
         raise ConfigError("APP_FLEET_PROMETHEUS_URL: set it or APP_FLEET_PEERS, not both")
+    if values["fleet_prometheus_headers"] and not values["fleet_prometheus_url"]:
+        raise ConfigError("APP_FLEET_PROMETHEUS_HEADERS: only meaningful with APP_FLEET_PROMETHEUS_URL")
     return Config(**values)
 
 
@@ -2562,6 +2681,169 @@ def _cgroup_name(path):
     return None
 
 
+# Who a process belongs to, from its cgroup path (systemd, runtimes, kubelet, Slurm).
+_USER_MANAGER_RE = re.compile(r"^user@\d+\.service$")
+_RUNTIME_SCOPE_RE = re.compile(r"^(docker|libpod|cri-containerd|crio)-([0-9a-f]{64})(?:\.scope)?$")
+_RUNTIME_CGROUPS_PATH_RE = re.compile(r":(docker|cri-containerd|crio):([0-9a-f]{64})$")
+_RUNTIME_NAMES = {"docker": "docker", "libpod": "podman", "cri-containerd": "containerd",
+                  "crio": "cri-o"}
+_HEX64_RE = re.compile(r"^[0-9a-f]{64}$")
+_K8S_UID = (r"[0-9a-f]{8}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{12}"
+            r"|[0-9a-f]{32}")                  # a UUID; a static pod's is an md5 in hex
+_K8S_POD_RE = re.compile(r"(?:^|[/-])kubepods\b[^:]*?[/-]pod(%s)(?=\.slice|/|:|$)" % _K8S_UID)
+_K8S_UID_RE = re.compile(r"^(?:%s)$" % _K8S_UID.replace("[-_]", "-"))
+_SLURM_RES = (re.compile(r"(?:^|/)(?:[^/]+_)?slurmstepd\.scope/job_(\d+)(?:/step_([^/]+))?(?=/|$)"),
+              re.compile(r"(?:^|/)slurm(?:_[^/]+)?/uid_\d+/job_(\d+)(?:/step_([^/]+))?(?=/|$)"))
+_SLURM_STEP_RE = re.compile(r"^(?:\d+|batch|extern|interactive)$")
+_K8S_LINK_RE = re.compile(r"^([^_/]+)_([^_/]+)_([^_/]+)-([0-9a-f]{64})\.log$")
+
+
+def parse_cgroup_paths(text):
+    """/proc/<pid>/cgroup -> its paths: the v2 line's ("0::") first, then the v1
+    name=systemd line's, then the v1 controllers' in file order; a zombie's
+    " (deleted)" cut off; the root "/" (nothing to say) left out."""
+    ranked = []
+    for line in (text or "").splitlines():
+        parts = line.split(":", 2)
+        if len(parts) != 3 or not parts[2].startswith("/"):
+            continue
+        path = parts[2][:-10] if parts[2].endswith(" (deleted)") else parts[2]
+        rank = 0 if parts[:2] == ["0", ""] else (1 if parts[1] == "name=systemd" else 2)
+        if path.strip("/"):
+            ranked.append((rank, len(ranked), path))
+    return [path for _, _, path in sorted(ranked)]
+
+
+def parse_systemd_unit(path):
+    """The systemd unit (service or scope) a cgroup path is in, spelt as systemd
+    spells it ("\\x2d" escapes kept: what `systemctl status` takes). Only slices
+    may lead to it; inside a user manager: "user@1000.service/app-x.scope".
+    Below the unit (a delegated tree: slurmstepd's jobs, a container's own
+    systemd) nothing counts. None when no unit heads the path (/docker/..., /)."""
+    units = []
+    for comp in path.strip("/").split("/"):
+        if comp.endswith(".slice"):
+            continue
+        if not comp.endswith((".service", ".scope")):
+            break
+        units.append(comp)
+        if not _USER_MANAGER_RE.match(comp):
+            break
+    return "/".join(units) or None
+
+
+def parse_cgroup_runtime(path):
+    """(runtime, 64-hex id) of the innermost container a cgroup path names:
+    <prefix>-<id>.scope of the systemd driver (docker, libpod, cri-containerd,
+    crio; their conmon scopes are not containers), the v1 "slice:prefix:id"
+    literal, or a bare id (docker's cgroupfs /docker/<id>; under kubepods the
+    runtime is not said: None). (None, None) when there is none."""
+    comps = path.split("/")
+    for i in range(len(comps) - 1, 0, -1):
+        m = _RUNTIME_SCOPE_RE.match(comps[i]) or _RUNTIME_CGROUPS_PATH_RE.search(comps[i])
+        if m:
+            return _RUNTIME_NAMES[m.group(1)], m.group(2)
+        if _HEX64_RE.match(comps[i]):
+            return ("docker" if comps[i - 1] == "docker" else None), comps[i]
+    return None, None
+
+
+def parse_k8s_pod_uid(path):
+    """The pod UID (dashed) of a kubepods cgroup path: the cgroupfs driver's
+    /kubepods/<qos>/pod<uid>/, or the systemd driver's ...-pod<uid with _>.slice."""
+    m = _K8S_POD_RE.search(path)
+    return m.group(1).replace("_", "-") if m else None
+
+
+def parse_slurm_cgroup(path):
+    """{"job": int, "step": str or None} of slurmstepd's cgroup v2 tree
+    (/system.slice/slurmstepd.scope/job_<N>/step_<S>/...) or of Slurm's v1
+    one (/slurm/uid_<U>/job_<N>/step_<S>/...); step: a number, batch, extern or
+    interactive (else None); None outside a job."""
+    for regex in _SLURM_RES:
+        m = regex.search(path)
+        if m:
+            step = m.group(2)
+            return {"job": int(m.group(1)),
+                    "step": step if step and _SLURM_STEP_RE.match(step) else None}
+    return None
+
+
+def parse_cgroup_who(text):
+    """/proc/<pid>/cgroup -> CgroupWho; each part from the first path (v2 first)
+    that says it; NO_CGROUP_WHO's nulls for every shape not known."""
+    unit = runtime = cid = pod = slurm = None
+    for path in parse_cgroup_paths(text):
+        unit = unit or parse_systemd_unit(path)
+        if cid is None:
+            runtime, cid = parse_cgroup_runtime(path)
+        pod = pod or parse_k8s_pod_uid(path)
+        slurm = slurm or parse_slurm_cgroup(path)
+    return CgroupWho(unit, parse_cgroup_container(text), cid, runtime, pod, slurm)
+
+
+def parse_k8s_pod_dir(name):
+    """A kubelet pod log directory name "<namespace>_<pod>_<uid>" -> (namespace,
+    pod, uid); None for any other name (older kubelets: "<uid>" alone)."""
+    parts = name.split("_")
+    if len(parts) != 3 or not parts[0] or not parts[1] or not _K8S_UID_RE.match(parts[2]):
+        return None
+    return tuple(parts)
+
+
+def parse_k8s_container_link(name):
+    """A /var/log/containers name "<pod>_<namespace>_<container>-<64 hex id>.log"
+    -> (pod, namespace, container, id); None otherwise (a name the kubelet cut
+    to 255 bytes loses its id: None)."""
+    m = _K8S_LINK_RE.match(name)
+    return m.groups() if m else None
+
+
+def parse_docker_config_name(text):
+    """Docker's config.v2.json -> its "Name" without the leading "/"; None if none."""
+    try:
+        doc = json.loads(text or "")
+    except ValueError:
+        return None
+    name = doc.get("Name") if isinstance(doc, dict) else None
+    if not isinstance(name, str) or not name.strip("/"):
+        return None
+    return sanitize_text(name.lstrip("/"))[:128]
+
+
+def parse_containers_storage_names(text):
+    """containers/storage's containers.json (Podman, CRI-O: a list of {"id",
+    "names": [...]}) -> {64-hex id: its first name}; {} when not that shape."""
+    try:
+        doc = json.loads(text or "")
+    except ValueError:
+        return {}
+    names = {}
+    for item in doc if isinstance(doc, list) else ():
+        if not isinstance(item, dict) or not _HEX64_RE.match(str(item.get("id"))):
+            continue
+        found = item.get("names")
+        if isinstance(found, list) and found and isinstance(found[0], str) and found[0]:
+            names[item["id"]] = sanitize_text(found[0])[:128]
+    return names
+
+
+def compute_who_label(row):
+    """The most specific owner of a process row, as one short text: Kubernetes
+    pod > Slurm job > container > systemd unit; None when none is known."""
+    k8s, slurm = row.get("k8s"), row.get("slurm")
+    if k8s:
+        pod = "%s/%s" % (k8s.get("namespace"), k8s.get("pod")) if k8s.get("pod") else (
+            "pod " + k8s["pod_uid"])
+        return pod + (" " + k8s["container"] if k8s.get("container") else "")
+    if slurm:
+        step = slurm.get("step")
+        return "job %d" % slurm["job"] + ("" if step is None else " step " + step)
+    if row.get("container_name") or row.get("container"):
+        return "container " + (row.get("container_name") or row["container"])
+    return row.get("unit")
+
+
 def _unescape_mount(field):
     """mountinfo/mounts escape space, tab, newline and backslash as \\ooo."""
     return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
@@ -3016,7 +3298,8 @@ PROC_ROW_DEFAULTS = (
     ("gtt_total_bytes", None), ("engines_pct", None), ("engines_ns", None),
     ("gpu_time_ms_per_s", None), ("container", None), ("start_time", None), ("clients", 0),
     ("type", None), ("visible", True), ("cpu_pct", None), ("rss_bytes", None),
-    ("vram_forecast", None), ("started", None), ("elapsed_s", None), ("mig", None),
+    ("vram_forecast", None), ("started", None), ("elapsed_s", None),
+    ("unit", None), ("container_name", None), ("k8s", None), ("slurm", None), ("mig", None),
 )
 
 
@@ -3051,6 +3334,8 @@ def _proc_row(proc, clients, owned, kfd_bytes=None):
         engines_pct=_sum_engines(owned), engines_ns=_sum_engine_ns(owned),
         gpu_time_ms_per_s=_sum_ms(owned) if clients else None,
         container=meta.get("container"), start_time=proc["start_time"], clients=len(owned),
+        unit=meta.get("unit"), container_name=meta.get("container_name"),
+        k8s=meta.get("k8s"), slurm=meta.get("slurm"),
         cpu_pct=proc.get("cpu_pct"), rss_bytes=proc.get("rss_bytes"),
         started=proc.get("started"), elapsed_s=proc.get("elapsed_s"))
 
@@ -3406,6 +3691,30 @@ def _engine_pct(row):
     return (max(values) if values else None), (sum(values) if values else None)
 
 
+WHO_RUN_COLUMNS = ("k8s_namespace", "k8s_pod", "k8s_container", "k8s_pod_uid", "slurm_job",
+                   "slurm_step")
+
+
+def compute_who_columns(row):
+    """A process row's k8s and slurm objects as the runs table's flat columns."""
+    k8s, slurm = row.get("k8s") or {}, row.get("slurm") or {}
+    return {"k8s_namespace": k8s.get("namespace"), "k8s_pod": k8s.get("pod"),
+            "k8s_container": k8s.get("container"), "k8s_pod_uid": k8s.get("pod_uid"),
+            "slurm_job": slurm.get("job"), "slurm_step": slurm.get("step")}
+
+
+def compute_who_json(columns):
+    """The runs table's flat columns -> the row's k8s and slurm (null when unknown)."""
+    k8s = None
+    if columns.get("k8s_pod_uid") or columns.get("k8s_pod"):
+        k8s = {"namespace": columns.get("k8s_namespace"), "pod": columns.get("k8s_pod"),
+               "container": columns.get("k8s_container"), "pod_uid": columns.get("k8s_pod_uid")}
+    slurm = None
+    if columns.get("slurm_job") is not None:
+        slurm = {"job": columns["slurm_job"], "step": columns.get("slurm_step")}
+    return {"k8s": k8s, "slurm": slurm}
+
+
 class RunTracker(object):
     """Process runs from successive process lists (pure: rows and times in).
 
@@ -3418,7 +3727,7 @@ class RunTracker(object):
     """
 
     INFO = ("pid", "start_time", "name", "user", "uid", "cmd", "container", "kfd", "type",
-            "started")
+            "started", "unit", "container_name")
 
     def __init__(self, missing_scans=HISTORY_RUN_MISSING_SCANS, max_gap_s=HISTORY_RUN_MAX_GAP_S):
         self.missing_scans, self.max_gap_s = missing_scans, max_gap_s
@@ -3435,6 +3744,7 @@ class RunTracker(object):
     def _new(self, gpu_id, row, epoch_s):
         run = dict((k, row.get(k)) for k in self.INFO)
         run["started"] = parse_utc_s(run["started"])      # stored as epoch seconds
+        run.update(compute_who_columns(row))
         run.update(gpu_id=gpu_id, first_seen=epoch_s, last_seen=epoch_s, ended=None, missing=0,
                    peak_vram=None, peak_gtt=None, peak_engine=None, dirty=True, seeded=False)
         run.update(self._zero_sums())
@@ -3469,6 +3779,7 @@ class RunTracker(object):
         if run["seeded"]:
             run.update((k, row.get(k)) for k in self.INFO)
             run["started"] = parse_utc_s(run["started"])
+            run.update(compute_who_columns(row))
             run["seeded"] = False
         vram, gtt = row.get("vram_bytes"), row.get("gtt_bytes")
         busiest, engine_sum = _engine_pct(row)
@@ -4068,6 +4379,8 @@ def parse_fleet_peer(text, scheme_default=None):
     port = port or (443 if parts.scheme == "https" else 80)
     netloc = "[%s]:%d" % (host, port) if ":" in host else "%s:%d" % (host, port)
     name = (name or netloc).strip()
+    if name.startswith("["):
+        raise ValueError("%.80r: an IPv6 peer needs a name: NAME=%s" % (rest, rest))
     if not FLEET_NAME_RE.match(name):
         raise ValueError("%.80r: a peer's name is letters, digits and . _ : - "
                          "(at most 63)" % (name,))
@@ -4154,6 +4467,203 @@ def parse_fleet_tokens(text):
 def fleet_peer_token(tokens, name):
     """The token to send to one peer (its own, else '*'), or None."""
     return tokens.get(name, tokens.get("*"))
+
+
+# -- fleet: a peer's answer, checked (a hostile peer gets nothing else through) --
+
+def _fleet_value(key, value):
+    """A peer's value kept only when it is of its key's kind: a finite number
+    (FLEET_NUMERIC_KEYS), a string (cut), a list of strings (throttle_reasons);
+    anything else (a bool, an object, a number where a name goes) is null."""
+    kind = type(value)
+    if kind is int or kind is float:
+        return value if key in FLEET_NUMERIC_KEYS and (kind is int or math.isfinite(value)) else None
+    if kind is str:
+        return None if key in FLEET_NUMERIC_KEYS or key == "throttle_reasons" else value[:FLEET_TEXT_MAX]
+    if kind is list and key == "throttle_reasons" and all(type(v) is str for v in value):
+        return [v[:FLEET_TEXT_MAX] for v in value[:32]]
+    return None
+
+
+def _fleet_pick(obj, keys):
+    """obj cut to keys, each value checked (_fleet_value)."""
+    return dict((key, _fleet_value(key, obj.get(key))) for key in keys)
+
+
+def parse_fleet_gpu(obj):
+    """One GPU of a peer's answer -> a fleet GPU with exactly its keys."""
+    if not isinstance(obj, dict):
+        raise ValueError("a GPU is not an object")
+    gpu = _fleet_pick(obj, FLEET_GPU_KEYS)
+    top = obj.get("top_process")
+    gpu["top_process"] = _fleet_pick(top, FLEET_TOP_PROCESS_KEYS) if isinstance(top, dict) else None
+    gpu["alert"] = gpu["alert"] if gpu["alert"] in ALERT_SEVERITIES else None
+    return gpu
+
+
+def parse_fleet_json(status, content_type, body, token_sent):
+    """A peer's HTTP answer -> its JSON; ValueError saying in a few words why
+    it is refused (401/403, a redirect, another status, body None: over
+    FLEET_MAX_ANSWER_BYTES, a wrong content type, bad JSON). Never a token."""
+    if status == 401:
+        raise ValueError("token refused (401)" if token_sent else "token needed (401)")
+    if status == 403:
+        raise ValueError("token refused (403)" if token_sent else "forbidden (403)")
+    if 300 <= status < 400:
+        raise ValueError("redirect (%d): not followed" % status)
+    if status != 200:
+        raise ValueError("HTTP %d" % status)
+    if body is None:
+        raise ValueError("answer over %d MiB" % (FLEET_MAX_ANSWER_BYTES >> 20))
+    media = (content_type or "").split(";", 1)[0].strip().lower()
+    if media != "application/json":
+        raise ValueError("wrong content type %.40r" % (media or "none",))
+    try:
+        return json.loads(body.decode("utf-8"))
+    except (ValueError, RecursionError):
+        raise ValueError("bad JSON")
+
+
+def parse_http_head(head):
+    """A peer's answer head (bytes up to the blank line) -> (status, {lower
+    name: value}, keep_alive); ValueError("not an HTTP answer") otherwise."""
+    lines = head.split(b"\r\n")
+    match = FLEET_STATUS_RE.match(lines[0])
+    if not match:
+        raise ValueError("not an HTTP answer")
+    fields = {}
+    for line in lines[1:]:
+        name, sep, value = line.partition(b":")
+        if not sep or not name.strip():
+            raise ValueError("not an HTTP answer")
+        fields[name.strip().lower().decode("latin-1")] = value.strip().decode("latin-1")
+    connection = fields.get("connection", "").lower()
+    keep = "close" not in connection if match.group(1) == b"1" else "keep-alive" in connection
+    return int(match.group(2)), fields, keep
+
+
+def compute_fleet_peer_state(outcome, age_s, interval_s):
+    """A peer's state from its last poll's outcome ("ok", "refused" or
+    "failed") and the age of its last good data (None: never): up, refused,
+    stale (data younger than FLEET_STALE_INTERVALS rounds) or down. A peer
+    not asked for that long (every worker held up) is stale, even if its
+    last answer was good."""
+    fresh = age_s is not None and age_s < FLEET_STALE_INTERVALS * interval_s
+    if outcome == "ok":
+        return "up" if fresh else "stale"
+    if outcome == "refused":
+        return "refused"
+    return "stale" if fresh else "down"
+
+
+def compute_fleet_backoff_s(failures, interval_s):
+    """How long after a failed poll a peer is asked again: one round, then
+    doubling up to FLEET_BACKOFF_MAX_INTERVALS rounds or FLEET_BACKOFF_MAX_S."""
+    rounds = min(2 ** min(max(failures - 1, 0), 16), FLEET_BACKOFF_MAX_INTERVALS)
+    return min(rounds * interval_s, max(interval_s, FLEET_BACKOFF_MAX_S))
+
+
+def parse_fleet_host_answer(obj):
+    """A peer's GET /api/fleet/host (parsed JSON) -> {"version", "host",
+    "gpus", "alerts"}, every value checked and cut to its keys; ValueError
+    ("not a fleet answer") for anything else."""
+    if not isinstance(obj, dict) or not isinstance(obj.get("gpus"), list) or \
+            not isinstance(obj.get("alerts", []), list):
+        raise ValueError("not a fleet answer")
+    host = obj.get("host")
+    return {"version": _fleet_value("version", obj.get("version")),
+            "host": _fleet_pick(host, FLEET_HOST_KEYS) if isinstance(host, dict) else None,
+            "gpus": [parse_fleet_gpu(gpu) for gpu in obj["gpus"][:FLEET_MAX_GPUS]],
+            "alerts": [_fleet_pick(a, FLEET_ALERT_KEYS) for a in obj.get("alerts", [])[:FLEET_MAX_ALERTS]
+                       if isinstance(a, dict)]}
+# -- fleet: Prometheus answers (the query API's envelope, §5.2 of the facts) --
+
+class PromAnswerError(ValueError):
+    """A query answer that is no usable result: the message says why in a few words."""
+
+
+def parse_prom_headers(text):
+    """APP_FLEET_PROMETHEUS_HEADERS ('Name: value; Name2: value2') -> a tuple of
+    (name, value). ValueError naming the entry (never its value) otherwise."""
+    headers = []
+    for number, item in enumerate((text or "").split(";"), 1):
+        if not item.strip():
+            continue
+        name, sep, value = item.partition(":")
+        name, value = name.strip(), value.strip()
+        if not sep or not re.match(r"^[A-Za-z0-9-]{1,64}$", name) or not value \
+                or any(c in value for c in "\r\n"):
+            raise ValueError("entry %d: expected 'Name: value'" % number)
+        headers.append((name, value))
+    if len(headers) > FLEET_PROM_HEADERS_MAX:
+        raise ValueError("at most %d headers" % FLEET_PROM_HEADERS_MAX)
+    return tuple(headers)
+
+
+def parse_prom_value(text):
+    """A sample value (a string: "1", "0.25", "NaN", "+Inf") -> a finite float or None."""
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) else None
+
+
+def parse_prom_answer(status, body, result_type):
+    """(HTTP status, body bytes, "vector" or "matrix") -> (result list, warnings).
+    PromAnswerError for an error envelope (4xx/5xx with errorType/error, or
+    status "error" on a 200), a body that is no JSON, or another resultType."""
+    try:
+        answer = json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        answer = None
+    if not isinstance(answer, dict) or answer.get("status") not in ("success", "error"):
+        raise PromAnswerError("HTTP %d, not a query API answer" % status
+                              if status != 200 else "not a query API answer")
+    if answer["status"] == "error" or status != 200:
+        raise PromAnswerError("HTTP %d %s: %s" % (status, str(answer.get("errorType") or "error")[:40],
+                                                  str(answer.get("error") or "")[:200]))
+    data = answer.get("data")
+    if not isinstance(data, dict) or data.get("resultType") != result_type \
+            or not isinstance(data.get("result"), list):
+        raise PromAnswerError("expected a %s result" % result_type)
+    warnings = [str(w)[:200] for w in (answer.get("warnings") or [])[:5]]
+    return data["result"], warnings
+
+
+def parse_prom_vector(result):
+    """An instant vector -> [(labels dict, value or None, sample time s)]; a
+    series with a histogram or a malformed value is skipped."""
+    out = []
+    append = out.append
+    for series in result:
+        try:
+            labels, (at_s, text) = series["metric"], series["value"]
+            at_s, value = float(at_s), float(text)
+        except (KeyError, TypeError, ValueError):
+            continue
+        if isinstance(labels, dict):
+            append((labels, value if value - value == 0 else None, at_s))   # NaN, +-Inf: None
+    return out
+
+
+def parse_prom_matrix(result, start_s, step_s, points):
+    """A range matrix -> [(labels, [value or None] * points)] on the grid
+    start_s + i * step_s (a sample off the grid goes to its nearest step)."""
+    out = []
+    for series in result:
+        if not isinstance(series, dict) or not isinstance(series.get("metric"), dict):
+            continue
+        values = [None] * points
+        for pair in series.get("values") or ():
+            try:
+                index = int(round((float(pair[0]) - start_s) / step_s))
+            except (TypeError, ValueError, IndexError):
+                continue
+            if 0 <= index < points:
+                values[index] = parse_prom_value(pair[1])
+        out.append((series["metric"], values))
+    return out
 
 
 # ---------------------------------------------------------------------------
@@ -4599,7 +5109,9 @@ SIMPLE_ROUTES = {"/api/gpus": "gpus", "/api/host": "host", "/api/healthz": "heal
                  "/api/version": "version", "/ws": "ws", "/favicon.ico": "favicon",
                  "/plain": "plain", "/metrics": "metrics", "/debug/threads": "debug_threads",
                  "/debug/memory": "debug_memory", "/api/host/history": "host_history",
-                 "/api/processes": "processes"}
+                 "/api/processes": "processes",
+                 "/api/fleet": "fleet", "/api/fleet/host": "fleet_host",
+                 "/api/fleet/targets": "fleet_targets", "/api/fleet/history": "fleet_history"}
 
 
 def route(path):
@@ -4614,6 +5126,8 @@ def route(path):
     if path.startswith("/api/processes/"):
         match = RUN_PATH_RE.match(path)
         return ("run_history", int(match.group(1))) if match else ("not_found", None)
+    if path.startswith(FLEET_PROXY_PREFIX):
+        return "proxy", None
     return SIMPLE_ROUTES.get(path, "not_found"), None
 
 
@@ -4638,11 +5152,13 @@ RUN_PARAMS = ("format",)
 # None: the route takes whatever comes (the page's ?token=, Prometheus' params).
 ROUTE_PARAMS = {
     "page": None, "vendor": None, "plain": None, "metrics": None, "ws": None, "favicon": None,
-    "debug_threads": None, "debug_memory": None, "not_found": None,
+    "debug_threads": None, "debug_memory": None, "not_found": None, "proxy": None,
     "gpus": (), "host": (), "healthz": (), "readyz": (), "version": (),
     "gpu_metrics": (), "gpu_procs": (), "gpu_history": HISTORY_PARAMS,
     "gpu_processes": AT_PARAMS, "host_history": HISTORY_PARAMS, "processes": RUNS_PARAMS,
     "run_history": RUN_PARAMS, "alerts": ALERTS_PARAMS,
+    "fleet": (), "fleet_host": (),
+    "fleet_targets": (), "fleet_history": ("from", "to", "range", "step", "metric"),
 }
 
 HistoryQuery = collections.namedtuple("HistoryQuery", "from_s to_s step_s format")
@@ -4958,6 +5474,113 @@ def build_csp(script_hashes, use_cdn):
                " ".join(["'self'", "'unsafe-inline'"] + cdn)))
 
 
+# -- the fleet proxy: /hosts/{name}/ paths, headers, redirects ---------------
+
+def parse_proxy_path(path):
+    """A request path under /hosts/ (still percent-encoded) -> (peer name,
+    the path to ask the peer for, re-encoded): '/hosts/a:80/api/gpus' ->
+    ('a:80', '/api/gpus'); (name, None) for '/hosts/NAME' (no slash yet).
+    None when the name is no peer name or the rest could leave the peer:
+    a '.' or '..' segment (encoded too), '//', a backslash, a control
+    character. Names, not URLs: nothing here ever picks a host."""
+    if not path.startswith(FLEET_PROXY_PREFIX):
+        return None
+    raw_name, slash, rest = path[len(FLEET_PROXY_PREFIX):].partition("/")
+    try:
+        name = unquote(raw_name, errors="strict")
+        segments = [unquote(segment, errors="strict") for segment in rest.split("/")]
+    except UnicodeDecodeError:
+        return None
+    if not FLEET_NAME_RE.match(name):
+        return None
+    if not slash:
+        return name, None
+    for index, segment in enumerate(segments):
+        if segment in (".", "..") or (not segment and index != len(segments) - 1):
+            return None
+        if any(ch in "/\\" or ord(ch) < 0x20 or ord(ch) == 0x7f for ch in segment):
+            return None
+    return name, "/" + "/".join(quote(segment, safe=FLEET_PROXY_SEGMENT_SAFE)
+                                for segment in segments)
+
+
+def proxy_query(query):
+    """The query string passed on to a peer: the hub's own ?token= never is."""
+    return "&".join(part for part in (query or "").split("&")
+                    if part and part.split("=", 1)[0] != "token")
+
+
+def _connection_named(headers):
+    """Lower-cased names a Connection header lists (hop-by-hop for this hop too)."""
+    return set().union(*[_header_tokens(value) for key, value in headers
+                         if key.lower() == "connection"] or [set()])
+
+
+def proxy_request_headers(headers, peer_netloc, token):
+    """The browser's [(name, value)] -> the ones sent to a peer: no hop-by-hop
+    field, none of the hub's credentials (Authorization, Cookie), no Origin;
+    Host is the peer's and Authorization the peer's own token, if any."""
+    named = _connection_named(headers)
+    out = [(key, value) for key, value in headers
+           if key.lower() not in FLEET_PROXY_REQUEST_DROP and key.lower() not in named
+           and not key.lower().startswith("sec-websocket-")]
+    out.append(("Host", peer_netloc))
+    if token:
+        out.append(("Authorization", "Bearer " + token))
+    return out
+
+
+def proxy_response_headers(headers):
+    """A peer's answer [(name, value)] -> the ones relayed to the browser: no
+    hop-by-hop field, no Set-Cookie (the hub's origin is not the peer's)."""
+    named = _connection_named(headers)
+    return [(key, value) for key, value in headers
+            if key.lower() not in FLEET_PROXY_RESPONSE_DROP and key.lower() not in named]
+
+
+def rewrite_proxy_location(location, peer_url, request_url, name):
+    """A peer's redirect -> the same place under /hosts/{name}/, or None when
+    it leaves the peer (another host, port or scheme, or above its base path)."""
+    try:
+        target = urlsplit(urljoin(request_url, location.strip()))
+        base = urlsplit(peer_url)
+        port = target.port or (443 if target.scheme == "https" else 80)
+    except ValueError:
+        return None
+    if (target.scheme != base.scheme or target.username is not None
+            or (target.hostname or "") != base.hostname or port != base.port):
+        return None
+    if target.path != base.path and not target.path.startswith(base.path + "/"):
+        return None
+    path = "%s%s%s" % (FLEET_PROXY_PREFIX, name, target.path[len(base.path):] or "/")
+    found = parse_proxy_path(path)
+    if found is None or found[1] is None:
+        return None
+    return path + ("?" + target.query if target.query else "")
+
+
+def build_proxy_ws_request(path, peer_netloc, headers, token):
+    """The opening handshake sent to a peer for a browser's /hosts/{name}/ws:
+    the browser's key and version (so the peer's 101 answers the browser),
+    the peer's Host, no Origin (a non-browser client to the peer), its token."""
+    lines = ["GET %s HTTP/1.1" % path, "Host: %s" % peer_netloc, "Upgrade: websocket",
+             "Connection: Upgrade"]
+    for key in ("Sec-WebSocket-Key", "Sec-WebSocket-Version", "Sec-WebSocket-Protocol",
+                "User-Agent"):
+        value = headers.get(key)
+        if value:
+            lines.append("%s: %s" % (key, value))
+    if token:
+        lines.append("Authorization: Bearer %s" % token)
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1", "replace")
+
+
+def parse_status_line(head):
+    """b'HTTP/1.1 101 Switching Protocols\\r\\n...' -> 101; None when it is no status line."""
+    match = re.match(br"HTTP/1\.[01] ([1-5][0-9]{2})(?: |\r|$)", head)
+    return int(match.group(1)) if match else None
+
+
 # -- one builder per wire shape: frames and JSON answers --------------------
 
 def format_ts(epoch_s):
@@ -5113,6 +5736,122 @@ def build_once_snapshot(version, epoch_s, rates_over_s, host, gpus):
     """--once --json: the host and every GPU (identity, "metrics", "procs")."""
     return {"version": version, "ts": format_ts(epoch_s), "rates_over_s": rates_over_s,
             "host": host, "gpus": gpus}
+
+
+def fleet_top_process(procs, nvml):
+    """A procs message's top process for the fleet: the row with the most
+    engine use (lowest PID on ties), else the most VRAM; None without rows."""
+    rows = (procs or {}).get("processes") or []
+    best = _argmax_row(sorted(rows, key=lambda r: r.get("pid") or 0),
+                       lambda r: _engine_ms(r, nvml))
+    best = best or _argmax_row(rows, lambda r: r.get("vram_bytes")
+                               if isinstance(r.get("vram_bytes"), (int, float)) else None)
+    if best is None:
+        return None
+    engine_ms = _engine_ms(best, nvml)
+    return {"pid": best.get("pid"), "name": best.get("name"), "user": best.get("user"),
+            "vram_bytes": best.get("vram_bytes"),
+            "gpu_pct": None if engine_ms is None else round(min(100.0, engine_ms / 10.0), 1)}
+
+
+def build_fleet_gpu(identity, metrics, procs, alert):
+    """One GPU in a fleet host entry: identity, the headline metrics (the stats
+    frame's keys, null when unknown), the top process, the process count (null
+    before a scan or with the scan off) and its worst active alert severity."""
+    metrics = metrics or {}
+    out = dict((key, identity.get(key)) for key in ("id", "name", "vendor", "vendor_label",
+                                                     "uuid", "pci"))
+    out.update((key, metrics.get(key)) for key in FLEET_METRIC_KEYS)
+    rows = (procs or {}).get("processes")
+    out.update(top_process=fleet_top_process(procs, identity.get("vendor") == "nvidia"),
+               processes=len(rows) if rows is not None else None, alert=alert)
+    return out
+
+
+def build_fleet_legacy_answer(gpus_answer, host_answer):
+    """An older peer without /api/fleet/host: its /api/gpus and /api/host
+    answers -> the shape of a fleet host answer (no processes, no alerts)."""
+    gpus = gpus_answer.get("gpus") if isinstance(gpus_answer, dict) else None
+    if not isinstance(gpus, list) or not all(isinstance(g, dict) for g in gpus):
+        raise ValueError("not a fleet answer")
+    host = host_answer.get("host") if isinstance(host_answer, dict) else None
+    return {"version": None, "host": host if isinstance(host, dict) else None, "alerts": [],
+            "gpus": [build_fleet_gpu(g, g.get("metrics") if isinstance(g.get("metrics"), dict)
+                                     else None, None, None) for g in gpus[:FLEET_MAX_GPUS]]}
+
+
+def build_fleet_alert(event):
+    """An active alert event -> the fleet's short form."""
+    return dict((key, event.get(key)) for key in FLEET_ALERT_KEYS)
+
+
+def build_fleet_host(name, source, page, state, last_seen, error, version, host, gpus, alerts):
+    """One host of the fleet (GET /api/fleet/host answers its own): last_seen
+    epoch seconds or None; host a host frame dict or None (cut to its CPU and
+    RAM); gpus fleet GPUs; alerts active events in their fleet form."""
+    return {"name": name, "source": source, "page": page, "state": state,
+            "last_seen": None if last_seen is None else format_ts(last_seen), "error": error,
+            "version": version,
+            "host": None if host is None else dict((k, host.get(k)) for k in FLEET_HOST_KEYS),
+            "gpus": gpus, "alerts": alerts}
+
+
+def build_local_fleet_host(name, epoch_s, gpus, procs, host, alerts):
+    """This server's own host entry: gpus [(identity, metrics or None)], procs
+    {gpu id: procs message}, host dict or None, alerts the active events."""
+    worst = {}
+    for event in alerts:
+        rank = ALERT_SEVERITIES.index(event["severity"]) if event.get("severity") in \
+            ALERT_SEVERITIES else -1
+        if rank > worst.get(event.get("gpu_id"), -1):
+            worst[event.get("gpu_id")] = rank
+    entries = [build_fleet_gpu(identity, metrics, procs.get(identity["id"]),
+                               ALERT_SEVERITIES[worst[identity["id"]]]
+                               if identity["id"] in worst else None)
+               for identity, metrics in gpus]
+    return build_fleet_host(name, "local", "/", "up", epoch_s, None, __version__, host, entries,
+                            [build_fleet_alert(event) for event in alerts])
+
+
+def compute_fleet_totals(hosts):
+    """The fleet's totals: a GPU is down on a host not up or when its
+    runtime_status is "lost", else busy at gpu_busy_pct >= FLEET_BUSY_PCT and
+    idle otherwise (unknown included); power_w sums the known values of the
+    GPUs not down (null when none is known)."""
+    totals = dict.fromkeys(("hosts_up", "gpus", "gpus_busy", "gpus_idle", "gpus_down"), 0)
+    power = []
+    for host in hosts:
+        up = host["state"] == "up"
+        totals["hosts_up"] += up
+        for gpu in host["gpus"]:
+            totals["gpus"] += 1
+            busy = gpu.get("gpu_busy_pct")
+            if not up or gpu.get("runtime_status") == "lost":
+                totals["gpus_down"] += 1
+                continue
+            if isinstance(busy, (int, float)) and busy >= FLEET_BUSY_PCT:
+                totals["gpus_busy"] += 1
+            else:
+                totals["gpus_idle"] += 1
+            if isinstance(gpu.get("power_w"), (int, float)):
+                power.append(gpu["power_w"])
+    return {"hosts": len(hosts), "hosts_up": totals["hosts_up"],
+            "hosts_down": len(hosts) - totals["hosts_up"], "gpus": totals["gpus"],
+            "gpus_busy": totals["gpus_busy"], "gpus_idle": totals["gpus_idle"],
+            "gpus_down": totals["gpus_down"], "power_w": round(sum(power), 1) if power else None}
+
+
+def build_fleet_message(epoch_s, source, interval_s, hosts, error=None):
+    """The fleet (the /ws frame and GET /api/fleet): source "local" (a server
+    without a fleet source: itself only), "peers" or "prometheus"; error says
+    why the peer list could not be read (the last good one is used), else null."""
+    return {"type": "fleet", "ts": format_ts(epoch_s), "source": source, "interval_s": interval_s,
+            "error": error, "hosts": hosts, "totals": compute_fleet_totals(hosts)}
+
+
+def fleet_content(message):
+    """A fleet message without its ts: what a round compares to push only changes."""
+    return dict(message, ts=None)
 
 
 def _compact(value):
@@ -5296,7 +6035,8 @@ ALERT_CSV_COLUMNS = ("ts", "rule", "gpu_id", "severity", "state", "started", "en
 RUN_CSV_COLUMNS = (
     "run_id", "gpu_id", "pid", "start_time", "started", "elapsed_s", "name", "user", "cmd",
     "container", "kfd", "type", "first_seen", "last_seen", "ended", "peak_vram_bytes", "avg_vram_bytes", "peak_gtt_bytes",
-    "avg_gtt_bytes", "peak_engine_pct", "avg_engine_pct", "gpu_seconds")
+    "avg_gtt_bytes", "peak_engine_pct", "avg_engine_pct", "gpu_seconds", "unit", "container_name"
+) + WHO_RUN_COLUMNS
 PROC_AT_CSV_COLUMNS = ("pid", "name", "user", "started", "elapsed_s", "vram_bytes", "gtt_bytes",
                        "engine_pct", "run_id")
 
@@ -5340,6 +6080,11 @@ def columns_csv(ts_ms, series):
     names = sorted(series)
     return csv_bytes(["ts"] + names, ([format_ts(t / 1000.0)] + [series[n][i] for n in names]
                                       for i, t in enumerate(ts_ms)))
+
+
+def runs_csv(runs):
+    """The runs answer as CSV: k8s and slurm as their flat columns (k8s_pod, slurm_job...)."""
+    return records_csv([dict(run, **compute_who_columns(run)) for run in runs], RUN_CSV_COLUMNS)
 
 
 def records_csv(records, columns):
@@ -5521,6 +6266,9 @@ def format_alert_summary(rule, gpu_id, change, detail=""):
 
 PROM_PREFIX = "amdgpu_"
 PROM_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+PROM_BUILD_INFO_HELP = ("A metric with a constant '1' value labeled by the version of "
+                        "amdgpu_top_web and of Python.")
+PROM_READY_HELP = "1 once the first GPU enumeration is done (as /api/readyz answers 200), 0 before."
 # family, type, help, [(metric key, scale, extra labels)]
 PROM_GPU_FAMILIES = (
     ("gpu_busy_ratio", "gauge", "GPU busy (gpu_busy_percent / 100).", [("gpu_busy_pct", 0.01, ())]),
@@ -5632,11 +6380,15 @@ class PromWriter(object):
         return "\n".join(out) + "\n"
 
 
-def render_prometheus(gpus, procs, health, max_procs, host=None, alerts=None):
+def render_prometheus(gpus, procs, health, max_procs, host=None, alerts=None, ready=True):
     """gpus: [(identity, metrics)], procs: {gpu id: procs message}, health: the
     monitor's own numbers, host: the host dict or None, alerts: the active
-    alert events -> Prometheus text (one prefix, base units, a gpu label)."""
+    alert events, ready: the first enumeration is done -> Prometheus text (one
+    prefix, base units, a gpu label; build_info and ready first)."""
     writer = PromWriter()
+    writer.add("build_info", "gauge", PROM_BUILD_INFO_HELP, (
+        ("version", __version__), ("python", "%d.%d.%d" % tuple(sys.version_info[:3]))), 1)
+    writer.add("ready", "gauge", PROM_READY_HELP, (), int(bool(ready)))
     for family, help_text, key, scale in PROM_HOST_FAMILIES:
         value = (host or {}).get(key)
         if value is not None:
@@ -5712,11 +6464,24 @@ def _prom_mig(writer, base, instances):
                    instance["memory_total_bytes"])
 
 
+def prom_who_labels(proc):
+    """The who-labels of a process's series, only those known: unit, container_id,
+    container_name, namespace, pod, container (Kubernetes' name, as dcgm-exporter
+    calls it), slurm_job, slurm_step. Fixed for a process's life: no extra series."""
+    k8s, slurm = proc.get("k8s") or {}, proc.get("slurm") or {}
+    pairs = (("unit", proc.get("unit")), ("container_id", proc.get("container")),
+             ("container_name", proc.get("container_name")),
+             ("namespace", k8s.get("namespace")), ("pod", k8s.get("pod")),
+             ("container", k8s.get("container")), ("slurm_job", slurm.get("job")),
+             ("slurm_step", slurm.get("step")))
+    return tuple((key, value) for key, value in pairs if value is not None)
+
+
 def _prom_procs(writer, base, message, max_procs):
     procs = sorted(message.get("processes") or [], key=lambda p: -((p.get("vram_bytes") or 0)
                                                                     + (p.get("gtt_bytes") or 0)))
     for proc in procs[:max_procs]:
-        labels = base + (("pid", proc["pid"]), ("name", proc.get("name") or ""))
+        labels = base + (("pid", proc["pid"]), ("name", proc.get("name") or "")) + prom_who_labels(proc)
         for pool in ("vram", "gtt", "cpu"):
             writer.add("process_memory_bytes", "gauge", "GPU memory of a process by pool (top processes only).",
                        labels + (("pool", pool),), proc.get(pool + "_bytes"))
@@ -5767,6 +6532,233 @@ def _prom_alerts(writer, gpus, alerts):
                     ("severity", event["severity"])), 1)
 
 
+# -- the fleet from Prometheus: our own names read back, targets, history ---
+
+# The fleet GPU keys read from Prometheus, and the host keys (stats/host keys).
+FLEET_PROM_GPU_KEYS = ("gpu_busy_pct", "vram_used_bytes", "vram_total_bytes", "temp_c", "power_w",
+                       "power_cap_w")
+FLEET_PROM_INT_KEYS = ("vram_used_bytes", "vram_total_bytes", "cpu_count", "mem_used_bytes",
+                       "mem_total_bytes", "processes")
+# /api/fleet/history's metric=: every GPU stats key /metrics exports.
+FLEET_HISTORY_METRICS = tuple(key for family in PROM_GPU_FAMILIES for key, _scale, _extra in family[3])
+FLEET_PROM_GPU_FLAGS = (("throttled", "throttled"), ("processes", "processes"))
+# Queries read every Nth poll (all of them again when a new host shows up):
+# what hardly changes (identity, sizes, caps) every 15th, the runtime state and
+# the processes (the servers scan every 2 s) every 3rd; the rest every poll.
+FLEET_PROM_QUERY_EVERY = {"gpu_info": 15, "vram_total_bytes": 15, "power_cap_w": 15, "cpu_count": 15,
+                          "mem_total_bytes": 15, "status": 3, "processes": 3, "top_process": 3}
+
+
+def prom_gpu_selector(key):
+    """A stats key -> (the series selector /metrics writes it as, its scale), or None."""
+    for family, _kind, _help, series in PROM_GPU_FAMILIES:
+        for series_key, scale, extra in series:
+            if series_key == key:
+                return PROM_PREFIX + family + prom_labels(extra), scale
+    return None
+
+
+def prom_host_selector(key):
+    for family, _help, host_key, scale in PROM_HOST_FAMILIES:
+        if host_key == key:
+            return PROM_PREFIX + family, scale
+    return None
+
+
+def build_prom_fleet_queries():
+    """[(name, PromQL)]: one instant query per metric for the whole fleet, each
+    cut down to the labels the fleet needs (smaller answers to parse)."""
+    by_gpu = "max by (job, instance, gpu) (%s)"
+    queries = [("up", "up"), ("build", "timestamp(%sbuild_info)" % PROM_PREFIX),
+               ("gpu_info", "max by (job, instance, gpu, pci, vendor, uuid, name) (%sgpu_info)"
+                % PROM_PREFIX)]
+    queries += [(key, by_gpu % prom_gpu_selector(key)[0]) for key in FLEET_PROM_GPU_KEYS]
+    queries += [(name, by_gpu % (PROM_PREFIX + family)) for name, family in FLEET_PROM_GPU_FLAGS]
+    # 0 active, 1 runtime-suspended, 2 lost (/metrics writes both flags together)
+    queries.append(("status", by_gpu % ("%sruntime_suspended + 2 * %sgpu_lost" % (PROM_PREFIX, PROM_PREFIX))))
+    queries += [
+        ("throttle_reasons", "max by (job, instance, gpu, reason) (%sthrottle_reason_active)" % PROM_PREFIX),
+        ("top_process", 'max by (job, instance, gpu, pid, name) (topk by (job, instance, gpu) '
+         '(1, %sprocess_memory_bytes{pool="vram"}))' % PROM_PREFIX),
+        ("alerts", "max by (job, instance, gpu, alertname, severity) (%salert_active)" % PROM_PREFIX)]
+    queries += [(key, "max by (job, instance) (%s)" % prom_host_selector(key)[0])
+                for key in FLEET_HOST_KEYS]
+    return queries
+
+
+def _prom_scaled(key, value, scale):
+    if value is None:
+        return None
+    value = round(value / scale, 6) if scale != 1 else value
+    return int(value) if key in FLEET_PROM_INT_KEYS else value
+
+
+def compute_prom_fleet(answers):
+    """{query name: [(labels, value, at_s)]} (build_prom_fleet_queries' names)
+    -> ({(job, instance): host data}, {(job, instance): up value}). A host is
+    an instance that exports amdgpu_build_info or amdgpu_gpu_info now."""
+    up = {(l.get("job", ""), l.get("instance", "")): v for l, v, _ in answers.get("up", ())}
+    hosts = {}
+
+    def host(labels):
+        key = (labels.get("job", ""), labels.get("instance", ""))
+        if key not in hosts:
+            hosts[key] = {"version": None, "last_seen_s": None, "host": None, "gpus": {}, "alerts": []}
+        return hosts[key]
+    for labels, value, _ in answers.get("build", ()):
+        entry = host(labels)
+        entry["version"], entry["last_seen_s"] = _prom_text(labels, "version"), value
+    index = {}      # (job, instance, gpu) -> (gpu entry, host): one lookup per series
+    for labels, _, _ in answers.get("gpu_info", ()):
+        entry = host(labels)
+        gpu = _prom_gpu_entry(entry, labels)
+        if gpu is not None:
+            index[(labels.get("job", ""), labels.get("instance", ""), labels.get("gpu", ""))] = (gpu, entry)
+    for key in FLEET_HOST_KEYS:
+        scale = prom_host_selector(key)[1]
+        for labels, value, _ in answers.get(key, ()):
+            entry = host(labels)
+            if entry["host"] is None:
+                entry["host"] = dict.fromkeys(FLEET_HOST_KEYS)
+            entry["host"][key] = _prom_scaled(key, value, scale)
+    _prom_fill_gpus(hosts, answers, index)
+    return hosts, up
+
+
+def _prom_text(labels, key):
+    """A label's value as a fleet string: None when empty, cut to FLEET_TEXT_MAX
+    (an exporter's labels are as untrusted as a peer's answer)."""
+    value = labels.get(key)
+    return value[:FLEET_TEXT_MAX] if value else None
+
+
+def _prom_gpu_entry(host, labels):
+    """The host's GPU of these labels, made on first sight; None past FLEET_MAX_GPUS."""
+    gpu_id = (labels.get("gpu") or "")[:FLEET_TEXT_MAX]
+    gpu = host["gpus"].get(gpu_id)
+    if gpu is None:
+        if len(host["gpus"]) >= FLEET_MAX_GPUS:
+            return None
+        vendor = _prom_text(labels, "vendor")
+        gpu = host["gpus"][gpu_id] = {
+            "id": gpu_id, "name": _prom_text(labels, "name"), "vendor": vendor,
+            "vendor_label": VENDOR_LABELS.get(vendor, vendor), "uuid": _prom_text(labels, "uuid"),
+            "pci": _prom_text(labels, "pci"), "gpu_busy_pct": None, "vram_used_bytes": None,
+            "vram_total_bytes": None, "temp_c": None, "power_w": None, "power_cap_w": None,
+            "throttle_reasons": None, "runtime_status": None, "top_process": None,
+            "processes": None, "alert": None, "_flags": {}}
+    return gpu
+
+
+def _prom_fill_gpus(hosts, answers, index):
+    """The per-GPU answers into the hosts' GPUs (a GPU with a value but no
+    gpu_info series still gets its entry); then each GPU's derived keys."""
+    def gpus_of(name):
+        for labels, value, _ in answers.get(name, ()):
+            key = (labels.get("job", ""), labels.get("instance", ""), labels.get("gpu", ""))
+            found = index.get(key)
+            if found is None and key[:2] in hosts:
+                host = hosts[key[:2]]
+                gpu = _prom_gpu_entry(host, labels)
+                found = index[key] = (gpu, host) if gpu is not None else None
+            if found is not None:
+                yield labels, value, found[0], found[1]
+    for key in FLEET_PROM_GPU_KEYS:
+        scale = prom_gpu_selector(key)[1]
+        integral = key in FLEET_PROM_INT_KEYS
+        for _labels, value, gpu, _host in gpus_of(key):
+            if value is not None and scale != 1:
+                value = round(value / scale, 6)
+            gpu[key] = int(value) if integral and value is not None else value
+    for name in [flag for flag, _family in FLEET_PROM_GPU_FLAGS] + ["status"]:
+        for _labels, value, gpu, _host in gpus_of(name):
+            gpu["_flags"][name] = value
+    for labels, value, gpu, _host in gpus_of("throttle_reasons"):
+        if value:
+            gpu["_flags"].setdefault("reasons", []).append((labels.get("reason") or "")[:FLEET_TEXT_MAX])
+    for labels, value, gpu, _host in gpus_of("top_process"):
+        gpu["top_process"] = {"pid": int(labels["pid"]) if labels.get("pid", "").isdigit() else None,
+                              "name": _prom_text(labels, "name"), "user": None,
+                              "vram_bytes": None if value is None else int(value), "gpu_pct": None}
+    for labels, value, gpu, host in gpus_of("alerts"):
+        _prom_alert(host, gpu if labels.get("gpu") else None, labels, value)
+    for host in hosts.values():
+        for gpu in host["gpus"].values():
+            _prom_gpu_flags(gpu, gpu.pop("_flags"))
+        host["gpus"] = sorted(host["gpus"].values(), key=lambda g: g["id"])
+
+
+def _prom_alert(host, gpu, labels, value):
+    if not value:
+        return
+    severity = _prom_text(labels, "severity")
+    if len(host["alerts"]) < FLEET_MAX_ALERTS:
+        host["alerts"].append({"rule": _prom_text(labels, "alertname"), "gpu_id": _prom_text(labels, "gpu"),
+                               "severity": severity, "summary": None, "started": None})
+    if gpu is not None and severity in ("warning", "critical") and gpu["alert"] != "critical":
+        gpu["alert"] = severity
+
+
+def _prom_gpu_flags(gpu, flags):
+    reasons = sorted(flags.get("reasons") or ())
+    gpu["throttle_reasons"] = reasons if reasons or flags.get("throttled") is not None else None
+    status = flags.get("status")
+    if status is not None:
+        gpu["runtime_status"] = "lost" if status >= 2 else "suspended" if status >= 1 else "active"
+    if flags.get("processes") is not None:
+        gpu["processes"] = int(flags["processes"])
+
+
+def prom_host_names(keys):
+    """{(job, instance): the host's name}: the instance, or 'instance (job)'
+    where one instance is scraped by several jobs."""
+    counts = collections.Counter(instance for _job, instance in keys)
+    return {(job, instance): instance if counts[instance] == 1 else "%s (%s)" % (instance, job)
+            for job, instance in keys}
+
+
+def build_prom_fleet_host(name, state, last_seen_s, error, data):
+    """A fleet host entry (source "prometheus", no page: it is no configured peer)."""
+    data = data or {}
+    return build_fleet_host(name, "prometheus", None, state, last_seen_s, error, data.get("version"),
+                            data.get("host"), data.get("gpus") or [], data.get("alerts") or [])
+
+
+def build_fleet_targets(peers):
+    """GET /api/fleet/targets: the peers as Prometheus http_sd target groups,
+    one per scheme and path prefix ([] without peers)."""
+    groups = collections.OrderedDict()
+    for peer in peers:
+        parts = urlsplit(peer.url)
+        labels = (parts.scheme, parts.path + "/metrics")
+        groups.setdefault(labels, []).append(parts.netloc)
+    return [{"targets": targets, "labels": {"__scheme__": scheme, "__metrics_path__": path}}
+            for (scheme, path), targets in groups.items()]
+
+
+def parse_fleet_history_query(query, now_s, metrics):
+    """?range=|from=&to= &step= &metric= of /api/fleet/history -> (HistoryQuery, metric)."""
+    params = parse_query_string(query, ("from", "to", "range", "step", "metric"))
+    history = parse_history_query(urlencode([(k, v) for k, v in params.items() if k != "metric"]),
+                                  now_s)
+    metric = params.get("metric", "gpu_busy_pct")
+    if metric not in metrics:
+        raise QueryError("parameter 'metric': expected a GPU stats key such as gpu_busy_pct, "
+                         "power_w, temp_c or vram_used_bytes")
+    step_s = history.step_s or max(1.0, math.ceil((history.to_s - history.from_s)
+                                                  / FLEET_PROM_HISTORY_POINTS))
+    if (history.to_s - history.from_s) / step_s > FLEET_PROM_MAX_POINTS:
+        raise QueryError("parameter 'step': at most %d points per series" % FLEET_PROM_MAX_POINTS)
+    return history._replace(step_s=step_s), metric
+
+
+def build_fleet_history_answer(metric, start_s, step_s, points, series):
+    """GET /api/fleet/history: {"<host>/<gpu id>": [value or None per ts]}."""
+    return {"source": "prometheus", "metric": metric, "step_s": step_s,
+            "ts": [int(round((start_s + i * step_s) * 1000)) for i in range(points)],
+            "series": series}
+
+
 # -- debug pages (/debug/threads, /debug/memory) ----------------------------
 
 def format_thread_stacks(frames, threads):
@@ -5797,7 +6789,8 @@ VENDOR_TYPES = {".js": "text/javascript; charset=utf-8", ".mjs": "text/javascrip
 
 
 def rewrite_cdn_urls(page_html):
-    """Air-gapped mode: 'https://cdn.jsdelivr.net/npm/PKG@VER/PATH' -> '/vendor/PKG/PATH'.
+    """Air-gapped mode: 'https://cdn.jsdelivr.net/npm/PKG@VER/PATH' -> './vendor/PKG/PATH'
+    (relative to the page, so it works under a hub's /hosts/{name}/ too).
 
     Returns (new html, {"/vendor/PKG/PATH": ("PKG", "VER", "PKG/PATH")}): the
     allow-list of files /vendor/ serves. jsDelivr's /npm/ URLs mirror the npm
@@ -5812,7 +6805,7 @@ def rewrite_cdn_urls(page_html):
             return match.group(0)
         url = "/vendor/%s/%s" % (package, path)
         files[url] = (package, version, "%s/%s" % (package, path))
-        return url
+        return "." + url
     return CDN_URL_RE.sub(local, page_html), files
 
 
@@ -5857,14 +6850,71 @@ PLAIN_ROWS = (
 )
 
 
-def render_plain(gpus, procs, refresh_s, hint=None, page=True, host=None, alerts=None):
+def fleet_host_summary(host):
+    """(GPUs busy, GPUs idle, power W or None) of one fleet host (power: the known values)."""
+    busy = sum(1 for g in host["gpus"] if isinstance(g.get("gpu_busy_pct"), (int, float))
+               and g["gpu_busy_pct"] >= FLEET_BUSY_PCT)
+    power = [g["power_w"] for g in host["gpus"] if isinstance(g.get("power_w"), (int, float))]
+    return busy, len(host["gpus"]) - busy, round(sum(power), 1) if power else None
+
+
+def format_fleet_gpu(gpu):
+    """One GPU of the fleet in a compact cell: id, busy, temperature, power,
+    VRAM, the top process (user), the alert."""
+    parts = [sanitize_text(gpu["id"] or "?"), format_value(gpu["gpu_busy_pct"], "%"),
+             format_value(gpu["temp_c"], " °C"), format_value(gpu["power_w"], " W"),
+             "%s / %s" % (format_bytes(gpu["vram_used_bytes"]), format_bytes(gpu["vram_total_bytes"]))]
+    top = gpu.get("top_process") or {}
+    if top.get("name"):
+        parts.append("%s (%s)" % (sanitize_text(top["name"])[:24], sanitize_text(top.get("user") or "?")))
+    if gpu.get("alert"):
+        parts.append("[%s]" % gpu["alert"])
+    return "  ".join(parts)
+
+
+def format_fleet_host(host):
+    """One fleet host's cells: name, state (and why), last seen, GPUs busy / idle, power."""
+    busy, idle, power = fleet_host_summary(host)
+    state = host["state"] + (" (%s)" % sanitize_text(host["error"]) if host["error"] else "")
+    return [sanitize_text(host["name"]), state, host["last_seen"] or "never",
+            "%d / %d" % (busy, idle), format_value(power, " W")]
+
+
+def format_fleet_totals(fleet):
+    totals = fleet["totals"]
+    return "%d hosts (%d up, %d not)  %d GPUs: %d busy, %d idle, %d down  power %s%s" % (
+        totals["hosts"], totals["hosts_up"], totals["hosts_down"], totals["gpus"],
+        totals["gpus_busy"], totals["gpus_idle"], totals["gpus_down"],
+        format_value(totals["power_w"], " W"),
+        "  (peer list: %s)" % fleet["error"] if fleet.get("error") else "")
+
+
+def _plain_fleet(fleet):
+    """A hub's fleet: one row per host, a compact cell per GPU."""
+    esc = html.escape
+    rows = ["<h2>Fleet</h2><p>%s</p>" % esc(format_fleet_totals(fleet)),
+            "<table border=1><thead><tr><th>host</th><th>state</th><th>last seen</th>"
+            "<th>GPUs busy / idle</th><th>power</th><th>GPUs</th></tr></thead><tbody>"]
+    for host in fleet["hosts"]:
+        cells = [esc(cell) for cell in format_fleet_host(host)]
+        if host.get("page"):
+            cells[0] = "<a href=\"%s\">%s</a>" % (esc(host["page"]), cells[0])
+        cells.append("<br>".join(esc(format_fleet_gpu(gpu)) for gpu in host["gpus"]))
+        rows.append("<tr>%s</tr>" % "".join("<td>%s</td>" % cell for cell in cells))
+    rows.append("</tbody></table>")
+    return rows
+
+
+def render_plain(gpus, procs, refresh_s, hint=None, page=True, host=None, alerts=None,
+                 fleet=None):
     """The no-JavaScript view: the host, every GPU and its processes as HTML tables.
 
     gpus: [(identity dict, metrics dict or None)]; procs: {gpu id: procs message};
     host: the host dict (HOST_KEYS) or None before its first sample.
     Every value goes through html.escape (process names are untrusted);
     page=False (index.html missing) leaves out the link to the dashboard;
-    alerts: the active alert events (None: alerts are off).
+    alerts: the active alert events (None: alerts are off); fleet: a hub's
+    fleet message, shown first (None: not a hub).
     """
     esc = html.escape
     out = ["<!doctype html><html lang=en><head><meta charset=utf-8>",
@@ -5874,6 +6924,8 @@ def render_plain(gpus, procs, refresh_s, hint=None, page=True, host=None, alerts
            "<h1>amdgpu_top_web</h1>"]
     if hint:
         out.append("<p>%s</p>" % esc(hint))
+    if fleet is not None:
+        out.extend(_plain_fleet(fleet))
     if host:
         out.extend(_plain_host(host))
     if not gpus:
@@ -5961,10 +7013,11 @@ def _plain_procs(procs):
         return ["<p>Processes: not available.</p>"]
     rows = ["<h3>Processes</h3><table border=1><thead><tr><th>PID</th><th>User</th><th>Name</th>"
             "<th>VRAM</th><th>GTT</th><th>GPU ms/s</th><th>CPU</th><th>RSS</th><th>Started</th>"
-            "<th>Elapsed</th><th>Flags</th><th>Command</th></tr></thead><tbody>"]
+            "<th>Elapsed</th><th>Flags</th><th>Who</th><th>Command</th></tr></thead><tbody>"]
     for proc in procs["processes"]:
         rows.append("<tr><td>%d</td><td>%s</td><td>%s</td><td>%s</td><td>%s</td><td>%s</td>"
-                    "<td>%s</td><td>%s</td><td>%s</td><td>%s</td><td>%s</td><td>%s</td></tr>" % (
+                    "<td>%s</td><td>%s</td><td>%s</td><td>%s</td><td>%s</td><td>%s</td>"
+                    "<td>%s</td></tr>" % (
                         proc["pid"], esc(str(proc.get("user") or proc.get("uid") or "?")),
                         esc(proc.get("name") or "?"), esc(plain_nowrap(format_bytes(proc.get("vram_bytes")))),
                         esc(plain_nowrap(format_bytes(proc.get("gtt_bytes")))),
@@ -5972,12 +7025,30 @@ def _plain_procs(procs):
                         esc(format_value(proc.get("cpu_pct"), "%")),
                         esc(plain_nowrap(format_bytes(proc.get("rss_bytes")))),
                         esc(proc.get("started") or "\u2014"), esc(plain_nowrap(format_elapsed(proc.get("elapsed_s")))),
-                        esc(plain_flags(proc)), esc((proc.get("cmd") or "")[:200])))
+                        esc(plain_flags(proc)), esc(format_who(proc)),
+                        esc((proc.get("cmd") or "")[:200])))
     rows.append("</tbody></table>")
     note = plain_visibility_note(procs.get("visibility"))
     if note:
         rows.append("<p>%s</p>" % esc(note))
     return rows
+
+
+def format_who(proc):
+    """Every owner a process row names, most specific first ("pod inference/llama
+    (container llama-server); unit cri-containerd-….scope"); "" when none."""
+    parts, k8s, slurm = [], proc.get("k8s"), proc.get("slurm")
+    if k8s:
+        parts.append("pod %s/%s" % (k8s.get("namespace") or "?", k8s.get("pod") or k8s["pod_uid"])
+                     + (" (container %s)" % k8s["container"] if k8s.get("container") else ""))
+    if slurm:
+        parts.append("Slurm job %d" % slurm["job"]
+                     + (" step %s" % slurm["step"] if slurm.get("step") else ""))
+    if proc.get("container_name"):
+        parts.append("container %s (%s)" % (proc["container_name"], proc.get("container") or "?"))
+    if proc.get("unit"):
+        parts.append("unit " + proc["unit"])
+    return "; ".join(parts)
 
 
 def plain_flags(proc):
@@ -6299,16 +7370,14 @@ class ProcStartClock(object):
 
 
 def read_proc_meta(procfd, pid, users):
-    """cmd (redacted), uid, user and container of a PID under a /proc dir fd;
-    users caches uid -> name (NSS can be slow)."""
+    """cmd (redacted), uid and user of a PID under a /proc dir fd; users caches
+    uid -> name (NSS can be slow). Its cgroup: ProcEnricher.who."""
     cmd = read_at(procfd, "%d/cmdline" % pid, CMDLINE_READ_LIMIT) or b""
     uid = parse_status_uid(read_text_at(procfd, "%d/status" % pid, PROC_STATUS_READ_LIMIT))
-    cgroup = read_text_at(procfd, "%d/cgroup" % pid, PROC_CGROUP_READ_LIMIT)
     if uid is not None and uid not in users:
         users[uid] = read_user_name(uid) or str(uid)
     return {"cmd": redact_cmdline(cmd, CMD_MAX_LEN), "uid": uid,
-            "user": users.get(uid) if uid is not None else None,
-            "container": parse_cgroup_container(cgroup)}
+            "user": users.get(uid) if uid is not None else None}
 
 
 def read_proc_stat_at(procfd, pid):
@@ -6503,14 +7572,104 @@ class Inbox(object):
 
 # -- /proc enrichment of a process row (stat, CPU, user, command line, container) --
 
+def make_who_names(config):
+    """The WhoNames of this config (APP_DOCKER_ROOT, APP_CONTAINERS_STORAGE,
+    APP_K8S_PODS_DIR, APP_K8S_CONTAINERS_DIR)."""
+    return WhoNames(config.docker_root, config.k8s_pods_dir, config.k8s_containers_dir,
+                    storage_root=config.containers_storage)
+
+
+class WhoNames(object):
+    """Container and pod names from files the runtimes leave on disk (never a
+    socket call): Docker's <docker_root>/containers/<id>/config.v2.json "Name"
+    (a root-only file: unreadable, the id alone stays), Podman's and CRI-O's
+    <storage_root>/overlay-containers/containers.json, the kubelet's pod log
+    directories (<namespace>_<pod>_<uid>) and its container log links
+    (<pod>_<namespace>_<container>-<id>.log). Each answer is kept ttl_s; a
+    root of None is never looked at."""
+
+    def __init__(self, docker_root=None, pods_dir=None, containers_dir=None,
+                 ttl_s=WHO_NAMES_TTL_S, clock=time.monotonic, storage_root=None):
+        self._docker_root, self._pods_dir, self._containers_dir = (
+            docker_root, pods_dir, containers_dir)
+        self._storage_root = storage_root
+        self._ttl_s, self._clock = ttl_s, clock
+        self._cache = {}                 # key -> (read at, value)
+
+    def _cached(self, key, read):
+        now, hit = self._clock(), self._cache.get(key)
+        if hit is None or now - hit[0] >= self._ttl_s:
+            if len(self._cache) > WHO_DIR_MAX_ENTRIES:
+                self._cache.clear()
+            hit = self._cache[key] = (now, read())
+        return hit[1]
+
+    def docker_name(self, container_id):
+        if not self._docker_root or not container_id:
+            return None
+        path = os.path.join(self._docker_root, "containers", container_id, "config.v2.json")
+        return self._cached(("docker", container_id), lambda: parse_docker_config_name(
+            read_text(path, DOCKER_CONFIG_READ_LIMIT)))
+
+    def storage_name(self, container_id):
+        """Podman's or CRI-O's name of a container, from containers/storage's
+        overlay-containers/containers.json and volatile-containers.json (--rm)."""
+        if not self._storage_root or not container_id:
+            return None
+        return self._cached(("storage",), self._read_storage).get(container_id)
+
+    def _read_storage(self):
+        names = {}
+        for name in ("containers.json", "volatile-containers.json"):
+            names.update(parse_containers_storage_names(read_text(os.path.join(
+                self._storage_root, "overlay-containers", name), CONTAINERS_JSON_READ_LIMIT)))
+        return names
+
+    def _listing(self, path, parse):
+        found = (parse(name) for name in list_dir(path)[:WHO_DIR_MAX_ENTRIES]) if path else ()
+        return [item for item in found if item is not None]
+
+    def pods(self):
+        """{pod uid: (namespace, pod)} from the kubelet's pod log directories."""
+        return self._cached(("pods",), lambda: dict(
+            (uid, (ns, pod)) for ns, pod, uid in self._listing(self._pods_dir, parse_k8s_pod_dir)))
+
+    def k8s_containers(self):
+        """{container id: (pod, namespace, container)} from the container log links."""
+        return self._cached(("links",), lambda: dict(
+            (cid, (pod, ns, name)) for pod, ns, name, cid
+            in self._listing(self._containers_dir, parse_k8s_container_link)))
+
+    def fields(self, who):
+        """CgroupWho -> the row's unit, container, container_name, k8s and slurm."""
+        name = (self.docker_name(who.container_id) if who.runtime == "docker" else
+                self.storage_name(who.container_id) if who.runtime in ("podman", "cri-o") else None)
+        return {"unit": who.unit, "container": who.container, "container_name": name,
+                "k8s": self._k8s(who) if who.pod_uid else None,
+                "slurm": dict(who.slurm) if who.slurm else None}
+
+    def _k8s(self, who):
+        namespace, pod = self.pods().get(who.pod_uid, (None, None))
+        link = self.k8s_containers().get(who.container_id) if who.container_id else None
+        container = None
+        if link is not None and pod in (None, link[0]) and namespace in (None, link[1]):
+            pod, namespace, container = link      # the link names this very container
+        return {"namespace": namespace, "pod": pod, "container": container,
+                "pod_uid": who.pod_uid}
+
+
 class ProcEnricher(object):
     """The /proc side of a process row, one place for every process source
     (the fdinfo scanner's rows and NVML's): name from stat, CPU % and RSS
-    (ProcCpuMeter), uid, user, command line and container (read_proc_meta,
-    user names cached), started and elapsed_s (ProcStartClock)."""
+    (ProcCpuMeter), uid, user and command line (read_proc_meta, user names
+    cached), who it belongs to (who: unit, container, container_name, k8s,
+    slurm), started and elapsed_s (ProcStartClock)."""
 
-    def __init__(self, proc_root, clk_tck=None, page_size=None, wall_clock=time.time):
+    def __init__(self, proc_root, clk_tck=None, page_size=None, wall_clock=time.time,
+                 names=None):
         self._users = {}             # uid -> name
+        self._names = names or WhoNames()
+        self._who = {}               # (pid, start_time) -> CgroupWho: read once per process
         self._cpu = ProcCpuMeter(clk_tck or read_sysconf("SC_CLK_TCK", 100),
                                  page_size or read_sysconf("SC_PAGE_SIZE", 4096))
         self._start_clock = ProcStartClock(proc_root, clk_tck, wall_clock)
@@ -6522,9 +7681,22 @@ class ProcEnricher(object):
         cpu_pct, rss_bytes = self._cpu.measure(pid, line, now_s)
         return {"name": sanitize_text(line.comm or ""), "cpu_pct": cpu_pct, "rss_bytes": rss_bytes}
 
-    def meta(self, procfd, pid):
-        """{"cmd", "uid", "user", "container"} (read_proc_meta)."""
-        return read_proc_meta(procfd, pid, self._users)
+    def meta(self, procfd, pid, start_time=None):
+        """{"cmd", "uid", "user"} (read_proc_meta) and who() of the process."""
+        meta = read_proc_meta(procfd, pid, self._users)
+        meta.update(self.who(procfd, pid, start_time))
+        return meta
+
+    def who(self, procfd, pid, start_time):
+        """unit, container, container_name, k8s, slurm: its cgroup file is read
+        once per (pid, start_time); names come from WhoNames (kept ttl_s)."""
+        key = (pid, start_time)
+        who = self._who.get(key)
+        if who is None:
+            who = parse_cgroup_who(read_text_at(procfd, "%d/cgroup" % pid, PROC_CGROUP_READ_LIMIT))
+            if start_time is not None:
+                self._who[key] = who
+        return self._names.fields(who)
 
     def times(self, start_ticks, now_s=None):
         """{"started", "elapsed_s"} (ProcStartClock)."""
@@ -6536,14 +7708,17 @@ class ProcEnricher(object):
     def describe(self, procfd, pid, line, now_s):
         """Every /proc field of a row at once: measure(), meta(), start_time, times()."""
         fields = self.measure(pid, line, now_s)
-        fields.update(self.meta(procfd, pid), start_time=line.start_time)
+        fields.update(self.meta(procfd, pid, line.start_time), start_time=line.start_time)
         fields.update(self.times(line.start_time))
         return fields
 
     def prune(self, alive=None):
         """Forget the CPU readings of PIDs not in alive (default: those measured
         since the last prune)."""
-        self._cpu.prune(self._measured if alive is None else alive)
+        alive = self._measured if alive is None else alive
+        self._cpu.prune(alive)
+        for key in [k for k in self._who if k not in alive]:
+            del self._who[key]
         self._measured = set()
 
 
@@ -6876,7 +8051,7 @@ class ProcScanner(object):
     def __init__(self, proc_root, max_pids=5000, max_fds_per_pid=64, budget_s=0.5,
                  clock_ns=time.monotonic_ns, full_walk_every=5, fd_count="auto",
                  drivers=FDINFO_DRIVERS, clk_tck=None, page_size=None, wall_clock=time.time,
-                 sysfs_root=None):
+                 sysfs_root=None, names=None):
         self._root = proc_root
         self._kfd = KfdReader(sysfs_root) if sysfs_root else None
         self._drivers = tuple(drivers)
@@ -6887,7 +8062,7 @@ class ProcScanner(object):
         self._drm = True             # a GPU whose clients show in fdinfo is known
         self._watch = {}             # pid -> dict (GPU users)
         self._prev = {}              # (pid, start_time, client key) -> EngineSample
-        self._proc = ProcEnricher(proc_root, clk_tck, page_size, wall_clock)
+        self._proc = ProcEnricher(proc_root, clk_tck, page_size, wall_clock, names)
         self._scans = 0
         self._visibility = {}
         limits = (max(1, int(max_pids)), max(1, int(max_fds_per_pid)), int(budget_s * 1e9))
@@ -6972,7 +8147,7 @@ class ProcScanner(object):
         entry["drm_fds"], entry["kfd_fds"] = fds
         entry["kfd"] = bool(fds[1])
         if entry["meta"] is None or full:
-            entry["meta"] = self._proc.meta(procfd, pid)
+            entry["meta"] = self._proc.meta(procfd, pid, start)
         entry["clients"], failed = self._read_clients(procfd, pid, start, entry["drm_fds"], stats)
         entry.update(self._proc.measure(pid, line, self._clock() / 1e9))
         entry["kfd_vram"] = self._read_kfd_vram(pid) if entry["kfd"] else None
@@ -7720,12 +8895,13 @@ class NvmlProcSource(object):
     A utilisation API one GPU refuses is dropped for that GPU only (one box
     may mix GPUs that give per-process utilisation and GPUs that do not)."""
 
-    def __init__(self, nvml, devices, proc_root, lost=None, clock_us=None, mig=None):
+    def __init__(self, nvml, devices, proc_root, lost=None, clock_us=None, names=None,
+                 mig=None):
         self._nvml, self._devices, self._root = nvml, devices, proc_root
         self._lost = lost if lost is not None else set()
         self._mig_of = mig if mig is not None else {}   # gpu id -> its readers' metrics.mig
         self._clock_us = clock_us or (lambda: int(time.time() * 1e6))
-        self._proc = ProcEnricher(proc_root)
+        self._proc = ProcEnricher(proc_root, names=names)
         self._last_seen = {}              # gpu id -> newest utilisation sample timestamp (µs)
         self._util_refused = {}           # gpu id -> {utilisation APIs it refused for good}
         self._lists = [self._list_function(kind, base) for kind, base in NVML_PROCESS_LISTS]
@@ -7890,8 +9066,9 @@ class NvidiaBackend(object):
 
     vendor = "nvidia"
 
-    def __init__(self, nvml, sysfs_root, proc_root):
+    def __init__(self, nvml, sysfs_root, proc_root, names=None):
         self._nvml, self._sysfs_root, self._proc_root = nvml, sysfs_root, proc_root
+        self._names = names              # WhoNames for the process rows (None: no lookups)
         self._devices = None             # [(GpuInfo, handle)]
         self.lost = set()                # ids of GPUs that answered GPU_IS_LOST
         self.mig = {}                    # gpu id -> its MIG instances (readers write, rows read)
@@ -7903,7 +9080,7 @@ class NvidiaBackend(object):
         if nvml is None:
             LOG.info("event=nvml_unavailable library=%s reason=%r", config.nvml_library, why)
             return None
-        return cls(nvml, config.sysfs_root, config.proc_root)
+        return cls(nvml, config.sysfs_root, config.proc_root, make_who_names(config))
 
     def discover(self):
         if self._devices is None:
@@ -7969,7 +9146,8 @@ class NvidiaBackend(object):
 
     def proc_source(self):
         self.discover()
-        return NvmlProcSource(self._nvml, self._devices, self._proc_root, self.lost, mig=self.mig)
+        return NvmlProcSource(self._nvml, self._devices, self._proc_root, self.lost,
+                              names=self._names, mig=self.mig)
 
     def close(self):
         self._nvml.shutdown()
@@ -8051,9 +9229,24 @@ DEMO_PROCS = (
     ("code", "erin", "/usr/share/code/code --type=gpu-process", None, False, {"gfx": 1.0}, 96, 24),
     ("obs", "alice", "obs --startstreaming", None, False, {"gfx": 7.0, "enc": 18.0}, 610, 140),
     ("mpv", "carol", "mpv --hwdec=vaapi movie.mkv", None, False, {"dec": 12.0}, 150, 40),
-    ("llama-server", "dave", "llama-server -m model.gguf --port 8081", "k8s-llm-7d9f", False,
+    ("llama-server", "dave", "llama-server -m model.gguf --port 8081", "9c4e07b1a2d5", False,
      {"gfx": 0.0, "compute": 44.0}, 900, 2100),
 )
+# Who each demo process belongs to (by name; the row fields of WhoNames.fields).
+DEMO_WHO = {
+    "blender": {"unit": "slurmstepd.scope", "slurm": {"job": 48213, "step": "0"}},
+    "python3": {"unit": "docker-3f2a9c1d7e4b25b0315ff17bd1ebad3d95c15a3f8b764eaadb936"
+                        "12d9b61a54e.scope", "container_name": "trainer"},
+    "Xorg": {"unit": "display-manager.service"},
+    "firefox": {"unit": "user@1000.service/app-firefox@4711.service"},
+    "code": {"unit": "user@1003.service/app-code-2318.scope"},
+    "obs": {"unit": "session-3.scope"},
+    "llama-server": {"unit": "cri-containerd-9c4e07b1a2d59892fcdf8aa79ea5d6bb6531b5c176"
+                             "939ef0110906cb225941c1.scope",
+                     "k8s": {"namespace": "inference", "pod": "llama-7d9f5c6b8-xk2lp",
+                             "container": "llama-server",
+                             "pod_uid": "5f0c2a7e-1b3d-4c8e-9a6f-2d4b8e1c7a93"}},
+}
 # --demo-scenario hostile: this process takes slot 4 ("code"); the escaping tests use it,
 # a new user's first look at the demo does not.
 DEMO_HOSTILE_PROC = ("<img src=x onerror=alert(1)>", "mallory", "<script>alert(1)</script> --token=[redacted]",
@@ -8285,7 +9478,7 @@ class DemoProcSource(object):
             gpu_time_ms_per_s=round(sum(v for v in pct.values() if v) * 10.0, 1),
             container=container, start_time=100000 + pid, clients=1,
             cpu_pct=_demo_cpu_pct(index, wave), rss_bytes=_demo_rss_bytes(vram_mib, index),
-            **self._times(gpu_index, index))
+            **dict(self._times(gpu_index, index), **_demo_who(name)))
 
     def _nvidia_process(self, gpu_index, index, load, t):
         """NVML-shaped: SM/mem/enc/dec %, C/G types, no GTT, one PID from
@@ -8302,7 +9495,13 @@ class DemoProcSource(object):
                               container=container, start_time=100000 + pid,
                               cpu_pct=_demo_cpu_pct(index, wave),
                               rss_bytes=_demo_rss_bytes(vram_mib, index),
-                              **dict(common, **self._times(gpu_index, index)))
+                              **dict(common, **dict(self._times(gpu_index, index),
+                                                    **_demo_who(name))))
+
+
+def _demo_who(name):
+    """A demo process's unit, container_name, k8s and slurm (copies: rows are mutable)."""
+    return json.loads(json.dumps(DEMO_WHO.get(name, {})))
 
 
 def _demo_cpu_pct(index, wave):
@@ -8355,7 +9554,8 @@ def make_backends(config):
     fdinfo = None
     if config.proc_enable:
         fdinfo = ProcScanner(config.proc_root, config.proc_max_pids, config.proc_max_fds_per_pid,
-                             budget_s=PROC_SCAN_BUDGET_S, sysfs_root=config.sysfs_root)
+                             budget_s=PROC_SCAN_BUDGET_S, sysfs_root=config.sysfs_root,
+                             names=make_who_names(config))
     backends = [AmdBackend(cards, names, fdinfo), IntelBackend(cards, names, fdinfo)]
     nvidia = NvidiaBackend.open(config)
     return backends + ([nvidia] if nvidia is not None else [])
@@ -8912,6 +10112,7 @@ class Cache(object):
         self._host = None                   # (epoch_s, host dict, OutFrame)
         self._host_history = HistoryRing(int(math.ceil(HISTORY_WINDOW_S / HOST_INTERVAL_S)),
                                          HOST_HISTORY_KEYS)
+        self._fleet = None                  # (message, frame): the hub's latest fleet
 
     def record(self, name, labels, value, add=False):
         """The monitor's own health numbers (for /metrics): set a gauge or add to a counter."""
@@ -9047,6 +10248,20 @@ class Cache(object):
         with self._lock:
             return list(self._alerts)
 
+    def publish_fleet(self, message):
+        """A hub's fleet after a round: kept; pushed only when it changed (ts aside)."""
+        frame = LazyFrame(None, "fleet", _same, message)
+        with self._lock:
+            previous, self._fleet = self._fleet, (message, frame)
+        if previous is not None and fleet_content(previous[0]) == fleet_content(message):
+            return False
+        self._notify(frame)
+        return True
+
+    def fleet(self):
+        with self._lock:
+            return self._fleet        # (message, frame) of the last published fleet, or None
+
     def gpus(self):
         with self._lock:
             return list(self._gpus.values())
@@ -9117,6 +10332,27 @@ class Cache(object):
             if self._hello is None or self._hello[0] <= seq:
                 self._hello = (seq, meta_seq, now, payload)
         return payload
+
+
+def local_fleet_host(cache, epoch_s=None):
+    """This server's own fleet host entry (GET /api/fleet/host), from the
+    cache's latest identities, stats, procs, host frame and active alerts."""
+    gpus, procs = cache.snapshot()
+    latest = cache.host()
+    return build_local_fleet_host(socket.gethostname(), time.time() if epoch_s is None else epoch_s,
+                                  gpus, procs, latest[1] if latest else None, cache.alerts())
+
+
+def current_fleet(cache):
+    """(message, OutFrame): a hub's latest fleet, or on a server without a
+    fleet source (nothing published) itself only, built now."""
+    latest = cache.fleet()
+    if latest is not None:
+        return latest
+    now = time.time()
+    message = build_fleet_message(now, "local", cache.interval_s, [local_fleet_host(cache, now)])
+    payload = json_bytes(replace_non_finite(message))
+    return message, OutFrame(None, "fleet", payload, encode_frame(Opcode.TEXT, payload))
 
 
 # -- samplers: one thread per GPU, the process scan -------------------------
@@ -9427,6 +10663,787 @@ class FleetPeerList(object):
             LOG.warning("event=fleet_peers_bad message=%r kept=%d", self.error, len(self._peers))
 
 
+# -- the peers poller: one round per interval, each due peer's /api/fleet/host --
+
+def _fleet_failure(exc):
+    """A few words for a connection that failed (never a URL or a token)."""
+    if isinstance(exc, socket.timeout):
+        return "timed out"
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused"
+    text = getattr(exc, "strerror", None) or getattr(exc, "reason", None) or type(exc).__name__
+    return str(text)[:80]
+
+
+class FleetConnection(object):
+    """One peer's keep-alive HTTP/1.1 connection, GET only: a few reads and
+    one parse per answer (http.client costs about five times as much CPU,
+    which is most of a hub's cost at 100 peers). Content-Length, chunked or
+    until-close bodies, cut past FLEET_MAX_ANSWER_BYTES. Raises OSError for the
+    connection (ConnectionAbortedError: it closed early), ValueError for an
+    answer that is not HTTP."""
+
+    def __init__(self, peer, timeout_s):
+        self.peer, self.timeout_s = peer, timeout_s
+        self.sock = None
+        self._buf = b""
+
+    def open(self):
+        sock = socket.create_connection((self.peer.host, self.peer.port), self.timeout_s)
+        if self.peer.scheme == "https":
+            if ssl is None:
+                sock.close()
+                raise OSError(errno.EPROTONOSUPPORT, "no TLS in this Python")
+            sock = ssl.create_default_context().wrap_socket(sock, server_hostname=self.peer.host)
+        self.sock, self._buf = sock, b""
+
+    def get(self, path, headers):
+        """-> (status, fields, body); body None: over the cap, or not read (status not 200)."""
+        host = "[%s]" % self.peer.host if ":" in self.peer.host else self.peer.host
+        lines = ["GET %s HTTP/1.1" % path, "Host: %s:%d" % (host, self.peer.port)]
+        lines += ["%s: %s" % item for item in headers]
+        self.sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+        status, fields, keep = parse_http_head(self._read_head())
+        body = self._read_body(fields) if status == 200 else None
+        if not keep or body is None or self._buf:
+            self.close()
+        return status, fields, body
+
+    def _more(self):
+        data = self.sock.recv(65536)
+        if not data:
+            raise ConnectionAbortedError(errno.ECONNABORTED, "closed the connection")
+        self._buf += data
+
+    def _read_head(self):
+        while True:
+            end = self._buf.find(b"\r\n\r\n")
+            if end >= 0:
+                head, self._buf = self._buf[:end], self._buf[end + 4:]
+                return head
+            if len(self._buf) > FLEET_HEAD_MAX:
+                raise ValueError("not an HTTP answer")
+            self._more()
+
+    def _read_exact(self, count):
+        while len(self._buf) < count:
+            self._more()
+        data, self._buf = self._buf[:count], self._buf[count:]
+        return data
+
+    def _read_body(self, fields):
+        if "chunked" in fields.get("transfer-encoding", "").lower():
+            return self._read_chunked()
+        length = fields.get("content-length")
+        if length is None:          # until the peer closes
+            try:
+                while len(self._buf) <= FLEET_MAX_ANSWER_BYTES:
+                    self._more()
+            except ConnectionAbortedError:
+                pass
+            self._buf, body = b"", self._buf
+            return body if len(body) <= FLEET_MAX_ANSWER_BYTES else None
+        if not length.isdigit():
+            raise ValueError("not an HTTP answer")
+        return self._read_exact(int(length)) if int(length) <= FLEET_MAX_ANSWER_BYTES else None
+
+    def _read_chunked(self):
+        parts, total = [], 0
+        while True:
+            end = self._buf.find(b"\r\n")
+            while end < 0 and len(self._buf) < 1024:
+                self._more()
+                end = self._buf.find(b"\r\n")
+            try:
+                size = int(self._buf[:end].split(b";")[0].strip(), 16) if end >= 0 else -1
+            except ValueError:
+                size = -1
+            if size < 0:
+                raise ValueError("not an HTTP answer")
+            self._buf = self._buf[end + 2:]
+            total += size
+            if total > FLEET_MAX_ANSWER_BYTES:
+                return None
+            if size == 0:
+                self._read_head()   # the trailers, up to the blank line
+                return b"".join(parts)
+            parts.append(self._read_exact(size))
+            self._read_exact(2)
+
+    def close(self):
+        sock, self.sock, self._buf = self.sock, None, b""
+        if sock is not None:
+            sock.close()
+
+
+class FleetPeerState(object):
+    """What the poller knows of one peer: its keep-alive connection, its last
+    good data and how its last poll went. The poller thread owns it; while a
+    request is in flight (busy) only that worker touches
+    the connection, and the poller only cuts its socket at the deadline."""
+
+    def __init__(self, peer, now):
+        self.peer = peer
+        self.prefix = urlsplit(peer.url).path
+        self.conn = self.sock = None          # FleetConnection, and its socket (cut())
+        self.busy = False
+        self.data = None                    # parse_fleet_host_answer of the last good answer
+        self.last_ok = None                 # (epoch s, monotonic s) of it
+        self.outcome, self.error = None, "not asked yet"
+        self.failures = 0
+        self.due = now
+        self.removed = False                # no longer listed: closed once its request ends
+        self.legacy = 0                     # polls left that skip /api/fleet/host (an older peer)
+
+    def get(self, path, token, timeout_s):
+        """One GET on the kept connection (once more on a fresh one when the
+        kept one was closed meanwhile) -> (status, content type, body or None
+        when over FLEET_MAX_ANSWER_BYTES or not read). Never follows a redirect."""
+        headers = [("Accept", "application/json"), ("User-Agent", "amdgpu_top_web/" + __version__)]
+        if token:
+            headers.append(("Authorization", "Bearer " + token))
+        for attempt in (0, 1):
+            reused = self.conn is not None and self.conn.sock is not None
+            if not reused:              # none yet, or the last answer closed it
+                self.conn = FleetConnection(self.peer, timeout_s)
+                self.conn.open()
+            self.sock = self.conn.sock
+            try:
+                status, fields, body = self.conn.get(self.prefix + path, headers)
+                return status, fields.get("content-type", ""), body
+            except ConnectionError:
+                self.close()
+                if not reused or attempt:
+                    raise
+            except Exception:
+                self.close()
+                raise
+
+    def cut(self):
+        """From the poller: end a request past the round's deadline."""
+        sock = self.sock
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def close(self):
+        conn, self.conn, self.sock = self.conn, None, None
+        if conn is not None:
+            conn.close()
+
+    def record(self, outcome, value, epoch_s, now, interval_s):
+        """A poll's outcome ("ok" with the data, else "refused"/"failed" with why)."""
+        changed = outcome != self.outcome
+        self.outcome = outcome
+        if outcome == "ok":
+            self.data, self.last_ok, self.error, self.failures = value, (epoch_s, now), None, 0
+            self.due = now
+        else:
+            self.error = value
+            self.failures += 1
+            self.due = now + compute_fleet_backoff_s(self.failures, interval_s) - interval_s / 2
+        if changed:
+            LOG.info("event=fleet_peer name=%s outcome=%s error=%r", self.peer.name, outcome,
+                     self.error)
+
+    def entry(self, now, interval_s):
+        """This peer's fleet host entry: the last good data, in every state."""
+        data = self.data or {"version": None, "host": None, "gpus": [], "alerts": []}
+        age = None if self.last_ok is None else now - self.last_ok[1]
+        return build_fleet_host(self.peer.name, "peer", "/hosts/%s/" % self.peer.name,
+                                compute_fleet_peer_state(self.outcome, age, interval_s),
+                                self.last_ok[0] if self.last_ok else None, self.error,
+                                data["version"], data["host"], data["gpus"], data["alerts"])
+
+
+def ask_fleet_peer(state, token, timeout_s):
+    """One peer's fleet host entry data: ("ok", data), ("refused", why) or
+    ("failed", why). A peer that answers 404 (an older version) is asked its
+    /api/gpus and /api/host instead, for its next FLEET_LEGACY_RECHECK polls."""
+    try:
+        if state.legacy:
+            state.legacy -= 1
+        else:
+            status, content_type, body = state.get(FLEET_HOST_PATH, token, timeout_s)
+            if status != 404:
+                return "ok", parse_fleet_host_answer(
+                    parse_fleet_json(status, content_type, body, token is not None))
+            state.legacy = FLEET_LEGACY_RECHECK
+        answers = [parse_fleet_json(*(state.get(path, token, timeout_s) + (token is not None,)))
+                   for path in ("/api/gpus", "/api/host")]
+        return "ok", parse_fleet_host_answer(build_fleet_legacy_answer(*answers))
+    except ValueError as exc:       # it answered, not usably (parse_http_head, parse_fleet_json)
+        return "refused", str(exc)
+    except OSError as exc:
+        return "failed", _fleet_failure(exc)
+
+
+class FleetRound(object):
+    """One round's work: the due peers (the workers take them in turn, so a
+    peer that hangs holds one worker, never a queue behind it) and the
+    answers, (state, outcome) in the order they came; finished is set by the
+    worker that adds the last one."""
+
+    def __init__(self, states):
+        self.todo = collections.deque(states)
+        self.done = []
+        self.expected = len(states)
+        self.finished = threading.Event()
+        if not states:
+            self.finished.set()
+
+
+class FleetPoller(StoppableThread):
+    """A hub's peers: every fleet_interval_s one round asks each due peer its
+    GET /api/fleet/host (keep-alive, the peer's token, fleet_timeout_s) on a
+    few worker threads, waits at most the timeout (then cuts what is left:
+    one slow peer never holds the others or the round), and publishes the
+    fleet (Cache.publish_fleet). No lock of the cache is held while waiting.
+    A failing peer is asked again after a backoff (compute_fleet_backoff_s)."""
+
+    def __init__(self, config, cache, peer_list, local=None):
+        StoppableThread.__init__(self, "fleet-poller")
+        self.cache, self.peer_list = cache, peer_list
+        self.local = local or (lambda epoch_s: local_fleet_host(cache, epoch_s))   # -> host entry
+        self.interval_s, self.timeout_s = config.fleet_interval_s, config.fleet_timeout_s
+        self.tokens = config.fleet_tokens
+        self._states = collections.OrderedDict()    # peer name -> FleetPeerState
+        self._round = None                          # the FleetRound the workers take from
+        self._wake = threading.Semaphore(0)         # one release per worker wanted
+        self._workers = []
+        self._hosts = None          # the peer count hello's features.fleet says
+
+    def start(self):
+        """The fleet as configured (every peer down, not asked yet) before the first round."""
+        self._sync(self.peer_list.current(), time.monotonic())
+        self.cache.publish_fleet(self.message(time.time()))
+        StoppableThread.start(self)
+
+    def run(self):
+        while not self.stopping.is_set():
+            started = time.monotonic()
+            try:
+                self.cache.publish_fleet(self.poll_round())
+            except Exception:       # never die: the next round tries again
+                LOG.exception("event=fleet_round_failed")
+            self.pause(self.interval_s - (time.monotonic() - started))
+        self.close()
+
+    def poll_round(self):
+        """Ask every due peer once; -> the fleet message."""
+        now = time.monotonic()
+        self._sync(self.peer_list.current(), now)
+        due = [st for st in self._states.values() if not st.busy and st.due <= now]
+        for _ in range(len(self._workers), min(FLEET_WORKERS, len(due))):
+            worker = threading.Thread(target=self._work, name="fleet-worker")
+            worker.daemon = True
+            worker.start()
+            self._workers.append(worker)
+        for state in due:
+            state.busy = True
+        work = self._round = FleetRound(due)
+        for _ in range(min(len(self._workers), len(due))):
+            self._wake.release()
+        work.finished.wait(max(0.0, now + self.timeout_s + FLEET_DEADLINE_GRACE_S - time.monotonic()))
+        self._collect(work, due)
+        return self.message(time.time())
+
+    def _collect(self, work, due):
+        """Record this round's answers; a peer not asked yet is left for the
+        next round, one still in flight is cut (a timeout)."""
+        while True:
+            try:
+                work.todo.popleft().busy = False    # not started: asked next round
+            except IndexError:
+                break
+        answered = list(work.done)
+        now, epoch = time.monotonic(), time.time()
+        for state, outcome in answered:
+            state.record(outcome[0], outcome[1], epoch, now, self.interval_s)
+        for state in set(due) - set(state for state, _ in answered):
+            if state.busy:
+                state.cut()
+                state.record("failed", "timed out", epoch, now, self.interval_s)
+
+    def _work(self):
+        while True:
+            self._wake.acquire()
+            work = self._round
+            if self.stopping.is_set() or work is None:
+                return
+            while True:
+                try:
+                    state = work.todo.popleft()
+                except IndexError:
+                    break
+                outcome = ask_fleet_peer(state, fleet_peer_token(self.tokens, state.peer.name),
+                                         self.timeout_s)
+                state.busy = False
+                if state.removed:
+                    state.close()
+                work.done.append((state, outcome))
+                if len(work.done) >= work.expected:
+                    work.finished.set()
+
+    def _sync(self, peers, now):
+        """The states follow the peer list (a peer whose URL changed starts anew)."""
+        old = self._states
+        self._states = collections.OrderedDict()
+        for peer in peers:
+            state = old.pop(peer.name, None)
+            if state is None or state.peer != peer:
+                state = FleetPeerState(peer, now)
+            self._states[peer.name] = state
+        for state in old.values():
+            state.removed = True
+            if not state.busy:
+                state.close()
+        if self._hosts != len(self._states) and self.cache is not None:
+            self._hosts = len(self._states)
+            self.cache.set_feature("fleet", {"source": "peers", "interval_s": self.interval_s,
+                                             "hosts": self._hosts})
+
+    def stop(self):
+        StoppableThread.stop(self)
+        work = self._round
+        if work is not None:
+            work.finished.set()     # the round ends now, its answers so far recorded
+
+    def poll_once(self):
+        """One round without the thread (--once): -> the fleet message."""
+        try:
+            return self.poll_round()
+        finally:
+            self.close()
+
+    def message(self, epoch_s):
+        """The fleet now: this server first when it has GPUs, then every peer."""
+        now = time.monotonic()
+        local = self.local(epoch_s)
+        hosts = ([local] if local["gpus"] else []) + [
+            state.entry(now, self.interval_s) for state in self._states.values()]
+        return build_fleet_message(epoch_s, "peers", self.interval_s, hosts,
+                                   self.peer_list.error)
+
+    def close(self):
+        """The workers end (each at its next wake-up), the connections close."""
+        self.stopping.set()
+        for _ in self._workers:
+            self._wake.release()
+        for state in self._states.values():
+            state.cut()
+            state.close()
+
+
+# -- Prometheus: the query API client and the fleet source ------------------
+
+class PromClient(object):
+    """GETs on a Prometheus-compatible query API at a base URL (any prefix:
+    /prometheus for Mimir, /select/0/prometheus for VictoriaMetrics cluster),
+    each with the fleet timeout, a size cap, gzip, and the configured extra
+    headers (a tenant's X-Scope-OrgID, an Authorization); one connection each."""
+
+    def __init__(self, base_url, timeout_s, headers=()):
+        parts = urlsplit(base_url)
+        self.scheme, self.netloc, self.prefix = parts.scheme, parts.netloc, parts.path.rstrip("/")
+        self.timeout_s = timeout_s
+        self.headers = dict(headers)
+        self.headers.update({"Accept": "application/json", "Accept-Encoding": "gzip"})
+
+    def get(self, endpoint, params, result_type):
+        """('query' or 'query_range', params, 'vector' or 'matrix') -> (result,
+        warnings); PromAnswerError saying what failed (never a header's value)."""
+        factory = http.client.HTTPSConnection if self.scheme == "https" else http.client.HTTPConnection
+        conn = factory(self.netloc, timeout=self.timeout_s)
+        try:
+            conn.request("GET", "%s/api/v1/%s?%s" % (self.prefix, endpoint, urlencode(params)),
+                         headers=self.headers)
+            response = conn.getresponse()
+            body = response.read(FLEET_PROM_BODY_LIMIT + 1)
+            gzipped = (response.getheader("Content-Encoding") or "").lower() == "gzip"
+        except socket.timeout:
+            raise PromAnswerError("no answer within %.1f s" % self.timeout_s)
+        except (OSError, http.client.HTTPException) as exc:
+            raise PromAnswerError("cannot connect: %s" % (getattr(exc, "strerror", None) or exc))
+        finally:
+            conn.close()
+        if gzipped:
+            try:
+                body = zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(body, FLEET_PROM_BODY_LIMIT + 1)
+            except zlib.error:
+                raise PromAnswerError("a gzip body that does not inflate")
+        if len(body) > FLEET_PROM_BODY_LIMIT:
+            raise PromAnswerError("an answer over %d MiB" % (FLEET_PROM_BODY_LIMIT >> 20))
+        return parse_prom_answer(response.status, body, result_type)
+
+
+class FleetPrometheus(object):
+    """The fleet read from Prometheus: poll(now) runs one instant query per
+    metric (build_prom_fleet_queries) at one evaluation time, a few in flight,
+    and answers the fleet host entries. Hosts are (job, instance) pairs that
+    export amdgpu_build_info or amdgpu_gpu_info; up == 0 -> down ("scrape
+    failing"), also for a target of the same jobs never seen with data; a host
+    seen before and gone from `up` and every answer (its target removed) stays
+    down for FLEET_PROM_FORGET_S. Prometheus itself failing: every host stale,
+    then down after FLEET_STALE_INTERVALS intervals, data kept."""
+
+    def __init__(self, client, interval_s):
+        self.client, self.interval_s = client, interval_s
+        self.queries = build_prom_fleet_queries()
+        self.error, self.warnings = None, []
+        self._known = {}        # (job, instance) -> {"data", "seen_s", "ok_s"}
+        self._pool = None
+        self._cached, self._polls = {}, 0     # query name -> its last parsed answer
+
+    def poll(self, now):
+        """-> [fleet host entry], sorted by name (self.error says why a poll failed)."""
+        try:
+            answers = self._query_all(now)
+        except PromAnswerError as exc:
+            if self.error != "Prometheus: %s" % exc:
+                LOG.warning("event=fleet_prometheus_failed error=%r", str(exc))
+            self.error = "Prometheus: %s" % exc
+            return self._entries(now, None, {})
+        self.error = None
+        return self._entries(now, *compute_prom_fleet(answers))
+
+    def _query_all(self, now):
+        """{query name: parsed vector}: the queries due this poll
+        (FLEET_PROM_QUERY_EVERY), the others' last answers."""
+        if self._pool is None:
+            self._pool = concurrent.futures.ThreadPoolExecutor(FLEET_PROM_QUERY_THREADS, "fleet-prom")
+        polls, self._polls = self._polls, self._polls + 1
+        at = "%.3f" % now
+        futures = [(name, self._pool.submit(self.client.get, "query", {"query": query, "time": at},
+                                            "vector")) for name, query in self.queries
+                   if name not in self._cached or polls % FLEET_PROM_QUERY_EVERY.get(name, 1) == 0]
+        answers, warnings = {}, []
+        for name, future in futures:
+            result, more = future.result()
+            answers[name] = parse_prom_vector(result)
+            warnings += more
+        self._cached.update(answers)
+        answers = dict(self._cached)
+        known = set((l.get("job"), l.get("instance")) for l, _, _ in answers["gpu_info"])
+        if any((l.get("job"), l.get("instance")) not in known for l, _, _ in answers["build"]):
+            self._polls = 0         # a new host: every query again next poll
+        if warnings and warnings != self.warnings:
+            LOG.warning("event=fleet_prometheus_warnings warnings=%r", warnings[:3])
+        self.warnings = warnings
+        return answers
+
+    def _entries(self, now, hosts, up):
+        """Known hosts (and up == 0 targets of their jobs) -> host entries."""
+        if hosts is not None:
+            for key, data in hosts.items():
+                self._known[key] = {"data": data, "seen_s": now, "ok_s": now}
+            jobs = set(job for job, _ in self._known)
+            for key, value in up.items():
+                if value == 0 and key[0] in jobs and key not in self._known:
+                    self._known[key] = {"data": None, "seen_s": now, "ok_s": None}
+        names = prom_host_names(self._known)
+        entries = []
+        for key, known in list(self._known.items()):
+            state, error = self._state(now, key, known, hosts, up)
+            if state is None:
+                del self._known[key]
+                continue
+            data = known["data"] or {}
+            entries.append(build_prom_fleet_host(names[key], state, data.get("last_seen_s"), error,
+                                                 known["data"]))
+        return sorted(entries, key=lambda entry: entry["name"])
+
+    def _state(self, now, key, known, hosts, up):
+        """(state, error) of one known host; (None, None) to forget it."""
+        if hosts is None:
+            young = known["ok_s"] is not None and \
+                now - known["ok_s"] < FLEET_STALE_INTERVALS * self.interval_s
+            return ("stale" if young else "down"), self.error
+        if up.get(key) == 0:
+            known["seen_s"] = now
+            return "down", "scrape failing"
+        if key in hosts:
+            return "up", None
+        if key in up:
+            known["seen_s"] = now
+            return "refused", "scraped, but no amdgpu_ series (APP_ENABLE_PROMETHEUS off?)"
+        if now - known["seen_s"] > FLEET_PROM_FORGET_S:
+            return None, None
+        return "down", "no longer scraped by Prometheus"
+
+    def history(self, metric, from_s, to_s, step_s):
+        """/api/fleet/history: one query_range of a GPU stats key for the whole fleet."""
+        selector, scale = prom_gpu_selector(metric)
+        start_s = math.floor(from_s / step_s) * step_s
+        points = int((to_s - start_s) // step_s) + 1
+        result, _warnings = self.client.get("query_range", {
+            "query": "max by (job, instance, gpu) (%s)" % selector, "start": "%.3f" % start_s,
+            "end": "%.3f" % (start_s + (points - 1) * step_s), "step": "%g" % step_s}, "matrix")
+        rows = parse_prom_matrix(result, start_s, step_s, points)
+        names = prom_host_names(set((l.get("job", ""), l.get("instance", "")) for l, _ in rows))
+        series = {}
+        for labels, values in rows:
+            name = names[(labels.get("job", ""), labels.get("instance", ""))]
+            series["%s/%s" % (name, labels.get("gpu", ""))] = [_prom_scaled(metric, v, scale)
+                                                               for v in values]
+        return build_fleet_history_answer(metric, start_s, step_s, points, series)
+
+    def close(self):
+        if self._pool is not None:
+            self._pool.shutdown(wait=False)
+
+
+class FleetPrometheusPoller(StoppableThread):
+    """A hub's Prometheus source on its own thread: every fleet_interval_s one
+    FleetPrometheus.poll, this server first when it has GPUs, then
+    Cache.publish_fleet (pushed only when something changed); the fleet's
+    error is Prometheus' while it fails."""
+
+    def __init__(self, config, cache, source, local=None):
+        StoppableThread.__init__(self, "fleet-prometheus")
+        self.cache, self.source, self.interval_s = cache, source, config.fleet_interval_s
+        self.local = local or (lambda epoch_s: local_fleet_host(cache, epoch_s))   # -> host entry
+        self._hosts = None
+
+    def start(self):
+        self.cache.publish_fleet(self.message(time.time(), []))
+        StoppableThread.start(self)
+
+    def run(self):
+        while not self.stopping.is_set():
+            started = time.monotonic()
+            try:
+                self.cache.publish_fleet(self.poll_round())
+            except Exception:       # never die: the next round tries again
+                LOG.exception("event=fleet_round_failed")
+            self.pause(self.interval_s - (time.monotonic() - started))
+        self.source.close()
+
+    def poll_round(self):
+        epoch = time.time()
+        return self.message(epoch, self.source.poll(epoch))
+
+    def poll_once(self):
+        """One round without the thread (--once): -> the fleet message."""
+        try:
+            return self.poll_round()
+        finally:
+            self.source.close()
+
+    def message(self, epoch_s, hosts):
+        if self._hosts != len(hosts) and self.cache is not None:
+            self._hosts = len(hosts)
+            self.cache.set_feature("fleet", {"source": "prometheus", "interval_s": self.interval_s,
+                                             "hosts": self._hosts})
+        local = self.local(epoch_s)
+        return build_fleet_message(epoch_s, "prometheus", self.interval_s,
+                                   ([local] if local["gpus"] else []) + hosts, self.source.error)
+
+
+def make_fleet_prometheus(config):
+    """The Prometheus fleet source of a hub with APP_FLEET_PROMETHEUS_URL, else None."""
+    if not config.fleet_prometheus_url:
+        return None
+    client = PromClient(config.fleet_prometheus_url, config.fleet_timeout_s,
+                        config.fleet_prometheus_headers)
+    return FleetPrometheus(client, config.fleet_interval_s)
+
+
+# -- the proxy: /hosts/{name}/ ----------------------------------------------
+
+class FleetProxy(object):
+    """/hosts/{name}/...: GET and HEAD relayed to the peer of that name in the
+    current list, and /hosts/{name}/ws spliced to its /ws. The target is
+    always a configured peer (never a URL from the request); the peer gets
+    its own token from APP_FLEET_TOKEN_FILE, never the browser's for the hub."""
+
+    def __init__(self, peers, tokens, timeout_s):
+        self.peers = peers
+        self.tokens = tokens or {}
+        self.timeout_s = timeout_s
+        self._ws_slots = threading.BoundedSemaphore(FLEET_PROXY_WS_MAX)
+
+    def find(self, name):
+        return next((peer for peer in self.peers.current() if peer.name == name), None)
+
+    def _connect(self, peer):
+        """An open connection to the peer (within APP_FLEET_TIMEOUT), then
+        FLEET_PROXY_READ_TIMEOUT_S per read; OSError otherwise."""
+        cls = http.client.HTTPSConnection if peer.scheme == "https" else http.client.HTTPConnection
+        conn = cls(peer.host, peer.port, timeout=self.timeout_s)
+        try:
+            conn.connect()
+            conn.sock.settimeout(FLEET_PROXY_READ_TIMEOUT_S)
+        except Exception:
+            conn.close()
+            raise
+        return conn
+
+    def relay_http(self, handler, peer, rest, query):
+        """One GET/HEAD to the peer, its answer relayed (a 502 naming the peer
+        when it cannot be reached, fails, or redirects elsewhere)."""
+        base = urlsplit(peer.url)
+        query = proxy_query(query)
+        target = base.path + rest + ("?" + query if query else "")
+        headers = proxy_request_headers(list(handler.headers.items()), base.netloc,
+                                        fleet_peer_token(self.tokens, peer.name))
+        conn = None
+        try:
+            conn = self._connect(peer)
+            conn.putrequest(handler.command, target, skip_host=True, skip_accept_encoding=True)
+            for key, value in headers:
+                conn.putheader(key, value)
+            conn.endheaders()
+            response = conn.getresponse()
+            self._answer(handler, peer, peer.url[:len(peer.url) - len(base.path)] + target, response)
+        except (OSError, http.client.HTTPException, ValueError) as exc:
+            self.bad_gateway(handler, peer, exc)
+        finally:
+            if conn is not None:
+                conn.close()
+
+    def _answer(self, handler, peer, request_url, response):
+        headers = proxy_response_headers(response.getheaders())
+        location = response.getheader("Location")
+        if location is not None:
+            moved = rewrite_proxy_location(location, peer.url, request_url, peer.name)
+            if moved is None:
+                raise ValueError("it redirects outside itself (HTTP %d)" % response.status)
+            headers = [(k, moved if k.lower() == "location" else v) for k, v in headers]
+        length, body = response.length, None
+        if handler.command == "HEAD" or response.status in (204, 304):
+            length = response.getheader("Content-Length") if handler.command == "HEAD" else None
+        elif length is None:
+            body = response.read(FLEET_PROXY_BODY_LIMIT + 1)
+            length = len(body)
+        if length is not None and int(length) > FLEET_PROXY_BODY_LIMIT:
+            raise ValueError("its answer is over %d bytes" % FLEET_PROXY_BODY_LIMIT)
+        handler._answered = True
+        handler.send_response(response.status)
+        present = {key.lower() for key, _ in headers}
+        extra = [(k, v) for k, v in SECURITY_HEADERS if k.lower() not in present]
+        if "content-security-policy" not in present:
+            extra.append(("Content-Security-Policy", handler.server.app.csp))
+        for key, value in headers + extra + ([("Content-Length", str(length))] if length is not None else []):
+            handler.send_header(key, value)
+        handler.end_headers()
+        if handler.command != "HEAD":
+            self._copy(handler, response, body, length)
+
+    @staticmethod
+    def _copy(handler, response, body, length):
+        """The body, in chunks; a peer that stops short closes the browser's connection."""
+        if body is not None:
+            handler.wfile.write(body)
+            return
+        left = int(length or 0)
+        while left > 0:
+            try:
+                chunk = response.read(min(FLEET_PROXY_CHUNK_BYTES, left))
+            except (OSError, http.client.HTTPException):
+                chunk = b""
+            if not chunk:
+                handler.close_connection = True
+                return
+            handler.wfile.write(chunk)
+            left -= len(chunk)
+
+    @staticmethod
+    def bad_gateway(handler, peer, exc):
+        if getattr(handler, "_answered", False):
+            handler.close_connection = True
+            return
+        reason = str(exc) or type(exc).__name__
+        if isinstance(exc, socket.timeout):
+            reason = "timed out"
+        handler._send_json(502, build_error_answer("peer %s: %s" % (peer.name, reason[:200])),
+                           reason="peer=%s" % peer.name)
+
+    def relay_ws(self, handler, peer, query):
+        """The browser's upgrade (its checks passed) sent on to the peer's /ws;
+        the peer's 101 relayed, then bytes both ways until either side closes."""
+        if not self._ws_slots.acquire(False):
+            handler._send_json(503, build_error_answer("too many proxied WebSockets"),
+                               [("Retry-After", "5")])
+            return
+        upstream = None
+        try:
+            upstream, head, extra = self._ws_open(peer, query, handler.headers)
+            status = parse_status_line(head)
+            if status != 101:
+                raise ValueError("it answered the WebSocket upgrade with HTTP %s%s" % (
+                    status, " (its token: APP_FLEET_TOKEN_FILE)" if status in (401, 403) else ""))
+            self._ws_splice(handler, upstream, head + extra)
+        except (OSError, http.client.HTTPException, ValueError) as exc:
+            self.bad_gateway(handler, peer, exc)
+        finally:
+            if upstream is not None:
+                upstream.close()
+            self._ws_slots.release()
+
+    def _ws_open(self, peer, query, headers):
+        """(socket, the peer's answer head, bytes read past it)."""
+        base = urlsplit(peer.url)
+        query = proxy_query(query)
+        path = base.path + "/ws" + ("?" + query if query else "")
+        conn = self._connect(peer)
+        sock, conn.sock = conn.sock, None       # the socket is ours now (an SSL one for https)
+        try:
+            sock.sendall(build_proxy_ws_request(path, base.netloc, headers,
+                                                fleet_peer_token(self.tokens, peer.name)))
+            data = b""
+            while b"\r\n\r\n" not in data:
+                if len(data) > FLEET_PROXY_HEAD_LIMIT:
+                    raise ValueError("its answer head is over %d bytes" % FLEET_PROXY_HEAD_LIMIT)
+                chunk = sock.recv(4096)
+                if not chunk:
+                    raise ValueError("it closed the connection during the upgrade")
+                data += chunk
+        except Exception:
+            sock.close()
+            raise
+        head, _, extra = data.partition(b"\r\n\r\n")
+        return sock, head + b"\r\n\r\n", extra
+
+    @staticmethod
+    def _ws_splice(handler, upstream, answer):
+        handler._answered = True
+        handler.close_connection = True
+        client = handler.connection
+        client.sendall(answer)
+        client.setblocking(False)
+        leftover = handler.rfile.read1(WS_RECV_SIZE) or b""    # sent after the head, already read
+        if leftover:
+            upstream.sendall(leftover)
+        splice_sockets(client, upstream, FLEET_PROXY_WS_IDLE_S)
+
+
+def splice_sockets(left, right, idle_s):
+    """Copy bytes both ways until either side closes or fails, or both stay
+    silent idle_s (frames are not decoded). Returns why it stopped."""
+    other = {left: right, right: left}
+    for sock in other:
+        sock.settimeout(idle_s)
+    with selectors.DefaultSelector() as selector:
+        for sock in other:
+            selector.register(sock, selectors.EVENT_READ)
+        while True:
+            ready = {sock for sock in other if getattr(sock, "pending", lambda: 0)()}
+            ready.update(key.fileobj for key, _ in selector.select(0 if ready else idle_s))
+            if not ready:
+                return "idle"
+            for sock in ready:
+                try:
+                    data = sock.recv(WS_RECV_SIZE)
+                    if not data:
+                        return "closed"
+                    other[sock].sendall(data)
+                except OSError:
+                    return "failed"
+
+
 # ---------------------------------------------------------------------------
 # 13. History store (SQLite: the only code that speaks SQL)
 # ---------------------------------------------------------------------------
@@ -9475,6 +11492,8 @@ def history_schema():
         " cmd TEXT, container TEXT, kfd INTEGER, type TEXT, first_seen REAL, last_seen REAL,"
         " ended REAL, peak_vram INTEGER, peak_gtt INTEGER, peak_engine REAL, time_s REAL,"
         " vram_s REAL, gtt_s REAL, engine_s REAL, gpu_s REAL, samples INTEGER, started REAL,"
+        " unit TEXT, container_name TEXT, k8s_namespace TEXT, k8s_pod TEXT, k8s_container TEXT,"
+        " k8s_pod_uid TEXT, slurm_job INTEGER, slurm_step TEXT,"
         " UNIQUE(boot_id, pid, start_time, gpu_id))",
         "CREATE INDEX runs_last_seen ON runs(last_seen)",
         "CREATE TABLE proc_samples(src INTEGER NOT NULL, ts INTEGER NOT NULL, run INTEGER NOT NULL,"
@@ -9663,6 +11682,9 @@ def _history_add_columns(conn):
     have = set(row[1] for row in conn.execute("PRAGMA table_info(runs)"))
     if "started" not in have:            # the process's wall-clock start (files before it: null)
         conn.execute("ALTER TABLE runs ADD COLUMN started REAL")
+    for name, kind in HISTORY_WHO_COLUMN_TYPES:     # who it was (#18; files before it: null)
+        if name not in have:
+            conn.execute("ALTER TABLE runs ADD COLUMN %s %s" % (name, kind))
 
 
 def _history_claim(path):
@@ -9772,15 +11794,20 @@ def _is_full_error(exc):
 
 # -- run rows and source ids (shared by the reader and the writer) ----------
 
+HISTORY_WHO_COLUMN_TYPES = (("unit", "TEXT"), ("container_name", "TEXT"),
+                            ("k8s_namespace", "TEXT"), ("k8s_pod", "TEXT"),
+                            ("k8s_container", "TEXT"), ("k8s_pod_uid", "TEXT"),
+                            ("slurm_job", "INTEGER"), ("slurm_step", "TEXT"))
 RUN_COLUMNS = ("boot_id", "pid", "start_time", "gpu_id", "name", "user", "uid", "cmd", "container",
                "kfd", "type", "first_seen", "last_seen", "ended", "peak_vram", "peak_gtt",
                "peak_engine", "time_s", "vram_s", "gtt_s", "engine_s", "gpu_s", "samples",
-               "started")
+               "started") + tuple(name for name, _ in HISTORY_WHO_COLUMN_TYPES)
 _RUN_UPSERT = (
     "INSERT INTO runs(%s) VALUES (%s) ON CONFLICT(boot_id, pid, start_time, gpu_id) DO UPDATE SET "
     % (", ".join(RUN_COLUMNS), ", ".join("?" * len(RUN_COLUMNS)))
     + ", ".join(["%s = coalesce(excluded.%s, %s)" % (c, c, c)
-                 for c in ("name", "user", "uid", "cmd", "container", "kfd", "type", "started")]
+                 for c in ("name", "user", "uid", "cmd", "container", "kfd", "type", "started")
+                 + tuple(name for name, _ in HISTORY_WHO_COLUMN_TYPES)]
                 + ["first_seen = min(first_seen, excluded.first_seen)",
                    "last_seen = max(last_seen, excluded.last_seen)", "ended = excluded.ended"]
                 + ["%s = max(coalesce(%s, excluded.%s), coalesce(excluded.%s, %s))" % ((c,) * 5)
@@ -9820,7 +11847,9 @@ def history_run_json(row, now_s):
     time_s = run.pop("time_s") or 0.0
     sums = dict((k, run.pop(k)) for k in ("vram_s", "gtt_s", "engine_s"))
     out = dict((k, run[k]) for k in ("run_id", "boot_id", "pid", "start_time", "gpu_id", "name",
-                                     "user", "uid", "cmd", "container", "type"))
+                                     "user", "uid", "cmd", "container", "type", "unit",
+                                     "container_name"))
+    out.update(compute_who_json(run))
     out["kfd"] = bool(run["kfd"])
     out.update(first_seen=format_ts(run["first_seen"]), last_seen=format_ts(run["last_seen"]),
                ended=None if run["ended"] is None else format_ts(run["ended"]),
@@ -10857,31 +12886,37 @@ class DashboardProtocol(object):
         return [self._error("unknown message type: %.40r" % (kind,))]
 
     def _subscribe(self, client, gpu_id, host, detail):
-        """gpu_id "*" (every GPU), a GPU id, or "host" (host frames only);
-        host: false leaves the host frames out (they come by default); detail
-        "overview": stats thinned and procs cut (WS_SUBSCRIBE_DETAILS)."""
+        """gpu_id "*" (every GPU), a GPU id, "host" (host frames only) or
+        "fleet" (the fleet frames, no GPU's); host: false leaves the host frames
+        out (they come by default); detail "overview": stats thinned and procs
+        cut (WS_SUBSCRIBE_DETAILS)."""
         if not isinstance(host, bool):
             return [self._error("host must be true or false")]
         if not isinstance(detail, str) or detail not in WS_SUBSCRIBE_DETAILS:
             return [self._error("detail must be \"full\" or \"overview\"")]
         if gpu_id == "host" and not host:
             return [self._error("gpu_id \"host\" with host false subscribes to nothing")]
-        if gpu_id not in ("*", "host") and (not isinstance(gpu_id, str)
+        if gpu_id not in ("*", "host", "fleet") and (not isinstance(gpu_id, str)
                                             or self.cache.gpu(gpu_id) is None):
             return [self._error("unknown gpu_id: %.64r" % (gpu_id,))]
         gpus = None if gpu_id == "host" else gpu_id
         client.subscription = (gpus, host, detail)
         reply = [self._json(build_subscribed_message(gpu_id, host, detail))]
+        if gpu_id == "fleet":
+            reply.append(current_fleet(self.cache)[1].wire)
+            gpus = None                 # the latest host frame only, no GPU's
         return reply + [frame.wire for frame in self.cache.latest_frames(gpus, host, detail)]
 
     def wants(self, client, frame):
-        """Host frames to every client that did not turn them off; other
-        frames without a GPU (gpus, alerts) to all; a GPU's to its subscribers:
-        with detail "overview", its stats through the gate and the procs_top
-        frames instead of procs."""
+        """Host frames to every client that did not turn them off; fleet
+        frames to the fleet's subscribers; other frames without a GPU (gpus,
+        alerts) to all; a GPU's to its subscribers: with detail "overview", its
+        stats through the gate and the procs_top frames instead of procs."""
         gpus, host, detail = client.subscription
         if frame.kind == "host":
             return host
+        if frame.kind == "fleet":
+            return gpus == "fleet"
         if frame.gpu_id is None:
             return True
         if gpus not in ("*", frame.gpu_id):
@@ -11457,6 +13492,14 @@ class Routes(object):
         self._send(200, "application/json", latest[2].payload if latest else json_bytes(
             build_host_message(None, None)))
 
+    def route_fleet(self, _):
+        """The hub's latest fleet; on a server without a fleet source, itself only."""
+        self._send(200, "application/json", current_fleet(self.server.app.cache)[1].payload)
+
+    def route_fleet_host(self, _):
+        """This server's own fleet host entry: what a hub asks every peer."""
+        self._send_json(200, replace_non_finite(local_fleet_host(self.server.app.cache)))
+
     def route_healthz(self, _):
         self._send_json(200, build_health_answer(self.server.app.history_status()))
 
@@ -11487,6 +13530,29 @@ class Routes(object):
                                                        app.cache.alerts(), events),
                      lambda: records_csv(events, ALERT_CSV_COLUMNS), "alerts")
 
+    def route_fleet_targets(self, _):
+        """Prometheus http_sd: the peer list now ([] without peers)."""
+        self._send_json(200, build_fleet_targets(self.server.app.fleet_peers.current()))
+
+    def route_fleet_history(self, _):
+        source = self.server.app.fleet_prometheus
+        if source is None:
+            self._send_json(404, build_error_answer("fleet history needs a Prometheus source: set "
+                                                    "APP_FLEET_PROMETHEUS_URL"))
+            return
+        try:
+            query, metric = parse_fleet_history_query(urlsplit(self.path).query, time.time(),
+                                                      FLEET_HISTORY_METRICS)
+        except QueryError as exc:
+            self._send_json(400, build_error_answer(str(exc)))
+            return
+        try:
+            answer = source.history(metric, query.from_s, query.to_s, query.step_s)
+        except PromAnswerError as exc:
+            self._send_json(502, build_error_answer("Prometheus: %s" % exc))
+            return
+        self._send_json(200, answer)
+
     def route_gpu_metrics(self, gpu_id):
         found = self._gpu_or_404(gpu_id)
         if found is not None:
@@ -11512,7 +13578,7 @@ class Routes(object):
         if store is not None:
             runs = store.query_runs(query.from_s, query.to_s, query.gpu_id, query.active)
             self._answer(query.format, build_runs_answer(query.from_s, query.to_s, runs),
-                         lambda: records_csv(runs, RUN_CSV_COLUMNS), "processes")
+                         lambda: runs_csv(runs), "processes")
 
     def route_run_history(self, run_id):
         fmt, store = self._prepare(parse_run_query)
@@ -11741,19 +13807,46 @@ class DashboardHandler(BaseHTTPRequestHandler):
 
     def route_ws(self, _):
         app = self.server.app
-        headers = dict((k.lower(), v) for k, v in self.headers.items())
-        try:
-            key = check_upgrade(self.command, headers)
-        except HandshakeError as exc:
-            self._send_json(exc.status, build_error_answer(exc.message), list(exc.headers.items()))
-            return
-        if not origin_allowed(headers.get("origin"), headers.get("host"), app.config.allowed_origins):
-            self._send_json(403, build_error_answer("WebSocket Origin not allowed"))
+        key = self._upgrade_key()
+        if key is None:
             return
         if not app.hub.reserve_slot():
             self._send_json(503, build_error_answer("too many WebSocket clients"), [("Retry-After", "5")])
             return
         self._hand_over(key)
+
+    def _upgrade_key(self):
+        """The key of a valid opening handshake from an allowed Origin; else None, answered."""
+        headers = dict((k.lower(), v) for k, v in self.headers.items())
+        try:
+            key = check_upgrade(self.command, headers)
+        except HandshakeError as exc:
+            self._send_json(exc.status, build_error_answer(exc.message), list(exc.headers.items()))
+            return None
+        if not origin_allowed(headers.get("origin"), headers.get("host"),
+                              self.server.app.config.allowed_origins):
+            self._send_json(403, build_error_answer("WebSocket Origin not allowed"))
+            return None
+        return key
+
+    def route_proxy(self, _):
+        """/hosts/{name}/...: a configured peer's page, API and /ws (FleetProxy)."""
+        proxy = self.server.app.fleet_proxy
+        parts = urlsplit(self.path)
+        found = parse_proxy_path(parts.path)
+        peer = proxy.find(found[0]) if found is not None and proxy is not None else None
+        if peer is None:
+            self._send_json(404, build_error_answer(
+                "no such peer: /hosts/{name}/ names a peer of this hub's APP_FLEET_PEERS"
+                if proxy is not None else "not a hub: /hosts/ needs APP_FLEET_PEERS"))
+        elif found[1] is None:
+            self._send(308, "text/plain; charset=utf-8", b"", [
+                ("Location", "%s%s/" % (FLEET_PROXY_PREFIX, peer.name))])
+        elif found[1] == "/ws":
+            if self._upgrade_key() is not None:
+                proxy.relay_ws(self, peer, parts.query)
+        else:
+            proxy.relay_http(self, peer, found[1], parts.query)
 
     def _hand_over(self, key):
         """Send 101, then detach the socket from socketserver (which would close
@@ -11805,6 +13898,11 @@ class App(object):
             self.cache.add_sink(self.history)
         self.host_thread = HostSampler(HostReader(config.proc_root), self.cache)
         self.webhook, self.alerts = self._make_alerts(alert_rules)
+        self.fleet_peers = FleetPeerList(config.fleet_peers)    # one list: the poller's, the proxy's
+        self.fleet_prometheus = make_fleet_prometheus(config)
+        self.fleet = self._make_fleet()
+        self.fleet_proxy = (FleetProxy(self.fleet_peers, config.fleet_tokens, config.fleet_timeout_s)
+                            if config.fleet_peers is not None else None)
         self.error_log = ErrorLog()
         self.machine_names = frozenset()        # filled by start() (the Host check)
         self.server = None
@@ -11817,6 +13915,17 @@ class App(object):
             return None
         self.cache.set_feature("procs", True)
         return ProcScanThread(source, self.cache, config.proc_scan_interval_s, config.interval_s * 4)
+
+    def _make_fleet(self):
+        """The peers poller on a hub with APP_FLEET_PEERS, the Prometheus poller
+        with APP_FLEET_PROMETHEUS_URL, else None (features.fleet null)."""
+        config = self.config
+        self.cache.set_feature("fleet", None)
+        if self.fleet_prometheus is not None:
+            return FleetPrometheusPoller(config, self.cache, self.fleet_prometheus)
+        if config.fleet_peers is None:
+            return None
+        return FleetPoller(config, self.cache, self.fleet_peers)
 
     def _history_changed(self, status):
         self.cache.set_feature("history", status)
@@ -11884,14 +13993,17 @@ class App(object):
             health[("exporter_" + name, ())] = hub[key]
         latest = self.cache.host()
         return render_prometheus(gpus, procs, health, self.config.prometheus_processes,
-                                 latest[1] if latest else None, self.cache.alerts())
+                                 latest[1] if latest else None, self.cache.alerts(),
+                                 self.cache.ready.is_set())
 
     def plain_html(self, hint=None):
         gpus, procs = self.cache.snapshot()
         latest = self.cache.host()
+        fleet = self.cache.fleet()
         return render_plain(gpus, procs, max(2.0, self.config.interval_s), hint,
                             page=self.page_bytes is not None, host=latest[1] if latest else None,
-                            alerts=self.cache.alerts() if self.alerts is not None else None)
+                            alerts=self.cache.alerts() if self.alerts is not None else None,
+                            fleet=fleet[0] if fleet else None)
 
     def gpus_json(self):
         gpus = [dict(identity, metrics=metrics) for identity, metrics in self.cache.snapshot()[0]]
@@ -11921,6 +14033,8 @@ class App(object):
         if self.procs_thread is not None:
             self.procs_thread.start()
         self.host_thread.start()
+        if self.fleet is not None:
+            self.fleet.start()
         self._serve_thread = threading.Thread(target=self.server.serve_forever, args=(0.5,),
                                               name="http-server")
         self._serve_thread.daemon = True
@@ -11951,13 +14065,15 @@ class App(object):
         if self.procs_thread is not None:
             self.procs_thread.stop()
         self.host_thread.stop()
-        for thread in (self.alerts, self.webhook):
+        for thread in (self.alerts, self.webhook, self.fleet):
             if thread is not None:
                 thread.stop()
         for thread in (self.hub, self.manager, self.procs_thread, self.host_thread,
-                       self._serve_thread, self.alerts, self.webhook):
+                       self._serve_thread, self.alerts, self.webhook, self.fleet):
             if thread is not None and thread.is_alive():
                 thread.join(2.0)
+        if self.fleet_prometheus is not None:
+            self.fleet_prometheus.close()
         self.manager.close_backends()       # nvmlShutdown once nothing calls NVML
         if self.history is not None and self.history.is_alive():
             self.history.stop()             # the writer flushes its last batch, then closes
@@ -12009,11 +14125,37 @@ def run_once(config):
     for backend in backends:
         backend.close()
     snapshot = build_once_snapshot(__version__, epoch, ONCE_RATE_WAIT_S, host, gpus)
+    fleet = once_fleet(config, host, gpus) if config.fleet_peers is not None \
+        or config.fleet_prometheus_url else None
     if config.json:
-        print(json.dumps(snapshot, indent=2))
+        print(json.dumps(dict(snapshot, fleet=fleet) if fleet else snapshot, indent=2))
     else:
-        print(format_once_table(gpus, host))
+        print(format_once_table(gpus, host) + ("\n" + format_once_fleet(fleet) if fleet else ""))
     return 0
+
+
+def once_fleet(config, host, gpus):
+    """--once on a hub: every peer asked once (or Prometheus' queries run
+    once) -> the fleet message (this
+    machine first when it has GPUs, as a hub shows it)."""
+    def local(epoch_s):
+        return build_local_fleet_host(socket.gethostname(), epoch_s,
+                                      [(gpu, gpu["metrics"]) for gpu in gpus],
+                                      dict((gpu["id"], gpu["procs"]) for gpu in gpus), host, [])
+    if config.fleet_prometheus_url:
+        return FleetPrometheusPoller(config, None, make_fleet_prometheus(config), local).poll_once()
+    poller = FleetPoller(config, None, FleetPeerList(config.fleet_peers), local)
+    return poller.poll_once()
+
+
+def format_once_fleet(fleet):
+    """The --once table of a hub's fleet: a line per host, one per GPU under it."""
+    lines = ["fleet  " + format_fleet_totals(fleet)]
+    for host in fleet["hosts"]:
+        lines.append("%-20s %-8s last seen %s  GPUs busy / idle %s  power %s" % tuple(
+            format_fleet_host(host)))
+        lines.extend("  " + format_fleet_gpu(gpu) for gpu in host["gpus"])
+    return "\n".join(lines)
 
 
 def format_once_host(host):
@@ -12043,11 +14185,13 @@ def format_once_table(gpus, host=None):
             m["runtime_status"] or ""))
         lines.extend("  %s: %s" % fact for fact in plain_nvidia_facts(m))
         for proc in (gpu.get("procs") or {}).get("processes") or []:
-            lines.append("    pid %-7d %-16s vram %s  gtt %s  cpu %s  rss %s  started %s (%s)" % (
+            who = compute_who_label(proc)
+            lines.append("    pid %-7d %-16s vram %s  gtt %s  cpu %s  rss %s  started %s (%s)%s" % (
                 proc["pid"], sanitize_text(proc["name"] or "")[:16],
                 format_bytes(proc["vram_bytes"]), format_bytes(proc["gtt_bytes"]),
                 format_value(proc["cpu_pct"], "%"), format_bytes(proc["rss_bytes"]),
-                proc.get("started") or "\u2014", format_elapsed(proc.get("elapsed_s"))))
+                proc.get("started") or "\u2014", format_elapsed(proc.get("elapsed_s")),
+                "  who " + who if who else ""))
     return "\n".join(lines)
 
 

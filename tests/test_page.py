@@ -806,7 +806,7 @@ def test_fixture_multi_gpu_processes(start_server, open_page):
     wait_procs(page, 1)
     podman = page.locator("article.gpu tbody tr", has=page.locator(".nm", has_text="podman-app"))
     expect(podman).to_have_count(1)
-    container = podman.locator("td").nth(header_index(page, "container"))
+    container = podman.locator("td").nth(header_index(page, "who"))
     assert container.text_content().strip() not in ("", "\u2014")     # its column, shown from 1440 px
     assert "\ncontainer " in podman.locator(".nm").get_attribute("title")   # narrower: the name's tooltip
     watch.assert_clean()

@@ -148,7 +148,10 @@ def test_multi_row_contents(multi_result):
         "rss_bytes": 6144 * atw.read_sysconf("SC_PAGE_SIZE", 4096),   # stat field 24
         "vram_forecast": None,
         # stat field 22 = 2200 ticks at 100 Hz = 22 s after btime 2026-12-06T08:00:00Z
-        "started": "2026-12-06T08:00:22Z", "elapsed_s": 12 * 3600 - 22}
+        "started": "2026-12-06T08:00:22Z", "elapsed_s": 12 * 3600 - 22,
+        # who (#18): the tree's default cgroup, an app scope of user 1000's manager
+        "unit": "user@1000.service/app-gnome.scope", "container_name": None, "k8s": None,
+        "slurm": None}
     assert a[1600]["kfd"] and a[1600]["container"] == "5dace3de0735"
     assert a[1600]["cpu_bytes"] == 6200 * KIB and a[1600]["engines_pct"] == {}
     assert a[1700]["kfd"] and a[1700]["render_node"] is None and a[1700]["user"] == "root"

@@ -75,7 +75,9 @@ def test_one_prefix_gpu_label_and_bounded_process_series(metrics_text):
     assert all(name.startswith("amdgpu_") for name in families)
     for name, family in families.items():
         # The host families (the fixture /proc has a stat) belong to no GPU.
-        if not name.startswith(("amdgpu_exporter_", "amdgpu_host_")):
+        # build_info and ready belong to the program (attribution-fleet.md §5.7).
+        if not name.startswith(("amdgpu_exporter_", "amdgpu_host_")) \
+                and name not in ("amdgpu_build_info", "amdgpu_ready"):
             assert all("gpu" in s.labels and "pci" in s.labels for s in family.samples), name
     per_gpu = {}
     for sample in families["amdgpu_process_memory_bytes"].samples:

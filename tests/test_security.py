@@ -294,6 +294,7 @@ def example_paths(gpu_id, run_id):
     for kind in atw.GPU_ROUTE_KINDS:
         paths["/api/gpus/%s/%s" % (gpu_id, kind)] = "gpu_" + kind
     paths["/no/such/path"] = "not_found"
+    paths["/hosts/a:8080/api/gpus"] = "proxy"       # a hub's peer (404 on a server without peers)
     return paths
 
 

@@ -70,7 +70,8 @@ def test_every_shape_has_an_example():
         "identity", "stats", "procs", "host", "gpus", "alert", "hello", "hello.history", "history",
         "subscribed", "pong", "error", "api.gpus", "api.error", "api.healthz", "api.readyz",
         "api.version", "api.alerts", "api.processes", "api.run_history", "api.gpu_processes",
-        "once"}
+        "api.fleet.targets", "api.fleet.history",
+        "once", "fleet", "api.fleet_host"}
 
 
 def test_frame_builders_make_the_documented_keys():
@@ -116,6 +117,26 @@ def test_answer_builders_make_the_documented_keys():
                                                    "engine_pct": []})) == keys("api.run_history")
     assert set(m.build_procs_at_answer("card1", T, None, [])) == keys("api.gpu_processes")
     assert set(m.build_once_snapshot("1", T, 0.5, None, [])) == keys("once")
+    peer = m.parse_fleet_peer("http://gpu-a:8080")
+    assert set(m.build_fleet_targets([peer])[0]) == keys("api.fleet.targets", [0])
+    assert set(m.build_fleet_targets([peer])[0]["labels"]) == keys("api.fleet.targets", [0, "labels"])
+    assert set(m.build_fleet_history_answer("gpu_busy_pct", T, 12.0, 2, {})) == keys("api.fleet.history")
+
+
+def test_fleet_builders_make_the_documented_keys():
+    identity = m.identity_json(INFO)
+    gpu = m.build_fleet_gpu(identity, dict.fromkeys(m.METRIC_KEYS), procs_message(), None)
+    host = m.build_local_fleet_host("gpu-a", T, [(identity, None)], {"card1": procs_message()},
+                                    m.build_host(), [{"rule": "gpu_temperature", "gpu_id": "card1",
+                                                      "severity": "warning", "summary": "hot",
+                                                      "started": "x", "state": "firing"}])
+    assert set(host) == keys("api.fleet_host") == keys("fleet", ["hosts", 0])
+    assert set(host["host"]) == keys("fleet", ["hosts", 0, "host"])
+    assert set(host["alerts"][0]) == keys("fleet", ["hosts", 0, "alerts", 0])
+    assert set(gpu) == keys("fleet", ["hosts", 0, "gpus", 0]) == set(host["gpus"][0])
+    assert set(gpu["top_process"]) == keys("fleet", ["hosts", 0, "gpus", 0, "top_process"])
+    message = m.build_fleet_message(T, "peers", 2.0, [host])
+    assert set(message) == keys("fleet") and set(message["totals"]) == keys("fleet", ["totals"])
 
 
 def test_placeholders_have_the_keys_of_the_real_answers():
@@ -189,6 +210,9 @@ def test_server_answers_have_the_documented_keys(demo):
         keys("api.gpu_processes")
     assert set(answer(demo, "/api/gpus/card0/metrics")) == keys("stats")
     assert set(answer(demo, "/api/host")) == keys("host")
+    assert set(answer(demo, "/api/fleet/host")) == keys("api.fleet_host")
+    assert set(answer(demo, "/api/fleet/host")["gpus"][0]) == keys("fleet", ["hosts", 0, "gpus", 0])
+    assert set(answer(demo, "/api/fleet")) == keys("fleet")
 
 
 def test_server_frames_have_the_documented_keys(demo):

@@ -1,0 +1,590 @@
+"""The fleet from Prometheus: a REAL Prometheus (Debian's package) scrapes three
+real demo servers, found through a hub's /api/fleet/targets as its http_sd
+source; the Prometheus fleet source then shows the same hosts, GPUs and values
+(within one scrape) as the servers themselves, a killed server as down, and
+/api/fleet/history from query_range. The answer parsers run against answers
+saved from that Prometheus (testdata/prometheus/), error envelopes and warnings;
+the query client against a small recording HTTP server (headers, statuses, caps)."""
+
+import gzip
+import http.server
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+
+import pytest
+
+import amdgpu_top_web as atw
+from conftest import PROGRAM, TESTDATA, debian_tool, get_json, server_env, wait_for
+
+PROM_DATA = os.path.join(TESTDATA, "prometheus")
+DEMO_ENV = {"APP_ENABLE_PROMETHEUS": "true", "APP_PROC_ENABLE": "true",
+            "APP_PROMETHEUS_PROCESSES": "2", "APP_DEMO_PROCESSES": "3"}
+DEMO_GPUS = (1, 2, 3)
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def prom_get(port, path):
+    with urllib.request.urlopen("http://127.0.0.1:%d%s" % (port, path), timeout=10) as resp:
+        return json.loads(resp.read().decode("utf-8"))
+
+
+def prom_query(port, query):
+    return prom_get(port, "/api/v1/query?" + atw.urlencode({"query": query}))["data"]["result"]
+
+
+class Prometheus(object):
+    """/usr/bin/prometheus on a loopback port with a temp storage dir."""
+
+    def __init__(self, config_text):
+        self.dir = tempfile.mkdtemp(prefix="fleet-prom-")
+        with open(os.path.join(self.dir, "prometheus.yml"), "w") as fh:
+            fh.write(config_text)
+        self.port = free_port()
+        self.proc = subprocess.Popen(
+            [debian_tool("prometheus", "prometheus"), "--config.file=" + os.path.join(self.dir, "prometheus.yml"),
+             "--storage.tsdb.path=" + os.path.join(self.dir, "data"), "--log.level=warn",
+             "--web.listen-address=127.0.0.1:%d" % self.port],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=open(os.path.join(self.dir, "log"), "w"))
+
+        def ready():
+            assert self.proc.poll() is None, open(os.path.join(self.dir, "log")).read()
+            try:
+                with urllib.request.urlopen("http://127.0.0.1:%d/-/ready" % self.port, timeout=2) as r:
+                    return r.status == 200
+            except OSError:
+                return False
+        wait_for(ready, 60, 0.2, "Prometheus ready")
+
+    @property
+    def url(self):
+        return "http://127.0.0.1:%d" % self.port
+
+    def stop(self):
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+        shutil.rmtree(self.dir, True)
+
+
+HTTP_SD_CONFIG = """global:
+  scrape_interval: 1s
+  scrape_timeout: 900ms
+scrape_configs:
+  - job_name: amdgpu
+    http_sd_configs:
+      - url: http://127.0.0.1:%d/api/fleet/targets
+        refresh_interval: 1s
+"""
+
+
+@pytest.fixture(scope="module")
+def fleet(server_module):
+    """Three demo servers, a peers hub whose /api/fleet/targets feeds a real
+    Prometheus, and a hub reading that Prometheus."""
+    debian_tool("prometheus", "prometheus")
+    demos = [server_module(args=["--demo", "--demo-gpus", str(n)], env=DEMO_ENV) for n in DEMO_GPUS]
+    peers = ",".join(d.url for d in demos)
+    hub = server_module(env={"APP_FLEET_PEERS": peers, "APP_FLEET_INTERVAL": "500ms"})
+    prom = Prometheus(HTTP_SD_CONFIG % hub.port)
+    try:
+        for demo in demos:
+            demo.wait_metrics(timeout=15)
+        wait_for(lambda: len([s for s in prom_query(prom.port, "amdgpu_build_info")]) == 3
+                 and len([s for s in prom_query(prom.port, "up") if s["value"][1] == "1"]) == 3,
+                 60, 0.25, "Prometheus scraping the three servers")
+        # a demo GPU's first samples may lack power (a rate needs two): wait for every GPU's
+        wait_for(lambda: len(prom_query(prom.port, 'amdgpu_power_watts{sensor="ppt"}')) == sum(DEMO_GPUS),
+                 30, 0.25, "power series of every GPU")
+        prom_hub = server_module(env={"APP_FLEET_PROMETHEUS_URL": prom.url, "APP_FLEET_INTERVAL": "500ms",
+                                      "APP_FLEET_TIMEOUT": "5s"})
+        yield {"demos": demos, "hub": hub, "prom": prom, "prom_hub": prom_hub}
+    finally:
+        prom.stop()
+
+
+def source_for(prom, interval_s=1.0):
+    config = atw.parse_config([], {"APP_FLEET_PROMETHEUS_URL": prom.url, "APP_FLEET_TIMEOUT": "5s",
+                                   "APP_FLEET_INTERVAL": "%gs" % interval_s})
+    return atw.make_fleet_prometheus(config)
+
+
+def instance(demo):
+    return "127.0.0.1:%d" % demo.port
+
+
+# -- build_info, ready, http_sd ------------------------------------------------
+
+def test_metrics_carry_build_info_and_ready(server):
+    srv = server(args=["--demo"], env={"APP_ENABLE_PROMETHEUS": "true"})
+    srv.wait_metrics()
+    text = srv.get("/metrics").body.decode("utf-8")
+    python = "%d.%d.%d" % tuple(__import__("sys").version_info[:3])
+    assert 'amdgpu_build_info{version="%s",python="%s"} 1\n' % (atw.__version__, python) in text
+    assert "\namdgpu_ready 1\n" in text
+    assert "# TYPE amdgpu_ready gauge" in text and "# HELP amdgpu_build_info " in text
+
+
+def test_ready_is_0_before_the_first_enumeration():
+    text = atw.render_prometheus([], {}, {}, 0, ready=False)
+    assert "\namdgpu_ready 0\n" in text and "amdgpu_build_info{" in text
+
+
+def test_targets_are_http_sd_grouped_per_scheme_and_path(server):
+    srv = server(env={"APP_FLEET_PEERS": "http://10.0.0.2:8080,b=https://gpu-b:8443,"
+                                         "c=http://[fd00::1]:80,d=https://gpu-d:443/gpu"})
+    response = srv.get("/api/fleet/targets")
+    assert response.status == 200 and response.headers["content-type"] == "application/json"
+    assert json.loads(response.body) == [
+        {"targets": ["10.0.0.2:8080", "[fd00::1]:80"],
+         "labels": {"__scheme__": "http", "__metrics_path__": "/metrics"}},
+        {"targets": ["gpu-b:8443"], "labels": {"__scheme__": "https", "__metrics_path__": "/metrics"}},
+        {"targets": ["gpu-d:443"], "labels": {"__scheme__": "https", "__metrics_path__": "/gpu/metrics"}}]
+
+
+def test_targets_without_peers_is_an_empty_list_and_follow_the_file(server, tmp_path):
+    srv = server(args=["--demo"])
+    status, body = get_json(srv.port, "/api/fleet/targets")
+    assert (status, body) == (200, [])
+    peers = tmp_path / "peers.txt"
+    peers.write_text("http://10.0.0.5:8080\n")
+    hub = server(env={"APP_FLEET_PEERS": "@%s" % peers})
+    assert get_json(hub.port, "/api/fleet/targets")[1][0]["targets"] == ["10.0.0.5:8080"]
+    peers.write_text("http://10.0.0.5:8080\nhttp://10.0.0.6:8080 # added\n")
+    os.utime(str(peers), (time.time() + 5, time.time() + 5))
+    assert get_json(hub.port, "/api/fleet/targets")[1][0]["targets"] == ["10.0.0.5:8080", "10.0.0.6:8080"]
+
+
+def test_prometheus_scrapes_the_hubs_http_sd_targets(fleet):
+    targets = prom_get(fleet["prom"].port, "/api/v1/targets?state=active")["data"]["activeTargets"]
+    assert sorted(t["scrapeUrl"] for t in targets) == sorted(d.url + "/metrics" for d in fleet["demos"])
+    assert all(t["health"] == "up" and t["labels"]["job"] == "amdgpu" for t in targets)
+    assert all(t["discoveredLabels"]["__meta_url"].endswith("/api/fleet/targets") for t in targets)
+
+
+# -- the Prometheus source against the servers themselves -----------------------
+
+def ring_values(demo, gpu_id, key, at_s):
+    """The values the server published from one scrape interval before at_s to just after."""
+    ring = demo.get_json("/api/gpus/%s/history" % gpu_id)[1]
+    return [v for t, v in zip(ring["ts"], ring["series"][key]["avg"])
+            if at_s - 1.5 <= t / 1000.0 <= at_s + 0.5 and v is not None]
+
+
+def test_the_source_shows_the_same_hosts_gpus_and_values(fleet):
+    source = source_for(fleet["prom"])
+    try:
+        entries = {e["name"]: e for e in source.poll(time.time())}
+    finally:
+        source.close()
+    assert source.error is None
+    assert sorted(entries) == sorted(instance(d) for d in fleet["demos"])
+    for demo, count in zip(fleet["demos"], DEMO_GPUS):
+        entry = entries[instance(demo)]
+        assert (entry["source"], entry["page"], entry["state"], entry["error"]) == ("prometheus", None, "up", None)
+        assert entry["version"] == atw.__version__ and entry["last_seen"].endswith("Z")
+        seen_s = atw.parse_iso_ts(entry["last_seen"])
+        gpus = demo.get_json("/api/gpus")[1]["gpus"]
+        assert [g["id"] for g in entry["gpus"]] == sorted(g["id"] for g in gpus) and len(gpus) == count
+        for gpu, own in zip(entry["gpus"], sorted(gpus, key=lambda g: g["id"])):
+            assert (gpu["name"], gpu["vendor"], gpu["uuid"] or "", gpu["pci"]) == \
+                (own["name"], own["vendor"], own.get("uuid") or "", own["pci"])
+            assert gpu["vram_total_bytes"] == own["metrics"]["vram_total_bytes"]
+            for key in ("gpu_busy_pct", "power_w", "temp_c", "vram_used_bytes"):
+                if gpu[key] is not None or own["metrics"].get(key) is not None:
+                    assert any(gpu[key] == pytest.approx(v, rel=1e-6)
+                               for v in ring_values(demo, gpu["id"], key, seen_s)), key
+            assert gpu["processes"] is not None and gpu["top_process"]["pid"] > 0
+        assert entry["host"]["cpu_count"] >= 1 and entry["host"]["mem_total_bytes"] > 0
+
+
+def fleet_hosts(hub, source):
+    status, body = hub.get_json("/api/fleet")
+    assert status == 200 and body["source"] == source
+    return body, {h["name"]: h for h in body["hosts"] if h["source"] != "local"}
+
+
+STATIC_KEYS = ("id", "name", "vendor", "vendor_label", "uuid", "pci", "vram_total_bytes", "power_cap_w",
+               "runtime_status")
+
+
+def test_the_prometheus_hub_shows_what_the_peers_hub_shows(fleet):
+    """Both hubs over HTTP: the same hosts (by name), GPUs and identities; the
+    moving values as the servers published them within one scrape."""
+    names = sorted(instance(d) for d in fleet["demos"])
+
+    def both_up():
+        peers, prom = fleet_hosts(fleet["hub"], "peers")[1], fleet_hosts(fleet["prom_hub"], "prometheus")[1]
+        ok = all(h["state"] == "up" for h in list(peers.values()) + list(prom.values()))
+        return (peers, prom) if ok and sorted(peers) == sorted(prom) == names else None
+    peers, prom = wait_for(both_up, 20, 0.25, "both hubs with the three hosts up")
+    body = fleet_hosts(fleet["prom_hub"], "prometheus")[0]
+    assert body["error"] is None and body["hosts"][0]["source"] == "local"    # the hub's own GPUs first
+    for demo in fleet["demos"]:
+        a, b = peers[instance(demo)], prom[instance(demo)]
+        assert (a["version"], a["page"], b["page"]) == (b["version"], "/hosts/%s/" % instance(demo), None)
+        assert [[g[k] for k in STATIC_KEYS] for g in a["gpus"]] == [[g[k] for k in STATIC_KEYS] for g in b["gpus"]]
+        assert a["host"]["cpu_count"] == b["host"]["cpu_count"]
+        assert a["host"]["mem_total_bytes"] == b["host"]["mem_total_bytes"]
+        seen_s = atw.parse_iso_ts(b["last_seen"])
+        for gpu in b["gpus"]:
+            for key in ("gpu_busy_pct", "power_w", "temp_c", "vram_used_bytes"):
+                assert gpu[key] is not None and any(
+                    gpu[key] == pytest.approx(v, rel=1e-6) for v in ring_values(demo, gpu["id"], key, seen_s)), key
+
+
+def test_once_json_on_a_prometheus_hub_prints_the_fleet(fleet):
+    env = server_env(env={"APP_FLEET_PROMETHEUS_URL": fleet["prom"].url, "APP_FLEET_TIMEOUT": "5s"})
+    out = subprocess.run([sys.executable, PROGRAM, "--once", "--json"], env=env, capture_output=True,
+                         timeout=60)
+    assert out.returncode == 0, out.stderr
+    fleet_message = json.loads(out.stdout)["fleet"]
+    assert fleet_message["source"] == "prometheus"
+    assert {h["name"] for h in fleet_message["hosts"] if h["source"] == "prometheus"} >= \
+        {instance(d) for d in fleet["demos"][:2]}
+
+
+def test_fleet_history_from_query_range(fleet):
+    hub, demos = fleet["prom_hub"], fleet["demos"]
+    status, body = hub.get_json("/api/fleet/history?range=30m&step=1s&metric=power_w")
+    assert status == 200, body
+    assert (body["source"], body["metric"], body["step_s"]) == ("prometheus", "power_w", 1.0)
+    expected = {"%s/%s" % (instance(d), g["id"]) for d in demos for g in d.get_json("/api/gpus")[1]["gpus"]}
+    assert set(body["series"]) == expected, (sorted(body["series"]), len(body["ts"]), prom_query(
+        fleet["prom"].port, 'count by (instance) (amdgpu_power_watts)'), prom_query(fleet["prom"].port, "up"))
+    assert all(len(v) == len(body["ts"]) for v in body["series"].values())
+    assert all(any(x is not None for x in v) for v in body["series"].values())
+    assert body["ts"][1] - body["ts"][0] == 1000
+
+
+def test_fleet_history_refuses_a_bad_metric_and_needs_prometheus(fleet, server):
+    status, body = fleet["prom_hub"].get_json("/api/fleet/history?range=1h&metric=up%7Bjob%3D%22x%22%7D")
+    assert status == 400 and "'metric'" in body["error"]
+    status, body = fleet["prom_hub"].get_json("/api/fleet/history?range=2h")
+    assert status == 400 and "'range'" in body["error"]
+    status, body = fleet["hub"].get_json("/api/fleet/history?range=1h")
+    assert status == 404 and "APP_FLEET_PROMETHEUS_URL" in body["error"]
+
+
+def test_parsers_on_live_answers_and_an_error_envelope(fleet):
+    port = fleet["prom"].port
+    for query, kind in (("up", "vector"), ("amdgpu_gpu_busy_ratio[5s]", "matrix")):
+        with urllib.request.urlopen("http://127.0.0.1:%d/api/v1/query?%s" % (
+                port, atw.urlencode({"query": query})), timeout=10) as resp:
+            result, warnings = atw.parse_prom_answer(resp.status, resp.read(), kind)
+        assert result and warnings == []
+    client = atw.PromClient(fleet["prom"].url, 5.0)
+    with pytest.raises(atw.PromAnswerError, match=r"HTTP 400 bad_data: .*parse error"):
+        client.get("query", {"query": "up{"}, "vector")
+    with pytest.raises(atw.PromAnswerError, match="expected a vector"):
+        client.get("query", {"query": "up[1m]"}, "vector")
+
+
+# -- a killed server (kept last: it changes the fleet) ---------------------------
+
+def test_a_killed_server_is_down_with_its_data_kept(fleet):
+    source = source_for(fleet["prom"])
+    try:
+        victim = fleet["demos"][2]
+        before = {e["name"]: e for e in source.poll(time.time())}[instance(victim)]
+        victim.stop()
+        wait_for(lambda: prom_query(fleet["prom"].port, 'up{instance="%s"} == 0' % instance(victim)),
+                 30, 0.25, "up == 0 for the killed server")
+        entries = {e["name"]: e for e in source.poll(time.time())}
+    finally:
+        source.close()
+    down = entries[instance(victim)]
+    assert (down["state"], down["error"]) == ("down", "scrape failing")
+    assert [g["id"] for g in down["gpus"]] == [g["id"] for g in before["gpus"]] and len(down["gpus"]) == 3
+    assert [e["state"] for n, e in sorted(entries.items()) if n != instance(victim)] == ["up", "up"]
+    # a new source (a restarted hub) never saw it up: still listed, down, no data
+    fresh = source_for(fleet["prom"])
+    try:
+        entry = {e["name"]: e for e in fresh.poll(time.time())}[instance(victim)]
+    finally:
+        fresh.close()
+    assert (entry["state"], entry["gpus"], entry["last_seen"]) == ("down", [], None)
+    # the Prometheus hub says so too, over HTTP
+    wait_for(lambda: fleet_hosts(fleet["prom_hub"], "prometheus")[1][instance(victim)]["state"] == "down",
+             20, 0.25, "the Prometheus hub showing the killed server down")
+
+
+# -- parsers on answers saved from the real Prometheus (no Prometheus needed) ----
+
+def saved(name):
+    with open(os.path.join(PROM_DATA, name), "rb") as fh:
+        return fh.read()
+
+
+def saved_fleet():
+    """fleet_instant.json: every fleet query answered by Prometheus 2.42 scraping
+    two demo servers (1 and 2 GPUs, 127.0.0.1:18941/18942) and a dead target (18943)."""
+    capture = json.loads(saved("fleet_instant.json"))
+    answers = {}
+    for name, answer in capture["answers"].items():
+        result, warnings = atw.parse_prom_answer(200, json.dumps(answer).encode(), "vector")
+        assert warnings == []
+        answers[name] = atw.parse_prom_vector(result)
+    return capture["time"], answers
+
+
+def test_saved_answers_make_the_fleet():
+    now, answers = saved_fleet()
+    assert [name for name, _ in atw.build_prom_fleet_queries()] == sorted(answers, key=[
+        name for name, _ in atw.build_prom_fleet_queries()].index)
+    hosts, up = atw.compute_prom_fleet(answers)
+    assert up == {("amdgpu", "127.0.0.1:18941"): 1.0, ("amdgpu", "127.0.0.1:18942"): 1.0,
+                  ("amdgpu", "127.0.0.1:18943"): 0.0}
+    assert sorted(hosts) == [("amdgpu", "127.0.0.1:18941"), ("amdgpu", "127.0.0.1:18942")]
+    two = hosts[("amdgpu", "127.0.0.1:18942")]
+    assert [g["id"] for g in two["gpus"]] == ["card0", "card1"] and two["version"] == "0.1.0"
+    gpu = two["gpus"][0]
+    assert set(gpu) == {"id", "name", "vendor", "vendor_label", "uuid", "pci", "gpu_busy_pct",
+                        "vram_used_bytes", "vram_total_bytes", "temp_c", "power_w", "power_cap_w",
+                        "throttle_reasons", "runtime_status", "top_process", "processes", "alert"}
+    assert set(gpu) == set(atw.FLEET_GPU_KEYS)           # the peers' fleet GPU keys, exactly
+    assert set(gpu["top_process"]) == set(atw.FLEET_TOP_PROCESS_KEYS)
+    assert gpu["vendor"] == "amd" and gpu["vendor_label"] == "AMD" and gpu["runtime_status"] == "active"
+    assert isinstance(gpu["vram_total_bytes"], int) and 0 <= gpu["gpu_busy_pct"] <= 100
+    assert gpu["top_process"]["pid"] > 0 and gpu["top_process"]["user"] is None
+    assert set(two["host"]) == {"cpu_busy_pct", "cpu_count", "mem_used_bytes", "mem_total_bytes"}
+    source = atw.FleetPrometheus(None, 2.0)
+    entries = {e["name"]: e for e in source._entries(now, hosts, up)}
+    assert (entries["127.0.0.1:18943"]["state"], entries["127.0.0.1:18943"]["error"],
+            entries["127.0.0.1:18943"]["gpus"]) == ("down", "scrape failing", [])
+    assert entries["127.0.0.1:18941"]["state"] == "up" and entries["127.0.0.1:18941"]["last_seen"]
+
+
+def test_prometheus_down_makes_hosts_stale_then_down_keeping_their_data():
+    now, answers = saved_fleet()
+    source = atw.FleetPrometheus(None, 2.0)
+    source._entries(now, *atw.compute_prom_fleet(answers))
+    source.error = "Prometheus: cannot connect: Connection refused"
+    stale = {e["name"]: e for e in source._entries(now + 2, None, {})}
+    assert stale["127.0.0.1:18942"]["state"] == "stale" and len(stale["127.0.0.1:18942"]["gpus"]) == 2
+    assert stale["127.0.0.1:18942"]["error"] == source.error
+    down = {e["name"]: e for e in source._entries(now + 11, None, {})}
+    assert down["127.0.0.1:18942"]["state"] == "down" and len(down["127.0.0.1:18942"]["gpus"]) == 2
+    assert down["127.0.0.1:18943"]["state"] == "down"      # never up: down at once
+
+
+def test_a_removed_target_is_down_then_forgotten():
+    now, answers = saved_fleet()
+    source = atw.FleetPrometheus(None, 2.0)
+    source._entries(now, *atw.compute_prom_fleet(answers))
+    gone = dict((k, [s for s in v if s[0].get("instance") != "127.0.0.1:18941"]) for k, v in answers.items())
+    entries = {e["name"]: e for e in source._entries(now + 2, *atw.compute_prom_fleet(gone))}
+    assert (entries["127.0.0.1:18941"]["state"], entries["127.0.0.1:18941"]["error"]) == \
+        ("down", "no longer scraped by Prometheus")
+    later = source._entries(now + atw.FLEET_PROM_FORGET_S + 3, *atw.compute_prom_fleet(gone))
+    assert "127.0.0.1:18941" not in [e["name"] for e in later]
+
+
+def test_one_instance_in_two_jobs_gets_two_names():
+    assert atw.prom_host_names([("a", "h:1"), ("b", "h:1"), ("a", "g:1")]) == {
+        ("a", "h:1"): "h:1 (a)", ("b", "h:1"): "h:1 (b)", ("a", "g:1"): "g:1"}
+
+
+def test_saved_matrix_on_the_grid():
+    result, _ = atw.parse_prom_answer(200, saved("matrix_power.json"), "matrix")
+    start = min(float(s["values"][0][0]) for s in result) - 1.0     # a step before the first sample
+    rows = atw.parse_prom_matrix(result, start, 1.0, 5)
+    by_key = {(l["instance"], l["gpu"]): v for l, v in rows}
+    assert by_key[("127.0.0.1:18941", "card0")] == [None, 166.871, 167.795, 168.15, None]
+    assert by_key[("127.0.0.1:18942", "card1")] == [None, 23.486, 23.146, 23.671, None]
+    half = atw.parse_prom_matrix(result, start + 0.4, 1.0, 5)      # off the grid: the nearest step
+    assert dict(((l["instance"], l["gpu"]), v) for l, v in half)[("127.0.0.1:18941", "card0")][1] == 166.871
+
+
+@pytest.mark.parametrize("status,name,message", [
+    (400, "error_400_bad_data.json", r"^HTTP 400 bad_data: invalid parameter \"query\": 1:4: parse error"),
+    (422, "error_422_execution.json", r"^HTTP 422 execution: vector cannot contain metrics with the same labelset"),
+])
+def test_saved_error_envelopes(status, name, message):
+    with pytest.raises(atw.PromAnswerError, match=message):
+        atw.parse_prom_answer(status, saved(name), "vector")
+
+
+@pytest.mark.parametrize("status,body,message", [
+    (502, b"<html>Bad Gateway</html>", "HTTP 502, not a query API answer"),
+    (200, b"{\"status\":\"success\"}", "expected a vector result"),
+    (200, b"[]", "not a query API answer"),
+    (200, b"\xff\xfe", "not a query API answer"),
+    (200, b"{\"status\":\"error\",\"errorType\":\"timeout\",\"error\":\"query timed out\"}",
+     "HTTP 200 timeout: query timed out"),
+    (503, b"{\"status\":\"error\",\"errorType\":\"unavailable\",\"error\":\"too many queries\"}",
+     "HTTP 503 unavailable: too many queries"),
+])
+def test_answers_that_are_no_result(status, body, message):
+    with pytest.raises(atw.PromAnswerError, match=message.replace("(", r"\(")):
+        atw.parse_prom_answer(status, body, "vector")
+
+
+def test_warnings_nan_and_inf():
+    body = json.dumps({"status": "success", "warnings": ["partial response: store 1 down"], "data": {
+        "resultType": "vector", "result": [
+            {"metric": {"instance": "a:1", "gpu": "card0"}, "value": [1, "NaN"]},
+            {"metric": {"instance": "a:1", "gpu": "card1"}, "value": [1, "+Inf"]},
+            {"metric": {"instance": "a:1", "gpu": "card2"}, "value": [1, "-0.5e1"]},
+            {"metric": {"instance": "a:1"}, "histogram": [1, {"count": "1"}]}]}}).encode()
+    result, warnings = atw.parse_prom_answer(200, body, "vector")
+    assert warnings == ["partial response: store 1 down"]
+    assert [(l.get("gpu"), v) for l, v, _ in atw.parse_prom_vector(result)] == [
+        ("card0", None), ("card1", None), ("card2", -5.0)]
+
+
+# -- the client: headers, prefix, gzip, caps, timeouts (a recording server) ------
+
+class Recorder(http.server.BaseHTTPRequestHandler):
+    answers = {}
+    by_query = {}
+    seen = []
+
+    def do_GET(self):
+        Recorder.seen.append((self.path, dict(self.headers)))
+        query = dict(atw.parse_qsl(self.path.partition("?")[2])).get("query")
+        status, body, headers = Recorder.by_query.get(query) or Recorder.answers.get(
+            self.path.split("?")[0], (404, b"nope", {}))
+        if body is None:
+            time.sleep(3)
+            return
+        self.send_response(status)
+        for name, value in headers.items():
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def recorder():
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    Recorder.answers, Recorder.by_query, Recorder.seen = {}, {}, []
+    try:
+        yield "http://127.0.0.1:%d" % httpd.server_address[1]
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def test_client_sends_the_headers_under_the_prefix_and_inflates_gzip(recorder):
+    body = json.dumps({"status": "success", "data": {"resultType": "vector", "result": []}}).encode()
+    Recorder.answers["/prometheus/api/v1/query"] = (200, gzip.compress(body), {"Content-Encoding": "gzip"})
+    config = atw.parse_config([], {"APP_FLEET_PROMETHEUS_URL": recorder + "/prometheus/",
+                                   "APP_FLEET_PROMETHEUS_HEADERS": "X-Scope-OrgID: team-a; Authorization: Bearer s3"})
+    source = atw.make_fleet_prometheus(config)
+    assert source.poll(time.time()) == [] and source.error is None
+    source.close()
+    assert len(Recorder.seen) == len(atw.build_prom_fleet_queries())
+    path, headers = Recorder.seen[0]
+    assert path.startswith("/prometheus/api/v1/query?query=") and "&time=" in path
+    assert headers["X-Scope-OrgID"] == "team-a" and headers["Authorization"] == "Bearer s3"
+
+
+def test_client_caps_the_body_and_times_out(recorder, monkeypatch):
+    monkeypatch.setattr(atw, "FLEET_PROM_BODY_LIMIT", 1000)
+    Recorder.answers["/api/v1/query"] = (200, b" " * 1001, {})
+    with pytest.raises(atw.PromAnswerError, match="an answer over"):
+        atw.PromClient(recorder, 2.0).get("query", {"query": "up"}, "vector")
+    Recorder.answers["/api/v1/query"] = (200, gzip.compress(b" " * 5000), {"Content-Encoding": "gzip"})
+    with pytest.raises(atw.PromAnswerError, match="an answer over"):
+        atw.PromClient(recorder, 2.0).get("query", {"query": "up"}, "vector")
+    Recorder.answers["/api/v1/query"] = (200, None, {})
+    with pytest.raises(atw.PromAnswerError, match=r"no answer within 0.5 s"):
+        atw.PromClient(recorder, 0.5).get("query", {"query": "up"}, "vector")
+    with pytest.raises(atw.PromAnswerError, match="cannot connect"):
+        atw.PromClient("http://127.0.0.1:%d" % free_port(), 0.5).get("query", {"query": "up"}, "vector")
+
+
+@pytest.mark.parametrize("value,message", [
+    ("X-Scope-OrgID", "entry 1: expected 'Name: value'"),
+    ("ok: 1; bad name: 2", "entry 2: expected 'Name: value'"),
+])
+def test_bad_headers_setting_names_the_entry_never_the_value(value, message):
+    with pytest.raises(atw.ConfigError) as info:
+        atw.parse_config([], {"APP_FLEET_PROMETHEUS_URL": "http://p:9090",
+                              "APP_FLEET_PROMETHEUS_HEADERS": value})
+    assert message in str(info.value) and "(hidden)" in str(info.value) and value not in str(info.value)
+    with pytest.raises(atw.ConfigError, match="only meaningful with APP_FLEET_PROMETHEUS_URL"):
+        atw.parse_config([], {"APP_FLEET_PROMETHEUS_HEADERS": "X-Scope-OrgID: a"})
+
+
+def test_an_exporters_labels_are_cut_like_a_peers_answer():
+    """A hostile target's labels: long strings cut to FLEET_TEXT_MAX, at most
+    FLEET_MAX_GPUS GPUs and FLEET_MAX_ALERTS alerts per host."""
+    host = {"job": "amdgpu", "instance": "evil:1"}
+    long_name = "<img src=x onerror=alert(1)>" * 100
+    answers = {
+        "build": [(dict(host, version="v" * 5000), 1.0, 1.0)],
+        "gpu_info": [(dict(host, gpu="card%d" % i, name=long_name, vendor="amd"), 1.0, 1.0) for i in range(300)],
+        "gpu_busy_pct": [(dict(host, gpu="card%d" % i), 0.5, 1.0) for i in range(300)],
+        "alerts": [(dict(host, gpu="card0", alertname="a%d" % i, severity="critical"), 1.0, 1.0)
+                   for i in range(300)]}
+    hosts, _ = atw.compute_prom_fleet(answers)
+    entry = hosts[("amdgpu", "evil:1")]
+    assert len(entry["gpus"]) == atw.FLEET_MAX_GPUS and len(entry["alerts"]) == atw.FLEET_MAX_ALERTS
+    assert len(entry["version"]) == atw.FLEET_TEXT_MAX
+    assert all(len(g["name"]) == atw.FLEET_TEXT_MAX and g["gpu_busy_pct"] == 50.0 for g in entry["gpus"])
+
+
+def test_slow_changing_queries_are_read_less_often_and_all_again_for_a_new_host(recorder):
+    empty = json.dumps({"status": "success", "data": {"resultType": "vector", "result": []}}).encode()
+    Recorder.answers["/api/v1/query"] = (200, empty, {})
+    source = atw.FleetPrometheus(atw.PromClient(recorder, 2.0), 2.0)
+    queries = dict(atw.build_prom_fleet_queries())
+
+    def counts():
+        asked = [atw.parse_qsl(path.split("?", 1)[1]) for path, _ in Recorder.seen]
+        return dict((name, sum(1 for q in asked if dict(q)["query"] == query)) for name, query in queries.items())
+    for _ in range(4):
+        source.poll(time.time())
+    seen = counts()
+    assert seen["gpu_busy_pct"] == seen["up"] == seen["build"] == 4
+    assert seen["status"] == seen["processes"] == seen["top_process"] == 2     # polls 1 and 4
+    assert seen["gpu_info"] == seen["vram_total_bytes"] == seen["mem_total_bytes"] == 1
+    # a host gpu_info does not know yet: every query on the next poll
+    build = {"status": "success", "data": {"resultType": "vector", "result": [
+        {"metric": {"job": "amdgpu", "instance": "new:1", "version": "1"}, "value": [1, "1"]}]}}
+    Recorder.by_query[queries["build"]] = (200, json.dumps(build).encode(), {})
+    Recorder.seen = []
+    source.poll(time.time())            # the 5th: nothing slow due, but a new host seen
+    assert counts()["gpu_info"] == 0 and counts()["build"] == 1
+    Recorder.seen = []
+    source.poll(time.time())
+    assert counts()["gpu_info"] == 1 and counts()["status"] == 1
+    source.close()
+
+
+def test_a_hub_whose_prometheus_is_down_says_so(server):
+    """Nothing listens at the URL: /api/fleet carries the error (this server
+    still first), the history answers 502 naming Prometheus."""
+    hub = server(args=["--demo", "--demo-gpus", "1"], env={
+        "APP_FLEET_PROMETHEUS_URL": "http://127.0.0.1:%d/prometheus" % free_port(),
+        "APP_FLEET_INTERVAL": "500ms"})
+    body = wait_for(lambda: (lambda b: b if b["error"] else None)(hub.get_json("/api/fleet")[1]),
+                    10, 0.1, "the fleet's error")
+    assert body["source"] == "prometheus" and body["error"].startswith("Prometheus: cannot connect")
+    assert [h["source"] for h in body["hosts"]] == ["local"]
+    status, answer = hub.get_json("/api/fleet/history?range=1h&metric=temp_c")
+    assert status == 502 and answer["error"].startswith("Prometheus: cannot connect")
+    hub.wait_log(r"event=fleet_prometheus_failed")

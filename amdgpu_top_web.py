@@ -358,6 +358,9 @@ METRIC_KEYS = (
     # added with the other vendors; null where a vendor lacks them
     "throttle_reasons", "pstate", "enc_pct", "dec_pct", "vram_reserved_bytes", "energy_j",
     "vram_used_source", "sm_clock_mhz",
+    # NVIDIA: memory ECC error counts (null without ECC) and MIG instances (null: MIG off)
+    "ecc_corrected_volatile", "ecc_uncorrected_volatile", "ecc_corrected_aggregate",
+    "ecc_uncorrected_aggregate", "mig",
     # from AMD's binary gpu_metrics table where the plain files lack them
     "socclk_mhz", "vclk_mhz", "dclk_mhz", "mm_busy_pct", "power_gfx_w", "power_soc_w",
     "temp_vrgfx_c", "temp_vrsoc_c", "temp_vrmem_c", "cpu_core_power_w", "cpu_core_temp_c",
@@ -440,6 +443,7 @@ HWMON_FILE_RE = re.compile(r"^(temp|freq|in|power|fan|pwm)(0|[1-9][0-9]*)_([a-z_
 NVML_DEFAULT_LIBRARY = "libnvidia-ml.so.1"
 NVML_SUCCESS = 0                       # nvmlReturn_t values (nvml.h)
 NVML_ERROR_UNINITIALIZED = 1
+NVML_ERROR_INVALID_ARGUMENT = 2
 NVML_ERROR_NOT_SUPPORTED = 3
 NVML_ERROR_NO_PERMISSION = 4
 NVML_ERROR_NOT_FOUND = 6
@@ -474,6 +478,19 @@ NVML_CLOCK_EVENT_REASONS = (
 NVML_CLOCK_EVENT_KNOWN = sum(bit for bit, _ in NVML_CLOCK_EVENT_REASONS)
 NVML_UTIL_LIMITED = ("sm", "enc", "dec")     # a sample over 100 % here is bogus (nvtop#110)
 NVML_UTIL_ENGINES = ("sm", "mem", "enc", "dec", "jpg", "ofa")   # the old API has the first four
+# MIG (nvml.h "Multi Instance GPU Management"): the current mode's value when on,
+# the GI/CI ids of a process entry when MIG is off, and a MIG name's profile
+# ("NVIDIA A100-SXM4-40GB MIG 1g.5gb" -> "1g.5gb"; compute-instance profiles
+# read like "1c.2g.20gb", media extensions "1g.10gb+me").
+NVML_DEVICE_MIG_ENABLE = 1
+NVML_NO_INSTANCE_ID = 0xFFFFFFFF
+MIG_BUSY_NOTE = ("not reported: NVML gives no whole-GPU or per-instance utilisation "
+                 "under MIG; the memory per instance is shown instead")
+MIG_PROFILE_RE = re.compile(r"\bMIG\s+((?:\d+c\.)?\d+g\.\d+gb(?:\+\w+)?)\s*$")
+# ECC: (nvmlMemoryErrorType_t, nvmlEccCounterType_t) -> metric key. Corrected =
+# single-bit; volatile counts since the driver loaded, aggregate for the card's life.
+NVML_ECC_COUNTERS = ((0, 0, "ecc_corrected_volatile"), (1, 0, "ecc_uncorrected_volatile"),
+                     (0, 1, "ecc_corrected_aggregate"), (1, 1, "ecc_uncorrected_aggregate"))
 NVML_PROCESS_LISTS = (("C", "nvmlDeviceGetComputeRunningProcesses"),
                       ("G", "nvmlDeviceGetGraphicsRunningProcesses"),
                       ("M", "nvmlDeviceGetMPSComputeRunningProcesses"))
@@ -590,7 +607,8 @@ HISTORY_RUN_KEEP_S = 365 * 86400     # process runs and alert events
 HISTORY_RUN_MISSING_SCANS = 3        # a run ends after this many scans without it
 HISTORY_RUN_MAX_GAP_S = 30.0         # a longer gap between sightings does not count as time
 HISTORY_QUERY_MAX_ROWS = 5000        # runs / alerts answered at most
-HISTORY_NOT_NUMERIC = ("runtime_status", "throttle_reasons", "vram_used_source", "vram_forecast")
+HISTORY_NOT_NUMERIC = ("runtime_status", "throttle_reasons", "vram_used_source", "vram_forecast",
+                       "mig")
 HISTORY_HOST_KEYS = HOST_KEYS        # the store keeps a column per host key
 # Stored as integers in fixed units (facts sheet §3): value * scale, by name suffix.
 HISTORY_SCALES = (("_bytes", 1.0 / (1 << 20)), ("_pct", 10.0), ("_c", 10.0), ("_w", 10.0),
@@ -622,7 +640,8 @@ FORECAST_LEVEL_S = 5.0          # the current level lies within these last secon
 FORECAST_PROC_MAX = 64          # process series kept per GPU (largest VRAM first)
 
 ALERT_RULES = ("gpu_temperature", "vram_usage", "vram_full_soon", "gpu_throttling",
-               "fan_stopped", "gpu_lost", "busy_unattributed", "host_memory", "gpu_held_idle")
+               "fan_stopped", "gpu_lost", "busy_unattributed", "host_memory", "gpu_held_idle",
+               "gpu_ecc_uncorrected")
 ALERT_SEVERITIES = ("warning", "critical")
 # Per rule: raise (warn/crit) and clear levels, the hold before firing (for_s)
 # and the longer one before stepping down or resolving (clear_for_s); None =
@@ -651,6 +670,10 @@ ALERT_RULE_DEFAULTS = (
     ("gpu_held_idle", {"enabled": True, "warn": 1.0, "warn_clear": 0.0, "crit": None,
                        "crit_clear": None, "for_s": 1800.0, "clear_for_s": 60.0,
                        "min_vram": float(1 << 30), "max_busy": 1.0}),
+    # new uncorrected ECC errors in one reading (the volatile count's rise; NVIDIA):
+    # fires at once, resolves after clear_for without another.
+    ("gpu_ecc_uncorrected", {"enabled": True, "warn": None, "warn_clear": None, "crit": 1.0,
+                             "crit_clear": 0.0, "for_s": 0.0, "clear_for_s": 600.0}),
 )
 ALERT_RULE_KEYS = ("enabled", "warn", "warn_clear", "crit", "crit_clear", "for", "clear_for")
 # A process alert's "process" object: the run key, the names, who it belongs to.
@@ -941,8 +964,17 @@ if ctypes is not None:
                     ("lastSeenTimeStamp", _U64),
                     ("procUtilArray", ctypes.POINTER(NvmlProcessUtilizationInfo))]
 
-# One process as an NVML list reports it (already converted from the struct).
-NvmlProcess = collections.namedtuple("NvmlProcess", "pid used_bytes kind")
+    class NvmlDeviceAttributes(ctypes.Structure):  # nvmlDeviceAttributes_t (MIG handles)
+        _fields_ = [("multiprocessorCount", _U32), ("sharedCopyEngineCount", _U32),
+                    ("sharedDecoderCount", _U32), ("sharedEncoderCount", _U32),
+                    ("sharedJpegCount", _U32), ("sharedOfaCount", _U32),
+                    ("gpuInstanceSliceCount", _U32), ("computeInstanceSliceCount", _U32),
+                    ("memorySizeMB", _U64)]
+
+# One process as an NVML list reports it (already converted from the struct);
+# gi/ci: its MIG GPU and compute instance ids (NVML_NO_INSTANCE_ID without MIG).
+NvmlProcess = collections.namedtuple("NvmlProcess", "pid used_bytes kind gi ci")
+NvmlProcess.__new__.__defaults__ = (NVML_NO_INSTANCE_ID, NVML_NO_INSTANCE_ID)
 
 
 # -- process top: fdinfo records, scan results, /proc/<pid>/stat ------------
@@ -2204,6 +2236,48 @@ def pick_nvml_util(samples, pids):
     return dict((pid, entry[1]) for pid, entry in best.items())
 
 
+def parse_mig_profile(name, gi_slices=None, ci_slices=None, memory_mib=None):
+    """A MIG device's profile: from its NVML name ("... MIG 1g.10gb"), else
+    spelt from its attributes as nvidia-smi spells profiles ("2g.20gb"; a
+    smaller compute instance "1c.2g.20gb"; GiB rounded), else None."""
+    match = MIG_PROFILE_RE.search(name or "")
+    if match:
+        return match.group(1)
+    if not gi_slices or memory_mib is None:
+        return None
+    prefix = "%dc." % ci_slices if ci_slices and ci_slices != gi_slices else ""
+    return "%s%dg.%dgb" % (prefix, gi_slices, int(round(memory_mib / 1024.0)))
+
+
+def build_mig_instance(index, uuid, profile, gi, ci, used, total):
+    """One MIG instance (a compute instance) of a stats frame's metrics.mig."""
+    return {"index": index, "uuid": uuid, "profile": profile, "gi": gi, "ci": ci,
+            "memory_used_bytes": used, "memory_total_bytes": total}
+
+
+def nvml_proc_mig(gi, ci, instances):
+    """A process row's `mig`: {"gi", "ci", "profile"} of the instance its NVML
+    entry names (profile null when that instance is not listed), or None when
+    the entry carries no instance ids (MIG off, or a 16-byte v1 entry)."""
+    if gi is None or gi == NVML_NO_INSTANCE_ID:
+        return None
+    ci = None if ci == NVML_NO_INSTANCE_ID else ci
+    profile = next((i["profile"] for i in instances or () if i["gi"] == gi and i["ci"] == ci),
+                   None)
+    return {"gi": gi, "ci": ci, "profile": profile}
+
+
+def compute_ecc_new(prev, cur):
+    """New errors between two readings of a volatile ECC count: cur - prev; 0
+    on the first reading (a baseline: errors from before are not new) and when
+    the count drops (the driver reloaded); None when unknown."""
+    if cur is None:
+        return None
+    if prev is None or cur < prev:
+        return 0
+    return cur - prev
+
+
 # -- process top: fdinfo text -> records ------------------------------------
 
 _SIZE_RE = re.compile(r"^\s*(\d+)\s*([A-Za-z]*)\s*$")
@@ -3252,7 +3326,7 @@ PROC_ROW_DEFAULTS = (
     ("gpu_time_ms_per_s", None), ("container", None), ("start_time", None), ("clients", 0),
     ("type", None), ("visible", True), ("cpu_pct", None), ("rss_bytes", None),
     ("vram_forecast", None), ("started", None), ("elapsed_s", None),
-    ("unit", None), ("container_name", None), ("k8s", None), ("slurm", None),
+    ("unit", None), ("container_name", None), ("k8s", None), ("slurm", None), ("mig", None),
 )
 
 
@@ -6471,6 +6545,33 @@ def format_value(value, unit):
     return "%s%s" % (value, unit)
 
 
+def format_ecc(metrics):
+    """The ECC counts in one line (None without ECC): "corrected 4 (40 total),
+    uncorrected 0 (2 total)": since the driver loaded, then over the card's life."""
+    keys = ("ecc_corrected_volatile", "ecc_corrected_aggregate", "ecc_uncorrected_volatile",
+            "ecc_uncorrected_aggregate")
+    if all(metrics.get(key) is None for key in keys):
+        return None
+    return "corrected %s (%s total), uncorrected %s (%s total)" % tuple(
+        format_value(metrics.get(key), "%d") for key in keys)
+
+
+def format_mig_instance(instance):
+    """One MIG instance: "1g.10gb (GI 1, CI 0): 3.0 GiB / 9.5 GiB"."""
+    return "%s (GI %s, CI %s): %s / %s" % (
+        instance["profile"] or "?", format_value(instance["gi"], "%d"),
+        format_value(instance["ci"], "%d"), format_bytes(instance["memory_used_bytes"]),
+        format_bytes(instance["memory_total_bytes"]))
+
+
+def format_proc_mig(mig):
+    """A process row's MIG instance: "MIG 1g.10gb (GI 1, CI 0)", or "" without."""
+    if not mig:
+        return ""
+    return "MIG %s (GI %s, CI %s)" % (mig["profile"] or "?", format_value(mig["gi"], "%d"),
+                                      format_value(mig["ci"], "%d"))
+
+
 def format_elapsed(seconds):
     """Elapsed seconds as ps(1) prints etime: "[[dd-]hh:]mm:ss"; "—" for null."""
     if seconds is None:
@@ -6534,6 +6635,7 @@ ALERT_TITLES = {
     "fan_stopped": "fan stopped while hot", "gpu_lost": "GPU lost",
     "busy_unattributed": "busy %s %% with no visible process", "host_memory": "host RAM %s %% used",
     "gpu_held_idle": "VRAM held by an idle process",
+    "gpu_ecc_uncorrected": "new uncorrected ECC errors",
 }
 
 
@@ -6623,6 +6725,12 @@ PROM_GPU_FAMILIES = (
     ("video_busy_ratio", "gauge", "Video encoder and decoder busy.",
      [("enc_pct", 0.01, (("engine", "encoder"),)), ("dec_pct", 0.01, (("engine", "decoder"),)),
       ("mm_busy_pct", 0.01, (("engine", "multimedia"),))]),
+    ("ecc_errors_total", "counter", "Memory ECC errors (NVML, while ECC is on): corrected "
+     "(single-bit) or uncorrected (double-bit); volatile since the driver loaded, aggregate "
+     "over the card's life.",
+     [(key, 1, (("type", "uncorrected" if error_type else "corrected"),
+                ("counter", "aggregate" if counter else "volatile")))
+      for error_type, counter, key in NVML_ECC_COUNTERS]),
 )
 # family, help, host key, scale. amdgpu_host_cpus, not ..._cpu_count: promtool
 # lint keeps the _count suffix for histograms and summaries.
@@ -6747,6 +6855,7 @@ def _prom_gpu(writer, base, metrics):
             if value is not None:
                 writer.add(family, kind, help_text, base + extra, round(value * scale, 9)
                            if scale != 1 else value)
+    _prom_mig(writer, base, metrics.get("mig"))
     reasons = metrics.get("throttle_reasons")
     if reasons is not None:
         writer.add("throttled", "gauge", "1 while clocks are held down by a limit (any throttle "
@@ -6754,6 +6863,18 @@ def _prom_gpu(writer, base, metrics):
         for reason in reasons:
             writer.add("throttle_reason_active", "gauge", "1 for each throttle (clock event) "
                        "reason now active, by its driver's name.", base + (("reason", reason),), 1)
+
+
+def _prom_mig(writer, base, instances):
+    """Memory per MIG instance (NVML MIG device handles), labelled by its GPU
+    and compute instance ids and profile."""
+    for instance in instances or ():
+        labels = base + tuple((key, "" if instance[key] is None else instance[key])
+                              for key in ("gi", "ci", "profile"))
+        writer.add("mig_memory_used_bytes", "gauge", "Memory in use in a MIG instance.", labels,
+                   instance["memory_used_bytes"])
+        writer.add("mig_memory_total_bytes", "gauge", "Memory size of a MIG instance.", labels,
+                   instance["memory_total_bytes"])
 
 
 def prom_who_labels(proc):
@@ -7269,9 +7390,25 @@ def _plain_gpu(identity, metrics, procs):
     if "vram_forecast" in metrics:
         rows.append("<tr><th>VRAM forecast</th><td>%s</td></tr>" % esc(plain_nowrap(
             plain_forecast(metrics.get("vram_forecast"), procs))))
+    rows.extend("<tr><th>%s</th><td>%s</td></tr>" % (esc(label), esc(value))
+                for label, value in plain_nvidia_facts(metrics))
     rows.append("</tbody></table>")
     rows.extend(_plain_procs(procs))
     return rows
+
+
+def plain_nvidia_facts(metrics):
+    """[(label, text)]: the ECC counts and each MIG instance, where known. Under
+    MIG, NVML gives no utilisation for the GPU or its instances: said once."""
+    facts = []
+    ecc = format_ecc(metrics)
+    if ecc:
+        facts.append(("Memory ECC errors", ecc))
+    for instance in metrics.get("mig") or ():
+        facts.append(("MIG instance %d" % instance["index"], format_mig_instance(instance)))
+    if metrics.get("mig") is not None:
+        facts.append(("GPU busy under MIG", MIG_BUSY_NOTE))
+    return facts
 
 
 def plain_forecast(forecast, procs):
@@ -7343,6 +7480,8 @@ def plain_flags(proc):
         flags.append("container " + proc["container"])
     if proc.get("visible") is False:
         flags.append("not in this PID namespace")
+    if proc.get("mig"):
+        flags.append(format_proc_mig(proc["mig"]))
     return ", ".join(flags)
 
 
@@ -8902,6 +9041,103 @@ def _nv_put_field(metrics, key, field):
     return field.nvmlReturn not in NVML_DISABLING_ERRORS
 
 
+class NvmlMigEcc(object):
+    """The MIG instances and ECC counts of one NVIDIA GPU. The ECC counts and
+    the MIG mode change rarely: read every SLOW_FILES_EVERY_S; ECC that is off
+    or refused (NOT_SUPPORTED) is not asked again. MIG device handles go stale
+    when an instance is destroyed (and may be reused for another): they are
+    enumerated again at that slow cadence, and at once when a MIG handle's
+    memory query fails; each instance's memory is read every sample."""
+
+    def __init__(self, nvml, handle):
+        self._nvml, self._handle = nvml, handle
+        self._slow_due = 0.0
+        self._ecc_ok = nvml.has("nvmlDeviceGetTotalEccErrors") and nvml.has("nvmlDeviceGetEccMode")
+        self._mig_ok = nvml.has("nvmlDeviceGetMigMode") and nvml.has(
+            "nvmlDeviceGetMigDeviceHandleByIndex")
+        self.ecc = dict.fromkeys(key for _, _, key in NVML_ECC_COUNTERS)
+        self._mig = None          # [(MIG handle, instance dict)] while MIG is on, else None
+        self._mem2 = NvmlMemoryV2(version=NVML_MEMORY_V2_VERSION)
+        self._mem1 = NvmlMemory()
+
+    def sample(self, now, metrics):
+        if now >= self._slow_due:
+            self._slow_due = now + SLOW_FILES_EVERY_S
+            self._read_ecc()
+            self._enumerate()
+        metrics.update(self.ecc)
+        if self._mig is not None:
+            instances = self._mig_memory()
+            if instances is None:                # a stale handle: enumerate again now
+                self._enumerate()
+                instances = self._mig_memory() if self._mig is not None else None
+            metrics["mig"] = instances
+
+    def _read_ecc(self):
+        if not self._ecc_ok:
+            return
+        current, pending = ctypes.c_int(), ctypes.c_int()
+        rc = self._nvml.unchecked("nvmlDeviceGetEccMode")(self._handle, ctypes.byref(current),
+                                                         ctypes.byref(pending))
+        if rc in NVML_DISABLING_ERRORS or (rc == NVML_SUCCESS and not current.value):
+            self._ecc_ok = False                 # no ECC, or off (a change needs a reboot)
+        if rc != NVML_SUCCESS or not current.value:
+            self.ecc = dict.fromkeys(self.ecc)   # unknown this time (or for good)
+            return
+        fn, count = self._nvml.unchecked("nvmlDeviceGetTotalEccErrors"), ctypes.c_ulonglong()
+        for error_type, counter, key in NVML_ECC_COUNTERS:
+            rc = fn(self._handle, ctypes.c_int(error_type), ctypes.c_int(counter),
+                    ctypes.byref(count))
+            self.ecc[key] = count.value if rc == NVML_SUCCESS else None
+
+    def _enumerate(self):
+        """The MIG devices now: [(handle, instance)], or None while MIG is off."""
+        if not self._mig_ok:
+            return
+        current, pending = ctypes.c_uint(), ctypes.c_uint()
+        rc = self._nvml.unchecked("nvmlDeviceGetMigMode")(self._handle, ctypes.byref(current),
+                                                         ctypes.byref(pending))
+        if rc in NVML_DISABLING_ERRORS:
+            self._mig_ok = False                 # no MIG on this GPU
+        if rc != NVML_SUCCESS or current.value != NVML_DEVICE_MIG_ENABLE:
+            self._mig = None
+            return
+        get, found = self._nvml.unchecked("nvmlDeviceGetMigDeviceHandleByIndex"), []
+        for index in range(self._nvml.uint("nvmlDeviceGetMaxMigDeviceCount", self._handle) or 0):
+            mig = ctypes.c_void_p()
+            if get(self._handle, ctypes.c_uint(index), ctypes.byref(mig)) == NVML_SUCCESS:
+                found.append((mig, self._describe(index, mig)))   # else NOT_FOUND: a hole
+        self._mig = found
+
+    def _describe(self, index, mig):
+        name = self._nvml.text("nvmlDeviceGetName", mig, NVML_NAME_BUFFER)
+        attrs, fn = NvmlDeviceAttributes(), self._nvml.unchecked("nvmlDeviceGetAttributes_v2")
+        if fn is not None and fn(mig, ctypes.byref(attrs)) == NVML_SUCCESS:
+            profile = parse_mig_profile(name, attrs.gpuInstanceSliceCount,
+                                        attrs.computeInstanceSliceCount, attrs.memorySizeMB)
+        else:
+            profile = parse_mig_profile(name)
+        return build_mig_instance(
+            index, self._nvml.text("nvmlDeviceGetUUID", mig, NVML_UUID_BUFFER), profile,
+            self._nvml.uint("nvmlDeviceGetGpuInstanceId", mig),
+            self._nvml.uint("nvmlDeviceGetComputeInstanceId", mig), None, None)
+
+    def _mig_memory(self):
+        """The instances with their memory now, or None when a handle failed."""
+        v2, v1 = (self._nvml.unchecked("nvmlDeviceGetMemoryInfo_v2"),
+                  self._nvml.unchecked("nvmlDeviceGetMemoryInfo"))
+        out = []
+        for mig, instance in self._mig:
+            if v2 is not None and v2(mig, ctypes.byref(self._mem2)) == NVML_SUCCESS:
+                used, total = self._mem2.used, self._mem2.total
+            elif v1 is not None and v1(mig, ctypes.byref(self._mem1)) == NVML_SUCCESS:
+                used, total = self._mem1.used, self._mem1.total
+            else:
+                return None
+            out.append(dict(instance, memory_used_bytes=used, memory_total_bytes=total))
+        return out
+
+
 class NvidiaGpuReader(object):
     """Reads one NVIDIA GPU through NVML: each metric is one prepared call,
     disabled for good on this GPU after NOT_SUPPORTED; GPU_IS_LOST makes the
@@ -8915,10 +9151,12 @@ class NvidiaGpuReader(object):
     pointers without argtypes: nothing can be truncated, and the per-call
     argument check (a quarter of a microsecond) is saved on the 4 Hz path."""
 
-    def __init__(self, nvml, info, handle, lost=None):
+    def __init__(self, nvml, info, handle, lost=None, mig=None):
         self.info = info
         self._nvml, self._handle = nvml, handle
         self._lost_ids = lost if lost is not None else set()
+        self._facts = NvmlMigEcc(nvml, handle)   # MIG instances, ECC counts
+        self._mig_of = mig if mig is not None else {}   # gpu id -> metrics.mig (for NvmlProcSource)
         self._is_lost = False                 # in a lost streak (logged once at its start)
         self._calls = self._plan()
         self._active = new_metrics(dict(self._read_limits(), runtime_status="active"))
@@ -9015,6 +9253,8 @@ class NvidiaGpuReader(object):
                 return self._lost()
             if rc in NVML_DISABLING_ERRORS or rc == NVML_SUCCESS:   # SUCCESS: put() refused
                 self._disable(call, rc, metrics)
+        self._facts.sample(now, metrics)
+        self._mig_of[self.info.id] = metrics["mig"]
         if self._is_lost:
             LOG.info("event=gpu_back gpu=%s", self.info.id)
             self._is_lost = False
@@ -9071,9 +9311,11 @@ class NvmlProcSource(object):
     A utilisation API one GPU refuses is dropped for that GPU only (one box
     may mix GPUs that give per-process utilisation and GPUs that do not)."""
 
-    def __init__(self, nvml, devices, proc_root, lost=None, clock_us=None, names=None):
+    def __init__(self, nvml, devices, proc_root, lost=None, clock_us=None, names=None,
+                 mig=None):
         self._nvml, self._devices, self._root = nvml, devices, proc_root
         self._lost = lost if lost is not None else set()
+        self._mig_of = mig if mig is not None else {}   # gpu id -> its readers' metrics.mig
         self._clock_us = clock_us or (lambda: int(time.time() * 1e6))
         self._proc = ProcEnricher(proc_root, names=names)
         self._last_seen = {}              # gpu id -> newest utilisation sample timestamp (µs)
@@ -9129,7 +9371,11 @@ class NvmlProcSource(object):
             found.extend(self._read_list(fn, struct, handle, kind))
         procs = merge_nvml_processes(found)
         util = self._utilisation(info.id, handle, set(procs))
-        rows = [self._row(procfd, pid, used, kind, util) for pid, (used, kind) in procs.items()]
+        instances = self._mig_of.get(info.id)
+        ids = dict((p.pid, (p.gi, p.ci)) for p in found if p.gi != NVML_NO_INSTANCE_ID)
+        rows = [self._row(procfd, pid, used, kind, util,
+                          nvml_proc_mig(*(ids.get(pid, (None, None)) + (instances,))))
+                for pid, (used, kind) in procs.items()]
         engines = set()
         for row in rows:
             engines.update(row["engines_pct"])
@@ -9144,7 +9390,9 @@ class NvmlProcSource(object):
         def ask(entries, size):
             count = ctypes.c_uint(size)
             return fn(handle, ctypes.byref(count), entries), count.value
-        return [NvmlProcess(e.pid, e.usedGpuMemory, kind) for e in read_nvml_list(ask, struct)[1]]
+        return [NvmlProcess(e.pid, e.usedGpuMemory, kind, getattr(e, "gpuInstanceId", None),
+                            getattr(e, "computeInstanceId", None))
+                for e in read_nvml_list(ask, struct)[1]]
 
     def _utilisation(self, gpu_id, handle, pids):
         """{pid: {engine: %}} (0 % for listed PIDs without a new sample), or
@@ -9207,10 +9455,10 @@ class NvmlProcSource(object):
             return False
         return None
 
-    def _row(self, procfd, pid, used, kind, util):
+    def _row(self, procfd, pid, used, kind, util, mig=None):
         engines = None if util is None else dict((k, float(v)) for k, v in util[pid].items())
         sm = engines.get("sm") if engines else None
-        common = dict(pid=pid, vram_bytes=used, engines_pct=engines, type=kind, clients=1,
+        common = dict(pid=pid, vram_bytes=used, engines_pct=engines, type=kind, clients=1, mig=mig,
                       gpu_time_ms_per_s=None if sm is None else round(sm * 10.0, 1))
         line = NO_PROC_STAT if procfd is None else read_proc_stat_at(procfd, pid)
         if line.start_time is None:      # another PID namespace (or gone): NVML's name only
@@ -9239,6 +9487,7 @@ class NvidiaBackend(object):
         self._names = names              # WhoNames for the process rows (None: no lookups)
         self._devices = None             # [(GpuInfo, handle)]
         self.lost = set()                # ids of GPUs that answered GPU_IS_LOST
+        self.mig = {}                    # gpu id -> its MIG instances (readers write, rows read)
 
     @classmethod
     def open(cls, config):
@@ -9309,12 +9558,12 @@ class NvidiaBackend(object):
 
     def open_reader(self, info):
         handle = dict((i.id, h) for i, h in self._devices)[info.id]
-        return NvidiaGpuReader(self._nvml, info, handle, self.lost)
+        return NvidiaGpuReader(self._nvml, info, handle, self.lost, self.mig)
 
     def proc_source(self):
         self.discover()
         return NvmlProcSource(self._nvml, self._devices, self._proc_root, self.lost,
-                              names=self._names)
+                              names=self._names, mig=self.mig)
 
     def close(self):
         self._nvml.shutdown()
@@ -9962,6 +10211,7 @@ class AlertEngine(StoppableThread):
         self._states = {}
         self._procs = {}                              # gpu id -> procs message
         self._sensors = {}                            # gpu id -> {sensor key: last seen s}
+        self._ecc_seen = {}                           # gpu id -> last volatile uncorrected count
         self._known = set()
         self._busy = {}                               # gpu id -> its latest gpu_busy_pct
         self._held = HeldIdleRule(rules["gpu_held_idle"]) if rules["gpu_held_idle"].get(
@@ -10050,6 +10300,17 @@ class AlertEngine(StoppableThread):
         self._observe("gpu_lost", gpu_id, now_s, lost, detail=why)
         self._observe("busy_unattributed", gpu_id, now_s, self._unattributed(gpu_id, metrics),
                       detail=lambda: unattributed_hint(procs.get("visibility")))
+        self._observe("gpu_ecc_uncorrected", gpu_id, now_s, self._ecc_new(gpu_id, metrics),
+                      detail=lambda: "%s since the driver loaded" % format_value(
+                          metrics.get("ecc_uncorrected_volatile"), "%d"))
+
+    def _ecc_new(self, gpu_id, metrics):
+        """Uncorrected ECC errors new since the GPU's previous reading."""
+        count = metrics.get("ecc_uncorrected_volatile")
+        new = compute_ecc_new(self._ecc_seen.get(gpu_id), count)
+        if count is not None:
+            self._ecc_seen[gpu_id] = count
+        return new
 
     def _lost(self, gpu_id, now_s, metrics):
         status = metrics.get("runtime_status")
@@ -14563,6 +14824,7 @@ def format_once_table(gpus, host=None):
             format_value(m["temp_c"], " °C"), format_value(m["power_w"], " W"),
             format_bytes(m["vram_used_bytes"]), format_bytes(m["vram_total_bytes"]),
             m["runtime_status"] or ""))
+        lines.extend("  %s: %s" % fact for fact in plain_nvidia_facts(m))
         for proc in (gpu.get("procs") or {}).get("processes") or []:
             who = compute_who_label(proc)
             lines.append("    pid %-7d %-16s vram %s  gtt %s  cpu %s  rss %s  started %s (%s)%s" % (

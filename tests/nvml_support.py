@@ -166,6 +166,12 @@ GPU_DEFAULTS = collections.OrderedDict([
     ("jpg_util", 0),
     ("jpg_period_us", 167000),
     ("mig_mode", "err:NOT_SUPPORTED"),
+    ("mig_max_count", None),             # 7 while mig_mode's current is 1, else 0
+    ("ecc_mode", "err:NOT_SUPPORTED"),   # "current,pending"; 0: the counts NOT_SUPPORTED
+    ("ecc_corrected_volatile", 0),
+    ("ecc_uncorrected_volatile", 0),
+    ("ecc_corrected_aggregate", 0),
+    ("ecc_uncorrected_aggregate", 0),
     ("cc_protected_kib", 0),
     ("cc_unprotected_kib", None),        # mem_total // 1024
     ("grow_after_sizing", None),         # option grow_after_sizing
@@ -369,12 +375,16 @@ def resolve_gpu(index, overrides=None, options=None):
         g["cc_unprotected_kib"] = t // 1024 if t is not None else g["mem_total"]
     if g["grow_after_sizing"] is None:
         g["grow_after_sizing"] = opts["grow_after_sizing"]
+    if g["mig_max_count"] is None:
+        mode = g["mig_mode"]
+        first = mode[0] if isinstance(mode, (list, tuple)) else str(mode).split(",")[0]
+        g["mig_max_count"] = 7 if str(first) == "1" else 0
     g["fail"] = {fn: (v if isinstance(v, int) else ERRORS[v.replace("NVML_ERROR_", "")])
                  for fn, v in fail.items()}
     return g
 
 
-def write_scenario(path, gpus=None, procs=(), util=(), options=None, procnames=None):
+def write_scenario(path, gpus=None, procs=(), util=(), options=None, procnames=None, migs=()):
     """Write a scenario atomically (temp file + os.replace, so the library never
     reads half a file) and return the resolved Scenario.
 
@@ -387,6 +397,9 @@ def write_scenario(path, gpus=None, procs=(), util=(), options=None, procnames=N
            dec, jpg, ofa (0)}.
     options: OPTION_DEFAULTS keys, plus "fail": {fn: code} for any call.
     procnames: {pid: name} for nvmlSystemGetProcessName.
+    migs:  dicts {gpu=0, index, gi, ci, name, uuid, mem_total, mem_used,
+           gi_slices, ci_slices, sm_count} (all but gpu and index optional):
+           MIG devices, listed while the GPU's mig_mode is 1.
     """
     if gpus is None:
         gpus = [{}]
@@ -437,6 +450,11 @@ def write_scenario(path, gpus=None, procs=(), util=(), options=None, procnames=N
         norm_util.append(q)
         lines.append("util %d pid=%d ts=%s sm=%d mem=%d enc=%d dec=%d jpg=%d ofa=%d" % (
             q["gpu"], q["pid"], q["ts"], q["sm"], q["mem"], q["enc"], q["dec"], q["jpg"], q["ofa"]))
+    for m in migs:
+        m = dict(m)
+        words = ["mig %d index=%d" % (m.pop("gpu", 0), m.pop("index"))]
+        words += ["%s=%s" % (k, _encode(v)) for k, v in m.items()]
+        lines.append(" ".join(words))
     for pid, name in (procnames or {}).items():
         lines.append("procname pid=%d name=%s" % (pid, _encode(name)))
     data = "\n".join(lines) + "\n"

@@ -845,3 +845,123 @@ def test_calls_from_many_threads_while_the_scenario_changes(fake_nvml_lib, scen)
         out["seen_many"] = len(seen) > 1 and seen <= set(range(1, 40))
     """.replace("S_PROCS", repr(PROCS[:2])))
     assert out == {"errors": [], "seen_many": True}
+
+
+# ------------------------------------------------------------------ MIG, ECC ----
+MIG_GPU = {"mig_mode": [1, 1], "ecc_mode": [1, 1], "ecc_corrected_volatile": 3,
+           "ecc_uncorrected_volatile": 1, "ecc_corrected_aggregate": 30,
+           "ecc_uncorrected_aggregate": 2}
+MIGS = [dict(gpu=0, index=0, gi=1, ci=0, mem_total=10200547328, mem_used=1048576),
+        dict(gpu=0, index=2, gi=2, ci=0, name="NVIDIA H100 80GB HBM3 MIG 2g.20gb",
+             gi_slices=2, ci_slices=2, sm_count=32, mem_total=20401094656, mem_used=0),
+        dict(gpu=0, index=3, gi=5, ci=1, uuid="MIG-0b3c6f58-1d43-5b9e-a3a1-7f0e8d2c4b11")]
+
+
+def test_mig_devices_through_pynvml(fake_nvml_lib, scen):
+    """A MIG GPU (three instances, a NOT_FOUND hole at index 1) next to a plain
+    GPU: mode, count, handles by index, parent, GI/CI ids, attributes, the
+    MIG handles' names, UUIDs and memory; the process structs' GI/CI ids."""
+    S.write_scenario(scen, gpus=[MIG_GPU, {}], migs=MIGS,
+                     procs=[dict(gpu=0, pid=71, gi=1, ci=0, mem=4096),
+                            dict(gpu=0, pid=72, gi=5, ci=1, mem=8192)])
+    out = child(fake_nvml_lib, scen, """
+        def v(x):    # some pynvml wrappers return the c_uint itself
+            return int(getattr(x, "value", x))
+        N.nvmlInit()
+        for i in range(2):
+            h = N.nvmlDeviceGetHandleByIndex(i)
+            try:
+                out["%d mode" % i] = [v(x) for x in N.nvmlDeviceGetMigMode(h)]
+            except N.NVMLError as e:
+                out["%d mode" % i] = S.err_name(e.value)
+            out["%d max" % i] = v(N.nvmlDeviceGetMaxMigDeviceCount(h))
+            out["%d is_mig" % i] = v(N.nvmlDeviceIsMigDeviceHandle(h))
+            out["%d gi on gpu" % i] = code(N.nvmlDeviceGetGpuInstanceId, h)
+            out["%d by index 0" % i] = code(N.nvmlDeviceGetMigDeviceHandleByIndex, h, 0)
+        h = N.nvmlDeviceGetHandleByIndex(0)
+        out["past max"] = code(N.nvmlDeviceGetMigDeviceHandleByIndex, h, 7)
+        found = {}
+        for idx in range(v(N.nvmlDeviceGetMaxMigDeviceCount(h))):
+            try:
+                m = N.nvmlDeviceGetMigDeviceHandleByIndex(h, idx)
+            except N.NVMLError as e:
+                found[idx] = S.err_name(e.value)
+                continue
+            a = N.nvmlDeviceGetAttributes(m)
+            mem = N.nvmlDeviceGetMemoryInfo(m)
+            mem2 = N.nvmlDeviceGetMemoryInfo(m, version=N.nvmlMemory_v2)
+            found[idx] = {
+                "is_mig": v(N.nvmlDeviceIsMigDeviceHandle(m)),
+                "gi": v(N.nvmlDeviceGetGpuInstanceId(m)),
+                "ci": v(N.nvmlDeviceGetComputeInstanceId(m)),
+                "name": N.nvmlDeviceGetName(m), "uuid": N.nvmlDeviceGetUUID(m),
+                "parent_is_gpu0": v(N.nvmlDeviceGetIndex(
+                    N.nvmlDeviceGetDeviceHandleFromMigDeviceHandle(m))) == 0,
+                "attrs": [a.gpuInstanceSliceCount, a.computeInstanceSliceCount,
+                          a.multiprocessorCount, a.memorySizeMB],
+                "mem": [mem.total, mem.used, mem.free], "mem2": [mem2.total, mem2.used]}
+        out["found"] = found
+        out["procs"] = [[p.pid, p.gpuInstanceId, p.computeInstanceId]
+                        for p in N.nvmlDeviceGetComputeRunningProcesses(h)]
+        out["parent of gpu"] = code(N.nvmlDeviceGetDeviceHandleFromMigDeviceHandle, h)
+    """)
+    assert out["0 mode"] == [1, 1] and out["1 mode"] == "NOT_SUPPORTED"
+    assert out["0 max"] == 7 and out["1 max"] == 0
+    assert out["0 is_mig"] == 0 and out["1 is_mig"] == 0
+    assert out["0 gi on gpu"] == out["1 gi on gpu"] == "INVALID_ARGUMENT"
+    assert out["0 by index 0"] is None and out["1 by index 0"] == "NOT_SUPPORTED"
+    assert out["past max"] == "INVALID_ARGUMENT"
+    assert out["parent of gpu"] == "INVALID_ARGUMENT"
+    found = out["found"]
+    assert sorted(found) == [str(i) for i in range(7)]
+    assert [found[str(i)] for i in (1, 4, 5, 6)] == ["NOT_FOUND"] * 4
+    first, second, third = found["0"], found["2"], found["3"]
+    assert first == {"is_mig": 1, "gi": 1, "ci": 0, "name": "NVIDIA H100 80GB HBM3 MIG 1g.10gb",
+                     "uuid": "MIG-5c1e0a3b-7d2f-4a61-9b8e-000000010000", "parent_is_gpu0": True,
+                     "attrs": [1, 1, 16, 9728], "mem": [10200547328, 1048576, 10199498752],
+                     "mem2": [10200547328, 1048576]}
+    assert second["name"] == "NVIDIA H100 80GB HBM3 MIG 2g.20gb"
+    assert second["attrs"] == [2, 2, 32, 19456] and (second["gi"], second["ci"]) == (2, 0)
+    assert third["uuid"] == "MIG-0b3c6f58-1d43-5b9e-a3a1-7f0e8d2c4b11"
+    assert (third["gi"], third["ci"]) == (5, 1)
+    assert out["procs"] == [[71, 1, 0], [72, 5, 1]]
+
+
+def test_a_removed_mig_instance_leaves_a_stale_handle(fake_nvml_lib, scen):
+    S.write_scenario(scen, gpus=[MIG_GPU], migs=MIGS)
+    out = child(fake_nvml_lib, scen, """
+        N.nvmlInit()
+        h = N.nvmlDeviceGetHandleByIndex(0)
+        m = N.nvmlDeviceGetMigDeviceHandleByIndex(h, 2)
+        out["before"] = N.nvmlDeviceGetMemoryInfo(m).total
+        S.write_scenario(os.environ["FAKE_NVML_SCENARIO"], gpus=[%r], migs=[%r])
+        out["after"] = code(N.nvmlDeviceGetMemoryInfo, m)
+        out["again"] = code(N.nvmlDeviceGetMigDeviceHandleByIndex, h, 2)
+    """ % (MIG_GPU, MIGS[0]))
+    assert out == {"before": 20401094656, "after": "INVALID_ARGUMENT", "again": "NOT_FOUND"}
+
+
+def test_ecc_counts_through_pynvml(fake_nvml_lib, scen):
+    """ECC on: the four counters by (type, counter); ECC off: NOT_SUPPORTED;
+    no ECC (the default): the mode itself NOT_SUPPORTED."""
+    S.write_scenario(scen, gpus=[MIG_GPU, {"ecc_mode": [0, 1]}, {}])
+    out = child(fake_nvml_lib, scen, """
+        N.nvmlInit()
+        for i in range(3):
+            h = N.nvmlDeviceGetHandleByIndex(i)
+            try:
+                out["%d mode" % i] = [int(getattr(x, "value", x)) for x in N.nvmlDeviceGetEccMode(h)]
+            except N.NVMLError as e:
+                out["%d mode" % i] = S.err_name(e.value)
+            counts = []
+            for t in (N.NVML_MEMORY_ERROR_TYPE_CORRECTED, N.NVML_MEMORY_ERROR_TYPE_UNCORRECTED):
+                for c in (N.NVML_VOLATILE_ECC, N.NVML_AGGREGATE_ECC):
+                    try:
+                        counts.append(int(N.nvmlDeviceGetTotalEccErrors(h, t, c)))
+                    except N.NVMLError as e:
+                        counts.append(S.err_name(e.value))
+            out["%d counts" % i] = counts
+    """)
+    assert out["0 mode"] == [1, 1] and out["0 counts"] == [3, 30, 1, 2]
+    assert out["1 mode"] == [0, 1] and out["1 counts"] == ["NOT_SUPPORTED"] * 4
+    assert out["2 mode"] == "NOT_SUPPORTED" and out["2 counts"] == ["NOT_SUPPORTED"] * 4

@@ -151,7 +151,7 @@ def test_multi_row_contents(multi_result):
         "started": "2026-12-06T08:00:22Z", "elapsed_s": 12 * 3600 - 22,
         # who (#18): the tree's default cgroup, an app scope of user 1000's manager
         "unit": "user@1000.service/app-gnome.scope", "container_name": None, "k8s": None,
-        "slurm": None}
+        "slurm": None, "mig": None}                       # NVIDIA MIG only (#18)
     assert a[1600]["kfd"] and a[1600]["container"] == "5dace3de0735"
     assert a[1600]["cpu_bytes"] == 6200 * KIB and a[1600]["engines_pct"] == {}
     assert a[1700]["kfd"] and a[1700]["render_node"] is None and a[1700]["user"] == "root"

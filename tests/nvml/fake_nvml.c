@@ -212,6 +212,12 @@ static const keydef_t GPU_KEYS[] = {
     {"jpg_util", 'u', "0"},
     {"jpg_period_us", 'u', "167000"},
     {"mig_mode", 'u', "err:NOT_SUPPORTED"},   /* "current[,pending]" */
+    {"mig_max_count", 'u', NULL},            /* default 7 while mig_mode is 1, else 0 */
+    {"ecc_mode", 'u', "err:NOT_SUPPORTED"},   /* "current[,pending]"; 0: counts NOT_SUPPORTED */
+    {"ecc_corrected_volatile", 'u', "0"},
+    {"ecc_uncorrected_volatile", 'u', "0"},
+    {"ecc_corrected_aggregate", 'u', "0"},
+    {"ecc_uncorrected_aggregate", 'u', "0"},
     {"cc_protected_kib", 'u', "0"},
     {"cc_unprotected_kib", 'u', NULL},       /* default mem_total / 1024 */
     {"grow_after_sizing", 'u', NULL},        /* default: option grow_after_sizing */
@@ -252,6 +258,15 @@ typedef struct {
 
 typedef struct { unsigned pid; char *name; } pname_t;
 
+/* A MIG device (one compute instance) of GPU gpu at MIG index idx. */
+#define MAX_MIG 8
+typedef struct {
+    int gpu, idx;
+    unsigned gi, ci, gi_slices, ci_slices, sm_count;
+    unsigned long long mem_total, mem_used;
+    char *name, *uuid;
+} mig_t;
+
 typedef struct {
     char *text;
     int ngpus;
@@ -261,10 +276,12 @@ typedef struct {
     proc_t *procs; int nprocs, cprocs;
     usamp_t *us; int nus, cus;
     pname_t *pn; int npn, cpn;
+    mig_t *migs; int nmigs, cmigs;
 } scen_t;
 
 struct nvmlDevice_st { unsigned idx; };
 static struct nvmlDevice_st DEVS[MAX_GPUS];
+static struct nvmlDevice_st MIGS[MAX_GPUS][MAX_MIG];   /* MIG device handles */
 
 static pthread_mutex_t g_lock = PTHREAD_MUTEX_INITIALIZER;
 static unsigned g_refcount;
@@ -302,6 +319,7 @@ static void scen_free(scen_t *s)
     free(s->procs);
     free(s->us);
     free(s->pn);
+    free(s->migs);
     free(s->text);
     memset(s, 0, sizeof *s);
 }
@@ -518,6 +536,61 @@ static int field_u(const char *k, const char *v, const char *want, unsigned long
     return 1;
 }
 
+/* "mig <gpu> index=N gi=G ci=C name=... uuid=... mem_total=B mem_used=B
+ * gi_slices=N ci_slices=N sm_count=N": one MIG device (a compute instance). */
+static int parse_mig_line(char **p, scen_t *s, int lineno)
+{
+    mig_t m = {0};
+    char *w, *k, *v;
+    int have_idx = 0;
+    m.gi_slices = m.ci_slices = 1;
+    m.sm_count = 16;
+    m.mem_total = 10200547328ULL;             /* 9728 MiB: an H100 80GB 1g.10gb */
+    if (!parse_uint_word(next_word(p), &m.gpu, MAX_GPUS)) {
+        warnf("scenario line %d: mig <gpu> index=N gi=G ci=C ...", lineno);
+        return 0;
+    }
+    while ((w = next_word(p))) {
+        unsigned long long x = 0;
+        int r = 0;
+        if (!parse_kv(w, &k, &v))
+            return 0;
+        if (!strcmp(k, "name")) { m.name = v; continue; }
+        if (!strcmp(k, "uuid")) { m.uuid = v; continue; }
+        if ((r = field_u(k, v, "index", &x, lineno)) > 0) {
+            if (x >= MAX_MIG) {
+                warnf("scenario line %d: mig index 0..%d", lineno, MAX_MIG - 1);
+                return 0;
+            }
+            m.idx = (int)x;
+            have_idx = 1;
+        }
+        else if (!r && (r = field_u(k, v, "gi", &x, lineno)) > 0) m.gi = (unsigned)x;
+        else if (!r && (r = field_u(k, v, "ci", &x, lineno)) > 0) m.ci = (unsigned)x;
+        else if (!r && (r = field_u(k, v, "gi_slices", &x, lineno)) > 0) m.gi_slices = (unsigned)x;
+        else if (!r && (r = field_u(k, v, "ci_slices", &x, lineno)) > 0) m.ci_slices = (unsigned)x;
+        else if (!r && (r = field_u(k, v, "sm_count", &x, lineno)) > 0) m.sm_count = (unsigned)x;
+        else if (!r && (r = field_u(k, v, "mem_total", &x, lineno)) > 0) m.mem_total = x;
+        else if (!r && (r = field_u(k, v, "mem_used", &x, lineno)) > 0) m.mem_used = x;
+        if (r <= 0) {
+            if (!r)
+                warnf("scenario line %d: mig: unknown key '%s'", lineno, k);
+            return 0;
+        }
+    }
+    if (!have_idx) {
+        warnf("scenario line %d: mig needs index=", lineno);
+        return 0;
+    }
+    for (int i = 0; i < s->nmigs; i++)
+        if (s->migs[i].gpu == m.gpu && s->migs[i].idx == m.idx) {
+            warnf("scenario line %d: mig %d index=%d given twice", lineno, m.gpu, m.idx);
+            return 0;
+        }
+    PUSH(s->migs, s->nmigs, s->cmigs, m);
+    return 1;
+}
+
 static int parse_scenario(const char *path, scen_t *s)
 {
     memset(s, 0, sizeof *s);
@@ -687,6 +760,8 @@ static int parse_scenario(const char *path, scen_t *s)
             }
             if (ok)
                 PUSH(s->us, s->nus, s->cus, u);
+        } else if (!strcmp(kind, "mig")) {
+            ok = parse_mig_line(&p, s, lineno);
         } else if (!strcmp(kind, "procname")) {
             pname_t pn = {0, NULL};
             int have_pid = 0;
@@ -707,7 +782,7 @@ static int parse_scenario(const char *path, scen_t *s)
             if (ok)
                 PUSH(s->pn, s->npn, s->cpn, pn);
         } else {
-            warnf("scenario line %d: unknown line type '%s' (gpu, proc, util, procname, option)",
+            warnf("scenario line %d: unknown line type '%s' (gpu, proc, util, mig, procname, option)",
                   lineno, kind);
             ok = 0;
         }
@@ -724,6 +799,11 @@ static int parse_scenario(const char *path, scen_t *s)
     for (int i = 0; ok && i < s->nprocs; i++)
         if (s->procs[i].gpu >= s->ngpus) {
             warnf("scenario: proc on gpu %d, which is not defined", s->procs[i].gpu);
+            ok = 0;
+        }
+    for (int i = 0; ok && i < s->nmigs; i++)
+        if (s->migs[i].gpu >= s->ngpus) {
+            warnf("scenario: mig on gpu %d, which is not defined", s->migs[i].gpu);
             ok = 0;
         }
     for (int i = 0; ok && i < s->nus; i++)
@@ -912,6 +992,10 @@ static nvmlReturn_t gpu_u64_at(int g, const char *key, unsigned i, unsigned long
     }
     if (!strcmp(key, "grow_after_sizing"))
         return u_at(opt_val("grow_after_sizing"), 0, out);
+    if (!strcmp(key, "mig_max_count")) {      /* nvml.h: zero if MIG is not enabled */
+        *out = gpu_u64_at(g, "mig_mode", 0, &a) == NVML_SUCCESS && a == 1 ? 7 : 0;
+        return NVML_SUCCESS;
+    }
     warnf("internal: no value for key %s", key);
     return NVML_ERROR_UNKNOWN;
 }
@@ -1383,9 +1467,108 @@ out:
     API_END();
 }
 
+/* ------------------------------------------------------ MIG handles ---- */
+/* A MIG device handle points into MIGS[gpu][index]; it is valid while the
+ * scenario has a "mig <gpu> index=<index>" line (a removed instance leaves a
+ * stale handle: INVALID_ARGUMENT, as nvml.h says handles "remain invalid"). */
+static int is_mig_ptr(nvmlDevice_t dev)
+{
+    uintptr_t p = (uintptr_t)dev, base = (uintptr_t)&MIGS[0][0];
+    return dev && p >= base && p < base + sizeof MIGS && !((p - base) % sizeof MIGS[0][0]);
+}
+
+static const mig_t *mig_at(int g, int idx)
+{
+    for (int i = 0; i < S.nmigs; i++)
+        if (S.migs[i].gpu == g && S.migs[i].idx == idx)
+            return &S.migs[i];
+    return NULL;
+}
+
+static nvmlReturn_t mig_check(nvmlDevice_t dev, const char *fn, int *g, const mig_t **m)
+{
+    if (!g_refcount)
+        return NVML_ERROR_UNINITIALIZED;
+    load_scenario(0);
+    size_t slot = (size_t)((uintptr_t)dev - (uintptr_t)&MIGS[0][0]) / sizeof MIGS[0][0];
+    *g = (int)(slot / MAX_MIG);
+    if (*g >= S.ngpus || gpu_lost(*g))
+        return NVML_ERROR_GPU_IS_LOST;
+    *m = mig_at(*g, (int)(slot % MAX_MIG));
+    if (!*m)
+        return NVML_ERROR_INVALID_ARGUMENT;      /* a stale handle */
+    return forced_fail(*g, fn);
+}
+
+#define MIG_BEGIN(name, device)                                            \
+    API_BEGIN(name);                                                       \
+    const mig_t *mig = NULL;                                               \
+    rc = mig_check((device), fn_, &gi, &mig);                              \
+    LOGA("gpu=%d mig=%d", gi, mig ? mig->idx : -1);                        \
+    if (rc != NVML_SUCCESS)                                                \
+        goto out
+
+static nvmlReturn_t mig_name(nvmlDevice_t device, char *name, unsigned int length)
+{
+    MIG_BEGIN("nvmlDeviceGetName", device);
+    char buf[160];
+    const char *parent;
+    if (!name)
+        FAIL(NVML_ERROR_INVALID_ARGUMENT);
+    if (mig->name) {
+        rc = copy_str(mig->name, name, length);
+        goto out;
+    }
+    TRY(gpu_str(gi, "name", &parent));       /* nvidia-smi's "<GPU name> MIG <profile>" */
+    snprintf(buf, sizeof buf, "%s MIG %ug.%llugb", parent, mig->gi_slices,
+             (mig->mem_total + (512ULL << 20)) >> 30);
+    rc = copy_str(buf, name, length);
+out:
+    API_END();
+}
+
+static nvmlReturn_t mig_uuid(nvmlDevice_t device, char *uuid, unsigned int length)
+{
+    MIG_BEGIN("nvmlDeviceGetUUID", device);
+    char buf[96];
+    if (!uuid)
+        FAIL(NVML_ERROR_INVALID_ARGUMENT);
+    snprintf(buf, sizeof buf, "MIG-5c1e0a3b-7d2f-4a61-9b8e-%04x%04x%04x", (unsigned)gi, mig->gi, mig->ci);
+    rc = copy_str(mig->uuid ? mig->uuid : buf, uuid, length);
+out:
+    API_END();
+}
+
+static nvmlReturn_t mig_memory_v1(nvmlDevice_t device, nvmlMemory_t *v1)
+{
+    MIG_BEGIN("nvmlDeviceGetMemoryInfo", device);
+    v1->total = mig->mem_total;
+    v1->used = mig->mem_used;
+    v1->free = mig->mem_total > mig->mem_used ? mig->mem_total - mig->mem_used : 0;
+out:
+    API_END();
+}
+
+#ifndef FAKE_NO_MEMORY_INFO_V2
+static nvmlReturn_t mig_memory_v2(nvmlDevice_t device, nvmlMemory_v2_t *v2)
+{
+    MIG_BEGIN("nvmlDeviceGetMemoryInfo_v2", device);
+    if (v2->version != nvmlMemory_v2)
+        FAIL(v2->version == 2 ? NVML_ERROR_FUNCTION_NOT_FOUND : NVML_ERROR_ARGUMENT_VERSION_MISMATCH);
+    v2->total = mig->mem_total;
+    v2->reserved = 0;
+    v2->used = mig->mem_used;
+    v2->free = mig->mem_total > mig->mem_used ? mig->mem_total - mig->mem_used : 0;
+out:
+    API_END();
+}
+#endif
+
 /* --------------------------------------------------------- identity ---- */
 nvmlReturn_t DECLDIR nvmlDeviceGetName(nvmlDevice_t device, char *name, unsigned int length)
 {
+    if (is_mig_ptr(device))
+        return mig_name(device, name, length);
     DEV_BEGIN("nvmlDeviceGetName", device);
     const char *v;
     LOGA("length=%u", length);
@@ -1399,6 +1582,8 @@ out:
 
 nvmlReturn_t DECLDIR nvmlDeviceGetUUID(nvmlDevice_t device, char *uuid, unsigned int length)
 {
+    if (is_mig_ptr(device))
+        return mig_uuid(device, uuid, length);
     DEV_BEGIN("nvmlDeviceGetUUID", device);
     const char *v;
     LOGA("length=%u", length);
@@ -1708,6 +1893,8 @@ out:
 
 nvmlReturn_t DECLDIR nvmlDeviceGetMemoryInfo(nvmlDevice_t device, nvmlMemory_t *memory)
 {
+    if (is_mig_ptr(device))
+        return memory ? mig_memory_v1(device, memory) : NVML_ERROR_INVALID_ARGUMENT;
     DEV_BEGIN("nvmlDeviceGetMemoryInfo", device);
     unsigned long long t, u, f;
     if (!memory)
@@ -1728,6 +1915,8 @@ out:
  * any other version gets mem_v2_bad_version (ARGUMENT_VERSION_MISMATCH). */
 nvmlReturn_t DECLDIR nvmlDeviceGetMemoryInfo_v2(nvmlDevice_t device, nvmlMemory_v2_t *memory)
 {
+    if (is_mig_ptr(device))
+        return memory ? mig_memory_v2(device, memory) : NVML_ERROR_INVALID_ARGUMENT;
     DEV_BEGIN("nvmlDeviceGetMemoryInfo_v2", device);
     unsigned long long t, r, u, x;
     if (!memory)
@@ -1867,6 +2056,141 @@ nvmlReturn_t DECLDIR nvmlDeviceGetMigMode(nvmlDevice_t device, unsigned int *cur
     TRY(gpu_u32_at(gi, "mig_mode", 1, &b));
     *currentMode = a;
     *pendingMode = b;
+out:
+    API_END();
+}
+
+nvmlReturn_t DECLDIR nvmlDeviceGetMaxMigDeviceCount(nvmlDevice_t device, unsigned int *count)
+{
+    DEV_BEGIN("nvmlDeviceGetMaxMigDeviceCount", device);
+    if (!count)
+        FAIL(NVML_ERROR_INVALID_ARGUMENT);
+    rc = gpu_u32(gi, "mig_max_count", count);
+out:
+    API_END();
+}
+
+/* NOT_FOUND for an index without an instance (the indices are sparse);
+ * NOT_SUPPORTED while MIG is off (mig_mode current != 1). */
+nvmlReturn_t DECLDIR nvmlDeviceGetMigDeviceHandleByIndex(nvmlDevice_t device, unsigned int index,
+                                                         nvmlDevice_t *migDevice)
+{
+    DEV_BEGIN("nvmlDeviceGetMigDeviceHandleByIndex", device);
+    unsigned mode = 0, max = 0;
+    LOGA("index=%u", index);
+    if (!migDevice)
+        FAIL(NVML_ERROR_INVALID_ARGUMENT);
+    if (gpu_u32_at(gi, "mig_mode", 0, &mode) != NVML_SUCCESS || mode != 1)
+        FAIL(NVML_ERROR_NOT_SUPPORTED);
+    TRY(gpu_u32(gi, "mig_max_count", &max));
+    if (index >= max || index >= MAX_MIG)
+        FAIL(NVML_ERROR_INVALID_ARGUMENT);
+    if (!mig_at(gi, (int)index))
+        FAIL(NVML_ERROR_NOT_FOUND);
+    *migDevice = &MIGS[gi][index];
+out:
+    API_END();
+}
+
+static nvmlReturn_t mig_is_mig(nvmlDevice_t device, unsigned int *isMigDevice)
+{
+    MIG_BEGIN("nvmlDeviceIsMigDeviceHandle", device);
+    if (!isMigDevice)
+        FAIL(NVML_ERROR_INVALID_ARGUMENT);
+    *isMigDevice = 1;
+out:
+    API_END();
+}
+
+nvmlReturn_t DECLDIR nvmlDeviceIsMigDeviceHandle(nvmlDevice_t device, unsigned int *isMigDevice)
+{
+    if (is_mig_ptr(device))
+        return mig_is_mig(device, isMigDevice);
+    DEV_BEGIN("nvmlDeviceIsMigDeviceHandle", device);
+    if (!isMigDevice)
+        FAIL(NVML_ERROR_INVALID_ARGUMENT);
+    *isMigDevice = 0;
+out:
+    API_END();
+}
+
+nvmlReturn_t DECLDIR nvmlDeviceGetDeviceHandleFromMigDeviceHandle(nvmlDevice_t migDevice, nvmlDevice_t *device)
+{
+    if (!is_mig_ptr(migDevice))
+        return g_refcount ? NVML_ERROR_INVALID_ARGUMENT : NVML_ERROR_UNINITIALIZED;
+    MIG_BEGIN("nvmlDeviceGetDeviceHandleFromMigDeviceHandle", migDevice);
+    if (!device)
+        FAIL(NVML_ERROR_INVALID_ARGUMENT);
+    *device = &DEVS[gi];
+out:
+    API_END();
+}
+
+/* GI/CI ids and attributes take MIG handles only: a GPU handle is INVALID_ARGUMENT. */
+#define MIG_U32(fname, expr)                                                   \
+    nvmlReturn_t DECLDIR fname(nvmlDevice_t device, unsigned int *id)          \
+    {                                                                          \
+        if (!is_mig_ptr(device))                                               \
+            return g_refcount ? NVML_ERROR_INVALID_ARGUMENT : NVML_ERROR_UNINITIALIZED; \
+        MIG_BEGIN(#fname, device);                                             \
+        if (!id)                                                               \
+            FAIL(NVML_ERROR_INVALID_ARGUMENT);                                 \
+        *id = (expr);                                                          \
+    out:                                                                       \
+        API_END();                                                             \
+    }
+MIG_U32(nvmlDeviceGetGpuInstanceId, mig->gi)
+MIG_U32(nvmlDeviceGetComputeInstanceId, mig->ci)
+
+nvmlReturn_t DECLDIR nvmlDeviceGetAttributes_v2(nvmlDevice_t device, nvmlDeviceAttributes_t *attributes)
+{
+    if (!is_mig_ptr(device))    /* nvml.h: "currently only supports MIG device handles" */
+        return g_refcount ? NVML_ERROR_NOT_SUPPORTED : NVML_ERROR_UNINITIALIZED;
+    MIG_BEGIN("nvmlDeviceGetAttributes_v2", device);
+    if (!attributes)
+        FAIL(NVML_ERROR_INVALID_ARGUMENT);
+    memset(attributes, 0, sizeof *attributes);
+    attributes->multiprocessorCount = mig->sm_count;
+    attributes->sharedCopyEngineCount = mig->gi_slices;
+    attributes->gpuInstanceSliceCount = mig->gi_slices;
+    attributes->computeInstanceSliceCount = mig->ci_slices;
+    attributes->memorySizeMB = mig->mem_total >> 20;
+out:
+    API_END();
+}
+
+/* --------------------------------------------------------------- ECC ---- */
+nvmlReturn_t DECLDIR nvmlDeviceGetEccMode(nvmlDevice_t device, nvmlEnableState_t *current, nvmlEnableState_t *pending)
+{
+    DEV_BEGIN("nvmlDeviceGetEccMode", device);
+    unsigned a, b;
+    if (!current || !pending)
+        FAIL(NVML_ERROR_INVALID_ARGUMENT);
+    TRY(gpu_u32_at(gi, "ecc_mode", 0, &a));
+    TRY(gpu_u32_at(gi, "ecc_mode", 1, &b));
+    *current = a ? NVML_FEATURE_ENABLED : NVML_FEATURE_DISABLED;
+    *pending = b ? NVML_FEATURE_ENABLED : NVML_FEATURE_DISABLED;
+out:
+    API_END();
+}
+
+/* The ecc_<corrected|uncorrected>_<volatile|aggregate> key; NOT_SUPPORTED
+ * (or ecc_mode's error) while ECC is off ("Requires ECC Mode to be enabled"). */
+nvmlReturn_t DECLDIR nvmlDeviceGetTotalEccErrors(nvmlDevice_t device, nvmlMemoryErrorType_t errorType,
+                                                 nvmlEccCounterType_t counterType, unsigned long long *eccCounts)
+{
+    DEV_BEGIN("nvmlDeviceGetTotalEccErrors", device);
+    unsigned mode;
+    char key[64];
+    LOGA("type=%d counter=%d", (int)errorType, (int)counterType);
+    if (!eccCounts || (unsigned)errorType > 1 || (unsigned)counterType > 1)
+        FAIL(NVML_ERROR_INVALID_ARGUMENT);
+    TRY(gpu_u32_at(gi, "ecc_mode", 0, &mode));
+    if (!mode)
+        FAIL(NVML_ERROR_NOT_SUPPORTED);
+    snprintf(key, sizeof key, "ecc_%s_%s", errorType ? "uncorrected" : "corrected",
+             counterType ? "aggregate" : "volatile");
+    rc = gpu_u64(gi, key, eccCounts);
 out:
     API_END();
 }

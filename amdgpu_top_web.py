@@ -11085,10 +11085,13 @@ class GpuManager(StoppableThread):
             if not sampler.is_alive() and not sampler.stopping.is_set():
                 sampler.tick()           # values at once, not one interval later
                 sampler.start()
+        hub = self.config.fleet_peers is not None or bool(self.config.fleet_prometheus_url)
         if not infos and not self.cache.ready.is_set():
-            LOG.warning("event=no_gpu sysfs_root=%s nvml=%s hint=%r", self.config.sysfs_root,
-                        any(b.vendor == "nvidia" for b in self.backends),
-                        "no GPU found; run with --demo to see the dashboard")
+            LOG.log(logging.INFO if hub else logging.WARNING,
+                    "event=no_gpu sysfs_root=%s nvml=%s hint=%r", self.config.sysfs_root,
+                    any(b.vendor == "nvidia" for b in self.backends),
+                    "no GPU on this hub itself; its Fleet view shows the fleet" if hub else
+                    "no GPU found; run with --demo to see the dashboard")
         if infos and not self.cache.ready.is_set():
             self._check_default_gpu([info.id for info in infos])
         self.cache.ready.set()

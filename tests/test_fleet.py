@@ -389,6 +389,8 @@ def test_a_hub_shows_its_peers_over_http_ws_and_plain(server, peers, tmp_path):
         assert "fleet" not in [f and f.get("type") for f in seen + frames]
     page = hub.get("/plain").body.decode()
     assert page.index("Fleet") < page.index("p1") < page.index("p2") < page.index("p3")
+    line = hub.wait_log(r"event=no_gpu")     # a hub without GPUs of its own is no mistake
+    assert "level=INFO" in line and "Fleet view" in line and "--demo" not in line
 
 
 def test_the_hub_lists_its_own_gpus_first(server, peers, tmp_path):

@@ -8860,16 +8860,30 @@ class Cache(object):
         return payload
 
 
-# -- samplers: one thread per GPU, the process scan -------------------------
+# -- samplers: one per GPU on a shared clock, the process scan --------------
 
 class Sampler(StoppableThread):
-    """One per GPU: read, publish, wait; on a fixed schedule that skips missed ticks."""
+    """One GPU: read, publish. It ticks on the shared SamplerClock with the
+    other GPUs; once a read of it overran a tick (a slow or hung driver
+    call) it runs on a thread of its own (start()): read, publish, wait, on
+    a fixed schedule that skips missed ticks."""
 
     def __init__(self, reader, cache, interval_s, clock=time.monotonic):
         StoppableThread.__init__(self, "sampler-" + reader.info.id)
         self.reader, self.cache, self.interval_s, self.clock = reader, cache, interval_s, clock
         self._errors = 0
         self._ticked = False
+        self.on_clock = None        # the SamplerClock it ticks on, while it does
+        self.reading = None         # the clock worker inside its tick, while one is
+
+    def running(self):
+        """On the shared clock or on a thread of its own."""
+        return self.on_clock is not None or self.is_alive()
+
+    def stop(self):
+        StoppableThread.stop(self)
+        if self.on_clock is not None:
+            self.on_clock.remove(self)
 
     def run(self):
         next_at = self.clock() + (self.interval_s if self._ticked else 0.0)
@@ -8903,6 +8917,126 @@ class Sampler(StoppableThread):
             self._errors += 1
             if self._errors <= 3:
                 LOG.exception("event=publish_failed gpu=%s", self.reader.info.id)
+
+
+class SamplerClock(object):
+    """The GPU samplers' shared ticker: each tick one thread wakes and ticks
+    every GPU in turn (one wake-up per tick, not one per GPU, and the second
+    GPU's read runs on warm caches). Two worker threads take turns, so the
+    next tick always finds one asleep: a GPU whose tick is still running
+    then (a slow or hung driver call) is skipped, and leaves the clock for a
+    thread of its own (Sampler.start) once that call returns; the worker
+    caught in it is replaced at once and ends there. A hung GPU costs the
+    GPUs after it in that one tick their sample, never more."""
+
+    WORKERS = 2
+
+    def __init__(self, interval_s, clock=time.monotonic):
+        self.interval_s, self.clock = interval_s, clock
+        self._lock = threading.Lock()
+        self._samplers = []         # in the order they tick
+        self._workers = []          # the threads taking turns (ClockWorker)
+        self._next_at = None        # the first tick no worker has claimed
+        self._count = 0
+
+    def add(self, sampler):
+        """Ticks from the next tick on (the caller gave it its first)."""
+        with self._lock:
+            sampler.on_clock = self
+            self._samplers.append(sampler)
+            if self._next_at is None:
+                self._next_at = self.clock() + self.interval_s
+            while len(self._workers) < self.WORKERS:
+                self._start_worker()
+
+    def remove(self, sampler):
+        """Off the clock; its reader is closed here, or by the worker inside its tick."""
+        with self._lock:
+            if sampler in self._samplers:
+                self._samplers.remove(sampler)
+            sampler.on_clock = None
+            close = sampler.reading is None
+        if close:
+            sampler.reader.close()
+
+    def stop(self):
+        with self._lock:
+            workers, self._workers = list(self._workers), []
+            samplers = list(self._samplers)
+        for sampler in samplers:
+            sampler.stop()
+        for worker in workers:
+            worker.stop()
+        return workers
+
+    def _start_worker(self):
+        """Under the lock."""
+        self._count += 1
+        worker = StoppableThread("sampler-clock-%d" % self._count)
+        worker.run = lambda: self._work(worker)
+        self._workers.append(worker)
+        worker.start()
+
+    def _claim(self):
+        """The next tick's time, for the calling worker (missed ticks skipped)."""
+        with self._lock:
+            at, now = self._next_at, self.clock()
+            if at < now:
+                at = now
+            self._next_at = at + self.interval_s
+            return at
+
+    def _work(self, worker):
+        while not worker.pause(self._claim() - self.clock()):
+            if not self.tick(worker):
+                return
+
+    def tick(self, worker=None):
+        """Tick every GPU not inside an earlier tick; -> False when this
+        worker was caught in an overrun and replaced (it ends)."""
+        with self._lock:
+            samplers = list(self._samplers)
+        for sampler in samplers:
+            with self._lock:
+                if sampler.on_clock is not self:
+                    continue
+                if sampler.reading is not None:       # overran into this tick
+                    self._overran(sampler)
+                    continue
+                sampler.reading = worker
+            started = self.clock()
+            try:
+                sampler.tick()
+            finally:
+                if not self._done(sampler, worker, self.clock() - started >= self.interval_s):
+                    with self._lock:
+                        return worker in self._workers
+        return True
+
+    def _overran(self, sampler):
+        """Under the lock: its tick outlived the interval; its worker is replaced."""
+        self._samplers.remove(sampler)
+        sampler.on_clock = None
+        if sampler.reading in self._workers:
+            self._workers.remove(sampler.reading)
+            self._start_worker()
+
+    def _done(self, sampler, worker, slow):
+        """After a GPU's tick -> False when it overran (the rest of this tick is stale)."""
+        with self._lock:
+            sampler.reading = None
+            if slow and sampler.on_clock is self:
+                self._samplers.remove(sampler)
+                sampler.on_clock = None
+            moved = sampler.on_clock is None and not sampler.stopping.is_set()
+            stopped = sampler.on_clock is None and sampler.stopping.is_set()
+        if stopped:
+            sampler.reader.close()
+        elif moved:
+            LOG.warning("event=sampler_overran gpu=%s interval_s=%s: it samples on a thread of"
+                        " its own from now on", sampler.reader.info.id, self.interval_s)
+            sampler.start()
+        return not moved
 
 
 class ProcScanThread(StoppableThread):
@@ -9032,6 +9166,7 @@ class GpuManager(StoppableThread):
         self.config, self.cache = config, cache
         self.backends = make_backends(config) if backends is None else list(backends)
         self._samplers = collections.OrderedDict()   # (backend index, GpuInfo) -> Sampler
+        self.sampler_clock = SamplerClock(config.interval_s)
         self._failed = set()
 
     def run(self):
@@ -9085,9 +9220,9 @@ class GpuManager(StoppableThread):
         infos = sorted((s.reader.info for s in self._samplers.values()), key=_card_order)
         self.cache.set_gpus(infos)
         for sampler in self._samplers.values():
-            if not sampler.is_alive() and not sampler.stopping.is_set():
+            if not sampler.running() and not sampler.stopping.is_set():
                 sampler.tick()           # values at once, not one interval later
-                sampler.start()
+                self.sampler_clock.add(sampler)
         if not infos and not self.cache.ready.is_set():
             LOG.warning("event=no_gpu sysfs_root=%s nvml=%s hint=%r", self.config.sysfs_root,
                         any(b.vendor == "nvidia" for b in self.backends),
@@ -9105,11 +9240,12 @@ class GpuManager(StoppableThread):
                         % ids[0])
 
     def stop_samplers(self):
+        workers = self.sampler_clock.stop()
         for sampler in self._samplers.values():
             sampler.stop()
-        for sampler in self._samplers.values():
-            if sampler.is_alive():
-                sampler.join(2.0)
+        for thread in workers + list(self._samplers.values()):
+            if thread.is_alive():
+                thread.join(2.0)
 
     def close_backends(self):
         for backend in self.backends:

@@ -165,7 +165,7 @@ def main():
         if other in med:
             print("  this / %-12s CPU %.2f  RSS %.2f" % (other, med["this"][0] / med[other][0],
                                                         med["this"][1] / med[other][1]))
-    print("\nthis server, per thread (schedstat), %% of a core, median:")
+    print("\nthis server, per thread (schedstat), % of a core, median:")
     for name, values in sorted(budgets.items(), key=lambda kv: -statistics.median(kv[1])):
         print("  %-16s %6.3f" % (name, statistics.median(values)))
 

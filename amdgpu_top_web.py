@@ -48,11 +48,14 @@ Threads::
     browser --HTTP--> ThreadingHTTPServer handler threads (answer from the cache)
     browser --/ws --> handshake in a handler thread, socket handed to the hub
     hub (ONE thread, selectors loop) <-- wake-up socketpair <-- cache.publish()
-    cache (lock) <-- sampler thread per GPU (a backend's reader: sysfs/hwmon with
-                     kept fds + pread, or NVML calls prepared once)
-                 <-- proc-scan thread (budgeted /proc walk + fdinfo; NVML's lists)
+    cache (lock) <-- the sampler clock (SamplerClock: two threads taking turns, one
+                     wake-up per tick) runs what is due: each GPU's sampler (a
+                     backend's reader: sysfs/hwmon with kept fds + pread, or NVML
+                     calls prepared once; a GPU whose read overran gets a thread
+                     of its own), the process scan (budgeted /proc walk + fdinfo;
+                     NVML's lists), the host sample (/proc/stat, meminfo, loadavg,
+                     pressure; 1 Hz) and the alert engine's pass (1 Hz)
                  <-- discovery thread (asks every backend: AMD, Intel, NVIDIA, demo)
-                 <-- host-sampler thread (/proc/stat, meminfo, loadavg, pressure; 1 Hz)
     cache --sinks--> Inbox (drop-oldest) --> history-writer (ONE thread, SQLite file,
                      a transaction every 5 s); handler threads read it through
                      its HistoryReader, with their own connections
@@ -8257,7 +8260,9 @@ class VramForecaster(object):
 # -- alert engine (a sink: its own inbox and thread) ------------------------
 
 class AlertEngine(StoppableThread):
-    """Evaluates the rules on every sample it is offered, in its own thread.
+    """Evaluates the rules on every sample it is offered: a pass once a
+    second on the sampler clock (run_on; else its own thread's timed pass),
+    and in its own thread when woken.
 
     offer_* (called by the cache from the publishing threads) only append to
     a bounded inbox (drop-oldest, counted). Each state change becomes one
@@ -8275,6 +8280,8 @@ class AlertEngine(StoppableThread):
             cache, rules, store, webhook, clock)
         self._inbox = Inbox(ALERT_QUEUE_ITEMS, self._count_drop)
         self._lock = threading.Lock()
+        self._drain_lock = threading.Lock()     # the thread's and the clock's passes
+        self._timed_elsewhere = False
         self._events = collections.deque(maxlen=ALERT_EVENTS_KEPT)
         self._active = collections.OrderedDict()     # (rule, gpu id) -> firing event, live values
         self._pushed = {}                             # (rule, gpu id) -> (s, summary) last sent
@@ -8318,15 +8325,22 @@ class AlertEngine(StoppableThread):
 
     def run(self):
         while not self.stopping.is_set():
-            self._inbox.wait(1.0)
+            self._inbox.wait(None if self._timed_elsewhere else 1.0)
             self.drain()
 
+    def run_on(self, clock):
+        """The once-a-second pass on the SamplerClock; the thread then wakes
+        only when woken (a GPU list change, a half-full inbox)."""
+        self._timed_elsewhere = True
+        clock.every(1.0, lambda at: self.drain())
+
     def drain(self):
-        for item in self._inbox.drain():
-            try:
-                getattr(self, "_on_" + item[0])(*item[1:])
-            except Exception:   # one bad sample must not stop the alerts
-                LOG.exception("event=alert_eval_failed kind=%s", item[0])
+        with self._drain_lock:
+            for item in self._inbox.drain():
+                try:
+                    getattr(self, "_on_" + item[0])(*item[1:])
+                except Exception:   # one bad sample must not stop the alerts
+                    LOG.exception("event=alert_eval_failed kind=%s", item[0])
 
     # -- evaluation --
 
@@ -8919,24 +8933,37 @@ class Sampler(StoppableThread):
                 LOG.exception("event=publish_failed gpu=%s", self.reader.info.id)
 
 
+class ClockJob(object):
+    """A periodic job on the SamplerClock: job(at) every period_s."""
+
+    def __init__(self, period_s, job, close, next_at):
+        self.period_s, self.job, self.close, self.next_at = period_s, job, close, next_at
+        self.running = None         # the worker inside it, while one is
+
+
 class SamplerClock(object):
-    """The GPU samplers' shared ticker: each tick one thread wakes and ticks
-    every GPU in turn (one wake-up per tick, not one per GPU, and the second
-    GPU's read runs on warm caches). Two worker threads take turns, so the
+    """The shared clock of the periodic work: the GPU samplers every
+    interval, and jobs (host sample, process scan, alert pass) every period
+    of their own, aligned to the GPU ticks. Each tick one thread wakes and
+    runs whatever is due, GPUs first: one wake-up for all, and the second
+    GPU's read runs on warm caches. Two worker threads take turns, so the
     next tick always finds one asleep: a GPU whose tick is still running
     then (a slow or hung driver call) is skipped, and leaves the clock for a
-    thread of its own (Sampler.start) once that call returns; the worker
-    caught in it is replaced at once and ends there. A hung GPU costs the
-    GPUs after it in that one tick their sample, never more."""
+    thread of its own (Sampler.start) once that call returns; a job still
+    running when due again is skipped. The worker caught in either is
+    replaced at once and ends there. A hung GPU costs the GPUs after it in
+    that one tick their sample, never more."""
 
     WORKERS = 2
+    ALIGN_S = 0.001                 # due within this of a tick: run in it
 
     def __init__(self, interval_s, clock=time.monotonic):
         self.interval_s, self.clock = interval_s, clock
         self._lock = threading.Lock()
         self._samplers = []         # in the order they tick
-        self._workers = []          # the threads taking turns (ClockWorker)
-        self._next_at = None        # the first tick no worker has claimed
+        self._jobs = []
+        self._workers = []          # the threads taking turns
+        self._next_at = None        # the first GPU tick no worker has claimed
         self._count = 0
 
     def add(self, sampler):
@@ -8944,10 +8971,21 @@ class SamplerClock(object):
         with self._lock:
             sampler.on_clock = self
             self._samplers.append(sampler)
-            if self._next_at is None:
-                self._next_at = self.clock() + self.interval_s
-            while len(self._workers) < self.WORKERS:
-                self._start_worker()
+            self._start()
+
+    def every(self, period_s, job, close=None):
+        """job(at) every period_s from the next tick on (at: its time on the
+        clock); close() once the clock stops."""
+        with self._lock:
+            self._start()
+            self._jobs.append(ClockJob(period_s, job, close, self._next_at))
+
+    def _start(self):
+        """Under the lock."""
+        if self._next_at is None:
+            self._next_at = self.clock() + self.interval_s
+        while len(self._workers) < self.WORKERS:
+            self._start_worker()
 
     def remove(self, sampler):
         """Off the clock; its reader is closed here, or by the worker inside its tick."""
@@ -8960,6 +8998,7 @@ class SamplerClock(object):
             sampler.reader.close()
 
     def stop(self):
+        """Stop the samplers on it and the workers; -> the workers, to join."""
         with self._lock:
             workers, self._workers = list(self._workers), []
             samplers = list(self._samplers)
@@ -8969,6 +9008,14 @@ class SamplerClock(object):
             worker.stop()
         return workers
 
+    def close_jobs(self):
+        """After stop() and the join: each job's close()."""
+        with self._lock:
+            jobs, self._jobs = list(self._jobs), []
+        for job in jobs:
+            if job.close is not None:
+                job.close()
+
     def _start_worker(self):
         """Under the lock."""
         self._count += 1
@@ -8977,18 +9024,35 @@ class SamplerClock(object):
         self._workers.append(worker)
         worker.start()
 
+    @staticmethod
+    def _due(next_at, period_s, now):
+        """next_at, or the first time on its grid after now when it was missed."""
+        return next_at if next_at >= now else next_at + math.ceil(
+            (now - next_at) / period_s) * period_s
+
     def _claim(self):
-        """The next tick's time, for the calling worker (missed ticks skipped)."""
+        """-> (at, GPUs due, [jobs due]) for the calling worker: the next
+        tick, missed ones skipped; its GPU tick and jobs are its alone."""
         with self._lock:
-            at, now = self._next_at, self.clock()
-            if at < now:
-                at = now
-            self._next_at = at + self.interval_s
-            return at
+            now = self.clock()
+            gpu_at = self._due(self._next_at, self.interval_s, now)
+            for job in self._jobs:
+                job.next_at = self._due(job.next_at, job.period_s, now)
+            times = [job.next_at for job in self._jobs]
+            at = min(times + [gpu_at]) if self._samplers else min(times or [gpu_at])
+            gpus = gpu_at <= at + self.ALIGN_S
+            self._next_at = gpu_at + self.interval_s if gpus else gpu_at
+            due = [job for job in self._jobs if job.next_at <= at + self.ALIGN_S]
+            for job in due:
+                job.next_at += job.period_s
+            return at, gpus, due
 
     def _work(self, worker):
-        while not worker.pause(self._claim() - self.clock()):
-            if not self.tick(worker):
+        while True:
+            at, gpus, jobs = self._claim()
+            if worker.pause(at - self.clock()):
+                return
+            if gpus and not self.tick(worker) or not self._run_jobs(at, jobs, worker):
                 return
 
     def tick(self, worker=None):
@@ -9013,13 +9077,36 @@ class SamplerClock(object):
                         return worker in self._workers
         return True
 
+    def _run_jobs(self, at, jobs, worker):
+        """-> False when this worker was replaced (it ends)."""
+        for job in jobs:
+            with self._lock:
+                if job.running is not None:            # still in its last run: skipped
+                    self._replace(job.running)
+                    continue
+                job.running = worker
+            try:
+                job.job(at)
+            except Exception:   # a job must never take the clock down
+                LOG.exception("event=clock_job_failed job=%r", job.job)
+            finally:
+                with self._lock:
+                    job.running = None
+                    if worker is not None and worker not in self._workers:
+                        return False
+        return True
+
+    def _replace(self, worker):
+        """Under the lock: a worker caught in a tick past its time; a new one takes its turns."""
+        if worker in self._workers:
+            self._workers.remove(worker)
+            self._start_worker()
+
     def _overran(self, sampler):
         """Under the lock: its tick outlived the interval; its worker is replaced."""
         self._samplers.remove(sampler)
         sampler.on_clock = None
-        if sampler.reading in self._workers:
-            self._workers.remove(sampler.reading)
-            self._start_worker()
+        self._replace(sampler.reading)
 
     def _done(self, sampler, worker, slow):
         """After a GPU's tick -> False when it overran (the rest of this tick is stale)."""
@@ -9060,6 +9147,18 @@ class ProcScanThread(StoppableThread):
                 next_scan = now + self.scan_interval_s
             self.tick(full)
             self.pause(min(self.refresh_interval_s, next_scan - self.clock()))
+
+    def run_on(self, clock):
+        """Run on the SamplerClock instead of a thread of its own: one run
+        every refresh (or scan) interval, the full scan when due."""
+        next_scan = [None]
+
+        def run(at):
+            full = next_scan[0] is None or at >= next_scan[0] - clock.ALIGN_S
+            if full:
+                next_scan[0] = at + self.scan_interval_s
+            self.tick(full)
+        clock.every(min(self.refresh_interval_s, self.scan_interval_s), run)
 
     def tick(self, full):
         gpus = self.cache.gpus()
@@ -9142,6 +9241,10 @@ class HostSampler(StoppableThread):
             self.tick()
             self.pause(self.interval_s)
         self.reader.close()
+
+    def run_on(self, clock):
+        """Run on the SamplerClock instead of a thread of its own."""
+        clock.every(self.interval_s, lambda at: self.tick(), self.reader.close)
 
     def tick(self):
         try:
@@ -9246,6 +9349,7 @@ class GpuManager(StoppableThread):
         for thread in workers + list(self._samplers.values()):
             if thread.is_alive():
                 thread.join(2.0)
+        self.sampler_clock.close_jobs()
 
     def close_backends(self):
         for backend in self.backends:
@@ -11795,9 +11899,12 @@ class App(object):
                 socket.gethostname() if host in ("", "0.0.0.0", "::") else host, port)
         self.hub.start()
         self.manager.start()
+        clock = self.manager.sampler_clock        # one wake-up for the periodic work
         if self.procs_thread is not None:
-            self.procs_thread.start()
-        self.host_thread.start()
+            self.procs_thread.run_on(clock)
+        self.host_thread.run_on(clock)
+        if self.alerts is not None:
+            self.alerts.run_on(clock)
         self._serve_thread = threading.Thread(target=self.server.serve_forever, args=(0.5,),
                                               name="http-server")
         self._serve_thread.daemon = True

@@ -106,7 +106,9 @@ def one_round(args, baseline, env, tmp, port):
     budget = collections.Counter()
     for tid, ns in threads_after.items():
         name = names.get(tid, "other")
-        if name.startswith("sampler-"):
+        if name.startswith("sampler-clock"):
+            name = "clock"              # the shared clock: GPUs, and host, procs, alerts if on it
+        elif name.startswith("sampler-"):
             name = "samplers"
         budget[name] += (ns - threads_before.get(tid, 0)) / 1e9 / args.seconds * 100
     for proc, _ in procs.values():

@@ -55,7 +55,8 @@ Threads::
                      of its own), the process scan (budgeted /proc walk + fdinfo;
                      NVML's lists), the host sample (/proc/stat, meminfo, loadavg,
                      pressure; 1 Hz) and the alert engine's pass (1 Hz)
-                 <-- discovery thread (asks every backend: AMD, Intel, NVIDIA, demo)
+                 <-- discovery (asks every backend: AMD, Intel, NVIDIA, demo; the
+                     first time in its thread, then every 2 s on the clock)
     cache --sinks--> Inbox (drop-oldest) --> history-writer (ONE thread, SQLite file,
                      a transaction every 5 s); handler threads read it through
                      its HistoryReader, with their own connections
@@ -3478,13 +3479,24 @@ def compute_theil_sen(xs, ys, confidence=FORECAST_CONFIDENCE):
     return _theil_sen_from_sorted(slopes, xs, ys, confidence)
 
 
+_NORMAL_QUANTILES = {}
+
+
+def _normal_quantile(p):
+    """statistics.NormalDist().inv_cdf(p), kept per p (the fit asks the same one each second)."""
+    z = _NORMAL_QUANTILES.get(p)
+    if z is None:
+        z = _NORMAL_QUANTILES[p] = statistics.NormalDist().inv_cdf(p)
+    return z
+
+
 def _theil_sen_from_sorted(slopes, xs, ys, confidence=FORECAST_CONFIDENCE):
     """compute_theil_sen's answer from the sorted pairwise slopes of xs, ys."""
     if not slopes:
         return None
     n = len(xs)
     nt = len(slopes)
-    z = statistics.NormalDist().inv_cdf(0.5 + confidence / 2.0)
+    z = _normal_quantile(0.5 + confidence / 2.0)
     var = (n * (n - 1) * (2 * n + 5) - _tie_term(xs) - _tie_term(ys)) / 18.0
     sigma = math.sqrt(max(var, 0.0))
     upper = min(int(round((nt + z * sigma) / 2.0)), nt - 1)
@@ -3781,14 +3793,18 @@ class AlertState(object):
 
     def target(self, value):
         """The severity this value asks for, given the one now firing."""
+        return self._target(value)[0]
+
+    def _target(self, value):
+        """(target(value), its rank)."""
         if value is None:
-            return None
+            return None, -1
         rank = _severity_rank(self.severity)
         for severity, severity_rank, raise_at, clear_at in self._bands():
             if self._past(value, raise_at) or (
                     rank >= severity_rank and self._beyond(value, clear_at)):
-                return severity
-        return None
+                return severity, severity_rank
+        return None, -1
 
     def clearing(self):
         """Firing, but the latest value no longer asks for any severity."""
@@ -3798,8 +3814,11 @@ class AlertState(object):
         """Feed one observation; returns an event (see build_alert_event's
         arguments as a dict) or None."""
         self.value = value
-        want = self.target(value)
-        direction = _severity_rank(want) - _severity_rank(self.severity)
+        if value is None and self.severity is None:     # the common case: no data, none firing
+            self._pending = None
+            return None
+        want, want_rank = self._target(value)
+        direction = want_rank - _severity_rank(self.severity)
         if direction == 0:
             self._pending = None
             return None
@@ -6754,6 +6773,7 @@ class ProcScanner(object):
         self._prev = {}              # (pid, start_time, client key) -> EngineSample
         self._proc = ProcEnricher(proc_root, clk_tck, page_size, wall_clock)
         self._scans = 0
+        self._first_walk = False     # the next walk is full (a DRM GPU after NVIDIA alone)
         self._visibility = {}
         limits = (max(1, int(max_pids)), max(1, int(max_fds_per_pid)), int(budget_s * 1e9))
         self._walker = _PidWalker(self._watch, self._update_gpu_proc, clock_ns, limits, fd_count)
@@ -6786,7 +6806,7 @@ class ProcScanner(object):
         """The budgeted /proc walk (+ fdinfo reads of GPU fds) -> ScanResult."""
         t0 = self._clock()
         self._scans += 1
-        full = (self._scans - 1) % self._full_every == 0
+        full = (self._scans - 1) % self._full_every == 0 or (self._drm and self._first_walk)
         stats = _new_stats("scan", full)
         procfd = open_dir_at(None, self._root)
         if isinstance(procfd, OSError):
@@ -6799,9 +6819,10 @@ class ProcScanner(object):
             if self._kfd is not None:
                 self._kfd.refresh(self._node_map, self._amd_pcis())
             if self._drm:
+                self._first_walk = False
                 self._walker.walk(procfd, pids, full, stats, t0)
             else:                    # NVIDIA alone: NVML lists its PIDs; no fd to look at,
-                self._scans = 0      # and the first walk once a DRM GPU shows is a full one
+                self._first_walk = True    # and the first walk once a DRM GPU shows is a full one
             self._visibility["visible_pids"] = len(pids)
         except OSError:
             pass                                       # the root itself went away
@@ -9273,9 +9294,12 @@ class GpuManager(StoppableThread):
         self._failed = set()
 
     def run(self):
-        while not self.stopping.is_set():
-            self.rediscover()
-            self.pause(REDISCOVER_INTERVAL_S)
+        """The first discovery, then one every REDISCOVER_INTERVAL_S on the
+        sampler clock (no wake-up of its own); this thread waits for stop()."""
+        self.rediscover()
+        self.sampler_clock.every(REDISCOVER_INTERVAL_S, lambda at: self.rediscover())
+        while not self.pause(3600.0):
+            pass
         self.stop_samplers()
 
     def rediscover(self):
@@ -12186,8 +12210,7 @@ def serve(config, alert_rules=None):
         LOG.info("event=cdn_mode hint=%r", "the page loads its scripts from cdn.jsdelivr.net; "
                  "for browsers without internet, serve them from here: %s && %s"
                  % format_vendor_commands(parse_page_pins(app.page_bytes.decode("utf-8"))))
-    while not stop.wait(1.0):
-        pass
+    stop.wait()                         # a signal interrupts the wait and runs the handler
     LOG.info("event=shutdown")
     app.stop()
     return 0

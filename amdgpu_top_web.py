@@ -3457,6 +3457,8 @@ def _median_sorted(values):
 
 def _tie_term(values):
     """sum k(k-1)(2k+5) over groups of k equal values (Kendall's variance ties)."""
+    if len(set(values)) == len(values):     # no ties (times, noisy bytes): no Counter
+        return 0
     counts = collections.Counter(values)
     return sum(k * (k - 1) * (2 * k + 5) for k in counts.values() if k > 1)
 
@@ -3643,12 +3645,16 @@ def find_vram_step(ts, used, since_s, seen=None):
     window's start, of the jump's start, of its end): big?}: a sliding window
     judges each change once (the samples at those times do not change).
     """
-    for i in range(len(ts) - 1, 0, -1):
-        if ts[i] < since_s:
+    bisect_left, jump_s, step_min = bisect.bisect_left, FORECAST_JUMP_S, FORECAST_STEP_MIN_BYTES
+    for i in range(len(ts) - 1, 0, -1):         # the hot loop: most changes are small
+        ts_i = ts[i]
+        if ts_i < since_s:
             break
-        j = min(bisect.bisect_left(ts, ts[i] - FORECAST_JUMP_S), i - 1)
+        j = bisect_left(ts, ts_i - jump_s, 0, i)
+        if j == i:
+            j -= 1
         delta = used[i] - used[j]
-        if abs(delta) < FORECAST_STEP_MIN_BYTES:
+        if -step_min < delta < step_min:
             continue
         start = bisect.bisect_left(ts, ts[j] - FORECAST_WINDOW_S)
         if j + 1 - start < FORECAST_MIN_POINTS:

@@ -273,6 +273,7 @@ WS_SNDBUF_BYTES = 65536
 WS_SEND_BUFFERS = 64            # buffers per sendmsg() of a queue (Linux IOV_MAX is 1024)
 WS_TIMER_TICK_S = 0.25          # close deadlines and stuck writers are checked this often
 WS_IDLE_WAKE_S = 1.0            # the hub loop wakes at least this often
+HTTP_POLL_S = 5.0               # the HTTP accept loop's poll (shutdown() wakes it at once)
 WS_CLOSE_TIMEOUT_S = 2.0        # a peer gets this long to answer our Close
 WS_PING_AFTER = 0.5             # a silent client is pinged after this part of the read timeout
 WS_PING_PAYLOAD = b"keepalive"
@@ -11351,6 +11352,21 @@ class DashboardServer(ThreadingHTTPServer):
             self._conns.add(request)
         ThreadingHTTPServer.process_request(self, request, client_address)
 
+    def shutdown(self):
+        """BaseServer.shutdown without waiting out serve_forever's poll
+        interval (HTTP_POLL_S, long: no wake-up at rest): the stop flag is
+        set, then a connection to the listening socket wakes its select()
+        at once, and the loop ends before accepting it."""
+        self._BaseServer__shutdown_request = True
+        host, port = self.server_address[:2]
+        if host in ("", "0.0.0.0", "::"):
+            host = "::1" if self.address_family == socket.AF_INET6 else "127.0.0.1"
+        try:
+            socket.create_connection((host, port), timeout=1.0).close()
+        except OSError:
+            pass                            # the loop ends at its next poll instead
+        ThreadingHTTPServer.shutdown(self)
+
     def shutdown_request(self, request):
         with self._conns_lock:
             self._conns.discard(request)
@@ -11935,7 +11951,7 @@ class App(object):
         self.host_thread.run_on(clock)
         if self.alerts is not None:
             self.alerts.run_on(clock)
-        self._serve_thread = threading.Thread(target=self.server.serve_forever, args=(0.5,),
+        self._serve_thread = threading.Thread(target=self.server.serve_forever, args=(HTTP_POLL_S,),
                                               name="http-server")
         self._serve_thread.daemon = True
         self._serve_thread.start()

@@ -8917,6 +8917,7 @@ class Sampler(StoppableThread):
         self._ticked = False
         self.on_clock = None        # the SamplerClock it ticks on, while it does
         self.reading = None         # the clock worker inside its tick, while one is
+        self.due_at = None          # its first clock tick: not before this
 
     def running(self):
         """On the shared clock or on a thread of its own."""
@@ -8992,12 +8993,21 @@ class SamplerClock(object):
         self._jobs = []
         self._workers = []          # the threads taking turns
         self._next_at = None        # the first GPU tick no worker has claimed
+        self._phase = 0             # bumped when the first GPU sets the ticks' phase
         self._count = 0
 
     def add(self, sampler):
-        """Ticks from the next tick on (the caller gave it its first)."""
+        """Ticks from the next tick at least half an interval away (the caller
+        gave it its first); the first GPU sets the phase: its next sample
+        comes one interval after that first one (the jobs move onto it)."""
         with self._lock:
-            sampler.on_clock = self
+            now = self.clock()
+            if not self._samplers and self._next_at is not None:
+                self._phase += 1            # ticks claimed before are the jobs' alone
+                self._next_at = now + self.interval_s
+                for job in self._jobs:
+                    job.next_at = self._due(self._next_at, self.interval_s, job.next_at)
+            sampler.on_clock, sampler.due_at = self, now + self.interval_s / 2.0
             self._samplers.append(sampler)
             self._start()
 
@@ -9059,8 +9069,9 @@ class SamplerClock(object):
             (now - next_at) / period_s) * period_s
 
     def _claim(self):
-        """-> (at, GPUs due, [jobs due]) for the calling worker: the next
-        tick, missed ones skipped; its GPU tick and jobs are its alone."""
+        """-> (at, the phase of its GPU tick or None, [jobs due]) for the
+        calling worker: the next tick, missed ones skipped; its GPU tick and
+        jobs are its alone."""
         with self._lock:
             now = self.clock()
             gpu_at = self._due(self._next_at, self.interval_s, now)
@@ -9073,24 +9084,25 @@ class SamplerClock(object):
             due = [job for job in self._jobs if job.next_at <= at + self.ALIGN_S]
             for job in due:
                 job.next_at += job.period_s
-            return at, gpus, due
+            return at, (self._phase if gpus else None), due
 
     def _work(self, worker):
         while True:
-            at, gpus, jobs = self._claim()
+            at, phase, jobs = self._claim()
             if worker.pause(at - self.clock()):
                 return
-            if gpus and not self.tick(worker) or not self._run_jobs(at, jobs, worker):
+            if phase == self._phase and not self.tick(worker, at) or (
+                    not self._run_jobs(at, jobs, worker)):
                 return
 
-    def tick(self, worker=None):
-        """Tick every GPU not inside an earlier tick; -> False when this
-        worker was caught in an overrun and replaced (it ends)."""
+    def tick(self, worker=None, at=None):
+        """Tick every GPU not inside an earlier tick (nor due after at); ->
+        False when this worker was caught in an overrun and replaced (it ends)."""
         with self._lock:
             samplers = list(self._samplers)
         for sampler in samplers:
             with self._lock:
-                if sampler.on_clock is not self:
+                if sampler.on_clock is not self or at is not None and at < sampler.due_at:
                     continue
                 if sampler.reading is not None:       # overran into this tick
                     self._overran(sampler)

@@ -55,14 +55,14 @@ def test_jobs_fall_on_the_gpu_ticks():
     claims = []
     for _ in range(9):
         at, gpus, jobs = clock._claim()
-        claims.append((at - 100.0, gpus, [j.job for j in jobs]))
+        claims.append((at - 100.0, gpus is not None, [j.job for j in jobs]))
         now[0] = at
     assert claims == [(0.25, True, ["host", "procs"]), (0.5, True, []), (0.75, True, []),
                       (1.0, True, []), (1.25, True, ["host", "procs"]), (1.5, True, []),
                       (1.75, True, []), (2.0, True, []), (2.25, True, ["host", "procs"])]
     now[0] += 0.6                  # a late claim: missed ticks skipped, on the same grid
     at, gpus, jobs = clock._claim()
-    assert (at - 100.0, gpus, jobs) == (3.0, True, [])
+    assert (at - 100.0, gpus is not None, jobs) == (3.0, True, [])
     now[0] = at
     assert [j.job for j in clock._claim()[2]] == ["host", "procs"]
 
@@ -76,10 +76,39 @@ def test_a_job_between_gpu_ticks_wakes_alone():
     got = []
     for _ in range(4):
         at, gpus, jobs = clock._claim()
-        got.append((at, gpus, [j.job for j in jobs]))
+        got.append((at, gpus is not None, [j.job for j in jobs]))
         now[0] = at
     assert got == [(1.0, True, ["fast"]), (1.5, False, ["fast"]), (2.0, True, ["fast"]),
                    (2.5, False, ["fast"])]
+
+
+def test_the_first_gpu_sets_the_phase_and_a_later_one_waits_half_an_interval():
+    now = [0.0]
+    clock = NoWorkers(0.25, clock=lambda: now[0])
+    clock.every(1.0, "host")                  # the jobs start first (App.start)
+    stale = clock._claim()                    # a worker asleep until 0.25
+    assert (stale[0], stale[1] is not None, [j.job for j in stale[2]]) == (0.25, True, ["host"])
+    now[0] = 0.1
+    cache, (first, later) = make(2, 0.25)
+    first.tick()                              # discovery's sample at 0.1
+    clock.add(first)
+    assert stale[1] != clock._phase           # that worker's tick is the jobs' alone
+    at, phase, jobs = clock._claim()
+    assert (at, phase == clock._phase, jobs) == (0.35, True, [])    # one interval after 0.1
+    now[0] = 0.3
+    later.tick()                              # a GPU plugged in at 0.3
+    clock.add(later)
+    assert later.due_at == 0.425
+    def reads():
+        return first.reader.reads, later.reader.reads
+    assert reads() == (1, 1)
+    clock.tick(None, 0.35)
+    assert reads() == (2, 1)                  # 0.05 after its first sample: not yet
+    at, phase, jobs = clock._claim()
+    clock.tick(None, at)
+    assert (at, reads()) == (0.6, (3, 2))
+    assert [j.job for j in clock._claim()[2]] == []
+    assert [(j.job, j.next_at) for j in clock._jobs] == [("host", 1.35)]
 
 
 def test_gpus_and_jobs_run_on_two_workers_taking_turns():

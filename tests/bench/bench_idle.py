@@ -82,8 +82,9 @@ def start_ours(path, env, tmp, label):
         fh.write(WRAPPER)
     env = dict(env, APP_LISTEN_ADDR="127.0.0.1:0",
                APP_HISTORY_PATH=os.path.join(tmp, label + "-history.sqlite"))
-    proc = subprocess.Popen([sys.executable, wrapper, names, path], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    with open(os.path.join(tmp, label + "-stderr.txt"), "a") as log:   # the logs, for a post-mortem
+        proc = subprocess.Popen([sys.executable, wrapper, names, path], env=env,
+                                stdout=subprocess.DEVNULL, stderr=log)
     return proc, names
 
 
@@ -115,7 +116,9 @@ def one_round(args, baseline, env, tmp, port):
         elif name.startswith("sampler-"):
             name = "samplers"
         budget[name] += (ns - threads_before.get(tid, 0)) / 1e9 / args.seconds * 100
-    for proc, _ in procs.values():
+    for key, (proc, _) in procs.items():
+        if proc.poll() is not None:
+            print("round: %s exited early with status %s" % (key, proc.returncode))
         proc.terminate()
         proc.wait()
     return result, budget
@@ -133,6 +136,7 @@ def main():
     parser.add_argument("--sysfs", help="a testdata/sys fixture instead of the stand-in NVML")
     args = parser.parse_args()
     tmp = tempfile.mkdtemp(prefix="bench_idle.")
+    print("logs and history files in", tmp)
     baseline = args.baseline
     if baseline is None:
         baseline = os.path.join(tmp, "baseline.py")

@@ -60,11 +60,15 @@ Threads::
     browser --/hosts/{name}/...--> a handler thread relays it to that peer; for
                      /hosts/{name}/ws it stays, splicing bytes both ways (at most 64)
     hub (ONE thread, selectors loop) <-- wake-up socketpair <-- cache.publish()
-    cache (lock) <-- sampler thread per GPU (a backend's reader: sysfs/hwmon with
-                     kept fds + pread, or NVML calls prepared once)
-                 <-- proc-scan thread (budgeted /proc walk + fdinfo; NVML's lists)
-                 <-- discovery thread (asks every backend: AMD, Intel, NVIDIA, demo)
-                 <-- host-sampler thread (/proc/stat, meminfo, loadavg, pressure; 1 Hz)
+    cache (lock) <-- the sampler clock (SamplerClock: two threads taking turns, one
+                     wake-up per tick) runs what is due: each GPU's sampler (a
+                     backend's reader: sysfs/hwmon with kept fds + pread, or NVML
+                     calls prepared once; a GPU whose read overran gets a thread
+                     of its own), the process scan (budgeted /proc walk + fdinfo;
+                     NVML's lists), the host sample (/proc/stat, meminfo, loadavg,
+                     pressure; 1 Hz) and the alert engine's pass (1 Hz)
+                 <-- discovery (asks every backend: AMD, Intel, NVIDIA, demo; the
+                     first time in its thread, then every 2 s on the clock)
     cache --sinks--> Inbox (drop-oldest) --> history-writer (ONE thread, SQLite file,
                      a transaction every 5 s); handler threads read it through
                      its HistoryReader, with their own connections
@@ -313,6 +317,7 @@ WS_SNDBUF_BYTES = 65536
 WS_SEND_BUFFERS = 64            # buffers per sendmsg() of a queue (Linux IOV_MAX is 1024)
 WS_TIMER_TICK_S = 0.25          # close deadlines and stuck writers are checked this often
 WS_IDLE_WAKE_S = 1.0            # the hub loop wakes at least this often
+HTTP_POLL_S = 5.0               # the HTTP accept loop's poll (shutdown() wakes it at once)
 WS_CLOSE_TIMEOUT_S = 2.0        # a peer gets this long to answer our Close
 WS_PING_AFTER = 0.5             # a silent client is pinged after this part of the read timeout
 WS_PING_PAYLOAD = b"keepalive"
@@ -4058,6 +4063,8 @@ def _median_sorted(values):
 
 def _tie_term(values):
     """sum k(k-1)(2k+5) over groups of k equal values (Kendall's variance ties)."""
+    if len(set(values)) == len(values):     # no ties (times, noisy bytes): no Counter
+        return 0
     counts = collections.Counter(values)
     return sum(k * (k - 1) * (2 * k + 5) for k in counts.values() if k > 1)
 
@@ -4080,13 +4087,24 @@ def compute_theil_sen(xs, ys, confidence=FORECAST_CONFIDENCE):
     return _theil_sen_from_sorted(slopes, xs, ys, confidence)
 
 
+_NORMAL_QUANTILES = {}
+
+
+def _normal_quantile(p):
+    """statistics.NormalDist().inv_cdf(p), kept per p (the fit asks the same one each second)."""
+    z = _NORMAL_QUANTILES.get(p)
+    if z is None:
+        z = _NORMAL_QUANTILES[p] = statistics.NormalDist().inv_cdf(p)
+    return z
+
+
 def _theil_sen_from_sorted(slopes, xs, ys, confidence=FORECAST_CONFIDENCE):
     """compute_theil_sen's answer from the sorted pairwise slopes of xs, ys."""
     if not slopes:
         return None
     n = len(xs)
     nt = len(slopes)
-    z = statistics.NormalDist().inv_cdf(0.5 + confidence / 2.0)
+    z = _normal_quantile(0.5 + confidence / 2.0)
     var = (n * (n - 1) * (2 * n + 5) - _tie_term(xs) - _tie_term(ys)) / 18.0
     sigma = math.sqrt(max(var, 0.0))
     upper = min(int(round((nt + z * sigma) / 2.0)), nt - 1)
@@ -4233,12 +4251,16 @@ def find_vram_step(ts, used, since_s, seen=None):
     window's start, of the jump's start, of its end): big?}: a sliding window
     judges each change once (the samples at those times do not change).
     """
-    for i in range(len(ts) - 1, 0, -1):
-        if ts[i] < since_s:
+    bisect_left, jump_s, step_min = bisect.bisect_left, FORECAST_JUMP_S, FORECAST_STEP_MIN_BYTES
+    for i in range(len(ts) - 1, 0, -1):         # the hot loop: most changes are small
+        ts_i = ts[i]
+        if ts_i < since_s:
             break
-        j = min(bisect.bisect_left(ts, ts[i] - FORECAST_JUMP_S), i - 1)
+        j = bisect_left(ts, ts_i - jump_s, 0, i)
+        if j == i:
+            j -= 1
         delta = used[i] - used[j]
-        if abs(delta) < FORECAST_STEP_MIN_BYTES:
+        if -step_min < delta < step_min:
             continue
         start = bisect.bisect_left(ts, ts[j] - FORECAST_WINDOW_S)
         if j + 1 - start < FORECAST_MIN_POINTS:
@@ -4383,14 +4405,18 @@ class AlertState(object):
 
     def target(self, value):
         """The severity this value asks for, given the one now firing."""
+        return self._target(value)[0]
+
+    def _target(self, value):
+        """(target(value), its rank)."""
         if value is None:
-            return None
+            return None, -1
         rank = _severity_rank(self.severity)
         for severity, severity_rank, raise_at, clear_at in self._bands():
             if self._past(value, raise_at) or (
                     rank >= severity_rank and self._beyond(value, clear_at)):
-                return severity
-        return None
+                return severity, severity_rank
+        return None, -1
 
     def clearing(self):
         """Firing, but the latest value no longer asks for any severity."""
@@ -4400,8 +4426,11 @@ class AlertState(object):
         """Feed one observation; returns an event (see build_alert_event's
         arguments as a dict) or None."""
         self.value = value
-        want = self.target(value)
-        direction = _severity_rank(want) - _severity_rank(self.severity)
+        if value is None and self.severity is None:     # the common case: no data, none firing
+            self._pending = None
+            return None
+        want, want_rank = self._target(value)
+        direction = want_rank - _severity_rank(self.severity)
         if direction == 0:
             self._pending = None
             return None
@@ -8480,6 +8509,7 @@ class ProcScanner(object):
         self._prev = {}              # (pid, start_time, client key) -> EngineSample
         self._proc = ProcEnricher(proc_root, clk_tck, page_size, wall_clock, names)
         self._scans = 0
+        self._first_walk = False     # the next walk is full (a DRM GPU after NVIDIA alone)
         self._visibility = {}
         limits = (max(1, int(max_pids)), max(1, int(max_fds_per_pid)), int(budget_s * 1e9))
         self._walker = _PidWalker(self._watch, self._update_gpu_proc, clock_ns, limits, fd_count)
@@ -8512,7 +8542,7 @@ class ProcScanner(object):
         """The budgeted /proc walk (+ fdinfo reads of GPU fds) -> ScanResult."""
         t0 = self._clock()
         self._scans += 1
-        full = (self._scans - 1) % self._full_every == 0
+        full = (self._scans - 1) % self._full_every == 0 or (self._drm and self._first_walk)
         stats = _new_stats("scan", full)
         procfd = open_dir_at(None, self._root)
         if isinstance(procfd, OSError):
@@ -8525,9 +8555,10 @@ class ProcScanner(object):
             if self._kfd is not None:
                 self._kfd.refresh(self._node_map, self._amd_pcis())
             if self._drm:
+                self._first_walk = False
                 self._walker.walk(procfd, pids, full, stats, t0)
             else:                    # NVIDIA alone: NVML lists its PIDs; no fd to look at,
-                self._scans = 0      # and the first walk once a DRM GPU shows is a full one
+                self._first_walk = True    # and the first walk once a DRM GPU shows is a full one
             self._visibility["visible_pids"] = len(pids)
         except OSError:
             pass                                       # the root itself went away
@@ -10187,7 +10218,9 @@ class HeldIdleRule(object):
 
 
 class AlertEngine(StoppableThread):
-    """Evaluates the rules on every sample it is offered, in its own thread.
+    """Evaluates the rules on every sample it is offered: a pass once a
+    second on the sampler clock (run_on; else its own thread's timed pass),
+    and in its own thread when woken.
 
     offer_* (called by the cache from the publishing threads) only append to
     a bounded inbox (drop-oldest, counted). Each state change becomes one
@@ -10205,6 +10238,8 @@ class AlertEngine(StoppableThread):
             cache, rules, store, webhook, clock)
         self._inbox = Inbox(ALERT_QUEUE_ITEMS, self._count_drop)
         self._lock = threading.Lock()
+        self._drain_lock = threading.Lock()     # the thread's and the clock's passes
+        self._timed_elsewhere = False
         self._events = collections.deque(maxlen=ALERT_EVENTS_KEPT)
         self._active = collections.OrderedDict()     # alert_subject -> firing event, live values
         self._pushed = {}                             # alert_subject -> (s, summary) last sent
@@ -10252,15 +10287,22 @@ class AlertEngine(StoppableThread):
 
     def run(self):
         while not self.stopping.is_set():
-            self._inbox.wait(1.0)
+            self._inbox.wait(None if self._timed_elsewhere else 1.0)
             self.drain()
 
+    def run_on(self, clock):
+        """The once-a-second pass on the SamplerClock; the thread then wakes
+        only when woken (a GPU list change, a half-full inbox)."""
+        self._timed_elsewhere = True
+        clock.every(1.0, lambda at: self.drain())
+
     def drain(self):
-        for item in self._inbox.drain():
-            try:
-                getattr(self, "_on_" + item[0])(*item[1:])
-            except Exception:   # one bad sample must not stop the alerts
-                LOG.exception("event=alert_eval_failed kind=%s", item[0])
+        with self._drain_lock:
+            for item in self._inbox.drain():
+                try:
+                    getattr(self, "_on_" + item[0])(*item[1:])
+                except Exception:   # one bad sample must not stop the alerts
+                    LOG.exception("event=alert_eval_failed kind=%s", item[0])
 
     # -- evaluation --
 
@@ -10857,16 +10899,31 @@ def current_fleet(cache):
     return message, OutFrame(None, "fleet", payload, encode_frame(Opcode.TEXT, payload))
 
 
-# -- samplers: one thread per GPU, the process scan -------------------------
+# -- samplers: one per GPU on a shared clock, the process scan --------------
 
 class Sampler(StoppableThread):
-    """One per GPU: read, publish, wait; on a fixed schedule that skips missed ticks."""
+    """One GPU: read, publish. It ticks on the shared SamplerClock with the
+    other GPUs; once a read of it overran a tick (a slow or hung driver
+    call) it runs on a thread of its own (start()): read, publish, wait, on
+    a fixed schedule that skips missed ticks."""
 
     def __init__(self, reader, cache, interval_s, clock=time.monotonic):
         StoppableThread.__init__(self, "sampler-" + reader.info.id)
         self.reader, self.cache, self.interval_s, self.clock = reader, cache, interval_s, clock
         self._errors = 0
         self._ticked = False
+        self.on_clock = None        # the SamplerClock it ticks on, while it does
+        self.reading = None         # the clock worker inside its tick, while one is
+        self.due_at = None          # its first clock tick: not before this
+
+    def running(self):
+        """On the shared clock or on a thread of its own."""
+        return self.on_clock is not None or self.is_alive()
+
+    def stop(self):
+        StoppableThread.stop(self)
+        if self.on_clock is not None:
+            self.on_clock.remove(self)
 
     def run(self):
         next_at = self.clock() + (self.interval_s if self._ticked else 0.0)
@@ -10902,6 +10959,210 @@ class Sampler(StoppableThread):
                 LOG.exception("event=publish_failed gpu=%s", self.reader.info.id)
 
 
+class ClockJob(object):
+    """A periodic job on the SamplerClock: job(at) every period_s."""
+
+    def __init__(self, period_s, job, close, next_at):
+        self.period_s, self.job, self.close, self.next_at = period_s, job, close, next_at
+        self.running = None         # the worker inside it, while one is
+
+
+class SamplerClock(object):
+    """The shared clock of the periodic work: the GPU samplers every
+    interval, and jobs (host sample, process scan, alert pass) every period
+    of their own, aligned to the GPU ticks. Each tick one thread wakes and
+    runs whatever is due, GPUs first: one wake-up for all, and the second
+    GPU's read runs on warm caches. Two worker threads take turns, so the
+    next tick always finds one asleep: a GPU whose tick is still running
+    then (a slow or hung driver call) is skipped, and leaves the clock for a
+    thread of its own (Sampler.start) once that call returns; a job still
+    running when due again is skipped. The worker caught in either is
+    replaced at once and ends there. A hung GPU costs the GPUs after it in
+    that one tick their sample, never more."""
+
+    WORKERS = 2
+    ALIGN_S = 0.001                 # due within this of a tick: run in it
+
+    def __init__(self, interval_s, clock=time.monotonic):
+        self.interval_s, self.clock = interval_s, clock
+        self._lock = threading.Lock()
+        self._samplers = []         # in the order they tick
+        self._jobs = []
+        self._workers = []          # the threads taking turns
+        self._next_at = None        # the first GPU tick no worker has claimed
+        self._phase = 0             # bumped when the first GPU sets the ticks' phase
+        self._count = 0
+
+    def add(self, sampler):
+        """Ticks from the next tick at least half an interval away (the caller
+        gave it its first); the first GPU sets the phase: its next sample
+        comes one interval after that first one (the jobs move onto it)."""
+        with self._lock:
+            now = self.clock()
+            if not self._samplers and self._next_at is not None:
+                self._phase += 1            # ticks claimed before are the jobs' alone
+                self._next_at = now + self.interval_s
+                for job in self._jobs:
+                    job.next_at = self._due(self._next_at, self.interval_s, job.next_at)
+            sampler.on_clock, sampler.due_at = self, now + self.interval_s / 2.0
+            self._samplers.append(sampler)
+            self._start()
+
+    def every(self, period_s, job, close=None):
+        """job(at) every period_s from the next tick on (at: its time on the
+        clock); close() once the clock stops."""
+        with self._lock:
+            self._start()
+            self._jobs.append(ClockJob(period_s, job, close, self._next_at))
+
+    def _start(self):
+        """Under the lock."""
+        if self._next_at is None:
+            self._next_at = self.clock() + self.interval_s
+        while len(self._workers) < self.WORKERS:
+            self._start_worker()
+
+    def remove(self, sampler):
+        """Off the clock; its reader is closed here, or by the worker inside its tick."""
+        with self._lock:
+            if sampler in self._samplers:
+                self._samplers.remove(sampler)
+            sampler.on_clock = None
+            close = sampler.reading is None
+        if close:
+            sampler.reader.close()
+
+    def stop(self):
+        """Stop the samplers on it and the workers; -> the workers, to join."""
+        with self._lock:
+            workers, self._workers = list(self._workers), []
+            samplers = list(self._samplers)
+        for sampler in samplers:
+            sampler.stop()
+        for worker in workers:
+            worker.stop()
+        return workers
+
+    def close_jobs(self):
+        """After stop() and the join: each job's close()."""
+        with self._lock:
+            jobs, self._jobs = list(self._jobs), []
+        for job in jobs:
+            if job.close is not None:
+                job.close()
+
+    def _start_worker(self):
+        """Under the lock."""
+        self._count += 1
+        worker = StoppableThread("sampler-clock-%d" % self._count)
+        worker.run = lambda: self._work(worker)
+        self._workers.append(worker)
+        worker.start()
+
+    @staticmethod
+    def _due(next_at, period_s, now):
+        """next_at, or the first time on its grid after now when it was missed."""
+        return next_at if next_at >= now else next_at + math.ceil(
+            (now - next_at) / period_s) * period_s
+
+    def _claim(self):
+        """-> (at, the phase of its GPU tick or None, [jobs due]) for the
+        calling worker: the next tick, missed ones skipped; its GPU tick and
+        jobs are its alone."""
+        with self._lock:
+            now = self.clock()
+            gpu_at = self._due(self._next_at, self.interval_s, now)
+            for job in self._jobs:
+                job.next_at = self._due(job.next_at, job.period_s, now)
+            times = [job.next_at for job in self._jobs]
+            at = min(times + [gpu_at]) if self._samplers else min(times or [gpu_at])
+            gpus = gpu_at <= at + self.ALIGN_S
+            self._next_at = gpu_at + self.interval_s if gpus else gpu_at
+            due = [job for job in self._jobs if job.next_at <= at + self.ALIGN_S]
+            for job in due:
+                job.next_at += job.period_s
+            return at, (self._phase if gpus else None), due
+
+    def _work(self, worker):
+        while True:
+            at, phase, jobs = self._claim()
+            if worker.pause(at - self.clock()):
+                return
+            if phase == self._phase and not self.tick(worker, at) or (
+                    not self._run_jobs(at, jobs, worker)):
+                return
+
+    def tick(self, worker=None, at=None):
+        """Tick every GPU not inside an earlier tick (nor due after at); ->
+        False when this worker was caught in an overrun and replaced (it ends)."""
+        with self._lock:
+            samplers = list(self._samplers)
+        for sampler in samplers:
+            with self._lock:
+                if sampler.on_clock is not self or at is not None and at < sampler.due_at:
+                    continue
+                if sampler.reading is not None:       # overran into this tick
+                    self._overran(sampler)
+                    continue
+                sampler.reading = worker
+            started = self.clock()
+            try:
+                sampler.tick()
+            finally:
+                if not self._done(sampler, worker, self.clock() - started >= self.interval_s):
+                    with self._lock:
+                        return worker in self._workers
+        return True
+
+    def _run_jobs(self, at, jobs, worker):
+        """-> False when this worker was replaced (it ends)."""
+        for job in jobs:
+            with self._lock:
+                if job.running is not None:            # still in its last run: skipped
+                    self._replace(job.running)
+                    continue
+                job.running = worker
+            try:
+                job.job(at)
+            except Exception:   # a job must never take the clock down
+                LOG.exception("event=clock_job_failed job=%r", job.job)
+            finally:
+                with self._lock:
+                    job.running = None
+                    if worker is not None and worker not in self._workers:
+                        return False
+        return True
+
+    def _replace(self, worker):
+        """Under the lock: a worker caught in a tick past its time; a new one takes its turns."""
+        if worker in self._workers:
+            self._workers.remove(worker)
+            self._start_worker()
+
+    def _overran(self, sampler):
+        """Under the lock: its tick outlived the interval; its worker is replaced."""
+        self._samplers.remove(sampler)
+        sampler.on_clock = None
+        self._replace(sampler.reading)
+
+    def _done(self, sampler, worker, slow):
+        """After a GPU's tick -> False when it overran (the rest of this tick is stale)."""
+        with self._lock:
+            sampler.reading = None
+            if slow and sampler.on_clock is self:
+                self._samplers.remove(sampler)
+                sampler.on_clock = None
+            moved = sampler.on_clock is None and not sampler.stopping.is_set()
+            stopped = sampler.on_clock is None and sampler.stopping.is_set()
+        if stopped:
+            sampler.reader.close()
+        elif moved:
+            LOG.warning("event=sampler_overran gpu=%s interval_s=%s: it samples on a thread of"
+                        " its own from now on", sampler.reader.info.id, self.interval_s)
+            sampler.start()
+        return not moved
+
+
 class ProcScanThread(StoppableThread):
     """Publishes a procs frame per GPU: a full, budgeted /proc walk every
     scan_interval_s and, in between, a cheap re-read of the watchlist (PIDs
@@ -10923,6 +11184,18 @@ class ProcScanThread(StoppableThread):
                 next_scan = now + self.scan_interval_s
             self.tick(full)
             self.pause(min(self.refresh_interval_s, next_scan - self.clock()))
+
+    def run_on(self, clock):
+        """Run on the SamplerClock instead of a thread of its own: one run
+        every refresh (or scan) interval, the full scan when due."""
+        next_scan = [None]
+
+        def run(at):
+            full = next_scan[0] is None or at >= next_scan[0] - clock.ALIGN_S
+            if full:
+                next_scan[0] = at + self.scan_interval_s
+            self.tick(full)
+        clock.every(min(self.refresh_interval_s, self.scan_interval_s), run)
 
     def tick(self, full):
         gpus = self.cache.gpus()
@@ -11006,6 +11279,10 @@ class HostSampler(StoppableThread):
             self.pause(self.interval_s)
         self.reader.close()
 
+    def run_on(self, clock):
+        """Run on the SamplerClock instead of a thread of its own."""
+        clock.every(self.interval_s, lambda at: self.tick(), self.reader.close)
+
     def tick(self):
         try:
             host = self.reader.sample(self.clock())
@@ -11029,12 +11306,16 @@ class GpuManager(StoppableThread):
         self.config, self.cache = config, cache
         self.backends = make_backends(config) if backends is None else list(backends)
         self._samplers = collections.OrderedDict()   # (backend index, GpuInfo) -> Sampler
+        self.sampler_clock = SamplerClock(config.interval_s)
         self._failed = set()
 
     def run(self):
-        while not self.stopping.is_set():
-            self.rediscover()
-            self.pause(REDISCOVER_INTERVAL_S)
+        """The first discovery, then one every REDISCOVER_INTERVAL_S on the
+        sampler clock (no wake-up of its own); this thread waits for stop()."""
+        self.rediscover()
+        self.sampler_clock.every(REDISCOVER_INTERVAL_S, lambda at: self.rediscover())
+        while not self.pause(3600.0):
+            pass
         self.stop_samplers()
 
     def rediscover(self):
@@ -11082,9 +11363,9 @@ class GpuManager(StoppableThread):
         infos = sorted((s.reader.info for s in self._samplers.values()), key=_card_order)
         self.cache.set_gpus(infos)
         for sampler in self._samplers.values():
-            if not sampler.is_alive() and not sampler.stopping.is_set():
+            if not sampler.running() and not sampler.stopping.is_set():
                 sampler.tick()           # values at once, not one interval later
-                sampler.start()
+                self.sampler_clock.add(sampler)
         hub = self.config.fleet_peers is not None or bool(self.config.fleet_prometheus_url)
         if not infos and not self.cache.ready.is_set():
             LOG.log(logging.INFO if hub else logging.WARNING,
@@ -11105,11 +11386,13 @@ class GpuManager(StoppableThread):
                         % ids[0])
 
     def stop_samplers(self):
+        workers = self.sampler_clock.stop()
         for sampler in self._samplers.values():
             sampler.stop()
-        for sampler in self._samplers.values():
-            if sampler.is_alive():
-                sampler.join(2.0)
+        for thread in workers + list(self._samplers.values()):
+            if thread.is_alive():
+                thread.join(2.0)
+        self.sampler_clock.close_jobs()
 
     def close_backends(self):
         for backend in self.backends:
@@ -14011,6 +14294,21 @@ class DashboardServer(ThreadingHTTPServer):
             self._conns.add(request)
         ThreadingHTTPServer.process_request(self, request, client_address)
 
+    def shutdown(self):
+        """BaseServer.shutdown without waiting out serve_forever's poll
+        interval (HTTP_POLL_S, long: no wake-up at rest): the stop flag is
+        set, then a connection to the listening socket wakes its select()
+        at once, and the loop ends before accepting it."""
+        self._BaseServer__shutdown_request = True
+        host, port = self.server_address[:2]
+        if host in ("", "0.0.0.0", "::"):
+            host = "::1" if self.address_family == socket.AF_INET6 else "127.0.0.1"
+        try:
+            socket.create_connection((host, port), timeout=1.0).close()
+        except OSError:
+            pass                            # the loop ends at its next poll instead
+        ThreadingHTTPServer.shutdown(self)
+
     def shutdown_request(self, request):
         with self._conns_lock:
             self._conns.discard(request)
@@ -14674,12 +14972,15 @@ class App(object):
                 socket.gethostname() if host in ("", "0.0.0.0", "::") else host, port)
         self.hub.start()
         self.manager.start()
+        clock = self.manager.sampler_clock        # one wake-up for the periodic work
         if self.procs_thread is not None:
-            self.procs_thread.start()
-        self.host_thread.start()
+            self.procs_thread.run_on(clock)
+        self.host_thread.run_on(clock)
+        if self.alerts is not None:
+            self.alerts.run_on(clock)
         if self.fleet is not None:
             self.fleet.start()
-        self._serve_thread = threading.Thread(target=self.server.serve_forever, args=(0.5,),
+        self._serve_thread = threading.Thread(target=self.server.serve_forever, args=(HTTP_POLL_S,),
                                               name="http-server")
         self._serve_thread.daemon = True
         self._serve_thread.start()
@@ -14991,8 +15292,7 @@ def serve(config, alert_rules=None):
         LOG.info("event=cdn_mode hint=%r", "the page loads its scripts from cdn.jsdelivr.net; "
                  "for browsers without internet, serve them from here: %s && %s"
                  % format_vendor_commands(parse_page_pins(app.page_bytes.decode("utf-8"))))
-    while not stop.wait(1.0):
-        pass
+    stop.wait()                         # a signal interrupts the wait and runs the handler
     LOG.info("event=shutdown")
     app.stop()
     return 0

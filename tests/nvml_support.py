@@ -117,6 +117,7 @@ GPU_DEFAULTS = collections.OrderedDict([
     ("handle", "ok"),                    # or err("NO_PERMISSION"), ...
     ("lost", 0),                         # 1: every call on the GPU -> GPU_IS_LOST
     ("proc_util", "ok"),                 # err("NOT_SUPPORTED"): no per-process utilisation
+    ("hang_ms", 0),                      # UtilizationRates sleeps this long (this GPU only)
     ("util_gpu", 0),
     ("util_mem", 0),
     ("clock_graphics", 345),

@@ -16,6 +16,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect as ws_connect
 
+import amdgpu_top_web as atw
 from wsclient import RawWebSocket, build_request, handshake_headers
 
 FAST = {"APP_SAMPLE_INTERVAL": "100ms"}
@@ -175,3 +176,20 @@ def test_no_thread_or_fd_leaks(app_factory):
     if fds_after != fds_before:
         print(os.listdir("/proc/self/fd"))
     assert fds_after == fds_before
+
+
+def test_http_shutdown_does_not_wait_out_the_poll_interval():
+    """The accept loop polls rarely (HTTP_POLL_S, no wake-up at rest);
+    shutdown() wakes it with a connection of its own: with an hour-long
+    poll, stop still returns."""
+    server = atw.DashboardServer(("127.0.0.1", 0), None)
+    thread = threading.Thread(target=server.serve_forever, args=(3600.0,))
+    thread.daemon = True
+    thread.start()
+    done = threading.Thread(target=server.shutdown)
+    done.daemon = True
+    done.start()
+    done.join(30.0)
+    thread.join(30.0)
+    server.server_close()
+    assert not done.is_alive() and not thread.is_alive()

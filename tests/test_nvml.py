@@ -468,6 +468,37 @@ def test_nothing_nvml_returns_raises_out_of_a_sampler(private_nvml):
 
 # -- the server: lost mid-run, no slow calls, NVML shut down on exit ------------------------------
 
+def test_server_a_hung_gpu_call_does_not_stall_the_other_gpu(server, fake_nvml_lib, tmp_path):
+    """The GPUs share one sampler clock; a driver call that hangs on one GPU
+    leaves the other sampled on schedule, and the hung GPU goes on, once its
+    call returns, on a thread of its own."""
+    path = str(tmp_path / "s.txt")
+    gpus = [dict(pci="00000000:18:00.0"), dict(pci="00000000:2A:00.0")]
+    S.write_scenario(path, gpus=gpus)
+    env = S.nvml_env(fake_nvml_lib, path, None, base={})
+    env = {k: env[k] for k in ("FAKE_NVML_SCENARIO", "APP_NVML_LIBRARY")}
+    proc = server("hd7870_radeon", env=dict(env, APP_SAMPLE_INTERVAL="100ms", FAKE_NVML_RECHECK_MS="0"))
+    proc.wait_metrics(count=2)
+    S.write_scenario(path, gpus=[dict(gpus[0], hang_ms=8000), gpus[1]])
+
+    def ts(gpu):
+        return proc.get_json("/api/gpus/%s/metrics" % gpu)[1]["ts"]
+
+    def new_samples(gpu, count):
+        seen = set([ts(gpu)])
+        wait_for(lambda: seen.add(ts(gpu)) or len(seen) > count, 20.0,
+                 message="%d new samples of %s" % (count, gpu))
+    new_samples("nvidia1", 3)                 # the hang has begun by now
+    hung_at = ts("nvidia0")
+    new_samples("nvidia1", 5)                 # sampled on, 8 s inside nvidia0's call
+    assert ts("nvidia0") == hung_at
+    S.write_scenario(path, gpus=gpus)
+    new_samples("nvidia0", 3)                 # back, on a thread of its own
+    assert proc.log().count("event=sampler_overran") == 1
+    proc.stop()
+    assert proc.proc.returncode == 0
+
+
 def test_server_gpu_lost_mid_run(server, fake_nvml_lib, tmp_path):
     path, log = str(tmp_path / "s.txt"), str(tmp_path / "calls.log")
     gpus = [dict(pci="00000000:18:00.0", util_gpu=10), dict(pci="00000000:2A:00.0", util_gpu=20)]

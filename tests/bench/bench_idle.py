@@ -7,7 +7,9 @@ server at its default interval, the baseline file's (--baseline PATH, else
 `git show --rev:amdgpu_top_web.py`), and nvitop-exporter at 1 s
 (--exporter PATH: its console script, e.g. from a throw-away venv; skipped
 when absent). After a settle, CPU (utime + stime of /proc/PID/stat) is
-sampled over --seconds (default 60) and RSS read at the end. Our servers
+sampled over --seconds (default 60), and the sum of every thread's
+/proc/PID/task/*/schedstat run time (nanoseconds: the finer figure, as
+utime + stime counts 10 ms ticks), and RSS read at the end. Our servers
 run with history on (a temporary SQLite file) and the process scan on.
 Several rounds (--rounds, default 3); medians; the machine is shared, so
 only ratios taken in the same round mean much.
@@ -80,8 +82,9 @@ def start_ours(path, env, tmp, label):
         fh.write(WRAPPER)
     env = dict(env, APP_LISTEN_ADDR="127.0.0.1:0",
                APP_HISTORY_PATH=os.path.join(tmp, label + "-history.sqlite"))
-    proc = subprocess.Popen([sys.executable, wrapper, names, path], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    with open(os.path.join(tmp, label + "-stderr.txt"), "a") as log:   # the logs, for a post-mortem
+        proc = subprocess.Popen([sys.executable, wrapper, names, path], env=env,
+                                stdout=subprocess.DEVNULL, stderr=log)
     return proc, names
 
 
@@ -95,21 +98,27 @@ def one_round(args, baseline, env, tmp, port):
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL), None)
     time.sleep(args.settle)
     before = dict((k, cpu_s(p.pid)) for k, (p, _) in procs.items())
+    sched_before = dict((k, sum(thread_ns(p.pid).values())) for k, (p, _) in procs.items())
     threads_before = thread_ns(procs["this"][0].pid)
     time.sleep(args.seconds)
     result = {}
     for key, (proc, _) in procs.items():
-        result[key] = ((cpu_s(proc.pid) - before[key]) / args.seconds * 100, rss_mib(proc.pid))
+        sched = (sum(thread_ns(proc.pid).values()) - sched_before[key]) / 1e9 / args.seconds * 100
+        result[key] = ((cpu_s(proc.pid) - before[key]) / args.seconds * 100, rss_mib(proc.pid), sched)
     threads_after = thread_ns(procs["this"][0].pid)
     with open(procs["this"][1]) as fh:
         names = json.load(fh)
     budget = collections.Counter()
     for tid, ns in threads_after.items():
         name = names.get(tid, "other")
-        if name.startswith("sampler-"):
+        if name.startswith("sampler-clock"):
+            name = "clock"              # the shared clock: GPUs, and host, procs, alerts if on it
+        elif name.startswith("sampler-"):
             name = "samplers"
         budget[name] += (ns - threads_before.get(tid, 0)) / 1e9 / args.seconds * 100
-    for proc, _ in procs.values():
+    for key, (proc, _) in procs.items():
+        if proc.poll() is not None:
+            print("round: %s exited early with status %s" % (key, proc.returncode))
         proc.terminate()
         proc.wait()
     return result, budget
@@ -127,6 +136,7 @@ def main():
     parser.add_argument("--sysfs", help="a testdata/sys fixture instead of the stand-in NVML")
     args = parser.parse_args()
     tmp = tempfile.mkdtemp(prefix="bench_idle.")
+    print("logs and history files in", tmp)
     baseline = args.baseline
     if baseline is None:
         baseline = os.path.join(tmp, "baseline.py")
@@ -152,20 +162,23 @@ def main():
             results[key].append(value)
         for key, value in budget.items():
             budgets[key].append(value)
-        print("round %d: %s" % (r + 1, ", ".join("%s %.2f %% %.1f MiB" % (k, c, m)
-                                                 for k, (c, m) in sorted(result.items()))))
+        print("round %d: %s" % (r + 1, ", ".join("%s %.2f %% (schedstat %.3f %%) %.1f MiB" % (
+            k, c, s, m) for k, (c, m, s) in sorted(result.items()))))
     print("\n%s, no clients, %d s x %d rounds, medians:" % (
         "fixture " + args.sysfs if args.sysfs else "%d GPUs (stand-in NVML)" % args.gpus,
         args.seconds, args.rounds))
-    med = dict((k, (statistics.median(c for c, _ in v), statistics.median(m for _, m in v)))
+    med = dict((k, tuple(statistics.median(row[i] for row in v) for i in range(3)))
                for k, v in results.items())
-    for key, (cpu, mem) in sorted(med.items()):
-        print("  %-12s %5.2f %% of a core  RSS %5.1f MiB" % (key, cpu, mem))
+    for key, (cpu, mem, sched) in sorted(med.items()):
+        print("  %-12s %5.2f %% of a core (schedstat %.3f %%)  RSS %5.1f MiB" % (
+            key, cpu, sched, mem))
     for other in ("baseline", "exporter@1s"):
         if other in med:
-            print("  this / %-12s CPU %.2f  RSS %.2f" % (other, med["this"][0] / med[other][0],
-                                                        med["this"][1] / med[other][1]))
-    print("\nthis server, per thread (schedstat), %% of a core, median:")
+            ratios = [a[2] / b[2] for a, b in zip(results["this"], results[other])]
+            print("  this / %-12s CPU %.2f (schedstat %.2f; per round %s)  RSS %.2f" % (
+                other, med["this"][0] / med[other][0], med["this"][2] / med[other][2],
+                ", ".join("%.2f" % x for x in ratios), med["this"][1] / med[other][1]))
+    print("\nthis server, per thread (schedstat), % of a core, median:")
     for name, values in sorted(budgets.items(), key=lambda kv: -statistics.median(kv[1])):
         print("  %-16s %6.3f" % (name, statistics.median(values)))
 

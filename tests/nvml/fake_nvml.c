@@ -163,6 +163,7 @@ static const keydef_t GPU_KEYS[] = {
     {"handle", 's', "ok"},                  /* or err:NO_PERMISSION ... */
     {"lost", 'u', "0"},                     /* 1: every call on it -> GPU_IS_LOST */
     {"proc_util", 's', "ok"},               /* or err:NOT_SUPPORTED: no per-process utilisation */
+    {"hang_ms", 'u', "0"},                  /* UtilizationRates sleeps this long (outside the lock) */
     {"util_gpu", 'u', "0"},
     {"util_mem", 'u', "0"},
     {"clock_graphics", 'u', "345"},
@@ -1660,16 +1661,23 @@ out:
 
 nvmlReturn_t DECLDIR nvmlDeviceGetUtilizationRates(nvmlDevice_t device, nvmlUtilization_t *utilization)
 {
+    unsigned a, b, hang = 0;            /* before DEV_BEGIN: its goto skips past later ones */
     DEV_BEGIN("nvmlDeviceGetUtilizationRates", device);
-    unsigned a, b;
     if (!utilization)
         FAIL(NVML_ERROR_INVALID_ARGUMENT);
     TRY(gpu_u32(gi, "util_gpu", &a));
     TRY(gpu_u32(gi, "util_mem", &b));
+    TRY(gpu_u32(gi, "hang_ms", &hang));
     utilization->gpu = a;
     utilization->memory = b;
 out:
-    API_END();
+    log_call(fn_, &lg_, rc);
+    pthread_mutex_unlock(&g_lock);
+    if (hang) {                         /* a hung driver call: this GPU's alone */
+        struct timespec d = {(time_t)(hang / 1000), (long)(hang % 1000) * 1000000L};
+        nanosleep(&d, NULL);
+    }
+    return rc;
 }
 
 static const char *const CLOCK_KEYS[NVML_CLOCK_COUNT] = {"clock_graphics", "clock_sm", "clock_mem", "clock_video"};

@@ -219,6 +219,7 @@ import csv
 import enum
 import errno
 import fcntl
+import gc
 import hashlib
 import hmac
 import html
@@ -4952,7 +4953,7 @@ def parse_prom_answer(status, body, result_type):
     PromAnswerError for an error envelope (4xx/5xx with errorType/error, or
     status "error" on a 200), a body that is no JSON, or another resultType."""
     try:
-        answer = json.loads(body.decode("utf-8"))
+        answer = json.loads(body)         # bytes: UTF-8 (or -16/-32) detected, one copy less
     except (UnicodeDecodeError, ValueError):
         answer = None
     if not isinstance(answer, dict) or answer.get("status") not in ("success", "error"):
@@ -4982,6 +4983,24 @@ def parse_prom_vector(result):
             continue
         if isinstance(labels, dict):
             append((labels, value if value - value == 0 else None, at_s))   # NaN, +-Inf: None
+    return out
+
+
+def parse_prom_gpu_values(result):
+    """An instant vector of one value per GPU -> {(job, instance, gpu): value
+    or None}, straight from the decoded JSON (no tuple per sample: the fleet
+    reads 8,000-series answers); a malformed series is skipped, and of two
+    series of one GPU the last wins."""
+    out = {}
+    for series in result:
+        try:
+            labels, (at_s, text) = series["metric"], series["value"]
+            float(at_s)
+            value = float(text)
+            get = labels.get
+        except (KeyError, TypeError, ValueError, AttributeError):
+            continue
+        out[(get("job", ""), get("instance", ""), get("gpu", ""))] = value if value - value == 0 else None
     return out
 
 
@@ -6987,6 +7006,8 @@ FLEET_PROM_INT_KEYS = ("vram_used_bytes", "vram_total_bytes", "cpu_count", "mem_
 # /api/fleet/history's metric=: every GPU stats key /metrics exports.
 FLEET_HISTORY_METRICS = tuple(key for family in PROM_GPU_FAMILIES for key, _scale, _extra in family[3])
 FLEET_PROM_GPU_FLAGS = (("throttled", "throttled"), ("processes", "processes"))
+# The answers of one value per GPU (read with parse_prom_gpu_values).
+FLEET_PROM_GPU_VALUES = FLEET_PROM_GPU_KEYS + ("throttled", "processes", "status")
 # Queries read every Nth poll (all of them again when a new host shows up):
 # what hardly changes (identity, sizes, caps) every 15th, the runtime state and
 # the processes (the servers scan every 2 s) every 3rd; the rest every poll.
@@ -7095,37 +7116,66 @@ def _prom_gpu_entry(host, labels):
     return gpu
 
 
+def _prom_gpus_of(answers, name, hosts, index):
+    """[(labels, value, gpu, host)] of one per-GPU answer with labels to read."""
+    out = []
+    for labels, value, _ in answers.get(name, ()):
+        found = _prom_gpu_at(hosts, index, (labels.get("job", ""), labels.get("instance", ""),
+                                            labels.get("gpu", "")), labels)
+        if found is not None:
+            out.append((labels, value, found[0], found[1]))
+    return out
+
+
+def _prom_gpu_at(hosts, index, key, labels=None):
+    """index[(job, instance, gpu)] -> (gpu, host); a GPU with a value but no
+    gpu_info series still gets its entry. None: no such host, or too many GPUs."""
+    found = index.get(key)
+    if found is None:
+        host = hosts.get(key[:2])
+        gpu = None if host is None else _prom_gpu_entry(host, labels or {"gpu": key[2]})
+        if gpu is None:
+            return None
+        found = index[key] = (gpu, host)
+    return found
+
+
+def _prom_gpu_values(answers, name):
+    """{(job, instance, gpu): value} of one answer (parse_prom_gpu_values' or
+    parse_prom_vector's form)."""
+    answer = answers.get(name, ())
+    if isinstance(answer, dict):
+        return answer
+    return dict(((l.get("job", ""), l.get("instance", ""), l.get("gpu", "")), v) for l, v, _ in answer)
+
+
 def _prom_fill_gpus(hosts, answers, index):
-    """The per-GPU answers into the hosts' GPUs (a GPU with a value but no
-    gpu_info series still gets its entry); then each GPU's derived keys."""
-    def gpus_of(name):
-        for labels, value, _ in answers.get(name, ()):
-            key = (labels.get("job", ""), labels.get("instance", ""), labels.get("gpu", ""))
-            found = index.get(key)
-            if found is None and key[:2] in hosts:
-                host = hosts[key[:2]]
-                gpu = _prom_gpu_entry(host, labels)
-                found = index[key] = (gpu, host) if gpu is not None else None
-            if found is not None:
-                yield labels, value, found[0], found[1]
-    for key in FLEET_PROM_GPU_KEYS:
-        scale = prom_gpu_selector(key)[1]
-        integral = key in FLEET_PROM_INT_KEYS
-        for _labels, value, gpu, _host in gpus_of(key):
-            if value is not None and scale != 1:
-                value = round(value / scale, 6)
-            gpu[key] = int(value) if integral and value is not None else value
-    for name in [flag for flag, _family in FLEET_PROM_GPU_FLAGS] + ["status"]:
-        for _labels, value, gpu, _host in gpus_of(name):
-            gpu["_flags"][name] = value
-    for labels, value, gpu, _host in gpus_of("throttle_reasons"):
+    """The per-GPU answers into the hosts' GPUs; then each GPU's derived keys."""
+    lookup = index.get
+    for key in FLEET_PROM_GPU_VALUES:
+        flag = key not in FLEET_PROM_GPU_KEYS          # throttled, processes, status
+        scale, integral = 1 if flag else prom_gpu_selector(key)[1], key in FLEET_PROM_INT_KEYS
+        for gpu_key, value in _prom_gpu_values(answers, key).items():
+            found = lookup(gpu_key) or _prom_gpu_at(hosts, index, gpu_key)
+            if found is None:
+                continue
+            if flag:
+                found[0]["_flags"][key] = value
+                continue
+            if value is not None:
+                if scale != 1:
+                    value = round(value / scale, 6)
+                if integral:
+                    value = int(value)
+            found[0][key] = value
+    for labels, value, gpu, _host in _prom_gpus_of(answers, "throttle_reasons", hosts, index):
         if value:
             gpu["_flags"].setdefault("reasons", []).append((labels.get("reason") or "")[:FLEET_TEXT_MAX])
-    for labels, value, gpu, _host in gpus_of("top_process"):
+    for labels, value, gpu, _host in _prom_gpus_of(answers, "top_process", hosts, index):
         gpu["top_process"] = {"pid": int(labels["pid"]) if labels.get("pid", "").isdigit() else None,
                               "name": _prom_text(labels, "name"), "user": None,
                               "vram_bytes": None if value is None else int(value), "gpu_pct": None}
-    for labels, value, gpu, host in gpus_of("alerts"):
+    for labels, value, gpu, host in _prom_gpus_of(answers, "alerts", hosts, index):
         _prom_alert(host, gpu if labels.get("gpu") else None, labels, value)
     for host in hosts.values():
         for gpu in host["gpus"].values():
@@ -11895,7 +11945,19 @@ class FleetPrometheus(object):
         self._cached, self._polls = {}, 0     # query name -> its last parsed answer
 
     def poll(self, now):
-        """-> [fleet host entry], sorted by name (self.error says why a poll failed)."""
+        """-> [fleet host entry], sorted by name (self.error says why a poll failed).
+        The cyclic GC waits meanwhile: decoding 8,000-series answers makes ~100k
+        short-lived containers (no cycles; reference counting frees them), which
+        otherwise start one full collection or two per poll, most of its CPU."""
+        enabled = gc.isenabled()
+        gc.disable()
+        try:
+            return self._poll(now)
+        finally:
+            if enabled:
+                gc.enable()
+
+    def _poll(self, now):
         try:
             answers = self._query_all(now)
         except PromAnswerError as exc:
@@ -11919,7 +11981,8 @@ class FleetPrometheus(object):
         answers, warnings = {}, []
         for name, future in futures:
             result, more = future.result()
-            answers[name] = parse_prom_vector(result)
+            answers[name] = parse_prom_gpu_values(result) if name in FLEET_PROM_GPU_VALUES \
+                else parse_prom_vector(result)
             warnings += more
         self._cached.update(answers)
         answers = dict(self._cached)

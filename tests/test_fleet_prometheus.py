@@ -448,6 +448,52 @@ def test_warnings_nan_and_inf():
         ("card0", None), ("card1", None), ("card2", -5.0)]
 
 
+
+def test_gpu_values_read_straight_from_the_answer_make_the_same_fleet():
+    """What the poller reads (parse_prom_gpu_values: {(job, instance, gpu): value}
+    for the one-value-per-GPU answers) makes the same hosts as parse_prom_vector's form."""
+    capture = json.loads(saved("fleet_instant.json"))
+    _now, answers = saved_fleet()
+    straight = dict(answers)
+    for name in atw.FLEET_PROM_GPU_VALUES:
+        result, _ = atw.parse_prom_answer(200, json.dumps(capture["answers"][name]).encode(), "vector")
+        straight[name] = atw.parse_prom_gpu_values(result)
+        assert straight[name] == {(l.get("job", ""), l.get("instance", ""), l.get("gpu", "")): v
+                                  for l, v, _ in answers[name]}
+    assert len(straight["gpu_busy_pct"]) == 3
+    assert atw.compute_prom_fleet(straight) == atw.compute_prom_fleet(answers)
+    body = json.dumps({"status": "success", "data": {"resultType": "vector", "result": [
+        {"metric": {"job": "j", "instance": "a:1", "gpu": "card0"}, "value": [1, "NaN"]},
+        {"metric": {"job": "j", "instance": "a:1", "gpu": "card1"}, "value": [1, "0.5"]},
+        {"metric": {"job": "j", "instance": "a:1", "gpu": "card2"}, "value": ["x", "1"]},
+        {"metric": ["not", "labels"], "value": [1, "1"]},
+        {"metric": {"instance": "a:1"}, "histogram": [1, {"count": "1"}]}]}}).encode()
+    result, _ = atw.parse_prom_answer(200, body, "vector")
+    assert atw.parse_prom_gpu_values(result) == {("j", "a:1", "card0"): None, ("j", "a:1", "card1"): 0.5}
+
+
+def test_a_poll_leaves_the_cyclic_gc_as_it_found_it():
+    """poll holds the cyclic GC off while it decodes (its cost) and gives it back,
+    also when Prometheus cannot be reached, and leaves it off when it was off."""
+    import gc
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        dead = "http://127.0.0.1:%d" % sock.getsockname()[1]
+    source = atw.FleetPrometheus(atw.PromClient(dead, 1.0), 2.0)
+    try:
+        assert gc.isenabled()
+        assert source.poll(time.time()) == [] and source.error.startswith("Prometheus: cannot connect")
+        assert gc.isenabled()
+        gc.disable()
+        try:
+            source.poll(time.time())
+            assert not gc.isenabled()
+        finally:
+            gc.enable()
+    finally:
+        source.close()
+
+
 # -- the client: headers, prefix, gzip, caps, timeouts (a recording server) ------
 
 class Recorder(http.server.BaseHTTPRequestHandler):

@@ -155,7 +155,7 @@ Paths (the names to visit, place by place; "§N" is the section of that place)::
       §4   parse_prom_answer, parse_prom_vector
       §6   build_prom_fleet_queries, compute_prom_fleet, build_prom_fleet_host,
            build_fleet_message
-      §12  FleetPrometheusPoller.run, FleetPrometheus.poll, FleetPrometheus._query_all,
+      §12  FleetThread.run, FleetPrometheus.poll, FleetPrometheus._query_all,
            PromClient.get, FleetPrometheus._entries, FleetPrometheus._state
     A process row, AMD (fdinfo, KFD VRAM)
       §4   parse_fdinfo, compute_client_usage, compute_procs_by_pci, build_proc_row,
@@ -11742,7 +11742,24 @@ class FleetRound(object):
             self.finished.set()
 
 
-class FleetPoller(StoppableThread):
+class FleetThread(StoppableThread):
+    """A hub's fleet source on its own thread: every interval_s one
+    poll_round() (-> the fleet message) to Cache.publish_fleet, which pushes
+    it only when something changed; close() when stopped. A round that fails
+    is logged and the next one tries again."""
+
+    def run(self):
+        while not self.stopping.is_set():
+            started = time.monotonic()
+            try:
+                self.cache.publish_fleet(self.poll_round())
+            except Exception:       # never die: the next round tries again
+                LOG.exception("event=fleet_round_failed")
+            self.pause(self.interval_s - (time.monotonic() - started))
+        self.close()
+
+
+class FleetPoller(FleetThread):
     """A hub's peers: every fleet_interval_s one round asks each due peer its
     GET /api/fleet/host (keep-alive, the peer's token, fleet_timeout_s) on a
     few worker threads, waits at most the timeout (then cuts what is left:
@@ -11751,7 +11768,7 @@ class FleetPoller(StoppableThread):
     A failing peer is asked again after a backoff (compute_fleet_backoff_s)."""
 
     def __init__(self, config, cache, peer_list, local=None):
-        StoppableThread.__init__(self, "fleet-poller")
+        FleetThread.__init__(self, "fleet-poller")
         self.cache, self.peer_list = cache, peer_list
         self.local = local or (lambda epoch_s: local_fleet_host(cache, epoch_s))   # -> host entry
         self.interval_s, self.timeout_s = config.fleet_interval_s, config.fleet_timeout_s
@@ -11767,16 +11784,6 @@ class FleetPoller(StoppableThread):
         self._sync(self.peer_list.current(), time.monotonic())
         self.cache.publish_fleet(self.message(time.time()))
         StoppableThread.start(self)
-
-    def run(self):
-        while not self.stopping.is_set():
-            started = time.monotonic()
-            try:
-                self.cache.publish_fleet(self.poll_round())
-            except Exception:       # never die: the next round tries again
-                LOG.exception("event=fleet_round_failed")
-            self.pause(self.interval_s - (time.monotonic() - started))
-        self.close()
 
     def poll_round(self):
         """Ask every due peer once; -> the fleet message."""
@@ -12055,14 +12062,14 @@ class FleetPrometheus(object):
             self._pool.shutdown(wait=False)
 
 
-class FleetPrometheusPoller(StoppableThread):
+class FleetPrometheusPoller(FleetThread):
     """A hub's Prometheus source on its own thread: every fleet_interval_s one
     FleetPrometheus.poll, this server first when it has GPUs, then
     Cache.publish_fleet (pushed only when something changed); the fleet's
     error is Prometheus' while it fails."""
 
     def __init__(self, config, cache, source, local=None):
-        StoppableThread.__init__(self, "fleet-prometheus")
+        FleetThread.__init__(self, "fleet-prometheus")
         self.cache, self.source, self.interval_s = cache, source, config.fleet_interval_s
         self.local = local or (lambda epoch_s: local_fleet_host(cache, epoch_s))   # -> host entry
         self._hosts = None
@@ -12071,14 +12078,7 @@ class FleetPrometheusPoller(StoppableThread):
         self.cache.publish_fleet(self.message(time.time(), []))
         StoppableThread.start(self)
 
-    def run(self):
-        while not self.stopping.is_set():
-            started = time.monotonic()
-            try:
-                self.cache.publish_fleet(self.poll_round())
-            except Exception:       # never die: the next round tries again
-                LOG.exception("event=fleet_round_failed")
-            self.pause(self.interval_s - (time.monotonic() - started))
+    def close(self):
         self.source.close()
 
     def poll_round(self):

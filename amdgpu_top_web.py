@@ -756,8 +756,14 @@ HOP_BY_HOP_HEADERS = frozenset(("connection", "keep-alive", "proxy-authenticate"
 FLEET_PROXY_REQUEST_DROP = HOP_BY_HOP_HEADERS | frozenset((
     "host", "authorization", "cookie", "origin", "referer", "content-length", "forwarded",
     "x-forwarded-for", "x-forwarded-host", "x-forwarded-proto", "x-real-ip"))
+# (a proxied page runs in the hub's origin: nothing that reaches past it, a service
+# worker's scope, a wipe of the origin's storage, a cookie)
 FLEET_PROXY_RESPONSE_DROP = HOP_BY_HOP_HEADERS | frozenset((
-    "set-cookie", "set-cookie2", "content-length", "server", "date"))
+    "set-cookie", "set-cookie2", "content-length", "server", "date", "service-worker-allowed",
+    "clear-site-data"))
+# the only fields of a peer's 101 relayed to the browser (its head is built anew)
+FLEET_PROXY_WS_ANSWER_KEEP = ("Upgrade", "Connection", "Sec-WebSocket-Accept",
+                              "Sec-WebSocket-Protocol", "Sec-WebSocket-Extensions")
 # RFC 3986 pchar without '%': what a re-encoded path segment keeps as it is
 FLEET_PROXY_SEGMENT_SAFE = "!$&'()*+,;=:@-._~"
 # The Prometheus source (attribution-fleet.md §5.1-5.3): one answer is read up
@@ -5960,6 +5966,20 @@ def build_proxy_ws_request(path, peer_netloc, headers, token):
     if token:
         lines.append("Authorization: Bearer %s" % token)
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1", "replace")
+
+
+def build_proxy_ws_answer(head):
+    """A peer's 101 head (bytes, up to its blank line) -> the one sent to the
+    browser: its status line and only FLEET_PROXY_WS_ANSWER_KEEP (no Set-Cookie
+    or anything else of the peer's reaches the hub's origin)."""
+    lines = head.decode("latin-1").split("\r\n")
+    keep = {key.lower(): key for key in FLEET_PROXY_WS_ANSWER_KEEP}
+    out = [lines[0]]
+    for line in lines[1:]:
+        key, sep, value = line.partition(":")
+        if sep and key.strip().lower() in keep:
+            out.append("%s: %s" % (keep[key.strip().lower()], value.strip()))
+    return ("\r\n".join(out) + "\r\n\r\n").encode("latin-1")
 
 
 def parse_status_line(head):
@@ -12235,7 +12255,7 @@ class FleetProxy(object):
             if status != 101:
                 raise ValueError("it answered the WebSocket upgrade with HTTP %s%s" % (
                     status, " (its token: APP_FLEET_TOKEN_FILE)" if status in (401, 403) else ""))
-            self._ws_splice(handler, upstream, head + extra)
+            self._ws_splice(handler, upstream, build_proxy_ws_answer(head) + extra)
         except (OSError, http.client.HTTPException, ValueError) as exc:
             self.bad_gateway(handler, peer, exc)
         finally:

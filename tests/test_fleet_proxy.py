@@ -89,7 +89,8 @@ def recording_answer(canary_port):
             return 302, [("Location", "/landing?x=1")], b""
         headers = [("Content-Type", "application/json"), ("Set-Cookie", "peer=1; Path=/"),
                    ("X-Peer", "yes"), ("Keep-Alive", "timeout=5"), ("Connection", "X-Hop"),
-                   ("X-Hop", "dropped")]
+                   ("X-Hop", "dropped"), ("Service-Worker-Allowed", "/"),
+                   ("Clear-Site-Data", '"cookies", "storage"')]
         return 200, headers, json.dumps({"path": path}).encode()
     return answer
 
@@ -257,9 +258,77 @@ def test_the_hubs_credentials_never_reach_the_peer(fleet):
 def test_a_peers_cookies_and_hop_by_hop_fields_stay_at_the_hub(fleet):
     answer = hub_get(fleet, "/hosts/rec/anything")
     assert answer.status == 200 and answer.headers["x-peer"] == "yes"
-    for name in ("set-cookie", "keep-alive", "x-hop"):
+    for name in ("set-cookie", "keep-alive", "x-hop", "service-worker-allowed", "clear-site-data"):
         assert name not in answer.headers, name
     assert answer.headers["x-content-type-options"] == "nosniff"
+
+
+def test_a_peers_101_is_built_anew_with_only_the_websocket_fields():
+    head = (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Accept: abc=\r\nSet-Cookie: s=1; Path=/\r\n"
+            b"sec-websocket-protocol: v1\r\nClear-Site-Data: \"*\"\r\nX-Other: 1\r\n\r\n")
+    assert atw.build_proxy_ws_answer(head) == (
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Accept: abc=\r\nSec-WebSocket-Protocol: v1\r\n\r\n")
+
+
+class CookieWebSocketPeer(object):
+    """A raw socket peer that answers one upgrade with a right 101 that also sets
+    a cookie, allows a service worker everywhere and wipes the site's data."""
+
+    def __init__(self):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(4)
+        self.port = self.sock.getsockname()[1]
+        self.thread = threading.Thread(target=self.serve, daemon=True)
+        self.thread.start()
+
+    def serve(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self.answer, args=(conn,), daemon=True).start()
+
+    @staticmethod
+    def answer(conn):
+        """The hub's fleet poller also comes here (for /api/...): closed unanswered."""
+        with conn:
+            data = b""
+            while b"\r\n\r\n" not in data:
+                chunk = conn.recv(4096)
+                if not chunk:
+                    return
+                data += chunk
+            if b"/ws" not in data.split(b"\r\n", 1)[0]:
+                return
+            key = next(line.split(b":", 1)[1].strip().decode() for line in data.split(b"\r\n")
+                       if line.lower().startswith(b"sec-websocket-key:"))
+            conn.sendall(("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                          "Connection: Upgrade\r\nSec-WebSocket-Accept: %s\r\n"
+                          "Set-Cookie: amdgpu_top_web_token=stolen; Path=/\r\n"
+                          "Service-Worker-Allowed: /\r\nClear-Site-Data: \"*\"\r\n\r\n"
+                          % atw.accept_key(key)).encode())
+            conn.recv(4096)                          # until the hub's side closes
+
+
+def test_a_peers_101_reaches_the_browser_without_its_cookies(server):
+    peer = CookieWebSocketPeer()
+    try:
+        hub = server(args=["--demo", "--demo-gpus", "1"],
+                     env={"APP_FLEET_PEERS": "p=http://127.0.0.1:%d" % peer.port})
+        ws = RawWebSocket.connect("127.0.0.1", hub.port, path="/hosts/p/ws")
+        try:
+            got = ws.response_headers
+            assert got["upgrade"].lower() == "websocket" and "sec-websocket-accept" in got
+            for name in ("set-cookie", "service-worker-allowed", "clear-site-data"):
+                assert name not in got, name
+        finally:
+            ws.close()
+    finally:
+        peer.sock.close()
 
 
 def test_redirects_stay_under_the_peer_or_are_a_502(fleet):

@@ -11001,8 +11001,9 @@ class Sampler(StoppableThread):
 
     def stop(self):
         StoppableThread.stop(self)
-        if self.on_clock is not None:
-            self.on_clock.remove(self)
+        clock = self.on_clock       # read once: a clock worker may clear it meanwhile
+        if clock is not None:
+            clock.remove(self)
 
     def run(self):
         next_at = self.clock() + (self.interval_s if self._ticked else 0.0)

@@ -181,3 +181,28 @@ def test_a_gpu_whose_read_hangs_leaves_the_clock_for_a_thread_of_its_own():
         for thread in workers + [slow]:
             thread.join(5.0)
     assert slow.reader.closed == 1 and fast.reader.closed == 1
+
+
+class ClearedBetweenReads(atw.Sampler):
+    """A sampler whose on_clock a clock worker clears (an overrun) right after
+    its first read: what Sampler.stop must not read twice."""
+
+    @property
+    def on_clock(self):
+        clock, self.__dict__["on_clock"] = self.__dict__.get("on_clock"), None
+        return clock
+
+    @on_clock.setter
+    def on_clock(self, value):
+        self.__dict__["on_clock"] = value
+
+
+def test_stop_reads_on_clock_once():
+    now = [0.0]
+    clock = NoWorkers(0.25, clock=lambda: now[0])
+    info = atw.demo_gpu_infos(1)[0]
+    sampler = ClearedBetweenReads(DriverStandIn(info), atw.Cache(0.25, {}), 0.25)
+    clock.add(sampler)
+    sampler.stop()                                  # no AttributeError on None.remove
+    assert clock._samplers == [] and sampler.reader.closed == 1
+

@@ -10994,10 +10994,11 @@ class Sampler(StoppableThread):
         self.on_clock = None        # the SamplerClock it ticks on, while it does
         self.reading = None         # the clock worker inside its tick, while one is
         self.due_at = None          # its first clock tick: not before this
+        self.moving = False         # off the clock (an overrun), its own thread not yet started
 
     def running(self):
-        """On the shared clock or on a thread of its own."""
-        return self.on_clock is not None or self.is_alive()
+        """On the shared clock, moving off it, or on a thread of its own."""
+        return self.on_clock is not None or self.moving or self.is_alive()
 
     def stop(self):
         StoppableThread.stop(self)
@@ -11072,11 +11073,19 @@ class SamplerClock(object):
         self._next_at = None        # the first GPU tick no worker has claimed
         self._phase = 0             # bumped when the first GPU sets the ticks' phase
         self._count = 0
+        self._stopped = False
 
     def add(self, sampler):
         """Ticks from the next tick at least half an interval away (the caller
         gave it its first); the first GPU sets the phase: its next sample
-        comes one interval after that first one (the jobs move onto it)."""
+        comes one interval after that first one (the jobs move onto it).
+        Once the clock stopped, the sampler is stopped and closed instead."""
+        with self._lock:
+            stopped = self._stopped
+        if stopped:
+            StoppableThread.stop(sampler)
+            sampler.reader.close()
+            return
         with self._lock:
             now = self.clock()
             if not self._samplers and self._next_at is not None:
@@ -11090,10 +11099,14 @@ class SamplerClock(object):
 
     def every(self, period_s, job, close=None):
         """job(at) every period_s from the next tick on (at: its time on the
-        clock); close() once the clock stops."""
+        clock); close() once the clock stops (at once when it has)."""
         with self._lock:
-            self._start()
-            self._jobs.append(ClockJob(period_s, job, close, self._next_at))
+            stopped = self._stopped
+            if not stopped:
+                self._start()
+                self._jobs.append(ClockJob(period_s, job, close, self._next_at))
+        if stopped and close is not None:
+            close()
 
     def _start(self):
         """Under the lock."""
@@ -11115,6 +11128,7 @@ class SamplerClock(object):
     def stop(self):
         """Stop the samplers on it and the workers; -> the workers, to join."""
         with self._lock:
+            self._stopped = True
             workers, self._workers = list(self._workers), []
             samplers = list(self._samplers)
         for sampler in samplers:
@@ -11222,7 +11236,7 @@ class SamplerClock(object):
     def _overran(self, sampler):
         """Under the lock: its tick outlived the interval; its worker is replaced."""
         self._samplers.remove(sampler)
-        sampler.on_clock = None
+        sampler.on_clock, sampler.moving = None, True
         self._replace(sampler.reading)
 
     def _done(self, sampler, worker, slow):
@@ -11231,15 +11245,17 @@ class SamplerClock(object):
             sampler.reading = None
             if slow and sampler.on_clock is self:
                 self._samplers.remove(sampler)
-                sampler.on_clock = None
+                sampler.on_clock, sampler.moving = None, True
             moved = sampler.on_clock is None and not sampler.stopping.is_set()
             stopped = sampler.on_clock is None and sampler.stopping.is_set()
         if stopped:
+            sampler.moving = False
             sampler.reader.close()
         elif moved:
             LOG.warning("event=sampler_overran gpu=%s interval_s=%s: it samples on a thread of"
                         " its own from now on", sampler.reader.info.id, self.interval_s)
             sampler.start()
+            sampler.moving = False      # running() sees is_alive() from here
         return not moved
 
 

@@ -11182,8 +11182,8 @@ class SamplerClock(object):
             at, phase, jobs = self._claim()
             if worker.pause(at - self.clock()):
                 return
-            if phase == self._phase and not self.tick(worker, at) or (
-                    not self._run_jobs(at, jobs, worker)):
+            ticked = phase != self._phase or self.tick(worker, at)
+            if not self._run_jobs(at, jobs, worker) or not ticked:
                 return
 
     def tick(self, worker=None, at=None):
@@ -11209,7 +11209,8 @@ class SamplerClock(object):
         return True
 
     def _run_jobs(self, at, jobs, worker):
-        """-> False when this worker was replaced (it ends)."""
+        """Every job it claimed, late rather than never (no other worker runs
+        them in this period); -> False when this worker was replaced (it ends)."""
         for job in jobs:
             with self._lock:
                 if job.running is not None:            # still in its last run: skipped
@@ -11223,9 +11224,8 @@ class SamplerClock(object):
             finally:
                 with self._lock:
                     job.running = None
-                    if worker is not None and worker not in self._workers:
-                        return False
-        return True
+        with self._lock:
+            return worker is None or worker in self._workers
 
     def _replace(self, worker):
         """Under the lock: a worker caught in a tick past its time; a new one takes its turns."""

@@ -265,3 +265,22 @@ def test_add_after_stop_starts_no_worker():
     assert not [t for t in threading.enumerate() if t.name.startswith("sampler-clock")]
     assert sampler.reader.closed == 1
 
+
+def test_a_tick_that_overran_still_runs_the_jobs_it_claimed():
+    now = [0.0]
+    clock = NoWorkers(0.25, clock=lambda: now[0])
+    info = atw.demo_gpu_infos(1)[0]
+    sampler = atw.Sampler(SlowRead(info, now, 0.3), atw.Cache(0.25, {}), 0.25)
+    clock.add(sampler)
+    ran = []
+    clock.every(0.25, ran.append)
+    clock.every(0.25, lambda at: ran.append(("second", at)))
+    worker = atw.StoppableThread("stand-in")         # a clock worker, run here (never started)
+    now[0] = 0.25                                    # its tick is due: no wait
+    try:
+        clock._work(worker)                          # the GPU overran: the worker ends
+    finally:
+        sampler.stop()
+        sampler.join(5.0)
+    assert ran == [0.25, ("second", 0.25)]
+    assert [job.next_at for job in clock._jobs] == [0.5, 0.5]

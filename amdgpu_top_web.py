@@ -172,8 +172,8 @@ Paths (the names to visit, place by place; "§N" is the section of that place)::
       §8   ProcScanner.scan
       §11  ProcScanThread.tick, Cache.publish_procs
     Who a process belongs to (/proc/<pid>/cgroup -> unit, container, k8s, slurm)
-      §4   parse_cgroup_who, parse_systemd_unit, parse_cgroup_runtime, parse_k8s_pod_uid,
-           parse_slurm_cgroup, compute_who_columns
+      §4   parse_cgroup_who, parse_systemd_unit, parse_cgroup_runtime, parse_rootless_runtime,
+           parse_k8s_pod_uid, parse_slurm_cgroup, compute_who_columns
       §8   ProcEnricher.who, WhoNames.fields, make_who_names
       §13  HistoryReader.query_runs, history_run_json
     What a run cost (energy split by engine time, #18)
@@ -2729,10 +2729,23 @@ _RUNTIME_NAMES = {"docker": "docker", "libpod": "podman", "cri-containerd": "con
 _HEX64_RE = re.compile(r"^[0-9a-f]{64}$")
 _K8S_UID = (r"[0-9a-f]{8}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{12}"
             r"|[0-9a-f]{32}")                  # a UUID; a static pod's is an md5 in hex
-_K8S_POD_RE = re.compile(r"(?:^|[/-])kubepods\b[^:]*?[/-]pod(%s)(?=\.slice|/|:|$)" % _K8S_UID)
+# Pods and Slurm jobs only where the kubelet and slurmd put them, from the cgroup
+# root (or, read from a cgroup namespace, from the ancestor a "/.." run leads to):
+# never below a cgroup that is delegated to a user (user@UID.service) or a container.
+_K8S_POD_RE = re.compile(
+    r"^(?:/kubepods(?:/[a-z]+)?/pod(%s)(?=/|$)"                      # cgroupfs driver
+    r"|/kubepods\.slice/(?:kubepods-[a-z]+\.slice/)?kubepods(?:-[a-z]+)?-pod(%s)\.slice(?=/|$)"
+    r"|(?:/system\.slice/containerd\.service)?/kubepods(?:-[a-z]+)?-pod(%s)\.slice:)"  # v1 literal
+    % (_K8S_UID, _K8S_UID, _K8S_UID))
 _K8S_UID_RE = re.compile(r"^(?:%s)$" % _K8S_UID.replace("[-_]", "-"))
-_SLURM_RES = (re.compile(r"(?:^|/)(?:[^/]+_)?slurmstepd\.scope/job_(\d+)(?:/step_([^/]+))?(?=/|$)"),
-              re.compile(r"(?:^|/)slurm(?:_[^/]+)?/uid_\d+/job_(\d+)(?:/step_([^/]+))?(?=/|$)"))
+_SLURM_RES = (re.compile(r"^/(?:system\.slice/)?(?:[^/]+_)?slurmstepd\.scope/job_(\d+)"
+                         r"(?:/step_([^/]+))?(?=/|$)"),
+              re.compile(r"^/slurm(?:_[^/]+)?/uid_\d+/job_(\d+)(?:/step_([^/]+))?(?=/|$)"))
+_CGROUP_UP_RE = re.compile(r"^(?:/\.\.)+(?=/)")
+# a rootless container in a user manager: its own scope right under user.slice
+# (Docker, Podman) or machine.slice; nothing else below user@UID.service is trusted
+_ROOTLESS_SCOPE_RE = re.compile(r"^(?:/\.\.)*(?:/[^/]+\.slice)*/user@\d+\.service/"
+                                r"(?:user|machine)\.slice/(docker|libpod)-([0-9a-f]{64})\.scope(?=/|$)")
 _SLURM_STEP_RE = re.compile(r"^(?:\d+|batch|extern|interactive)$")
 _K8S_LINK_RE = re.compile(r"^([^_/]+)_([^_/]+)_([^_/]+)-([0-9a-f]{64})\.log$")
 
@@ -2787,20 +2800,37 @@ def parse_cgroup_runtime(path):
     return None, None
 
 
+def _cgroup_from_root(path):
+    """A cgroup path without its leading "/.." run (a path outside the reader's
+    cgroup namespace: what follows hangs off one of the reader's ancestors)."""
+    return _CGROUP_UP_RE.sub("", path)
+
+
+def _cgroup_user_owned(path):
+    """True for a path below a user manager (user@UID.service: delegated, the
+    user may make any cgroup there, named like anything)."""
+    return any(_USER_MANAGER_RE.match(comp) for comp in path.split("/"))
+
+
 def parse_k8s_pod_uid(path):
-    """The pod UID (dashed) of a kubepods cgroup path: the cgroupfs driver's
-    /kubepods/<qos>/pod<uid>/, or the systemd driver's ...-pod<uid with _>.slice."""
-    m = _K8S_POD_RE.search(path)
-    return m.group(1).replace("_", "-") if m else None
+    """The pod UID (dashed) of a kubepods cgroup path from the root: the cgroupfs
+    driver's /kubepods/<qos>/pod<uid>/, the systemd driver's
+    /kubepods.slice/kubepods-<qos>.slice/kubepods-<qos>-pod<uid with _>.slice,
+    v1's "...-pod<uid>.slice:cri-containerd:<id>" literal. None anywhere else."""
+    m = _K8S_POD_RE.match(_cgroup_from_root(path))
+    uid = m and (m.group(1) or m.group(2) or m.group(3))
+    return uid.replace("_", "-") if uid else None
 
 
 def parse_slurm_cgroup(path):
     """{"job": int, "step": str or None} of slurmstepd's cgroup v2 tree
     (/system.slice/slurmstepd.scope/job_<N>/step_<S>/...) or of Slurm's v1
-    one (/slurm/uid_<U>/job_<N>/step_<S>/...); step: a number, batch, extern or
-    interactive (else None); None outside a job."""
+    one (/slurm/uid_<U>/job_<N>/step_<S>/...), from the root; step: a number,
+    batch, extern or interactive (else None); None outside a job (or a look-alike
+    deeper down, e.g. a user's own cgroup below user@UID.service)."""
+    path = _cgroup_from_root(path)
     for regex in _SLURM_RES:
-        m = regex.search(path)
+        m = regex.match(path)
         if m:
             step = m.group(2)
             return {"job": int(m.group(1)),
@@ -2808,17 +2838,30 @@ def parse_slurm_cgroup(path):
     return None
 
 
+def parse_rootless_runtime(path):
+    """(runtime, 64-hex id) of a rootless container in a user manager
+    (user@UID.service/user.slice/docker-<id>.scope, libpod-<id>.scope), the
+    user's own; (None, None) for anything else below a user manager."""
+    m = _ROOTLESS_SCOPE_RE.match(path)
+    return (_RUNTIME_NAMES[m.group(1)], m.group(2)) if m else (None, None)
+
+
 def parse_cgroup_who(text):
     """/proc/<pid>/cgroup -> CgroupWho; each part from the first path (v2 first)
-    that says it; NO_CGROUP_WHO's nulls for every shape not known."""
+    that says it; NO_CGROUP_WHO's nulls for every shape not known. Below a user
+    manager only the unit and a rootless container's own scope count."""
     unit = runtime = cid = pod = slurm = None
     for path in parse_cgroup_paths(text):
         unit = unit or parse_systemd_unit(path)
+        owned = _cgroup_user_owned(path)
         if cid is None:
-            runtime, cid = parse_cgroup_runtime(path)
+            runtime, cid = (parse_rootless_runtime if owned else parse_cgroup_runtime)(path)
         pod = pod or parse_k8s_pod_uid(path)
         slurm = slurm or parse_slurm_cgroup(path)
-    return CgroupWho(unit, parse_cgroup_container(text), cid, runtime, pod, slurm)
+    system = "\n".join(line for line in (text or "").splitlines()
+                       if not _cgroup_user_owned(line.split(":", 2)[-1]))
+    container = parse_cgroup_container(system) or (cid[:12] if cid else None)
+    return CgroupWho(unit, container, cid, runtime, pod, slurm)
 
 
 def parse_k8s_pod_dir(name):

@@ -743,7 +743,9 @@ FLEET_NUMERIC_KEYS = frozenset(("gpu_busy_pct", "vram_used_bytes", "vram_total_b
                                 "gpu_pct") + FLEET_HOST_KEYS)
 FLEET_PROXY_PREFIX = "/hosts/"     # /hosts/{name}/...: a peer's page and API through the hub
 FLEET_PROXY_READ_TIMEOUT_S = 10.0  # a proxied answer's head (connecting: APP_FLEET_TIMEOUT)
-FLEET_PROXY_BODY_LIMIT = 64 << 20  # a proxied body without Content-Length is read up to this
+FLEET_PROXY_BODY_LIMIT = 64 << 20  # a proxied body is relayed up to this, then cut
+FLEET_PROXY_HTTP_MAX = 32          # proxied HTTP requests at once (a handler thread each); 503 past
+FLEET_PROXY_DEADLINE_S = 60.0      # a proxied HTTP request, head and body, all in all
 FLEET_PROXY_CHUNK_BYTES = 65536
 FLEET_PROXY_HEAD_LIMIT = 16384     # a peer's answer head to a proxied WebSocket upgrade
 FLEET_PROXY_WS_MAX = 64            # proxied WebSockets at once (a handler thread each)
@@ -12203,7 +12205,9 @@ class FleetProxy(object):
         self.peers = peers
         self.tokens = tokens or {}
         self.timeout_s = timeout_s
+        self.deadline_s = FLEET_PROXY_DEADLINE_S
         self._ws_slots = threading.BoundedSemaphore(FLEET_PROXY_WS_MAX)
+        self._http_slots = threading.BoundedSemaphore(FLEET_PROXY_HTTP_MAX)
 
     def find(self, name):
         return next((peer for peer in self.peers.current() if peer.name == name), None)
@@ -12222,29 +12226,58 @@ class FleetProxy(object):
         return conn
 
     def relay_http(self, handler, peer, rest, query):
-        """One GET/HEAD to the peer, its answer relayed (a 502 naming the peer
-        when it cannot be reached, fails, or redirects elsewhere)."""
+        """One GET/HEAD to the peer, its answer streamed back (a 502 naming the
+        peer when it cannot be reached, fails, or redirects elsewhere); at most
+        FLEET_PROXY_HTTP_MAX at once (503 past), each cut at deadline_s."""
+        if not self._http_slots.acquire(False):
+            handler._send_json(503, build_error_answer("too many proxied requests"),
+                               [("Retry-After", "5")])
+            return
+        try:
+            self._relay_http(handler, peer, rest, query)
+        finally:
+            self._http_slots.release()
+
+    @staticmethod
+    def _cut(sock, expired):
+        """At the deadline: the peer's socket shut down (a read blocked on it returns)."""
+        expired.set()
+        try:
+            socket.socket.shutdown(sock, socket.SHUT_RDWR)      # the TCP socket under any TLS
+        except OSError:
+            pass
+
+    def _relay_http(self, handler, peer, rest, query):
         base = urlsplit(peer.url)
         query = proxy_query(query)
         target = base.path + rest + ("?" + query if query else "")
         headers = proxy_request_headers(list(handler.headers.items()), base.netloc,
                                         fleet_peer_token(self.tokens, peer.name))
-        conn = None
+        conn = timer = None
+        expired = threading.Event()
         try:
             conn = self._connect(peer)
+            timer = threading.Timer(self.deadline_s, self._cut, (conn.sock, expired))
+            timer.daemon = True
+            timer.start()
             conn.putrequest(handler.command, target, skip_host=True, skip_accept_encoding=True)
             for key, value in headers:
                 conn.putheader(key, value)
             conn.endheaders()
             response = conn.getresponse()
-            self._answer(handler, peer, peer.url[:len(peer.url) - len(base.path)] + target, response)
+            if expired.is_set():                # its head cut short: not an answer
+                raise socket.timeout()
+            self._answer(handler, peer, peer.url[:len(peer.url) - len(base.path)] + target, response,
+                         expired)
         except (OSError, http.client.HTTPException, ValueError) as exc:
-            self.bad_gateway(handler, peer, exc)
+            self.bad_gateway(handler, peer, socket.timeout() if expired.is_set() else exc)
         finally:
+            if timer is not None:
+                timer.cancel()
             if conn is not None:
                 conn.close()
 
-    def _answer(self, handler, peer, request_url, response):
+    def _answer(self, handler, peer, request_url, response, expired):
         headers = proxy_response_headers(response.getheaders())
         location = response.getheader("Location")
         if location is not None:
@@ -12252,43 +12285,54 @@ class FleetProxy(object):
             if moved is None:
                 raise ValueError("it redirects outside itself (HTTP %d)" % response.status)
             headers = [(k, moved if k.lower() == "location" else v) for k, v in headers]
-        length, body = response.length, None
-        if handler.command == "HEAD" or response.status in (204, 304):
+        length, bodyless = response.length, handler.command == "HEAD" or response.status in (204, 304)
+        if bodyless:
             length = response.getheader("Content-Length") if handler.command == "HEAD" else None
-        elif length is None:
-            body = response.read(FLEET_PROXY_BODY_LIMIT + 1)
-            length = len(body)
         if length is not None and int(length) > FLEET_PROXY_BODY_LIMIT:
             raise ValueError("its answer is over %d bytes" % FLEET_PROXY_BODY_LIMIT)
+        chunked = not bodyless and length is None and handler.request_version == "HTTP/1.1"
+        if not bodyless and length is None and not chunked:
+            handler.close_connection = True     # an HTTP/1.0 browser: the body ends with the connection
+        framing = ([("Content-Length", str(length))] if length is not None else
+                   [("Transfer-Encoding", "chunked")] if chunked else [])
+        self._send_head(handler, response.status, headers + framing)
+        if not bodyless:
+            self._copy(handler, response, None if length is None else int(length), chunked, expired)
+
+    @staticmethod
+    def _send_head(handler, status, headers):
         handler._answered = True
-        handler.send_response(response.status)
+        handler.send_response(status)
         present = {key.lower() for key, _ in headers}
         extra = [(k, v) for k, v in SECURITY_HEADERS if k.lower() not in present]
         if "content-security-policy" not in present:
             extra.append(("Content-Security-Policy", handler.server.app.csp))
-        for key, value in headers + extra + ([("Content-Length", str(length))] if length is not None else []):
+        for key, value in headers + extra:
             handler.send_header(key, value)
         handler.end_headers()
-        if handler.command != "HEAD":
-            self._copy(handler, response, body, length)
 
     @staticmethod
-    def _copy(handler, response, body, length):
-        """The body, in chunks; a peer that stops short closes the browser's connection."""
-        if body is not None:
-            handler.wfile.write(body)
-            return
-        left = int(length or 0)
-        while left > 0:
+    def _copy(handler, response, length, chunked, expired):
+        """The body as it comes (length None: until the peer's end, re-chunked for
+        an HTTP/1.1 browser); a peer that stops short, or the deadline or the size
+        limit, closes the browser's connection (no final chunk: it sees the cut)."""
+        left, sent = length, 0
+        while left is None or left > 0:
+            want = FLEET_PROXY_CHUNK_BYTES if left is None else min(FLEET_PROXY_CHUNK_BYTES, left)
             try:
-                chunk = response.read(min(FLEET_PROXY_CHUNK_BYTES, left))
+                chunk = response.read1(want)
             except (OSError, http.client.HTTPException):
-                chunk = b""
-            if not chunk:
-                handler.close_connection = True
+                chunk = None
+            sent += len(chunk or b"")
+            if not chunk or sent > FLEET_PROXY_BODY_LIMIT:
+                if chunk == b"" and left is None and not expired.is_set() and chunked:
+                    handler.wfile.write(b"0\r\n\r\n")        # the peer's body ended well
+                else:
+                    handler.close_connection = True
                 return
-            handler.wfile.write(chunk)
-            left -= len(chunk)
+            handler.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk) if chunked else chunk)
+            if left is not None:
+                left -= len(chunk)
 
     @staticmethod
     def bad_gateway(handler, peer, exc):

@@ -172,8 +172,8 @@ Paths (the names to visit, place by place; "§N" is the section of that place)::
       §8   ProcScanner.scan
       §11  ProcScanThread.tick, Cache.publish_procs
     Who a process belongs to (/proc/<pid>/cgroup -> unit, container, k8s, slurm)
-      §4   parse_cgroup_who, parse_systemd_unit, parse_cgroup_runtime, parse_k8s_pod_uid,
-           parse_slurm_cgroup, compute_who_columns
+      §4   parse_cgroup_who, parse_systemd_unit, parse_cgroup_runtime, parse_rootless_runtime,
+           parse_k8s_pod_uid, parse_slurm_cgroup, compute_who_columns
       §8   ProcEnricher.who, WhoNames.fields, make_who_names
       §13  HistoryReader.query_runs, history_run_json
     What a run cost (energy split by engine time, #18)
@@ -743,7 +743,9 @@ FLEET_NUMERIC_KEYS = frozenset(("gpu_busy_pct", "vram_used_bytes", "vram_total_b
                                 "gpu_pct") + FLEET_HOST_KEYS)
 FLEET_PROXY_PREFIX = "/hosts/"     # /hosts/{name}/...: a peer's page and API through the hub
 FLEET_PROXY_READ_TIMEOUT_S = 10.0  # a proxied answer's head (connecting: APP_FLEET_TIMEOUT)
-FLEET_PROXY_BODY_LIMIT = 64 << 20  # a proxied body without Content-Length is read up to this
+FLEET_PROXY_BODY_LIMIT = 64 << 20  # a proxied body is relayed up to this, then cut
+FLEET_PROXY_HTTP_MAX = 32          # proxied HTTP requests at once (a handler thread each); 503 past
+FLEET_PROXY_DEADLINE_S = 60.0      # a proxied HTTP request, head and body, all in all
 FLEET_PROXY_CHUNK_BYTES = 65536
 FLEET_PROXY_HEAD_LIMIT = 16384     # a peer's answer head to a proxied WebSocket upgrade
 FLEET_PROXY_WS_MAX = 64            # proxied WebSockets at once (a handler thread each)
@@ -756,8 +758,14 @@ HOP_BY_HOP_HEADERS = frozenset(("connection", "keep-alive", "proxy-authenticate"
 FLEET_PROXY_REQUEST_DROP = HOP_BY_HOP_HEADERS | frozenset((
     "host", "authorization", "cookie", "origin", "referer", "content-length", "forwarded",
     "x-forwarded-for", "x-forwarded-host", "x-forwarded-proto", "x-real-ip"))
+# (a proxied page runs in the hub's origin: nothing that reaches past it, a service
+# worker's scope, a wipe of the origin's storage, a cookie)
 FLEET_PROXY_RESPONSE_DROP = HOP_BY_HOP_HEADERS | frozenset((
-    "set-cookie", "set-cookie2", "content-length", "server", "date"))
+    "set-cookie", "set-cookie2", "content-length", "server", "date", "service-worker-allowed",
+    "clear-site-data"))
+# the only fields of a peer's 101 relayed to the browser (its head is built anew)
+FLEET_PROXY_WS_ANSWER_KEEP = ("Upgrade", "Connection", "Sec-WebSocket-Accept",
+                              "Sec-WebSocket-Protocol", "Sec-WebSocket-Extensions")
 # RFC 3986 pchar without '%': what a re-encoded path segment keeps as it is
 FLEET_PROXY_SEGMENT_SAFE = "!$&'()*+,;=:@-._~"
 # The Prometheus source (attribution-fleet.md §5.1-5.3): one answer is read up
@@ -2723,10 +2731,23 @@ _RUNTIME_NAMES = {"docker": "docker", "libpod": "podman", "cri-containerd": "con
 _HEX64_RE = re.compile(r"^[0-9a-f]{64}$")
 _K8S_UID = (r"[0-9a-f]{8}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{12}"
             r"|[0-9a-f]{32}")                  # a UUID; a static pod's is an md5 in hex
-_K8S_POD_RE = re.compile(r"(?:^|[/-])kubepods\b[^:]*?[/-]pod(%s)(?=\.slice|/|:|$)" % _K8S_UID)
+# Pods and Slurm jobs only where the kubelet and slurmd put them, from the cgroup
+# root (or, read from a cgroup namespace, from the ancestor a "/.." run leads to):
+# never below a cgroup that is delegated to a user (user@UID.service) or a container.
+_K8S_POD_RE = re.compile(
+    r"^(?:/kubepods(?:/[a-z]+)?/pod(%s)(?=/|$)"                      # cgroupfs driver
+    r"|/kubepods\.slice/(?:kubepods-[a-z]+\.slice/)?kubepods(?:-[a-z]+)?-pod(%s)\.slice(?=/|$)"
+    r"|(?:/system\.slice/containerd\.service)?/kubepods(?:-[a-z]+)?-pod(%s)\.slice:)"  # v1 literal
+    % (_K8S_UID, _K8S_UID, _K8S_UID))
 _K8S_UID_RE = re.compile(r"^(?:%s)$" % _K8S_UID.replace("[-_]", "-"))
-_SLURM_RES = (re.compile(r"(?:^|/)(?:[^/]+_)?slurmstepd\.scope/job_(\d+)(?:/step_([^/]+))?(?=/|$)"),
-              re.compile(r"(?:^|/)slurm(?:_[^/]+)?/uid_\d+/job_(\d+)(?:/step_([^/]+))?(?=/|$)"))
+_SLURM_RES = (re.compile(r"^/(?:system\.slice/)?(?:[^/]+_)?slurmstepd\.scope/job_(\d+)"
+                         r"(?:/step_([^/]+))?(?=/|$)"),
+              re.compile(r"^/slurm(?:_[^/]+)?/uid_\d+/job_(\d+)(?:/step_([^/]+))?(?=/|$)"))
+_CGROUP_UP_RE = re.compile(r"^(?:/\.\.)+(?=/)")
+# a rootless container in a user manager: its own scope right under user.slice
+# (Docker, Podman) or machine.slice; nothing else below user@UID.service is trusted
+_ROOTLESS_SCOPE_RE = re.compile(r"^(?:/\.\.)*(?:/[^/]+\.slice)*/user@\d+\.service/"
+                                r"(?:user|machine)\.slice/(docker|libpod)-([0-9a-f]{64})\.scope(?=/|$)")
 _SLURM_STEP_RE = re.compile(r"^(?:\d+|batch|extern|interactive)$")
 _K8S_LINK_RE = re.compile(r"^([^_/]+)_([^_/]+)_([^_/]+)-([0-9a-f]{64})\.log$")
 
@@ -2781,20 +2802,37 @@ def parse_cgroup_runtime(path):
     return None, None
 
 
+def _cgroup_from_root(path):
+    """A cgroup path without its leading "/.." run (a path outside the reader's
+    cgroup namespace: what follows hangs off one of the reader's ancestors)."""
+    return _CGROUP_UP_RE.sub("", path)
+
+
+def _cgroup_user_owned(path):
+    """True for a path below a user manager (user@UID.service: delegated, the
+    user may make any cgroup there, named like anything)."""
+    return any(_USER_MANAGER_RE.match(comp) for comp in path.split("/"))
+
+
 def parse_k8s_pod_uid(path):
-    """The pod UID (dashed) of a kubepods cgroup path: the cgroupfs driver's
-    /kubepods/<qos>/pod<uid>/, or the systemd driver's ...-pod<uid with _>.slice."""
-    m = _K8S_POD_RE.search(path)
-    return m.group(1).replace("_", "-") if m else None
+    """The pod UID (dashed) of a kubepods cgroup path from the root: the cgroupfs
+    driver's /kubepods/<qos>/pod<uid>/, the systemd driver's
+    /kubepods.slice/kubepods-<qos>.slice/kubepods-<qos>-pod<uid with _>.slice,
+    v1's "...-pod<uid>.slice:cri-containerd:<id>" literal. None anywhere else."""
+    m = _K8S_POD_RE.match(_cgroup_from_root(path))
+    uid = m and (m.group(1) or m.group(2) or m.group(3))
+    return uid.replace("_", "-") if uid else None
 
 
 def parse_slurm_cgroup(path):
     """{"job": int, "step": str or None} of slurmstepd's cgroup v2 tree
     (/system.slice/slurmstepd.scope/job_<N>/step_<S>/...) or of Slurm's v1
-    one (/slurm/uid_<U>/job_<N>/step_<S>/...); step: a number, batch, extern or
-    interactive (else None); None outside a job."""
+    one (/slurm/uid_<U>/job_<N>/step_<S>/...), from the root; step: a number,
+    batch, extern or interactive (else None); None outside a job (or a look-alike
+    deeper down, e.g. a user's own cgroup below user@UID.service)."""
+    path = _cgroup_from_root(path)
     for regex in _SLURM_RES:
-        m = regex.search(path)
+        m = regex.match(path)
         if m:
             step = m.group(2)
             return {"job": int(m.group(1)),
@@ -2802,17 +2840,30 @@ def parse_slurm_cgroup(path):
     return None
 
 
+def parse_rootless_runtime(path):
+    """(runtime, 64-hex id) of a rootless container in a user manager
+    (user@UID.service/user.slice/docker-<id>.scope, libpod-<id>.scope), the
+    user's own; (None, None) for anything else below a user manager."""
+    m = _ROOTLESS_SCOPE_RE.match(path)
+    return (_RUNTIME_NAMES[m.group(1)], m.group(2)) if m else (None, None)
+
+
 def parse_cgroup_who(text):
     """/proc/<pid>/cgroup -> CgroupWho; each part from the first path (v2 first)
-    that says it; NO_CGROUP_WHO's nulls for every shape not known."""
+    that says it; NO_CGROUP_WHO's nulls for every shape not known. Below a user
+    manager only the unit and a rootless container's own scope count."""
     unit = runtime = cid = pod = slurm = None
     for path in parse_cgroup_paths(text):
         unit = unit or parse_systemd_unit(path)
+        owned = _cgroup_user_owned(path)
         if cid is None:
-            runtime, cid = parse_cgroup_runtime(path)
+            runtime, cid = (parse_rootless_runtime if owned else parse_cgroup_runtime)(path)
         pod = pod or parse_k8s_pod_uid(path)
         slurm = slurm or parse_slurm_cgroup(path)
-    return CgroupWho(unit, parse_cgroup_container(text), cid, runtime, pod, slurm)
+    system = "\n".join(line for line in (text or "").splitlines()
+                       if not _cgroup_user_owned(line.split(":", 2)[-1]))
+    container = parse_cgroup_container(system) or (cid[:12] if cid else None)
+    return CgroupWho(unit, container, cid, runtime, pod, slurm)
 
 
 def parse_k8s_pod_dir(name):
@@ -5960,6 +6011,20 @@ def build_proxy_ws_request(path, peer_netloc, headers, token):
     if token:
         lines.append("Authorization: Bearer %s" % token)
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1", "replace")
+
+
+def build_proxy_ws_answer(head):
+    """A peer's 101 head (bytes, up to its blank line) -> the one sent to the
+    browser: its status line and only FLEET_PROXY_WS_ANSWER_KEEP (no Set-Cookie
+    or anything else of the peer's reaches the hub's origin)."""
+    lines = head.decode("latin-1").split("\r\n")
+    keep = {key.lower(): key for key in FLEET_PROXY_WS_ANSWER_KEEP}
+    out = [lines[0]]
+    for line in lines[1:]:
+        key, sep, value = line.partition(":")
+        if sep and key.strip().lower() in keep:
+            out.append("%s: %s" % (keep[key.strip().lower()], value.strip()))
+    return ("\r\n".join(out) + "\r\n\r\n").encode("latin-1")
 
 
 def parse_status_line(head):
@@ -10974,15 +11039,17 @@ class Sampler(StoppableThread):
         self.on_clock = None        # the SamplerClock it ticks on, while it does
         self.reading = None         # the clock worker inside its tick, while one is
         self.due_at = None          # its first clock tick: not before this
+        self.moving = False         # off the clock (an overrun), its own thread not yet started
 
     def running(self):
-        """On the shared clock or on a thread of its own."""
-        return self.on_clock is not None or self.is_alive()
+        """On the shared clock, moving off it, or on a thread of its own."""
+        return self.on_clock is not None or self.moving or self.is_alive()
 
     def stop(self):
         StoppableThread.stop(self)
-        if self.on_clock is not None:
-            self.on_clock.remove(self)
+        clock = self.on_clock       # read once: a clock worker may clear it meanwhile
+        if clock is not None:
+            clock.remove(self)
 
     def run(self):
         next_at = self.clock() + (self.interval_s if self._ticked else 0.0)
@@ -11051,11 +11118,19 @@ class SamplerClock(object):
         self._next_at = None        # the first GPU tick no worker has claimed
         self._phase = 0             # bumped when the first GPU sets the ticks' phase
         self._count = 0
+        self._stopped = False
 
     def add(self, sampler):
         """Ticks from the next tick at least half an interval away (the caller
         gave it its first); the first GPU sets the phase: its next sample
-        comes one interval after that first one (the jobs move onto it)."""
+        comes one interval after that first one (the jobs move onto it).
+        Once the clock stopped, the sampler is stopped and closed instead."""
+        with self._lock:
+            stopped = self._stopped
+        if stopped:
+            StoppableThread.stop(sampler)
+            sampler.reader.close()
+            return
         with self._lock:
             now = self.clock()
             if not self._samplers and self._next_at is not None:
@@ -11069,10 +11144,14 @@ class SamplerClock(object):
 
     def every(self, period_s, job, close=None):
         """job(at) every period_s from the next tick on (at: its time on the
-        clock); close() once the clock stops."""
+        clock); close() once the clock stops (at once when it has)."""
         with self._lock:
-            self._start()
-            self._jobs.append(ClockJob(period_s, job, close, self._next_at))
+            stopped = self._stopped
+            if not stopped:
+                self._start()
+                self._jobs.append(ClockJob(period_s, job, close, self._next_at))
+        if stopped and close is not None:
+            close()
 
     def _start(self):
         """Under the lock."""
@@ -11094,6 +11173,7 @@ class SamplerClock(object):
     def stop(self):
         """Stop the samplers on it and the workers; -> the workers, to join."""
         with self._lock:
+            self._stopped = True
             workers, self._workers = list(self._workers), []
             samplers = list(self._samplers)
         for sampler in samplers:
@@ -11147,8 +11227,8 @@ class SamplerClock(object):
             at, phase, jobs = self._claim()
             if worker.pause(at - self.clock()):
                 return
-            if phase == self._phase and not self.tick(worker, at) or (
-                    not self._run_jobs(at, jobs, worker)):
+            ticked = phase != self._phase or self.tick(worker, at)
+            if not self._run_jobs(at, jobs, worker) or not ticked:
                 return
 
     def tick(self, worker=None, at=None):
@@ -11174,7 +11254,8 @@ class SamplerClock(object):
         return True
 
     def _run_jobs(self, at, jobs, worker):
-        """-> False when this worker was replaced (it ends)."""
+        """Every job it claimed, late rather than never (no other worker runs
+        them in this period); -> False when this worker was replaced (it ends)."""
         for job in jobs:
             with self._lock:
                 if job.running is not None:            # still in its last run: skipped
@@ -11188,9 +11269,8 @@ class SamplerClock(object):
             finally:
                 with self._lock:
                     job.running = None
-                    if worker is not None and worker not in self._workers:
-                        return False
-        return True
+        with self._lock:
+            return worker is None or worker in self._workers
 
     def _replace(self, worker):
         """Under the lock: a worker caught in a tick past its time; a new one takes its turns."""
@@ -11201,7 +11281,7 @@ class SamplerClock(object):
     def _overran(self, sampler):
         """Under the lock: its tick outlived the interval; its worker is replaced."""
         self._samplers.remove(sampler)
-        sampler.on_clock = None
+        sampler.on_clock, sampler.moving = None, True
         self._replace(sampler.reading)
 
     def _done(self, sampler, worker, slow):
@@ -11210,15 +11290,17 @@ class SamplerClock(object):
             sampler.reading = None
             if slow and sampler.on_clock is self:
                 self._samplers.remove(sampler)
-                sampler.on_clock = None
+                sampler.on_clock, sampler.moving = None, True
             moved = sampler.on_clock is None and not sampler.stopping.is_set()
             stopped = sampler.on_clock is None and sampler.stopping.is_set()
         if stopped:
+            sampler.moving = False
             sampler.reader.close()
         elif moved:
             LOG.warning("event=sampler_overran gpu=%s interval_s=%s: it samples on a thread of"
                         " its own from now on", sampler.reader.info.id, self.interval_s)
             sampler.start()
+            sampler.moving = False      # running() sees is_alive() from here
         return not moved
 
 
@@ -12123,7 +12205,9 @@ class FleetProxy(object):
         self.peers = peers
         self.tokens = tokens or {}
         self.timeout_s = timeout_s
+        self.deadline_s = FLEET_PROXY_DEADLINE_S
         self._ws_slots = threading.BoundedSemaphore(FLEET_PROXY_WS_MAX)
+        self._http_slots = threading.BoundedSemaphore(FLEET_PROXY_HTTP_MAX)
 
     def find(self, name):
         return next((peer for peer in self.peers.current() if peer.name == name), None)
@@ -12142,29 +12226,58 @@ class FleetProxy(object):
         return conn
 
     def relay_http(self, handler, peer, rest, query):
-        """One GET/HEAD to the peer, its answer relayed (a 502 naming the peer
-        when it cannot be reached, fails, or redirects elsewhere)."""
+        """One GET/HEAD to the peer, its answer streamed back (a 502 naming the
+        peer when it cannot be reached, fails, or redirects elsewhere); at most
+        FLEET_PROXY_HTTP_MAX at once (503 past), each cut at deadline_s."""
+        if not self._http_slots.acquire(False):
+            handler._send_json(503, build_error_answer("too many proxied requests"),
+                               [("Retry-After", "5")])
+            return
+        try:
+            self._relay_http(handler, peer, rest, query)
+        finally:
+            self._http_slots.release()
+
+    @staticmethod
+    def _cut(sock, expired):
+        """At the deadline: the peer's socket shut down (a read blocked on it returns)."""
+        expired.set()
+        try:
+            socket.socket.shutdown(sock, socket.SHUT_RDWR)      # the TCP socket under any TLS
+        except OSError:
+            pass
+
+    def _relay_http(self, handler, peer, rest, query):
         base = urlsplit(peer.url)
         query = proxy_query(query)
         target = base.path + rest + ("?" + query if query else "")
         headers = proxy_request_headers(list(handler.headers.items()), base.netloc,
                                         fleet_peer_token(self.tokens, peer.name))
-        conn = None
+        conn = timer = None
+        expired = threading.Event()
         try:
             conn = self._connect(peer)
+            timer = threading.Timer(self.deadline_s, self._cut, (conn.sock, expired))
+            timer.daemon = True
+            timer.start()
             conn.putrequest(handler.command, target, skip_host=True, skip_accept_encoding=True)
             for key, value in headers:
                 conn.putheader(key, value)
             conn.endheaders()
             response = conn.getresponse()
-            self._answer(handler, peer, peer.url[:len(peer.url) - len(base.path)] + target, response)
+            if expired.is_set():                # its head cut short: not an answer
+                raise socket.timeout()
+            self._answer(handler, peer, peer.url[:len(peer.url) - len(base.path)] + target, response,
+                         expired)
         except (OSError, http.client.HTTPException, ValueError) as exc:
-            self.bad_gateway(handler, peer, exc)
+            self.bad_gateway(handler, peer, socket.timeout() if expired.is_set() else exc)
         finally:
+            if timer is not None:
+                timer.cancel()
             if conn is not None:
                 conn.close()
 
-    def _answer(self, handler, peer, request_url, response):
+    def _answer(self, handler, peer, request_url, response, expired):
         headers = proxy_response_headers(response.getheaders())
         location = response.getheader("Location")
         if location is not None:
@@ -12172,43 +12285,54 @@ class FleetProxy(object):
             if moved is None:
                 raise ValueError("it redirects outside itself (HTTP %d)" % response.status)
             headers = [(k, moved if k.lower() == "location" else v) for k, v in headers]
-        length, body = response.length, None
-        if handler.command == "HEAD" or response.status in (204, 304):
+        length, bodyless = response.length, handler.command == "HEAD" or response.status in (204, 304)
+        if bodyless:
             length = response.getheader("Content-Length") if handler.command == "HEAD" else None
-        elif length is None:
-            body = response.read(FLEET_PROXY_BODY_LIMIT + 1)
-            length = len(body)
         if length is not None and int(length) > FLEET_PROXY_BODY_LIMIT:
             raise ValueError("its answer is over %d bytes" % FLEET_PROXY_BODY_LIMIT)
+        chunked = not bodyless and length is None and handler.request_version == "HTTP/1.1"
+        if not bodyless and length is None and not chunked:
+            handler.close_connection = True     # an HTTP/1.0 browser: the body ends with the connection
+        framing = ([("Content-Length", str(length))] if length is not None else
+                   [("Transfer-Encoding", "chunked")] if chunked else [])
+        self._send_head(handler, response.status, headers + framing)
+        if not bodyless:
+            self._copy(handler, response, None if length is None else int(length), chunked, expired)
+
+    @staticmethod
+    def _send_head(handler, status, headers):
         handler._answered = True
-        handler.send_response(response.status)
+        handler.send_response(status)
         present = {key.lower() for key, _ in headers}
         extra = [(k, v) for k, v in SECURITY_HEADERS if k.lower() not in present]
         if "content-security-policy" not in present:
             extra.append(("Content-Security-Policy", handler.server.app.csp))
-        for key, value in headers + extra + ([("Content-Length", str(length))] if length is not None else []):
+        for key, value in headers + extra:
             handler.send_header(key, value)
         handler.end_headers()
-        if handler.command != "HEAD":
-            self._copy(handler, response, body, length)
 
     @staticmethod
-    def _copy(handler, response, body, length):
-        """The body, in chunks; a peer that stops short closes the browser's connection."""
-        if body is not None:
-            handler.wfile.write(body)
-            return
-        left = int(length or 0)
-        while left > 0:
+    def _copy(handler, response, length, chunked, expired):
+        """The body as it comes (length None: until the peer's end, re-chunked for
+        an HTTP/1.1 browser); a peer that stops short, or the deadline or the size
+        limit, closes the browser's connection (no final chunk: it sees the cut)."""
+        left, sent = length, 0
+        while left is None or left > 0:
+            want = FLEET_PROXY_CHUNK_BYTES if left is None else min(FLEET_PROXY_CHUNK_BYTES, left)
             try:
-                chunk = response.read(min(FLEET_PROXY_CHUNK_BYTES, left))
+                chunk = response.read1(want)
             except (OSError, http.client.HTTPException):
-                chunk = b""
-            if not chunk:
-                handler.close_connection = True
+                chunk = None
+            sent += len(chunk or b"")
+            if not chunk or sent > FLEET_PROXY_BODY_LIMIT:
+                if chunk == b"" and left is None and not expired.is_set() and chunked:
+                    handler.wfile.write(b"0\r\n\r\n")        # the peer's body ended well
+                else:
+                    handler.close_connection = True
                 return
-            handler.wfile.write(chunk)
-            left -= len(chunk)
+            handler.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk) if chunked else chunk)
+            if left is not None:
+                left -= len(chunk)
 
     @staticmethod
     def bad_gateway(handler, peer, exc):
@@ -12235,7 +12359,7 @@ class FleetProxy(object):
             if status != 101:
                 raise ValueError("it answered the WebSocket upgrade with HTTP %s%s" % (
                     status, " (its token: APP_FLEET_TOKEN_FILE)" if status in (401, 403) else ""))
-            self._ws_splice(handler, upstream, head + extra)
+            self._ws_splice(handler, upstream, build_proxy_ws_answer(head) + extra)
         except (OSError, http.client.HTTPException, ValueError) as exc:
             self.bad_gateway(handler, peer, exc)
         finally:

@@ -139,6 +139,45 @@ def test_slurm(text, slurm):
     assert who(text).slurm == slurm
 
 
+USER_MGR = "0::/user.slice/user-1000.slice/user@1000.service"
+
+
+@pytest.mark.parametrize("text", [
+    # a user's own cgroups (systemd delegation) named like a job, a pod, another's container
+    USER_MGR + "/x_slurmstepd.scope/job_123/step_0/user/task_0\n",
+    USER_MGR + "/app.slice/slurmstepd.scope/job_123\n",
+    USER_MGR + "/slurm/uid_0/job_123/step_0/task_0\n",
+    USER_MGR + "/app.slice/docker-%s.scope\n" % ID_D,
+    USER_MGR + "/app.slice/app-x.scope/cri-containerd-%s.scope\n" % ID_K,
+    USER_MGR + "/kubepods.slice/kubepods-pod%s.slice/cri-containerd-%s.scope\n" % (UID_, ID_K),
+    USER_MGR + "/kubepods/burstable/pod%s/%s\n" % (UID, ID_K),
+    # the same, read from inside a cgroup namespace (a monitor in a container)
+    "0::/../../user.slice/user-1000.slice/user@1000.service/x_slurmstepd.scope/job_123\n",
+    "0::/../../user.slice/user-1000.slice/user@1000.service/app.slice/docker-%s.scope\n" % ID_D,
+    # a container's own cgroups below its scope
+    "0::/system.slice/docker-%s.scope/system.slice/slurmstepd.scope/job_9/step_0\n" % ID_D,
+    "0::/system.slice/docker-%s.scope/kubepods/pod%s/x\n" % (ID_D, UID),
+    "0::/system.slice/foo.service/kubepods.slice/kubepods-pod%s.slice/x\n" % UID_,
+])
+def test_look_alikes_below_a_user_manager_or_a_container_are_no_job_pod_or_container(text):
+    w = who(text)
+    assert (w.pod_uid, w.slurm) == (None, None), text
+    if "user@1000.service" in text:
+        assert (w.runtime, w.container_id, w.container) == (None, None, None), text
+
+
+def test_rootless_containers_are_their_users_and_the_namespace_view_still_counts():
+    own = who(USER_MGR + "/user.slice/docker-%s.scope/docker-%s.scope\n" % (ID_D, ID_K))
+    assert (own.runtime, own.container_id, own.container) == ("docker", ID_D, ID_D[:12])
+    podman = who(USER_MGR + "/user.slice/libpod-%s.scope/container\n" % ID_P)
+    assert (podman.runtime, podman.container_id) == ("podman", ID_P)
+    # read from the monitor's own cgroup namespace: "/.." up to an ancestor, then the root's shapes
+    assert who("0::/../slurmstepd.scope/job_7/step_0/user/task_0\n").slurm == {"job": 7, "step": "0"}
+    inside = who("0::/../../kubepods.slice/kubepods-pod%s.slice/cri-containerd-%s.scope\n"
+                 % (UID_, ID_K))
+    assert (inside.pod_uid, inside.container_id) == (UID, ID_K)
+
+
 def test_lines_deleted_and_ordering():
     deleted = who("0::/system.slice/slurmstepd.scope/job_7/step_0/user/task_0 (deleted)\n")
     assert deleted.slurm == {"job": 7, "step": "0"} and deleted.unit == "slurmstepd.scope"

@@ -89,7 +89,8 @@ def recording_answer(canary_port):
             return 302, [("Location", "/landing?x=1")], b""
         headers = [("Content-Type", "application/json"), ("Set-Cookie", "peer=1; Path=/"),
                    ("X-Peer", "yes"), ("Keep-Alive", "timeout=5"), ("Connection", "X-Hop"),
-                   ("X-Hop", "dropped")]
+                   ("X-Hop", "dropped"), ("Service-Worker-Allowed", "/"),
+                   ("Clear-Site-Data", '"cookies", "storage"')]
         return 200, headers, json.dumps({"path": path}).encode()
     return answer
 
@@ -257,9 +258,77 @@ def test_the_hubs_credentials_never_reach_the_peer(fleet):
 def test_a_peers_cookies_and_hop_by_hop_fields_stay_at_the_hub(fleet):
     answer = hub_get(fleet, "/hosts/rec/anything")
     assert answer.status == 200 and answer.headers["x-peer"] == "yes"
-    for name in ("set-cookie", "keep-alive", "x-hop"):
+    for name in ("set-cookie", "keep-alive", "x-hop", "service-worker-allowed", "clear-site-data"):
         assert name not in answer.headers, name
     assert answer.headers["x-content-type-options"] == "nosniff"
+
+
+def test_a_peers_101_is_built_anew_with_only_the_websocket_fields():
+    head = (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Accept: abc=\r\nSet-Cookie: s=1; Path=/\r\n"
+            b"sec-websocket-protocol: v1\r\nClear-Site-Data: \"*\"\r\nX-Other: 1\r\n\r\n")
+    assert atw.build_proxy_ws_answer(head) == (
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Accept: abc=\r\nSec-WebSocket-Protocol: v1\r\n\r\n")
+
+
+class CookieWebSocketPeer(object):
+    """A raw socket peer that answers one upgrade with a right 101 that also sets
+    a cookie, allows a service worker everywhere and wipes the site's data."""
+
+    def __init__(self):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(4)
+        self.port = self.sock.getsockname()[1]
+        self.thread = threading.Thread(target=self.serve, daemon=True)
+        self.thread.start()
+
+    def serve(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self.answer, args=(conn,), daemon=True).start()
+
+    @staticmethod
+    def answer(conn):
+        """The hub's fleet poller also comes here (for /api/...): closed unanswered."""
+        with conn:
+            data = b""
+            while b"\r\n\r\n" not in data:
+                chunk = conn.recv(4096)
+                if not chunk:
+                    return
+                data += chunk
+            if b"/ws" not in data.split(b"\r\n", 1)[0]:
+                return
+            key = next(line.split(b":", 1)[1].strip().decode() for line in data.split(b"\r\n")
+                       if line.lower().startswith(b"sec-websocket-key:"))
+            conn.sendall(("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                          "Connection: Upgrade\r\nSec-WebSocket-Accept: %s\r\n"
+                          "Set-Cookie: amdgpu_top_web_token=stolen; Path=/\r\n"
+                          "Service-Worker-Allowed: /\r\nClear-Site-Data: \"*\"\r\n\r\n"
+                          % atw.accept_key(key)).encode())
+            conn.recv(4096)                          # until the hub's side closes
+
+
+def test_a_peers_101_reaches_the_browser_without_its_cookies(server):
+    peer = CookieWebSocketPeer()
+    try:
+        hub = server(args=["--demo", "--demo-gpus", "1"],
+                     env={"APP_FLEET_PEERS": "p=http://127.0.0.1:%d" % peer.port})
+        ws = RawWebSocket.connect("127.0.0.1", hub.port, path="/hosts/p/ws")
+        try:
+            got = ws.response_headers
+            assert got["upgrade"].lower() == "websocket" and "sec-websocket-accept" in got
+            for name in ("set-cookie", "service-worker-allowed", "clear-site-data"):
+                assert name not in got, name
+        finally:
+            ws.close()
+    finally:
+        peer.sock.close()
 
 
 def test_redirects_stay_under_the_peer_or_are_a_502(fleet):
@@ -470,3 +539,150 @@ def test_proxied_websockets_are_bounded_and_a_slot_comes_back_when_one_closes(se
     finally:
         for ws in held:
             ws.close()
+
+
+# ---- proxied HTTP: streamed, bounded, within a deadline ----------------------------------
+
+class RawPeer(object):
+    """A raw socket peer: every request on its own thread, answered by
+    answer(conn, path) as raw bytes (the hub's poller, /api/...: closed unanswered)."""
+
+    def __init__(self, answer):
+        self.answer, self.paths, self.release = answer, [], threading.Event()
+        self.lock = threading.Lock()
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.port = self.sock.getsockname()[1]
+        threading.Thread(target=self.serve, daemon=True).start()
+
+    def serve(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self.one, args=(conn,), daemon=True).start()
+
+    def one(self, conn):
+        with conn:
+            data = b""
+            while b"\r\n\r\n" not in data:
+                chunk = conn.recv(4096)
+                if not chunk:
+                    return
+                data += chunk
+            path = data.split(b" ", 2)[1].decode()
+            if path.startswith("/api/"):
+                return
+            with self.lock:
+                self.paths.append(path)
+            try:
+                self.answer(self, conn, path)
+            except OSError:
+                pass
+
+    def seen(self, path):
+        with self.lock:
+            return self.paths.count(path)
+
+    def close(self):
+        self.release.set()
+        self.sock.close()
+
+
+CHUNKED_HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n"
+
+
+def raw_get(port, path, timeout=20.0):
+    sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    sock.sendall(("GET %s HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n\r\n" % (path, port)).encode())
+    return sock
+
+
+def read_until(sock, predicate):
+    """Bytes from sock until predicate(data) or EOF -> (data, at EOF)."""
+    data = b""
+    while not predicate(data):
+        chunk = sock.recv(65536)
+        if not chunk:
+            return data, True
+        data += chunk
+    return data, False
+
+
+def test_a_body_without_length_is_streamed_as_it_comes(server):
+    def answer(peer, conn, path):
+        conn.sendall(CHUNKED_HEAD + b"5\r\nhello\r\n")
+        peer.release.wait(30.0)                      # the rest only once the browser saw hello
+        conn.sendall(b"6\r\n world\r\n0\r\n\r\n")
+    peer = RawPeer(answer)
+    try:
+        hub = server(args=["--demo", "--demo-gpus", "1"],
+                     env={"APP_FLEET_PEERS": "p=http://127.0.0.1:%d" % peer.port})
+        sock = raw_get(hub.port, "/hosts/p/stream")
+        try:
+            data, eof = read_until(sock, lambda d: b"hello" in d)
+            assert not eof and b"transfer-encoding: chunked" in data.lower()
+            peer.release.set()
+            data, eof = read_until(sock, lambda d: d.endswith(b"0\r\n\r\n"))
+            assert not eof and b" world" in data
+        finally:
+            sock.close()
+        whole = http_request(hub.port, "GET", "/hosts/p/stream")
+        assert whole.status == 200 and whole.body == b"hello world"
+    finally:
+        peer.close()
+
+
+def test_proxied_requests_are_bounded_and_a_slot_comes_back(server):
+    def answer(peer, conn, path):
+        if path == "/hold":
+            peer.release.wait(30.0)
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    peer = RawPeer(answer)
+    held = []
+    try:
+        hub = server(args=["--demo", "--demo-gpus", "1"],
+                     env={"APP_FLEET_PEERS": "p=http://127.0.0.1:%d" % peer.port})
+        for _ in range(atw.FLEET_PROXY_HTTP_MAX):
+            held.append(raw_get(hub.port, "/hosts/p/hold"))
+        wait_for(lambda: peer.seen("/hold") == atw.FLEET_PROXY_HTTP_MAX, 20.0,
+                 message="every slot held")
+        refused = http_request(hub.port, "GET", "/hosts/p/other")
+        assert refused.status == 503 and "proxied" in response_json(refused)["error"]
+        assert peer.seen("/other") == 0
+        assert http_request(hub.port, "GET", "/api/version").status == 200   # the hub's own
+        peer.release.set()
+        for sock in held:
+            assert read_until(sock, lambda d: d.endswith(b"ok"))[0].startswith(b"HTTP/1.1 200")
+        wait_for(lambda: http_request(hub.port, "GET", "/hosts/p/other").status == 200, 10.0,
+                 message="a slot back")
+    finally:
+        for sock in held:
+            sock.close()
+        peer.close()
+
+
+def test_a_peer_that_trickles_is_cut_at_the_deadline(app_factory):
+    """Each read within the per-read timeout, forever: the whole request has a deadline."""
+    def answer(peer, conn, path):
+        conn.sendall(CHUNKED_HEAD if path == "/body" else b"HTTP/1.1 200 OK\r\n")
+        while not peer.release.wait(0.05):
+            conn.sendall(b"1\r\nx\r\n" if path == "/body" else b"X-Slow: 1\r\n")
+    peer = RawPeer(answer)
+    try:
+        app, port = app_factory(["--demo", "--demo-gpus", "1"],
+                                {"APP_FLEET_PEERS": "p=http://127.0.0.1:%d" % peer.port})
+        app.fleet_proxy.deadline_s = 0.5
+        head = http_request(port, "GET", "/hosts/p/head", timeout=20.0)
+        assert head.status == 502 and response_json(head)["error"] == "peer p: timed out"
+        sock = raw_get(port, "/hosts/p/body")
+        try:
+            data, eof = read_until(sock, lambda d: False)
+        finally:
+            sock.close()
+        assert eof and data.startswith(b"HTTP/1.1 200") and b"1\r\nx\r\n" in data
+        assert not data.endswith(b"0\r\n\r\n"), "a cut body has no final chunk"
+    finally:
+        peer.close()

@@ -6,6 +6,7 @@ one that hangs until released); the clock, the samplers and the cache are
 the real ones. The server-level test with the stand-in NVML library is
 tests/test_nvml.py::test_server_a_hung_gpu_call_does_not_stall_the_other_gpu.
 """
+import logging
 import threading
 
 import amdgpu_top_web as atw
@@ -181,3 +182,105 @@ def test_a_gpu_whose_read_hangs_leaves_the_clock_for_a_thread_of_its_own():
         for thread in workers + [slow]:
             thread.join(5.0)
     assert slow.reader.closed == 1 and fast.reader.closed == 1
+
+
+class ClearedBetweenReads(atw.Sampler):
+    """A sampler whose on_clock a clock worker clears (an overrun) right after
+    its first read: what Sampler.stop must not read twice."""
+
+    @property
+    def on_clock(self):
+        clock, self.__dict__["on_clock"] = self.__dict__.get("on_clock"), None
+        return clock
+
+    @on_clock.setter
+    def on_clock(self, value):
+        self.__dict__["on_clock"] = value
+
+
+def test_stop_reads_on_clock_once():
+    now = [0.0]
+    clock = NoWorkers(0.25, clock=lambda: now[0])
+    info = atw.demo_gpu_infos(1)[0]
+    sampler = ClearedBetweenReads(DriverStandIn(info), atw.Cache(0.25, {}), 0.25)
+    clock.add(sampler)
+    sampler.stop()                                  # no AttributeError on None.remove
+    assert clock._samplers == [] and sampler.reader.closed == 1
+
+
+class SlowRead(DriverStandIn):
+    """A read that takes `took_s` on the made-up clock `now`, and calls `during` inside."""
+
+    def __init__(self, info, now, took_s, during=None):
+        DriverStandIn.__init__(self, info)
+        self.now, self.took_s, self.during = now, took_s, during
+
+    def sample(self, at):
+        self.now[0] += self.took_s
+        if self.during is not None:
+            self.during()
+        return DriverStandIn.sample(self, at)
+
+
+def test_a_gpu_leaving_the_clock_counts_as_running_until_its_own_thread_runs():
+    """Rediscovery re-adds a GPU whose running() is False: never one that is moving
+    off the clock (caught in an overrun, or between the clock and its own thread)."""
+    now = [0.0]
+    clock = NoWorkers(0.25, clock=lambda: now[0])
+    info = atw.demo_gpu_infos(1)[0]
+    seen = []
+    reader = SlowRead(info, now, 0.3)
+    sampler = atw.Sampler(reader, atw.Cache(0.25, {}), 0.25)
+    clock.add(sampler)
+
+    def overrun():                                   # the other worker's tick, meanwhile
+        reader.during = None
+        clock.tick(atw.StoppableThread("other"), now[0])
+        seen.append(("caught", sampler.on_clock, sampler.running()))
+    reader.during = overrun
+
+    class Moving(logging.Handler):
+        def emit(self, record):                      # logged between the clock and start()
+            seen.append(("moving", sampler.on_clock, sampler.running()))
+    handler = Moving()
+    atw.LOG.addHandler(handler)
+    try:
+        clock.tick(atw.StoppableThread("stand-in"), 1.0)
+    finally:
+        atw.LOG.removeHandler(handler)
+        sampler.stop()
+        sampler.join(5.0)
+    assert seen == [("caught", None, True), ("moving", None, True)]
+    assert reader.reads == 1 and not sampler.running()
+
+
+def test_add_after_stop_starts_no_worker():
+    cache, (sampler,) = make(1, 0.02)
+    clock = atw.SamplerClock(0.02)
+    assert clock.stop() == []
+    clock.add(sampler)
+    closed = []
+    clock.every(0.02, lambda at: None, lambda: closed.append(True))
+    assert clock._workers == [] and not sampler.running() and closed == [True]
+    assert not [t for t in threading.enumerate() if t.name.startswith("sampler-clock")]
+    assert sampler.reader.closed == 1
+
+
+def test_a_tick_that_overran_still_runs_the_jobs_it_claimed():
+    now = [0.0]
+    clock = NoWorkers(0.25, clock=lambda: now[0])
+    info = atw.demo_gpu_infos(1)[0]
+    sampler = atw.Sampler(SlowRead(info, now, 0.3), atw.Cache(0.25, {}), 0.25)
+    clock.add(sampler)
+    ran = []
+    clock.every(0.25, ran.append)
+    clock.every(0.25, lambda at: ran.append(("second", at)))
+    worker = atw.StoppableThread("stand-in")         # a clock worker, run here (never started)
+    now[0] = 0.25                                    # its tick is due: no wait
+    try:
+        clock._work(worker)                          # the GPU overran: the worker ends
+    finally:
+        sampler.stop()
+        sampler.join(5.0)
+    assert ran == [0.25, ("second", 0.25)]
+    assert [job.next_at for job in clock._jobs] == [0.5, 0.5]

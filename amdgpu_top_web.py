@@ -11611,8 +11611,13 @@ class FleetConnection(object):
             total += size
             if total > FLEET_MAX_ANSWER_BYTES:
                 return None
-            if size == 0:
-                self._read_head()   # the trailers, up to the blank line
+            if size == 0:       # no trailers: one CRLF; else trailers up to the blank line
+                while len(self._buf) < 2:
+                    self._more()
+                if self._buf.startswith(b"\r\n"):
+                    self._buf = self._buf[2:]
+                else:
+                    self._read_head()
                 return b"".join(parts)
             parts.append(self._read_exact(size))
             self._read_exact(2)

@@ -453,6 +453,20 @@ def test_a_peer_connection_is_kept_from_round_to_round(server, fake_peer, tmp_pa
     assert len(peer.conns) == 1         # one connection, every request on it
 
 
+def test_a_chunked_answer_without_trailers_is_read_at_once(server, fake_peer, tmp_path):
+    """'0\\r\\n\\r\\n' ends a chunked body with no trailers (nginx's default): the
+    answer is read without waiting for more, and the connection is kept."""
+    body = json.dumps(host_answer(2)).encode()
+    chunked = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+    chunked += b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)
+    peer = fake_peer(lambda path: chunked, keep=True)
+    hub = start_hub(server, "nginx=" + peer.url, tmp_path)
+    entry = wait_fleet(hub, lambda h: h["nginx"]["state"] == "up")["hosts"][0]
+    assert entry["error"] is None and len(entry["gpus"]) == 2
+    wait_for(lambda: len(peer.paths) >= 3, 15, message="three rounds")
+    assert fleet(hub)["hosts"][0]["state"] == "up" and len(peer.conns) == 1
+
+
 def test_lying_peers_are_refused_with_the_reason(server, peers, fake_peer, tmp_path):
     good = json.dumps(host_answer(2)).encode()
     answers = {

@@ -730,6 +730,7 @@ FLEET_MAX_ALERTS = 64
 FLEET_STATUS_RE = re.compile(br"^HTTP/1\.([01]) ([0-9]{3})(?: |$)")   # a peer's status line
 FLEET_HEAD_MAX = 1 << 16        # a peer's answer head (status line and headers) at most
 FLEET_TEXT_MAX = 200            # a string from a peer is cut to this many characters
+FLEET_NUMBER_MAX = 2 ** 53      # a peer's number beyond this is null (floats hold integers to here)
 FLEET_GPU_KEYS = ("id", "name", "vendor", "vendor_label", "uuid", "pci", "gpu_busy_pct",
                   "vram_used_bytes", "vram_total_bytes", "temp_c", "power_w", "power_cap_w",
                   "throttle_reasons", "runtime_status", "top_process", "processes", "alert")
@@ -4812,11 +4813,13 @@ def fleet_peer_token(tokens, name):
 
 def _fleet_value(key, value):
     """A peer's value kept only when it is of its key's kind: a finite number
-    (FLEET_NUMERIC_KEYS), a string (cut), a list of strings (throttle_reasons);
-    anything else (a bool, an object, a number where a name goes) is null."""
+    within +-FLEET_NUMBER_MAX (FLEET_NUMERIC_KEYS), a string (cut), a list of
+    strings (throttle_reasons); anything else (a bool, an object, a number
+    where a name goes, a huge integer that no float holds) is null."""
     kind = type(value)
     if kind is int or kind is float:
-        return value if key in FLEET_NUMERIC_KEYS and (kind is int or math.isfinite(value)) else None
+        return value if key in FLEET_NUMERIC_KEYS and -FLEET_NUMBER_MAX <= value <= FLEET_NUMBER_MAX \
+            else None       # NaN fails both comparisons; the bound also rules out the infinities
     if kind is str:
         return None if key in FLEET_NUMERIC_KEYS or key == "throttle_reasons" else value[:FLEET_TEXT_MAX]
     if kind is list and key == "throttle_reasons" and all(type(v) is str for v in value):

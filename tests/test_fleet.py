@@ -444,6 +444,26 @@ def test_a_hanging_peer_never_holds_the_others(server, peers, fake_peer, tmp_pat
     assert hang.paths and all(p == "/api/fleet/host" for p in hang.paths)
 
 
+def test_a_huge_number_from_a_peer_is_null_and_the_fleet_goes_on(server, peers, fake_peer,
+                                                                  tmp_path):
+    """An integer no float holds (sum() with a float raised OverflowError and
+    every round failed) or past 2**53 is null, like any value of the wrong kind."""
+    answer = host_answer(2)
+    answer["gpus"][0].update(power_w=10 ** 400, gpu_busy_pct=-10 ** 300, temp_c=2 ** 53 + 1)
+    answer["host"] = {"mem_total_bytes": 2 ** 53, "cpu_count": 10 ** 30}
+    body = json.dumps(answer).encode()
+    huge = fake_peer(lambda path: http_answer(200, "application/json", body))
+    hub = start_hub(server, "huge=%s,p1=%s" % (huge.url, peers[0].url), tmp_path)
+    body = wait_fleet(hub, lambda h: h["huge"]["state"] == "up" and h["p1"]["state"] == "up")
+    gpus = hosts(body)["huge"]["gpus"]
+    assert (gpus[0]["power_w"], gpus[0]["gpu_busy_pct"], gpus[0]["temp_c"]) == (None, None, None)
+    assert gpus[1]["power_w"] == 100.0 and gpus[1]["gpu_busy_pct"] == 50
+    assert hosts(body)["huge"]["host"]["mem_total_bytes"] == 2 ** 53
+    assert hosts(body)["huge"]["host"]["cpu_count"] is None
+    assert body["totals"]["gpus"] == 3 and body["totals"]["power_w"] is not None
+    assert "p1" in hub.get("/plain").body.decode()
+
+
 def test_a_peer_connection_is_kept_from_round_to_round(server, fake_peer, tmp_path):
     body = json.dumps(host_answer(1)).encode()
     peer = fake_peer(lambda path: http_answer(200, "application/json", body), keep=True)

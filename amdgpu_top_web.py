@@ -11529,17 +11529,27 @@ class FleetConnection(object):
     """One peer's keep-alive HTTP/1.1 connection, GET only: a few reads and
     one parse per answer (http.client costs about five times as much CPU,
     which is most of a hub's cost at 100 peers). Content-Length, chunked or
-    until-close bodies, cut past FLEET_MAX_ANSWER_BYTES. Raises OSError for the
-    connection (ConnectionAbortedError: it closed early), ValueError for an
+    until-close bodies, cut past FLEET_MAX_ANSWER_BYTES. Every wait ends at
+    the request's deadline (a peer that sends a byte now and then holds a
+    worker no longer). Raises OSError for the connection (socket.timeout past
+    the deadline, ConnectionAbortedError: it closed early), ValueError for an
     answer that is not HTTP."""
 
     def __init__(self, peer, timeout_s):
         self.peer, self.timeout_s = peer, timeout_s
         self.sock = None
         self._buf = b""
+        self.deadline = None        # monotonic s: the request in flight ends by then
 
-    def open(self):
-        sock = socket.create_connection((self.peer.host, self.peer.port), self.timeout_s)
+    def _left_s(self):
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise socket.timeout("timed out")
+        return left
+
+    def open(self, deadline):
+        self.deadline = deadline
+        sock = socket.create_connection((self.peer.host, self.peer.port), self._left_s())
         if self.peer.scheme == "https":
             if ssl is None:
                 sock.close()
@@ -11547,11 +11557,13 @@ class FleetConnection(object):
             sock = ssl.create_default_context().wrap_socket(sock, server_hostname=self.peer.host)
         self.sock, self._buf = sock, b""
 
-    def get(self, path, headers):
+    def get(self, path, headers, deadline):
         """-> (status, fields, body); body None: over the cap, or not read (status not 200)."""
         host = "[%s]" % self.peer.host if ":" in self.peer.host else self.peer.host
         lines = ["GET %s HTTP/1.1" % path, "Host: %s:%d" % (host, self.peer.port)]
         lines += ["%s: %s" % item for item in headers]
+        self.deadline = deadline
+        self.sock.settimeout(self._left_s())
         self.sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
         status, fields, keep = parse_http_head(self._read_head())
         body = self._read_body(fields) if status == 200 else None
@@ -11560,6 +11572,7 @@ class FleetConnection(object):
         return status, fields, body
 
     def _more(self):
+        self.sock.settimeout(self._left_s())
         data = self.sock.recv(65536)
         if not data:
             raise ConnectionAbortedError(errno.ECONNABORTED, "closed the connection")
@@ -11634,14 +11647,14 @@ class FleetConnection(object):
 class FleetPeerState(object):
     """What the poller knows of one peer: its keep-alive connection, its last
     good data and how its last poll went. The poller thread owns it; while a
-    request is in flight (busy) only that worker touches
-    the connection, and the poller only cuts its socket at the deadline."""
+    request is in flight (busy) only that worker touches the connection, and
+    the poller only cuts its socket at the deadline (cut_off: no retry then)."""
 
     def __init__(self, peer, now):
         self.peer = peer
         self.prefix = urlsplit(peer.url).path
         self.conn = self.sock = None          # FleetConnection, and its socket (cut())
-        self.busy = False
+        self.busy = self.cut_off = False     # cut_off: the poller cut this request
         self.data = None                    # parse_fleet_host_answer of the last good answer
         self.last_ok = None                 # (epoch s, monotonic s) of it
         self.outcome, self.error = None, "not asked yet"
@@ -11652,30 +11665,35 @@ class FleetPeerState(object):
 
     def get(self, path, token, timeout_s):
         """One GET on the kept connection (once more on a fresh one when the
-        kept one was closed meanwhile) -> (status, content type, body or None
-        when over FLEET_MAX_ANSWER_BYTES or not read). Never follows a redirect."""
+        kept one was closed meanwhile, unless cut), all within timeout_s ->
+        (status, content type, body or None when over FLEET_MAX_ANSWER_BYTES
+        or not read). Never follows a redirect."""
+        deadline = time.monotonic() + timeout_s
         headers = [("Accept", "application/json"), ("User-Agent", "amdgpu_top_web/" + __version__)]
         if token:
             headers.append(("Authorization", "Bearer " + token))
         for attempt in (0, 1):
             reused = self.conn is not None and self.conn.sock is not None
+            if self.cut_off:
+                raise socket.timeout("timed out")
             if not reused:              # none yet, or the last answer closed it
                 self.conn = FleetConnection(self.peer, timeout_s)
-                self.conn.open()
+                self.conn.open(deadline)
             self.sock = self.conn.sock
             try:
-                status, fields, body = self.conn.get(self.prefix + path, headers)
+                status, fields, body = self.conn.get(self.prefix + path, headers, deadline)
                 return status, fields.get("content-type", ""), body
             except ConnectionError:
                 self.close()
-                if not reused or attempt:
+                if not reused or attempt or self.cut_off:
                     raise
             except Exception:
                 self.close()
                 raise
 
     def cut(self):
-        """From the poller: end a request past the round's deadline."""
+        """From the poller: end a request past the round's deadline (not retried)."""
+        self.cut_off = True
         sock = self.sock
         if sock is not None:
             try:
@@ -11804,7 +11822,7 @@ class FleetPoller(FleetThread):
             worker.start()
             self._workers.append(worker)
         for state in due:
-            state.busy = True
+            state.busy, state.cut_off = True, False
         work = self._round = FleetRound(due)
         for _ in range(min(len(self._workers), len(due))):
             self._wake.release()

@@ -33,8 +33,9 @@ def http_answer(status, content_type, body, extra=b""):
 
 class FakePeer(object):
     """A peer on a loopback port served by this process: answer(path) gives the
-    raw bytes to send back (then the connection is closed), or None to hang
-    (accept, read the request, never answer)."""
+    raw bytes to send back (then the connection is closed), an iterable of
+    pieces sent one by one as it yields them, or None to hang (accept, read
+    the request, never answer)."""
 
     def __init__(self, answer, name="fake", events=None, keep=False):
         self.answer, self.name, self.keep = answer, name, keep      # keep: serve the next request
@@ -86,7 +87,8 @@ class FakePeer(object):
                 pass
             self.events.append((self.name, "closed"))
             return False
-        conn.sendall(reply)
+        for piece in [reply] if isinstance(reply, bytes) else reply:
+            conn.sendall(piece)
         if not self.keep:
             conn.close()
         return True
@@ -462,6 +464,45 @@ def test_a_huge_number_from_a_peer_is_null_and_the_fleet_goes_on(server, peers, 
     assert hosts(body)["huge"]["host"]["cpu_count"] is None
     assert body["totals"]["gpus"] == 3 and body["totals"]["power_w"] is not None
     assert "p1" in hub.get("/plain").body.decode()
+
+
+def drip(stop):
+    """An answer that never ends: its head, then one body byte every 0.2 s
+    (each read gets something well within the timeout) until stop is set or
+    the hub closes its end."""
+    yield b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n"
+    while not stop.wait(0.2):
+        yield b" "
+
+
+def test_peers_that_drip_their_answers_hold_no_worker(server, peers, fake_peer, tmp_path):
+    """FLEET_WORKERS peers answer once, then send a byte now and then on the
+    kept connection: each request ends at its timeout and is not sent again
+    on a fresh connection after the cut, so the workers come back and the
+    peer listed with them stays up round after round."""
+    body = json.dumps(host_answer(1)).encode()
+    stop = threading.Event()
+
+    def dripper():      # the first request answered, every later one dripped
+        asked = []
+
+        def answer(path):
+            asked.append(path)
+            return http_answer(200, "application/json", body) if len(asked) == 1 else drip(stop)
+        return answer
+    drips = [fake_peer(dripper(), "d%d" % i, keep=True) for i in range(m.FLEET_WORKERS)]
+    setting = ",".join(["p1=" + peers[0].url] + ["d%d=%s" % (i, d.url) for i, d in enumerate(drips)])
+    hub = start_hub(server, setting, tmp_path)
+    try:
+        wait_fleet(hub, lambda h: all(h[n]["error"] == "timed out" for n in h if n != "p1"), 20,
+                   "every dripping peer cut")
+        for _ in range(4):      # every worker held: p1 is never asked again, stale, then down
+            seen = hosts(fleet(hub))["p1"]["last_seen"]
+            wait_fleet(hub, lambda h: h["p1"]["last_seen"] != seen and h["p1"]["state"] == "up",
+                       10, "p1 asked again")
+        wait_for(lambda: all(len(d.paths) >= 3 for d in drips), 20, message="the drips asked again")
+    finally:
+        stop.set()
 
 
 def test_a_peer_connection_is_kept_from_round_to_round(server, fake_peer, tmp_path):

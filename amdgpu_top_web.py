@@ -12012,11 +12012,16 @@ class FleetPrometheus(object):
                                             "vector")) for name, query in self.queries
                    if name not in self._cached or polls % FLEET_PROM_QUERY_EVERY.get(name, 1) == 0]
         answers, warnings = {}, []
-        for name, future in futures:
-            result, more = future.result()
-            answers[name] = parse_prom_gpu_values(result) if name in FLEET_PROM_GPU_VALUES \
-                else parse_prom_vector(result)
-            warnings += more
+        try:
+            for name, future in futures:
+                result, more = future.result()
+                answers[name] = parse_prom_gpu_values(result) if name in FLEET_PROM_GPU_VALUES \
+                    else parse_prom_vector(result)
+                warnings += more
+        except Exception:
+            for _, future in futures:   # the queued queries go too: none pile up while it fails
+                future.cancel()
+            raise
         self._cached.update(answers)
         answers = dict(self._cached)
         known = set((l.get("job"), l.get("instance")) for l, _, _ in answers["gpu_info"])

@@ -634,3 +634,22 @@ def test_a_hub_whose_prometheus_is_down_says_so(server):
     status, answer = hub.get_json("/api/fleet/history?range=1h&metric=temp_c")
     assert status == 502 and answer["error"].startswith("Prometheus: cannot connect")
     hub.wait_log(r"event=fleet_prometheus_failed")
+
+
+def test_queries_do_not_pile_up_while_prometheus_does_not_answer(recorder):
+    """Prometheus accepts and never answers: a poll fails at its first query's
+    timeout and drops its other queries, so once it answers again at most the
+    few queries that were already on their way (FLEET_PROM_QUERY_THREADS) come
+    with an old time=; the next poll's own queries are not queued behind them."""
+    empty = json.dumps({"status": "success", "data": {"resultType": "vector", "result": []}}).encode()
+    Recorder.answers["/api/v1/query"] = (200, None, {})         # hang
+    source = atw.FleetPrometheus(atw.PromClient(recorder, 0.3), 2.0)
+    for at in (1000.0, 1002.0, 1004.0):
+        assert source.poll(at) == [] and source.error == "Prometheus: no answer within 0.3 s"
+    mark = len(Recorder.seen)
+    Recorder.answers["/api/v1/query"] = (200, empty, {})
+    assert source.poll(1006.0) == [] and source.error is None
+    source.close()
+    times = [dict(atw.parse_qsl(path.split("?", 1)[1]))["time"] for path, _ in Recorder.seen[mark:]]
+    assert times.count("1006.000") == len(atw.build_prom_fleet_queries())
+    assert len(times) - times.count("1006.000") <= atw.FLEET_PROM_QUERY_THREADS, times

@@ -4969,7 +4969,8 @@ def parse_prom_answer(status, body, result_type):
     if not isinstance(data, dict) or data.get("resultType") != result_type \
             or not isinstance(data.get("result"), list):
         raise PromAnswerError("expected a %s result" % result_type)
-    warnings = [str(w)[:200] for w in (answer.get("warnings") or [])[:5]]
+    warnings = answer.get("warnings")
+    warnings = [str(w)[:200] for w in warnings[:5]] if isinstance(warnings, list) else []
     return data["result"], warnings
 
 
@@ -5001,9 +5002,11 @@ def parse_prom_gpu_values(result):
             float(at_s)
             value = float(text)
             get = labels.get
+            key = (get("job", ""), get("instance", ""), get("gpu", ""))
         except (KeyError, TypeError, ValueError, AttributeError):
             continue
-        out[(get("job", ""), get("instance", ""), get("gpu", ""))] = value if value - value == 0 else None
+        if type(key[0]) is str and type(key[1]) is str and type(key[2]) is str:
+            out[key] = value if value - value == 0 else None
     return out
 
 
@@ -11992,14 +11995,25 @@ class FleetPrometheus(object):
 
     def _poll(self, now):
         try:
-            answers = self._query_all(now)
+            hosts, up = self._read_fleet(now)
         except PromAnswerError as exc:
             if self.error != "Prometheus: %s" % exc:
                 LOG.warning("event=fleet_prometheus_failed error=%r", str(exc))
             self.error = "Prometheus: %s" % exc
             return self._entries(now, None, {})
         self.error = None
-        return self._entries(now, *compute_prom_fleet(answers))
+        return self._entries(now, hosts, up)
+
+    def _read_fleet(self, now):
+        """compute_prom_fleet of this poll's answers; PromAnswerError for
+        anything that fails, an answer of an odd shape too (never an exception
+        that ends the round)."""
+        try:
+            return compute_prom_fleet(self._query_all(now))
+        except PromAnswerError:
+            raise
+        except (TypeError, ValueError, KeyError, AttributeError, IndexError, RecursionError) as exc:
+            raise PromAnswerError("an answer of an odd shape (%s)" % type(exc).__name__)
 
     def _query_all(self, now):
         """{query name: parsed vector}: the queries due this poll

@@ -653,3 +653,26 @@ def test_queries_do_not_pile_up_while_prometheus_does_not_answer(recorder):
     times = [dict(atw.parse_qsl(path.split("?", 1)[1]))["time"] for path, _ in Recorder.seen[mark:]]
     assert times.count("1006.000") == len(atw.build_prom_fleet_queries())
     assert len(times) - times.count("1006.000") <= atw.FLEET_PROM_QUERY_THREADS, times
+
+
+def test_odd_answers_are_a_failed_poll_never_an_exception(recorder):
+    """warnings that are no list, label values that are no strings: the poll
+    reads what it can, or fails saying so; it never raises (every round failed,
+    the fleet was never published)."""
+    queries = dict(atw.build_prom_fleet_queries())
+
+    def vector(result, **extra):
+        return (200, json.dumps(dict({"status": "success", "data": {
+            "resultType": "vector", "result": result}}, **extra)).encode(), {})
+    Recorder.answers["/api/v1/query"] = vector([], warnings={"not": "a list"})
+    source = atw.FleetPrometheus(atw.PromClient(recorder, 2.0), 2.0)
+    assert source.poll(time.time()) == [] and source.error is None and source.warnings == []
+    Recorder.by_query[queries["gpu_busy_pct"]] = vector([
+        {"metric": {"job": {"a": 1}, "instance": "x:1", "gpu": "card0"}, "value": [1, "5"]},
+        {"metric": {"job": "amdgpu", "instance": ["x"], "gpu": "card0"}, "value": [1, "5"]}])
+    assert source.poll(time.time()) == [] and source.error is None
+    Recorder.by_query[queries["build"]] = vector([
+        {"metric": {"job": ["amdgpu"], "instance": "x:1", "version": "1"}, "value": [1, "1"]}])
+    assert source.poll(time.time()) == []
+    assert source.error == "Prometheus: an answer of an odd shape (TypeError)"
+    source.close()

@@ -715,6 +715,7 @@ SAMPLE_FRAME_KINDS = ("stats", "procs", "procs_top", "host", "fleet")
 FLEET_MAX_PEERS = 1000          # most peers one list may name
 FLEET_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,62}$")   # a peer's name: a path segment
 FLEET_PEERS_FILE_LIMIT = 1 << 20   # an @FILE peer list is read up to this many bytes
+FLEET_PEERS_SETTLE_S = 1.0         # a peer file's change read at once when written this long ago
 FLEET_TOKENS_FILE_LIMIT = 1 << 16
 FLEET_HOST_PATH = "/api/fleet/host"   # what a hub asks each peer, once a round
 FLEET_BUSY_PCT = 10             # a GPU at or above this gpu_busy_pct is busy, below idle
@@ -11482,14 +11483,17 @@ def _card_order(info):
 class FleetPeerList(object):
     """The hub's peers now: APP_FLEET_PEERS' inline list, or its @FILE, which
     current() stats (one stat per call) and reads again when its mtime or size
-    changed. A file that turns bad keeps the last good list (error says why,
-    logged once per change); a missing file is an empty list, stated."""
+    changed, once the change has settled: the same at two looks in a row, or
+    written FLEET_PEERS_SETTLE_S ago (a file rewritten in place, empty or
+    half-written for a moment, drops no peer). A file that turns bad keeps the
+    last good list (error says why, logged once per change); a missing file
+    is an empty list, stated."""
 
     def __init__(self, spec):
         self.spec = spec
         self.error = None
         self._peers = spec.peers if spec is not None else ()
-        self._stamp = None
+        self._stamp = self._seen = None     # the stamp read, the one the last look saw
 
     def current(self):
         if self.spec is None or self.spec.path is None:
@@ -11497,11 +11501,13 @@ class FleetPeerList(object):
         try:
             st = os.stat(self.spec.path)
             stamp = (st.st_mtime_ns, st.st_size)
+            settled = time.time() - st.st_mtime >= FLEET_PEERS_SETTLE_S
         except OSError as exc:
-            stamp = ("missing", exc.strerror)
-        if stamp != self._stamp:
+            stamp, settled = ("missing", exc.strerror), False
+        if stamp != self._stamp and (settled or stamp == self._seen or self._stamp is None):
             self._stamp = stamp
             self._reload(stamp)
+        self._seen = stamp
         return self._peers
 
     def _reload(self, stamp):

@@ -631,6 +631,37 @@ def test_the_peer_file_is_read_again_and_a_broken_edit_keeps_the_last_list(serve
     assert fleet(hub)["error"] is None and fixed["hosts"][0]["name"] == "p3"
 
 
+def test_a_peer_file_rewritten_in_place_drops_no_peer_while_it_is_written(tmp_path):
+    """A file truncated and written again in place: a look that finds it empty
+    or half-written keeps the last list; a change is read once the same at two
+    looks in a row, or at once when written FLEET_PEERS_SETTLE_S ago. (mtimes
+    set ahead of the clock stand for 'just written', however slow the test.)"""
+    path = tmp_path / "peers.txt"
+    path.write_text("a=http://127.0.0.1:1\n")
+    later = os.stat(str(path)).st_mtime + 3600
+
+    def stamp(delta_s):
+        os.utime(str(path), (later + delta_s, later + delta_s))
+    stamp(0)
+    peers = m.FleetPeerList(m.parse_fleet_peers_setting("@" + str(path)))
+    assert [p.name for p in peers.current()] == ["a"]       # the first look reads it at once
+    with open(str(path), "w") as fh:                        # truncated: an editor writing it
+        stamp(1)
+        assert [p.name for p in peers.current()] == ["a"]
+        fh.write("a=http://127.0.0.1:1\nb=http://127.0.0.1:2\n")
+        fh.flush()
+        stamp(2)
+        assert [p.name for p in peers.current()] == ["a"]   # changed since the last look
+        assert [p.name for p in peers.current()] == ["a", "b"] and peers.error is None
+    path.write_text("c=http://127.0.0.1:3\n")
+    os.utime(str(path), (later - 7200, later - 7200))         # written long ago: read at once
+    assert [p.name for p in peers.current()] == ["c"]
+    path.write_text("")
+    stamp(3)
+    assert [p.name for p in peers.current()] == ["c"]
+    assert peers.current() == () and peers.error is None    # emptied for good: seen twice
+
+
 def test_once_on_a_hub_prints_the_fleet(peers, tmp_path):
     env = {"APP_FLEET_PEERS": "p1=%s,p2=%s,dead=http://127.0.0.1:1" % (peers[0].url, peers[1].url)}
     done = run_program(["--once", "--json"], tmp_path, **env)

@@ -7353,11 +7353,11 @@ PLAIN_ROWS = (
 
 
 def fleet_host_summary(host):
-    """(GPUs busy, GPUs idle, power W or None) of one fleet host (power: the known values)."""
-    busy = sum(1 for g in host["gpus"] if isinstance(g.get("gpu_busy_pct"), (int, float))
-               and g["gpu_busy_pct"] >= FLEET_BUSY_PCT)
-    power = [g["power_w"] for g in host["gpus"] if isinstance(g.get("power_w"), (int, float))]
-    return busy, len(host["gpus"]) - busy, round(sum(power), 1) if power else None
+    """(GPUs busy, idle, down, power W or None) of one fleet host, counted as
+    the fleet's totals count them (compute_fleet_totals: every GPU of a host
+    not up, and a lost one, is down; power sums the known values of the rest)."""
+    totals = compute_fleet_totals([host])
+    return totals["gpus_busy"], totals["gpus_idle"], totals["gpus_down"], totals["power_w"]
 
 
 def format_fleet_gpu(gpu):
@@ -7375,11 +7375,11 @@ def format_fleet_gpu(gpu):
 
 
 def format_fleet_host(host):
-    """One fleet host's cells: name, state (and why), last seen, GPUs busy / idle, power."""
-    busy, idle, power = fleet_host_summary(host)
+    """One fleet host's cells: name, state (and why), last seen, GPUs busy / idle / down, power."""
+    busy, idle, down, power = fleet_host_summary(host)
     state = host["state"] + (" (%s)" % sanitize_text(host["error"]) if host["error"] else "")
     return [sanitize_text(host["name"]), state, host["last_seen"] or "never",
-            "%d / %d" % (busy, idle), format_value(power, " W")]
+            "%d / %d / %d" % (busy, idle, down), format_value(power, " W")]
 
 
 def format_fleet_totals(fleet):
@@ -7396,7 +7396,7 @@ def _plain_fleet(fleet):
     esc = html.escape
     rows = ["<h2>Fleet</h2><p>%s</p>" % esc(format_fleet_totals(fleet)),
             "<table border=1><thead><tr><th>host</th><th>state</th><th>last seen</th>"
-            "<th>GPUs busy / idle</th><th>power</th><th>GPUs</th></tr></thead><tbody>"]
+            "<th>GPUs busy / idle / down</th><th>power</th><th>GPUs</th></tr></thead><tbody>"]
     for host in fleet["hosts"]:
         cells = [esc(cell) for cell in format_fleet_host(host)]
         if host.get("page"):
@@ -15220,7 +15220,7 @@ def format_once_fleet(fleet):
     """The --once table of a hub's fleet: a line per host, one per GPU under it."""
     lines = ["fleet  " + format_fleet_totals(fleet)]
     for host in fleet["hosts"]:
-        lines.append("%-20s %-8s last seen %s  GPUs busy / idle %s  power %s" % tuple(
+        lines.append("%-20s %-8s last seen %s  GPUs busy / idle / down %s  power %s" % tuple(
             format_fleet_host(host)))
         lines.extend("  " + format_fleet_gpu(gpu) for gpu in host["gpus"])
     return "\n".join(lines)

@@ -306,6 +306,27 @@ def test_the_top_process_and_totals():
     assert m.compute_fleet_totals([])["power_w"] is None
 
 
+def test_plain_counts_each_hosts_gpus_as_the_totals_do():
+    """/plain's and --once's per-host busy / idle / down: a lost GPU, and every
+    GPU of a host not up, is down (not idle), as in the fleet's totals."""
+    busy, idle = {"gpu_busy_pct": 10, "power_w": 100.0}, {"gpu_busy_pct": 9.9, "power_w": 20.0}
+    lost = {"gpu_busy_pct": 99, "runtime_status": "lost", "power_w": 50.0}
+    hosts_in = [m.build_fleet_host("up", "peer", "/hosts/up/", "up", 0, None, None, None,
+                                   [dict(host_answer()["gpus"][0], **g) for g in (busy, idle, lost)], []),
+                m.build_fleet_host("stale", "peer", "/hosts/stale/", "stale", 0, "timed out", None,
+                                   None, [dict(host_answer()["gpus"][0], **g) for g in (busy, idle)], [])]
+    message = m.build_fleet_message(0, "peers", 2.0, hosts_in)
+    summaries = [m.fleet_host_summary(host) for host in message["hosts"]]
+    assert summaries == [(1, 1, 1, 120.0), (0, 0, 2, None)]
+    totals = message["totals"]
+    assert [sum(column) for column in list(zip(*summaries))[:3]] == [
+        totals["gpus_busy"], totals["gpus_idle"], totals["gpus_down"]]
+    assert [m.format_fleet_host(host)[3] for host in message["hosts"]] == ["1 / 1 / 1", "0 / 0 / 2"]
+    plain = "".join(m._plain_fleet(message))
+    assert "GPUs busy / idle / down" in plain and "<td>0 / 0 / 2</td>" in plain
+    assert "GPUs busy / idle / down 0 / 0 / 2" in m.format_once_fleet(message)
+
+
 def test_parse_http_head():
     status, fields, keep = m.parse_http_head(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
                                              b"Content-Length:  12 ")

@@ -167,7 +167,9 @@ def test_targets_without_peers_is_an_empty_list_and_follow_the_file(server, tmp_
     assert get_json(hub.port, "/api/fleet/targets")[1][0]["targets"] == ["10.0.0.5:8080"]
     peers.write_text("http://10.0.0.5:8080\nhttp://10.0.0.6:8080 # added\n")
     os.utime(str(peers), (time.time() + 5, time.time() + 5))
-    assert get_json(hub.port, "/api/fleet/targets")[1][0]["targets"] == ["10.0.0.5:8080", "10.0.0.6:8080"]
+    # a change just written is read once two looks found it the same (a request is a look)
+    wait_for(lambda: get_json(hub.port, "/api/fleet/targets")[1][0]["targets"] == [
+        "10.0.0.5:8080", "10.0.0.6:8080"], 10, 0.1, "the new peer in the targets")
 
 
 def test_prometheus_scrapes_the_hubs_http_sd_targets(fleet):

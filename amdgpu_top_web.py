@@ -715,6 +715,7 @@ SAMPLE_FRAME_KINDS = ("stats", "procs", "procs_top", "host", "fleet")
 FLEET_MAX_PEERS = 1000          # most peers one list may name
 FLEET_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,62}$")   # a peer's name: a path segment
 FLEET_PEERS_FILE_LIMIT = 1 << 20   # an @FILE peer list is read up to this many bytes
+FLEET_PEERS_SETTLE_S = 1.0         # a peer file's change read at once when written this long ago
 FLEET_TOKENS_FILE_LIMIT = 1 << 16
 FLEET_HOST_PATH = "/api/fleet/host"   # what a hub asks each peer, once a round
 FLEET_BUSY_PCT = 10             # a GPU at or above this gpu_busy_pct is busy, below idle
@@ -730,6 +731,7 @@ FLEET_MAX_ALERTS = 64
 FLEET_STATUS_RE = re.compile(br"^HTTP/1\.([01]) ([0-9]{3})(?: |$)")   # a peer's status line
 FLEET_HEAD_MAX = 1 << 16        # a peer's answer head (status line and headers) at most
 FLEET_TEXT_MAX = 200            # a string from a peer is cut to this many characters
+FLEET_NUMBER_MAX = 2 ** 53      # a peer's number beyond this is null (floats hold integers to here)
 FLEET_GPU_KEYS = ("id", "name", "vendor", "vendor_label", "uuid", "pci", "gpu_busy_pct",
                   "vram_used_bytes", "vram_total_bytes", "temp_c", "power_w", "power_cap_w",
                   "throttle_reasons", "runtime_status", "top_process", "processes", "alert")
@@ -4863,11 +4865,13 @@ def fleet_peer_token(tokens, name):
 
 def _fleet_value(key, value):
     """A peer's value kept only when it is of its key's kind: a finite number
-    (FLEET_NUMERIC_KEYS), a string (cut), a list of strings (throttle_reasons);
-    anything else (a bool, an object, a number where a name goes) is null."""
+    within +-FLEET_NUMBER_MAX (FLEET_NUMERIC_KEYS), a string (cut), a list of
+    strings (throttle_reasons); anything else (a bool, an object, a number
+    where a name goes, a huge integer that no float holds) is null."""
     kind = type(value)
     if kind is int or kind is float:
-        return value if key in FLEET_NUMERIC_KEYS and (kind is int or math.isfinite(value)) else None
+        return value if key in FLEET_NUMERIC_KEYS and -FLEET_NUMBER_MAX <= value <= FLEET_NUMBER_MAX \
+            else None       # NaN fails both comparisons; the bound also rules out the infinities
     if kind is str:
         return None if key in FLEET_NUMERIC_KEYS or key == "throttle_reasons" else value[:FLEET_TEXT_MAX]
     if kind is list and key == "throttle_reasons" and all(type(v) is str for v in value):
@@ -5017,7 +5021,8 @@ def parse_prom_answer(status, body, result_type):
     if not isinstance(data, dict) or data.get("resultType") != result_type \
             or not isinstance(data.get("result"), list):
         raise PromAnswerError("expected a %s result" % result_type)
-    warnings = [str(w)[:200] for w in (answer.get("warnings") or [])[:5]]
+    warnings = answer.get("warnings")
+    warnings = [str(w)[:200] for w in warnings[:5]] if isinstance(warnings, list) else []
     return data["result"], warnings
 
 
@@ -5049,9 +5054,11 @@ def parse_prom_gpu_values(result):
             float(at_s)
             value = float(text)
             get = labels.get
+            key = (get("job", ""), get("instance", ""), get("gpu", ""))
         except (KeyError, TypeError, ValueError, AttributeError):
             continue
-        out[(get("job", ""), get("instance", ""), get("gpu", ""))] = value if value - value == 0 else None
+        if type(key[0]) is str and type(key[1]) is str and type(key[2]) is str:
+            out[key] = value if value - value == 0 else None
     return out
 
 
@@ -7411,11 +7418,11 @@ PLAIN_ROWS = (
 
 
 def fleet_host_summary(host):
-    """(GPUs busy, GPUs idle, power W or None) of one fleet host (power: the known values)."""
-    busy = sum(1 for g in host["gpus"] if isinstance(g.get("gpu_busy_pct"), (int, float))
-               and g["gpu_busy_pct"] >= FLEET_BUSY_PCT)
-    power = [g["power_w"] for g in host["gpus"] if isinstance(g.get("power_w"), (int, float))]
-    return busy, len(host["gpus"]) - busy, round(sum(power), 1) if power else None
+    """(GPUs busy, idle, down, power W or None) of one fleet host, counted as
+    the fleet's totals count them (compute_fleet_totals: every GPU of a host
+    not up, and a lost one, is down; power sums the known values of the rest)."""
+    totals = compute_fleet_totals([host])
+    return totals["gpus_busy"], totals["gpus_idle"], totals["gpus_down"], totals["power_w"]
 
 
 def format_fleet_gpu(gpu):
@@ -7433,11 +7440,11 @@ def format_fleet_gpu(gpu):
 
 
 def format_fleet_host(host):
-    """One fleet host's cells: name, state (and why), last seen, GPUs busy / idle, power."""
-    busy, idle, power = fleet_host_summary(host)
+    """One fleet host's cells: name, state (and why), last seen, GPUs busy / idle / down, power."""
+    busy, idle, down, power = fleet_host_summary(host)
     state = host["state"] + (" (%s)" % sanitize_text(host["error"]) if host["error"] else "")
     return [sanitize_text(host["name"]), state, host["last_seen"] or "never",
-            "%d / %d" % (busy, idle), format_value(power, " W")]
+            "%d / %d / %d" % (busy, idle, down), format_value(power, " W")]
 
 
 def format_fleet_totals(fleet):
@@ -7454,7 +7461,7 @@ def _plain_fleet(fleet):
     esc = html.escape
     rows = ["<h2>Fleet</h2><p>%s</p>" % esc(format_fleet_totals(fleet)),
             "<table border=1><thead><tr><th>host</th><th>state</th><th>last seen</th>"
-            "<th>GPUs busy / idle</th><th>power</th><th>GPUs</th></tr></thead><tbody>"]
+            "<th>GPUs busy / idle / down</th><th>power</th><th>GPUs</th></tr></thead><tbody>"]
     for host in fleet["hosts"]:
         cells = [esc(cell) for cell in format_fleet_host(host)]
         if host.get("page"):
@@ -11558,14 +11565,17 @@ def _card_order(info):
 class FleetPeerList(object):
     """The hub's peers now: APP_FLEET_PEERS' inline list, or its @FILE, which
     current() stats (one stat per call) and reads again when its mtime or size
-    changed. A file that turns bad keeps the last good list (error says why,
-    logged once per change); a missing file is an empty list, stated."""
+    changed, once the change has settled: the same at two looks in a row, or
+    written FLEET_PEERS_SETTLE_S ago (a file rewritten in place, empty or
+    half-written for a moment, drops no peer). A file that turns bad keeps the
+    last good list (error says why, logged once per change); a missing file
+    is an empty list, stated."""
 
     def __init__(self, spec):
         self.spec = spec
         self.error = None
         self._peers = spec.peers if spec is not None else ()
-        self._stamp = None
+        self._stamp = self._seen = None     # the stamp read, the one the last look saw
 
     def current(self):
         if self.spec is None or self.spec.path is None:
@@ -11573,11 +11583,13 @@ class FleetPeerList(object):
         try:
             st = os.stat(self.spec.path)
             stamp = (st.st_mtime_ns, st.st_size)
+            settled = time.time() - st.st_mtime >= FLEET_PEERS_SETTLE_S
         except OSError as exc:
-            stamp = ("missing", exc.strerror)
-        if stamp != self._stamp:
+            stamp, settled = ("missing", exc.strerror), False
+        if stamp != self._stamp and (settled or stamp == self._seen or self._stamp is None):
             self._stamp = stamp
             self._reload(stamp)
+        self._seen = stamp
         return self._peers
 
     def _reload(self, stamp):
@@ -11608,17 +11620,27 @@ class FleetConnection(object):
     """One peer's keep-alive HTTP/1.1 connection, GET only: a few reads and
     one parse per answer (http.client costs about five times as much CPU,
     which is most of a hub's cost at 100 peers). Content-Length, chunked or
-    until-close bodies, cut past FLEET_MAX_ANSWER_BYTES. Raises OSError for the
-    connection (ConnectionAbortedError: it closed early), ValueError for an
+    until-close bodies, cut past FLEET_MAX_ANSWER_BYTES. Every wait ends at
+    the request's deadline (a peer that sends a byte now and then holds a
+    worker no longer). Raises OSError for the connection (socket.timeout past
+    the deadline, ConnectionAbortedError: it closed early), ValueError for an
     answer that is not HTTP."""
 
     def __init__(self, peer, timeout_s):
         self.peer, self.timeout_s = peer, timeout_s
         self.sock = None
         self._buf = b""
+        self.deadline = None        # monotonic s: the request in flight ends by then
 
-    def open(self):
-        sock = socket.create_connection((self.peer.host, self.peer.port), self.timeout_s)
+    def _left_s(self):
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise socket.timeout("timed out")
+        return left
+
+    def open(self, deadline):
+        self.deadline = deadline
+        sock = socket.create_connection((self.peer.host, self.peer.port), self._left_s())
         if self.peer.scheme == "https":
             if ssl is None:
                 sock.close()
@@ -11626,11 +11648,13 @@ class FleetConnection(object):
             sock = ssl.create_default_context().wrap_socket(sock, server_hostname=self.peer.host)
         self.sock, self._buf = sock, b""
 
-    def get(self, path, headers):
+    def get(self, path, headers, deadline):
         """-> (status, fields, body); body None: over the cap, or not read (status not 200)."""
         host = "[%s]" % self.peer.host if ":" in self.peer.host else self.peer.host
         lines = ["GET %s HTTP/1.1" % path, "Host: %s:%d" % (host, self.peer.port)]
         lines += ["%s: %s" % item for item in headers]
+        self.deadline = deadline
+        self.sock.settimeout(self._left_s())
         self.sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
         status, fields, keep = parse_http_head(self._read_head())
         body = self._read_body(fields) if status == 200 else None
@@ -11639,6 +11663,7 @@ class FleetConnection(object):
         return status, fields, body
 
     def _more(self):
+        self.sock.settimeout(self._left_s())
         data = self.sock.recv(65536)
         if not data:
             raise ConnectionAbortedError(errno.ECONNABORTED, "closed the connection")
@@ -11693,8 +11718,13 @@ class FleetConnection(object):
             total += size
             if total > FLEET_MAX_ANSWER_BYTES:
                 return None
-            if size == 0:
-                self._read_head()   # the trailers, up to the blank line
+            if size == 0:       # no trailers: one CRLF; else trailers up to the blank line
+                while len(self._buf) < 2:
+                    self._more()
+                if self._buf.startswith(b"\r\n"):
+                    self._buf = self._buf[2:]
+                else:
+                    self._read_head()
                 return b"".join(parts)
             parts.append(self._read_exact(size))
             self._read_exact(2)
@@ -11708,14 +11738,14 @@ class FleetConnection(object):
 class FleetPeerState(object):
     """What the poller knows of one peer: its keep-alive connection, its last
     good data and how its last poll went. The poller thread owns it; while a
-    request is in flight (busy) only that worker touches
-    the connection, and the poller only cuts its socket at the deadline."""
+    request is in flight (busy) only that worker touches the connection, and
+    the poller only cuts its socket at the deadline (cut_off: no retry then)."""
 
     def __init__(self, peer, now):
         self.peer = peer
         self.prefix = urlsplit(peer.url).path
         self.conn = self.sock = None          # FleetConnection, and its socket (cut())
-        self.busy = False
+        self.busy = self.cut_off = False     # cut_off: the poller cut this request
         self.data = None                    # parse_fleet_host_answer of the last good answer
         self.last_ok = None                 # (epoch s, monotonic s) of it
         self.outcome, self.error = None, "not asked yet"
@@ -11726,30 +11756,35 @@ class FleetPeerState(object):
 
     def get(self, path, token, timeout_s):
         """One GET on the kept connection (once more on a fresh one when the
-        kept one was closed meanwhile) -> (status, content type, body or None
-        when over FLEET_MAX_ANSWER_BYTES or not read). Never follows a redirect."""
+        kept one was closed meanwhile, unless cut), all within timeout_s ->
+        (status, content type, body or None when over FLEET_MAX_ANSWER_BYTES
+        or not read). Never follows a redirect."""
+        deadline = time.monotonic() + timeout_s
         headers = [("Accept", "application/json"), ("User-Agent", "amdgpu_top_web/" + __version__)]
         if token:
             headers.append(("Authorization", "Bearer " + token))
         for attempt in (0, 1):
             reused = self.conn is not None and self.conn.sock is not None
+            if self.cut_off:
+                raise socket.timeout("timed out")
             if not reused:              # none yet, or the last answer closed it
                 self.conn = FleetConnection(self.peer, timeout_s)
-                self.conn.open()
+                self.conn.open(deadline)
             self.sock = self.conn.sock
             try:
-                status, fields, body = self.conn.get(self.prefix + path, headers)
+                status, fields, body = self.conn.get(self.prefix + path, headers, deadline)
                 return status, fields.get("content-type", ""), body
             except ConnectionError:
                 self.close()
-                if not reused or attempt:
+                if not reused or attempt or self.cut_off:
                     raise
             except Exception:
                 self.close()
                 raise
 
     def cut(self):
-        """From the poller: end a request past the round's deadline."""
+        """From the poller: end a request past the round's deadline (not retried)."""
+        self.cut_off = True
         sock = self.sock
         if sock is not None:
             try:
@@ -11878,7 +11913,7 @@ class FleetPoller(FleetThread):
             worker.start()
             self._workers.append(worker)
         for state in due:
-            state.busy = True
+            state.busy, state.cut_off = True, False
         work = self._round = FleetRound(due)
         for _ in range(min(len(self._workers), len(due))):
             self._wake.release()
@@ -12048,14 +12083,25 @@ class FleetPrometheus(object):
 
     def _poll(self, now):
         try:
-            answers = self._query_all(now)
+            hosts, up = self._read_fleet(now)
         except PromAnswerError as exc:
             if self.error != "Prometheus: %s" % exc:
                 LOG.warning("event=fleet_prometheus_failed error=%r", str(exc))
             self.error = "Prometheus: %s" % exc
             return self._entries(now, None, {})
         self.error = None
-        return self._entries(now, *compute_prom_fleet(answers))
+        return self._entries(now, hosts, up)
+
+    def _read_fleet(self, now):
+        """compute_prom_fleet of this poll's answers; PromAnswerError for
+        anything that fails, an answer of an odd shape too (never an exception
+        that ends the round)."""
+        try:
+            return compute_prom_fleet(self._query_all(now))
+        except PromAnswerError:
+            raise
+        except (TypeError, ValueError, KeyError, AttributeError, IndexError, RecursionError) as exc:
+            raise PromAnswerError("an answer of an odd shape (%s)" % type(exc).__name__)
 
     def _query_all(self, now):
         """{query name: parsed vector}: the queries due this poll
@@ -12068,11 +12114,16 @@ class FleetPrometheus(object):
                                             "vector")) for name, query in self.queries
                    if name not in self._cached or polls % FLEET_PROM_QUERY_EVERY.get(name, 1) == 0]
         answers, warnings = {}, []
-        for name, future in futures:
-            result, more = future.result()
-            answers[name] = parse_prom_gpu_values(result) if name in FLEET_PROM_GPU_VALUES \
-                else parse_prom_vector(result)
-            warnings += more
+        try:
+            for name, future in futures:
+                result, more = future.result()
+                answers[name] = parse_prom_gpu_values(result) if name in FLEET_PROM_GPU_VALUES \
+                    else parse_prom_vector(result)
+                warnings += more
+        except Exception:
+            for _, future in futures:   # the queued queries go too: none pile up while it fails
+                future.cancel()
+            raise
         self._cached.update(answers)
         answers = dict(self._cached)
         known = set((l.get("job"), l.get("instance")) for l, _, _ in answers["gpu_info"])
@@ -15293,7 +15344,7 @@ def format_once_fleet(fleet):
     """The --once table of a hub's fleet: a line per host, one per GPU under it."""
     lines = ["fleet  " + format_fleet_totals(fleet)]
     for host in fleet["hosts"]:
-        lines.append("%-20s %-8s last seen %s  GPUs busy / idle %s  power %s" % tuple(
+        lines.append("%-20s %-8s last seen %s  GPUs busy / idle / down %s  power %s" % tuple(
             format_fleet_host(host)))
         lines.extend("  " + format_fleet_gpu(gpu) for gpu in host["gpus"])
     return "\n".join(lines)

@@ -34,8 +34,9 @@ def http_answer(status, content_type, body, extra=b""):
 
 class FakePeer(object):
     """A peer on a loopback port served by this process: answer(path) gives the
-    raw bytes to send back (then the connection is closed), or None to hang
-    (accept, read the request, never answer)."""
+    raw bytes to send back (then the connection is closed), an iterable of
+    pieces sent one by one as it yields them, or None to hang (accept, read
+    the request, never answer)."""
 
     def __init__(self, answer, name="fake", events=None, keep=False):
         self.answer, self.name, self.keep = answer, name, keep      # keep: serve the next request
@@ -87,7 +88,8 @@ class FakePeer(object):
                 pass
             self.events.append((self.name, "closed"))
             return False
-        conn.sendall(reply)
+        for piece in [reply] if isinstance(reply, bytes) else reply:
+            conn.sendall(piece)
         if not self.keep:
             conn.close()
         return True
@@ -314,6 +316,27 @@ def test_the_top_process_and_totals():
     assert m.compute_fleet_totals([])["power_w"] is None
 
 
+def test_plain_counts_each_hosts_gpus_as_the_totals_do():
+    """/plain's and --once's per-host busy / idle / down: a lost GPU, and every
+    GPU of a host not up, is down (not idle), as in the fleet's totals."""
+    busy, idle = {"gpu_busy_pct": 10, "power_w": 100.0}, {"gpu_busy_pct": 9.9, "power_w": 20.0}
+    lost = {"gpu_busy_pct": 99, "runtime_status": "lost", "power_w": 50.0}
+    hosts_in = [m.build_fleet_host("up", "peer", "/hosts/up/", "up", 0, None, None, None,
+                                   [dict(host_answer()["gpus"][0], **g) for g in (busy, idle, lost)], []),
+                m.build_fleet_host("stale", "peer", "/hosts/stale/", "stale", 0, "timed out", None,
+                                   None, [dict(host_answer()["gpus"][0], **g) for g in (busy, idle)], [])]
+    message = m.build_fleet_message(0, "peers", 2.0, hosts_in)
+    summaries = [m.fleet_host_summary(host) for host in message["hosts"]]
+    assert summaries == [(1, 1, 1, 120.0), (0, 0, 2, None)]
+    totals = message["totals"]
+    assert [sum(column) for column in list(zip(*summaries))[:3]] == [
+        totals["gpus_busy"], totals["gpus_idle"], totals["gpus_down"]]
+    assert [m.format_fleet_host(host)[3] for host in message["hosts"]] == ["1 / 1 / 1", "0 / 0 / 2"]
+    plain = "".join(m._plain_fleet(message))
+    assert "GPUs busy / idle / down" in plain and "<td>0 / 0 / 2</td>" in plain
+    assert "GPUs busy / idle / down 0 / 0 / 2" in m.format_once_fleet(message)
+
+
 def test_parse_http_head():
     status, fields, keep = m.parse_http_head(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
                                              b"Content-Length:  12 ")
@@ -347,7 +370,9 @@ def test_a_fleet_frame_goes_out_only_when_the_fleet_changed():
 # -- every server: its own host entry ------------------------------------------------
 
 def test_every_server_answers_its_own_fleet_host(peers):
-    status, body = peers[1].get_json("/api/fleet/host")
+    # its host frame comes with the first CPU sample (null before: a busy machine's first test)
+    status, body = wait_for(lambda: (lambda answer: answer[1]["host"] and answer)(
+        peers[1].get_json("/api/fleet/host")), 15, 0.1, "the peer's host frame")
     assert status == 200
     assert body["name"] == socket.gethostname() and body["source"] == "local"
     assert body["page"] == "/" and body["state"] == "up" and body["error"] is None
@@ -459,6 +484,65 @@ def test_a_hanging_peer_never_holds_the_others(server, peers, fake_peer, tmp_pat
     assert hang.paths and all(p == "/api/fleet/host" for p in hang.paths)
 
 
+def test_a_huge_number_from_a_peer_is_null_and_the_fleet_goes_on(server, peers, fake_peer,
+                                                                  tmp_path):
+    """An integer no float holds (sum() with a float raised OverflowError and
+    every round failed) or past 2**53 is null, like any value of the wrong kind."""
+    answer = host_answer(2)
+    answer["gpus"][0].update(power_w=10 ** 400, gpu_busy_pct=-10 ** 300, temp_c=2 ** 53 + 1)
+    answer["host"] = {"mem_total_bytes": 2 ** 53, "cpu_count": 10 ** 30}
+    body = json.dumps(answer).encode()
+    huge = fake_peer(lambda path: http_answer(200, "application/json", body))
+    hub = start_hub(server, "huge=%s,p1=%s" % (huge.url, peers[0].url), tmp_path)
+    body = wait_fleet(hub, lambda h: h["huge"]["state"] == "up" and h["p1"]["state"] == "up")
+    gpus = hosts(body)["huge"]["gpus"]
+    assert (gpus[0]["power_w"], gpus[0]["gpu_busy_pct"], gpus[0]["temp_c"]) == (None, None, None)
+    assert gpus[1]["power_w"] == 100.0 and gpus[1]["gpu_busy_pct"] == 50
+    assert hosts(body)["huge"]["host"]["mem_total_bytes"] == 2 ** 53
+    assert hosts(body)["huge"]["host"]["cpu_count"] is None
+    assert body["totals"]["gpus"] == 3 and body["totals"]["power_w"] is not None
+    assert "p1" in hub.get("/plain").body.decode()
+
+
+def drip(stop):
+    """An answer that never ends: its head, then one body byte every 0.2 s
+    (each read gets something well within the timeout) until stop is set or
+    the hub closes its end."""
+    yield b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n"
+    while not stop.wait(0.2):
+        yield b" "
+
+
+def test_peers_that_drip_their_answers_hold_no_worker(server, peers, fake_peer, tmp_path):
+    """FLEET_WORKERS peers answer once, then send a byte now and then on the
+    kept connection: each request ends at its timeout and is not sent again
+    on a fresh connection after the cut, so the workers come back and the
+    peer listed with them stays up round after round."""
+    body = json.dumps(host_answer(1)).encode()
+    stop = threading.Event()
+
+    def dripper():      # the first request answered, every later one dripped
+        asked = []
+
+        def answer(path):
+            asked.append(path)
+            return http_answer(200, "application/json", body) if len(asked) == 1 else drip(stop)
+        return answer
+    drips = [fake_peer(dripper(), "d%d" % i, keep=True) for i in range(m.FLEET_WORKERS)]
+    setting = ",".join(["p1=" + peers[0].url] + ["d%d=%s" % (i, d.url) for i, d in enumerate(drips)])
+    hub = start_hub(server, setting, tmp_path)
+    try:
+        wait_fleet(hub, lambda h: all(h[n]["error"] == "timed out" for n in h if n != "p1"), 20,
+                   "every dripping peer cut")
+        for _ in range(4):      # every worker held: p1 is never asked again, stale, then down
+            seen = hosts(fleet(hub))["p1"]["last_seen"]
+            wait_fleet(hub, lambda h: h["p1"]["last_seen"] != seen and h["p1"]["state"] == "up",
+                       10, "p1 asked again")
+        wait_for(lambda: all(len(d.paths) >= 3 for d in drips), 20, message="the drips asked again")
+    finally:
+        stop.set()
+
+
 def test_a_peer_connection_is_kept_from_round_to_round(server, fake_peer, tmp_path):
     body = json.dumps(host_answer(1)).encode()
     peer = fake_peer(lambda path: http_answer(200, "application/json", body), keep=True)
@@ -466,6 +550,20 @@ def test_a_peer_connection_is_kept_from_round_to_round(server, fake_peer, tmp_pa
     wait_for(lambda: len(peer.paths) >= 4, 15, message="four rounds")
     assert fleet(hub)["hosts"][0]["state"] == "up"
     assert len(peer.conns) == 1         # one connection, every request on it
+
+
+def test_a_chunked_answer_without_trailers_is_read_at_once(server, fake_peer, tmp_path):
+    """'0\\r\\n\\r\\n' ends a chunked body with no trailers (nginx's default): the
+    answer is read without waiting for more, and the connection is kept."""
+    body = json.dumps(host_answer(2)).encode()
+    chunked = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+    chunked += b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)
+    peer = fake_peer(lambda path: chunked, keep=True)
+    hub = start_hub(server, "nginx=" + peer.url, tmp_path)
+    entry = wait_fleet(hub, lambda h: h["nginx"]["state"] == "up")["hosts"][0]
+    assert entry["error"] is None and len(entry["gpus"]) == 2
+    wait_for(lambda: len(peer.paths) >= 3, 15, message="three rounds")
+    assert fleet(hub)["hosts"][0]["state"] == "up" and len(peer.conns) == 1
 
 
 def test_lying_peers_are_refused_with_the_reason(server, peers, fake_peer, tmp_path):
@@ -569,6 +667,37 @@ def test_the_peer_file_is_read_again_and_a_broken_edit_keeps_the_last_list(serve
     path.write_text("p3=%s\n" % peers[2].url)
     fixed = wait_fleet(hub, lambda h: list(h) == ["p3"] and h["p3"]["state"] == "up")
     assert fleet(hub)["error"] is None and fixed["hosts"][0]["name"] == "p3"
+
+
+def test_a_peer_file_rewritten_in_place_drops_no_peer_while_it_is_written(tmp_path):
+    """A file truncated and written again in place: a look that finds it empty
+    or half-written keeps the last list; a change is read once the same at two
+    looks in a row, or at once when written FLEET_PEERS_SETTLE_S ago. (mtimes
+    set ahead of the clock stand for 'just written', however slow the test.)"""
+    path = tmp_path / "peers.txt"
+    path.write_text("a=http://127.0.0.1:1\n")
+    later = os.stat(str(path)).st_mtime + 3600
+
+    def stamp(delta_s):
+        os.utime(str(path), (later + delta_s, later + delta_s))
+    stamp(0)
+    peers = m.FleetPeerList(m.parse_fleet_peers_setting("@" + str(path)))
+    assert [p.name for p in peers.current()] == ["a"]       # the first look reads it at once
+    with open(str(path), "w") as fh:                        # truncated: an editor writing it
+        stamp(1)
+        assert [p.name for p in peers.current()] == ["a"]
+        fh.write("a=http://127.0.0.1:1\nb=http://127.0.0.1:2\n")
+        fh.flush()
+        stamp(2)
+        assert [p.name for p in peers.current()] == ["a"]   # changed since the last look
+        assert [p.name for p in peers.current()] == ["a", "b"] and peers.error is None
+    path.write_text("c=http://127.0.0.1:3\n")
+    os.utime(str(path), (later - 7200, later - 7200))         # written long ago: read at once
+    assert [p.name for p in peers.current()] == ["c"]
+    path.write_text("")
+    stamp(3)
+    assert [p.name for p in peers.current()] == ["c"]
+    assert peers.current() == () and peers.error is None    # emptied for good: seen twice
 
 
 def test_once_on_a_hub_prints_the_fleet(peers, tmp_path):

@@ -167,7 +167,9 @@ def test_targets_without_peers_is_an_empty_list_and_follow_the_file(server, tmp_
     assert get_json(hub.port, "/api/fleet/targets")[1][0]["targets"] == ["10.0.0.5:8080"]
     peers.write_text("http://10.0.0.5:8080\nhttp://10.0.0.6:8080 # added\n")
     os.utime(str(peers), (time.time() + 5, time.time() + 5))
-    assert get_json(hub.port, "/api/fleet/targets")[1][0]["targets"] == ["10.0.0.5:8080", "10.0.0.6:8080"]
+    # a change just written is read once two looks found it the same (a request is a look)
+    wait_for(lambda: get_json(hub.port, "/api/fleet/targets")[1][0]["targets"] == [
+        "10.0.0.5:8080", "10.0.0.6:8080"], 10, 0.1, "the new peer in the targets")
 
 
 def test_prometheus_scrapes_the_hubs_http_sd_targets(fleet):
@@ -634,3 +636,45 @@ def test_a_hub_whose_prometheus_is_down_says_so(server):
     status, answer = hub.get_json("/api/fleet/history?range=1h&metric=temp_c")
     assert status == 502 and answer["error"].startswith("Prometheus: cannot connect")
     hub.wait_log(r"event=fleet_prometheus_failed")
+
+
+def test_queries_do_not_pile_up_while_prometheus_does_not_answer(recorder):
+    """Prometheus accepts and never answers: a poll fails at its first query's
+    timeout and drops its other queries, so once it answers again at most the
+    few queries that were already on their way (FLEET_PROM_QUERY_THREADS) come
+    with an old time=; the next poll's own queries are not queued behind them."""
+    empty = json.dumps({"status": "success", "data": {"resultType": "vector", "result": []}}).encode()
+    Recorder.answers["/api/v1/query"] = (200, None, {})         # hang
+    source = atw.FleetPrometheus(atw.PromClient(recorder, 0.3), 2.0)
+    for at in (1000.0, 1002.0, 1004.0):
+        assert source.poll(at) == [] and source.error == "Prometheus: no answer within 0.3 s"
+    mark = len(Recorder.seen)
+    Recorder.answers["/api/v1/query"] = (200, empty, {})
+    assert source.poll(1006.0) == [] and source.error is None
+    source.close()
+    times = [dict(atw.parse_qsl(path.split("?", 1)[1]))["time"] for path, _ in Recorder.seen[mark:]]
+    assert times.count("1006.000") == len(atw.build_prom_fleet_queries())
+    assert len(times) - times.count("1006.000") <= atw.FLEET_PROM_QUERY_THREADS, times
+
+
+def test_odd_answers_are_a_failed_poll_never_an_exception(recorder):
+    """warnings that are no list, label values that are no strings: the poll
+    reads what it can, or fails saying so; it never raises (every round failed,
+    the fleet was never published)."""
+    queries = dict(atw.build_prom_fleet_queries())
+
+    def vector(result, **extra):
+        return (200, json.dumps(dict({"status": "success", "data": {
+            "resultType": "vector", "result": result}}, **extra)).encode(), {})
+    Recorder.answers["/api/v1/query"] = vector([], warnings={"not": "a list"})
+    source = atw.FleetPrometheus(atw.PromClient(recorder, 2.0), 2.0)
+    assert source.poll(time.time()) == [] and source.error is None and source.warnings == []
+    Recorder.by_query[queries["gpu_busy_pct"]] = vector([
+        {"metric": {"job": {"a": 1}, "instance": "x:1", "gpu": "card0"}, "value": [1, "5"]},
+        {"metric": {"job": "amdgpu", "instance": ["x"], "gpu": "card0"}, "value": [1, "5"]}])
+    assert source.poll(time.time()) == [] and source.error is None
+    Recorder.by_query[queries["build"]] = vector([
+        {"metric": {"job": ["amdgpu"], "instance": "x:1", "version": "1"}, "value": [1, "1"]}])
+    assert source.poll(time.time()) == []
+    assert source.error == "Prometheus: an answer of an odd shape (TypeError)"
+    source.close()

@@ -11,7 +11,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 
 import pytest
 
@@ -379,12 +378,7 @@ def test_every_server_answers_its_own_fleet_host(peers):
     assert body["version"] == m.__version__ and body["last_seen"].endswith("Z")
     assert [g["id"] for g in body["gpus"]] == ["card0", "card1"]
     assert set(body["gpus"][0]) == set(m.FLEET_GPU_KEYS)
-    assert body["gpus"][0]["gpu_busy_pct"] is not None
-    deadline = time.monotonic() + 10        # the host's first sample may come a tick later
-    while body["host"] is None and time.monotonic() < deadline:
-        time.sleep(0.2)
-        body = peers[1].get_json("/api/fleet/host")[1]
-    assert body["host"]["cpu_count"] >= 1
+    assert body["gpus"][0]["gpu_busy_pct"] is not None and body["host"]["cpu_count"] >= 1
 
 
 def test_a_server_without_a_fleet_source_is_its_own_fleet(peers):

@@ -8389,30 +8389,21 @@ class _PidWalker(object):
                 del cache[pid]
 
     def _calibrate(self, procfd):
-        """Look at our own fd directory: on procfs >= 6.2 its st_size is the
-        fd count (trusted only if it matches a listing; asked up to 3 times, as
-        another of our threads may open or close an fd in between); procfs < 6.2
+        """Look at our own fd directory once: on procfs >= 6.2 its st_size is
+        the fd count (trusted only if it matches a listing); procfs < 6.2
         reports 0; a plain directory (a fixture tree) reports neither."""
-        for _ in range(3):
-            size, count = self._fd_size_and_count(procfd)
-            matches = size > 0 and count - 1 <= size <= count   # listdir() dups the fd
-            if matches or size <= 0:
-                break
+        fd = open_dir_at(procfd, "self/fd")
+        size = count = -1
+        if not isinstance(fd, OSError):
+            try:
+                size, count = os.fstat(fd).st_size, len(os.listdir(fd))
+            except OSError:
+                pass
+            finally:
+                os.close(fd)
+        matches = size > 0 and count - 1 <= size <= count   # listdir() dups the fd
         self._procfs = matches or (size == 0 and count > 0)
         self.st_size = matches if self._choice is None else (self._choice and matches)
-
-    @staticmethod
-    def _fd_size_and_count(procfd):
-        """(st_size, entries) of our own fd directory; (-1, -1) if unreadable."""
-        fd = open_dir_at(procfd, "self/fd")
-        if isinstance(fd, OSError):
-            return -1, -1
-        try:
-            return os.fstat(fd).st_size, len(os.listdir(fd))
-        except OSError:
-            return -1, -1
-        finally:
-            os.close(fd)
 
     def _probe_fds(self, procfd, pid):
         """(fd count, fd dir inode): one stat() on procfs >= 6.2, else a

@@ -737,7 +737,7 @@ FLEET_GPU_KEYS = ("id", "name", "vendor", "vendor_label", "uuid", "pci", "gpu_bu
                   "throttle_reasons", "runtime_status", "top_process", "processes", "alert")
 FLEET_METRIC_KEYS = ("gpu_busy_pct", "vram_used_bytes", "vram_total_bytes", "temp_c", "power_w",
                      "power_cap_w", "throttle_reasons", "runtime_status")
-FLEET_TOP_PROCESS_KEYS = ("pid", "name", "user", "vram_bytes", "gpu_pct")
+FLEET_TOP_PROCESS_KEYS = ("pid", "name", "user", "vram_bytes", "gpu_pct", "who")
 FLEET_HOST_KEYS = ("cpu_busy_pct", "cpu_count", "mem_used_bytes", "mem_total_bytes")
 FLEET_ALERT_KEYS = ("rule", "gpu_id", "severity", "summary", "started")
 FLEET_NUMERIC_KEYS = frozenset(("gpu_busy_pct", "vram_used_bytes", "vram_total_bytes", "temp_c",
@@ -6210,7 +6210,8 @@ def fleet_top_process(procs, nvml):
     engine_ms = _engine_ms(best, nvml)
     return {"pid": best.get("pid"), "name": best.get("name"), "user": best.get("user"),
             "vram_bytes": best.get("vram_bytes"),
-            "gpu_pct": None if engine_ms is None else round(min(100.0, engine_ms / 10.0), 1)}
+            "gpu_pct": None if engine_ms is None else round(min(100.0, engine_ms / 10.0), 1),
+            "who": compute_who_label(best)}
 
 
 def build_fleet_gpu(identity, metrics, procs, alert):
@@ -6799,6 +6800,9 @@ def format_held_idle(process, vram_bytes, busy_pct, why=""):
 
 PROM_PREFIX = "amdgpu_"
 PROM_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+# the labels prom_who_labels may give a process's series (who it belongs to)
+PROM_WHO_LABELS = ("unit", "container_id", "container_name", "namespace", "pod", "container",
+                   "slurm_job", "slurm_step")
 PROM_BUILD_INFO_HELP = ("A metric with a constant '1' value labeled by the version of "
                         "amdgpu_top_web and of Python.")
 PROM_READY_HELP = "1 once the first GPU enumeration is done (as /api/readyz answers 200), 0 before."
@@ -6997,6 +7001,19 @@ def _prom_mig(writer, base, instances):
                    instance["memory_total_bytes"])
 
 
+def prom_who_label(labels):
+    """A process series' who-labels (prom_who_labels) -> compute_who_label's
+    short text, or None: the fleet's top process read from Prometheus."""
+    text = lambda key: (labels.get(key) or "")[:FLEET_TEXT_MAX] or None
+    job = labels.get("slurm_job") or ""
+    row = {"unit": text("unit"), "container": text("container_id"),
+           "container_name": text("container_name"),
+           "k8s": {"namespace": text("namespace"), "pod": text("pod"), "container": text("container"),
+                   "pod_uid": None} if text("pod") else None,
+           "slurm": {"job": int(job), "step": text("slurm_step")} if job.isdigit() else None}
+    return compute_who_label(row)
+
+
 def prom_who_labels(proc):
     """The who-labels of a process's series, only those known: unit, container_id,
     container_name, namespace, pod, container (Kubernetes' name, as dcgm-exporter
@@ -7116,8 +7133,8 @@ def build_prom_fleet_queries():
     queries.append(("status", by_gpu % ("%sruntime_suspended + 2 * %sgpu_lost" % (PROM_PREFIX, PROM_PREFIX))))
     queries += [
         ("throttle_reasons", "max by (job, instance, gpu, reason) (%sthrottle_reason_active)" % PROM_PREFIX),
-        ("top_process", 'max by (job, instance, gpu, pid, name) (topk by (job, instance, gpu) '
-         '(1, %sprocess_memory_bytes{pool="vram"}))' % PROM_PREFIX),
+        ("top_process", 'max by (job, instance, gpu, pid, name, %s) (topk by (job, instance, gpu) '
+         '(1, %sprocess_memory_bytes{pool="vram"}))' % (", ".join(PROM_WHO_LABELS), PROM_PREFIX)),
         ("alerts", "max by (job, instance, gpu, alertname, severity) (%salert_active)" % PROM_PREFIX)]
     queries += [(key, "max by (job, instance) (%s)" % prom_host_selector(key)[0])
                 for key in FLEET_HOST_KEYS]
@@ -7246,7 +7263,8 @@ def _prom_fill_gpus(hosts, answers, index):
     for labels, value, gpu, _host in _prom_gpus_of(answers, "top_process", hosts, index):
         gpu["top_process"] = {"pid": int(labels["pid"]) if labels.get("pid", "").isdigit() else None,
                               "name": _prom_text(labels, "name"), "user": None,
-                              "vram_bytes": None if value is None else int(value), "gpu_pct": None}
+                              "vram_bytes": None if value is None else int(value), "gpu_pct": None,
+                              "who": prom_who_label(labels)}
     for labels, value, gpu, host in _prom_gpus_of(answers, "alerts", hosts, index):
         _prom_alert(host, gpu if labels.get("gpu") else None, labels, value)
     for host in hosts.values():
@@ -7433,7 +7451,8 @@ def format_fleet_gpu(gpu):
              "%s / %s" % (format_bytes(gpu["vram_used_bytes"]), format_bytes(gpu["vram_total_bytes"]))]
     top = gpu.get("top_process") or {}
     if top.get("name"):
-        parts.append("%s (%s)" % (sanitize_text(top["name"])[:24], sanitize_text(top.get("user") or "?")))
+        parts.append("%s (%s%s)" % (sanitize_text(top["name"])[:24], sanitize_text(top.get("user") or "?"),
+                                    ", " + sanitize_text(top["who"])[:40] if top.get("who") else ""))
     if gpu.get("alert"):
         parts.append("[%s]" % gpu["alert"])
     return "  ".join(parts)

@@ -284,7 +284,7 @@ def test_a_hostile_answer_keeps_only_the_fleet_keys():
     assert set(gpu) == set(m.FLEET_GPU_KEYS) and len(gpu["name"]) == m.FLEET_TEXT_MAX
     assert gpu["power_w"] is None and gpu["alert"] is None
     assert gpu["top_process"] == {"pid": 1, "name": None, "user": None, "vram_bytes": None,
-                                  "gpu_pct": None}
+                                  "gpu_pct": None, "who": None}
     assert set(parsed["host"]) == set(m.FLEET_HOST_KEYS)
     for bad in ([], {"gpus": {}}, {"gpus": [1]}, {"gpus": [], "alerts": 3}):
         with pytest.raises(ValueError):
@@ -294,11 +294,11 @@ def test_a_hostile_answer_keeps_only_the_fleet_keys():
 def test_the_top_process_and_totals():
     rows = [m.build_proc_row(pid=5, name="big", vram_bytes=8 << 30, gtt_bytes=0),
             m.build_proc_row(pid=7, name="busy", user="bob", vram_bytes=1 << 30, gtt_bytes=0,
-                             gpu_time_ms_per_s=420.0)]
+                             gpu_time_ms_per_s=420.0, slurm={"job": 48213, "step": "0"})]
     gpu = m.build_fleet_gpu({"id": "card0", "vendor": "amd"}, {"gpu_busy_pct": 42},
                             {"processes": rows}, "critical")
     assert gpu["top_process"] == {"pid": 7, "name": "busy", "user": "bob", "vram_bytes": 1 << 30,
-                                  "gpu_pct": 42.0}
+                                  "gpu_pct": 42.0, "who": "job 48213 step 0"}   # the fleet row's job
     assert gpu["processes"] == 2 and gpu["alert"] == "critical"
     by_vram = m.build_fleet_gpu({"id": "card0", "vendor": "amd"}, None, {"processes": rows[:1]}, None)
     assert by_vram["top_process"]["pid"] == 5 and by_vram["gpu_busy_pct"] is None
@@ -313,6 +313,17 @@ def test_the_top_process_and_totals():
     assert totals == {"hosts": 4, "hosts_up": 1, "hosts_down": 3, "gpus": 5, "gpus_busy": 1,
                       "gpus_idle": 1, "gpus_down": 3, "power_w": 100.0}
     assert m.compute_fleet_totals([])["power_w"] is None
+
+
+def test_a_top_process_read_from_prometheus_says_who_from_its_labels():
+    assert m.prom_who_label({"pod": "trainer-0", "namespace": "ml", "container": "main",
+                             "unit": "x.scope"}) == "ml/trainer-0 main"
+    assert m.prom_who_label({"slurm_job": "48213", "slurm_step": "batch"}) == "job 48213 step batch"
+    assert m.prom_who_label({"container_id": "0123456789ab"}) == "container 0123456789ab"
+    assert m.prom_who_label({"unit": "ollama.service"}) == "ollama.service"
+    assert m.prom_who_label({"slurm_job": "x"}) is None and m.prom_who_label({}) is None
+    queries = dict(m.build_prom_fleet_queries())
+    assert all(label in queries["top_process"] for label in m.PROM_WHO_LABELS)
 
 
 def test_plain_counts_each_hosts_gpus_as_the_totals_do():

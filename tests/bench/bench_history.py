@@ -43,11 +43,8 @@ T_END = 1764680400.0            # "now" of the pre-filled file
 def demo_readers():
     infos = m.demo_gpu_infos(2)
     readers = []
-    for i in range(GPUS):
-        info = infos[i % 2]._replace(id="card%d" % i)
-        reader = m.DemoGpuReader(infos[i % 2], seed=i)
-        reader.info = info
-        readers.append(reader)
+    for i in range(GPUS):          # the demo's own ids (its tables are keyed by them);
+        readers.append(m.DemoGpuReader(infos[i % 2], seed=i))   # stored as card<i> below
     return readers
 
 
@@ -78,13 +75,13 @@ def writer_run(seconds, store):
             metrics = dict(samples[g][tick % len(samples[g])])
             count += 1
             if store is not None:
-                store.offer_stats(reader.info.id, now, metrics)
+                store.offer_stats("card%d" % g, now, metrics)
         if tick % (2 * HZ) == 0:
             for g, reader in enumerate(readers):
-                message = {"type": "procs", "gpu_id": reader.info.id, "ts": m.format_ts(now),
+                message = {"type": "procs", "gpu_id": "card%d" % g, "ts": m.format_ts(now),
                            "processes": proc_rows(g, int(now))}
                 if store is not None:
-                    store.offer_procs(reader.info.id, message)
+                    store.offer_procs("card%d" % g, message)
         if store is not None and tick % (5 * HZ) == 5 * HZ - 1:
             store.cycle()
     if store is not None:
@@ -188,6 +185,7 @@ def prefill(path, days):
                          start, start + 86000, None if day == days - 1 else start + 86000,
                          (1 + p % 7) << 30, 64 << 20, 90.0, 86000.0, 86000.0 * (1 << 30),
                          86000.0 * (64 << 20), 86000.0 * 50, 86000.0 * 0.55, 43000, start))
+            runs[-1] += (None,) * (len(m.RUN_COLUMNS) - len(runs[-1]))    # who, energy: unknown
     before = conn.execute("PRAGMA page_count").fetchone()[0]
     conn.execute("BEGIN")
     conn.executemany("INSERT INTO runs(%s) VALUES (%s)" % (
@@ -198,7 +196,8 @@ def prefill(path, days):
     first_run_of_day = (days - 7) * PROCS + 1
     sql = ("WITH RECURSIVE t(x) AS (SELECT 0 UNION ALL SELECT x + 1 FROM t WHERE x < %d), "
            "p(y) AS (SELECT 0 UNION ALL SELECT y + 1 FROM p WHERE y < %d) "
-           "INSERT INTO proc_samples SELECT y %% %d + 1, %d + x * %d, "
+           "INSERT INTO proc_samples(src, ts, run, vram_mib, gtt_mib, engine_pct10) "
+           "SELECT y %% %d + 1, %d + x * %d, "
            "%d + (x * %d / 86400) * %d + y, abs(random()) %% 65536, 64, abs(random()) %% 1001 "
            "FROM t, p" % (week - 1, PROCS - 1, GPUS, int(T_END) - 7 * 86400,
                           m.HISTORY_PROC_SAMPLE_S, first_run_of_day, m.HISTORY_PROC_SAMPLE_S, PROCS))

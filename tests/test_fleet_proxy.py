@@ -20,7 +20,8 @@ import pytest
 
 import amdgpu_top_web as atw
 from conftest import http_request, response_json, wait_for
-from wsclient import HandshakeRefused, RawWebSocket, handshake_headers, random_key
+from wsclient import (ConnectionClosedByPeer, HandshakeRefused, RawWebSocket, handshake_headers,
+                      random_key)
 
 HUB_TOKEN = "hub-Token_0123456789abcdef"
 PEER_TOKEN = "peer-b-Token_0123456789abcd"      # peer b's APP_AUTH_TOKEN
@@ -492,8 +493,12 @@ def test_a_proxied_websocket_ends_when_the_peer_goes(server):
     try:
         ws.recv_until(lambda m: m.get("type") == "hello", timeout=10.0)
         peer.stop()                                 # the peer says goodbye: Close 1001
-        assert ws.recv_close(timeout=10.0)[0] == 1001
-        assert ws.wait_eof(timeout=10.0), "the hub keeps the browser's side open"
+        try:
+            code = ws.recv_close(timeout=10.0)[0]
+        except ConnectionClosedByPeer:              # a peer slow to stop (a loaded machine) may
+            code = None                             # be gone before its goodbye: EOF alone
+        assert code in (1001, None)
+        assert code is None or ws.wait_eof(timeout=10.0), "the hub keeps the browser's side open"
         assert http_request(hub.port, "GET", "/api/version").status == 200
     finally:
         ws.close()

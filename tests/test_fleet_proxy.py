@@ -273,17 +273,17 @@ def test_a_peers_101_is_built_anew_with_only_the_websocket_fields():
         b"Sec-WebSocket-Accept: abc=\r\nSec-WebSocket-Protocol: v1\r\n\r\n")
 
 
-class CookieWebSocketPeer(object):
-    """A raw socket peer that answers one upgrade with a right 101 that also sets
-    a cookie, allows a service worker everywhere and wipes the site's data."""
+class LoopbackPeer(object):
+    """A raw socket peer on a loopback port: every connection on its own thread,
+    handed to handle(conn); close() ends the accept() thread too (shutdown: a
+    thread left blocked in accept() holds a reserved fd)."""
 
-    def __init__(self):
+    def __init__(self, backlog):
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(4)
+        self.sock.listen(backlog)
         self.port = self.sock.getsockname()[1]
-        self.thread = threading.Thread(target=self.serve, daemon=True)
-        self.thread.start()
+        threading.Thread(target=self.serve, daemon=True).start()
 
     def serve(self):
         while True:
@@ -291,19 +291,39 @@ class CookieWebSocketPeer(object):
                 conn, _ = self.sock.accept()
             except OSError:
                 return
-            threading.Thread(target=self.answer, args=(conn,), daemon=True).start()
+            threading.Thread(target=self.handle, args=(conn,), daemon=True).start()
 
     @staticmethod
-    def answer(conn):
+    def read_head(conn):
+        """The request head, or None when the connection ends before it."""
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = conn.recv(4096)
+            if not chunk:
+                return None
+            data += chunk
+        return data
+
+    def close(self):
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.sock.close()
+
+
+class CookieWebSocketPeer(LoopbackPeer):
+    """A raw socket peer that answers one upgrade with a right 101 that also sets
+    a cookie, allows a service worker everywhere and wipes the site's data."""
+
+    def __init__(self):
+        LoopbackPeer.__init__(self, 4)
+
+    def handle(self, conn):
         """The hub's fleet poller also comes here (for /api/...): closed unanswered."""
         with conn:
-            data = b""
-            while b"\r\n\r\n" not in data:
-                chunk = conn.recv(4096)
-                if not chunk:
-                    return
-                data += chunk
-            if b"/ws" not in data.split(b"\r\n", 1)[0]:
+            data = self.read_head(conn)
+            if data is None or b"/ws" not in data.split(b"\r\n", 1)[0]:
                 return
             key = next(line.split(b":", 1)[1].strip().decode() for line in data.split(b"\r\n")
                        if line.lower().startswith(b"sec-websocket-key:"))
@@ -329,7 +349,7 @@ def test_a_peers_101_reaches_the_browser_without_its_cookies(server):
         finally:
             ws.close()
     finally:
-        peer.sock.close()
+        peer.close()
 
 
 def test_redirects_stay_under_the_peer_or_are_a_502(fleet):
@@ -548,35 +568,20 @@ def test_proxied_websockets_are_bounded_and_a_slot_comes_back_when_one_closes(se
 
 # ---- proxied HTTP: streamed, bounded, within a deadline ----------------------------------
 
-class RawPeer(object):
+class RawPeer(LoopbackPeer):
     """A raw socket peer: every request on its own thread, answered by
     answer(conn, path) as raw bytes (the hub's poller, /api/...: closed unanswered)."""
 
     def __init__(self, answer):
         self.answer, self.paths, self.release = answer, [], threading.Event()
         self.lock = threading.Lock()
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(64)
-        self.port = self.sock.getsockname()[1]
-        threading.Thread(target=self.serve, daemon=True).start()
+        LoopbackPeer.__init__(self, 64)
 
-    def serve(self):
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self.one, args=(conn,), daemon=True).start()
-
-    def one(self, conn):
+    def handle(self, conn):
         with conn:
-            data = b""
-            while b"\r\n\r\n" not in data:
-                chunk = conn.recv(4096)
-                if not chunk:
-                    return
-                data += chunk
+            data = self.read_head(conn)
+            if data is None:
+                return
             path = data.split(b" ", 2)[1].decode()
             if path.startswith("/api/"):
                 return
@@ -593,7 +598,7 @@ class RawPeer(object):
 
     def close(self):
         self.release.set()
-        self.sock.close()
+        LoopbackPeer.close(self)
 
 
 CHUNKED_HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n"

@@ -7097,11 +7097,10 @@ FLEET_HISTORY_METRICS = tuple(key for family in PROM_GPU_FAMILIES for key, _scal
 FLEET_PROM_GPU_FLAGS = (("throttled", "throttled"), ("processes", "processes"))
 # The answers of one value per GPU (read with parse_prom_gpu_values).
 FLEET_PROM_GPU_VALUES = FLEET_PROM_GPU_KEYS + ("throttled", "processes", "status")
-# Queries read every Nth poll (all of them again when a new host shows up):
-# what hardly changes (identity, sizes, caps) every 15th, the runtime state and
-# the processes (the servers scan every 2 s) every 3rd; the rest every poll.
-FLEET_PROM_QUERY_EVERY = {"gpu_info": 15, "vram_total_bytes": 15, "power_cap_w": 15, "cpu_count": 15,
-                          "mem_total_bytes": 15, "status": 3, "processes": 3, "top_process": 3}
+# A poll re-reads only the hosts scraped since their last read (their
+# amdgpu_build_info sample time says when); a host without that series (a
+# server older than the fleet) is read every poll.
+FLEET_PROM_STAMP_SLACK_S = 0.0005   # half a millisecond: Prometheus' sample times are ms
 
 
 def prom_gpu_selector(key):
@@ -7139,6 +7138,41 @@ def build_prom_fleet_queries():
     queries += [(key, "max by (job, instance) (%s)" % prom_host_selector(key)[0])
                 for key in FLEET_HOST_KEYS]
     return queries
+
+
+def prom_scrape_stamps(build):
+    """The "build" answer (timestamp(amdgpu_build_info)) -> {(job, instance):
+    the sample time of its last scrape, s} (the latest of two versions' series)."""
+    stamps = {}
+    for labels, value, _ in build:
+        key = (labels.get("job", ""), labels.get("instance", ""))
+        if value is not None and (key not in stamps or value > stamps[key]):
+            stamps[key] = value
+    return stamps
+
+
+def prom_fleet_cutoff(stamps, read_at, legacy):
+    """Which hosts a poll re-reads: ({(job, instance): scrape time now}, {...:
+    the scrape time its data was read at}, any host without amdgpu_build_info
+    known) -> None (read nothing: no host scraped since its last read), or a
+    cut-off time t0: the hosts scraped at or before t0 are kept as read, every
+    other host is read (float("-inf"): all of them)."""
+    if not read_at:
+        return float("-inf")
+    changed = [at for key, at in stamps.items() if read_at.get(key) != at]
+    if changed:
+        return min(changed) - FLEET_PROM_STAMP_SLACK_S
+    if legacy:
+        return max(stamps.values()) if stamps else float("-inf")
+    return None
+
+
+def prom_query_since(query, t0):
+    """One fleet query cut to the hosts scraped after t0 (and the hosts without
+    amdgpu_build_info, whose scrape time is unknown): the query as is for -inf."""
+    if t0 == float("-inf"):
+        return query
+    return "(%s) unless on (job, instance) (timestamp(%sbuild_info) <= %.4f)" % (query, PROM_PREFIX, t0)
 
 
 def _prom_scaled(key, value, scale):
@@ -12061,9 +12095,11 @@ class PromClient(object):
 
 
 class FleetPrometheus(object):
-    """The fleet read from Prometheus: poll(now) runs one instant query per
-    metric (build_prom_fleet_queries) at one evaluation time, a few in flight,
-    and answers the fleet host entries. Hosts are (job, instance) pairs that
+    """The fleet read from Prometheus: poll(now) asks `up` and every host's
+    last scrape time, then one instant query per metric (build_prom_fleet_queries)
+    for the hosts scraped since their last read only (the others kept as read),
+    all at one evaluation time, a few in flight, and answers the fleet host
+    entries. Hosts are (job, instance) pairs that
     export amdgpu_build_info or amdgpu_gpu_info; up == 0 -> down ("scrape
     failing"), also for a target of the same jobs never seen with data; a host
     seen before and gone from `up` and every answer (its target removed) stays
@@ -12076,7 +12112,9 @@ class FleetPrometheus(object):
         self.error, self.warnings = None, []
         self._known = {}        # (job, instance) -> {"data", "seen_s", "ok_s"}
         self._pool = None
-        self._cached, self._polls = {}, 0     # query name -> its last parsed answer
+        self._data, self._read_at = {}, {}  # (job, instance) -> host data as read; its scrape time
+        self._legacy = False                # a host without amdgpu_build_info: read every poll
+        self.last_rebuilt, self.last_full = 0, False    # the last poll's work (for benchmarks)
 
     def poll(self, now):
         """-> [fleet host entry], sorted by name (self.error says why a poll failed).
@@ -12103,26 +12141,38 @@ class FleetPrometheus(object):
         return self._entries(now, hosts, up)
 
     def _read_fleet(self, now):
-        """compute_prom_fleet of this poll's answers; PromAnswerError for
-        anything that fails, an answer of an odd shape too (never an exception
-        that ends the round)."""
+        """compute_prom_fleet of this poll's answers, merged with the hosts kept
+        as read; PromAnswerError for anything that fails, an answer of an odd
+        shape too (never an exception that ends the round)."""
         try:
-            return compute_prom_fleet(self._query_all(now))
+            answers, t0 = self._query_all(now)
+            hosts, up = compute_prom_fleet(answers)
         except PromAnswerError:
             raise
         except (TypeError, ValueError, KeyError, AttributeError, IndexError, RecursionError) as exc:
             raise PromAnswerError("an answer of an odd shape (%s)" % type(exc).__name__)
+        return self._merge(hosts, prom_scrape_stamps(answers["build"]), t0), up
 
     def _query_all(self, now):
-        """{query name: parsed vector}: the queries due this poll
-        (FLEET_PROM_QUERY_EVERY), the others' last answers."""
+        """({query name: parsed answer}, t0): `up` and the hosts' scrape times
+        every poll; the metric queries only for the hosts scraped after t0
+        (prom_fleet_cutoff; none when it is None, every host on the first poll)."""
         if self._pool is None:
             self._pool = concurrent.futures.ThreadPoolExecutor(FLEET_PROM_QUERY_THREADS, "fleet-prom")
-        polls, self._polls = self._polls, self._polls + 1
         at = "%.3f" % now
+        answers = self._ask([(name, query) for name, query in self.queries if name in ("up", "build")], at)
+        stamps = prom_scrape_stamps(answers["build"])
+        t0 = prom_fleet_cutoff(stamps, self._read_at, self._legacy)
+        if t0 is not None:
+            answers.update(self._ask([(name, prom_query_since(query, t0)) for name, query in self.queries
+                                      if name not in ("up", "build")], at))
+        return answers, t0
+
+    def _ask(self, queries, at):
+        """{name: parsed answer} of these instant queries at one time, a few in
+        flight; the first failure raised, the queued queries cancelled with it."""
         futures = [(name, self._pool.submit(self.client.get, "query", {"query": query, "time": at},
-                                            "vector")) for name, query in self.queries
-                   if name not in self._cached or polls % FLEET_PROM_QUERY_EVERY.get(name, 1) == 0]
+                                            "vector")) for name, query in queries]
         answers, warnings = {}, []
         try:
             for name, future in futures:
@@ -12134,15 +12184,25 @@ class FleetPrometheus(object):
             for _, future in futures:   # the queued queries go too: none pile up while it fails
                 future.cancel()
             raise
-        self._cached.update(answers)
-        answers = dict(self._cached)
-        known = set((l.get("job"), l.get("instance")) for l, _, _ in answers["gpu_info"])
-        if any((l.get("job"), l.get("instance")) not in known for l, _, _ in answers["build"]):
-            self._polls = 0         # a new host: every query again next poll
         if warnings and warnings != self.warnings:
             LOG.warning("event=fleet_prometheus_warnings warnings=%r", warnings[:3])
         self.warnings = warnings
         return answers
+
+    def _merge(self, hosts, stamps, t0):
+        """The hosts read this poll (scraped after t0, or without a scrape time)
+        and, for every other host still exporting amdgpu_build_info, its data as
+        last read; remembers which scrape each host's data came from."""
+        fresh = set(key for key in hosts if t0 is not None and (key not in stamps or stamps[key] > t0))
+        merged = dict((key, hosts[key]) for key in fresh)
+        for key in stamps:
+            if key not in fresh and key in self._data:
+                merged[key] = self._data[key]
+        self._data = merged
+        self._read_at = dict((key, at) for key, at in stamps.items() if key in merged)
+        self._legacy = any(key not in stamps for key in merged)
+        self.last_rebuilt, self.last_full = len(fresh), t0 == float("-inf")
+        return merged
 
     def _entries(self, now, hosts, up):
         """Known hosts (and up == 0 targets of their jobs) -> host entries."""

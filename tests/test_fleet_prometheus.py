@@ -297,6 +297,38 @@ def test_parsers_on_live_answers_and_an_error_envelope(fleet):
         client.get("query", {"query": "up[1m]"}, "vector")
 
 
+def test_reading_only_the_new_scrapes_makes_the_same_fleet_as_reading_everything(fleet):
+    """A source polled every 0.3 s while Prometheus scrapes every 1 s, each poll
+    beside a fresh source's full read at the same evaluation time (2 s in the
+    past, so every scrape up to it is in): the same entries every time, and
+    polls that read fewer than all hosts happen (the servers' offsets differ)."""
+    def three_up_in_the_past():
+        probe = source_for(fleet["prom"])
+        try:
+            return [e["state"] for e in probe.poll(time.time() - 2.0)] == ["up"] * 3
+        finally:
+            probe.close()
+    wait_for(three_up_in_the_past, 30, 0.5, "three hosts up 2 s ago")
+    source = source_for(fleet["prom"])
+    rebuilt = []
+    try:
+        for _ in range(12):
+            at = time.time() - 2.0
+            kept = source.poll(at)
+            rebuilt.append(source.last_rebuilt)
+            fresh = source_for(fleet["prom"])
+            try:
+                full = fresh.poll(at)
+            finally:
+                fresh.close()
+            assert source.error is None and fresh.error is None and fresh.last_full
+            assert kept == full
+            time.sleep(0.3)
+    finally:
+        source.close()
+    assert rebuilt[0] == 3 and min(rebuilt[1:]) < 3, rebuilt
+
+
 # -- a killed server (kept last: it changes the fleet) ---------------------------
 
 def test_a_killed_server_is_down_with_its_data_kept(fleet):
@@ -595,32 +627,77 @@ def test_an_exporters_labels_are_cut_like_a_peers_answer():
     assert all(len(g["name"]) == atw.FLEET_TEXT_MAX and g["gpu_busy_pct"] == 50.0 for g in entry["gpus"])
 
 
-def test_slow_changing_queries_are_read_less_often_and_all_again_for_a_new_host(recorder):
-    empty = json.dumps({"status": "success", "data": {"resultType": "vector", "result": []}}).encode()
-    Recorder.answers["/api/v1/query"] = (200, empty, {})
-    source = atw.FleetPrometheus(atw.PromClient(recorder, 2.0), 2.0)
-    queries = dict(atw.build_prom_fleet_queries())
+def vector(*series):
+    """A Prometheus instant-vector answer of (labels, value) pairs."""
+    return (200, json.dumps({"status": "success", "data": {"resultType": "vector", "result": [
+        {"metric": labels, "value": [1000.0, str(value)]} for labels, value in series]}}).encode(), {})
 
-    def counts():
-        asked = [atw.parse_qsl(path.split("?", 1)[1]) for path, _ in Recorder.seen]
-        return dict((name, sum(1 for q in asked if dict(q)["query"] == query)) for name, query in queries.items())
-    for _ in range(4):
-        source.poll(time.time())
-    seen = counts()
-    assert seen["gpu_busy_pct"] == seen["up"] == seen["build"] == 4
-    assert seen["status"] == seen["processes"] == seen["top_process"] == 2     # polls 1 and 4
-    assert seen["gpu_info"] == seen["vram_total_bytes"] == seen["mem_total_bytes"] == 1
-    # a host gpu_info does not know yet: every query on the next poll
-    build = {"status": "success", "data": {"resultType": "vector", "result": [
-        {"metric": {"job": "amdgpu", "instance": "new:1", "version": "1"}, "value": [1, "1"]}]}}
-    Recorder.by_query[queries["build"]] = (200, json.dumps(build).encode(), {})
-    Recorder.seen = []
-    source.poll(time.time())            # the 5th: nothing slow due, but a new host seen
-    assert counts()["gpu_info"] == 0 and counts()["build"] == 1
-    Recorder.seen = []
-    source.poll(time.time())
-    assert counts()["gpu_info"] == 1 and counts()["status"] == 1
-    source.close()
+
+def test_a_poll_reads_again_only_the_hosts_scraped_since_their_last_read(recorder):
+    """Host a scraped at 100.0, b at 100.5: the first poll reads both; with no
+    new scrape only `up` and the scrape times are asked; once b is scraped again
+    the metric queries are cut to hosts scraped after just before b's scrape,
+    b shows its new values and a keeps what was read from its last scrape."""
+    Recorder.answers["/api/v1/query"] = vector()
+    queries = dict(atw.build_prom_fleet_queries())
+    a, b = {"job": "amdgpu", "instance": "a:1"}, {"job": "amdgpu", "instance": "b:1"}
+    Recorder.by_query = {
+        queries["up"]: vector((a, 1), (b, 1)),
+        queries["build"]: vector((dict(a, version="1"), 100.0), (dict(b, version="1"), 100.5)),
+        queries["gpu_info"]: vector((dict(a, gpu="card0", name="A"), 1), (dict(b, gpu="card0", name="B"), 1)),
+        queries["gpu_busy_pct"]: vector((dict(a, gpu="card0"), 0.25), (dict(b, gpu="card0"), 0.5))}
+    source = atw.FleetPrometheus(atw.PromClient(recorder, 2.0), 2.0)
+
+    def asked():
+        out, Recorder.seen = [dict(atw.parse_qsl(path.split("?", 1)[1]))["query"] for path, _ in Recorder.seen], []
+        return out
+
+    def busy(entries):
+        return [(e["name"], e["state"], [(g["name"], g["gpu_busy_pct"]) for g in e["gpus"]]) for e in entries]
+    try:
+        first = source.poll(time.time())
+        assert busy(first) == [("a:1", "up", [("A", 25.0)]), ("b:1", "up", [("B", 50.0)])]
+        assert (source.last_full, source.last_rebuilt) == (True, 2)
+        assert sorted(asked()) == sorted(queries.values())          # everything, uncut
+        assert busy(source.poll(time.time())) == busy(first)         # nothing scraped since
+        assert sorted(asked()) == sorted([queries["up"], queries["build"]])
+        assert (source.last_full, source.last_rebuilt) == (False, 0)
+        # b scraped again at 102.0: its new answers only under the cut-off queries
+        Recorder.by_query[queries["build"]] = vector((dict(a, version="1"), 100.0), (dict(b, version="1"), 102.0))
+        cut = " unless on (job, instance) (timestamp(amdgpu_build_info) <= 101.9995)"
+        Recorder.by_query["(%s)%s" % (queries["gpu_info"], cut)] = vector((dict(b, gpu="card0", name="B2"), 1))
+        Recorder.by_query["(%s)%s" % (queries["gpu_busy_pct"], cut)] = vector((dict(b, gpu="card0"), 0.75))
+        third = source.poll(time.time())
+        assert busy(third) == [("a:1", "up", [("A", 25.0)]), ("b:1", "up", [("B2", 75.0)])]
+        assert (source.last_full, source.last_rebuilt) == (False, 1)
+        metric_queries = [q for q in asked() if q not in (queries["up"], queries["build"])]
+        assert len(metric_queries) == len(queries) - 2 and all(q.endswith(cut) for q in metric_queries)
+        assert source.error is None
+        # b's target removed (gone from up and the scrape times): only a is read, b down
+        Recorder.by_query[queries["up"]] = vector((a, 1))
+        Recorder.by_query[queries["build"]] = vector((dict(a, version="1"), 103.0))
+        fourth = {e["name"]: e for e in source.poll(time.time())}
+        assert (fourth["a:1"]["state"], fourth["b:1"]["state"]) == ("up", "down")
+        assert fourth["a:1"]["gpus"] == []          # a's cut answers are empty here: read as such
+    finally:
+        source.close()
+
+
+def test_the_cut_off_of_a_poll():
+    stamps = {("j", "a"): 100.0, ("j", "b"): 100.5}
+    assert atw.prom_fleet_cutoff(stamps, {}, False) == float("-inf")          # the first poll: all
+    assert atw.prom_fleet_cutoff(stamps, dict(stamps), False) is None          # nothing new
+    assert atw.prom_fleet_cutoff(stamps, {("j", "a"): 100.0}, False) == 100.5 - atw.FLEET_PROM_STAMP_SLACK_S
+    assert atw.prom_fleet_cutoff(stamps, {("j", "a"): 99.0, ("j", "b"): 99.5}, False) == 99.9995
+    # a host without amdgpu_build_info (an older server) is read every poll
+    assert atw.prom_fleet_cutoff(stamps, dict(stamps), True) == 100.5
+    assert atw.prom_fleet_cutoff({}, {("j", "a"): 1.0}, True) == float("-inf")
+    assert atw.prom_query_since("up", float("-inf")) == "up"
+    assert atw.prom_query_since("up", 12.5) == \
+        "(up) unless on (job, instance) (timestamp(amdgpu_build_info) <= 12.5000)"
+    build = [({"job": "j", "instance": "a", "version": "1"}, 5.0, 9.0),
+             ({"job": "j", "instance": "a", "version": "2"}, 7.0, 9.0), ({"job": "j", "instance": "b"}, None, 9.0)]
+    assert atw.prom_scrape_stamps(build) == {("j", "a"): 7.0}
 
 
 def test_a_hub_whose_prometheus_is_down_says_so(server):

@@ -313,6 +313,8 @@ def test_a_paused_hub_dims_the_fleet_and_says_so(pool, open_page):
     hub.signal(signal.SIGSTOP)
     try:
         expect(page.locator("[data-testid=stale]")).to_be_visible(timeout=6000)
+        # the fleet's frames come once a second: stale after 2 s + one 250 ms interval, and it says so
+        expect(page.locator("[data-testid=stale]")).to_contain_text("No update for more than 2250 ms")
         assert fleet.evaluate(opacity) < 0.6, "the stale fleet is dimmed, not only announced"
     finally:
         hub.signal(signal.SIGCONT)

@@ -7151,15 +7151,15 @@ def prom_scrape_stamps(build):
     return stamps
 
 
-def prom_fleet_cutoff(stamps, read_at, legacy):
+def prom_fleet_cutoff(stamps, last_read, legacy):
     """Which hosts a poll re-reads: ({(job, instance): scrape time now}, {...:
     the scrape time its data was read at}, any host without amdgpu_build_info
     known) -> None (read nothing: no host scraped since its last read), or a
     cut-off time t0: the hosts scraped at or before t0 are kept as read, every
     other host is read (float("-inf"): all of them)."""
-    if not read_at:
+    if not last_read:
         return float("-inf")
-    changed = [at for key, at in stamps.items() if read_at.get(key) != at]
+    changed = [at for key, at in stamps.items() if last_read.get(key) != at]
     if changed:
         return min(changed) - FLEET_PROM_STAMP_SLACK_S
     if legacy:
@@ -12208,7 +12208,7 @@ class FleetPrometheus(object):
         """Known hosts (and up == 0 targets of their jobs) -> host entries."""
         if hosts is not None:
             for key, data in hosts.items():
-                self._known[key] = {"data": data, "seen_s": now, "ok_s": now}
+                self._known.setdefault(key, {}).update(data=data, seen_s=now, ok_s=now)
             jobs = set(job for job, _ in self._known)
             for key, value in up.items():
                 if value == 0 and key[0] in jobs and key not in self._known:
@@ -12220,9 +12220,12 @@ class FleetPrometheus(object):
             if state is None:
                 del self._known[key]
                 continue
-            data = known["data"] or {}
-            entries.append(build_prom_fleet_host(names[key], state, data.get("last_seen_s"), error,
-                                                 known["data"]))
+            made = known.get("made")        # (name, state, error, data, entry): unchanged -> reused
+            if made is None or made[:3] != (names[key], state, error) or made[3] is not known["data"]:
+                data = known["data"] or {}
+                made = known["made"] = (names[key], state, error, known["data"], build_prom_fleet_host(
+                    names[key], state, data.get("last_seen_s"), error, known["data"]))
+            entries.append(made[4])
         return sorted(entries, key=lambda entry: entry["name"])
 
     def _state(self, now, key, known, hosts, up):

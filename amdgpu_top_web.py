@@ -12145,16 +12145,16 @@ class FleetPrometheus(object):
         as read; PromAnswerError for anything that fails, an answer of an odd
         shape too (never an exception that ends the round)."""
         try:
-            answers, t0 = self._query_all(now)
+            answers, stamps, t0 = self._query_all(now)
             hosts, up = compute_prom_fleet(answers)
         except PromAnswerError:
             raise
         except (TypeError, ValueError, KeyError, AttributeError, IndexError, RecursionError) as exc:
             raise PromAnswerError("an answer of an odd shape (%s)" % type(exc).__name__)
-        return self._merge(hosts, prom_scrape_stamps(answers["build"]), t0), up
+        return self._merge(hosts, stamps, t0), up
 
     def _query_all(self, now):
-        """({query name: parsed answer}, t0): `up` and the hosts' scrape times
+        """({query name: parsed answer}, the hosts' scrape times, t0): `up` and the scrape times
         every poll; the metric queries only for the hosts scraped after t0
         (prom_fleet_cutoff; none when it is None, every host on the first poll)."""
         if self._pool is None:
@@ -12166,7 +12166,7 @@ class FleetPrometheus(object):
         if t0 is not None:
             answers.update(self._ask([(name, prom_query_since(query, t0)) for name, query in self.queries
                                       if name not in ("up", "build")], at))
-        return answers, t0
+        return answers, stamps, t0
 
     def _ask(self, queries, at):
         """{name: parsed answer} of these instant queries at one time, a few in

@@ -651,6 +651,13 @@ HWMON = os.path.join(DEVICE, "hwmon", "hwmon5")
 REVALIDATE_S = getattr(atw, "REVALIDATE_S", 5.0)
 SLOW_FILES_EVERY_S = getattr(atw, "SLOW_FILES_EVERY_S", 2.0)
 NULL_WITHIN_S = REVALIDATE_S + 3.0
+# The end-to-end fault runs below but the huge numbers run on the main Python only
+# (main_python, tests/run.sh): each fault's code path is tested on every Python by
+# test_sysfs.py (AttrFile on a file removed, replaced, turned into a directory;
+# garbage and missing files give None; a vanished device gives None; a hot
+# unplug stops the sampler and closes its fds, a replug starts a new one) and
+# test_fuzz.py (compute_metrics + json_bytes on these very values, float('inf')
+# included). The huge numbers (int and float limits) run everywhere.
 
 
 class StatsWatcher(object):
@@ -713,6 +720,7 @@ def _log_lines(proc):
 
 
 @pytest.mark.slow
+@pytest.mark.main_python
 def test_sysfs_file_faults_give_null_keep_serving_and_log_quietly(server, tmp_path):
     root = _copy_rx6900xt(tmp_path)
     # Without the binary gpu_metrics table, which would fill these gaps from its
@@ -807,6 +815,7 @@ def test_huge_number_in_a_sysfs_file_does_not_stop_the_stats(server, tmp_path, n
 
 
 @pytest.mark.slow
+@pytest.mark.main_python
 def test_sampler_survives_an_infinite_value_and_recovers(server, tmp_path):
     """A PCIe speed with 400 digits parses as float('inf'), which the JSON
     encoder (allow_nan=False) refuses when the frame is published. The GPU's
@@ -844,6 +853,7 @@ def test_sampler_survives_an_infinite_value_and_recovers(server, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.main_python
 def test_card_removed_and_readded_keeps_serving_without_leaks(server, tmp_path):
     root = _copy_rx6900xt(tmp_path)
     proc = server(sysfs_root=root, env=FAST)

@@ -21,8 +21,9 @@
 # Without pyenv it tests the one python3 on PATH (whole suite; it needs the venv
 # module: Debian's python3-venv). Without npm and no way to install it, the
 # browser tests skip (a warning says so). Time: setup ~1-2 min the first time
-# (seconds after), then pytest per Python: ~45-55 min for all six on 2 cores, the
-# main one (browser tests too) the longest; PYTHONS=3.11 runs one.
+# (seconds after), then pytest per Python: ~40-45 min for all six on 2 cores
+# (estimated from per-test times; ~50 min before the main_python split), the
+# main one (browser and main_python tests too) the longest; PYTHONS=3.11 runs one.
 #
 # Usage:  ./tests/run.sh [pytest args...]     e.g. ./tests/run.sh tests/test_x.py -k foo
 # Knobs (environment):

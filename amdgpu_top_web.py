@@ -12330,6 +12330,7 @@ class FleetProxy(object):
         self.tokens = tokens or {}
         self.timeout_s = timeout_s
         self.deadline_s = FLEET_PROXY_DEADLINE_S
+        self.read_timeout_s = FLEET_PROXY_READ_TIMEOUT_S
         self._ws_slots = threading.BoundedSemaphore(FLEET_PROXY_WS_MAX)
         self._http_slots = threading.BoundedSemaphore(FLEET_PROXY_HTTP_MAX)
 
@@ -12338,12 +12339,12 @@ class FleetProxy(object):
 
     def _connect(self, peer):
         """An open connection to the peer (within APP_FLEET_TIMEOUT), then
-        FLEET_PROXY_READ_TIMEOUT_S per read; OSError otherwise."""
+        read_timeout_s (FLEET_PROXY_READ_TIMEOUT_S) per read; OSError otherwise."""
         cls = http.client.HTTPSConnection if peer.scheme == "https" else http.client.HTTPConnection
         conn = cls(peer.host, peer.port, timeout=self.timeout_s)
         try:
             conn.connect()
-            conn.sock.settimeout(FLEET_PROXY_READ_TIMEOUT_S)
+            conn.sock.settimeout(self.read_timeout_s)
         except Exception:
             conn.close()
             raise

@@ -12,14 +12,18 @@
 #   3. the page's ES-module packages into .cache/vendor/node_modules (npm),
 #      and NVIDIA's nvml.h (wheel nvidia-nvml-dev) into .cache/nvml-dev for the
 #      stand-in libnvidia-ml.so.1 of tests/nvml (its licence forbids committing it);
-#   4. pytest: the whole suite on the main Python (3.11), `-m "not browser"`
-#      on the others; then a summary table and one closing line
+#   4. pytest: the whole suite on the main Python (3.11); on the others
+#      `-m "not browser and not main_python"` (no browser tests, and not the
+#      Autobahn and load runs: language-agnostic black-box runs whose code
+#      paths smaller tests cover on every Python, see tests/pytest.ini);
+#      then a summary table and one closing line
 #      "ci: N passed, N failed, N skipped" summed over all versions.
 # Without pyenv it tests the one python3 on PATH (whole suite; it needs the venv
 # module: Debian's python3-venv). Without npm and no way to install it, the
 # browser tests skip (a warning says so). Time: setup ~1-2 min the first time
-# (seconds after), then pytest per Python: ~45-55 min for all six on 2 cores, the
-# main one (browser tests too) the longest; PYTHONS=3.11 runs one.
+# (seconds after), then pytest per Python: ~40-45 min for all six on 2 cores
+# (estimated from per-test times; ~50 min before the main_python split), the
+# main one (browser and main_python tests too) the longest; PYTHONS=3.11 runs one.
 #
 # Usage:  ./tests/run.sh [pytest args...]     e.g. ./tests/run.sh tests/test_x.py -k foo
 # Knobs (environment):
@@ -308,7 +312,7 @@ run_pytest() {
     local m=$1 py=$VENV_ROOT/py$1/bin/python junit=$JUNIT_DIR/py$1.xml
     local args=(-c tests/pytest.ini --rootdir "$ROOT" -q -ra -p no:cacheprovider
         --junitxml "$junit" -o junit_suite_name="py$m")
-    [[ $m == "$MAIN_MINOR" ]] || args+=(-m "not browser")
+    [[ $m == "$MAIN_MINOR" ]] || args+=(-m "not browser and not main_python")
     local extra=()
     [[ -n ${PYTEST_ARGS:-} ]] && read -r -a extra <<<"$PYTEST_ARGS"
     args+=(${extra[@]+"${extra[@]}"} ${CLI_ARGS[@]+"${CLI_ARGS[@]}"})
@@ -375,7 +379,7 @@ for m in "${ORDER[@]}"; do
     printf '%-8s %-30s %s\n' "$label" "${RESULT[$m]}" "${COUNTS[$m]}"
     [[ ${RESULT[$m]} == FAILED* ]] && status=1
 done
-echo "(* main version: whole suite; others: -m \"not browser\")"
+echo "(* main version: whole suite; others: -m \"not browser and not main_python\")"
 for p in ${SETUP_PROBLEMS[@]+"${SETUP_PROBLEMS[@]}"}; do
     echo "setup problem: $p"
     status=1

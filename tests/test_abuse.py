@@ -354,32 +354,14 @@ def probes(server_module):
         thread.join(PROBE_LIMIT_S + 10)
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("name", ["idle", "idle_keepalive"])
-def test_idle_connection_is_closed_by_the_timeout(probes, name):
-    proc, found = probes
-    closed_after = found.result(name)
-    print("%s: closed after %s s (HTTP_IDLE_TIMEOUT_S=%s)" % (name, closed_after, IDLE_TIMEOUT_S))
-    assert closed_after is not None, "still open after %.0f s" % PROBE_LIMIT_S
-    assert IDLE_TIMEOUT_S - 1.0 <= closed_after <= CLOSE_EXPECTED_S
-    assert_healthy(proc)
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("name", ["slowloris_headers", "slowloris_request_line",
-                                  "slowloris_ws_handshake"])
-def test_slowloris_is_closed_by_a_timeout(probes, name):
-    """A request head dribbled one byte per 0.5 s must not hold a handler
-    thread for ever: the idle timeout (per recv) never fires on it, so a
-    deadline for the whole request head is needed."""
-    proc, found = probes
-    closed_after = found.result(name)
-    print("%s: closed after %s s" % (name, closed_after))
-    assert closed_after is not None, (
-        "a request head dribbled 1 byte/0.5 s was still accepted after %.0f s "
-        "(no deadline for the whole request head)" % PROBE_LIMIT_S)
-    assert closed_after <= CLOSE_EXPECTED_S
-    assert_healthy(proc)
+@pytest.fixture(scope="module", autouse=True)
+def probes_started_first(request):
+    """Starts the probes before this module's first test when a selected test
+    reads them: their ~20 s of waiting then runs alongside the other tests
+    (the tests reading them are the module's last ones)."""
+    if any("probes" in item.fixturenames for item in request.session.items
+           if getattr(item, "module", None) is request.module):
+        request.getfixturevalue("probes")
 
 
 # --- WebSocket origin and Host (DNS rebinding) ------------------------------------------------
@@ -669,6 +651,13 @@ HWMON = os.path.join(DEVICE, "hwmon", "hwmon5")
 REVALIDATE_S = getattr(atw, "REVALIDATE_S", 5.0)
 SLOW_FILES_EVERY_S = getattr(atw, "SLOW_FILES_EVERY_S", 2.0)
 NULL_WITHIN_S = REVALIDATE_S + 3.0
+# The end-to-end fault runs below but the huge numbers run on the main Python only
+# (main_python, tests/run.sh): each fault's code path is tested on every Python by
+# test_sysfs.py (AttrFile on a file removed, replaced, turned into a directory;
+# garbage and missing files give None; a vanished device gives None; a hot
+# unplug stops the sampler and closes its fds, a replug starts a new one) and
+# test_fuzz.py (compute_metrics + json_bytes on these very values, float('inf')
+# included). The huge numbers (int and float limits) run everywhere.
 
 
 class StatsWatcher(object):
@@ -731,6 +720,7 @@ def _log_lines(proc):
 
 
 @pytest.mark.slow
+@pytest.mark.main_python
 def test_sysfs_file_faults_give_null_keep_serving_and_log_quietly(server, tmp_path):
     root = _copy_rx6900xt(tmp_path)
     # Without the binary gpu_metrics table, which would fill these gaps from its
@@ -791,15 +781,17 @@ def test_sysfs_file_faults_give_null_keep_serving_and_log_quietly(server, tmp_pa
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name,digit,count", [
-    ("temp2_input", b"9", 1 << 20),     # 1 MiB of digits: 4096 are read, a 4096-digit int
-    ("freq1_input", b"1", 400),         # Hz -> MHz
-    ("power1_cap", b"7", 400),          # a slow file (re-read every 2 s)
+@pytest.mark.parametrize("name,digit,count,slow", [
+    ("temp2_input", b"9", 1 << 20, False),   # 1 MiB of digits: 4096 are read, a 4096-digit int
+    ("freq1_input", b"1", 400, False),       # Hz -> MHz
+    ("power1_cap", b"7", 400, True),         # a slow file (re-read every 2 s)
 ], ids=["temp2_input-1MiB", "freq1_input-400-digits", "power1_cap-400-digits"])
 def test_huge_number_in_a_sysfs_file_does_not_stop_the_stats(server, tmp_path, name, digit,
-                                                             count):
+                                                             count, slow):
     """One absurd value (more digits than a float holds) must null that
-    metric, not make every stats frame of the GPU vanish."""
+    metric, not make every stats frame of the GPU vanish. The count starts
+    once the file was read: after 0.5 s (5 ticks) for a file read every
+    tick, SLOW_FILES_EVERY_S more for a slow one."""
     content = digit * count + b"\n"
     root = _copy_rx6900xt(tmp_path)
     proc = server(sysfs_root=root, env=FAST)
@@ -808,7 +800,7 @@ def test_huge_number_in_a_sysfs_file_does_not_stop_the_stats(server, tmp_path, n
     try:
         wait_for(watcher.latest, 3.0, message="first stats frame")
         _write(os.path.join(root, HWMON, name), content)
-        time.sleep(SLOW_FILES_EVERY_S + 0.5)         # power1_cap is a slow file
+        time.sleep((SLOW_FILES_EVERY_S if slow else 0.0) + 0.5)
         window_start = time.monotonic()
         time.sleep(2.0)
         ticks = len(watcher.frames_since(window_start))
@@ -823,6 +815,7 @@ def test_huge_number_in_a_sysfs_file_does_not_stop_the_stats(server, tmp_path, n
 
 
 @pytest.mark.slow
+@pytest.mark.main_python
 def test_sampler_survives_an_infinite_value_and_recovers(server, tmp_path):
     """A PCIe speed with 400 digits parses as float('inf'), which the JSON
     encoder (allow_nan=False) refuses when the frame is published. The GPU's
@@ -860,6 +853,7 @@ def test_sampler_survives_an_infinite_value_and_recovers(server, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.main_python
 def test_card_removed_and_readded_keeps_serving_without_leaks(server, tmp_path):
     root = _copy_rx6900xt(tmp_path)
     proc = server(sysfs_root=root, env=FAST)
@@ -909,4 +903,34 @@ def test_card_removed_and_readded_keeps_serving_without_leaks(server, tmp_path):
         assert len(lines) < 30, lines
     finally:
         watcher.stop()
+    assert_healthy(proc)
+
+
+# --- the timeout probes' results (last: their wait ran alongside the tests above) ----------------
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["idle", "idle_keepalive"])
+def test_idle_connection_is_closed_by_the_timeout(probes, name):
+    proc, found = probes
+    closed_after = found.result(name)
+    print("%s: closed after %s s (HTTP_IDLE_TIMEOUT_S=%s)" % (name, closed_after, IDLE_TIMEOUT_S))
+    assert closed_after is not None, "still open after %.0f s" % PROBE_LIMIT_S
+    assert IDLE_TIMEOUT_S - 1.0 <= closed_after <= CLOSE_EXPECTED_S
+    assert_healthy(proc)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["slowloris_headers", "slowloris_request_line",
+                                  "slowloris_ws_handshake"])
+def test_slowloris_is_closed_by_a_timeout(probes, name):
+    """A request head dribbled one byte per 0.5 s must not hold a handler
+    thread for ever: the idle timeout (per recv) never fires on it, so a
+    deadline for the whole request head is needed."""
+    proc, found = probes
+    closed_after = found.result(name)
+    print("%s: closed after %s s" % (name, closed_after))
+    assert closed_after is not None, (
+        "a request head dribbled 1 byte/0.5 s was still accepted after %.0f s "
+        "(no deadline for the whole request head)" % PROBE_LIMIT_S)
+    assert closed_after <= CLOSE_EXPECTED_S
     assert_healthy(proc)

@@ -11,7 +11,11 @@ Every case must end OK, NON-STRICT or INFORMATIONAL (behavior and
 behaviorClose); the failure lists every other one. The reports stay in
 .cache/autobahn/reports/py3.X/servers/ (index.json and one HTML page per case).
 Takes ~20 s (9.* sends messages up to 16 MiB); skipped only when no
-Python 2.7 is found.
+Python 2.7 is found. Marked main_python: tests/run.sh runs it on the main
+Python only, as a black-box conformance run; the codec it drives
+(FrameDecoder, encode_frame, the close codes, UTF-8 checks) is unit-tested
+on every Python by test_codec.py and test_outqueue.py, the hub's sockets by
+test_server.py.
 """
 
 import collections
@@ -115,6 +119,7 @@ def _summary(results):
 
 
 @pytest.mark.slow
+@pytest.mark.main_python
 def test_autobahn_fuzzingclient(wstest):
     echo_server = _load_echo_server()
     tag = "py%d.%d" % sys.version_info[:2]

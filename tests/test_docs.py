@@ -114,5 +114,5 @@ def test_readme_test_command_names_every_package_run_sh_installs():
     assert {"systemd", "nodejs", "npm"} <= set(run_sh_packages())
     for package in run_sh_packages():
         assert re.search(r"\b%s\b" % re.escape(package), top), package
-    for words in ("without pyenv", "skip", "~45-55 min", "~1–2 min"):
+    for words in ("without pyenv", "skip", "~40-45 min", "~1–2 min", "main_python"):
         assert words in top, words

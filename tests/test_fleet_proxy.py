@@ -407,16 +407,18 @@ def test_a_peer_down_is_a_502_json_naming_it(fleet):
     assert "dead" in response_json(answer)["error"]
 
 
-def test_a_peer_that_never_answers_is_a_502_after_the_timeout(server):
-    """A peer whose port accepts (the kernel's backlog) but never answers."""
+def test_a_peer_that_never_answers_is_a_502_after_the_timeout(app_factory):
+    """A peer whose port accepts (the kernel's backlog) but never answers:
+    cut at the per-read timeout (FLEET_PROXY_READ_TIMEOUT_S, 10 s; 0.5 s here)."""
     silent = socket.socket()
     silent.bind(("127.0.0.1", 0))
     silent.listen(8)
     try:
-        hub = server(args=["--demo", "--demo-gpus", "1"], env={
+        app, port = app_factory(["--demo", "--demo-gpus", "1"], {
             "APP_FLEET_PEERS": "silent=http://127.0.0.1:%d" % silent.getsockname()[1]})
-        answer = http_request(hub.port, "GET", "/hosts/silent/api/gpus",
-                              timeout=atw.FLEET_PROXY_READ_TIMEOUT_S + 10)
+        assert app.fleet_proxy.read_timeout_s == atw.FLEET_PROXY_READ_TIMEOUT_S
+        app.fleet_proxy.read_timeout_s = 0.5
+        answer = http_request(port, "GET", "/hosts/silent/api/gpus", timeout=20.0)
         assert answer.status == 502
         assert response_json(answer)["error"] == "peer silent: timed out"
     finally:

@@ -11,6 +11,12 @@ All 1024 sockets are driven by ONE selectors loop in this process (raw
 sockets, the module's own FrameDecoder told not to require a mask), so the
 test stays cheap on a 2-core machine. Every loop is bounded in count and in
 time; every socket is closed in a finally.
+
+Marked main_python: tests/run.sh runs these on the main Python only. What
+they load is tested on every Python at a small scale: the 503 at the client
+cap and the freed slot, the stuck client closed while a healthy one keeps
+every tick (test_server.py), no thread or fd left by clients that vanish
+(test_lifecycle.py, test_server.py's reset connections).
 """
 
 import errno
@@ -28,6 +34,8 @@ import pytest
 
 from amdgpu_top_web import FrameDecoder, Opcode, encode_frame
 from wsclient import build_request, handshake_headers, random_key, read_http_response
+
+pytestmark = pytest.mark.main_python
 
 N_CLIENTS = 1024                 # APP_WS_MAX_CLIENTS default
 N_STUCK = 50

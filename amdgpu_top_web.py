@@ -7101,6 +7101,10 @@ FLEET_PROM_GPU_VALUES = FLEET_PROM_GPU_KEYS + ("throttled", "processes", "status
 # amdgpu_build_info sample time says when); a host without that series (a
 # server older than the fleet) is read every poll.
 FLEET_PROM_STAMP_SLACK_S = 0.0005   # half a millisecond: Prometheus' sample times are ms
+# A host scraped since its last read but in none of the cut answers (another
+# replica answered, a remote-write backend still storing the scrape) keeps its
+# data and is asked again, until this many polls missed it: then taken as it is.
+FLEET_PROM_UNANSWERED_POLLS = 2
 
 
 def prom_gpu_selector(key):
@@ -7172,7 +7176,16 @@ def prom_query_since(query, t0):
     amdgpu_build_info, whose scrape time is unknown): the query as is for -inf."""
     if t0 == float("-inf"):
         return query
-    return "(%s) unless on (job, instance) (timestamp(%sbuild_info) <= %.4f)" % (query, PROM_PREFIX, t0)
+    return "(%s) unless on (job, instance) (max by (job, instance) (timestamp(%sbuild_info)) <= %.4f)" \
+        % (query, PROM_PREFIX, t0)
+
+
+def prom_answered_hosts(answers):
+    """{(job, instance)} with a GPU (amdgpu_gpu_info) or a host series in these answers."""
+    out = set()
+    for name in ("gpu_info",) + FLEET_HOST_KEYS:
+        out.update((l.get("job", ""), l.get("instance", "")) for l, _, _ in answers.get(name, ()))
+    return out
 
 
 def _prom_scaled(key, value, scale):
@@ -12113,6 +12126,7 @@ class FleetPrometheus(object):
         self._known = {}        # (job, instance) -> {"data", "seen_s", "ok_s"}
         self._pool = None
         self._data, self._read_at = {}, {}  # (job, instance) -> host data as read; its scrape time
+        self._unanswered = {}               # (job, instance) -> polls in a row it was cut in, unanswered
         self._legacy = False                # a host without amdgpu_build_info: read every poll
         self.last_rebuilt, self.last_full = 0, False    # the last poll's work (for benchmarks)
 
@@ -12147,11 +12161,12 @@ class FleetPrometheus(object):
         try:
             answers, stamps, t0 = self._query_all(now)
             hosts, up = compute_prom_fleet(answers)
+            answered = prom_answered_hosts(answers)
         except PromAnswerError:
             raise
         except (TypeError, ValueError, KeyError, AttributeError, IndexError, RecursionError) as exc:
             raise PromAnswerError("an answer of an odd shape (%s)" % type(exc).__name__)
-        return self._merge(hosts, stamps, t0), up
+        return self._merge(hosts, stamps, t0, answered), up
 
     def _query_all(self, now):
         """({query name: parsed answer}, the hosts' scrape times, t0): `up` and the scrape times
@@ -12160,17 +12175,24 @@ class FleetPrometheus(object):
         if self._pool is None:
             self._pool = concurrent.futures.ThreadPoolExecutor(FLEET_PROM_QUERY_THREADS, "fleet-prom")
         at = "%.3f" % now
-        answers = self._ask([(name, query) for name, query in self.queries if name in ("up", "build")], at)
+        answers, warnings = self._ask([(name, query) for name, query in self.queries
+                                       if name in ("up", "build")], at)
         stamps = prom_scrape_stamps(answers["build"])
-        t0 = prom_fleet_cutoff(stamps, self._read_at, self._legacy)
+        legacy = self._legacy or any(key not in stamps for key in self._data)  # lost its build_info
+        t0 = prom_fleet_cutoff(stamps, self._read_at, legacy)
         if t0 is not None:
-            answers.update(self._ask([(name, prom_query_since(query, t0)) for name, query in self.queries
-                                      if name not in ("up", "build")], at))
+            more, more_warnings = self._ask([(name, prom_query_since(query, t0)) for name, query in self.queries
+                                             if name not in ("up", "build")], at)
+            answers.update(more)
+            warnings += more_warnings
+        if warnings and warnings != self.warnings:
+            LOG.warning("event=fleet_prometheus_warnings warnings=%r", warnings[:3])
+        self.warnings = warnings
         return answers, stamps, t0
 
     def _ask(self, queries, at):
-        """{name: parsed answer} of these instant queries at one time, a few in
-        flight; the first failure raised, the queued queries cancelled with it."""
+        """({name: parsed answer}, [warning]) of these instant queries at one time,
+        a few in flight; the first failure raised, the queued queries cancelled with it."""
         futures = [(name, self._pool.submit(self.client.get, "query", {"query": query, "time": at},
                                             "vector")) for name, query in queries]
         answers, warnings = {}, []
@@ -12184,24 +12206,32 @@ class FleetPrometheus(object):
             for _, future in futures:   # the queued queries go too: none pile up while it fails
                 future.cancel()
             raise
-        if warnings and warnings != self.warnings:
-            LOG.warning("event=fleet_prometheus_warnings warnings=%r", warnings[:3])
-        self.warnings = warnings
-        return answers
+        return answers, warnings
 
-    def _merge(self, hosts, stamps, t0):
-        """The hosts read this poll (scraped after t0, or without a scrape time)
-        and, for every other host still exporting amdgpu_build_info, its data as
-        last read; remembers which scrape each host's data came from."""
-        fresh = set(key for key in hosts if t0 is not None and (key not in stamps or stamps[key] > t0))
-        merged = dict((key, hosts[key]) for key in fresh)
-        for key in stamps:
-            if key not in fresh and key in self._data:
-                merged[key] = self._data[key]
-        self._data = merged
-        self._read_at = dict((key, at) for key, at in stamps.items() if key in merged)
+    def _merge(self, hosts, stamps, t0, answered):
+        """This poll's hosts: those cut in by t0 and found in the cut answers as
+        read now; a host cut in but in none (FLEET_PROM_UNANSWERED_POLLS) with its
+        last data and asked again; every other host still exporting
+        amdgpu_build_info with its data as last read. Remembers which scrape
+        each host's data came from (_read_at)."""
+        cut = set(key for key in hosts if t0 is not None and (key not in stamps or stamps[key] > t0))
+        merged, read_at, unanswered = {}, {}, {}
+        for key, at in stamps.items():
+            if key not in cut and key in self._data:
+                merged[key], read_at[key] = self._data[key], at
+        for key in cut:
+            tries = 0 if key in answered else self._unanswered.get(key, 0) + 1
+            old = self._data.get(key) if tries else None
+            merged[key] = hosts[key] if old is None else dict(old, last_seen_s=hosts[key]["last_seen_s"])
+            if 0 < tries < FLEET_PROM_UNANSWERED_POLLS:
+                unanswered[key] = tries
+                if key in self._read_at:
+                    read_at[key] = self._read_at[key]
+            elif key in stamps:
+                read_at[key] = stamps[key]
+        self._data, self._read_at, self._unanswered = merged, read_at, unanswered
         self._legacy = any(key not in stamps for key in merged)
-        self.last_rebuilt, self.last_full = len(fresh), t0 == float("-inf")
+        self.last_rebuilt, self.last_full = len(cut & answered), t0 == float("-inf")
         return merged
 
     def _entries(self, now, hosts, up):

@@ -329,6 +329,58 @@ def test_reading_only_the_new_scrapes_makes_the_same_fleet_as_reading_everything
     assert rebuilt[0] == 3 and min(rebuilt[1:]) < 3, rebuilt
 
 
+class StampedTarget(http.server.BaseHTTPRequestHandler):
+    """One host's /metrics with explicit sample times (as /federate writes
+    them): Prometheus then writes no staleness marker for a series that goes,
+    so after an upgrade the old version's amdgpu_build_info stays 5 minutes."""
+    version = "1"
+
+    def do_GET(self):
+        at, version = " %d" % int(time.time() * 1000), StampedTarget.version
+        text = ('amdgpu_build_info{version="%s"} 1%s\n' % (version, at) +
+                'amdgpu_gpu_info{gpu="card0",name="GPU",vendor="amd",pci="0000:03:00.0",uuid="u"} 1%s\n' % at +
+                'amdgpu_gpu_busy_ratio{gpu="card0"} 0.%s%s\n' % (version, at)).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", atw.PROM_CONTENT_TYPE)
+        self.send_header("Content-Length", str(len(text)))
+        self.end_headers()
+        self.wfile.write(text)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_a_host_with_two_versions_build_info_keeps_being_read():
+    """An upgrade seen with explicit sample times: for 5 minutes the host has two
+    amdgpu_build_info series, the old one's scrape time old; the host must still
+    be read at each new scrape (cut by its newest scrape time, not its oldest)."""
+    debian_tool("prometheus", "prometheus")
+    StampedTarget.version = "1"              # busy 0.1, then 0.2 with version 2
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), StampedTarget)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    prom = Prometheus("global: {scrape_interval: 500ms, scrape_timeout: 400ms}\nscrape_configs:\n"
+                      "  - job_name: fed\n    static_configs: [{targets: ['127.0.0.1:%d']}]\n"
+                      % httpd.server_address[1])
+    source = atw.FleetPrometheus(atw.PromClient(prom.url, 5.0), 1.0)
+    try:
+        def gpus():
+            entries = source.poll(time.time())
+            assert source.error is None
+            return [(g["name"], g["gpu_busy_pct"]) for e in entries for g in e["gpus"]]
+        wait_for(lambda: gpus() == [("GPU", 10.0)], 30, 0.3, "the host read with version 1")
+        StampedTarget.version = "2"
+        wait_for(lambda: len(prom_query(prom.port, "amdgpu_build_info")) == 2, 15, 0.2, "both versions' series")
+        wait_for(lambda: gpus() == [("GPU", 20.0)], 15, 0.3, "the host read again after its upgrade")
+        for _ in range(6):                       # and at every scrape after it: never without its GPU
+            assert gpus() == [("GPU", 20.0)] and source.last_rebuilt in (0, 1)
+            time.sleep(0.3)
+    finally:
+        source.close()
+        prom.stop()
+        httpd.shutdown()
+        httpd.server_close()
+
+
 # -- a killed server (kept last: it changes the fleet) ---------------------------
 
 def test_a_killed_server_is_down_with_its_data_kept(fleet):
@@ -664,7 +716,7 @@ def test_a_poll_reads_again_only_the_hosts_scraped_since_their_last_read(recorde
         assert (source.last_full, source.last_rebuilt) == (False, 0)
         # b scraped again at 102.0: its new answers only under the cut-off queries
         Recorder.by_query[queries["build"]] = vector((dict(a, version="1"), 100.0), (dict(b, version="1"), 102.0))
-        cut = " unless on (job, instance) (timestamp(amdgpu_build_info) <= 101.9995)"
+        cut = " unless on (job, instance) (max by (job, instance) (timestamp(amdgpu_build_info)) <= 101.9995)"
         Recorder.by_query["(%s)%s" % (queries["gpu_info"], cut)] = vector((dict(b, gpu="card0", name="B2"), 1))
         Recorder.by_query["(%s)%s" % (queries["gpu_busy_pct"], cut)] = vector((dict(b, gpu="card0"), 0.75))
         third = source.poll(time.time())
@@ -673,12 +725,46 @@ def test_a_poll_reads_again_only_the_hosts_scraped_since_their_last_read(recorde
         metric_queries = [q for q in asked() if q not in (queries["up"], queries["build"])]
         assert len(metric_queries) == len(queries) - 2 and all(q.endswith(cut) for q in metric_queries)
         assert source.error is None
-        # b's target removed (gone from up and the scrape times): only a is read, b down
+        # b's target removed (gone from up and the scrape times): b down. a scraped at 103.0,
+        # but its cut answers are empty (another replica answered, or the scrape is still
+        # being stored): a keeps what it had, with its new scrape time, and is asked again
         Recorder.by_query[queries["up"]] = vector((a, 1))
         Recorder.by_query[queries["build"]] = vector((dict(a, version="1"), 103.0))
         fourth = {e["name"]: e for e in source.poll(time.time())}
         assert (fourth["a:1"]["state"], fourth["b:1"]["state"]) == ("up", "down")
-        assert fourth["a:1"]["gpus"] == []          # a's cut answers are empty here: read as such
+        assert busy([fourth["a:1"]]) == [("a:1", "up", [("A", 25.0)])] and source.last_rebuilt == 0
+        assert fourth["a:1"]["last_seen"] == atw.format_ts(103.0)
+        assert len(asked()) == len(queries)
+        source.poll(time.time())                    # asked again; missed twice: taken as it is
+        assert len(asked()) == len(queries)
+        assert busy(source.poll(time.time())) == busy([fourth["a:1"], fourth["b:1"]])
+        assert sorted(asked()) == sorted([queries["up"], queries["build"]])   # not asked a third time
+    finally:
+        source.close()
+
+
+def test_a_host_that_loses_its_build_info_is_read_as_an_older_server(recorder):
+    """A server downgraded to a version without amdgpu_build_info keeps its
+    gpu_info: the next poll asks the metric queries although no host was
+    scraped anew (cut to the hosts without a scrape time), and b stays up."""
+    Recorder.answers["/api/v1/query"] = vector()
+    queries = dict(atw.build_prom_fleet_queries())
+    a, b = {"job": "amdgpu", "instance": "a:1"}, {"job": "amdgpu", "instance": "b:1"}
+    Recorder.by_query = {
+        queries["up"]: vector((a, 1), (b, 1)),
+        queries["build"]: vector((dict(a, version="1"), 100.0), (dict(b, version="1"), 100.5)),
+        queries["gpu_info"]: vector((dict(a, gpu="card0", name="A"), 1), (dict(b, gpu="card0", name="B"), 1))}
+    source = atw.FleetPrometheus(atw.PromClient(recorder, 2.0), 2.0)
+    try:
+        assert [e["state"] for e in source.poll(time.time())] == ["up", "up"]
+        Recorder.by_query[queries["build"]] = vector((dict(a, version="1"), 100.0))
+        cut = " unless on (job, instance) (max by (job, instance) (timestamp(amdgpu_build_info)) <= 100.0000)"
+        Recorder.by_query["(%s)%s" % (queries["gpu_info"], cut)] = vector((dict(b, gpu="card0", name="B"), 1))
+        Recorder.seen = []
+        entries = {e["name"]: e for e in source.poll(time.time())}
+        assert len(Recorder.seen) == len(queries)
+        assert (entries["b:1"]["state"], [g["name"] for g in entries["b:1"]["gpus"]]) == ("up", ["B"])
+        assert (entries["a:1"]["state"], [g["name"] for g in entries["a:1"]["gpus"]]) == ("up", ["A"])
     finally:
         source.close()
 
@@ -694,7 +780,7 @@ def test_the_cut_off_of_a_poll():
     assert atw.prom_fleet_cutoff({}, {("j", "a"): 1.0}, True) == float("-inf")
     assert atw.prom_query_since("up", float("-inf")) == "up"
     assert atw.prom_query_since("up", 12.5) == \
-        "(up) unless on (job, instance) (timestamp(amdgpu_build_info) <= 12.5000)"
+        "(up) unless on (job, instance) (max by (job, instance) (timestamp(amdgpu_build_info)) <= 12.5000)"
     build = [({"job": "j", "instance": "a", "version": "1"}, 5.0, 9.0),
              ({"job": "j", "instance": "a", "version": "2"}, 7.0, 9.0), ({"job": "j", "instance": "b"}, None, 9.0)]
     assert atw.prom_scrape_stamps(build) == {("j", "a"): 7.0}

@@ -167,7 +167,7 @@ def bind_targets(count):
 
 def serve(hosts, one_target):
     """--serve: answer every scrape from precomputed answers until the parent goes."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     if one_target:
         answers = [[http_answer(fleet_body(hosts, tick)) for tick in range(VARIANTS)]]
@@ -256,16 +256,19 @@ def count_hosts(url):
         return 0
 
 
-def wait_ingested(url, hosts, procs):
+def wait_ingested(url, hosts, prom, server):
     """Until Prometheus sees every host, then one more scrape interval (every
-    target scraped twice at least) -> seconds waited."""
+    target scraped twice at least) -> (seconds waited, Prometheus' CPU share
+    meanwhile: scraping alone, no query)."""
     start = time.monotonic()
     while count_hosts(url) != hosts:
-        if time.monotonic() - start > 10 * SCRAPE_INTERVAL_S or any(p.poll() is not None for p in procs):
+        if time.monotonic() - start > 10 * SCRAPE_INTERVAL_S or prom.poll() is not None \
+                or server.poll() is not None:
             raise SystemExit("Prometheus did not ingest %d hosts" % hosts)
         time.sleep(0.5)
+    cpu0, wall0 = proc_cpu_s(prom.pid), time.monotonic()
     time.sleep(SCRAPE_INTERVAL_S)
-    return time.monotonic() - start
+    return time.monotonic() - start, 100 * (proc_cpu_s(prom.pid) - cpu0) / (time.monotonic() - wall0)
 
 
 def proc_cpu_s(pid):
@@ -368,7 +371,7 @@ def measure(hosts, rounds, one_target):
         targets = ["127.0.0.1:%d" % port] if one_target else \
             ["%s:%d" % (target_address(i), port) for i in range(hosts)]
         prom, url = start_prometheus(targets, one_target, workdir)
-        waited_s = wait_ingested(url, hosts, [prom, server])
+        waited_s, scrape_cpu_pct = wait_ingested(url, hosts, prom, server)
         cpu0 = (proc_cpu_s(prom.pid), proc_cpu_s(server.pid), time.monotonic())
         walls, cpus, rebuilt, fulls = steady_state(url, hosts, rounds)
         cpu1 = (proc_cpu_s(prom.pid), proc_cpu_s(server.pid), time.monotonic())
@@ -377,7 +380,7 @@ def measure(hosts, rounds, one_target):
         return {"hosts": hosts, "waited_s": waited_s, "wall": walls, "cpu": cpus, "rebuilt": rebuilt,
                 "fulls": fulls, "full_wall": full_walls, "full_cpu": full_cpus,
                 "alone_ms": prometheus_alone(url, rounds), "prom_rss_mb": proc_rss_mb(prom.pid),
-                "prom_cpu_pct": 100 * (cpu1[0] - cpu0[0]) / span,
+                "prom_cpu_pct": 100 * (cpu1[0] - cpu0[0]) / span, "scrape_cpu_pct": scrape_cpu_pct,
                 "server_cpu_pct": 100 * (cpu1[1] - cpu0[1]) / span}
     finally:
         for proc in (prom, server):
@@ -424,8 +427,9 @@ def report(args, results, load):
             row["alone"], row["med"] / base["med"], row["full"] / base["full"]))
     for r in results:
         print("%6d hosts: ingested and scraped twice after %.0f s; Prometheus %.0f MB RSS, %.0f %% of a "
-              "core while polled (the target server %.1f %%); %s" % (
-                  r["hosts"], r["waited_s"], r["prom_rss_mb"], r["prom_cpu_pct"], r["server_cpu_pct"],
+              "core scraping alone, %.0f %% while polled (the target server %.1f %%); %s" % (
+                  r["hosts"], r["waited_s"], r["prom_rss_mb"], r["scrape_cpu_pct"], r["prom_cpu_pct"],
+                  r["server_cpu_pct"],
                   "last_full on %d of %d steady polls" % (r["fulls"], len(r["wall"]))
                   if r["rebuilt"] else "no last_rebuilt/last_full (every poll reads everything)"))
     print("load average after: %s" % " ".join("%.2f" % x for x in os.getloadavg()))
@@ -451,7 +455,7 @@ def main():
         raise SystemExit("needs /usr/bin/prometheus (Debian package prometheus)")
     if args.hosts > 250 * 256:
         raise SystemExit("--hosts: at most %d" % (250 * 256))
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     load = os.getloadavg()
     results = [measure(BASELINE_HOSTS, args.rounds, args.one_target),

@@ -246,14 +246,25 @@ def start_prometheus(targets, honor_labels, workdir):
     return proc, "http://127.0.0.1:%d" % port
 
 
-def count_hosts(url):
-    query = m.urlencode({"query": "count(%sbuild_info)" % m.PROM_PREFIX})
+def scalar_query(url, promql):
+    """One instant query's single value (0 when none or failing)."""
+    query = m.urlencode({"query": promql})
     try:
         with urllib.request.urlopen(url + "/api/v1/query?" + query, timeout=5) as resp:
             result = json.loads(resp.read())["data"]["result"]
-        return int(result[0]["value"][1]) if result else 0
+        return float(result[0]["value"][1]) if result else 0
     except (OSError, ValueError, KeyError):
         return 0
+
+
+def count_hosts(url):
+    return int(scalar_query(url, "count(%sbuild_info)" % m.PROM_PREFIX))
+
+
+def scrape_spread(url):
+    """(series of up, seconds between the oldest and the newest last scrape)."""
+    stamp = "timestamp(%sbuild_info)" % m.PROM_PREFIX
+    return int(scalar_query(url, "count(up)")), scalar_query(url, "max(%s) - min(%s)" % (stamp, stamp))
 
 
 def wait_ingested(url, hosts, prom, server):
@@ -372,6 +383,7 @@ def measure(hosts, rounds, one_target):
             ["%s:%d" % (target_address(i), port) for i in range(hosts)]
         prom, url = start_prometheus(targets, one_target, workdir)
         waited_s, scrape_cpu_pct = wait_ingested(url, hosts, prom, server)
+        up_series, spread_s = scrape_spread(url)
         cpu0 = (proc_cpu_s(prom.pid), proc_cpu_s(server.pid), time.monotonic())
         walls, cpus, rebuilt, fulls = steady_state(url, hosts, rounds)
         cpu1 = (proc_cpu_s(prom.pid), proc_cpu_s(server.pid), time.monotonic())
@@ -381,6 +393,7 @@ def measure(hosts, rounds, one_target):
                 "fulls": fulls, "full_wall": full_walls, "full_cpu": full_cpus,
                 "alone_ms": prometheus_alone(url, rounds), "prom_rss_mb": proc_rss_mb(prom.pid),
                 "prom_cpu_pct": 100 * (cpu1[0] - cpu0[0]) / span, "scrape_cpu_pct": scrape_cpu_pct,
+                "up_series": up_series, "spread_s": spread_s,
                 "server_cpu_pct": 100 * (cpu1[1] - cpu0[1]) / span}
     finally:
         for proc in (prom, server):
@@ -426,10 +439,11 @@ def report(args, results, load):
             "n/a" if row["rebuilt"] is None else "%g" % row["rebuilt"], row["full"], row["full_cpu"],
             row["alone"], row["med"] / base["med"], row["full"] / base["full"]))
     for r in results:
-        print("%6d hosts: ingested and scraped twice after %.0f s; Prometheus %.0f MB RSS, %.0f %% of a "
-              "core scraping alone, %.0f %% while polled (the target server %.1f %%); %s" % (
-                  r["hosts"], r["waited_s"], r["prom_rss_mb"], r["scrape_cpu_pct"], r["prom_cpu_pct"],
-                  r["server_cpu_pct"],
+        print("%6d hosts: ingested and scraped twice after %.0f s (%d series of up, the last scrapes "
+              "%.1f s apart at most); Prometheus %.0f MB RSS, %.0f %% of a core scraping alone, %.0f %% "
+              "while polled (the target server %.1f %%); %s" % (
+                  r["hosts"], r["waited_s"], r["up_series"], r["spread_s"], r["prom_rss_mb"],
+                  r["scrape_cpu_pct"], r["prom_cpu_pct"], r["server_cpu_pct"],
                   "last_full on %d of %d steady polls" % (r["fulls"], len(r["wall"]))
                   if r["rebuilt"] else "no last_rebuilt/last_full (every poll reads everything)"))
     print("load average after: %s" % " ".join("%.2f" % x for x in os.getloadavg()))

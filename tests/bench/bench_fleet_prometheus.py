@@ -421,10 +421,10 @@ def report(args, results, load):
     every = m.FLEET_PROM_QUERY_EVERY
     queries = m.build_prom_fleet_queries()
     print("mode: %s; scrape_interval %ds, hub polls every %.1f s, %d steady polls after a full one, "
-          "%d full refreshes" % (
+          "%d full refreshes; Python %s" % (
               "ONE target, honor_labels (every host changes at once: the worst case)" if args.one_target
               else "one scrape target per host (127.0.x.y:PORT)", SCRAPE_INTERVAL_S, HUB_INTERVAL_S,
-              args.rounds, FULL_REFRESHES))
+              args.rounds, FULL_REFRESHES, sys.version.split()[0]))
     print("queries: %d (one per metric; %d of them every poll, the others every 3rd or 15th), %d in flight"
           % (len(queries), sum(1 for name, _ in queries if every.get(name, 1) == 1), m.FLEET_PROM_QUERY_THREADS))
     print("load average before: %s" % " ".join("%.2f" % x for x in load))

@@ -308,7 +308,7 @@ def bare_get(url, query, at):
 def prometheus_alone(url, rounds):
     """The median wall time of the queries every poll asks (their cadence 1),
     fetched the way a poll does (FLEET_PROM_QUERY_THREADS in flight), not decoded."""
-    every = m.FLEET_PROM_QUERY_EVERY
+    every = getattr(m, "FLEET_PROM_QUERY_EVERY", {})
     queries = [q for name, q in m.build_prom_fleet_queries() if every.get(name, 1) == 1]
     walls = []
     with concurrent.futures.ThreadPoolExecutor(m.FLEET_PROM_QUERY_THREADS) as pool:
@@ -418,15 +418,17 @@ def summary(r):
 
 
 def report(args, results, load):
-    every = m.FLEET_PROM_QUERY_EVERY
+    every = getattr(m, "FLEET_PROM_QUERY_EVERY", {})
     queries = m.build_prom_fleet_queries()
     print("mode: %s; scrape_interval %ds, hub polls every %.1f s, %d steady polls after a full one, "
           "%d full refreshes; Python %s" % (
               "ONE target, honor_labels (every host changes at once: the worst case)" if args.one_target
               else "one scrape target per host (127.0.x.y:PORT)", SCRAPE_INTERVAL_S, HUB_INTERVAL_S,
               args.rounds, FULL_REFRESHES, sys.version.split()[0]))
-    print("queries: %d (one per metric; %d of them every poll, the others every 3rd or 15th), %d in flight"
-          % (len(queries), sum(1 for name, _ in queries if every.get(name, 1) == 1), m.FLEET_PROM_QUERY_THREADS))
+    print("queries: %d (one per metric; %d of them every poll%s), %d in flight" % (
+        len(queries), sum(1 for name, _ in queries if every.get(name, 1) == 1),
+        ", the others every 3rd or 15th" if every else
+        "; a poll asks the metric queries only for the hosts scraped since their last read", m.FLEET_PROM_QUERY_THREADS))
     print("load average before: %s" % " ".join("%.2f" % x for x in load))
     rows = [summary(r) for r in results]
     base = rows[0]

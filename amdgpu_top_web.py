@@ -7097,10 +7097,11 @@ FLEET_HISTORY_METRICS = tuple(key for family in PROM_GPU_FAMILIES for key, _scal
 FLEET_PROM_GPU_FLAGS = (("throttled", "throttled"), ("processes", "processes"))
 # The answers of one value per GPU (read with parse_prom_gpu_values).
 FLEET_PROM_GPU_VALUES = FLEET_PROM_GPU_KEYS + ("throttled", "processes", "status")
-# A poll re-reads only the hosts scraped since their last read (their
-# amdgpu_build_info sample time says when); a host without that series (a
-# server older than the fleet) is read every poll.
-FLEET_PROM_STAMP_SLACK_S = 0.0005   # half a millisecond: Prometheus' sample times are ms
+# A poll reads only the hosts scraped since their last read (their
+# amdgpu_build_info sample time says when), by their instance label; all of
+# them at once when more than this share changed (federation: all at once).
+FLEET_PROM_READ_ALL = 0.5
+FLEET_PROM_GET_MAX = 4096           # a longer query is POSTed (a proxy may refuse long URLs)
 # A host scraped since its last read but in none of the cut answers (another
 # replica answered, a remote-write backend still storing the scrape) keeps its
 # data and is asked again, until this many polls missed it: then taken as it is.
@@ -7123,25 +7124,46 @@ def prom_host_selector(key):
     return None
 
 
-def build_prom_fleet_queries():
+def build_prom_fleet_queries(instances=None):
     """[(name, PromQL)]: one instant query per metric for the whole fleet, each
-    cut down to the labels the fleet needs (smaller answers to parse)."""
+    cut down to the labels the fleet needs (smaller answers to parse); with
+    instances (a set), every metric query selects only the series of those
+    instances (`up` and the scrape times stay whole)."""
+    only = "" if instances is None else prom_instance_matcher(instances)
+
+    def sel(selector):
+        return prom_with_matcher(selector, only)
     by_gpu = "max by (job, instance, gpu) (%s)"
     queries = [("up", "up"), ("build", "timestamp(%sbuild_info)" % PROM_PREFIX),
-               ("gpu_info", "max by (job, instance, gpu, pci, vendor, uuid, name) (%sgpu_info)"
-                % PROM_PREFIX)]
-    queries += [(key, by_gpu % prom_gpu_selector(key)[0]) for key in FLEET_PROM_GPU_KEYS]
-    queries += [(name, by_gpu % (PROM_PREFIX + family)) for name, family in FLEET_PROM_GPU_FLAGS]
+               ("gpu_info", "max by (job, instance, gpu, pci, vendor, uuid, name) (%s)"
+                % sel(PROM_PREFIX + "gpu_info"))]
+    queries += [(key, by_gpu % sel(prom_gpu_selector(key)[0])) for key in FLEET_PROM_GPU_KEYS]
+    queries += [(name, by_gpu % sel(PROM_PREFIX + family)) for name, family in FLEET_PROM_GPU_FLAGS]
     # 0 active, 1 runtime-suspended, 2 lost (/metrics writes both flags together)
-    queries.append(("status", by_gpu % ("%sruntime_suspended + 2 * %sgpu_lost" % (PROM_PREFIX, PROM_PREFIX))))
+    queries.append(("status", by_gpu % ("%s + 2 * %s" % (sel(PROM_PREFIX + "runtime_suspended"),
+                                                         sel(PROM_PREFIX + "gpu_lost")))))
     queries += [
-        ("throttle_reasons", "max by (job, instance, gpu, reason) (%sthrottle_reason_active)" % PROM_PREFIX),
+        ("throttle_reasons", "max by (job, instance, gpu, reason) (%s)" % sel(PROM_PREFIX + "throttle_reason_active")),
         ("top_process", 'max by (job, instance, gpu, pid, name, %s) (topk by (job, instance, gpu) '
-         '(1, %sprocess_memory_bytes{pool="vram"}))' % (", ".join(PROM_WHO_LABELS), PROM_PREFIX)),
-        ("alerts", "max by (job, instance, gpu, alertname, severity) (%salert_active)" % PROM_PREFIX)]
-    queries += [(key, "max by (job, instance) (%s)" % prom_host_selector(key)[0])
+         '(1, %s))' % (", ".join(PROM_WHO_LABELS), sel(PROM_PREFIX + 'process_memory_bytes{pool="vram"}'))),
+        ("alerts", "max by (job, instance, gpu, alertname, severity) (%s)" % sel(PROM_PREFIX + "alert_active"))]
+    queries += [(key, "max by (job, instance) (%s)" % sel(prom_host_selector(key)[0]))
                 for key in FLEET_HOST_KEYS]
     return queries
+
+
+def prom_with_matcher(selector, matcher):
+    """A series selector (name, optionally {labels}) with one more label matcher."""
+    if not matcher:
+        return selector
+    return selector[:-1] + "," + matcher + "}" if selector.endswith("}") else selector + "{" + matcher + "}"
+
+
+def prom_instance_matcher(instances):
+    """instance=~"a|b": the instances as an alternation of RE2 literals (every
+    regex metacharacter escaped; Prometheus anchors the match), in a PromQL string."""
+    alternation = "|".join(re.sub(r"([\\.+*?()|\[\]{}^$])", r"\\\1", value) for value in sorted(instances))
+    return 'instance=~"%s"' % prom_escape(alternation)
 
 
 def prom_scrape_stamps(build):
@@ -7155,29 +7177,20 @@ def prom_scrape_stamps(build):
     return stamps
 
 
-def prom_fleet_cutoff(stamps, last_read, legacy):
-    """Which hosts a poll re-reads: ({(job, instance): scrape time now}, {...:
-    the scrape time its data was read at}, any host without amdgpu_build_info
-    known) -> None (read nothing: no host scraped since its last read), or a
-    cut-off time t0: the hosts scraped at or before t0 are kept as read, every
-    other host is read (float("-inf"): all of them)."""
+def prom_fleet_to_read(stamps, last_read, up, kept):
+    """The hosts a poll reads: ({(job, instance): scrape time now}, {...: the
+    scrape time its data was read at}, {...: up value}, the hosts kept from
+    earlier polls) -> None (all: the first poll, or over FLEET_PROM_READ_ALL of
+    them to read), else a set, maybe empty: the hosts scraped since their last
+    read; the targets up in a job of the fleet without amdgpu_build_info (an
+    older server, or one without amdgpu series); kept hosts that lost it."""
     if not last_read:
-        return float("-inf")
-    changed = [at for key, at in stamps.items() if last_read.get(key) != at]
-    if changed:
-        return min(changed) - FLEET_PROM_STAMP_SLACK_S
-    if legacy:
-        return max(stamps.values()) if stamps else float("-inf")
-    return None
-
-
-def prom_query_since(query, t0):
-    """One fleet query cut to the hosts scraped after t0 (and the hosts without
-    amdgpu_build_info, whose scrape time is unknown): the query as is for -inf."""
-    if t0 == float("-inf"):
-        return query
-    return "(%s) unless on (job, instance) (max by (job, instance) (timestamp(%sbuild_info)) <= %.4f)" \
-        % (query, PROM_PREFIX, t0)
+        return None
+    jobs = set(job for job, _ in stamps)
+    keys = set(key for key, at in stamps.items() if last_read.get(key) != at)
+    keys.update(key for key, value in up.items() if value == 1 and key[0] in jobs and key not in stamps)
+    keys.update(key for key in kept if key not in stamps)
+    return None if len(keys) > FLEET_PROM_READ_ALL * len(stamps) else keys
 
 
 def prom_answered_hosts(answers):
@@ -12068,10 +12081,11 @@ class FleetPoller(FleetThread):
 # -- Prometheus: the query API client and the fleet source ------------------
 
 class PromClient(object):
-    """GETs on a Prometheus-compatible query API at a base URL (any prefix:
-    /prometheus for Mimir, /select/0/prometheus for VictoriaMetrics cluster),
-    each with the fleet timeout, a size cap, gzip, and the configured extra
-    headers (a tenant's X-Scope-OrgID, an Authorization); one connection each."""
+    """Queries to a Prometheus-compatible query API at a base URL (any prefix:
+    /prometheus for Mimir, /select/0/prometheus for VictoriaMetrics cluster):
+    a GET, or a form POST when long; each with the fleet timeout, a size cap,
+    gzip, and the configured extra headers (a tenant's X-Scope-OrgID, an
+    Authorization); one connection each."""
 
     def __init__(self, base_url, timeout_s, headers=()):
         parts = urlsplit(base_url)
@@ -12086,8 +12100,12 @@ class PromClient(object):
         factory = http.client.HTTPSConnection if self.scheme == "https" else http.client.HTTPConnection
         conn = factory(self.netloc, timeout=self.timeout_s)
         try:
-            conn.request("GET", "%s/api/v1/%s?%s" % (self.prefix, endpoint, urlencode(params)),
-                         headers=self.headers)
+            path, query = "%s/api/v1/%s" % (self.prefix, endpoint), urlencode(params)
+            if len(query) > FLEET_PROM_GET_MAX:         # the API takes the same form in a POST
+                conn.request("POST", path, body=query.encode("ascii"), headers=dict(
+                    self.headers, **{"Content-Type": "application/x-www-form-urlencoded"}))
+            else:
+                conn.request("GET", path + "?" + query, headers=self.headers)
             response = conn.getresponse()
             body = self._read_body(response)
             gzipped = (response.getheader("Content-Encoding") or "").lower() == "gzip"
@@ -12140,8 +12158,7 @@ class FleetPrometheus(object):
         self._known = {}        # (job, instance) -> {"data", "seen_s", "ok_s"}
         self._pool = None
         self._data, self._read_at = {}, {}  # (job, instance) -> host data as read; its scrape time
-        self._unanswered = {}               # (job, instance) -> polls in a row it was cut in, unanswered
-        self._legacy = False                # a host without amdgpu_build_info: read every poll
+        self._unanswered = {}               # (job, instance) -> polls in a row it was read, unanswered
         self.last_rebuilt, self.last_full = 0, False    # the last poll's work (for benchmarks)
 
     def poll(self, now):
@@ -12173,36 +12190,38 @@ class FleetPrometheus(object):
         as read; PromAnswerError for anything that fails, an answer of an odd
         shape too (never an exception that ends the round)."""
         try:
-            answers, stamps, t0 = self._query_all(now)
+            answers, stamps, to_read = self._query_all(now)
             hosts, up = compute_prom_fleet(answers)
             answered = prom_answered_hosts(answers)
         except PromAnswerError:
             raise
         except (TypeError, ValueError, KeyError, AttributeError, IndexError, RecursionError) as exc:
             raise PromAnswerError("an answer of an odd shape (%s)" % type(exc).__name__)
-        return self._merge(hosts, stamps, t0, answered), up
+        return self._merge(hosts, stamps, to_read, answered), up
 
     def _query_all(self, now):
-        """({query name: parsed answer}, the hosts' scrape times, t0): `up` and the scrape times
-        every poll; the metric queries only for the hosts scraped after t0
-        (prom_fleet_cutoff; none when it is None, every host on the first poll)."""
+        """({query name: parsed answer}, the hosts' scrape times, the hosts read:
+        None for all): `up` and the scrape times every poll, the metric queries
+        for the hosts prom_fleet_to_read names (none when it names none)."""
         if self._pool is None:
             self._pool = concurrent.futures.ThreadPoolExecutor(FLEET_PROM_QUERY_THREADS, "fleet-prom")
         at = "%.3f" % now
         answers, warnings = self._ask([(name, query) for name, query in self.queries
                                        if name in ("up", "build")], at)
         stamps = prom_scrape_stamps(answers["build"])
-        legacy = self._legacy or any(key not in stamps for key in self._data)  # lost its build_info
-        t0 = prom_fleet_cutoff(stamps, self._read_at, legacy)
-        if t0 is not None:
-            more, more_warnings = self._ask([(name, prom_query_since(query, t0)) for name, query in self.queries
+        up = dict(((l.get("job", ""), l.get("instance", "")), v) for l, v, _ in answers["up"])
+        to_read = prom_fleet_to_read(stamps, self._read_at, up, self._data)
+        if to_read is None or to_read:
+            queries = self.queries if to_read is None else \
+                build_prom_fleet_queries(set(instance for _job, instance in to_read))
+            more, more_warnings = self._ask([(name, query) for name, query in queries
                                              if name not in ("up", "build")], at)
             answers.update(more)
             warnings += more_warnings
         if warnings and warnings != self.warnings:
             LOG.warning("event=fleet_prometheus_warnings warnings=%r", warnings[:3])
         self.warnings = warnings
-        return answers, stamps, t0
+        return answers, stamps, to_read
 
     def _ask(self, queries, at):
         """({name: parsed answer}, [warning]) of these instant queries at one time,
@@ -12222,13 +12241,14 @@ class FleetPrometheus(object):
             raise
         return answers, warnings
 
-    def _merge(self, hosts, stamps, t0, answered):
-        """This poll's hosts: those cut in by t0 and found in the cut answers as
-        read now; a host cut in but in none (FLEET_PROM_UNANSWERED_POLLS) with its
-        last data and asked again; every other host still exporting
-        amdgpu_build_info with its data as last read. Remembers which scrape
-        each host's data came from (_read_at)."""
-        cut = set(key for key in hosts if t0 is not None and (key not in stamps or stamps[key] > t0))
+    def _merge(self, hosts, stamps, to_read, answered):
+        """This poll's hosts: those read (to_read's instances; None: all) and
+        found in the answers as read now; a host read but in no answer
+        (FLEET_PROM_UNANSWERED_POLLS) with its last data and asked again; every
+        other host still exporting amdgpu_build_info with its data as last
+        read. Remembers which scrape each host's data came from (_read_at)."""
+        instances = None if to_read is None else set(instance for _job, instance in to_read)
+        cut = set(key for key in hosts if instances is None or key[1] in instances)
         merged, read_at, unanswered = {}, {}, {}
         for key, at in stamps.items():
             if key not in cut and key in self._data:
@@ -12244,8 +12264,7 @@ class FleetPrometheus(object):
             elif key in stamps:
                 read_at[key] = stamps[key]
         self._data, self._read_at, self._unanswered = merged, read_at, unanswered
-        self._legacy = any(key not in stamps for key in merged)
-        self.last_rebuilt, self.last_full = len(cut & answered), t0 == float("-inf")
+        self.last_rebuilt, self.last_full = len(cut & answered), to_read is None
         return merged
 
     def _entries(self, now, hosts, up):

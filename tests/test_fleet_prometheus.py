@@ -350,35 +350,42 @@ class StampedTarget(http.server.BaseHTTPRequestHandler):
         pass
 
 
-def test_a_host_with_two_versions_build_info_keeps_being_read():
-    """An upgrade seen with explicit sample times: for 5 minutes the host has two
-    amdgpu_build_info series, the old one's scrape time old; the host must still
-    be read at each new scrape (cut by its newest scrape time, not its oldest)."""
+def test_hosts_with_two_versions_build_info_keep_being_read(monkeypatch):
+    """An upgrade seen with explicit sample times: for 5 minutes each host has
+    two amdgpu_build_info series, the old one's scrape time old; two hosts (so
+    a poll may read one of them by its instance) must still be read at each
+    new scrape, by their newest scrape time."""
     debian_tool("prometheus", "prometheus")
+    monkeypatch.setattr(atw, "FLEET_PROM_READ_ALL", 1.0)    # both scraped in one poll: still by instance
     StampedTarget.version = "1"              # busy 0.1, then 0.2 with version 2
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), StampedTarget)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    servers = [http.server.ThreadingHTTPServer((address, 0), StampedTarget) for address in ("127.0.0.1", "127.0.0.2")]
+    for httpd in servers:
+        threading.Thread(target=httpd.serve_forever, daemon=True).start()
     prom = Prometheus("global: {scrape_interval: 500ms, scrape_timeout: 400ms}\nscrape_configs:\n"
-                      "  - job_name: fed\n    static_configs: [{targets: ['127.0.0.1:%d']}]\n"
-                      % httpd.server_address[1])
+                      "  - job_name: fed\n    static_configs: [{targets: [%s]}]\n"
+                      % ", ".join("'%s:%d'" % httpd.server_address for httpd in servers))
     source = atw.FleetPrometheus(atw.PromClient(prom.url, 5.0), 1.0)
     try:
         def gpus():
             entries = source.poll(time.time())
             assert source.error is None
             return [(g["name"], g["gpu_busy_pct"]) for e in entries for g in e["gpus"]]
-        wait_for(lambda: gpus() == [("GPU", 10.0)], 30, 0.3, "the host read with version 1")
+        wait_for(lambda: gpus() == [("GPU", 10.0)] * 2, 30, 0.3, "both hosts read with version 1")
         StampedTarget.version = "2"
-        wait_for(lambda: len(prom_query(prom.port, "amdgpu_build_info")) == 2, 15, 0.2, "both versions' series")
-        wait_for(lambda: gpus() == [("GPU", 20.0)], 15, 0.3, "the host read again after its upgrade")
-        for _ in range(6):                       # and at every scrape after it: never without its GPU
-            assert gpus() == [("GPU", 20.0)] and source.last_rebuilt in (0, 1)
-            time.sleep(0.3)
+        wait_for(lambda: len(prom_query(prom.port, "amdgpu_build_info")) == 4, 15, 0.2, "both versions' series")
+        wait_for(lambda: gpus() == [("GPU", 20.0)] * 2, 15, 0.3, "both hosts read again after the upgrade")
+        partial = 0
+        for _ in range(8):                       # and at every scrape after it: never without their GPU
+            assert gpus() == [("GPU", 20.0)] * 2 and source.last_rebuilt in (0, 1, 2)
+            partial += not source.last_full
+            time.sleep(0.2)
+        assert partial == 8
     finally:
         source.close()
         prom.stop()
-        httpd.shutdown()
-        httpd.server_close()
+        for httpd in servers:
+            httpd.shutdown()
+            httpd.server_close()
 
 
 # -- a killed server (kept last: it changes the fleet) ---------------------------
@@ -586,6 +593,15 @@ class Recorder(http.server.BaseHTTPRequestHandler):
     answers = {}
     by_query = {}
     seen = []
+    posts = 0
+
+    def do_POST(self):
+        """The query API's form POST (PromClient uses it for a long query): seen as the GET it stands for."""
+        form = self.rfile.read(int(self.headers["Content-Length"])).decode("ascii")
+        assert self.headers["Content-Type"] == "application/x-www-form-urlencoded"
+        Recorder.posts += 1
+        self.path += "?" + form
+        self.do_GET()
 
     def do_GET(self):
         Recorder.seen.append((self.path, dict(self.headers)))
@@ -611,7 +627,7 @@ def recorder():
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
-    Recorder.answers, Recorder.by_query, Recorder.seen = {}, {}, []
+    Recorder.answers, Recorder.by_query, Recorder.seen, Recorder.posts = {}, {}, [], 0
     try:
         yield "http://127.0.0.1:%d" % httpd.server_address[1]
     finally:
@@ -704,105 +720,152 @@ def vector(*series):
         {"metric": labels, "value": [1000.0, str(value)]} for labels, value in series]}}).encode(), {})
 
 
-def test_a_poll_reads_again_only_the_hosts_scraped_since_their_last_read(recorder):
-    """Host a scraped at 100.0, b at 100.5: the first poll reads both; with no
-    new scrape only `up` and the scrape times are asked; once b is scraped again
-    the metric queries are cut to hosts scraped after just before b's scrape,
-    b shows its new values and a keeps what was read from its last scrape."""
-    Recorder.answers["/api/v1/query"] = vector()
+HOSTS4 = dict((name, {"job": "amdgpu", "instance": "%s:1" % name}) for name in "abcd")
+
+
+def four_hosts(stamps):
+    """Recorder answers of four hosts a-d scraped at these times: up, the scrape
+    times, and each host's GPU (named after it) 25 % busy, for the whole fleet."""
     queries = dict(atw.build_prom_fleet_queries())
-    a, b = {"job": "amdgpu", "instance": "a:1"}, {"job": "amdgpu", "instance": "b:1"}
+    Recorder.answers["/api/v1/query"] = vector()
     Recorder.by_query = {
-        queries["up"]: vector((a, 1), (b, 1)),
-        queries["build"]: vector((dict(a, version="1"), 100.0), (dict(b, version="1"), 100.5)),
-        queries["gpu_info"]: vector((dict(a, gpu="card0", name="A"), 1), (dict(b, gpu="card0", name="B"), 1)),
-        queries["gpu_busy_pct"]: vector((dict(a, gpu="card0"), 0.25), (dict(b, gpu="card0"), 0.5))}
+        queries["up"]: vector(*[(HOSTS4[n], 1) for n in stamps]),
+        queries["build"]: vector(*[(dict(HOSTS4[n], version="1"), at) for n, at in stamps.items()]),
+        queries["gpu_info"]: vector(*[(dict(HOSTS4[n], gpu="card0", name=n.upper()), 1) for n in stamps]),
+        queries["gpu_busy_pct"]: vector(*[(dict(HOSTS4[n], gpu="card0"), 0.25) for n in stamps])}
+    return queries
+
+
+def answer_for(names, gpu_info, busy):
+    """The answers of the queries that read only these hosts (by instance)."""
+    only = dict(atw.build_prom_fleet_queries(set(HOSTS4[n]["instance"] for n in names)))
+    Recorder.by_query[only["gpu_info"]] = vector(*gpu_info)
+    Recorder.by_query[only["gpu_busy_pct"]] = vector(*busy)
+    return sorted(q for name, q in only.items() if name not in ("up", "build"))
+
+
+def asked():
+    out, Recorder.seen = [dict(atw.parse_qsl(path.split("?", 1)[1]))["query"] for path, _ in Recorder.seen], []
+    return out
+
+
+def busy_of(entries):
+    return [(e["name"], e["state"], [(g["name"], g["gpu_busy_pct"]) for g in e["gpus"]]) for e in entries]
+
+
+def test_a_poll_reads_again_only_the_hosts_scraped_since_their_last_read(recorder):
+    """Four hosts: the first poll reads all; with no new scrape only `up` and
+    the scrape times are asked; once b is scraped again the metric queries
+    select b's instance only (a long query is POSTed), b shows its new values
+    and the others keep what was read from their last scrape."""
+    stamps = {"a": 100.0, "b": 100.5, "c": 101.0, "d": 101.5}
+    queries = four_hosts(stamps)
+    whole = [("%s:1" % n, "up", [(n.upper(), 25.0)]) for n in "abcd"]
     source = atw.FleetPrometheus(atw.PromClient(recorder, 2.0), 2.0)
-
-    def asked():
-        out, Recorder.seen = [dict(atw.parse_qsl(path.split("?", 1)[1]))["query"] for path, _ in Recorder.seen], []
-        return out
-
-    def busy(entries):
-        return [(e["name"], e["state"], [(g["name"], g["gpu_busy_pct"]) for g in e["gpus"]]) for e in entries]
     try:
-        first = source.poll(time.time())
-        assert busy(first) == [("a:1", "up", [("A", 25.0)]), ("b:1", "up", [("B", 50.0)])]
-        assert (source.last_full, source.last_rebuilt) == (True, 2)
-        assert sorted(asked()) == sorted(queries.values())          # everything, uncut
-        assert busy(source.poll(time.time())) == busy(first)         # nothing scraped since
+        assert busy_of(source.poll(time.time())) == whole
+        assert (source.last_full, source.last_rebuilt) == (True, 4)
+        assert sorted(asked()) == sorted(queries.values())          # everything, whole
+        assert busy_of(source.poll(time.time())) == whole            # nothing scraped since
         assert sorted(asked()) == sorted([queries["up"], queries["build"]])
         assert (source.last_full, source.last_rebuilt) == (False, 0)
-        # b scraped again at 102.0: its new answers only under the cut-off queries
-        Recorder.by_query[queries["build"]] = vector((dict(a, version="1"), 100.0), (dict(b, version="1"), 102.0))
-        cut = " unless on (job, instance) (max by (job, instance) (timestamp(amdgpu_build_info)) <= 101.9995)"
-        Recorder.by_query["(%s)%s" % (queries["gpu_info"], cut)] = vector((dict(b, gpu="card0", name="B2"), 1))
-        Recorder.by_query["(%s)%s" % (queries["gpu_busy_pct"], cut)] = vector((dict(b, gpu="card0"), 0.75))
+        # b scraped again at 102.0: its new answers only under b's queries
+        stamps["b"] = 102.0
+        four_hosts(stamps)
+        only_b = answer_for("b", [(dict(HOSTS4["b"], gpu="card0", name="B2"), 1)], [(dict(HOSTS4["b"], gpu="card0"), 0.75)])
         third = source.poll(time.time())
-        assert busy(third) == [("a:1", "up", [("A", 25.0)]), ("b:1", "up", [("B2", 75.0)])]
+        assert busy_of(third) == [whole[0], ("b:1", "up", [("B2", 75.0)]), whole[2], whole[3]]
         assert (source.last_full, source.last_rebuilt) == (False, 1)
-        metric_queries = [q for q in asked() if q not in (queries["up"], queries["build"])]
-        assert len(metric_queries) == len(queries) - 2 and all(q.endswith(cut) for q in metric_queries)
-        assert source.error is None
-        # b's target removed (gone from up and the scrape times): b down. a scraped at 103.0,
-        # but its cut answers are empty (another replica answered, or the scrape is still
-        # being stored): a keeps what it had, with its new scrape time, and is asked again
-        Recorder.by_query[queries["up"]] = vector((a, 1))
-        Recorder.by_query[queries["build"]] = vector((dict(a, version="1"), 103.0))
+        assert sorted(q for q in asked() if q not in (queries["up"], queries["build"])) == only_b
+        assert all('instance=~"b:1"' in q for q in only_b) and source.error is None
+        # a scraped at 103.0, but its answers are empty (another replica answered, or the
+        # scrape is still being stored): a keeps what it had, with its new scrape time, asked again
+        stamps["a"] = 103.0
+        four_hosts(stamps)
+        Recorder.by_query.update((q, vector()) for q in answer_for("a", [], []))
         fourth = {e["name"]: e for e in source.poll(time.time())}
-        assert (fourth["a:1"]["state"], fourth["b:1"]["state"]) == ("up", "down")
-        assert busy([fourth["a:1"]]) == [("a:1", "up", [("A", 25.0)])] and source.last_rebuilt == 0
+        assert busy_of([fourth["a:1"]]) == [whole[0]] and source.last_rebuilt == 0
         assert fourth["a:1"]["last_seen"] == atw.format_ts(103.0)
         assert len(asked()) == len(queries)
         source.poll(time.time())                    # asked again; missed twice: taken as it is
         assert len(asked()) == len(queries)
-        assert busy(source.poll(time.time())) == busy([fourth["a:1"], fourth["b:1"]])
-        assert sorted(asked()) == sorted([queries["up"], queries["build"]])   # not asked a third time
+        assert busy_of([e for e in source.poll(time.time()) if e["name"] == "a:1"]) == [whole[0]]
+        assert sorted(asked()) == sorted([queries["up"], queries["build"]])   # not a third time
+        # d's target removed (gone from up and the scrape times): asked once more, then down
+        del stamps["d"]
+        four_hosts(stamps)
+        entries = {e["name"]: e for e in source.poll(time.time())}
+        assert (entries["d:1"]["state"], entries["d:1"]["error"]) == ("down", "no longer scraped by Prometheus")
+        assert all('instance=~"d:1"' in q for q in asked() if q not in (queries["up"], queries["build"]))
+        source.poll(time.time())
+        assert sorted(asked()) == sorted([queries["up"], queries["build"]])
     finally:
         source.close()
 
 
 def test_a_host_that_loses_its_build_info_is_read_as_an_older_server(recorder):
     """A server downgraded to a version without amdgpu_build_info keeps its
-    gpu_info: the next poll asks the metric queries although no host was
-    scraped anew (cut to the hosts without a scrape time), and b stays up."""
-    Recorder.answers["/api/v1/query"] = vector()
-    queries = dict(atw.build_prom_fleet_queries())
-    a, b = {"job": "amdgpu", "instance": "a:1"}, {"job": "amdgpu", "instance": "b:1"}
-    Recorder.by_query = {
-        queries["up"]: vector((a, 1), (b, 1)),
-        queries["build"]: vector((dict(a, version="1"), 100.0), (dict(b, version="1"), 100.5)),
-        queries["gpu_info"]: vector((dict(a, gpu="card0", name="A"), 1), (dict(b, gpu="card0", name="B"), 1))}
+    gpu_info and stays up: read by its instance at every poll, as a target up
+    in the fleet's job without a scrape time."""
+    stamps = {"a": 100.0, "b": 100.5, "c": 101.0, "d": 101.5}
+    queries = four_hosts(stamps)
     source = atw.FleetPrometheus(atw.PromClient(recorder, 2.0), 2.0)
     try:
-        assert [e["state"] for e in source.poll(time.time())] == ["up", "up"]
-        Recorder.by_query[queries["build"]] = vector((dict(a, version="1"), 100.0))
-        cut = " unless on (job, instance) (max by (job, instance) (timestamp(amdgpu_build_info)) <= 100.0000)"
-        Recorder.by_query["(%s)%s" % (queries["gpu_info"], cut)] = vector((dict(b, gpu="card0", name="B"), 1))
-        Recorder.seen = []
-        entries = {e["name"]: e for e in source.poll(time.time())}
-        assert len(Recorder.seen) == len(queries)
-        assert (entries["b:1"]["state"], [g["name"] for g in entries["b:1"]["gpus"]]) == ("up", ["B"])
-        assert (entries["a:1"]["state"], [g["name"] for g in entries["a:1"]["gpus"]]) == ("up", ["A"])
+        assert [e["state"] for e in source.poll(time.time())] == ["up"] * 4
+        del stamps["b"]
+        four_hosts(stamps)
+        Recorder.by_query[queries["up"]] = vector(*[(HOSTS4[n], 1) for n in "abcd"])
+        only_b = answer_for("b", [(dict(HOSTS4["b"], gpu="card0", name="B"), 1)], [])
+        asked()
+        for _ in range(2):
+            entries = {e["name"]: e for e in source.poll(time.time())}
+            assert (entries["b:1"]["state"], [g["name"] for g in entries["b:1"]["gpus"]]) == ("up", ["B"])
+            assert (entries["a:1"]["state"], [g["name"] for g in entries["a:1"]["gpus"]]) == ("up", ["A"])
+            assert sorted(q for q in asked() if q not in (queries["up"], queries["build"])) == only_b
     finally:
         source.close()
 
 
-def test_the_cut_off_of_a_poll():
-    stamps = {("j", "a"): 100.0, ("j", "b"): 100.5}
-    assert atw.prom_fleet_cutoff(stamps, {}, False) == float("-inf")          # the first poll: all
-    assert atw.prom_fleet_cutoff(stamps, dict(stamps), False) is None          # nothing new
-    assert atw.prom_fleet_cutoff(stamps, {("j", "a"): 100.0}, False) == 100.5 - atw.FLEET_PROM_STAMP_SLACK_S
-    assert atw.prom_fleet_cutoff(stamps, {("j", "a"): 99.0, ("j", "b"): 99.5}, False) == 99.9995
-    # a host without amdgpu_build_info (an older server) is read every poll
-    assert atw.prom_fleet_cutoff(stamps, dict(stamps), True) == 100.5
-    assert atw.prom_fleet_cutoff({}, {("j", "a"): 1.0}, True) == float("-inf")
-    assert atw.prom_query_since("up", float("-inf")) == "up"
-    assert atw.prom_query_since("up", 12.5) == \
-        "(up) unless on (job, instance) (max by (job, instance) (timestamp(amdgpu_build_info)) <= 12.5000)"
+def test_which_hosts_a_poll_reads():
+    j = "amdgpu"
+    stamps = {(j, "a"): 100.0, (j, "b"): 100.5, (j, "c"): 101.0, (j, "d"): 101.5}
+    up = dict.fromkeys(stamps, 1)
+    assert atw.prom_fleet_to_read(stamps, {}, up, {}) is None                      # the first poll: all
+    assert atw.prom_fleet_to_read(stamps, dict(stamps), up, stamps) == set()       # nothing new
+    older = dict(stamps)
+    older[(j, "a")] = 99.0
+    assert atw.prom_fleet_to_read(stamps, older, up, stamps) == {(j, "a")}
+    assert atw.prom_fleet_to_read(stamps, {(j, "a"): 100.0, (j, "b"): 100.5}, up, {}) == {(j, "c"), (j, "d")}
+    assert atw.prom_fleet_to_read(stamps, {(j, "a"): 100.0}, up, {}) is None       # 3 of 4: all at once
+    # up in the fleet's job without a scrape time (an older server): read; another job's target: not
+    more_up = dict(up)
+    more_up.update({(j, "old"): 1, (j, "off"): 0, ("node", "n1"): 1})
+    assert atw.prom_fleet_to_read(stamps, dict(stamps), more_up, stamps) == {(j, "old")}
+    kept = dict(stamps)
+    kept[(j, "gone")] = {}
+    assert atw.prom_fleet_to_read(stamps, dict(stamps), up, kept) == {(j, "gone")}
     build = [({"job": "j", "instance": "a", "version": "1"}, 5.0, 9.0),
              ({"job": "j", "instance": "a", "version": "2"}, 7.0, 9.0), ({"job": "j", "instance": "b"}, None, 9.0)]
     assert atw.prom_scrape_stamps(build) == {("j", "a"): 7.0}
+
+
+def test_the_instance_matcher_escapes_every_regex_and_string_character():
+    """The matcher's PromQL string, read back as PromQL reads it, is an anchored
+    regex matching exactly the instances (RE2 and Python's re agree on these
+    escapes), never a near miss."""
+    import re
+    instances = {"10.0.0.2:8080", "gpu-b.example:443", 'x"y\\z(1)|*', "[::1]:9100"}
+    matcher = atw.prom_instance_matcher(instances)
+    assert matcher.startswith('instance=~"') and matcher.endswith('"')
+    literal = re.sub(r'\\(.)', lambda m: {"n": "\n"}.get(m.group(1), m.group(1)), matcher[len('instance=~"'):-1])
+    assert '"' not in re.sub(r'\\.', "", matcher[len('instance=~"'):-1])     # no quote left unescaped
+    for value in instances:
+        assert re.fullmatch(literal, value), value
+    for miss in ("10x0.0.2:8080", "10.0.0.2:80801", "gpu-b.example", "x", "", "[::1]:910", "(1)"):
+        assert not re.fullmatch(literal, miss), miss
+    assert atw.prom_with_matcher('m{pool="vram"}', matcher) == 'm{pool="vram",%s}' % matcher
+    assert atw.prom_with_matcher("m", matcher) == "m{%s}" % matcher
+    assert atw.prom_with_matcher("m", "") == "m"
 
 
 def test_a_hub_whose_prometheus_is_down_says_so(server):

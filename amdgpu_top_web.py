@@ -153,8 +153,8 @@ Paths (the names to visit, place by place; "§N" is the section of that place)::
       §15  Routes.route_gpu_history, Routes._series, Routes._prepare
     The fleet from Prometheus (a hub with APP_FLEET_PROMETHEUS_URL)
       §4   parse_prom_answer, parse_prom_vector
-      §6   prom_scrape_stamps, prom_fleet_to_read, build_prom_fleet_queries
-           (prom_instance_matcher), compute_prom_fleet, build_prom_fleet_host,
+      §6   prom_scrape_stamps, prom_fleet_to_read, build_prom_fleet_queries,
+           prom_instance_matcher, compute_prom_fleet, build_prom_fleet_host,
            build_fleet_message
       §12  FleetThread.run, FleetPrometheus.poll, FleetPrometheus._query_all,
            PromClient.get, FleetPrometheus._merge, FleetPrometheus._entries,

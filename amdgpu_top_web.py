@@ -7103,6 +7103,11 @@ FLEET_PROM_GPU_VALUES = FLEET_PROM_GPU_KEYS + ("throttled", "processes", "status
 # amdgpu_build_info sample time says when), by their instance label; all of
 # them at once when more than this share changed (federation: all at once).
 FLEET_PROM_READ_ALL = 0.5
+# ...and when the hosts' names make a longer matcher (it is in every selector, twice
+# in one query; VictoriaMetrics refuses queries over 16 KiB by default)
+FLEET_PROM_MATCHER_MAX = 6000
+# ...and every 5 minutes anyway: a new server too old for amdgpu_build_info shows then
+FLEET_PROM_READ_ALL_EVERY_S = 300.0
 FLEET_PROM_GET_MAX = 4096           # a longer query is POSTed (a proxy may refuse long URLs)
 # A host scraped since its last read but in none of the cut answers (another
 # replica answered, a remote-write backend still storing the scrape) keeps its
@@ -7179,20 +7184,22 @@ def prom_scrape_stamps(build):
     return stamps
 
 
-def prom_fleet_to_read(stamps, last_read, up, kept):
+def prom_fleet_to_read(stamps, last_read, kept):
     """The hosts a poll reads: ({(job, instance): scrape time now}, {...: the
-    scrape time its data was read at}, {...: up value}, the hosts kept from
-    earlier polls) -> None (all: the first poll, or over FLEET_PROM_READ_ALL of
-    them to read), else a set, maybe empty: the hosts scraped since their last
-    read; the targets up in a job of the fleet without amdgpu_build_info (an
-    older server, or one without amdgpu series); kept hosts that lost it."""
+    scrape time its data was read at}, the hosts kept from earlier polls) ->
+    None (all: the first poll; over FLEET_PROM_READ_ALL of the hosts scraped
+    since; or their instance matcher over FLEET_PROM_MATCHER_MAX bytes), else
+    a set, maybe empty: the hosts scraped since their last read, and the kept
+    hosts without amdgpu_build_info (an older server; or one that lost it)."""
     if not last_read:
         return None
-    jobs = set(job for job, _ in stamps)
     keys = set(key for key, at in stamps.items() if last_read.get(key) != at)
-    keys.update(key for key, value in up.items() if value == 1 and key[0] in jobs and key not in stamps)
+    if len(keys) > FLEET_PROM_READ_ALL * len(stamps):
+        return None
     keys.update(key for key in kept if key not in stamps)
-    return None if len(keys) > FLEET_PROM_READ_ALL * len(stamps) else keys
+    if keys and len(prom_instance_matcher(set(instance for _job, instance in keys))) > FLEET_PROM_MATCHER_MAX:
+        return None
+    return keys
 
 
 def prom_answered_hosts(answers):
@@ -12161,6 +12168,7 @@ class FleetPrometheus(object):
         self._pool = None
         self._data, self._read_at = {}, {}  # (job, instance) -> host data as read; its scrape time
         self._unanswered = {}               # (job, instance) -> polls in a row it was read, unanswered
+        self._all_read_s = float("-inf")    # when a poll last read every host
         self.last_rebuilt, self.last_full = 0, False    # the last poll's work (for benchmarks)
 
     def poll(self, now):
@@ -12211,8 +12219,9 @@ class FleetPrometheus(object):
         answers, warnings = self._ask([(name, query) for name, query in self.queries
                                        if name in ("up", "build")], at)
         stamps = prom_scrape_stamps(answers["build"])
-        up = dict(((l.get("job", ""), l.get("instance", "")), v) for l, v, _ in answers["up"])
-        to_read = prom_fleet_to_read(stamps, self._read_at, up, self._data)
+        to_read = prom_fleet_to_read(stamps, self._read_at, self._data)
+        if to_read is None or now - self._all_read_s >= FLEET_PROM_READ_ALL_EVERY_S:
+            to_read, self._all_read_s = None, now
         if to_read is None or to_read:
             queries = self.queries if to_read is None else \
                 build_prom_fleet_queries(set(instance for _job, instance in to_read))
@@ -12244,11 +12253,11 @@ class FleetPrometheus(object):
         return answers, warnings
 
     def _merge(self, hosts, stamps, to_read, answered):
-        """This poll's hosts: those read (to_read's instances; None: all) and
-        found in the answers as read now; a host read but in no answer
-        (FLEET_PROM_UNANSWERED_POLLS) with its last data and asked again; every
-        other host still exporting amdgpu_build_info with its data as last
-        read. Remembers which scrape each host's data came from (_read_at)."""
+        """This poll's hosts: those read (to_read's instances; None: all) as
+        answered; a host read but in no answer keeps its last data and is asked
+        again, until FLEET_PROM_UNANSWERED_POLLS polls missed it (then taken as
+        answered); every other host still exporting amdgpu_build_info with its
+        data as last read. Remembers which scrape each host's data came from."""
         instances = None if to_read is None else set(instance for _job, instance in to_read)
         cut = set(key for key in hosts if instances is None or key[1] in instances)
         merged, read_at, unanswered = {}, {}, {}
@@ -12257,9 +12266,9 @@ class FleetPrometheus(object):
                 merged[key], read_at[key] = self._data[key], at
         for key in cut:
             tries = 0 if key in answered else self._unanswered.get(key, 0) + 1
-            old = self._data.get(key) if tries else None
+            old = self._data.get(key) if 0 < tries < FLEET_PROM_UNANSWERED_POLLS else None
             merged[key] = hosts[key] if old is None else dict(old, last_seen_s=hosts[key]["last_seen_s"])
-            if 0 < tries < FLEET_PROM_UNANSWERED_POLLS:
+            if old is not None:
                 unanswered[key] = tries
                 if key in self._read_at:
                     read_at[key] = self._read_at[key]

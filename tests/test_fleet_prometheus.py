@@ -787,9 +787,9 @@ def test_a_poll_reads_again_only_the_hosts_scraped_since_their_last_read(recorde
         assert busy_of([fourth["a:1"]]) == [whole[0]] and source.last_rebuilt == 0
         assert fourth["a:1"]["last_seen"] == atw.format_ts(103.0)
         assert len(asked()) == len(queries)
-        source.poll(time.time())                    # asked again; missed twice: taken as it is
-        assert len(asked()) == len(queries)
-        assert busy_of([e for e in source.poll(time.time()) if e["name"] == "a:1"]) == [whole[0]]
+        fifth = {e["name"]: e for e in source.poll(time.time())}   # asked again; missed twice: taken as answered
+        assert len(asked()) == len(queries) and busy_of([fifth["a:1"]]) == [("a:1", "up", [])]
+        assert busy_of([e for e in source.poll(time.time()) if e["name"] == "a:1"]) == [("a:1", "up", [])]
         assert sorted(asked()) == sorted([queries["up"], queries["build"]])   # not a third time
         # d's target removed (gone from up and the scrape times): asked once more, then down
         del stamps["d"]
@@ -799,6 +799,9 @@ def test_a_poll_reads_again_only_the_hosts_scraped_since_their_last_read(recorde
         assert all('instance=~"d:1"' in q for q in asked() if q not in (queries["up"], queries["build"]))
         source.poll(time.time())
         assert sorted(asked()) == sorted([queries["up"], queries["build"]])
+        # every FLEET_PROM_READ_ALL_EVERY_S a poll reads every host, scraped since or not
+        source.poll(time.time() + atw.FLEET_PROM_READ_ALL_EVERY_S)
+        assert sorted(asked()) == sorted(queries.values()) and source.last_full
     finally:
         source.close()
 
@@ -829,21 +832,27 @@ def test_a_host_that_loses_its_build_info_is_read_as_an_older_server(recorder):
 def test_which_hosts_a_poll_reads():
     j = "amdgpu"
     stamps = {(j, "a"): 100.0, (j, "b"): 100.5, (j, "c"): 101.0, (j, "d"): 101.5}
-    up = dict.fromkeys(stamps, 1)
-    assert atw.prom_fleet_to_read(stamps, {}, up, {}) is None                      # the first poll: all
-    assert atw.prom_fleet_to_read(stamps, dict(stamps), up, stamps) == set()       # nothing new
+    assert atw.prom_fleet_to_read(stamps, {}, {}) is None                      # the first poll: all
+    assert atw.prom_fleet_to_read(stamps, dict(stamps), stamps) == set()       # nothing new
     older = dict(stamps)
     older[(j, "a")] = 99.0
-    assert atw.prom_fleet_to_read(stamps, older, up, stamps) == {(j, "a")}
-    assert atw.prom_fleet_to_read(stamps, {(j, "a"): 100.0, (j, "b"): 100.5}, up, {}) == {(j, "c"), (j, "d")}
-    assert atw.prom_fleet_to_read(stamps, {(j, "a"): 100.0}, up, {}) is None       # 3 of 4: all at once
-    # up in the fleet's job without a scrape time (an older server): read; another job's target: not
-    more_up = dict(up)
-    more_up.update({(j, "old"): 1, (j, "off"): 0, ("node", "n1"): 1})
-    assert atw.prom_fleet_to_read(stamps, dict(stamps), more_up, stamps) == {(j, "old")}
+    assert atw.prom_fleet_to_read(stamps, older, stamps) == {(j, "a")}
+    assert atw.prom_fleet_to_read(stamps, {(j, "a"): 100.0, (j, "b"): 100.5}, {}) == {(j, "c"), (j, "d")}
+    assert atw.prom_fleet_to_read(stamps, {(j, "a"): 100.0}, {}) is None       # 3 of 4: all at once
+    # a kept host without a scrape time (an older server, or one that lost amdgpu_build_info):
+    # read every poll, and not counted as scraped
     kept = dict(stamps)
-    kept[(j, "gone")] = {}
-    assert atw.prom_fleet_to_read(stamps, dict(stamps), up, kept) == {(j, "gone")}
+    kept[(j, "old")] = kept[(j, "old2")] = kept[(j, "old3")] = {}
+    assert atw.prom_fleet_to_read(stamps, dict(stamps), kept) == {(j, "old"), (j, "old2"), (j, "old3")}
+    # many hosts with long names: a matcher over FLEET_PROM_MATCHER_MAX bytes reads all instead
+    names = dict(((j, "gpu-node-%04d.cluster.example.com:9100" % i), 100.0 + i) for i in range(1000))
+
+    def scraped(count):             # the last `count` hosts scraped since their last read
+        last = dict(names)
+        last.update((key, at - 1) for key, at in list(names.items())[-count:])
+        return last
+    assert len(atw.prom_fleet_to_read(names, scraped(100), names)) == 100      # a 4.5 kB matcher
+    assert atw.prom_fleet_to_read(names, scraped(200), names) is None          # 9.0 kB: all instead
     build = [({"job": "j", "instance": "a", "version": "1"}, 5.0, 9.0),
              ({"job": "j", "instance": "a", "version": "2"}, 7.0, 9.0), ({"job": "j", "instance": "b"}, None, 9.0)]
     assert atw.prom_scrape_stamps(build) == {("j", "a"): 7.0}

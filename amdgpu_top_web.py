@@ -12133,7 +12133,6 @@ class PromClient(object):
             raise PromAnswerError("an answer over %d MiB" % (FLEET_PROM_BODY_LIMIT >> 20))
         return parse_prom_answer(response.status, body, result_type)
 
-
     @staticmethod
     def _read_body(response):
         """The body, up to FLEET_PROM_BODY_LIMIT + 1 bytes, read in 64 KiB parts

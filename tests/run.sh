@@ -14,15 +14,15 @@
 #      stand-in libnvidia-ml.so.1 of tests/nvml (its licence forbids committing it);
 #   4. pytest: the whole suite on the main Python (3.11); on the others
 #      `-m "not browser and not main_python"` (no browser tests, and not the
-#      Autobahn and load runs: language-agnostic black-box runs whose code
-#      paths smaller tests cover on every Python, see tests/pytest.ini);
+#      Autobahn, load and end-to-end sysfs-fault runs: black-box runs whose
+#      code paths smaller tests cover on every Python, see tests/pytest.ini);
 #      then a summary table and one closing line
 #      "ci: N passed, N failed, N skipped" summed over all versions.
 # Without pyenv it tests the one python3 on PATH (whole suite; it needs the venv
 # module: Debian's python3-venv). Without npm and no way to install it, the
 # browser tests skip (a warning says so). Time: setup ~1-2 min the first time
 # (seconds after), then pytest per Python: ~40-45 min for all six on 2 cores
-# (estimated from per-test times; ~50 min before the main_python split), the
+# (a clean-clone run: 42 min; ~50 min before the main_python split), the
 # main one (browser and main_python tests too) the longest; PYTHONS=3.11 runs one.
 #
 # Usage:  ./tests/run.sh [pytest args...]     e.g. ./tests/run.sh tests/test_x.py -k foo

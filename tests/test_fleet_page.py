@@ -140,15 +140,18 @@ def test_hub_opens_on_the_fleet_with_every_host_and_gpu(pool, open_page, tmp_pat
     watch.assert_clean()
 
 
+BETA = "beta-gpu-node-17.cluster.example.org"      # longer than the host column
+
+
 def test_a_killed_peer_turns_stale_then_down_with_its_last_seen(pool, open_page, tmp_path):
-    hub, peers = start_fleet(pool, [("alpha", ["--demo-gpus", "2"]), ("beta", ["--demo-gpus", "2"])])
+    hub, peers = start_fleet(pool, [("alpha", ["--demo-gpus", "2"]), (BETA, ["--demo-gpus", "2"])])
     wait_until(lambda: all(h["state"] == "up" for h in fleet_hosts(hub)), message="every host up")
     page, watch = open_page(hub)
-    beta = page.locator("[data-host=beta]")
+    beta = page.locator('[data-host="%s"]' % BETA)
     expect(beta.locator("[data-testid=fleet-state]")).to_have_text("up")
     expect(beta.locator("[data-testid=fleet-seen]")).to_have_count(0)
-    peers["beta"].proc.send_signal(signal.SIGKILL)
-    peers["beta"].proc.wait(5)
+    peers[BETA].proc.send_signal(signal.SIGKILL)
+    peers[BETA].proc.wait(5)
     expect(beta.locator("[data-testid=fleet-state]")).to_have_text(re.compile("^(stale|down)$"))
     expect(beta.locator("[data-testid=fleet-seen]")).to_contain_text("seen")
     expect(beta).to_have_attribute("data-state", re.compile("^(stale|down)$"))
@@ -158,14 +161,18 @@ def test_a_killed_peer_turns_stale_then_down_with_its_last_seen(pool, open_page,
     expect(beta.locator("[data-testid=fleet-state]")).to_have_text("down", timeout=20000)
     expect(beta.locator("[data-testid=fleet-seen]")).to_contain_text(re.compile(r"seen \d+\s(s|min) ago"))
     expect(page.locator("[data-host=alpha] [data-testid=fleet-state]")).to_have_text("up")
+    # A name too long for the column is cut (whole in its title), never the state badge beside it
+    badge, head = beta.locator("[data-testid=fleet-state]").bounding_box(), beta.locator(".fh").bounding_box()
+    assert badge["width"] > 0 and badge["x"] + badge["width"] <= head["x"] + head["width"] + 0.5, (badge, head)
+    assert beta.locator("[data-testid=fleet-link]").get_attribute("title").startswith(BETA)
     page.screenshot(path=str(tmp_path / "fleet-down.png"), full_page=True)
     # Sorted by state, the host that is not up comes first.
     page.locator("[data-testid=fleet-tools] select[name=sort]").select_option("state")
-    wait_until(lambda: host_names(page)[0] == "beta", message="beta first by state")
+    wait_until(lambda: host_names(page)[0] == BETA, message="beta first by state")
     # The "down" filter keeps the hosts that are not up.
     page.get_by_label("down", exact=True).check()
     expect(page.locator("[data-testid=fleet-host]")).to_have_count(1)
-    assert host_names(page) == ["beta"]
+    assert host_names(page) == [BETA]
     watch.assert_clean()
 
 

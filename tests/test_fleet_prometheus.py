@@ -388,6 +388,33 @@ def test_hosts_with_two_versions_build_info_keep_being_read(monkeypatch):
             httpd.server_close()
 
 
+@pytest.mark.browser
+def test_the_fleet_view_of_a_prometheus_hub(fleet, server, browser, vendor_dir, tmp_path):
+    """The page of a hub reading Prometheus, in Chromium: every server a row
+    with its state, named but not a link (the hub has no tunnel to them), the
+    name whole in its title, and the note saying why there is no page."""
+    expect = pytest.importorskip("playwright.sync_api").expect
+    hub = server(env={"APP_FLEET_PROMETHEUS_URL": fleet["prom"].url, "APP_FLEET_INTERVAL": "500ms",
+                      "APP_FLEET_TIMEOUT": "5s", "APP_VENDOR_DIR": vendor_dir})
+    context = browser.new_context(viewport={"width": 1366, "height": 768})
+    try:
+        page = context.new_page()
+        errors = []
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.goto(hub.url + "/")
+        for demo, count in zip(fleet["demos"], DEMO_GPUS):
+            row = page.locator('[data-host="%s"]' % instance(demo))
+            expect(row.locator("[data-testid=fleet-state]")).to_have_text("up", timeout=20000)
+            expect(row.locator("[data-testid=fleet-gpu]")).to_have_count(count)
+            assert row.locator("[data-testid=fleet-link]").count() == 0
+            assert row.locator("[data-testid=fleet-nolink]").get_attribute("title").startswith(instance(demo) + " · ")
+        expect(page.locator("[data-testid=fleet] p.note").last).to_contain_text("have no page here")
+        page.screenshot(path=str(tmp_path / "prometheus-hub.png"), full_page=True)
+        assert errors == []
+    finally:
+        context.close()
+
+
 # -- a killed server (kept last: it changes the fleet) ---------------------------
 
 def test_a_killed_server_is_down_with_its_data_kept(fleet):

@@ -16,7 +16,7 @@ import pytest
 
 import amdgpu_top_web as m
 from conftest import PROGRAM, REPO, server_env, wait_for
-from wsclient import RawWebSocket
+from wsclient import RawWebSocket, read_request_head
 
 HUB_ENV = {"APP_FLEET_INTERVAL": "500ms", "APP_FLEET_TIMEOUT": "1s"}
 TOKEN = "fleet-token-0123456789abcdef"
@@ -73,12 +73,9 @@ class FakePeer(object):
             pass
 
     def _serve_one(self, conn):
-        data = b""
-        while b"\r\n\r\n" not in data:
-            chunk = conn.recv(4096)
-            if not chunk:
-                return False
-            data += chunk
+        data = read_request_head(conn)
+        if data is None:
+            return False
         self.paths.append(data.split(b" ")[1].decode())
         self.events.append((self.name, "request"))
         reply = self.answer(self.paths[-1])

@@ -20,7 +20,7 @@ import pytest
 
 import amdgpu_top_web as atw
 from conftest import http_request, response_json, wait_for
-from wsclient import (ConnectionClosedByPeer, HandshakeRefused, RawWebSocket, handshake_headers,
+from wsclient import (ConnectionClosedByPeer, HandshakeRefused, RawWebSocket, handshake_headers, read_request_head,
                       random_key)
 
 HUB_TOKEN = "hub-Token_0123456789abcdef"
@@ -293,16 +293,7 @@ class LoopbackPeer(object):
                 return
             threading.Thread(target=self.handle, args=(conn,), daemon=True).start()
 
-    @staticmethod
-    def read_head(conn):
-        """The request head, or None when the connection ends before it."""
-        data = b""
-        while b"\r\n\r\n" not in data:
-            chunk = conn.recv(4096)
-            if not chunk:
-                return None
-            data += chunk
-        return data
+    read_head = staticmethod(read_request_head)
 
     def close(self):
         try:

@@ -36,6 +36,18 @@ class ConnectionClosedByPeer(Exception):
     """The TCP connection ended (EOF or reset) while a frame was expected."""
 
 
+def read_request_head(sock):
+    """A peer's side: one request head (up to and with the blank line, plus any
+    bytes after it), or None when the connection ends before it."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(4096)
+        if not chunk:
+            return None
+        data += chunk
+    return data
+
+
 def read_http_response(sock, head_only=False, deadline=None):
     """Read one HTTP/1.1 response from a blocking socket.
 
